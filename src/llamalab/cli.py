@@ -1,0 +1,253 @@
+"""The `llamalab` command line: a thin layer over functions you can also call from a notebook."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from llamalab.config import LlamalabError
+from llamalab.lab import Lab, find_lab, init_lab
+
+app = typer.Typer(help="Fine-tune open models and compare them head-to-head, with honest statistics.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Check and inspect a task's data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out = Console()
+
+LabOption = Annotated[Path | None, typer.Option("--lab", help="lab folder (default: the one containing the cwd)")]
+
+
+def _lab(path: Path | None) -> Lab:
+    return find_lab(path)
+
+
+@app.command()
+def init(target: Path) -> None:
+    """Create a new lab folder from the example lab (tasks, experiments, licensed data)."""
+    lab = init_lab(target)
+    console.print(f"Created lab [bold]{lab.config.name}[/] in {lab.root}")
+
+
+@data_app.command("check")
+def data_check(
+    task: str,
+    lab: LabOption = None,
+    model: Annotated[str, typer.Option(help="model whose tokenizer measures lengths")] = "smollm2-135m-instruct",
+    max_length: Annotated[int | None, typer.Option(help="warn about examples longer than this")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Counts, label balance, token lengths, duplicates, train/test overlap and bad rows (file:line)."""
+    from llamalab.models import load_tokenizer, resolve_model
+    from llamalab.tasks.checks import check_task_data
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.prompts import Prompter
+    from llamalab.tasks.task import load_task
+
+    the_lab = _lab(lab)
+    spec = load_task(the_lab.task_path(task), the_lab.root)
+    data = load_task_data(spec, strict=False)
+    report = check_task_data(data, Prompter(spec, load_tokenizer(resolve_model(model)), spec.prompt.format), max_length)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        _print_check(spec.name, report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_check(name: str, report) -> None:
+    table = Table(title=f"task {name}")
+    table.add_column("split")
+    table.add_column("examples", justify="right")
+    table.add_column("tokens min / mean / p95 / max", justify="right")
+    table.add_column("labels (smallest, largest)")
+    for split, count in report.counts.items():
+        t = report.token_lengths.get(split, {})
+        balance = report.label_balance.get(split, {})
+        spread = ", ".join(f"{k} {v}" for k, v in balance.items())
+        if len(balance) > 4:
+            lo, hi = min(balance, key=balance.get), max(balance, key=balance.get)
+            spread = f"{len(balance)} labels, fewest {lo} {balance[lo]}, most {hi} {balance[hi]}"
+        lengths = f"{t.get('min')} / {t.get('mean')} / {t.get('p95')} / {t.get('max')}" if t else ""
+        table.add_row(split, str(count), lengths, spread)
+    out.print(table)
+    for warning in report.warnings:
+        out.print(f"[yellow]warning[/] {warning}")
+    for error in report.errors:
+        out.print(f"[red]error[/] {error}")
+    out.print("[green]data ok[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]")
+
+
+@data_app.command("show")
+def data_show(
+    task: str,
+    lab: LabOption = None,
+    n: Annotated[int, typer.Option("-n", help="how many examples")] = 3,
+    split: str = "train",
+    model: str = "smollm2-135m-instruct",
+    prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
+) -> None:
+    """Examples exactly as the model sees them; tokens that carry the training loss are highlighted."""
+    from llamalab.models import load_tokenizer, resolve_model
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.prompts import Prompter
+    from llamalab.tasks.task import load_task
+
+    the_lab = _lab(lab)
+    spec = load_task(the_lab.task_path(task), the_lab.root)
+    tokenizer = load_tokenizer(resolve_model(model))
+    prompter = Prompter(spec, tokenizer, prompt_format or spec.prompt.format)
+    for ex in load_task_data(spec).split(split)[:n]:
+        encoded = prompter.encode_training(ex)
+        text = Text()
+        for ids, style in ((encoded.prompt_ids, "dim"), (encoded.answer_ids, "bold black on green")):
+            for token in ids:
+                text.append(tokenizer.decode([token]), style=style)
+        out.rule(f"{ex.id}  ({len(encoded.prompt_ids)} prompt + {len(encoded.answer_ids)} loss tokens)")
+        out.print(text)
+    out.print("[bold black on green]highlighted[/]: tokens that carry the training loss")
+
+
+@app.command()
+def train(
+    experiment: str,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. learning_rate=1e-4")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the latest unfinished run from its last checkpoint")] = False,
+    lab: LabOption = None,
+) -> None:
+    """Fine-tune as the experiment file says; writes a run folder under runs/."""
+    from llamalab.train.trainer import train as run_training
+
+    record = run_training(_lab(lab), experiment, overrides or [], resume=resume, console=console)
+    m = record.data["metrics"]
+    console.print(
+        f"[green]finished[/] {record.id}: loss {m['first_loss']:.3f} -> {m['final_loss']:.3f} over {m['steps']} steps, "
+        f"{record.data['throughput']['tokens_per_s']:.0f} tokens/s"
+    )
+    console.print(f"adapter: {record.folder / 'adapter'}   merge it: llamalab export {record.id} OUT_DIR")
+    out.print(record.id)
+
+
+@app.command("eval")
+def evaluate(
+    system: Annotated[str, typer.Argument(help="a base model (name, folder or hub id) or a train run id")],
+    task: Annotated[str, typer.Option(help="task name")],
+    split: str = "test",
+    prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
+    shots: Annotated[int, typer.Option(help="k-shot examples from the train split")] = 0,
+    limit: Annotated[int | None, typer.Option(help="evaluate a seeded subset of this many examples")] = None,
+    batch_size: int = 16,
+    lab: LabOption = None,
+) -> None:
+    """Score every label's log-likelihood for each example; keep all predictions; metrics with 95% CIs."""
+    from llamalab.evaluate.evaluate import EvalSettings
+    from llamalab.evaluate.evaluate import evaluate as run_eval
+
+    settings = EvalSettings(system=system, task=task, split=split, format=prompt_format, shots=shots, limit=limit,
+                            batch_size=batch_size)
+    record = run_eval(_lab(lab), settings, console)
+    for name, m in record.data["metrics"].items():
+        console.print(f"{name}: {m['estimate']:.4f}  [95% CI {m['low']:.4f}, {m['high']:.4f}]  n={m['n']}")
+    console.print(f"records: {record.folder}")
+    out.print(record.id)
+
+
+@app.command("compare")
+def compare_cmd(
+    task: Annotated[str, typer.Option(help="task name")],
+    split: str = "test",
+    metric: str = "accuracy",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    lab: LabOption = None,
+) -> None:
+    """Every evaluated system on a task: metric ± CI, n, paired test against the best (Holm-corrected)."""
+    from llamalab.evaluate.compare import compare
+
+    result = compare(_lab(lab), task, split, metric)
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        print_comparison(result)
+
+
+def print_comparison(result: dict, target: Console = out) -> None:
+    table = Table(title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})")
+    for column in ("system", "protocol", "n", "accuracy [95% CI]", "macro-F1 [95% CI]", "Δ vs best", "test", "p",
+                   "p (Holm)"):
+        table.add_column(column, justify="left" if column in ("system", "protocol", "test") else "right")
+    for row in result["systems"]:
+        cells = [row["system"], row["protocol"], str(row["n"])]
+        for name in ("accuracy", "macro_f1"):
+            m = row["metrics"][name]
+            cells.append(f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
+        vs = row["vs_best"]
+        if vs is None:
+            cells += ["best", "", "", ""]
+        else:
+            delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
+            cells += [delta, vs["test"], _p(vs["p_value"]), _p(vs["p_holm"])]
+        table.add_row(*cells)
+    target.print(table)
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="a finished train run id")],
+    target: Path,
+    lab: LabOption = None,
+) -> None:
+    """Write a fine-tuned run as one merged Hugging Face model folder (base + LoRA folded in)."""
+    from llamalab.evaluate.systems import resolve_system
+
+    if target.exists():
+        raise LlamalabError(f"{target} exists: choose a new folder")
+    system = resolve_system(_lab(lab), run)
+    model, tokenizer = system.load()
+    staging = target.with_name(f".{target.name}.partial")
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+    console.print(f"merged model written to {target}")
+
+
+@app.command()
+def demo(
+    lab: Annotated[Path, typer.Option(help="lab folder to run in (created from the example if missing)")] = Path(
+        "demo-lab"
+    ),
+) -> None:
+    """The main job on the embedded model: data check, baselines, LoRA fine-tune, evaluation, comparison."""
+    from llamalab.demo import run_demo
+
+    run_demo(lab, console)
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    # Our own progress bars say what is happening; the libraries' per-file bars only add noise.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    try:
+        app()
+    except LlamalabError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Typed YAML configs: unknown keys and bad values fail with the file, line, key path and a fix."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class LlamalabError(Exception):
+    """An error the user can fix; the CLI prints its message without a traceback."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=StrictModel)
+
+
+def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file, returning the data and its node tree (for line numbers in errors)."""
+    if not path.is_file():
+        raise LlamalabError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise LlamalabError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def parse_model(model: type[M], data: Any, source: str, node: yaml.Node | None = None) -> M:
+    """Validate `data` against `model`; on failure raise one LlamalabError listing every problem."""
+    if data is None:
+        data = {}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(model, err, source, node) for err in exc.errors()]
+        raise LlamalabError("\n".join(problems)) from None
+
+
+def load_config(model: type[M], path: Path) -> M:
+    """Load and validate a YAML config file."""
+    data, node = load_yaml(path)
+    return parse_model(model, data, str(path), node)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, returning a copy."""
+    result = yaml.safe_load(yaml.safe_dump(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise LlamalabError(f"override {item!r}: expected key=value, e.g. learning_rate=1e-4")
+        target = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise LlamalabError(f"override {item!r}: {part!r} is not a section")
+        target[leaf] = yaml.safe_load(raw)
+    return result
+
+
+def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node | None) -> str:
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(node, loc)
+    where = f"{source}:{line}" if line else source
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+        return f"{where}: unknown key {path!r}: {hint}"
+    if err["type"] == "missing":
+        return f"{where}: missing required key {path!r}"
+    got = err.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    return f"{where}: key {path!r}: {err['msg']}{shown}"
+
+
+def _fields_at(model: type[BaseModel], loc: list) -> list[str]:
+    """The field names of the nested model found at `loc`, for suggestions."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The first BaseModel class inside an annotation like `Foo | None` or `list[Foo]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _line_of(node: yaml.Node | None, loc: list) -> int | None:
+    """1-based line of the YAML node at `loc`, or of its deepest existing parent."""
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                return line
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

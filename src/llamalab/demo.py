@@ -1,0 +1,130 @@
+"""`llamalab demo`: the whole path on the embedded model, in minutes on a laptop CPU.
+
+data check -> zero-shot baselines in both prompt formats on dev -> the better one on test ->
+LoRA fine-tune -> fine-tuned model on test -> paired comparison.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from llamalab.config import LlamalabError
+from llamalab.evaluate.compare import compare
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.lab import Lab, find_lab, init_lab
+from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
+from llamalab.runs.files import write_json_atomic
+from llamalab.tasks.checks import check_task_data
+from llamalab.tasks.data import load_task_data
+from llamalab.tasks.prompts import Prompter
+from llamalab.tasks.task import load_task
+from llamalab.train.trainer import train
+
+TASK = "sentiment"
+EXPERIMENT = "sentiment-lora"
+DEV_LIMIT = 500  # enough to pick a prompt format; selection never looks at test
+
+
+def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
+    """Run every stage, timing each; returns (and writes to demo-summary.json) what was measured."""
+    stages: dict[str, float] = {}
+
+    def stage(name: str, work: Callable[[], Any]) -> Any:
+        console.rule(f"[bold]{name}")
+        started = time.perf_counter()
+        result = work()
+        stages[name] = round(time.perf_counter() - started, 1)
+        return result
+
+    lab = find_lab(lab_dir) if (lab_dir / "lab.yaml").is_file() else init_lab(lab_dir)
+    console.print(f"Lab: {lab.root}")
+    stage("prepare model", lambda: resolve_model(EMBEDDED_NAME))
+    stage("data check", lambda: _check(lab, console))
+
+    dev = {
+        fmt: stage(f"zero-shot {fmt} on dev", lambda fmt=fmt: evaluate(
+            lab, EvalSettings(system=EMBEDDED_NAME, task=TASK, split="dev", format=fmt, limit=DEV_LIMIT), console))
+        for fmt in ("plain", "chat")
+    }
+    best_format = max(dev, key=lambda f: dev[f].data["metrics"]["accuracy"]["estimate"])
+    console.print(f"Best zero-shot prompt format on dev: [bold]{best_format}[/]")
+    baseline = stage("zero-shot baseline on test", lambda: evaluate(
+        lab, EvalSettings(system=EMBEDDED_NAME, task=TASK, split="test", format=best_format), console))
+    trained = stage("LoRA fine-tune", lambda: train(lab, EXPERIMENT, console=console))
+    finetuned = stage("fine-tuned on test", lambda: evaluate(
+        lab, EvalSettings(system=trained.id, task=TASK, split="test"), console))
+
+    result = compare(lab, TASK, "test", "accuracy", only={baseline.id, finetuned.id})
+    from llamalab.cli import print_comparison
+
+    print_comparison(result, console)
+    summary = _summary(stages, dev, baseline, trained, finetuned, result)
+    write_json_atomic(lab.root / "demo-summary.json", summary)
+    _print_summary(console, summary, lab)
+    return summary
+
+
+def _check(lab: Lab, console: Console) -> None:
+    task = load_task(lab.task_path(TASK), lab.root)
+    data = load_task_data(task, strict=False)
+    tokenizer = load_tokenizer(resolve_model(EMBEDDED_NAME))
+    report = check_task_data(data, Prompter(task, tokenizer, task.prompt.format))
+    for split, count in report.counts.items():
+        console.print(f"{split}: {count} examples, tokens {report.token_lengths[split]}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/] {warning}")
+    if not report.ok:
+        raise LlamalabError("data check failed:\n" + "\n".join(report.errors))
+
+
+def _summary(stages, dev, baseline, trained, finetuned, result) -> dict[str, Any]:
+    rows = {row["run"]: row for row in result["systems"]}
+    fine_row = rows[finetuned.id]
+    base_acc = baseline.data["metrics"]["accuracy"]
+    fine_acc = finetuned.data["metrics"]["accuracy"]
+    vs = fine_row["vs_best"] or rows[baseline.id]["vs_best"]
+    return {
+        "stages_s": stages,
+        "total_s": round(sum(stages.values()), 1),
+        "dev_accuracy": {fmt: rec.data["metrics"]["accuracy"]["estimate"] for fmt, rec in dev.items()},
+        "baseline": {"run": baseline.id, "format": baseline.data["prompt"]["format"], "accuracy": base_acc},
+        "finetuned": {"run": finetuned.id, "train_run": trained.id, "accuracy": fine_acc},
+        "paired_test": vs,
+        "finetuned_wins": fine_acc["estimate"] > base_acc["estimate"] and vs["p_value"] < 0.01,
+        "training": {
+            "tokens_per_s": trained.data["throughput"]["tokens_per_s"],
+            "peak_memory_mb": trained.data["peak_memory_mb"],
+            "steps": trained.data["metrics"]["steps"],
+            "loss": [trained.data["metrics"]["first_loss"], trained.data["metrics"]["final_loss"]],
+        },
+    }
+
+
+def _print_summary(console: Console, summary: dict, lab: Lab) -> None:
+    table = Table(title="demo stages")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for name, seconds in summary["stages_s"].items():
+        table.add_row(name, f"{seconds:.1f}")
+    table.add_row("[bold]total", f"[bold]{summary['total_s']:.1f}")
+    console.print(table)
+    b, f, t = summary["baseline"]["accuracy"], summary["finetuned"]["accuracy"], summary["paired_test"]
+    console.print(
+        f"zero-shot ({summary['baseline']['format']}): {b['estimate']:.3f} [{b['low']:.3f}, {b['high']:.3f}]   "
+        f"fine-tuned: {f['estimate']:.3f} [{f['low']:.3f}, {f['high']:.3f}]   "
+        f"{t['test']} p = {t['p_value']:.2g}   (n = {f['n']})"
+    )
+    verdict = "[green]fine-tuned model beats the best zero-shot baseline (p < 0.01)[/]" if summary[
+        "finetuned_wins"] else "[red]fine-tuned model does NOT significantly beat the baseline[/]"
+    console.print(verdict)
+    console.print(
+        f"training: {summary['training']['tokens_per_s']:.0f} tokens/s, peak memory "
+        f"{summary['training']['peak_memory_mb']:.0f} MB"
+    )
+    console.print(f"Records: {lab.runs_dir}  (summary: {lab.root / 'demo-summary.json'})")

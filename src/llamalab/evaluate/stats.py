@@ -1,0 +1,316 @@
+"""Honest statistics for comparing ML systems evaluated on the same examples.
+
+Every resampling method draws its rows from :func:`resample_indices`, so results are reproducible from the
+seed and paired tests resample both systems on exactly the same examples. Point estimates and bootstrap
+replicates go through the same vectorised code path, so they can never disagree about what the metric is.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+METRICS: tuple[str, ...] = ("accuracy", "macro_f1")
+
+# Caps the elements of per-chunk temporaries: materialising every confusion matrix of a
+# 5000-resample x 77-class bootstrap at once would cost gigabytes for no speed gain.
+_CHUNK_ELEMENTS = 1 << 24
+
+RowStatistic = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    method: str
+    confidence: float = 0.95
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for JSON reports."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Result of a paired significance test of system A against system B."""
+
+    test: str
+    delta: float
+    p_value: float
+    n: int
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form for JSON reports (``detail`` is copied)."""
+        return asdict(self)
+
+
+def _check_lengths(*seqs: Sequence[Any]) -> int:
+    lengths = [len(s) for s in seqs]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"length mismatch {lengths}: all sequences must cover the same examples")
+    if lengths[0] == 0:
+        raise ValueError("empty input: need at least one example")
+    return lengths[0]
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _correct(gold: Sequence[Hashable], pred: Sequence[Hashable]) -> np.ndarray:
+    return np.fromiter((g == p for g, p in zip(gold, pred, strict=True)), dtype=bool, count=len(gold))
+
+
+def _encode(
+    gold: Sequence[Hashable], preds: Sequence[Sequence[Hashable]], labels: Sequence[Hashable] | None
+) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """Map labels to class indices 0..K-1; anything outside the label set maps to K."""
+    if labels is None:
+        # sklearn's convention: every label seen in gold or in any prediction is a class.
+        classes = list(dict.fromkeys(itertools.chain(gold, *preds)))
+    else:
+        classes = list(labels)
+        if not classes:
+            raise ValueError("labels must not be empty")
+        if len(set(classes)) != len(classes):
+            raise ValueError("labels must not contain duplicates")
+    index = {c: i for i, c in enumerate(classes)}
+    k = len(classes)
+
+    def encode(seq: Sequence[Hashable]) -> np.ndarray:
+        return np.fromiter((index.get(v, k) for v in seq), dtype=np.int64, count=len(seq))
+
+    return encode(gold), [encode(p) for p in preds], k
+
+
+def _chunks(n_rows: int, row_cost: int) -> Iterator[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(row_cost, 1))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def _mean_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    out = np.empty(len(idx))
+    for rows in _chunks(len(idx), idx.shape[1]):
+        out[rows] = values[idx[rows]].mean(axis=1)
+    return out
+
+
+def _macro_f1_rows(
+    gold_idx: np.ndarray, pred_idx: np.ndarray, k: int, fixed_labels: bool, idx: np.ndarray
+) -> np.ndarray:
+    k1 = k + 1  # slot k collects labels outside the label set: they still count as fp / fn
+    codes = gold_idx * k1 + pred_idx
+    out = np.empty(len(idx))
+    for rows in _chunks(len(idx), max(idx.shape[1], k1 * k1)):
+        block = idx[rows]
+        n_block = len(block)
+        offsets = np.arange(n_block)[:, None] * (k1 * k1)
+        conf = np.bincount((offsets + codes[block]).ravel(), minlength=n_block * k1 * k1)
+        conf = conf.reshape(n_block, k1, k1)
+        tp = np.einsum("bii->bi", conf)[:, :k]
+        # gold count + predicted count = 2tp + fp + fn, the F1 denominator
+        denom = conf.sum(axis=2)[:, :k] + conf.sum(axis=1)[:, :k]
+        f1 = np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
+        if fixed_labels:
+            out[rows] = f1.mean(axis=1)
+        else:
+            # Without explicit labels a class absent from both gold and predictions of this (re)sample is
+            # not a class of it; gold labels are always in the set, so at least one class is present.
+            out[rows] = f1.sum(axis=1) / np.count_nonzero(denom, axis=1)
+    return out
+
+
+def _statistics(
+    gold: Sequence[Hashable],
+    preds: Sequence[Sequence[Hashable]],
+    metric: str,
+    labels: Sequence[Hashable] | None,
+) -> list[RowStatistic]:
+    """One function per prediction sequence mapping an index matrix to the metric of each row."""
+    if metric == "accuracy":
+        return [partial(_mean_rows, _correct(gold, p).astype(float)) for p in preds]
+    if metric == "macro_f1":
+        gold_idx, pred_idxs, k = _encode(gold, preds, labels)
+        return [partial(_macro_f1_rows, gold_idx, p, k, labels is not None) for p in pred_idxs]
+    raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+
+
+def _identity(n: int) -> np.ndarray:
+    return np.arange(n)[None, :]
+
+
+def accuracy(gold: Sequence[Hashable], pred: Sequence[Hashable]) -> float:
+    """Fraction of examples where the prediction equals the gold label."""
+    n = _check_lengths(gold, pred)
+    (stat,) = _statistics(gold, [pred], "accuracy", None)
+    return float(stat(_identity(n))[0])
+
+
+def macro_f1(
+    gold: Sequence[Hashable], pred: Sequence[Hashable], labels: Sequence[Hashable] | None = None
+) -> float:
+    """Unweighted mean of per-class F1.
+
+    Classes are ``labels`` if given (a class never seen then scores 0), else every label occurring in gold
+    or pred. Labels outside ``labels`` still count as false positives / negatives of the listed classes.
+    """
+    n = _check_lengths(gold, pred)
+    (stat,) = _statistics(gold, [pred], "macro_f1", labels)
+    return float(stat(_identity(n))[0])
+
+
+def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap index matrix of shape (n_resamples, n), deterministic in ``seed``."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def _percentile_interval(
+    stat: RowStatistic, n: int, n_resamples: int, confidence: float, seed: int
+) -> Interval:
+    _check_confidence(confidence)
+    estimate = float(stat(_identity(n))[0])
+    replicates = stat(resample_indices(n, n_resamples, seed))
+    alpha = 1.0 - confidence
+    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
+    method = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
+    return Interval(estimate, float(low), float(high), n, method, confidence)
+
+
+def bootstrap_replicates(
+    gold: Sequence[Hashable],
+    pred: Sequence[Hashable],
+    metric: str,
+    *,
+    labels: Sequence[Hashable] | None = None,
+    n_resamples: int = 5000,
+    seed: int = 0,
+) -> np.ndarray:
+    """Metric on each row of ``resample_indices(n, n_resamples, seed)``; shape (n_resamples,)."""
+    n = _check_lengths(gold, pred)
+    (stat,) = _statistics(gold, [pred], metric, labels)
+    return stat(resample_indices(n, n_resamples, seed))
+
+
+def bootstrap_ci(
+    gold: Sequence[Hashable],
+    pred: Sequence[Hashable],
+    metric: str,
+    *,
+    labels: Sequence[Hashable] | None = None,
+    n_resamples: int = 5000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap CI for ``metric`` ("accuracy" or "macro_f1") over resampled examples."""
+    n = _check_lengths(gold, pred)
+    (stat,) = _statistics(gold, [pred], metric, labels)
+    return _percentile_interval(stat, n, n_resamples, confidence, seed)
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], *, n_resamples: int = 5000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
+    """Percentile bootstrap CI for the mean of per-example scores."""
+    n = _check_lengths(values)
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1:
+        raise ValueError(f"values must be one-dimensional, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("values must be finite (NaN / inf would silently poison every resample)")
+    return _percentile_interval(partial(_mean_rows, arr), n, n_resamples, confidence, seed)
+
+
+def wilson_ci(k: int, n: int, confidence: float = 0.95) -> Interval:
+    """Wilson score interval for a binomial proportion k/n."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in [0, n], got k={k}, n={n}")
+    _check_confidence(confidence)
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # Clipping only removes rounding error at k=0 / k=n; the exact interval lies within [0, 1].
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return Interval(p, float(low), float(high), n, "Wilson score", confidence)
+
+
+def paired_bootstrap(
+    gold: Sequence[Hashable],
+    pred_a: Sequence[Hashable],
+    pred_b: Sequence[Hashable],
+    metric: str,
+    *,
+    labels: Sequence[Hashable] | None = None,
+    n_resamples: int = 5000,
+    seed: int = 0,
+) -> PairedTest:
+    """Two-sided paired bootstrap test of metric(A) - metric(B), resampling examples jointly."""
+    n = _check_lengths(gold, pred_a, pred_b)
+    stat_a, stat_b = _statistics(gold, [pred_a, pred_b], metric, labels)
+    ident = _identity(n)
+    metric_a, metric_b = float(stat_a(ident)[0]), float(stat_b(ident)[0])
+    delta = metric_a - metric_b
+    idx = resample_indices(n, n_resamples, seed)
+    deltas = stat_a(idx) - stat_b(idx)
+    # Shift method: centring the bootstrap deltas on the observed delta approximates the null
+    # distribution; the +1 correction keeps p > 0, as a finite number of resamples cannot prove p = 0.
+    exceed = int(np.count_nonzero(np.abs(deltas - delta) >= abs(delta)))
+    p_value = (exceed + 1) / (n_resamples + 1)
+    detail = {
+        "metric": metric,
+        "metric_a": metric_a,
+        "metric_b": metric_b,
+        "n_resamples": n_resamples,
+        "seed": seed,
+    }
+    return PairedTest(f"paired bootstrap ({metric})", delta, p_value, n, detail)
+
+
+def mcnemar(gold: Sequence[Hashable], pred_a: Sequence[Hashable], pred_b: Sequence[Hashable]) -> PairedTest:
+    """Exact McNemar test: two-sided binomial test on the discordant pairs.
+
+    ``b`` counts examples only A gets right, ``c`` those only B gets right; delta = acc(A) - acc(B).
+    """
+    n = _check_lengths(gold, pred_a, pred_b)
+    correct_a, correct_b = _correct(gold, pred_a), _correct(gold, pred_b)
+    b = int(np.count_nonzero(correct_a & ~correct_b))
+    c = int(np.count_nonzero(~correct_a & correct_b))
+    p_value = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return PairedTest("exact McNemar", (b - c) / n, p_value, n, {"b": b, "c": c})
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in input order."""
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"p_values must be one-dimensional, got shape {p.shape}")
+    if np.any(np.isnan(p) | (p < 0) | (p > 1)):
+        raise ValueError("p_values must lie in [0, 1]")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    # The running maximum keeps adjusted p-values monotone in the raw ones, as step-down Holm requires.
+    adjusted = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
+    out = np.empty(m)
+    out[order] = adjusted
+    return out.tolist()

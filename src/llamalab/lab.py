@@ -1,0 +1,87 @@
+"""A lab repository: lab.yaml at the root, tasks/, experiments/, data/, runs/."""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from llamalab.config import LlamalabError, StrictModel, load_config
+
+
+class Member(StrictModel):
+    name: str
+    role: str = ""
+    url: str = ""
+
+
+class LabConfig(StrictModel):
+    """lab.yaml: who the lab is. Secrets never live here."""
+
+    name: str
+    description: str = ""
+    members: list[Member] = []
+
+
+@dataclass(frozen=True)
+class Lab:
+    root: Path
+    config: LabConfig
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def task_path(self, name: str) -> Path:
+        return self._named_file("tasks", name)
+
+    def experiment_path(self, name: str) -> Path:
+        return self._named_file("experiments", name)
+
+    def _named_file(self, folder: str, name: str) -> Path:
+        """Accept a bare name (`sentiment`) or a path to the YAML file."""
+        as_path = Path(name)
+        if as_path.suffix in (".yaml", ".yml") and as_path.is_file():
+            return as_path.resolve()
+        path = self.root / folder / f"{name}.yaml"
+        if path.is_file():
+            return path
+        known = sorted(p.stem for p in (self.root / folder).glob("*.yaml"))
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(known) or 'none'}"
+        raise LlamalabError(f"no {folder[:-1]} named {name!r} in {self.root / folder}: {hint}")
+
+
+def find_lab(start: Path | None = None) -> Lab:
+    """The lab containing `start` (default: the current directory), found by its lab.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "lab.yaml").is_file():
+            return Lab(folder, load_config(LabConfig, folder / "lab.yaml"))
+    raise LlamalabError(
+        f"no lab.yaml in {here} or any parent folder: run inside a lab, pass --lab DIR, "
+        "or create one with `llamalab init DIR`"
+    )
+
+
+def example_lab_source() -> Path:
+    """The example lab shipped inside the package (tasks, experiments and licensed data)."""
+    return Path(str(resources.files("llamalab") / "example_lab"))
+
+
+def init_lab(target: Path) -> Lab:
+    """Create a lab at `target` from the shipped example (refuses to overwrite an existing lab)."""
+    if (target / "lab.yaml").exists():
+        raise LlamalabError(f"{target} already holds a lab (lab.yaml exists)")
+    if target.exists() and any(target.iterdir()):
+        raise LlamalabError(f"{target} is not empty: choose a new folder")
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(example_lab_source(), staging, ignore=shutil.ignore_patterns("runs", "__pycache__"))
+    (staging / "runs").mkdir()
+    if target.exists():
+        target.rmdir()
+    staging.rename(target)
+    return find_lab(target)

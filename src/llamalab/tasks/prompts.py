@@ -1,0 +1,118 @@
+"""The one place prompts become tokens: training and evaluation both encode through here.
+
+A prompt is the task's jinja2 template, used either as plain text or as the user turn of the
+model's own chat template (never a hand-written imitation of it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import jinja2
+
+from llamalab.config import LlamalabError
+from llamalab.tasks.data import Example
+from llamalab.tasks.task import Task
+
+PromptFormat = Literal["plain", "chat"]
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a prompt and of what follows it (an answer, or a label being scored)."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.answer_ids
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """Renders and encodes a task's examples for one tokenizer in one prompt format."""
+
+    task: Task
+    tokenizer: object
+    format: PromptFormat
+    shots: tuple[Example, ...] = ()
+
+    def user_text(self, example: Example) -> str:
+        try:
+            return _JINJA.from_string(self.task.prompt.template).render(**example.fields)
+        except jinja2.UndefinedError as exc:
+            raise LlamalabError(
+                f"task {self.task.name!r}: prompt.template uses {exc.message}; example {example.source} "
+                f"has fields {', '.join(example.fields)}"
+            ) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise LlamalabError(f"task {self.task.name!r}: prompt.template line {exc.lineno}: {exc.message}") from None
+
+    def prompt(self, example: Example) -> str:
+        """The exact text the model sees before its answer."""
+        if self.format == "chat":
+            return self._chat_template(self._messages(example), add_generation_prompt=True)
+        parts = [f"{self.task.prompt.system}\n\n"] if self.task.prompt.system else []
+        for shot in self.shots:
+            parts.append(self.user_text(shot) + self.continuation(self.task.answer.verbalize(shot.answer)) + "\n\n")
+        parts.append(self.user_text(example))
+        return "".join(parts)
+
+    def continuation(self, answer: str) -> str:
+        """What follows the prompt for a given answer text (without an end-of-turn marker)."""
+        return answer if self.format == "chat" else self.task.prompt.target_delimiter + answer
+
+    def completion(self, example: Example) -> str:
+        """The training target: the answer plus the end-of-turn marker, so the model learns to stop."""
+        answer = self.task.answer.verbalize(example.answer)
+        if self.format == "plain":
+            return self.continuation(answer) + (self.tokenizer.eos_token or "")
+        prompt = self.prompt(example)
+        full = self._chat_template(
+            [*self._messages(example), {"role": "assistant", "content": answer}], add_generation_prompt=False
+        )
+        if not full.startswith(prompt):
+            raise LlamalabError(
+                "the model's chat template renders the conversation differently from its generation prompt; "
+                "use prompt.format: plain for this model"
+            )
+        return full[len(prompt) :]
+
+    def encode(self, prompt: str, continuation: str) -> Encoded:
+        """Tokenize prompt + continuation the way lm-evaluation-harness does.
+
+        The whole string is tokenized once and split where the prompt's own tokens end, so the
+        answer tokens are the ones the model would really produce after this prompt. Trailing
+        spaces of the prompt move to the continuation (they belong to the answer's first token).
+        """
+        stripped = prompt.rstrip(" ")
+        continuation = prompt[len(stripped) :] + continuation
+        special = self.format == "plain"  # chat templates write their own BOS
+        whole = self.tokenizer(stripped + continuation, add_special_tokens=special)["input_ids"]
+        context = self.tokenizer(stripped, add_special_tokens=special)["input_ids"]
+        if whole[: len(context)] != context:
+            # The boundary merged into one token: fall back to separate tokenization.
+            answer = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+            return Encoded(context, answer)
+        return Encoded(context, whole[len(context) :])
+
+    def encode_training(self, example: Example) -> Encoded:
+        return self.encode(self.prompt(example), self.completion(example))
+
+    def _messages(self, example: Example) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": self.task.prompt.system}] if self.task.prompt.system else []
+        for shot in self.shots:
+            messages.append({"role": "user", "content": self.user_text(shot)})
+            messages.append({"role": "assistant", "content": self.task.answer.verbalize(shot.answer)})
+        messages.append({"role": "user", "content": self.user_text(example)})
+        return messages
+
+    def _chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise LlamalabError("this model's tokenizer has no chat template: use prompt.format: plain")
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )

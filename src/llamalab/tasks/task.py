@@ -1,0 +1,114 @@
+"""The task file (tasks/<name>.yaml): data files and fields, splits, prompt, answer type, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from llamalab.config import StrictModel, load_config
+
+SPLITS = ("train", "dev", "test")
+FileFormat = Literal["jsonl", "csv", "tsv", "lines"]
+
+
+class DataFile(StrictModel):
+    """One data file. `split` says which split it holds; without it, the rows join the pool to split."""
+
+    path: str
+    split: Literal["train", "dev", "test"] | None = None
+    format: FileFormat | None = Field(None, description="inferred from the suffix when omitted")
+    label: str | None = Field(None, description="one-text-file-per-label: every line is one example of this label")
+
+    def resolved_format(self) -> FileFormat:
+        if self.format:
+            return self.format
+        suffix = Path(self.path).suffix.lower()
+        return {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(suffix, "lines")  # type: ignore[return-value]
+
+
+class SplitSpec(StrictModel):
+    """How to derive missing splits: fractions of `source`, drawn with a seed, stratified by label."""
+
+    source: Literal["pool", "train"] = "pool"
+    dev: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    stratify: bool = True
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> SplitSpec:
+        if self.dev + self.test >= 1:
+            raise ValueError("dev + test must leave some examples for train (sum < 1)")
+        return self
+
+
+class DataSpec(StrictModel):
+    files: list[DataFile] = Field(min_length=1)
+    text_fields: list[str] = Field(["text"], description="fields the prompt uses; each must be non-empty")
+    answer_field: str = Field("label", description="field with the gold answer (not used by one-file-per-label)")
+    id_field: str | None = Field(None, description="field with a stable example id; default file:line")
+    split: SplitSpec | None = None
+
+
+class PromptSpec(StrictModel):
+    """The prompt, one jinja2 template shared by training and evaluation."""
+
+    template: str
+    format: Literal["plain", "chat"] = Field(
+        "plain", description="plain text, or the user turn of the model's own chat template"
+    )
+    system: str | None = None
+    target_delimiter: str = Field(" ", description="between a plain prompt and its answer")
+
+
+class AnswerSpec(StrictModel):
+    type: Literal["label", "text", "number"] = "label"
+    labels: list[str] = []
+    verbalizers: dict[str, str] = Field({}, description="what the model says for each label (default: the label)")
+    normalize: Literal["sum", "mean"] = Field(
+        "sum", description="label score: summed log-likelihood, or mean per token (length-normalised)"
+    )
+
+    @model_validator(mode="after")
+    def _labels_are_consistent(self) -> AnswerSpec:
+        if self.type == "label" and len(self.labels) < 2:
+            raise ValueError("a label answer needs at least two labels")
+        unknown = sorted(set(self.verbalizers) - set(self.labels))
+        if unknown:
+            raise ValueError(f"verbalizers name labels not in `labels`: {', '.join(unknown)}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+    def verbalize(self, label: str) -> str:
+        return self.verbalizers.get(label, label)
+
+
+class Task(StrictModel):
+    name: str
+    description: str = ""
+    data: DataSpec
+    prompt: PromptSpec
+    answer: AnswerSpec
+    metrics: list[Literal["accuracy", "macro_f1"]] = ["accuracy", "macro_f1"]
+
+    # Where the task file lives: data paths are relative to the lab root.
+    lab_root: Path = Field(Path("."), exclude=True)
+
+    @field_validator("metrics")
+    @classmethod
+    def _some_metric(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one metric")
+        return value
+
+    def data_path(self, file: DataFile) -> Path:
+        return (self.lab_root / file.path).resolve()
+
+
+def load_task(path: Path, lab_root: Path) -> Task:
+    """Load tasks/<name>.yaml; data paths resolve against the lab root."""
+    task = load_config(Task, path)
+    return task.model_copy(update={"lab_root": lab_root})

@@ -1,0 +1,56 @@
+"""The experiment file (experiments/<name>.yaml): base model, method, hyperparameters, task, seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from llamalab.config import StrictModel, apply_overrides, load_yaml, parse_model
+
+
+class LoraSpec(StrictModel):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout costs ~17% of a CPU step")
+    target_modules: str | list[str] = Field("all-linear", description="module names, or all-linear")
+
+
+class Experiment(StrictModel):
+    task: str
+    base_model: str = "smollm2-135m-instruct"
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSpec = LoraSpec()
+    format: Literal["plain", "chat"] | None = Field(None, description="prompt format; default: the task's")
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=8, description="longer training examples are skipped (and counted)")
+    train_examples: int | None = Field(None, ge=1, description="train on a seeded random subset of this size")
+    seed: int = 0
+    save_steps: int = Field(25, ge=1, description="checkpoint every this many optimizer steps")
+    bf16: Literal["auto", "yes", "no"] = Field(
+        "auto", description="bfloat16 autocast: auto uses it where the hardware supports it"
+    )
+
+    @model_validator(mode="after")
+    def _lora_only_with_lora(self) -> Experiment:
+        if self.method == "full" and "lora" in self.model_fields_set:
+            raise ValueError("`lora` settings given but method is full; remove them or set method: lora")
+        return self
+
+
+def load_experiment(path: Path, overrides: list[str] | None = None) -> tuple[Experiment, dict]:
+    """The experiment with command-line `key=value` overrides applied; also its resolved dict."""
+    data, node = load_yaml(path)
+    if overrides:
+        data = apply_overrides(data or {}, overrides)
+    source = f"{path} (with overrides {' '.join(overrides)})" if overrides else str(path)
+    experiment = parse_model(Experiment, data, source, node)
+    return experiment, experiment.model_dump(mode="json")

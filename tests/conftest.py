@@ -1,0 +1,46 @@
+"""Shared fixtures: a copy of the example lab, and a tiny randomly initialised Llama for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llamalab.lab import Lab, init_lab
+from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    """A fresh copy of the shipped example lab."""
+    return init_lab(tmp_path / "lab")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded model's real tokenizer (converting the GGUF once per cache)."""
+    return load_tokenizer(resolve_model(EMBEDDED_NAME))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer Llama with the real tokenizer: training and scoring run in milliseconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_experiment(lab: Lab, name: str, text: str) -> str:
+    (lab.root / "experiments" / f"{name}.yaml").write_text(text)
+    return name

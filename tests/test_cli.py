@@ -1,0 +1,46 @@
+"""Bad input through the real command line: a clear message, exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from llamalab.cli import app
+
+
+def llamalab(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamalab.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_bad_override_is_reported_without_traceback(lab):
+    result = llamalab("train", "sentiment-lora", "learning_rat=1", "--lab", str(lab.root))
+    assert result.returncode == 2
+    assert "unknown key 'learning_rat': did you mean 'learning_rate'?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not lab.runs_dir.exists() or not any(lab.runs_dir.iterdir())
+
+
+def test_unknown_task_and_outside_a_lab(lab, tmp_path):
+    result = llamalab("data", "check", "sentimnt", "--lab", str(lab.root))
+    assert result.returncode == 2 and "did you mean 'sentiment'?" in result.stderr
+    result = llamalab("compare", "--task", "sentiment", cwd=tmp_path)
+    assert result.returncode == 2 and "no lab.yaml" in result.stderr
+
+
+def test_data_check_reports_bad_rows_and_fails(lab):
+    with (lab.root / "data" / "rt_polarity" / "rt-polarity.pos").open("a") as handle:
+        handle.write("\n")
+    result = CliRunner().invoke(app, ["data", "check", "sentiment", "--lab", str(lab.root), "--json"])
+    assert result.exit_code == 1
+    assert "rt-polarity.pos:5332: empty line" in result.stdout
+
+
+def test_data_check_and_show_on_the_example(lab):
+    result = CliRunner().invoke(app, ["data", "check", "sentiment", "--lab", str(lab.root)])
+    assert result.exit_code == 0, result.output
+    assert "train/test overlap" in result.stdout and "data ok" in result.stdout
+    shown = CliRunner().invoke(app, ["data", "show", "sentiment", "-n", "2", "--lab", str(lab.root)])
+    assert shown.exit_code == 0
+    assert "Review: " in shown.stdout and "loss tokens" in shown.stdout

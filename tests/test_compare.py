@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llamalab.cli import app
+from llamalab.evaluate.compare import compare
+from llamalab.runs.files import append_jsonl
+from llamalab.runs.record import RunRecord
+
+
+def fake_eval(lab, system: str, correct: list[bool], fmt: str = "plain", status: str = "finished") -> RunRecord:
+    """An eval run folder as `llamalab eval` writes it, with chosen per-example correctness."""
+    record = RunRecord.create(
+        lab.runs_dir, "eval", system, {"system": system},
+        system={"label": system, "kind": "base"}, task={"name": "sentiment", "split": "test", "n": len(correct)},
+        prompt={"format": fmt, "shots": []}, scoring={"protocol": "loglikelihood"},
+    )
+    rows = []
+    for i, ok in enumerate(correct):
+        gold = "positive" if i % 2 else "negative"
+        other = "negative" if gold == "positive" else "positive"
+        rows.append({"id": f"x:{i}", "gold": gold, "prediction": gold if ok else other,
+                     "scores": {"negative": 0.0, "positive": 0.0}})
+    append_jsonl(record.folder / "predictions.jsonl", rows)
+    record.update(status=status)
+    return record
+
+
+def test_ranks_systems_and_tests_against_the_best(lab):
+    rng = np.random.default_rng(0)
+    strong = fake_eval(lab, "strong", list(rng.random(400) < 0.9))
+    weak = fake_eval(lab, "weak", list(rng.random(400) < 0.6))
+    twin = fake_eval(lab, "twin", list(rng.random(400) < 0.9))
+    fake_eval(lab, "crashed", [True] * 400, status="failed")  # unfinished runs are never compared
+
+    result = compare(lab, "sentiment")
+    names = [row["system"] for row in result["systems"]]
+    assert set(names) == {"strong [plain]", "weak [plain]", "twin [plain]"}
+    assert names[-1] == "weak [plain]"
+    best, *others = result["systems"]
+    assert best["vs_best"] is None
+    weak_row = next(r for r in others if r["run"] == weak.id)
+    assert weak_row["vs_best"]["test"] == "exact McNemar"
+    assert weak_row["vs_best"]["p_value"] < 1e-6
+    assert weak_row["vs_best"]["p_holm"] >= weak_row["vs_best"]["p_value"]
+    assert weak_row["vs_best"]["delta"] < -0.2
+    twin_row = next(r for r in result["systems"] if r["run"] in (twin.id, strong.id) and r["vs_best"])
+    assert twin_row["vs_best"]["p_value"] > 0.05
+    acc = weak_row["metrics"]["accuracy"]
+    assert acc["low"] < acc["estimate"] < acc["high"] and acc["n"] == 400
+
+    f1 = compare(lab, "sentiment", metric="macro_f1")
+    assert next(r for r in f1["systems"] if r["run"] == weak.id)["vs_best"]["test"] == "paired bootstrap"
+
+
+def test_compare_cli_json_and_errors(lab):
+    fake_eval(lab, "a", [True, False] * 50)
+    fake_eval(lab, "b", [True] * 100)
+    runner = CliRunner()
+    result = runner.invoke(app, ["compare", "--task", "sentiment", "--json", "--lab", str(lab.root)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["best"] == "b [plain]"
+    assert [s["n"] for s in payload["systems"]] == [100, 100]
+
+    table = runner.invoke(app, ["compare", "--task", "sentiment", "--lab", str(lab.root)])
+    assert "exact McNemar" in table.stdout and "best" in table.stdout
+
+    with pytest.raises(Exception, match="no finished evaluations of task 'intent'"):
+        compare(lab, "intent")

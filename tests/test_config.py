@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from llamalab.config import LlamalabError, apply_overrides, load_config
+from llamalab.lab import find_lab
+from llamalab.tasks.task import Task, load_task
+from llamalab.train.experiment import Experiment, load_experiment
+
+
+def test_shipped_configs_load(lab):
+    """The example lab's task and experiment files must always match the code."""
+    for path in sorted((lab.root / "tasks").glob("*.yaml")):
+        assert load_task(path, lab.root).name == path.stem
+    for path in sorted((lab.root / "experiments").glob("*.yaml")):
+        experiment, _ = load_experiment(path)
+        load_task(lab.task_path(experiment.task), lab.root)
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: sentiment\nlearning_rte: 0.001\n")
+    with pytest.raises(LlamalabError) as err:
+        load_config(Experiment, path)
+    message = str(err.value)
+    assert f"{path}:2" in message
+    assert "learning_rte" in message
+    assert "did you mean 'learning_rate'" in message
+
+
+def test_nested_unknown_key_suggests_from_the_nested_model(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: sentiment\nlora:\n  rank: 8\n")
+    with pytest.raises(LlamalabError, match=r"exp.yaml:3: unknown key 'lora.rank': did you mean 'r'"):
+        load_config(Experiment, path)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: sentiment\nbatch_size: lots\n")
+    with pytest.raises(LlamalabError, match=r"exp.yaml:2: key 'batch_size'.*got 'lots'"):
+        load_config(Experiment, path)
+
+
+def test_missing_required_key(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("learning_rate: 0.001\n")
+    with pytest.raises(LlamalabError, match="missing required key 'task'"):
+        load_config(Experiment, path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(LlamalabError, match="task.yaml:.*not valid YAML"):
+        load_config(Task, path)
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: sentiment\nlora: {r: 16}\n")
+    experiment, resolved = load_experiment(path, ["lora.r=4", "learning_rate=1e-3", "max_steps=7"])
+    assert (experiment.lora.r, experiment.learning_rate, experiment.max_steps) == (4, 1e-3, 7)
+    assert resolved["lora"]["r"] == 4
+    with pytest.raises(LlamalabError, match="did you mean 'max_steps'"):
+        load_experiment(path, ["max_step=3"])
+    with pytest.raises(LlamalabError, match="expected key=value"):
+        apply_overrides({}, ["justakey"])
+
+
+def test_task_label_checks(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(
+        "name: t\ndata: {files: [{path: a.jsonl, split: train}]}\nprompt: {template: '{{ text }}'}\n"
+        "answer: {labels: [a, b], verbalizers: {c: see}}\n"
+    )
+    with pytest.raises(LlamalabError, match="verbalizers name labels not in `labels`: c"):
+        load_config(Task, path)
+
+
+def test_missing_lab_and_unknown_task(lab, tmp_path):
+    with pytest.raises(LlamalabError, match="no lab.yaml"):
+        find_lab(tmp_path / "nowhere")
+    with pytest.raises(LlamalabError, match="did you mean 'sentiment'"):
+        lab.task_path("sentimnt")

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from llamalab.config import LlamalabError
+from llamalab.tasks.data import derive_split, load_task_data
+from llamalab.tasks.task import Task
+
+
+def make_task(root: Path, files: list[dict], split: dict | None = None, **data) -> Task:
+    spec = {"files": files, **data}
+    if split is not None:
+        spec["split"] = split
+    task = Task.model_validate({
+        "name": "t",
+        "data": spec,
+        "prompt": {"template": "{{ text }}"},
+        "answer": {"labels": ["neg", "pos"]},
+    })
+    return task.model_copy(update={"lab_root": root})
+
+
+def test_jsonl_csv_tsv_and_text_per_label(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    (tmp_path / "dev.csv").write_text('text,label\n"fine, really",pos\nawful,neg\n')
+    (tmp_path / "test.tsv").write_text("text\tlabel\ngreat\tpos\nmeh\tneg\n")
+    task = make_task(tmp_path, [
+        {"path": "train.jsonl", "split": "train"},
+        {"path": "dev.csv", "split": "dev"},
+        {"path": "test.tsv", "split": "test"},
+    ])
+    data = load_task_data(task)
+    assert [e.fields["text"] for e in data.split("dev")] == ["fine, really", "awful"]
+    assert [e.answer for e in data.split("test")] == ["pos", "neg"]
+    assert data.split("train")[0].id == "train.jsonl:1"
+    assert set(data.file_hashes) == {"train.jsonl", "dev.csv", "test.tsv"}
+
+    (tmp_path / "p.txt").write_text("lovely\nsuperb\n")
+    (tmp_path / "n.txt").write_text("dull\n")
+    lines = make_task(tmp_path, [
+        {"path": "p.txt", "label": "pos", "split": "train"},
+        {"path": "n.txt", "label": "neg", "split": "train"},
+    ])
+    assert [(e.fields["text"], e.answer) for e in load_task_data(lines).split("train")] == [
+        ("lovely", "pos"), ("superb", "pos"), ("dull", "neg"),
+    ]
+
+
+def test_bad_rows_are_reported_as_file_line(tmp_path):
+    (tmp_path / "train.jsonl").write_text(
+        '{"text": "good", "label": "pos"}\n'
+        '{"text": "bad", "label": "neg"\n'  # malformed JSON
+        '{"label": "pos"}\n'  # missing field
+        '{"text": "odd", "label": "maybe"}\n'  # label outside the set
+    )
+    (tmp_path / "test.csv").write_text("text,label\nfine,pos\ntoo,many,columns\n")
+    task = make_task(tmp_path, [{"path": "train.jsonl", "split": "train"}, {"path": "test.csv", "split": "test"}])
+    with pytest.raises(LlamalabError) as err:
+        load_task_data(task)
+    message = str(err.value)
+    assert "4 bad row(s)" in message
+    assert "train.jsonl:2: malformed JSON" in message
+    assert "train.jsonl:3: missing or empty field(s): text" in message
+    assert "train.jsonl:4: label 'maybe' is not in the task's label set" in message
+    assert "test.csv:3: has 3 columns, the header has 2" in message
+
+    lenient = load_task_data(task, strict=False)
+    assert len(lenient.bad_rows) == 4
+    assert len(lenient.split("train")) == 1
+
+
+def test_missing_file_and_empty_split(tmp_path):
+    task = make_task(tmp_path, [{"path": "nope.jsonl", "split": "train"}])
+    with pytest.raises(LlamalabError, match="data file nope.jsonl not found"):
+        load_task_data(task)
+    (tmp_path / "train.jsonl").write_text('{"text": "good", "label": "pos"}\n')
+    (tmp_path / "test.jsonl").write_text("\n")
+    task = make_task(tmp_path, [{"path": "train.jsonl", "split": "train"}, {"path": "test.jsonl", "split": "test"}])
+    with pytest.raises(LlamalabError, match="split 'test' is empty"):
+        load_task_data(task)
+
+
+def test_derived_split_is_stratified_seeded_and_pinned(tmp_path):
+    rows = [{"text": f"t{i}", "label": "pos" if i % 4 else "neg"} for i in range(400)]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    split = {"source": "pool", "dev": 0.1, "test": 0.2, "seed": 3}
+    task = make_task(tmp_path, [{"path": "all.jsonl"}], split)
+    data = load_task_data(task)
+    sizes = {name: len(examples) for name, examples in data.splits.items()}
+    assert sizes == {"train": 280, "dev": 40, "test": 80}
+    assert Counter(e.answer for e in data.split("test")) == {"pos": 60, "neg": 20}  # stratified: same 3:1 ratio
+    ids = {name: {e.id for e in ex} for name, ex in data.splits.items()}
+    assert not (ids["train"] & ids["test"]) and not (ids["dev"] & ids["test"])
+
+    manifest = tmp_path / "data" / "splits" / "t.json"
+    assert manifest.is_file()
+    assert {e.id for e in load_task_data(task).split("test")} == ids["test"]  # same split again
+
+    # Changing the data must not silently change the split.
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    with pytest.raises(LlamalabError, match="recorded split no longer matches"):
+        load_task_data(task)
+    # Nor may changing the split settings.
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(LlamalabError, match="recorded split no longer matches"):
+        load_task_data(make_task(tmp_path, [{"path": "all.jsonl"}], {**split, "seed": 4}))
+
+
+def test_derive_split_depends_on_seed_only():
+    from llamalab.tasks.data import Example
+
+    examples = [Example(f"f:{i}", {"text": str(i)}, "pos", f"f:{i}") for i in range(50)]
+    a = derive_split(examples, {"dev": 0.2}, seed=1, stratify=True)
+    assert a == derive_split(list(reversed(examples)), {"dev": 0.2}, seed=1, stratify=True)
+    assert a != derive_split(examples, {"dev": 0.2}, seed=2, stratify=True)
+    assert len(a["dev"]) == 10
+
+
+def test_pool_without_split_spec_is_an_error(tmp_path):
+    (tmp_path / "all.jsonl").write_text('{"text": "good", "label": "pos"}\n')
+    with pytest.raises(LlamalabError, match="no `data.split` section"):
+        load_task_data(make_task(tmp_path, [{"path": "all.jsonl"}]))
+
+
+def test_example_lab_tasks_load(lab):
+    from llamalab.tasks.task import load_task
+
+    sentiment = load_task_data(load_task(lab.task_path("sentiment"), lab.root))
+    assert {k: len(v) for k, v in sentiment.splits.items()} == {"train": 8530, "dev": 1066, "test": 1066}
+    intent_task = load_task(lab.task_path("intent"), lab.root)
+    intent = load_task_data(intent_task)
+    assert len(intent.split("test")) == 3080
+    assert len(intent.split("train")) + len(intent.split("dev")) == 10003
+    assert len(intent_task.answer.labels) == 77

@@ -1,0 +1,50 @@
+"""The product on the real embedded model: a short fine-tune, then evaluation, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llamalab.cli import app
+from llamalab.runs.record import find_run
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_embedded_model_learns_and_records_are_complete(lab):
+    root = str(lab.root)
+    run_id = run("train", "sentiment-lora", "max_steps=12", "train_examples=96", "save_steps=6", "--lab", root)
+    record = find_run(lab.runs_dir, run_id)
+    data = record.data
+    assert data["status"] == "finished"
+    assert data["model"] == {"name": "smollm2-135m-instruct", "revision": data["model"]["revision"]}
+    assert data["model"]["revision"].startswith("gguf-sha256:")
+    log = [json.loads(line) for line in (record.folder / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 12
+    first, last = sum(r["loss"] for r in log[:3]) / 3, sum(r["loss"] for r in log[-3:]) / 3
+    assert last < first / 2, f"loss did not fall: {first:.3f} -> {last:.3f}"
+    for key in ("config_hash", "environment", "started", "ended", "timings", "throughput", "peak_memory_mb",
+                "task", "prompt", "metrics"):
+        assert data[key], key
+    assert data["environment"]["git"].keys() == {"commit", "dirty"}
+    assert (record.folder / "config.yaml").is_file()
+    assert (record.folder / "adapter" / "adapter_config.json").is_file()
+
+    eval_id = run("eval", run_id, "--task", "sentiment", "--limit", "40", "--lab", root)
+    evaluation = find_run(lab.runs_dir, eval_id)
+    predictions = [json.loads(line) for line in (evaluation.folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 40
+    row = predictions[0]
+    assert set(row) >= {"id", "prompt_sha256", "prompt", "gold", "prediction", "scores", "tokens"}
+    assert row["prompt"].startswith("Review: ") and row["prompt"].endswith("\nSentiment:")
+    accuracy = evaluation.data["metrics"]["accuracy"]
+    assert accuracy["low"] <= accuracy["estimate"] <= accuracy["high"]
+    assert evaluation.data["system"]["train_run"] == run_id

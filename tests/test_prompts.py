@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from llamalab.config import LlamalabError
+from llamalab.tasks.data import Example
+from llamalab.tasks.prompts import Prompter
+from llamalab.tasks.task import Task
+
+EX = Example("f:1", {"text": "a gripping , funny film ."}, "positive", "f:1")
+
+
+def task(**prompt) -> Task:
+    return Task.model_validate({
+        "name": "sentiment",
+        "data": {"files": [{"path": "x.jsonl", "split": "train"}]},
+        "prompt": {"template": "Review: {{ text }}\nSentiment:", **prompt},
+        "answer": {"labels": ["negative", "positive"], "verbalizers": {"positive": "good"}},
+    })
+
+
+def test_plain_prompt_and_training_target(tokenizer):
+    prompter = Prompter(task(), tokenizer, "plain")
+    assert prompter.prompt(EX) == "Review: a gripping , funny film .\nSentiment:"
+    assert prompter.completion(EX) == " good" + tokenizer.eos_token  # verbalizer, delimiter, end marker
+    encoded = prompter.encode_training(EX)
+    assert tokenizer.decode(encoded.prompt_ids) == prompter.prompt(EX)
+    assert tokenizer.decode(encoded.answer_ids) == " good" + tokenizer.eos_token
+    # The label scored at evaluation is exactly the start of the training target.
+    scored = prompter.encode(prompter.prompt(EX), prompter.continuation("good"))
+    assert scored.prompt_ids == encoded.prompt_ids
+    assert encoded.answer_ids[: len(scored.answer_ids)] == scored.answer_ids
+
+
+def test_chat_prompt_uses_the_tokenizers_own_template(tokenizer):
+    prompter = Prompter(task(system="You rate reviews."), tokenizer, "chat")
+    expected = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "You rate reviews."},
+         {"role": "user", "content": "Review: a gripping , funny film .\nSentiment:"}],
+        tokenize=False, add_generation_prompt=True,
+    )
+    assert prompter.prompt(EX) == expected
+    assert prompter.completion(EX) == "good<|im_end|>\n"
+    encoded = prompter.encode_training(EX)
+    assert tokenizer.decode(encoded.answer_ids) == "good<|im_end|>\n"
+    assert tokenizer.decode(encoded.prompt_ids) == expected
+
+
+def test_k_shot_examples_come_before_the_query(tokenizer):
+    shot = Example("f:9", {"text": "dull ."}, "negative", "f:9")
+    prompter = Prompter(task(), tokenizer, "plain", shots=(shot,))
+    assert prompter.prompt(EX) == "Review: dull .\nSentiment: negative\n\nReview: a gripping , funny film .\nSentiment:"
+    chat = Prompter(task(), tokenizer, "chat", shots=(shot,))
+    assert chat.prompt(EX).count("<|im_start|>assistant") == 2  # the shot's answer turn + the generation prompt
+
+
+def test_trailing_space_moves_to_the_answer(tokenizer):
+    prompter = Prompter(task(template="Review: {{ text }}\nSentiment: "), tokenizer, "plain")
+    encoded = prompter.encode(prompter.prompt(EX), "good")
+    assert tokenizer.decode(encoded.prompt_ids).endswith("Sentiment:")
+    assert tokenizer.decode(encoded.answer_ids) == " good"
+
+
+def test_template_errors_name_the_field(tokenizer):
+    prompter = Prompter(task(template="{{ review }}"), tokenizer, "plain")
+    with pytest.raises(LlamalabError, match="'review' is undefined.*has fields text"):
+        prompter.prompt(EX)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from safetensors.torch import load_file
+
+from llamalab.config import LlamalabError
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.runs.record import list_runs
+from llamalab.tasks.task import load_task
+from llamalab.train.trainer import build_dataset, train
+from tests.conftest import write_experiment
+
+
+def tiny_experiment(lab, model_dir, name="tiny", **extra) -> str:
+    settings = {
+        "task": "sentiment", "base_model": str(model_dir), "learning_rate": 5e-3, "batch_size": 4,
+        "max_steps": 12, "save_steps": 4, "train_examples": 64, "seed": 7, "lora": {"r": 4, "alpha": 8},
+        **extra,
+    }
+    return write_experiment(lab, name, json.dumps(settings))
+
+
+def test_loss_only_on_answer_tokens(lab, tokenizer):
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.prompts import Prompter
+
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    examples = load_task_data(task).split("train")[:5]
+    dataset, skipped = build_dataset(Prompter(task, tokenizer, "plain"), examples, max_length=128)
+    assert skipped == 0
+    for row, ex in zip(dataset, examples, strict=True):
+        answer = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+        assert tokenizer.decode(answer) == f" {ex.answer}{tokenizer.eos_token}"
+        assert row["labels"][0] == -100
+    _, skipped = build_dataset(Prompter(task, tokenizer, "plain"), examples, max_length=8)
+    assert skipped == 5
+
+
+def test_a_few_steps_write_a_complete_record(lab, tiny_model_dir):
+    record = train(lab, tiny_experiment(lab, tiny_model_dir))
+    data = record.data
+    assert data["status"] == "finished"
+    assert data["metrics"]["steps"] == 12
+    assert data["metrics"]["final_loss"] < data["metrics"]["first_loss"]
+    assert data["throughput"]["tokens_per_s"] > 0
+    assert data["model"]["revision"].startswith("sha256:")
+    assert set(data["task"]["data_sha256"]) == {"data/rt_polarity/rt-polarity.pos", "data/rt_polarity/rt-polarity.neg"}
+    assert (record.folder / "adapter" / "adapter_model.safetensors").is_file()
+    assert len((record.folder / "train_log.jsonl").read_text().splitlines()) == 12
+
+    result = evaluate(lab, EvalSettings(system=record.id, task="sentiment", limit=20))
+    assert result.data["system"]["kind"] == "finetuned"
+    assert result.data["prompt"]["format"] == "plain"
+    assert len((result.folder / "predictions.jsonl").read_text().splitlines()) == 20
+
+
+def test_experiment_naming_a_missing_task(lab, tiny_model_dir):
+    name = write_experiment(lab, "broken", f"task: sentimental\nbase_model: {tiny_model_dir}\n")
+    with pytest.raises(LlamalabError, match=r"broken.yaml: key 'task': no task named 'sentimental'.*did you mean"):
+        train(lab, name)
+    assert list_runs(lab.runs_dir) == []  # nothing half-written
+
+
+def test_missing_base_model(lab):
+    name = write_experiment(lab, "nomodel", "task: sentiment\nbase_model: ./no/such/model\n")
+    with pytest.raises(LlamalabError, match="base model './no/such/model' not found"):
+        train(lab, name)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from llamalab.lab import find_lab
+    from llamalab.train import trainer
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.train(find_lab(sys.argv[1]), sys.argv[2], callbacks=[KillAt()])
+""")
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp_path):
+    """kill -9 mid-epoch (step 7, last checkpoint at 4), resume, and end exactly where a clean run ends."""
+    clean = train(lab, tiny_experiment(lab, tiny_model_dir, "clean"))
+
+    name = tiny_experiment(lab, tiny_model_dir, "killed")
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    killed = subprocess.run([sys.executable, str(script), str(lab.root), name, "7"], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    [interrupted] = [r for r in list_runs(lab.runs_dir, "train") if r.data["experiment"] == "killed"]
+    assert interrupted.data["status"] == "running"  # a kill -9 gives no chance to record anything
+    checkpoints = sorted(p.name for p in (interrupted.folder / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-4"]
+
+    resumed = train(lab, name, resume=True)
+    assert resumed.id == interrupted.id
+    assert resumed.data["status"] == "finished"
+    assert resumed.data["metrics"]["final_loss"] == pytest.approx(clean.data["metrics"]["final_loss"], rel=1e-5)
+    log = [json.loads(line) for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
+    clean_log = [json.loads(line) for line in (clean.folder / "train_log.jsonl").read_text().splitlines()]
+    after_resume = {row["step"]: row["loss"] for row in log if row["step"] > 4}
+    assert after_resume == pytest.approx({row["step"]: row["loss"] for row in clean_log if row["step"] > 4}, rel=1e-5)
+
+    a = load_file(clean.folder / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed.folder / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() < 1e-6, key
+
+    with pytest.raises(LlamalabError, match="no unfinished run"):
+        train(lab, name, resume=True)
