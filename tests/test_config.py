@@ -30,8 +30,8 @@ def test_unknown_key_names_file_line_and_suggests(tmp_path):
 
 def test_nested_unknown_key_suggests_from_the_nested_model(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("task: sentiment\nlora:\n  rank: 8\n")
-    with pytest.raises(LlamalabError, match=r"exp.yaml:3: unknown key 'lora.rank': did you mean 'r'"):
+    path.write_text("task: sentiment\nlora:\n  alpah: 8\n")
+    with pytest.raises(LlamalabError, match=r"exp.yaml:3: unknown key 'lora.alpah': did you mean 'alpha'"):
         load_config(Experiment, path)
 
 

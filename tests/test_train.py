@@ -98,7 +98,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     [interrupted] = [r for r in list_runs(lab.runs_dir, "train") if r.data["experiment"] == "killed"]
     assert interrupted.data["status"] == "running"  # a kill -9 gives no chance to record anything
-    checkpoints = sorted(p.name for p in (interrupted.folder / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (interrupted.folder / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4"]
 
     resumed = train(lab, name, resume=True)

@@ -20,8 +20,9 @@ app = typer.Typer(help="Fine-tune open models and compare them head-to-head, wit
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Check and inspect a task's data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
-out = Console()
+# Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+out = Console(width=None if sys.stdout.isatty() else 140)
 
 LabOption = Annotated[Path | None, typer.Option("--lab", help="lab folder (default: the one containing the cwd)")]
 
@@ -76,7 +77,8 @@ def _print_check(name: str, report) -> None:
         spread = ", ".join(f"{k} {v}" for k, v in balance.items())
         if len(balance) > 4:
             lo, hi = min(balance, key=balance.get), max(balance, key=balance.get)
-            spread = f"{len(balance)} labels, fewest {lo} {balance[lo]}, most {hi} {balance[hi]}"
+            spread = (f"{len(balance)} labels, {balance[lo]} each" if balance[lo] == balance[hi]
+                      else f"{len(balance)} labels, fewest {lo} {balance[lo]}, most {hi} {balance[hi]}")
         lengths = f"{t.get('min')} / {t.get('mean')} / {t.get('p95')} / {t.get('max')}" if t else ""
         table.add_row(split, str(count), lengths, spread)
     out.print(table)
@@ -180,10 +182,15 @@ def compare_cmd(
 
 
 def print_comparison(result: dict, target: Console = out) -> None:
-    table = Table(title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})")
-    for column in ("system", "protocol", "n", "accuracy [95% CI]", "macro-F1 [95% CI]", "Δ vs best", "test", "p",
+    tests = sorted({row["vs_best"]["test"] for row in result["systems"] if row["vs_best"]})
+    table = Table(
+        title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})",
+        caption=f"p: {', '.join(tests) or 'no other system'} against the best system on shared examples; "
+        "Holm-corrected for the number of comparisons",
+    )
+    for column in ("system", "protocol", "n", "accuracy [95% CI]", "macro-F1 [95% CI]", "Δ vs best", "p",
                    "p (Holm)"):
-        table.add_column(column, justify="left" if column in ("system", "protocol", "test") else "right")
+        table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
     for row in result["systems"]:
         cells = [row["system"], row["protocol"], str(row["n"])]
         for name in ("accuracy", "macro_f1"):
@@ -191,10 +198,10 @@ def print_comparison(result: dict, target: Console = out) -> None:
             cells.append(f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
         vs = row["vs_best"]
         if vs is None:
-            cells += ["best", "", "", ""]
+            cells += ["best", "", ""]
         else:
             delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
-            cells += [delta, vs["test"], _p(vs["p_value"]), _p(vs["p_holm"])]
+            cells += [delta, _p(vs["p_value"]), _p(vs["p_holm"])]
         table.add_row(*cells)
     target.print(table)
 

@@ -54,9 +54,9 @@ class Lab:
         raise LlamalabError(f"no {folder[:-1]} named {name!r} in {self.root / folder}: {hint}")
 
 
-def find_lab(start: Path | None = None) -> Lab:
+def find_lab(start: Path | str | None = None) -> Lab:
     """The lab containing `start` (default: the current directory), found by its lab.yaml."""
-    here = (start or Path.cwd()).resolve()
+    here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "lab.yaml").is_file():
             return Lab(folder, load_config(LabConfig, folder / "lab.yaml"))

@@ -52,11 +52,14 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None) -
     examples = select_examples(data.split(settings.split), settings.limit)
     prompt_format = settings.format or system.trained_format or task.prompt.format
     shots = tuple(random.Random(settings.shot_seed).sample(data.split("train"), settings.shots))
+    started = time.perf_counter()
+    model, tokenizer = system.load()  # before the run folder exists: a model that cannot load leaves nothing
+    load_s = time.perf_counter() - started
 
     record = RunRecord.create(
         lab.runs_dir,
         "eval",
-        f"{task.name}-{settings.system.replace('/', '_')}",
+        f"{task.name}-{system.label.replace('/', '_')}",
         settings.model_dump(),
         system=system.to_dict(),
         task={"name": task.name, "split": settings.split, "n": len(examples), "data_sha256": data.file_hashes},
@@ -69,9 +72,6 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None) -
         model_revision=system.model.revision,
     )
     with record.tracking():
-        started = time.perf_counter()
-        model, tokenizer = system.load()
-        load_s = time.perf_counter() - started
         prompter = Prompter(task, tokenizer, prompt_format, shots)
         record.update(prompt=prompt_provenance(prompter, record))
         metrics, n_tokens, score_s = _score_and_save(task, prompter, model, examples, record, settings, console)

@@ -78,14 +78,14 @@ def _score_batch(model, batch: list[ChoiceRequest]) -> list[list[ChoiceScore]]:
     rest = max(len(t) for t in tokens) - 1
     if rest > 0:
         # Feed each choice's tokens but the last through the shared cache to score the others.
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_select_indices(torch.tensor([b for b, _ in rows], device=device))
         cont = torch.tensor([t[:-1] + [pad] * (rest - len(t) + 1) for t in tokens], device=device)
         cont_mask = torch.tensor([[1] * (len(t) - 1) + [0] * (rest - len(t) + 1) for t in tokens], device=device)
         full_mask = torch.cat([mask[[b for b, _ in rows]], cont_mask], dim=1)
         positions = torch.tensor([[lengths[b] + j for j in range(rest)] for b, _ in rows], device=device)
         logits = model(
-            input_ids=cont, attention_mask=full_mask, position_ids=positions, past_key_values=cache, use_cache=False
+            input_ids=cont, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=False
         ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         for k, t in enumerate(tokens):

@@ -55,7 +55,7 @@ def resolve_system(lab: Lab, name: str) -> System:
             f"run {record.id} was trained on {base.name} revision {record.data['model']['revision']}, "
             f"but the installed one is {base.revision}"
         )
-    label = f"{record.data['experiment']}@{record.id}"
+    label = f"{record.data['experiment']}@{record.id[-4:]}"  # the run id's random suffix; JSON has the full id
     trained_format = record.data["prompt"]["format"]
     adapter, merged = record.folder / "adapter", record.folder / "model"
     if (adapter / "adapter_config.json").is_file():

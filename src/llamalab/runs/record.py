@@ -73,7 +73,7 @@ class RunRecord:
                 "ended": None,
                 "config_hash": config_hash(config),
                 **fields,
-                "environment": environment(),
+                "environment": environment(runs_dir.parent),
                 "pid": os.getpid(),
             },
         )
@@ -152,19 +152,19 @@ def peak_memory_mb() -> float:
     return round(peak, 1)
 
 
-def environment() -> dict[str, Any]:
-    """Git state, package versions and hardware, so a number can be traced and reproduced."""
-    return {"git": git_state(), "packages": _package_versions(), "hardware": _hardware()}
+def environment(lab_root: Path) -> dict[str, Any]:
+    """Git state of the lab, package versions and hardware, so a number can be traced and reproduced."""
+    return {"git": git_state(lab_root), "packages": _package_versions(), "hardware": _hardware()}
 
 
-def git_state(cwd: Path | None = None) -> dict[str, Any]:
+def git_state(cwd: Path) -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "."))}
     except (subprocess.SubprocessError, FileNotFoundError):
         return {"commit": None, "dirty": None}
 

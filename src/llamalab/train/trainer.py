@@ -42,6 +42,7 @@ def train(
         raise LlamalabError(f"{path}: key 'task': {exc}") from None
     task = load_task(task_path, lab.root)
     model_ref = resolve_model(experiment.base_model)
+    tokenizer = load_tokenizer(model_ref)  # fails fast (before any run folder exists) if the model is missing
     data = load_task_data(task)
     prompt_format = experiment.format or task.prompt.format
 
@@ -62,18 +63,18 @@ def train(
         )
         (record.folder / ".gitignore").write_text("checkpoints/\n")
     with record.tracking():
-        _run_training(record, experiment, task, data, model_ref, prompt_format, console, callbacks or [])
+        _run_training(record, experiment, task, data, model_ref, tokenizer, prompt_format, console, callbacks or [])
     return record
 
 
 def _run_training(
-    record, experiment: Experiment, task, data, model_ref: ModelRef, prompt_format, console, callbacks: list
+    record, experiment: Experiment, task, data, model_ref: ModelRef, tokenizer, prompt_format, console,
+    callbacks: list,
 ) -> None:
     import torch
     from transformers import AutoModelForCausalLM, PrinterCallback
 
     started = time.perf_counter()
-    tokenizer = load_tokenizer(model_ref)
     prompter = Prompter(task, tokenizer, prompt_format)
     examples = training_subset(data.split("train"), experiment.train_examples, experiment.seed)
     dataset, skipped = build_dataset(prompter, examples, experiment.max_length)
