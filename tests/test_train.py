@@ -118,3 +118,23 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
 
     with pytest.raises(LlamalabError, match="no unfinished run"):
         train(lab, name, resume=True)
+
+
+def test_export_writes_a_merged_model(lab, tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+    from llamalab.evaluate.systems import resolve_system
+
+    record = train(lab, tiny_experiment(lab, tiny_model_dir, max_steps=4))
+    target = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["export", record.id, str(target), "--lab", str(lab.root)])
+    assert result.exit_code == 0, result.output
+    assert not (target / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(target).eval()
+    adapted, _ = resolve_system(lab, record.id).load()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)

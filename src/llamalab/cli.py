@@ -147,15 +147,21 @@ def evaluate(
     prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
     shots: Annotated[int, typer.Option(help="k-shot examples from the train split")] = 0,
     limit: Annotated[int | None, typer.Option(help="evaluate a seeded subset of this many examples")] = None,
+    protocol: Annotated[str, typer.Option(help="loglikelihood (score every label) or generate (greedy + parse)")] = (
+        "loglikelihood"
+    ),
+    max_new_tokens: int = 16,
     batch_size: int = 16,
     lab: LabOption = None,
 ) -> None:
-    """Score every label's log-likelihood for each example; keep all predictions; metrics with 95% CIs."""
+    """Evaluate a system on a task; every prediction is kept; metrics with 95% CIs."""
+    from llamalab.config import parse_model
     from llamalab.evaluate.evaluate import EvalSettings
     from llamalab.evaluate.evaluate import evaluate as run_eval
 
-    settings = EvalSettings(system=system, task=task, split=split, format=prompt_format, shots=shots, limit=limit,
-                            batch_size=batch_size)
+    options = {"system": system, "task": task, "split": split, "format": prompt_format, "shots": shots,
+               "limit": limit, "protocol": protocol, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    settings = parse_model(EvalSettings, options, "command line")
     record = run_eval(_lab(lab), settings, console)
     for name, m in record.data["metrics"].items():
         console.print(f"{name}: {m['estimate']:.4f}  [95% CI {m['low']:.4f}, {m['high']:.4f}]  n={m['n']}")

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from llamalab.config import LlamalabError, StrictModel
 from llamalab.evaluate import stats
+from llamalab.evaluate.generation import generate_greedy, parse_label
 from llamalab.evaluate.scoring import ChoiceRequest, score_choices
 from llamalab.evaluate.systems import resolve_system
 from llamalab.lab import Lab
@@ -23,6 +24,7 @@ from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import Task, load_task
 
 PREDICTIONS = "predictions.jsonl"
+NO_ANSWER = "<no answer>"
 
 
 class EvalSettings(StrictModel):
@@ -37,6 +39,10 @@ class EvalSettings(StrictModel):
     shots: int = Field(0, ge=0, description="k-shot examples drawn from the train split")
     shot_seed: int = 0
     limit: int | None = Field(None, ge=1, description="evaluate a seeded random subset of this size")
+    protocol: Literal["loglikelihood", "generate"] = Field(
+        "loglikelihood", description="score every label, or generate greedily and parse the answer"
+    )
+    max_new_tokens: int = Field(16, ge=1, description="generation budget (protocol: generate)")
     batch_size: int = Field(16, ge=1)
     bootstrap_resamples: int = Field(5000, ge=100)
 
@@ -64,17 +70,13 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None) -
         system=system.to_dict(),
         task={"name": task.name, "split": settings.split, "n": len(examples), "data_sha256": data.file_hashes},
         prompt=None,
-        scoring={
-            "protocol": "loglikelihood",
-            "normalize": task.answer.normalize,
-            "tokenization": "prompt and answer tokenized together, split at the prompt's tokens (as lm-eval)",
-        },
+        scoring=scoring_provenance(task, settings),
         model_revision=system.model.revision,
     )
     with record.tracking():
         prompter = Prompter(task, tokenizer, prompt_format, shots)
         record.update(prompt=prompt_provenance(prompter, record))
-        metrics, n_tokens, score_s = _score_and_save(task, prompter, model, examples, record, settings, console)
+        metrics, n_tokens, score_s = _predict(task, prompter, model, examples, record, settings, console)
         record.update(
             metrics=metrics,
             timings={"load_model_s": round(load_s, 2), "score_s": round(score_s, 2)},
@@ -82,6 +84,22 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None) -
         )
         write_json_atomic(record.folder / "metrics.json", metrics)
     return record
+
+
+def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
+    if settings.protocol == "generate":
+        return {
+            "protocol": "generate",
+            "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
+            "parsing": "first label whose verbalizer starts the first line (case, punctuation ignored), "
+            "else the first one mentioned; none counts as wrong",
+        }
+    return {
+        "protocol": "loglikelihood",
+        "normalize": task.answer.normalize,
+        "length_normalised": task.answer.normalize == "mean",
+        "tokenization": "prompt and answer tokenized together, split at the prompt's tokens (as lm-eval)",
+    }
 
 
 def select_examples(examples: list[Example], limit: int | None) -> list[Example]:
@@ -109,51 +127,66 @@ def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
     return info
 
 
-def _score_and_save(task: Task, prompter: Prompter, model, examples, record, settings, console):
+def _predict(task: Task, prompter: Prompter, model, examples, record, settings, console):
+    """Predict every example by the chosen protocol, appending each batch to predictions.jsonl as it finishes."""
     labels = task.answer.labels
-    requests, prompts = [], []
-    for ex in examples:
-        prompt = prompter.prompt(ex)
-        encoded = [prompter.encode(prompt, prompter.continuation(task.answer.verbalize(lab))) for lab in labels]
-        requests.append(ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded]))
-        prompts.append(prompt)
-    n_tokens = sum(len(r.prompt_ids) + sum(len(c) for c in r.choice_ids) for r in requests)
-    predictions: dict[int, str] = {}
+    verbalized = {label: task.answer.verbalize(label) for label in labels}
+    prompts = [prompter.prompt(ex) for ex in examples]
+    predictions: dict[int, str | None] = {}
     path = record.folder / PREDICTIONS
 
+    def row(i: int, prediction: str | None, **extra) -> dict:
+        predictions[i] = prediction
+        ex = examples[i]
+        return {
+            "id": ex.id, "prompt_sha256": hashlib.sha256(prompts[i].encode()).hexdigest(), "prompt": prompts[i],
+            "gold": ex.answer, "prediction": prediction, "correct": prediction == ex.answer, **extra,
+        }
+
     with progress_bar(console, f"eval {task.name}", len(examples), unit="ex") as advance:
-
-        def save(indices: list[int], scores) -> None:
-            rows = []
-            for i, per_label in zip(indices, scores, strict=True):
-                values = {lab: s.score(task.answer.normalize) for lab, s in zip(labels, per_label, strict=True)}
-                predictions[i] = max(labels, key=lambda lab: values[lab])
-                ex = examples[i]
-                rows.append({
-                    "id": ex.id,
-                    "prompt_sha256": hashlib.sha256(prompts[i].encode()).hexdigest(),
-                    "prompt": prompts[i],
-                    "gold": ex.answer,
-                    "prediction": predictions[i],
-                    "correct": predictions[i] == ex.answer,
-                    "scores": {lab: round(v, 5) for lab, v in values.items()},
-                    "tokens": {lab: s.n_tokens for lab, s in zip(labels, per_label, strict=True)},
-                })
-            append_jsonl(path, rows)
-            advance(len(indices))
-
         started = time.perf_counter()
-        score_choices(model, requests, settings.batch_size, on_batch=save)
-        score_s = time.perf_counter() - started
+        if settings.protocol == "loglikelihood":
+            requests = []
+            for prompt in prompts:
+                encoded = [prompter.encode(prompt, prompter.continuation(v)) for v in verbalized.values()]
+                requests.append(ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded]))
+            n_tokens = sum(len(r.prompt_ids) + sum(len(c) for c in r.choice_ids) for r in requests)
+
+            def save_scores(indices: list[int], scores) -> None:
+                rows = []
+                for i, per_label in zip(indices, scores, strict=True):
+                    values = {lab: s.score(task.answer.normalize) for lab, s in zip(labels, per_label, strict=True)}
+                    rows.append(row(
+                        i, max(labels, key=lambda lab: values[lab]),
+                        scores={lab: round(v, 5) for lab, v in values.items()},
+                        tokens={lab: s.n_tokens for lab, s in zip(labels, per_label, strict=True)},
+                    ))
+                append_jsonl(path, rows)
+                advance(len(indices))
+
+            score_choices(model, requests, settings.batch_size, on_batch=save_scores)
+        else:
+            prompt_ids = [prompter.encode(prompt, "").prompt_ids for prompt in prompts]
+            n_tokens = sum(len(ids) for ids in prompt_ids)
+
+            def save_generations(indices: list[int], texts: list[str]) -> None:
+                append_jsonl(path, [row(i, parse_label(t, verbalized), generation=t)
+                                    for i, t in zip(indices, texts, strict=True)])
+                advance(len(indices))
+
+            generate_greedy(model, prompter.tokenizer, prompt_ids, settings.max_new_tokens, settings.batch_size,
+                            on_batch=save_generations)
+        seconds = time.perf_counter() - started
 
     gold = [ex.answer for ex in examples]
     pred = [predictions[i] for i in range(len(examples))]
-    return compute_metrics(task, gold, pred, settings.bootstrap_resamples), n_tokens, score_s
+    return compute_metrics(task, gold, pred, settings.bootstrap_resamples), n_tokens, seconds
 
 
-def compute_metrics(task: Task, gold: list[str], pred: list[str], resamples: int = 5000) -> dict:
-    """Each metric with its 95% bootstrap interval."""
+def compute_metrics(task: Task, gold: list[str], pred: list[str | None], resamples: int = 5000) -> dict:
+    """Each metric with its 95% bootstrap interval; an unparseable answer (None) counts as wrong."""
     labels = task.answer.labels
+    pred = [NO_ANSWER if p is None else p for p in pred]
     return {
         name: stats.bootstrap_ci(gold, pred, name, labels=labels, n_resamples=resamples).to_dict()
         for name in task.metrics
