@@ -23,7 +23,7 @@ def fake_eval(lab, system: str, correct: list[bool], fmt: str = "plain", status:
     for i, ok in enumerate(correct):
         gold = "positive" if i % 2 else "negative"
         other = "negative" if gold == "positive" else "positive"
-        rows.append({"id": f"x:{i}", "gold": gold, "prediction": gold if ok else other,
+        rows.append({"id": f"x:{i}", "gold": gold, "prediction": gold if ok else other, "correct": bool(ok),
                      "scores": {"negative": 0.0, "positive": 0.0}})
     append_jsonl(record.folder / "predictions.jsonl", rows)
     record.update(status=status)

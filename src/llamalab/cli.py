@@ -147,11 +147,14 @@ def evaluate(
     prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
     shots: Annotated[int, typer.Option(help="k-shot examples from the train split")] = 0,
     limit: Annotated[int | None, typer.Option(help="evaluate a seeded subset of this many examples")] = None,
-    protocol: Annotated[str, typer.Option(help="loglikelihood (score every label) or generate (greedy + parse)")] = (
-        "loglikelihood"
-    ),
-    max_new_tokens: int = 16,
+    protocol: Annotated[str | None, typer.Option(
+        help="loglikelihood (score every label) or generate (greedy + parse); default by task and system")] = None,
+    backend: Annotated[str, typer.Option(help="hf, llama.cpp (GGUF on CPU) or vllm (GPU); API models use their API")
+                       ] = "hf",
+    max_new_tokens: Annotated[int | None, typer.Option(help="generation budget (default 16 for labels, else 256)")
+                              ] = None,
     batch_size: int = 16,
+    resume: Annotated[bool, typer.Option(help="continue the latest unfinished eval with the same options")] = False,
     lab: LabOption = None,
 ) -> None:
     """Evaluate a system on a task; every prediction is kept; metrics with 95% CIs."""
@@ -160,9 +163,10 @@ def evaluate(
     from llamalab.evaluate.evaluate import evaluate as run_eval
 
     options = {"system": system, "task": task, "split": split, "format": prompt_format, "shots": shots,
-               "limit": limit, "protocol": protocol, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+               "limit": limit, "protocol": protocol, "backend": backend, "max_new_tokens": max_new_tokens,
+               "batch_size": batch_size}
     settings = parse_model(EvalSettings, options, "command line")
-    record = run_eval(_lab(lab), settings, console)
+    record = run_eval(_lab(lab), settings, console, resume=resume)
     for name, m in record.data["metrics"].items():
         console.print(f"{name}: {m['estimate']:.4f}  [95% CI {m['low']:.4f}, {m['high']:.4f}]  n={m['n']}")
     console.print(f"records: {record.folder}")
@@ -173,7 +177,7 @@ def evaluate(
 def compare_cmd(
     task: Annotated[str, typer.Option(help="task name")],
     split: str = "test",
-    metric: str = "accuracy",
+    metric: Annotated[str | None, typer.Option(help="rank by this metric (default: the task's first)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
     lab: LabOption = None,
 ) -> None:
@@ -191,15 +195,17 @@ def print_comparison(result: dict, target: Console = out) -> None:
     tests = sorted({row["vs_best"]["test"] for row in result["systems"] if row["vs_best"]})
     table = Table(
         title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})",
-        caption=f"p: {', '.join(tests) or 'no other system'} against the best system on shared examples; "
-        "Holm-corrected for the number of comparisons",
+        caption=f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against the best system, on the "
+        "examples both saw; Holm-corrected for the number of comparisons",
     )
-    for column in ("system", "protocol", "n", "accuracy [95% CI]", "macro-F1 [95% CI]", "Δ vs best", "p",
-                   "p (Holm)"):
+    with_usage = any(row["usage"] for row in result["systems"])
+    columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs best", "p",
+               "p (Holm)", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
+    for column in columns:
         table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
     for row in result["systems"]:
         cells = [row["system"], row["protocol"], str(row["n"])]
-        for name in ("accuracy", "macro_f1"):
+        for name in result["metrics"]:
             m = row["metrics"][name]
             cells.append(f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
         vs = row["vs_best"]
@@ -208,6 +214,10 @@ def print_comparison(result: dict, target: Console = out) -> None:
         else:
             delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
             cells += [delta, _p(vs["p_value"]), _p(vs["p_holm"])]
+        if with_usage:
+            usage = row["usage"] or {}
+            cost, latency = usage.get("cost_per_1k_examples_usd"), usage.get("latency_s_per_1k_examples")
+            cells += [f"{cost:.4f}" if cost is not None else "-", f"{latency:.0f} s" if latency is not None else "-"]
         table.add_row(*cells)
     target.print(table)
 

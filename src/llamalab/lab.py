@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from pydantic import Field
+
 from llamalab.config import LlamalabError, StrictModel, load_config
 
 
@@ -17,12 +19,25 @@ class Member(StrictModel):
     url: str = ""
 
 
+class ApiModelConfig(StrictModel):
+    """An industry model behind an OpenAI-compatible chat API. The key is read from `api_key_env`."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the key")
+    input_price_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens")
+    output_price_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens")
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+
+
 class LabConfig(StrictModel):
-    """lab.yaml: who the lab is. Secrets never live here."""
+    """lab.yaml: who the lab is, and which API models it compares against. Secrets never live here."""
 
     name: str
     description: str = ""
     members: list[Member] = []
+    api_models: dict[str, ApiModelConfig] = {}
 
 
 @dataclass(frozen=True)

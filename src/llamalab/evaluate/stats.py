@@ -268,6 +268,13 @@ def paired_bootstrap(
     """Two-sided paired bootstrap test of metric(A) - metric(B), resampling examples jointly."""
     n = _check_lengths(gold, pred_a, pred_b)
     stat_a, stat_b = _statistics(gold, [pred_a, pred_b], metric, labels)
+    return paired_bootstrap_statistic(stat_a, stat_b, n, metric, n_resamples=n_resamples, seed=seed)
+
+
+def paired_bootstrap_statistic(
+    stat_a: RowStatistic, stat_b: RowStatistic, n: int, metric: str, *, n_resamples: int = 5000, seed: int = 0
+) -> PairedTest:
+    """Paired bootstrap test for any metric given as row statistics over the same n examples."""
     ident = _identity(n)
     metric_a, metric_b = float(stat_a(ident)[0]), float(stat_b(ident)[0])
     delta = metric_a - metric_b
@@ -285,6 +292,56 @@ def paired_bootstrap(
         "seed": seed,
     }
     return PairedTest(f"paired bootstrap ({metric})", delta, p_value, n, detail)
+
+
+def statistic_ci(
+    stat: RowStatistic, n: int, *, n_resamples: int = 5000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
+    """Percentile bootstrap CI for any metric given as a row statistic over n examples."""
+    return _percentile_interval(stat, n, n_resamples, confidence, seed)
+
+
+def mean_statistic(values: Sequence[float]) -> RowStatistic:
+    """Row statistic: the mean of per-example values (accuracy, exact match, ROUGE)."""
+    return partial(_mean_rows, np.asarray(values, dtype=float))
+
+
+def label_statistic(
+    gold: Sequence[Hashable], pred: Sequence[Hashable], metric: str, labels: Sequence[Hashable] | None = None
+) -> RowStatistic:
+    """Row statistic for a label metric ("accuracy" or "macro_f1") of one system's predictions."""
+    _check_lengths(gold, pred)
+    (stat,) = _statistics(gold, [pred], metric, labels)
+    return stat
+
+
+def ratio_statistic(hits: Sequence[float], misses: Sequence[float]) -> RowStatistic:
+    """Row statistic: sum(hits) / (sum(hits) + sum(misses)), e.g. micro precision = tp / (tp + fp)."""
+    hits_arr, misses_arr = np.asarray(hits, dtype=float), np.asarray(misses, dtype=float)
+
+    def rows(idx: np.ndarray) -> np.ndarray:
+        out = np.empty(len(idx))
+        for chunk in _chunks(len(idx), idx.shape[1] * 2):
+            h, m = hits_arr[idx[chunk]].sum(axis=1), misses_arr[idx[chunk]].sum(axis=1)
+            out[chunk] = np.divide(h, h + m, out=np.zeros(len(h)), where=(h + m) > 0)
+        return out
+
+    return rows
+
+
+def micro_f1_statistic(tp: Sequence[int], fp: Sequence[int], fn: Sequence[int]) -> RowStatistic:
+    """Row statistic: micro F1 from per-example true/false positive and false negative counts."""
+    counts = np.stack([np.asarray(c, dtype=float) for c in (tp, fp, fn)])
+
+    def rows(idx: np.ndarray) -> np.ndarray:
+        out = np.empty(len(idx))
+        for chunk in _chunks(len(idx), idx.shape[1] * 3):
+            tp_, fp_, fn_ = (counts[k][idx[chunk]].sum(axis=1) for k in range(3))
+            denom = 2 * tp_ + fp_ + fn_
+            out[chunk] = np.divide(2 * tp_, denom, out=np.zeros(len(tp_)), where=denom > 0)
+        return out
+
+    return rows
 
 
 def mcnemar(gold: Sequence[Hashable], pred_a: Sequence[Hashable], pred_b: Sequence[Hashable]) -> PairedTest:

@@ -48,6 +48,19 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
         os.fsync(handle.fileno())
 
 
+def repair_jsonl(path: Path) -> None:
+    """Cut a truncated final line (left by a kill mid-append) so that appending can continue safely."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Every complete record; a truncated final line (from a kill mid-append) is ignored."""
     if not path.is_file():

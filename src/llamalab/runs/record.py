@@ -139,6 +139,18 @@ def find_run(runs_dir: Path, run_id: str) -> RunRecord:
     raise LlamalabError(f"no run {run_id!r} in {runs_dir}")
 
 
+def is_alive(record: RunRecord) -> bool:
+    """Whether a run marked running is still being worked on by a live process (other than this one)."""
+    pid = record.data.get("pid")
+    if record.data.get("status") != "running" or not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (and GPU memory when CUDA is in use)."""
     import resource

@@ -97,5 +97,7 @@ def check_task_data(data: TaskData, prompter: Prompter, max_length: int | None =
 def _by_text(fields: list[str], examples) -> dict[str, list]:
     groups: dict[str, list] = defaultdict(list)
     for ex in examples:
-        groups[normalize_text(" ".join(ex.fields.get(f, "") for f in fields))].append(ex)
+        values = (ex.fields.get(f, "") for f in fields)
+        text = " ".join(" ".join(map(str, v)) if isinstance(v, list) else str(v) for v in values)
+        groups[normalize_text(text)].append(ex)
     return groups

@@ -9,6 +9,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llamalab.config import LlamalabError
 from llamalab.runs.files import write_json_atomic
@@ -18,7 +19,7 @@ from llamalab.tasks.task import SPLITS, DataFile, Task
 @dataclass(frozen=True)
 class Example:
     id: str
-    fields: dict[str, str]
+    fields: dict[str, Any]
     answer: str
     source: str  # file:line, for error messages
 
@@ -108,12 +109,12 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
         if answer is None or str(answer).strip() == "":
             bad.append(BadRow(source, f"missing answer field {task.data.answer_field!r}"))
             continue
-        answer = str(answer).strip()
+        answer = json.dumps(answer) if isinstance(answer, list | dict) else str(answer).strip()
         if task.answer.type == "label" and answer not in labels:
             bad.append(BadRow(source, f"label {answer!r} is not in the task's label set"))
             continue
         ident = str(row[task.data.id_field]) if task.data.id_field and task.data.id_field in row else source
-        fields = {k: str(v) for k, v in row.items()}
+        fields = dict(row)  # JSON values stay as they are: a template may join a list of sentences
         examples.append(Example(ident, fields, answer, source))
     return examples, bad
 

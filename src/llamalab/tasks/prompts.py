@@ -39,10 +39,12 @@ class Prompter:
     tokenizer: object
     format: PromptFormat
     shots: tuple[Example, ...] = ()
+    # Generating a label (instead of scoring each one) needs the allowed answers spelled out.
+    list_labels: bool = False
 
     def user_text(self, example: Example) -> str:
         try:
-            return _JINJA.from_string(self.task.prompt.template).render(**example.fields)
+            text = _JINJA.from_string(self.task.prompt.template).render(**example.fields)
         except jinja2.UndefinedError as exc:
             raise LlamalabError(
                 f"task {self.task.name!r}: prompt.template uses {exc.message}; example {example.source} "
@@ -50,14 +52,18 @@ class Prompter:
             ) from None
         except jinja2.TemplateSyntaxError as exc:
             raise LlamalabError(f"task {self.task.name!r}: prompt.template line {exc.lineno}: {exc.message}") from None
+        if self.list_labels:
+            choices = ", ".join(self.task.answer.verbalize(label) for label in self.task.answer.labels)
+            text = f"Answer with exactly one of: {choices}.\n\n{text}"
+        return text
 
     def prompt(self, example: Example) -> str:
         """The exact text the model sees before its answer."""
         if self.format == "chat":
-            return self._chat_template(self._messages(example), add_generation_prompt=True)
+            return self._chat_template(self.messages(example), add_generation_prompt=True)
         parts = [f"{self.task.prompt.system}\n\n"] if self.task.prompt.system else []
         for shot in self.shots:
-            parts.append(self.user_text(shot) + self.continuation(self.task.answer.verbalize(shot.answer)) + "\n\n")
+            parts.append(self.user_text(shot) + self.continuation(self.task.answer.target(shot.answer)) + "\n\n")
         parts.append(self.user_text(example))
         return "".join(parts)
 
@@ -67,12 +73,12 @@ class Prompter:
 
     def completion(self, example: Example) -> str:
         """The training target: the answer plus the end-of-turn marker, so the model learns to stop."""
-        answer = self.task.answer.verbalize(example.answer)
+        answer = self.task.answer.target(example.answer)
         if self.format == "plain":
             return self.continuation(answer) + (self.tokenizer.eos_token or "")
         prompt = self.prompt(example)
         full = self._chat_template(
-            [*self._messages(example), {"role": "assistant", "content": answer}], add_generation_prompt=False
+            [*self.messages(example), {"role": "assistant", "content": answer}], add_generation_prompt=False
         )
         if not full.startswith(prompt):
             raise LlamalabError(
@@ -102,11 +108,12 @@ class Prompter:
     def encode_training(self, example: Example) -> Encoded:
         return self.encode(self.prompt(example), self.completion(example))
 
-    def _messages(self, example: Example) -> list[dict[str, str]]:
+    def messages(self, example: Example) -> list[dict[str, str]]:
+        """The prompt as chat messages (what a chat API receives)."""
         messages = [{"role": "system", "content": self.task.prompt.system}] if self.task.prompt.system else []
         for shot in self.shots:
             messages.append({"role": "user", "content": self.user_text(shot)})
-            messages.append({"role": "assistant", "content": self.task.answer.verbalize(shot.answer)})
+            messages.append({"role": "assistant", "content": self.task.answer.target(shot.answer)})
         messages.append({"role": "user", "content": self.user_text(example)})
         return messages
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from llamalab.config import StrictModel, load_config
 
@@ -63,8 +64,20 @@ class PromptSpec(StrictModel):
     target_delimiter: str = Field(" ", description="between a plain prompt and its answer")
 
 
+# What each answer type can be scored by (the first is the default ranking metric).
+METRICS_BY_TYPE = {
+    "label": ("accuracy", "macro_f1"),
+    "number": ("exact_match",),
+    "text": ("exact_match", "rouge1", "rouge2", "rougeL"),
+    "entities": ("entity_f1", "entity_precision", "entity_recall"),
+}
+
+
 class AnswerSpec(StrictModel):
-    type: Literal["label", "text", "number"] = "label"
+    type: Literal["label", "text", "number", "entities"] = Field(
+        "label", description="label: one of `labels`; number: final number; text: free text; "
+        "entities: a JSON list of {type, text}"
+    )
     labels: list[str] = []
     verbalizers: dict[str, str] = Field({}, description="what the model says for each label (default: the label)")
     normalize: Literal["sum", "mean"] = Field(
@@ -85,6 +98,21 @@ class AnswerSpec(StrictModel):
     def verbalize(self, label: str) -> str:
         return self.verbalizers.get(label, label)
 
+    def references(self, answer: str) -> list[str]:
+        """Gold answers: a text task may give several (a JSON list); other types give one."""
+        if self.type == "text" and answer.startswith("["):
+            try:
+                value = json.loads(answer)
+            except json.JSONDecodeError:
+                return [answer]
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                return [v.strip() for v in value]
+        return [answer]
+
+    def target(self, answer: str) -> str:
+        """What training teaches the model to say: the answer, or a label's verbalizer, or the first reference."""
+        return self.verbalize(answer) if self.type == "label" else self.references(answer)[0]
+
 
 class Task(StrictModel):
     name: str
@@ -92,17 +120,22 @@ class Task(StrictModel):
     data: DataSpec
     prompt: PromptSpec
     answer: AnswerSpec
-    metrics: list[Literal["accuracy", "macro_f1"]] = ["accuracy", "macro_f1"]
+    metrics: list[str] = Field([], description="default: every metric of the answer type")
 
     # Where the task file lives: data paths are relative to the lab root.
     lab_root: Path = Field(Path("."), exclude=True)
 
-    @field_validator("metrics")
-    @classmethod
-    def _some_metric(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("name at least one metric")
-        return value
+    @model_validator(mode="after")
+    def _metrics_fit_the_answer_type(self) -> Task:
+        allowed = METRICS_BY_TYPE[self.answer.type]
+        unknown = [m for m in self.metrics if m not in allowed]
+        if unknown:
+            raise ValueError(f"metrics {unknown} do not apply to answer.type {self.answer.type}: use {list(allowed)}")
+        return self
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.metrics or METRICS_BY_TYPE[self.answer.type])
 
     def data_path(self, file: DataFile) -> Path:
         return (self.lab_root / file.path).resolve()

@@ -17,7 +17,7 @@ from rich.console import Console
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model
-from llamalab.runs.record import RunRecord, list_runs
+from llamalab.runs.record import RunRecord, is_alive, list_runs
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import load_task
@@ -258,19 +258,9 @@ def _unfinished_run(lab: Lab, experiment: str, resolved: dict) -> RunRecord:
             f"run {record.id} was started with a different config (hash {record.data['config_hash']}, now {wanted}); "
             "resume with the same overrides"
         )
-    if record.data.get("status") == "running" and _alive(record.data.get("pid")):
+    if is_alive(record):
         raise LlamalabError(f"run {record.id} is still running (pid {record.data['pid']})")
     return record
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def _now() -> str:

@@ -1,0 +1,437 @@
+"""A client for OpenAI-compatible chat completion APIs: retries, adaptive concurrency and a persistent cache.
+
+An eval against a paid API can run for hours: a dropped connection, a 429 storm or a killed process must
+neither lose results nor pay twice for them, and a wrong URL or missing key must fail in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+
+from llamalab.config import LlamalabError
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 5.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+# A server asking for a longer pause than this is treated as asking for this long, so a bogus header can't stall us.
+RETRY_AFTER_CAP_S = 300.0
+RETRYABLE_STATUS = {408, 429}
+
+
+@dataclass(frozen=True)
+class ApiModel:
+    """An API model as declared in a lab's lab.yaml; the key itself is read from the env var named here."""
+
+    name: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    input_price_per_mtok: float = 0.0
+    output_price_per_mtok: float = 0.0
+    max_concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ApiError(f"api model {self.name!r}: base_url {self.base_url!r} must start with http:// or https://")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
+            raise ApiError(f"api model {self.name!r}: need max_concurrency >= 1, max_retries >= 0 and timeout_s > 0")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion request."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int = 64
+    temperature: float = 0.0
+    stop: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The outcome of one request; `cached` results were paid for in an earlier run and cost 0 now."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_s: float
+    cached: bool
+    attempts: int
+
+
+class ApiError(LlamalabError):
+    """An API call failed in a way the user must fix (config, key, server) or retries could not overcome."""
+
+
+def request_body(model: ApiModel, request: ChatRequest) -> dict[str, Any]:
+    """The JSON body sent for `request`: the same request always gives the same body."""
+    body: dict[str, Any] = {
+        "model": model.model,
+        "messages": request.messages,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+    if request.stop is not None:
+        body["stop"] = request.stop
+    return body
+
+
+def cache_key(model: ApiModel, request: ChatRequest) -> str:
+    """The persistent cache key: everything that determines the response, and nothing secret."""
+    identity = {
+        "base_url": model.base_url.rstrip("/"),
+        "model": model.model,
+        "messages": request.messages,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "stop": request.stop,
+    }
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or unparsable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP_S)
+
+
+class ChatClient:
+    """Sends batches of chat requests to one API model, caching every success at `cache_path` (sqlite)."""
+
+    def __init__(self, model: ApiModel, cache_path: Path) -> None:
+        self.model = model
+        self._base = model.base_url.rstrip("/")
+        self._key = _read_key(model)
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        self._http = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(model.timeout_s, connect=min(model.timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=model.max_concurrency, max_keepalive_connections=model.max_concurrency),
+        )
+        self._cache = _Cache(cache_path)
+        self._limit = _AdaptiveLimit(model.max_concurrency)
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the HTTP connections and the cache database."""
+        self._http.close()
+        self._cache.close()
+
+    def complete_many(
+        self, requests: list[ChatRequest], on_result: Callable[[int, ChatResult], None] | None = None
+    ) -> list[ChatResult]:
+        """Complete every request (cache first, then the API), in input order.
+
+        `on_result(index, result)` is called from the calling thread as each result is ready, after the result
+        is committed to the cache. Identical requests in one batch are sent once. The first error that retries
+        cannot fix stops the batch and is raised as ApiError; everything finished before it stays cached.
+        """
+        keys = [cache_key(self.model, r) for r in requests]
+        for index, request in enumerate(requests):
+            _check_request(index, request)
+        by_key: dict[str, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_key.setdefault(key, []).append(index)
+        results: list[ChatResult | None] = [None] * len(requests)
+
+        def deliver(indices: list[int], result: ChatResult) -> None:
+            for n, index in enumerate(indices):
+                # Later duplicates in the batch reuse the first one's response: free, like a cache hit.
+                results[index] = result if n == 0 else _as_cached(result)
+                if on_result is not None:
+                    on_result(index, results[index])
+
+        pending: list[str] = []
+        for key, indices in by_key.items():
+            hit = self._cache.get(key)
+            if hit is None:
+                pending.append(key)
+            else:
+                deliver(indices, hit)
+        if pending:
+            self._probe()
+            self._run(pending, by_key, requests, deliver)
+        return cast(list[ChatResult], results)
+
+    def _run(
+        self,
+        pending: list[str],
+        by_key: dict[str, list[int]],
+        requests: list[ChatRequest],
+        deliver: Callable[[list[int], ChatResult], None],
+    ) -> None:
+        stop = threading.Event()
+        executor = ThreadPoolExecutor(max_workers=min(self.model.max_concurrency, len(pending)))
+        futures: dict[Future[ChatResult], str] = {}
+        try:
+            for key in pending:
+                first = by_key[key][0]
+                futures[executor.submit(self._fetch, first, key, requests[first], stop)] = key
+            for future in as_completed(futures):
+                deliver(by_key[futures[future]], future.result())
+        finally:
+            # On any error (or Ctrl-C) the other workers stop before their next attempt; responses already
+            # in flight still land in the cache, so a rerun pays for none of them again.
+            stop.set()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def _probe(self) -> None:
+        """Fail in seconds, not after hours of retries, when the server is unreachable or rejects the key."""
+        url = f"{self._base}/models"
+        try:
+            response = self._http.get(url, timeout=PROBE_TIMEOUT_S)
+        except httpx.TransportError as exc:
+            raise ApiError(
+                f"api model {self.model.name!r}: cannot reach {self.model.base_url} ({_describe(exc)}); "
+                "is the server running and base_url right?"
+            ) from None
+        if response.status_code in (401, 403):
+            raise ApiError(self._http_error(url, response))
+
+    def _fetch(self, index: int, key: str, request: ChatRequest, stop: threading.Event) -> ChatResult:
+        """Send one request until it succeeds, retrying what a retry can fix; cache the success."""
+        url = f"{self._base}/chat/completions"
+        body = request_body(self.model, request)
+        for attempt in range(1, self.model.max_retries + 2):
+            ticket = self._limit.acquire()
+            outcome: ChatResult | _Retry | None = None
+            try:
+                if stop.is_set():
+                    raise ApiError(f"request {index}: batch stopped")
+                outcome = self._attempt(index, url, body, attempt)
+            finally:
+                throttled = isinstance(outcome, _Retry) and outcome.throttled
+                self._limit.release(ticket, success=isinstance(outcome, ChatResult), throttled=throttled)
+            if isinstance(outcome, ChatResult):
+                self._cache.put(key, outcome)
+                return outcome
+            if attempt > self.model.max_retries:
+                break
+            # Full jitter spreads retries of many workers apart; the server's Retry-After is a floor.
+            delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+            if outcome.retry_after is not None:
+                delay = max(delay, outcome.retry_after)
+            log.info("%s request %d: %s; retry %d in %.1fs", self.model.name, index, outcome.reason, attempt, delay)
+            if stop.wait(delay):
+                raise ApiError(f"request {index}: batch stopped")
+        raise ApiError(
+            f"api model {self.model.name!r}: request {index} to {url} failed after "
+            f"{self.model.max_retries + 1} attempts; last error: {outcome.reason}"
+        )
+
+    def _attempt(self, index: int, url: str, body: dict[str, Any], attempt: int) -> ChatResult | _Retry:
+        """One HTTP attempt: a result, a retryable failure, or ApiError for what no retry can fix."""
+        start = time.monotonic()
+        try:
+            response = self._http.post(url, json=body)
+        except httpx.TransportError as exc:
+            return _Retry(self._redact(_describe(exc)))
+        latency = time.monotonic() - start
+        status = response.status_code
+        if status == 200:
+            parsed = _parse_completion(response)
+            if isinstance(parsed, str):
+                return _Retry(parsed)
+            text, input_tokens, output_tokens = parsed
+            return ChatResult(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
+                              cost_usd=self._cost(input_tokens, output_tokens), latency_s=latency, cached=False,
+                              attempts=attempt)
+        if status in RETRYABLE_STATUS or status >= 500:
+            reason = self._redact(f"HTTP {status}: {_server_message(response)}")
+            return _Retry(reason, parse_retry_after(response.headers.get("retry-after")), throttled=status == 429)
+        raise ApiError(f"request {index}: {self._http_error(url, response)}")
+
+    def _cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.model.input_price_per_mtok + output_tokens * self.model.output_price_per_mtok) / 1e6
+
+    def _http_error(self, url: str, response: httpx.Response) -> str:
+        message = f"{url} answered HTTP {response.status_code}: {_server_message(response)}"
+        if response.status_code in (401, 403):
+            source = f"${self.model.api_key_env}" if self.model.api_key_env else "api_key_env (none is set)"
+            message += f" (check the API key in {source})"
+        return self._redact(message)
+
+    def _redact(self, text: str) -> str:
+        # Some servers echo the key they rejected; it must never reach a log or an error message.
+        return text.replace(self._key, "***") if self._key else text
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """A failed attempt that a retry may fix."""
+
+    reason: str
+    retry_after: float | None = None
+    throttled: bool = False
+
+
+class _AdaptiveLimit:
+    """AIMD concurrency limit: halve on 429, grow by one after a run of `limit` successes, up to the maximum."""
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.limit = maximum
+        self._in_flight = 0
+        self._successes = 0
+        self._epoch = 0
+        self._cond = threading.Condition()
+
+    def acquire(self) -> int:
+        """Wait for a free slot; the returned ticket says which limit epoch the request was sent in."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._in_flight < self.limit)
+            self._in_flight += 1
+            return self._epoch
+
+    def release(self, ticket: int, success: bool, throttled: bool = False) -> None:
+        """Free a slot and adapt the limit to the outcome."""
+        with self._cond:
+            self._in_flight -= 1
+            if throttled:
+                self._successes = 0
+                # A burst of 429s answers requests sent under one limit: cut once for it, not once per 429.
+                if ticket == self._epoch:
+                    self.limit = max(1, self.limit // 2)
+                    self._epoch += 1
+                    log.info("throttled: concurrency limit now %d", self.limit)
+            elif success:
+                self._successes += 1
+                if self._successes >= self.limit and self.limit < self.maximum:
+                    self.limit += 1
+                    self._successes = 0
+            self._cond.notify_all()
+
+
+class _Cache:
+    """Successful responses in sqlite (WAL): safe for threads and processes, each row committed at once."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            # timeout: another process writing the same cache makes us wait, not fail.
+            self._db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+                "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise ApiError(f"{path}: cannot open the API response cache ({exc})") from None
+
+    def get(self, key: str) -> ChatResult | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT text, input_tokens, output_tokens FROM responses WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        return ChatResult(text=row[0], input_tokens=row[1], output_tokens=row[2], cost_usd=0.0, latency_s=0.0,
+                          cached=True, attempts=0)
+
+    def put(self, key: str, result: ChatResult) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                (key, result.text, result.input_tokens, result.output_tokens, time.time()),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _read_key(model: ApiModel) -> str | None:
+    if model.api_key_env is None:
+        return None
+    key = os.environ.get(model.api_key_env, "").strip()
+    if not key:
+        raise ApiError(
+            f"api model {model.name!r} needs an API key: set {model.api_key_env} in the environment "
+            f"(lab.yaml names the variable, never the key itself)"
+        )
+    return key
+
+
+def _check_request(index: int, request: ChatRequest) -> None:
+    ok = isinstance(request.messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in request.messages
+    )
+    if not ok or not request.messages:
+        raise ApiError(f"request {index}: messages must be a non-empty list of {{'role': str, 'content': str}}")
+
+
+def _parse_completion(response: httpx.Response) -> tuple[str, int, int] | str:
+    """(text, input tokens, output tokens) from a 200 response, or why it can't be used (a retryable problem)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return f"malformed JSON in the response body ({len(response.content)} bytes)"
+    try:
+        text = data["choices"][0]["message"]["content"]
+        usage = data["usage"]
+        input_tokens, output_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+    except (KeyError, IndexError, TypeError):
+        return "response lacks choices[0].message.content or usage"
+    if not isinstance(text, str) or not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
+        return "response has a non-text content or non-integer usage"
+    return text, input_tokens, output_tokens
+
+
+def _server_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    message = None
+    if isinstance(data, dict):
+        # OpenAI puts it in error.message; FastAPI-based servers (llama.cpp's Python server) in detail.
+        error = data.get("error") or data.get("detail")
+        message = error.get("message") if isinstance(error, dict) else error
+    return str(message or response.text[:300] or response.reason_phrase).strip()
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return f"connection error ({type(exc).__name__}: {exc})"
+
+
+def _as_cached(result: ChatResult) -> ChatResult:
+    return ChatResult(text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                      cost_usd=0.0, latency_s=0.0, cached=True, attempts=0)

@@ -1,0 +1,42 @@
+"""What every inference backend provides to the evaluation loop.
+
+Local backends (Hugging Face, llama.cpp, vLLM) take token ids, which the shared Prompter produced,
+so every backend sees byte-identical prompts. Chat APIs take chat messages and cannot score
+log-likelihoods: they answer classification tasks by generation and parsing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llamalab.evaluate.scoring import ChoiceRequest, ChoiceScore
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    extra: dict[str, Any] = field(default_factory=dict)  # usage, cost, latency, cache hits (API backends)
+
+
+ScoreCallback = Callable[[list[int], list[list[ChoiceScore]]], None]
+GenerationCallback = Callable[[list[int], list[Generation]], None]
+
+
+class Backend(Protocol):
+    name: str
+    tokenizer: Any  # None for chat APIs: they receive messages, not token ids
+    supports_loglikelihood: bool
+
+    def provenance(self) -> dict[str, Any]:
+        """Backend name, model file or revision, and settings that can change its outputs."""
+
+    def score_choices(self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback) -> None:
+        """Log-likelihood of each choice given its prompt."""
+
+    def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+        """Greedy continuations: `inputs` are token-id lists (local) or message lists (chat APIs)."""
+
+    def close(self) -> None:
+        """Release servers, connections or memory."""

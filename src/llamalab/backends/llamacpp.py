@@ -1,0 +1,79 @@
+"""llama.cpp backend for GGUF files on a CPU (optional extra: scripts/install-llama-server.sh).
+
+Token ids come from the shared Prompter (the GGUF's own vocabulary, as converted for Hugging Face),
+so prompts are identical to the other backends'. Each prompt is evaluated once; for each choice the
+context is rewound to the end of the prompt, so the prompt's KV cache is shared by all labels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llamalab.backends.base import Generation, GenerationCallback, ScoreCallback
+from llamalab.config import LlamalabError
+from llamalab.evaluate.scoring import ChoiceRequest, ChoiceScore
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+    supports_loglikelihood = True
+
+    def __init__(self, gguf: Path, tokenizer, provenance: dict[str, Any], n_ctx: int = 2048):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise LlamalabError(
+                "the llama.cpp backend needs llama-cpp-python: run scripts/install-llama-server.sh"
+            ) from None
+        self.tokenizer = tokenizer
+        self.gguf = gguf
+        self._provenance = provenance
+        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
+                         n_threads=os.cpu_count())
+
+    def provenance(self) -> dict[str, Any]:
+        import llama_cpp
+
+        return {"backend": self.name, "llama_cpp_python": llama_cpp.__version__, "gguf": self.gguf.name,
+                **self._provenance}
+
+    def score_choices(self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback) -> None:
+        for i, request in enumerate(requests):
+            on_batch([i], [self._score(request)])
+
+    def _score(self, request: ChoiceRequest) -> list[ChoiceScore]:
+        prompt = request.prompt_ids
+        self.llm.reset()
+        self.llm.eval(prompt)
+        first = _log_softmax(self.llm.scores[len(prompt) - 1])
+        scores = []
+        for choice in request.choice_ids:
+            logprobs, greedy = [float(first[choice[0]])], [int(first.argmax()) == choice[0]]
+            if len(choice) > 1:
+                self.llm.n_tokens = len(prompt)  # rewind: the prompt's cache stays, the last choice's goes
+                self.llm.eval(choice[:-1])
+                for j, token in enumerate(choice[1:]):
+                    row = _log_softmax(self.llm.scores[len(prompt) + j])
+                    logprobs.append(float(row[token]))
+                    greedy.append(int(row.argmax()) == token)
+            scores.append(ChoiceScore(sum(logprobs), len(choice), all(greedy)))
+        return scores
+
+    def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+        for i, prompt in enumerate(inputs):
+            self.llm.reset()
+            out = self.llm.create_completion(prompt=prompt, max_tokens=max_new_tokens, temperature=0.0)
+            on_batch([i], [Generation(out["choices"][0]["text"])])
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    top = logits.max()
+    return logits - top - np.log(np.exp(logits - top).sum())

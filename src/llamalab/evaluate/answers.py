@@ -1,0 +1,300 @@
+"""Answer extraction and per-example scoring for generation tasks.
+
+Numbers (GSM8K-style final answers), JSON entity lists (NER as span extraction) and summaries (ROUGE) are each
+reduced to per-example scores; corpus metrics come with percentile-bootstrap confidence intervals that resample
+examples through :func:`llamalab.evaluate.stats.resample_indices`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+import numpy as np
+
+from llamalab.evaluate.stats import Interval, bootstrap_mean_ci, resample_indices
+
+Entity = tuple[str, str]
+ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
+ENTITY_METRICS: tuple[str, ...] = ("precision", "recall", "f1")
+
+# Caps the elements of one chunk of bootstrap temporaries (rows x examples x 3 counts).
+_CHUNK_ELEMENTS = 1 << 22
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exact match
+
+
+def normalize_text(s: str) -> str:
+    """Exact-match normal form (SQuAD-style).
+
+    In order: Unicode NFKD, then drop combining marks (strips accents: "café" -> "cafe"); lower-case; replace
+    every Unicode punctuation character (category P*) with nothing; replace the whole words "a", "an", "the" with
+    a space; collapse runs of whitespace to one space and strip the ends.
+    """
+    decomposed = unicodedata.normalize("NFKD", s)
+    text = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(gold: str, pred: str) -> float:
+    """1.0 if gold and prediction have the same :func:`normalize_text` form, else 0.0."""
+    return float(normalize_text(gold) == normalize_text(pred))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numbers
+
+# A number: optional minus (not after a digit/letter, so "5-3" and "COVID-19" are not negative), an optional
+# currency sign, then either comma-grouped thousands or plain digits, then an optional decimal part. The
+# look-behind before the digits keeps "1.5" from also yielding "5" and ".5" from yielding "5".
+_NUMBER = re.compile(
+    r"(?:(?<![\w.])(?P<sign>-))?[$€£]?"
+    r"(?<![\d.])(?P<digits>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?"
+)
+_ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\s*\{")
+
+
+def canonical_number(s: str) -> str:
+    """Canonical form of one number: no thousands commas or currency sign, no trailing zeros after the point.
+
+    "1,234" -> "1234", "$1,234.50" -> "1234.5", "42.0" -> "42", "-3" -> "-3", "-0" -> "0". Raises ValueError
+    if ``s`` (stripped) is not exactly one number.
+    """
+    match = _NUMBER.fullmatch(s.strip().replace("\u2212", "-"))
+    if match is None:
+        raise ValueError(f"not a number: {s!r}")
+    return _canonical(match)
+
+
+def _canonical(match: re.Match[str]) -> str:
+    value = Decimal(match["digits"].replace(",", "") + (match["frac"] or ""))
+    if match["sign"]:
+        value = -value
+    if value == 0:
+        return "0"
+    # normalize() drops trailing zeros; format "f" undoes the exponent it uses for integers like 1E+3.
+    return format(value.normalize(), "f")
+
+
+def _first_number(text: str) -> str | None:
+    match = _NUMBER.search(text)
+    return _canonical(match) if match else None
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}``, braces matched so ``\\boxed{\\text{18}}`` yields ``\\text{18}``."""
+    contents = []
+    for start in _BOXED.finditer(text):
+        depth, pos = 1, start.end()
+        while pos < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[pos], 0)
+            pos += 1
+        if depth == 0:
+            contents.append(text[start.end() : pos - 1])
+    return contents
+
+
+def extract_number(text: str) -> str | None:
+    """The final numeric answer of a model's free text, canonicalised as by :func:`canonical_number`.
+
+    The first number after the last ``####`` marker wins; else the first number after the last "answer is" /
+    "answer:" phrase; else the first number inside the last ``\\boxed{}``; else the last number in the text.
+    A rule whose marker is present but is followed by no number falls through to the next. Units, currency
+    signs, percent signs, thousands separators (also LaTeX ``{,}``) and sentence-final periods are ignored.
+    Returns None when the text holds no number.
+    """
+    text = text.replace("{,}", ",").replace("\u2212", "-")
+    marker = text.rfind("####")
+    if marker >= 0 and (number := _first_number(text[marker + 4 :])) is not None:
+        return number
+    phrases = list(_ANSWER_PHRASE.finditer(text))
+    if phrases and (number := _first_number(text[phrases[-1].end() :])) is not None:
+        return number
+    boxed = _boxed_contents(text)
+    if boxed and (number := _first_number(boxed[-1])) is not None:
+        return number
+    matches = list(_NUMBER.finditer(text))
+    return _canonical(matches[-1]) if matches else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entities
+
+_JSON_START = re.compile(r"[\[{]")
+
+
+def _normalize_entity(entity_type: str, text: str) -> Entity:
+    return entity_type.strip().lower(), " ".join(text.split())
+
+
+def _as_entities(value: object) -> list[Entity] | None:
+    if isinstance(value, dict):
+        value = value.get("entities")
+    if not isinstance(value, list):
+        return None
+    entities = []
+    for item in value:
+        if not isinstance(item, dict):
+            return None
+        entity_type, text = item.get("type"), item.get("text")
+        if not isinstance(entity_type, str) or not isinstance(text, str):
+            return None
+        entities.append(_normalize_entity(entity_type, text))
+    return entities
+
+
+def parse_entities(text: str) -> list[Entity] | None:
+    """Parse a model's JSON entity answer into normalised (type, text) pairs, or None if it is invalid.
+
+    Accepts a list ``[{"type": ..., "text": ...}, ...]`` or ``{"entities": [...]}``, anywhere in the text: prose
+    or a ```` ```json ```` fence around it is skipped, as is any JSON value of another shape before it. Extra keys
+    are ignored. Types are lower-cased and stripped; entity text is whitespace-collapsed. Anything else (no JSON,
+    single-quoted pseudo-JSON, an item missing "type" or "text") gives None, which scorers treat as predicting no
+    entities.
+    """
+    decoder = json.JSONDecoder()
+    pos = 0
+    while (start := _JSON_START.search(text, pos)) is not None:
+        try:
+            value, end = decoder.raw_decode(text, start.start())
+        except json.JSONDecodeError:
+            pos = start.start() + 1
+            continue
+        entities = _as_entities(value)
+        if entities is not None:
+            return entities
+        # Skip past the whole value: a list nested in some other object is not the answer.
+        pos = end
+    return None
+
+
+def _example_counts(gold: Sequence[Sequence[Entity]], pred: Sequence[Sequence[Entity] | None]) -> np.ndarray:
+    """Per-example (tp, fp, fn) as an (n, 3) int array; matching is by multiset of normalised pairs."""
+    if len(gold) != len(pred):
+        raise ValueError(f"length mismatch: {len(gold)} gold vs {len(pred)} predicted examples")
+    counts = np.zeros((len(gold), 3), dtype=np.int64)
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        gold_bag = Counter(_normalize_entity(*e) for e in g)
+        pred_bag = Counter(_normalize_entity(*e) for e in (p or ()))
+        tp = sum((gold_bag & pred_bag).values())
+        counts[i] = (tp, pred_bag.total() - tp, gold_bag.total() - tp)
+    return counts
+
+
+def _micro_prf(sums: np.ndarray) -> np.ndarray:
+    """Micro precision, recall and F1 from summed (tp, fp, fn) along the last axis; 0.0 where undefined."""
+    tp, fp, fn = sums[..., 0], sums[..., 1], sums[..., 2]
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.zeros(np.shape(num)), where=den > 0)
+
+    return np.stack([ratio(tp, tp + fp), ratio(tp, tp + fn), ratio(2 * tp, 2 * tp + fp + fn)], axis=-1)
+
+
+def entity_scores(gold: Sequence[Sequence[Entity]], pred: Sequence[Sequence[Entity] | None]) -> dict[str, object]:
+    """Strict entity-level micro precision / recall / F1 over examples.
+
+    A predicted (type, text) pair is a true positive when an identical gold pair of the same example is still
+    unmatched (multiset matching, so a duplicated prediction of a single gold entity is one tp and one fp).
+    ``None`` predictions (invalid output) count as predicting no entities. Metrics are 0.0 when undefined.
+    Returns precision, recall, f1, total tp/fp/fn, n, n_invalid and ``per_example``: a list of {tp, fp, fn}.
+    """
+    counts = _example_counts(gold, pred)
+    precision, recall, f1 = _micro_prf(counts.sum(axis=0)).tolist()
+    tp, fp, fn = (int(c) for c in counts.sum(axis=0))
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "n": len(gold),
+        "n_invalid": sum(p is None for p in pred),
+        "per_example": [{"tp": int(a), "fp": int(b), "fn": int(c)} for a, b, c in counts],
+    }
+
+
+def _resampled_prf(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    out = np.empty((len(idx), 3))
+    step = max(1, _CHUNK_ELEMENTS // (3 * idx.shape[1]))
+    for start in range(0, len(idx), step):
+        rows = slice(start, start + step)
+        out[rows] = _micro_prf(counts[idx[rows]].sum(axis=1))
+    return out
+
+
+def entity_f1_ci(
+    gold: Sequence[Sequence[Entity]],
+    pred: Sequence[Sequence[Entity] | None],
+    *,
+    n_resamples: int = 5000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """Percentile-bootstrap CIs for micro precision, recall and F1, resampling examples.
+
+    Each resample sums the per-example tp/fp/fn of the drawn examples and recomputes the micro metrics, so the
+    interval reflects that micro scores pool counts rather than average per-example scores.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    counts = _example_counts(gold, pred)
+    n = len(counts)
+    if n == 0:
+        raise ValueError("empty input: need at least one example")
+    estimates = _resampled_prf(counts, np.arange(n)[None, :])[0]
+    replicates = _resampled_prf(counts, resample_indices(n, n_resamples, seed))
+    alpha = 1.0 - confidence
+    lows, highs = np.quantile(replicates, [alpha / 2, 1 - alpha / 2], axis=0)
+    method = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
+    return {
+        name: Interval(float(estimates[k]), float(lows[k]), float(highs[k]), n, method, confidence)
+        for k, name in enumerate(ENTITY_METRICS)
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ROUGE
+
+
+def rouge_scores(references: Sequence[str | Sequence[str]], predictions: Sequence[str]) -> dict[str, list[float]]:
+    """Per-example ROUGE-1/2/L F-measures from Google's ``rouge-score`` package, with Porter stemming.
+
+    A reference may be a list of strings (several TL;DRs of one paper): each ROUGE type then takes its best
+    F-measure over them (``RougeScorer.score_multi``). The package's tokenizer keeps only ASCII letters and
+    digits, so an empty or non-Latin prediction scores 0.0.
+    """
+    # Deferred: rouge_score imports all of nltk, about a second that exact-match and NER scoring should not pay.
+    from rouge_score import rouge_scorer
+
+    if len(references) != len(predictions):
+        raise ValueError(f"length mismatch: {len(references)} references vs {len(predictions)} predictions")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    out: dict[str, list[float]] = {name: [] for name in ROUGE_TYPES}
+    for reference, prediction in zip(references, predictions, strict=True):
+        if isinstance(reference, str):
+            scores = scorer.score(reference, prediction)
+        else:
+            scores = scorer.score_multi(list(reference), prediction)
+        for name in ROUGE_TYPES:
+            out[name].append(float(scores[name].fmeasure))
+    return out
+
+
+def rouge_ci(
+    scores: Mapping[str, Sequence[float]], *, n_resamples: int = 5000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Interval]:
+    """Corpus ROUGE (mean of the per-example scores of :func:`rouge_scores`) with percentile-bootstrap CIs."""
+    return {
+        name: bootstrap_mean_ci(values, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        for name, values in scores.items()
+    }

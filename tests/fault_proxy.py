@@ -1,0 +1,187 @@
+"""A real HTTP proxy in front of an OpenAI-compatible server that injects faults and counts paid requests.
+
+Faults are chosen per chat completion by a schedule `(body_key, attempt) -> fault | None`, where `attempt` counts
+the proxy's sightings of that exact request body (1, 2, ...): decisions do not depend on thread timing, so a
+seeded run is reproducible. Requests forwarded to the upstream server are "paid" and counted per body key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+Schedule = Callable[[str, int], str | None]
+
+# Faults answered by the proxy itself (the upstream never sees, nor bills, the request)...
+LOCAL_FAULTS = ("429", "429_date", "500", "503", "drop", "malformed", "no_choices", "401", "404")
+# ...and faults that happen after the upstream has done (and billed) the work.
+PAID_FAULTS = ("slow", "truncate")
+DEFAULT_MIX = ("429", "500", "503", "drop", "malformed", "no_choices", "slow", "truncate")
+
+
+def body_key(body: dict) -> str:
+    """The key the proxy counts a request under: sha256 of its canonical JSON body."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seeded_faults(probability: float, seed: int, faults: Iterable[str] = DEFAULT_MIX, clean_after: int = 3) -> Schedule:
+    """Each of the first `clean_after` attempts of a request fails with `probability`; later attempts pass."""
+    kinds = list(faults)
+
+    def schedule(key: str, attempt: int) -> str | None:
+        rng = random.Random(f"{seed}:{key}:{attempt}")
+        if attempt > clean_after or rng.random() >= probability:
+            return None
+        return rng.choice(kinds)
+
+    return schedule
+
+
+def scripted(faults: list[str | None] | dict[str, list[str | None]]) -> Schedule:
+    """Attempt n of a request gets faults[n-1] (a list for every request, or one per body key); later ones pass."""
+
+    def schedule(key: str, attempt: int) -> str | None:
+        plan = faults.get(key, []) if isinstance(faults, dict) else faults
+        return plan[attempt - 1] if attempt <= len(plan) else None
+
+    return schedule
+
+
+class FaultProxy:
+    """Serves on 127.0.0.1 (a free port) and forwards to `upstream` (e.g. http://127.0.0.1:8080)."""
+
+    def __init__(self, upstream: str, schedule: Schedule | None = None, retry_after_s: int = 1,
+                 slow_s: float = 5.0) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.schedule = schedule or (lambda key, attempt: None)
+        self.retry_after_s = retry_after_s
+        self.slow_s = slow_s
+        self.paid: Counter[str] = Counter()  # body key -> requests forwarded to the upstream
+        self.seen: Counter[str] = Counter()  # body key -> chat completion requests received
+        self.events: list[tuple[float, str, int, str | None]] = []  # (monotonic time, key, attempt, fault)
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.proxy = self  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The base URL a client should use (with /v1)."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def faults_injected(self) -> Counter[str]:
+        """How many times each fault was injected."""
+        with self.lock:
+            return Counter(fault for _, _, _, fault in self.events if fault)
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def next_attempt(self, key: str) -> tuple[int, str | None]:
+        """Record one more sighting of a request body and pick its fault."""
+        with self.lock:
+            self.seen[key] += 1
+            attempt = self.seen[key]
+        fault = self.schedule(key, attempt)
+        with self.lock:
+            self.events.append((time.monotonic(), key, attempt, fault))
+        return attempt, fault
+
+    def forward(self, method: str, path: str, body: bytes, headers: dict[str, str],
+                key: str | None) -> tuple[int, dict[str, str], bytes]:
+        """Send the request upstream and return (status, headers worth relaying, body)."""
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=300)
+        try:
+            conn.request(method, path, body=body or None, headers=headers)
+            if key is not None:
+                with self.lock:
+                    self.paid[key] += 1
+            response = conn.getresponse()
+            data = response.read()
+            relay = {k: v for k, v in response.getheaders() if k.lower() in ("content-type", "retry-after")}
+            return response.status, relay, data
+        finally:
+            conn.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real API: dropped connections hit pooled sockets too
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class names it so
+        """Keep test output quiet."""
+
+    @property
+    def proxy(self) -> FaultProxy:
+        return self.server.proxy  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:
+        self._reply(*self.proxy.forward("GET", self.path, b"", self._upstream_headers(), None))
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if not self.path.endswith("/chat/completions"):
+            self._reply(*self.proxy.forward("POST", self.path, body, self._upstream_headers(), None))
+            return
+        key = body_key(json.loads(body))
+        _, fault = self.proxy.next_attempt(key)
+        if fault in ("429", "429_date"):
+            seconds = self.proxy.retry_after_s
+            retry_after = str(seconds) if fault == "429" else formatdate(time.time() + seconds, usegmt=True)
+            self._reply_json(429, {"error": {"message": "rate limited (injected)"}}, {"Retry-After": retry_after})
+        elif fault in ("500", "503", "401", "404"):
+            self._reply_json(int(fault), {"error": {"message": f"injected {fault}"}})
+        elif fault == "drop":
+            self.close_connection = True  # close the socket without a byte of response
+        elif fault == "malformed":
+            self._reply(200, {"Content-Type": "application/json"}, b'{"id": "x", "choices": [{"message": {"con')
+        elif fault == "no_choices":
+            self._reply_json(200, {"id": "x", "object": "chat.completion", "choices": [], "usage": {}})
+        elif fault == "slow":
+            time.sleep(self.proxy.slow_s)  # the client has timed out by now, but the upstream still does the work
+            self._reply(*self.proxy.forward("POST", self.path, body, self._upstream_headers(), key))
+        elif fault == "truncate":
+            status, headers, data = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
+            self._reply(status, headers, data, send=len(data) // 2)
+            self.close_connection = True
+        elif fault is None:
+            self._reply(*self.proxy.forward("POST", self.path, body, self._upstream_headers(), key))
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+
+    def _upstream_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": self.headers.get("Content-Type", "application/json")}
+        if self.headers.get("Authorization"):
+            headers["Authorization"] = self.headers["Authorization"]
+        return headers
+
+    def _reply_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self._reply(status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(payload).encode())
+
+    def _reply(self, status: int, headers: dict[str, str], data: bytes, send: int | None = None) -> None:
+        """Answer with the full Content-Length of `data`, but only its first `send` bytes when given."""
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data if send is None else data[:send])
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up (timed out) first

@@ -1,0 +1,321 @@
+"""Answer extraction, entity / ROUGE scoring, and the shipped generation-task data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from rouge_score import rouge_scorer
+
+from llamalab.evaluate.answers import (
+    canonical_number,
+    entity_f1_ci,
+    entity_scores,
+    exact_match,
+    extract_number,
+    normalize_text,
+    parse_entities,
+    rouge_ci,
+    rouge_scores,
+)
+from llamalab.evaluate.stats import resample_indices
+from llamalab.lab import example_lab_source
+
+DATA = example_lab_source() / "data"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_wnut17.py"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def converter() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("convert_wnut17", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- exact match ------------------------------------------------------------------------------------------------
+
+
+def test_normalize_text_follows_the_documented_rule():
+    assert normalize_text("  The Café, an   A-frame!  ") == "cafe aframe"
+    assert normalize_text("¡Él está aquí!") == "el esta aqui"
+    assert normalize_text("Theatre and another") == "theatre and another"  # articles only as whole words
+    assert normalize_text("A") == ""
+
+
+def test_exact_match():
+    assert exact_match("The Eiffel Tower", "eiffel tower.") == 1.0
+    assert exact_match("Eiffel Tower", "Eiffel") == 0.0
+
+
+# --- numbers ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("#### 1,234", "1234"),
+        ("The answer is $1,234.50.", "1234.5"),
+        ("She earns 18 dollars", "18"),
+        ("The trip is 5 km", "5"),
+        ("The discount is 50%", "50"),
+        ("The temperature dropped to -3 degrees.", "-3"),
+        ("So x = 42.0.", "42"),
+        ("We get \\boxed{42}", "42"),
+        ("The final answer is \\boxed{1{,}234}", "1234"),
+        ("Answer: **-1,000**", "-1000"),
+        ("5-3=2 apples, plus 4 gives 6.", "6"),
+        ("48/2 = <<48/2=24>>24 in May.\n48+24 = <<48+24=72>>72 total.\n#### 72", "72"),
+        ("Step 1: 48/2 = 24. The answer is 72. Check: 72 - 24 = 48", "72"),
+        ("First 3 boxes, then \\boxed{17} is it; that took 2 tries", "17"),
+        ("#### eighteen\nso 18 eggs", "18"),
+        ("She paid \u2212$5 net", "-5"),
+        ("COVID-19 cases rose by 12", "12"),
+        ("It costs 0.50 each", "0.5"),
+        ("5,000,000 people", "5000000"),
+        ("answer is:\n 7 apples", "7"),
+        ("no number here", None),
+        ("", None),
+    ],
+)
+def test_extract_number(text: str, expected: str | None):
+    assert extract_number(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("gold", "expected"),
+    [
+        ("1,234", "1234"),
+        ("$1,234.50", "1234.5"),
+        ("42.0", "42"),
+        ("-3", "-3"),
+        ("-0", "0"),
+        ("007", "7"),
+        ("1000", "1000"),
+    ],
+)
+def test_canonical_number(gold: str, expected: str):
+    assert canonical_number(gold) == expected
+
+
+def test_canonical_number_rejects_non_numbers():
+    with pytest.raises(ValueError):
+        canonical_number("18 dollars")
+
+
+def test_every_shipped_gsm8k_gold_extracts_to_itself():
+    rows = _read_jsonl(DATA / "gsm8k" / "test.jsonl")
+    assert len(rows) == 1319
+    golds = [canonical_number(row["answer"].split("####")[-1]) for row in rows]
+    assert [extract_number(row["answer"]) for row in rows] == golds
+    # The shipped file really exercises negatives and thousands separators.
+    assert {"-3", "-10", "1450000", "2125"} <= set(golds)
+
+
+# --- entities ---------------------------------------------------------------------------------------------------
+
+
+def test_parse_entities_valid_forms():
+    assert parse_entities('[{"type": "Person", "text": " Lady   Gaga"}]') == [("person", "Lady Gaga")]
+    fenced = 'Sure! Here they are:\n```json\n{"entities": [{"type": "location", "text": "Paris", "start": 3}]}\n```'
+    assert parse_entities(fenced) == [("location", "Paris")]
+    assert parse_entities("There are none [see note 1]: []") == []
+    # A list nested inside another object is not taken for the answer; the top-level list after it is.
+    nested = '{"people": [{"type": "person", "text": "X"}]} [{"type": "group", "text": "Y"}]'
+    assert parse_entities(nested) == [("group", "Y")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[{'type': 'person', 'text': 'Lady Gaga'}]",
+        "no entities found",
+        '[{"type": "person"}]',
+        '[{"type": "person", "text": 7}]',
+        '["Lady Gaga"]',
+        '[{"type": "person", "text": "Lady Gaga"}',
+        "",
+    ],
+)
+def test_parse_entities_invalid_is_none(text: str):
+    assert parse_entities(text) is None
+
+
+GOLD = [
+    [("person", "Lady Gaga"), ("location", "Paris")],
+    [("group", "Beatles")],
+    [("product", "iPhone"), ("product", "iPhone")],
+    [],
+]
+PRED_TEXT = [
+    '[{"type": "Person", "text": "Lady  Gaga"}, {"type": "location", "text": "London"}]',  # tp 1, fp 1, fn 1
+    "[{'type': 'group', 'text': 'Beatles'}]",  # invalid JSON: fn 1
+    '```json\n[{"type": "product", "text": "iPhone"}, {"type": "product", "text": "iPhone"},'
+    ' {"type": "product", "text": "iPhone"}]\n```',  # duplicates: tp 2, fp 1
+    '{"entities": [{"type": "corporation", "text": "Apple"}]}',  # fp 1
+]
+
+
+def test_entity_scores_hand_computed():
+    pred = [parse_entities(t) for t in PRED_TEXT]
+    assert pred[1] is None
+    scores = entity_scores(GOLD, pred)
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (3, 3, 2)
+    assert scores["precision"] == pytest.approx(0.5)
+    assert scores["recall"] == pytest.approx(0.6)
+    assert scores["f1"] == pytest.approx(6 / 11)
+    assert scores["n"] == 4 and scores["n_invalid"] == 1
+    assert scores["per_example"] == [
+        {"tp": 1, "fp": 1, "fn": 1},
+        {"tp": 0, "fp": 0, "fn": 1},
+        {"tp": 2, "fp": 1, "fn": 0},
+        {"tp": 0, "fp": 1, "fn": 0},
+    ]
+
+
+def test_entity_scores_edge_cases():
+    assert entity_scores([[]], [None])["f1"] == 0.0  # nothing to find, nothing found: undefined -> 0
+    with pytest.raises(ValueError):
+        entity_scores(GOLD, [None])
+
+
+def test_entity_f1_ci_matches_a_naive_bootstrap():
+    pred = [parse_entities(t) for t in PRED_TEXT] * 5
+    gold = GOLD * 5
+    cis = entity_f1_ci(gold, pred, n_resamples=300, seed=7)
+    scores = entity_scores(gold, pred)
+    counts = np.array([[e["tp"], e["fp"], e["fn"]] for e in scores["per_example"]])
+    naive = []
+    for row in resample_indices(len(gold), 300, 7):
+        tp, fp, fn = counts[row].sum(axis=0)
+        naive.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    low, high = np.quantile(naive, [0.025, 0.975])
+    f1 = cis["f1"]
+    assert f1.estimate == pytest.approx(scores["f1"])
+    assert (f1.low, f1.high) == pytest.approx((low, high))
+    for name in ("precision", "recall", "f1"):
+        interval = cis[name]
+        assert interval.low <= interval.estimate <= interval.high
+        assert interval.n == 20 and interval.confidence == 0.95
+    assert entity_f1_ci(gold, pred, n_resamples=300, seed=7) == cis  # seeded: reproducible
+
+
+def test_entity_f1_ci_perfect_predictions_have_a_degenerate_interval():
+    cis = entity_f1_ci(GOLD, GOLD, n_resamples=200)
+    assert (cis["f1"].low, cis["f1"].estimate, cis["f1"].high) == (1.0, 1.0, 1.0)
+
+
+# --- ROUGE ------------------------------------------------------------------------------------------------------
+
+
+def test_rouge_known_pair_and_package_agreement():
+    reference, prediction = "the cat sat on the mat", "the cat lay on the mat"
+    scores = rouge_scores([reference], [prediction])
+    # 5 of 6 unigrams, 3 of 5 bigrams, LCS "the cat on the mat" of length 5.
+    assert scores["rouge1"][0] == pytest.approx(5 / 6)
+    assert scores["rouge2"][0] == pytest.approx(3 / 5)
+    assert scores["rougeL"][0] == pytest.approx(5 / 6)
+    direct = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score(reference, prediction)
+    assert {k: v[0] for k, v in scores.items()} == {k: s.fmeasure for k, s in direct.items()}
+
+
+def test_rouge_sanity_values():
+    scores = rouge_scores(
+        ["We propose a new method.", "cats running fast", "alpha beta", ["first summary here", "graph networks"]],
+        ["We propose a new method.", "cat runs fast", "", "graph networks"],
+    )
+    assert [s[0] for s in scores.values()] == [1.0, 1.0, 1.0]  # identical strings
+    assert scores["rouge1"][1] == 1.0  # stemming: cats/cat, running/runs
+    assert [s[2] for s in scores.values()] == [0.0, 0.0, 0.0]  # empty prediction
+    assert [s[3] for s in scores.values()] == [1.0, 1.0, 1.0]  # best of several references
+    with pytest.raises(ValueError):
+        rouge_scores(["a"], [])
+
+
+def test_rouge_ci_is_the_mean_with_bounds_around_it():
+    scores = {"rouge1": [0.1, 0.5, 0.9, 0.3, 0.7], "rougeL": [0.0, 0.2, 0.4, 0.6, 0.8]}
+    cis = rouge_ci(scores, n_resamples=500, seed=1)
+    assert cis["rouge1"].estimate == pytest.approx(0.5)
+    assert cis["rougeL"].estimate == pytest.approx(0.4)
+    for interval in cis.values():
+        assert interval.low <= interval.estimate <= interval.high
+
+
+# --- WNUT-17 converter and shipped data -------------------------------------------------------------------------
+
+CONLL_SAMPLE = (
+    "Empire\tB-location\nState\tI-location\nBuilding\tI-location\n=\tO\nESB\tB-location\n.\tO\n"
+    "\t\n"  # a lone tab separates sentences in wnut17train.conll
+    "Lady\tB-person\nGaga\tI-person\nmeets\tO\nBob\tB-person\nAlice\tB-person\nat\tO\nMoMA\tI-location\n"
+    "\n"
+    "nothing\tO\nhere\tO\n"  # last sentence without a trailing blank line
+)
+
+
+def test_converter_extracts_bio_spans(converter: ModuleType):
+    records = converter.convert_lines(CONLL_SAMPLE.splitlines(keepends=True), "dev")
+    assert records == [
+        {
+            "id": "dev-0000",
+            "text": "Empire State Building = ESB .",
+            "entities": [{"type": "location", "text": "Empire State Building"}, {"type": "location", "text": "ESB"}],
+        },
+        {
+            "id": "dev-0001",
+            "text": "Lady Gaga meets Bob Alice at MoMA",
+            # B-B of one type are two entities; an I- after O opens a new one (conlleval convention).
+            "entities": [
+                {"type": "person", "text": "Lady Gaga"},
+                {"type": "person", "text": "Bob"},
+                {"type": "person", "text": "Alice"},
+                {"type": "location", "text": "MoMA"},
+            ],
+        },
+        {"id": "dev-0002", "text": "nothing here", "entities": []},
+    ]
+    with pytest.raises(ValueError, match="expected 'token<TAB>tag'"):
+        converter.convert_lines(["no tag here\n"], "dev")
+    with pytest.raises(ValueError, match="not a BIO tag"):
+        converter.convert_lines(["Paris\tX-location\n"], "dev")
+
+
+def test_converter_cli_writes_every_split(converter: ModuleType, tmp_path: Path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for name in converter.SPLITS.values():
+        (source / name).write_text(CONLL_SAMPLE, encoding="utf-8")
+    converter.main([str(source), str(out)])
+    for split in converter.SPLITS:
+        rows = _read_jsonl(out / f"{split}.jsonl")
+        assert [r["id"] for r in rows] == [f"{split}-0000", f"{split}-0001", f"{split}-0002"]
+
+
+def test_shipped_wnut17_matches_source_counts(converter: ModuleType):
+    folder = DATA / "wnut17"
+    source_md = (folder / "SOURCE.md").read_text(encoding="utf-8")
+    expected = {"train": (3394, 1975), "dev": (1009, 836), "test": (1287, 1079)}
+    for split, name in converter.SPLITS.items():
+        # The original table row: | file | sentences | tokens | B- tags (entities) |
+        row = re.search(rf"^\| {re.escape(name)} \| ([\d,]+) \| [\d,]+ \| ([\d,]+) \|$", source_md, re.MULTILINE)
+        assert row is not None, name
+        stated = tuple(int(g.replace(",", "")) for g in row.groups())
+        assert stated == expected[split]
+        rows = _read_jsonl(folder / f"{split}.jsonl")
+        assert (len(rows), sum(len(r["entities"]) for r in rows)) == stated
+        assert all(e["text"] in r["text"] for r in rows for e in r["entities"])
+
+
+def test_shipped_gsm8k_and_scitldr_sizes():
+    assert len(_read_jsonl(DATA / "gsm8k" / "train.jsonl")) == 2000
+    sizes = {split: len(_read_jsonl(DATA / "scitldr" / f"{split}.jsonl")) for split in ("train", "dev", "test")}
+    assert sizes == {"train": 1992, "dev": 619, "test": 618}

@@ -1,0 +1,238 @@
+"""The API client against a real OpenAI-compatible server (llama.cpp on the embedded model), with real faults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from llamalab.backends.api import (
+    ApiError,
+    ApiModel,
+    ChatClient,
+    ChatRequest,
+    ChatResult,
+    _AdaptiveLimit,
+    request_body,
+)
+from tests.fault_proxy import DEFAULT_MIX, FaultProxy, body_key, scripted, seeded_faults
+from tests.llama_server import API_KEY, free_port, llama_server_fixture  # noqa: F401 - the llama_server fixture
+
+pytestmark = pytest.mark.slow
+
+KEY_ENV = "LLAMALAB_TEST_API_KEY"
+PRICE_IN, PRICE_OUT = 0.15, 0.60
+ROOT = Path(__file__).resolve().parent.parent
+REQUESTS = [
+    ChatRequest(messages=[{"role": "user", "content": f"Continue the list: {i}, {i + 1}, {i + 2},"}], max_tokens=8)
+    for i in range(24)
+]
+
+
+def api_model(base_url: str, **overrides) -> ApiModel:
+    fields = {
+        "name": "smollm2-server", "base_url": base_url, "model": "smollm2", "api_key_env": KEY_ENV,
+        "input_price_per_mtok": PRICE_IN, "output_price_per_mtok": PRICE_OUT, "max_concurrency": 4,
+        "timeout_s": 10.0, "max_retries": 8,
+    }
+    return ApiModel(**{**fields, **overrides})
+
+
+def run_batch(model: ApiModel, cache: Path, requests: list[ChatRequest] = REQUESTS) -> list[ChatResult]:
+    with ChatClient(model, cache) as client:
+        return client.complete_many(requests)
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+
+
+@pytest.fixture(scope="module")
+def clean(llama_server: str, tmp_path_factory: pytest.TempPathFactory) -> list[ChatResult]:
+    """The batch straight from the server: the reference every faulty run must reproduce."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_ENV, API_KEY)
+        return run_batch(api_model(llama_server), tmp_path_factory.mktemp("clean") / "cache.sqlite")
+
+
+def test_clean_run_has_text_usage_and_cost(llama_server: str, clean: list[ChatResult], tmp_path: Path) -> None:
+    assert len(clean) == len(REQUESTS)
+    for result in clean:
+        assert result.text.strip() and result.input_tokens > 0 and result.output_tokens > 0
+        price = (result.input_tokens * PRICE_IN + result.output_tokens * PRICE_OUT) / 1e6
+        assert result.cost_usd == pytest.approx(price)
+        assert not result.cached and result.attempts == 1 and result.latency_s > 0
+    assert max(r.output_tokens for r in clean) <= 8
+
+    # on_result runs on the caller's thread, once per request, after the row is cached.
+    cache = tmp_path / "cache.sqlite"
+    seen: list[tuple[int, int]] = []
+    with ChatClient(api_model(llama_server), cache) as client:
+        results = client.complete_many(REQUESTS[:4], lambda i, r: seen.append((i, threading.get_ident())))
+    assert sorted(i for i, _ in seen) == [0, 1, 2, 3]
+    assert {ident for _, ident in seen} == {threading.get_ident()}
+    assert [r.text for r in results] == [r.text for r in clean[:4]]
+
+    again = run_batch(api_model(llama_server), cache, REQUESTS[:4])
+    assert all(r.cached and r.cost_usd == 0 and r.attempts == 0 for r in again)
+    assert [r.text for r in again] == [r.text for r in clean[:4]]
+    # The key is only ever sent in a header: never stored.
+    for path in tmp_path.iterdir():
+        assert API_KEY.encode() not in path.read_bytes(), path
+    assert API_KEY not in repr(results)
+
+
+def test_every_request_survives_injected_faults(llama_server: str, clean: list[ChatResult], tmp_path: Path) -> None:
+    model = api_model("http://unused", timeout_s=3.0)
+    with FaultProxy(llama_server.removesuffix("/v1"), seeded_faults(0.6, seed=7, clean_after=2), slow_s=4.0) as proxy:
+        results = run_batch(dataclasses.replace(model, base_url=proxy.url), tmp_path / "cache.sqlite")
+        injected = proxy.faults_injected()
+        paid_faults = {key: sum(1 for _, k, _, f in proxy.events if k == key and f in ("slow", "truncate"))
+                       for key in proxy.seen}
+
+    assert set(injected) == set(DEFAULT_MIX), injected  # the seed exercises every kind of fault
+    assert [r.text for r in results] == [r.text for r in clean]
+    assert [(r.input_tokens, r.output_tokens) for r in results] == [(r.input_tokens, r.output_tokens) for r in clean]
+    assert any(r.attempts > 1 for r in results)
+    for request in REQUESTS:
+        key = body_key(request_body(model, request))
+        # Nothing lost; a request is only paid again when the upstream's answer was lost after it did the work.
+        assert 1 <= proxy.paid[key] <= 1 + paid_faults[key]
+
+
+CHILD = """
+import json, os, signal, sys
+from pathlib import Path
+from llamalab.backends.api import ApiModel, ChatClient, ChatRequest
+
+spec = json.loads(sys.argv[1])
+done = open(spec["done_file"], "a")
+
+def on_result(index, result):
+    done.write(f"{index}\\n")
+    done.flush()
+    os.fsync(done.fileno())
+    if sum(1 for _ in open(spec["done_file"])) == spec["kill_after"]:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, like a lost machine
+
+client = ChatClient(ApiModel(**spec["model"]), Path(spec["cache"]))
+client.complete_many([ChatRequest(**r) for r in spec["requests"]], on_result)
+"""
+
+
+def test_resume_after_kill_pays_nothing_twice(llama_server: str, clean: list[ChatResult], tmp_path: Path) -> None:
+    cache, done_file, kill_after = tmp_path / "cache.sqlite", tmp_path / "done.txt", len(REQUESTS) // 2
+    with FaultProxy(llama_server.removesuffix("/v1")) as proxy:
+        model = api_model(proxy.url)
+        spec = {"model": dataclasses.asdict(model), "requests": [dataclasses.asdict(r) for r in REQUESTS],
+                "cache": str(cache), "done_file": str(done_file), "kill_after": kill_after}
+        child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)
+        assert child.returncode == -9, child.stderr
+        finished = [int(line) for line in done_file.read_text().split()]
+        assert len(finished) == kill_after
+
+        results = run_batch(model, cache)
+        paid = {i: proxy.paid[body_key(request_body(model, r))] for i, r in enumerate(REQUESTS)}
+
+    assert all(results[i].cached and results[i].cost_usd == 0 for i in finished)
+    assert all(paid[i] == 1 for i in finished)
+    # Only requests in flight at the kill can have been paid twice: at most one per concurrent slot.
+    assert all(count >= 1 for count in paid.values())
+    assert sum(paid.values()) - len(REQUESTS) <= model.max_concurrency
+    assert [r.text for r in results] == [r.text for r in clean]
+
+
+def test_missing_key_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for value in (None, "  "):
+        if value is None:
+            monkeypatch.delenv(KEY_ENV)
+        else:
+            monkeypatch.setenv(KEY_ENV, value)
+        with pytest.raises(ApiError, match=f"set {KEY_ENV} in the environment"):
+            ChatClient(api_model("http://127.0.0.1:9/v1"), tmp_path / "cache.sqlite")
+
+
+def test_server_down_fails_in_seconds_naming_the_url(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    start = time.monotonic()
+    with pytest.raises(ApiError, match=f"cannot reach {url}"):
+        run_batch(api_model(url), tmp_path / "cache.sqlite")
+    assert time.monotonic() - start < 6
+
+
+def test_rejected_key_and_unknown_path_fail_at_once(
+    llama_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    wrong_key = "sk-wrong-0000000000"
+    monkeypatch.setenv(KEY_ENV, wrong_key)
+    with pytest.raises(ApiError, match=f"HTTP 401.*{KEY_ENV}") as error:
+        run_batch(api_model(llama_server), tmp_path / "a.sqlite")
+    assert wrong_key not in str(error.value)
+
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    start = time.monotonic()
+    with pytest.raises(ApiError, match="HTTP 404"):
+        run_batch(api_model(llama_server.replace("/v1", "/nowhere/v1")), tmp_path / "b.sqlite", REQUESTS[:1])
+    assert time.monotonic() - start < 3
+
+    # A 401 on the completion itself (the probe passed) is not retried either.
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted(["401"])) as proxy:
+        with pytest.raises(ApiError, match="HTTP 401: injected 401"):
+            run_batch(api_model(proxy.url), tmp_path / "c.sqlite", REQUESTS[:1])
+        assert sum(proxy.seen.values()) == 1
+
+
+def test_broken_responses_are_retried(llama_server: str, clean: list[ChatResult], tmp_path: Path) -> None:
+    model = api_model("http://unused")
+    faults = [["truncate", "malformed"], ["no_choices", "drop"], ["500", "503"]]
+    keys = [body_key(request_body(model, r)) for r in REQUESTS[:3]]
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted(dict(zip(keys, faults, strict=True)))) as proxy:
+        results = run_batch(dataclasses.replace(model, base_url=proxy.url), tmp_path / "cache.sqlite", REQUESTS[:3])
+    assert [r.attempts for r in results] == [3, 3, 3]
+    assert [r.text for r in results] == [r.text for r in clean[:3]]
+    assert proxy.paid[keys[0]] == 2  # the truncated answer was paid for, and lost
+
+
+def test_retry_after_is_honoured(llama_server: str, tmp_path: Path) -> None:
+    model = api_model("http://unused")
+    keys = [body_key(request_body(model, r)) for r in REQUESTS[:2]]
+    schedule = scripted({keys[0]: ["429"], keys[1]: ["429_date"]})
+    with FaultProxy(llama_server.removesuffix("/v1"), schedule, retry_after_s=3) as proxy:
+        results = run_batch(dataclasses.replace(model, base_url=proxy.url), tmp_path / "cache.sqlite", REQUESTS[:2])
+        arrivals = {(key, attempt): at for at, key, attempt, _ in proxy.events}
+    assert [r.attempts for r in results] == [2, 2]
+    # Jitter alone waits at most 0.5 s before a second attempt: these gaps come from Retry-After.
+    assert arrivals[keys[0], 2] - arrivals[keys[0], 1] >= 3.0
+    # An HTTP date has whole seconds, so "now + 3 s" leaves more than 2 s.
+    assert arrivals[keys[1], 2] - arrivals[keys[1], 1] >= 1.9
+
+
+def test_gives_up_after_max_retries_with_the_last_reason(llama_server: str, tmp_path: Path) -> None:
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted(["503"] * 5)) as proxy:
+        with pytest.raises(ApiError, match="failed after 3 attempts; last error: HTTP 503: injected 503"):
+            run_batch(api_model(proxy.url, max_retries=2), tmp_path / "cache.sqlite", REQUESTS[:1])
+        assert sum(proxy.seen.values()) == 3
+
+
+def test_adaptive_limit_halves_on_429_and_grows_back() -> None:
+    limit = _AdaptiveLimit(8)
+    tickets = [limit.acquire() for _ in range(3)]
+    limit.release(tickets[0], success=False, throttled=True)
+    assert limit.limit == 4
+    limit.release(tickets[1], success=False, throttled=True)  # same burst: no second cut
+    assert limit.limit == 4
+    limit.release(tickets[2], success=True)
+    for _ in range(3):
+        limit.release(limit.acquire(), success=True)
+    assert limit.limit == 5
+    for _ in range(4):
+        limit.release(limit.acquire(), success=False, throttled=True)
+    assert limit.limit == 1

@@ -1,0 +1,102 @@
+"""The evaluation loop on the tiny model: every task type, resume after kill -9, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from llamalab.config import LlamalabError
+from llamalab.evaluate.compare import compare
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.runs.files import read_jsonl
+from llamalab.runs.record import list_runs
+
+
+def rows_of(record) -> list[dict]:
+    return read_jsonl(record.folder / "predictions.jsonl")
+
+
+@pytest.mark.parametrize(("task", "metrics", "row_fields"), [
+    ("gsm8k", {"exact_match"}, {"generation", "prediction", "gold_number", "correct"}),
+    ("wnut17", {"entity_f1", "entity_precision", "entity_recall"}, {"generation", "valid_json", "tp", "fp", "fn"}),
+    ("scitldr", {"rouge1", "rouge2", "rougeL", "exact_match"}, {"generation", "rouge1", "rougeL", "correct"}),
+])
+def test_generation_tasks(lab, tiny_model_dir, task, metrics, row_fields):
+    record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task=task, limit=6, max_new_tokens=6))
+    assert record.data["status"] == "finished"
+    assert record.data["scoring"]["protocol"] == "generate"
+    assert set(record.data["metrics"]) == metrics
+    for m in record.data["metrics"].values():
+        assert m["low"] <= m["estimate"] <= m["high"] and m["n"] == 6
+    rows = rows_of(record)
+    assert len(rows) == 6 and row_fields <= set(rows[0])
+
+
+def test_gold_numbers_come_from_the_worked_solution(lab, tiny_model_dir):
+    record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="gsm8k", limit=3, max_new_tokens=2))
+    for row in rows_of(record):
+        assert row["gold"].rstrip().endswith(f"#### {row['gold_number']}")
+
+
+def test_wrong_protocol_for_the_task_is_refused(lab, tiny_model_dir):
+    with pytest.raises(LlamalabError, match="has number answers: use --protocol generate"):
+        evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="gsm8k", protocol="loglikelihood"))
+    assert list_runs(lab.runs_dir) == []
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from llamalab.evaluate import evaluate as loop
+    from llamalab.lab import find_lab
+
+    original, calls = loop.append_jsonl, []
+
+    def append_then_die(path, rows):
+        original(path, rows)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.append_jsonl = append_then_die
+    loop.evaluate(find_lab(sys.argv[1]), loop.EvalSettings(system=sys.argv[2], task="sentiment", limit=20,
+                                                           batch_size=4))
+""")
+
+
+def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir, tmp_path):
+    clean = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20, batch_size=4))
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    killed = subprocess.run([sys.executable, str(script), str(lab.root), str(tiny_model_dir)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    [interrupted] = [r for r in list_runs(lab.runs_dir, "eval") if r.data["status"] == "running"]
+    assert len(rows_of(interrupted)) == 12  # three batches of four were saved before the kill
+    with (interrupted.folder / "predictions.jsonl").open("a") as handle:
+        handle.write('{"id": "half a line')  # as if the kill had landed mid-write
+
+    resumed = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20, batch_size=4),
+                       resume=True)
+    assert resumed.id == interrupted.id and resumed.data["status"] == "finished"
+    rows = rows_of(resumed)
+    assert len(rows) == 20 and len({r["id"] for r in rows}) == 20
+    clean_rows = {r["id"]: r for r in rows_of(clean)}
+    for row in rows:
+        assert row["prediction"] == clean_rows[row["id"]]["prediction"]
+        assert row["scores"] == pytest.approx(clean_rows[row["id"]]["scores"], abs=1e-4)
+    assert resumed.data["metrics"] == clean.data["metrics"]
+    with pytest.raises(LlamalabError, match="no unfinished evaluation"):
+        evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20, batch_size=4), resume=True)
+
+
+def test_compare_generation_systems_with_paired_bootstrap(lab, tiny_model_dir):
+    for fmt in ("plain", "chat"):
+        evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="wnut17", limit=8, max_new_tokens=4, format=fmt))
+    result = compare(lab, "wnut17")
+    assert result["metric"] == "entity_f1"
+    assert len(result["systems"]) == 2
+    assert result["systems"][1]["vs_best"]["test"] == "paired bootstrap (entity_f1)"
+    json.dumps(result)  # --json output must serialise
