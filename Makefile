@@ -21,7 +21,9 @@ demo: $(STAMP)
 	$(BIN)/llamalab demo
 
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
+# The tests also need llama.cpp's OpenAI-compatible server (a real API peer): built once (~5 min), then cached.
 test: $(STAMP)
+	bash scripts/install-llama-server.sh $(VENV)
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

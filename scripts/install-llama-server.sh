@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install llama-cpp-python's OpenAI-compatible server into a venv (default .venv), idempotently.
+# Install llama-cpp-python's OpenAI-compatible server into a venv ($1, relative to the repo root; default .venv),
+# idempotently: a no-op when the pinned version is already importable.
 # The package has no prebuilt CPU wheel on PyPI, so it compiles (~5 min on 2 cores): the wheel is
 # built once into a cache dir and reused. GGML_NATIVE=OFF because the native build segfaults on our CPUs.
 set -euo pipefail

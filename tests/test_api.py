@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ REQUESTS = [
 ]
 
 
-def api_model(base_url: str, **overrides) -> ApiModel:
+def api_model(base_url: str, **overrides: Any) -> ApiModel:
     fields = {
         "name": "smollm2-server", "base_url": base_url, "model": "smollm2", "api_key_env": KEY_ENV,
         "input_price_per_mtok": PRICE_IN, "output_price_per_mtok": PRICE_OUT, "max_concurrency": 4,

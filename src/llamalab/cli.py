@@ -153,6 +153,8 @@ def evaluate(
                        ] = "hf",
     max_new_tokens: Annotated[int | None, typer.Option(help="generation budget (default 16 for labels, else 256)")
                               ] = None,
+    precision: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster label scoring on AMX CPUs)")
+                         ] = "float32",
     batch_size: int = 16,
     resume: Annotated[bool, typer.Option(help="continue the latest unfinished eval with the same options")] = False,
     lab: LabOption = None,
@@ -164,7 +166,7 @@ def evaluate(
 
     options = {"system": system, "task": task, "split": split, "format": prompt_format, "shots": shots,
                "limit": limit, "protocol": protocol, "backend": backend, "max_new_tokens": max_new_tokens,
-               "batch_size": batch_size}
+               "precision": precision, "batch_size": batch_size}
     settings = parse_model(EvalSettings, options, "command line")
     record = run_eval(_lab(lab), settings, console, resume=resume)
     for name, m in record.data["metrics"].items():

@@ -32,7 +32,9 @@ class Backend(Protocol):
     def provenance(self) -> dict[str, Any]:
         """Backend name, model file or revision, and settings that can change its outputs."""
 
-    def score_choices(self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback) -> None:
+    def score_choices(
+        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+    ) -> None:
         """Log-likelihood of each choice given its prompt."""
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:

@@ -30,7 +30,9 @@ class ChatApiBackend:
         return {"backend": self.name, "base_url": self.config.base_url, "model": self.config.model,
                 "decoding": {"temperature": 0.0}}
 
-    def score_choices(self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback) -> None:
+    def score_choices(
+        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+    ) -> None:
         raise LlamalabError("chat APIs return no log-likelihoods: evaluate API models with --protocol generate")
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:

@@ -22,8 +22,10 @@ class HFBackend:
         return {"backend": self.name, "dtype": str(self.model.dtype).removeprefix("torch."),
                 "device": str(self.model.device), **self._provenance}
 
-    def score_choices(self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback) -> None:
-        score_choices(self.model, requests, batch_size, on_batch=on_batch)
+    def score_choices(
+        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+    ) -> None:
+        score_choices(self.model, requests, batch_size, on_batch=on_batch, precision=precision)
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
         def wrap(indices: list[int], texts: list[str]) -> None:

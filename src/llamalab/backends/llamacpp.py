@@ -41,7 +41,9 @@ class LlamaCppBackend:
         return {"backend": self.name, "llama_cpp_python": llama_cpp.__version__, "gguf": self.gguf.name,
                 **self._provenance}
 
-    def score_choices(self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback) -> None:
+    def score_choices(
+        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+    ) -> None:
         for i, request in enumerate(requests):
             on_batch([i], [self._score(request)])
 

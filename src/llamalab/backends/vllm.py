@@ -38,7 +38,9 @@ class VLLMBackend:
 
         return {"backend": self.name, "vllm": vllm.__version__, **self._provenance}
 
-    def score_choices(self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback) -> None:
+    def score_choices(
+        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+    ) -> None:
         from vllm import SamplingParams
 
         # prompt_logprobs=0 returns the log-prob of each actual prompt token (plus none of the others).

@@ -6,6 +6,7 @@ embedded default, a folder, a .gguf file or a Hugging Face id).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,7 +53,8 @@ class System:
         if self.api is not None:
             from llamalab.backends.chat import ChatApiBackend
 
-            return ChatApiBackend(self.label, self.api, cache_dir() / "api-requests.sqlite")
+            cache = os.environ.get("LLAMALAB_API_CACHE") or cache_dir() / "api-requests.sqlite"
+            return ChatApiBackend(self.label, self.api, Path(cache))
         assert self.model is not None
         provenance = {"model": self.model.name, "revision": self.model.revision,
                       "adapter": str(self.adapter.name) if self.adapter else None}

@@ -1,0 +1,114 @@
+"""`llamalab eval` of an industry-style API model: a real llama.cpp server behind a fault-injecting proxy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from llamalab.evaluate.compare import compare
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.lab import find_lab
+from llamalab.runs.files import read_jsonl
+from llamalab.runs.record import list_runs
+from tests.fault_proxy import FaultProxy, seeded_faults
+from tests.llama_server import API_KEY, llama_server_fixture  # noqa: F401 - the llama_server fixture
+
+pytestmark = pytest.mark.slow
+KEY_ENV = "LLAMALAB_EVAL_TEST_KEY"
+SETTINGS = {"system": "smol-api", "task": "sentiment", "limit": 16, "max_new_tokens": 4}
+
+
+def with_api_model(lab, base_url: str):
+    config = yaml.safe_load((lab.root / "lab.yaml").read_text())
+    config["api_models"] = {"smol-api": {
+        "base_url": base_url, "model": "smollm2", "api_key_env": KEY_ENV, "input_price_per_mtok": 0.15,
+        "output_price_per_mtok": 0.6, "max_concurrency": 4, "timeout_s": 5,
+    }}
+    (lab.root / "lab.yaml").write_text(yaml.safe_dump(config))
+    return find_lab(lab.root)
+
+
+@pytest.fixture
+def api_env(monkeypatch, tmp_path):
+    """Sets the key; returns a function that points the request cache at a fresh file."""
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+
+    def fresh_cache(name: str) -> None:
+        monkeypatch.setenv("LLAMALAB_API_CACHE", str(tmp_path / f"{name}.sqlite"))
+
+    fresh_cache("first")
+    return fresh_cache
+
+
+def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
+    clean_lab = with_api_model(lab, llama_server)
+    clean = evaluate(clean_lab, EvalSettings(**SETTINGS))
+    clean_rows = {r["id"]: r for r in read_jsonl(clean.folder / "predictions.jsonl")}
+
+    api_env("faulty")  # every request must really go through the proxy
+    with FaultProxy(llama_server.removesuffix("/v1"), seeded_faults(0.5, seed=3, clean_after=2), slow_s=7) as proxy:
+        faulty_lab = with_api_model(lab, proxy.url)
+        faulty = evaluate(faulty_lab, EvalSettings(**SETTINGS))
+        assert sum(proxy.faults_injected().values()) > 0
+    rows = read_jsonl(faulty.folder / "predictions.jsonl")
+    assert faulty.data["status"] == "finished" and len(rows) == 16
+    assert faulty.data["scoring"]["protocol"] == "generate"
+    assert faulty.data["system"]["kind"] == "api" and faulty.data["system"]["api"]["api_key_env"] == KEY_ENV
+    assert API_KEY not in (faulty.folder / "run.json").read_text()
+    assert faulty.data["usage"]["input_tokens"] > 0 and faulty.data["usage"]["cost_usd"] > 0
+    assert {r["id"] for r in rows} == set(clean_rows)
+    for row in rows:
+        assert row["prompt"].startswith('[{"role": "user", "content": "Answer with exactly one of: negative, positive.')
+        assert row["prediction"] in (None, "negative", "positive")
+
+    table = compare(faulty_lab, "sentiment")
+    assert {row["protocol"] for row in table["systems"]} == {"generate"}
+    assert all(row["usage"]["cost_per_1k_examples_usd"] > 0 for row in table["systems"])
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from llamalab.evaluate import evaluate as loop
+    from llamalab.lab import find_lab
+
+    original, calls = loop.append_jsonl, []
+
+    def append_then_die(path, rows):
+        original(path, rows)
+        calls.append(1)
+        if len(calls) == 6:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    loop.append_jsonl = append_then_die
+    loop.evaluate(find_lab(sys.argv[1]), loop.EvalSettings(system="smol-api", task="sentiment", limit=16,
+                                                           max_new_tokens=4))
+""")
+
+
+def test_api_eval_resumes_after_kill_without_paying_twice(lab, llama_server, api_env, tmp_path):
+    with FaultProxy(llama_server.removesuffix("/v1")) as proxy:
+        api_lab = with_api_model(lab, proxy.url)
+        script = tmp_path / "kill.py"
+        script.write_text(KILL_SCRIPT)
+        killed = subprocess.run([sys.executable, str(script), str(api_lab.root)], capture_output=True, timeout=300)
+        assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+        [interrupted] = list_runs(api_lab.runs_dir, "eval")
+        saved = {r["id"] for r in read_jsonl(interrupted.folder / "predictions.jsonl")}
+        assert len(saved) == 6
+
+        resumed = evaluate(api_lab, EvalSettings(**SETTINGS), resume=True)
+        paid = dict(proxy.paid)
+    rows = read_jsonl(resumed.folder / "predictions.jsonl")
+    assert resumed.id == interrupted.id and len(rows) == 16 and len({r["id"] for r in rows}) == 16
+    # Finished examples are never sent again; only a request in flight at the kill may be paid twice.
+    assert sum(paid.values()) - 16 <= 4
+    assert not any(r.get("cached") for r in rows if r["id"] in saved)
+
+    api_env("fresh")  # a clean run that really asks the server again
+    fresh = evaluate(with_api_model(lab, llama_server), EvalSettings(**SETTINGS))
+    fresh_rows = {r["id"]: r["generation"] for r in read_jsonl(fresh.folder / "predictions.jsonl")}
+    assert {r["id"]: r["generation"] for r in rows} == fresh_rows

@@ -1,0 +1,34 @@
+"""The llama.cpp backend runs the embedded GGUF itself; its label scores track the dequantized HF model's."""
+
+from __future__ import annotations
+
+import pytest
+
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.models import EMBEDDED_NAME
+from llamalab.runs.files import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def test_llama_cpp_backend_agrees_with_transformers(lab):
+    settings = {"system": EMBEDDED_NAME, "task": "sentiment", "limit": 24}
+    cpp = evaluate(lab, EvalSettings(**settings, backend="llama.cpp"))
+    hf = evaluate(lab, EvalSettings(**settings))
+    assert cpp.data["backend"]["backend"] == "llama.cpp"
+    assert cpp.data["backend"]["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    cpp_rows = {r["id"]: r for r in read_jsonl(cpp.folder / "predictions.jsonl")}
+    hf_rows = read_jsonl(hf.folder / "predictions.jsonl")
+    assert len(cpp_rows) == 24
+    # Same weights (the GGUF, dequantized for transformers); llama.cpp multiplies in quantized form.
+    gaps = [abs(cpp_rows[r["id"]]["scores"][label] - r["scores"][label]) for r in hf_rows for label in r["scores"]]
+    assert max(gaps) < 0.5
+    agreement = sum(cpp_rows[r["id"]]["prediction"] == r["prediction"] for r in hf_rows) / len(hf_rows)
+    assert agreement >= 0.9
+
+
+def test_llama_cpp_generation(lab):
+    record = evaluate(lab, EvalSettings(system=EMBEDDED_NAME, task="sentiment", limit=4, backend="llama.cpp",
+                                        protocol="generate", max_new_tokens=4))
+    rows = read_jsonl(record.folder / "predictions.jsonl")
+    assert len(rows) == 4 and all(isinstance(r["generation"], str) for r in rows)
