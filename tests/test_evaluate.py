@@ -100,3 +100,42 @@ def test_compare_generation_systems_with_paired_bootstrap(lab, tiny_model_dir):
     assert len(result["systems"]) == 2
     assert result["systems"][1]["vs_best"]["test"] == "paired bootstrap (entity_f1)"
     json.dumps(result)  # --json output must serialise
+
+
+def test_api_bad_input_fails_fast_and_clearly(lab, monkeypatch, tmp_path):
+    import time
+
+    import yaml
+
+    from llamalab.lab import find_lab
+    from tests.llama_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config = yaml.safe_load((lab.root / "lab.yaml").read_text())
+    config["api_models"] = {"remote": {"base_url": url, "model": "m", "api_key_env": "LLAMALAB_NO_SUCH_KEY"}}
+    (lab.root / "lab.yaml").write_text(yaml.safe_dump(config))
+    api_lab = find_lab(lab.root)
+    monkeypatch.setenv("LLAMALAB_API_CACHE", str(tmp_path / "cache.sqlite"))
+    monkeypatch.delenv("LLAMALAB_NO_SUCH_KEY", raising=False)
+    with pytest.raises(LlamalabError, match="set LLAMALAB_NO_SUCH_KEY in the environment"):
+        evaluate(api_lab, EvalSettings(system="remote", task="sentiment", limit=4))
+    assert list_runs(lab.runs_dir) == []  # nothing half-written
+
+    monkeypatch.setenv("LLAMALAB_NO_SUCH_KEY", "sk-test")
+    started = time.monotonic()
+    with pytest.raises(LlamalabError, match=f"cannot reach {url}"):
+        evaluate(api_lab, EvalSettings(system="remote", task="sentiment", limit=4))
+    assert time.monotonic() - started < 10
+    with pytest.raises(LlamalabError, match="chat API without log-likelihoods"):
+        evaluate(api_lab, EvalSettings(system="remote", task="sentiment", protocol="loglikelihood"))
+
+
+def test_unknown_backend_on_the_command_line(lab):
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "smollm2-135m-instruct", "--task", "sentiment", "--backend", "onnx",
+                                      "--lab", str(lab.root)])
+    assert isinstance(result.exception, LlamalabError)
+    assert "key 'backend'" in str(result.exception) and "'hf', 'llama.cpp' or 'vllm'" in str(result.exception)

@@ -1,0 +1,99 @@
+"""llamalab vs lm-evaluation-harness: parity and speed of label scoring, same model and prompt, one process.
+
+    .venv/bin/pip install 'lm-eval==0.4.13'
+    .venv/bin/python bench/vs_lm_eval.py --task sentiment            # parity: all 1,066 test examples
+    .venv/bin/python bench/vs_lm_eval.py --task intent --limit 100   # 77 multi-token labels
+
+Both score every label (with a leading space) after the task's plain prompt on the embedded model,
+in float32. lm-eval runs its full pipeline: a task YAML over the same test examples, `simple_evaluate`
+with the HF backend, per-sample logging. Prints the example-by-example agreement of predictions, the
+largest log-likelihood difference, and examples/s of each (model loading included on both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.lab import init_lab
+from llamalab.models import EMBEDDED_NAME, resolve_model
+from llamalab.runs.files import read_jsonl
+from llamalab.tasks.data import load_task_data
+from llamalab.tasks.task import Task, load_task
+
+
+def run_lm_eval(task: Task, model_path: str, rows: list[dict], batch_size: int, folder: Path):
+    """lm-eval's own pipeline on the same examples; returns per-example label log-likelihoods and seconds."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    labels = task.answer.labels
+    folder = folder / "lm-eval-task"  # its own folder: lm-eval registers every YAML it finds there
+    folder.mkdir()
+    data = folder / "test.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"], "label": labels.index(r["gold"])}) + "\n" for r in rows))
+    template = task.prompt.template.replace("{{ text }}", "{{text}}").replace("\n", "\\n")
+    (folder / "task.yaml").write_text(textwrap.dedent(f"""
+        task: llamalab_{task.name}
+        dataset_path: json
+        dataset_kwargs:
+          data_files: {{test: {data}}}
+        test_split: test
+        output_type: multiple_choice
+        doc_to_text: "{template}"
+        doc_to_target: label
+        doc_to_choice: {json.dumps([task.answer.verbalize(label) for label in labels])}
+        target_delimiter: " "
+        metric_list:
+          - metric: acc
+    """))
+    started = time.perf_counter()
+    results = simple_evaluate(
+        model="hf", model_args=f"pretrained={model_path},dtype=float32", tasks=[f"llamalab_{task.name}"],
+        batch_size=batch_size, device="cpu", log_samples=True, task_manager=TaskManager(include_path=str(folder)),
+    )
+    seconds = time.perf_counter() - started
+    samples = sorted(results["samples"][f"llamalab_{task.name}"], key=lambda s: s["doc_id"])
+    return [[float(r[0][0]) for r in s["resps"]] for s in samples], seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="sentiment", choices=["sentiment", "intent"])
+    parser.add_argument("--limit", type=int, default=None, help="test examples (default: all)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        lab = init_lab(Path(tmp) / "lab")
+        started = time.perf_counter()
+        record = evaluate(lab, EvalSettings(system=EMBEDDED_NAME, task=args.task, format="plain", limit=args.limit,
+                                            batch_size=args.batch_size))
+        ours_s = time.perf_counter() - started
+        task = load_task(lab.task_path(args.task), lab.root)
+        texts = {ex.id: ex.fields["text"] for ex in load_task_data(task).split("test")}
+        ours = read_jsonl(record.folder / "predictions.jsonl")
+        for row in ours:
+            row["text"] = texts[row["id"]]
+        theirs, theirs_s = run_lm_eval(task, resolve_model(EMBEDDED_NAME).path, ours, args.batch_size, Path(tmp))
+
+    labels = task.answer.labels
+    agree = sum(row["prediction"] == labels[max(range(len(labels)), key=lambda k: t[k])]
+                for row, t in zip(ours, theirs, strict=True))
+    gap = max(abs(row["scores"][label] - t[k]) for row, t in zip(ours, theirs, strict=True)
+              for k, label in enumerate(labels))
+    n = len(ours)
+    print(f"task: {args.task} ({len(labels)} labels)")
+    print(f"examples: {n}")
+    print(f"prediction agreement: {agree}/{n} ({agree / n:.2%}); largest log-likelihood difference {gap:.2e}")
+    print(f"llamalab : {n / ours_s:7.1f} examples/s ({ours_s:.1f} s, model load included)")
+    print(f"lm-eval  : {n / theirs_s:7.1f} examples/s ({theirs_s:.1f} s, model load included)")
+    print(f"speed ratio (llamalab / lm-eval): {theirs_s / ours_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
