@@ -23,10 +23,10 @@ from llamalab.evaluate.scoring import ChoiceRequest
 from llamalab.evaluate.systems import System, resolve_system
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
-from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic, write_text_atomic
+from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
 from llamalab.runs.record import RunRecord, config_hash, is_alive, list_runs, now_iso
 from llamalab.tasks.data import Example, load_task_data
-from llamalab.tasks.prompts import Prompter
+from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import Task, load_task
 
 PREDICTIONS = "predictions.jsonl"
@@ -166,12 +166,9 @@ def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
         "target_delimiter": prompter.task.prompt.target_delimiter,
         "labels_listed": prompter.list_labels,
         "shots": [ex.id for ex in prompter.shots],
-        "chat_template_sha256": None,
     }
-    template = getattr(prompter.tokenizer, "chat_template", None)
-    if prompter.format == "chat" and template:
-        write_text_atomic(record.folder / "chat_template.jinja", template)
-        info["chat_template_sha256"] = hashlib.sha256(template.encode()).hexdigest()
+    if prompter.format == "chat" and prompter.tokenizer is not None:
+        info.update(store_chat_template(prompter.tokenizer, record.folder))
     return info
 
 

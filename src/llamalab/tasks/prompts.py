@@ -6,12 +6,15 @@ model's own chat template (never a hand-written imitation of it).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import jinja2
 
 from llamalab.config import LlamalabError
+from llamalab.runs.files import write_text_atomic
 from llamalab.tasks.data import Example
 from llamalab.tasks.task import Task
 
@@ -123,3 +126,12 @@ class Prompter:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+
+
+def store_chat_template(tokenizer, folder: Path) -> dict[str, str | None]:
+    """Write the tokenizer's chat template into a run folder; return its hash for the record."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return {"chat_template_sha256": None}
+    write_text_atomic(folder / "chat_template.jinja", template)
+    return {"chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()}

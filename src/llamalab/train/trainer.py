@@ -17,9 +17,9 @@ from rich.console import Console
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model
-from llamalab.runs.record import RunRecord, is_alive, list_runs
+from llamalab.runs.record import RunRecord, is_alive, list_runs, now_iso
 from llamalab.tasks.data import Example, load_task_data
-from llamalab.tasks.prompts import Prompter
+from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
 from llamalab.train.callbacks import ProgressCallback, latest_complete_checkpoint
 from llamalab.train.experiment import Experiment, load_experiment
@@ -49,7 +49,7 @@ def train(
     if resume:
         record = _unfinished_run(lab, path.stem, resolved)
         console.print(f"Resuming run [bold]{record.id}[/]")
-        record.update(status="running", pid=os.getpid(), resumed=[*record.data.get("resumed", []), _now()])
+        record.update(status="running", pid=os.getpid(), resumed=[*record.data.get("resumed", []), now_iso()])
     else:
         record = RunRecord.create(
             lab.runs_dir,
@@ -62,6 +62,8 @@ def train(
             prompt={"format": prompt_format, "template": task.prompt.template, "system": task.prompt.system},
         )
         (record.folder / ".gitignore").write_text("checkpoints/\n")
+        if prompt_format == "chat":  # the template the model was trained with is part of the record
+            record.update(prompt={**record.data["prompt"], **store_chat_template(tokenizer, record.folder)})
     with record.tracking():
         _run_training(record, experiment, task, data, model_ref, tokenizer, prompt_format, console, callbacks or [])
     return record
@@ -261,10 +263,4 @@ def _unfinished_run(lab: Lab, experiment: str, resolved: dict) -> RunRecord:
     if is_alive(record):
         raise LlamalabError(f"run {record.id} is still running (pid {record.data['pid']})")
     return record
-
-
-def _now() -> str:
-    from llamalab.runs.record import now_iso
-
-    return now_iso()
 
