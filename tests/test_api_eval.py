@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import yaml
 
@@ -15,6 +11,7 @@ from llamalab.lab import find_lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import list_runs
 from tests.fault_proxy import FaultProxy, seeded_faults
+from tests.killing import eval_killed_after
 from tests.llama_server import API_KEY, llama_server_fixture  # noqa: F401 - the llama_server fixture
 
 pytestmark = pytest.mark.slow
@@ -70,31 +67,10 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
     assert all(row["usage"]["cost_per_1k_examples_usd"] > 0 for row in table["systems"])
 
 
-KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    from llamalab.evaluate import evaluate as loop
-    from llamalab.lab import find_lab
-
-    original, calls = loop.append_jsonl, []
-
-    def append_then_die(path, rows):
-        original(path, rows)
-        calls.append(1)
-        if len(calls) == 6:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    loop.append_jsonl = append_then_die
-    loop.evaluate(find_lab(sys.argv[1]), loop.EvalSettings(system="smol-api", task="sentiment", limit=16,
-                                                           max_new_tokens=4))
-""")
-
-
-def test_api_eval_resumes_after_kill_without_paying_twice(lab, llama_server, api_env, tmp_path):
+def test_api_eval_resumes_after_kill_without_paying_twice(lab, llama_server, api_env):
     with FaultProxy(llama_server.removesuffix("/v1")) as proxy:
         api_lab = with_api_model(lab, proxy.url)
-        script = tmp_path / "kill.py"
-        script.write_text(KILL_SCRIPT)
-        killed = subprocess.run([sys.executable, str(script), str(api_lab.root)], capture_output=True, timeout=300)
+        killed = eval_killed_after(api_lab.root, 6, SETTINGS)
         assert killed.returncode == -9, killed.stderr.decode()[-2000:]
         [interrupted] = list_runs(api_lab.runs_dir, "eval")
         saved = {r["id"] for r in read_jsonl(interrupted.folder / "predictions.jsonl")}

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -14,6 +11,7 @@ from llamalab.evaluate.compare import compare
 from llamalab.evaluate.evaluate import EvalSettings, evaluate
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import list_runs
+from tests.killing import eval_killed_after
 
 
 def rows_of(record) -> list[dict]:
@@ -48,38 +46,17 @@ def test_wrong_protocol_for_the_task_is_refused(lab, tiny_model_dir):
     assert list_runs(lab.runs_dir) == []
 
 
-KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    from llamalab.evaluate import evaluate as loop
-    from llamalab.lab import find_lab
-
-    original, calls = loop.append_jsonl, []
-
-    def append_then_die(path, rows):
-        original(path, rows)
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    loop.append_jsonl = append_then_die
-    loop.evaluate(find_lab(sys.argv[1]), loop.EvalSettings(system=sys.argv[2], task="sentiment", limit=20,
-                                                           batch_size=4))
-""")
-
-
-def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir, tmp_path):
-    clean = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20, batch_size=4))
-    script = tmp_path / "kill.py"
-    script.write_text(KILL_SCRIPT)
-    killed = subprocess.run([sys.executable, str(script), str(lab.root), str(tiny_model_dir)], capture_output=True)
+def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir):
+    settings = {"system": str(tiny_model_dir), "task": "sentiment", "limit": 20, "batch_size": 4}
+    clean = evaluate(lab, EvalSettings(**settings))
+    killed = eval_killed_after(lab.root, 3, settings)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     [interrupted] = [r for r in list_runs(lab.runs_dir, "eval") if r.data["status"] == "running"]
     assert len(rows_of(interrupted)) == 12  # three batches of four were saved before the kill
     with (interrupted.folder / "predictions.jsonl").open("a") as handle:
         handle.write('{"id": "half a line')  # as if the kill had landed mid-write
 
-    resumed = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20, batch_size=4),
-                       resume=True)
+    resumed = evaluate(lab, EvalSettings(**settings), resume=True)
     assert resumed.id == interrupted.id and resumed.data["status"] == "finished"
     rows = rows_of(resumed)
     assert len(rows) == 20 and len({r["id"] for r in rows}) == 20
@@ -89,7 +66,7 @@ def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir, tm
         assert row["scores"] == pytest.approx(clean_rows[row["id"]]["scores"], abs=1e-4)
     assert resumed.data["metrics"] == clean.data["metrics"]
     with pytest.raises(LlamalabError, match="no unfinished evaluation"):
-        evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20, batch_size=4), resume=True)
+        evaluate(lab, EvalSettings(**settings), resume=True)
 
 
 def test_compare_generation_systems_with_paired_bootstrap(lab, tiny_model_dir):

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llamalab.config import LlamalabError
-from llamalab.lab import Lab, find_lab, init_lab
+from llamalab.lab import find_lab, init_lab
 
 app = typer.Typer(help="Fine-tune open models and compare them head-to-head, with honest statistics.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -25,10 +25,6 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 LabOption = Annotated[Path | None, typer.Option("--lab", help="lab folder (default: the one containing the cwd)")]
-
-
-def _lab(path: Path | None) -> Lab:
-    return find_lab(path)
 
 
 @app.command()
@@ -53,7 +49,7 @@ def data_check(
     from llamalab.tasks.prompts import Prompter
     from llamalab.tasks.task import load_task
 
-    the_lab = _lab(lab)
+    the_lab = find_lab(lab)
     spec = load_task(the_lab.task_path(task), the_lab.root)
     data = load_task_data(spec, strict=False)
     report = check_task_data(data, Prompter(spec, load_tokenizer(resolve_model(model)), spec.prompt.format), max_length)
@@ -104,7 +100,7 @@ def data_show(
     from llamalab.tasks.prompts import Prompter
     from llamalab.tasks.task import load_task
 
-    the_lab = _lab(lab)
+    the_lab = find_lab(lab)
     spec = load_task(the_lab.task_path(task), the_lab.root)
     tokenizer = load_tokenizer(resolve_model(model))
     prompter = Prompter(spec, tokenizer, prompt_format or spec.prompt.format)
@@ -129,7 +125,7 @@ def train(
     """Fine-tune as the experiment file says; writes a run folder under runs/."""
     from llamalab.train.trainer import train as run_training
 
-    record = run_training(_lab(lab), experiment, overrides or [], resume=resume, console=console)
+    record = run_training(find_lab(lab), experiment, overrides or [], resume=resume, console=console)
     m = record.data["metrics"]
     console.print(
         f"[green]finished[/] {record.id}: loss {m['first_loss']:.3f} -> {m['final_loss']:.3f} over {m['steps']} steps, "
@@ -168,7 +164,7 @@ def evaluate(
                "limit": limit, "protocol": protocol, "backend": backend, "max_new_tokens": max_new_tokens,
                "precision": precision, "batch_size": batch_size}
     settings = parse_model(EvalSettings, options, "command line")
-    record = run_eval(_lab(lab), settings, console, resume=resume)
+    record = run_eval(find_lab(lab), settings, console, resume=resume)
     for name, m in record.data["metrics"].items():
         console.print(f"{name}: {m['estimate']:.4f}  [95% CI {m['low']:.4f}, {m['high']:.4f}]  n={m['n']}")
     console.print(f"records: {record.folder}")
@@ -186,7 +182,7 @@ def compare_cmd(
     """Every evaluated system on a task: metric ± CI, n, paired test against the best (Holm-corrected)."""
     from llamalab.evaluate.compare import compare
 
-    result = compare(_lab(lab), task, split, metric)
+    result = compare(find_lab(lab), task, split, metric)
     if as_json:
         out.print_json(json.dumps(result))
     else:
@@ -239,7 +235,7 @@ def export(
 
     if target.exists():
         raise LlamalabError(f"{target} exists: choose a new folder")
-    system = resolve_system(_lab(lab), run)
+    system = resolve_system(find_lab(lab), run)
     model, tokenizer = system.load()
     staging = target.with_name(f".{target.name}.partial")
     model.save_pretrained(staging, safe_serialization=True)

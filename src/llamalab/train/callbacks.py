@@ -8,15 +8,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from transformers import TrainerCallback
 
+from llamalab.progress import new_progress
 from llamalab.runs.files import append_jsonl, write_text_atomic
 
 CHECKPOINT_DONE = "CHECKPOINT_DONE"
@@ -34,11 +30,7 @@ class ProgressCallback(TrainerCallback):
         self.tokens_this_session = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=self.console,
-        )
+        self.progress = new_progress(self.console, "steps")
         self.progress.start()
         self.task_id = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
         self.start_tokens = state.num_input_tokens_seen
