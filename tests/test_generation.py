@@ -52,3 +52,23 @@ def test_generate_protocol_records_raw_text_and_parsed_label(lab, tiny_model_dir
     # A random tiny model rarely says a label: unparseable answers are kept as null and counted wrong.
     assert all(r["prediction"] in (None, "negative", "positive") for r in rows)
     assert record.data["metrics"]["accuracy"]["n"] == 12
+
+
+def test_score_generation_per_answer_type():
+    from llamalab.evaluate.metrics import score_generation
+    from llamalab.tasks.task import AnswerSpec
+
+    gold_entities = '[{"type": "person", "text": "Lady  Gaga"}, {"type": "location", "text": "Paris"}]'
+    perfect = score_generation(AnswerSpec(type="entities"), gold_entities,
+                               'Sure: ```json\n[{"type": "Person", "text": "Lady Gaga"}, {"type": "location", '
+                               '"text": "Paris"}]\n```')
+    assert (perfect["tp"], perfect["fp"], perfect["fn"], perfect["valid_json"]) == (2, 0, 0, True)
+    broken = score_generation(AnswerSpec(type="entities"), gold_entities, "[{'type': person")
+    assert (broken["tp"], broken["fp"], broken["fn"], broken["valid_json"]) == (0, 0, 2, False)
+
+    number = score_generation(AnswerSpec(type="number"), "She pays 3 * 4 = <<3*4=12>>12.\n#### 1,200",
+                              "So the total is $1200.")
+    assert number["correct"] and number["gold_number"] == "1200"
+
+    text = score_generation(AnswerSpec(type="text"), '["The cat sat.", "A cat is sitting."]', "the cat sat")
+    assert text["correct"] and text["rouge1"] == 1.0

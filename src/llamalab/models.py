@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamalab.config import LlamalabError
+from llamalab.runs.files import write_json_atomic
 from llamalab.tasks.data import sha256_file
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -96,8 +98,6 @@ def _folder_revision(folder: Path) -> str:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
         raise LlamalabError(f"model folder {folder} has no weight files (*.safetensors or *.bin)")
-    import hashlib
-
     digest = hashlib.sha256()
     for file in files:
         digest.update(_cached_file_hash(file).encode())
@@ -110,8 +110,6 @@ def _cached_file_hash(file: Path) -> str:
     index_path = cache_dir() / "file-hashes.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     if key not in index:
-        from llamalab.runs.files import write_json_atomic
-
         index[key] = sha256_file(file)
         write_json_atomic(index_path, index)
     return index[key]

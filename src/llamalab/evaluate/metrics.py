@@ -7,7 +7,6 @@ so `compare` needs nothing but the predictions.jsonl files.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from llamalab.evaluate import answers, stats
@@ -31,7 +30,8 @@ def score_generation(answer: AnswerSpec, gold: str, text: str) -> dict:
                 "correct": prediction is not None and prediction == expected}
     if answer.type == "entities":
         predicted = answers.parse_entities(text)
-        counts = answers.entity_scores([_gold_entities(gold)], [predicted])["per_example"][0]
+        expected = answers.parse_entities(gold) or []  # the gold JSON, normalised exactly as predictions are
+        counts = answers.entity_scores([expected], [predicted])["per_example"][0]
         return {"prediction": predicted, "valid_json": predicted is not None, **counts}
     references = answer.references(gold)
     rouge = answers.rouge_scores([references], [text])
@@ -75,7 +75,3 @@ def paired_test(metric: str, rows_a: Sequence[dict], rows_b: Sequence[dict], lab
         row_statistic(metric, rows_a, labels), row_statistic(metric, rows_b, labels), len(rows_a), metric,
         n_resamples=resamples,
     )
-
-
-def _gold_entities(gold: str) -> list[tuple[str, str]]:
-    return [(e["type"].lower(), " ".join(e["text"].split())) for e in json.loads(gold)]
