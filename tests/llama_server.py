@@ -54,6 +54,9 @@ def run_llama_server(api_key: str = API_KEY) -> Iterator[str]:
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf()), "--host", "127.0.0.1",
         "--port", str(port), "--n_ctx", "2048", "--chat_format", "chatml", "--api_key", api_key,
+        # One token per llama.cpp batch: the server reuses a cached prompt prefix, and batches of different sizes
+        # round differently, so greedy answers could change with the order of requests. Tests compare runs exactly.
+        "--n_batch", "1",
     ]
     base_url = f"http://127.0.0.1:{port}/v1"
     with tempfile.TemporaryFile() as output:
