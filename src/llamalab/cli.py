@@ -180,48 +180,13 @@ def compare_cmd(
     lab: LabOption = None,
 ) -> None:
     """Every evaluated system on a task: metric ± CI, n, paired test against the best (Holm-corrected)."""
-    from llamalab.evaluate.compare import compare
+    from llamalab.evaluate.compare import compare, comparison_table
 
     result = compare(find_lab(lab), task, split, metric)
     if as_json:
         out.print_json(json.dumps(result))
     else:
-        print_comparison(result)
-
-
-def print_comparison(result: dict, target: Console = out) -> None:
-    tests = sorted({row["vs_best"]["test"] for row in result["systems"] if row["vs_best"]})
-    table = Table(
-        title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})",
-        caption=f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against the best system, on the "
-        "examples both saw; Holm-corrected for the number of comparisons",
-    )
-    with_usage = any(row["usage"] for row in result["systems"])
-    columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs best", "p",
-               "p (Holm)", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
-    for row in result["systems"]:
-        cells = [row["system"], row["protocol"], str(row["n"])]
-        for name in result["metrics"]:
-            m = row["metrics"][name]
-            cells.append(f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
-        vs = row["vs_best"]
-        if vs is None:
-            cells += ["best", "", ""]
-        else:
-            delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
-            cells += [delta, _p(vs["p_value"]), _p(vs["p_holm"])]
-        if with_usage:
-            usage = row["usage"] or {}
-            cost, latency = usage.get("cost_per_1k_examples_usd"), usage.get("latency_s_per_1k_examples")
-            cells += [f"{cost:.4f}" if cost is not None else "-", f"{latency:.0f} s" if latency is not None else "-"]
-        table.add_row(*cells)
-    target.print(table)
-
-
-def _p(value: float) -> str:
-    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+        out.print(comparison_table(result))
 
 
 @app.command()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import compare
+from llamalab.evaluate.compare import compare, comparison_table
 from llamalab.evaluate.evaluate import EvalSettings, evaluate
 from llamalab.lab import Lab, find_lab, init_lab
 from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
@@ -65,9 +65,7 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
         lab, EvalSettings(system=trained.id, task=TASK, split="test"), console))
 
     result = compare(lab, TASK, "test", "accuracy", only={baseline.id, finetuned.id})
-    from llamalab.cli import print_comparison
-
-    print_comparison(result, console)
+    console.print(comparison_table(result))
     summary = _summary(stages, dev, baseline, trained, finetuned, result)
     write_json_atomic(lab.root / "demo-summary.json", summary)
     _print_summary(console, summary, lab)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.table import Table
+
 from llamalab.config import LlamalabError
 from llamalab.evaluate import stats
 from llamalab.evaluate.evaluate import PREDICTIONS
@@ -86,3 +88,39 @@ def _paired(best: Entry, other: Entry, metric: str, labels, resamples: int) -> d
     result = paired_test(metric, [best.predictions[i] for i in shared], [other.predictions[i] for i in shared],
                          labels, resamples)
     return {"test": result.test, "delta": -result.delta, "p_value": result.p_value, "n": result.n}
+
+
+def comparison_table(result: dict) -> Table:
+    """The comparison as a rich table: metrics with CIs, paired tests, and API cost and latency."""
+    tests = sorted({row["vs_best"]["test"] for row in result["systems"] if row["vs_best"]})
+    table = Table(
+        title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})",
+        caption=f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against the best system, on the "
+        "examples both saw; Holm-corrected for the number of comparisons",
+    )
+    with_usage = any(row["usage"] for row in result["systems"])
+    columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs best", "p",
+               "p (Holm)", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
+    for row in result["systems"]:
+        cells = [row["system"], row["protocol"], str(row["n"])]
+        for name in result["metrics"]:
+            m = row["metrics"][name]
+            cells.append(f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
+        vs = row["vs_best"]
+        if vs is None:
+            cells += ["best", "", ""]
+        else:
+            delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
+            cells += [delta, _p(vs["p_value"]), _p(vs["p_holm"])]
+        if with_usage:
+            usage = row["usage"] or {}
+            cost, latency = usage.get("cost_per_1k_examples_usd"), usage.get("latency_s_per_1k_examples")
+            cells += [f"{cost:.4f}" if cost is not None else "-", f"{latency:.0f} s" if latency is not None else "-"]
+        table.add_row(*cells)
+    return table
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"

@@ -193,7 +193,7 @@ def _assemble_splits(task: Task, data: TaskData) -> None:
     wanted = [s for s in ("dev", "test") if getattr(spec, s) > 0 and s not in data.splits]
     source = data.splits.pop(source_name)
     manifest = task.lab_root / "data" / "splits" / f"{task.name}.json"
-    assignment = _pinned_assignment(task, data, source, wanted, manifest)
+    assignment = _pinned_assignment(task, source, wanted, manifest)
     data.split_manifest = manifest
     by_id = {ex.id: ex for ex in source}
     for split_name in ("train", *wanted):
@@ -201,9 +201,7 @@ def _assemble_splits(task: Task, data: TaskData) -> None:
         data.splits[split_name] = data.splits.get(split_name, []) + chosen if split_name == "train" else chosen
 
 
-def _pinned_assignment(
-    task: Task, data: TaskData, source: list, wanted: list[str], manifest: Path
-) -> dict[str, list[str]]:
+def _pinned_assignment(task: Task, source: list[Example], wanted: list[str], manifest: Path) -> dict[str, list[str]]:
     spec = task.data.split
     assert spec is not None
     ids = [ex.id for ex in source]
