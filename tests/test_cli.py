@@ -44,3 +44,21 @@ def test_data_check_and_show_on_the_example(lab):
     shown = CliRunner().invoke(app, ["data", "show", "sentiment", "-n", "2", "--lab", str(lab.root)])
     assert shown.exit_code == 0
     assert "Review: " in shown.stdout and "loss tokens" in shown.stdout
+
+
+def test_init_creates_a_lab_and_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "mylab"
+    result = CliRunner().invoke(app, ["init", str(target)])
+    assert result.exit_code == 0, result.output
+    assert (target / "lab.yaml").is_file() and (target / "runs").is_dir()
+    assert sorted(p.stem for p in (target / "tasks").glob("*.yaml")) == [
+        "gsm8k", "intent", "scitldr", "sentiment", "wnut17"]
+    again = CliRunner().invoke(app, ["init", str(target)])
+    assert isinstance(again.exception, Exception) and "already holds a lab" in str(again.exception)
+
+
+def test_every_shipped_dataset_has_its_source_and_license(lab):
+    for folder in sorted(p for p in (lab.root / "data").iterdir() if p.is_dir() and p.name != "splits"):
+        names = {p.name for p in folder.iterdir()}
+        assert "SOURCE.md" in names, folder
+        assert names & {"LICENSE", "LICENSE.md"}, folder
