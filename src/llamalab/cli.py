@@ -20,6 +20,10 @@ app = typer.Typer(help="Fine-tune open models and compare them head-to-head, wit
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Check and inspect a task's data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+site_app = typer.Typer(help="Build or preview the lab website.", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+post_app = typer.Typer(help="Weekly findings posts.", no_args_is_help=True)
+app.add_typer(post_app, name="post")
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 out = Console(width=None if sys.stdout.isatty() else 140)
@@ -52,7 +56,8 @@ def data_check(
     the_lab = find_lab(lab)
     spec = load_task(the_lab.task_path(task), the_lab.root)
     data = load_task_data(spec, strict=False)
-    report = check_task_data(data, Prompter(spec, load_tokenizer(resolve_model(model)), spec.prompt.format), max_length)
+    prompter = Prompter(spec, load_tokenizer(resolve_model(model)), spec.prompt.format)
+    report = check_task_data(data, spec, prompter, max_length)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
@@ -207,6 +212,71 @@ def export(
     tokenizer.save_pretrained(staging)
     staging.rename(target)
     console.print(f"merged model written to {target}")
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Option(help="writes reports/NAME/")] = "draft",
+    split: str = "test",
+    task: Annotated[list[str] | None, typer.Option(help="only these tasks (repeat the option)")] = None,
+    lab: LabOption = None,
+) -> None:
+    """A write-up draft from the run records: Markdown and LaTeX tables, figures, a methods section."""
+    from llamalab.publish.report import build_report
+
+    folder = build_report(find_lab(lab), name, split, task)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        console.print(f"  {path.relative_to(folder)}")
+    console.print(f"report written to {folder}")
+
+
+@site_app.command("build")
+def site_build(
+    out: Annotated[Path | None, typer.Option(help="output folder (default: LAB/site)")] = None,
+    lab: LabOption = None,
+) -> None:
+    """Generate the static website from the lab folder and its run records."""
+    from llamalab.publish.site import build_site
+
+    folder = build_site(find_lab(lab), out)
+    console.print(f"site written to {folder}; open {folder / 'index.html'} or run `llamalab site serve`")
+
+
+@site_app.command("serve")
+def site_serve(
+    port: int = 8000,
+    base: Annotated[str, typer.Option(help="serve under this sub-path, as GitHub Pages does (e.g. /my-lab/)")] = "/",
+    build: Annotated[bool, typer.Option(help="build the site first")] = True,
+    lab: LabOption = None,
+) -> None:
+    """Preview the website on http://127.0.0.1:PORT (only this machine can reach it)."""
+    from llamalab.publish.site import build_site, serve_site
+
+    the_lab = find_lab(lab)
+    folder = build_site(the_lab) if build else the_lab.root / "site"
+    server = serve_site(folder, port, base)
+    console.print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}{base if base.endswith('/') else base + '/'}"
+                  "index.html  (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@post_app.command("new")
+def post_new(
+    title: str,
+    author: Annotated[list[str] | None, typer.Option(help="author name (repeat; default: git user.name)")] = None,
+    lab: LabOption = None,
+) -> None:
+    """Draft this week's findings post from the runs recorded since the last post."""
+    from llamalab.publish.posts import new_post
+
+    path = new_post(find_lab(lab), title, author)
+    console.print(f"draft written to {path}: edit it, then commit it")
+    out.print(str(path))
 
 
 @app.command()

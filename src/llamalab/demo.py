@@ -76,7 +76,7 @@ def _check(lab: Lab, console: Console) -> None:
     task = load_task(lab.task_path(TASK), lab.root)
     data = load_task_data(task, strict=False)
     tokenizer = load_tokenizer(resolve_model(EMBEDDED_NAME))
-    report = check_task_data(data, Prompter(task, tokenizer, task.prompt.format))
+    report = check_task_data(data, task, Prompter(task, tokenizer, task.prompt.format))
     for split, count in report.counts.items():
         console.print(f"{split}: {count} examples, tokens {report.token_lengths[split]}")
     for warning in report.warnings:

@@ -31,6 +31,13 @@ class ApiModelConfig(StrictModel):
     timeout_s: float = Field(60.0, gt=0)
 
 
+class WebsiteConfig(StrictModel):
+    """Settings of the generated site (`llamalab site build`)."""
+
+    url: str = Field("", description="where the site is published, e.g. https://my-lab.github.io/lab/ (for the feed)")
+    repository: str = Field("", description="the lab repository's web address, linked from every page")
+
+
 class LabConfig(StrictModel):
     """lab.yaml: who the lab is, and which API models it compares against. Secrets never live here."""
 
@@ -38,6 +45,7 @@ class LabConfig(StrictModel):
     description: str = ""
     members: list[Member] = []
     api_models: dict[str, ApiModelConfig] = {}
+    website: WebsiteConfig = WebsiteConfig()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from llamalab.evaluate.metrics import metric_intervals, paired_test
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import RunRecord, list_runs
-from llamalab.tasks.task import load_task
+from llamalab.tasks.task import Task, load_task
 
 
 @dataclass
@@ -52,14 +52,18 @@ def compare(
 ) -> dict:
     """Rank systems by `metric` (default: the task's first); test each against the best on the examples
     both saw, Holm-corrected. `only` restricts the table to the given eval run ids."""
-    spec = load_task(lab.task_path(task), lab.root)
-    metrics = spec.metric_names
-    metric = metric or metrics[0]
-    if metric not in metrics:
-        raise LlamalabError(f"task {task!r} is scored by {', '.join(metrics)}, not {metric!r}")
     entries = latest_evals(lab, task, split, only)
     if not entries:
         raise LlamalabError(f"no finished evaluations of task {task!r} on its {split} split in {lab.runs_dir}")
+    return rank(load_task(lab.task_path(task), lab.root), entries, split, metric, resamples)
+
+
+def rank(spec: Task, entries: list[Entry], split: str, metric: str | None = None, resamples: int = 5000) -> dict:
+    """The comparison of `entries` (evaluations of one task split), best first; see `compare`."""
+    task, metrics = spec.name, spec.metric_names
+    metric = metric or metrics[0]
+    if metric not in metrics:
+        raise LlamalabError(f"task {task!r} is scored by {', '.join(metrics)}, not {metric!r}")
     labels = spec.answer.labels or None
     rows = []
     for entry in entries:

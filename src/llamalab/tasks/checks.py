@@ -11,6 +11,7 @@ import numpy as np
 
 from llamalab.tasks.data import TaskData
 from llamalab.tasks.prompts import Prompter
+from llamalab.tasks.task import Task
 
 
 @dataclass
@@ -20,6 +21,7 @@ class CheckReport:
     token_lengths: dict[str, dict[str, float]]
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    overlap: dict[str, int] = field(default_factory=dict)  # held-out split -> texts also in train (leakage)
 
     @property
     def ok(self) -> bool:
@@ -33,6 +35,7 @@ class CheckReport:
             "token_lengths": self.token_lengths,
             "errors": self.errors,
             "warnings": self.warnings,
+            "overlap": self.overlap,
         }
 
 
@@ -44,9 +47,10 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def check_task_data(data: TaskData, prompter: Prompter, max_length: int | None = None) -> CheckReport:
-    """Counts, label balance, token lengths, duplicates, leakage between splits, and bad rows."""
-    task = prompter.task
+def check_task_data(
+    data: TaskData, task: Task, prompter: Prompter | None = None, max_length: int | None = None
+) -> CheckReport:
+    """Counts, label balance, token lengths (with a prompter), duplicates, leakage between splits, and bad rows."""
     report = CheckReport(
         counts={name: len(examples) for name, examples in data.splits.items()},
         label_balance={},
@@ -62,7 +66,7 @@ def check_task_data(data: TaskData, prompter: Prompter, max_length: int | None =
             missing = [label for label in task.answer.labels if not counted.get(label)]
             if missing and name != "train":
                 report.warnings.append(f"{name}: no examples of {len(missing)} label(s): {', '.join(missing[:5])}")
-        lengths = np.array([len(prompter.encode_training(ex).input_ids) for ex in examples])
+        lengths = np.array([len(prompter.encode_training(ex).input_ids) for ex in examples] if prompter else [])
         if len(lengths):
             report.token_lengths[name] = {
                 "min": int(lengths.min()), "mean": round(float(lengths.mean()), 1),
@@ -85,6 +89,7 @@ def check_task_data(data: TaskData, prompter: Prompter, max_length: int | None =
     for held_out in ("dev", "test"):
         if "train" in keys and held_out in keys:
             shared = keys["train"].keys() & keys[held_out].keys()
+            report.overlap[held_out] = len(shared)
             if shared:
                 first = next(iter(shared))
                 report.warnings.append(

@@ -195,6 +195,8 @@ def _assemble_splits(task: Task, data: TaskData) -> None:
     manifest = task.lab_root / "data" / "splits" / f"{task.name}.json"
     assignment = _pinned_assignment(task, source, wanted, manifest)
     data.split_manifest = manifest
+    # The manifest decides which example lands in which split: it is part of the data's identity.
+    data.file_hashes[manifest.relative_to(task.lab_root).as_posix()] = sha256_file(manifest)
     by_id = {ex.id: ex for ex in source}
     for split_name in ("train", *wanted):
         chosen = [by_id[i] for i in assignment[split_name]]

@@ -1,0 +1,99 @@
+"""Figures drawn from the records with matplotlib, byte-identical when drawn twice from the same records."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from llamalab.runs.files import write_bytes_atomic  # noqa: E402
+
+# No dates, versions or random ids inside the files: the same records give the same bytes.
+_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+_STYLE = {
+    "svg.hashsalt": "llamalab", "svg.fonttype": "none", "font.size": 10, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100,
+}
+_BLUE, _ORANGE, _GREY = "#2563eb", "#ea580c", "#6b7280"
+
+
+def save(fig: Figure, stem: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Write `fig` as stem.<format> for each format (atomically); returns the paths."""
+    import io
+
+    paths = []
+    for fmt in formats:
+        buffer = io.BytesIO()
+        with plt.rc_context(_STYLE):
+            fig.savefig(buffer, format=fmt, metadata=_METADATA[fmt], bbox_inches="tight")
+        path = stem.with_suffix(f".{fmt}")
+        write_bytes_atomic(path, buffer.getvalue())
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def loss_curve(history: list[dict], title: str) -> Figure:
+    """Training loss per logged step."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history], color=_BLUE, linewidth=1.5)
+        ax.set(xlabel="optimizer step", ylabel="training loss", title=title)
+        ax.set_ylim(bottom=0)
+    return fig
+
+
+def metric_by_system(comparison: dict) -> Figure:
+    """The ranking metric of every system with its 95% CI, best at the top."""
+    metric, rows = comparison["metric"], comparison["systems"]
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7, 0.9 + 0.5 * len(rows)))
+        y = list(range(len(rows)))[::-1]
+        estimates = [r["metrics"][metric]["estimate"] for r in rows]
+        lows = [r["metrics"][metric]["estimate"] - r["metrics"][metric]["low"] for r in rows]
+        highs = [r["metrics"][metric]["high"] - r["metrics"][metric]["estimate"] for r in rows]
+        colors = [_ORANGE if r["kind"] == "api" else _BLUE for r in rows]
+        ax.barh(y, estimates, color=colors, alpha=0.85, height=0.6)
+        ax.errorbar(estimates, y, xerr=[lows, highs], fmt="none", ecolor="black", capsize=3, linewidth=1)
+        ax.set_yticks(y, [_wrap(r["system"]) for r in rows])
+        ax.set_xlim(0, max(1.0, max(r["metrics"][metric]["high"] for r in rows)))
+        ax.set(xlabel=f"{metric} (95% CI)", title=f"{comparison['task']} ({comparison['split']}, n = {rows[0]['n']})")
+        ax.grid(axis="y", visible=False)
+    return fig
+
+
+def metric_vs_cost(comparison: dict) -> Figure | None:
+    """The ranking metric against API cost per 1,000 examples; None when no system has a known cost."""
+    metric = comparison["metric"]
+    rows = [r for r in comparison["systems"] if r.get("cost_per_1k_usd") is not None]
+    if not rows:
+        return None
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for r in rows:
+            m = r["metrics"][metric]
+            ax.errorbar(r["cost_per_1k_usd"], m["estimate"], yerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
+                        fmt="o", color=_ORANGE if r["kind"] == "api" else _BLUE, capsize=3)
+            ax.annotate(_wrap(r["system"], 28), (r["cost_per_1k_usd"], m["estimate"]), textcoords="offset points",
+                        xytext=(6, 4), fontsize=8)
+        ax.set(xlabel="USD per 1,000 examples (API list prices)", ylabel=f"{metric} (95% CI)",
+               title=f"{comparison['task']}: {metric} against cost")
+        free = [r["system"] for r in comparison["systems"] if r.get("cost_per_1k_usd") is None]
+        if free:
+            fig.text(0.01, -0.02, _wrap("No API cost (local): " + "; ".join(free), 110), fontsize=7, color=_GREY,
+                     va="top")
+    return fig
+
+
+def _wrap(text: str, width: int = 34) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text

@@ -1,0 +1,238 @@
+"""`llamalab site build|serve`: the lab website, a static site generated from the lab folder and its records.
+
+Every page links relatively (`../tasks/x/index.html`, never `/tasks/x/`), so the same files work opened from
+the file system and served under any sub-path, such as a GitHub Pages project site. Every piece of text from a
+user, a dataset or a model goes through Jinja's autoescaping, and raw HTML in Markdown is disabled; a
+Content-Security-Policy forbids inline scripts as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from llamalab.lab import Lab
+from llamalab.publish import content, figures
+from llamalab.publish.results import TaskBoard, load_tasks, loss_history, relative_run_path, task_boards
+from llamalab.publish.tables import format_cost, format_interval, format_p, format_seconds
+from llamalab.runs.files import staged_folder
+from llamalab.runs.record import RunRecord, list_runs
+from llamalab.tasks.checks import check_task_data
+from llamalab.tasks.data import load_task_data
+from llamalab.tasks.task import Task
+
+NAV = [("index.html", "Home"), ("tasks/index.html", "Tasks"), ("runs/index.html", "Runs"),
+       ("posts/index.html", "Posts"), ("projects/index.html", "Projects"), ("people.html", "People"),
+       ("publications.html", "Publications")]
+_RUN_FILES = ("run.json", "config.yaml", "metrics.json", "predictions.jsonl", "train_log.jsonl", "chat_template.jinja")
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
+
+
+def build_site(lab: Lab, out: Path | None = None) -> Path:
+    """Generate the whole site into `out` (default: <lab>/site), replacing a previous build only when done."""
+    target = out or lab.root / "site"
+    with staged_folder(target) as staging:
+        _Builder(lab, staging).build()
+        _redact_secrets(lab, staging)
+    return target
+
+
+class _Builder:
+    def __init__(self, lab: Lab, out: Path):
+        self.lab, self.out = lab, out
+        self.env = jinja2.Environment(
+            loader=jinja2.PackageLoader("llamalab.publish", "templates"),
+            autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True,
+        )
+        self.env.filters.update(interval=format_interval, p=format_p, cost=format_cost, seconds=format_seconds,
+                                tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
+
+    def build(self) -> None:
+        lab = self.lab
+        self.posts = content.load_posts(lab.root)
+        self.tasks = load_tasks(lab)
+        self.boards = {b.name: b for b in task_boards(lab)}
+        self.runs = [r for r in list_runs(lab.runs_dir) if r.data.get("status") == "finished"]
+        self.run_ids = {r.id for r in self.runs}
+        shutil.copytree(Path(__file__).parent / "static", self.out / "assets")
+
+        self.page("index.html", "home.html", "Home", boards=list(self.boards.values()), posts=self.posts[:3],
+                  tasks=self.tasks)
+        self.page("people.html", "people.html", "People", people=content.load_people(lab.root),
+                  members=lab.config.members)
+        projects = content.load_projects(lab.root)
+        self.page("projects/index.html", "projects.html", "Projects", projects=projects)
+        for project in projects:
+            self.page(f"projects/{project.slug}.html", "project.html", project.title, project=project,
+                      task_names={t.name for t in self.tasks})
+        self.page("posts/index.html", "posts.html", "Posts", posts=self.posts)
+        for post in self.posts:
+            self.page(f"posts/{post.slug}.html", "post.html", post.title, post=post)
+        self._feed()
+        self.page("publications.html", "publications.html", "Publications",
+                  publications=content.load_publications(lab.root))
+        self.page("tasks/index.html", "tasks.html", "Tasks", tasks=self.tasks, boards=self.boards)
+        for task in self.tasks:
+            self._task(task)
+        self.page("runs/index.html", "runs.html", "Runs", runs=self.runs[::-1])
+        for record in self.runs:
+            self._run(record)
+
+    def page(self, path: str, template: str, title: str, **context: Any) -> None:
+        root = "../" * path.count("/")
+        html = self.env.get_template(template).render(
+            root=root, title=title, lab=self.lab.config, nav=NAV, here=path, section=path.split("/")[0],
+            run_link=lambda run_id: f"{root}runs/{run_id}/index.html" if run_id in self.run_ids else None,
+            **context,
+        )
+        _write(self.out / path, html)
+
+    def _task(self, task: Task) -> None:
+        folder = f"tasks/{task.name}"
+        board = self.boards.get(task.name)
+        figures_ = []
+        if board:
+            figures.save(figures.metric_by_system(board.comparison), self.out / folder / "by-system", ("svg",))
+            figures_.append(("by-system.svg", f"{board.metric} of each system on {task.name}, with 95% CIs"))
+            if (fig := figures.metric_vs_cost(board.comparison)) is not None:
+                figures.save(fig, self.out / folder / "vs-cost", ("svg",))
+                figures_.append(("vs-cost.svg", f"{board.metric} on {task.name} against API cost per 1,000 examples"))
+        self.page(f"{folder}/index.html", "task.html", f"Task: {task.name}", task=task, board=board,
+                  card=data_card(self.lab, task), figures=figures_)
+        if board:
+            self.page(f"{folder}/examples.html", "examples.html", f"{task.name}: example by example", task=task,
+                      board=board, rows=drilldown_rows(task, board))
+
+    def _run(self, record: RunRecord) -> None:
+        folder = f"runs/{record.id}"
+        (self.out / folder).mkdir(parents=True)
+        files = [name for name in _RUN_FILES if (record.folder / name).is_file()]
+        for name in files:  # the raw records travel with the page, so "its predictions" is one click away
+            shutil.copyfile(record.folder / name, self.out / folder / name)
+        loss = None
+        if record.data["kind"] == "train" and (history := loss_history(record)):
+            figures.save(figures.loss_curve(history, f"training loss: {record.data['name']}"),
+                         self.out / folder / "loss", ("svg",))
+            loss = "loss.svg"
+        config_path = record.folder / "config.yaml"
+        config = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
+        self.page(f"{folder}/index.html", "run.html", f"Run {record.id}", run=record.data, files=files, loss=loss,
+                  config=config, record_path=relative_run_path(record, self.lab.root))
+
+    def _feed(self) -> None:
+        base = self.lab.config.website.url.rstrip("/")
+        updated = max((p.date for p in self.posts), default=None)
+        xml = self.env.get_template("feed.xml").render(
+            lab=self.lab.config, posts=self.posts[:20], base=f"{base}/" if base else "",
+            updated=f"{updated}T00:00:00Z" if updated else "1970-01-01T00:00:00Z",
+        )
+        _write(self.out / "posts" / "feed.xml", xml)
+
+
+def data_card(lab: Lab, task: Task) -> dict:
+    """Source, license, counts, label balance and the leakage check of a task's data."""
+    data = load_task_data(task, strict=False)
+    report = check_task_data(data, task)
+    folders = sorted({(task.lab_root / f.path).parent for f in task.data.files})
+    sources = []
+    for folder in folders:
+        source = folder / "SOURCE.md"
+        text = source.read_text(encoding="utf-8") if source.is_file() else ""
+        match = re.search(r"License:\*{0,2}\s*(.+?)(?:\.\s|\.?$)", text, re.M)
+        sources.append({"folder": folder.relative_to(task.lab_root).as_posix(),
+                        "license": match.group(1).strip() if match else "not stated (see the data folder)",
+                        "html": content.render_markdown(text) if text else ""})
+    return {"counts": report.counts, "balance": report.label_balance, "overlap": report.overlap,
+            "warnings": report.warnings, "errors": report.errors, "sources": sources}
+
+
+def drilldown_rows(task: Task, board: TaskBoard) -> list[dict]:
+    """One row per example any system saw: the input, the gold answer, and each system's answer and verdict."""
+    examples = {ex.id: ex for split in load_task_data(task, strict=False).splits.values() for ex in split}
+    ids = list(dict.fromkeys(i for e in board.entries for i in e.predictions))
+    rows = []
+    for example_id in ids:
+        answers = []
+        for entry in board.entries:
+            row = entry.predictions.get(example_id)
+            answers.append(None if row is None else {"text": _answer_text(row), "correct": _is_correct(row)})
+        present = [a for a in answers if a]
+        ex = examples.get(example_id)
+        text = "\n".join(str(ex.fields.get(f, "")) for f in task.data.text_fields) if ex else \
+            next(e.predictions[example_id]["prompt"] for e in board.entries if example_id in e.predictions)
+        gold = next(e.predictions[example_id]["gold"] for e in board.entries if example_id in e.predictions)
+        rows.append({
+            "id": example_id, "text": text, "gold": gold if isinstance(gold, str) else json.dumps(gold),
+            "answers": answers,
+            "disagree": len({a["text"] for a in present}) > 1,
+            "wrong": [i for i, a in enumerate(answers) if a and a["correct"] is False],
+        })
+    return rows
+
+
+def _answer_text(row: dict) -> str:
+    value = row.get("prediction", row.get("generation"))
+    if value is None:
+        return "(no answer)"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _is_correct(row: dict) -> bool | None:
+    if "correct" in row:
+        return bool(row["correct"])
+    if "fp" in row and "fn" in row:
+        return row["fp"] == 0 and row["fn"] == 0
+    return None
+
+
+def _secret_values(lab: Lab) -> dict[str, str]:
+    """Values of environment variables that hold keys: the API keys lab.yaml names, and anything key-like."""
+    names = {m.api_key_env for m in lab.config.api_models.values() if m.api_key_env}
+    names |= {name for name in os.environ if _SECRET_NAME.search(name)}
+    return {name: os.environ[name] for name in names if len(os.environ.get(name, "")) >= 8}
+
+
+def _redact_secrets(lab: Lab, folder: Path) -> None:
+    """Last line of defence: no secret from the environment leaves in a page, even if a record held one."""
+    secrets = _secret_values(lab)
+    if not secrets:
+        return
+    for path in folder.rglob("*"):
+        if path.suffix in (".svg", ".html", ".xml", ".json", ".jsonl", ".yaml", ".jinja", ".css", ".js"):
+            text = path.read_text(encoding="utf-8")
+            redacted = text
+            for name, value in secrets.items():
+                redacted = redacted.replace(value, f"[redacted ${name}]")
+            if redacted != text:
+                path.write_text(redacted, encoding="utf-8")
+
+
+def serve_site(folder: Path, port: int = 8000, base: str = "/") -> http.server.ThreadingHTTPServer:
+    """A local server for the built site, mounted at `base` (e.g. /my-lab/, as on GitHub Pages)."""
+    base = "/" + base.strip("/") + "/" if base.strip("/") else "/"
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def translate_path(self, path: str) -> str:
+            if not path.startswith(base):
+                return str(folder / "__outside_base__")
+            return super().translate_path("/" + path[len(base):])
+
+        def log_message(self, *args: Any) -> None:  # quiet: the console shows the URL once
+            pass
+
+    handler = functools.partial(Handler, directory=str(folder))
+    return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
