@@ -255,8 +255,8 @@ def site_serve(
     the_lab = find_lab(lab)
     folder = build_site(the_lab) if build else the_lab.root / "site"
     server = serve_site(folder, port, base)
-    console.print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}{base if base.endswith('/') else base + '/'}"
-                  "index.html  (Ctrl-C stops)")
+    mount = "/" + base.strip("/") + "/" if base.strip("/") else "/"
+    console.print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}{mount}index.html  (Ctrl-C stops)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

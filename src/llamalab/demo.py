@@ -19,6 +19,9 @@ from llamalab.evaluate.compare import compare, comparison_table
 from llamalab.evaluate.evaluate import EvalSettings, evaluate
 from llamalab.lab import Lab, find_lab, init_lab
 from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
+from llamalab.publish.posts import new_post
+from llamalab.publish.report import build_report
+from llamalab.publish.site import build_site
 from llamalab.runs.files import write_json_atomic
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
@@ -66,10 +69,18 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
 
     result = compare(lab, TASK, "test", "accuracy", only={baseline.id, finetuned.id})
     console.print(comparison_table(result))
+    stage("report, weekly post and site", lambda: _publish(lab, console))
     summary = _summary(stages, dev, baseline, trained, finetuned, result)
     write_json_atomic(lab.root / "demo-summary.json", summary)
     _print_summary(console, summary, lab)
     return summary
+
+
+def _publish(lab: Lab, console: Console) -> None:
+    report = build_report(lab, "demo", tasks=[TASK])
+    post = new_post(lab, "Demo: LoRA against the best baseline on sentiment")
+    site = build_site(lab)
+    console.print(f"report: {report}\npost draft: {post}\nsite: {site / 'index.html'}")
 
 
 def _check(lab: Lab, console: Console) -> None:
@@ -132,3 +143,5 @@ def _print_summary(console: Console, summary: dict, lab: Lab) -> None:
         f"{summary['training']['peak_memory_mb']:.0f} MB"
     )
     console.print(f"Records: {lab.runs_dir}  (summary: {lab.root / 'demo-summary.json'})")
+    console.print(f"Website: open {lab.root / 'site' / 'index.html'} in a browser, or run "
+                  f"`llamalab site serve --lab {lab.root}` and visit http://127.0.0.1:8000/")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import difflib
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -94,6 +96,14 @@ def example_lab_source() -> Path:
     return Path(str(resources.files("llamalab") / "example_lab"))
 
 
+def _date_first_post(path: Path) -> None:
+    """The scaffolded welcome post is dated the day the lab is created, and named like `post new` names posts."""
+    today = datetime.date.today().isoformat()
+    text = re.sub(r"^date: .*$", f"date: {today}", path.read_text(encoding="utf-8"), count=1, flags=re.M)
+    path.with_name(f"{today}-welcome.md").write_text(text, encoding="utf-8")
+    path.unlink()
+
+
 def init_lab(target: Path) -> Lab:
     """Create a lab at `target` from the shipped example (refuses to overwrite an existing lab)."""
     if (target / "lab.yaml").exists():
@@ -104,6 +114,7 @@ def init_lab(target: Path) -> Lab:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(example_lab_source(), staging, ignore=shutil.ignore_patterns("runs", "__pycache__"))
     (staging / "runs").mkdir()
+    _date_first_post(staging / "posts" / "welcome.md")
     if target.exists():
         target.rmdir()
     staging.rename(target)

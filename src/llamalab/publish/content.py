@@ -37,6 +37,7 @@ class Post:
     authors: list[str]
     tags: list[str]
     summary: str
+    runs_until: str  # the newest run this post covers (ISO time); `post new` starts after it
     body_html: str
     source: Path
 
@@ -206,7 +207,7 @@ def _documents(root: Path, folder: str, schema: dict[str, tuple[type, Any]]) -> 
 # --- Loaders --------------------------------------------------------------------------------------------------
 
 _POST = {"title": (str, _REQUIRED), "date": (datetime.date, _REQUIRED)}
-_POST |= {"authors": (list, []), "tags": (list, []), "summary": (str, "")}
+_POST |= {"authors": (list, []), "tags": (list, []), "summary": (str, ""), "runs_until": (str, "")}
 _PERSON = {"name": (str, _REQUIRED), "role": (str, ""), "url": (str, ""), "order": (int, 100)}
 _PROJECT = {"title": (str, _REQUIRED), "status": (str, "active")}
 _PROJECT |= {"tasks": (list, []), "people": (list, []), "summary": (str, "")}

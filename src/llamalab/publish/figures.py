@@ -82,8 +82,9 @@ def metric_vs_cost(comparison: dict) -> Figure | None:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for r in rows:
             m = r["metrics"][metric]
-            ax.errorbar(r["cost_per_1k_usd"], m["estimate"], yerr=[[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]],
-                        fmt="o", color=_ORANGE if r["kind"] == "api" else _BLUE, capsize=3)
+            error = [[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]]
+            ax.errorbar(r["cost_per_1k_usd"], m["estimate"], yerr=error, fmt="o", capsize=3,
+                        color=_ORANGE if r["kind"] == "api" else _BLUE)
             ax.annotate(_wrap(r["system"], 28), (r["cost_per_1k_usd"], m["estimate"]), textcoords="offset points",
                         xytext=(6, 4), fontsize=8)
         ax.set(xlabel="USD per 1,000 examples (API list prices)", ylabel=f"{metric} (95% CI)",

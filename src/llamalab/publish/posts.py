@@ -1,0 +1,151 @@
+"""`llamalab post new`: draft this week's findings post from the runs recorded since the last post.
+
+The draft lists new systems, the best result per task and what changed since the last post, each number with
+its CI and a link to its run folder (`../runs/<id>/`, which works on GitHub and, rewritten, on the site).
+A person edits it and commits it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from llamalab.config import LlamalabError
+from llamalab.lab import Lab
+from llamalab.publish.content import load_posts
+from llamalab.publish.results import TaskBoard, task_boards
+from llamalab.publish.tables import format_interval, format_p
+from llamalab.runs.files import write_text_atomic
+from llamalab.runs.record import RunRecord, list_runs
+
+
+def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: datetime.date | None = None) -> Path:
+    """Write posts/<date>-<slug>.md (never overwriting) and return its path."""
+    today = today or datetime.date.today()
+    posts = load_posts(lab.root)
+    cutoff = _cutoff(posts[0]) if posts else ""
+    finished = [r for r in list_runs(lab.runs_dir) if r.data.get("status") == "finished"]
+    new = [r for r in finished if (r.data.get("ended") or "") > cutoff]
+    old_ids = {r.id for r in finished if r not in new}
+    now_boards = task_boards(lab)
+    before = {b.name: b for b in task_boards(lab, only=old_ids)} if old_ids else {}
+    new_ids = {r.id for r in new}
+
+    body = [_opening(new, cutoff)]
+    changed_tasks = [b for b in now_boards if any(row["run"] in new_ids for row in b.rows)]
+    for board in changed_tasks:
+        body.append(_task_section(board, before.get(board.name), new_ids))
+    if trained := [r for r in new if r.data["kind"] == "train"]:
+        body.append("## Training runs\n\n" + "\n".join(_train_line(r) for r in trained) + "\n")
+    if dev := [r for r in new if r.data["kind"] == "eval" and r.data["task"]["split"] != "test"]:
+        body.append("## Selection on dev (not test results)\n\n" + "\n".join(_dev_line(r) for r in dev) + "\n")
+    body.append("## Next\n\n- (what we try next week)\n")
+
+    front = {
+        "title": title, "date": today.isoformat(), "authors": authors or _default_authors(lab),
+        "tags": ["weekly", *sorted({b.name for b in changed_tasks})],
+        "summary": _summary(changed_tasks, new),
+        "runs_until": max((r.data["ended"] for r in finished), default=cutoff),
+    }
+    path = _free_path(lab.root / "posts", f"{today.isoformat()}-{_slug(title)}")
+    text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+    write_text_atomic(path, text)
+    return path
+
+
+def _cutoff(post) -> str:
+    """Runs that ended after this are news: the post's `runs_until`, or the start of its date."""
+    return post.runs_until or f"{post.date.isoformat()}T00:00:00+00:00"
+
+
+def _opening(new: list[RunRecord], cutoff: str) -> str:
+    since = f"since {cutoff[:16].replace('T', ' ')} UTC" if cutoff else "so far"
+    kinds = {k: sum(1 for r in new if r.data["kind"] == k) for k in ("train", "eval")}
+    if not new:
+        return f"No new runs {since}.\n"
+    return (f"{kinds['train']} training run(s) and {kinds['eval']} evaluation(s) finished {since}. "
+            "Every number below is a 95% confidence interval from the run records; follow the links for the "
+            "predictions.\n")
+
+
+def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str]) -> str:
+    metric, best = board.metric, board.rows[0]
+    lines = [f"## {board.name}\n",
+             f"- **Best on {metric}:** {best['system']}, {format_interval(best['metrics'][metric])} "
+             f"(n = {best['n']}) — [run](../runs/{best['run']}/)"]
+    if before is not None:
+        old = before.rows[0]
+        if old["run"] == best["run"]:
+            lines.append("- **What changed:** the best system is unchanged since the last post.")
+        else:
+            lines.append(f"- **What changed:** the best was {old['system']}, {format_interval(old['metrics'][metric])}"
+                         f" — [run](../runs/{old['run']}/)")
+    else:
+        lines.append("- **What changed:** first results on this task.")
+    for row in board.rows:
+        if row["run"] in new_ids:
+            vs = row["vs_best"]
+            test = "the best system" if vs is None else (
+                f"Δ {vs['delta']:+.3f} vs best, p {_p(vs['p_holm'])} ({vs['test']}, Holm)"
+                if vs["delta"] is not None else "no shared examples with the best")
+            lines.append(f"- New: {row['system']}, {metric} {format_interval(row['metrics'][metric])}; {test} "
+                         f"— [run](../runs/{row['run']}/)")
+    return "\n".join(lines) + "\n"
+
+
+def _p(value: float) -> str:
+    text = format_p(value)
+    return text.replace("<", "< ") if text.startswith("<") else f"= {text}"
+
+
+def _train_line(record: RunRecord) -> str:
+    m, d = record.data.get("metrics") or {}, record.data
+    return (f"- {d['name']} on {d['task']['name']}: loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} "
+            f"over {m.get('steps')} steps, {(d.get('throughput') or {}).get('tokens_per_s', 0):,.0f} tokens/s "
+            f"— [run](../runs/{record.id}/)")
+
+
+def _dev_line(record: RunRecord) -> str:
+    d = record.data
+    shots = len((d.get("prompt") or {}).get("shots") or [])
+    metric, m = next(iter((d.get("metrics") or {}).items()), (None, None))
+    value = f"{metric} {format_interval(m)}" if m else "no metrics"
+    return (f"- {d['task']['name']} / {d['task']['split']}: {d['system']['label']} "
+            f"({(d.get('prompt') or {}).get('format')}, {shots}-shot): {value} — [run](../runs/{record.id}/)")
+
+
+def _summary(boards: list[TaskBoard], new: list[RunRecord]) -> str:
+    if not boards:
+        return f"{len(new)} new run(s); no new test results."
+    parts = [f"{b.name}: best {b.metric} {b.rows[0]['metrics'][b.metric]['estimate']:.3f} ({b.rows[0]['system']})"
+             for b in boards]
+    return "; ".join(parts) + "."
+
+
+def _default_authors(lab: Lab) -> list[str]:
+    try:
+        name = subprocess.run(["git", "config", "user.name"], cwd=lab.root, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        name = ""
+    if name:
+        return [name]
+    return [lab.config.members[0].name] if lab.config.members else []
+
+
+def _slug(title: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", title.casefold()).strip("-")[:60].strip("-")
+    if not slug:
+        raise LlamalabError(f"title {title!r} has no letters or digits to name the post file by")
+    return slug
+
+
+def _free_path(folder: Path, stem: str) -> Path:
+    path, n = folder / f"{stem}.md", 2
+    while path.exists():
+        path, n = folder / f"{stem}-{n}.md", n + 1
+    return path
