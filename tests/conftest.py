@@ -8,6 +8,7 @@ import pytest
 
 from llamalab.lab import Lab, init_lab
 from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
+from tests.llama_server import llama_server_fixture  # noqa: F401 - the shared llama_server fixture
 
 
 @pytest.fixture
@@ -44,3 +45,20 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 def write_experiment(lab: Lab, name: str, text: str) -> str:
     (lab.root / "experiments" / f"{name}.yaml").write_text(text)
     return name
+
+
+@pytest.fixture(scope="session")
+def published_lab(tmp_path_factory, tiny_model_dir, llama_server, monkeypatch_session) -> Lab:
+    """A lab with real runs (tiny model, API model) and hostile text in every user- or model-written place."""
+    from tests.llama_server import API_KEY
+    from tests.published import KEY_ENV, build_published_lab
+
+    monkeypatch_session.setenv(KEY_ENV, API_KEY)
+    monkeypatch_session.setenv("LLAMALAB_API_CACHE", str(tmp_path_factory.mktemp("api-cache") / "cache.sqlite"))
+    return build_published_lab(tmp_path_factory.mktemp("published") / "lab", tiny_model_dir, llama_server)
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_session():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

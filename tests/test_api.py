@@ -23,7 +23,7 @@ from llamalab.backends.api import (
     request_body,
 )
 from tests.fault_proxy import DEFAULT_MIX, FaultProxy, body_key, scripted, seeded_faults
-from tests.llama_server import API_KEY, free_port, llama_server_fixture  # noqa: F401 - the llama_server fixture
+from tests.llama_server import API_KEY, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import list_runs
 from tests.fault_proxy import FaultProxy, seeded_faults
 from tests.killing import eval_killed_after
-from tests.llama_server import API_KEY, llama_server_fixture  # noqa: F401 - the llama_server fixture
+from tests.llama_server import API_KEY
 
 pytestmark = pytest.mark.slow
 KEY_ENV = "LLAMALAB_EVAL_TEST_KEY"

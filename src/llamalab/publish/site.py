@@ -53,7 +53,8 @@ class _Builder:
             autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True,
         )
         self.env.filters.update(interval=format_interval, p=format_p, cost=format_cost, seconds=format_seconds,
-                                tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str))
+                                tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
+                                safe_url=safe_url)
 
     def build(self) -> None:
         lab = self.lab
@@ -137,6 +138,13 @@ class _Builder:
         _write(self.out / "posts" / "feed.xml", xml)
 
 
+def safe_url(value: str) -> str:
+    """The URL if it is web, mail or relative; "" for anything else (javascript:, data:, ...)."""
+    cleaned = "".join(c for c in str(value or "") if c.isprintable() and not c.isspace())
+    scheme = cleaned.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", cleaned) else ""
+    return cleaned if scheme in ("", "http", "https", "mailto") else ""
+
+
 def data_card(lab: Lab, task: Task) -> dict:
     """Source, license, counts, label balance and the leakage check of a task's data."""
     data = load_task_data(task, strict=False)
@@ -163,7 +171,12 @@ def drilldown_rows(task: Task, board: TaskBoard) -> list[dict]:
         answers = []
         for entry in board.entries:
             row = entry.predictions.get(example_id)
-            answers.append(None if row is None else {"text": _answer_text(row), "correct": _is_correct(row)})
+            if row is None:
+                answers.append(None)
+                continue
+            text, raw = _answer_text(row), row.get("generation")
+            answers.append({"text": text, "raw": raw if raw is not None and raw.strip() != text else None,
+                            "correct": _is_correct(row)})
         present = [a for a in answers if a]
         ex = examples.get(example_id)
         text = "\n".join(str(ex.fields.get(f, "")) for f in task.data.text_fields) if ex else \

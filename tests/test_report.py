@@ -1,0 +1,70 @@
+"""`llamalab report`: tables, figures and methods from the records alone, byte-identical when rebuilt."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from llamalab.cli import app
+from llamalab.config import LlamalabError
+from llamalab.publish.report import build_report
+
+pytestmark = pytest.mark.slow
+
+
+def digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_report_is_complete_and_reproducible(published_lab):
+    folder = build_report(published_lab, "repro")
+    first = digests(folder)
+    assert build_report(published_lab, "repro") == folder
+    assert digests(folder) == first, "rebuilding from the same records changed a file"
+
+    train = next(r for r in (published_lab.runs_dir).iterdir() if "-train-" in r.name).name
+    assert set(first) == {
+        "README.md", "methods.md", "report.tex", "results.json", "tables/sentiment.md", "tables/sentiment.tex",
+        *(f"figures/{stem}.{ext}" for stem in ("sentiment-by-system", "sentiment-vs-cost", f"loss-{train}")
+          for ext in ("pdf", "png")),
+    }
+    md = (folder / "tables" / "sentiment.md").read_text()
+    tex = (folder / "tables" / "sentiment.tex").read_text()
+    results = json.loads((folder / "results.json").read_text())[0]
+    assert len(results["systems"]) == 3 and results["split"] == "test"
+    for row in results["systems"]:
+        m = row["metrics"]["accuracy"]
+        assert f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" in md
+        assert f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" in tex
+    api_row = next(r for r in results["systems"] if r["kind"] == "api")
+    assert api_row["cost_per_1k_usd"] > 0 and f"${api_row['cost_per_1k_usd']:.4f}" in md
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "smol-api [chat]" in md and "\\_" not in md
+    methods = (folder / "methods.md").read_text()
+    for fact in ("LoRA (rank 4, alpha 8", "8 optimizer steps", "data/rt_polarity/rt-polarity.pos (SHA-256",
+                 "data/splits/sentiment.json (SHA-256", "CPU cores", "transformers", "exact McNemar", "Holm"):
+        assert fact in methods, fact
+    assert (folder / "figures" / "sentiment-by-system.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "figures" / "sentiment-by-system.pdf").read_bytes()[:4] == b"%PDF"
+    assert "\\input{tables/sentiment.tex}" in (folder / "report.tex").read_text()
+
+
+def test_report_cli_lists_its_files(published_lab):
+    result = CliRunner().invoke(app, ["report", "--name", "cli", "--lab", str(published_lab.root)])
+    assert result.exit_code == 0, result.output
+    assert "tables/sentiment.tex" in result.output and "methods.md" in result.output
+
+
+def test_report_without_runs_says_what_to_do(lab):
+    with pytest.raises(LlamalabError, match="no finished evaluations.*llamalab eval"):
+        build_report(lab)
+    assert not (lab.root / "reports").exists() or not any((lab.root / "reports").iterdir())
+
+
+def test_report_on_an_unknown_task_names_it(published_lab):
+    with pytest.raises(LlamalabError, match="intent"):
+        build_report(published_lab, "x", tasks=["intent"])

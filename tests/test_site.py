@@ -1,0 +1,95 @@
+"""`llamalab site build`: every page generated from the records, every link resolving, nothing unescaped."""
+
+from __future__ import annotations
+
+import threading
+import xml.etree.ElementTree as ET
+
+import httpx
+import pytest
+
+from llamalab.publish.site import build_site, serve_site
+from tests.llama_server import API_KEY
+from tests.published import PAYLOADS
+from tests.site_pages import broken_links, pages
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def site(published_lab, tmp_path_factory):
+    return build_site(published_lab, tmp_path_factory.mktemp("site") / "site")
+
+
+def test_every_page_exists_and_every_link_resolves(site, published_lab):
+    names = {p.relative_to(site).as_posix() for p in pages(site)}
+    runs = sorted(p.name for p in published_lab.runs_dir.iterdir())
+    expected = {"index.html", "people.html", "publications.html", "posts/index.html", "projects/index.html",
+                "tasks/index.html", "runs/index.html", "tasks/sentiment/index.html", "tasks/sentiment/examples.html",
+                "projects/small-vs-industry.html", *(f"runs/{r}/index.html" for r in runs),
+                *(f"tasks/{t}/index.html" for t in ("intent", "gsm8k", "wnut17", "scitldr"))}
+    assert expected <= names
+    assert any(n.startswith("posts/") and n.endswith("-week-one.html") for n in names)
+    assert broken_links(site) == []
+    assert (site / "tasks" / "sentiment" / "vs-cost.svg").is_file()
+
+
+def test_hostile_text_is_escaped_everywhere(site):
+    for page in pages(site):
+        html = page.read_text()
+        assert "<script>window" not in html, page
+        assert "onerror=" not in html.replace("onerror=&#34;", "").replace("onerror=&quot;", ""), page
+        assert "<svg onload" not in html and 'href="javascript:' not in html, page
+        assert html.count("<script") == 1, f"{page}: only the site's own script file may be loaded"
+    drilldown = (site / "tasks" / "sentiment" / "examples.html").read_text()
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in drilldown
+    people = (site / "people.html").read_text()
+    assert "Mallory &lt;script&gt;" in people and "&lt;b&gt;unclosed" in people
+
+
+def test_no_secret_reaches_the_site(site, published_lab):
+    assert API_KEY not in published_lab.config.model_dump_json()
+    for path in site.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
+
+
+def test_feed_is_valid_atom_newest_first(site):
+    feed = ET.parse(site / "posts" / "feed.xml").getroot()
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    entries = feed.findall("a:entry", ns)
+    assert {e.findtext("a:title", namespaces=ns) for e in entries} == {"Week one", "Welcome to the lab notebook"}
+    dates = [e.findtext("a:updated", namespaces=ns) for e in entries]
+    assert dates == sorted(dates, reverse=True)
+    assert all(e.find("a:link", ns).get("href").startswith("posts/") for e in entries)
+
+
+def test_weekly_post_cites_runs_with_intervals(site, published_lab):
+    post = next((published_lab.root / "posts").glob("*-week-one.md")).read_text()
+    assert "## sentiment" in post and "**Best on accuracy:**" in post
+    assert post.count("[run](../runs/") >= 4
+    assert "Selection on dev" in post and "## Training runs" in post
+    html = next((site / "posts").glob("*-week-one.html")).read_text()
+    assert 'href="../runs/' in html and '/index.html"' in html
+
+
+def test_served_under_a_sub_path(site):
+    server = serve_site(site, 0, "/my-lab/")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for path in ("index.html", "tasks/sentiment/index.html", "assets/site.css", "posts/feed.xml"):
+            assert httpx.get(f"{base}/my-lab/{path}").status_code == 200, path
+        assert httpx.get(f"{base}/index.html").status_code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rebuild_replaces_the_site_whole(published_lab, tmp_path):
+    out = tmp_path / "site"
+    build_site(published_lab, out)
+    (out / "stale.html").write_text("old")
+    build_site(published_lab, out)
+    assert not (out / "stale.html").exists()
+    assert not list(tmp_path.glob(".site.*"))
