@@ -21,9 +21,11 @@ demo: $(STAMP)
 	$(BIN)/llamalab demo
 
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
-# The tests also need llama.cpp's OpenAI-compatible server (a real API peer): built once (~5 min), then cached.
+# The tests also need llama.cpp's OpenAI-compatible server (a real API peer): built once (~5 min), then cached;
+# and a real Chromium for the website tests (Debian's package).
 test: $(STAMP)
 	bash scripts/install-llama-server.sh $(VENV)
+	bash scripts/install-chromium.sh
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

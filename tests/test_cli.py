@@ -62,3 +62,34 @@ def test_every_shipped_dataset_has_its_source_and_license(lab):
         names = {p.name for p in folder.iterdir()}
         assert "SOURCE.md" in names, folder
         assert names & {"LICENSE", "LICENSE.md"}, folder
+
+
+def test_init_scaffolds_the_lab_website_and_its_deployment(tmp_path):
+    import datetime
+    import fnmatch
+
+    import yaml
+
+    from llamalab.lab import init_lab
+    from llamalab.publish import content
+
+    lab = init_lab(tmp_path / "lab")
+    root = lab.root
+    today = datetime.date.today()
+    posts = content.load_posts(root)
+    assert [p.date for p in posts] == [today] and posts[0].slug == f"{today.isoformat()}-welcome"
+    assert [p.name for p in content.load_people(root)] == ["Ada Example", "Sam Student"]
+    assert content.load_projects(root)[0].tasks == ["sentiment", "intent"]
+    pubs = content.load_publications(root)
+    assert any("Iñigo Casanueva" in p.authors for p in pubs) and all(p.url.startswith("https://") for p in pubs)
+
+    ignored = [line for line in (root / ".gitignore").read_text().splitlines() if line and not line.startswith("#")]
+    for path in ("site/", "runs/x/checkpoints/", "runs/x/adapter/", "model.safetensors", "m.gguf", ".cache/"):
+        assert any(fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern + "*") for pattern in ignored), path
+
+    workflow = yaml.safe_load((root / ".github" / "workflows" / "site.yml").read_text())
+    build, deploy = workflow["jobs"]["build"], workflow["jobs"]["deploy"]
+    assert any(step.get("run") == "llamalab site build" for step in build["steps"])
+    assert any(step.get("uses", "").startswith("actions/upload-pages-artifact") for step in build["steps"])
+    assert any(step.get("uses", "").startswith("actions/deploy-pages") for step in deploy["steps"])
+    assert workflow["permissions"]["pages"] == "write"

@@ -157,9 +157,14 @@ def data_card(lab: Lab, task: Task) -> dict:
         match = re.search(r"License:\*{0,2}\s*(.+?)(?:\.\s|\.?$)", text, re.M)
         sources.append({"folder": folder.relative_to(task.lab_root).as_posix(),
                         "license": match.group(1).strip() if match else "not stated (see the data folder)",
-                        "html": content.render_markdown(text) if text else ""})
+                        "html": _demote_headings(content.render_markdown(text)) if text else ""})
     return {"counts": report.counts, "balance": report.label_balance, "overlap": report.overlap,
             "warnings": report.warnings, "errors": report.errors, "sources": sources}
+
+
+def _demote_headings(html: str) -> str:
+    """Headings of an embedded document sit below the page's own h1 and h2."""
+    return re.sub(r"<(/?)h([1-6])>", lambda m: f"<{m.group(1)}h{min(int(m.group(2)) + 2, 6)}>", html)
 
 
 def drilldown_rows(task: Task, board: TaskBoard) -> list[dict]:
