@@ -50,21 +50,21 @@ def test_ranks_systems_and_tests_against_the_best(lab):
     assert set(names) == {"strong [plain]", "weak [plain]", "twin [plain]"}
     assert names[-1] == "weak [plain]"
     best, *others = result["systems"]
-    assert best["vs_best"] is None
+    assert best["vs_reference"] is None
     weak_row = next(r for r in others if r["run"] == weak.id)
-    assert weak_row["vs_best"]["test"] == "exact McNemar"
-    assert weak_row["vs_best"]["p_value"] < 1e-6
-    assert weak_row["vs_best"]["p_holm"] >= weak_row["vs_best"]["p_value"]
-    assert weak_row["vs_best"]["delta"] < -0.2
+    assert weak_row["vs_reference"]["test"] == "exact McNemar"
+    assert weak_row["vs_reference"]["p_value"] < 1e-6
+    assert weak_row["vs_reference"]["p_holm"] >= weak_row["vs_reference"]["p_value"]
+    assert weak_row["vs_reference"]["delta"] < -0.2
     assert result["systems"][0]["run"] == strong.id
     twin_row = next(r for r in result["systems"] if r["run"] == twin.id)
-    assert twin_row["vs_best"]["p_value"] > 0.5
-    assert twin_row["vs_best"]["delta"] == pytest.approx(-2 / 400)
+    assert twin_row["vs_reference"]["p_value"] > 0.5
+    assert twin_row["vs_reference"]["delta"] == pytest.approx(-2 / 400)
     acc = weak_row["metrics"]["accuracy"]
     assert acc["low"] < acc["estimate"] < acc["high"] and acc["n"] == 400
 
     f1 = compare(lab, "sentiment", metric="macro_f1")
-    assert next(r for r in f1["systems"] if r["run"] == weak.id)["vs_best"]["test"].startswith("paired bootstrap")
+    assert next(r for r in f1["systems"] if r["run"] == weak.id)["vs_reference"]["test"].startswith("paired bootstrap")
 
 
 def test_compare_cli_json_and_errors(lab):

@@ -75,7 +75,7 @@ def test_compare_generation_systems_with_paired_bootstrap(lab, tiny_model_dir):
     result = compare(lab, "wnut17")
     assert result["metric"] == "entity_f1"
     assert len(result["systems"]) == 2
-    assert result["systems"][1]["vs_best"]["test"] == "paired bootstrap (entity_f1)"
+    assert result["systems"][1]["vs_reference"]["test"] == "paired bootstrap (entity_f1)"
     json.dumps(result)  # --json output must serialise
 
 

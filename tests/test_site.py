@@ -10,7 +10,6 @@ import pytest
 
 from llamalab.publish.site import build_site, serve_site
 from tests.llama_server import API_KEY
-from tests.published import PAYLOADS
 from tests.site_pages import broken_links, pages
 
 pytestmark = pytest.mark.slow

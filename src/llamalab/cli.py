@@ -182,12 +182,14 @@ def compare_cmd(
     split: str = "test",
     metric: Annotated[str | None, typer.Option(help="rank by this metric (default: the task's first)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    reference: Annotated[str | None, typer.Option(
+        help="test every system against this one (run id or system label; default: the best)")] = None,
     lab: LabOption = None,
 ) -> None:
-    """Every evaluated system on a task: metric ± CI, n, paired test against the best (Holm-corrected)."""
+    """Every evaluated system on a task: metric ± CI, n, paired test against the best or a reference (Holm)."""
     from llamalab.evaluate.compare import compare, comparison_table
 
-    result = compare(find_lab(lab), task, split, metric)
+    result = compare(find_lab(lab), task, split, metric, reference=reference)
     if as_json:
         out.print_json(json.dumps(result))
     else:
@@ -219,12 +221,14 @@ def report(
     name: Annotated[str, typer.Option(help="writes reports/NAME/")] = "draft",
     split: str = "test",
     task: Annotated[list[str] | None, typer.Option(help="only these tasks (repeat the option)")] = None,
+    reference: Annotated[str | None, typer.Option(
+        help="test every system against this one (run id or system label; default: the best)")] = None,
     lab: LabOption = None,
 ) -> None:
     """A write-up draft from the run records: Markdown and LaTeX tables, figures, a methods section."""
     from llamalab.publish.report import build_report
 
-    folder = build_report(find_lab(lab), name, split, task)
+    folder = build_report(find_lab(lab), name, split, task, reference)
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         console.print(f"  {path.relative_to(folder)}")
     console.print(f"report written to {folder}")

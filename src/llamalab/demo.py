@@ -101,7 +101,7 @@ def _summary(stages, dev, baseline, trained, finetuned, result) -> dict[str, Any
     fine_row = rows[finetuned.id]
     base_acc = baseline.data["metrics"]["accuracy"]
     fine_acc = finetuned.data["metrics"]["accuracy"]
-    vs = fine_row["vs_best"] or rows[baseline.id]["vs_best"]
+    vs = fine_row["vs_reference"] or rows[baseline.id]["vs_reference"]
     return {
         "stages_s": stages,
         "total_s": round(sum(stages.values()), 1),

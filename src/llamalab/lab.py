@@ -48,6 +48,8 @@ class LabConfig(StrictModel):
     members: list[Member] = []
     api_models: dict[str, ApiModelConfig] = {}
     website: WebsiteConfig = WebsiteConfig()
+    local_compute_usd_per_hour: float | None = Field(
+        None, ge=0, description="price of an hour of your own hardware, to put local models on the cost axis")
 
 
 @dataclass(frozen=True)

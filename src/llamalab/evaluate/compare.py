@@ -1,4 +1,5 @@
-"""`llamalab compare`: every system evaluated on a task, with CIs and paired tests against the best."""
+"""`llamalab compare`: every system evaluated on a task, with CIs and paired tests against a reference system
+(by default the best one)."""
 
 from __future__ import annotations
 
@@ -48,17 +49,21 @@ def latest_evals(lab: Lab, task: str, split: str = "test", only: set[str] | None
 
 def compare(
     lab: Lab, task: str, split: str = "test", metric: str | None = None, resamples: int = 5000,
-    only: set[str] | None = None,
+    only: set[str] | None = None, reference: str | None = None,
 ) -> dict:
-    """Rank systems by `metric` (default: the task's first); test each against the best on the examples
-    both saw, Holm-corrected. `only` restricts the table to the given eval run ids."""
+    """Rank systems by `metric` (default: the task's first); test each against the reference system (default:
+    the best; else a run id or system label) on the examples both saw, Holm-corrected. `only` restricts the
+    table to the given eval run ids."""
     entries = latest_evals(lab, task, split, only)
     if not entries:
         raise LlamalabError(f"no finished evaluations of task {task!r} on its {split} split in {lab.runs_dir}")
-    return rank(load_task(lab.task_path(task), lab.root), entries, split, metric, resamples)
+    return rank(load_task(lab.task_path(task), lab.root), entries, split, metric, resamples, reference)
 
 
-def rank(spec: Task, entries: list[Entry], split: str, metric: str | None = None, resamples: int = 5000) -> dict:
+def rank(
+    spec: Task, entries: list[Entry], split: str, metric: str | None = None, resamples: int = 5000,
+    reference: str | None = None,
+) -> dict:
     """The comparison of `entries` (evaluations of one task split), best first; see `compare`."""
     task, metrics = spec.name, spec.metric_names
     metric = metric or metrics[0]
@@ -76,34 +81,63 @@ def rank(spec: Task, entries: list[Entry], split: str, metric: str | None = None
         })
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["metrics"][metric]["estimate"])
     rows, entries = [rows[i] for i in order], [entries[i] for i in order]
-    tests = [_paired(entries[0], other, metric, labels, resamples) for other in entries[1:]]
+    ref = _reference_index(rows, reference)
+    others = [i for i in range(len(rows)) if i != ref]
+    tests = [_paired(entries[ref], entries[i], metric, labels, resamples) for i in others]
     adjusted = stats.holm([t["p_value"] for t in tests]) if tests else []
-    rows[0]["vs_best"] = None
-    for row, test, p_holm in zip(rows[1:], tests, adjusted, strict=True):
-        row["vs_best"] = {**test, "p_holm": p_holm}
+    rows[ref]["vs_reference"] = None
+    for i, test, p_holm in zip(others, tests, adjusted, strict=True):
+        rows[i]["vs_reference"] = {**test, "p_holm": p_holm}
     return {"task": task, "split": split, "metric": metric, "metrics": metrics, "best": rows[0]["system"],
-            "systems": rows}
+            "reference": rows[ref]["system"], "reference_is_best": ref == 0, "systems": rows}
 
 
-def _paired(best: Entry, other: Entry, metric: str, labels, resamples: int) -> dict:
-    shared = sorted(best.predictions.keys() & other.predictions.keys())
+def _reference_index(rows: list[dict], reference: str | None) -> int:
+    """The best system, or the one whose run id or label `reference` names (a unique prefix is enough)."""
+    if reference is None:
+        return 0
+    exact = [i for i, r in enumerate(rows) if reference in (r["run"], r["system"])]
+    matches = exact or [i for i, r in enumerate(rows) if refers_to(reference, r["run"], r["system"])]
+    if len(matches) != 1:
+        known = "; ".join(f"{r['system']} ({r['run']})" for r in rows)
+        problem = "matches several systems" if matches else "matches no evaluated system"
+        raise LlamalabError(f"reference {reference!r} {problem}: give a run id or a system label from: {known}")
+    return matches[0]
+
+
+def refers_to(reference: str, run_id: str, label: str) -> bool:
+    """Whether `reference` names this evaluation: its run id (or a prefix or suffix of it), or its system label."""
+    return run_id.startswith(reference) or run_id.endswith(reference) or label.startswith(reference)
+
+
+def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int) -> dict:
+    shared = sorted(reference.predictions.keys() & other.predictions.keys())
     if not shared:
         return {"test": "none: no shared examples", "delta": None, "p_value": 1.0, "n": 0}
-    result = paired_test(metric, [best.predictions[i] for i in shared], [other.predictions[i] for i in shared],
+    result = paired_test(metric, [reference.predictions[i] for i in shared], [other.predictions[i] for i in shared],
                          labels, resamples)
     return {"test": result.test, "delta": -result.delta, "p_value": result.p_value, "n": result.n}
 
 
+def reference_name(result: dict) -> str:
+    """How captions name the system every other one is tested against."""
+    return "the best system" if result["reference_is_best"] else f"the reference system, {result['reference']}"
+
+
+def reference_cell(result: dict) -> str:
+    return "best (ref.)" if result["reference_is_best"] else "reference"
+
+
 def comparison_table(result: dict) -> Table:
     """The comparison as a rich table: metrics with CIs, paired tests, and API cost and latency."""
-    tests = sorted({row["vs_best"]["test"] for row in result["systems"] if row["vs_best"]})
+    tests = sorted({row["vs_reference"]["test"] for row in result["systems"] if row["vs_reference"]})
     table = Table(
         title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})",
-        caption=f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against the best system, on the "
-        "examples both saw; Holm-corrected for the number of comparisons",
+        caption=f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against {reference_name(result)}, "
+        "on the examples both saw; Holm-corrected for the number of comparisons",
     )
     with_usage = any(row["usage"] for row in result["systems"])
-    columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs best", "p",
+    columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs ref.", "p",
                "p (Holm)", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
     for column in columns:
         table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
@@ -112,9 +146,9 @@ def comparison_table(result: dict) -> Table:
         for name in result["metrics"]:
             m = row["metrics"][name]
             cells.append(f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
-        vs = row["vs_best"]
+        vs = row["vs_reference"]
         if vs is None:
-            cells += ["best", "", ""]
+            cells += [reference_cell(result), "", ""]
         else:
             delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
             cells += [delta, _p(vs["p_value"]), _p(vs["p_holm"])]

@@ -73,7 +73,7 @@ def metric_by_system(comparison: dict) -> Figure:
 
 
 def metric_vs_cost(comparison: dict) -> Figure | None:
-    """The ranking metric against API cost per 1,000 examples; None when no system has a known cost."""
+    """The ranking metric against cost per 1,000 examples; None when no system has a known cost."""
     metric = comparison["metric"]
     rows = [r for r in comparison["systems"] if r.get("cost_per_1k_usd") is not None]
     if not rows:
@@ -87,12 +87,13 @@ def metric_vs_cost(comparison: dict) -> Figure | None:
                         color=_ORANGE if r["kind"] == "api" else _BLUE)
             ax.annotate(_wrap(r["system"], 28), (r["cost_per_1k_usd"], m["estimate"]), textcoords="offset points",
                         xytext=(6, 4), fontsize=8)
-        ax.set(xlabel="USD per 1,000 examples (API list prices)", ylabel=f"{metric} (95% CI)",
+        local = sorted({r["cost_basis"] for r in rows if r["kind"] != "api"})
+        xlabel = "USD per 1,000 examples (API list prices" + (f"; {local[0]})" if local else ")")
+        ax.set(xlabel=xlabel, ylabel=f"{metric} (95% CI)",
                title=f"{comparison['task']}: {metric} against cost")
         free = [r["system"] for r in comparison["systems"] if r.get("cost_per_1k_usd") is None]
         if free:
-            fig.text(0.01, -0.02, _wrap("No API cost (local): " + "; ".join(free), 110), fontsize=7, color=_GREY,
-                     va="top")
+            fig.text(0.01, -0.02, _wrap("No known cost: " + "; ".join(free), 110), fontsize=7, color=_GREY, va="top")
     return fig
 
 

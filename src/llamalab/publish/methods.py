@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llamalab.evaluate.compare import reference_name
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
 
@@ -66,14 +67,15 @@ def _evaluation(board: TaskBoard) -> str:
     how = "; for ".join(f"{p} systems we {_PROTOCOLS.get(p, p)}" for p in protocols)
     first = board.entries[0].record.data
     seconds = sum((e.record.data.get("timings") or {}).get("predict_s", 0) for e in board.entries)
-    tests = sorted({row["vs_best"]["test"] for row in board.rows if row["vs_best"]})
+    tests = sorted({row["vs_reference"]["test"] for row in board.rows if row["vs_reference"]})
     method = board.rows[0]["metrics"][board.metric].get("method", "percentile bootstrap")
     return (
         f"Evaluation: {len(board.rows)} system(s) on the same examples. For {how}. "
         f"Every prompt, prediction and prompt hash is kept per example in the run folders. "
-        f"Confidence intervals are 95% {method}. Each system is compared with the best one on the examples both "
-        f"saw ({', '.join(tests) or 'no comparison: one system'}), with Holm's correction for the number of "
-        f"comparisons. The evaluations took {seconds:,.0f} s of prediction time in total on {_hardware(first)}."
+        f"Confidence intervals are 95% {method}. Each system is compared with {reference_name(board.comparison)} on "
+        f"the examples both saw ({', '.join(tests) or 'no comparison: one system'}), with Holm's correction for "
+        f"the number of comparisons. The evaluations took {seconds:,.0f} s of prediction time in total on "
+        f"{_hardware(first)}."
     )
 
 

@@ -88,7 +88,7 @@ def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str])
         lines.append("- **What changed:** first results on this task.")
     for row in board.rows:
         if row["run"] in new_ids:
-            vs = row["vs_best"]
+            vs = row["vs_reference"]
             test = "the best system" if vs is None else (
                 f"Δ {vs['delta']:+.3f} vs best, p {_p(vs['p_holm'])} ({vs['test']}, Holm)"
                 if vs["delta"] is not None else "no shared examples with the best")

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from llamalab.config import LlamalabError
+from llamalab.evaluate.compare import refers_to
 from llamalab.lab import Lab
 from llamalab.publish import figures
 from llamalab.publish.methods import methods_paragraphs
@@ -27,9 +28,16 @@ from llamalab.runs.record import RunRecord
 FORMATS = ("pdf", "png")
 
 
-def build_report(lab: Lab, name: str = "draft", split: str = "test", tasks: list[str] | None = None) -> Path:
-    """Write reports/<name>/ (replacing a previous build whole) and return its path."""
-    boards = [b for b in task_boards(lab, split) if not tasks or b.name in tasks]
+def build_report(
+    lab: Lab, name: str = "draft", split: str = "test", tasks: list[str] | None = None, reference: str | None = None
+) -> Path:
+    """Write reports/<name>/ (replacing a previous build whole) and return its path.
+
+    Significance is against `reference` (a run id or system label) where it was evaluated, else the best system."""
+    boards = [b for b in task_boards(lab, split, reference=reference) if not tasks or b.name in tasks]
+    if reference and not any(refers_to(reference, row["run"], row["system"]) for b in boards for row in b.rows):
+        raise LlamalabError(f"reference {reference!r} names no evaluated system: give a run id or a system label "
+                            "as `llamalab compare` shows them")
     if tasks and (missing := sorted(set(tasks) - {b.name for b in boards})):
         raise LlamalabError(f"no finished {split} evaluations for task(s) {', '.join(missing)} in {lab.runs_dir}")
     if not boards:
@@ -97,7 +105,7 @@ def _alt(stem: str, board: TaskBoard) -> str:
     if stem.endswith("-by-system"):
         return f"{board.metric} of each system on {board.name} with 95% confidence intervals"
     if stem.endswith("-vs-cost"):
-        return f"{board.metric} on {board.name} against API cost per 1,000 examples"
+        return f"{board.metric} on {board.name} against cost per 1,000 examples"
     return f"training loss curve of run {stem.removeprefix('figures/loss-')}"
 
 

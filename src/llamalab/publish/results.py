@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import Entry, latest_evals, rank
+from llamalab.evaluate.compare import Entry, latest_evals, rank, refers_to
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import RunRecord, list_runs
@@ -48,39 +47,49 @@ def load_tasks(lab: Lab) -> list[Task]:
     return [load_task(lab.task_path(name), lab.root) for name in task_names(lab)]
 
 
-def task_boards(lab: Lab, split: str = "test", only: set[str] | None = None) -> list[TaskBoard]:
-    """A leaderboard for every task that has finished evaluations on `split` (restricted to `only` run ids)."""
+def task_boards(
+    lab: Lab, split: str = "test", only: set[str] | None = None, reference: str | None = None
+) -> list[TaskBoard]:
+    """A leaderboard for every task that has finished evaluations on `split` (restricted to `only` run ids).
+
+    Systems are tested against `reference` (a run id or system label) on the tasks it was evaluated on, and
+    against each task's best system elsewhere."""
     boards = []
     for task in load_tasks(lab):
         entries = latest_evals(lab, task.name, split, only)
         if not entries:
             continue
-        comparison = rank(task, entries, split)
+        named = reference and any(refers_to(reference, e.record.id, e.label) for e in entries)
+        comparison = rank(task, entries, split, reference=reference if named else None)
         by_run = {e.record.id: e for e in entries}
         for row in comparison["systems"]:
-            row.update(cost_and_time(by_run[row["run"]].record))
+            row.update(cost_and_time(by_run[row["run"]].record, lab.config.local_compute_usd_per_hour))
         boards.append(TaskBoard(task, comparison, [by_run[row["run"]] for row in comparison["systems"]]))
     return boards
 
 
-def cost_and_time(record: RunRecord) -> dict:
-    """Cost (API list prices) and evaluation wall time per 1,000 examples; None where the records do not say."""
+def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) -> dict:
+    """Cost and evaluation wall time per 1,000 examples; None where the records do not say.
+
+    API models cost their list prices; local models cost their wall time at `local_usd_per_hour`, if the lab
+    set one (lab.yaml `local_compute_usd_per_hour`)."""
     n = (record.data.get("task") or {}).get("n") or 0
     usage = record.data.get("usage") or {}
     predict_s = (record.data.get("timings") or {}).get("predict_s")
+    seconds_per_1k = round(1000 * predict_s / n, 1) if predict_s and n else None
+    cost, basis = usage.get("cost_per_1k_examples_usd"), "API list prices"
+    if cost is None and local_usd_per_hour is not None and seconds_per_1k is not None:
+        cost, basis = round(local_usd_per_hour * seconds_per_1k / 3600, 6), f"local at ${local_usd_per_hour}/h"
     return {
-        "cost_per_1k_usd": usage.get("cost_per_1k_examples_usd"),
-        "seconds_per_1k": round(1000 * predict_s / n, 1) if predict_s and n else None,
+        "cost_per_1k_usd": cost,
+        "cost_basis": basis if cost is not None else None,
+        "seconds_per_1k": seconds_per_1k,
         "latency_s_median": usage.get("latency_s_median"),
     }
 
 
 def train_runs(lab: Lab) -> list[RunRecord]:
     return [r for r in list_runs(lab.runs_dir, "train") if r.data.get("status") == "finished"]
-
-
-def eval_runs(lab: Lab) -> list[RunRecord]:
-    return [r for r in list_runs(lab.runs_dir, "eval") if r.data.get("status") == "finished"]
 
 
 def loss_history(record: RunRecord) -> list[dict]:
@@ -90,11 +99,6 @@ def loss_history(record: RunRecord) -> list[dict]:
         if "loss" in row:
             by_step[row["step"]] = row
     return [by_step[step] for step in sorted(by_step)]
-
-
-def require_runs(lab: Lab) -> None:
-    if not eval_runs(lab) and not train_runs(lab):
-        raise LlamalabError(f"no finished runs in {lab.runs_dir}: train or evaluate something first")
 
 
 def relative_run_path(record: RunRecord, lab_root: Path) -> str:

@@ -22,7 +22,7 @@ import jinja2
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
 from llamalab.publish.results import TaskBoard, load_tasks, loss_history, relative_run_path, task_boards
-from llamalab.publish.tables import format_cost, format_interval, format_p, format_seconds
+from llamalab.publish.tables import cost_note, format_cost, format_interval, format_p, format_seconds
 from llamalab.runs.files import staged_folder
 from llamalab.runs.record import RunRecord, list_runs
 from llamalab.tasks.checks import check_task_data
@@ -54,7 +54,7 @@ class _Builder:
         )
         self.env.filters.update(interval=format_interval, p=format_p, cost=format_cost, seconds=format_seconds,
                                 tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
-                                safe_url=safe_url)
+                                safe_url=safe_url, cost_note=cost_note)
 
     def build(self) -> None:
         lab = self.lab
@@ -105,7 +105,7 @@ class _Builder:
             figures_.append(("by-system.svg", f"{board.metric} of each system on {task.name}, with 95% CIs"))
             if (fig := figures.metric_vs_cost(board.comparison)) is not None:
                 figures.save(fig, self.out / folder / "vs-cost", ("svg",))
-                figures_.append(("vs-cost.svg", f"{board.metric} on {task.name} against API cost per 1,000 examples"))
+                figures_.append(("vs-cost.svg", f"{board.metric} on {task.name} against cost per 1,000 examples"))
         self.page(f"{folder}/index.html", "task.html", f"Task: {task.name}", task=task, board=board,
                   card=data_card(self.lab, task), figures=figures_)
         if board:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from llamalab.evaluate.compare import reference_cell, reference_name
 from llamalab.publish.results import TaskBoard
 
 
@@ -17,8 +18,11 @@ def format_interval(m: dict) -> str:
     return f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
-def format_cost(value: float | None) -> str:
-    return "–" if value is None else f"${value:.4f}"
+def format_cost(value: float | None, basis: str | None = None) -> str:
+    """US dollars; `~` marks an estimate from local compute time rather than an API bill."""
+    if value is None:
+        return "–"
+    return f"{'~' if basis and basis.startswith('local') else ''}${value:.4f}"
 
 
 def format_seconds(value: float | None) -> str:
@@ -28,27 +32,36 @@ def format_seconds(value: float | None) -> str:
 def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:
     """Header and plain-text cells shared by every rendering of the leaderboard."""
     metrics = board.comparison["metrics"]
-    header = ["System", "Protocol", "n", *(f"{m} [95% CI]" for m in metrics), "Δ vs best", "p (Holm)",
+    header = ["System", "Protocol", "n", *(f"{m} [95% CI]" for m in metrics), "Δ vs ref.", "p (Holm)",
               "$ / 1k ex.", "time / 1k ex."]
     body = []
     for row in board.rows:
-        vs = row["vs_best"]
-        delta = "best" if vs is None else ("–" if vs["delta"] is None else f"{vs['delta']:+.3f}")
+        vs = row["vs_reference"]
+        if vs is None:
+            delta = reference_cell(board.comparison)
+        else:
+            delta = "–" if vs["delta"] is None else f"{vs['delta']:+.3f}"
         body.append([
             row["system"], row["protocol"], str(row["n"]), *(format_interval(row["metrics"][m]) for m in metrics),
-            delta, "" if vs is None else format_p(vs["p_holm"]), format_cost(row["cost_per_1k_usd"]),
+            delta, "" if vs is None else format_p(vs["p_holm"]), format_cost(row["cost_per_1k_usd"], row["cost_basis"]),
             format_seconds(row["seconds_per_1k"]),
         ])
     return header, body
 
 
 def caption(board: TaskBoard) -> str:
-    tests = sorted({row["vs_best"]["test"] for row in board.rows if row["vs_best"]})
+    tests = sorted({row["vs_reference"]["test"] for row in board.rows if row["vs_reference"]})
     return (
         f"{board.name}, {board.comparison['split']} split, ranked by {board.metric}. 95% percentile-bootstrap CIs. "
-        f"p: {', '.join(tests) or 'no other system'} on {board.metric} against the best system, on the examples "
-        "both saw, Holm-corrected. Cost at API list prices; time is evaluation wall time."
+        f"p: {', '.join(tests) or 'no other system'} on {board.metric} against {reference_name(board.comparison)}, "
+        "on the examples both saw, Holm-corrected. " + cost_note(board.rows) + " Time is evaluation wall time."
     )
+
+
+def cost_note(rows: list[dict]) -> str:
+    local = sorted({r["cost_basis"] for r in rows if (r["cost_basis"] or "").startswith("local")})
+    note = "Cost: API models at list prices"
+    return note + (f"; ~ local models, their wall time {local[0].removeprefix('local ')}." if local else ".")
 
 
 def markdown_table(board: TaskBoard) -> str:
