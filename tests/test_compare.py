@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llamalab.cli import app
+from llamalab.config import LlamalabError
 from llamalab.evaluate.compare import compare
 from llamalab.runs.files import append_jsonl
 from llamalab.runs.record import RunRecord
@@ -65,6 +66,25 @@ def test_ranks_systems_and_tests_against_the_best(lab):
 
     f1 = compare(lab, "sentiment", metric="macro_f1")
     assert next(r for r in f1["systems"] if r["run"] == weak.id)["vs_reference"]["test"].startswith("paired bootstrap")
+
+
+def test_significance_against_a_chosen_reference(lab):
+    rng = np.random.default_rng(1)
+    strong = fake_eval(lab, "strong", list(rng.random(300) < 0.9))
+    base = fake_eval(lab, "base", list(rng.random(300) < 0.6))
+    fake_eval(lab, "mid", list(rng.random(300) < 0.75))
+
+    result = compare(lab, "sentiment", reference=base.id)
+    assert result["reference"] == "base [plain]" and not result["reference_is_best"]
+    rows = {r["system"]: r for r in result["systems"]}
+    assert rows["base [plain]"]["vs_reference"] is None
+    assert rows["strong [plain]"]["vs_reference"]["delta"] > 0.2  # other minus reference: better is positive
+    assert rows["strong [plain]"]["vs_reference"]["p_value"] < 1e-6
+    assert [r["system"] for r in result["systems"]][0] == "strong [plain]"  # ranking is unchanged
+    assert compare(lab, "sentiment", reference="base")["reference"] == "base [plain]"  # a label prefix works
+    assert compare(lab, "sentiment")["reference"] == "strong [plain]" and strong.id
+    with pytest.raises(LlamalabError, match="matches no evaluated system.*strong \\[plain\\]"):
+        compare(lab, "sentiment", reference="nothing-like-this")
 
 
 def test_compare_cli_json_and_errors(lab):

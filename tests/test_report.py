@@ -68,3 +68,17 @@ def test_report_without_runs_says_what_to_do(lab):
 def test_report_on_an_unknown_task_names_it(published_lab):
     with pytest.raises(LlamalabError, match="intent"):
         build_report(published_lab, "x", tasks=["intent"])
+
+
+def test_report_against_a_reference_with_local_compute_costs(published_lab):
+    folder = build_report(published_lab, "ref", reference="smol-api")
+    md = (folder / "tables" / "sentiment.md").read_text()
+    assert "against the reference system, smol-api [chat]" in md
+    api_line = next(line for line in md.splitlines() if line.startswith("| smol-api"))
+    assert "| reference |" in api_line
+    local_lines = [line for line in md.splitlines() if line.startswith("| ") and "[plain]" in line]
+    assert len(local_lines) == 2 and all("~$" in line for line in local_lines)  # priced at the lab's $/h
+    assert "local models, their wall time at $0.07/h" in md
+    assert "compared with the reference system, smol-api [chat]" in (folder / "methods.md").read_text()
+    with pytest.raises(LlamalabError, match="names no evaluated system"):
+        build_report(published_lab, "bad", reference="gpt-9")

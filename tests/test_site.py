@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import httpx
 import pytest
@@ -92,3 +93,20 @@ def test_rebuild_replaces_the_site_whole(published_lab, tmp_path):
     build_site(published_lab, out)
     assert not (out / "stale.html").exists()
     assert not list(tmp_path.glob(".site.*"))
+
+
+def test_site_build_and_post_new_from_the_command_line(published_lab, tmp_path):
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+
+    runner = CliRunner()
+    built = runner.invoke(app, ["site", "build", "--out", str(tmp_path / "cli-site"), "--lab", str(published_lab.root)])
+    assert built.exit_code == 0, built.output
+    assert (tmp_path / "cli-site" / "index.html").is_file()
+    drafted = runner.invoke(app, ["post", "new", "Nothing new", "--author", "Sam", "--lab", str(published_lab.root)])
+    assert drafted.exit_code == 0, drafted.output
+    path = Path(drafted.stdout.strip().splitlines()[-1])
+    text = path.read_text()
+    assert "No new runs since" in text and "authors:\n- Sam" in text  # the previous post already covered every run
+    path.unlink()  # the shared lab stays as the other tests expect it

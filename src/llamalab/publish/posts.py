@@ -27,7 +27,7 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
     """Write posts/<date>-<slug>.md (never overwriting) and return its path."""
     today = today or datetime.date.today()
     posts = load_posts(lab.root)
-    cutoff = _cutoff(posts[0]) if posts else ""
+    cutoff = max((_cutoff(p) for p in posts), default="")  # posts on one day may cover different runs
     finished = [r for r in list_runs(lab.runs_dir) if r.data.get("status") == "finished"]
     new = [r for r in finished if (r.data.get("ended") or "") > cutoff]
     old_ids = {r.id for r in finished if r not in new}
