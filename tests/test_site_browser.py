@@ -145,17 +145,17 @@ def test_drilldown_filters_disagreements_and_errors(site, watched):
     assert visible.count() == total
 
 
-def test_pages_pass_axe_accessibility_rules(site, watched):
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_every_page_passes_axe_accessibility_rules(site, watched, scheme):
     from axe_playwright_python.sync_playwright import Axe
 
-    w = watched()
-    run = next((site / "runs").glob("*-train-*"))
-    for path in ("index.html", "tasks/sentiment/index.html", "tasks/sentiment/examples.html", "people.html",
-                 "publications.html", f"runs/{run.name}/index.html"):
-        page = w.open((site / path).as_uri())
+    w = watched(color_scheme=scheme)
+    for path in pages(site):
+        page = w.open(path.as_uri())
         results = Axe().run(page)
         serious = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
-        assert serious == [], f"{path}: " + "; ".join(f"{v['id']}: {v['help']} ({len(v['nodes'])})" for v in serious)
+        assert serious == [], f"{path.relative_to(site)} ({scheme}): " + "; ".join(
+            f"{v['id']}: {v['help']} ({len(v['nodes'])})" for v in serious)
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip"
 

@@ -132,7 +132,8 @@ class _Builder:
         base = self.lab.config.website.url.rstrip("/")
         updated = max((p.date for p in self.posts), default=None)
         xml = self.env.get_template("feed.xml").render(
-            lab=self.lab.config, posts=self.posts[:20], base=f"{base}/" if base else "",
+            # Without a site address, links are relative to the feed itself (it lives in posts/).
+            lab=self.lab.config, posts=self.posts[:20], base=f"{base}/posts/" if base else "",
             updated=f"{updated}T00:00:00Z" if updated else "1970-01-01T00:00:00Z",
         )
         _write(self.out / "posts" / "feed.xml", xml)
