@@ -78,7 +78,7 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
 
 def _publish(lab: Lab, console: Console) -> None:
     report = build_report(lab, "demo", tasks=[TASK])
-    post = new_post(lab, "Demo: LoRA against the best baseline on sentiment")
+    post = new_post(lab, "Demo: LoRA against the best baseline on sentiment", ["llamalab demo"])
     site = build_site(lab)
     console.print(f"report: {report}\npost draft: {post}\nsite: {site / 'index.html'}")
 

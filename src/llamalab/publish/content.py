@@ -214,12 +214,13 @@ _PROJECT |= {"tasks": (list, []), "people": (list, []), "summary": (str, "")}
 
 
 def load_posts(root: Path) -> list[Post]:
-    """The posts in ``root/posts``, newest first (date, then slug, descending)."""
+    """The posts in ``root/posts``, newest first (date, then ``runs_until``, then slug, descending)."""
     posts = [
         Post(slug, **m, body_html=render_markdown(body), source=path)
         for slug, m, body, path in _documents(root, "posts", _POST)
     ]
-    return sorted(posts, key=lambda p: (p.date, p.slug), reverse=True)
+    # On one day, a drafted post covering later runs is the newer one.
+    return sorted(posts, key=lambda p: (p.date, p.runs_until, p.slug), reverse=True)
 
 
 def load_people(root: Path) -> list[Person]:
