@@ -111,3 +111,25 @@ def test_site_build_and_post_new_from_the_command_line(published_lab, tmp_path):
     text = path.read_text()
     assert "No new runs since" in text and "authors:\n- Sam" in text  # the previous post already covered every run
     path.unlink()  # the shared lab stays as the other tests expect it
+
+
+def test_a_secret_that_reaches_a_record_is_redacted(published_lab, tmp_path, monkeypatch):
+    import shutil
+
+    from llamalab.lab import find_lab
+    from llamalab.publish.site import safe_url
+
+    copy = tmp_path / "lab"
+    shutil.copytree(published_lab.root, copy, ignore=shutil.ignore_patterns("site", "reports"))
+    leaked = "sk-leaked-0123456789abcdef"
+    monkeypatch.setenv("SOME_SERVICE_TOKEN", leaked)
+    post = next((copy / "posts").glob("*-week-one.md"))
+    post.write_text(post.read_text() + f"\nOops, pasted a key: {leaked}\n")
+    site = build_site(find_lab(copy), tmp_path / "site")
+    html = next((site / "posts").glob("*-week-one.html")).read_text()
+    assert leaked not in html and "[redacted $SOME_SERVICE_TOKEN]" in html
+    assert all(leaked.encode() not in p.read_bytes() for p in site.rglob("*") if p.is_file())
+
+    assert [safe_url(u) for u in ("https://x.org", "mailto:a@b.c", "../runs/x/", "javascript:alert(1)",
+                                  " JaVaScRiPt:alert(1)", "java\nscript:alert(1)", "data:text/html,x")] == [
+        "https://x.org", "mailto:a@b.c", "../runs/x/", "", "", "", ""]
