@@ -133,3 +133,19 @@ def test_a_secret_that_reaches_a_record_is_redacted(published_lab, tmp_path, mon
     assert [safe_url(u) for u in ("https://x.org", "mailto:a@b.c", "../runs/x/", "javascript:alert(1)",
                                   " JaVaScRiPt:alert(1)", "java\nscript:alert(1)", "data:text/html,x")] == [
         "https://x.org", "mailto:a@b.c", "../runs/x/", "", "", "", ""]
+
+
+def test_generation_tasks_get_leaderboards_and_drilldowns(lab, tiny_model_dir, tmp_path):
+    from llamalab.evaluate.evaluate import EvalSettings, evaluate
+
+    for task in ("wnut17", "scitldr", "gsm8k"):
+        for fmt in ("plain", "chat"):
+            evaluate(lab, EvalSettings(system=str(tiny_model_dir), task=task, limit=6, max_new_tokens=4, format=fmt))
+    site = build_site(lab, tmp_path / "site")
+    assert broken_links(site) == []
+    for task, metric in (("wnut17", "entity_f1"), ("scitldr", "rouge1"), ("gsm8k", "exact_match")):
+        page = (site / "tasks" / task / "index.html").read_text()
+        assert f"ranked by {metric}" in page and "Δ vs best" in page
+        drilldown = (site / "tasks" / task / "examples.html").read_text()
+        assert drilldown.count('<tr data-disagree="') == 6
+        assert "model wrote:" in drilldown or task == "scitldr"  # parsed answers show the raw generation

@@ -200,7 +200,7 @@ def drilldown_rows(task: Task, board: TaskBoard) -> list[dict]:
 def _answer_text(row: dict) -> str:
     value = row.get("prediction", row.get("generation"))
     if value is None:
-        return "(no answer)"
+        return "(not valid JSON)" if row.get("valid_json") is False else "(no answer)"
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
