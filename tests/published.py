@@ -43,7 +43,9 @@ def build_published_lab(root: Path, tiny_model_dir: Path, llama_server: str) -> 
         f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 8\nsave_steps: 4\ntrain_examples: 64\n"
         "lora: {r: 4, alpha: 8}\n")
     trained = train(lab, "tiny")
+    smaller = train(lab, "tiny", ["train_examples=32"])  # a second size: the scaling figure needs two
     for system, split, extra in ((str(tiny_model_dir), "test", {}), (trained.id, "test", {}),
+                                 (smaller.id, "test", {}),
                                  (str(tiny_model_dir), "dev", {}),
                                  ("smol-api", "test", {"max_new_tokens": 4, "limit": 24})):
         settings = {"system": system, "task": "sentiment", "split": split, "limit": 40, **extra}

@@ -26,16 +26,17 @@ def test_report_is_complete_and_reproducible(published_lab):
     assert build_report(published_lab, "repro") == folder
     assert digests(folder) == first, "rebuilding from the same records changed a file"
 
-    train = next(r for r in (published_lab.runs_dir).iterdir() if "-train-" in r.name).name
+    trains = [r.name for r in sorted(published_lab.runs_dir.iterdir()) if "-train-" in r.name]
+    assert len(trains) == 2
+    stems = ("sentiment-by-system", "sentiment-vs-cost", "sentiment-scaling", *(f"loss-{t}" for t in trains))
     assert set(first) == {
         "README.md", "methods.md", "report.tex", "results.json", "tables/sentiment.md", "tables/sentiment.tex",
-        *(f"figures/{stem}.{ext}" for stem in ("sentiment-by-system", "sentiment-vs-cost", f"loss-{train}")
-          for ext in ("pdf", "png")),
+        *(f"figures/{stem}.{ext}" for stem in stems for ext in ("pdf", "png")),
     }
     md = (folder / "tables" / "sentiment.md").read_text()
     tex = (folder / "tables" / "sentiment.tex").read_text()
     results = json.loads((folder / "results.json").read_text())[0]
-    assert len(results["systems"]) == 3 and results["split"] == "test"
+    assert len(results["systems"]) == 4 and results["split"] == "test"
     for row in results["systems"]:
         m = row["metrics"]["accuracy"]
         assert f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]" in md
@@ -77,7 +78,7 @@ def test_report_against_a_reference_with_local_compute_costs(published_lab):
     api_line = next(line for line in md.splitlines() if line.startswith("| smol-api"))
     assert "| reference |" in api_line
     local_lines = [line for line in md.splitlines() if line.startswith("| ") and "[plain]" in line]
-    assert len(local_lines) == 2 and all("~$" in line for line in local_lines)  # priced at the lab's $/h
+    assert len(local_lines) == 3 and all("~$" in line for line in local_lines)  # priced at the lab's $/h
     assert "local models, their wall time at $0.07/h" in md
     assert "compared with the reference system, smol-api [chat]" in (folder / "methods.md").read_text()
     with pytest.raises(LlamalabError, match="names no evaluated system"):

@@ -32,6 +32,7 @@ def test_every_page_exists_and_every_link_resolves(site, published_lab):
     assert any(n.startswith("posts/") and n.endswith("-week-one.html") for n in names)
     assert broken_links(site) == []
     assert (site / "tasks" / "sentiment" / "vs-cost.svg").is_file()
+    assert (site / "tasks" / "sentiment" / "scaling.svg").is_file()  # two fine-tunes of different sizes
 
 
 def test_hostile_text_is_escaped_everywhere(site):

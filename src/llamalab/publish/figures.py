@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, never a window
 
@@ -94,6 +95,34 @@ def metric_vs_cost(comparison: dict) -> Figure | None:
         free = [r["system"] for r in comparison["systems"] if r.get("cost_per_1k_usd") is None]
         if free:
             fig.text(0.01, -0.02, _wrap("No known cost: " + "; ".join(free), 110), fontsize=7, color=_GREY, va="top")
+    return fig
+
+
+def scaling(comparison: dict, curves: dict[str, list[tuple[int, dict]]]) -> Figure:
+    """The lab's central question: the fine-tuned model's metric against its number of training examples, with
+    the systems that were not fine-tuned (zero-/few-shot base models, API models) as horizontal reference lines."""
+    metric = comparison["metric"]
+    references = [r for r in comparison["systems"] if r["kind"] != "finetuned"][:4]
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for name, points in curves.items():
+            sizes = [size for size, _ in points]
+            m = [row["metrics"][metric] for _, row in points]
+            ax.errorbar(sizes, [x["estimate"] for x in m], yerr=[[x["estimate"] - x["low"] for x in m],
+                                                                 [x["high"] - x["estimate"] for x in m]],
+                        marker="o", capsize=3, color=_BLUE, label=f"{name} (fine-tuned)")
+        for row, style in zip(references, ("--", ":", "-.", (0, (5, 1))), strict=False):
+            m = row["metrics"][metric]
+            color = _ORANGE if row["kind"] == "api" else _GREY
+            ax.axhline(m["estimate"], linestyle=style, color=color, linewidth=1.2, label=_wrap(row["system"], 40))
+            ax.axhspan(m["low"], m["high"], color=color, alpha=0.08)
+        ax.set_xscale("log")
+        sizes = sorted({size for points in curves.values() for size, _ in points})
+        ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set(xlabel="training examples (log scale)", ylabel=f"{metric} (95% CI)",
+               title=f"{comparison['task']}: fine-tuning data against the baselines")
+        ax.legend(fontsize=7, loc="best")
     return fig
 
 

@@ -3,7 +3,8 @@
     README.md          the draft: per task a table, figures and the methods paragraphs
     report.tex         the same as a LaTeX document (booktabs tables, PDF figures)
     tables/<task>.md   and tables/<task>.tex: the leaderboards
-    figures/           <task>-by-system, <task>-vs-cost, loss-<run id>; each as .pdf and .png
+    figures/           <task>-by-system, <task>-vs-cost, <task>-scaling (with fine-tunes of several sizes),
+                       loss-<run id>; each as .pdf and .png
     methods.md         the methods section alone
     results.json       every number in the tables, for scripts
 
@@ -20,7 +21,7 @@ from llamalab.evaluate.compare import refers_to
 from llamalab.lab import Lab
 from llamalab.publish import figures
 from llamalab.publish.methods import methods_paragraphs
-from llamalab.publish.results import TaskBoard, loss_history, task_boards, train_runs
+from llamalab.publish.results import TaskBoard, loss_history, scaling_points, task_boards, train_runs
 from llamalab.publish.tables import latex_escape, latex_table, markdown_table
 from llamalab.runs.files import staged_folder
 from llamalab.runs.record import RunRecord
@@ -72,6 +73,9 @@ def _write_board(out: Path, board: TaskBoard, trained: dict[str, RunRecord]) -> 
     if (fig := figures.metric_vs_cost(board.comparison)) is not None:
         figures.save(fig, out / "figures" / f"{board.name}-vs-cost", FORMATS)
         stems["figures"].append(f"figures/{board.name}-vs-cost")
+    if curves := scaling_points(board, trained):
+        figures.save(figures.scaling(board.comparison, curves), out / "figures" / f"{board.name}-scaling", FORMATS)
+        stems["figures"].append(f"figures/{board.name}-scaling")
     for run_id, record in trained.items():
         if history := loss_history(record):
             figures.save(figures.loss_curve(history, f"training loss: {record.data['name']}"),
@@ -104,6 +108,8 @@ def _markdown_section(board: TaskBoard, paths: dict[str, list[str]], methods: li
 def _alt(stem: str, board: TaskBoard) -> str:
     if stem.endswith("-by-system"):
         return f"{board.metric} of each system on {board.name} with 95% confidence intervals"
+    if stem.endswith("-scaling"):
+        return f"{board.metric} on {board.name} against the number of fine-tuning examples, with the baselines"
     if stem.endswith("-vs-cost"):
         return f"{board.metric} on {board.name} against cost per 1,000 examples"
     return f"training loss curve of run {stem.removeprefix('figures/loss-')}"

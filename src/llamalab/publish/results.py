@@ -101,5 +101,18 @@ def loss_history(record: RunRecord) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, dict]]]:
+    """Fine-tuned systems on the board by experiment: (training examples, board row), fewest examples first.
+
+    Only experiments evaluated at two or more training-set sizes make a curve."""
+    curves: dict[str, dict[int, dict]] = {}
+    for row, entry in zip(board.rows, board.entries, strict=True):
+        train = trained.get(entry.record.data["system"].get("train_run") or "")
+        size = ((train.data.get("data_used") or {}).get("train_examples")) if train else None
+        if size:
+            curves.setdefault(train.data["name"], {}).setdefault(size, row)  # rows are best first: keep the best
+    return {name: sorted(points.items()) for name, points in sorted(curves.items()) if len(points) >= 2}
+
+
 def relative_run_path(record: RunRecord, lab_root: Path) -> str:
     return record.folder.relative_to(lab_root).as_posix()

@@ -21,7 +21,14 @@ import jinja2
 
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
-from llamalab.publish.results import TaskBoard, load_tasks, loss_history, relative_run_path, task_boards
+from llamalab.publish.results import (
+    TaskBoard,
+    load_tasks,
+    loss_history,
+    relative_run_path,
+    scaling_points,
+    task_boards,
+)
 from llamalab.publish.tables import cost_note, format_cost, format_interval, format_p, format_seconds
 from llamalab.runs.files import staged_folder
 from llamalab.runs.record import RunRecord, list_runs
@@ -63,6 +70,7 @@ class _Builder:
         self.boards = {b.name: b for b in task_boards(lab)}
         self.runs = [r for r in list_runs(lab.runs_dir) if r.data.get("status") == "finished"]
         self.run_ids = {r.id for r in self.runs}
+        self.trained = {r.id: r for r in self.runs if r.data["kind"] == "train"}
         shutil.copytree(Path(__file__).parent / "static", self.out / "assets")
 
         self.page("index.html", "home.html", "Home", boards=list(self.boards.values()), posts=self.posts[:3],
@@ -106,6 +114,10 @@ class _Builder:
             if (fig := figures.metric_vs_cost(board.comparison)) is not None:
                 figures.save(fig, self.out / folder / "vs-cost", ("svg",))
                 figures_.append(("vs-cost.svg", f"{board.metric} on {task.name} against cost per 1,000 examples"))
+            if curves := scaling_points(board, self.trained):
+                figures.save(figures.scaling(board.comparison, curves), self.out / folder / "scaling", ("svg",))
+                figures_.append(("scaling.svg", f"{board.metric} on {task.name} against the number of fine-tuning "
+                                 "examples, with the baselines as lines"))
         self.page(f"{folder}/index.html", "task.html", f"Task: {task.name}", task=task, board=board,
                   card=data_card(self.lab, task), figures=figures_)
         if board:
