@@ -145,13 +145,13 @@ def comparison_table(result: dict) -> Table:
         cells = [row["system"], row["protocol"], str(row["n"])]
         for name in result["metrics"]:
             m = row["metrics"][name]
-            cells.append(f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]")
+            cells.append(format_interval(m))
         vs = row["vs_reference"]
         if vs is None:
             cells += [reference_cell(result), "", ""]
         else:
             delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
-            cells += [delta, _p(vs["p_value"]), _p(vs["p_holm"])]
+            cells += [delta, format_p(vs["p_value"]), format_p(vs["p_holm"])]
         if with_usage:
             usage = row["usage"] or {}
             cost, latency = usage.get("cost_per_1k_examples_usd"), usage.get("latency_s_per_1k_examples")
@@ -160,5 +160,12 @@ def comparison_table(result: dict) -> Table:
     return table
 
 
-def _p(value: float) -> str:
+def format_p(value: float | None) -> str:
+    if value is None:
+        return ""
     return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def format_interval(m: dict) -> str:
+    """A metric as `estimate [low, high]`, three decimals."""
+    return f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"

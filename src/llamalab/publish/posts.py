@@ -15,10 +15,10 @@ from pathlib import Path
 import yaml
 
 from llamalab.config import LlamalabError
+from llamalab.evaluate.compare import format_interval, format_p
 from llamalab.lab import Lab
 from llamalab.publish.content import load_posts
 from llamalab.publish.results import TaskBoard, task_boards
-from llamalab.publish.tables import format_interval, format_p
 from llamalab.runs.files import write_text_atomic
 from llamalab.runs.record import RunRecord, list_runs
 

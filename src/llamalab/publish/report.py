@@ -13,7 +13,6 @@ Nothing in the output depends on when it was built: the same records give byte-i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from llamalab.config import LlamalabError
@@ -23,7 +22,7 @@ from llamalab.publish import figures
 from llamalab.publish.methods import methods_paragraphs
 from llamalab.publish.results import TaskBoard, loss_history, scaling_points, task_boards, train_runs
 from llamalab.publish.tables import latex_escape, latex_table, markdown_table
-from llamalab.runs.files import staged_folder
+from llamalab.runs.files import staged_folder, write_json_atomic, write_text_atomic
 from llamalab.runs.record import RunRecord
 
 FORMATS = ("pdf", "png")
@@ -55,18 +54,19 @@ def build_report(
             all_methods.append((board.name, methods))
             sections.append(_markdown_section(board, paths, methods))
             latex_sections.append(_latex_section(board, paths, methods))
-        _write(out / "README.md", f"# {lab.config.name}: results draft\n\n" + _provenance(boards) + "\n".join(sections))
-        _write(out / "methods.md", "# Methods\n\n" + "\n".join(
+        draft = f"# {lab.config.name}: results draft\n\n" + _provenance(boards) + "\n".join(sections)
+        write_text_atomic(out / "README.md", draft)
+        write_text_atomic(out / "methods.md", "# Methods\n\n" + "\n".join(
             f"## {task}\n\n" + "\n\n".join(paragraphs) + "\n" for task, paragraphs in all_methods))
-        _write(out / "report.tex", _latex_document(lab, latex_sections))
-        _write(out / "results.json", json.dumps([b.comparison for b in boards], indent=2, sort_keys=True) + "\n")
+        write_text_atomic(out / "report.tex", _latex_document(lab, latex_sections))
+        write_json_atomic(out / "results.json", [b.comparison for b in boards])
     return target
 
 
 def _write_board(out: Path, board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[str]]:
     """Tables and figures of one task; returns the figure stems (relative to `out`) by kind."""
-    _write(out / "tables" / f"{board.name}.md", markdown_table(board))
-    _write(out / "tables" / f"{board.name}.tex", latex_table(board))
+    write_text_atomic(out / "tables" / f"{board.name}.md", markdown_table(board))
+    write_text_atomic(out / "tables" / f"{board.name}.tex", latex_table(board))
     stems: dict[str, list[str]] = {"figures": [], "loss": []}
     figures.save(figures.metric_by_system(board.comparison), out / "figures" / f"{board.name}-by-system", FORMATS)
     stems["figures"].append(f"figures/{board.name}-by-system")
@@ -135,8 +135,3 @@ def _latex_document(lab: Lab, sections: list[str]) -> str:
         f"\\title{{{latex_escape(lab.config.name)}: results draft}}\n\\date{{}}\n"
         "\\begin{document}\n\\maketitle\n" + "\n".join(sections) + "\\end{document}\n"
     )
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")

@@ -12,10 +12,8 @@ from pathlib import Path
 from llamalab.evaluate.compare import Entry, latest_evals, rank, refers_to
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
-from llamalab.runs.record import RunRecord, list_runs
+from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
 from llamalab.tasks.task import Task, load_task
-
-TRAIN_LOG = "train_log.jsonl"
 
 
 @dataclass
@@ -84,7 +82,6 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
         "cost_per_1k_usd": cost,
         "cost_basis": basis if cost is not None else None,
         "seconds_per_1k": seconds_per_1k,
-        "latency_s_median": usage.get("latency_s_median"),
     }
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import jinja2
 
+from llamalab.evaluate.compare import format_interval, format_p
+from llamalab.evaluate.evaluate import PREDICTIONS
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
 from llamalab.publish.results import (
@@ -29,9 +31,9 @@ from llamalab.publish.results import (
     scaling_points,
     task_boards,
 )
-from llamalab.publish.tables import cost_note, format_cost, format_interval, format_p, format_seconds
-from llamalab.runs.files import staged_folder
-from llamalab.runs.record import RunRecord, list_runs
+from llamalab.publish.tables import cost_note, format_cost, format_seconds
+from llamalab.runs.files import staged_folder, write_text_atomic
+from llamalab.runs.record import RUN_FILE, TRAIN_LOG, RunRecord, list_runs
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import Task
@@ -39,7 +41,7 @@ from llamalab.tasks.task import Task
 NAV = [("index.html", "Home"), ("tasks/index.html", "Tasks"), ("runs/index.html", "Runs"),
        ("posts/index.html", "Posts"), ("projects/index.html", "Projects"), ("people.html", "People"),
        ("publications.html", "Publications")]
-_RUN_FILES = ("run.json", "config.yaml", "metrics.json", "predictions.jsonl", "train_log.jsonl", "chat_template.jinja")
+_RUN_FILES = (RUN_FILE, "config.yaml", "metrics.json", PREDICTIONS, TRAIN_LOG, "chat_template.jinja")
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 
 
@@ -102,7 +104,7 @@ class _Builder:
             run_link=lambda run_id: f"{root}runs/{run_id}/index.html" if run_id in self.run_ids else None,
             **context,
         )
-        _write(self.out / path, html)
+        write_text_atomic(self.out / path, html)
 
     def _task(self, task: Task) -> None:
         folder = f"tasks/{task.name}"
@@ -148,7 +150,7 @@ class _Builder:
             lab=self.lab.config, posts=self.posts[:20], base=f"{base}/posts/" if base else "",
             updated=f"{updated}T00:00:00Z" if updated else "1970-01-01T00:00:00Z",
         )
-        _write(self.out / "posts" / "feed.xml", xml)
+        write_text_atomic(self.out / "posts" / "feed.xml", xml)
 
 
 def safe_url(value: str) -> str:
@@ -262,8 +264,4 @@ def serve_site(folder: Path, port: int = 8000, base: str = "/") -> http.server.T
     handler = functools.partial(Handler, directory=str(folder))
     return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
 
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 

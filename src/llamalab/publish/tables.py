@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import re
 
-from llamalab.evaluate.compare import reference_cell, reference_name
+from llamalab.evaluate.compare import format_interval, format_p, reference_cell, reference_name
 from llamalab.publish.results import TaskBoard
-
-
-def format_p(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
-
-
-def format_interval(m: dict) -> str:
-    return f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
 
 
 def format_cost(value: float | None, basis: str | None = None) -> str:

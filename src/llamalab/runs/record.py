@@ -25,6 +25,7 @@ from llamalab.config import LlamalabError
 from llamalab.runs.files import write_json_atomic, write_yaml_atomic
 
 RUN_FILE = "run.json"
+TRAIN_LOG = "train_log.jsonl"  # one row per logged training step
 _PACKAGES = ("llamalab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "numpy", "scipy")
 
 

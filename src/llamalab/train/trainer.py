@@ -17,7 +17,7 @@ from rich.console import Console
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model
-from llamalab.runs.record import RunRecord, is_alive, list_runs, now_iso
+from llamalab.runs.record import TRAIN_LOG, RunRecord, is_alive, list_runs, now_iso
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
@@ -95,7 +95,7 @@ def _run_training(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=_peft_config(experiment),
-        callbacks=[ProgressCallback(console, record.folder / "train_log.jsonl"), *callbacks],
+        callbacks=[ProgressCallback(console, record.folder / TRAIN_LOG), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar replaces its per-step dict printing
     n_tokens = sum(len(ids) for ids in dataset["input_ids"])
