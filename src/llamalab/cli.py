@@ -34,8 +34,11 @@ LabOption = Annotated[Path | None, typer.Option("--lab", help="lab folder (defau
 @app.command()
 def init(target: Path) -> None:
     """Create a new lab folder from the example lab (tasks, experiments, licensed data)."""
-    lab = init_lab(target)
+    notes: list[str] = []
+    lab = init_lab(target, note=notes.append)
     console.print(f"Created lab [bold]{lab.config.name}[/] in {lab.root}")
+    for line in notes:  # how the lab's git repository was set up, or why it was not
+        console.print(line, markup=False)
 
 
 @data_app.command("check")
@@ -172,8 +175,25 @@ def evaluate(
     record = run_eval(find_lab(lab), settings, console, resume=resume)
     for name, m in record.data["metrics"].items():
         console.print(f"{name}: {m['estimate']:.4f}  [95% CI {m['low']:.4f}, {m['high']:.4f}]  n={m['n']}")
+    _print_predictions(record.data["predictions_summary"])
     console.print(f"records: {record.folder}")
     out.print(record.id)
+
+
+def _print_predictions(summary: dict) -> None:
+    """The prediction distribution against the gold one, parse failures, and how other label normalisations
+    would have scored the same log-likelihoods."""
+    n = summary["n"]
+    if summary.get("predicted"):
+        top = list(summary["predicted"].items())[:5]
+        more = len(summary["predicted"]) - len(top)
+        shown = ", ".join(f"{label} {count} ({summary['gold'].get(label, 0)} gold)" for label, count in top)
+        console.print(f"predictions: {shown}{f', {more} more labels' if more > 0 else ''}")
+    if "parse_failures" in summary:
+        console.print(f"unparsed outputs: {summary['parse_failures']} of {n}")
+    if summary.get("accuracy_by_normalization"):
+        shown = ", ".join(f"{how} {acc:.4f}" for how, acc in summary["accuracy_by_normalization"].items())
+        console.print(f"accuracy under each answer.normalize (same scores; choose on dev): {shown}")
 
 
 @app.command("compare")
@@ -187,13 +207,15 @@ def compare_cmd(
     lab: LabOption = None,
 ) -> None:
     """Every evaluated system on a task: metric ± CI, n, paired test against the best or a reference (Holm)."""
-    from llamalab.evaluate.compare import compare, comparison_table
+    from llamalab.evaluate.compare import compare, comparison_table, comparison_warnings
 
     result = compare(find_lab(lab), task, split, metric, reference=reference)
     if as_json:
         out.print_json(json.dumps(result))
     else:
         out.print(comparison_table(result))
+        for warning in comparison_warnings(result):
+            out.print(f"[yellow]warning[/] {warning}")
 
 
 @app.command()

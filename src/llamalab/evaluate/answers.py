@@ -48,6 +48,56 @@ def exact_match(gold: str, pred: str) -> float:
     return float(normalize_text(gold) == normalize_text(pred))
 
 
+def normalize_whitespace(s: str) -> str:
+    """The strict exact-match form: runs of whitespace collapsed to one space, ends stripped; nothing else."""
+    return " ".join(s.split())
+
+
+def exact_match_strict(gold: str, pred: str) -> float:
+    """1.0 if gold and prediction are equal up to whitespace (case and punctuation count), else 0.0."""
+    return float(normalize_whitespace(gold) == normalize_whitespace(pred))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SQL (execution-free)
+
+# A token of SQL: a quoted literal or identifier (doubled quotes escape), a number, a word, a two-character
+# operator, or any other single non-space character.
+_SQL_TOKEN = re.compile(
+    r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\d+(?:\.\d+)?|[^\W\d]\w*|<=|>=|<>|!=|\|\||\S"""
+)
+_FENCE = re.compile(r"```(?:[A-Za-z]+)?\s*\n?(.*?)```", re.DOTALL)
+
+
+def normalize_sql(sql: str) -> str:
+    """The SQL exact-match form, without executing anything.
+
+    Keywords and unquoted identifiers are case-folded (SQL treats them case-insensitively); whitespace between
+    tokens is normalised (``COUNT( * )`` = ``count(*)``); string literals in single or double quotes become
+    single-quoted with their content kept exactly (so ``'Paris'`` = ``"Paris"`` but not ``'paris'``);
+    back-quoted identifiers lose their quotes; a trailing semicolon is dropped. Punctuation is never removed.
+    """
+    out = []
+    for token in _SQL_TOKEN.findall(sql.strip().rstrip(";").strip()):
+        if token[0] in "'\"" and len(token) > 1:
+            content = token[1:-1].replace(token[0] * 2, token[0])
+            out.append("'" + content.replace("'", "''") + "'")
+        elif token[0] == "`":
+            out.append(token[1:-1].casefold())
+        else:
+            out.append(token.casefold())
+    return " ".join(out)
+
+
+def extract_sql(text: str) -> str:
+    """The SQL query in a model's answer: the first fenced code block if there is one, else the text; cut after
+    the first statement's semicolon. Empty when there is no query."""
+    fenced = _FENCE.search(text)
+    body = (fenced.group(1) if fenced else text).strip()
+    end = body.find(";")
+    return body[: end + 1].strip() if end >= 0 else body
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Numbers
 

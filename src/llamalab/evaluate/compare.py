@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+import yaml
 from rich.table import Table
 
 from llamalab.config import LlamalabError
 from llamalab.evaluate import stats
 from llamalab.evaluate.evaluate import PREDICTIONS
-from llamalab.evaluate.metrics import metric_intervals, paired_test
+from llamalab.evaluate.metrics import metric_intervals, paired_test, prediction_summary
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import RunRecord, list_runs
@@ -73,13 +75,16 @@ def rank(
     rows = []
     for entry in entries:
         predictions = list(entry.predictions.values())
+        protocol = entry.record.data["scoring"]["protocol"]
         rows.append({
             "system": entry.label, "run": entry.record.id, "kind": entry.record.data["system"]["kind"],
-            "protocol": entry.record.data["scoring"]["protocol"], "n": len(predictions),
-            "metrics": metric_intervals(metrics, predictions, labels, resamples),
+            "protocol": protocol, "n": len(predictions),
+            "metrics": recorded_metrics(entry, metrics, labels),
+            "predictions": entry.record.data.get("predictions_summary")
+            or prediction_summary(spec.answer, predictions, protocol),
             "usage": entry.record.data.get("usage"),
         })
-    order = sorted(range(len(rows)), key=lambda i: -rows[i]["metrics"][metric]["estimate"])
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["metrics"].get(metric, {}).get("estimate", -1.0))
     rows, entries = [rows[i] for i in order], [entries[i] for i in order]
     ref = _reference_index(rows, reference)
     others = [i for i in range(len(rows)) if i != ref]
@@ -90,6 +95,22 @@ def rank(
         rows[i]["vs_reference"] = {**test, "p_holm": p_holm}
     return {"task": task, "split": split, "metric": metric, "metrics": metrics, "best": rows[0]["system"],
             "reference": rows[ref]["system"], "reference_is_best": ref == 0, "systems": rows}
+
+
+def recorded_metrics(entry: Entry, metrics: list[str], labels) -> dict:
+    """The run's own metrics, as its eval wrote them to run.json: one number per run everywhere.
+
+    A metric the run did not record (it predates the metric) is computed from its predictions in the same
+    canonical order and with the same resamples the eval would have used, so it matches what the eval gives."""
+    recorded = entry.record.data.get("metrics") or {}
+    missing = [m for m in metrics if m not in recorded]
+    if missing:
+        config = yaml.safe_load((entry.record.folder / "config.yaml").read_text(encoding="utf-8")) or {}
+        resamples = config.get("bootstrap_resamples", 5000)
+        # Rows without the fields a metric needs (KeyError): the run cannot say, and the cell stays empty.
+        with contextlib.suppress(KeyError):
+            recorded = {**recorded, **metric_intervals(missing, list(entry.predictions.values()), labels, resamples)}
+    return {m: recorded[m] for m in metrics if m in recorded}
 
 
 def _reference_index(rows: list[dict], reference: str | None) -> int:
@@ -116,7 +137,9 @@ def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int)
         return {"test": "none: no shared examples", "delta": None, "p_value": 1.0, "n": 0}
     result = paired_test(metric, [reference.predictions[i] for i in shared], [other.predictions[i] for i in shared],
                          labels, resamples)
-    return {"test": result.test, "delta": -result.delta, "p_value": result.p_value, "n": result.n}
+    paired_subset = len(shared) != len(reference.predictions) or len(shared) != len(other.predictions)
+    return {"test": result.test, "delta": -result.delta, "p_value": result.p_value, "n": result.n,
+            "paired_subset": paired_subset}
 
 
 def reference_name(result: dict) -> str:
@@ -134,30 +157,71 @@ def comparison_table(result: dict) -> Table:
     table = Table(
         title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})",
         caption=f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against {reference_name(result)}, "
-        "on the examples both saw; Holm-corrected for the number of comparisons",
+        "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
+        "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse",
     )
     with_usage = any(row["usage"] for row in result["systems"])
     columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs ref.", "p",
-               "p (Holm)", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
+               "p (Holm)", "predictions", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
     for column in columns:
         table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
     for row in result["systems"]:
         cells = [row["system"], row["protocol"], str(row["n"])]
         for name in result["metrics"]:
-            m = row["metrics"][name]
-            cells.append(format_interval(m))
+            m = row["metrics"].get(name)
+            cells.append(format_interval(m) if m else "-")
         vs = row["vs_reference"]
         if vs is None:
             cells += [reference_cell(result), "", ""]
         else:
-            delta = f"{vs['delta']:+.3f}" if vs["delta"] is not None else "-"
-            cells += [delta, format_p(vs["p_value"]), format_p(vs["p_holm"])]
+            cells += [format_delta(vs), format_p(vs["p_value"]), format_p(vs["p_holm"])]
+        cells.append(prediction_cell(row["predictions"]))
         if with_usage:
             usage = row["usage"] or {}
             cost, latency = usage.get("cost_per_1k_examples_usd"), usage.get("latency_s_per_1k_examples")
             cells += [f"{cost:.4f}" if cost is not None else "-", f"{latency:.0f} s" if latency is not None else "-"]
         table.add_row(*cells)
     return table
+
+
+def format_delta(vs: dict) -> str:
+    """Δ against the reference; on a paired subset (systems evaluated on different examples) with its n."""
+    if vs["delta"] is None:
+        return "–"
+    return f"{vs['delta']:+.3f}" + (f" (n={vs['n']})" if vs.get("paired_subset") else "")
+
+
+def prediction_cell(summary: dict) -> str:
+    """The most frequent prediction and its share (label tasks), and parse failures (generation)."""
+    parts = []
+    if summary.get("predicted"):
+        label, count = next(iter(summary["predicted"].items()))
+        parts.append(f"{label} {count / summary['n']:.0%}")
+    if summary.get("parse_failures"):
+        parts.append(f"unparsed {summary['parse_failures']}/{summary['n']}")
+    return ", ".join(parts) or "-"
+
+
+def comparison_warnings(result: dict) -> list[str]:
+    """Each system's warnings about its predictions (a degenerate scorer, outputs that did not parse)."""
+    return [f"{row['system']}: {warning}" for row in result["systems"]
+            for warning in (row["predictions"] or {}).get("warnings", [])]
+
+
+def interval_note(metric_dicts: list[dict]) -> str:
+    """How the CIs were computed, read from the recorded intervals (never assumed): e.g. "95% CIs: percentile
+    bootstrap (accuracy); percentile bootstrap stratified by gold label (macro_f1)"."""
+    by_scheme: dict[str, list[str]] = {}
+    for metrics in metric_dicts:
+        for name, m in metrics.items():
+            if isinstance(m, dict) and "low" in m:
+                scheme = str(m.get("method") or "method not recorded").split(",")[0]
+                names = by_scheme.setdefault(scheme, [])
+                if name not in names:
+                    names.append(name)
+    if len(by_scheme) == 1:
+        return f"95% CIs: {next(iter(by_scheme))}."
+    return "95% CIs: " + "; ".join(f"{scheme} ({', '.join(names)})" for scheme, names in by_scheme.items()) + "."
 
 
 def format_p(value: float | None) -> str:

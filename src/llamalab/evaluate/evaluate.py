@@ -18,8 +18,14 @@ from pydantic import Field
 from rich.console import Console
 
 from llamalab.config import LlamalabError, StrictModel
-from llamalab.evaluate.metrics import metric_intervals, score_generation
-from llamalab.evaluate.scoring import ChoiceRequest
+from llamalab.evaluate.metrics import (
+    label_score,
+    metric_intervals,
+    normalization_accuracies,
+    prediction_summary,
+    score_generation,
+)
+from llamalab.evaluate.scoring import ChoiceRequest, ChoiceScore
 from llamalab.evaluate.systems import System, resolve_system
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
@@ -80,7 +86,8 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, r
         record = RunRecord.create(
             lab.runs_dir, "eval", f"{task.name}-{system.label.replace('/', '_')}", config,
             system=system.to_dict(), backend=backend.provenance(),
-            task={"name": task.name, "split": settings.split, "n": len(examples), "data_sha256": data.file_hashes,
+            task={"name": task.name, "split": settings.split, "n": len(examples),
+                  "split_size": len(data.split(settings.split)), "data_sha256": data.file_hashes,
                   "answer_type": task.answer.type},
             scoring=scoring_provenance(task, settings), prompt=None,
         )
@@ -92,16 +99,29 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, r
             prompter = Prompter(task, backend.tokenizer, settings.format, shots,
                                 list_labels=task.answer.type == "label" and settings.protocol == "generate")
             record.update(prompt=prompt_provenance(prompter, record))
+            unconditional = None
+            if settings.protocol == "loglikelihood":
+                calibration = content_free_scores(prompter, backend, examples[0], settings.precision)
+                unconditional = calibration["logprobs"]
+                record.update(scoring={**record.data["scoring"], "calibration": calibration})
             path = record.folder / PREDICTIONS
             repair_jsonl(path)
             done = {row["id"] for row in read_jsonl(path)}
             todo = [ex for ex in examples if ex.id not in done]
-            n_tokens, seconds = _predict(task, prompter, backend, todo, path, settings, console, len(done))
+            n_tokens, seconds = _predict(task, prompter, backend, todo, path, settings, console, len(done),
+                                         unconditional)
             rows = _ordered(read_jsonl(path), examples)
             metrics = metric_intervals(task.metric_names, rows, task.answer.labels or None,
                                        settings.bootstrap_resamples)
+            summary = prediction_summary(task.answer, rows, settings.protocol)
+            if unconditional is not None:
+                summary["accuracy_by_normalization"] = normalization_accuracies(
+                    rows, task.answer.labels, _label_chars(task), unconditional)
+            for warning in summary["warnings"]:
+                console.print(f"[yellow]warning[/] {warning}")
             record.update(
                 metrics=metrics,
+                predictions_summary=summary,
                 timings={**(record.data.get("timings") or {}), "load_model_s": round(load_s, 2),
                          "predict_s": round(seconds, 2)},
                 throughput={"examples_per_s": round(len(todo) / max(seconds, 1e-9), 2),
@@ -143,18 +163,51 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
             "label": "the label whose verbalizer starts the answer's first line (case and punctuation ignored), "
             "else the first one mentioned; the prompt lists the allowed labels",
             "number": "the number after ####, else after 'answer is', else in \\boxed{}, else the last number",
-            "text": "exact match after lower-casing and removing punctuation, articles and extra whitespace",
+            "text": "exact_match after lower-casing and removing punctuation, articles and extra whitespace; "
+            "exact_match_strict after collapsing whitespace only",
             "entities": "a JSON list of {type, text}; invalid JSON counts as no entities",
+            "sql": "the first fenced code block (else the text) up to the first semicolon; exact_match after SQL "
+            "normalisation (keywords and unquoted identifiers case-folded, spacing between tokens and the quote "
+            "style of literals normalised, a trailing semicolon dropped; no execution); exact_match_strict after "
+            "collapsing whitespace only",
         }[task.answer.type]
         return {"protocol": "generate", "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
                 "parsing": parsing, "unparsed_answer": "counted as wrong"}
     return {
         "protocol": "loglikelihood",
         "normalize": task.answer.normalize,
-        "length_normalised": task.answer.normalize == "mean",
+        "normalization": NORMALIZATIONS[task.answer.normalize],
         "tokenization": "prompt and answer tokenized together, split at the prompt's tokens (as lm-eval)",
         "precision": settings.precision,
     }
+
+
+NORMALIZATIONS = {
+    "sum": "the label's summed log-likelihood",
+    "mean": "the label's log-likelihood per token",
+    "chars": "the label's log-likelihood per character of the label (lm-eval's acc_norm)",
+    "calibrate": "the label's log-likelihood minus its log-likelihood after a content-free prompt "
+    "(the example's text fields replaced by 'N/A')",
+}
+CONTENT_FREE = "N/A"
+
+
+def content_free_scores(prompter: Prompter, backend, example: Example, precision: str) -> dict:
+    """Each label's log-likelihood after the prompt with the example's text replaced by 'N/A' (Zhao et al.,
+    2021, "Calibrate before use"): how much the prompt alone favours each label."""
+    task = prompter.task
+    fields = {**example.fields, **{name: CONTENT_FREE for name in task.data.text_fields}}
+    prompt = prompter.prompt(Example("content-free", fields, example.answer, "content-free prompt"))
+    labels = task.answer.labels
+    encoded = [prompter.encode(prompt, prompter.continuation(task.answer.verbalize(label))) for label in labels]
+    found: list[list[ChoiceScore]] = []
+    backend.score_choices([ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded])], 1,
+                          lambda _, scores: found.extend(scores), precision)
+    return {"prompt": prompt, "logprobs": {label: s.logprob for label, s in zip(labels, found[0], strict=True)}}
+
+
+def _label_chars(task: Task) -> dict[str, int]:
+    return {label: len(task.answer.verbalize(label)) for label in task.answer.labels}
 
 
 def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
@@ -172,7 +225,8 @@ def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
     return info
 
 
-def _predict(task: Task, prompter: Prompter, backend, examples, path, settings, console, already: int):
+def _predict(task: Task, prompter: Prompter, backend, examples, path, settings, console, already: int,
+             unconditional: dict[str, float] | None = None):
     """Predict `examples`, appending each finished batch to predictions.jsonl. Returns (tokens, seconds)."""
     labels = task.answer.labels
     verbalized = {label: task.answer.verbalize(label) for label in labels}
@@ -195,15 +249,21 @@ def _predict(task: Task, prompter: Prompter, backend, examples, path, settings, 
                 requests.append(ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded]))
             n_tokens = sum(len(r.prompt_ids) + sum(len(c) for c in r.choice_ids) for r in requests)
 
+            chars = _label_chars(task)
+
             def save_scores(indices: list[int], scores) -> None:
                 rows = []
                 for i, per_label in zip(indices, scores, strict=True):
-                    values = {lab: s.score(task.answer.normalize) for lab, s in zip(labels, per_label, strict=True)}
+                    raw = dict(zip(labels, per_label, strict=True))
+                    values = {lab: label_score(s.logprob, s.n_tokens, chars[lab],
+                                               (unconditional or {}).get(lab), task.answer.normalize)
+                              for lab, s in raw.items()}
                     prediction = max(labels, key=lambda lab: values[lab])
                     rows.append(row(
                         i, prediction=prediction, correct=prediction == examples[i].answer,
                         scores={lab: round(v, 5) for lab, v in values.items()},
-                        tokens={lab: s.n_tokens for lab, s in zip(labels, per_label, strict=True)},
+                        logprobs={lab: s.logprob for lab, s in raw.items()},  # unrounded: re-scored later
+                        tokens={lab: s.n_tokens for lab, s in raw.items()},
                     ))
                 append_jsonl(path, rows)
                 advance(len(indices))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import re
 
-from llamalab.evaluate.compare import format_interval, format_p, reference_cell, reference_name
+from llamalab.evaluate.compare import (
+    format_delta,
+    format_interval,
+    format_p,
+    interval_note,
+    reference_cell,
+    reference_name,
+)
 from llamalab.publish.results import TaskBoard
 
 
@@ -27,12 +34,10 @@ def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:
     body = []
     for row in board.rows:
         vs = row["vs_reference"]
-        if vs is None:
-            delta = reference_cell(board.comparison)
-        else:
-            delta = "–" if vs["delta"] is None else f"{vs['delta']:+.3f}"
+        delta = reference_cell(board.comparison) if vs is None else format_delta(vs)
         body.append([
-            row["system"], row["protocol"], str(row["n"]), *(format_interval(row["metrics"][m]) for m in metrics),
+            row["system"], row["protocol"], str(row["n"]),
+            *(format_interval(row["metrics"][m]) if m in row["metrics"] else "–" for m in metrics),
             delta, "" if vs is None else format_p(vs["p_holm"]), format_cost(row["cost_per_1k_usd"], row["cost_basis"]),
             format_seconds(row["seconds_per_1k"]),
         ])
@@ -42,9 +47,11 @@ def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:
 def caption(board: TaskBoard) -> str:
     tests = sorted({row["vs_reference"]["test"] for row in board.rows if row["vs_reference"]})
     return (
-        f"{board.name}, {board.comparison['split']} split, ranked by {board.metric}. 95% percentile-bootstrap CIs. "
+        f"{board.name}, {board.comparison['split']} split, ranked by {board.metric}. "
+        f"{interval_note([row['metrics'] for row in board.rows])} "
         f"p: {', '.join(tests) or 'no other system'} on {board.metric} against {reference_name(board.comparison)}, "
-        "on the examples both saw, Holm-corrected. " + cost_note(board.rows) + " Time is evaluation wall time."
+        "on the examples both saw (n=… marks a paired subset), Holm-corrected. " + cost_note(board.rows)
+        + " Time is evaluation wall time."
     )
 
 

@@ -68,20 +68,25 @@ class PromptSpec(StrictModel):
 METRICS_BY_TYPE = {
     "label": ("accuracy", "macro_f1"),
     "number": ("exact_match",),
-    "text": ("exact_match", "rouge1", "rouge2", "rougeL"),
+    "text": ("exact_match", "exact_match_strict", "rouge1", "rouge2", "rougeL"),
+    "sql": ("exact_match", "exact_match_strict"),
     "entities": ("entity_f1", "entity_precision", "entity_recall"),
 }
+# How a label's log-likelihood becomes its score (see README "Label scoring").
+LabelNormalization = Literal["sum", "mean", "chars", "calibrate"]
 
 
 class AnswerSpec(StrictModel):
-    type: Literal["label", "text", "number", "entities"] = Field(
+    type: Literal["label", "text", "number", "entities", "sql"] = Field(
         "label", description="label: one of `labels`; number: final number; text: free text; "
-        "entities: a JSON list of {type, text}"
+        "entities: a JSON list of {type, text}; sql: a query, compared after SQL normalisation (no execution)"
     )
     labels: list[str] = []
     verbalizers: dict[str, str] = Field({}, description="what the model says for each label (default: the label)")
-    normalize: Literal["sum", "mean"] = Field(
-        "sum", description="label score: summed log-likelihood, or mean per token (length-normalised)"
+    normalize: LabelNormalization = Field(
+        "sum", description="label score: summed log-likelihood (sum), per token (mean), per character of the "
+        "label (chars, lm-eval's acc_norm), or minus the label's log-likelihood after a content-free prompt "
+        "(calibrate)"
     )
 
     @model_validator(mode="after")
@@ -100,7 +105,7 @@ class AnswerSpec(StrictModel):
 
     def references(self, answer: str) -> list[str]:
         """Gold answers: a text task may give several (a JSON list); other types give one."""
-        if self.type == "text" and answer.startswith("["):
+        if self.type in ("text", "sql") and answer.startswith("["):
             try:
                 value = json.loads(answer)
             except json.JSONDecodeError:

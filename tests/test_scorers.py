@@ -1,0 +1,119 @@
+"""Scorers that say what they did: strict and SQL exact match, parse failures, degenerate label scoring, and the
+label normalisations (sum, mean, chars, calibrate), each checked for consistency on real evaluations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from llamalab.evaluate.answers import exact_match, exact_match_strict, extract_sql, normalize_sql
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluate.metrics import label_score, prediction_summary, score_generation
+from llamalab.runs.files import read_jsonl
+from llamalab.tasks.task import AnswerSpec
+
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    ("SELECT COUNT(*) FROM singer;", "select count( * )\n  from singer", True),
+    ("SELECT name FROM t WHERE city = 'Paris'", 'select NAME from T where CITY = "Paris"', True),
+    ("SELECT name FROM t WHERE city = 'Paris'", "select name from t where city = 'paris'", False),
+    ("SELECT a FROM t WHERE b LIKE '%x_%'", "SELECT a FROM t WHERE b LIKE 'x'", False),
+    ("SELECT t.a FROM t", "SELECT ta FROM t", False),
+    ("SELECT a, b FROM t", "SELECT a b FROM t", False),
+    ("SELECT `Name` FROM t WHERE x >= 1.5", "select name from t where x>=1.5", True),
+    ("SELECT a FROM t WHERE b = 'it''s'", 'SELECT a FROM t WHERE b = "it\'s"', True),
+])
+def test_sql_normaliser_keeps_what_matters(a, b, same):
+    assert (normalize_sql(a) == normalize_sql(b)) is same
+
+
+def test_lenient_text_match_is_meaningless_for_sql_but_the_sql_match_is_not():
+    # The SQuAD-style normaliser drops ( ) . , and quotes: these two queries would "match".
+    assert exact_match("SELECT t.a FROM t", "SELECT ta FROM t") == 1.0
+    assert normalize_sql("SELECT t.a FROM t") != normalize_sql("SELECT ta FROM t")
+
+
+def test_strict_exact_match_only_forgives_whitespace():
+    assert exact_match_strict("The cat sat.", "  The  cat\nsat. ") == 1.0
+    assert exact_match_strict("The cat sat.", "the cat sat") == 0.0
+    assert exact_match("The cat sat.", "the cat sat") == 1.0
+
+
+def test_sql_answers_are_extracted_and_scored():
+    answer = AnswerSpec(type="sql")
+    fenced = score_generation(answer, "SELECT a FROM t", "Sure:\n```sql\nselect A from T;\n```\nDone.")
+    assert fenced["parsed"] and fenced["correct"] and not fenced["exact_strict"]
+    assert extract_sql("SELECT 1; SELECT 2;") == "SELECT 1;"
+    empty = score_generation(answer, "SELECT a FROM t", "   ")
+    assert not empty["parsed"] and not empty["correct"]
+
+
+def test_degenerate_label_scoring_is_reported():
+    labels = [f"intent{i}" for i in range(40)] + ["no", "yes"]
+    answer = AnswerSpec(type="label", labels=labels)
+    rows = [{"id": str(i), "gold": f"intent{i}", "prediction": "no" if i % 5 else "yes", "correct": False}
+            for i in range(40)]
+    summary = prediction_summary(answer, rows, "loglikelihood")
+    assert summary["predicted"] == {"no": 32, "yes": 8}
+    [warning] = summary["warnings"]
+    assert "'no' takes 80% of predictions (32 of 40) but 0% of gold" in warning
+    assert "answer.normalize" in warning
+
+    balanced = [{"id": str(i), "gold": "no" if i % 2 else "yes", "prediction": "no" if i % 3 else "yes"}
+                for i in range(40)]
+    assert prediction_summary(answer, balanced, "loglikelihood")["warnings"] == []
+
+
+def test_parse_failures_are_counted_and_flagged():
+    answer = AnswerSpec(type="entities")
+    rows = [{"id": str(i), "parsed": i < 3} for i in range(10)]
+    summary = prediction_summary(answer, rows, "generate")
+    assert summary["parse_failures"] == 7
+    assert "7 of 10 outputs (70%) did not parse as a JSON entity list" in summary["warnings"][0]
+    # Rows written before `parsed` existed: the entity row's valid_json says it.
+    assert prediction_summary(answer, [{"id": "a", "valid_json": False}], "generate")["parse_failures"] == 1
+
+
+def test_label_scores_under_each_normalisation():
+    assert label_score(-6.0, 3, 12, -1.0, "sum") == -6.0
+    assert label_score(-6.0, 3, 12, -1.0, "mean") == -2.0
+    assert label_score(-6.0, 3, 12, -1.0, "chars") == -0.5
+    assert label_score(-6.0, 3, 12, -1.0, "calibrate") == -5.0
+
+
+@pytest.mark.parametrize("normalize", ["sum", "mean", "chars", "calibrate"])
+def test_each_normalisation_scores_what_the_record_says(lab, tiny_model_dir, normalize):
+    path = lab.root / "tasks" / "intent.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["answer"]["normalize"] = normalize
+    path.write_text(yaml.safe_dump(spec))
+    record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="intent", limit=12))
+    summary, scoring = record.data["predictions_summary"], record.data["scoring"]
+    assert scoring["normalize"] == normalize
+    calibration = scoring["calibration"]
+    assert "N/A" in calibration["prompt"] and len(calibration["logprobs"]) == 77
+    # The same log-likelihoods re-scored under the task's own normalisation give the run's accuracy.
+    assert summary["accuracy_by_normalization"][normalize] == pytest.approx(
+        record.data["metrics"]["accuracy"]["estimate"])
+    assert sum(summary["predicted"].values()) == 12
+    for row in read_jsonl(record.folder / "predictions.jsonl"):
+        assert set(row["logprobs"]) == set(row["scores"]) == set(calibration["logprobs"])
+        assert row["prediction"] == max(row["scores"], key=row["scores"].get)
+
+
+def test_a_sql_task_end_to_end(lab, tiny_model_dir):
+    rows = [{"question": f"How many rows in table t{i}?", "query": f"SELECT count(*) FROM t{i}"} for i in range(8)]
+    (lab.root / "data" / "sql.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (lab.root / "tasks" / "sql.yaml").write_text(
+        "name: sql\ndata:\n  files: [{path: data/sql.jsonl}]\n  text_fields: [question]\n  answer_field: query\n"
+        "  split: {source: pool, dev: 0.25, test: 0.25, seed: 0, stratify: false}\n"
+        "prompt: {template: 'Question: {{ question }}\\nSQL:'}\nanswer: {type: sql}\n"
+    )
+    record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sql", max_new_tokens=4))
+    assert set(record.data["metrics"]) == {"exact_match", "exact_match_strict"}
+    assert record.data["scoring"]["protocol"] == "generate"
+    assert "parse_failures" in record.data["predictions_summary"]
+    for row in read_jsonl(record.folder / "predictions.jsonl"):
+        assert {"parsed", "correct", "exact_strict"} <= set(row)
