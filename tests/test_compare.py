@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from llamalab.cli import app
@@ -102,3 +103,41 @@ def test_compare_cli_json_and_errors(lab):
 
     with pytest.raises(Exception, match="no finished evaluations of task 'intent'"):
         compare(lab, "intent")
+
+
+def test_compare_shows_each_runs_own_recorded_interval(lab):
+    from llamalab.evaluate.metrics import metric_intervals
+    from llamalab.runs.files import read_jsonl
+
+    run = fake_eval(lab, "a", [True, False, True, True] * 25)
+    rows = read_jsonl(run.folder / "predictions.jsonl")
+    recorded = metric_intervals(["accuracy", "macro_f1"], rows, ["negative", "positive"])
+    run.update(metrics=recorded)
+    # Prediction rows in another order (as a resumed eval appends them) change nothing: one number per run.
+    assert metric_intervals(["accuracy", "macro_f1"], rows[::-1], ["negative", "positive"]) == recorded
+    [row] = compare(lab, "sentiment")["systems"]
+    assert row["metrics"] == recorded
+
+
+def test_a_comparison_on_a_paired_subset_says_so(lab):
+    from llamalab.evaluate.compare import comparison_table, format_delta
+
+    fake_eval(lab, "full", [True] * 80 + [False] * 20)
+    fake_eval(lab, "subset", [True, False] * 25)  # examples x:0 .. x:49 only
+    result = compare(lab, "sentiment")
+    subset = next(r for r in result["systems"] if r["system"] == "subset [plain]")
+    assert subset["n"] == 50 and subset["vs_reference"]["n"] == 50 and subset["vs_reference"]["paired_subset"]
+    assert format_delta(subset["vs_reference"]).endswith("(n=50)")
+    console = Console(width=250, record=True)
+    console.print(comparison_table(result))
+    assert "(n=50)" in console.export_text()
+
+
+def test_compare_reports_prediction_distributions_and_warnings(lab):
+    from llamalab.evaluate.compare import comparison_warnings
+
+    fake_eval(lab, "always-positive", [i % 2 == 1 for i in range(60)])  # right exactly on the positives
+    result = compare(lab, "sentiment")
+    [row] = result["systems"]
+    assert row["predictions"]["predicted"] == {"positive": 60}
+    assert any("'positive' takes 100% of predictions" in w for w in comparison_warnings(result))

@@ -83,3 +83,21 @@ def test_report_against_a_reference_with_local_compute_costs(published_lab):
     assert "compared with the reference system, smol-api [chat]" in (folder / "methods.md").read_text()
     with pytest.raises(LlamalabError, match="names no evaluated system"):
         build_report(published_lab, "bad", reference="gpt-9")
+
+
+def test_one_number_per_run_in_every_place(published_lab):
+    """A run's interval is the same in run.json, metrics.json, compare, the report's tables and the site."""
+    from llamalab.evaluate.compare import compare, format_interval
+    from llamalab.publish.site import build_site
+    from llamalab.runs.record import RunRecord
+
+    folder = build_report(published_lab, "one-number")
+    site = build_site(published_lab, published_lab.root / "site-one-number")
+    md = (folder / "tables" / "sentiment.md").read_text()
+    page = (site / "tasks" / "sentiment" / "index.html").read_text()
+    for row in compare(published_lab, "sentiment")["systems"]:
+        record = RunRecord.load(published_lab.runs_dir / row["run"])
+        on_disk = json.loads((record.folder / "metrics.json").read_text())
+        for name, m in row["metrics"].items():
+            assert m == record.data["metrics"][name] == on_disk[name], (row["system"], name)
+            assert format_interval(m) in md and format_interval(m) in page
