@@ -1,15 +1,15 @@
 """Honest statistics for comparing ML systems evaluated on the same examples.
 
-Every resampling method draws its rows from :func:`resample_indices` (or, for macro-F1, its per-gold-label
-form :func:`stratified_resample_indices`), so results are reproducible from the seed and paired tests
-resample both systems on exactly the same examples. Point estimates and bootstrap replicates go through the
-same vectorised code path, so they can never disagree about what the metric is.
+Every resampling method draws its rows from :func:`resample_indices`, so results are reproducible from the
+seed and paired tests resample both systems on exactly the same examples. Point estimates and bootstrap
+replicates go through the same vectorised code path, so they can never disagree about what the metric is.
 
-Macro-F1 averages over the classes of the evaluated sample (the labels that occur in its gold answers or
-predictions, as scikit-learn and lm-evaluation-harness do). A plain bootstrap would drop rare classes from
-a resample and score them 0, so its replicates would sit systematically below the estimate (151 labels and
-50 examples gave 0.074 [0.030, 0.069]). Resampling within each gold label keeps every class in every
-resample, so the estimate and its replicates average the same classes.
+Macro-F1 averages per-class F1 over the classes that occur in the examples scored, gold or predicted
+(scikit-learn's and lm-evaluation-harness's definition), and a resample is scored by that same rule. Scoring
+every label of a fixed set instead counts the classes a resample happens to miss as 0: with 151 labels and 50
+examples the replicates then sat below the estimate, which fell outside its own interval (0.074 [0.030,
+0.069]). Resampling within each gold label instead would keep the class set fixed but give a class with one
+example no variance at all (a zero-width interval when every class is a singleton).
 """
 
 from __future__ import annotations
@@ -34,30 +34,18 @@ RowFunction = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class RowStatistic:
-    """A metric as a function of an index matrix (one resample per row), and how to draw resamples for it.
-
-    `strata`, when set, holds a group per example (the gold label): resamples then draw within each group.
-    """
+    """A metric over n examples as a function of an index matrix: one value per row (per resample)."""
 
     rows: RowFunction
     n: int
-    strata: np.ndarray | None = None
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         return self.rows(idx)
 
     @property
     def estimate(self) -> float:
+        """The metric on the examples themselves (the identity resample)."""
         return float(self.rows(np.arange(self.n)[None, :])[0])
-
-    def resamples(self, n_resamples: int, seed: int) -> np.ndarray:
-        if self.strata is None:
-            return resample_indices(self.n, n_resamples, seed)
-        return stratified_resample_indices(self.strata, n_resamples, seed)
-
-    @property
-    def scheme(self) -> str:
-        return "percentile bootstrap" if self.strata is None else "percentile bootstrap stratified by gold label"
 
 
 @dataclass(frozen=True)
@@ -144,9 +132,7 @@ def _mean_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-def _macro_f1_rows(
-    gold_idx: np.ndarray, pred_idx: np.ndarray, k: int, classes: np.ndarray, idx: np.ndarray
-) -> np.ndarray:
+def _macro_f1_rows(gold_idx: np.ndarray, pred_idx: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
     k1 = k + 1  # slot k collects labels outside the label set: they still count as fp / fn
     hit = (gold_idx == pred_idx).astype(float)
     out = np.empty(len(idx))
@@ -157,14 +143,15 @@ def _macro_f1_rows(
         slots = {name: (offsets + values[block]).ravel() for name, values in (("gold", gold_idx), ("pred", pred_idx))}
 
         def per_class(slot: np.ndarray, weights: np.ndarray | None = None, n_block: int = n_block) -> np.ndarray:
-            return np.bincount(slot, weights=weights, minlength=n_block * k1).reshape(n_block, k1)[:, classes]
+            return np.bincount(slot, weights=weights, minlength=n_block * k1).reshape(n_block, k1)[:, :k]
 
         tp = per_class(slots["gold"], hit[block].ravel())
         # gold count + predicted count = 2tp + fp + fn, the F1 denominator
         denom = per_class(slots["gold"]) + per_class(slots["pred"])
         f1 = np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
-        # The classes are those of the full sample, in every resample alike.
-        out[rows] = f1.mean(axis=1)
+        # A class is averaged where it occurs in this (re)sample; values outside the label set are errors only.
+        present = np.count_nonzero(denom, axis=1)
+        out[rows] = np.divide(f1.sum(axis=1), present, out=np.zeros(n_block), where=present > 0)
     return out
 
 
@@ -180,12 +167,7 @@ def _statistics(
         return [RowStatistic(partial(_mean_rows, _correct(gold, p).astype(float)), n) for p in preds]
     if metric == "macro_f1":
         gold_idx, pred_idxs, k = _encode(gold, preds, labels)
-        stats_ = []
-        for p in pred_idxs:
-            present = np.union1d(gold_idx, p)
-            classes = present[present < k]  # values outside `labels` are errors, not classes
-            stats_.append(RowStatistic(partial(_macro_f1_rows, gold_idx, p, k, classes), n, strata=gold_idx))
-        return stats_
+        return [RowStatistic(partial(_macro_f1_rows, gold_idx, p, k), n) for p in pred_idxs]
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
 
 
@@ -218,29 +200,12 @@ def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
 
 
-def stratified_resample_indices(strata: Sequence[Hashable] | np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Bootstrap index matrix that resamples within each stratum: position i always draws from i's stratum,
-    so every resample keeps each stratum's size. Deterministic in ``seed``."""
-    strata = np.asarray(strata)
-    n = len(strata)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    rng = np.random.default_rng(seed)
-    out = np.empty((n_resamples, n), dtype=np.int64)
-    for value in np.unique(strata):
-        members = np.flatnonzero(strata == value)
-        out[:, members] = members[rng.integers(0, len(members), size=(n_resamples, len(members)))]
-    return out
-
-
 def _percentile_interval(stat: RowStatistic, n_resamples: int, confidence: float, seed: int) -> Interval:
     _check_confidence(confidence)
-    replicates = stat(stat.resamples(n_resamples, seed))
+    replicates = stat(resample_indices(stat.n, n_resamples, seed))
     alpha = 1.0 - confidence
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    method = f"{stat.scheme}, {n_resamples} resamples, seed {seed}"
+    method = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
     return Interval(stat.estimate, float(low), float(high), stat.n, method, confidence)
 
 
@@ -256,7 +221,7 @@ def bootstrap_replicates(
     """Metric on each bootstrap resample the metric's CI uses; shape (n_resamples,)."""
     _check_lengths(gold, pred)
     (stat,) = _statistics(gold, [pred], metric, labels)
-    return stat(stat.resamples(n_resamples, seed))
+    return stat(resample_indices(stat.n, n_resamples, seed))
 
 
 def bootstrap_ci(
@@ -324,12 +289,12 @@ def paired_bootstrap(
 def paired_bootstrap_statistic(
     stat_a: RowStatistic, stat_b: RowStatistic, metric: str, *, n_resamples: int = 5000, seed: int = 0
 ) -> PairedTest:
-    """Paired bootstrap test for any metric given as row statistics over the same examples (and strata)."""
+    """Paired bootstrap test for any metric given as row statistics over the same examples."""
     if stat_a.n != stat_b.n:
         raise ValueError(f"length mismatch [{stat_a.n}, {stat_b.n}]: both systems must cover the same examples")
     metric_a, metric_b = stat_a.estimate, stat_b.estimate
     delta = metric_a - metric_b
-    idx = stat_a.resamples(n_resamples, seed)
+    idx = resample_indices(stat_a.n, n_resamples, seed)
     deltas = stat_a(idx) - stat_b(idx)
     # Shift method: centring the bootstrap deltas on the observed delta approximates the null
     # distribution; the +1 correction keeps p > 0, as a finite number of resamples cannot prove p = 0.
