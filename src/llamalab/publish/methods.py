@@ -1,101 +1,556 @@
-"""The methods section, written from the run records: model, method, hyperparameters, data, hardware, time."""
+"""The methods section, written from the run records alone.
+
+Every clause rests on a recorded field (run.json, config.yaml, the metrics and the board built from the
+predictions): a clause whose field is missing is left out rather than guessed, and a claim such as "chosen on
+the dev split" is made only when the dev runs in the records show that choice. The few statements that are
+facts of the code rather than of a record (answer-only loss, AdamW, a seeded subset) are marked where made.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from llamalab.config import LlamalabError
 from llamalab.evaluate.compare import reference_name
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
+from llamalab.tasks.data import load_task_data
 
-_PROTOCOLS = {
-    "loglikelihood": "scored every label by its log-likelihood after the prompt and predicted the most likely one",
-    "generate": "generated an answer greedily and parsed it",
-}
+# Older records lack scoring.normalization (the sentence form); these are the two normalisations they knew.
+_NORMALIZATIONS = {"sum": "the label's summed log-likelihood", "mean": "the label's log-likelihood per token"}
+# Eval settings that do not change what a configuration is: which data it saw, and how fast it ran.
+_NOT_CONFIGURATION = {"system", "task", "split", "limit", "batch_size", "bootstrap_resamples"}
+_SETTING_NAMES = {"format": "prompt format", "shots": "number of shots", "shot_seed": "shot seed",
+                  "protocol": "scoring protocol", "max_new_tokens": "generation budget", "precision": "precision",
+                  "backend": "backend"}
 
 
-def methods_paragraphs(board: TaskBoard, trained: dict[str, RunRecord]) -> list[str]:
+@dataclass
+class _Eval:
+    """One evaluation on the board: its label there, its record, its config.yaml and its board row."""
+
+    name: str
+    record: RunRecord
+    config: dict
+    row: dict
+    predictions: dict[str, dict]  # example id -> prediction row
+
+    @property
+    def data(self) -> dict:
+        return self.record.data
+
+
+def methods_paragraphs(
+    board: TaskBoard, trained: dict[str, RunRecord], dev: Sequence[RunRecord] = ()
+) -> list[str]:
     """Plain-text paragraphs describing how the numbers of one task's leaderboard were made.
 
-    `trained` maps train run ids to their records (the fine-tuned systems on the board)."""
-    task = board.task
-    first = board.entries[0].record.data
-    files = first["task"]["data_sha256"]
-    data = "; ".join(f"{path} (SHA-256 {digest[:12]})" for path, digest in sorted(files.items()))
-    n = board.rows[0]["n"]
-    paragraphs = [
-        f"Task {task.name} ({task.answer.type} answers, scored by {', '.join(task.metric_names)}). "
-        f"We report results on the {n:,} examples of its {board.comparison['split']} split; prompt formats, "
-        f"few-shot settings and checkpoints were chosen on the dev split only. Data: {data}."
+    `trained` maps train run ids to their records (the fine-tuned systems on the board); `dev` holds the
+    finished dev-split evaluations of the task, the only evidence for a claim that something was chosen on dev."""
+    evals = [
+        _Eval(row["system"], entry.record, read_config(entry.record), row, entry.predictions)
+        for row, entry in zip(board.rows, board.entries, strict=True)
     ]
-    for run_id in dict.fromkeys(e.record.data["system"].get("train_run") for e in board.entries):
-        if run_id in trained:
-            paragraphs.append(_training(trained[run_id]))
-    paragraphs.append(_evaluation(board))
+    sizes = _SplitSizes(board)
+    paragraphs = [_task_and_data(board, evals, sizes)]
+    if selection := _selection(board, evals, dev, sizes):
+        paragraphs.append(selection)
+    tuned = [trained[r] for r in dict.fromkeys(e.data["system"].get("train_run") for e in evals) if r in trained]
+    paragraphs += [_training(record, board.name) for record in tuned]
+    paragraphs.append(_evaluation(board, evals))
+    if software := _software([*tuned, *(e.record for e in evals)]):
+        paragraphs.append(software)
     return paragraphs
 
 
-def _training(record: RunRecord) -> str:
-    d, config = record.data, _config(record)
-    model = d["model"]
-    method = config.get("method", "lora")
-    if method == "lora":
-        lora = config.get("lora") or {}
-        targets = lora.get("target_modules")
-        targets = ", ".join(targets) if isinstance(targets, list) else targets
-        how = (f"LoRA (rank {lora.get('r')}, alpha {lora.get('alpha')}, dropout {lora.get('dropout')}, "
-               f"on {targets} layers)")
+# --- task, data and the examples each system saw ---------------------------------------------------------------
+
+
+def _task_and_data(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes) -> str:
+    answer_type = _get(evals[0].data, "task", "answer_type") or board.task.answer.type
+    metrics = ", ".join(board.comparison.get("metrics") or board.task.metric_names)
+    hashes = [_get(e.data, "task", "data_sha256") or {} for e in evals]
+    if all(h == hashes[0] for h in hashes):
+        data = f"Data: {_files(hashes[0])}." if hashes[0] else "The data files' hashes are not recorded."
+    else:  # a board mixing data versions must say so: its rows are not comparable as they stand
+        data = "The evaluations read different data: " + "; ".join(
+            f"{_files(h) or 'no hashes recorded'} ({_join(names)})"
+            for h, names in _grouped((_files(h), e.name) for h, e in zip(hashes, evals, strict=True)).items()
+        ) + "."
+    return (f"Task {board.name} ({answer_type} answers, scored by {metrics}). "
+            f"{_examples_sentence(board, evals, sizes)} {data}")
+
+
+def _files(hashes: dict[str, str]) -> str:
+    return "; ".join(f"{path} (SHA-256 {digest[:12]})" for path, digest in sorted(hashes.items()))
+
+
+def _examples_sentence(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes) -> str:
+    split = board.comparison["split"]
+    phrases = [_sample(e.data, e.config, split, sizes) for e in evals]
+    groups = _grouped(zip(phrases, (e.name for e in evals), strict=True))
+    if len(groups) == 1:
+        same = len(evals) > 1 and all(e.predictions.keys() == evals[0].predictions.keys() for e in evals)
+        who = "Every system was" if len(evals) > 1 else "The system was"
+        return f"{who} evaluated on {phrases[0]}{', the same examples for all' if same else ''}."
+    return ("The systems were not all evaluated on the same examples: " + "; ".join(
+        f"{phrase} for {_join(names)}" for phrase, names in groups.items()) + ".")
+
+
+def _sample(data: dict, config: dict, split: str, sizes: _SplitSizes, show_limit: bool = True) -> str:
+    """Which examples of `split` an evaluation saw, from task.n, task.split_size and config.limit."""
+    n = _get(data, "task", "n")
+    total = _get(data, "task", "split_size")
+    if total is None:
+        total = sizes.get(split, _get(data, "task", "data_sha256"))
+    limit = config.get("limit")
+    shown = f" (limit {limit})" if limit is not None and show_limit else ""
+    if n is None:
+        return f"the {split} split (the number of examples is not recorded)"
+    if total is not None and n >= total:
+        return f"all {n:,} examples of the {split} split"
+    # select_examples draws the subset with a fixed seed: every run with the same limit sees the same examples.
+    how = "a seeded random subset of" if limit is not None else ""
+    if total is None:
+        return f"{how} {n:,} examples of the {split} split, whose size is not recorded{shown}".strip()
+    return f"{how} {n:,} of the {total:,} examples of the {split} split{shown}".strip()
+
+
+class _SplitSizes:
+    """Full split sizes for records made before task.split_size was recorded: read from the task's data, and
+    used only when the data files still hash as the record says."""
+
+    def __init__(self, board: TaskBoard):
+        self.task = board.task
+        self.data: Any = None
+        self.failed = False
+
+    def get(self, split: str, recorded_hashes: dict | None) -> int | None:
+        if self.data is None and not self.failed:
+            try:
+                self.data = load_task_data(self.task)
+            except (LlamalabError, OSError, ValueError):
+                self.failed = True
+        if self.data is None or not recorded_hashes or self.data.file_hashes != recorded_hashes:
+            return None
+        return len(self.data.split(split))
+
+
+# --- selection on the dev split ----------------------------------------------------------------------------------
+
+
+def _selection(board: TaskBoard, evals: list[_Eval], dev: Sequence[RunRecord], sizes: _SplitSizes) -> str | None:
+    """What the dev split was used for, per system; None when the board itself is not a held-out split."""
+    if board.comparison["split"] != "test":
+        return None
+    dev = [r for r in dev if r.data.get("status") == "finished" and _get(r.data, "task", "name") == board.name
+           and _get(r.data, "task", "split") == "dev"]
+    if not dev:
+        return (f"No configuration was selected on a dev split: the records hold no dev-split evaluation of "
+                f"{board.name}.")
+    by_system: dict[str, list[_Eval]] = {}
+    for e in evals:
+        by_system.setdefault(e.data["system"]["label"], []).append(e)
+    sentences, unselected = [], []
+    for label, tests in by_system.items():
+        runs = [r for r in dev if _get(r.data, "system", "label") == label]
+        if runs:
+            sentences.append(_system_selection(label, tests, runs, board.metric, sizes))
+        else:
+            unselected += [e.name for e in tests]
+    if unselected:
+        its = "its configuration was" if len(unselected) == 1 else "their configurations were"
+        sentences.append(f"No dev-split evaluation of {_join(unselected)} is recorded: {its} not selected on a "
+                         "dev split.")
+    return "Selection: " + " ".join(sentences)
+
+
+def _system_selection(label: str, tests: list[_Eval], runs: list[RunRecord], metric: str, sizes: _SplitSizes
+                      ) -> str:
+    """Whether the dev runs of one system chose its test configuration: only runs that ended before its first
+    test evaluation started can have, and only if the configuration on test is among the best of them."""
+    # A dev run whose times are missing, or (in older records, kept to the second) that ended in the second its
+    # test run started, is not shown to have come first, so it never counts as a candidate.
+    first_test = min(_time(e.data.get("started"), datetime.min) for e in tests)
+    before = [r for r in runs if _time(r.data.get("ended"), datetime.max) < first_test]
+    if not before:
+        return (f"{label} was evaluated on the dev split ({len(runs)} run(s)), but no such evaluation is recorded as "
+                "finished before its test evaluation began, so none chose its test configuration.")
+    after = (f" {len(runs) - len(before)} further dev evaluation(s) of it are not recorded as finished before its "
+             "test evaluation began." if len(runs) > len(before) else "")
+    configs = _dev_configs(before, metric, sizes)
+    varied = _varied([c.settings for c in configs])
+    same_sample = len({c.sample for c in configs}) == 1
+    listing = ", ".join(f"{_describe(c.settings, varied)} {_score(c.value)}" + ("" if same_sample else
+                                                                              f" on {c.sample}") for c in configs)
+    sample = configs[0].sample if same_sample else "differing samples of the dev split"
+    if len(configs) == 1:
+        only = configs[0]
+        return (f"{label} was evaluated on the dev split in one configuration only ({_describe(only.settings, [])}, "
+                f"{metric} {_score(only.value)} on {only.sample}) before its test evaluation: no alternative was "
+                f"compared there.{after}")
+    compared = f"{len(configs)} dev evaluations on {sample} ({metric}: {listing})"
+    return _verdict(label, metric, compared, configs, [_settings(e.config) for e in tests], varied) + after
+
+
+@dataclass
+class _DevConfig:
+    settings: dict
+    value: float | None  # the metric's recorded estimate on dev
+    sample: str
+
+
+def _dev_configs(runs: list[RunRecord], metric: str, sizes: _SplitSizes) -> list[_DevConfig]:
+    """One entry per configuration (a re-run replaces the earlier one), best first."""
+    latest = {_key(_settings(read_config(r))): r for r in runs}
+    configs = [_DevConfig(_settings(read_config(r)), _get(r.data, "metrics", metric, "estimate"),
+                          _sample(r.data, read_config(r), "dev", sizes, show_limit=False)) for r in latest.values()]
+    return sorted(configs, key=lambda c: (c.value is None, -(c.value or 0), _describe(c.settings, [])))
+
+
+def _varied(configs: list[dict]) -> list[str]:
+    keys = [*_SETTING_NAMES, *sorted({k for c in configs for k in c} - set(_SETTING_NAMES))]
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def _verdict(label: str, metric: str, compared: str, configs: list[_DevConfig], tests: list[dict],
+             varied: list[str]) -> str:
+    """"Chosen" only when one configuration went to test and it scored highest on dev (ties named)."""
+    if len(tests) > 1:
+        return (f"{label} was compared in {compared} before its test evaluations, but its {len(tests)} test "
+                "configurations are all on the board, so the dev runs chose none of them.")
+    test = _describe(tests[0], varied)
+    found = next((c for c in configs if _key(c.settings) == _key(tests[0])), None)
+    known = [c.value for c in configs if c.value is not None]
+    if found is None:
+        outcome = f"its test configuration, {test}, was not among them"
+    elif found.value is None:
+        outcome = f"the {metric} of its test configuration, {test}, is not recorded there"
+    elif found.value < max(known):
+        outcome = f"its test configuration, {test}, did not score highest there, so it was not chosen by them"
+    elif len(known) == len(configs) and len(set(known)) == 1:
+        outcome = f"they all scored the same, so they did not single out its test configuration, {test}"
     else:
-        how = "full fine-tuning of every weight"
-    used, metrics, timings = d.get("data_used") or {}, d.get("metrics") or {}, d.get("timings") or {}
-    hardware = _hardware(d)
-    return (
-        f"Fine-tuned system {record.id}: base model {model['name']} ({model.get('revision') or 'revision unknown'}), "
-        f"{how}, trained with AdamW at learning rate {config.get('learning_rate')} ({config.get('lr_scheduler')} "
-        f"schedule, warm-up ratio {config.get('warmup_ratio')}, weight decay {config.get('weight_decay')}), batch size "
-        f"{config.get('batch_size')} × {config.get('grad_accum')} accumulation, {metrics.get('epochs')} epoch(s) = "
-        f"{metrics.get('steps')} optimizer steps on {used.get('train_examples', '?'):,} training examples "
-        f"({used.get('skipped_too_long', 0)} skipped as longer than {config.get('max_length')} tokens), "
-        f"seed {config.get('seed')}, {d.get('precision', 'float32')} precision, loss on the answer tokens only, "
-        f"{d['prompt']['format']} prompt format. Training loss fell from {metrics.get('first_loss', 0):.3f} to "
-        f"{metrics.get('final_loss', 0):.3f}. Training took {timings.get('train_s', 0):,.0f} s "
-        f"({(d.get('throughput') or {}).get('tokens_per_s', 0):,.0f} tokens/s) on {hardware}, with a peak memory of "
-        f"{d.get('peak_memory_mb', 0):,.0f} MB. {_software(d)}"
-    )
+        ties = [_describe(c.settings, varied) for c in configs if c is not found and c.value == found.value]
+        tied = f", tied with {_join(ties)}" if ties else ""
+        what = _join([_SETTING_NAMES.get(k, k) for k in varied])
+        return (f"The {what} of {label} {'were' if len(varied) > 1 else 'was'} chosen among {compared}; its test "
+                f"configuration, {test}, scored highest{tied}.")
+    return f"{label} was compared in {compared} before its test evaluation, but {outcome}."
 
 
-def _evaluation(board: TaskBoard) -> str:
-    protocols = sorted({row["protocol"] for row in board.rows})
-    how = "; for ".join(f"{p} systems we {_PROTOCOLS.get(p, p)}" for p in protocols)
-    first = board.entries[0].record.data
-    seconds = sum((e.record.data.get("timings") or {}).get("predict_s", 0) for e in board.entries)
-    tests = sorted({row["vs_reference"]["test"] for row in board.rows if row["vs_reference"]})
-    method = board.rows[0]["metrics"][board.metric].get("method", "percentile bootstrap")
-    return (
-        f"Evaluation: {len(board.rows)} system(s) on the same examples. For {how}. "
-        f"Every prompt, prediction and prompt hash is kept per example in the run folders. "
-        f"Confidence intervals are 95% {method}. Each system is compared with {reference_name(board.comparison)} on "
-        f"the examples both saw ({', '.join(tests) or 'no comparison: one system'}), with Holm's correction for "
-        f"the number of comparisons. The evaluations took {seconds:,.0f} s of prediction time in total on "
-        f"{_hardware(first)}."
-    )
+def _settings(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _NOT_CONFIGURATION}
 
 
-def _config(record: RunRecord) -> dict:
-    import yaml
+def _key(settings: dict) -> str:
+    return repr(sorted(settings.items(), key=lambda kv: kv[0]))
 
+
+def _describe(settings: dict, varied: list[str]) -> str:
+    shots = settings.get("shots") or 0
+    words = [f"{shots}-shot" if shots else "zero-shot", str(settings.get("format") or "unrecorded format")]
+    words += [f"{_SETTING_NAMES.get(k, k)} {settings.get(k)}" for k in varied if k not in ("format", "shots")]
+    return " ".join(words[:2]) + "".join(f", {w}" for w in words[2:])
+
+
+def _score(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else "(not recorded)"
+
+
+def _time(stamp: str | None, missing: datetime) -> datetime:
+    try:
+        moment = datetime.fromisoformat(stamp) if stamp else missing
+    except ValueError:
+        moment = missing
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # records write UTC
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+
+
+def _training(record: RunRecord, task: str) -> str:
+    d, config = record.data, read_config(record)
+    metrics = d.get("metrics") or {}
+    trained_on = _get(d, "task", "name")
+    clauses = [*_recipe(d, config), _training_data(d.get("data_used") or {}, config,
+                                                    trained_on if trained_on != task else None)]
+    if config.get("seed") is not None:
+        clauses.append(f"training seed {config['seed']}")
+    if d.get("precision"):
+        clauses.append(f"{d['precision']} precision")
+    clauses.append("loss on the answer tokens only")  # the trainer masks every prompt token, always
+    if _get(d, "prompt", "format"):
+        clauses.append(f"{d['prompt']['format']} prompt format")
+    text = f"Fine-tuned system {record.id}: " + ", ".join(c for c in clauses if c) + "."
+    if metrics.get("first_loss") is not None and metrics.get("final_loss") is not None:
+        # Stated, not interpreted: on a short run the loss may as well rise.
+        text += (f" The training loss was {metrics['first_loss']:.3f} at the first logged step and "
+                 f"{metrics['final_loss']:.3f} at the end (averaged over the last logged steps).")
+    return text + _training_cost(d)
+
+
+def _recipe(d: dict, config: dict) -> list[str | None]:
+    """Base model, method and optimisation, each only as far as the record and config.yaml hold it."""
+    model, metrics = d.get("model") or {}, d.get("metrics") or {}
+    base = f"base model {model['name']}" if model.get("name") else None
+    if base and model.get("revision"):
+        base += f" (revision {model['revision']})"
+    optimizer = [f"learning rate {_num(config['learning_rate'])}" if "learning_rate" in config else None,
+                 f"{config['lr_scheduler']} schedule" if "lr_scheduler" in config else None,
+                 f"warm-up ratio {_num(config['warmup_ratio'])}" if "warmup_ratio" in config else None,
+                 f"weight decay {_num(config['weight_decay'])}" if config.get("weight_decay") is not None else None]
+    # The recipe sets no optimizer, so it is the transformers Trainer's default, AdamW.
+    clauses = [base, _method(config), "AdamW (" + ", ".join(c for c in optimizer if c) + ")" if any(optimizer)
+               else "AdamW"]
+    if "batch_size" in config:
+        accumulation = f", gradient accumulation {config['grad_accum']}" if "grad_accum" in config else ""
+        clauses.append(f"batch size {config['batch_size']}{accumulation}")
+    if "steps" in metrics:
+        limit = f" (max_steps {config['max_steps']})" if config.get("max_steps") else ""
+        epochs = f", {_num(metrics['epochs'])} epoch(s)" if metrics.get("epochs") is not None else ""
+        clauses.append(f"{metrics['steps']} optimizer steps{limit}{epochs}")
+    return clauses
+
+
+def _training_cost(d: dict) -> str:
+    speed = [f"{d['throughput']['tokens_per_s']:,.0f} tokens/s" if _get(d, "throughput", "tokens_per_s") else None,
+             f"peak memory {d['peak_memory_mb']:,.0f} MB" if d.get("peak_memory_mb") is not None else None]
+    speed = [c for c in speed if c]
+    train_s = _get(d, "timings", "train_s")
+    if train_s is not None:
+        details = f" ({', '.join(speed)})" if speed else ""
+        return f" Training took {_seconds(train_s)}{details} on {_hardware(d)}."
+    return f" Training: {', '.join(speed)}, on {_hardware(d)}." if speed else ""
+
+
+def _method(config: dict) -> str | None:
+    method = config.get("method")
+    if method == "full":
+        return "full fine-tuning of every weight"
+    if method != "lora":
+        return None
+    lora = config.get("lora") or {}
+    targets = lora.get("target_modules")
+    targets = ", ".join(targets) if isinstance(targets, list) else targets
+    parts = [f"rank {lora['r']}" if "r" in lora else None, f"alpha {lora['alpha']}" if "alpha" in lora else None,
+             f"dropout {_num(lora['dropout'])}" if "dropout" in lora else None,
+             f"on {targets} layers" if targets else None]
+    return "LoRA (" + ", ".join(p for p in parts if p) + ")" if any(parts) else "LoRA"
+
+
+def _training_data(used: dict, config: dict, other_task: str | None) -> str | None:
+    if "train_examples" not in used:
+        return None
+    kept, skipped = used["train_examples"], used.get("skipped_too_long")
+    split = f"the train split of {other_task}" if other_task else "the train split"
+    drawn = (skipped or 0) + kept
+    wanted = config.get("train_examples")
+    # training_subset draws with the experiment's seed, and takes the whole split when asked for more.
+    seed = f" drawn with seed {config['seed']}" if config.get("seed") is not None else ""
+    source = (f"a random subset of {drawn:,} examples of {split}{seed}"
+              if wanted is not None and wanted == drawn else f"{drawn:,} examples of {split}")
+    if skipped is None:
+        return f"{kept:,} training examples from {source}"
+    if skipped and config.get("max_length") is not None:
+        return (f"{kept:,} training examples: {source}, less {skipped:,} skipped as longer than "
+                f"{config['max_length']} tokens")
+    return f"{kept:,} training examples: {source}, none skipped"
+
+
+# --- evaluation --------------------------------------------------------------------------------------------------
+
+
+def _evaluation(board: TaskBoard, evals: list[_Eval]) -> str:
+    sentences = [f"Evaluation of {len(evals)} system(s)."]
+    sentences += _scoring(evals)
+    sentences.append(_prompts(evals))
+    if all(_keeps_prompts(e) for e in evals):
+        sentences.append("Every prompt, its SHA-256 and the prediction are kept per example in each run's "
+                         "predictions.jsonl.")
+    sentences.append(_intervals(board, evals))
+    sentences.append(_comparison(board))
+    sentences.append(_prediction_time(evals))
+    return " ".join(s for s in sentences if s)
+
+
+def _scoring(evals: list[_Eval]) -> list[str]:
+    by_way = _grouped((_scoring_way(e.data.get("scoring") or {}), e.name) for e in evals)
+    if len(by_way) == 1:
+        return [f"All systems: {next(iter(by_way))}." if len(evals) > 1 else f"Scoring: {next(iter(by_way))}."]
+    return [f"{_join(names)}: {way}." for way, names in by_way.items()]
+
+
+def _scoring_way(scoring: dict) -> str:
+    protocol = scoring.get("protocol")
+    if protocol == "loglikelihood":
+        normalize = scoring.get("normalize")
+        rule = scoring.get("normalization") or _NORMALIZATIONS.get(normalize or "")
+        how = f"every label scored by {rule}" if rule else "every label scored by its log-likelihood"
+        parts = [f"{how} after the prompt (normalize: {normalize})" if normalize else f"{how} after the prompt",
+                 "the highest-scoring label predicted"]
+        if scoring.get("precision"):
+            parts.append(f"{scoring['precision']} precision")
+        if scoring.get("tokenization"):
+            parts.append(scoring["tokenization"])
+        return "; ".join(parts)
+    if protocol == "generate":
+        decoding = scoring.get("decoding") or {}
+        budget = decoding.get("max_new_tokens")
+        parts = [("greedy decoding" if decoding.get("greedy") else "generation") +
+                 (f" of at most {budget} new tokens" if budget is not None else "")]
+        if scoring.get("parsing"):
+            parts.append(f"parsing: {scoring['parsing']}")
+        if scoring.get("unparsed_answer"):
+            parts.append(f"an answer that does not parse is {scoring['unparsed_answer']}")
+        return "; ".join(parts)
+    return f"protocol {protocol}" if protocol else "scoring protocol not recorded"
+
+
+def _prompts(evals: list[_Eval]) -> str:
+    by_prompt = _grouped((_prompt_way(e), e.name) for e in evals)
+    if len(by_prompt) == 1:
+        return f"Prompts: {next(iter(by_prompt))}."
+    return "Prompts: " + "; ".join(f"{way} for {_join(names)}" for way, names in by_prompt.items()) + "."
+
+
+def _prompt_way(e: _Eval) -> str:
+    prompt = e.data.get("prompt") or {}
+    fmt = prompt.get("format") or e.config.get("format")
+    shots = len(prompt["shots"]) if isinstance(prompt.get("shots"), list) else e.config.get("shots")
+    where = f"{fmt} format" if fmt else "format not recorded"
+    if shots is None:
+        return f"{where}, number of shots not recorded"
+    if shots == 0:
+        return f"{where}, zero-shot"
+    seed = e.config.get("shot_seed")
+    # evaluate() draws the shots from the train split; the seed is the record's, the example ids are in run.json.
+    drawn = f", drawn at random from the train split with shot seed {seed}" if seed is not None else ""
+    return f"{where}, {shots} examples in the prompt{drawn}"
+
+
+def _keeps_prompts(e: _Eval) -> bool:
+    return bool(e.predictions) and all("prompt" in r and "prompt_sha256" in r for r in e.predictions.values())
+
+
+def _intervals(board: TaskBoard, evals: list[_Eval]) -> str:
+    """How the intervals were computed, as each metric records it: never assumed."""
+    per_metric: dict[str, dict[str, list[str]]] = {}
+    for name in board.comparison.get("metrics") or [board.metric]:
+        for e in evals:
+            m = (e.row.get("metrics") or {}).get(name) or _get(e.data, "metrics", name) or {}
+            level = f"{m['confidence']:.0%}" if isinstance(m.get("confidence"), int | float) else None
+            way = f"{level} {m['method']}" if level and m.get("method") else m.get("method") or "method not recorded"
+            per_metric.setdefault(name, {}).setdefault(way, []).append(e.name)
+    ways = {way for by_way in per_metric.values() for way in by_way}
+    if len(ways) == 1:
+        return f"Confidence intervals: {ways.pop()}."
+    parts = []
+    for name, by_way in per_metric.items():
+        if len(by_way) == 1:
+            parts.append(f"{name}, {next(iter(by_way))}")
+        else:
+            parts.append(f"{name}, " + "; ".join(f"{way} for {_join(names)}" for way, names in by_way.items()))
+    return "Confidence intervals: " + "; ".join(parts) + "."
+
+
+def _comparison(board: TaskBoard) -> str:
+    tests = sorted({row["vs_reference"]["test"] for row in board.rows if row.get("vs_reference")})
+    if not tests:
+        return "With one system there is no paired comparison."
+    return (f"Each system is compared with {reference_name(board.comparison)} on the examples both saw "
+            f"({', '.join(tests)}), with Holm's correction for the number of comparisons.")
+
+
+def _prediction_time(evals: list[_Eval]) -> str:
+    timed = [(e, s) for e in evals if (s := _get(e.data, "timings", "predict_s")) is not None]
+    if not timed:
+        return "Prediction times are not recorded."
+    untimed = [e.name for e in evals if all(e is not t for t, _ in timed)]
+    places = _grouped((_hardware(e.data), e.name) for e, _ in timed)
+    where = next(iter(places)) if len(places) == 1 else "; ".join(
+        f"{hw} ({_join(names)})" for hw, names in places.items())
+    api = " (for API systems, the wall time of their requests)" if any(
+        _get(e.data, "system", "kind") == "api" for e, _ in timed) else ""
+    missing = f"; not recorded for {_join(untimed)}" if untimed else ""
+    return f"Prediction took {_seconds(sum(s for _, s in timed))} in total{api} on {where}{missing}."
+
+
+# --- shared ------------------------------------------------------------------------------------------------------
+
+
+def read_config(record: RunRecord) -> dict:
+    """The run's config.yaml (its resolved settings), or {} when it has none."""
     path = record.folder / "config.yaml"
-    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
 
 
 def _hardware(data: dict) -> str:
-    hw = (data.get("environment") or {}).get("hardware") or {}
-    device = hw.get("gpu") or f"{hw.get('cpu_count', '?')} CPU cores ({hw.get('cpu', 'unknown CPU')})"
-    return f"{device}, {hw.get('memory_gb', '?')} GB RAM"
+    hw = _get(data, "environment", "hardware") or {}
+    if hw.get("gpu"):
+        device = hw["gpu"]
+    elif hw.get("cpu_count") is not None:
+        device = f"{hw['cpu_count']} CPU cores" + (f" ({hw['cpu']})" if hw.get("cpu") else "")
+    else:
+        device = hw.get("cpu") or ""
+    memory = f"{hw['memory_gb']} GB RAM" if hw.get("memory_gb") is not None else ""
+    return ", ".join(p for p in (device, memory) if p) or "hardware not recorded"
 
 
-def _software(data: dict) -> str:
+def _software(records: Iterable[RunRecord]) -> str | None:
+    by_software = _grouped((_software_of(r.data), r.id) for r in records)
+    by_software.pop(None, None)
+    if not by_software:
+        return None
+    if len(by_software) == 1:
+        return f"Software: {next(iter(by_software))}."
+    return "Software, which differs between runs: " + "; ".join(
+        f"{software} ({_join(runs)})" for software, runs in by_software.items()) + "."
+
+
+def _software_of(data: dict) -> str | None:
     env = data.get("environment") or {}
-    packages = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v and k != "llamalab")
-    commit = (env.get("git") or {}).get("commit")
-    where = f" at lab commit {commit[:12]}{' (with uncommitted changes)' if env['git'].get('dirty') else ''}" \
+    packages = env.get("packages") or {}
+    if not packages:
+        return None
+    git = env.get("git") or {}
+    commit = git.get("commit")
+    where = f" at lab commit {commit[:12]}{' (with uncommitted changes)' if git.get('dirty') else ''}" \
         if commit else ""
-    return f"Software: llamalab {(env.get('packages') or {}).get('llamalab')}{where}; {packages}."
+    others = ", ".join(f"{k} {v}" for k, v in packages.items() if v and k != "llamalab")
+    return f"llamalab {packages.get('llamalab') or '(version not recorded)'}{where}; {others}"
+
+
+def _get(data: Any, *path: str) -> Any:
+    """data[path[0]][path[1]]..., or None where a level is missing: records of older versions lack fields."""
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _grouped(pairs: Iterable[tuple[Any, str]]) -> dict[Any, list[str]]:
+    groups: dict[Any, list[str]] = {}
+    for key, name in pairs:
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def _join(names: Sequence[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.0f} s" if value >= 10 else f"{value:.1f} s"

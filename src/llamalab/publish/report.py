@@ -20,7 +20,14 @@ from llamalab.evaluate.compare import refers_to
 from llamalab.lab import Lab
 from llamalab.publish import figures
 from llamalab.publish.methods import methods_paragraphs
-from llamalab.publish.results import TaskBoard, loss_history, scaling_points, task_boards, train_runs
+from llamalab.publish.results import (
+    TaskBoard,
+    dev_evals,
+    loss_history,
+    scaling_points,
+    task_boards,
+    train_runs,
+)
 from llamalab.publish.tables import latex_escape, latex_table, markdown_table
 from llamalab.runs.files import staged_folder, write_json_atomic, write_text_atomic
 from llamalab.runs.record import RunRecord
@@ -50,7 +57,7 @@ def build_report(
             used = {rid: trained[rid] for e in board.entries if (rid := e.record.data["system"].get("train_run"))
                     in trained}
             paths = _write_board(out, board, used)
-            methods = methods_paragraphs(board, used)
+            methods = methods_paragraphs(board, used, dev_evals(lab, board.name))
             all_methods.append((board.name, methods))
             sections.append(_markdown_section(board, paths, methods))
             latex_sections.append(_latex_section(board, paths, methods))

@@ -85,6 +85,12 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
     }
 
 
+def dev_evals(lab: Lab, task: str) -> list[RunRecord]:
+    """Finished evaluations of `task` on its dev split, oldest first: the only evidence of a choice made on dev."""
+    return [r for r in list_runs(lab.runs_dir, "eval") if r.data.get("status") == "finished"
+            and (r.data.get("task") or {}).get("name") == task and (r.data.get("task") or {}).get("split") == "dev"]
+
+
 def train_runs(lab: Lab) -> list[RunRecord]:
     return [r for r in list_runs(lab.runs_dir, "train") if r.data.get("status") == "finished"]
 
