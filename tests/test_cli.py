@@ -93,3 +93,60 @@ def test_init_scaffolds_the_lab_website_and_its_deployment(tmp_path):
     assert any(step.get("uses", "").startswith("actions/upload-pages-artifact") for step in build["steps"])
     assert any(step.get("uses", "").startswith("actions/deploy-pages") for step in deploy["steps"])
     assert workflow["permissions"]["pages"] == "write"
+
+
+def git(cwd, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_init_makes_the_lab_a_git_repository_so_records_carry_its_commit(tmp_path):
+    from llamalab.runs.record import RunRecord
+
+    target = tmp_path / "mylab"
+    result = CliRunner().invoke(app, ["init", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "made the lab a git repository" in result.output
+    assert git(target, "rev-parse", "--show-toplevel") == str(target.resolve())
+    assert git(target, "log", "--format=%s") == "llamalab init: example lab"  # exactly one commit
+    assert git(target, "status", "--porcelain") == ""  # everything committed (or git-ignored)
+
+    record = RunRecord.create(target / "runs", "eval", "x", {})
+    assert record.data["environment"]["git"] == {"commit": git(target, "rev-parse", "HEAD"), "dirty": False}
+
+
+def test_init_inside_a_git_repository_makes_no_nested_one(tmp_path):
+    outer = tmp_path / "work"
+    outer.mkdir()
+    git(outer, "init", "--quiet")
+    result = CliRunner().invoke(app, ["init", str(outer / "labs" / "mylab")])
+    assert result.exit_code == 0, result.output
+    assert f"inside the git repository {outer.resolve()}" in result.output
+    assert not (outer / "labs" / "mylab" / ".git").exists()
+    assert git(outer / "labs" / "mylab", "rev-parse", "--show-toplevel") == str(outer.resolve())
+
+
+def test_init_commits_on_a_fresh_machine_and_as_the_user_otherwise(tmp_path, monkeypatch):
+    from llamalab.lab import init_lab
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.gitconfig here
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    for who in ("AUTHOR", "COMMITTER"):
+        for what in ("NAME", "EMAIL"):
+            monkeypatch.delenv(f"GIT_{who}_{what}", raising=False)
+    fresh = init_lab(tmp_path / "fresh").root
+    assert git(fresh, "log", "--format=%an <%ae>") == "llamalab <llamalab@localhost>"
+    assert "[user]" not in (fresh / ".git" / "config").read_text()  # the fallback is for that commit only
+
+    (tmp_path / ".gitconfig").write_text("[user]\n\tname = Ada Example\n\temail = ada@example.org\n")
+    configured = init_lab(tmp_path / "configured").root
+    assert git(configured, "log", "--format=%an <%ae>") == "Ada Example <ada@example.org>"
+
+
+def test_init_without_git_says_so_instead_of_failing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no git on it
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "mylab")])
+    assert result.exit_code == 0, result.output
+    assert "git is not installed" in result.output
+    assert (tmp_path / "mylab" / "lab.yaml").is_file() and not (tmp_path / "mylab" / ".git").exists()

@@ -12,6 +12,7 @@ from llamalab.config import LlamalabError
 from llamalab.evaluate.evaluate import EvalSettings, evaluate
 from llamalab.runs.record import list_runs
 from llamalab.tasks.task import load_task
+from llamalab.train.callbacks import drop_log_after
 from llamalab.train.trainer import build_dataset, train
 from tests.conftest import write_experiment
 
@@ -108,6 +109,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     assert resumed.data["metrics"]["final_loss"] == pytest.approx(clean.data["metrics"]["final_loss"], rel=1e-5)
     log = [json.loads(line) for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
     clean_log = [json.loads(line) for line in (clean.folder / "train_log.jsonl").read_text().splitlines()]
+    # The killed run had logged steps 5 and 6 after checkpoint-4; the resumed run logs them again, once.
+    assert [row["step"] for row in log] == [row["step"] for row in clean_log] == list(range(1, 13))
     after_resume = {row["step"]: row["loss"] for row in log if row["step"] > 4}
     assert after_resume == pytest.approx({row["step"]: row["loss"] for row in clean_log if row["step"] > 4}, rel=1e-5)
 
@@ -119,6 +122,19 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
 
     with pytest.raises(LlamalabError, match="no unfinished run"):
         train(lab, name, resume=True)
+
+
+def test_drop_log_after_keeps_what_came_before_the_checkpoint(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    rows = [{"note": "start"}, {"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"note": "later"},
+            {"step": 3, "loss": 1.0}]
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"step": 4, "lo')  # cut off by a kill
+    drop_log_after(log, 2)
+    assert [json.loads(line) for line in log.read_text().splitlines()] == rows[:4]
+    drop_log_after(log, 0)
+    assert log.read_text().splitlines() == ['{"note": "start"}']
+    drop_log_after(tmp_path / "missing.jsonl", 3)
+    assert not (tmp_path / "missing.jsonl").exists()
 
 
 def test_export_writes_a_merged_model(lab, tiny_model_dir, tmp_path):

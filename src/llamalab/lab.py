@@ -6,6 +6,8 @@ import datetime
 import difflib
 import re
 import shutil
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -106,8 +108,11 @@ def _date_first_post(path: Path) -> None:
     path.unlink()
 
 
-def init_lab(target: Path) -> Lab:
-    """Create a lab at `target` from the shipped example (refuses to overwrite an existing lab)."""
+def init_lab(target: Path, note: Callable[[str], None] = lambda line: None) -> Lab:
+    """Create a lab at `target` from the shipped example (refuses to overwrite an existing lab).
+
+    The lab becomes a git repository with a first commit (see `_init_git`); `note` gets a line saying how that went.
+    """
     if (target / "lab.yaml").exists():
         raise LlamalabError(f"{target} already holds a lab (lab.yaml exists)")
     if target.exists() and any(target.iterdir()):
@@ -117,7 +122,40 @@ def init_lab(target: Path) -> Lab:
     shutil.copytree(example_lab_source(), staging, ignore=shutil.ignore_patterns("runs", "__pycache__"))
     (staging / "runs").mkdir()
     _date_first_post(staging / "posts" / "welcome.md")
+    note(_init_git(staging))  # before the rename, so a kill mid-commit leaves no half-committed lab
     if target.exists():
         target.rmdir()
     staging.rename(target)
     return find_lab(target)
+
+
+LAB_COMMIT_MESSAGE = "llamalab init: example lab"
+# Used only for identity keys the user has not configured, so the first commit works on a fresh machine.
+_FALLBACK_IDENTITY = {"user.name": "llamalab", "user.email": "llamalab@localhost"}
+
+
+def _init_git(folder: Path) -> str:
+    """Make a new lab folder a git repository with one commit, so run records carry the lab's commit.
+
+    Skipped inside an existing repository (no nested repo: the lab is committed there) and where git is not
+    installed. Returns a line for the user saying which happened.
+    """
+    if shutil.which("git") is None:
+        return "git is not installed: the lab is not a git repository, so run records will carry no lab commit"
+    outer = _git(folder.parent, "rev-parse", "--show-toplevel", check=False)
+    if outer.returncode == 0:
+        return f"the lab is inside the git repository {outer.stdout.strip()}: commit it there"
+    try:
+        _git(folder, "init", "--quiet")
+        _git(folder, "add", "--all")
+        missing = [key for key in _FALLBACK_IDENTITY if _git(folder, "config", key, check=False).returncode != 0]
+        identity = [arg for key in missing for arg in ("-c", f"{key}={_FALLBACK_IDENTITY[key]}")]
+        _git(folder, *identity, "commit", "--quiet", "--message", LAB_COMMIT_MESSAGE)
+    except subprocess.SubprocessError as exc:  # e.g. a commit hook or signing setup that refuses
+        reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        return f"git could not commit the lab ({reason}): commit it yourself"
+    return f"made the lab a git repository, with a first commit ({LAB_COMMIT_MESSAGE!r})"
+
+
+def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=check, timeout=120)

@@ -1,7 +1,9 @@
-"""Trainer callbacks: a rich progress bar, a per-step log, and checkpoints that are complete or ignored."""
+"""Trainer callbacks: progress (a bar or log lines), a per-step log, and checkpoints that are complete or ignored."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import shutil
 import time
 from pathlib import Path
@@ -13,13 +15,17 @@ from rich.progress import (
 from transformers import TrainerCallback
 
 from llamalab.progress import new_progress
-from llamalab.runs.files import append_jsonl, write_text_atomic
+from llamalab.runs.files import append_jsonl, read_jsonl, write_text_atomic
 
 CHECKPOINT_DONE = "CHECKPOINT_DONE"
 
 
 class ProgressCallback(TrainerCallback):
-    """Shows steps, loss, tokens/s and ETA; appends every logged step to train_log.jsonl."""
+    """Shows steps, loss, tokens/s and ETA; appends every logged step to train_log.jsonl.
+
+    Training logs every step (`logging_steps=1`), so the progress moves on each logged step, carrying that step's
+    loss: a progress line printed to a log file shows the loss of the step it counts.
+    """
 
     def __init__(self, console: Console, log_path: Path):
         self.console = console
@@ -30,15 +36,14 @@ class ProgressCallback(TrainerCallback):
         self.tokens_this_session = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run starts again from its checkpoint (global_step is already restored here) and logs the
+        # steps after it anew: the rows the killed run logged for them would be duplicates.
+        drop_log_after(self.log_path, state.global_step)
         self.progress = new_progress(self.console, "steps")
         self.progress.start()
         self.task_id = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
         self.start_tokens = state.num_input_tokens_seen
         self.start_time = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress:
-            self.progress.update(self.task_id, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -48,7 +53,8 @@ class ProgressCallback(TrainerCallback):
         rate = self.tokens_this_session / max(time.perf_counter() - self.start_time, 1e-9)
         append_jsonl(self.log_path, [{"step": state.global_step, **logs, "tokens_per_s": round(rate, 1)}])
         if self.progress:
-            self.progress.update(self.task_id, info=f"loss {logs['loss']:.4f}  {rate:,.0f} tok/s")
+            info = f"loss {logs['loss']:.4f}  {rate:,.0f} tok/s"
+            self.progress.update(self.task_id, completed=state.global_step, info=info)
 
     def on_save(self, args, state, control, **kwargs):
         # The trainer calls on_save after the checkpoint folder is fully written: mark it usable.
@@ -59,6 +65,17 @@ class ProgressCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress:
             self.progress.stop()
+
+
+def drop_log_after(path: Path, step: int) -> None:
+    """Rewrite a training log atomically, keeping the rows before the first one past `step`.
+
+    A last line cut off by a kill mid-append goes too, so later appends start on a line of their own.
+    """
+    if not path.is_file():
+        return
+    kept = itertools.takewhile(lambda row: row.get("step", 0) <= step, read_jsonl(path))
+    write_text_atomic(path, "".join(json.dumps(row, default=str) + "\n" for row in kept))
 
 
 def latest_complete_checkpoint(folder: Path) -> Path | None:

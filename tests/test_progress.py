@@ -1,0 +1,91 @@
+"""Progress where stderr is not a terminal: whole plain lines as the work goes, not a bar drawn at exit."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import Progress
+
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.progress import LineProgress, new_progress, progress_bar
+from tests.conftest import write_experiment
+
+
+def log_console() -> Console:
+    return Console(file=io.StringIO(), width=40)  # narrow: a line must still not wrap
+
+
+def test_a_terminal_gets_the_bar_and_a_log_gets_lines():
+    assert not isinstance(new_progress(Console(file=io.StringIO(), force_terminal=True), "it"), LineProgress)
+    assert isinstance(new_progress(log_console(), "it"), LineProgress)
+    assert isinstance(new_progress(log_console(), "it"), Progress)  # same interface as the bar
+
+
+def test_a_line_every_tenth_and_the_last():
+    console = log_console()
+    with progress_bar(console, "eval sentiment", total=95, unit="ex") as advance:
+        for i in range(95):
+            advance(1, acc=f"{i / 100:.2f}")
+    lines = console.file.getvalue().splitlines()
+    counts = [int(re.match(r"eval sentiment  (\d+)/95 ex  0:00:\d\d elapsed  ETA \S+  acc 0\.\d\d$", line)[1])
+              for line in lines]
+    assert counts == [10, 19, 29, 38, 48, 57, 67, 76, 86, 95]
+
+
+def test_a_line_every_ten_seconds_when_slower():
+    now = [0.0]
+    progress = LineProgress(log_console(), "steps")
+    progress.get_time = lambda: now[0]
+    task = progress.add_task("train", total=1000, info="")
+    for step in range(1, 31):
+        now[0] = step * 3.0  # 3 s a step: 30 steps are 3% of the work, and a line is due every 10 s
+        progress.update(task, completed=step, info=f"loss {1 / step:.4f}")
+    progress.stop()  # stopped before the end (e.g. Ctrl-C): the last state is still reported
+    lines = progress.console.file.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["4/1000", "8/1000", "12/1000", "16/1000", "20/1000", "24/1000",
+                                                   "28/1000", "30/1000"]
+    assert lines[0] == "train  4/1000 steps  0:00:12 elapsed  ETA 0:49:48  loss 0.2500"  # 996 steps at 3 s
+
+
+def test_eval_progress_goes_to_a_log_in_lines(lab, tiny_model_dir):
+    console = log_console()
+    evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20), console)
+    lines = [line for line in console.file.getvalue().splitlines() if line.startswith("eval ")]
+    assert lines and lines[-1].startswith("eval sentiment  20/20 ex  ")
+
+
+def test_train_progress_reaches_a_redirected_log_while_it_runs(lab, tiny_model_dir, tmp_path):
+    """`llamalab train 2> file`: progress lines are in the file before the command ends, each a whole line."""
+    steps = 20
+    write_experiment(lab, "tiny", json.dumps({
+        "task": "sentiment", "base_model": str(tiny_model_dir), "batch_size": 4, "max_steps": steps,
+        "save_steps": 1000, "train_examples": 64, "lora": {"r": 4, "alpha": 8},
+    }))
+    log = tmp_path / "train.log"
+    with log.open("w") as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "llamalab.cli", "train", "tiny", "--lab", str(lab.root)],
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 240
+        while "train  " not in (seen := log.read_text()) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        running = child.poll() is None
+        assert child.wait(timeout=240) == 0, log.read_text()[-3000:]
+    finally:
+        child.kill()
+    assert running, "no progress line before the command ended"
+    assert seen.endswith("\n")  # read mid-run: whole lines only
+
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text  # no bar redrawn in place, no terminal escapes
+    pattern = rf"train  (\d+)/{steps} steps  \d:\d\d:\d\d elapsed  ETA \S+  loss \d+\.\d{{4}}  [\d,]+ tok/s"
+    counts = [int(m[1]) for line in text.splitlines() if (m := re.fullmatch(pattern, line))]
+    assert counts[-1] == steps and counts == sorted(set(counts))
+    assert len(counts) < steps  # throttled, not a line per step
+    assert len(counts) == sum(line.startswith("train  ") for line in text.splitlines())
