@@ -80,8 +80,75 @@ def test_missing_file_and_empty_split(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"text": "good", "label": "pos"}\n')
     (tmp_path / "test.jsonl").write_text("\n")
     task = make_task(tmp_path, [{"path": "train.jsonl", "split": "train"}, {"path": "test.jsonl", "split": "test"}])
-    with pytest.raises(LlamalabError, match="split 'test' is empty"):
+    with pytest.raises(LlamalabError, match=r"split 'test' is empty: no usable row in test.jsonl \(no rows at all\)"):
         load_task_data(task)
+
+
+def test_csv_delimiter_quoting_and_headerless_columns(tmp_path):
+    (tmp_path / "semi.csv").write_text("label;text\npos;'fine; really'\nneg;awful\n")
+    (tmp_path / "raw.tsv").write_text('"quoted\tpos\nplain"\tneg\n')
+    task = make_task(tmp_path, [
+        {"path": "semi.csv", "split": "train", "delimiter": ";", "quotechar": "'"},
+        {"path": "raw.tsv", "split": "test", "header": False, "columns": ["text", "label"], "quotechar": None},
+    ])
+    data = load_task_data(task)
+    assert [(e.fields["text"], e.answer) for e in data.split("train")] == [("fine; really", "pos"), ("awful", "neg")]
+    assert [(e.fields["text"], e.answer) for e in data.split("test")] == [('"quoted', "pos"), ('plain"', "neg")]
+
+
+def test_json_records_path_fields_list_records_and_dotted_ids(tmp_path):
+    document = {"data": {"items": [{"meta": {"id": "a7"}, "userInput": {"text": "good"}, "intent": "pos"},
+                                   {"meta": {"id": "b2"}, "userInput": {"text": "bad"}, "intent": "neg"}]}}
+    (tmp_path / "nested.json").write_text(json.dumps(document, indent=2))
+    (tmp_path / "pairs.jsonl").write_text('["fine", "pos"]\n["meh", "neg", "extra"]\n')
+    task = make_task(tmp_path, [
+        {"path": "nested.json", "split": "train", "records": "data.items",
+         "fields": {"text": "userInput.text", "label": "intent"}},
+        {"path": "pairs.jsonl", "split": "test", "columns": ["text", "label"]},
+    ], id_field="meta.id")
+    data = load_task_data(task, strict=False)
+    train = data.split("train")
+    assert [(e.id, e.fields["text"], e.answer, e.source) for e in train] == [
+        ("a7", "good", "pos", "nested.json:4"), ("b2", "bad", "neg", "nested.json:13")]
+    assert train[0].fields["userInput"] == {"text": "good"}  # the raw record stays usable in the template
+    assert [str(b) for b in data.bad_rows] == ["pairs.jsonl:2: has 3 items, `columns:` names 2"]
+    assert data.split("test")[0].id == "pairs.jsonl:1"  # no meta.id: the default id
+
+
+def test_arrow_file_and_dataset_folder_give_class_label_names(tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    Dataset.from_dict({"text": ["good", "bad", "hidden"], "label": [1, 0, -1]}, features=features).save_to_disk(
+        tmp_path / "single")
+    arrow = next((tmp_path / "single").glob("*.arrow"))
+    both = Dataset.from_dict({"text": ["fine"], "label": [1]}, features=features)
+    DatasetDict({"train": both, "test": both}).save_to_disk(tmp_path / "dict")
+    task = make_task(tmp_path, [
+        {"path": arrow.relative_to(tmp_path).as_posix(), "split": "train"},
+        {"path": "single", "split": "dev"},
+        {"path": "dict", "split": "test"},
+    ])
+    data = load_task_data(task, strict=False)
+    assert [e.answer for e in data.split("train")] == ["pos", "neg"]
+    assert [e.answer for e in data.split("dev")] == ["pos", "neg"]
+    assert [str(b) for b in data.bad_rows] == [
+        f"{arrow.relative_to(tmp_path).as_posix()}[2]: missing answer field 'label'",  # -1: no label (hidden test)
+        "single[2]: missing answer field 'label'",
+        "dict: holds several splits (it has train, test): name one with `records:`, one file entry per split, "
+        "e.g. {path: dict, records: train, split: train}",
+    ]
+
+
+def test_a_split_drawn_around_bad_rows_is_not_pinned(tmp_path):
+    rows = [{"text": f"t{i}", "label": "pos"} for i in range(10)] + [{"text": "", "label": "pos"}]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = make_task(tmp_path, [{"path": "all.jsonl"}], {"dev": 0.2})
+    data = load_task_data(task, strict=False)
+    assert len(data.split("dev")) == 2 and data.split_manifest is None
+    assert not (tmp_path / "data" / "splits" / "t.json").exists()
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))  # fixed
+    assert load_task_data(task).split_manifest == tmp_path / "data" / "splits" / "t.json"
 
 
 def test_derived_split_is_stratified_seeded_and_pinned(tmp_path):

@@ -63,5 +63,5 @@ def test_trailing_space_moves_to_the_answer(tokenizer):
 
 def test_template_errors_name_the_field(tokenizer):
     prompter = Prompter(task(template="{{ review }}"), tokenizer, "plain")
-    with pytest.raises(LlamalabError, match="'review' is undefined.*has fields text"):
+    with pytest.raises(LlamalabError, match="uses field 'review', which example .* does not have; its fields: text"):
         prompter.prompt(EX)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -47,6 +48,9 @@ def data_check(
     lab: LabOption = None,
     model: Annotated[str, typer.Option(help="model whose tokenizer measures lengths")] = "smollm2-135m-instruct",
     max_length: Annotated[int | None, typer.Option(help="warn about examples longer than this")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        help="warn about gold answers longer than this generation budget (default as eval: 16 for labels, else 256)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Counts, label balance, token lengths, duplicates, train/test overlap and bad rows (file:line)."""
@@ -60,7 +64,7 @@ def data_check(
     spec = load_task(the_lab.task_path(task), the_lab.root)
     data = load_task_data(spec, strict=False)
     prompter = Prompter(spec, load_tokenizer(resolve_model(model)), spec.prompt.format)
-    report = check_task_data(data, spec, prompter, max_length)
+    report = check_task_data(data, spec, prompter, max_length, max_new_tokens)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:
@@ -70,26 +74,31 @@ def data_check(
 
 
 def _print_check(name: str, report) -> None:
-    table = Table(title=f"task {name}")
+    entities = bool(report.entity_types)
+    table = Table(title=f"task {escape(name)}")
     table.add_column("split")
     table.add_column("examples", justify="right")
     table.add_column("tokens min / mean / p95 / max", justify="right")
-    table.add_column("labels (smallest, largest)")
+    table.add_column("answer tokens mean / max", justify="right")
+    table.add_column("entity types (entities)" if entities else "labels (smallest, largest)")
     for split, count in report.counts.items():
-        t = report.token_lengths.get(split, {})
-        balance = report.label_balance.get(split, {})
+        t, a = report.token_lengths.get(split, {}), report.answer_lengths.get(split, {})
+        balance = (report.entity_types if entities else report.label_balance).get(split, {})
         spread = ", ".join(f"{k} {v}" for k, v in balance.items())
         if len(balance) > 4:
+            kind = "types" if entities else "labels"
             lo, hi = min(balance, key=balance.get), max(balance, key=balance.get)
-            spread = (f"{len(balance)} labels, {balance[lo]} each" if balance[lo] == balance[hi]
-                      else f"{len(balance)} labels, fewest {lo} {balance[lo]}, most {hi} {balance[hi]}")
+            spread = (f"{len(balance)} {kind}, {balance[lo]} each" if balance[lo] == balance[hi]
+                      else f"{len(balance)} {kind}, fewest {lo} {balance[lo]}, most {hi} {balance[hi]}")
         lengths = f"{t.get('min')} / {t.get('mean')} / {t.get('p95')} / {t.get('max')}" if t else ""
-        table.add_row(split, str(count), lengths, spread)
+        answers = f"{a.get('mean')} / {a.get('max')}" if a else ""
+        table.add_row(escape(split), str(count), lengths, answers, escape(spread))
     out.print(table)
+    # Messages quote data and file names: markup-like text such as "[text, label]" must print as written.
     for warning in report.warnings:
-        out.print(f"[yellow]warning[/] {warning}")
+        out.print(f"[yellow]warning[/] {escape(warning)}")
     for error in report.errors:
-        out.print(f"[red]error[/] {error}")
+        out.print(f"[red]error[/] {escape(error)}")
     out.print("[green]data ok[/]" if report.ok else f"[red]{len(report.errors)} error(s)[/]")
 
 

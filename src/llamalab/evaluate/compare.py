@@ -188,7 +188,8 @@ def format_delta(vs: dict) -> str:
     """Δ against the reference; on a paired subset (systems evaluated on different examples) with its n."""
     if vs["delta"] is None:
         return "–"
-    return f"{vs['delta']:+.3f}" + (f" (n={vs['n']})" if vs.get("paired_subset") else "")
+    delta = round(vs["delta"], 3) + 0.0  # + 0.0 turns -0.0 into 0.0: a tie shows as +0.000
+    return f"{delta:+.3f}" + (f" (n={vs['n']})" if vs.get("paired_subset") else "")
 
 
 def prediction_cell(summary: dict) -> str:

@@ -145,7 +145,7 @@ def _complete(settings: EvalSettings, task: Task, system: System) -> EvalSetting
     if is_api and settings.format == "plain":
         raise LlamalabError(f"{system.label} is a chat API: it can only be prompted in chat format")
     prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
-    max_new = settings.max_new_tokens or (16 if task.answer.type == "label" else 256)
+    max_new = settings.max_new_tokens or task.answer.default_max_new_tokens
     return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new})
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llamalab.tasks.data import TaskData
+from llamalab.evaluate.answers import parse_entities
+from llamalab.tasks.data import Example, TaskData
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import Task
 
@@ -19,6 +20,8 @@ class CheckReport:
     counts: dict[str, int]
     label_balance: dict[str, dict[str, int]]
     token_lengths: dict[str, dict[str, float]]
+    answer_lengths: dict[str, dict[str, float]] = field(default_factory=dict)  # tokens of the gold answers
+    entity_types: dict[str, dict[str, int]] = field(default_factory=dict)  # entity tasks: gold entities per type
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     overlap: dict[str, int] = field(default_factory=dict)  # held-out split -> texts also in train (leakage)
@@ -32,7 +35,9 @@ class CheckReport:
             "ok": self.ok,
             "counts": self.counts,
             "label_balance": self.label_balance,
+            "entity_types": self.entity_types,
             "token_lengths": self.token_lengths,
+            "answer_lengths": self.answer_lengths,
             "errors": self.errors,
             "warnings": self.warnings,
             "overlap": self.overlap,
@@ -48,15 +53,22 @@ def normalize_text(text: str) -> str:
 
 
 def check_task_data(
-    data: TaskData, task: Task, prompter: Prompter | None = None, max_length: int | None = None
+    data: TaskData, task: Task, prompter: Prompter | None = None, max_length: int | None = None,
+    max_new_tokens: int | None = None,
 ) -> CheckReport:
-    """Counts, label balance, token lengths (with a prompter), duplicates, leakage between splits, and bad rows."""
+    """Counts, label (or entity type) balance, token lengths of examples and gold answers (with a prompter),
+    duplicates, leakage between splits, bad rows and whatever else keeps the data from loading."""
     report = CheckReport(
         counts={name: len(examples) for name, examples in data.splits.items()},
         label_balance={},
         token_lengths={},
     )
     report.errors.extend(str(bad) for bad in data.bad_rows)
+    report.errors.extend(data.errors)
+    if data.prompt_error:
+        report.errors.append(data.prompt_error)
+        prompter = None  # no prompt renders, so there is nothing to measure
+    budget = max_new_tokens or task.answer.default_max_new_tokens
 
     keys: dict[str, dict[str, list]] = {}
     for name, examples in data.splits.items():
@@ -66,14 +78,11 @@ def check_task_data(
             missing = [label for label in task.answer.labels if not counted.get(label)]
             if missing and name != "train":
                 report.warnings.append(f"{name}: no examples of {len(missing)} label(s): {', '.join(missing[:5])}")
-        lengths = np.array([len(prompter.encode_training(ex).input_ids) for ex in examples] if prompter else [])
-        if len(lengths):
-            report.token_lengths[name] = {
-                "min": int(lengths.min()), "mean": round(float(lengths.mean()), 1),
-                "p95": int(np.percentile(lengths, 95)), "max": int(lengths.max()),
-            }
-            if max_length and (long := int((lengths > max_length).sum())):
-                report.warnings.append(f"{name}: {long} example(s) exceed max_length {max_length} tokens")
+        if task.answer.type == "entities":
+            report.entity_types[name] = dict(sorted(Counter(
+                kind for ex in examples for kind, _ in parse_entities(ex.answer) or []).items()))
+        if prompter and examples:
+            _measure(report, name, examples, prompter, max_length, budget)
         keys[name] = _by_text(task.data.text_fields, examples)
 
     for name, groups in keys.items():
@@ -97,6 +106,37 @@ def check_task_data(
                     f"(leakage), e.g. {keys[held_out][first][0].source} = {keys['train'][first][0].source}"
                 )
     return report
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    return {"min": int(values.min()), "mean": round(float(values.mean()), 1),
+            "p95": int(np.percentile(values, 95)), "max": int(values.max())}
+
+
+def _measure(report: CheckReport, name: str, examples: list[Example], prompter: Prompter, max_length: int | None,
+             budget: int) -> None:
+    """Token lengths of whole training examples and of the gold answers, with warnings where they do not fit."""
+    lengths = np.array([len(prompter.encode_training(ex).input_ids) for ex in examples])
+    report.token_lengths[name] = _stats(lengths)
+    if max_length and (long := np.flatnonzero(lengths > max_length)).size:
+        report.warnings.append(
+            f"{name}: {long.size} example(s) exceed max_length {max_length} tokens and would be skipped in "
+            f"training, e.g. {', '.join(examples[i].source for i in long[:3])}"
+        )
+    # What the model must generate after the prompt; labels repeat, so each distinct answer is tokenized once.
+    targets = [prompter.continuation(prompter.task.answer.target(ex.answer)) for ex in examples]
+    distinct = sorted(set(targets))
+    counted = dict(zip(distinct, map(len, prompter.tokenizer(distinct, add_special_tokens=False)["input_ids"]),
+                       strict=True))
+    answers = np.array([counted[t] for t in targets])
+    report.answer_lengths[name] = _stats(answers)
+    if (long := np.flatnonzero(answers > budget)).size:
+        protocol = " (under --protocol generate)" if prompter.task.answer.type == "label" else ""
+        report.warnings.append(
+            f"{name}: {long.size} gold answer(s) are longer than the generation budget of {budget} tokens{protocol} "
+            f"(longest {answers.max()}), e.g. {', '.join(examples[i].source for i in long[:3])}: generated answers "
+            "would be cut off; raise --max-new-tokens (of `llamalab eval` and `llamalab data check`)"
+        )
 
 
 def _by_text(fields: list[str], examples) -> dict[str, list]:

@@ -1,8 +1,7 @@
-"""Reading a task's data files into examples, and deriving (then pinning) its splits."""
+"""Turning a task's data files into examples, and deriving (then pinning) its splits."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
@@ -13,7 +12,8 @@ from typing import Any
 
 from llamalab.config import LlamalabError
 from llamalab.runs.files import write_json_atomic
-from llamalab.tasks.task import SPLITS, DataFile, Task
+from llamalab.tasks.readers import BadRow, Record, follow, lookup, read_records
+from llamalab.tasks.task import SPLITS, DataFile, SpanSpec, Task
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,13 @@ class Example:
 
 
 @dataclass
-class BadRow:
-    source: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: {self.reason}"
-
-
-@dataclass
 class TaskData:
-    """Every example of a task by split, plus rows that could not be used."""
+    """Every example of a task by split, plus rows that could not be used and what else is wrong."""
 
     splits: dict[str, list[Example]]
     bad_rows: list[BadRow] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # problems beyond single rows: empty splits
+    prompt_error: str | None = None  # the prompt template does not render on the first example
     file_hashes: dict[str, str] = field(default_factory=dict)
     split_manifest: Path | None = None
 
@@ -56,128 +49,210 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_path(path: Path) -> str:
+    """A file's SHA-256; for a dataset folder, one over its files' names and hashes."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for member in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{member.relative_to(path).as_posix()}\0{sha256_file(member)}\n".encode())
+    return digest.hexdigest()
+
+
 def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
     """Read all files, validate rows, and assemble train/dev/test.
 
-    With `strict`, any bad row is an error listing each as file:line; otherwise bad rows are
-    returned for `data check` to report.
+    With `strict`, any bad row, empty split or prompt that does not fit the data is an error listing each
+    (rows as file:line); otherwise they are returned for `data check` to report.
     """
     by_split: dict[str, list[Example]] = defaultdict(list)
+    files_of: dict[str, list[str]] = defaultdict(list)
+    bad_in: dict[str, int] = {}
     bad: list[BadRow] = []
     hashes: dict[str, str] = {}
+    first: Example | None = None
     for file in task.data.files:
         path = task.data_path(file)
-        if not path.is_file():
+        if not path.exists():
             raise LlamalabError(
                 f"task {task.name!r}: data file {file.path} not found (looked at {path}); "
                 "fix `data.files[].path` in the task file"
             )
-        hashes[file.path] = sha256_file(path)
+        if file.path not in hashes:  # one file may hold several splits (`records:`)
+            hashes[file.path] = sha256_path(path)
         examples, file_bad = _read_file(task, file, path)
         by_split[file.split or "pool"].extend(examples)
+        files_of[file.split or "pool"].append(file.path)
+        bad_in[file.path] = bad_in.get(file.path, 0) + len(file_bad)
         bad.extend(file_bad)
-    if strict and bad:
-        shown = "\n".join(f"  {b}" for b in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise LlamalabError(
-            f"task {task.name!r}: {len(bad)} bad row(s):\n{shown}{more}\n"
-            f"run `llamalab data check {task.name}` for the full report"
-        )
+        first = first or next(iter(examples), None)
     data = TaskData(splits=dict(by_split), bad_rows=bad, file_hashes=hashes)
-    _assemble_splits(task, data)
-    for name in SPLITS:
-        if name in data.splits and not data.splits[name]:
-            raise LlamalabError(f"task {task.name!r}: split {name!r} is empty; check its files or split fractions")
+    data.prompt_error = _prompt_problem(task, first) if first else None
+    # Pin a split only from clean data: one drawn around bad rows would no longer match once they are fixed.
+    drawn = _assemble_splits(task, data, pin=not bad)
+    data.errors.extend(_empty_splits(data, files_of, bad_in, drawn))
+    if strict and (bad or data.errors):
+        lines = [f"{len(bad)} bad row(s):", *(f"  {b}" for b in bad[:20])] if bad else []
+        if len(bad) > 20:
+            lines.append(f"  ... and {len(bad) - 20} more")
+        lines += [*data.errors, f"run `llamalab data check {task.name}` for the full report"]
+        raise LlamalabError(f"task {task.name!r}: " + "\n".join(lines))
+    if strict and data.prompt_error:
+        raise LlamalabError(data.prompt_error)
     return data
 
 
-def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], list[BadRow]]:
-    fmt = file.resolved_format()
-    rows = _read_lines(path, file) if fmt == "lines" else _read_records(path, fmt)
-    examples, bad = [], []
-    labels = set(task.answer.labels)
-    for line_no, row in rows:
-        source = f"{file.path}:{line_no}"
-        if isinstance(row, BadRow):
-            bad.append(row)
+def _prompt_problem(task: Task, example: Example) -> str | None:
+    """The prompt template rendered on the first example in file order: every command names the same one."""
+    from llamalab.tasks.prompts import Prompter  # prompts imports this module for Example
+
+    try:
+        Prompter(task, None, task.prompt.format).user_text(example)
+    except LlamalabError as exc:
+        return str(exc)
+    return None
+
+
+def _empty_splits(
+    data: TaskData, files_of: dict[str, list[str]], bad_in: dict[str, int], drawn: dict[str, tuple[str, int]]
+) -> list[str]:
+    """An error per empty split, naming its files and why: bad rows, no rows, or a fraction that rounds to none."""
+    errors = []
+    for name in SPLITS:
+        if name not in data.splits or data.splits[name]:
             continue
+        files = list(files_of.get(name, []))
+        source, usable = drawn.get(name, ("", 0))
+        files += [f for f in files_of.get(source, []) if f not in files]
+        if usable:
+            why = f"data.split.{name} of the {usable} usable {source} example(s) ({', '.join(files)}) rounds to none"
+        else:
+            rows = sum(bad_in[f] for f in files)
+            why = f"no usable row in {', '.join(files)} " + (
+                f"({rows} bad row(s), listed above)" if rows else "(no rows at all)")
+        errors.append(f"split {name!r} is empty: {why}")
+    return errors
+
+
+class _RowProblem(ValueError):
+    """Why one record cannot become an example."""
+
+
+def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], list[BadRow]]:
+    raw, bad = read_records(file, path)
+    records = [record._replace(value=_map_fields(file, record.value)) for record in raw]
+    if records and (missing := _missing_everywhere(task, file, records, raw[0].value)):
+        return [], [*bad, missing]
+    examples = []
+    labels = set(task.answer.labels)
+    for record in records:
+        source, row = record.source, record.value
+        if file.spans:
+            try:
+                row[file.spans.into or task.data.answer_field] = spans_to_entities(file.spans, row)
+            except _RowProblem as exc:
+                bad.append(BadRow(source, str(exc)))
+                continue
+        answer = file.label if file.label is not None else row.get(task.data.answer_field)
         missing = [f for f in task.data.text_fields if not str(row.get(f) or "").strip()]
         if missing:
             bad.append(BadRow(source, f"missing or empty field(s): {', '.join(missing)}"))
             continue
-        answer = file.label if file.label is not None else row.get(task.data.answer_field)
         if answer is None or str(answer).strip() == "":
             bad.append(BadRow(source, f"missing answer field {task.data.answer_field!r}"))
             continue
-        answer = json.dumps(answer) if isinstance(answer, list | dict) else str(answer).strip()
+        # Unicode stays as written: the model is taught (and scored on) the text itself, not \u escapes.
+        answer = json.dumps(answer, ensure_ascii=False) if isinstance(answer, list | dict) else str(answer).strip()
         if task.answer.type == "label" and answer not in labels:
             bad.append(BadRow(source, f"label {answer!r} is not in the task's label set"))
             continue
-        ident = str(row[task.data.id_field]) if task.data.id_field and task.data.id_field in row else source
-        fields = dict(row)  # JSON values stay as they are: a template may join a list of sentences
-        examples.append(Example(ident, fields, answer, source))
+        keys = follow(row, task.data.id_field) if task.data.id_field else None
+        ident = str(lookup(row, keys)) if keys is not None else record.id
+        examples.append(Example(ident, row, answer, source))  # JSON values stay: a template may join a list
     return examples, bad
 
 
-def _read_lines(path: Path, file: DataFile) -> list[tuple[int, dict | BadRow]]:
-    if file.label is None:
-        raise LlamalabError(f"{file.path}: a plain-text file needs `label:` (one text file per label)")
-    rows: list[tuple[int, dict | BadRow]] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            text = line.strip()
-            if text:
-                rows.append((line_no, {"text": text}))
-            else:
-                rows.append((line_no, BadRow(f"{file.path}:{line_no}", "empty line")))
-    return rows
+def _map_fields(file: DataFile, raw: dict[str, Any]) -> dict[str, Any]:
+    """The raw record plus each `fields:` entry found in it (a path found nowhere is reported per file)."""
+    record = dict(raw)
+    for name, path in file.fields.items():
+        if (keys := follow(raw, path)) is not None:
+            record[name] = lookup(raw, keys)
+    return record
 
 
-def _read_records(path: Path, fmt: str) -> list[tuple[int, dict | BadRow]]:
-    rows: list[tuple[int, dict | BadRow]] = []
-    name = path.name
-    with path.open(encoding="utf-8", newline="") as handle:
-        if fmt == "jsonl":
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    rows.append((line_no, BadRow(f"{name}:{line_no}", f"malformed JSON ({exc.msg})")))
-                    continue
-                if not isinstance(record, dict):
-                    rows.append((line_no, BadRow(f"{name}:{line_no}", "expected a JSON object")))
-                    continue
-                rows.append((line_no, record))
-            return rows
-        reader = csv.reader(handle, delimiter="\t" if fmt == "tsv" else ",", strict=True)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return rows
-        except csv.Error as exc:
-            raise LlamalabError(f"{name}:1: malformed header ({exc})") from None
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                rows.append((reader.line_num, BadRow(f"{name}:{reader.line_num}", f"malformed {fmt.upper()} ({exc})")))
-                continue
-            if not values:
-                continue
-            if len(values) != len(header):
-                reason = f"has {len(values)} columns, the header has {len(header)}"
-                rows.append((reader.line_num, BadRow(f"{name}:{reader.line_num}", reason)))
-                continue
-            rows.append((reader.line_num, dict(zip(header, values, strict=True))))
-    return rows
+def _missing_everywhere(task: Task, file: DataFile, records: list[Record], raw: dict[str, Any]) -> BadRow | None:
+    """One message for a field no record has (a misnamed field, a header that is data), instead of a bad row each."""
+    produced = {file.spans.into or task.data.answer_field} if file.spans else set()
+    needed = [*task.data.text_fields, *([] if file.label is not None else [task.data.answer_field])]
+    wanted = {name: name for name in needed if name not in produced} | dict(file.fields)
+    if file.spans:
+        wanted |= {"spans.text": file.spans.text, "spans.spans": file.spans.spans}
+    absent = [name for name, path in wanted.items()
+              if not any(follow(r.value, name if name in file.fields else path) is not None for r in records)]
+    if not absent:
+        return None
+    if file.resolved_format() in ("csv", "tsv") and file.header and not set(needed) & set(raw):
+        columns = f"columns: [{', '.join(needed)}]" if len(raw) == len(needed) else "columns: [...]"
+        return BadRow(f"{file.path}:1", f"the first line was read as a header ({', '.join(raw)}) and names none "
+                                        f"of the task's fields ({', '.join(needed)}); if the file has no header row, "
+                                        f"set `header: false` and `{columns}`")
+    shown = ", ".join(f"{name!r} (from {file.fields[name]!r})" if name in file.fields else repr(name)
+                      for name in absent)
+    fix = ("fix the path" if all(name in file.fields or name.startswith("spans.") for name in absent)
+           else f"map it with `fields: {{{absent[0]}: <path>}}`")
+    return BadRow(records[0].source, f"no record has {shown}; the records have {', '.join(_paths(raw))}: {fix}")
 
 
-def _assemble_splits(task: Task, data: TaskData) -> None:
-    """Derive missing splits from the pool (or train), pinned by a manifest next to the data."""
+def _paths(record: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths into a record's nested objects, for messages that say what a record does have."""
+    paths = []
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            paths.extend(_paths(value, f"{prefix}{key}."))
+        else:
+            paths.append(f"{prefix}{key}")
+    return paths
+
+
+def spans_to_entities(spec: SpanSpec, record: dict[str, Any]) -> list[dict[str, str]]:
+    """A record's character-offset spans as the entity answer [{"type", "text"}, ...], in text order.
+
+    A span without its start key starts at 0 (formats that omit a zero offset). A record without the span
+    list has no entities. Raises _RowProblem naming the span that does not fit the text.
+    """
+    keys = follow(record, spec.text)
+    text = lookup(record, keys) if keys is not None else None
+    if not isinstance(text, str):
+        raise _RowProblem(f"no text at spans.text {spec.text!r}")
+    keys = follow(record, spec.spans)
+    spans = lookup(record, keys) if keys is not None else []
+    if not isinstance(spans, list):
+        raise _RowProblem(f"spans.spans {spec.spans!r} is not a list")
+    found = []
+    for number, span in enumerate(spans, 1):
+        if not isinstance(span, dict):
+            raise _RowProblem(f"span {number} is not an object")
+        start, end, label = span.get(spec.start, 0), span.get(spec.end), span.get(spec.label)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
+            raise _RowProblem(f"span {number}: {spec.start!r} and {spec.end!r} must be character offsets "
+                              f"(got {start!r}, {end!r})")
+        stop = end + 1 if spec.end_inclusive else end
+        if not 0 <= start < stop <= len(text):
+            raise _RowProblem(f"span {number}: offsets {start}..{end} do not fit the text ({len(text)} characters)"
+                              + ("" if spec.end_inclusive else "; if `end` is the last character, set "
+                                 "spans.end_inclusive: true"))
+        if label is None or str(label).strip() == "":
+            raise _RowProblem(f"span {number} has no {spec.label!r}")
+        found.append((start, stop, str(label)))
+    return [{"type": label, "text": text[start:stop]} for start, stop, label in sorted(found)]
+
+
+def _assemble_splits(task: Task, data: TaskData, pin: bool) -> dict[str, tuple[str, int]]:
+    """Derive missing splits from the pool (or train), pinned by a manifest next to the data.
+
+    Returns each drawn split's source and how many examples it was drawn from.
+    """
     spec = task.data.split
     has_pool = "pool" in data.splits
     if spec is None:
@@ -186,24 +261,29 @@ def _assemble_splits(task: Task, data: TaskData) -> None:
                 f"task {task.name!r}: some files have no `split:` and the task has no `data.split` "
                 "section saying how to divide them"
             )
-        return
+        return {}
     source_name = "pool" if spec.source == "pool" else "train"
     if source_name not in data.splits:
         raise LlamalabError(f"task {task.name!r}: data.split.source is {spec.source!r} but no file provides it")
     wanted = [s for s in ("dev", "test") if getattr(spec, s) > 0 and s not in data.splits]
     source = data.splits.pop(source_name)
     manifest = task.lab_root / "data" / "splits" / f"{task.name}.json"
-    assignment = _pinned_assignment(task, source, wanted, manifest)
-    data.split_manifest = manifest
-    # The manifest decides which example lands in which split: it is part of the data's identity.
-    data.file_hashes[manifest.relative_to(task.lab_root).as_posix()] = sha256_file(manifest)
+    assignment = _pinned_assignment(task, source, wanted, manifest, pin)
+    if manifest.is_file() and pin:
+        data.split_manifest = manifest
+        # The manifest decides which example lands in which split: it is part of the data's identity.
+        data.file_hashes[manifest.relative_to(task.lab_root).as_posix()] = sha256_file(manifest)
     by_id = {ex.id: ex for ex in source}
     for split_name in ("train", *wanted):
         chosen = [by_id[i] for i in assignment[split_name]]
         data.splits[split_name] = data.splits.get(split_name, []) + chosen if split_name == "train" else chosen
+    return {name: (source_name, len(source)) for name in ("train", *wanted)}
 
 
-def _pinned_assignment(task: Task, source: list[Example], wanted: list[str], manifest: Path) -> dict[str, list[str]]:
+def _pinned_assignment(
+    task: Task, source: list[Example], wanted: list[str], manifest: Path, pin: bool
+) -> dict[str, list[str]]:
+    """The recorded split if it matches; else a new one, recorded when `pin` (unpinned, a mismatch is no error)."""
     spec = task.data.split
     assert spec is not None
     ids = [ex.id for ex in source]
@@ -215,14 +295,17 @@ def _pinned_assignment(task: Task, source: list[Example], wanted: list[str], man
     }
     if manifest.is_file():
         pinned = json.loads(manifest.read_text(encoding="utf-8"))
-        if pinned.get("fingerprint") != fingerprint:
+        if pinned.get("fingerprint") == fingerprint:
+            return pinned["assignment"]
+        if pin:
             raise LlamalabError(
-                f"{manifest}: the recorded split no longer matches the task's data or `data.split` settings; "
-                "if the change is intended, delete this file to derive (and record) a new split"
+                f"{manifest.relative_to(task.lab_root).as_posix()}: the recorded split no longer matches the task's "
+                "data or `data.split` settings; if the change is intended, delete this file to derive (and record) "
+                "a new split"
             )
-        return pinned["assignment"]
     assignment = derive_split(source, {s: getattr(spec, s) for s in wanted}, spec.seed, spec.stratify)
-    write_json_atomic(manifest, {"task": task.name, "fingerprint": fingerprint, "assignment": assignment})
+    if pin:
+        write_json_atomic(manifest, {"task": task.name, "fingerprint": fingerprint, "assignment": assignment})
     return assignment
 
 

@@ -7,6 +7,7 @@ model's own chat template (never a hand-written imitation of it).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,9 +50,13 @@ class Prompter:
         try:
             text = _JINJA.from_string(self.task.prompt.template).render(**example.fields)
         except jinja2.UndefinedError as exc:
+            # jinja says "'txt' is undefined": name the field, the template, and what the example does have.
+            name = re.fullmatch(r"'(.+)' is undefined", exc.message or "")
+            uses = f"field {name.group(1)!r}, which" if name else f"something ({exc.message}) that"
             raise LlamalabError(
-                f"task {self.task.name!r}: prompt.template uses {exc.message}; example {example.source} "
-                f"has fields {', '.join(example.fields)}"
+                f"task {self.task.name!r}: prompt.template {self.task.prompt.template!r} uses {uses} example "
+                f"{example.source} does not have; its fields: {', '.join(example.fields)}. Fix the template, or "
+                "map a field of the data with `fields:` on its data file"
             ) from None
         except jinja2.TemplateSyntaxError as exc:
             raise LlamalabError(f"task {self.task.name!r}: prompt.template line {exc.lineno}: {exc.message}") from None

@@ -2,31 +2,105 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llamalab.config import StrictModel, load_config
 
 SPLITS = ("train", "dev", "test")
-FileFormat = Literal["jsonl", "csv", "tsv", "lines"]
+FileFormat = Literal["jsonl", "json", "csv", "tsv", "lines", "parquet", "arrow", "hf_dataset"]
+SUFFIX_FORMATS: dict[str, FileFormat] = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".txt": "lines",
+    ".parquet": "parquet", ".arrow": "arrow",
+}
+_TEXT_FORMATS = ("jsonl", "json", "csv", "tsv", "lines")
+_RECORD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "arrow", "hf_dataset")
+# The formats each option applies to: an option a format would ignore is an error, never silently dropped.
+OPTION_FORMATS: dict[str, tuple[str, ...]] = {
+    "encoding": _TEXT_FORMATS,
+    "header": ("csv", "tsv"),
+    "delimiter": ("csv", "tsv"),
+    "quotechar": ("csv", "tsv"),
+    "columns": ("csv", "tsv", "json", "jsonl"),
+    "records": ("json", "hf_dataset"),
+    "fields": _RECORD_FORMATS,
+    "spans": _RECORD_FORMATS,
+}
+
+
+class SpanSpec(StrictModel):
+    """Character-offset spans in a record, turned into the entity answer: a JSON list of {"type", "text"}."""
+
+    text: str = Field("text", description="path to the text the offsets point into")
+    spans: str = Field("spans", description="path to the list of spans (a record without it has no entities)")
+    start: str = Field("start", description="key of a span's first character offset; a span without it starts at 0")
+    end: str = Field("end", description="key of the offset just past a span's last character")
+    label: str = Field("label", description="key of a span's entity type")
+    end_inclusive: bool = Field(False, description="`end` is the offset of the span's last character")
+    into: str | None = Field(None, description="field that receives the entities (default: data.answer_field)")
 
 
 class DataFile(StrictModel):
-    """One data file. `split` says which split it holds; without it, the rows join the pool to split."""
+    """One data file or dataset folder. `split` says which split it holds; without it, rows join the pool."""
 
     path: str
     split: Literal["train", "dev", "test"] | None = None
-    format: FileFormat | None = Field(None, description="inferred from the suffix when omitted")
-    label: str | None = Field(None, description="one-text-file-per-label: every line is one example of this label")
+    format: FileFormat | None = Field(
+        None, description="default: from the suffix; no known suffix: `lines` with `label:`, else `hf_dataset`"
+    )
+    label: str | None = Field(None, description="every row is an example of this label (one text file per label)")
+    encoding: str = Field("utf-8", description="text encoding; a UTF-8 byte-order mark is skipped")
+    header: bool = Field(True, description="csv/tsv: the first line names the columns")
+    columns: list[str] | None = Field(
+        None, description="names of a headerless csv/tsv file's columns, or of the items of list-valued JSON records"
+    )
+    delimiter: str | None = Field(None, min_length=1, max_length=1, description="csv/tsv: default `,` or tab")
+    quotechar: str | None = Field('"', min_length=1, max_length=1, description="csv/tsv: null for no quoting")
+    records: str | None = Field(
+        None, description="json: dotted path to the list of records in the document; hf_dataset: the split to read"
+    )
+    fields: dict[str, str] = Field({}, description="task field name -> dotted path in the raw record")
+    spans: SpanSpec | None = Field(None, description="convert character-offset spans into entity answers")
+
+    @model_validator(mode="after")
+    def _options_fit_the_format(self) -> DataFile:
+        fmt = self.resolved_format()
+        misplaced = sorted(k for k in self.model_fields_set if fmt not in OPTION_FORMATS.get(k, (fmt,)))
+        if misplaced:
+            uses = "; ".join(f"{k} applies to {', '.join(OPTION_FORMATS[k])}" for k in misplaced)
+            raise ValueError(f"{self.path} is read as {fmt}: {uses}")
+        if fmt == "lines" and self.label is None:
+            raise ValueError(
+                f"{self.path} is read as one example per line (format: lines), which needs `label:` (one text file "
+                "per label); for lines of text and label use `format: tsv, header: false, columns: [text, label]`, "
+                "or set `format:` to jsonl, json, csv, tsv, parquet, arrow or hf_dataset"
+            )
+        if fmt in ("csv", "tsv") and not self.header and not self.columns:
+            raise ValueError("`header: false` needs `columns:` naming the columns, e.g. columns: [text, label]")
+        if fmt in ("csv", "tsv") and self.header and self.columns:
+            raise ValueError("`columns:` names the columns of a file without a header row: add `header: false` "
+                             "(to rename a header's columns, use `fields:`)")
+        if self.columns and len(set(self.columns)) != len(self.columns):
+            raise ValueError("`columns:` must be unique")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {self.encoding!r}: e.g. utf-8, latin-1, cp1252, utf-16") from None
+        return self
 
     def resolved_format(self) -> FileFormat:
+        """The format given, else the suffix's; a path without a known suffix is a text file per label (with
+        `label:`) or a dataset folder."""
         if self.format:
             return self.format
         suffix = Path(self.path).suffix.lower()
-        return {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}.get(suffix, "lines")  # type: ignore[return-value]
+        if suffix in SUFFIX_FORMATS:
+            return SUFFIX_FORMATS[suffix]
+        return "lines" if self.label is not None else "hf_dataset"
 
 
 class SplitSpec(StrictModel):
@@ -89,6 +163,15 @@ class AnswerSpec(StrictModel):
         "(calibrate)"
     )
 
+    @field_validator("labels", "verbalizers", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, value: Any) -> Any:
+        # YAML reads unquoted yes/no/on/off/true/false as booleans: say so, not "Input should be a valid string".
+        items = [*value, *value.values()] if isinstance(value, dict) else value
+        if isinstance(items, list) and any(isinstance(v, bool) for v in items):
+            raise ValueError("YAML read an unquoted yes/no/on/off/true/false as a boolean: quote them: 'yes', 'no'")
+        return value
+
     @model_validator(mode="after")
     def _labels_are_consistent(self) -> AnswerSpec:
         if self.type == "label" and len(self.labels) < 2:
@@ -99,6 +182,11 @@ class AnswerSpec(StrictModel):
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        """The generation budget when an eval is not given one: a label is short, other answers may not be."""
+        return 16 if self.type == "label" else 256
 
     def verbalize(self, label: str) -> str:
         return self.verbalizers.get(label, label)

@@ -1,0 +1,282 @@
+"""Hostile data: each message names the cause, the file as written in the task file, and the fix."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from llamalab.cli import app
+from llamalab.config import LlamalabError
+from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.tasks.checks import check_task_data
+from llamalab.tasks.data import load_task_data
+from llamalab.tasks.task import load_task
+from llamalab.train.trainer import train
+from tests.conftest import write_experiment
+
+
+def write_lab_task(lab, files: str, template: str = "{{ text }}", extra: str = "", answer: str = "") -> str:
+    """tasks/probe.yaml with the given `data.files` (YAML flow), in a lab whose data/p/ holds the probe files."""
+    (lab.root / "tasks" / "probe.yaml").write_text(textwrap.dedent(f"""\
+        name: probe
+        data:
+          files: {files}
+        {extra}
+        prompt: {{template: "{template}"}}
+        answer: {answer or "{labels: [neg, pos]}"}
+        """))
+    return "probe"
+
+
+def data_dir(lab):
+    folder = lab.root / "data" / "p"
+    folder.mkdir(exist_ok=True)
+    (folder / "train.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    return folder
+
+
+def check(lab, *options: str):
+    return CliRunner().invoke(app, ["data", "check", "probe", "--lab", str(lab.root), *options])
+
+
+def printed(result) -> str:
+    """The command's output with the terminal's line wrapping undone."""
+    return " ".join(result.stdout.split())
+
+
+def test_latin1_csv_names_file_line_and_the_encoding_option(lab, tiny_model_dir):
+    folder = data_dir(lab)
+    (folder / "test.csv").write_bytes("text,label\nok,pos\ncafé crème,pos\n".encode("latin-1"))
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.csv, split: test}]")
+    result = check(lab)
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no UnicodeDecodeError traceback
+    assert "data/p/test.csv:3: not UTF-8 (byte 0xe9 at column 4): set `encoding:` on this file" in printed(result)
+    assert "`encoding: latin-1`" in printed(result)
+    with pytest.raises(LlamalabError, match=r"data/p/test.csv:3: not UTF-8"):
+        evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="probe"))
+
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, "
+                        "{path: data/p/test.csv, split: test, encoding: latin-1}]")
+    test = load_task_data(load_task(lab.task_path("probe"), lab.root)).split("test")
+    assert test[1].fields["text"] == "café crème"
+
+
+def test_utf8_bom_does_not_leak_into_the_header(lab):
+    folder = data_dir(lab)
+    (folder / "test.csv").write_bytes("text,label\ngood,pos\n".encode("utf-8-sig"))
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.csv, split: test}]")
+    test = load_task_data(load_task(lab.task_path("probe"), lab.root)).split("test")
+    assert list(test[0].fields) == ["text", "label"]
+
+
+def test_an_emptied_split_shows_its_bad_rows_and_names_its_files(lab):
+    folder = data_dir(lab)
+    (folder / "test.jsonl").write_text('{"text": "", "label": "pos"}\n{"text": "meh", "label": "maybe"}\n')
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.jsonl, split: test}]")
+    task = load_task(lab.task_path("probe"), lab.root)
+    data = load_task_data(task, strict=False)  # reports, does not raise
+    assert data.splits["test"] == []
+    report = check_task_data(data, task)
+    assert report.errors == [
+        "data/p/test.jsonl:1: missing or empty field(s): text",
+        "data/p/test.jsonl:2: label 'maybe' is not in the task's label set",
+        "split 'test' is empty: no usable row in data/p/test.jsonl (2 bad row(s), listed above)",
+    ]
+    result = check(lab)
+    assert result.exit_code == 1  # a data error, as the README promises; 2 is for unusable commands
+    assert "split 'test' is empty: no usable row in data/p/test.jsonl" in printed(result)
+    assert "data/p/test.jsonl:2: label 'maybe'" in printed(result)
+    with pytest.raises(LlamalabError, match=r"(?s)2 bad row\(s\).*data/p/test.jsonl:1.*split 'test' is empty"):
+        load_task_data(task)
+
+
+def test_a_derived_split_that_rounds_to_nothing_says_so(lab):
+    folder = data_dir(lab)
+    (folder / "pool.jsonl").write_text('{"text": "fine", "label": "pos"}\n{"text": "awful", "label": "neg"}\n')
+    write_lab_task(lab, "[{path: data/p/pool.jsonl}]", extra="  split: {dev: 0.1}")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert data.errors == ["split 'dev' is empty: data.split.dev of the 2 usable pool example(s) "
+                           "(data/p/pool.jsonl) rounds to none"]
+
+
+def test_multiline_csv_record_is_cited_at_its_first_line(lab):
+    folder = data_dir(lab)
+    (folder / "test.csv").write_text('text,label\n"one\ntwo\nthree",maybe\nok,pos\n"four\nfive",pos\n')
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.csv, split: test}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == ["data/p/test.csv:2: label 'maybe' is not in the task's label set"]
+    last = data.split("test")[1]
+    assert last.source == "data/p/test.csv:6"
+    assert last.id == "data/p/test.csv:7"  # ids keep the line a record ends on: pinned splits stay valid
+
+
+def test_paths_in_messages_are_as_written_in_the_task_file(lab):
+    folder = data_dir(lab)
+    (folder / "bad.jsonl").write_text('{"text": "x", "label": "pos"\n')
+    (folder / "bad.csv").write_text("text,label\ntoo,many,columns\n")
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/bad.jsonl, split: train}, "
+                        "{path: data/p/bad.csv, split: test}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [b.source for b in data.bad_rows] == ["data/p/bad.jsonl:1", "data/p/bad.csv:2"]
+
+    (folder / "pool.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": "pos"}) + "\n" for i in range(9)))
+    write_lab_task(lab, "[{path: data/p/pool.jsonl}]", extra="  split: {dev: 0.2}")
+    load_task_data(load_task(lab.task_path("probe"), lab.root))
+    write_lab_task(lab, "[{path: data/p/pool.jsonl}]", extra="  split: {dev: 0.3}")
+    with pytest.raises(LlamalabError, match=r"^data/splits/probe.json: the recorded split no longer matches"):
+        load_task_data(load_task(lab.task_path("probe"), lab.root))
+
+
+def test_unknown_template_field_names_field_template_and_the_first_example_in_file_order(lab, tiny_model_dir):
+    folder = data_dir(lab)
+    (folder / "pool.jsonl").write_text("".join(
+        json.dumps({"text": f"t{i}", "label": "pos" if i % 2 else "neg"}) + "\n" for i in range(40)))
+    write_lab_task(lab, "[{path: data/p/pool.jsonl}]", template="Say: {{ txt }}",
+                   extra="  split: {dev: 0.2, test: 0.2}")
+    expected = ("task 'probe': prompt.template 'Say: {{ txt }}' uses field 'txt', which example "
+                "data/p/pool.jsonl:1 does not have; its fields: text, label.")
+    messages = []
+    for run in (lambda: evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="probe")),
+                lambda: train(lab, write_experiment(lab, "probe", f"task: probe\nbase_model: {tiny_model_dir}\n"))):
+        with pytest.raises(LlamalabError) as err:
+            run()
+        messages.append(str(err.value))
+    result = check(lab)
+    assert result.exit_code == 1
+    messages.append(printed(result))
+    assert all(expected in message for message in messages), messages
+
+
+def test_headerless_tsv_read_with_a_header_says_header_false(lab):
+    folder = data_dir(lab)
+    (folder / "test.tsv").write_text("good\tpos\nbad\tneg\nfine\tpos\n")
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.tsv, split: test}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == [
+        "data/p/test.tsv:1: the first line was read as a header (good, pos) and names none of the task's fields "
+        "(text, label); if the file has no header row, set `header: false` and `columns: [text, label]`"
+    ]
+    assert data.errors == ["split 'test' is empty: no usable row in data/p/test.tsv (1 bad row(s), listed above)"]
+
+
+def test_json_object_of_splits_says_how_json_is_read(lab):
+    folder = data_dir(lab)
+    (folder / "all.json").write_text(json.dumps({"train": [["good", "pos"]], "test": [["bad", "neg"], ["ok", "pos"]]}))
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/all.json, split: test}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert str(data.bad_rows[0]) == (
+        "data/p/all.json:1: the document is an object with keys train, test, not a list of records: point "
+        "`records:` at the list inside it, one file entry per split, e.g. "
+        "{path: data/p/all.json, records: train, split: train}"
+    )
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/all.json, split: test, "
+                        "records: test}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert str(data.bad_rows[1]) == (
+        "data/p/all.json:1 (test[1]): a list, not an object: name its items with `columns:`, e.g. "
+        "columns: [text, label]"
+    )
+
+
+def test_yaml_boolean_labels_say_quote_them(lab):
+    data_dir(lab)
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}]", answer="{labels: [yes, no]}")
+    with pytest.raises(LlamalabError, match=r"probe.yaml:6: key 'answer.labels'.*as a boolean: quote them: 'yes'"):
+        load_task(lab.task_path("probe"), lab.root)
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}]",
+                   answer="{labels: [pos, neg], verbalizers: {pos: yes}}")
+    with pytest.raises(LlamalabError, match=r"key 'answer.verbalizers'.*quote them"):
+        load_task(lab.task_path("probe"), lab.root)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("{path: data/p/x.csv, delimeter: ';'}", r"probe.yaml:3: unknown key 'data.files.0.delimeter': did you mean "
+                                             r"'delimiter'\?"),
+    ("{path: data/p/x.jsonl, header: false}", r"data/p/x.jsonl is read as jsonl: header applies to csv, tsv"),
+    ("{path: data/p/x.tsv, header: false}", r"`header: false` needs `columns:`"),
+    ("{path: data/p/x.csv, columns: [text, label]}", r"add `header: false`"),
+    ("{path: data/p/x.txt}", r"needs `label:`.*format: tsv, header: false, columns: \[text, label\]"),
+    ("{path: data/p/x.csv, encoding: latin9x}", r"unknown encoding 'latin9x'"),
+    ("{path: data/p/x.csv, delimiter: ';;'}", r"at most 1 character"),
+])
+def test_file_options_are_validated_in_the_task_file(lab, entry, message):
+    write_lab_task(lab, f"[{entry}]")
+    with pytest.raises(LlamalabError, match=message):
+        load_task(lab.task_path("probe"), lab.root)
+
+
+def test_unknown_suffix_and_non_dataset_folders(lab):
+    folder = data_dir(lab)
+    (folder / "reviews.dat").write_text("good\n")
+    (folder / "loose").mkdir()
+    write_lab_task(lab, "[{path: data/p/reviews.dat, split: train}, {path: data/p/loose, split: test}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == [
+        "data/p/reviews.dat: the format cannot be told from the file name: set `format:` (jsonl, json, csv, tsv, "
+        "parquet or arrow), or `label:` to read it as one example of that label per line",
+        "data/p/loose: is a folder but not a `datasets.save_to_disk` one (no dataset_dict.json or "
+        "dataset_info.json): point `path:` at a data file in it",
+    ]
+
+
+def test_field_paths_that_lead_nowhere_are_reported_once_per_file(lab):
+    folder = data_dir(lab)
+    rows = [{"userInput": {"text": f"t{i}"}, "intent": "pos"} for i in range(5)]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, "
+                        "{path: data/p/test.jsonl, split: test, fields: {text: userInput.txt, label: intent}}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == [
+        "data/p/test.jsonl:1: no record has 'text' (from 'userInput.txt'); the records have userInput.text, intent: "
+        "fix the path"
+    ]
+
+
+def test_spans_that_do_not_fit_the_text(lab):
+    folder = data_dir(lab)
+    (folder / "test.json").write_text(json.dumps([
+        {"text": "to rome", "spans": [{"start": 3, "end": 7, "label": "city"}]},
+        {"text": "to oslo", "spans": [{"start": 3, "end": 9, "label": "city"}]},
+        {"text": "to bern", "spans": [{"start": 3, "end": "7", "label": "city"}]},
+        {"text": "hello"},
+    ], indent=1))
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train, spans: {}}, "
+                        "{path: data/p/test.json, split: test, spans: {}}]", extra="  answer_field: entities",
+                   answer="{type: entities}")
+    (folder / "train.jsonl").write_text('{"text": "x", "spans": []}\n')
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == [
+        "data/p/test.json:12: span 1: offsets 3..9 do not fit the text (7 characters); if `end` is the last "
+        "character, set spans.end_inclusive: true",
+        "data/p/test.json:22: span 1: 'start' and 'end' must be character offsets (got 3, '7')",
+    ]
+    assert [(e.answer) for e in data.split("test")] == ['[{"type": "city", "text": "rome"}]', "[]"]
+
+    (folder / "train.jsonl").write_text('{"text": "x", "slots": []}\n')
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert str(data.bad_rows[0]) == ("data/p/train.jsonl:1: no record has 'spans.spans'; the records have text, "
+                                     "slots: fix the path")
+
+
+def test_check_warns_about_answers_over_the_generation_budget_and_counts_entity_types(lab):
+    folder = data_dir(lab)
+    rows = [{"text": f"meet {name} in paris", "entities": [{"type": "person", "text": name},
+                                                           {"type": "city", "text": "paris"}]}
+            for name in ("ann", "bob", "cy")]
+    (folder / "ner.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_lab_task(lab, "[{path: data/p/ner.jsonl, split: train}, {path: data/p/ner.jsonl, split: test}]",
+                   extra="  answer_field: entities", answer="{type: entities}")
+    result = check(lab, "--max-new-tokens", "8", "--json")
+    report = json.loads(result.stdout)
+    assert report["entity_types"] == {"train": {"city": 3, "person": 3}, "test": {"city": 3, "person": 3}}
+    assert report["answer_lengths"]["test"]["max"] > 8
+    assert any(w.startswith("test: 3 gold answer(s) are longer than the generation budget of 8 tokens")
+               and "data/p/ner.jsonl:1" in w for w in report["warnings"])
+    table = check(lab)
+    assert table.exit_code == 0
+    assert "entity types" in printed(table) and "city 3, person 3" in printed(table)
+    assert "generation budget" not in printed(table)  # the default budget of a generation task is 256 tokens
