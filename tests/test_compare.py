@@ -100,6 +100,7 @@ def test_compare_cli_json_and_errors(lab):
 
     table = runner.invoke(app, ["compare", "--task", "sentiment", "--lab", str(lab.root)])
     assert "exact McNemar" in table.stdout and "best" in table.stdout and "0.500 [" in table.stdout
+    assert "b [plain]" in table.stdout  # the prompt format in a label is text, not rich markup
 
     with pytest.raises(Exception, match="no finished evaluations of task 'intent'"):
         compare(lab, "intent")

@@ -197,7 +197,7 @@ def _print_predictions(summary: dict) -> None:
         top = list(summary["predicted"].items())[:5]
         more = len(summary["predicted"]) - len(top)
         shown = ", ".join(f"{label} {count} ({summary['gold'].get(label, 0)} gold)" for label, count in top)
-        console.print(f"predictions: {shown}{f', {more} more labels' if more > 0 else ''}")
+        console.print(f"predictions: {escape(shown)}{f', {more} more labels' if more > 0 else ''}")
     if "parse_failures" in summary:
         console.print(f"unparsed outputs: {summary['parse_failures']} of {n}")
     if summary.get("accuracy_by_normalization"):
@@ -224,7 +224,7 @@ def compare_cmd(
     else:
         out.print(comparison_table(result))
         for warning in comparison_warnings(result):
-            out.print(f"[yellow]warning[/] {warning}")
+            out.print(f"[yellow]warning[/] {escape(warning)}")
 
 
 @app.command()

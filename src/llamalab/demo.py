@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llamalab.config import LlamalabError
@@ -91,7 +92,7 @@ def _check(lab: Lab, console: Console) -> None:
     for split, count in report.counts.items():
         console.print(f"{split}: {count} examples, tokens {report.token_lengths[split]}")
     for warning in report.warnings:
-        console.print(f"[yellow]warning[/] {warning}")
+        console.print(f"[yellow]warning[/] {escape(warning)}")
     if not report.ok:
         raise LlamalabError("data check failed:\n" + "\n".join(report.errors))
 

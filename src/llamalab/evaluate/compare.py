@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from llamalab.config import LlamalabError
@@ -155,10 +156,11 @@ def comparison_table(result: dict) -> Table:
     """The comparison as a rich table: metrics with CIs, paired tests, and API cost and latency."""
     tests = sorted({row["vs_reference"]["test"] for row in result["systems"] if row["vs_reference"]})
     table = Table(
-        title=f"{result['task']} / {result['split']}  (ranked by {result['metric']})",
-        caption=f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against {reference_name(result)}, "
-        "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
-        "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse",
+        title=escape(f"{result['task']} / {result['split']}  (ranked by {result['metric']})"),
+        caption=escape(
+            f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against {reference_name(result)}, "
+            "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
+            "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse"),
     )
     with_usage = any(row["usage"] for row in result["systems"])
     columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs ref.", "p",
@@ -180,7 +182,7 @@ def comparison_table(result: dict) -> Table:
             usage = row["usage"] or {}
             cost, latency = usage.get("cost_per_1k_examples_usd"), usage.get("latency_s_per_1k_examples")
             cells += [f"{cost:.4f}" if cost is not None else "-", f"{latency:.0f} s" if latency is not None else "-"]
-        table.add_row(*cells)
+        table.add_row(*(escape(cell) for cell in cells))  # labels like "model [plain]" are text, not markup
     return table
 
 

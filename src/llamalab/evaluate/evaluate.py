@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 from rich.console import Console
+from rich.markup import escape
 
 from llamalab.config import LlamalabError, StrictModel
 from llamalab.evaluate.metrics import (
@@ -57,8 +58,8 @@ class EvalSettings(StrictModel):
     )
     max_new_tokens: int | None = Field(None, ge=1, description="generation budget; default 16 for labels, else 256")
     precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="label scoring precision; bfloat16 is ~2x faster on AMX CPUs, re-checks close calls in "
-        "float32, and is not guaranteed bit-identical"
+        "float32", description="label scoring precision; bfloat16 is ~2x faster on AMX CPUs, re-checks calls that are "
+        "close under normalize sum or mean in float32, and is not guaranteed bit-identical"
     )
     batch_size: int = Field(16, ge=1)
     bootstrap_resamples: int = Field(5000, ge=100)
@@ -118,7 +119,7 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, r
                 summary["accuracy_by_normalization"] = normalization_accuracies(
                     rows, task.answer.labels, _label_chars(task), unconditional)
             for warning in summary["warnings"]:
-                console.print(f"[yellow]warning[/] {warning}")
+                console.print(f"[yellow]warning[/] {escape(warning)}")
             record.update(
                 metrics=metrics,
                 predictions_summary=summary,

@@ -151,8 +151,8 @@ def prediction_summary(answer: AnswerSpec, rows: Sequence[dict], protocol: str) 
 
 def _degenerate(predicted: Counter, gold: Counter, n: int, protocol: str, normalize: str) -> list[str]:
     warnings = []
-    others = " or ".join(how for how in ("sum", "mean", "chars", "calibrate") if how != normalize)
-    remedy = (f"compare answer.normalize: {others} on the dev split (README: Label scoring)"
+    others = ", ".join(how for how in ("sum", "mean", "chars", "calibrate") if how != normalize)
+    remedy = (f"compare answer.normalize {others} on the dev split (README: Label scoring)"
               if protocol == "loglikelihood" else "check the prompt lists the labels clearly")
     for label, count in predicted.most_common():
         share, gold_share = count / n, gold.get(label, 0) / n

@@ -19,7 +19,7 @@ from typing import Any
 
 import jinja2
 
-from llamalab.evaluate.compare import format_delta, format_interval, format_p, interval_note
+from llamalab.evaluate.compare import comparison_warnings, format_delta, format_interval, format_p, interval_note
 from llamalab.evaluate.evaluate import PREDICTIONS
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
@@ -64,7 +64,7 @@ class _Builder:
         self.env.filters.update(interval=format_interval, p=format_p, cost=format_cost, seconds=format_seconds,
                                 tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
                                 safe_url=safe_url, cost_note=cost_note, interval_note=interval_note,
-                                delta=format_delta)
+                                delta=format_delta, prediction_warnings=comparison_warnings)
 
     def build(self) -> None:
         lab = self.lab
