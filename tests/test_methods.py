@@ -17,7 +17,7 @@ import yaml
 
 from llamalab.evaluate.evaluate import EvalSettings, evaluate
 from llamalab.lab import Lab, init_lab
-from llamalab.publish.methods import methods_paragraphs, read_config
+from llamalab.publish.methods import methods_paragraphs
 from llamalab.publish.report import build_report
 from llamalab.publish.results import TaskBoard, dev_evals, task_boards, train_runs
 from llamalab.runs.record import RunRecord, list_runs
@@ -89,7 +89,7 @@ def methods_of(lab: Lab, task: str, board: TaskBoard | None = None, **replace) -
 
 def record_of(board: TaskBoard, **where) -> RunRecord:
     """The board's evaluation whose config.yaml has these settings."""
-    matches = [e.record for e in board.entries if all(read_config(e.record).get(k) == v for k, v in where.items())]
+    matches = [e.record for e in board.entries if all(e.record.config.get(k) == v for k, v in where.items())]
     assert len(matches) == 1, where
     return matches[0]
 
@@ -128,8 +128,8 @@ def test_dev_runs_that_did_not_choose_are_not_called_a_choice(selected):
     board = board_of(selected, "mini")
     test_run = board.entries[0].record
     dev = dev_evals(selected, "mini")
-    same = read_config(test_run)
-    others = [r for r in dev if (read_config(r)["format"], read_config(r)["shots"]) != (same["format"], same["shots"])]
+    same = test_run.config
+    others = [r for r in dev if (r.config["format"], r.config["shots"]) != (same["format"], same["shots"])]
     label = test_run.data["system"]["label"]
 
     text = methods_of(selected, "mini", board, dev=others[:2])
@@ -155,7 +155,7 @@ def test_limit_states_the_subset_per_system(unselected):
     text = methods_of(unselected, "sentiment", board)
     assert "The systems were not all evaluated on the same examples" in text
     for limit in (12, 8):
-        record = next(e.record for e in board.entries if read_config(e.record)["limit"] == limit)
+        record = next(e.record for e in board.entries if e.record.config["limit"] == limit)
         k, n = record.data["task"]["n"], record.data["task"]["split_size"]
         assert k == limit and n > limit
         assert f"a seeded random subset of {k:,} of the {n:,} examples of the test split (limit {limit})" in text
@@ -211,7 +211,7 @@ def test_shots_and_their_seed_only_where_used(unselected):
     name = next(row["system"] for row in board.rows if row["run"] == shot.id)
     text = methods_of(unselected, "sentiment", board)
     assert (f"plain format, 2 examples in the prompt, drawn at random from the train split with shot seed "
-            f"{read_config(shot)['shot_seed']} for {name}") in text
+            f"{shot.config['shot_seed']} for {name}") in text
     gsm8k = methods_of(unselected, "gsm8k")
     assert "Prompts: chat format, zero-shot." in gsm8k and "shot seed" not in gsm8k
 
@@ -233,7 +233,7 @@ def test_intervals_say_the_recorded_method(unselected):
 
 def test_training_states_only_recorded_fields(unselected, tmp_path):
     (record,) = train_runs(unselected)
-    config, used = read_config(record), record.data["data_used"]
+    config, used = record.config, record.data["data_used"]
     text = methods_of(unselected, "sentiment")
     for fact in (f"LoRA (rank {config['lora']['r']}, alpha {config['lora']['alpha']}",
                  f"{record.data['metrics']['steps']} optimizer steps (max_steps {config['max_steps']})",
@@ -271,7 +271,7 @@ def test_every_number_comes_from_a_record(which, request):
     strings, numbers = set(), set()
     for record in records:
         _leaves(record.data, strings, numbers)
-        _leaves(read_config(record), strings, numbers)
+        _leaves(record.config, strings, numbers)
     for board in boards:
         _leaves(board.comparison, strings, numbers)
         numbers.add(len(board.rows))

@@ -117,3 +117,11 @@ def test_a_sql_task_end_to_end(lab, tiny_model_dir):
     assert "parse_failures" in record.data["predictions_summary"]
     for row in read_jsonl(record.folder / "predictions.jsonl"):
         assert {"parsed", "correct", "exact_strict"} <= set(row)
+
+
+def test_every_normalisation_has_its_description():
+    from typing import get_args
+
+    from llamalab.tasks.task import NORMALIZATIONS, LabelNormalization
+
+    assert list(NORMALIZATIONS) == list(get_args(LabelNormalization))

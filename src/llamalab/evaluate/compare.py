@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-import yaml
 from rich.markup import escape
 from rich.table import Table
 
@@ -106,8 +105,7 @@ def recorded_metrics(entry: Entry, metrics: list[str], labels) -> dict:
     recorded = entry.record.data.get("metrics") or {}
     missing = [m for m in metrics if m not in recorded]
     if missing:
-        config = yaml.safe_load((entry.record.folder / "config.yaml").read_text(encoding="utf-8")) or {}
-        resamples = config.get("bootstrap_resamples", 5000)
+        resamples = entry.record.config.get("bootstrap_resamples", 5000)
         # Rows without the fields a metric needs (KeyError): the run cannot say, and the cell stays empty.
         with contextlib.suppress(KeyError):
             recorded = {**recorded, **metric_intervals(missing, list(entry.predictions.values()), labels, resamples)}

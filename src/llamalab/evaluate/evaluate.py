@@ -34,7 +34,7 @@ from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_js
 from llamalab.runs.record import RunRecord, config_hash, is_alive, list_runs, now_iso
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
-from llamalab.tasks.task import Task, load_task
+from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
 
 PREDICTIONS = "predictions.jsonl"
 
@@ -183,13 +183,6 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
     }
 
 
-NORMALIZATIONS = {
-    "sum": "the label's summed log-likelihood",
-    "mean": "the label's log-likelihood per token",
-    "chars": "the label's log-likelihood per character of the label (lm-eval's acc_norm)",
-    "calibrate": "the label's log-likelihood minus its log-likelihood after a content-free prompt "
-    "(the example's text fields replaced by 'N/A')",
-}
 CONTENT_FREE = "N/A"
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from llamalab.evaluate import answers, stats
 from llamalab.evaluate.generation import parse_label
-from llamalab.tasks.task import AnswerSpec
+from llamalab.tasks.task import NORMALIZATIONS, AnswerSpec
 
 NO_ANSWER = "<no answer>"
 # Metrics whose per-example value is a right/wrong flag (paired with an exact McNemar test), and that flag.
@@ -151,7 +151,7 @@ def prediction_summary(answer: AnswerSpec, rows: Sequence[dict], protocol: str) 
 
 def _degenerate(predicted: Counter, gold: Counter, n: int, protocol: str, normalize: str) -> list[str]:
     warnings = []
-    others = ", ".join(how for how in ("sum", "mean", "chars", "calibrate") if how != normalize)
+    others = ", ".join(how for how in NORMALIZATIONS if how != normalize)
     remedy = (f"compare answer.normalize {others} on the dev split (README: Label scoring)"
               if protocol == "loglikelihood" else "check the prompt lists the labels clearly")
     for label, count in predicted.most_common():
@@ -169,7 +169,7 @@ def normalization_accuracies(
 ) -> dict[str, float]:
     """Accuracy the same log-likelihoods would give under each label normalisation (for choosing one on dev)."""
     result = {}
-    for how in ("sum", "mean", "chars", "calibrate"):
+    for how in NORMALIZATIONS:
         correct = 0
         for r in rows:
             scores = {label: label_score(r["logprobs"][label], r["tokens"][label], n_chars[label],

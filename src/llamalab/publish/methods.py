@@ -13,16 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
 from llamalab.config import LlamalabError
 from llamalab.evaluate.compare import reference_name
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
 from llamalab.tasks.data import load_task_data
+from llamalab.tasks.task import NORMALIZATIONS  # for older records, which lack scoring.normalization
 
-# Older records lack scoring.normalization (the sentence form); these are the two normalisations they knew.
-_NORMALIZATIONS = {"sum": "the label's summed log-likelihood", "mean": "the label's log-likelihood per token"}
 # Eval settings that do not change what a configuration is: which data it saw, and how fast it ran.
 _NOT_CONFIGURATION = {"system", "task", "split", "limit", "batch_size", "bootstrap_resamples"}
 _SETTING_NAMES = {"format": "prompt format", "shots": "number of shots", "shot_seed": "shot seed",
@@ -53,7 +50,7 @@ def methods_paragraphs(
     `trained` maps train run ids to their records (the fine-tuned systems on the board); `dev` holds the
     finished dev-split evaluations of the task, the only evidence for a claim that something was chosen on dev."""
     evals = [
-        _Eval(row["system"], entry.record, read_config(entry.record), row, entry.predictions)
+        _Eval(row["system"], entry.record, entry.record.config, row, entry.predictions)
         for row, entry in zip(board.rows, board.entries, strict=True)
     ]
     sizes = _SplitSizes(board)
@@ -207,9 +204,9 @@ class _DevConfig:
 
 def _dev_configs(runs: list[RunRecord], metric: str, sizes: _SplitSizes) -> list[_DevConfig]:
     """One entry per configuration (a re-run replaces the earlier one), best first."""
-    latest = {_key(_settings(read_config(r))): r for r in runs}
-    configs = [_DevConfig(_settings(read_config(r)), _get(r.data, "metrics", metric, "estimate"),
-                          _sample(r.data, read_config(r), "dev", sizes, show_limit=False)) for r in latest.values()]
+    latest = {_key(_settings(r.config)): r for r in runs}
+    configs = [_DevConfig(_settings(r.config), _get(r.data, "metrics", metric, "estimate"),
+                          _sample(r.data, r.config, "dev", sizes, show_limit=False)) for r in latest.values()]
     return sorted(configs, key=lambda c: (c.value is None, -(c.value or 0), _describe(c.settings, [])))
 
 
@@ -275,7 +272,7 @@ def _time(stamp: str | None, missing: datetime) -> datetime:
 
 
 def _training(record: RunRecord, task: str) -> str:
-    d, config = record.data, read_config(record)
+    d, config = record.data, record.config
     metrics = d.get("metrics") or {}
     trained_on = _get(d, "task", "name")
     clauses = [*_recipe(d, config), _training_data(d.get("data_used") or {}, config,
@@ -390,7 +387,7 @@ def _scoring_way(scoring: dict) -> str:
     protocol = scoring.get("protocol")
     if protocol == "loglikelihood":
         normalize = scoring.get("normalize")
-        rule = scoring.get("normalization") or _NORMALIZATIONS.get(normalize or "")
+        rule = scoring.get("normalization") or NORMALIZATIONS.get(normalize or "")
         how = f"every label scored by {rule}" if rule else "every label scored by its log-likelihood"
         parts = [f"{how} after the prompt (normalize: {normalize})" if normalize else f"{how} after the prompt",
                  "the highest-scoring label predicted"]
@@ -482,13 +479,6 @@ def _prediction_time(evals: list[_Eval]) -> str:
 
 
 # --- shared ------------------------------------------------------------------------------------------------------
-
-
-def read_config(record: RunRecord) -> dict:
-    """The run's config.yaml (its resolved settings), or {} when it has none."""
-    path = record.folder / "config.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return data if isinstance(data, dict) else {}
 
 
 def _hardware(data: dict) -> str:

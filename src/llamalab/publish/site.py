@@ -33,7 +33,7 @@ from llamalab.publish.results import (
 )
 from llamalab.publish.tables import cost_note, format_cost, format_seconds
 from llamalab.runs.files import staged_folder, write_text_atomic
-from llamalab.runs.record import RUN_FILE, TRAIN_LOG, RunRecord, list_runs
+from llamalab.runs.record import CONFIG_FILE, RUN_FILE, TRAIN_LOG, RunRecord, list_runs
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import Task
@@ -41,7 +41,7 @@ from llamalab.tasks.task import Task
 NAV = [("index.html", "Home"), ("tasks/index.html", "Tasks"), ("runs/index.html", "Runs"),
        ("posts/index.html", "Posts"), ("projects/index.html", "Projects"), ("people.html", "People"),
        ("publications.html", "Publications")]
-_RUN_FILES = (RUN_FILE, "config.yaml", "metrics.json", PREDICTIONS, TRAIN_LOG, "chat_template.jinja")
+_RUN_FILES = (RUN_FILE, CONFIG_FILE, "metrics.json", PREDICTIONS, TRAIN_LOG, "chat_template.jinja")
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 
 
@@ -138,7 +138,7 @@ class _Builder:
             figures.save(figures.loss_curve(history, f"training loss: {record.data['name']}"),
                          self.out / folder / "loss", ("svg",))
             loss = "loss.svg"
-        config_path = record.folder / "config.yaml"
+        config_path = record.folder / CONFIG_FILE
         config = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
         self.page(f"{folder}/index.html", "run.html", f"Run {record.id}", run=record.data, files=files, loss=loss,
                   config=config, record_path=relative_run_path(record, self.lab.root))

@@ -21,10 +21,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from llamalab.config import LlamalabError
 from llamalab.runs.files import write_json_atomic, write_yaml_atomic
 
 RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"  # the resolved settings the run was started with
 TRAIN_LOG = "train_log.jsonl"  # one row per logged training step
 _PACKAGES = ("llamalab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "numpy", "scipy")
 
@@ -49,6 +52,13 @@ class RunRecord:
     @property
     def id(self) -> str:
         return self.data["id"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's resolved settings (config.yaml), or {} when it has none."""
+        path = self.folder / CONFIG_FILE
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return data if isinstance(data, dict) else {}
 
     @classmethod
     def create(cls, runs_dir: Path, kind: str, name: str, config: dict, **fields: Any) -> RunRecord:
@@ -78,7 +88,7 @@ class RunRecord:
                 "pid": os.getpid(),
             },
         )
-        write_yaml_atomic(record.folder / "config.yaml", config)
+        write_yaml_atomic(record.folder / CONFIG_FILE, config)
         record.save()
         return record
 

@@ -146,8 +146,15 @@ METRICS_BY_TYPE = {
     "sql": ("exact_match", "exact_match_strict"),
     "entities": ("entity_f1", "entity_precision", "entity_recall"),
 }
-# How a label's log-likelihood becomes its score (see README "Label scoring").
+# How a label's log-likelihood becomes its score (see README "Label scoring"), and how records describe it.
 LabelNormalization = Literal["sum", "mean", "chars", "calibrate"]
+NORMALIZATIONS: dict[str, str] = {
+    "sum": "the label's summed log-likelihood",
+    "mean": "the label's log-likelihood per token",
+    "chars": "the label's log-likelihood per character of the label (lm-eval's acc_norm)",
+    "calibrate": "the label's log-likelihood minus its log-likelihood after a content-free prompt "
+    "(the example's text fields replaced by 'N/A')",
+}
 
 
 class AnswerSpec(StrictModel):
