@@ -142,3 +142,14 @@ def test_compare_reports_prediction_distributions_and_warnings(lab):
     [row] = result["systems"]
     assert row["predictions"]["predicted"] == {"positive": 60}
     assert any("'positive' takes 100% of predictions" in w for w in comparison_warnings(result))
+
+
+def test_interval_note_states_the_recorded_methods():
+    from llamalab.evaluate.compare import interval_note
+
+    plain = {"estimate": 0.5, "low": 0.4, "high": 0.6, "method": "percentile bootstrap, 5000 resamples, seed 0"}
+    other = {**plain, "method": "BCa bootstrap, 2000 resamples, seed 1"}
+    assert interval_note([{"accuracy": plain, "macro_f1": plain}]) == "95% CIs: percentile bootstrap."
+    assert interval_note([{"accuracy": plain}, {"accuracy": other, "macro_f1": other}]) == (
+        "95% CIs: percentile bootstrap (accuracy); BCa bootstrap (accuracy, macro_f1).")
+    assert interval_note([{"accuracy": {**plain, "method": None}}]) == "95% CIs: method not recorded."

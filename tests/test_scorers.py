@@ -125,3 +125,88 @@ def test_every_normalisation_has_its_description():
     from llamalab.tasks.task import NORMALIZATIONS, LabelNormalization
 
     assert list(NORMALIZATIONS) == list(get_args(LabelNormalization))
+
+
+def test_prediction_summary_counts_and_warnings_on_random_samples():
+    """Property: the distributions are exact counts, and a label is flagged exactly when its share of predictions
+    exceeds its gold share by 25 points or more (with at least 5 predictions)."""
+    import random
+    from collections import Counter
+
+    rng = random.Random(5)
+    for _ in range(300):
+        labels = [f"l{i}" for i in range(rng.choice([2, 5, 40]))]
+        answer = AnswerSpec(type="label", labels=labels)
+        n = rng.randint(1, 60)
+        favourite = rng.choice(labels)
+        rows = [{"id": str(i), "gold": rng.choice(labels),
+                 "prediction": favourite if rng.random() < rng.random() else rng.choice([*labels, None])}
+                for i in range(n)]
+        summary = prediction_summary(answer, rows, "loglikelihood")
+        predicted = Counter("<no answer>" if r["prediction"] is None else r["prediction"] for r in rows)
+        gold = Counter(r["gold"] for r in rows)
+        assert summary["predicted"] == dict(predicted) and summary["gold"] == dict(gold)
+        flagged = {w.split("'")[1] for w in summary["warnings"]}
+        expected = {label for label, c in predicted.items()
+                    if label != "<no answer>" and c >= 5 and (c - gold.get(label, 0)) / n >= 0.25}
+        assert flagged == expected
+
+
+def test_parse_failures_on_random_samples():
+    import random
+
+    rng = random.Random(9)
+    for answer_type in ("entities", "number", "text", "sql", "label"):
+        answer = AnswerSpec(type=answer_type, labels=["a", "b"] if answer_type == "label" else [])
+        rows = [{"id": str(i), "parsed": rng.random() < 0.7, "gold": "a", "prediction": "a"} for i in range(50)]
+        summary = prediction_summary(answer, rows, "generate")
+        failures = sum(not r["parsed"] for r in rows)
+        assert summary["parse_failures"] == failures
+        assert bool(summary["warnings"] and "did not parse" in summary["warnings"][0]) == (failures / 50 >= 0.2)
+
+
+def test_normalisation_accuracies_on_random_scores():
+    """Property: each accuracy equals an independent argmax of that normalisation's score."""
+    import random
+
+    from llamalab.evaluate.metrics import normalization_accuracies
+
+    rng = random.Random(11)
+    labels = ["no", "yes", "maybe later"]
+    chars = {label: len(label) for label in labels}
+    for _ in range(100):
+        unconditional = {label: -rng.uniform(0, 5) for label in labels}
+        rows = []
+        for i in range(rng.randint(1, 30)):
+            tokens = {label: rng.randint(1, 4) for label in labels}
+            rows.append({"id": str(i), "gold": rng.choice(labels), "tokens": tokens,
+                         "logprobs": {label: -rng.uniform(0, 10) for label in labels}})
+        result = normalization_accuracies(rows, labels, chars, unconditional)
+        for how, divide in (("sum", lambda r, lab: 1), ("mean", lambda r, lab: r["tokens"][lab]),
+                            ("chars", lambda r, lab: chars[lab])):
+            right = sum(max(labels, key=lambda lab: r["logprobs"][lab] / divide(r, lab)) == r["gold"] for r in rows)
+            assert result[how] == pytest.approx(right / len(rows))
+        right = sum(max(labels, key=lambda lab: r["logprobs"][lab] - unconditional[lab]) == r["gold"] for r in rows)
+        assert result["calibrate"] == pytest.approx(right / len(rows))
+
+
+def test_sql_and_strict_match_properties_on_random_queries():
+    """Property: the SQL form ignores keyword case and spacing between tokens, and is idempotent; it keeps the
+    case of literals. The strict match ignores whitespace only."""
+    import random
+
+    rng = random.Random(3)
+    keywords = ["SELECT", "FROM", "WHERE", "AND", "COUNT", "ORDER BY", "LIMIT"]
+    for _ in range(200):
+        tokens = [rng.choice([*keywords, "t.a", "b", "(", ")", "*", ",", ">=", "=", "'Paris'", "3"])
+                  for _ in range(rng.randint(1, 12))]
+        query = " ".join(tokens)
+        spaced = rng.choice(["  ", " ", "\n"]).join(tokens)
+        recased = " ".join(t if t.startswith("'") else t.swapcase() for t in tokens)
+        assert normalize_sql(spaced) == normalize_sql(query) == normalize_sql(recased)
+        assert normalize_sql(normalize_sql(query)) == normalize_sql(query)
+        assert exact_match_strict(query, spaced) == 1.0
+        if "'Paris'" in tokens:
+            assert normalize_sql(query.replace("'Paris'", "'paris'")) != normalize_sql(query)
+        if any(t.isalpha() and t.upper() != t.lower() for t in tokens):
+            assert exact_match_strict(query, recased) == 0.0

@@ -241,3 +241,20 @@ def test_length_mismatch_raises(call) -> None:
 def test_empty_input_raises(call) -> None:
     with pytest.raises(ValueError, match="empty"):
         call()
+
+
+def test_macro_f1_matches_the_reference_on_random_samples() -> None:
+    """Property: the vectorised estimate and every bootstrap replicate equal the per-class loop, with and without
+    a label vocabulary, many or few labels, and predictions outside the vocabulary (unparsed answers)."""
+    rng = np.random.default_rng(2026)
+    for case in range(300):
+        k = int(rng.choice([2, 3, 10, 77]))
+        n = int(rng.integers(1, 40))
+        gold = rng.integers(0, k, size=n).tolist()
+        pred = [g if rng.random() < 0.5 else int(rng.integers(0, k + 2)) for g in gold]  # k, k+1: outside
+        labels = list(range(k)) if case % 2 else None
+        assert macro_f1(gold, pred, labels) == pytest.approx(_reference_macro_f1(gold, pred, labels), abs=1e-12)
+        fast = bootstrap_replicates(gold, pred, "macro_f1", labels=labels, n_resamples=5, seed=case)
+        slow = [_reference_macro_f1([gold[i] for i in row], [pred[i] for i in row], labels)
+                for row in resample_indices(n, 5, case)]
+        np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)

@@ -156,7 +156,8 @@ def _degenerate(predicted: Counter, gold: Counter, n: int, protocol: str, normal
               if protocol == "loglikelihood" else "check the prompt lists the labels clearly")
     for label, count in predicted.most_common():
         share, gold_share = count / n, gold.get(label, 0) / n
-        if label != NO_ANSWER and count >= 5 and share - gold_share >= DEGENERATE_EXCESS:
+        # The excess from counts, not from two rounded shares: exactly 25 points must count as 25 points.
+        if label != NO_ANSWER and count >= 5 and (count - gold.get(label, 0)) / n >= DEGENERATE_EXCESS:
             warnings.append(
                 f"label {label!r} takes {share:.0%} of predictions ({count} of {n}) but {gold_share:.0%} of gold "
                 f"answers: the scorer may be degenerate; {remedy}"
