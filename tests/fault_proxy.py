@@ -60,13 +60,15 @@ class FaultProxy:
     """Serves on 127.0.0.1 (a free port) and forwards to `upstream` (e.g. http://127.0.0.1:8080)."""
 
     def __init__(self, upstream: str, schedule: Schedule | None = None, retry_after_s: int = 1,
-                 slow_s: float = 5.0) -> None:
+                 slow_s: float = 5.0, client_timeout_s: float | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.schedule = schedule or (lambda key, attempt: None)
         self.retry_after_s = retry_after_s
         self.slow_s = slow_s
+        self.client_timeout_s = client_timeout_s  # answers slower than this count as lost (the client gave up)
         self.paid: Counter[str] = Counter()  # body key -> requests forwarded to the upstream
+        self.lost: Counter[str] = Counter()  # body key -> paid answers the client never got in full
         self.seen: Counter[str] = Counter()  # body key -> chat completion requests received
         self.events: list[tuple[float, str, int, str | None]] = []  # (monotonic time, key, attempt, fault)
         self.lock = threading.Lock()
@@ -92,6 +94,10 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def answer_lost(self, key: str) -> None:
+        with self.lock:
+            self.lost[key] += 1
 
     def next_attempt(self, key: str) -> tuple[int, str | None]:
         """Record one more sighting of a request body and pick its fault."""
@@ -155,12 +161,19 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "slow":
             time.sleep(self.proxy.slow_s)  # the client has timed out by now, but the upstream still does the work
             self._reply(*self.proxy.forward("POST", self.path, body, self._upstream_headers(), key))
+            self.proxy.answer_lost(key)
         elif fault == "truncate":
             status, headers, data = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
             self._reply(status, headers, data, send=len(data) // 2)
             self.close_connection = True
+            self.proxy.answer_lost(key)
         elif fault is None:
-            self._reply(*self.proxy.forward("POST", self.path, body, self._upstream_headers(), key))
+            started = time.monotonic()
+            reply = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
+            # A busy upstream can outlast the client's timeout on its own: that answer is paid and lost too.
+            if self.proxy.client_timeout_s is not None and time.monotonic() - started >= self.proxy.client_timeout_s:
+                self.proxy.answer_lost(key)
+            self._reply(*reply)
         else:
             raise ValueError(f"unknown fault {fault!r}")
 

@@ -92,11 +92,11 @@ def test_clean_run_has_text_usage_and_cost(llama_server: str, clean: list[ChatRe
 
 def test_every_request_survives_injected_faults(llama_server: str, clean: list[ChatResult], tmp_path: Path) -> None:
     model = api_model("http://unused", timeout_s=3.0)
-    with FaultProxy(llama_server.removesuffix("/v1"), seeded_faults(0.6, seed=7, clean_after=2), slow_s=4.0) as proxy:
+    schedule = seeded_faults(0.6, seed=7, clean_after=2)
+    # The margin: a reply that took a little under the client's timeout can still arrive after it gave up.
+    with FaultProxy(llama_server.removesuffix("/v1"), schedule, slow_s=4.0, client_timeout_s=2.5) as proxy:
         results = run_batch(dataclasses.replace(model, base_url=proxy.url), tmp_path / "cache.sqlite")
         injected = proxy.faults_injected()
-        paid_faults = {key: sum(1 for _, k, _, f in proxy.events if k == key and f in ("slow", "truncate"))
-                       for key in proxy.seen}
 
     assert set(injected) == set(DEFAULT_MIX), injected  # the seed exercises every kind of fault
     assert [r.text for r in results] == [r.text for r in clean]
@@ -105,7 +105,7 @@ def test_every_request_survives_injected_faults(llama_server: str, clean: list[C
     for request in REQUESTS:
         key = body_key(request_body(model, request))
         # Nothing lost; a request is only paid again when the upstream's answer was lost after it did the work.
-        assert 1 <= proxy.paid[key] <= 1 + paid_faults[key]
+        assert 1 <= proxy.paid[key] <= 1 + proxy.lost[key], (proxy.paid[key], proxy.lost[key])
 
 
 CHILD = """
