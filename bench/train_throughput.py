@@ -20,7 +20,7 @@ from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import load_task
-from llamalab.train.trainer import train, training_subset
+from llamalab.training.trainer import train, training_subset
 
 
 def trl_default(lab, examples: int, steps: int) -> float:

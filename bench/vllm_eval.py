@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import init_lab
 from llamalab.models import EMBEDDED_NAME
 from llamalab.runs.files import read_jsonl

@@ -19,7 +19,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import init_lab
 from llamalab.models import EMBEDDED_NAME, resolve_model
 from llamalab.runs.files import read_jsonl

@@ -10,6 +10,16 @@ from llamalab.lab import Lab, init_lab
 from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
 from tests.llama_server import llama_server_fixture  # noqa: F401 - the shared llama_server fixture
 
+# Tests that use these load a model (the tiny one needs the embedded model's tokenizer, converted from its GGUF
+# once per cache), start a server or drive a browser: they are slow, and `pytest -m "not slow"` leaves them out.
+HEAVY_FIXTURES = {"tokenizer", "tiny_model_dir", "llama_server", "published_lab", "browser", "page"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Lab:

@@ -72,6 +72,7 @@ class FaultProxy:
         self.seen: Counter[str] = Counter()  # body key -> chat completion requests received
         self.events: list[tuple[float, str, int, str | None]] = []  # (monotonic time, key, attempt, fault)
         self.lock = threading.Lock()
+        self.in_flight = 0  # chat requests being handled
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.proxy = self  # type: ignore[attr-defined]
@@ -94,6 +95,11 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+        # A handler may still be at work for a client that gave up (a slow answer): its counts are final only
+        # once it is done.
+        deadline = time.monotonic() + 60
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def answer_lost(self, key: str) -> None:
         with self.lock:
@@ -140,6 +146,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(*self.proxy.forward("GET", self.path, b"", self._upstream_headers(), None))
 
     def do_POST(self) -> None:
+        with self.proxy.lock:
+            self.proxy.in_flight += 1
+        try:
+            self._post()
+        finally:
+            with self.proxy.lock:
+                self.proxy.in_flight -= 1
+
+    def _post(self) -> None:
+        started = time.monotonic()  # as soon as the request is in: the client's clock started no later
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if not self.path.endswith("/chat/completions"):
             self._reply(*self.proxy.forward("POST", self.path, body, self._upstream_headers(), None))
@@ -168,7 +184,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.proxy.answer_lost(key)
         elif fault is None:
-            started = time.monotonic()
             reply = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
             # A busy upstream can outlast the client's timeout on its own: that answer is paid and lost too.
             if self.proxy.client_timeout_s is not None and time.monotonic() - started >= self.proxy.client_timeout_s:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
-    from llamalab.evaluate import evaluate as loop
+    from llamalab.evaluation import evaluate as loop
     from llamalab.lab import find_lab
 
     original, calls = loop.append_jsonl, []

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import yaml
 
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import Lab, find_lab, init_lab
 from llamalab.publish.posts import new_post
 from llamalab.runs.files import read_jsonl, write_text_atomic
-from llamalab.train.trainer import train
+from llamalab.training.trainer import train
 
 KEY_ENV = "LLAMALAB_SITE_TEST_KEY"
 # Each payload sets window.__pwned (or shows a dialog) if it ever runs.
@@ -43,7 +43,7 @@ def build_published_lab(root: Path, tiny_model_dir: Path, llama_server: str) -> 
         f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 8\nsave_steps: 4\ntrain_examples: 64\n"
         "lora: {r: 4, alpha: 8}\n")
     trained = train(lab, "tiny")
-    smaller = train(lab, "tiny", ["train_examples=32"])  # a second size: the scaling figure needs two
+    smaller = train(lab, "tiny", train_examples=32)  # a second size: the scaling figure needs two
     for system, split, extra in ((str(tiny_model_dir), "test", {}), (trained.id, "test", {}),
                                  (smaller.id, "test", {}),
                                  (str(tiny_model_dir), "dev", {}),

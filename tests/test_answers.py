@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 
@@ -12,19 +13,18 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from llamalab.evaluate.answers import (
-    canonical_number,
-    entity_f1_ci,
+from llamalab.evaluation.answers import (
     entity_scores,
     exact_match,
     extract_number,
     normalize_text,
     parse_entities,
-    rouge_ci,
     rouge_scores,
 )
-from llamalab.evaluate.stats import resample_indices
+from llamalab.evaluation.metrics import metric_intervals, paired_test, score_generation
+from llamalab.evaluation.stats import resample_indices
 from llamalab.lab import example_lab_source
+from llamalab.tasks.task import AnswerSpec
 
 DATA = example_lab_source() / "data"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_wnut17.py"
@@ -104,19 +104,30 @@ def test_extract_number(text: str, expected: str | None):
         ("1000", "1000"),
     ],
 )
-def test_canonical_number(gold: str, expected: str):
-    assert canonical_number(gold) == expected
+def test_gold_numbers_are_canonicalised_as_predictions_are(gold: str, expected: str):
+    # Scoring extracts the gold answer with the same function as the prediction, so both take one form.
+    assert extract_number(gold) == expected
+    row = score_generation(AnswerSpec(type="number"), gold, f"So the answer is {expected}.")
+    assert row == {"prediction": expected, "parsed": True, "gold_number": expected, "correct": True}
 
 
-def test_canonical_number_rejects_non_numbers():
-    with pytest.raises(ValueError):
-        canonical_number("18 dollars")
+def test_number_scoring_of_a_wrong_or_missing_answer():
+    answer = AnswerSpec(type="number")
+    assert score_generation(answer, "#### 18", "She sells 16 eggs, so 17.")["correct"] is False
+    missing = score_generation(answer, "#### 18", "I cannot tell.")
+    assert (missing["prediction"], missing["parsed"], missing["correct"]) == (None, False, False)
+
+
+def _reference_canonical(number: str) -> str:
+    """Independent canonical form of a plain gold number: commas dropped, Decimal without trailing zeros."""
+    value = Decimal(number.strip().replace(",", ""))
+    return "0" if value == 0 else format(value.normalize(), "f")
 
 
 def test_every_shipped_gsm8k_gold_extracts_to_itself():
     rows = _read_jsonl(DATA / "gsm8k" / "test.jsonl")
     assert len(rows) == 1319
-    golds = [canonical_number(row["answer"].split("####")[-1]) for row in rows]
+    golds = [_reference_canonical(row["answer"].split("####")[-1]) for row in rows]
     assert [extract_number(row["answer"]) for row in rows] == golds
     # The shipped file really exercises negatives and thousands separators.
     assert {"-3", "-10", "1450000", "2125"} <= set(golds)
@@ -189,30 +200,65 @@ def test_entity_scores_edge_cases():
         entity_scores(GOLD, [None])
 
 
-def test_entity_f1_ci_matches_a_naive_bootstrap():
-    pred = [parse_entities(t) for t in PRED_TEXT] * 5
-    gold = GOLD * 5
-    cis = entity_f1_ci(gold, pred, n_resamples=300, seed=7)
-    scores = entity_scores(gold, pred)
+ENTITY_METRICS = ("entity_precision", "entity_recall", "entity_f1")
+
+
+def _gold_json(entities: list[tuple[str, str]]) -> str:
+    return json.dumps([{"type": kind, "text": text} for kind, text in entities])
+
+
+def _entity_rows(gold: list[list[tuple[str, str]]], texts: list[str]) -> list[dict]:
+    """Prediction rows as an entity eval writes them: scored by score_generation, ids in row order."""
+    answer = AnswerSpec(type="entities")
+    return [{"id": f"x{i:04d}", **score_generation(answer, _gold_json(g), t)}
+            for i, (g, t) in enumerate(zip(gold, texts, strict=True))]
+
+
+def test_entity_rows_hold_the_per_example_counts():
+    rows = _entity_rows(GOLD, PRED_TEXT)
+    scores = entity_scores(GOLD, [parse_entities(t) for t in PRED_TEXT])
+    assert [{k: r[k] for k in ("tp", "fp", "fn")} for r in rows] == scores["per_example"]
+    assert [r["valid_json"] for r in rows] == [True, False, True, True]
+    intervals = metric_intervals(ENTITY_METRICS, rows, resamples=200)
+    assert {name: intervals[f"entity_{name}"]["estimate"] for name in ("precision", "recall", "f1")} == \
+        pytest.approx({name: scores[name] for name in ("precision", "recall", "f1")})
+
+
+def test_entity_intervals_match_a_naive_bootstrap():
+    gold, texts = GOLD * 5, PRED_TEXT * 5
+    rows = _entity_rows(gold, texts)
+    intervals = metric_intervals(ENTITY_METRICS, rows, resamples=300)
+    scores = entity_scores(gold, [parse_entities(t) for t in texts])
     counts = np.array([[e["tp"], e["fp"], e["fn"]] for e in scores["per_example"]])
     naive = []
-    for row in resample_indices(len(gold), 300, 7):
+    for row in resample_indices(len(gold), 300, 0):  # metric_intervals resamples with seed 0
         tp, fp, fn = counts[row].sum(axis=0)
         naive.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     low, high = np.quantile(naive, [0.025, 0.975])
-    f1 = cis["f1"]
-    assert f1.estimate == pytest.approx(scores["f1"])
-    assert (f1.low, f1.high) == pytest.approx((low, high))
-    for name in ("precision", "recall", "f1"):
-        interval = cis[name]
-        assert interval.low <= interval.estimate <= interval.high
-        assert interval.n == 20 and interval.confidence == 0.95
-    assert entity_f1_ci(gold, pred, n_resamples=300, seed=7) == cis  # seeded: reproducible
+    f1 = intervals["entity_f1"]
+    assert f1["estimate"] == pytest.approx(scores["f1"])
+    assert (f1["low"], f1["high"]) == pytest.approx((low, high))
+    assert high - low > 0.1  # 20 examples: a real width
+    for name in ENTITY_METRICS:
+        interval = intervals[name]
+        assert interval["low"] <= interval["estimate"] <= interval["high"]
+        assert interval["n"] == 20 and interval["confidence"] == 0.95
+    assert metric_intervals(ENTITY_METRICS, rows, resamples=300) == intervals  # seeded: reproducible
 
 
-def test_entity_f1_ci_perfect_predictions_have_a_degenerate_interval():
-    cis = entity_f1_ci(GOLD, GOLD, n_resamples=200)
-    assert (cis["f1"].low, cis["f1"].estimate, cis["f1"].high) == (1.0, 1.0, 1.0)
+def test_entity_perfect_predictions_have_a_degenerate_interval():
+    rows = _entity_rows(GOLD, [_gold_json(g) for g in GOLD])
+    f1 = metric_intervals(["entity_f1"], rows, resamples=200)["entity_f1"]
+    assert (f1["low"], f1["estimate"], f1["high"]) == (1.0, 1.0, 1.0)
+
+
+def test_entity_paired_test_prefers_the_better_system():
+    gold = GOLD * 10
+    perfect = _entity_rows(gold, [_gold_json(g) for g in gold])
+    noisy = _entity_rows(gold, PRED_TEXT * 10)
+    result = paired_test("entity_f1", perfect, noisy, resamples=500)
+    assert result.delta == pytest.approx(1 - 6 / 11)
+    assert result.p_value < 0.01
 
 
 # --- ROUGE ------------------------------------------------------------------------------------------------------
@@ -242,13 +288,30 @@ def test_rouge_sanity_values():
         rouge_scores(["a"], [])
 
 
-def test_rouge_ci_is_the_mean_with_bounds_around_it():
+def test_rouge_interval_is_the_mean_with_bounds_around_it():
     scores = {"rouge1": [0.1, 0.5, 0.9, 0.3, 0.7], "rougeL": [0.0, 0.2, 0.4, 0.6, 0.8]}
-    cis = rouge_ci(scores, n_resamples=500, seed=1)
-    assert cis["rouge1"].estimate == pytest.approx(0.5)
-    assert cis["rougeL"].estimate == pytest.approx(0.4)
-    for interval in cis.values():
-        assert interval.low <= interval.estimate <= interval.high
+    rows = [{"id": f"x{i}", "rouge1": r1, "rougeL": rl}
+            for i, (r1, rl) in enumerate(zip(scores["rouge1"], scores["rougeL"], strict=True))]
+    cis = metric_intervals(["rouge1", "rougeL"], rows, resamples=500)
+    assert cis["rouge1"]["estimate"] == pytest.approx(0.5)
+    assert cis["rougeL"]["estimate"] == pytest.approx(0.4)
+    for name, interval in cis.items():
+        assert min(scores[name]) <= interval["low"] < interval["estimate"] < interval["high"] <= max(scores[name])
+
+
+def test_rouge_rows_from_scoring_give_the_corpus_mean():
+    references = ["the cat sat on the mat", "We propose a new method.", "alpha beta", '["first summary", "graphs"]']
+    outputs = ["the cat lay on the mat", "We propose a new method.", "", "graphs"]
+    answer = AnswerSpec(type="text")
+    rows = [{"id": f"x{i}", **score_generation(answer, ref, out)}
+            for i, (ref, out) in enumerate(zip(references, outputs, strict=True))]
+    per_example = rouge_scores([answer.references(r) for r in references], outputs)
+    intervals = metric_intervals(["rouge1", "rouge2", "rougeL"], rows, resamples=300)
+    for name, values in per_example.items():
+        assert [r[name] for r in rows] == values
+        assert intervals[name]["estimate"] == pytest.approx(np.mean(values))
+        assert intervals[name]["low"] <= intervals[name]["estimate"] <= intervals[name]["high"]
+    assert per_example["rouge1"] == pytest.approx([5 / 6, 1.0, 0.0, 1.0])
 
 
 # --- WNUT-17 converter and shipped data -------------------------------------------------------------------------

@@ -91,12 +91,13 @@ def test_clean_run_has_text_usage_and_cost(llama_server: str, clean: list[ChatRe
 
 
 def test_every_request_survives_injected_faults(llama_server: str, clean: list[ChatResult], tmp_path: Path) -> None:
-    model = api_model("http://unused", timeout_s=3.0)
+    model = api_model("http://unused", timeout_s=5.0)
     schedule = seeded_faults(0.6, seed=7, clean_after=2)
-    # The margin: a reply that took a little under the client's timeout can still arrive after it gave up.
-    with FaultProxy(llama_server.removesuffix("/v1"), schedule, slow_s=4.0, client_timeout_s=2.5) as proxy:
-        results = run_batch(dataclasses.replace(model, base_url=proxy.url), tmp_path / "cache.sqlite")
-        injected = proxy.faults_injected()
+    # A busy upstream can outlast the client's timeout without any injected fault; the proxy counts such answers
+    # as lost from a margin below the timeout (a reply can reach the client after it gave up).
+    with FaultProxy(llama_server.removesuffix("/v1"), schedule, slow_s=6.0, client_timeout_s=4.0) as proxy:
+        results = run_batch(model.model_copy(update={"base_url": proxy.url}), tmp_path / "cache.sqlite")
+    injected = proxy.faults_injected()  # after the proxy closed: a slow answer nobody waits for is counted too
 
     assert set(injected) == set(DEFAULT_MIX), injected  # the seed exercises every kind of fault
     assert [r.text for r in results] == [r.text for r in clean]
@@ -132,7 +133,7 @@ def test_resume_after_kill_pays_nothing_twice(llama_server: str, clean: list[Cha
     cache, done_file, kill_after = tmp_path / "cache.sqlite", tmp_path / "done.txt", len(REQUESTS) // 2
     with FaultProxy(llama_server.removesuffix("/v1")) as proxy:
         model = api_model(proxy.url)
-        spec = {"model": dataclasses.asdict(model), "requests": [dataclasses.asdict(r) for r in REQUESTS],
+        spec = {"model": model.model_dump(), "requests": [dataclasses.asdict(r) for r in REQUESTS],
                 "cache": str(cache), "done_file": str(done_file), "kill_after": kill_after}
         child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=ROOT, capture_output=True,
                                text=True, timeout=120)
@@ -196,7 +197,7 @@ def test_broken_responses_are_retried(llama_server: str, clean: list[ChatResult]
     faults = [["truncate", "malformed"], ["no_choices", "drop"], ["500", "503"]]
     keys = [body_key(request_body(model, r)) for r in REQUESTS[:3]]
     with FaultProxy(llama_server.removesuffix("/v1"), scripted(dict(zip(keys, faults, strict=True)))) as proxy:
-        results = run_batch(dataclasses.replace(model, base_url=proxy.url), tmp_path / "cache.sqlite", REQUESTS[:3])
+        results = run_batch(model.model_copy(update={"base_url": proxy.url}), tmp_path / "cache.sqlite", REQUESTS[:3])
     assert [r.attempts for r in results] == [3, 3, 3]
     assert [r.text for r in results] == [r.text for r in clean[:3]]
     assert proxy.paid[keys[0]] == 2  # the truncated answer was paid for, and lost
@@ -207,7 +208,7 @@ def test_retry_after_is_honoured(llama_server: str, tmp_path: Path) -> None:
     keys = [body_key(request_body(model, r)) for r in REQUESTS[:2]]
     schedule = scripted({keys[0]: ["429"], keys[1]: ["429_date"]})
     with FaultProxy(llama_server.removesuffix("/v1"), schedule, retry_after_s=3) as proxy:
-        results = run_batch(dataclasses.replace(model, base_url=proxy.url), tmp_path / "cache.sqlite", REQUESTS[:2])
+        results = run_batch(model.model_copy(update={"base_url": proxy.url}), tmp_path / "cache.sqlite", REQUESTS[:2])
         arrivals = {(key, attempt): at for at, key, attempt, _ in proxy.events}
     assert [r.attempts for r in results] == [2, 2]
     # Jitter alone waits at most 0.5 s before a second attempt: these gaps come from Retry-After.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from llamalab.evaluate.compare import compare
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.compare import compare
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import find_lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import list_runs
@@ -52,11 +52,11 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
         faulty = evaluate(faulty_lab, EvalSettings(**SETTINGS))
         assert sum(proxy.faults_injected().values()) > 0
     rows = read_jsonl(faulty.folder / "predictions.jsonl")
-    assert faulty.data["status"] == "finished" and len(rows) == 16
-    assert faulty.data["scoring"]["protocol"] == "generate"
-    assert faulty.data["system"]["kind"] == "api" and faulty.data["system"]["api"]["api_key_env"] == KEY_ENV
+    assert faulty.run.status == "finished" and len(rows) == 16
+    assert faulty.run.scoring.protocol == "generate"
+    assert faulty.run.system.kind == "api" and faulty.run.system.api["api_key_env"] == KEY_ENV
     assert API_KEY not in (faulty.folder / "run.json").read_text()
-    assert faulty.data["usage"]["input_tokens"] > 0 and faulty.data["usage"]["cost_usd"] > 0
+    assert faulty.run.usage.input_tokens > 0 and faulty.run.usage.cost_usd > 0
     assert {r["id"] for r in rows} == set(clean_rows)
     for row in rows:
         assert row["prompt"].startswith('[{"role": "user", "content": "Answer with exactly one of: negative, positive.')

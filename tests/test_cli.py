@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from llamalab.cli import app
@@ -29,6 +30,7 @@ def test_unknown_task_and_outside_a_lab(lab, tmp_path):
     assert result.returncode == 2 and "no lab.yaml" in result.stderr
 
 
+@pytest.mark.slow  # token lengths under the embedded model's tokenizer
 def test_data_check_reports_bad_rows_and_fails(lab):
     with (lab.root / "data" / "rt_polarity" / "rt-polarity.pos").open("a") as handle:
         handle.write("\n")
@@ -37,6 +39,7 @@ def test_data_check_reports_bad_rows_and_fails(lab):
     assert "rt-polarity.pos:5332: empty line" in result.stdout
 
 
+@pytest.mark.slow  # token lengths under the embedded model's tokenizer
 def test_data_check_and_show_on_the_example(lab):
     result = CliRunner().invoke(app, ["data", "check", "sentiment", "--lab", str(lab.root)])
     assert result.exit_code == 0, result.output
@@ -101,6 +104,8 @@ def git(cwd, *args: str) -> str:
 
 def test_init_makes_the_lab_a_git_repository_so_records_carry_its_commit(tmp_path):
     from llamalab.runs.record import RunRecord
+    from llamalab.runs.schema import GitState
+    from tests.records import eval_fields
 
     target = tmp_path / "mylab"
     result = CliRunner().invoke(app, ["init", str(target)])
@@ -110,8 +115,8 @@ def test_init_makes_the_lab_a_git_repository_so_records_carry_its_commit(tmp_pat
     assert git(target, "log", "--format=%s") == "llamalab init: example lab"  # exactly one commit
     assert git(target, "status", "--porcelain") == ""  # everything committed (or git-ignored)
 
-    record = RunRecord.create(target / "runs", "eval", "x", {})
-    assert record.data["environment"]["git"] == {"commit": git(target, "rev-parse", "HEAD"), "dirty": False}
+    record = RunRecord.create(target / "runs", "eval", "x", {}, **eval_fields())
+    assert record.run.environment.git == GitState(commit=git(target, "rev-parse", "HEAD"), dirty=False)
 
 
 def test_init_inside_a_git_repository_makes_no_nested_one(tmp_path):

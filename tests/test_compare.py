@@ -9,18 +9,16 @@ from typer.testing import CliRunner
 
 from llamalab.cli import app
 from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import compare
+from llamalab.evaluation.compare import compare
 from llamalab.runs.files import append_jsonl
 from llamalab.runs.record import RunRecord
+from tests.records import eval_fields
 
 
 def fake_eval(lab, system: str, correct: list[bool], fmt: str = "plain", status: str = "finished") -> RunRecord:
     """An eval run folder as `llamalab eval` writes it, with chosen per-example correctness."""
-    record = RunRecord.create(
-        lab.runs_dir, "eval", system, {"system": system},
-        system={"label": system, "kind": "base"}, task={"name": "sentiment", "split": "test", "n": len(correct)},
-        prompt={"format": fmt, "shots": []}, scoring={"protocol": "loglikelihood"},
-    )
+    record = RunRecord.create(lab.runs_dir, "eval", system, {"system": system},
+                              **eval_fields(label=system, n=len(correct), fmt=fmt))
     rows = []
     for i, ok in enumerate(correct):
         gold = "positive" if i % 2 else "negative"
@@ -83,7 +81,9 @@ def test_significance_against_a_chosen_reference(lab):
     assert rows["strong [plain]"]["vs_reference"]["p_value"] < 1e-6
     assert [r["system"] for r in result["systems"]][0] == "strong [plain]"  # ranking is unchanged
     assert compare(lab, "sentiment", reference="base")["reference"] == "base [plain]"  # a label prefix works
-    assert compare(lab, "sentiment")["reference"] == "strong [plain]" and strong.id
+    default = compare(lab, "sentiment")
+    assert default["reference"] == "strong [plain]" and default["reference_is_best"]
+    assert default["systems"][0]["run"] == strong.id
     with pytest.raises(LlamalabError, match="matches no evaluated system.*strong \\[plain\\]"):
         compare(lab, "sentiment", reference="nothing-like-this")
 
@@ -107,7 +107,7 @@ def test_compare_cli_json_and_errors(lab):
 
 
 def test_compare_shows_each_runs_own_recorded_interval(lab):
-    from llamalab.evaluate.metrics import metric_intervals
+    from llamalab.evaluation.metrics import metric_intervals
     from llamalab.runs.files import read_jsonl
 
     run = fake_eval(lab, "a", [True, False, True, True] * 25)
@@ -121,7 +121,7 @@ def test_compare_shows_each_runs_own_recorded_interval(lab):
 
 
 def test_a_comparison_on_a_paired_subset_says_so(lab):
-    from llamalab.evaluate.compare import comparison_table, format_delta
+    from llamalab.evaluation.compare import comparison_table, format_delta
 
     fake_eval(lab, "full", [True] * 80 + [False] * 20)
     fake_eval(lab, "subset", [True, False] * 25)  # examples x:0 .. x:49 only
@@ -135,7 +135,7 @@ def test_a_comparison_on_a_paired_subset_says_so(lab):
 
 
 def test_compare_reports_prediction_distributions_and_warnings(lab):
-    from llamalab.evaluate.compare import comparison_warnings
+    from llamalab.evaluation.compare import comparison_warnings
 
     fake_eval(lab, "always-positive", [i % 2 == 1 for i in range(60)])  # right exactly on the positives
     result = compare(lab, "sentiment")
@@ -145,7 +145,7 @@ def test_compare_reports_prediction_distributions_and_warnings(lab):
 
 
 def test_interval_note_states_the_recorded_methods():
-    from llamalab.evaluate.compare import interval_note
+    from llamalab.evaluation.compare import interval_note
 
     plain = {"estimate": 0.5, "low": 0.4, "high": 0.6, "method": "percentile bootstrap, 5000 resamples, seed 0"}
     other = {**plain, "method": "BCa bootstrap, 2000 resamples, seed 1"}

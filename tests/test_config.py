@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from llamalab.config import LlamalabError, apply_overrides, load_config
-from llamalab.lab import find_lab
+from llamalab.backends.api import ApiModel
+from llamalab.config import LlamalabError, apply_overrides, load_config, parse_overrides
+from llamalab.lab import LabConfig, find_lab
 from llamalab.tasks.task import Task, load_task
-from llamalab.train.experiment import Experiment, load_experiment
+from llamalab.training.experiment import Experiment, load_experiment
 
 
 def test_shipped_configs_load(lab):
@@ -59,13 +60,21 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("task: sentiment\nlora: {r: 16}\n")
-    experiment, resolved = load_experiment(path, ["lora.r=4", "learning_rate=1e-3", "max_steps=7"])
+    experiment, resolved = load_experiment(path, parse_overrides(["lora.r=4", "learning_rate=1e-3", "max_steps=7"]))
     assert (experiment.lora.r, experiment.learning_rate, experiment.max_steps) == (4, 1e-3, 7)
     assert resolved["lora"]["r"] == 4
     with pytest.raises(LlamalabError, match="did you mean 'max_steps'"):
-        load_experiment(path, ["max_step=3"])
+        load_experiment(path, {"max_step": 3})
     with pytest.raises(LlamalabError, match="expected key=value"):
-        apply_overrides({}, ["justakey"])
+        parse_overrides(["justakey"])
+    # From Python: dotted keys, or a dict merged into its section (the section's other settings stay)
+    data = {"task": "sentiment", "lora": {"r": 16, "alpha": 8}}
+    assert apply_overrides(data, {"lora": {"r": 4}})["lora"] == {"r": 4, "alpha": 8}
+    assert apply_overrides(data, {"lora.r": 2, "seed": 1}) == {"task": "sentiment", "lora": {"r": 2, "alpha": 8},
+                                                             "seed": 1}
+    assert data["lora"]["r"] == 16  # a copy: the caller's dict is untouched
+    with pytest.raises(LlamalabError, match="'task' is not a section"):
+        apply_overrides(data, {"task.name": "x"})
 
 
 def test_task_label_checks(tmp_path):
@@ -83,3 +92,32 @@ def test_missing_lab_and_unknown_task(lab, tmp_path):
         find_lab(tmp_path / "nowhere")
     with pytest.raises(LlamalabError, match="did you mean 'sentiment'"):
         lab.task_path("sentimnt")
+
+
+def test_api_models_in_lab_yaml_are_api_models(tmp_path):
+    """lab.yaml's api_models entries are the ApiModel the client runs on: named by their key, checked at load."""
+    path = tmp_path / "lab.yaml"
+    entry = "    base_url: https://api.example.com/v1\n    model: m\n    api_key_env: EXAMPLE_KEY\n"
+    path.write_text(f"name: lab\napi_models:\n  gpt:\n{entry}")
+    model = load_config(LabConfig, path).api_models["gpt"]
+    assert isinstance(model, ApiModel)
+    assert (model.name, model.api_key_env, model.max_concurrency, model.max_retries) == ("gpt", "EXAMPLE_KEY", 8, 8)
+    assert ApiModel(name="gpt", base_url="https://api.example.com/v1", model="m", api_key_env="EXAMPLE_KEY") == model
+
+    for extra, problem in [
+        ("    name: gpt\n", None),  # allowed, and redundant
+        ("    name: other\n", r"api model 'gpt' has name 'other': its name is its key"),
+        ("    max_retries: -1\n", r"lab.yaml:7: key 'api_models.gpt.max_retries': .*greater than or equal to 0"),
+        ("    timeout_s: 0\n", r"key 'api_models.gpt.timeout_s': .*greater than 0"),
+        ("    max_concurency: 2\n", r"lab.yaml:7: unknown key 'api_models.gpt.max_concurency': did you mean "
+                                    r"'max_concurrency'"),
+    ]:
+        path.write_text(f"name: lab\napi_models:\n  gpt:\n{entry}{extra}")
+        if problem is None:
+            load_config(LabConfig, path)
+            continue
+        with pytest.raises(LlamalabError, match=problem):
+            load_config(LabConfig, path)
+    path.write_text(f"name: lab\napi_models:\n  gpt:\n{entry.replace('https://', 'ftp://')}")
+    with pytest.raises(LlamalabError, match=r"lab.yaml:4: key 'api_models.gpt.base_url'.*must start with http"):
+        load_config(LabConfig, path)

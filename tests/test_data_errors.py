@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 from llamalab.cli import app
 from llamalab.config import LlamalabError
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import load_task
-from llamalab.train.trainer import train
+from llamalab.training.trainer import train
 from tests.conftest import write_experiment
 
 

@@ -23,10 +23,10 @@ def test_embedded_model_learns_and_records_are_complete(lab):
     root = str(lab.root)
     run_id = run("train", "sentiment-lora", "max_steps=12", "train_examples=96", "save_steps=6", "--lab", root)
     record = find_run(lab.runs_dir, run_id)
-    data = record.data
-    assert data["status"] == "finished"
-    assert data["model"] == {"name": "smollm2-135m-instruct", "revision": data["model"]["revision"]}
-    assert data["model"]["revision"].startswith("gguf-sha256:")
+    data = record.run.model_dump(mode="json")
+    assert record.run.status == "finished"
+    assert set(data["model"]) == {"name", "revision"} and record.run.model.name == "smollm2-135m-instruct"
+    assert record.run.model.revision.startswith("gguf-sha256:")
     log = [json.loads(line) for line in (record.folder / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 12
     first, last = sum(r["loss"] for r in log[:3]) / 3, sum(r["loss"] for r in log[-3:]) / 3
@@ -45,6 +45,6 @@ def test_embedded_model_learns_and_records_are_complete(lab):
     row = predictions[0]
     assert set(row) >= {"id", "prompt_sha256", "prompt", "gold", "prediction", "scores", "tokens"}
     assert row["prompt"].startswith("Review: ") and row["prompt"].endswith("\nSentiment:")
-    accuracy = evaluation.data["metrics"]["accuracy"]
-    assert accuracy["low"] <= accuracy["estimate"] <= accuracy["high"]
-    assert evaluation.data["system"]["train_run"] == run_id
+    accuracy = evaluation.run.metrics["accuracy"]
+    assert accuracy.low <= accuracy.estimate <= accuracy.high
+    assert evaluation.run.system.train_run == run_id

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import compare
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.compare import compare
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import list_runs
 from tests.killing import eval_killed_after
@@ -25,11 +25,11 @@ def rows_of(record) -> list[dict]:
 ])
 def test_generation_tasks(lab, tiny_model_dir, task, metrics, row_fields):
     record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task=task, limit=6, max_new_tokens=6))
-    assert record.data["status"] == "finished"
-    assert record.data["scoring"]["protocol"] == "generate"
-    assert set(record.data["metrics"]) == metrics
-    for m in record.data["metrics"].values():
-        assert m["low"] <= m["estimate"] <= m["high"] and m["n"] == 6
+    assert record.run.status == "finished"
+    assert record.run.scoring.protocol == "generate"
+    assert set(record.run.metrics) == metrics
+    for m in record.run.metrics.values():
+        assert m.low <= m.estimate <= m.high and m.n == 6
     rows = rows_of(record)
     assert len(rows) == 6 and row_fields <= set(rows[0])
 
@@ -51,20 +51,20 @@ def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir):
     clean = evaluate(lab, EvalSettings(**settings))
     killed = eval_killed_after(lab.root, 3, settings)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    [interrupted] = [r for r in list_runs(lab.runs_dir, "eval") if r.data["status"] == "running"]
+    [interrupted] = [r for r in list_runs(lab.runs_dir, "eval") if r.run.status == "running"]
     assert len(rows_of(interrupted)) == 12  # three batches of four were saved before the kill
     with (interrupted.folder / "predictions.jsonl").open("a") as handle:
         handle.write('{"id": "half a line')  # as if the kill had landed mid-write
 
     resumed = evaluate(lab, EvalSettings(**settings), resume=True)
-    assert resumed.id == interrupted.id and resumed.data["status"] == "finished"
+    assert resumed.id == interrupted.id and resumed.run.status == "finished"
     rows = rows_of(resumed)
     assert len(rows) == 20 and len({r["id"] for r in rows}) == 20
     clean_rows = {r["id"]: r for r in rows_of(clean)}
     for row in rows:
         assert row["prediction"] == clean_rows[row["id"]]["prediction"]
         assert row["scores"] == pytest.approx(clean_rows[row["id"]]["scores"], abs=1e-4)
-    assert resumed.data["metrics"] == clean.data["metrics"]
+    assert resumed.run.metrics == clean.run.metrics
     with pytest.raises(LlamalabError, match="no unfinished evaluation"):
         evaluate(lab, EvalSettings(**settings), resume=True)
 

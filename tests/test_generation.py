@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
-from llamalab.evaluate.generation import generate_greedy, parse_label
+from llamalab.backends.hf_generation import generate_greedy
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.parsing import parse_label
 
 LABELS = {"negative": "negative", "positive": "positive", "very_positive": "very positive"}
 
@@ -46,16 +47,16 @@ def test_batched_greedy_generation_matches_one_by_one(tiny_model_dir, tokenizer)
 def test_generate_protocol_records_raw_text_and_parsed_label(lab, tiny_model_dir):
     record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=12,
                                         protocol="generate", max_new_tokens=3))
-    assert record.data["scoring"]["protocol"] == "generate"
+    assert record.run.scoring.protocol == "generate"
     rows = [json.loads(line) for line in (record.folder / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all("generation" in r for r in rows)
     # A random tiny model rarely says a label: unparseable answers are kept as null and counted wrong.
     assert all(r["prediction"] in (None, "negative", "positive") for r in rows)
-    assert record.data["metrics"]["accuracy"]["n"] == 12
+    assert record.run.metrics["accuracy"].n == 12
 
 
 def test_score_generation_per_answer_type():
-    from llamalab.evaluate.metrics import score_generation
+    from llamalab.evaluation.metrics import score_generation
     from llamalab.tasks.task import AnswerSpec
 
     gold_entities = '[{"type": "person", "text": "Lady  Gaga"}, {"type": "location", "text": "Paris"}]'

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from llamalab.cli import app
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import load_task
-from llamalab.train.trainer import train
+from llamalab.training.trainer import train
 from tests.conftest import write_experiment
 
 INTENTS = ["transfer", "balance", "weather", "oos"]
@@ -188,11 +188,11 @@ def test_check_eval_and_train_on_each_layout(lab, tiny_model_dir, layout):
     assert json.loads(checked.stdout)["ok"]
 
     record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task=name, limit=2, max_new_tokens=4))
-    assert record.data["status"] == "finished" and record.data["task"]["n"] == 2
+    assert record.run.status == "finished" and record.run.task.n == 2
 
     experiment = write_experiment(lab, f"{name}-tiny", json.dumps({
         "task": name, "base_model": str(tiny_model_dir), "max_steps": 2, "batch_size": 2, "save_steps": 2,
         "lora": {"r": 2, "alpha": 4},
     }))
     run = train(lab, experiment)
-    assert run.data["status"] == "finished" and run.data["metrics"]["steps"] == 2
+    assert run.run.status == "finished" and run.run.metrics.steps == 2

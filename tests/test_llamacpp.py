@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.models import EMBEDDED_NAME
 from llamalab.runs.files import read_jsonl
 
@@ -15,8 +15,8 @@ def test_llama_cpp_backend_agrees_with_transformers(lab):
     settings = {"system": EMBEDDED_NAME, "task": "sentiment", "limit": 24}
     cpp = evaluate(lab, EvalSettings(**settings, backend="llama.cpp"))
     hf = evaluate(lab, EvalSettings(**settings))
-    assert cpp.data["backend"]["backend"] == "llama.cpp"
-    assert cpp.data["backend"]["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert cpp.run.backend.backend == "llama.cpp"
+    assert cpp.run.backend.model_extra["gguf"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     cpp_rows = {r["id"]: r for r in read_jsonl(cpp.folder / "predictions.jsonl")}
     hf_rows = read_jsonl(hf.folder / "predictions.jsonl")
     assert len(cpp_rows) == 24

@@ -15,13 +15,13 @@ import time
 import pytest
 import yaml
 
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import Lab, init_lab
 from llamalab.publish.methods import methods_paragraphs
 from llamalab.publish.report import build_report
 from llamalab.publish.results import TaskBoard, dev_evals, task_boards, train_runs
 from llamalab.runs.record import RunRecord, list_runs
-from llamalab.train.trainer import train
+from llamalab.training.trainer import train
 
 SELECTION_CLAIMS = ("chosen", "selected on the dev", "checkpoint")
 
@@ -49,7 +49,7 @@ def selected(tmp_path_factory, tiny_model_dir) -> Lab:
     configs = {"zero-shot plain": ("plain", 0), "zero-shot chat": ("chat", 0), "2-shot plain": ("plain", 2)}
     dev = {name: evaluate(lab, EvalSettings(system=base, task="mini", split="dev", format=fmt, shots=shots))
            for name, (fmt, shots) in configs.items()}
-    best = max(dev, key=lambda name: dev[name].data["metrics"]["accuracy"]["estimate"])  # as `llamalab demo`
+    best = max(dev, key=lambda name: dev[name].run.metrics["accuracy"].estimate)  # as `llamalab demo`
     time.sleep(1.1)  # records keep whole seconds: only a later second shows that dev finished before test began
     fmt, shots = configs[best]
     evaluate(lab, EvalSettings(system=base, task="mini", format=fmt, shots=shots))
@@ -108,14 +108,14 @@ def test_no_dev_runs_no_selection_claim(unselected):
 def test_dev_selection_names_what_was_compared(selected):
     board = board_of(selected, "mini")
     text = methods_of(selected, "mini", board)
-    scores = {f"{len(r.data['prompt']['shots']) or 'zero'}-shot {r.data['prompt']['format']}":
-              r.data["metrics"]["accuracy"]["estimate"] for r in dev_evals(selected, "mini")[:3]}
+    scores = {f"{len(r.run.prompt.shots) or 'zero'}-shot {r.run.prompt.format}":
+              r.run.metrics["accuracy"].estimate for r in dev_evals(selected, "mini")[:3]}
     assert len(set(scores.values())) > 1, "the lab must make the dev scores differ"
     listing = ", ".join(f"{name} {value:.3f}" for name, value in sorted(scores.items(), key=lambda s: (-s[1], s[0])))
     test_run = board.entries[0].record
-    chosen = f"{len(test_run.data['prompt']['shots']) or 'zero'}-shot {test_run.data['prompt']['format']}"
+    chosen = f"{len(test_run.run.prompt.shots) or 'zero'}-shot {test_run.run.prompt.format}"
     assert scores[chosen] == max(scores.values())
-    assert (f"The prompt format and number of shots of {test_run.data['system']['label']} were chosen among 3 dev "
+    assert (f"The prompt format and number of shots of {test_run.run.system.label} were chosen among 3 dev "
             f"evaluations on all 10 examples of the dev split (accuracy: {listing}); its test configuration, "
             f"{chosen}, scored highest") in text, text
     ties = sorted(name for name, value in scores.items() if value == scores[chosen] and name != chosen)
@@ -130,7 +130,7 @@ def test_dev_runs_that_did_not_choose_are_not_called_a_choice(selected):
     dev = dev_evals(selected, "mini")
     same = test_run.config
     others = [r for r in dev if (r.config["format"], r.config["shots"]) != (same["format"], same["shots"])]
-    label = test_run.data["system"]["label"]
+    label = test_run.run.system.label
 
     text = methods_of(selected, "mini", board, dev=others[:2])
     assert "was not among them" in text and "chosen" not in text.replace("chose none", "")
@@ -156,7 +156,7 @@ def test_limit_states_the_subset_per_system(unselected):
     assert "The systems were not all evaluated on the same examples" in text
     for limit in (12, 8):
         record = next(e.record for e in board.entries if e.record.config["limit"] == limit)
-        k, n = record.data["task"]["n"], record.data["task"]["split_size"]
+        k, n = record.run.task.n, record.run.task.split_size
         assert k == limit and n > limit
         assert f"a seeded random subset of {k:,} of the {n:,} examples of the test split (limit {limit})" in text
     gsm8k = methods_of(unselected, "gsm8k")
@@ -171,10 +171,12 @@ def test_the_whole_split_is_no_subset(selected):
 
 def test_split_size_of_older_records_comes_from_unchanged_data(unselected):
     board = board_of(unselected, "gsm8k")
-    task = board.entries[0].record.data["task"]
-    del task["split_size"]  # as recorded before the field existed
+    record = board.entries[0].record
+    task = record.run.task.model_copy(update={"split_size": None})  # as recorded before the field existed
+    record.run = record.run.model_copy(update={"task": task})
     assert "a seeded random subset of 2 of the 1,319 examples" in methods_of(unselected, "gsm8k", board)
-    task["data_sha256"] = {**task["data_sha256"], "data/gsm8k/test.jsonl": "0" * 64}  # the data changed since
+    changed = {**task.data_sha256, "data/gsm8k/test.jsonl": "0" * 64}  # the data changed since
+    record.run = record.run.model_copy(update={"task": task.model_copy(update={"data_sha256": changed})})
     text = methods_of(unselected, "gsm8k", board)
     assert "a seeded random subset of 2 examples of the test split, whose size is not recorded (limit 2)" in text
 
@@ -185,23 +187,23 @@ def test_split_size_of_older_records_comes_from_unchanged_data(unselected):
 def test_generation_states_decoding_budget_and_parsing(unselected):
     for task, where in (("sentiment", dict(protocol="generate")), ("gsm8k", {})):
         board = board_of(unselected, task)
-        scoring = record_of(board, **where).data["scoring"]
+        scoring = record_of(board, **where).run.scoring
         text = methods_of(unselected, task, board)
-        assert scoring["decoding"]["greedy"] is True
-        assert f"greedy decoding of at most {scoring['decoding']['max_new_tokens']} new tokens" in text
-        assert f"parsing: {scoring['parsing']}" in text
+        assert scoring.decoding["greedy"] is True
+        assert f"greedy decoding of at most {scoring.decoding['max_new_tokens']} new tokens" in text
+        assert f"parsing: {scoring.parsing}" in text
     assert "at most 5 new tokens" in methods_of(unselected, "sentiment")
     assert "at most 3 new tokens" in methods_of(unselected, "gsm8k")
 
 
 def test_loglikelihood_states_normalisation_and_precision(unselected):
     board = board_of(unselected, "sentiment")
-    scoring = next(e.record.data["scoring"] for e in board.entries
-                   if e.record.data["scoring"]["protocol"] == "loglikelihood")
+    scoring = next(e.record.run.scoring for e in board.entries
+                   if e.record.run.scoring.protocol == "loglikelihood")
     text = methods_of(unselected, "sentiment", board)
-    assert f"every label scored by {scoring['normalization']} after the prompt (normalize: {scoring['normalize']})" \
+    assert f"every label scored by {scoring.normalization} after the prompt (normalize: {scoring.normalize})" \
         in text
-    assert f"{scoring['precision']} precision" in text
+    assert f"{scoring.precision} precision" in text
     assert "normalize" not in methods_of(unselected, "gsm8k")  # generation only: no label scores
 
 
@@ -233,13 +235,13 @@ def test_intervals_say_the_recorded_method(unselected):
 
 def test_training_states_only_recorded_fields(unselected, tmp_path):
     (record,) = train_runs(unselected)
-    config, used = record.config, record.data["data_used"]
+    config, used = record.config, record.run.data_used
     text = methods_of(unselected, "sentiment")
     for fact in (f"LoRA (rank {config['lora']['r']}, alpha {config['lora']['alpha']}",
-                 f"{record.data['metrics']['steps']} optimizer steps (max_steps {config['max_steps']})",
-                 f"{used['train_examples']} training examples: a random subset of {config['train_examples']} "
+                 f"{record.run.metrics.steps} optimizer steps (max_steps {config['max_steps']})",
+                 f"{used.train_examples} training examples: a random subset of {config['train_examples']} "
                  f"examples of the train split drawn with seed {config['seed']}, none skipped",
-                 f"weight decay {config['weight_decay']:g}", f"{record.data['precision']} precision",
+                 f"weight decay {config['weight_decay']:g}", f"{record.run.precision} precision",
                  "loss on the answer tokens only"):
         assert fact in text, fact
     assert "fell" not in text  # the loss is stated, not interpreted
@@ -247,7 +249,9 @@ def test_training_states_only_recorded_fields(unselected, tmp_path):
     # An older record without these fields: nothing is made up in their place.
     folder = shutil.copytree(record.folder, tmp_path / record.id)
     bare = RunRecord.load(folder)
-    del bare.data["data_used"]["skipped_too_long"], bare.data["precision"], bare.data["timings"]
+    bare.run = bare.run.model_copy(update={
+        "data_used": bare.run.data_used.model_copy(update={"skipped_too_long": None}), "precision": None, "timings": {},
+    })
     settings = yaml.safe_load((folder / "config.yaml").read_text())
     del settings["weight_decay"], settings["seed"]
     (folder / "config.yaml").write_text(yaml.safe_dump(settings))
@@ -255,13 +259,14 @@ def test_training_states_only_recorded_fields(unselected, tmp_path):
     training = next(p for p in text.split("\n\n") if p.startswith("Fine-tuned system"))
     assert "weight decay" not in training and "skipped" not in training and "seed" not in training
     assert "precision" not in training and "Training took" not in training and "None" not in training
-    assert f"{used['train_examples']} training examples from a random subset of {config['train_examples']} " \
+    assert f"{used.train_examples} training examples from a random subset of {config['train_examples']} " \
         "examples of the train split, loss" in training
 
 
 # --- every number comes from a record -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # its labs (fetched by name below) train and evaluate the tiny model
 @pytest.mark.parametrize("which", ["unselected", "selected"])
 def test_every_number_comes_from_a_record(which, request):
     lab = request.getfixturevalue(which)
@@ -270,12 +275,12 @@ def test_every_number_comes_from_a_record(which, request):
     boards = task_boards(lab)
     strings, numbers = set(), set()
     for record in records:
-        _leaves(record.data, strings, numbers)
+        _leaves(record.run.model_dump(mode="json"), strings, numbers)
         _leaves(record.config, strings, numbers)
     for board in boards:
         _leaves(board.comparison, strings, numbers)
         numbers.add(len(board.rows))
-        numbers.add(sum(e.record.data["timings"]["predict_s"] for e in board.entries))
+        numbers.add(sum(e.record.run.timings["predict_s"] for e in board.entries))
     numbers.add(3)  # the number of dev configurations compared (lab `selected`)
     text = methods.replace("SHA-256", " ")
     for s in sorted(strings | {s[:12] for s in strings if re.fullmatch(r"[0-9a-f]{40,64}", s)}, key=len,

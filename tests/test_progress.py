@@ -12,7 +12,7 @@ import time
 from rich.console import Console
 from rich.progress import Progress
 
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.progress import LineProgress, new_progress, progress_bar
 from tests.conftest import write_experiment
 
@@ -55,7 +55,7 @@ def test_a_line_every_ten_seconds_when_slower():
 
 def test_eval_progress_goes_to_a_log_in_lines(lab, tiny_model_dir):
     console = log_console()
-    evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20), console)
+    evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=20), console=console)
     lines = [line for line in console.file.getvalue().splitlines() if line.startswith("eval ")]
     assert lines and lines[-1].startswith("eval sentiment  20/20 ex  ")
 

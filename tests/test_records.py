@@ -4,12 +4,21 @@ import json
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from llamalab.config import LlamalabError
 from llamalab.runs.files import append_jsonl, read_jsonl, write_json_atomic
-from llamalab.runs.record import RunRecord, config_hash, find_run, list_runs
+from llamalab.runs.record import RunRecord, config_hash, find_run, list_runs, matching_runs, resume_run
+from llamalab.runs.schema import SCHEMA_VERSION, EvalRun, TrainRun, migrate
+from tests.records import eval_fields, train_fields
+
+FIXTURES = Path(__file__).parent / "fixtures" / "records"  # records written by llamalab before schema_version
+OLD_EVAL = FIXTURES / "20261127-201029-eval-sentiment-smollm2-135m-instruct-3dc7"
+OLD_TRAIN = FIXTURES / "20261127-201442-train-sentiment-lora-7895"
 
 
 def test_config_hash_ignores_key_order():
@@ -18,7 +27,7 @@ def test_config_hash_ignores_key_order():
 
 
 def test_record_is_complete_and_tracks_status(tmp_path):
-    record = RunRecord.create(tmp_path, "eval", "sentiment-base", {"split": "test"}, task={"name": "sentiment"})
+    record = RunRecord.create(tmp_path, "eval", "sentiment-base", {"split": "test"}, **eval_fields())
     saved = json.loads((record.folder / "run.json").read_text())
     assert saved["status"] == "running"
     assert saved["config_hash"] == config_hash({"split": "test"})
@@ -27,27 +36,172 @@ def test_record_is_complete_and_tracks_status(tmp_path):
     assert (record.folder / "config.yaml").read_text() == "split: test\n"
 
     with record.tracking():
-        record.update(metrics={"accuracy": 0.9})
-    done = RunRecord.load(record.folder).data
-    assert done["status"] == "finished" and done["ended"] and done["timings"]["total_s"] >= 0
-    assert done["peak_memory_mb"] > 0
+        record.update(metrics={"accuracy": {"estimate": 0.9, "low": 0.8, "high": 0.95, "n": 10}})
+        time.sleep(0.05)
+    done = RunRecord.load(record.folder).run
+    assert done.status == "finished" and done.ended >= done.started and 0.05 <= done.timings["total_s"] < 5
+    assert done.peak_memory_mb > 0
+    assert done.metrics["accuracy"].estimate == 0.9 and done.metrics["accuracy"].confidence == 0.95
 
-    failing = RunRecord.create(tmp_path, "eval", "x", {})
+    failing = RunRecord.create(tmp_path, "eval", "x", {}, **eval_fields())
     with pytest.raises(RuntimeError), failing.tracking():
         raise RuntimeError("boom")
-    assert RunRecord.load(failing.folder).data["status"] == "failed"
-    assert "boom" in RunRecord.load(failing.folder).data["error"]
+    assert RunRecord.load(failing.folder).run.status == "failed"
+    assert "boom" in RunRecord.load(failing.folder).run.error
 
-    interrupted = RunRecord.create(tmp_path, "eval", "y", {})
+    interrupted = RunRecord.create(tmp_path, "eval", "y", {}, **eval_fields())
     with pytest.raises(KeyboardInterrupt), interrupted.tracking():
         raise KeyboardInterrupt
-    assert RunRecord.load(interrupted.folder).data["status"] == "interrupted"
+    assert RunRecord.load(interrupted.folder).run.status == "interrupted"
     assert find_run(tmp_path, interrupted.id[-4:]).id == interrupted.id
+
+
+def _saved(record: RunRecord) -> dict:
+    return json.loads((record.folder / "run.json").read_text())
+
+
+def test_every_record_written_carries_the_schema_version(tmp_path):
+    assert SCHEMA_VERSION == 1
+    evaluation = RunRecord.create(tmp_path, "eval", "e", {"a": 1}, **eval_fields())
+    training = RunRecord.create(tmp_path, "train", "t", {"b": 2}, **train_fields())
+    for record in (evaluation, training):
+        assert _saved(record)["schema_version"] == 1
+        with record.tracking():
+            record.update(throughput={"tokens_per_s": 1.5})
+            assert _saved(record)["schema_version"] == 1
+        assert _saved(record)["schema_version"] == 1 and _saved(record)["status"] == "finished"
+        assert RunRecord.load(record.folder).run == record.run
+    assert isinstance(evaluation.run, EvalRun) and isinstance(training.run, TrainRun)
+
+
+def test_a_malformed_record_is_never_written(tmp_path):
+    fields = eval_fields()
+    del fields["task"]["split"]
+    with pytest.raises(LlamalabError, match=r"task\.split"):
+        RunRecord.create(tmp_path / "runs", "eval", "x", {}, **fields)
+    with pytest.raises(LlamalabError, match=r"scoring\.protocol"):
+        RunRecord.create(tmp_path / "runs", "eval", "x", {}, **{**eval_fields(), "scoring": {"protocol": "guess"}})
+    with pytest.raises(LlamalabError, match=r"model"):
+        RunRecord.create(tmp_path / "runs", "train", "x", {}, **{**train_fields(), "model": {"name": "m"}})
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no run folder left
+
+    record = RunRecord.create(tmp_path / "runs", "eval", "x", {}, **eval_fields())
+    before = (record.folder / "run.json").read_text()
+    with pytest.raises(LlamalabError, match="status"):
+        record.update(status="exploded")
+    with pytest.raises(LlamalabError, match=r"metrics\.accuracy\.low"):
+        record.update(metrics={"accuracy": {"estimate": 0.5, "high": 0.6, "n": 4}})
+    assert (record.folder / "run.json").read_text() == before and record.run.status == "running"
+
+
+def test_a_record_from_a_newer_llamalab_is_refused(tmp_path):
+    record = RunRecord.create(tmp_path, "eval", "x", {}, **eval_fields())
+    write_json_atomic(record.folder / "run.json", {**_saved(record), "schema_version": 99})
+    with pytest.raises(LlamalabError, match="written by a newer llamalab") as error:
+        RunRecord.load(record.folder)
+    assert "run.json" in str(error.value) and "99" in str(error.value)
+    with pytest.raises(LlamalabError, match="newer llamalab"):
+        list_runs(tmp_path)
+
+
+@pytest.mark.parametrize(("folder", "model"), [(OLD_EVAL, EvalRun), (OLD_TRAIN, TrainRun)])
+def test_records_of_the_previous_format_load_and_round_trip(tmp_path, folder, model):
+    original = json.loads((folder / "run.json").read_text())
+    assert "schema_version" not in original  # written before the field existed
+    migrated = migrate(original)
+    assert migrated["schema_version"] == 1 and "schema_version" not in original  # the input is not changed
+    assert {k: v for k, v in migrated.items() if k != "schema_version"} == original
+
+    copy = tmp_path / "runs" / folder.name
+    copy.mkdir(parents=True)
+    for path in folder.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    before = (copy / "run.json").read_bytes(), (copy / "run.json").stat().st_mtime_ns
+    record = RunRecord.load(copy)
+    assert isinstance(record.run, model) and record.run.schema_version == 1 and record.run.finished
+    assert record.id == folder.name == find_run(tmp_path / "runs", folder.name[-4:]).id
+    dumped = record.run.model_dump(mode="json", exclude_unset=True)
+    assert dumped.pop("schema_version") == 1
+    assert dumped == original
+    assert ((copy / "run.json").read_bytes(), (copy / "run.json").stat().st_mtime_ns) == before  # never rewritten
+    assert record.config == yaml.safe_load((folder / "config.yaml").read_text())
+
+
+def test_previous_format_fields_are_typed():
+    evaluation, training = RunRecord.load(OLD_EVAL).run, RunRecord.load(OLD_TRAIN).run
+    accuracy = evaluation.metrics["accuracy"]
+    assert (accuracy.estimate, accuracy.low, accuracy.high, accuracy.n) == (0.76, 0.724, 0.796, 500)
+    assert accuracy.method.startswith("percentile bootstrap") and accuracy.confidence == 0.95
+    assert evaluation.system.kind == "base" and evaluation.system.model.name == "smollm2-135m-instruct"
+    assert evaluation.backend.backend == "hf" and evaluation.backend.model_extra["dtype"] == "float32"
+    assert (evaluation.task.split, evaluation.task.n, evaluation.task.split_size) == ("dev", 500, 1066)
+    assert evaluation.scoring.protocol == "loglikelihood" and evaluation.scoring.normalize == "sum"
+    assert evaluation.prompt.format == "plain" and evaluation.shots == 0
+    assert evaluation.predictions_summary.predicted == {"negative": 302, "positive": 198}
+    assert evaluation.usage is None and evaluation.environment.git.dirty is False
+    assert evaluation.display_label == "smollm2-135m-instruct [plain]"
+    assert training.experiment == "sentiment-lora" and training.model.name == "smollm2-135m-instruct"
+    assert (training.metrics.steps, training.metrics.epochs, training.metrics.final_loss) == (150, 1.0, 0.165336)
+    assert training.data_used.train_examples == 1200 and training.data_used.skipped_too_long == 0
+    assert training.precision == "bfloat16 autocast" and training.prompt.template.startswith("Review:")
+
+
+def test_resume_continues_only_an_unfinished_run_with_the_same_settings(tmp_path):
+    config, other = {"split": "dev", "limit": 8}, {"split": "dev", "limit": 9}
+    with pytest.raises(LlamalabError, match="no unfinished evaluation of 'e' to resume"):
+        resume_run(tmp_path, "eval", "e", config)
+
+    done = RunRecord.create(tmp_path, "eval", "e", config, **eval_fields())
+    done.update(status="finished")
+    with pytest.raises(LlamalabError, match="no unfinished evaluation"):
+        resume_run(tmp_path, "eval", "e", config)  # a finished run is never resumed
+    assert RunRecord.load(done.folder).run.status == "finished"
+
+    crashed = RunRecord.create(tmp_path, "eval", "e", config, **eval_fields())
+    crashed.update(status="interrupted", pid=None)
+    resumed = resume_run(tmp_path, "eval", "e", config)
+    assert resumed.id == crashed.id and resumed.run.status == "running" and resumed.run.pid == os.getpid()
+    assert len(resumed.run.resumed) == 1
+    again = resume_run(tmp_path, "eval", "e", config)  # running, but in this very process
+    assert again.id == crashed.id and len(again.run.resumed) == 2
+    assert RunRecord.load(crashed.folder).run.resumed == again.run.resumed
+    assert RunRecord.load(done.folder).run.status == "finished" and not RunRecord.load(done.folder).run.resumed
+
+    with pytest.raises(LlamalabError, match="different ones") as error:
+        resume_run(tmp_path, "eval", "e", other)
+    assert config_hash(config) in str(error.value) and config_hash(other) in str(error.value)
+    assert crashed.id in str(error.value)
+
+    again.update(pid=os.getppid())  # marked running by another live process: never taken over
+    with pytest.raises(LlamalabError, match="still running"):
+        resume_run(tmp_path, "eval", "e", config)
+
+    training = RunRecord.create(tmp_path, "train", "e", config, **train_fields())
+    training.update(status="failed", pid=None)
+    assert resume_run(tmp_path, "train", "e", config).id == training.id  # each kind resumes its own runs
+
+
+def test_find_run_names_one_run_or_lists_the_candidates(tmp_path):
+    first = RunRecord.create(tmp_path, "eval", "twin", {}, **eval_fields())
+    second = RunRecord.create(tmp_path, "eval", "twin", {}, **eval_fields())
+    training = RunRecord.create(tmp_path, "train", "twin-lora", {}, **train_fields())
+    assert [r.id for r in matching_runs(tmp_path, "twin")] == sorted([first.id, second.id, training.id])
+    assert [r.id for r in matching_runs(tmp_path, "twin", kind="eval")] == sorted([first.id, second.id])
+    assert [r.id for r in matching_runs(tmp_path, first.id)] == [first.id]
+    assert matching_runs(tmp_path, first.id, kind="train") == []
+    assert find_run(tmp_path, second.id[-4:]).id == second.id
+    assert find_run(tmp_path, "twin-lora").id == training.id
+    assert find_run(tmp_path, "twin", kind="train").id == training.id
+    with pytest.raises(LlamalabError, match="eval run 'twin' is ambiguous") as error:
+        find_run(tmp_path, "twin", kind="eval")
+    assert first.id in str(error.value) and second.id in str(error.value) and training.id not in str(error.value)
+    with pytest.raises(LlamalabError, match="no train run 'nothing'"):
+        find_run(tmp_path, "nothing", kind="train")
 
 
 def _create_many(runs_dir: str, count: int) -> None:
     for i in range(count):
-        RunRecord.create(Path(runs_dir), "eval", "same-name", {"i": i, "pid": os.getpid()})
+        RunRecord.create(Path(runs_dir), "eval", "same-name", {"i": i, "pid": os.getpid()}, **eval_fields())
 
 
 def test_concurrent_runs_never_share_a_folder(tmp_path):
@@ -59,7 +213,7 @@ def test_concurrent_runs_never_share_a_folder(tmp_path):
     runs = list_runs(tmp_path)
     assert len(runs) == 60
     assert len({r.id for r in runs}) == 60
-    configs = {(r.data["pid"], r.data["config_hash"]) for r in runs}
+    configs = {(r.run.pid, r.run.config_hash) for r in runs}
     assert len(configs) == 60  # every folder holds the record its own creator wrote
 
 

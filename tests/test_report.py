@@ -89,7 +89,7 @@ def test_report_against_a_reference_with_local_compute_costs(published_lab):
 
 def test_one_number_per_run_in_every_place(published_lab):
     """A run's interval is the same in run.json, metrics.json, compare, the report's tables and the site."""
-    from llamalab.evaluate.compare import compare, comparison_warnings, format_interval
+    from llamalab.evaluation.compare import compare, comparison_warnings, format_interval
     from llamalab.publish.site import build_site
     from llamalab.runs.record import RunRecord
 
@@ -105,5 +105,5 @@ def test_one_number_per_run_in_every_place(published_lab):
         record = RunRecord.load(published_lab.runs_dir / row["run"])
         on_disk = json.loads((record.folder / "metrics.json").read_text())
         for name, m in row["metrics"].items():
-            assert m == record.data["metrics"][name] == on_disk[name], (row["system"], name)
+            assert m == record.run.metrics[name].model_dump() == on_disk[name], (row["system"], name)
             assert format_interval(m) in md and format_interval(m) in page

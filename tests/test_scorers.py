@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
-from llamalab.evaluate.answers import exact_match, exact_match_strict, extract_sql, normalize_sql
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
-from llamalab.evaluate.metrics import label_score, prediction_summary, score_generation
+from llamalab.evaluation.answers import exact_match, exact_match_strict, extract_sql, normalize_sql
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.metrics import label_score, prediction_summary, score_generation
 from llamalab.runs.files import read_jsonl
 from llamalab.tasks.task import AnswerSpec
 
@@ -90,13 +90,14 @@ def test_each_normalisation_scores_what_the_record_says(lab, tiny_model_dir, nor
     spec["answer"]["normalize"] = normalize
     path.write_text(yaml.safe_dump(spec))
     record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="intent", limit=12))
-    summary, scoring = record.data["predictions_summary"], record.data["scoring"]
+    data = record.run.model_dump(mode="json")
+    summary, scoring = data["predictions_summary"], data["scoring"]
     assert scoring["normalize"] == normalize
     calibration = scoring["calibration"]
     assert "N/A" in calibration["prompt"] and len(calibration["logprobs"]) == 77
     # The same log-likelihoods re-scored under the task's own normalisation give the run's accuracy.
     assert summary["accuracy_by_normalization"][normalize] == pytest.approx(
-        record.data["metrics"]["accuracy"]["estimate"])
+        data["metrics"]["accuracy"]["estimate"])
     assert sum(summary["predicted"].values()) == 12
     for row in read_jsonl(record.folder / "predictions.jsonl"):
         assert set(row["logprobs"]) == set(row["scores"]) == set(calibration["logprobs"])
@@ -112,9 +113,11 @@ def test_a_sql_task_end_to_end(lab, tiny_model_dir):
         "prompt: {template: 'Question: {{ question }}\\nSQL:'}\nanswer: {type: sql}\n"
     )
     record = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sql", max_new_tokens=4))
-    assert set(record.data["metrics"]) == {"exact_match", "exact_match_strict"}
-    assert record.data["scoring"]["protocol"] == "generate"
-    assert "parse_failures" in record.data["predictions_summary"]
+    data = record.run.model_dump(mode="json")
+    assert set(data["metrics"]) == {"exact_match", "exact_match_strict"}
+    assert data["scoring"]["protocol"] == "generate"
+    assert data["predictions_summary"]["parse_failures"] == sum(
+        not row["parsed"] for row in read_jsonl(record.folder / "predictions.jsonl"))
     for row in read_jsonl(record.folder / "predictions.jsonl"):
         assert {"parsed", "correct", "exact_strict"} <= set(row)
 
@@ -169,7 +172,7 @@ def test_normalisation_accuracies_on_random_scores():
     """Property: each accuracy equals an independent argmax of that normalisation's score."""
     import random
 
-    from llamalab.evaluate.metrics import normalization_accuracies
+    from llamalab.evaluation.metrics import normalization_accuracies
 
     rng = random.Random(11)
     labels = ["no", "yes", "maybe later"]

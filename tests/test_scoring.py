@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llamalab.evaluate.scoring import ChoiceRequest, score_choices
+from llamalab.backends.base import ChoiceRequest
+from llamalab.backends.hf_scoring import score_choices
 
 
 def brute_force(model, prompt: list[int], choice: list[int]) -> float:

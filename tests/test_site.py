@@ -137,7 +137,7 @@ def test_a_secret_that_reaches_a_record_is_redacted(published_lab, tmp_path, mon
 
 
 def test_generation_tasks_get_leaderboards_and_drilldowns(lab, tiny_model_dir, tmp_path):
-    from llamalab.evaluate.evaluate import EvalSettings, evaluate
+    from llamalab.evaluation.evaluate import EvalSettings, evaluate
 
     for task in ("wnut17", "scitldr", "gsm8k"):
         for fmt in ("plain", "chat"):

@@ -9,11 +9,11 @@ import pytest
 from safetensors.torch import load_file
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.runs.record import list_runs
 from llamalab.tasks.task import load_task
-from llamalab.train.callbacks import drop_log_after
-from llamalab.train.trainer import build_dataset, train
+from llamalab.training.callbacks import drop_log_after
+from llamalab.training.trainer import build_dataset, train
 from tests.conftest import write_experiment
 
 
@@ -44,20 +44,20 @@ def test_loss_only_on_answer_tokens(lab, tokenizer):
 
 def test_a_few_steps_write_a_complete_record(lab, tiny_model_dir):
     record = train(lab, tiny_experiment(lab, tiny_model_dir))
-    data = record.data
-    assert data["status"] == "finished"
-    assert data["metrics"]["steps"] == 12
-    assert data["metrics"]["final_loss"] < data["metrics"]["first_loss"]
-    assert data["throughput"]["tokens_per_s"] > 0
-    assert data["model"]["revision"].startswith("sha256:")
-    assert set(data["task"]["data_sha256"]) == {"data/rt_polarity/rt-polarity.pos", "data/rt_polarity/rt-polarity.neg",
-                                                "data/splits/sentiment.json"}  # the manifest fixes the split
+    run = record.run
+    assert run.status == "finished"
+    assert run.metrics.steps == 12
+    assert run.metrics.final_loss < run.metrics.first_loss
+    assert run.throughput["tokens_per_s"] > 0
+    assert run.model.revision.startswith("sha256:")
+    assert set(run.task.data_sha256) == {"data/rt_polarity/rt-polarity.pos", "data/rt_polarity/rt-polarity.neg",
+                                         "data/splits/sentiment.json"}  # the manifest fixes the split
     assert (record.folder / "adapter" / "adapter_model.safetensors").is_file()
     assert len((record.folder / "train_log.jsonl").read_text().splitlines()) == 12
 
     result = evaluate(lab, EvalSettings(system=record.id, task="sentiment", limit=20))
-    assert result.data["system"]["kind"] == "finetuned"
-    assert result.data["prompt"]["format"] == "plain"
+    assert result.run.system.kind == "finetuned"
+    assert result.run.prompt.format == "plain"
     assert len((result.folder / "predictions.jsonl").read_text().splitlines()) == 20
 
 
@@ -78,7 +78,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
     from llamalab.lab import find_lab
-    from llamalab.train import trainer
+    from llamalab.training import trainer
 
     class KillAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -98,15 +98,15 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     script.write_text(KILL_SCRIPT)
     killed = subprocess.run([sys.executable, str(script), str(lab.root), name, "7"], capture_output=True)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    [interrupted] = [r for r in list_runs(lab.runs_dir, "train") if r.data["experiment"] == "killed"]
-    assert interrupted.data["status"] == "running"  # a kill -9 gives no chance to record anything
+    [interrupted] = [r for r in list_runs(lab.runs_dir, "train") if r.run.experiment == "killed"]
+    assert interrupted.run.status == "running"  # a kill -9 gives no chance to record anything
     checkpoints = sorted(p.name for p in (interrupted.folder / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4"]
 
     resumed = train(lab, name, resume=True)
     assert resumed.id == interrupted.id
-    assert resumed.data["status"] == "finished"
-    assert resumed.data["metrics"]["final_loss"] == pytest.approx(clean.data["metrics"]["final_loss"], rel=1e-5)
+    assert resumed.run.status == "finished"
+    assert resumed.run.metrics.final_loss == pytest.approx(clean.run.metrics.final_loss, rel=1e-5)
     log = [json.loads(line) for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
     clean_log = [json.loads(line) for line in (clean.folder / "train_log.jsonl").read_text().splitlines()]
     # The killed run had logged steps 5 and 6 after checkpoint-4; the resumed run logs them again, once.
@@ -143,7 +143,7 @@ def test_export_writes_a_merged_model(lab, tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
     from llamalab.cli import app
-    from llamalab.evaluate.systems import resolve_system
+    from llamalab.evaluation.systems import resolve_system
 
     record = train(lab, tiny_experiment(lab, tiny_model_dir, max_steps=4))
     target = tmp_path / "merged"

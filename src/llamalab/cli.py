@@ -6,7 +6,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,8 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from llamalab.backends.registry import backend_help
 from llamalab.config import LlamalabError
 from llamalab.lab import find_lab, init_lab
+
+if TYPE_CHECKING:
+    from llamalab.runs.schema import PredictionSummary
 
 app = typer.Typer(help="Fine-tune open models and compare them head-to-head, with honest statistics.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -140,13 +144,15 @@ def train(
     lab: LabOption = None,
 ) -> None:
     """Fine-tune as the experiment file says; writes a run folder under runs/."""
-    from llamalab.train.trainer import train as run_training
+    from llamalab.config import parse_overrides
+    from llamalab.training.trainer import train as run_training
 
-    record = run_training(find_lab(lab), experiment, overrides or [], resume=resume, console=console)
-    m = record.data["metrics"]
+    record = run_training(find_lab(lab), experiment, resume=resume, console=console,
+                          **parse_overrides(overrides or []))
+    m = record.run.metrics
     console.print(
-        f"[green]finished[/] {record.id}: loss {m['first_loss']:.3f} -> {m['final_loss']:.3f} over {m['steps']} steps, "
-        f"{record.data['throughput']['tokens_per_s']:.0f} tokens/s"
+        f"[green]finished[/] {record.id}: loss {m.first_loss:.3f} -> {m.final_loss:.3f} over {m.steps} steps, "
+        f"{record.run.throughput['tokens_per_s']:.0f} tokens/s"
     )
     console.print(f"adapter: {record.folder / 'adapter'}   merge it: llamalab export {record.id} OUT_DIR")
     out.print(record.id)
@@ -162,8 +168,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="evaluate a seeded subset of this many examples")] = None,
     protocol: Annotated[str | None, typer.Option(
         help="loglikelihood (score every label) or generate (greedy + parse); default by task and system")] = None,
-    backend: Annotated[str, typer.Option(help="hf, llama.cpp (GGUF on CPU) or vllm (GPU); API models use their API")
-                       ] = "hf",
+    backend: Annotated[str, typer.Option(help=f"{backend_help()}; API models use their API")] = "hf",
     max_new_tokens: Annotated[int | None, typer.Option(help="generation budget (default 16 for labels, else 256)")
                               ] = None,
     precision: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster label scoring on AMX CPUs)")
@@ -174,34 +179,36 @@ def evaluate(
 ) -> None:
     """Evaluate a system on a task; every prediction is kept; metrics with 95% CIs."""
     from llamalab.config import parse_model
-    from llamalab.evaluate.evaluate import EvalSettings
-    from llamalab.evaluate.evaluate import evaluate as run_eval
+    from llamalab.evaluation.evaluate import EvalSettings
+    from llamalab.evaluation.evaluate import evaluate as run_eval
 
     options = {"system": system, "task": task, "split": split, "format": prompt_format, "shots": shots,
                "limit": limit, "protocol": protocol, "backend": backend, "max_new_tokens": max_new_tokens,
                "precision": precision, "batch_size": batch_size}
     settings = parse_model(EvalSettings, options, "command line")
-    record = run_eval(find_lab(lab), settings, console, resume=resume)
-    for name, m in record.data["metrics"].items():
-        console.print(f"{name}: {m['estimate']:.4f}  [95% CI {m['low']:.4f}, {m['high']:.4f}]  n={m['n']}")
-    _print_predictions(record.data["predictions_summary"])
+    record = run_eval(find_lab(lab), settings, console=console, resume=resume)
+    for name, m in record.run.metrics.items():
+        console.print(f"{name}: {m.estimate:.4f}  [95% CI {m.low:.4f}, {m.high:.4f}]  n={m.n}")
+    _print_predictions(record.run.predictions_summary)
     console.print(f"records: {record.folder}")
     out.print(record.id)
 
 
-def _print_predictions(summary: dict) -> None:
+def _print_predictions(summary: PredictionSummary | None) -> None:
     """The prediction distribution against the gold one, parse failures, and how other label normalisations
     would have scored the same log-likelihoods."""
-    n = summary["n"]
-    if summary.get("predicted"):
-        top = list(summary["predicted"].items())[:5]
-        more = len(summary["predicted"]) - len(top)
-        shown = ", ".join(f"{label} {count} ({summary['gold'].get(label, 0)} gold)" for label, count in top)
+    if summary is None:
+        return
+    if summary.predicted:
+        top = list(summary.predicted.items())[:5]
+        more = len(summary.predicted) - len(top)
+        gold = summary.gold or {}
+        shown = ", ".join(f"{label} {count} ({gold.get(label, 0)} gold)" for label, count in top)
         console.print(f"predictions: {escape(shown)}{f', {more} more labels' if more > 0 else ''}")
-    if "parse_failures" in summary:
-        console.print(f"unparsed outputs: {summary['parse_failures']} of {n}")
-    if summary.get("accuracy_by_normalization"):
-        shown = ", ".join(f"{how} {acc:.4f}" for how, acc in summary["accuracy_by_normalization"].items())
+    if summary.parse_failures is not None:
+        console.print(f"unparsed outputs: {summary.parse_failures} of {summary.n}")
+    if summary.accuracy_by_normalization:
+        shown = ", ".join(f"{how} {acc:.4f}" for how, acc in summary.accuracy_by_normalization.items())
         console.print(f"accuracy under each answer.normalize (same scores; choose on dev): {shown}")
 
 
@@ -216,7 +223,7 @@ def compare_cmd(
     lab: LabOption = None,
 ) -> None:
     """Every evaluated system on a task: metric ± CI, n, paired test against the best or a reference (Holm)."""
-    from llamalab.evaluate.compare import compare, comparison_table, comparison_warnings
+    from llamalab.evaluation.compare import compare, comparison_table, comparison_warnings
 
     result = compare(find_lab(lab), task, split, metric, reference=reference)
     if as_json:
@@ -234,16 +241,16 @@ def export(
     lab: LabOption = None,
 ) -> None:
     """Write a fine-tuned run as one merged Hugging Face model folder (base + LoRA folded in)."""
-    from llamalab.evaluate.systems import resolve_system
+    from llamalab.evaluation.systems import resolve_system
+    from llamalab.runs.files import staged_folder
 
     if target.exists():
         raise LlamalabError(f"{target} exists: choose a new folder")
     system = resolve_system(find_lab(lab), run)
     model, tokenizer = system.load()
-    staging = target.with_name(f".{target.name}.partial")
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    staging.rename(target)
+    with staged_folder(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     console.print(f"merged model written to {target}")
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -53,20 +54,32 @@ def load_config(model: type[M], path: Path) -> M:
     return parse_model(model, data, str(path), node)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=value` overrides (values parsed as YAML) to a nested dict, returning a copy."""
-    result = yaml.safe_load(yaml.safe_dump(data))
-    for item in overrides:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Command-line `a.b=value` overrides as a dict of dotted keys (values parsed as YAML)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise LlamalabError(f"override {item!r}: expected key=value, e.g. learning_rate=1e-4")
+        overrides[key] = yaml.safe_load(raw)
+    return overrides
+
+
+def apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
+    """A copy of the nested dict `data` with `overrides` applied: keys may be dotted (`lora.r`), and a dict
+    value is merged into the section it names (`lora={"r": 4}`) rather than replacing it."""
+    result = yaml.safe_load(yaml.safe_dump(data))
+    for key, value in overrides.items():
         target = result
         *parents, leaf = key.split(".")
         for part in parents:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise LlamalabError(f"override {item!r}: {part!r} is not a section")
-        target[leaf] = yaml.safe_load(raw)
+                raise LlamalabError(f"override {key}={value!r}: {part!r} is not a section")
+        if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
+            target[leaf] = apply_overrides(target[leaf], value)
+        else:
+            target[leaf] = value
     return result
 
 
@@ -90,12 +103,15 @@ def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node 
 def _fields_at(model: type[BaseModel], loc: list) -> list[str]:
     """The field names of the nested model found at `loc`, for suggestions."""
     current: Any = model
+    in_mapping = False
     for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+        if in_mapping or isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            in_mapping = False  # a key of a dict field (e.g. an api_models name) is not a field name
             continue
         field = current.model_fields.get(part)
         if field is None:
             return []
+        in_mapping = get_origin(field.annotation) is dict
         current = _model_in(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)

@@ -16,8 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import compare, comparison_table
-from llamalab.evaluate.evaluate import EvalSettings, evaluate
+from llamalab.evaluation.compare import compare, comparison_table
+from llamalab.evaluation.evaluate import evaluate, load_system
 from llamalab.lab import Lab, find_lab, init_lab
 from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
 from llamalab.publish.posts import new_post
@@ -28,7 +28,7 @@ from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import load_task
-from llamalab.train.trainer import train
+from llamalab.training.trainer import train
 
 TASK = "sentiment"
 EXPERIMENT = "sentiment-lora"
@@ -53,20 +53,20 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
     stage("data check", lambda: _check(lab, console))
 
     # The baseline to beat is the best honest one: each prompt format, and few-shot, chosen on dev only.
-    dev = {
-        name: stage(f"baseline {name} on dev", lambda fmt=fmt, shots=shots: evaluate(
-            lab, EvalSettings(system=EMBEDDED_NAME, task=TASK, split="dev", format=fmt, shots=shots, limit=DEV_LIMIT),
-            console))
-        for name, (fmt, shots) in BASELINES.items()
-    }
-    best = max(dev, key=lambda name: dev[name].data["metrics"]["accuracy"]["estimate"])
-    console.print(f"Best baseline on dev: [bold]{best}[/]")
-    fmt, shots = BASELINES[best]
-    baseline = stage("best baseline on test", lambda: evaluate(
-        lab, EvalSettings(system=EMBEDDED_NAME, task=TASK, split="test", format=fmt, shots=shots), console))
+    with load_system(lab, EMBEDDED_NAME) as base:  # loaded once for every baseline
+        dev = {
+            name: stage(f"baseline {name} on dev", lambda fmt=fmt, shots=shots: evaluate(
+                lab, base, task=TASK, split="dev", format=fmt, shots=shots, limit=DEV_LIMIT, console=console))
+            for name, (fmt, shots) in BASELINES.items()
+        }
+        best = max(dev, key=lambda name: dev[name].run.metrics["accuracy"].estimate)
+        console.print(f"Best baseline on dev: [bold]{best}[/]")
+        fmt, shots = BASELINES[best]
+        baseline = stage("best baseline on test", lambda: evaluate(
+            lab, base, task=TASK, split="test", format=fmt, shots=shots, console=console))
     trained = stage("LoRA fine-tune", lambda: train(lab, EXPERIMENT, console=console))
-    finetuned = stage("fine-tuned on test", lambda: evaluate(
-        lab, EvalSettings(system=trained.id, task=TASK, split="test"), console))
+    finetuned = stage("fine-tuned on test", lambda: evaluate(lab, trained.id, task=TASK, split="test",
+                                                             console=console))
 
     result = compare(lab, TASK, "test", "accuracy", only={baseline.id, finetuned.id})
     console.print(comparison_table(result))
@@ -100,23 +100,23 @@ def _check(lab: Lab, console: Console) -> None:
 def _summary(stages, dev, baseline, trained, finetuned, result) -> dict[str, Any]:
     rows = {row["run"]: row for row in result["systems"]}
     fine_row = rows[finetuned.id]
-    base_acc = baseline.data["metrics"]["accuracy"]
-    fine_acc = finetuned.data["metrics"]["accuracy"]
+    base_acc = baseline.run.metrics["accuracy"].model_dump()
+    fine_acc = finetuned.run.metrics["accuracy"].model_dump()
     vs = fine_row["vs_reference"] or rows[baseline.id]["vs_reference"]
     return {
         "stages_s": stages,
         "total_s": round(sum(stages.values()), 1),
-        "dev_accuracy": {name: rec.data["metrics"]["accuracy"]["estimate"] for name, rec in dev.items()},
-        "baseline": {"run": baseline.id, "format": baseline.data["prompt"]["format"],
-                     "shots": len(baseline.data["prompt"]["shots"]), "accuracy": base_acc},
+        "dev_accuracy": {name: rec.run.metrics["accuracy"].estimate for name, rec in dev.items()},
+        "baseline": {"run": baseline.id, "format": baseline.run.prompt.format, "shots": baseline.run.shots,
+                     "accuracy": base_acc},
         "finetuned": {"run": finetuned.id, "train_run": trained.id, "accuracy": fine_acc},
         "paired_test": vs,
         "finetuned_wins": fine_acc["estimate"] > base_acc["estimate"] and vs["p_value"] < 0.01,
         "training": {
-            "tokens_per_s": trained.data["throughput"]["tokens_per_s"],
-            "peak_memory_mb": trained.data["peak_memory_mb"],
-            "steps": trained.data["metrics"]["steps"],
-            "loss": [trained.data["metrics"]["first_loss"], trained.data["metrics"]["final_loss"]],
+            "tokens_per_s": trained.run.throughput["tokens_per_s"],
+            "peak_memory_mb": trained.run.peak_memory_mb,
+            "steps": trained.run.metrics.steps,
+            "loss": [trained.run.metrics.first_loss, trained.run.metrics.final_loss],
         },
     }
 

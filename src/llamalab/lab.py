@@ -11,28 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from llamalab.backends.api import ApiModel
 from llamalab.config import LlamalabError, StrictModel, load_config
+from llamalab.runs.files import staged_folder
 
 
 class Member(StrictModel):
     name: str
     role: str = ""
     url: str = ""
-
-
-class ApiModelConfig(StrictModel):
-    """An industry model behind an OpenAI-compatible chat API. The key is read from `api_key_env`."""
-
-    base_url: str
-    model: str
-    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the key")
-    input_price_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens")
-    output_price_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens")
-    max_concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
 
 
 class WebsiteConfig(StrictModel):
@@ -48,10 +39,25 @@ class LabConfig(StrictModel):
     name: str
     description: str = ""
     members: list[Member] = []
-    api_models: dict[str, ApiModelConfig] = {}
+    api_models: dict[str, ApiModel] = {}
     website: WebsiteConfig = WebsiteConfig()
     local_compute_usd_per_hour: float | None = Field(
         None, ge=0, description="price of an hour of your own hardware, to put local models on the cost axis")
+
+    @field_validator("api_models", mode="before")
+    @classmethod
+    def _name_api_models(cls, value: Any) -> Any:
+        """An API model's name is its key under `api_models:`; writing `name:` in the entry is optional."""
+        if not isinstance(value, dict):
+            return value
+        named = {}
+        for key, entry in value.items():
+            if isinstance(entry, dict):
+                if entry.get("name", key) != key:
+                    raise ValueError(f"api model {key!r} has name {entry['name']!r}: its name is its key")
+                entry = {**entry, "name": key}
+            named[key] = entry
+        return named
 
 
 @dataclass(frozen=True)
@@ -108,24 +114,23 @@ def _date_first_post(path: Path) -> None:
     path.unlink()
 
 
-def init_lab(target: Path, note: Callable[[str], None] = lambda line: None) -> Lab:
+def init_lab(target: Path | str, note: Callable[[str], None] = lambda line: None) -> Lab:
     """Create a lab at `target` from the shipped example (refuses to overwrite an existing lab).
 
     The lab becomes a git repository with a first commit (see `_init_git`); `note` gets a line saying how that went.
     """
+    target = Path(target)
     if (target / "lab.yaml").exists():
         raise LlamalabError(f"{target} already holds a lab (lab.yaml exists)")
     if target.exists() and any(target.iterdir()):
         raise LlamalabError(f"{target} is not empty: choose a new folder")
-    staging = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(example_lab_source(), staging, ignore=shutil.ignore_patterns("runs", "__pycache__"))
-    (staging / "runs").mkdir()
-    _date_first_post(staging / "posts" / "welcome.md")
-    note(_init_git(staging))  # before the rename, so a kill mid-commit leaves no half-committed lab
-    if target.exists():
-        target.rmdir()
-    staging.rename(target)
+    # An empty `target` is replaced; the git commit happens in staging, so a kill mid-commit leaves no half lab.
+    with staged_folder(target) as staging:
+        shutil.copytree(example_lab_source(), staging, ignore=shutil.ignore_patterns("runs", "__pycache__"),
+                        dirs_exist_ok=True)
+        (staging / "runs").mkdir()
+        _date_first_post(staging / "posts" / "welcome.md")
+        note(_init_git(staging))
     return find_lab(target)
 
 

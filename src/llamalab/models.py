@@ -6,12 +6,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamalab.config import LlamalabError
-from llamalab.runs.files import write_json_atomic
+from llamalab.runs.files import staged_folder, write_json_atomic
 from llamalab.tasks.data import sha256_file
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -147,12 +146,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     model.quantization_method = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name}) + "\n")
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished the same conversion first
-        shutil.rmtree(staging, ignore_errors=True)
+    # Several processes may convert the same file at once: the first to finish wins, the others are discarded.
+    with staged_folder(target, shared=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name}) + "\n")

@@ -19,11 +19,14 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import httpx
+from pydantic import Field, field_validator
 
-from llamalab.config import LlamalabError
+from llamalab.config import LlamalabError, StrictModel
+
+if TYPE_CHECKING:  # imported where used: lab.py reads ApiModel on every CLI start, which must not pay for httpx
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +38,28 @@ RETRY_AFTER_CAP_S = 300.0
 RETRYABLE_STATUS = {408, 429}
 
 
-@dataclass(frozen=True)
-class ApiModel:
-    """An API model as declared in a lab's lab.yaml; the key itself is read from the env var named here."""
+class ApiModel(StrictModel):
+    """An industry model behind an OpenAI-compatible chat API: an entry of `api_models:` in lab.yaml.
 
-    name: str
-    base_url: str
-    model: str
-    api_key_env: str | None = None
-    input_price_per_mtok: float = 0.0
-    output_price_per_mtok: float = 0.0
-    max_concurrency: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 8
+    The key is never stored, here or anywhere: `api_key_env` names the environment variable it is read from.
+    """
 
-    def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ApiError(f"api model {self.name!r}: base_url {self.base_url!r} must start with http:// or https://")
-        if self.max_concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            raise ApiError(f"api model {self.name!r}: need max_concurrency >= 1, max_retries >= 0 and timeout_s > 0")
+    name: str = Field(description="how the lab names it: its key under api_models (filled in from there)")
+    base_url: str = Field(description="the API root, e.g. https://api.openai.com/v1")
+    model: str = Field(description="the model id sent in each request")
+    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the key")
+    input_price_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens")
+    output_price_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens")
+    max_concurrency: int = Field(8, ge=1, description="most requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one response")
+    max_retries: int = Field(8, ge=0, description="retries of a failed request before giving up")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,8 @@ class ChatClient:
     """Sends batches of chat requests to one API model, caching every success at `cache_path` (sqlite)."""
 
     def __init__(self, model: ApiModel, cache_path: Path) -> None:
+        import httpx
+
         self.model = model
         self._base = model.base_url.rstrip("/")
         self._key = _read_key(model)
@@ -211,6 +219,8 @@ class ChatClient:
 
     def _probe(self) -> None:
         """Fail in seconds, not after hours of retries, when the server is unreachable or rejects the key."""
+        import httpx
+
         url = f"{self._base}/models"
         try:
             response = self._http.get(url, timeout=PROBE_TIMEOUT_S)
@@ -255,6 +265,8 @@ class ChatClient:
 
     def _attempt(self, index: int, url: str, body: dict[str, Any], attempt: int) -> ChatResult | _Retry:
         """One HTTP attempt: a result, a retryable failure, or ApiError for what no retry can fix."""
+        import httpx
+
         start = time.monotonic()
         try:
             response = self._http.post(url, json=body)
@@ -427,6 +439,8 @@ def _server_message(response: httpx.Response) -> str:
 
 
 def _describe(exc: httpx.TransportError) -> str:
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
     return f"connection error ({type(exc).__name__}: {exc})"

@@ -11,7 +11,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llamalab.evaluate.scoring import ChoiceRequest, ChoiceScore
+
+@dataclass(frozen=True)
+class ChoiceRequest:
+    prompt_ids: list[int]
+    choice_ids: list[list[int]]  # each non-empty
+
+
+@dataclass(frozen=True)
+class ChoiceScore:
+    logprob: float  # summed over the choice's tokens
+    n_tokens: int
+    greedy: bool  # every token of the choice is the model's top prediction
+    precision: str = "float32"  # the precision this score was computed in
+
+    def score(self, normalize: str) -> float:
+        return self.logprob / self.n_tokens if normalize == "mean" else self.logprob
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from llamalab.backends.api import ApiModel, ChatClient, ChatRequest
-from llamalab.backends.base import Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.base import ChoiceRequest, Generation, GenerationCallback, ScoreCallback
 from llamalab.config import LlamalabError
-from llamalab.evaluate.scoring import ChoiceRequest
-from llamalab.lab import ApiModelConfig
 
 
 class ChatApiBackend:
@@ -22,9 +20,10 @@ class ChatApiBackend:
     tokenizer = None
     supports_loglikelihood = False
 
-    def __init__(self, name: str, config: ApiModelConfig, cache_path: Path):
+    def __init__(self, name: str, config: ApiModel, cache_path: Path):
         self.config = config
-        self.client = ChatClient(ApiModel(name=name, **config.model_dump()), cache_path)
+        # Errors name the model as the system label does (its key in lab.yaml).
+        self.client = ChatClient(config.model_copy(update={"name": name}), cache_path)
 
     def provenance(self) -> dict[str, Any]:
         return {"backend": self.name, "base_url": self.config.base_url, "model": self.config.model,

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from llamalab.backends.base import Generation, GenerationCallback, ScoreCallback
-from llamalab.evaluate.generation import generate_greedy
-from llamalab.evaluate.scoring import ChoiceRequest, score_choices
+from llamalab.backends.base import ChoiceRequest, Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.hf_generation import generate_greedy
+from llamalab.backends.hf_scoring import score_choices
+from llamalab.models import ModelRef, load_model, load_tokenizer
+
+
+def load_hf(ref: ModelRef, adapter: Path | None = None):
+    """The Hugging Face model (LoRA merged in, so inference costs the same as the base) and its tokenizer."""
+    tokenizer = load_tokenizer(ref)
+    model = load_model(ref, adapter=adapter)
+    if adapter is not None and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tokenizer
 
 
 class HFBackend:

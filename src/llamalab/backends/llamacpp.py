@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from llamalab.backends.base import Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.base import ChoiceRequest, ChoiceScore, Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.registry import backend_spec
 from llamalab.config import LlamalabError
-from llamalab.evaluate.scoring import ChoiceRequest, ChoiceScore
 
 
 class LlamaCppBackend:
@@ -34,16 +34,19 @@ class LlamaCppBackend:
         self._provenance = provenance
         self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
                          n_threads=os.cpu_count())
+        # llama.cpp computes in the file's own types (e.g. Q4_1 weights): --precision does not apply.
+        self.precision = f"GGUF {_file_type(self.llm) or 'file type unknown'}"
 
     def provenance(self) -> dict[str, Any]:
         import llama_cpp
 
         return {"backend": self.name, "llama_cpp_python": llama_cpp.__version__, "gguf": self.gguf.name,
-                **self._provenance}
+                "precision": self.precision, **self._provenance}
 
     def score_choices(
         self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
+        backend_spec(self.name).check_precision(precision)
         for i, request in enumerate(requests):
             on_batch([i], [self._score(request)])
 
@@ -62,7 +65,7 @@ class LlamaCppBackend:
                     row = _log_softmax(self.llm.scores[len(prompt) + j])
                     logprobs.append(float(row[token]))
                     greedy.append(int(row.argmax()) == token)
-            scores.append(ChoiceScore(sum(logprobs), len(choice), all(greedy)))
+            scores.append(ChoiceScore(sum(logprobs), len(choice), all(greedy), self.precision))
         return scores
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
@@ -73,6 +76,18 @@ class LlamaCppBackend:
 
     def close(self) -> None:
         self.llm.close()
+
+
+def _file_type(llm) -> str | None:
+    """The GGUF's general.file_type as llama.cpp names it (Q4_1, F16, BF16, ...), if it says."""
+    import llama_cpp
+
+    names = {getattr(llama_cpp, n): n.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+             for n in dir(llama_cpp) if n.startswith("LLAMA_FTYPE_")}
+    try:
+        return names.get(int((llm.metadata or {})["general.file_type"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

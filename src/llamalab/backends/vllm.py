@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from llamalab.backends.base import Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.base import ChoiceRequest, ChoiceScore, Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.registry import backend_spec
 from llamalab.config import LlamalabError
-from llamalab.evaluate.scoring import ChoiceRequest, ChoiceScore
 
 
 class VLLMBackend:
@@ -32,15 +32,18 @@ class VLLMBackend:
             self._lora = LoRARequest("adapter", 1, adapter)
         self.llm = LLM(model=model_path, tokenizer=model_path, seed=0, enable_prefix_caching=True,
                        enable_lora=adapter is not None)
+        # vLLM picks the dtype (dtype="auto": bfloat16 or float16 for float32 checkpoints): --precision does not apply.
+        self.precision = _dtype(self.llm)
 
     def provenance(self) -> dict[str, Any]:
         import vllm
 
-        return {"backend": self.name, "vllm": vllm.__version__, **self._provenance}
+        return {"backend": self.name, "vllm": vllm.__version__, "precision": self.precision, **self._provenance}
 
     def score_choices(
         self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
+        backend_spec(self.name).check_precision(precision)
         from vllm import SamplingParams
 
         # prompt_logprobs=0 returns the log-prob of each actual prompt token (plus none of the others).
@@ -56,7 +59,7 @@ class VLLMBackend:
                 offset = len(requests[i].prompt_ids)
                 logprobs = [output.prompt_logprobs[offset + j][token].logprob for j, token in enumerate(choice)]
                 greedy = all(output.prompt_logprobs[offset + j][token].rank == 1 for j, token in enumerate(choice))
-                scores[i].append(ChoiceScore(sum(logprobs), len(choice), greedy))
+                scores[i].append(ChoiceScore(sum(logprobs), len(choice), greedy, self.precision))
             on_batch(indices, [scores[i] for i in indices])
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
@@ -72,3 +75,11 @@ class VLLMBackend:
 
     def close(self) -> None:
         self.llm = None
+
+
+def _dtype(llm) -> str:
+    """The dtype vLLM chose for the weights and activations ("auto" if this vLLM version hides it)."""
+    try:
+        return str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    except AttributeError:
+        return "auto"

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import reference_name
+from llamalab.evaluation.compare import reference_name
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
+from llamalab.runs.schema import DataUsed, EvalRun, ScoringInfo, TrainRun
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import NORMALIZATIONS  # for older records, which lack scoring.normalization
 
@@ -38,8 +39,8 @@ class _Eval:
     predictions: dict[str, dict]  # example id -> prediction row
 
     @property
-    def data(self) -> dict:
-        return self.record.data
+    def run(self) -> EvalRun:
+        return self.record.run  # type: ignore[return-value] - board entries are eval runs
 
 
 def methods_paragraphs(
@@ -57,7 +58,7 @@ def methods_paragraphs(
     paragraphs = [_task_and_data(board, evals, sizes)]
     if selection := _selection(board, evals, dev, sizes):
         paragraphs.append(selection)
-    tuned = [trained[r] for r in dict.fromkeys(e.data["system"].get("train_run") for e in evals) if r in trained]
+    tuned = [trained[r] for r in dict.fromkeys(e.run.system.train_run for e in evals) if r in trained]
     paragraphs += [_training(record, board.name) for record in tuned]
     paragraphs.append(_evaluation(board, evals))
     if software := _software([*tuned, *(e.record for e in evals)]):
@@ -69,9 +70,9 @@ def methods_paragraphs(
 
 
 def _task_and_data(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes) -> str:
-    answer_type = _get(evals[0].data, "task", "answer_type") or board.task.answer.type
+    answer_type = evals[0].run.task.answer_type or board.task.answer.type
     metrics = ", ".join(board.comparison.get("metrics") or board.task.metric_names)
-    hashes = [_get(e.data, "task", "data_sha256") or {} for e in evals]
+    hashes = [e.run.task.data_sha256 for e in evals]
     if all(h == hashes[0] for h in hashes):
         data = f"Data: {_files(hashes[0])}." if hashes[0] else "The data files' hashes are not recorded."
     else:  # a board mixing data versions must say so: its rows are not comparable as they stand
@@ -89,7 +90,7 @@ def _files(hashes: dict[str, str]) -> str:
 
 def _examples_sentence(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes) -> str:
     split = board.comparison["split"]
-    phrases = [_sample(e.data, e.config, split, sizes) for e in evals]
+    phrases = [_sample(e.run, e.config, split, sizes) for e in evals]
     groups = _grouped(zip(phrases, (e.name for e in evals), strict=True))
     if len(groups) == 1:
         same = len(evals) > 1 and all(e.predictions.keys() == evals[0].predictions.keys() for e in evals)
@@ -99,16 +100,14 @@ def _examples_sentence(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes)
         f"{phrase} for {_join(names)}" for phrase, names in groups.items()) + ".")
 
 
-def _sample(data: dict, config: dict, split: str, sizes: _SplitSizes, show_limit: bool = True) -> str:
+def _sample(run: EvalRun, config: dict, split: str, sizes: _SplitSizes, show_limit: bool = True) -> str:
     """Which examples of `split` an evaluation saw, from task.n, task.split_size and config.limit."""
-    n = _get(data, "task", "n")
-    total = _get(data, "task", "split_size")
+    n = run.task.n
+    total = run.task.split_size
     if total is None:
-        total = sizes.get(split, _get(data, "task", "data_sha256"))
+        total = sizes.get(split, run.task.data_sha256)
     limit = config.get("limit")
     shown = f" (limit {limit})" if limit is not None and show_limit else ""
-    if n is None:
-        return f"the {split} split (the number of examples is not recorded)"
     if total is not None and n >= total:
         return f"all {n:,} examples of the {split} split"
     # select_examples draws the subset with a fixed seed: every run with the same limit sees the same examples.
@@ -145,17 +144,17 @@ def _selection(board: TaskBoard, evals: list[_Eval], dev: Sequence[RunRecord], s
     """What the dev split was used for, per system; None when the board itself is not a held-out split."""
     if board.comparison["split"] != "test":
         return None
-    dev = [r for r in dev if r.data.get("status") == "finished" and _get(r.data, "task", "name") == board.name
-           and _get(r.data, "task", "split") == "dev"]
+    dev = [r for r in dev if isinstance(r.run, EvalRun) and r.run.finished and r.run.task.name == board.name
+           and r.run.task.split == "dev"]
     if not dev:
         return (f"No configuration was selected on a dev split: the records hold no dev-split evaluation of "
                 f"{board.name}.")
     by_system: dict[str, list[_Eval]] = {}
     for e in evals:
-        by_system.setdefault(e.data["system"]["label"], []).append(e)
+        by_system.setdefault(e.run.system.label, []).append(e)
     sentences, unselected = [], []
     for label, tests in by_system.items():
-        runs = [r for r in dev if _get(r.data, "system", "label") == label]
+        runs = [r for r in dev if r.run.system.label == label]
         if runs:
             sentences.append(_system_selection(label, tests, runs, board.metric, sizes))
         else:
@@ -173,8 +172,8 @@ def _system_selection(label: str, tests: list[_Eval], runs: list[RunRecord], met
     test evaluation started can have, and only if the configuration on test is among the best of them."""
     # A dev run whose times are missing, or (in older records, kept to the second) that ended in the second its
     # test run started, is not shown to have come first, so it never counts as a candidate.
-    first_test = min(_time(e.data.get("started"), datetime.min) for e in tests)
-    before = [r for r in runs if _time(r.data.get("ended"), datetime.max) < first_test]
+    first_test = min(_time(e.run.started, datetime.min) for e in tests)
+    before = [r for r in runs if _time(r.run.ended, datetime.max) < first_test]
     if not before:
         return (f"{label} was evaluated on the dev split ({len(runs)} run(s)), but no such evaluation is recorded as "
                 "finished before its test evaluation began, so none chose its test configuration.")
@@ -205,8 +204,8 @@ class _DevConfig:
 def _dev_configs(runs: list[RunRecord], metric: str, sizes: _SplitSizes) -> list[_DevConfig]:
     """One entry per configuration (a re-run replaces the earlier one), best first."""
     latest = {_key(_settings(r.config)): r for r in runs}
-    configs = [_DevConfig(_settings(r.config), _get(r.data, "metrics", metric, "estimate"),
-                          _sample(r.data, r.config, "dev", sizes, show_limit=False)) for r in latest.values()]
+    configs = [_DevConfig(_settings(r.config), m.estimate if (m := r.run.metrics.get(metric)) else None,
+                          _sample(r.run, r.config, "dev", sizes, show_limit=False)) for r in latest.values()]
     return sorted(configs, key=lambda c: (c.value is None, -(c.value or 0), _describe(c.settings, [])))
 
 
@@ -272,32 +271,28 @@ def _time(stamp: str | None, missing: datetime) -> datetime:
 
 
 def _training(record: RunRecord, task: str) -> str:
-    d, config = record.data, record.config
-    metrics = d.get("metrics") or {}
-    trained_on = _get(d, "task", "name")
-    clauses = [*_recipe(d, config), _training_data(d.get("data_used") or {}, config,
-                                                    trained_on if trained_on != task else None)]
+    run, config = record.run, record.config
+    assert isinstance(run, TrainRun)
+    trained_on = run.task.name
+    clauses = [*_recipe(run, config), _training_data(run.data_used, config, trained_on if trained_on != task else None)]
     if config.get("seed") is not None:
         clauses.append(f"training seed {config['seed']}")
-    if d.get("precision"):
-        clauses.append(f"{d['precision']} precision")
+    if run.precision:
+        clauses.append(f"{run.precision} precision")
     clauses.append("loss on the answer tokens only")  # the trainer masks every prompt token, always
-    if _get(d, "prompt", "format"):
-        clauses.append(f"{d['prompt']['format']} prompt format")
+    clauses.append(f"{run.prompt.format} prompt format")
     text = f"Fine-tuned system {record.id}: " + ", ".join(c for c in clauses if c) + "."
-    if metrics.get("first_loss") is not None and metrics.get("final_loss") is not None:
+    if run.metrics is not None:
         # Stated, not interpreted: on a short run the loss may as well rise.
-        text += (f" The training loss was {metrics['first_loss']:.3f} at the first logged step and "
-                 f"{metrics['final_loss']:.3f} at the end (averaged over the last logged steps).")
-    return text + _training_cost(d)
+        text += (f" The training loss was {run.metrics.first_loss:.3f} at the first logged step and "
+                 f"{run.metrics.final_loss:.3f} at the end (averaged over the last logged steps).")
+    return text + _training_cost(run)
 
 
-def _recipe(d: dict, config: dict) -> list[str | None]:
+def _recipe(run: TrainRun, config: dict) -> list[str | None]:
     """Base model, method and optimisation, each only as far as the record and config.yaml hold it."""
-    model, metrics = d.get("model") or {}, d.get("metrics") or {}
-    base = f"base model {model['name']}" if model.get("name") else None
-    if base and model.get("revision"):
-        base += f" (revision {model['revision']})"
+    metrics = run.metrics
+    base = f"base model {run.model.name} (revision {run.model.revision})"
     optimizer = [f"learning rate {_num(config['learning_rate'])}" if "learning_rate" in config else None,
                  f"{config['lr_scheduler']} schedule" if "lr_scheduler" in config else None,
                  f"warm-up ratio {_num(config['warmup_ratio'])}" if "warmup_ratio" in config else None,
@@ -308,22 +303,22 @@ def _recipe(d: dict, config: dict) -> list[str | None]:
     if "batch_size" in config:
         accumulation = f", gradient accumulation {config['grad_accum']}" if "grad_accum" in config else ""
         clauses.append(f"batch size {config['batch_size']}{accumulation}")
-    if "steps" in metrics:
+    if metrics is not None:
         limit = f" (max_steps {config['max_steps']})" if config.get("max_steps") else ""
-        epochs = f", {_num(metrics['epochs'])} epoch(s)" if metrics.get("epochs") is not None else ""
-        clauses.append(f"{metrics['steps']} optimizer steps{limit}{epochs}")
+        clauses.append(f"{metrics.steps} optimizer steps{limit}, {_num(metrics.epochs)} epoch(s)")
     return clauses
 
 
-def _training_cost(d: dict) -> str:
-    speed = [f"{d['throughput']['tokens_per_s']:,.0f} tokens/s" if _get(d, "throughput", "tokens_per_s") else None,
-             f"peak memory {d['peak_memory_mb']:,.0f} MB" if d.get("peak_memory_mb") is not None else None]
+def _training_cost(run: TrainRun) -> str:
+    tokens_per_s = run.throughput.get("tokens_per_s")
+    speed = [f"{tokens_per_s:,.0f} tokens/s" if tokens_per_s else None,
+             f"peak memory {run.peak_memory_mb:,.0f} MB" if run.peak_memory_mb is not None else None]
     speed = [c for c in speed if c]
-    train_s = _get(d, "timings", "train_s")
+    train_s = run.timings.get("train_s")
     if train_s is not None:
         details = f" ({', '.join(speed)})" if speed else ""
-        return f" Training took {_seconds(train_s)}{details} on {_hardware(d)}."
-    return f" Training: {', '.join(speed)}, on {_hardware(d)}." if speed else ""
+        return f" Training took {_seconds(train_s)}{details} on {_hardware(run)}."
+    return f" Training: {', '.join(speed)}, on {_hardware(run)}." if speed else ""
 
 
 def _method(config: dict) -> str | None:
@@ -341,10 +336,10 @@ def _method(config: dict) -> str | None:
     return "LoRA (" + ", ".join(p for p in parts if p) + ")" if any(parts) else "LoRA"
 
 
-def _training_data(used: dict, config: dict, other_task: str | None) -> str | None:
-    if "train_examples" not in used:
+def _training_data(used: DataUsed | None, config: dict, other_task: str | None) -> str | None:
+    if used is None:
         return None
-    kept, skipped = used["train_examples"], used.get("skipped_too_long")
+    kept, skipped = used.train_examples, used.skipped_too_long
     split = f"the train split of {other_task}" if other_task else "the train split"
     drawn = (skipped or 0) + kept
     wanted = config.get("train_examples")
@@ -377,36 +372,33 @@ def _evaluation(board: TaskBoard, evals: list[_Eval]) -> str:
 
 
 def _scoring(evals: list[_Eval]) -> list[str]:
-    by_way = _grouped((_scoring_way(e.data.get("scoring") or {}), e.name) for e in evals)
+    by_way = _grouped((_scoring_way(e.run.scoring), e.name) for e in evals)
     if len(by_way) == 1:
         return [f"All systems: {next(iter(by_way))}." if len(evals) > 1 else f"Scoring: {next(iter(by_way))}."]
     return [f"{_join(names)}: {way}." for way, names in by_way.items()]
 
 
-def _scoring_way(scoring: dict) -> str:
-    protocol = scoring.get("protocol")
-    if protocol == "loglikelihood":
-        normalize = scoring.get("normalize")
-        rule = scoring.get("normalization") or NORMALIZATIONS.get(normalize or "")
+def _scoring_way(scoring: ScoringInfo) -> str:
+    if scoring.protocol == "loglikelihood":
+        normalize = scoring.normalize
+        rule = scoring.normalization or NORMALIZATIONS.get(normalize or "")
         how = f"every label scored by {rule}" if rule else "every label scored by its log-likelihood"
         parts = [f"{how} after the prompt (normalize: {normalize})" if normalize else f"{how} after the prompt",
                  "the highest-scoring label predicted"]
-        if scoring.get("precision"):
-            parts.append(f"{scoring['precision']} precision")
-        if scoring.get("tokenization"):
-            parts.append(scoring["tokenization"])
+        if scoring.precision:
+            parts.append(f"{scoring.precision} precision")
+        if scoring.tokenization:
+            parts.append(scoring.tokenization)
         return "; ".join(parts)
-    if protocol == "generate":
-        decoding = scoring.get("decoding") or {}
-        budget = decoding.get("max_new_tokens")
-        parts = [("greedy decoding" if decoding.get("greedy") else "generation") +
-                 (f" of at most {budget} new tokens" if budget is not None else "")]
-        if scoring.get("parsing"):
-            parts.append(f"parsing: {scoring['parsing']}")
-        if scoring.get("unparsed_answer"):
-            parts.append(f"an answer that does not parse is {scoring['unparsed_answer']}")
-        return "; ".join(parts)
-    return f"protocol {protocol}" if protocol else "scoring protocol not recorded"
+    decoding = scoring.decoding or {}
+    budget = decoding.get("max_new_tokens")
+    parts = [("greedy decoding" if decoding.get("greedy") else "generation") +
+             (f" of at most {budget} new tokens" if budget is not None else "")]
+    if scoring.parsing:
+        parts.append(f"parsing: {scoring.parsing}")
+    if scoring.unparsed_answer:
+        parts.append(f"an answer that does not parse is {scoring.unparsed_answer}")
+    return "; ".join(parts)
 
 
 def _prompts(evals: list[_Eval]) -> str:
@@ -417,9 +409,9 @@ def _prompts(evals: list[_Eval]) -> str:
 
 
 def _prompt_way(e: _Eval) -> str:
-    prompt = e.data.get("prompt") or {}
-    fmt = prompt.get("format") or e.config.get("format")
-    shots = len(prompt["shots"]) if isinstance(prompt.get("shots"), list) else e.config.get("shots")
+    prompt = e.run.prompt
+    fmt = prompt.format if prompt else e.config.get("format")
+    shots = len(prompt.shots) if prompt else e.config.get("shots")
     where = f"{fmt} format" if fmt else "format not recorded"
     if shots is None:
         return f"{where}, number of shots not recorded"
@@ -440,7 +432,8 @@ def _intervals(board: TaskBoard, evals: list[_Eval]) -> str:
     per_metric: dict[str, dict[str, list[str]]] = {}
     for name in board.comparison.get("metrics") or [board.metric]:
         for e in evals:
-            m = (e.row.get("metrics") or {}).get(name) or _get(e.data, "metrics", name) or {}
+            recorded = e.run.metrics.get(name)
+            m = (e.row.get("metrics") or {}).get(name) or (recorded.model_dump() if recorded else {})
             level = f"{m['confidence']:.0%}" if isinstance(m.get("confidence"), int | float) else None
             way = f"{level} {m['method']}" if level and m.get("method") else m.get("method") or "method not recorded"
             per_metric.setdefault(name, {}).setdefault(way, []).append(e.name)
@@ -465,15 +458,15 @@ def _comparison(board: TaskBoard) -> str:
 
 
 def _prediction_time(evals: list[_Eval]) -> str:
-    timed = [(e, s) for e in evals if (s := _get(e.data, "timings", "predict_s")) is not None]
+    timed = [(e, s) for e in evals if (s := e.run.timings.get("predict_s")) is not None]
     if not timed:
         return "Prediction times are not recorded."
     untimed = [e.name for e in evals if all(e is not t for t, _ in timed)]
-    places = _grouped((_hardware(e.data), e.name) for e, _ in timed)
+    places = _grouped((_hardware(e.run), e.name) for e, _ in timed)
     where = next(iter(places)) if len(places) == 1 else "; ".join(
         f"{hw} ({_join(names)})" for hw, names in places.items())
     api = " (for API systems, the wall time of their requests)" if any(
-        _get(e.data, "system", "kind") == "api" for e, _ in timed) else ""
+        e.run.system.kind == "api" for e, _ in timed) else ""
     missing = f"; not recorded for {_join(untimed)}" if untimed else ""
     return f"Prediction took {_seconds(sum(s for _, s in timed))} in total{api} on {where}{missing}."
 
@@ -481,20 +474,20 @@ def _prediction_time(evals: list[_Eval]) -> str:
 # --- shared ------------------------------------------------------------------------------------------------------
 
 
-def _hardware(data: dict) -> str:
-    hw = _get(data, "environment", "hardware") or {}
-    if hw.get("gpu"):
-        device = hw["gpu"]
-    elif hw.get("cpu_count") is not None:
-        device = f"{hw['cpu_count']} CPU cores" + (f" ({hw['cpu']})" if hw.get("cpu") else "")
+def _hardware(run: EvalRun | TrainRun) -> str:
+    hw = run.environment.hardware
+    if hw.gpu:
+        device = hw.gpu
+    elif hw.cpu_count is not None:
+        device = f"{hw.cpu_count} CPU cores" + (f" ({hw.cpu})" if hw.cpu else "")
     else:
-        device = hw.get("cpu") or ""
-    memory = f"{hw['memory_gb']} GB RAM" if hw.get("memory_gb") is not None else ""
+        device = hw.cpu or ""
+    memory = f"{hw.memory_gb} GB RAM" if hw.memory_gb is not None else ""
     return ", ".join(p for p in (device, memory) if p) or "hardware not recorded"
 
 
 def _software(records: Iterable[RunRecord]) -> str | None:
-    by_software = _grouped((_software_of(r.data), r.id) for r in records)
+    by_software = _grouped((_software_of(r.run), r.id) for r in records)
     by_software.pop(None, None)
     if not by_software:
         return None
@@ -504,26 +497,15 @@ def _software(records: Iterable[RunRecord]) -> str | None:
         f"{software} ({_join(runs)})" for software, runs in by_software.items()) + "."
 
 
-def _software_of(data: dict) -> str | None:
-    env = data.get("environment") or {}
-    packages = env.get("packages") or {}
+def _software_of(run: EvalRun | TrainRun) -> str | None:
+    packages = run.environment.packages
     if not packages:
         return None
-    git = env.get("git") or {}
-    commit = git.get("commit")
-    where = f" at lab commit {commit[:12]}{' (with uncommitted changes)' if git.get('dirty') else ''}" \
-        if commit else ""
+    git = run.environment.git
+    where = f" at lab commit {git.commit[:12]}{' (with uncommitted changes)' if git.dirty else ''}" \
+        if git.commit else ""
     others = ", ".join(f"{k} {v}" for k, v in packages.items() if v and k != "llamalab")
     return f"llamalab {packages.get('llamalab') or '(version not recorded)'}{where}; {others}"
-
-
-def _get(data: Any, *path: str) -> Any:
-    """data[path[0]][path[1]]..., or None where a level is missing: records of older versions lack fields."""
-    for key in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
 
 
 def _grouped(pairs: Iterable[tuple[Any, str]]) -> dict[Any, list[str]]:

@@ -15,12 +15,13 @@ from pathlib import Path
 import yaml
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import format_interval, format_p
+from llamalab.evaluation.compare import format_interval, format_p
 from llamalab.lab import Lab
 from llamalab.publish.content import load_posts
 from llamalab.publish.results import TaskBoard, task_boards
 from llamalab.runs.files import write_text_atomic
 from llamalab.runs.record import RunRecord, list_runs
+from llamalab.runs.schema import EvalRun, TrainRun
 
 
 def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: datetime.date | None = None) -> Path:
@@ -28,8 +29,8 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
     today = today or datetime.date.today()
     posts = load_posts(lab.root)
     cutoff = max((_cutoff(p) for p in posts), default="")  # posts on one day may cover different runs
-    finished = [r for r in list_runs(lab.runs_dir) if r.data.get("status") == "finished"]
-    new = [r for r in finished if (r.data.get("ended") or "") > cutoff]
+    finished = [r for r in list_runs(lab.runs_dir) if r.run.finished]
+    new = [r for r in finished if (r.run.ended or "") > cutoff]
     old_ids = {r.id for r in finished if r not in new}
     now_boards = task_boards(lab)
     before = {b.name: b for b in task_boards(lab, only=old_ids)} if old_ids else {}
@@ -39,9 +40,9 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
     changed_tasks = [b for b in now_boards if any(row["run"] in new_ids for row in b.rows)]
     for board in changed_tasks:
         body.append(_task_section(board, before.get(board.name), new_ids))
-    if trained := [r for r in new if r.data["kind"] == "train"]:
+    if trained := [r for r in new if isinstance(r.run, TrainRun)]:
         body.append("## Training runs\n\n" + "\n".join(_train_line(r) for r in trained) + "\n")
-    if dev := [r for r in new if r.data["kind"] == "eval" and r.data["task"]["split"] != "test"]:
+    if dev := [r for r in new if isinstance(r.run, EvalRun) and r.run.task.split != "test"]:
         body.append("## Selection on dev (not test results)\n\n" + "\n".join(_dev_line(r) for r in dev) + "\n")
     body.append("## Next\n\n- (what we try next week)\n")
 
@@ -49,7 +50,7 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
         "title": title, "date": today.isoformat(), "authors": authors or _default_authors(lab),
         "tags": ["weekly", *sorted({b.name for b in changed_tasks})],
         "summary": _summary(changed_tasks, new),
-        "runs_until": max((r.data["ended"] for r in finished), default=cutoff),
+        "runs_until": max((r.run.ended or "" for r in finished), default=cutoff),
     }
     path = _free_path(lab.root / "posts", f"{today.isoformat()}-{_slug(title)}")
     text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
@@ -64,7 +65,7 @@ def _cutoff(post) -> str:
 
 def _opening(new: list[RunRecord], cutoff: str) -> str:
     since = f"since {cutoff[:16].replace('T', ' ')} UTC" if cutoff else "so far"
-    kinds = {k: sum(1 for r in new if r.data["kind"] == k) for k in ("train", "eval")}
+    kinds = {k: sum(1 for r in new if r.run.kind == k) for k in ("train", "eval")}
     if not new:
         return f"No new runs {since}.\n"
     return (f"{kinds['train']} training run(s) and {kinds['eval']} evaluation(s) finished {since}. "
@@ -103,19 +104,21 @@ def _p(value: float) -> str:
 
 
 def _train_line(record: RunRecord) -> str:
-    m, d = record.data.get("metrics") or {}, record.data
-    return (f"- {d['name']} on {d['task']['name']}: loss {m.get('first_loss', 0):.3f} → {m.get('final_loss', 0):.3f} "
-            f"over {m.get('steps')} steps, {(d.get('throughput') or {}).get('tokens_per_s', 0):,.0f} tokens/s "
+    run = record.run
+    assert isinstance(run, TrainRun)
+    loss = f"loss {run.metrics.first_loss:.3f} → {run.metrics.final_loss:.3f} over {run.metrics.steps} steps" \
+        if run.metrics else "no loss recorded"
+    return (f"- {run.name} on {run.task.name}: {loss}, {run.throughput.get('tokens_per_s', 0):,.0f} tokens/s "
             f"— [run](../runs/{record.id}/)")
 
 
 def _dev_line(record: RunRecord) -> str:
-    d = record.data
-    shots = len((d.get("prompt") or {}).get("shots") or [])
-    metric, m = next(iter((d.get("metrics") or {}).items()), (None, None))
-    value = f"{metric} {format_interval(m)}" if m else "no metrics"
-    return (f"- {d['task']['name']} / {d['task']['split']}: {d['system']['label']} "
-            f"({(d.get('prompt') or {}).get('format')}, {shots}-shot): {value} — [run](../runs/{record.id}/)")
+    run = record.run
+    assert isinstance(run, EvalRun)
+    metric, m = next(iter(run.metrics.items()), (None, None))
+    value = f"{metric} {format_interval(m.model_dump())}" if m else "no metrics"
+    return (f"- {run.task.name} / {run.task.split}: {run.system.label} "
+            f"({run.prompt.format if run.prompt else None}, {run.shots}-shot): {value} — [run](../runs/{record.id}/)")
 
 
 def _summary(boards: list[TaskBoard], new: list[RunRecord]) -> str:

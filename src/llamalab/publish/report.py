@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate.compare import refers_to
+from llamalab.evaluation.compare import refers_to
 from llamalab.lab import Lab
 from llamalab.publish import figures
 from llamalab.publish.methods import methods_paragraphs
@@ -54,8 +54,7 @@ def build_report(
     with staged_folder(target) as out:
         sections, latex_sections, all_methods = [], [], []
         for board in boards:
-            used = {rid: trained[rid] for e in board.entries if (rid := e.record.data["system"].get("train_run"))
-                    in trained}
+            used = {rid: trained[rid] for e in board.entries if (rid := e.run.system.train_run) in trained}
             paths = _write_board(out, board, used)
             methods = methods_paragraphs(board, used, dev_evals(lab, board.name))
             all_methods.append((board.name, methods))
@@ -85,7 +84,7 @@ def _write_board(out: Path, board: TaskBoard, trained: dict[str, RunRecord]) -> 
         stems["figures"].append(f"figures/{board.name}-scaling")
     for run_id, record in trained.items():
         if history := loss_history(record):
-            figures.save(figures.loss_curve(history, f"training loss: {record.data['name']}"),
+            figures.save(figures.loss_curve(history, f"training loss: {record.run.name}"),
                          out / "figures" / f"loss-{run_id}", FORMATS)
             stems["loss"].append(f"figures/loss-{run_id}")
     return stems

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamalab.evaluate.compare import Entry, latest_evals, rank, refers_to
+from llamalab.evaluation.compare import Entry, latest_evals, rank, refers_to
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
+from llamalab.runs.schema import EvalRun
 from llamalab.tasks.task import Task, load_task
 
 
@@ -71,11 +72,12 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
 
     API models cost their list prices; local models cost their wall time at `local_usd_per_hour`, if the lab
     set one (lab.yaml `local_compute_usd_per_hour`)."""
-    n = (record.data.get("task") or {}).get("n") or 0
-    usage = record.data.get("usage") or {}
-    predict_s = (record.data.get("timings") or {}).get("predict_s")
+    run = record.run
+    n = run.task.n if isinstance(run, EvalRun) else 0
+    usage = run.usage if isinstance(run, EvalRun) else None
+    predict_s = run.timings.get("predict_s")
     seconds_per_1k = round(1000 * predict_s / n, 1) if predict_s and n else None
-    cost, basis = usage.get("cost_per_1k_examples_usd"), "API list prices"
+    cost, basis = (usage.cost_per_1k_examples_usd if usage else None), "API list prices"
     if cost is None and local_usd_per_hour is not None and seconds_per_1k is not None:
         cost, basis = round(local_usd_per_hour * seconds_per_1k / 3600, 6), f"local at ${local_usd_per_hour}/h"
     return {
@@ -87,12 +89,12 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
 
 def dev_evals(lab: Lab, task: str) -> list[RunRecord]:
     """Finished evaluations of `task` on its dev split, oldest first: the only evidence of a choice made on dev."""
-    return [r for r in list_runs(lab.runs_dir, "eval") if r.data.get("status") == "finished"
-            and (r.data.get("task") or {}).get("name") == task and (r.data.get("task") or {}).get("split") == "dev"]
+    return [r for r in list_runs(lab.runs_dir, "eval")
+            if r.run.finished and r.run.task.name == task and r.run.task.split == "dev"]
 
 
 def train_runs(lab: Lab) -> list[RunRecord]:
-    return [r for r in list_runs(lab.runs_dir, "train") if r.data.get("status") == "finished"]
+    return [r for r in list_runs(lab.runs_dir, "train") if r.run.finished]
 
 
 def loss_history(record: RunRecord) -> list[dict]:
@@ -110,10 +112,10 @@ def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str,
     Only experiments evaluated at two or more training-set sizes make a curve."""
     curves: dict[str, dict[int, dict]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
-        train = trained.get(entry.record.data["system"].get("train_run") or "")
-        size = ((train.data.get("data_used") or {}).get("train_examples")) if train else None
+        train = trained.get(entry.run.system.train_run or "")
+        size = train.run.data_used.train_examples if train and train.run.data_used else None
         if size:
-            curves.setdefault(train.data["name"], {}).setdefault(size, row)  # rows are best first: keep the best
+            curves.setdefault(train.run.name, {}).setdefault(size, row)  # rows are best first: keep the best
     return {name: sorted(points.items()) for name, points in sorted(curves.items()) if len(points) >= 2}
 
 

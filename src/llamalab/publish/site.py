@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from pydantic import BaseModel
 
-from llamalab.evaluate.compare import comparison_warnings, format_delta, format_interval, format_p, interval_note
-from llamalab.evaluate.evaluate import PREDICTIONS
+from llamalab.evaluation.compare import comparison_warnings, format_delta, format_interval, format_p, interval_note
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
 from llamalab.publish.results import (
@@ -33,7 +33,7 @@ from llamalab.publish.results import (
 )
 from llamalab.publish.tables import cost_note, format_cost, format_seconds
 from llamalab.runs.files import staged_folder, write_text_atomic
-from llamalab.runs.record import CONFIG_FILE, RUN_FILE, TRAIN_LOG, RunRecord, list_runs
+from llamalab.runs.record import CONFIG_FILE, PREDICTIONS, RUN_FILE, TRAIN_LOG, RunRecord, list_runs
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import Task
@@ -54,6 +54,13 @@ def build_site(lab: Lab, out: Path | None = None) -> Path:
     return target
 
 
+def _pretty_json(value: Any) -> str:
+    """A record part as indented JSON, with exactly the keys its run.json has."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_unset=True)
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
 class _Builder:
     def __init__(self, lab: Lab, out: Path):
         self.lab, self.out = lab, out
@@ -62,7 +69,7 @@ class _Builder:
             autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True,
         )
         self.env.filters.update(interval=format_interval, p=format_p, cost=format_cost, seconds=format_seconds,
-                                tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True, default=str),
+                                tojson_pretty=_pretty_json,
                                 safe_url=safe_url, cost_note=cost_note, interval_note=interval_note,
                                 delta=format_delta, prediction_warnings=comparison_warnings)
 
@@ -71,9 +78,9 @@ class _Builder:
         self.posts = content.load_posts(lab.root)
         self.tasks = load_tasks(lab)
         self.boards = {b.name: b for b in task_boards(lab)}
-        self.runs = [r for r in list_runs(lab.runs_dir) if r.data.get("status") == "finished"]
+        self.runs = [r for r in list_runs(lab.runs_dir) if r.run.finished]
         self.run_ids = {r.id for r in self.runs}
-        self.trained = {r.id: r for r in self.runs if r.data["kind"] == "train"}
+        self.trained = {r.id: r for r in self.runs if r.run.kind == "train"}
         shutil.copytree(Path(__file__).parent / "static", self.out / "assets")
 
         self.page("index.html", "home.html", "Home", boards=list(self.boards.values()), posts=self.posts[:3],
@@ -134,13 +141,13 @@ class _Builder:
         for name in files:  # the raw records travel with the page, so "its predictions" is one click away
             shutil.copyfile(record.folder / name, self.out / folder / name)
         loss = None
-        if record.data["kind"] == "train" and (history := loss_history(record)):
-            figures.save(figures.loss_curve(history, f"training loss: {record.data['name']}"),
+        if record.run.kind == "train" and (history := loss_history(record)):
+            figures.save(figures.loss_curve(history, f"training loss: {record.run.name}"),
                          self.out / folder / "loss", ("svg",))
             loss = "loss.svg"
         config_path = record.folder / CONFIG_FILE
         config = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
-        self.page(f"{folder}/index.html", "run.html", f"Run {record.id}", run=record.data, files=files, loss=loss,
+        self.page(f"{folder}/index.html", "run.html", f"Run {record.id}", run=record.run, files=files, loss=loss,
                   config=config, record_path=relative_run_path(record, self.lab.root))
 
     def _feed(self) -> None:

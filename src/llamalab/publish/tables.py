@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from llamalab.evaluate.compare import (
+from llamalab.evaluation.compare import (
     format_delta,
     format_interval,
     format_p,

@@ -34,11 +34,18 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
-    """Yield an empty staging folder; when the block succeeds it replaces `target` whole.
+def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder next to `target`; when the block succeeds the folder becomes `target`, whole.
 
-    A failed or killed build leaves the previous `target` untouched (and at worst a stale staging folder)."""
-    staging = target.with_name(f".{target.name}.partial")
+    Every folder that must appear complete or not at all is built this way. A block that fails leaves `target`
+    as it was and removes the staging folder; a kill leaves at worst a stale `.NAME.partial`, which the next build
+    of the same target clears.
+
+    By default a `target` that exists when the block succeeds is replaced. With `shared=True` several processes may
+    build the same `target` at once (a cache entry): each stages in its own `.NAME.PID.partial`, the first to finish
+    wins, and a build that finds `target` already there when it finishes is discarded, keeping that `target`.
+    """
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial" if shared else f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -46,6 +53,14 @@ def staged_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if shared:
+        try:
+            staging.rename(target)  # atomic, and refused when another build already put a (non-empty) target there
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not target.exists():
+                raise
+        return
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

@@ -1,8 +1,9 @@
 """Run records: one self-describing folder per train or eval run, in plain text.
 
-runs/<run-id>/run.json holds what ran (resolved config and its hash, model, data hashes, git
-commit, packages, hardware), how it went (status, times, throughput, peak memory) and its metrics.
-Every write is atomic, and run ids are claimed with mkdir, so concurrent runs never collide.
+runs/<run-id>/run.json (typed and versioned: runs/schema.py) holds what ran (resolved config and
+its hash, model, data hashes, git commit, packages, hardware), how it went (status, times,
+throughput, peak memory) and its metrics. Every write is atomic, and run ids are claimed with
+mkdir, so concurrent runs never collide.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from llamalab.config import LlamalabError
 from llamalab.runs.files import write_json_atomic, write_yaml_atomic
+from llamalab.runs.schema import RUN_TYPES, EvalRun, RecordError, Run, TrainRun, parse_run
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the resolved settings the run was started with
 TRAIN_LOG = "train_log.jsonl"  # one row per logged training step
+PREDICTIONS = "predictions.jsonl"  # an eval run's rows, one per example (prompt, prediction, scores)
 _PACKAGES = ("llamalab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "numpy", "scipy")
 
 
@@ -43,15 +47,15 @@ def now_iso() -> str:
 
 
 class RunRecord:
-    """A run folder and its run.json, rewritten atomically on every update."""
+    """A run folder and its typed run.json (`run`), rewritten atomically on every update."""
 
-    def __init__(self, folder: Path, data: dict[str, Any]):
+    def __init__(self, folder: Path, run: Run):
         self.folder = folder
-        self.data = data
+        self.run = run
 
     @property
     def id(self) -> str:
-        return self.data["id"]
+        return self.run.id
 
     @property
     def config(self) -> dict[str, Any]:
@@ -62,10 +66,18 @@ class RunRecord:
 
     @classmethod
     def create(cls, runs_dir: Path, kind: str, name: str, config: dict, **fields: Any) -> RunRecord:
-        """Claim a new run folder and write its initial record (status: running)."""
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        """Claim a new run folder and write its initial record (status: running).
+
+        `fields` are the kind's own parts of the record (see runs/schema.py); they are validated first, so a
+        record that could not be read back is never written."""
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:60]
+        run = _validated(RUN_TYPES[kind], {
+            "id": f"{stamp}-{kind}-{slug}-0000", "kind": kind, "name": name, "started": now_iso(),
+            "config_hash": config_hash(config), **fields, "environment": environment(runs_dir.parent),
+            "pid": os.getpid(),
+        })
+        runs_dir.mkdir(parents=True, exist_ok=True)
         while True:
             run_id = f"{stamp}-{kind}-{slug}-{secrets.token_hex(2)}"
             try:
@@ -73,21 +85,7 @@ class RunRecord:
                 break
             except FileExistsError:
                 continue
-        record = cls(
-            runs_dir / run_id,
-            {
-                "id": run_id,
-                "kind": kind,
-                "name": name,
-                "status": "running",
-                "started": now_iso(),
-                "ended": None,
-                "config_hash": config_hash(config),
-                **fields,
-                "environment": environment(runs_dir.parent),
-                "pid": os.getpid(),
-            },
-        )
+        record = cls(runs_dir / run_id, run.model_copy(update={"id": run_id}))
         write_yaml_atomic(record.folder / CONFIG_FILE, config)
         record.save()
         return record
@@ -97,14 +95,18 @@ class RunRecord:
         path = folder / RUN_FILE
         if not path.is_file():
             raise LlamalabError(f"{folder} is not a run folder (no {RUN_FILE})")
-        return cls(folder, json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return cls(folder, parse_run(json.loads(path.read_text(encoding="utf-8"))))
+        except (RecordError, json.JSONDecodeError) as exc:
+            raise LlamalabError(f"{path}: cannot read this run record: {exc}") from None
 
     def update(self, **fields: Any) -> None:
-        self.data.update(fields)
+        """Change top-level fields (validated: a wrong shape fails here, not in a reader) and save."""
+        self.run = _validated(type(self.run), {**self.run.model_dump(), **fields})
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.folder / RUN_FILE, self.data)
+        write_json_atomic(self.folder / RUN_FILE, self.run.model_dump(mode="json"))
 
     @contextlib.contextmanager
     def tracking(self) -> Iterator[RunRecord]:
@@ -120,40 +122,84 @@ class RunRecord:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            timings = dict(self.data.get("timings") or {})
+            timings = dict(self.run.timings)
             timings["total_s"] = round(timings.get("total_s", 0) + time.perf_counter() - start, 2)
             self.update(status=status, ended=now_iso(), error=error, timings=timings, peak_memory_mb=peak_memory_mb())
 
 
+def _validated(model: type[EvalRun] | type[TrainRun], data: dict[str, Any]) -> Run:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise LlamalabError(f"a {data.get('kind')} run record would be malformed: {problems}") from None
+
+
 def list_runs(runs_dir: Path, kind: str | None = None) -> list[RunRecord]:
-    """All readable runs, oldest first."""
+    """All runs (of one kind), oldest first. A run.json this llamalab cannot read is an error naming it."""
     if not runs_dir.is_dir():
         return []
     records = []
     for folder in sorted(runs_dir.iterdir()):
         if (folder / RUN_FILE).is_file():
             record = RunRecord.load(folder)
-            if kind is None or record.data.get("kind") == kind:
+            if kind is None or record.run.kind == kind:
                 records.append(record)
     return records
 
 
-def find_run(runs_dir: Path, run_id: str) -> RunRecord:
-    folder = runs_dir / run_id
-    if (folder / RUN_FILE).is_file():
-        return RunRecord.load(folder)
-    matches = [r for r in list_runs(runs_dir) if r.id.startswith(run_id) or r.id.endswith(run_id)]
+def names_run(ref: str, run_id: str) -> bool:
+    """Whether `ref` names the run: the run id or any part of it (a prefix, the random suffix, the experiment
+    name). The one rule for naming a run anywhere (eval, export, compare, report)."""
+    return bool(ref) and ref in run_id
+
+
+def matching_runs(runs_dir: Path, ref: str, kind: str | None = None) -> list[RunRecord]:
+    """The run whose id is `ref`, else every run `ref` names (see `names_run`)."""
+    if (runs_dir / ref / RUN_FILE).is_file():
+        record = RunRecord.load(runs_dir / ref)
+        return [record] if kind is None or record.run.kind == kind else []
+    return [r for r in list_runs(runs_dir, kind) if names_run(ref, r.id)]
+
+
+def find_run(runs_dir: Path, ref: str, kind: str | None = None) -> RunRecord:
+    """The one run `ref` names (see `matching_runs`), or an error listing the candidates."""
+    matches = matching_runs(runs_dir, ref, kind)
     if len(matches) == 1:
         return matches[0]
+    what = f"{kind} run" if kind else "run"
     if matches:
-        raise LlamalabError(f"run {run_id!r} is ambiguous: {', '.join(r.id for r in matches)}")
-    raise LlamalabError(f"no run {run_id!r} in {runs_dir}")
+        raise LlamalabError(f"{what} {ref!r} is ambiguous: {', '.join(r.id for r in matches)}")
+    raise LlamalabError(f"no {what} {ref!r} in {runs_dir}")
+
+
+def resume_run(runs_dir: Path, kind: str, name: str, config: dict) -> RunRecord:
+    """The latest unfinished run of this kind and name started with the same settings, marked running again.
+
+    The one rule for `--resume` (train and eval): a run started with other settings is never continued, and
+    one still being worked on by a live process is never taken over."""
+    wanted = config_hash(config)
+    unfinished = [r for r in list_runs(runs_dir, kind) if r.run.name == name and not r.run.finished]
+    same = [r for r in unfinished if r.run.config_hash == wanted]
+    what = "evaluation" if kind == "eval" else "run"
+    if not same:
+        if unfinished:
+            latest = unfinished[-1]
+            raise LlamalabError(f"no unfinished {what} of {name!r} with these settings: {latest.id} was started with "
+                                f"different ones (config hash {latest.run.config_hash}, now {wanted}); resume with "
+                                "the same settings")
+        raise LlamalabError(f"no unfinished {what} of {name!r} to resume in {runs_dir}")
+    record = same[-1]
+    if is_alive(record):
+        raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid})")
+    record.update(status="running", pid=os.getpid(), resumed=[*record.run.resumed, now_iso()])
+    return record
 
 
 def is_alive(record: RunRecord) -> bool:
     """Whether a run marked running is still being worked on by a live process (other than this one)."""
-    pid = record.data.get("pid")
-    if record.data.get("status") != "running" or not pid or pid == os.getpid():
+    pid = record.run.pid
+    if record.run.status != "running" or not pid or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llamalab.evaluate.answers import parse_entities
+from llamalab.evaluation.answers import parse_entities
 from llamalab.tasks.data import Example, TaskData
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import Task
@@ -100,7 +100,7 @@ def check_task_data(
             shared = keys["train"].keys() & keys[held_out].keys()
             report.overlap[held_out] = len(shared)
             if shared:
-                first = next(iter(shared))
+                first = next(k for k in keys[held_out] if k in shared)  # in file order: the same every run
                 report.warnings.append(
                     f"train/{held_out} overlap: {len(shared)} {held_out} text(s) also appear in train "
                     f"(leakage), e.g. {keys[held_out][first][0].source} = {keys['train'][first][0].source}"

@@ -171,26 +171,6 @@ def _statistics(
     raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
 
 
-def accuracy(gold: Sequence[Hashable], pred: Sequence[Hashable]) -> float:
-    """Fraction of examples where the prediction equals the gold label."""
-    _check_lengths(gold, pred)
-    (stat,) = _statistics(gold, [pred], "accuracy", None)
-    return stat.estimate
-
-
-def macro_f1(
-    gold: Sequence[Hashable], pred: Sequence[Hashable], labels: Sequence[Hashable] | None = None
-) -> float:
-    """Unweighted mean of per-class F1 over the classes that occur in gold or pred (scikit-learn's default).
-
-    ``labels`` is the label vocabulary: a prediction outside it (an unparsed answer) is a false negative of its
-    gold class but not a class of its own, and a vocabulary label that occurs nowhere is not averaged.
-    """
-    _check_lengths(gold, pred)
-    (stat,) = _statistics(gold, [pred], "macro_f1", labels)
-    return stat.estimate
-
-
 def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     """Bootstrap index matrix of shape (n_resamples, n), deterministic in ``seed``."""
     if n < 1:
@@ -207,83 +187,6 @@ def _percentile_interval(stat: RowStatistic, n_resamples: int, confidence: float
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
     method = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
     return Interval(stat.estimate, float(low), float(high), stat.n, method, confidence)
-
-
-def bootstrap_replicates(
-    gold: Sequence[Hashable],
-    pred: Sequence[Hashable],
-    metric: str,
-    *,
-    labels: Sequence[Hashable] | None = None,
-    n_resamples: int = 5000,
-    seed: int = 0,
-) -> np.ndarray:
-    """Metric on each bootstrap resample the metric's CI uses; shape (n_resamples,)."""
-    _check_lengths(gold, pred)
-    (stat,) = _statistics(gold, [pred], metric, labels)
-    return stat(resample_indices(stat.n, n_resamples, seed))
-
-
-def bootstrap_ci(
-    gold: Sequence[Hashable],
-    pred: Sequence[Hashable],
-    metric: str,
-    *,
-    labels: Sequence[Hashable] | None = None,
-    n_resamples: int = 5000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Percentile bootstrap CI for ``metric`` ("accuracy" or "macro_f1") over resampled examples."""
-    _check_lengths(gold, pred)
-    (stat,) = _statistics(gold, [pred], metric, labels)
-    return _percentile_interval(stat, n_resamples, confidence, seed)
-
-
-def bootstrap_mean_ci(
-    values: Sequence[float], *, n_resamples: int = 5000, confidence: float = 0.95, seed: int = 0
-) -> Interval:
-    """Percentile bootstrap CI for the mean of per-example scores."""
-    n = _check_lengths(values)
-    arr = np.asarray(values, dtype=float)
-    if arr.ndim != 1:
-        raise ValueError(f"values must be one-dimensional, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("values must be finite (NaN / inf would silently poison every resample)")
-    return _percentile_interval(RowStatistic(partial(_mean_rows, arr), n), n_resamples, confidence, seed)
-
-
-def wilson_ci(k: int, n: int, confidence: float = 0.95) -> Interval:
-    """Wilson score interval for a binomial proportion k/n."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if not 0 <= k <= n:
-        raise ValueError(f"k must be in [0, n], got k={k}, n={n}")
-    _check_confidence(confidence)
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Clipping only removes rounding error at k=0 / k=n; the exact interval lies within [0, 1].
-    low, high = max(0.0, centre - half), min(1.0, centre + half)
-    return Interval(p, float(low), float(high), n, "Wilson score", confidence)
-
-
-def paired_bootstrap(
-    gold: Sequence[Hashable],
-    pred_a: Sequence[Hashable],
-    pred_b: Sequence[Hashable],
-    metric: str,
-    *,
-    labels: Sequence[Hashable] | None = None,
-    n_resamples: int = 5000,
-    seed: int = 0,
-) -> PairedTest:
-    """Two-sided paired bootstrap test of metric(A) - metric(B), resampling examples jointly."""
-    _check_lengths(gold, pred_a, pred_b)
-    stat_a, stat_b = _statistics(gold, [pred_a, pred_b], metric, labels)
-    return paired_bootstrap_statistic(stat_a, stat_b, metric, n_resamples=n_resamples, seed=seed)
 
 
 def paired_bootstrap_statistic(

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from llamalab.evaluate import answers, stats
-from llamalab.evaluate.generation import parse_label
+from llamalab.evaluation import answers, stats
+from llamalab.evaluation.parsing import parse_label
 from llamalab.tasks.task import NORMALIZATIONS, AnswerSpec
 
 NO_ANSWER = "<no answer>"

@@ -6,40 +6,50 @@ Using TRL's trainer (not a hand-rolled loop) means the same recipe runs unchange
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-from llamalab.config import LlamalabError
+from llamalab.config import LlamalabError, apply_overrides
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model
-from llamalab.runs.record import TRAIN_LOG, RunRecord, is_alive, list_runs, now_iso
+from llamalab.runs.files import staged_folder
+from llamalab.runs.record import TRAIN_LOG, RunRecord, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
-from llamalab.train.callbacks import ProgressCallback, latest_complete_checkpoint
-from llamalab.train.experiment import Experiment, load_experiment
+from llamalab.training.experiment import Experiment, load_experiment, resolve_experiment
 
 
 def train(
-    lab: Lab, experiment_name: str, overrides: list[str] | None = None, resume: bool = False,
-    console: Console | None = None, callbacks: list | None = None,
+    lab: Lab, experiment: Experiment | str, *, name: str | None = None, resume: bool = False,
+    console: Console | None = None, callbacks: list | None = None, **overrides: Any,
 ) -> RunRecord:
-    """Fine-tune per the experiment file; with `resume`, continue its latest unfinished run.
+    """Fine-tune and return the finished run's record (`record.run` is a typed `TrainRun`).
 
-    `callbacks` are extra transformers TrainerCallbacks (e.g. for notebooks or custom logging).
+    `experiment` is the name of a file in experiments/ or an `Experiment`; `overrides` change its settings
+    (`learning_rate=1e-4`, `lora={"r": 4}`, or dotted keys via `**{"lora.r": 4}`). The run is named after the
+    file, or `name` (default: TASK-METHOD) for an `Experiment`. With `resume`, continue the latest unfinished
+    run of the same name and settings from its last checkpoint. `callbacks` are extra transformers
+    TrainerCallbacks (e.g. for notebooks or custom logging).
     """
     console = console or Console(stderr=True)
-    path = lab.experiment_path(experiment_name)
-    experiment, resolved = load_experiment(path, overrides)
+    if isinstance(experiment, Experiment):
+        name = name or f"{experiment.task}-{experiment.method}"
+        source = f"experiment {name!r}"
+        experiment, resolved = resolve_experiment(
+            apply_overrides(experiment.model_dump(mode="json"), overrides), source)
+    else:
+        path = lab.experiment_path(experiment)
+        name, source = name or path.stem, str(path)
+        experiment, resolved = load_experiment(path, overrides)
     try:
         task_path = lab.task_path(experiment.task)
     except LlamalabError as exc:
-        raise LlamalabError(f"{path}: key 'task': {exc}") from None
+        raise LlamalabError(f"{source}: key 'task': {exc}") from None
     task = load_task(task_path, lab.root)
     model_ref = resolve_model(experiment.base_model)
     tokenizer = load_tokenizer(model_ref)  # fails fast (before any run folder exists) if the model is missing
@@ -47,23 +57,22 @@ def train(
     prompt_format = experiment.format or task.prompt.format
 
     if resume:
-        record = _unfinished_run(lab, path.stem, resolved)
+        record = resume_run(lab.runs_dir, "train", name, resolved)
         console.print(f"Resuming run [bold]{record.id}[/]")
-        record.update(status="running", pid=os.getpid(), resumed=[*record.data.get("resumed", []), now_iso()])
     else:
         record = RunRecord.create(
             lab.runs_dir,
             "train",
-            path.stem,
+            name,
             resolved,
-            experiment=path.stem,
+            experiment=name,
             task={"name": task.name, "data_sha256": data.file_hashes},
             model={"name": model_ref.name, "revision": model_ref.revision},
             prompt={"format": prompt_format, "template": task.prompt.template, "system": task.prompt.system},
         )
         (record.folder / ".gitignore").write_text("checkpoints/\n")
         if prompt_format == "chat":  # the template the model was trained with is part of the record
-            record.update(prompt={**record.data["prompt"], **store_chat_template(tokenizer, record.folder)})
+            record.update(prompt={**record.run.prompt.model_dump(), **store_chat_template(tokenizer, record.folder)})
     with record.tracking():
         _run_training(record, experiment, task, data, model_ref, tokenizer, prompt_format, console, callbacks or [])
     return record
@@ -75,6 +84,8 @@ def _run_training(
 ) -> None:
     import torch
     from transformers import AutoModelForCausalLM, PrinterCallback
+
+    from llamalab.training.callbacks import ProgressCallback, latest_complete_checkpoint  # imports transformers
 
     started = time.perf_counter()
     prompter = Prompter(task, tokenizer, prompt_format)
@@ -107,7 +118,7 @@ def _run_training(
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-max(1, len(history) // 10) :]
-    timings = dict(record.data.get("timings") or {})
+    timings = dict(record.run.timings)
     timings.update(setup_s=round(setup_s, 2), train_s=round(timings.get("train_s", 0) + train_s, 2))
     record.update(
         metrics={
@@ -235,32 +246,7 @@ def _use_bf16(experiment: Experiment) -> bool:
 def _save_weights(trainer, experiment: Experiment, folder: Path) -> None:
     """Write the adapter (LoRA) or full model, atomically: a folder appears only when complete."""
     name = "adapter" if experiment.method == "lora" else "model"
-    staging = folder / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.model.save_pretrained(staging, safe_serialization=True)
-    if experiment.method == "full":
-        trainer.processing_class.save_pretrained(staging)
-    shutil.rmtree(folder / name, ignore_errors=True)
-    staging.rename(folder / name)
-
-
-def _unfinished_run(lab: Lab, experiment: str, resolved: dict) -> RunRecord:
-    from llamalab.runs.record import config_hash
-
-    wanted = config_hash(resolved)
-    candidates = [
-        r for r in list_runs(lab.runs_dir, "train")
-        if r.data.get("experiment") == experiment and r.data.get("status") != "finished"
-    ]
-    if not candidates:
-        raise LlamalabError(f"no unfinished run of experiment {experiment!r} to resume in {lab.runs_dir}")
-    record = candidates[-1]
-    if record.data["config_hash"] != wanted:
-        raise LlamalabError(
-            f"run {record.id} was started with a different config (hash {record.data['config_hash']}, now {wanted}); "
-            "resume with the same overrides"
-        )
-    if is_alive(record):
-        raise LlamalabError(f"run {record.id} is still running (pid {record.data['pid']})")
-    return record
-
+    with staged_folder(folder / name) as staging:
+        trainer.model.save_pretrained(staging, safe_serialization=True)
+        if experiment.method == "full":
+            trainer.processing_class.save_pretrained(staging)

@@ -1,8 +1,8 @@
 """Answer extraction and per-example scoring for generation tasks.
 
 Numbers (GSM8K-style final answers), JSON entity lists (NER as span extraction) and summaries (ROUGE) are each
-reduced to per-example scores; corpus metrics come with percentile-bootstrap confidence intervals that resample
-examples through :func:`llamalab.evaluate.stats.resample_indices`.
+reduced to per-example scores; corpus metrics and their confidence intervals are computed from those scores in
+:mod:`llamalab.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -11,19 +11,13 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 
 import numpy as np
 
-from llamalab.evaluate.stats import Interval, bootstrap_mean_ci, resample_indices
-
 Entity = tuple[str, str]
 ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
-ENTITY_METRICS: tuple[str, ...] = ("precision", "recall", "f1")
-
-# Caps the elements of one chunk of bootstrap temporaries (rows x examples x 3 counts).
-_CHUNK_ELEMENTS = 1 << 22
 
 # ---------------------------------------------------------------------------------------------------------------
 # Exact match
@@ -112,18 +106,6 @@ _ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")
 
 
-def canonical_number(s: str) -> str:
-    """Canonical form of one number: no thousands commas or currency sign, no trailing zeros after the point.
-
-    "1,234" -> "1234", "$1,234.50" -> "1234.5", "42.0" -> "42", "-3" -> "-3", "-0" -> "0". Raises ValueError
-    if ``s`` (stripped) is not exactly one number.
-    """
-    match = _NUMBER.fullmatch(s.strip().replace("\u2212", "-"))
-    if match is None:
-        raise ValueError(f"not a number: {s!r}")
-    return _canonical(match)
-
-
 def _canonical(match: re.Match[str]) -> str:
     value = Decimal(match["digits"].replace(",", "") + (match["frac"] or ""))
     if match["sign"]:
@@ -153,7 +135,8 @@ def _boxed_contents(text: str) -> list[str]:
 
 
 def extract_number(text: str) -> str | None:
-    """The final numeric answer of a model's free text, canonicalised as by :func:`canonical_number`.
+    """The final numeric answer of a model's free text, in canonical form: no thousands commas or currency sign,
+    no trailing zeros after the point ("$1,234.50" -> "1234.5", "42.0" -> "42", "-0" -> "0").
 
     The first number after the last ``####`` marker wins; else the first number after the last "answer is" /
     "answer:" phrase; else the first number inside the last ``\\boxed{}``; else the last number in the text.
@@ -273,45 +256,6 @@ def entity_scores(gold: Sequence[Sequence[Entity]], pred: Sequence[Sequence[Enti
     }
 
 
-def _resampled_prf(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    out = np.empty((len(idx), 3))
-    step = max(1, _CHUNK_ELEMENTS // (3 * idx.shape[1]))
-    for start in range(0, len(idx), step):
-        rows = slice(start, start + step)
-        out[rows] = _micro_prf(counts[idx[rows]].sum(axis=1))
-    return out
-
-
-def entity_f1_ci(
-    gold: Sequence[Sequence[Entity]],
-    pred: Sequence[Sequence[Entity] | None],
-    *,
-    n_resamples: int = 5000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, Interval]:
-    """Percentile-bootstrap CIs for micro precision, recall and F1, resampling examples.
-
-    Each resample sums the per-example tp/fp/fn of the drawn examples and recomputes the micro metrics, so the
-    interval reflects that micro scores pool counts rather than average per-example scores.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    counts = _example_counts(gold, pred)
-    n = len(counts)
-    if n == 0:
-        raise ValueError("empty input: need at least one example")
-    estimates = _resampled_prf(counts, np.arange(n)[None, :])[0]
-    replicates = _resampled_prf(counts, resample_indices(n, n_resamples, seed))
-    alpha = 1.0 - confidence
-    lows, highs = np.quantile(replicates, [alpha / 2, 1 - alpha / 2], axis=0)
-    method = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
-    return {
-        name: Interval(float(estimates[k]), float(lows[k]), float(highs[k]), n, method, confidence)
-        for k, name in enumerate(ENTITY_METRICS)
-    }
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # ROUGE
 
@@ -338,13 +282,3 @@ def rouge_scores(references: Sequence[str | Sequence[str]], predictions: Sequenc
         for name in ROUGE_TYPES:
             out[name].append(float(scores[name].fmeasure))
     return out
-
-
-def rouge_ci(
-    scores: Mapping[str, Sequence[float]], *, n_resamples: int = 5000, confidence: float = 0.95, seed: int = 0
-) -> dict[str, Interval]:
-    """Corpus ROUGE (mean of the per-example scores of :func:`rouge_scores`) with percentile-bootstrap CIs."""
-    return {
-        name: bootstrap_mean_ci(values, n_resamples=n_resamples, confidence=confidence, seed=seed)
-        for name, values in scores.items()
-    }

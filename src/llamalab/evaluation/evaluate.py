@@ -9,34 +9,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import Field
 from rich.console import Console
 from rich.markup import escape
 
-from llamalab.config import LlamalabError, StrictModel
-from llamalab.evaluate.metrics import (
+from llamalab.backends.base import Backend, ChoiceRequest, ChoiceScore
+from llamalab.backends.registry import DEFAULT_PRECISION, BackendName, backend_for, backend_spec
+from llamalab.config import LlamalabError, StrictModel, parse_model
+from llamalab.evaluation.metrics import (
     label_score,
     metric_intervals,
     normalization_accuracies,
     prediction_summary,
     score_generation,
 )
-from llamalab.evaluate.scoring import ChoiceRequest, ChoiceScore
-from llamalab.evaluate.systems import System, resolve_system
+from llamalab.evaluation.systems import System, resolve_system
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
 from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
-from llamalab.runs.record import RunRecord, config_hash, is_alive, list_runs, now_iso
+from llamalab.runs.record import PREDICTIONS, RunRecord, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
-
-PREDICTIONS = "predictions.jsonl"
 
 
 class EvalSettings(StrictModel):
@@ -45,7 +44,7 @@ class EvalSettings(StrictModel):
     system: str
     task: str
     split: Literal["train", "dev", "test"] = "test"
-    backend: Literal["hf", "llama.cpp", "vllm"] = Field("hf", description="for local models; API models use their API")
+    backend: BackendName = Field("hf", description="for local models; API models use their API")
     format: Literal["plain", "chat"] | None = Field(
         None, description="default: the task's format (a fine-tuned run: the format it was trained in)"
     )
@@ -65,27 +64,83 @@ class EvalSettings(StrictModel):
     bootstrap_resamples: int = Field(5000, ge=100)
 
 
-def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, resume: bool = False) -> RunRecord:
-    """Evaluate `settings.system` on a task split and write a complete run record.
+@dataclass
+class LoadedSystem:
+    """A system with its backend open: evaluate it on several tasks while loading the model once.
 
-    With `resume`, continue the latest unfinished evaluation with the same settings.
+    Use it as a context manager, or call `close()` when done."""
+
+    name: str  # what it was loaded by (a model, a train run id, an API model from lab.yaml)
+    system: System
+    backend: Backend
+    backend_name: BackendName
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> LoadedSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_system(lab: Lab, name: str, backend: BackendName = "hf", precision: str = DEFAULT_PRECISION
+                ) -> LoadedSystem:
+    """Open `name` (a model, a train run id or an API model from lab.yaml) on `backend`, for `evaluate`."""
+    system = resolve_system(lab, name)
+    return LoadedSystem(name, system, system.open(backend, precision), backend)
+
+
+def evaluate(
+    lab: Lab, system: str | LoadedSystem | EvalSettings, *, task: str | None = None, console: Console | None = None,
+    resume: bool = False, **options: Any,
+) -> RunRecord:
+    """Evaluate a system on a task split, write a complete run record and return it (`record.run` is a typed
+    `EvalRun`, with metrics and their CIs).
+
+    `system` is a name (a model, a train run id or an API model from lab.yaml), a `LoadedSystem` from
+    `load_system` (evaluating it does not close it), or complete `EvalSettings`; `task` and `options` are the
+    other `EvalSettings` fields (split, limit, shots, format, protocol, ...). With `resume`, continue the latest
+    unfinished evaluation with the same settings.
     """
     console = console or Console(stderr=True)
-    task = load_task(lab.task_path(settings.task), lab.root)
-    system = resolve_system(lab, settings.system)
-    settings = _complete(settings, task, system)
+    loaded = system if isinstance(system, LoadedSystem) else None
+    if isinstance(system, EvalSettings):
+        if task is not None or options:
+            raise LlamalabError("evaluate(): give either EvalSettings or a system with task= and options, not both")
+        settings = system
+    else:
+        fields = {"system": loaded.name if loaded else system, "task": task, **options}
+        if loaded:
+            fields["backend"] = loaded.backend_name
+        settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
+    task_spec = load_task(lab.task_path(settings.task), lab.root)
+    resolved = loaded.system if loaded else resolve_system(lab, settings.system)
+    settings = _complete(settings, task_spec, resolved)
+    return _evaluate(lab, settings, task_spec, resolved, loaded, console, resume)
+
+
+def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, loaded: LoadedSystem | None,
+              console: Console, resume: bool) -> RunRecord:
     data = load_task_data(task)
     examples = select_examples(data.split(settings.split), settings.limit)
     shots = tuple(random.Random(settings.shot_seed).sample(data.split("train"), settings.shots))
 
     config = settings.model_dump()
-    record = _unfinished_eval(lab, config) if resume else None
+    name = f"{task.name}-{system.label.replace('/', '_')}"
+    record = resume_run(lab.runs_dir, "eval", name, config) if resume else None
     started = time.perf_counter()
-    backend = system.open(settings.backend)  # before any run folder exists: a model that cannot load leaves none
+    # Before any run folder exists: a model that cannot load, or a setting its backend cannot honour, leaves none.
+    if loaded is None:
+        backend = system.open(settings.backend, settings.precision)
+    else:
+        backend = loaded.backend
+        backend_for(system, settings.backend).check_precision(settings.precision)
     load_s = time.perf_counter() - started
     if record is None:
         record = RunRecord.create(
-            lab.runs_dir, "eval", f"{task.name}-{system.label.replace('/', '_')}", config,
+            lab.runs_dir, "eval", name, config,
             system=system.to_dict(), backend=backend.provenance(),
             task={"name": task.name, "split": settings.split, "n": len(examples),
                   "split_size": len(data.split(settings.split)), "data_sha256": data.file_hashes,
@@ -94,7 +149,6 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, r
         )
     else:
         console.print(f"Resuming evaluation [bold]{record.id}[/]")
-        record.update(status="running", pid=os.getpid(), resumed=[*record.data.get("resumed", []), now_iso()])
     try:
         with record.tracking():
             prompter = Prompter(task, backend.tokenizer, settings.format, shots,
@@ -104,7 +158,7 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, r
             if settings.protocol == "loglikelihood":
                 calibration = content_free_scores(prompter, backend, examples[0], settings.precision)
                 unconditional = calibration["logprobs"]
-                record.update(scoring={**record.data["scoring"], "calibration": calibration})
+                record.update(scoring=record.run.scoring.model_copy(update={"calibration": calibration}))
             path = record.folder / PREDICTIONS
             repair_jsonl(path)
             done = {row["id"] for row in read_jsonl(path)}
@@ -123,7 +177,7 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, r
             record.update(
                 metrics=metrics,
                 predictions_summary=summary,
-                timings={**(record.data.get("timings") or {}), "load_model_s": round(load_s, 2),
+                timings={**record.run.timings, "load_model_s": round(load_s, 2),
                          "predict_s": round(seconds, 2)},
                 throughput={"examples_per_s": round(len(todo) / max(seconds, 1e-9), 2),
                             "tokens_per_s": round(n_tokens / max(seconds, 1e-9))},
@@ -131,7 +185,8 @@ def evaluate(lab: Lab, settings: EvalSettings, console: Console | None = None, r
             )
             write_json_atomic(record.folder / "metrics.json", metrics)
     finally:
-        backend.close()
+        if loaded is None:  # a loaded system stays open for the caller's next task
+            backend.close()
     return record
 
 
@@ -179,7 +234,7 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
         "normalize": task.answer.normalize,
         "normalization": NORMALIZATIONS[task.answer.normalize],
         "tokenization": "prompt and answer tokenized together, split at the prompt's tokens (as lm-eval)",
-        "precision": settings.precision,
+        "precision": backend_spec(settings.backend).recorded_precision(settings.precision),
     }
 
 
@@ -307,13 +362,3 @@ def _usage(rows: list[dict]) -> dict | None:
         "latency_s_median": latencies[len(latencies) // 2] if latencies else None,
         "latency_s_per_1k_examples": round(1000 * sum(latencies) / len(api_rows), 2) if latencies else None,
     }
-
-
-def _unfinished_eval(lab: Lab, config: dict) -> RunRecord:
-    wanted = config_hash(config)
-    candidates = [r for r in list_runs(lab.runs_dir, "eval")
-                  if r.data.get("config_hash") == wanted and r.data.get("status") != "finished" and not is_alive(r)]
-    if not candidates:
-        raise LlamalabError("no unfinished evaluation with these settings to resume (same system, task and options)")
-    return candidates[-1]
-

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import yaml
 from pydantic import Field, model_validator
 
 from llamalab.config import StrictModel, apply_overrides, load_yaml, parse_model
@@ -46,11 +48,17 @@ class Experiment(StrictModel):
         return self
 
 
-def load_experiment(path: Path, overrides: list[str] | None = None) -> tuple[Experiment, dict]:
-    """The experiment with command-line `key=value` overrides applied; also its resolved dict."""
+def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> tuple[Experiment, dict]:
+    """The experiment file with `overrides` (dotted keys, e.g. {"lora.r": 4}) applied; also its resolved dict."""
     data, node = load_yaml(path)
     if overrides:
         data = apply_overrides(data or {}, overrides)
-    source = f"{path} (with overrides {' '.join(overrides)})" if overrides else str(path)
+    shown = " ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+    return resolve_experiment(data, f"{path} (with overrides {shown})" if overrides else str(path), node)
+
+
+def resolve_experiment(data: Any, source: str, node: yaml.Node | None = None) -> tuple[Experiment, dict]:
+    """Validate an experiment (errors name `source` and, for files, the line) and return it with its resolved
+    dict: every setting, defaults included, as recorded in the run's config.yaml and hashed."""
     experiment = parse_model(Experiment, data, source, node)
     return experiment, experiment.model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""Log-likelihood scoring of answer choices with a Hugging Face causal LM.
+"""Log-likelihood scoring of answer choices with a Hugging Face causal LM: the hf backend's kernel.
 
 Each prompt runs through the model once; its KV cache is then shared by every choice, so a
 77-label task costs one prompt pass plus one short pass over the choices' remaining tokens.
@@ -13,33 +13,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from llamalab.backends.base import ChoiceRequest, ChoiceScore
 
 _MAX_CHOICE_ROWS = 1024
 # Measured on the embedded model: bfloat16 label scores differ from float32 by up to 0.17 nats (2 one-token
 # labels) and 0.63 (77 multi-token labels), so close calls are re-scored; this is not a proof of equality.
 RECHECK_MARGIN = 0.5
 Precision = Literal["float32", "bfloat16"]
-
-
-@dataclass(frozen=True)
-class ChoiceRequest:
-    prompt_ids: list[int]
-    choice_ids: list[list[int]]  # each non-empty
-
-
-@dataclass(frozen=True)
-class ChoiceScore:
-    logprob: float  # summed over the choice's tokens
-    n_tokens: int
-    greedy: bool  # every token of the choice is the model's top prediction
-    precision: str = "float32"  # the precision this score was computed in
-
-    def score(self, normalize: str) -> float:
-        return self.logprob / self.n_tokens if normalize == "mean" else self.logprob
 
 
 @torch.inference_mode()

@@ -10,12 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamalab.config import LlamalabError
-from llamalab.evaluate import stats
-from llamalab.evaluate.evaluate import PREDICTIONS
-from llamalab.evaluate.metrics import metric_intervals, paired_test, prediction_summary
+from llamalab.evaluation import stats
+from llamalab.evaluation.metrics import metric_intervals, paired_test, prediction_summary
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
-from llamalab.runs.record import RunRecord, list_runs
+from llamalab.runs.record import PREDICTIONS, RunRecord, list_runs, names_run
+from llamalab.runs.schema import EvalRun, Interval, SystemKey
 from llamalab.tasks.task import Task, load_task
 
 
@@ -23,30 +23,28 @@ from llamalab.tasks.task import Task, load_task
 class Entry:
     record: RunRecord
     predictions: dict[str, dict]  # example id -> prediction row
+    label: str = ""  # how tables name the system (derived from the record; unique within a comparison)
 
     @property
-    def label(self) -> str:
-        prompt = self.record.data.get("prompt") or {}
-        shots = len(prompt.get("shots") or [])
-        backend = (self.record.data.get("backend") or {}).get("backend", "hf")
-        where = f", {backend}" if backend not in ("hf", "api") else ""
-        return f"{self.record.data['system']['label']} [{prompt.get('format')}{f', {shots}-shot' if shots else ''}" \
-               f"{where}]"
+    def run(self) -> EvalRun:
+        return self.record.run  # type: ignore[return-value] - entries are eval runs
 
 
 def latest_evals(lab: Lab, task: str, split: str = "test", only: set[str] | None = None) -> list[Entry]:
-    """The newest finished eval of each (system, prompt format, shots, backend) on this task split."""
-    latest: dict[str, Entry] = {}
+    """The newest finished eval of each system (`SystemKey`: weights, prompt format, shots, protocol, backend)
+    on this task split. Labels are derived for display only: renaming a system never changes what is paired."""
+    latest: dict[SystemKey, RunRecord] = {}
     for record in list_runs(lab.runs_dir, "eval"):
-        data = record.data
-        if data.get("status") != "finished" or data["task"]["name"] != task or data["task"]["split"] != split:
+        run = record.run
+        if not run.finished or run.task.name != task or run.task.split != split:
             continue
         if only is not None and record.id not in only:
             continue
-        entry = Entry(record, {row["id"]: row for row in read_jsonl(record.folder / PREDICTIONS)})
-        key = f"{entry.label}|{data['scoring']['protocol']}"
-        latest[key] = entry
-    return list(latest.values())
+        latest[run.system_key] = record
+    labels = [record.run.display_label for record in latest.values()]
+    return [Entry(record, {row["id"]: row for row in read_jsonl(record.folder / PREDICTIONS)},
+                  label if labels.count(label) == 1 else f"{label} ({record.id[-4:]})")  # same label, other system
+            for record, label in zip(latest.values(), labels, strict=True)]
 
 
 def compare(
@@ -75,14 +73,16 @@ def rank(
     rows = []
     for entry in entries:
         predictions = list(entry.predictions.values())
-        protocol = entry.record.data["scoring"]["protocol"]
+        run = entry.run
+        protocol = run.scoring.protocol
+        summary = run.predictions_summary.model_dump(exclude_none=True) if run.predictions_summary else \
+            prediction_summary(spec.answer, predictions, protocol)
         rows.append({
-            "system": entry.label, "run": entry.record.id, "kind": entry.record.data["system"]["kind"],
+            "system": entry.label, "run": entry.record.id, "kind": run.system.kind,
             "protocol": protocol, "n": len(predictions),
             "metrics": recorded_metrics(entry, metrics, labels),
-            "predictions": entry.record.data.get("predictions_summary")
-            or prediction_summary(spec.answer, predictions, protocol),
-            "usage": entry.record.data.get("usage"),
+            "predictions": summary,
+            "usage": run.usage.model_dump() if run.usage else None,
         })
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["metrics"].get(metric, {}).get("estimate", -1.0))
     rows, entries = [rows[i] for i in order], [entries[i] for i in order]
@@ -102,7 +102,7 @@ def recorded_metrics(entry: Entry, metrics: list[str], labels) -> dict:
 
     A metric the run did not record (it predates the metric) is computed from its predictions in the same
     canonical order and with the same resamples the eval would have used, so it matches what the eval gives."""
-    recorded = entry.record.data.get("metrics") or {}
+    recorded = {name: m.model_dump() for name, m in entry.run.metrics.items()}
     missing = [m for m in metrics if m not in recorded]
     if missing:
         resamples = entry.record.config.get("bootstrap_resamples", 5000)
@@ -126,8 +126,9 @@ def _reference_index(rows: list[dict], reference: str | None) -> int:
 
 
 def refers_to(reference: str, run_id: str, label: str) -> bool:
-    """Whether `reference` names this evaluation: its run id (or a prefix or suffix of it), or its system label."""
-    return run_id.startswith(reference) or run_id.endswith(reference) or label.startswith(reference)
+    """Whether `reference` names this evaluation: its run id (or part of it, see `names_run`), or the start of
+    its system label."""
+    return names_run(reference, run_id) or label.startswith(reference)
 
 
 def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int) -> dict:
@@ -215,6 +216,8 @@ def interval_note(metric_dicts: list[dict]) -> str:
     by_scheme: dict[str, list[str]] = {}
     for metrics in metric_dicts:
         for name, m in metrics.items():
+            if isinstance(m, Interval):
+                m = m.model_dump()
             if isinstance(m, dict) and "low" in m:
                 scheme = str(m.get("method") or "method not recorded").split(",")[0]
                 names = by_scheme.setdefault(scheme, [])

@@ -1,0 +1,95 @@
+"""What `llamalab eval SYSTEM` can evaluate, and on which backend.
+
+SYSTEM is an API model named in lab.yaml, a fine-tuned run from runs/, or a base model (the
+embedded default, a folder, a .gguf file or a Hugging Face id).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamalab.backends.api import ApiModel
+from llamalab.backends.registry import DEFAULT_PRECISION, BackendName, backend_for
+from llamalab.config import LlamalabError
+from llamalab.lab import Lab
+from llamalab.models import ModelRef, resolve_model
+from llamalab.runs.record import RUN_FILE, RunRecord, matching_runs
+
+
+@dataclass(frozen=True)
+class System:
+    label: str  # how tables name it
+    kind: str  # "base", "finetuned" or "api"
+    model: ModelRef | None = None
+    adapter: Path | None = None
+    train_run: str | None = None
+    trained_format: str | None = None  # a fine-tuned model is evaluated in the format it was trained in
+    api: ApiModel | None = None
+
+    def to_dict(self) -> dict:
+        info = {"label": self.label, "kind": self.kind, "train_run": self.train_run}
+        if self.model is not None:
+            info["model"] = {"name": self.model.name, "revision": self.model.revision}
+        if self.api is not None:  # the endpoint and prices; never the key itself
+            info["api"] = self.api.model_dump()
+        return info
+
+    def load(self):
+        """The Hugging Face model (LoRA merged in, so inference costs the same as the base) and its tokenizer."""
+        if self.model is None:
+            raise LlamalabError(f"{self.label} is an API model: it has no local weights")
+        from llamalab.backends.hf import load_hf
+
+        return load_hf(self.model, self.adapter)
+
+    def open(self, backend: BackendName = "hf", precision: str = DEFAULT_PRECISION):
+        """A ready backend for this system (its API for an API model); refuses settings the backend cannot honour
+        before any model loads."""
+        return backend_for(self, backend).open(self, precision)
+
+
+def resolve_system(lab: Lab, name: str) -> System:
+    """An API model from lab.yaml, a train run id (or unique part of one), or else a base model."""
+    if name in lab.config.api_models:
+        return System(label=name, kind="api", api=lab.config.api_models[name], trained_format="chat")
+    record = _train_run(lab, name)
+    if record is None:
+        return System(label=name, kind="base", model=resolve_model(name))
+    run = record.run
+    if not run.finished:
+        raise LlamalabError(
+            f"run {record.id} is {run.status}, not finished: resume it with "
+            f"`llamalab train {run.experiment} --resume` before evaluating"
+        )
+    base = resolve_model(run.model.name)
+    if base.revision not in (run.model.revision, "hub"):
+        raise LlamalabError(
+            f"run {record.id} was trained on {base.name} revision {run.model.revision}, "
+            f"but the installed one is {base.revision}"
+        )
+    label = f"{run.experiment}@{record.id[-4:]}"  # the run id's random suffix; JSON has the full id
+    trained_format = run.prompt.format
+    adapter, merged = record.folder / "adapter", record.folder / "model"
+    if (adapter / "adapter_config.json").is_file():
+        return System(label, "finetuned", base, adapter, record.id, trained_format)
+    if (merged / "config.json").is_file():
+        weights = ModelRef(base.name, str(merged), base.revision)
+        return System(label, "finetuned", weights, None, record.id, trained_format)
+    raise LlamalabError(f"run {record.id} has no trained weights (adapter/ or model/)")
+
+
+def _train_run(lab: Lab, name: str) -> RunRecord | None:
+    """The train run `name` names (see `matching_runs`), or None when it names none (then it is a model)."""
+    if "/" in name:
+        return None
+    if (lab.runs_dir / name / RUN_FILE).is_file():
+        record = RunRecord.load(lab.runs_dir / name)
+        if record.run.kind != "train":
+            raise LlamalabError(f"run {record.id} is an {record.run.kind} run; name a train run or a model")
+        return record
+    matches = matching_runs(lab.runs_dir, name, "train")
+    if len(matches) > 1:
+        raise LlamalabError(f"{name!r} names several train runs: {', '.join(r.id for r in matches)}; give more of "
+                            "the run id")
+    return matches[0] if matches else None

@@ -1,0 +1,289 @@
+"""The shape of run.json: typed, versioned records of train and eval runs.
+
+Every reader (compare, report, site, post, methods, resume) goes through these models; a record is
+validated when it is written and when it is read. `schema_version` is written into every run.json.
+Records written before the version field existed (version 0) load through `migrate`; a record from a
+newer llamalab fails with a message saying so instead of being misread.
+
+Version history:
+  0  (no field) the first format; identical fields, no version.
+  1  `schema_version` added.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+
+Status = Literal["running", "finished", "interrupted", "failed"]
+
+
+class Shape(BaseModel):
+    """A part of a record: unknown keys are an error, so a typo in a writer cannot pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Open(BaseModel):
+    """A part whose keys depend on the backend or protocol (kept as written, typed where we read them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- shared parts ---------------------------------------------------------------------------------------------
+
+
+class ModelInfo(Shape):
+    name: str
+    revision: str
+
+
+class GitState(Shape):
+    commit: str | None = None
+    dirty: bool | None = None
+
+
+class Hardware(Open):
+    platform: str | None = None
+    python: str | None = None
+    cpu: str | None = None
+    cpu_count: int | None = None
+    memory_gb: float | None = None
+    gpu: str | None = None
+
+
+class Environment(Shape):
+    git: GitState = GitState()
+    packages: dict[str, str | None] = {}
+    hardware: Hardware = Hardware()
+
+
+class Interval(Shape):
+    """A metric's estimate and its confidence interval, as the eval computed them (one number per run)."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    method: str | None = None
+    confidence: float = 0.95
+
+
+# ---- eval runs ------------------------------------------------------------------------------------------------
+
+
+class SystemInfo(Shape):
+    label: str  # how the system was named when it ran; tables derive their labels from `SystemKey`
+    kind: Literal["base", "finetuned", "api"]
+    train_run: str | None = None
+    model: ModelInfo | None = None
+    api: dict[str, Any] | None = None  # the endpoint, model id and prices; never the key
+
+
+class BackendInfo(Open):
+    backend: str = "hf"
+    model: str | None = None
+    revision: str | None = None
+    adapter: str | None = None
+
+
+class EvalTaskInfo(Shape):
+    name: str
+    split: Literal["train", "dev", "test"]
+    n: int
+    split_size: int | None = None
+    data_sha256: dict[str, str] = {}
+    answer_type: str | None = None
+
+
+class ScoringInfo(Shape):
+    protocol: Literal["loglikelihood", "generate"]
+    # loglikelihood
+    normalize: str | None = None
+    normalization: str | None = None  # the rule in words
+    tokenization: str | None = None
+    precision: str | None = None
+    calibration: dict[str, Any] | None = None  # the content-free prompt and each label's log-likelihood after it
+    # generate
+    decoding: dict[str, Any] | None = None
+    parsing: str | None = None
+    unparsed_answer: str | None = None
+
+
+class PromptInfo(Open):
+    format: Literal["plain", "chat"]
+    template: str
+    system: str | None = None
+    target_delimiter: str | None = None
+    labels_listed: bool | None = None
+    shots: list[str] = []
+    chat_template_sha256: str | None = None
+
+
+class PredictionSummary(Shape):
+    n: int
+    warnings: list[str] = []
+    parse_failures: int | None = None
+    predicted: dict[str, int] | None = None  # most frequent first
+    gold: dict[str, int] | None = None
+    accuracy_by_normalization: dict[str, float] | None = None
+
+
+class Usage(Shape):
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    paid_now_usd: float
+    cost_per_1k_examples_usd: float
+    cache_hits: int
+    latency_s_median: float | None = None
+    latency_s_per_1k_examples: float | None = None
+
+
+class SystemKey(BaseModel):
+    """What makes two evaluations the same system: never the display label, which may change freely."""
+
+    model_config = ConfigDict(frozen=True)
+
+    weights: str  # "train:<run id>", "model:<name>@<revision>" or "api:<base url>#<model id>"
+    format: str | None
+    shots: int
+    protocol: str
+    backend: str
+
+
+class RunBase(Shape):
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    name: str
+    status: Status = "running"
+    started: str
+    ended: str | None = None
+    config_hash: str
+    environment: Environment = Environment()
+    pid: int | None = None
+    resumed: list[str] = []
+    timings: dict[str, int | float] = {}  # seconds per stage
+    throughput: dict[str, int | float] = {}
+    peak_memory_mb: float | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+class EvalRun(RunBase):
+    kind: Literal["eval"] = "eval"
+    system: SystemInfo
+    backend: BackendInfo
+    task: EvalTaskInfo
+    scoring: ScoringInfo
+    prompt: PromptInfo | None = None  # written once the prompt is built
+    metrics: dict[str, Interval] = {}
+    predictions_summary: PredictionSummary | None = None
+    usage: Usage | None = None
+
+    @property
+    def shots(self) -> int:
+        return len(self.prompt.shots) if self.prompt else 0
+
+    @property
+    def system_key(self) -> SystemKey:
+        system = self.system
+        if system.train_run:
+            weights = f"train:{system.train_run}"
+        elif system.api is not None:
+            weights = f"api:{system.api.get('base_url')}#{system.api.get('model')}"
+        elif system.model is not None:
+            weights = f"model:{system.model.name}@{system.model.revision}"
+        else:
+            weights = f"label:{system.label}"
+        return SystemKey(weights=weights, format=self.prompt.format if self.prompt else None, shots=self.shots,
+                         protocol=self.scoring.protocol, backend=self.backend.backend)
+
+    @property
+    def display_label(self) -> str:
+        """How tables name the system: its label, prompt format, shots and (when not hf or an API) backend."""
+        backend = self.backend.backend
+        where = f", {backend}" if backend not in ("hf", "api") else ""
+        shots = f", {self.shots}-shot" if self.shots else ""
+        return f"{self.system.label} [{self.prompt.format if self.prompt else None}{shots}{where}]"
+
+
+# ---- train runs -----------------------------------------------------------------------------------------------
+
+
+class TrainTaskInfo(Shape):
+    name: str
+    data_sha256: dict[str, str] = {}
+
+
+class TrainPromptInfo(Shape):
+    format: Literal["plain", "chat"]
+    template: str
+    system: str | None = None
+    chat_template_sha256: str | None = None
+
+
+class TrainMetrics(Shape):
+    first_loss: float
+    final_loss: float
+    steps: int
+    epochs: float
+
+
+class DataUsed(Shape):
+    train_examples: int
+    skipped_too_long: int | None = None
+    tokens_per_epoch: int | None = None
+
+
+class TrainRun(RunBase):
+    kind: Literal["train"] = "train"
+    experiment: str
+    task: TrainTaskInfo
+    model: ModelInfo
+    prompt: TrainPromptInfo
+    metrics: TrainMetrics | None = None
+    data_used: DataUsed | None = None
+    precision: str | None = None
+
+
+Run = Annotated[EvalRun | TrainRun, Field(discriminator="kind")]
+RUN_TYPES: dict[str, type[EvalRun] | type[TrainRun]] = {"eval": EvalRun, "train": TrainRun}
+
+
+class RecordError(ValueError):
+    """A run.json that is not a record this llamalab can read."""
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring a run.json of any known version to the current one (the only place that knows old formats)."""
+    version = data.get("schema_version", 0)
+    if not isinstance(version, int) or version < 0:
+        raise RecordError(f"schema_version {version!r} is not a version number")
+    if version > SCHEMA_VERSION:
+        raise RecordError(f"it was written by a newer llamalab (record schema {version}; this one reads up to "
+                          f"{SCHEMA_VERSION}): upgrade llamalab to read it")
+    if version == 0:  # the first format: the same fields, without the version
+        data = {**data, "schema_version": 1}
+    return data
+
+
+def parse_run(data: Any) -> EvalRun | TrainRun:
+    """A typed run from the contents of a run.json (of any known version)."""
+    if not isinstance(data, dict):
+        raise RecordError("it is not a JSON object")
+    data = migrate(data)
+    kind = data.get("kind")
+    if kind not in RUN_TYPES:
+        raise RecordError(f"unknown run kind {kind!r} (expected one of: {', '.join(RUN_TYPES)})")
+    try:
+        return RUN_TYPES[kind].model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise RecordError(problems) from None
