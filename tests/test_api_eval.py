@@ -63,8 +63,8 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
         assert row["prediction"] in (None, "negative", "positive")
 
     table = compare(faulty_lab, "sentiment")
-    assert {row["protocol"] for row in table["systems"]} == {"generate"}
-    assert all(row["usage"]["cost_per_1k_examples_usd"] > 0 for row in table["systems"])
+    assert {row.protocol for row in table.systems} == {"generate"}
+    assert all(row.usage.cost_per_1k_examples_usd > 0 for row in table.systems)
 
 
 def test_api_eval_resumes_after_kill_without_paying_twice(lab, llama_server, api_env):

@@ -46,25 +46,25 @@ def test_ranks_systems_and_tests_against_the_best(lab):
     fake_eval(lab, "crashed", [True] * 400, status="failed")  # unfinished runs are never compared
 
     result = compare(lab, "sentiment")
-    names = [row["system"] for row in result["systems"]]
+    names = [row.system for row in result.systems]
     assert set(names) == {"strong [plain]", "weak [plain]", "twin [plain]"}
     assert names[-1] == "weak [plain]"
-    best, *others = result["systems"]
-    assert best["vs_reference"] is None
-    weak_row = next(r for r in others if r["run"] == weak.id)
-    assert weak_row["vs_reference"]["test"] == "exact McNemar"
-    assert weak_row["vs_reference"]["p_value"] < 1e-6
-    assert weak_row["vs_reference"]["p_holm"] >= weak_row["vs_reference"]["p_value"]
-    assert weak_row["vs_reference"]["delta"] < -0.2
-    assert result["systems"][0]["run"] == strong.id
-    twin_row = next(r for r in result["systems"] if r["run"] == twin.id)
-    assert twin_row["vs_reference"]["p_value"] > 0.5
-    assert twin_row["vs_reference"]["delta"] == pytest.approx(-2 / 400)
-    acc = weak_row["metrics"]["accuracy"]
-    assert acc["low"] < acc["estimate"] < acc["high"] and acc["n"] == 400
+    best, *others = result.systems
+    assert best.vs_reference is None
+    weak_row = next(r for r in others if r.run == weak.id)
+    assert weak_row.vs_reference.test == "exact McNemar"
+    assert weak_row.vs_reference.p_value < 1e-6
+    assert weak_row.vs_reference.p_holm >= weak_row.vs_reference.p_value
+    assert weak_row.vs_reference.delta < -0.2
+    assert result.systems[0].run == strong.id
+    twin_row = next(r for r in result.systems if r.run == twin.id)
+    assert twin_row.vs_reference.p_value > 0.5
+    assert twin_row.vs_reference.delta == pytest.approx(-2 / 400)
+    acc = weak_row.metrics["accuracy"]
+    assert acc.low < acc.estimate < acc.high and acc.n == 400
 
     f1 = compare(lab, "sentiment", metric="macro_f1")
-    assert next(r for r in f1["systems"] if r["run"] == weak.id)["vs_reference"]["test"].startswith("paired bootstrap")
+    assert next(r for r in f1.systems if r.run == weak.id).vs_reference.test.startswith("paired bootstrap")
 
 
 def test_significance_against_a_chosen_reference(lab):
@@ -74,16 +74,16 @@ def test_significance_against_a_chosen_reference(lab):
     fake_eval(lab, "mid", list(rng.random(300) < 0.75))
 
     result = compare(lab, "sentiment", reference=base.id)
-    assert result["reference"] == "base [plain]" and not result["reference_is_best"]
-    rows = {r["system"]: r for r in result["systems"]}
-    assert rows["base [plain]"]["vs_reference"] is None
-    assert rows["strong [plain]"]["vs_reference"]["delta"] > 0.2  # other minus reference: better is positive
-    assert rows["strong [plain]"]["vs_reference"]["p_value"] < 1e-6
-    assert [r["system"] for r in result["systems"]][0] == "strong [plain]"  # ranking is unchanged
-    assert compare(lab, "sentiment", reference="base")["reference"] == "base [plain]"  # a label prefix works
+    assert result.reference == "base [plain]" and not result.reference_is_best
+    rows = {r.system: r for r in result.systems}
+    assert rows["base [plain]"].vs_reference is None
+    assert rows["strong [plain]"].vs_reference.delta > 0.2  # other minus reference: better is positive
+    assert rows["strong [plain]"].vs_reference.p_value < 1e-6
+    assert [r.system for r in result.systems][0] == "strong [plain]"  # ranking is unchanged
+    assert compare(lab, "sentiment", reference="base").reference == "base [plain]"  # a label prefix works
     default = compare(lab, "sentiment")
-    assert default["reference"] == "strong [plain]" and default["reference_is_best"]
-    assert default["systems"][0]["run"] == strong.id
+    assert default.reference == "strong [plain]" and default.reference_is_best
+    assert default.systems[0].run == strong.id
     with pytest.raises(LlamalabError, match="matches no evaluated system.*strong \\[plain\\]"):
         compare(lab, "sentiment", reference="nothing-like-this")
 
@@ -116,8 +116,8 @@ def test_compare_shows_each_runs_own_recorded_interval(lab):
     run.update(metrics=recorded)
     # Prediction rows in another order (as a resumed eval appends them) change nothing: one number per run.
     assert metric_intervals(["accuracy", "macro_f1"], rows[::-1], ["negative", "positive"]) == recorded
-    [row] = compare(lab, "sentiment")["systems"]
-    assert row["metrics"] == recorded
+    [row] = compare(lab, "sentiment").systems
+    assert {name: m.model_dump() for name, m in row.metrics.items()} == recorded
 
 
 def test_a_comparison_on_a_paired_subset_says_so(lab):
@@ -126,9 +126,9 @@ def test_a_comparison_on_a_paired_subset_says_so(lab):
     fake_eval(lab, "full", [True] * 80 + [False] * 20)
     fake_eval(lab, "subset", [True, False] * 25)  # examples x:0 .. x:49 only
     result = compare(lab, "sentiment")
-    subset = next(r for r in result["systems"] if r["system"] == "subset [plain]")
-    assert subset["n"] == 50 and subset["vs_reference"]["n"] == 50 and subset["vs_reference"]["paired_subset"]
-    assert format_delta(subset["vs_reference"]).endswith("(n=50)")
+    subset = next(r for r in result.systems if r.system == "subset [plain]")
+    assert subset.n == 50 and subset.vs_reference.n == 50 and subset.vs_reference.paired_subset
+    assert format_delta(subset.vs_reference).endswith("(n=50)")
     console = Console(width=250, record=True)
     console.print(comparison_table(result))
     assert "(n=50)" in console.export_text()
@@ -139,17 +139,19 @@ def test_compare_reports_prediction_distributions_and_warnings(lab):
 
     fake_eval(lab, "always-positive", [i % 2 == 1 for i in range(60)])  # right exactly on the positives
     result = compare(lab, "sentiment")
-    [row] = result["systems"]
-    assert row["predictions"]["predicted"] == {"positive": 60}
+    [row] = result.systems
+    assert row.predictions.predicted == {"positive": 60}
     assert any("'positive' takes 100% of predictions" in w for w in comparison_warnings(result))
 
 
 def test_interval_note_states_the_recorded_methods():
     from llamalab.evaluation.compare import interval_note
+    from llamalab.runs.schema import Interval
 
-    plain = {"estimate": 0.5, "low": 0.4, "high": 0.6, "method": "percentile bootstrap, 5000 resamples, seed 0"}
-    other = {**plain, "method": "BCa bootstrap, 2000 resamples, seed 1"}
+    plain = Interval(estimate=0.5, low=0.4, high=0.6, n=10, method="percentile bootstrap, 5000 resamples, seed 0")
+    other = plain.model_copy(update={"method": "BCa bootstrap, 2000 resamples, seed 1"})
     assert interval_note([{"accuracy": plain, "macro_f1": plain}]) == "95% CIs: percentile bootstrap."
     assert interval_note([{"accuracy": plain}, {"accuracy": other, "macro_f1": other}]) == (
         "95% CIs: percentile bootstrap (accuracy); BCa bootstrap (accuracy, macro_f1).")
-    assert interval_note([{"accuracy": {**plain, "method": None}}]) == "95% CIs: method not recorded."
+    unrecorded = plain.model_copy(update={"method": None})
+    assert interval_note([{"accuracy": unrecorded}]) == "95% CIs: method not recorded."

@@ -73,10 +73,10 @@ def test_compare_generation_systems_with_paired_bootstrap(lab, tiny_model_dir):
     for fmt in ("plain", "chat"):
         evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="wnut17", limit=8, max_new_tokens=4, format=fmt))
     result = compare(lab, "wnut17")
-    assert result["metric"] == "entity_f1"
-    assert len(result["systems"]) == 2
-    assert result["systems"][1]["vs_reference"]["test"] == "paired bootstrap (entity_f1)"
-    json.dumps(result)  # --json output must serialise
+    assert result.metric == "entity_f1"
+    assert len(result.systems) == 2
+    assert result.systems[1].vs_reference.test == "paired bootstrap (entity_f1)"
+    json.dumps(result.to_json())  # --json output must serialise
 
 
 def test_api_bad_input_fails_fast_and_clearly(lab, monkeypatch, tmp_path):

@@ -210,7 +210,7 @@ def test_loglikelihood_states_normalisation_and_precision(unselected):
 def test_shots_and_their_seed_only_where_used(unselected):
     board = board_of(unselected, "sentiment")
     shot = record_of(board, shots=2)
-    name = next(row["system"] for row in board.rows if row["run"] == shot.id)
+    name = next(row.system for row in board.rows if row.run == shot.id)
     text = methods_of(unselected, "sentiment", board)
     assert (f"plain format, 2 examples in the prompt, drawn at random from the train split with shot seed "
             f"{shot.config['shot_seed']} for {name}") in text
@@ -220,13 +220,13 @@ def test_shots_and_their_seed_only_where_used(unselected):
 
 def test_intervals_say_the_recorded_method(unselected):
     board = board_of(unselected, "sentiment")
-    methods = {row["metrics"]["accuracy"]["method"] for row in board.rows}
+    methods = {row.metrics["accuracy"].method for row in board.rows}
     text = methods_of(unselected, "sentiment", board)
     for method in methods:
         assert f"95% {method}" in text
-    board.rows[0]["metrics"]["accuracy"]["method"] = "BCa bootstrap, 999 resamples, seed 7"
+    board.rows[0].metrics["accuracy"].method = "BCa bootstrap, 999 resamples, seed 7"
     text = methods_of(unselected, "sentiment", board)
-    assert f"accuracy, 95% BCa bootstrap, 999 resamples, seed 7 for {board.rows[0]['system']}; 95% {methods.pop()}" \
+    assert f"accuracy, 95% BCa bootstrap, 999 resamples, seed 7 for {board.rows[0].system}; 95% {methods.pop()}" \
         in text
 
 
@@ -278,7 +278,7 @@ def test_every_number_comes_from_a_record(which, request):
         _leaves(record.run.model_dump(mode="json"), strings, numbers)
         _leaves(record.config, strings, numbers)
     for board in boards:
-        _leaves(board.comparison, strings, numbers)
+        _leaves(board.comparison.to_json(), strings, numbers)
         numbers.add(len(board.rows))
         numbers.add(sum(e.record.run.timings["predict_s"] for e in board.entries))
     numbers.add(3)  # the number of dev configurations compared (lab `selected`)

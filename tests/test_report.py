@@ -101,9 +101,9 @@ def test_one_number_per_run_in_every_place(published_lab):
     assert comparison_warnings(result), "the published lab's tiny model always answers 'positive'"
     for warning in comparison_warnings(result):  # a degenerate scorer is flagged on the site as in compare
         assert " ".join(warning.split()) in " ".join(page.split())
-    for row in result["systems"]:
-        record = RunRecord.load(published_lab.runs_dir / row["run"])
+    for row in result.systems:
+        record = RunRecord.load(published_lab.runs_dir / row.run)
         on_disk = json.loads((record.folder / "metrics.json").read_text())
-        for name, m in row["metrics"].items():
-            assert m == record.run.metrics[name].model_dump() == on_disk[name], (row["system"], name)
+        for name, m in row.metrics.items():
+            assert m.model_dump() == record.run.metrics[name].model_dump() == on_disk[name], (row.system, name)
             assert format_interval(m) in md and format_interval(m) in page

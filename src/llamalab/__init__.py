@@ -8,8 +8,9 @@ The Python API (the command line is a thin layer over exactly these functions)::
     run = train(lab, "sentiment-lora", max_steps=50)           # -> RunRecord; run.run is a typed TrainRun
     result = evaluate(lab, run.id, task="sentiment", limit=200)  # -> RunRecord; result.run is a typed EvalRun
     print(result.run.metrics["accuracy"])                      # Interval(estimate=..., low=..., high=..., n=...)
+    print(compare(lab, "sentiment").best)                      # a typed Comparison of SystemRows
 
-Names are imported on first use, so `import llamalab` (and the publishing side) stays free of torch.
+Names are imported on first use; none of them imports torch until a model is loaded or training starts.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _EXPORTS = {
     "load_system": "llamalab.evaluation.evaluate",
     "LoadedSystem": "llamalab.evaluation.evaluate",
     "compare": "llamalab.evaluation.compare",
+    "Comparison": "llamalab.evaluation.compare",
+    "SystemRow": "llamalab.evaluation.compare",
     # writing it up
     "build_report": "llamalab.publish.report",
     "build_site": "llamalab.publish.site",
@@ -53,8 +56,9 @@ _EXPORTS = {
 
 __all__ = [  # the same names as _EXPORTS, spelled out for tools that read __all__ statically
     "Lab", "init_lab", "find_lab", "LlamalabError", "Task", "load_task", "Experiment", "train", "evaluate",
-    "EvalSettings", "load_system", "LoadedSystem", "compare", "build_report", "build_site", "new_post", "RunRecord",
-    "list_runs", "find_run", "EvalRun", "TrainRun", "Interval", "SystemKey", "SCHEMA_VERSION", "__version__",
+    "EvalSettings", "load_system", "LoadedSystem", "compare", "Comparison", "SystemRow", "build_report",
+    "build_site", "new_post", "RunRecord", "list_runs", "find_run", "EvalRun", "TrainRun", "Interval", "SystemKey",
+    "SCHEMA_VERSION", "__version__",
 ]
 
 
@@ -72,7 +76,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from llamalab.config import LlamalabError
-    from llamalab.evaluation.compare import compare
+    from llamalab.evaluation.compare import Comparison, SystemRow, compare
     from llamalab.evaluation.evaluate import EvalSettings, LoadedSystem, evaluate, load_system
     from llamalab.lab import Lab, find_lab, init_lab
     from llamalab.publish.posts import new_post

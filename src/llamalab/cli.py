@@ -227,7 +227,7 @@ def compare_cmd(
 
     result = compare(find_lab(lab), task, split, metric, reference=reference)
     if as_json:
-        out.print_json(json.dumps(result))
+        out.print_json(json.dumps(result.to_json()))
     else:
         out.print(comparison_table(result))
         for warning in comparison_warnings(result):

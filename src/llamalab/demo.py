@@ -98,11 +98,11 @@ def _check(lab: Lab, console: Console) -> None:
 
 
 def _summary(stages, dev, baseline, trained, finetuned, result) -> dict[str, Any]:
-    rows = {row["run"]: row for row in result["systems"]}
+    rows = {row.run: row for row in result.systems}
     fine_row = rows[finetuned.id]
     base_acc = baseline.run.metrics["accuracy"].model_dump()
     fine_acc = finetuned.run.metrics["accuracy"].model_dump()
-    vs = fine_row["vs_reference"] or rows[baseline.id]["vs_reference"]
+    vs = (fine_row.vs_reference or rows[baseline.id].vs_reference).model_dump(mode="json", exclude_unset=True)
     return {
         "stages_s": stages,
         "total_s": round(sum(stages.values()), 1),

@@ -66,12 +66,14 @@ def load_tokenizer(ref: ModelRef):
 
 
 def load_model(ref: ModelRef, adapter: Path | None = None):
-    """Load the base model in float32 (CPU) or bfloat16 (GPU), optionally with a LoRA adapter."""
+    """Load the base model in float32, optionally with a LoRA adapter, on the GPU when there is one.
+
+    float32 on every device, so a record's "float32 precision" is true on a GPU as on a CPU; reduced precision is
+    the scorer's choice (`--precision bfloat16`: autocast, with close calls re-checked in float32)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = _from_pretrained(AutoModelForCausalLM, ref, dtype=dtype)
+    model = _from_pretrained(AutoModelForCausalLM, ref, dtype=torch.float32)
     if adapter is not None:
         from peft import PeftModel
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict
 from rich.markup import escape
 from rich.table import Table
 
@@ -15,8 +16,60 @@ from llamalab.evaluation.metrics import metric_intervals, paired_test, predictio
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import PREDICTIONS, RunRecord, list_runs, names_run
-from llamalab.runs.schema import EvalRun, Interval, SystemKey
+from llamalab.runs.schema import EvalRun, Interval, PredictionSummary, SystemKey, Usage
 from llamalab.tasks.task import Task, load_task
+
+
+class PairedResult(BaseModel):
+    """A system against the reference on the examples both saw."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test: str  # "exact McNemar", "paired bootstrap", or "none: no shared examples"
+    delta: float | None  # this system's metric minus the reference's
+    p_value: float
+    n: int
+    paired_subset: bool = False  # the two systems saw different examples: n is the shared part
+    p_holm: float | None = None  # Holm-corrected for the number of comparisons
+
+
+class SystemRow(BaseModel):
+    """One system in a comparison. `metrics` and `predictions` are the run's own, as its eval recorded them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str  # display label
+    run: str
+    kind: str
+    protocol: str
+    n: int
+    metrics: dict[str, Interval]
+    predictions: PredictionSummary
+    usage: Usage | None
+    vs_reference: PairedResult | None = None  # None for the reference itself
+    # added by the report and the site (publish.results.cost_and_time)
+    cost_per_1k_usd: float | None = None
+    cost_basis: str | None = None
+    seconds_per_1k: float | None = None
+
+
+class Comparison(BaseModel):
+    """What `llamalab compare` shows: systems best first, each tested against the reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    split: str
+    metric: str  # the ranking metric
+    metrics: list[str]
+    best: str
+    reference: str
+    reference_is_best: bool
+    systems: list[SystemRow]
+
+    def to_json(self) -> dict:
+        """As JSON (`compare --json`, the report's results.json): the fields each part was given."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 @dataclass
@@ -50,7 +103,7 @@ def latest_evals(lab: Lab, task: str, split: str = "test", only: set[str] | None
 def compare(
     lab: Lab, task: str, split: str = "test", metric: str | None = None, resamples: int = 5000,
     only: set[str] | None = None, reference: str | None = None,
-) -> dict:
+) -> Comparison:
     """Rank systems by `metric` (default: the task's first); test each against the reference system (default:
     the best; else a run id or system label) on the examples both saw, Holm-corrected. `only` restricts the
     table to the given eval run ids."""
@@ -63,7 +116,7 @@ def compare(
 def rank(
     spec: Task, entries: list[Entry], split: str, metric: str | None = None, resamples: int = 5000,
     reference: str | None = None,
-) -> dict:
+) -> Comparison:
     """The comparison of `entries` (evaluations of one task split), best first; see `compare`."""
     task, metrics = spec.name, spec.metric_names
     metric = metric or metrics[0]
@@ -75,51 +128,50 @@ def rank(
         predictions = list(entry.predictions.values())
         run = entry.run
         protocol = run.scoring.protocol
-        summary = run.predictions_summary.model_dump(exclude_none=True) if run.predictions_summary else \
-            prediction_summary(spec.answer, predictions, protocol)
-        rows.append({
-            "system": entry.label, "run": entry.record.id, "kind": run.system.kind,
-            "protocol": protocol, "n": len(predictions),
-            "metrics": recorded_metrics(entry, metrics, labels),
-            "predictions": summary,
-            "usage": run.usage.model_dump() if run.usage else None,
-        })
-    order = sorted(range(len(rows)), key=lambda i: -rows[i]["metrics"].get(metric, {}).get("estimate", -1.0))
+        summary = run.predictions_summary or PredictionSummary.model_validate(
+            prediction_summary(spec.answer, predictions, protocol))
+        rows.append(SystemRow(
+            system=entry.label, run=entry.record.id, kind=run.system.kind, protocol=protocol, n=len(predictions),
+            metrics=recorded_metrics(entry, metrics, labels), predictions=summary, usage=run.usage,
+        ))
+    order = sorted(range(len(rows)), key=lambda i: -(m.estimate if (m := rows[i].metrics.get(metric)) else -1.0))
     rows, entries = [rows[i] for i in order], [entries[i] for i in order]
     ref = _reference_index(rows, reference)
     others = [i for i in range(len(rows)) if i != ref]
     tests = [_paired(entries[ref], entries[i], metric, labels, resamples) for i in others]
-    adjusted = stats.holm([t["p_value"] for t in tests]) if tests else []
-    rows[ref]["vs_reference"] = None
+    adjusted = stats.holm([t.p_value for t in tests]) if tests else []
+    rows[ref].vs_reference = None
     for i, test, p_holm in zip(others, tests, adjusted, strict=True):
-        rows[i]["vs_reference"] = {**test, "p_holm": p_holm}
-    return {"task": task, "split": split, "metric": metric, "metrics": metrics, "best": rows[0]["system"],
-            "reference": rows[ref]["system"], "reference_is_best": ref == 0, "systems": rows}
+        test.p_holm = p_holm
+        rows[i].vs_reference = test
+    return Comparison(task=task, split=split, metric=metric, metrics=metrics, best=rows[0].system,
+                      reference=rows[ref].system, reference_is_best=ref == 0, systems=rows)
 
 
-def recorded_metrics(entry: Entry, metrics: list[str], labels) -> dict:
+def recorded_metrics(entry: Entry, metrics: list[str], labels) -> dict[str, Interval]:
     """The run's own metrics, as its eval wrote them to run.json: one number per run everywhere.
 
     A metric the run did not record (it predates the metric) is computed from its predictions in the same
     canonical order and with the same resamples the eval would have used, so it matches what the eval gives."""
-    recorded = {name: m.model_dump() for name, m in entry.run.metrics.items()}
+    recorded = dict(entry.run.metrics)
     missing = [m for m in metrics if m not in recorded]
     if missing:
         resamples = entry.record.config.get("bootstrap_resamples", 5000)
         # Rows without the fields a metric needs (KeyError): the run cannot say, and the cell stays empty.
         with contextlib.suppress(KeyError):
-            recorded = {**recorded, **metric_intervals(missing, list(entry.predictions.values()), labels, resamples)}
+            computed = metric_intervals(missing, list(entry.predictions.values()), labels, resamples)
+            recorded.update({name: Interval.model_validate(m) for name, m in computed.items()})
     return {m: recorded[m] for m in metrics if m in recorded}
 
 
-def _reference_index(rows: list[dict], reference: str | None) -> int:
+def _reference_index(rows: list[SystemRow], reference: str | None) -> int:
     """The best system, or the one whose run id or label `reference` names (a unique prefix is enough)."""
     if reference is None:
         return 0
-    exact = [i for i, r in enumerate(rows) if reference in (r["run"], r["system"])]
-    matches = exact or [i for i, r in enumerate(rows) if refers_to(reference, r["run"], r["system"])]
+    exact = [i for i, r in enumerate(rows) if reference in (r.run, r.system)]
+    matches = exact or [i for i, r in enumerate(rows) if refers_to(reference, r.run, r.system)]
     if len(matches) != 1:
-        known = "; ".join(f"{r['system']} ({r['run']})" for r in rows)
+        known = "; ".join(f"{r.system} ({r.run})" for r in rows)
         problem = "matches several systems" if matches else "matches no evaluated system"
         raise LlamalabError(f"reference {reference!r} {problem}: give a run id or a system label from: {known}")
     return matches[0]
@@ -131,98 +183,94 @@ def refers_to(reference: str, run_id: str, label: str) -> bool:
     return names_run(reference, run_id) or label.startswith(reference)
 
 
-def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int) -> dict:
+def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int) -> PairedResult:
     shared = sorted(reference.predictions.keys() & other.predictions.keys())
     if not shared:
-        return {"test": "none: no shared examples", "delta": None, "p_value": 1.0, "n": 0}
+        return PairedResult(test="none: no shared examples", delta=None, p_value=1.0, n=0)
     result = paired_test(metric, [reference.predictions[i] for i in shared], [other.predictions[i] for i in shared],
                          labels, resamples)
     paired_subset = len(shared) != len(reference.predictions) or len(shared) != len(other.predictions)
-    return {"test": result.test, "delta": -result.delta, "p_value": result.p_value, "n": result.n,
-            "paired_subset": paired_subset}
+    return PairedResult(test=result.test, delta=-result.delta, p_value=result.p_value, n=result.n,
+                        paired_subset=paired_subset)
 
 
-def reference_name(result: dict) -> str:
+def reference_name(result: Comparison) -> str:
     """How captions name the system every other one is tested against."""
-    return "the best system" if result["reference_is_best"] else f"the reference system, {result['reference']}"
+    return "the best system" if result.reference_is_best else f"the reference system, {result.reference}"
 
 
-def reference_cell(result: dict) -> str:
-    return "best (ref.)" if result["reference_is_best"] else "reference"
+def reference_cell(result: Comparison) -> str:
+    return "best (ref.)" if result.reference_is_best else "reference"
 
 
-def comparison_table(result: dict) -> Table:
+def comparison_table(result: Comparison) -> Table:
     """The comparison as a rich table: metrics with CIs, paired tests, and API cost and latency."""
-    tests = sorted({row["vs_reference"]["test"] for row in result["systems"] if row["vs_reference"]})
+    tests = sorted({row.vs_reference.test for row in result.systems if row.vs_reference})
     table = Table(
-        title=escape(f"{result['task']} / {result['split']}  (ranked by {result['metric']})"),
+        title=escape(f"{result.task} / {result.split}  (ranked by {result.metric})"),
         caption=escape(
-            f"p: {', '.join(tests) or 'no other system'} on {result['metric']} against {reference_name(result)}, "
+            f"p: {', '.join(tests) or 'no other system'} on {result.metric} against {reference_name(result)}, "
             "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
             "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse"),
     )
-    with_usage = any(row["usage"] for row in result["systems"])
-    columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result["metrics"]), "Δ vs ref.", "p",
+    with_usage = any(row.usage for row in result.systems)
+    columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result.metrics), "Δ vs ref.", "p",
                "p (Holm)", "predictions", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
     for column in columns:
         table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
-    for row in result["systems"]:
-        cells = [row["system"], row["protocol"], str(row["n"])]
-        for name in result["metrics"]:
-            m = row["metrics"].get(name)
+    for row in result.systems:
+        cells = [row.system, row.protocol, str(row.n)]
+        for name in result.metrics:
+            m = row.metrics.get(name)
             cells.append(format_interval(m) if m else "-")
-        vs = row["vs_reference"]
+        vs = row.vs_reference
         if vs is None:
             cells += [reference_cell(result), "", ""]
         else:
-            cells += [format_delta(vs), format_p(vs["p_value"]), format_p(vs["p_holm"])]
-        cells.append(prediction_cell(row["predictions"]))
+            cells += [format_delta(vs), format_p(vs.p_value), format_p(vs.p_holm)]
+        cells.append(prediction_cell(row.predictions))
         if with_usage:
-            usage = row["usage"] or {}
-            cost, latency = usage.get("cost_per_1k_examples_usd"), usage.get("latency_s_per_1k_examples")
+            cost = row.usage.cost_per_1k_examples_usd if row.usage else None
+            latency = row.usage.latency_s_per_1k_examples if row.usage else None
             cells += [f"{cost:.4f}" if cost is not None else "-", f"{latency:.0f} s" if latency is not None else "-"]
         table.add_row(*(escape(cell) for cell in cells))  # labels like "model [plain]" are text, not markup
     return table
 
 
-def format_delta(vs: dict) -> str:
+def format_delta(vs: PairedResult) -> str:
     """Δ against the reference; on a paired subset (systems evaluated on different examples) with its n."""
-    if vs["delta"] is None:
+    if vs.delta is None:
         return "–"
-    delta = round(vs["delta"], 3) + 0.0  # + 0.0 turns -0.0 into 0.0: a tie shows as +0.000
-    return f"{delta:+.3f}" + (f" (n={vs['n']})" if vs.get("paired_subset") else "")
+    delta = round(vs.delta, 3) + 0.0  # + 0.0 turns -0.0 into 0.0: a tie shows as +0.000
+    return f"{delta:+.3f}" + (f" (n={vs.n})" if vs.paired_subset else "")
 
 
-def prediction_cell(summary: dict) -> str:
+def prediction_cell(summary: PredictionSummary) -> str:
     """The most frequent prediction and its share (label tasks), and parse failures (generation)."""
     parts = []
-    if summary.get("predicted"):
-        label, count = next(iter(summary["predicted"].items()))
-        parts.append(f"{label} {count / summary['n']:.0%}")
-    if summary.get("parse_failures"):
-        parts.append(f"unparsed {summary['parse_failures']}/{summary['n']}")
+    if summary.predicted:
+        label, count = next(iter(summary.predicted.items()))
+        parts.append(f"{label} {count / summary.n:.0%}")
+    if summary.parse_failures:
+        parts.append(f"unparsed {summary.parse_failures}/{summary.n}")
     return ", ".join(parts) or "-"
 
 
-def comparison_warnings(result: dict) -> list[str]:
+def comparison_warnings(result: Comparison) -> list[str]:
     """Each system's warnings about its predictions (a degenerate scorer, outputs that did not parse)."""
-    return [f"{row['system']}: {warning}" for row in result["systems"]
-            for warning in (row["predictions"] or {}).get("warnings", [])]
+    return [f"{row.system}: {warning}" for row in result.systems for warning in row.predictions.warnings]
 
 
-def interval_note(metric_dicts: list[dict]) -> str:
+def interval_note(metric_dicts: list[dict[str, Interval]]) -> str:
     """How the CIs were computed, read from the recorded intervals (never assumed): e.g. "95% CIs: percentile
     bootstrap (accuracy); percentile bootstrap stratified by gold label (macro_f1)"."""
     by_scheme: dict[str, list[str]] = {}
     for metrics in metric_dicts:
         for name, m in metrics.items():
-            if isinstance(m, Interval):
-                m = m.model_dump()
-            if isinstance(m, dict) and "low" in m:
-                scheme = str(m.get("method") or "method not recorded").split(",")[0]
-                names = by_scheme.setdefault(scheme, [])
-                if name not in names:
-                    names.append(name)
+            scheme = str(m.method or "method not recorded").split(",")[0]
+            names = by_scheme.setdefault(scheme, [])
+            if name not in names:
+                names.append(name)
     if len(by_scheme) == 1:
         return f"95% CIs: {next(iter(by_scheme))}."
     return "95% CIs: " + "; ".join(f"{scheme} ({', '.join(names)})" for scheme, names in by_scheme.items()) + "."
@@ -234,6 +282,6 @@ def format_p(value: float | None) -> str:
     return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
 
 
-def format_interval(m: dict) -> str:
+def format_interval(m: Interval) -> str:
     """A metric as `estimate [low, high]`, three decimals."""
-    return f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+    return f"{m.estimate:.3f} [{m.low:.3f}, {m.high:.3f}]"

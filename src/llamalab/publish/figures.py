@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from llamalab.evaluation.compare import Comparison, SystemRow  # noqa: E402
 from llamalab.runs.files import write_bytes_atomic  # noqa: E402
 
 # No dates, versions or random ids inside the files: the same records give the same bytes.
@@ -54,74 +55,74 @@ def loss_curve(history: list[dict], title: str) -> Figure:
     return fig
 
 
-def metric_by_system(comparison: dict) -> Figure:
+def metric_by_system(comparison: Comparison) -> Figure:
     """The ranking metric of every system with its 95% CI, best at the top."""
-    metric, rows = comparison["metric"], comparison["systems"]
+    metric, rows = comparison.metric, comparison.systems
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(7, 0.9 + 0.5 * len(rows)))
         y = list(range(len(rows)))[::-1]
-        estimates = [r["metrics"][metric]["estimate"] for r in rows]
-        lows = [r["metrics"][metric]["estimate"] - r["metrics"][metric]["low"] for r in rows]
-        highs = [r["metrics"][metric]["high"] - r["metrics"][metric]["estimate"] for r in rows]
-        colors = [_ORANGE if r["kind"] == "api" else _BLUE for r in rows]
+        estimates = [r.metrics[metric].estimate for r in rows]
+        lows = [r.metrics[metric].estimate - r.metrics[metric].low for r in rows]
+        highs = [r.metrics[metric].high - r.metrics[metric].estimate for r in rows]
+        colors = [_ORANGE if r.kind == "api" else _BLUE for r in rows]
         ax.barh(y, estimates, color=colors, alpha=0.85, height=0.6)
         ax.errorbar(estimates, y, xerr=[lows, highs], fmt="none", ecolor="black", capsize=3, linewidth=1)
-        ax.set_yticks(y, [_wrap(r["system"]) for r in rows])
-        ax.set_xlim(0, max(1.0, max(r["metrics"][metric]["high"] for r in rows)))
-        ax.set(xlabel=f"{metric} (95% CI)", title=f"{comparison['task']} ({comparison['split']}, n = {rows[0]['n']})")
+        ax.set_yticks(y, [_wrap(r.system) for r in rows])
+        ax.set_xlim(0, max(1.0, max(r.metrics[metric].high for r in rows)))
+        ax.set(xlabel=f"{metric} (95% CI)", title=f"{comparison.task} ({comparison.split}, n = {rows[0].n})")
         ax.grid(axis="y", visible=False)
     return fig
 
 
-def metric_vs_cost(comparison: dict) -> Figure | None:
+def metric_vs_cost(comparison: Comparison) -> Figure | None:
     """The ranking metric against cost per 1,000 examples; None when no system has a known cost."""
-    metric = comparison["metric"]
-    rows = [r for r in comparison["systems"] if r.get("cost_per_1k_usd") is not None]
+    metric = comparison.metric
+    rows = [r for r in comparison.systems if r.cost_per_1k_usd is not None]
     if not rows:
         return None
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for r in rows:
-            m = r["metrics"][metric]
-            error = [[m["estimate"] - m["low"]], [m["high"] - m["estimate"]]]
-            ax.errorbar(r["cost_per_1k_usd"], m["estimate"], yerr=error, fmt="o", capsize=3,
-                        color=_ORANGE if r["kind"] == "api" else _BLUE)
-            ax.annotate(_wrap(r["system"], 28), (r["cost_per_1k_usd"], m["estimate"]), textcoords="offset points",
+            m = r.metrics[metric]
+            error = [[m.estimate - m.low], [m.high - m.estimate]]
+            ax.errorbar(r.cost_per_1k_usd, m.estimate, yerr=error, fmt="o", capsize=3,
+                        color=_ORANGE if r.kind == "api" else _BLUE)
+            ax.annotate(_wrap(r.system, 28), (r.cost_per_1k_usd, m.estimate), textcoords="offset points",
                         xytext=(6, 4), fontsize=8)
-        local = sorted({r["cost_basis"] for r in rows if r["kind"] != "api"})
+        local = sorted({r.cost_basis for r in rows if r.kind != "api"})
         xlabel = "USD per 1,000 examples (API list prices" + (f"; {local[0]})" if local else ")")
         ax.set(xlabel=xlabel, ylabel=f"{metric} (95% CI)",
-               title=f"{comparison['task']}: {metric} against cost")
-        free = [r["system"] for r in comparison["systems"] if r.get("cost_per_1k_usd") is None]
+               title=f"{comparison.task}: {metric} against cost")
+        free = [r.system for r in comparison.systems if r.cost_per_1k_usd is None]
         if free:
             fig.text(0.01, -0.02, _wrap("No known cost: " + "; ".join(free), 110), fontsize=7, color=_GREY, va="top")
     return fig
 
 
-def scaling(comparison: dict, curves: dict[str, list[tuple[int, dict]]]) -> Figure:
+def scaling(comparison: Comparison, curves: dict[str, list[tuple[int, SystemRow]]]) -> Figure:
     """The lab's central question: the fine-tuned model's metric against its number of training examples, with
     the systems that were not fine-tuned (zero-/few-shot base models, API models) as horizontal reference lines."""
-    metric = comparison["metric"]
-    references = [r for r in comparison["systems"] if r["kind"] != "finetuned"][:4]
+    metric = comparison.metric
+    references = [r for r in comparison.systems if r.kind != "finetuned"][:4]
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         for name, points in curves.items():
             sizes = [size for size, _ in points]
-            m = [row["metrics"][metric] for _, row in points]
-            ax.errorbar(sizes, [x["estimate"] for x in m], yerr=[[x["estimate"] - x["low"] for x in m],
-                                                                 [x["high"] - x["estimate"] for x in m]],
+            m = [row.metrics[metric] for _, row in points]
+            ax.errorbar(sizes, [x.estimate for x in m], yerr=[[x.estimate - x.low for x in m],
+                                                                 [x.high - x.estimate for x in m]],
                         marker="o", capsize=3, color=_BLUE, label=f"{name} (fine-tuned)")
         for row, style in zip(references, ("--", ":", "-.", (0, (5, 1))), strict=False):
-            m = row["metrics"][metric]
-            color = _ORANGE if row["kind"] == "api" else _GREY
-            ax.axhline(m["estimate"], linestyle=style, color=color, linewidth=1.2, label=_wrap(row["system"], 40))
-            ax.axhspan(m["low"], m["high"], color=color, alpha=0.08)
+            m = row.metrics[metric]
+            color = _ORANGE if row.kind == "api" else _GREY
+            ax.axhline(m.estimate, linestyle=style, color=color, linewidth=1.2, label=_wrap(row.system, 40))
+            ax.axhspan(m.low, m.high, color=color, alpha=0.08)
         ax.set_xscale("log")
         sizes = sorted({size for points in curves.values() for size, _ in points})
         ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set(xlabel="training examples (log scale)", ylabel=f"{metric} (95% CI)",
-               title=f"{comparison['task']}: fine-tuning data against the baselines")
+               title=f"{comparison.task}: fine-tuning data against the baselines")
         ax.legend(fontsize=7, loc="best")
     return fig
 

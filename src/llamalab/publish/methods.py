@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llamalab.config import LlamalabError
-from llamalab.evaluation.compare import reference_name
+from llamalab.evaluation.compare import SystemRow, reference_name
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
 from llamalab.runs.schema import DataUsed, EvalRun, ScoringInfo, TrainRun
@@ -35,7 +35,7 @@ class _Eval:
     name: str
     record: RunRecord
     config: dict
-    row: dict
+    row: SystemRow  # its row on the board
     predictions: dict[str, dict]  # example id -> prediction row
 
     @property
@@ -51,7 +51,7 @@ def methods_paragraphs(
     `trained` maps train run ids to their records (the fine-tuned systems on the board); `dev` holds the
     finished dev-split evaluations of the task, the only evidence for a claim that something was chosen on dev."""
     evals = [
-        _Eval(row["system"], entry.record, entry.record.config, row, entry.predictions)
+        _Eval(row.system, entry.record, entry.record.config, row, entry.predictions)
         for row, entry in zip(board.rows, board.entries, strict=True)
     ]
     sizes = _SplitSizes(board)
@@ -71,7 +71,7 @@ def methods_paragraphs(
 
 def _task_and_data(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes) -> str:
     answer_type = evals[0].run.task.answer_type or board.task.answer.type
-    metrics = ", ".join(board.comparison.get("metrics") or board.task.metric_names)
+    metrics = ", ".join(board.comparison.metrics)
     hashes = [e.run.task.data_sha256 for e in evals]
     if all(h == hashes[0] for h in hashes):
         data = f"Data: {_files(hashes[0])}." if hashes[0] else "The data files' hashes are not recorded."
@@ -89,7 +89,7 @@ def _files(hashes: dict[str, str]) -> str:
 
 
 def _examples_sentence(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes) -> str:
-    split = board.comparison["split"]
+    split = board.comparison.split
     phrases = [_sample(e.run, e.config, split, sizes) for e in evals]
     groups = _grouped(zip(phrases, (e.name for e in evals), strict=True))
     if len(groups) == 1:
@@ -142,7 +142,7 @@ class _SplitSizes:
 
 def _selection(board: TaskBoard, evals: list[_Eval], dev: Sequence[RunRecord], sizes: _SplitSizes) -> str | None:
     """What the dev split was used for, per system; None when the board itself is not a held-out split."""
-    if board.comparison["split"] != "test":
+    if board.comparison.split != "test":
         return None
     dev = [r for r in dev if isinstance(r.run, EvalRun) and r.run.finished and r.run.task.name == board.name
            and r.run.task.split == "dev"]
@@ -430,12 +430,11 @@ def _keeps_prompts(e: _Eval) -> bool:
 def _intervals(board: TaskBoard, evals: list[_Eval]) -> str:
     """How the intervals were computed, as each metric records it: never assumed."""
     per_metric: dict[str, dict[str, list[str]]] = {}
-    for name in board.comparison.get("metrics") or [board.metric]:
+    for name in board.comparison.metrics:
         for e in evals:
-            recorded = e.run.metrics.get(name)
-            m = (e.row.get("metrics") or {}).get(name) or (recorded.model_dump() if recorded else {})
-            level = f"{m['confidence']:.0%}" if isinstance(m.get("confidence"), int | float) else None
-            way = f"{level} {m['method']}" if level and m.get("method") else m.get("method") or "method not recorded"
+            m = e.row.metrics.get(name)
+            method = m.method if m else None
+            way = f"{m.confidence:.0%} {method}" if m and method else "method not recorded"
             per_metric.setdefault(name, {}).setdefault(way, []).append(e.name)
     ways = {way for by_way in per_metric.values() for way in by_way}
     if len(ways) == 1:
@@ -450,7 +449,7 @@ def _intervals(board: TaskBoard, evals: list[_Eval]) -> str:
 
 
 def _comparison(board: TaskBoard) -> str:
-    tests = sorted({row["vs_reference"]["test"] for row in board.rows if row.get("vs_reference")})
+    tests = sorted({row.vs_reference.test for row in board.rows if row.vs_reference})
     if not tests:
         return "With one system there is no paired comparison."
     return (f"Each system is compared with {reference_name(board.comparison)} on the examples both saw "

@@ -37,7 +37,7 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
     new_ids = {r.id for r in new}
 
     body = [_opening(new, cutoff)]
-    changed_tasks = [b for b in now_boards if any(row["run"] in new_ids for row in b.rows)]
+    changed_tasks = [b for b in now_boards if any(row.run in new_ids for row in b.rows)]
     for board in changed_tasks:
         body.append(_task_section(board, before.get(board.name), new_ids))
     if trained := [r for r in new if isinstance(r.run, TrainRun)]:
@@ -76,25 +76,25 @@ def _opening(new: list[RunRecord], cutoff: str) -> str:
 def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str]) -> str:
     metric, best = board.metric, board.rows[0]
     lines = [f"## {board.name}\n",
-             f"- **Best on {metric}:** {best['system']}, {format_interval(best['metrics'][metric])} "
-             f"(n = {best['n']}) — [run](../runs/{best['run']}/)"]
+             f"- **Best on {metric}:** {best.system}, {format_interval(best.metrics[metric])} "
+             f"(n = {best.n}) — [run](../runs/{best.run}/)"]
     if before is not None:
         old = before.rows[0]
-        if old["run"] == best["run"]:
+        if old.run == best.run:
             lines.append("- **What changed:** the best system is unchanged since the last post.")
         else:
-            lines.append(f"- **What changed:** the best was {old['system']}, {format_interval(old['metrics'][metric])}"
-                         f" — [run](../runs/{old['run']}/)")
+            lines.append(f"- **What changed:** the best was {old.system}, {format_interval(old.metrics[metric])}"
+                         f" — [run](../runs/{old.run}/)")
     else:
         lines.append("- **What changed:** first results on this task.")
     for row in board.rows:
-        if row["run"] in new_ids:
-            vs = row["vs_reference"]
+        if row.run in new_ids:
+            vs = row.vs_reference
             test = "the best system" if vs is None else (
-                f"Δ {vs['delta']:+.3f} vs best, p {_p(vs['p_holm'])} ({vs['test']}, Holm)"
-                if vs["delta"] is not None else "no shared examples with the best")
-            lines.append(f"- New: {row['system']}, {metric} {format_interval(row['metrics'][metric])}; {test} "
-                         f"— [run](../runs/{row['run']}/)")
+                f"Δ {vs.delta:+.3f} vs best, p {_p(vs.p_holm)} ({vs.test}, Holm)"
+                if vs.delta is not None else "no shared examples with the best")
+            lines.append(f"- New: {row.system}, {metric} {format_interval(row.metrics[metric])}; {test} "
+                         f"— [run](../runs/{row.run}/)")
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +116,7 @@ def _dev_line(record: RunRecord) -> str:
     run = record.run
     assert isinstance(run, EvalRun)
     metric, m = next(iter(run.metrics.items()), (None, None))
-    value = f"{metric} {format_interval(m.model_dump())}" if m else "no metrics"
+    value = f"{metric} {format_interval(m)}" if m else "no metrics"
     return (f"- {run.task.name} / {run.task.split}: {run.system.label} "
             f"({run.prompt.format if run.prompt else None}, {run.shots}-shot): {value} — [run](../runs/{record.id}/)")
 
@@ -124,7 +124,7 @@ def _dev_line(record: RunRecord) -> str:
 def _summary(boards: list[TaskBoard], new: list[RunRecord]) -> str:
     if not boards:
         return f"{len(new)} new run(s); no new test results."
-    parts = [f"{b.name}: best {b.metric} {b.rows[0]['metrics'][b.metric]['estimate']:.3f} ({b.rows[0]['system']})"
+    parts = [f"{b.name}: best {b.metric} {b.rows[0].metrics[b.metric].estimate:.3f} ({b.rows[0].system})"
              for b in boards]
     return "; ".join(parts) + "."
 

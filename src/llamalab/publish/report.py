@@ -42,7 +42,7 @@ def build_report(
 
     Significance is against `reference` (a run id or system label) where it was evaluated, else the best system."""
     boards = [b for b in task_boards(lab, split, reference=reference) if not tasks or b.name in tasks]
-    if reference and not any(refers_to(reference, row["run"], row["system"]) for b in boards for row in b.rows):
+    if reference and not any(refers_to(reference, row.run, row.system) for b in boards for row in b.rows):
         raise LlamalabError(f"reference {reference!r} names no evaluated system: give a run id or a system label "
                             "as `llamalab compare` shows them")
     if tasks and (missing := sorted(set(tasks) - {b.name for b in boards})):
@@ -65,7 +65,7 @@ def build_report(
         write_text_atomic(out / "methods.md", "# Methods\n\n" + "\n".join(
             f"## {task}\n\n" + "\n\n".join(paragraphs) + "\n" for task, paragraphs in all_methods))
         write_text_atomic(out / "report.tex", _latex_document(lab, latex_sections))
-        write_json_atomic(out / "results.json", [b.comparison for b in boards])
+        write_json_atomic(out / "results.json", [b.comparison.to_json() for b in boards])
     return target
 
 
@@ -98,11 +98,11 @@ def _provenance(boards: list[TaskBoard]) -> str:
 
 def _markdown_section(board: TaskBoard, paths: dict[str, list[str]], methods: list[str]) -> str:
     best = board.rows[0]
-    m = best["metrics"][board.metric]
+    m = best.metrics[board.metric]
     lines = [
         f"## {board.name}\n",
-        f"Best system on {board.metric}: **{best['system']}**, {m['estimate']:.3f} "
-        f"(95% CI {m['low']:.3f} to {m['high']:.3f}, n = {best['n']:,}).\n",
+        f"Best system on {board.metric}: **{best.system}**, {m.estimate:.3f} "
+        f"(95% CI {m.low:.3f} to {m.high:.3f}, n = {best.n:,}).\n",
         markdown_table(board),
         *(f"![{_alt(stem, board)}]({stem}.png)\n" for stem in paths["figures"] + paths["loss"]),
         "### Methods\n",

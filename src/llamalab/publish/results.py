@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamalab.evaluation.compare import Entry, latest_evals, rank, refers_to
+from llamalab.evaluation.compare import Comparison, Entry, SystemRow, latest_evals, rank, refers_to
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
@@ -22,7 +22,7 @@ class TaskBoard:
     """One task's leaderboard on one split: the comparison, and the evaluations behind its rows (same order)."""
 
     task: Task
-    comparison: dict
+    comparison: Comparison
     entries: list[Entry]
 
     @property
@@ -31,11 +31,11 @@ class TaskBoard:
 
     @property
     def metric(self) -> str:
-        return self.comparison["metric"]
+        return self.comparison.metric
 
     @property
-    def rows(self) -> list[dict]:
-        return self.comparison["systems"]
+    def rows(self) -> list[SystemRow]:
+        return self.comparison.systems
 
 
 def task_names(lab: Lab) -> list[str]:
@@ -61,9 +61,10 @@ def task_boards(
         named = reference and any(refers_to(reference, e.record.id, e.label) for e in entries)
         comparison = rank(task, entries, split, reference=reference if named else None)
         by_run = {e.record.id: e for e in entries}
-        for row in comparison["systems"]:
-            row.update(cost_and_time(by_run[row["run"]].record, lab.config.local_compute_usd_per_hour))
-        boards.append(TaskBoard(task, comparison, [by_run[row["run"]] for row in comparison["systems"]]))
+        for row in comparison.systems:
+            for name, value in cost_and_time(by_run[row.run].record, lab.config.local_compute_usd_per_hour).items():
+                setattr(row, name, value)
+        boards.append(TaskBoard(task, comparison, [by_run[row.run] for row in comparison.systems]))
     return boards
 
 
@@ -106,11 +107,11 @@ def loss_history(record: RunRecord) -> list[dict]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, dict]]]:
+def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, SystemRow]]]:
     """Fine-tuned systems on the board by experiment: (training examples, board row), fewest examples first.
 
     Only experiments evaluated at two or more training-set sizes make a curve."""
-    curves: dict[str, dict[int, dict]] = {}
+    curves: dict[str, dict[int, SystemRow]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
         train = trained.get(entry.run.system.train_run or "")
         size = train.run.data_used.train_examples if train and train.run.data_used else None

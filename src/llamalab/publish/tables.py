@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from llamalab.evaluation.compare import (
+    SystemRow,
     format_delta,
     format_interval,
     format_p,
@@ -28,35 +29,35 @@ def format_seconds(value: float | None) -> str:
 
 def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:
     """Header and plain-text cells shared by every rendering of the leaderboard."""
-    metrics = board.comparison["metrics"]
+    metrics = board.comparison.metrics
     header = ["System", "Protocol", "n", *(f"{m} [95% CI]" for m in metrics), "Δ vs ref.", "p (Holm)",
               "$ / 1k ex.", "time / 1k ex."]
     body = []
     for row in board.rows:
-        vs = row["vs_reference"]
+        vs = row.vs_reference
         delta = reference_cell(board.comparison) if vs is None else format_delta(vs)
         body.append([
-            row["system"], row["protocol"], str(row["n"]),
-            *(format_interval(row["metrics"][m]) if m in row["metrics"] else "–" for m in metrics),
-            delta, "" if vs is None else format_p(vs["p_holm"]), format_cost(row["cost_per_1k_usd"], row["cost_basis"]),
-            format_seconds(row["seconds_per_1k"]),
+            row.system, row.protocol, str(row.n),
+            *(format_interval(row.metrics[m]) if m in row.metrics else "–" for m in metrics),
+            delta, "" if vs is None else format_p(vs.p_holm), format_cost(row.cost_per_1k_usd, row.cost_basis),
+            format_seconds(row.seconds_per_1k),
         ])
     return header, body
 
 
 def caption(board: TaskBoard) -> str:
-    tests = sorted({row["vs_reference"]["test"] for row in board.rows if row["vs_reference"]})
+    tests = sorted({row.vs_reference.test for row in board.rows if row.vs_reference})
     return (
-        f"{board.name}, {board.comparison['split']} split, ranked by {board.metric}. "
-        f"{interval_note([row['metrics'] for row in board.rows])} "
+        f"{board.name}, {board.comparison.split} split, ranked by {board.metric}. "
+        f"{interval_note([row.metrics for row in board.rows])} "
         f"p: {', '.join(tests) or 'no other system'} on {board.metric} against {reference_name(board.comparison)}, "
         "on the examples both saw (n=… marks a paired subset), Holm-corrected. " + cost_note(board.rows)
         + " Time is evaluation wall time."
     )
 
 
-def cost_note(rows: list[dict]) -> str:
-    local = sorted({r["cost_basis"] for r in rows if (r["cost_basis"] or "").startswith("local")})
+def cost_note(rows: list[SystemRow]) -> str:
+    local = sorted({r.cost_basis for r in rows if (r.cost_basis or "").startswith("local")})
     note = "Cost: API models at list prices"
     return note + (f"; ~ local models, their wall time {local[0].removeprefix('local ')}." if local else ".")
 
