@@ -29,6 +29,9 @@ site_app = typer.Typer(help="Build or preview the lab website.", no_args_is_help
 app.add_typer(site_app, name="site")
 post_app = typer.Typer(help="Weekly findings posts.", no_args_is_help=True)
 app.add_typer(post_app, name="post")
+study_app = typer.Typer(help="Designed studies (studies/NAME.yaml): grids of fine-tunes x seeds against comparators.",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 out = Console(width=None if sys.stdout.isatty() else 140)
@@ -238,20 +241,49 @@ def compare_cmd(
 def export(
     run: Annotated[str, typer.Argument(help="a finished train run id")],
     target: Path,
+    gguf: Annotated[str | None, typer.Option(
+        "--gguf", metavar="TYPE",
+        help="write TARGET as one GGUF file for llama.cpp instead of a folder: f16, q8_0, q6_k, q5_k_m, q4_k_m, "
+             "q4_1 or q4_0 (needs llama.cpp's converter: python -m llamalab.export --install-converter)")] = None,
     lab: LabOption = None,
 ) -> None:
-    """Write a fine-tuned run as one merged Hugging Face model folder (base + LoRA folded in)."""
+    """Write a fine-tuned run as one merged Hugging Face model folder (base + LoRA folded in), or as a GGUF file."""
     from llamalab.evaluation.systems import resolve_system
     from llamalab.runs.files import staged_folder
 
     if target.exists():
-        raise LlamalabError(f"{target} exists: choose a new folder")
+        raise LlamalabError(f"{target} exists: choose a new {'file' if gguf else 'folder'}")
+    if gguf is not None:  # a bad type or a missing converter fails before the model loads
+        from llamalab.export import find_converter, gguf_type
+
+        gguf = gguf_type(gguf)
+        if target.suffix.lower() != ".gguf":
+            raise LlamalabError(f"{target}: with --gguf, name a .gguf file")
+        find_converter()
     system = resolve_system(find_lab(lab), run)
     model, tokenizer = system.load()
-    with staged_folder(target) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-    console.print(f"merged model written to {target}")
+    if gguf is None:
+        with staged_folder(target) as staging:
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        console.print(f"merged model written to {target}")
+        return
+
+    import tempfile
+    import time
+
+    from llamalab.export import export_gguf, gguf_tensor_types
+
+    started = time.monotonic()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".merged", dir=target.parent) as merged:
+        model.save_pretrained(merged, safe_serialization=True)
+        tokenizer.save_pretrained(merged)
+        del model
+        export_gguf(Path(merged), target, gguf, name=system.label)
+    types = ", ".join(f"{count} {name}" for name, count in gguf_tensor_types(target).items())
+    console.print(f"{gguf} GGUF written to {target}: {target.stat().st_size / 2**20:.1f} MiB "
+                  f"in {time.monotonic() - started:.0f} s (tensors: {types})")
 
 
 @app.command()
@@ -305,6 +337,80 @@ def site_serve(
         pass
     finally:
         server.server_close()
+
+
+@study_app.command("run")
+def study_run(
+    name: str,
+    executor: Annotated[str, typer.Option(help="local (cells one after another in this process)")] = "local",
+    retry_failed: Annotated[bool, typer.Option(help="also rerun cells whose runs failed")] = False,
+    lab: LabOption = None,
+) -> None:
+    """Run every unfinished cell of a study (finished ones are skipped, killed ones continue), then the comparators;
+    print the cells and, for a scaling study, the learning curve and the crossovers."""
+    from llamalab.studies.run import run_study
+    from llamalab.studies.spec import load_study
+
+    if executor != "local":
+        raise LlamalabError(f"unknown executor {executor!r}: use local")
+    the_lab = find_lab(lab)
+    study = load_study(the_lab, name)
+    states, comparators = run_study(the_lab, study, console, retry_failed=retry_failed)
+    _print_study(the_lab, study, states, comparators)
+
+
+@study_app.command("status")
+def study_status(name: str, lab: LabOption = None) -> None:
+    """Each cell of a study: pending, running, interrupted, failed, trained or finished, with its runs."""
+    from llamalab.studies.run import cell_states
+    from llamalab.studies.spec import load_study
+
+    the_lab = find_lab(lab)
+    study = load_study(the_lab, name)
+    _print_study(the_lab, study, cell_states(the_lab, study))
+
+
+def _print_study(lab, study, states, comparators=None) -> None:
+    """The cells' table; with the comparators' evaluations, a scaling study's curve and crossovers too."""
+    from llamalab.tasks.task import load_task
+
+    task = load_task(lab.task_path(study.task), lab.root)
+    metric = task.metric_names[0]
+    table = Table(title=escape(f"study {study.name} ({study.spec.kind}): {study.task}/{study.spec.eval.split}"))
+    for column in ("cell", "status", "train run", "eval run", metric, "time"):
+        table.add_column(column, justify="right" if column in (metric, "time") else "left")
+    for state in states:
+        m = state.eval.run.metrics.get(metric) if state.eval is not None and state.status == "finished" else None
+        table.add_row(escape(state.cell.label), state.status, state.train.id if state.train else "",
+                      state.eval.id if state.eval else "", f"{m.estimate:.3f}" if m else "",
+                      f"{state.seconds:.0f} s" if state.seconds is not None else "")
+    out.print(table)
+    counts = {s: sum(1 for x in states if x.status == s) for s in dict.fromkeys(x.status for x in states)}
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if comparators is not None and study.spec.kind == "scaling":
+        _print_scaling(states, comparators, metric, task.answer.labels or None)
+
+
+def _print_scaling(states, comparators, metric: str, labels) -> None:
+    from llamalab.studies.scaling import scaling_result
+
+    result = scaling_result(states, [(r.run.display_label, r) for r in comparators], metric, labels)
+    table = Table(title=escape(f"{metric} against training examples (mean over seeds; 95% band over examples and "
+                               "seeds)"))
+    for column in ("examples", "seeds", metric, "95% band", *(c.comparator for c in result.crossovers)):
+        table.add_column(escape(column), justify="right")
+    for i, point in enumerate(result.curve):
+        m = point.interval
+        cells = [f"{point.size:,}", str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]"]
+        for crossover in result.crossovers:
+            test = crossover.tests[i]
+            cells.append(f"{test.delta:+.3f} (p {test.p_holm:.2g}){' *' if test.better else ''}")
+        table.add_row(*cells)
+    out.print(table)
+    for crossover in result.crossovers:
+        c = crossover.interval
+        out.print(f"{escape(crossover.comparator)}: {metric} {c.estimate:.3f} [{c.low:.3f}, {c.high:.3f}]. "
+                  f"{escape(crossover.sentence())}")
 
 
 @post_app.command("new")

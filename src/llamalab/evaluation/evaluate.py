@@ -32,7 +32,7 @@ from llamalab.evaluation.systems import System, resolve_system
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
 from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
-from llamalab.runs.record import PREDICTIONS, RunRecord, resume_run
+from llamalab.runs.record import PREDICTIONS, RunRecord, finished_run, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
@@ -94,7 +94,7 @@ def load_system(lab: Lab, name: str, backend: BackendName = "hf", precision: str
 
 def evaluate(
     lab: Lab, system: str | LoadedSystem | EvalSettings, *, task: str | None = None, console: Console | None = None,
-    resume: bool = False, **options: Any,
+    resume: bool = False, reuse: bool = False, **options: Any,
 ) -> RunRecord:
     """Evaluate a system on a task split, write a complete run record and return it (`record.run` is a typed
     `EvalRun`, with metrics and their CIs).
@@ -102,7 +102,8 @@ def evaluate(
     `system` is a name (a model, a train run id or an API model from lab.yaml), a `LoadedSystem` from
     `load_system` (evaluating it does not close it), or complete `EvalSettings`; `task` and `options` are the
     other `EvalSettings` fields (split, limit, shots, format, protocol, ...). With `resume`, continue the latest
-    unfinished evaluation with the same settings.
+    unfinished evaluation with the same settings. With `reuse`, return the latest finished evaluation with the
+    same settings, if there is one, instead of running it again (studies use this to skip finished cells).
     """
     console = console or Console(stderr=True)
     loaded = system if isinstance(system, LoadedSystem) else None
@@ -118,6 +119,8 @@ def evaluate(
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
     settings = _complete(settings, task_spec, resolved)
+    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump())):
+        return done
     return _evaluate(lab, settings, task_spec, resolved, loaded, console, resume)
 
 

@@ -173,6 +173,21 @@ def find_run(runs_dir: Path, ref: str, kind: str | None = None) -> RunRecord:
     raise LlamalabError(f"no {what} {ref!r} in {runs_dir}")
 
 
+def finished_run(runs_dir: Path, kind: str, config: dict, name: str | None = None) -> RunRecord | None:
+    """The latest finished run of this kind (and name) started with exactly these settings, if any."""
+    wanted = config_hash(config)
+    done = [r for r in list_runs(runs_dir, kind) if r.run.finished and r.run.config_hash == wanted
+            and (name is None or r.run.name == name)]
+    return done[-1] if done else None
+
+
+def has_unfinished(runs_dir: Path, kind: str, name: str, config: dict) -> bool:
+    """Whether an unfinished run of this kind, name and settings exists (one `resume_run` could continue)."""
+    wanted = config_hash(config)
+    return any(r.run.name == name and not r.run.finished and r.run.config_hash == wanted
+               for r in list_runs(runs_dir, kind))
+
+
 def resume_run(runs_dir: Path, kind: str, name: str, config: dict) -> RunRecord:
     """The latest unfinished run of this kind and name started with the same settings, marked running again.
 

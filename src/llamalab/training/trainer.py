@@ -17,7 +17,7 @@ from llamalab.config import LlamalabError, apply_overrides
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model
 from llamalab.runs.files import staged_folder
-from llamalab.runs.record import TRAIN_LOG, RunRecord, resume_run
+from llamalab.runs.record import TRAIN_LOG, RunRecord, finished_run, has_unfinished, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
@@ -25,7 +25,7 @@ from llamalab.training.experiment import Experiment, load_experiment, resolve_ex
 
 
 def train(
-    lab: Lab, experiment: Experiment | str, *, name: str | None = None, resume: bool = False,
+    lab: Lab, experiment: Experiment | str, *, name: str | None = None, resume: bool = False, reuse: bool = False,
     console: Console | None = None, callbacks: list | None = None, **overrides: Any,
 ) -> RunRecord:
     """Fine-tune and return the finished run's record (`record.run` is a typed `TrainRun`).
@@ -33,8 +33,10 @@ def train(
     `experiment` is the name of a file in experiments/ or an `Experiment`; `overrides` change its settings
     (`learning_rate=1e-4`, `lora={"r": 4}`, or dotted keys via `**{"lora.r": 4}`). The run is named after the
     file, or `name` (default: TASK-METHOD) for an `Experiment`. With `resume`, continue the latest unfinished
-    run of the same name and settings from its last checkpoint. `callbacks` are extra transformers
-    TrainerCallbacks (e.g. for notebooks or custom logging).
+    run of the same name and settings from its last checkpoint. With `reuse`, return the latest finished run of
+    the same name and settings if there is one, else continue an unfinished one, else start afresh (how studies
+    skip finished cells and continue killed ones). `callbacks` are extra transformers TrainerCallbacks (e.g. for
+    notebooks or custom logging).
     """
     console = console or Console(stderr=True)
     if isinstance(experiment, Experiment):
@@ -46,6 +48,10 @@ def train(
         path = lab.experiment_path(experiment)
         name, source = name or path.stem, str(path)
         experiment, resolved = load_experiment(path, overrides)
+    if reuse:
+        if done := finished_run(lab.runs_dir, "train", resolved, name):
+            return done
+        resume = has_unfinished(lab.runs_dir, "train", name, resolved)
     try:
         task_path = lab.task_path(experiment.task)
     except LlamalabError as exc:

@@ -1,0 +1,168 @@
+"""Running a study: every cell trained and evaluated, resumably, then the comparators.
+
+A cell's state is read from the run records, never from a file of the study's own: a cell whose train and eval
+runs finished is done, whatever happened to the process that ran it. So `study run` after a crash or a kill skips
+the finished cells, continues an interrupted training from its last checkpoint, and leaves failed cells (the
+records say why) to `--retry-failed`. One failing cell never stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from rich.console import Console
+from rich.markup import escape
+
+from llamalab.config import LlamalabError
+from llamalab.lab import Lab, find_lab
+from llamalab.progress import progress_bar
+from llamalab.runs.record import RunRecord, find_run, is_alive, list_runs
+from llamalab.studies.spec import Cell, Study, load_study
+
+CellStatus = Literal["pending", "running", "interrupted", "failed", "trained", "finished"]
+# Zero-shot in each prompt format and few-shot: the best honest prompt of the base model, chosen on dev.
+BASELINES = {"zero-shot plain": ("plain", 0), "zero-shot chat": ("chat", 0), "4-shot plain": ("plain", 4)}
+
+
+@dataclass(frozen=True)
+class CellState:
+    cell: Cell
+    status: CellStatus
+    train: RunRecord | None = None
+    eval: RunRecord | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """Train plus eval wall time, as the records say."""
+        times = [r.run.timings.get("total_s") for r in (self.train, self.eval) if r is not None]
+        return round(sum(t for t in times if t is not None), 1) if any(t is not None for t in times) else None
+
+
+def _state_of(record: RunRecord) -> CellStatus:
+    """running, interrupted (Ctrl-C, or a process that died without a word) or failed."""
+    if record.run.status == "running":
+        return "running" if is_alive(record) else "interrupted"
+    return "failed" if record.run.status == "failed" else "interrupted"
+
+
+def eval_options(study: Study) -> dict:
+    """How every cell (and comparator) is evaluated."""
+    spec = study.spec.eval
+    options = {"task": study.task, "split": spec.split, "limit": spec.limit}
+    if spec.protocol:
+        options["protocol"] = spec.protocol
+    return options
+
+
+def _evaluates(record: RunRecord, system: str, options: dict) -> bool:
+    config = record.config
+    return config.get("system") == system and all(config.get(k) == v for k, v in options.items())
+
+
+def cell_states(lab: Lab, study: Study) -> list[CellState]:
+    """Each cell's state, from the train and eval records of its settings."""
+    trains = [r for r in list_runs(lab.runs_dir, "train") if r.run.name == study.spec.experiment]
+    evals = list_runs(lab.runs_dir, "eval")
+    options = eval_options(study)
+    states = []
+    for cell in study.cells:
+        mine = [r for r in trains if r.run.config_hash == cell.key]
+        finished = [r for r in mine if r.run.finished]
+        if not finished:
+            states.append(CellState(cell, _state_of(mine[-1]), mine[-1]) if mine else CellState(cell, "pending"))
+            continue
+        train = finished[-1]
+        tried = [r for r in evals if _evaluates(r, train.id, options)]
+        done = [r for r in tried if r.run.finished]
+        if done:
+            states.append(CellState(cell, "finished", train, done[-1]))
+        elif tried:
+            states.append(CellState(cell, _state_of(tried[-1]), train, tried[-1]))
+        else:
+            states.append(CellState(cell, "trained", train))
+    return states
+
+
+def run_cell(lab: Lab, study: Study, cell: Cell, console: Console) -> CellState:
+    """Train (or reuse, or continue) the cell's run, then evaluate it (or reuse its evaluation)."""
+    from llamalab.evaluation.evaluate import evaluate
+    from llamalab.training.trainer import train
+
+    record = train(lab, study.spec.experiment, reuse=True, console=console, **cell.overrides)
+    evaluation = evaluate(lab, record.id, reuse=True, console=console, **eval_options(study))
+    return CellState(cell, "finished", record, evaluation)
+
+
+def run_cell_job(lab_root: str, study_name: str, cell_key: str) -> str:
+    """One cell as a batch job (Slurm): everything it needs is read from the lab folder. Returns the eval run id."""
+    lab = find_lab(lab_root)
+    study = load_study(lab, study_name)
+    cell = next((c for c in study.cells if c.key == cell_key), None)
+    if cell is None:
+        raise LlamalabError(f"study {study_name!r} has no cell {cell_key} (was the study file changed?)")
+    state = run_cell(lab, study, cell, Console(stderr=True))
+    assert state.eval is not None
+    return state.eval.id
+
+
+def run_study(lab: Lab, study: Study, console: Console, retry_failed: bool = False
+              ) -> tuple[list[CellState], list[RunRecord]]:
+    """Run every cell that is not finished (failed ones only with `retry_failed`) in this process, then the
+    comparators; returns the cells' final states and the comparators' evaluations. Raises after every cell was
+    tried if any failed."""
+    states = cell_states(lab, study)
+    runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
+    todo = [s for s in states if s.status in runnable]
+    skipped = sum(1 for s in states if s.status == "finished")
+    elsewhere = [s for s in states if s.status == "running"]
+    left_failed = [s for s in states if s.status == "failed" and not retry_failed]
+    console.print(f"study [bold]{escape(study.name)}[/]: {len(study.cells)} cells, {skipped} finished (skipped), "
+                  f"{len(todo)} to run" + (f", {len(elsewhere)} running elsewhere" if elsewhere else "")
+                  + (f", {len(left_failed)} failed (rerun with --retry-failed)" if left_failed else ""))
+    failures: list[str] = []
+    with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells") as advance:
+        advance(len(study.cells) - len(todo))
+        for state in todo:
+            advance(0, cell=state.cell.label)
+            started = time.perf_counter()
+            try:
+                run_cell(lab, study, state.cell, console)
+            except Exception as exc:  # one failed cell never blocks the others; its records say what happened
+                failures.append(f"{state.cell.label}: {type(exc).__name__}: {exc}")
+                console.print(f"[red]cell failed[/] {escape(failures[-1])}")
+            advance(1, cell=f"{state.cell.label} ({time.perf_counter() - started:.0f} s)")
+    comparators = comparator_evals(lab, study, console)
+    if failures:
+        raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed (rerun with --retry-failed):\n"
+                            + "\n".join(failures))
+    return cell_states(lab, study), comparators
+
+
+def comparator_evals(lab: Lab, study: Study, console: Console) -> list[RunRecord]:
+    """The comparators' evaluations on the study's split: the base model with its best prompt chosen on dev, API
+    models, and named eval runs. Finished evaluations with the same settings are reused."""
+    from llamalab.evaluation.evaluate import evaluate, load_system
+
+    spec, options = study.spec.comparators, eval_options(study)
+    records = []
+    if spec.baselines:
+        model = study.cells[0].config["base_model"]
+        with load_system(lab, model) as base:
+            dev = {name: evaluate(lab, base, task=study.task, split="dev", format=fmt, shots=shots,
+                                  limit=spec.dev_limit, reuse=True, console=console)
+                   for name, (fmt, shots) in BASELINES.items()}
+            metric = next(iter(next(iter(dev.values())).run.metrics))  # the task's first metric
+            best = max(dev, key=lambda name: dev[name].run.metrics[metric].estimate)
+            fmt, shots = BASELINES[best]
+            records.append(evaluate(lab, base, format=fmt, shots=shots, reuse=True, console=console, **options))
+    for name in spec.api:
+        records.append(evaluate(lab, name, reuse=True, console=console, **{**options, "protocol": "generate"}))
+    for ref in spec.runs:
+        record = find_run(lab.runs_dir, ref, "eval")
+        if record.run.task.name != study.task or record.run.task.split != study.spec.eval.split:
+            raise LlamalabError(f"comparator run {record.id} evaluated {record.run.task.name}/{record.run.task.split}"
+                                f", not the study's {study.task}/{study.spec.eval.split}")
+        records.append(record)
+    return records

@@ -1,0 +1,133 @@
+"""The scaling study's answer: the learning curve and where fine-tuning overtakes each comparator.
+
+For each training-set size the fine-tuned systems (one per seed) are scored on the same examples. The curve's
+point is the mean over seeds; its band is a percentile bootstrap over test examples and seeds together. Against
+each comparator, every size gets a paired bootstrap test of (mean over seeds) minus comparator on the examples both
+saw; the p-values are Holm-corrected across sizes, and the crossover is the smallest size that is better with
+corrected p < 0.05, reported with the sizes that bracket it (Le Scao & Rush 2021 ask the same question of prompts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from llamalab.evaluation import stats
+from llamalab.evaluation.metrics import row_statistic
+from llamalab.runs.files import read_jsonl
+from llamalab.runs.record import PREDICTIONS, RunRecord
+from llamalab.runs.schema import Interval
+from llamalab.studies.run import CellState
+
+ALPHA = 0.05
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    size: int  # training examples asked for (the grid value)
+    seeds: int  # fine-tunes behind the point
+    interval: Interval  # mean over seeds, band over examples and seeds
+    runs: tuple[str, ...]  # the eval run ids
+
+
+@dataclass(frozen=True)
+class SizeTest:
+    size: int
+    delta: float  # mean over seeds minus the comparator
+    p_value: float
+    p_holm: float
+    n: int
+
+    @property
+    def better(self) -> bool:
+        return self.delta > 0 and self.p_holm < ALPHA
+
+
+@dataclass(frozen=True)
+class Crossover:
+    comparator: str  # its label
+    run: str
+    interval: Interval
+    tests: tuple[SizeTest, ...]
+
+    @property
+    def size(self) -> int | None:
+        """The smallest size whose fine-tunes beat the comparator (Holm-corrected), if any."""
+        return next((t.size for t in self.tests if t.better), None)
+
+    def sentence(self) -> str:
+        sizes = [t.size for t in self.tests]
+        if self.size is None:
+            return f"Fine-tuning does not beat {self.comparator} up to {max(sizes):,} examples."
+        below = [s for s in sizes if s < self.size]
+        bracket = f", between {below[-1]:,} (not better) and {self.size:,}" if below else \
+            f", already at the smallest size tried ({self.size:,})"
+        test = next(t for t in self.tests if t.size == self.size)
+        return (f"Fine-tuning beats {self.comparator} from {self.size:,} training examples{bracket} "
+                f"(Δ {test.delta:+.3f}, Holm-corrected p {test.p_holm:.2g}, n = {test.n}).")
+
+
+@dataclass(frozen=True)
+class ScalingResult:
+    metric: str
+    curve: tuple[CurvePoint, ...]
+    crossovers: tuple[Crossover, ...]
+
+
+def _rows(record: RunRecord) -> dict[str, dict]:
+    return {row["id"]: row for row in read_jsonl(record.folder / PREDICTIONS)}
+
+
+def scaling_result(states: list[CellState], comparators: list[tuple[str, RunRecord]], metric: str,
+                   labels: list[str] | None = None, resamples: int = RESAMPLES) -> ScalingResult:
+    """The curve over training-set sizes and the crossover with each (label, eval record) comparator."""
+    by_size: dict[int, list[RunRecord]] = {}
+    for state in states:
+        if state.status == "finished" and state.eval is not None:
+            by_size.setdefault(int(state.cell.overrides["train_examples"]), []).append(state.eval)
+    if not by_size:
+        raise ValueError("no finished cells: nothing to draw")
+    predictions = {r.id: _rows(r) for records in by_size.values() for r in records}
+    curve = []
+    for size in sorted(by_size):
+        runs = by_size[size]
+        shared = sorted(set.intersection(*(set(predictions[r.id]) for r in runs)))
+        seeds = [row_statistic(metric, [predictions[r.id][i] for i in shared], labels) for r in runs]
+        curve.append(CurvePoint(size, len(runs), _seed_interval(seeds, resamples), tuple(r.id for r in runs)))
+    crossovers = []
+    for label, record in comparators:
+        theirs = _rows(record)
+        tests = []
+        for size in sorted(by_size):
+            runs = by_size[size]
+            shared = sorted(set(theirs).intersection(*(set(predictions[r.id]) for r in runs)))
+            mean = _mean_of([row_statistic(metric, [predictions[r.id][i] for i in shared], labels) for r in runs])
+            other = row_statistic(metric, [theirs[i] for i in shared], labels)
+            result = stats.paired_bootstrap_statistic(mean, other, metric, n_resamples=resamples)
+            tests.append((size, result.delta, result.p_value, len(shared)))
+        adjusted = stats.holm([p for _, _, p, _ in tests])
+        if metric not in record.run.metrics:
+            raise ValueError(f"comparator run {record.id} has no recorded {metric}")
+        crossovers.append(Crossover(label, record.id, record.run.metrics[metric], tuple(
+            SizeTest(size, delta, p, p_holm, n) for (size, delta, p, n), p_holm in zip(tests, adjusted, strict=True))))
+    return ScalingResult(metric, tuple(curve), tuple(crossovers))
+
+
+def _mean_of(seeds: list[stats.RowStatistic]) -> stats.RowStatistic:
+    """The mean over seeds, as one statistic of the (shared) examples."""
+    return stats.RowStatistic(lambda idx: np.mean([s(idx) for s in seeds], axis=0), seeds[0].n)
+
+
+def _seed_interval(seeds: list[stats.RowStatistic], resamples: int, seed: int = 0) -> Interval:
+    """Mean over seeds, with a percentile bootstrap that resamples the examples and the seeds together."""
+    n, k = seeds[0].n, len(seeds)
+    idx = stats.resample_indices(n, resamples, seed)
+    values = np.stack([s(idx) for s in seeds])  # seeds x resamples
+    picks = np.random.default_rng(seed + 1).integers(0, k, size=(resamples, k))
+    replicates = values[picks, np.arange(resamples)[:, None]].mean(axis=1)
+    low, high = np.quantile(replicates, [0.025, 0.975])
+    estimate = float(np.mean([s.estimate for s in seeds]))
+    method = f"percentile bootstrap over examples and {k} seed(s), {resamples} resamples, seed {seed}"
+    return Interval(estimate=estimate, low=float(low), high=float(high), n=n, method=method)

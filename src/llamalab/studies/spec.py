@@ -1,0 +1,126 @@
+"""The study file (studies/<name>.yaml): a designed experiment over a base experiment file.
+
+A study is a grid of overrides of one experiment (the cartesian product of `grid`, or the explicit `cells`),
+each trained with every seed in `seeds` and evaluated the same way, next to comparators (the base model with its
+best honest prompt, chosen on dev; API models; named runs). Every cell is a train run and an eval run in runs/:
+the records are the study's state, so a killed study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from llamalab.config import LlamalabError, StrictModel, load_yaml, parse_model
+from llamalab.runs.record import config_hash
+from llamalab.training.experiment import load_experiment
+
+
+class StudyEval(StrictModel):
+    task: str | None = Field(None, description="default: the experiment's task")
+    split: Literal["dev", "test"] = "test"
+    limit: int | None = Field(None, ge=1, description="a seeded subset of this many examples (the same for all)")
+    protocol: Literal["loglikelihood", "generate"] | None = None
+
+
+class Comparators(StrictModel):
+    baselines: bool = Field(True, description="the base model zero-shot in each prompt format and 4-shot, the best "
+                            "on dev evaluated on the study's split (as `llamalab demo` chooses it)")
+    dev_limit: int = Field(500, ge=1, description="dev examples for choosing the baseline")
+    api: list[str] = Field([], description="API models from lab.yaml, evaluated by generation")
+    runs: list[str] = Field([], description="finished eval runs (ids or unique parts of ids) to compare with")
+
+
+class Resources(StrictModel):
+    """What one cell asks of a Slurm cluster (ignored by the local executor)."""
+
+    partition: str | None = None
+    cpus: int = Field(2, ge=1)
+    gpus: int = Field(0, ge=0)
+    mem_gb: float = Field(8, gt=0)
+    time_min: int = Field(120, ge=1)
+
+
+class StudySpec(StrictModel):
+    kind: Literal["scaling", "sweep"] = Field("sweep", description="scaling: training-set sizes x seeds, with the "
+                                              "learning curve and the crossover with each comparator")
+    experiment: str = Field(description="the experiment file (experiments/<name>.yaml) every cell starts from")
+    grid: dict[str, list[Any]] = Field({}, description="setting -> values; cells are every combination")
+    cells: list[dict[str, Any]] | None = Field(None, description="explicit cells instead of a grid")
+    seeds: list[int] = Field([0], min_length=1)
+    eval: StudyEval = StudyEval()
+    comparators: Comparators = Comparators()
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        if self.grid and self.cells is not None:
+            raise ValueError("give `grid` or `cells`, not both")
+        if any(not values for values in self.grid.values()):
+            raise ValueError("every `grid` setting needs at least one value")
+        if "seed" in self.grid or any("seed" in cell for cell in self.cells or []):
+            raise ValueError("list seeds under `seeds`, not in the grid or cells")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("`seeds` repeats a seed")
+        if self.kind == "scaling" and any("train_examples" not in cell for cell in self.combinations()):
+            raise ValueError("a scaling study varies `train_examples`: put it in `grid` (or in every cell)")
+        return self
+
+    def combinations(self) -> list[dict[str, Any]]:
+        if self.cells is not None:
+            return [dict(cell) for cell in self.cells]
+        names = list(self.grid)
+        return [dict(zip(names, values, strict=True)) for values in itertools.product(*self.grid.values())] or [{}]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training of the study: the experiment with `overrides` (seed included), identified by `key`, the hash
+    of its resolved settings: the same cell in a rerun, or on another machine, has the same key."""
+
+    overrides: dict[str, Any]
+    config: dict[str, Any]
+    key: str
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.overrides.items())
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    spec: StudySpec
+    cells: tuple[Cell, ...]
+    task: str  # the task every cell is evaluated on
+
+
+def load_study(lab, name: str) -> Study:
+    """The study file with its cells resolved against the experiment file (errors name file, line and key)."""
+    path = lab.root / "studies" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (lab.root / "studies").glob("*.yaml"))
+        raise LlamalabError(f"no study {name!r} ({path} does not exist); studies: {', '.join(known) or 'none'}")
+    data, node = load_yaml(path)
+    spec = parse_model(StudySpec, data, str(path), node)
+    experiment_path = lab.experiment_path(spec.experiment)
+    cells, seen = [], set()
+    for combination in spec.combinations():
+        for seed in spec.seeds:
+            overrides = {**combination, "seed": seed}
+            try:
+                experiment, resolved = load_experiment(experiment_path, overrides)
+            except LlamalabError as exc:
+                raise LlamalabError(f"{path}: cell {overrides}: {exc}") from None
+            key = config_hash(resolved)
+            if key in seen:
+                raise LlamalabError(f"{path}: cell {overrides} repeats another cell's settings")
+            seen.add(key)
+            cells.append(Cell(overrides, resolved, key))
+    task = spec.eval.task or experiment.task
+    return Study(name, path, spec, tuple(cells), task)

@@ -1,0 +1,152 @@
+"""Studies: the study file, cells identified by their settings, resumable runs read from the records, and the
+scaling study's learning curve and crossover."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llamalab.config import LlamalabError
+from llamalab.evaluation import stats
+from llamalab.runs.record import list_runs
+from llamalab.runs.schema import Interval
+from llamalab.studies.run import cell_states, run_study
+from llamalab.studies.scaling import Crossover, SizeTest, _seed_interval, scaling_result
+from llamalab.studies.spec import load_study
+from tests.conftest import write_experiment
+
+STUDY = """kind: scaling
+experiment: tiny
+grid:
+  train_examples: [8, 16]
+seeds: [0, 1]
+eval: {limit: 12}
+comparators: {dev_limit: 8}
+"""
+
+
+def write_study(lab, name: str, text: str) -> str:
+    (lab.root / "studies").mkdir(exist_ok=True)
+    (lab.root / "studies" / f"{name}.yaml").write_text(text)
+    return name
+
+
+@pytest.fixture
+def study_lab(lab, tiny_model_dir):
+    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 2\n"
+                                  "lora: {r: 4, alpha: 8}\n")
+    write_study(lab, "tiny-scaling", STUDY)
+    return lab
+
+
+def test_study_file_errors_name_the_file_and_the_key(lab):
+    write_experiment(lab, "exp", "task: sentiment\n")
+    write_study(lab, "both", "experiment: exp\ngrid: {learning_rate: [1e-4]}\ncells: [{learning_rate: 1e-3}]\n")
+    with pytest.raises(LlamalabError, match="both.yaml.*`grid` or `cells`"):
+        load_study(lab, "both")
+    write_study(lab, "curve", "kind: scaling\nexperiment: exp\ngrid: {learning_rate: [1e-4]}\n")
+    with pytest.raises(LlamalabError, match="varies `train_examples`"):
+        load_study(lab, "curve")
+    write_study(lab, "typo", "experiment: exp\nseed: [1, 2]\n")
+    with pytest.raises(LlamalabError, match=r"typo.yaml:2: unknown key 'seed': did you mean 'seeds'"):
+        load_study(lab, "typo")
+    write_study(lab, "bad-cell", "experiment: exp\ngrid: {learning_rat: [1e-4]}\n")
+    with pytest.raises(LlamalabError, match="bad-cell.yaml: cell .*learning_rat.*did you mean 'learning_rate'"):
+        load_study(lab, "bad-cell")
+    with pytest.raises(LlamalabError, match="no study 'nothing'"):
+        load_study(lab, "nothing")
+
+
+def test_cells_are_the_grid_times_the_seeds_identified_by_their_settings(lab):
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 5\n")
+    write_study(lab, "grid", "experiment: exp\ngrid: {train_examples: [8, 16], learning_rate: [1e-4, 2e-4]}\n"
+                             "seeds: [0, 1]\n")
+    study = load_study(lab, "grid")
+    assert len(study.cells) == 8 and len({c.key for c in study.cells}) == 8
+    assert study.cells[0].label == "train_examples=8 learning_rate=1e-4 seed=0"  # as written
+    assert study.cells[0].config["max_steps"] == 5 and study.cells[0].config["seed"] == 0
+    # The key is the hash of the resolved settings: listing a default explicitly is the same cell.
+    write_study(lab, "explicit", "experiment: exp\ncells: [{train_examples: 8, learning_rate: 1e-4, lora: {r: 16}}]\n")
+    assert load_study(lab, "explicit").cells[0].key == study.cells[0].key
+    assert [s.status for s in cell_states(lab, study)] == ["pending"] * 8
+
+
+def test_seed_band_contains_the_mean_and_widens_with_seed_spread():
+    rng = np.random.default_rng(0)
+    for case in range(200):
+        n, k = int(rng.integers(5, 60)), int(rng.integers(1, 4))
+        seeds = [stats.mean_statistic(rng.random(n) < rng.uniform(0.2, 0.9)) for _ in range(k)]
+        band = _seed_interval(seeds, 300, seed=case)
+        assert band.low <= band.estimate <= band.high, (case, band)
+        assert band.estimate == pytest.approx(np.mean([s.estimate for s in seeds]))
+    same = [stats.mean_statistic(np.arange(40) % 2 == 0)] * 2
+    apart = [stats.mean_statistic(np.arange(40) % 10 == 0), stats.mean_statistic(np.arange(40) % 10 != 0)]
+    assert _seed_interval(apart, 500).high - _seed_interval(apart, 500).low > \
+        _seed_interval(same, 500).high - _seed_interval(same, 500).low
+
+
+def test_crossover_is_the_smallest_size_better_after_correction():
+    base = Interval(estimate=0.7, low=0.6, high=0.8, n=100)
+    tests = (SizeTest(25, -0.10, 0.01, 0.03, 100), SizeTest(50, 0.02, 0.4, 0.8, 100),
+             SizeTest(100, 0.08, 0.01, 0.02, 100), SizeTest(200, 0.12, 0.001, 0.004, 100))
+    crossover = Crossover("base [plain]", "r", base, tests)
+    assert crossover.size == 100  # 25 is significant but worse; 50 is better but not significantly
+    assert "from 100 training examples, between 50 (not better) and 100" in crossover.sentence()
+    never = Crossover("api [chat]", "r", base, tuple(SizeTest(s, -0.1, 0.5, 1.0, 100) for s in (25, 50)))
+    assert never.size is None and never.sentence() == "Fine-tuning does not beat api [chat] up to 50 examples."
+    first = Crossover("x", "r", base, (SizeTest(25, 0.2, 0.001, 0.002, 100),))
+    assert "already at the smallest size tried (25)" in first.sentence()
+
+
+@pytest.mark.slow
+def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
+    lab = study_lab
+    study = load_study(lab, "tiny-scaling")
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    states, comparators = run_study(lab, study, console)
+    assert [s.status for s in states] == ["finished"] * 4
+    runs = {r.id for r in list_runs(lab.runs_dir)}
+    assert len(runs) == 4 + 4 + 3 + 1  # cells: train + eval; baselines: 3 on dev, the best on test
+    assert len(comparators) == 1 and comparators[0].run.task.split == "test"
+
+    # Again: every cell and comparator is found in the records; nothing runs twice.
+    again, _ = run_study(lab, study, console)
+    assert {r.id for r in list_runs(lab.runs_dir)} == runs
+    assert [(s.train.id, s.eval.id) for s in again] == [(s.train.id, s.eval.id) for s in states]
+
+    # A cell whose evaluation is lost (a kill before it finished) is evaluated again, and only it.
+    import shutil
+
+    shutil.rmtree(states[1].eval.folder)
+    assert [s.status for s in cell_states(lab, study)] == ["finished", "trained", "finished", "finished"]
+    resumed, _ = run_study(lab, study, console)
+    assert len({r.id for r in list_runs(lab.runs_dir)} - runs) == 1
+    assert resumed[1].eval.run.metrics == states[1].eval.run.metrics  # same settings, same numbers
+
+    result = scaling_result(resumed, [(c.run.display_label, c) for c in comparators], "accuracy")
+    assert [p.size for p in result.curve] == [8, 16] and all(p.seeds == 2 for p in result.curve)
+    for point in result.curve:
+        assert point.interval.low <= point.interval.estimate <= point.interval.high
+        estimates = [s.eval.run.metrics["accuracy"].estimate for s in resumed
+                      if s.cell.overrides["train_examples"] == point.size]
+        assert point.interval.estimate == pytest.approx(np.mean(estimates))
+    [crossover] = result.crossovers
+    assert [t.size for t in crossover.tests] == [8, 16] and all(t.n == 12 for t in crossover.tests)
+    assert crossover.sentence().startswith(("Fine-tuning beats", "Fine-tuning does not beat"))
+
+    # The command line shows the same: every cell finished; the curve and the crossover sentence.
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+
+    before = {r.id for r in list_runs(lab.runs_dir)}
+    status = CliRunner().invoke(app, ["study", "status", "tiny-scaling", "--lab", str(lab.root)])
+    assert status.exit_code == 0, status.output
+    assert "4 finished" in status.stdout and resumed[1].eval.id in status.stdout
+    rerun = CliRunner().invoke(app, ["study", "run", "tiny-scaling", "--lab", str(lab.root)])
+    assert rerun.exit_code == 0, rerun.output
+    assert "4 finished (skipped), 0 to run" in rerun.output
+    assert " ".join(crossover.sentence().split()) in " ".join(rerun.stdout.split())
+    assert {r.id for r in list_runs(lab.runs_dir)} == before
