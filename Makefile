@@ -26,6 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/install-llama-server.sh $(VENV)
 	bash scripts/install-chromium.sh
+	bash scripts/install-slurm.sh
 	$(BIN)/python -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -39,3 +39,7 @@ fi
 "$PY" -m pip install --quiet "${constraints[@]}" "${wheel}[server]"
 "$PY" -c "import llama_cpp.server"
 echo "install-llama-server: llama-cpp-python $VERSION installed in $VENV" >&2
+
+# llama.cpp's HF-to-GGUF converter, from the same version's source (for `llamalab export --gguf`); kept in the
+# llamalab cache, so only the first run downloads the source package.
+"$PY" -m llamalab.export --install-converter >&2

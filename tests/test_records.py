@@ -61,15 +61,15 @@ def _saved(record: RunRecord) -> dict:
 
 
 def test_every_record_written_carries_the_schema_version(tmp_path):
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     evaluation = RunRecord.create(tmp_path, "eval", "e", {"a": 1}, **eval_fields())
     training = RunRecord.create(tmp_path, "train", "t", {"b": 2}, **train_fields())
     for record in (evaluation, training):
-        assert _saved(record)["schema_version"] == 1
+        assert _saved(record)["schema_version"] == SCHEMA_VERSION
         with record.tracking():
             record.update(throughput={"tokens_per_s": 1.5})
-            assert _saved(record)["schema_version"] == 1
-        assert _saved(record)["schema_version"] == 1 and _saved(record)["status"] == "finished"
+            assert _saved(record)["schema_version"] == SCHEMA_VERSION
+        assert _saved(record)["schema_version"] == SCHEMA_VERSION and _saved(record)["status"] == "finished"
         assert RunRecord.load(record.folder).run == record.run
     assert isinstance(evaluation.run, EvalRun) and isinstance(training.run, TrainRun)
 
@@ -109,7 +109,7 @@ def test_records_of_the_previous_format_load_and_round_trip(tmp_path, folder, mo
     original = json.loads((folder / "run.json").read_text())
     assert "schema_version" not in original  # written before the field existed
     migrated = migrate(original)
-    assert migrated["schema_version"] == 1 and "schema_version" not in original  # the input is not changed
+    assert migrated["schema_version"] == SCHEMA_VERSION and "schema_version" not in original  # the input is not changed
     assert {k: v for k, v in migrated.items() if k != "schema_version"} == original
 
     copy = tmp_path / "runs" / folder.name
@@ -118,10 +118,10 @@ def test_records_of_the_previous_format_load_and_round_trip(tmp_path, folder, mo
         (copy / path.name).write_bytes(path.read_bytes())
     before = (copy / "run.json").read_bytes(), (copy / "run.json").stat().st_mtime_ns
     record = RunRecord.load(copy)
-    assert isinstance(record.run, model) and record.run.schema_version == 1 and record.run.finished
+    assert isinstance(record.run, model) and record.run.schema_version == SCHEMA_VERSION and record.run.finished
     assert record.id == folder.name == find_run(tmp_path / "runs", folder.name[-4:]).id
     dumped = record.run.model_dump(mode="json", exclude_unset=True)
-    assert dumped.pop("schema_version") == 1
+    assert dumped.pop("schema_version") == SCHEMA_VERSION
     assert dumped == original
     assert ((copy / "run.json").read_bytes(), (copy / "run.json").stat().st_mtime_ns) == before  # never rewritten
     assert record.config == yaml.safe_load((folder / "config.yaml").read_text())

@@ -150,3 +150,24 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
     assert "4 finished (skipped), 0 to run" in rerun.output
     assert " ".join(crossover.sentence().split()) in " ".join(rerun.stdout.split())
     assert {r.id for r in list_runs(lab.runs_dir)} == before
+
+    # Published from the records alone: a report section and a site page, with the same sentence and numbers.
+    from llamalab.publish.report import build_report
+    from llamalab.publish.site import build_site
+
+    report = build_report(lab, "study")
+    markdown = (report / "README.md").read_text()
+    assert "## Study: tiny-scaling" in markdown and crossover.sentence() in markdown
+    table = (report / "tables" / "study-tiny-scaling.md").read_text()
+    for point in result.curve:
+        m = point.interval
+        assert f"| {point.size:,} | 2 | {m.estimate:.3f} | [{m.low:.3f}, {m.high:.3f}] |" in table
+    assert (report / "figures" / "study-tiny-scaling.png").is_file()
+    assert all(s.eval.id in markdown for s in resumed)
+    site = build_site(lab)
+    page = (site / "studies" / "tiny-scaling" / "index.html").read_text()
+    assert (site / "studies" / "tiny-scaling" / "curve.svg").is_file() and "curve.svg" in page
+    import html
+
+    assert html.escape(crossover.sentence(), quote=False) in page
+    assert "studies/tiny-scaling/index.html" in (site / "tasks" / "sentiment" / "index.html").read_text()

@@ -342,20 +342,28 @@ def site_serve(
 @study_app.command("run")
 def study_run(
     name: str,
-    executor: Annotated[str, typer.Option(help="local (cells one after another in this process)")] = "local",
+    executor: Annotated[str, typer.Option(
+        help="local (cells one after another in this process) or slurm (one job per cell, through submitit)")
+    ] = "local",
+    max_parallel: Annotated[int, typer.Option(help="slurm: cells running at once")] = 4,
     retry_failed: Annotated[bool, typer.Option(help="also rerun cells whose runs failed")] = False,
     lab: LabOption = None,
 ) -> None:
     """Run every unfinished cell of a study (finished ones are skipped, killed ones continue), then the comparators;
     print the cells and, for a scaling study, the learning curve and the crossovers."""
-    from llamalab.studies.run import run_study
+    from llamalab.studies.run import run_study, submit_study
     from llamalab.studies.spec import load_study
 
-    if executor != "local":
-        raise LlamalabError(f"unknown executor {executor!r}: use local")
+    if executor not in ("local", "slurm"):
+        raise LlamalabError(f"unknown executor {executor!r}: use local or slurm")
+    if max_parallel < 1:
+        raise LlamalabError("--max-parallel must be at least 1")
     the_lab = find_lab(lab)
     study = load_study(the_lab, name)
-    states, comparators = run_study(the_lab, study, console, retry_failed=retry_failed)
+    if executor == "slurm":
+        states, comparators = submit_study(the_lab, study, console, retry_failed, max_parallel)
+    else:
+        states, comparators = run_study(the_lab, study, console, retry_failed=retry_failed)
     _print_study(the_lab, study, states, comparators)
 
 

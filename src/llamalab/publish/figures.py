@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from llamalab.evaluation.compare import Comparison, SystemRow  # noqa: E402
 from llamalab.runs.files import write_bytes_atomic  # noqa: E402
+from llamalab.studies.scaling import ScalingResult  # noqa: E402
 
 # No dates, versions or random ids inside the files: the same records give the same bytes.
 _METADATA = {
@@ -123,6 +124,33 @@ def scaling(comparison: Comparison, curves: dict[str, list[tuple[int, SystemRow]
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set(xlabel="training examples (log scale)", ylabel=f"{metric} (95% CI)",
                title=f"{comparison.task}: fine-tuning data against the baselines")
+        ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def study_curve(result: ScalingResult, title: str) -> Figure:
+    """A scaling study: the fine-tunes' metric (mean over seeds, band over examples and seeds) against training
+    examples, each comparator as a line with its CI band, and a marker at each crossover."""
+    metric = result.metric
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        sizes = [p.size for p in result.curve]
+        ax.plot(sizes, [p.interval.estimate for p in result.curve], marker="o", color=_BLUE,
+                label=f"fine-tuned (mean of {max(p.seeds for p in result.curve)} seed(s))")
+        ax.fill_between(sizes, [p.interval.low for p in result.curve], [p.interval.high for p in result.curve],
+                        color=_BLUE, alpha=0.15, linewidth=0)
+        for crossover, style in zip(result.crossovers, ("--", ":", "-.", (0, (5, 1))), strict=False):
+            m = crossover.interval
+            ax.axhline(m.estimate, linestyle=style, color=_GREY, linewidth=1.2, label=_wrap(crossover.comparator, 40))
+            ax.axhspan(m.low, m.high, color=_GREY, alpha=0.08)
+            if crossover.size is not None:
+                point = next(p for p in result.curve if p.size == crossover.size)
+                ax.plot([crossover.size], [point.interval.estimate], marker="*", markersize=12, color=_ORANGE,
+                        linestyle="none")
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set(xlabel="training examples (log scale)", ylabel=f"{metric} (95% band)", title=title)
         ax.legend(fontsize=7, loc="best")
     return fig
 

@@ -21,14 +21,16 @@ from llamalab.lab import Lab
 from llamalab.publish import figures
 from llamalab.publish.methods import methods_paragraphs
 from llamalab.publish.results import (
+    StudyBoard,
     TaskBoard,
     dev_evals,
     loss_history,
     scaling_points,
+    study_boards,
     task_boards,
     train_runs,
 )
-from llamalab.publish.tables import latex_escape, latex_table, markdown_table
+from llamalab.publish.tables import latex_escape, latex_table, markdown_table, study_latex, study_markdown
 from llamalab.runs.files import staged_folder, write_json_atomic, write_text_atomic
 from llamalab.runs.record import RunRecord
 
@@ -60,6 +62,11 @@ def build_report(
             all_methods.append((board.name, methods))
             sections.append(_markdown_section(board, paths, methods))
             latex_sections.append(_latex_section(board, paths, methods))
+        for study in study_boards(lab):
+            if study.study.spec.eval.split == split and (not tasks or study.study.task in tasks):
+                markdown, latex = _write_study(out, study)
+                sections.append(markdown)
+                latex_sections.append(latex)
         draft = f"# {lab.config.name}: results draft\n\n" + _provenance(boards) + "\n".join(sections)
         write_text_atomic(out / "README.md", draft)
         write_text_atomic(out / "methods.md", "# Methods\n\n" + "\n".join(
@@ -88,6 +95,28 @@ def _write_board(out: Path, board: TaskBoard, trained: dict[str, RunRecord]) -> 
                          out / "figures" / f"loss-{run_id}", FORMATS)
             stems["loss"].append(f"figures/loss-{run_id}")
     return stems
+
+
+def _write_study(out: Path, board: StudyBoard) -> tuple[str, str]:
+    """A scaling study's table, figure and crossover sentences; returns its Markdown and LaTeX sections."""
+    stem = f"study-{board.name}"
+    write_text_atomic(out / "tables" / f"{stem}.md", study_markdown(board))
+    write_text_atomic(out / "tables" / f"{stem}.tex", study_latex(board))
+    title = f"{board.study.task}: {board.result.metric} against training examples"
+    figures.save(figures.study_curve(board.result, title), out / "figures" / stem, FORMATS)
+    finished = sum(1 for s in board.states if s.status == "finished")
+    intro = (f"{len(board.states)} cells of experiment `{board.study.spec.experiment}` ({finished} finished), "
+             f"from studies/{board.name}.yaml.")
+    sentences = " ".join(c.sentence() for c in board.result.crossovers)
+    runs = "\n".join(f"- {s.cell.label}: train {s.train.id}, eval {s.eval.id}" for s in board.states
+                      if s.status == "finished" and s.train and s.eval)
+    markdown = "\n".join([f"## Study: {board.name}\n", intro + (f" {sentences}" if sentences else "") + "\n",
+                          study_markdown(board), f"![{title}](figures/{stem}.png)\n", "Runs:\n\n" + runs + "\n"])
+    latex = (f"\\section{{Study: {latex_escape(board.name)}}}\n{latex_escape(intro)} {latex_escape(sentences)}\n"
+             f"\\input{{tables/{stem}.tex}}\n\\begin{{figure}}[t]\\centering\n"
+             f"\\includegraphics[width=0.85\\linewidth]{{figures/{stem}.pdf}}\n"
+             f"\\caption{{{latex_escape(title).capitalize()}.}}\n\\end{{figure}}\n")
+    return markdown, latex
 
 
 def _provenance(boards: list[TaskBoard]) -> str:

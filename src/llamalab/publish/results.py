@@ -14,6 +14,9 @@ from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
 from llamalab.runs.schema import EvalRun
+from llamalab.studies.run import CellState, cell_states, recorded_comparators
+from llamalab.studies.scaling import ScalingResult, scaling_result
+from llamalab.studies.spec import Study, load_study
 from llamalab.tasks.task import Task, load_task
 
 
@@ -122,3 +125,31 @@ def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str,
 
 def relative_run_path(record: RunRecord, lab_root: Path) -> str:
     return record.folder.relative_to(lab_root).as_posix()
+
+
+@dataclass
+class StudyBoard:
+    """A scaling study's result as the records hold it (cells and comparators that finished)."""
+
+    study: Study
+    states: list[CellState]
+    result: ScalingResult
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+
+def study_boards(lab: Lab) -> list[StudyBoard]:
+    """Every scaling study with at least one finished cell, from the records alone (nothing is run)."""
+    boards = []
+    for path in sorted((lab.root / "studies").glob("*.yaml")):
+        study = load_study(lab, path.stem)
+        states = cell_states(lab, study)
+        if study.spec.kind != "scaling" or not any(s.status == "finished" for s in states):
+            continue
+        task = load_task(lab.task_path(study.task), lab.root)
+        comparators = [(r.run.display_label, r) for r in recorded_comparators(lab, study)]
+        result = scaling_result(states, comparators, task.metric_names[0], task.answer.labels or None)
+        boards.append(StudyBoard(study, states, result))
+    return boards

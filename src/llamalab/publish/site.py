@@ -24,14 +24,16 @@ from llamalab.evaluation.compare import comparison_warnings, format_delta, forma
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
 from llamalab.publish.results import (
+    StudyBoard,
     TaskBoard,
     load_tasks,
     loss_history,
     relative_run_path,
     scaling_points,
+    study_boards,
     task_boards,
 )
-from llamalab.publish.tables import cost_note, format_cost, format_seconds
+from llamalab.publish.tables import cost_note, format_cost, format_seconds, study_caption, study_cells
 from llamalab.runs.files import staged_folder, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE, PREDICTIONS, RUN_FILE, TRAIN_LOG, RunRecord, list_runs
 from llamalab.tasks.checks import check_task_data
@@ -99,8 +101,11 @@ class _Builder:
         self.page("publications.html", "publications.html", "Publications",
                   publications=content.load_publications(lab.root))
         self.page("tasks/index.html", "tasks.html", "Tasks", tasks=self.tasks, boards=self.boards)
+        self.studies = study_boards(lab)
         for task in self.tasks:
             self._task(task)
+        for study in self.studies:
+            self._study(study)
         self.page("runs/index.html", "runs.html", "Runs", runs=self.runs[::-1])
         for record in self.runs:
             self._run(record)
@@ -128,11 +133,20 @@ class _Builder:
                 figures.save(figures.scaling(board.comparison, curves), self.out / folder / "scaling", ("svg",))
                 figures_.append(("scaling.svg", f"{board.metric} on {task.name} against the number of fine-tuning "
                                  "examples, with the baselines as lines"))
-        self.page(f"{folder}/index.html", "task.html", f"Task: {task.name}", task=task, board=board,
+        studies = [b for b in self.studies if b.study.task == task.name]
+        self.page(f"{folder}/index.html", "task.html", f"Task: {task.name}", task=task, board=board, studies=studies,
                   card=data_card(self.lab, task), figures=figures_)
         if board:
             self.page(f"{folder}/examples.html", "examples.html", f"{task.name}: example by example", task=task,
                       board=board, rows=drilldown_rows(task, board))
+
+    def _study(self, board: StudyBoard) -> None:
+        folder = f"studies/{board.name}"
+        alt = f"{board.result.metric} on {board.study.task} against the number of fine-tuning examples"
+        figures.save(figures.study_curve(board.result, alt), self.out / folder / "curve", ("svg",))
+        header, body = study_cells(board)
+        self.page(f"{folder}/index.html", "study.html", f"Study: {board.name}", board=board, alt=alt, header=header,
+                  body=body, caption=study_caption(board))
 
     def _run(self, record: RunRecord) -> None:
         folder = f"runs/{record.id}"

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ class RunRecord:
         run = _validated(RUN_TYPES[kind], {
             "id": f"{stamp}-{kind}-{slug}-0000", "kind": kind, "name": name, "started": now_iso(),
             "config_hash": config_hash(config), **fields, "environment": environment(runs_dir.parent),
-            "pid": os.getpid(),
+            "pid": os.getpid(), "host": socket.gethostname(),
         })
         runs_dir.mkdir(parents=True, exist_ok=True)
         while True:
@@ -206,15 +207,23 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict) -> RunRecord:
         raise LlamalabError(f"no unfinished {what} of {name!r} to resume in {runs_dir}")
     record = same[-1]
     if is_alive(record):
-        raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid})")
-    record.update(status="running", pid=os.getpid(), resumed=[*record.run.resumed, now_iso()])
+        where = f" on {record.run.host}" if record.run.host else ""
+        raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid}{where})")
+    record.update(status="running", pid=os.getpid(), host=socket.gethostname(),
+                  resumed=[*record.run.resumed, now_iso()])
     return record
 
 
 def is_alive(record: RunRecord) -> bool:
-    """Whether a run marked running is still being worked on by a live process (other than this one)."""
+    """Whether a run marked running is still being worked on by a live process (other than this one).
+
+    A run on another machine (a cluster node) cannot be checked from here: it counts as alive."""
     pid = record.run.pid
-    if record.run.status != "running" or not pid or pid == os.getpid():
+    if record.run.status != "running" or not pid:
+        return False
+    if record.run.host is not None and record.run.host != socket.gethostname():
+        return True
+    if pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)

@@ -8,6 +8,8 @@ newer llamalab fails with a message saying so instead of being misread.
 Version history:
   0  (no field) the first format; identical fields, no version.
   1  `schema_version` added.
+  2  `host`: the machine the run's process is on (with `pid`, it tells a live run on a cluster node from a
+     dead one); unknown (null) in older records.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -165,6 +167,7 @@ class RunBase(Shape):
     config_hash: str
     environment: Environment = Environment()
     pid: int | None = None
+    host: str | None = None  # the machine `pid` is on
     resumed: list[str] = []
     timings: dict[str, int | float] = {}  # seconds per stage
     throughput: dict[str, int | float] = {}
@@ -270,7 +273,9 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         raise RecordError(f"it was written by a newer llamalab (record schema {version}; this one reads up to "
                           f"{SCHEMA_VERSION}): upgrade llamalab to read it")
     if version == 0:  # the first format: the same fields, without the version
-        data = {**data, "schema_version": 1}
+        data, version = {**data, "schema_version": 1}, 1
+    if version == 1:  # the host was not recorded
+        data, version = {**data, "schema_version": 2}, 2
     return data
 
 

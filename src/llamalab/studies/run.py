@@ -18,7 +18,7 @@ from rich.markup import escape
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab, find_lab
 from llamalab.progress import progress_bar
-from llamalab.runs.record import RunRecord, find_run, is_alive, list_runs
+from llamalab.runs.record import RunRecord, find_run, is_alive, list_runs, names_run
 from llamalab.studies.spec import Cell, Study, load_study
 
 CellStatus = Literal["pending", "running", "interrupted", "failed", "trained", "finished"]
@@ -138,6 +138,79 @@ def run_study(lab: Lab, study: Study, console: Console, retry_failed: bool = Fal
         raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed (rerun with --retry-failed):\n"
                             + "\n".join(failures))
     return cell_states(lab, study), comparators
+
+
+def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = False, max_parallel: int = 4
+                 ) -> tuple[list[CellState], list[RunRecord]]:
+    """As `run_study`, with each cell a Slurm job through submitit (one job array; `max_parallel` at once), the
+    resources from the study file. A job writes the same records a local run would; this process waits for them,
+    then evaluates the comparators here."""
+    import submitit
+
+    states = cell_states(lab, study)
+    runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
+    todo = [s for s in states if s.status in runnable]
+    console.print(f"study [bold]{escape(study.name)}[/]: {len(study.cells)} cells, "
+                  f"{sum(1 for s in states if s.status == 'finished')} finished (skipped), {len(todo)} to submit")
+    failures: list[str] = []
+    if todo:
+        resources = study.spec.resources
+        executor = submitit.AutoExecutor(folder=lab.runs_dir / ".jobs" / study.name, cluster="slurm")
+        executor.update_parameters(
+            name=f"study-{study.name}", timeout_min=resources.time_min, cpus_per_task=resources.cpus,
+            mem_gb=resources.mem_gb, slurm_array_parallelism=max_parallel,
+            **({"slurm_partition": resources.partition} if resources.partition else {}),
+            **({"gpus_per_node": resources.gpus} if resources.gpus else {}),
+        )
+        jobs = executor.map_array(run_cell_job, [str(lab.root)] * len(todo), [study.name] * len(todo),
+                                  [s.cell.key for s in todo])
+        console.print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} cells, logs in "
+                      f"{executor.folder})")
+        with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells") as advance:
+            advance(len(study.cells) - len(todo))
+            for state, job in zip(todo, jobs, strict=True):
+                try:
+                    job.result()
+                except Exception as exc:  # a failed or cancelled job; the others go on
+                    failures.append(f"{state.cell.label} (job {job.job_id}): {type(exc).__name__}: "
+                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                    console.print(f"[red]cell failed[/] {escape(failures[-1])}")
+                advance(1, cell=state.cell.label)
+    comparators = comparator_evals(lab, study, console)
+    if failures:
+        raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed (rerun with --retry-failed):\n"
+                            + "\n".join(failures))
+    return cell_states(lab, study), comparators
+
+
+def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
+    """The comparators' finished evaluations as the records hold them, running nothing (for the report, the
+    site and `study status`): the baseline whose dev score was best, API models, named runs; missing ones are
+    left out."""
+    spec, options = study.spec.comparators, eval_options(study)
+    evals = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished]
+
+    def latest(system: str, **fields) -> RunRecord | None:
+        found = [r for r in evals if _evaluates(r, system, fields)]
+        return found[-1] if found else None
+
+    records = []
+    if spec.baselines:
+        model = study.cells[0].config["base_model"]
+        dev = {name: latest(model, task=study.task, split="dev", format=fmt, shots=shots, limit=spec.dev_limit)
+               for name, (fmt, shots) in BASELINES.items()}
+        if all(dev.values()):
+            metric = next(iter(next(iter(dev.values())).run.metrics))
+            best = max(dev, key=lambda name: dev[name].run.metrics[metric].estimate)
+            fmt, shots = BASELINES[best]
+            if record := latest(model, format=fmt, shots=shots, **options):
+                records.append(record)
+    for name in spec.api:
+        if record := latest(name, **{**options, "protocol": "generate"}):
+            records.append(record)
+    for ref in spec.runs:
+        records += [r for r in evals if names_run(ref, r.id)][-1:]
+    return records
 
 
 def comparator_evals(lab: Lab, study: Study, console: Console) -> list[RunRecord]:

@@ -1,0 +1,244 @@
+"""Write a Hugging Face model folder as one GGUF file (f16 or quantized) with llama.cpp's own tools.
+
+Two steps, both llama.cpp's, both run in a child process (so a crash or an abort inside them cannot take the caller
+down, and their logs stay out of the console unless they fail):
+
+1. Convert: `convert_hf_to_gguf.py`, llama.cpp's converter, from the llama.cpp source tree that llama-cpp-python's
+   sdist vendors -- the same source the installed library was built from. Its wheel does not ship the script, so
+   it is unpacked once into the cache (`python -m llamalab.export --install-converter`, or point
+   LLAMALAB_GGUF_CONVERTER at a llama.cpp checkout). f16 comes straight out of it; a quantized type starts from an
+   f32 file, because the folders hold float32 weights and quantizing them directly avoids rounding to f16 first.
+2. Quantize: `llama_model_quantize`, the C function behind the `llama-quantize` tool, through llama-cpp-python's
+   ctypes binding, with llama.cpp's default mixture for the type (e.g. q4_k_m keeps some tensors at q6_k).
+
+k-quants (q4_k_m, q5_k_m, q6_k) need rows whose length is a multiple of 256: llama.cpp quantizes any other tensor
+to a fallback type instead (q5_0, q5_1 or q8_0), so such a file is larger than its name suggests --
+`gguf_tensor_types` says what a file really holds.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from llamalab.config import LlamalabError
+
+# name -> (the converter's --outtype, the llama_ftype to quantize to; None: the converter's output is final)
+_TYPES: dict[str, tuple[str, str | None]] = {
+    "f16": ("f16", None),
+    "q8_0": ("f32", "LLAMA_FTYPE_MOSTLY_Q8_0"),
+    "q6_k": ("f32", "LLAMA_FTYPE_MOSTLY_Q6_K"),
+    "q5_k_m": ("f32", "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
+    "q4_k_m": ("f32", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
+    "q4_1": ("f32", "LLAMA_FTYPE_MOSTLY_Q4_1"),
+    "q4_0": ("f32", "LLAMA_FTYPE_MOSTLY_Q4_0"),
+}
+GGUF_TYPES: tuple[str, ...] = tuple(_TYPES)
+
+CONVERTER_ENV = "LLAMALAB_GGUF_CONVERTER"
+_SCRIPT = "convert_hf_to_gguf.py"
+# What install_converter keeps from the sdist's vendor/llama.cpp/: the script, the package it imports its model
+# classes from, the gguf-py it was written against, and llama.cpp's licence.
+_KEEP_FILES = {_SCRIPT, "LICENSE"}
+_KEEP_DIRS = ("conversion/", "gguf-py/gguf/")
+
+# Runs the converter. The script imports sentencepiece before it checks whether the folder has a tokenizer.model;
+# a folder without one (a BPE tokenizer such as SmolLM2's) never uses sentencepiece, so when it is not installed
+# that check comes first instead of an ImportError.
+_CONVERT = """
+import importlib.util, runpy, sys
+from pathlib import Path
+script = Path(sys.argv[1])
+sys.argv = sys.argv[1:]
+sys.path[:0] = [str(script.parent), str(script.parent / "gguf-py")]
+if importlib.util.find_spec("sentencepiece") is None:
+    import conversion.base as base
+    sentencepiece_vocab = base.TextModel._create_vocab_sentencepiece
+    def _needs_sentencepiece(self):
+        if not (self.dir_model / "tokenizer.model").is_file():
+            raise FileNotFoundError(self.dir_model / "tokenizer.model")
+        return sentencepiece_vocab(self)
+    base.TextModel._create_vocab_sentencepiece = _needs_sentencepiece
+runpy.run_path(str(script), run_name="__main__")
+"""
+
+_QUANTIZE = """
+import ctypes, sys, llama_cpp
+llama_cpp.llama_backend_init()
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, sys.argv[3])
+params.nthread = 0  # llama.cpp's default: every core
+sys.exit(1 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)) else 0)
+"""
+
+
+def gguf_type(quant: str) -> str:
+    """The canonical name of a GGUF type (case-insensitive), or an error naming the valid ones."""
+    name = quant.strip().lower()
+    if name not in _TYPES:
+        raise LlamalabError(f"unknown GGUF type {quant!r}: choose one of {', '.join(GGUF_TYPES)}")
+    return name
+
+
+def export_gguf(model_dir: Path, out: Path, quant: str, *, name: str | None = None) -> Path:
+    """Write the Hugging Face model folder `model_dir` as one GGUF file `out` of type `quant` (see GGUF_TYPES).
+
+    `out` appears whole or not at all: everything is written in a temporary folder next to it, then renamed.
+    `name` goes into the file's general.name (default: the file's stem). Returns `out`."""
+    quant = gguf_type(quant)
+    model_dir, out = Path(model_dir), Path(out)
+    if out.suffix.lower() != ".gguf":
+        raise LlamalabError(f"{out}: a GGUF file name must end in .gguf")
+    if out.is_dir():
+        raise LlamalabError(f"{out} is a folder: name a .gguf file")
+    if not (model_dir / "config.json").is_file():
+        raise LlamalabError(f"{model_dir} has no config.json: not a Hugging Face model folder")
+    script = find_converter()
+    outtype, ftype = _TYPES[quant]
+    if ftype is not None:
+        _llama_cpp_version()  # the quantizer: fail now, not after the conversion
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        converted = work / f"model-{outtype}.gguf"
+        _run([sys.executable, "-c", _CONVERT, str(script), str(model_dir), "--outtype", outtype,
+              "--outfile", str(converted), "--model-name", name or out.stem],
+             f"llama.cpp's converter failed on {model_dir}")
+        final = converted
+        if ftype is not None:
+            final = work / out.name
+            _run([sys.executable, "-c", _QUANTIZE, str(converted), str(final), ftype],
+                 f"llama.cpp's quantizer failed to write {quant}")
+            converted.unlink()
+        os.replace(final, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def gguf_tensor_types(path: Path) -> dict[str, int]:
+    """How many of the file's tensors are stored in each type (e.g. {'Q5_0': 166, 'F32': 61, ...}), most first."""
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for tensor in GGUFReader(str(path)).tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def converter_dir() -> Path:
+    """Where llama.cpp's converter is: $LLAMALAB_GGUF_CONVERTER (a llama.cpp checkout, or its script), or the
+    cache folder install_converter fills for the installed llama-cpp-python version."""
+    if env := os.environ.get(CONVERTER_ENV):
+        path = Path(env).expanduser()
+        return path.parent if path.name == _SCRIPT else path
+    from llamalab.models import cache_dir
+
+    return cache_dir() / "llama.cpp" / f"llama-cpp-python-{_llama_cpp_version()}"
+
+
+def find_converter() -> Path:
+    """The converter script, or an error that says how to install it."""
+    folder = converter_dir()
+    script = folder / _SCRIPT
+    if script.is_file():
+        return script
+    if os.environ.get(CONVERTER_ENV):
+        raise LlamalabError(f"{CONVERTER_ENV}={os.environ[CONVERTER_ENV]} has no {_SCRIPT}: "
+                            "point it at a llama.cpp checkout (or its convert_hf_to_gguf.py)")
+    raise LlamalabError(
+        f"GGUF export needs llama.cpp's converter ({_SCRIPT}), which llama-cpp-python's wheel does not ship: "
+        f"run `{Path(sys.executable).name} -m llamalab.export --install-converter` once (pip downloads the "
+        f"llama-cpp-python {_llama_cpp_version()} source, ~77 MB, and {folder} keeps the converter, ~2 MB), "
+        f"or set {CONVERTER_ENV} to a llama.cpp checkout"
+    )
+
+
+def install_converter(sdist: Path | None = None) -> Path:
+    """Unpack llama.cpp's converter from llama-cpp-python's sdist (downloaded by pip unless given) into the cache.
+
+    Takes the sdist of the installed llama-cpp-python version, so the converter matches the library that loads
+    and quantizes its files. Returns the converter script."""
+    from llamalab.runs.files import staged_folder
+
+    target = converter_dir()
+    if (target / _SCRIPT).is_file():
+        return target / _SCRIPT
+    version = _llama_cpp_version()
+    with tempfile.TemporaryDirectory(prefix="llamalab-sdist-") as tmp:
+        if sdist is None:
+            _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                  f"llama-cpp-python=={version}", "--dest", tmp], "pip could not download llama-cpp-python's source")
+            sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        with staged_folder(target, shared=True) as staging:
+            _unpack_converter(Path(sdist), staging)
+    return target / _SCRIPT
+
+
+def _unpack_converter(sdist: Path, dest: Path) -> None:
+    import tarfile
+
+    kept = 0
+    with tarfile.open(sdist) as archive:
+        for member in archive.getmembers():
+            parts = member.name.split("/", 1)
+            if not member.isfile() or len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
+                continue
+            relative = parts[1].removeprefix("vendor/llama.cpp/")
+            if ".." in relative.split("/") or not (relative in _KEEP_FILES or relative.startswith(_KEEP_DIRS)):
+                continue
+            path = dest / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            source = archive.extractfile(member)
+            assert source is not None
+            with source, open(path, "wb") as file:
+                shutil.copyfileobj(source, file)
+            kept += 1
+    if not (dest / _SCRIPT).is_file():
+        raise LlamalabError(f"{sdist.name} has no vendor/llama.cpp/{_SCRIPT}: not a llama-cpp-python sdist?")
+    from llamalab.tasks.data import sha256_file
+
+    (dest / "SOURCE.txt").write_text(
+        f"{kept} files of vendor/llama.cpp/ unpacked from {sdist.name} (sha256 {sha256_file(sdist)})\n")
+
+
+def _llama_cpp_version() -> str:
+    try:
+        return importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        raise LlamalabError(
+            "GGUF export needs llama-cpp-python (llama.cpp's quantizer; it also runs the files): "
+            "run scripts/install-llama-server.sh"
+        ) from None
+
+
+def _run(command: list[str], failure: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
+        raise LlamalabError(f"{failure} (exit status {done.returncode}):\n{tail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m llamalab.export",
+        description="Install llama.cpp's HF-to-GGUF converter for `llamalab export --gguf`.")
+    parser.add_argument("--install-converter", action="store_true", required=True,
+                        help="unpack it from llama-cpp-python's source (pip downloads it)")
+    parser.add_argument("--sdist", type=Path, help="use this llama_cpp_python-VERSION.tar.gz instead of downloading")
+    args = parser.parse_args(argv)
+    try:
+        print(f"converter installed: {install_converter(args.sdist)}")
+    except LlamalabError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
