@@ -171,3 +171,32 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
 
     assert html.escape(crossover.sentence(), quote=False) in page
     assert "studies/tiny-scaling/index.html" in (site / "tasks" / "sentiment" / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_model_dir):
+    from rich.console import Console
+
+    from llamalab.studies.quantization import gguf_file, recorded_quantization, run_quantization
+
+    write_study(lab, "quant", f"kind: quantization\nquantize: {{systems: ['{tiny_model_dir}'], "
+                              "types: [f16, q8_0, q4_0]}\neval: {task: sentiment, limit: 10}\n")
+    study = load_study(lab, "quant")
+    rows = run_quantization(lab, study, Console(stderr=True))
+    assert [r.type for r in rows] == ["f16", "q8_0", "q4_0"]
+    sizes = {r.type: r.size_mib for r in rows}
+    assert sizes["f16"] > sizes["q8_0"] >= sizes["q4_0"] > 0
+    for row in rows:
+        assert row.eval.run.backend.backend == "llama.cpp" and row.eval.run.task.n == 10
+        assert row.eval.config["system"] == str(gguf_file(lab, str(tiny_model_dir), row.type))
+        assert (row.delta is None) == (row.type == "f16")
+        if row.delta is not None:
+            f16 = rows[0].interval.estimate
+            assert row.delta == pytest.approx(row.interval.estimate - f16)  # same 10 examples
+            assert 0 < row.p_value <= 1
+    # Again: nothing exported or evaluated twice; the records alone give the same rows.
+    before = {r.id for r in list_runs(lab.runs_dir)}
+    again = run_quantization(lab, study, Console(stderr=True))
+    assert {r.id for r in list_runs(lab.runs_dir)} == before
+    assert [(r.eval.id, r.delta) for r in again] == [(r.eval.id, r.delta) for r in rows]
+    assert [(r.eval.id, r.delta) for r in recorded_quantization(lab, study)] == [(r.eval.id, r.delta) for r in rows]

@@ -269,18 +269,12 @@ def export(
         console.print(f"merged model written to {target}")
         return
 
-    import tempfile
     import time
 
-    from llamalab.export import export_gguf, gguf_tensor_types
+    from llamalab.export import export_loaded, gguf_tensor_types
 
     started = time.monotonic()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".merged", dir=target.parent) as merged:
-        model.save_pretrained(merged, safe_serialization=True)
-        tokenizer.save_pretrained(merged)
-        del model
-        export_gguf(Path(merged), target, gguf, name=system.label)
+    export_loaded(model, tokenizer, target, gguf, name=system.label)
     types = ", ".join(f"{count} {name}" for name, count in gguf_tensor_types(target).items())
     console.print(f"{gguf} GGUF written to {target}: {target.stat().st_size / 2**20:.1f} MiB "
                   f"in {time.monotonic() - started:.0f} s (tensors: {types})")
@@ -360,6 +354,11 @@ def study_run(
         raise LlamalabError("--max-parallel must be at least 1")
     the_lab = find_lab(lab)
     study = load_study(the_lab, name)
+    if study.spec.kind == "quantization":
+        from llamalab.studies.quantization import run_quantization
+
+        _print_quantization(study, run_quantization(the_lab, study, console))
+        return
     if executor == "slurm":
         states, comparators = submit_study(the_lab, study, console, retry_failed, max_parallel)
     else:
@@ -375,6 +374,11 @@ def study_status(name: str, lab: LabOption = None) -> None:
 
     the_lab = find_lab(lab)
     study = load_study(the_lab, name)
+    if study.spec.kind == "quantization":
+        from llamalab.studies.quantization import recorded_quantization
+
+        _print_quantization(study, recorded_quantization(the_lab, study))
+        return
     _print_study(the_lab, study, cell_states(the_lab, study))
 
 
@@ -397,6 +401,23 @@ def _print_study(lab, study, states, comparators=None) -> None:
     out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
     if comparators is not None and study.spec.kind == "scaling":
         _print_scaling(states, comparators, metric, task.answer.labels or None)
+
+
+def _print_quantization(study, rows) -> None:
+    table = Table(title=escape(f"study {study.name} (quantization): {study.task}/{study.spec.eval.split}, "
+                               "llama.cpp backend"))
+    for column in ("system", "type", "file", "metric [95% CI]", "Δ vs f16", "p", "examples/s", "eval run"):
+        table.add_column(column, justify="left" if column in ("system", "type", "eval run") else "right")
+    for row in rows:
+        m = row.interval
+        table.add_row(escape(row.system), row.type, f"{row.size_mib:.1f} MiB" if row.size_mib is not None else "gone",
+                      f"{m.estimate:.3f} [{m.low:.3f}, {m.high:.3f}]",
+                      "reference" if row.delta is None else f"{row.delta:+.3f}",
+                      "" if row.p_value is None else f"{row.p_value:.2g}",
+                      f"{row.examples_per_s:.1f}" if row.examples_per_s else "", row.eval.id)
+    out.print(table)
+    tests = sorted({row.test for row in rows if row.test})
+    out.print(f"Δ and p: {', '.join(tests) or 'no test'} against the same system's f16 file, on the examples both saw.")
 
 
 def _print_scaling(states, comparators, metric: str, labels) -> None:

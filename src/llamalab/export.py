@@ -77,6 +77,18 @@ sys.exit(1 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].e
 """
 
 
+def export_loaded(model, tokenizer, target: Path, quant: str, *, name: str | None = None) -> Path:
+    """A loaded Hugging Face model (a fine-tuned run with its LoRA merged in) as a GGUF file at `quant`: saved to a
+    temporary folder next to `target`, converted and quantized, then the folder is removed."""
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".merged", dir=target.parent) as merged:
+        model.save_pretrained(merged, safe_serialization=True)
+        tokenizer.save_pretrained(merged)
+        return export_gguf(Path(merged), target, quant, name=name)
+
+
 def gguf_type(quant: str) -> str:
     """The canonical name of a GGUF type (case-insensitive), or an error naming the valid ones."""
     name = quant.strip().lower()

@@ -45,10 +45,29 @@ class Resources(StrictModel):
     time_min: int = Field(120, ge=1)
 
 
+class Quantize(StrictModel):
+    systems: list[str] = Field(min_length=1, description="base models or finished train runs (ids or unique parts)")
+    types: list[str] = Field(["f16", "q8_0", "q4_k_m"], min_length=2, description="GGUF types; f16 is the reference")
+
+    @model_validator(mode="after")
+    def _types(self) -> Quantize:
+        from llamalab.export import GGUF_TYPES
+
+        unknown = [t for t in self.types if t.lower() not in GGUF_TYPES]
+        if unknown:
+            raise ValueError(f"unknown GGUF type(s) {', '.join(unknown)}: use {', '.join(GGUF_TYPES)}")
+        if "f16" not in [t.lower() for t in self.types]:
+            raise ValueError("list f16 among `types`: every other type is tested against it")
+        return self
+
+
 class StudySpec(StrictModel):
-    kind: Literal["scaling", "sweep"] = Field("sweep", description="scaling: training-set sizes x seeds, with the "
-                                              "learning curve and the crossover with each comparator")
-    experiment: str = Field(description="the experiment file (experiments/<name>.yaml) every cell starts from")
+    kind: Literal["scaling", "sweep", "quantization"] = Field(
+        "sweep", description="scaling: training-set sizes x seeds, with the learning curve and the crossover with "
+        "each comparator; quantization: systems exported to GGUF types, each evaluated with llama.cpp")
+    experiment: str | None = Field(None, description="the experiment file (experiments/<name>.yaml) every cell "
+                                   "starts from (not for quantization)")
+    quantize: Quantize | None = None
     grid: dict[str, list[Any]] = Field({}, description="setting -> values; cells are every combination")
     cells: list[dict[str, Any]] | None = Field(None, description="explicit cells instead of a grid")
     seeds: list[int] = Field([0], min_length=1)
@@ -58,6 +77,16 @@ class StudySpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
+        if self.kind == "quantization":
+            if self.quantize is None or self.eval.task is None:
+                raise ValueError("a quantization study needs `quantize: {systems: [...]}` and `eval: {task: ...}`")
+            if self.grid or self.cells is not None or self.experiment:
+                raise ValueError("a quantization study exports finished systems: no `experiment`, `grid` or `cells`")
+            return self
+        if self.experiment is None:
+            raise ValueError("`experiment` is required: the experiment file every cell starts from")
+        if self.quantize is not None:
+            raise ValueError("`quantize` belongs to kind: quantization")
         if self.grid and self.cells is not None:
             raise ValueError("give `grid` or `cells`, not both")
         if any(not values for values in self.grid.values()):
@@ -108,6 +137,8 @@ def load_study(lab, name: str) -> Study:
         raise LlamalabError(f"no study {name!r} ({path} does not exist); studies: {', '.join(known) or 'none'}")
     data, node = load_yaml(path)
     spec = parse_model(StudySpec, data, str(path), node)
+    if spec.experiment is None:  # quantization: no training cells
+        return Study(name, path, spec, (), str(spec.eval.task))
     experiment_path = lab.experiment_path(spec.experiment)
     cells, seen = [], set()
     for combination in spec.combinations():

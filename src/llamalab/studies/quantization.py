@@ -1,0 +1,112 @@
+"""The quantization study: what 4- and 8-bit weights cost.
+
+Each system (a base model, or a fine-tuned run with its LoRA merged in) is exported to GGUF at every type through
+llama.cpp's own converter and quantizer, and each file is evaluated with the llama.cpp backend on the same
+examples. Every type is tested against the same system's f16 file on the examples both saw (the paired test
+`compare` uses), next to its file size and speed. Files are kept in runs/.gguf/ (git-ignored) and reused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from llamalab.evaluation.metrics import paired_test
+from llamalab.lab import Lab
+from llamalab.runs.files import read_jsonl
+from llamalab.runs.record import PREDICTIONS, RunRecord, list_runs
+from llamalab.runs.schema import Interval
+from llamalab.studies.spec import Study
+
+REFERENCE = "f16"
+
+
+@dataclass(frozen=True)
+class QuantRow:
+    system: str  # as the study names it
+    type: str
+    size_mib: float | None  # None when the file is gone
+    eval: RunRecord
+    interval: Interval
+    examples_per_s: float | None
+    delta: float | None  # this type minus f16 on the examples both saw (None for f16 itself)
+    p_value: float | None
+    test: str | None
+
+
+def gguf_file(lab: Lab, system: str, quant: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", system).strip("-")[:80]
+    return lab.runs_dir / ".gguf" / f"{slug}-{quant}.gguf"
+
+
+def _eval_options(study: Study, prompt_format: str | None) -> dict:
+    spec = study.spec.eval
+    options = {"task": study.task, "split": spec.split, "limit": spec.limit, "backend": "llama.cpp",
+               "format": prompt_format}
+    if spec.protocol:
+        options["protocol"] = spec.protocol
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]:
+    """Export every system at every type (files already there are reused), evaluate each (finished evaluations
+    with the same settings are reused), and test each type against f16."""
+    from llamalab.evaluation.evaluate import evaluate
+    from llamalab.evaluation.systems import resolve_system
+    from llamalab.export import export_loaded, gguf_type
+
+    assert study.spec.quantize is not None
+    records: dict[tuple[str, str], RunRecord] = {}
+    for name in study.spec.quantize.systems:
+        system = resolve_system(lab, name)
+        loaded = None
+        for quant in (gguf_type(t) for t in study.spec.quantize.types):
+            path = gguf_file(lab, name, quant)
+            if not path.is_file():
+                console.print(f"exporting {name} as {quant} GGUF")
+                if loaded is None:
+                    loaded = system.load()
+                export_loaded(*loaded, path, quant, name=system.label)
+            options = _eval_options(study, system.trained_format)
+            records[(name, quant)] = evaluate(lab, str(path), reuse=True, console=console, **options)
+    return quant_rows(lab, study, records)
+
+
+def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
+    """The rows from the records alone (for the report and the site): files and evaluations that exist."""
+    assert study.spec.quantize is not None
+    evals = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished]
+    records = {}
+    for name in study.spec.quantize.systems:
+        for quant in study.spec.quantize.types:
+            path = str(gguf_file(lab, name, quant.lower()))
+            found = [r for r in evals if r.config.get("system") == path and r.run.task.name == study.task
+                     and r.run.task.split == study.spec.eval.split and r.config.get("limit") == study.spec.eval.limit]
+            if found:
+                records[(name, quant.lower())] = found[-1]
+    return quant_rows(lab, study, records)
+
+
+def quant_rows(lab: Lab, study: Study, records: dict[tuple[str, str], RunRecord]) -> list[QuantRow]:
+    from llamalab.tasks.task import load_task
+
+    task = load_task(lab.task_path(study.task), lab.root)
+    metric, labels = task.metric_names[0], task.answer.labels or None
+    rows = []
+    for (name, quant), record in records.items():
+        reference = records.get((name, REFERENCE))
+        delta = p_value = test = None
+        if reference is not None and reference is not record:
+            mine = {r["id"]: r for r in read_jsonl(record.folder / PREDICTIONS)}
+            theirs = {r["id"]: r for r in read_jsonl(reference.folder / PREDICTIONS)}
+            shared = sorted(mine.keys() & theirs.keys())
+            result = paired_test(metric, [mine[i] for i in shared], [theirs[i] for i in shared], labels)
+            delta, p_value, test = result.delta, result.p_value, result.test
+        path = gguf_file(lab, name, quant)
+        rows.append(QuantRow(name, quant, round(path.stat().st_size / 2**20, 1) if path.is_file() else None,
+                             record, record.run.metrics[metric], record.run.throughput.get("examples_per_s"),
+                             delta, p_value, test))
+    return rows
