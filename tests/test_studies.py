@@ -200,3 +200,67 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     assert {r.id for r in list_runs(lab.runs_dir)} == before
     assert [(r.eval.id, r.delta) for r in again] == [(r.eval.id, r.delta) for r in rows]
     assert [(r.eval.id, r.delta) for r in recorded_quantization(lab, study)] == [(r.eval.id, r.delta) for r in rows]
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from rich.console import Console
+from transformers import TrainerCallback
+from llamalab.lab import find_lab
+from llamalab.studies import run as study_run
+from llamalab.studies.spec import load_study
+from llamalab.training import trainer
+
+original, calls = trainer.train, []
+
+class KillAtCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, like a lost machine
+
+def train(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:  # the third cell dies at its first checkpoint
+        kwargs["callbacks"] = [KillAtCheckpoint()]
+    return original(*args, **kwargs)
+
+trainer.train = train
+lab = find_lab(sys.argv[1])
+study_run.run_study(lab, load_study(lab, sys.argv[2]), Console(stderr=True))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    from rich.console import Console
+
+    from llamalab.lab import init_lab
+
+    study_text = STUDY.replace("comparators: {dev_limit: 8}", "comparators: {baselines: false}")
+    labs = []
+    for name in ("killed", "clean"):
+        lab = init_lab(tmp_path / name)
+        write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 4\nsave_steps: 2\n"
+                                      "lora: {r: 4, alpha: 8}\n")
+        write_study(lab, "tiny-scaling", study_text)
+        labs.append(lab)
+    killed, clean = labs
+
+    child = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed.root), "tiny-scaling"],
+                           capture_output=True, timeout=600)
+    assert child.returncode == -9, child.stderr.decode()[-2000:]
+    study = load_study(killed, "tiny-scaling")
+    assert [s.status for s in cell_states(killed, study)] == ["finished", "finished", "interrupted", "pending"]
+
+    console = Console(stderr=True, record=True)
+    states, _ = run_study(killed, study, console)
+    assert "2 finished (skipped), 2 to run" in console.export_text()
+    interrupted = states[2].train
+    assert interrupted.run.resumed, "the killed training continued from its checkpoint, in the same run"
+    reference, _ = run_study(clean, load_study(clean, "tiny-scaling"), Console(stderr=True))
+    assert [s.cell.key for s in states] == [s.cell.key for s in reference]
+    assert [s.eval.run.metrics for s in states] == [s.eval.run.metrics for s in reference]
+    ours, theirs = scaling_result(states, [], "accuracy"), scaling_result(reference, [], "accuracy")
+    assert [p.interval for p in ours.curve] == [p.interval for p in theirs.curve]
