@@ -171,6 +171,10 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
 
     assert html.escape(crossover.sentence(), quote=False) in page
     assert "studies/tiny-scaling/index.html" in (site / "tasks" / "sentiment" / "index.html").read_text()
+    from llamalab.publish.posts import new_post
+
+    post = new_post(lab, "Scaling week").read_text()
+    assert "## Studies" in post and crossover.sentence() in post and "(4 of 4 cells finished)" in post
 
 
 @pytest.mark.slow
