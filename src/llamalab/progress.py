@@ -27,17 +27,18 @@ LINE_EVERY_S = 10.0  # a log line at least this often while a stage advances...
 LINE_PARTS = 10  # ...or each time another tenth of it is done, whichever comes first
 
 
-def new_progress(console: Console, unit: str) -> Progress:
+def new_progress(console: Console, unit: str, speed_window_s: float = 30.0) -> Progress:
     """A rich Progress in llamalab's style; each task shows `info` (e.g. loss, tokens/s) after the count.
 
-    A console that is not an interactive terminal gets a `LineProgress` instead of the live bar.
+    The ETA comes from the speed over the last `speed_window_s` seconds: long steps (a study's cells) need a long
+    window. A console that is not an interactive terminal gets a `LineProgress` instead of the live bar.
     """
     if not (console.is_interactive or console.is_jupyter):
-        return LineProgress(console, unit)
+        return LineProgress(console, unit, speed_window_s)
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-        console=console,
+        console=console, speed_estimate_period=speed_window_s,
     )
 
 
@@ -49,8 +50,9 @@ class LineProgress(Progress):
     `tail -f` on the log follows along.
     """
 
-    def __init__(self, console: Console, unit: str):
-        super().__init__(console=console, disable=True)  # rich's tracking (elapsed, speed, ETA), not its display
+    def __init__(self, console: Console, unit: str, speed_window_s: float = 30.0):
+        # rich's tracking (elapsed, speed, ETA), not its display
+        super().__init__(console=console, disable=True, speed_estimate_period=speed_window_s)
         self.unit = unit
         self._last_line: dict[TaskID, tuple[float, float]] = {}  # count and time of each task's last line
 
@@ -94,10 +96,12 @@ def _clock(seconds: float | None) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console, description: str, total: int, unit: str = "it") -> Iterator[Callable[..., None]]:
-    """Yield `advance(n, **fields)`; fields (e.g. loss=0.41) are shown after the count."""
-    with new_progress(console, unit) as progress:
-        task_id = progress.add_task(description, total=total, info="")
+def progress_bar(console: Console, description: str, total: int, unit: str = "it", speed_window_s: float = 30.0,
+                 done: int = 0) -> Iterator[Callable[..., None]]:
+    """Yield `advance(n, **fields)`; fields (e.g. loss=0.41) are shown after the count. `done` counts work finished
+    before (a resume): shown in the count, but not taken for speed, so the ETA stays honest."""
+    with new_progress(console, unit, speed_window_s) as progress:
+        task_id = progress.add_task(description, total=total, completed=done, info="")
 
         def advance(n: int = 1, **fields: object) -> None:
             info = "  ".join(f"{k} {v}" for k, v in fields.items())

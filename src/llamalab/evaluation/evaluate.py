@@ -291,8 +291,7 @@ def _predict(task: Task, prompter: Prompter, backend, examples, path, settings, 
                 "prompt": prompts[i], "gold": ex.answer, **fields}
 
     total = already + len(examples)
-    with progress_bar(console, f"eval {task.name}", total, unit="ex") as advance:
-        advance(already)
+    with progress_bar(console, f"eval {task.name}", total, unit="ex", done=already) as advance:
         started = time.perf_counter()
         if settings.protocol == "loglikelihood":
             requests = []

@@ -122,8 +122,8 @@ def run_study(lab: Lab, study: Study, console: Console, retry_failed: bool = Fal
                   f"{len(todo)} to run" + (f", {len(elsewhere)} running elsewhere" if elsewhere else "")
                   + (f", {len(left_failed)} failed (rerun with --retry-failed)" if left_failed else ""))
     failures: list[str] = []
-    with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells") as advance:
-        advance(len(study.cells) - len(todo))
+    with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells",
+                      speed_window_s=24 * 3600, done=len(study.cells) - len(todo)) as advance:
         for state in todo:
             advance(0, cell=state.cell.label)
             started = time.perf_counter()
@@ -166,8 +166,8 @@ def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = 
                                   [s.cell.key for s in todo])
         console.print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} cells, logs in "
                       f"{executor.folder})")
-        with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells") as advance:
-            advance(len(study.cells) - len(todo))
+        with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells",
+                      speed_window_s=24 * 3600, done=len(study.cells) - len(todo)) as advance:
             for state, job in zip(todo, jobs, strict=True):
                 try:
                     job.result()
