@@ -357,6 +357,10 @@ def study_run(
     if study.spec.kind == "quantization":
         from llamalab.studies.quantization import run_quantization
 
+        if executor != "local":
+            raise LlamalabError("a quantization study runs here (its exports and llama.cpp evaluations are short): "
+                                "drop --executor")
+
         _print_quantization(study, run_quantization(the_lab, study, console))
         return
     if executor == "slurm":
