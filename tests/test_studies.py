@@ -268,3 +268,52 @@ def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tmp_path, tin
     assert [s.eval.run.metrics for s in states] == [s.eval.run.metrics for s in reference]
     ours, theirs = scaling_result(states, [], "accuracy"), scaling_result(reference, [], "accuracy")
     assert [p.interval for p in ours.curve] == [p.interval for p in theirs.curve]
+
+
+def test_scaling_numbers_match_an_independent_computation_on_random_records(tmp_path):
+    """Curve points are the mean over seeds of each eval's accuracy on the shared examples; every band holds its
+    point; each crossover test's Δ is that mean minus the comparator's accuracy; Holm never lowers a p-value;
+    the crossover is the first size that is better after correction."""
+    from llamalab.runs.files import append_jsonl, read_jsonl
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.run import CellState
+    from llamalab.studies.spec import Cell
+    from tests.records import eval_fields
+
+    rng = np.random.default_rng(11)
+
+    def fake_eval(name: str, n: int, p: float) -> RunRecord:
+        record = RunRecord.create(tmp_path / "runs", "eval", name, {"system": name}, **eval_fields(label=name, n=n))
+        correct = rng.random(n) < p
+        append_jsonl(record.folder / "predictions.jsonl", [
+            {"id": f"x{i}", "gold": "positive", "prediction": "positive" if ok else "negative", "correct": bool(ok)}
+            for i, ok in enumerate(correct)])
+        record.update(status="finished")
+        return record
+
+    for case in range(6):
+        n, seeds = int(rng.integers(20, 80)), int(rng.integers(1, 4))
+        sizes = sorted(rng.choice([10, 20, 40, 80, 160], size=int(rng.integers(2, 5)), replace=False).tolist())
+        states, accuracy = [], {}
+        for size in sizes:
+            for seed in range(seeds):
+                record = fake_eval(f"c{case}-{size}-{seed}", n, min(0.95, 0.4 + size / 200))
+                cell = Cell({"train_examples": size, "seed": seed}, {}, f"{case}-{size}-{seed}")
+                states.append(CellState(cell, "finished", None, record))
+                rows = read_jsonl(record.folder / "predictions.jsonl")
+                accuracy.setdefault(size, []).append(np.mean([r["correct"] for r in rows]))
+        comparator = fake_eval(f"base{case}", n, 0.6)
+        comparator.update(metrics={"accuracy": {"estimate": 0.6, "low": 0.5, "high": 0.7, "n": n}})
+        theirs = np.mean([r["correct"] for r in read_jsonl(comparator.folder / "predictions.jsonl")])
+        result = scaling_result(states, [("base", comparator)], "accuracy", resamples=300)
+        assert [p.size for p in result.curve] == sizes
+        for point in result.curve:
+            assert point.seeds == seeds and point.interval.n == n
+            assert point.interval.estimate == pytest.approx(np.mean(accuracy[point.size]))
+            assert point.interval.low <= point.interval.estimate <= point.interval.high
+        [crossover] = result.crossovers
+        for test in crossover.tests:
+            assert test.delta == pytest.approx(np.mean(accuracy[test.size]) - theirs)
+            assert test.p_holm >= test.p_value and test.n == n
+        better = [t.size for t in crossover.tests if t.delta > 0 and t.p_holm < 0.05]
+        assert crossover.size == (better[0] if better else None)

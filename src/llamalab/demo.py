@@ -24,6 +24,7 @@ from llamalab.publish.posts import new_post
 from llamalab.publish.report import build_report
 from llamalab.publish.site import build_site
 from llamalab.runs.files import write_json_atomic
+from llamalab.studies.run import BASELINES, best_baseline  # the baseline is chosen as studies choose it
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.prompts import Prompter
@@ -33,7 +34,6 @@ from llamalab.training.trainer import train
 TASK = "sentiment"
 EXPERIMENT = "sentiment-lora"
 DEV_LIMIT = 500  # enough to pick a prompt format; selection never looks at test
-BASELINES = {"zero-shot plain": ("plain", 0), "zero-shot chat": ("chat", 0), "4-shot plain": ("plain", 4)}
 
 
 def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
                 lab, base, task=TASK, split="dev", format=fmt, shots=shots, limit=DEV_LIMIT, console=console))
             for name, (fmt, shots) in BASELINES.items()
         }
-        best = max(dev, key=lambda name: dev[name].run.metrics["accuracy"].estimate)
+        best = best_baseline(dev)
         console.print(f"Best baseline on dev: [bold]{best}[/]")
         fmt, shots = BASELINES[best]
         baseline = stage("best baseline on test", lambda: evaluate(

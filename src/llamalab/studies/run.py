@@ -107,20 +107,33 @@ def run_cell_job(lab_root: str, study_name: str, cell_key: str) -> str:
     return state.eval.id
 
 
+def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, verb: str = "run"
+                  ) -> list[CellState]:
+    """The cells a run takes on (pending, interrupted, trained; failed ones with `retry_failed`), said aloud."""
+    states = cell_states(lab, study)
+    runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
+    todo = [s for s in states if s.status in runnable]
+    skipped = sum(1 for s in states if s.status == "finished")
+    elsewhere = sum(1 for s in states if s.status == "running")
+    left_failed = sum(1 for s in states if s.status == "failed" and not retry_failed)
+    console.print(f"study [bold]{escape(study.name)}[/]: {len(study.cells)} cells, {skipped} finished (skipped), "
+                  f"{len(todo)} to {verb}" + (f", {elsewhere} running elsewhere" if elsewhere else "")
+                  + (f", {left_failed} failed (rerun with --retry-failed)" if left_failed else ""))
+    return todo
+
+
+def best_baseline(dev: dict[str, RunRecord]) -> str:
+    """The baseline (a key of BASELINES) whose dev evaluation scored highest on the task's first metric."""
+    metric = next(iter(next(iter(dev.values())).run.metrics))
+    return max(dev, key=lambda name: dev[name].run.metrics[metric].estimate)
+
+
 def run_study(lab: Lab, study: Study, console: Console, retry_failed: bool = False
               ) -> tuple[list[CellState], list[RunRecord]]:
     """Run every cell that is not finished (failed ones only with `retry_failed`) in this process, then the
     comparators; returns the cells' final states and the comparators' evaluations. Raises after every cell was
     tried if any failed."""
-    states = cell_states(lab, study)
-    runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
-    todo = [s for s in states if s.status in runnable]
-    skipped = sum(1 for s in states if s.status == "finished")
-    elsewhere = [s for s in states if s.status == "running"]
-    left_failed = [s for s in states if s.status == "failed" and not retry_failed]
-    console.print(f"study [bold]{escape(study.name)}[/]: {len(study.cells)} cells, {skipped} finished (skipped), "
-                  f"{len(todo)} to run" + (f", {len(elsewhere)} running elsewhere" if elsewhere else "")
-                  + (f", {len(left_failed)} failed (rerun with --retry-failed)" if left_failed else ""))
+    todo = _cells_to_run(lab, study, console, retry_failed)
     failures: list[str] = []
     with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells",
                       speed_window_s=24 * 3600, done=len(study.cells) - len(todo)) as advance:
@@ -147,11 +160,7 @@ def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = 
     then evaluates the comparators here."""
     import submitit
 
-    states = cell_states(lab, study)
-    runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
-    todo = [s for s in states if s.status in runnable]
-    console.print(f"study [bold]{escape(study.name)}[/]: {len(study.cells)} cells, "
-                  f"{sum(1 for s in states if s.status == 'finished')} finished (skipped), {len(todo)} to submit")
+    todo = _cells_to_run(lab, study, console, retry_failed, verb="submit")
     failures: list[str] = []
     if todo:
         resources = study.spec.resources
@@ -200,9 +209,7 @@ def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
         dev = {name: latest(model, task=study.task, split="dev", format=fmt, shots=shots, limit=spec.dev_limit)
                for name, (fmt, shots) in BASELINES.items()}
         if all(dev.values()):
-            metric = next(iter(next(iter(dev.values())).run.metrics))
-            best = max(dev, key=lambda name: dev[name].run.metrics[metric].estimate)
-            fmt, shots = BASELINES[best]
+            fmt, shots = BASELINES[best_baseline(dev)]  # type: ignore[arg-type] - none is None here
             if record := latest(model, format=fmt, shots=shots, **options):
                 records.append(record)
     for name in spec.api:
@@ -226,9 +233,7 @@ def comparator_evals(lab: Lab, study: Study, console: Console) -> list[RunRecord
             dev = {name: evaluate(lab, base, task=study.task, split="dev", format=fmt, shots=shots,
                                   limit=spec.dev_limit, reuse=True, console=console)
                    for name, (fmt, shots) in BASELINES.items()}
-            metric = next(iter(next(iter(dev.values())).run.metrics))  # the task's first metric
-            best = max(dev, key=lambda name: dev[name].run.metrics[metric].estimate)
-            fmt, shots = BASELINES[best]
+            fmt, shots = BASELINES[best_baseline(dev)]
             records.append(evaluate(lab, base, format=fmt, shots=shots, reuse=True, console=console, **options))
     for name in spec.api:
         records.append(evaluate(lab, name, reuse=True, console=console, **{**options, "protocol": "generate"}))
