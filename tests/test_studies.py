@@ -317,3 +317,45 @@ def test_scaling_numbers_match_an_independent_computation_on_random_records(tmp_
             assert test.p_holm >= test.p_value and test.n == n
         better = [t.size for t in crossover.tests if t.delta > 0 and t.p_holm < 0.05]
         assert crossover.size == (better[0] if better else None)
+
+
+def test_quantization_rows_match_an_independent_computation_on_random_records(lab):
+    """Each type's Δ is its accuracy minus the same system's f16 accuracy on the examples both saw; the interval is
+    the run's own; f16 is the reference; a file that is gone has no size (never a made-up one)."""
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.quantization import gguf_file, quant_rows
+    from tests.records import eval_fields
+
+    write_study(lab, "q", "kind: quantization\nquantize: {systems: [a, b], types: [f16, q8_0, q4_0]}\n"
+                          "eval: {task: sentiment}\n")
+    study = load_study(lab, "q")
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        records, accuracy = {}, {}
+        for system in ("a", "b"):
+            n = int(rng.integers(10, 60))
+            for quant in ("f16", "q8_0", "q4_0"):
+                record = RunRecord.create(lab.runs_dir, "eval", f"{system}-{quant}", {"q": quant},
+                                          **eval_fields(label=system, n=n))
+                ids = rng.permutation(n)[: n - int(rng.integers(0, 3))]  # a type may miss a few examples
+                correct = {f"x{i}": bool(rng.random() < rng.uniform(0.4, 0.9)) for i in ids}
+                append_jsonl(record.folder / "predictions.jsonl", [
+                    {"id": i, "gold": "positive", "prediction": "positive" if ok else "negative", "correct": ok}
+                    for i, ok in correct.items()])
+                record.update(status="finished", metrics={"accuracy": {
+                    "estimate": float(np.mean(list(correct.values()))), "low": 0.0, "high": 1.0, "n": len(ids)}})
+                records[(system, quant)], accuracy[(system, quant)] = record, correct
+        gguf_file(lab, "a", "q8_0").parent.mkdir(parents=True, exist_ok=True)
+        gguf_file(lab, "a", "q8_0").write_bytes(b"\0" * 3 * 2**20)
+        for row in quant_rows(lab, study, records):
+            mine = accuracy[(row.system, row.type)]
+            assert row.interval == records[(row.system, row.type)].run.metrics["accuracy"]
+            assert row.size_mib == (3.0 if (row.system, row.type) == ("a", "q8_0") else None)
+            if row.type == "f16":
+                assert row.delta is None and row.p_value is None
+                continue
+            f16 = accuracy[(row.system, "f16")]
+            shared = sorted(mine.keys() & f16.keys())
+            assert row.delta == pytest.approx(np.mean([mine[i] for i in shared]) - np.mean([f16[i] for i in shared]))
+            assert 0 < row.p_value <= 1 and row.test == "exact McNemar"
