@@ -145,7 +145,8 @@ def test_a_study_runs_on_slurm_and_a_cancelled_cell_completes_with_retry_failed(
     from llamalab.studies.spec import load_study
     from tests.conftest import write_experiment
 
-    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 40\n"
+    # Long enough (a few hundred tiny steps) that the canceller always finds the first cell still training.
+    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 300\n"
                                   "lora: {r: 4, alpha: 8}\nsave_steps: 5\n")
     (lab.root / "studies").mkdir(exist_ok=True)
     (lab.root / "studies" / "on-slurm.yaml").write_text(
@@ -165,7 +166,7 @@ def test_a_study_runs_on_slurm_and_a_cancelled_cell_completes_with_retry_failed(
             if running and trains:
                 run("scancel", running[0])
                 return
-            time.sleep(0.5)
+            time.sleep(0.1)
 
     canceller = threading.Thread(target=cancel_first)
     canceller.start()
