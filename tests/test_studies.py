@@ -174,7 +174,7 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
     from llamalab.publish.posts import new_post
 
     post = new_post(lab, "Scaling week").read_text()
-    assert "## Studies" in post and crossover.sentence() in post and "(4 of 4 cells finished)" in post
+    assert "## Studies" in post and crossover.sentence() in post and "4 of 4 cells finished." in post
 
 
 @pytest.mark.slow
@@ -204,6 +204,32 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     assert {r.id for r in list_runs(lab.runs_dir)} == before
     assert [(r.eval.id, r.delta) for r in again] == [(r.eval.id, r.delta) for r in rows]
     assert [(r.eval.id, r.delta) for r in recorded_quantization(lab, study)] == [(r.eval.id, r.delta) for r in rows]
+
+    # The command line, the report, the site and the weekly post show the same table and sentences.
+    import html
+
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+    from llamalab.publish.posts import new_post
+    from llamalab.publish.report import build_report
+    from llamalab.publish.results import QuantBoard
+    from llamalab.publish.site import build_site
+    from llamalab.publish.tables import quant_cells
+
+    board = QuantBoard(study, rows, "accuracy")
+    status = CliRunner().invoke(app, ["study", "status", "quant", "--lab", str(lab.root)], terminal_width=400)
+    assert status.exit_code == 0, status.output
+    assert " ".join(board.summary().split()) in " ".join(status.stdout.split())
+    markdown = (build_report(lab, "quant") / "README.md").read_text()
+    assert "## Study: quant" in markdown and board.summary() in markdown
+    for cells in quant_cells(board)[1]:
+        assert "| " + " | ".join(cells) + " |" in markdown
+        assert f"{cells[1]}: eval " in markdown
+    page = (build_site(lab) / "studies" / "quant" / "index.html").read_text()
+    assert "tradeoff.svg" in page and html.escape(board.summary(), quote=False) in page
+    assert all(f"<td class=\"r\">{html.escape(cells[3])}</td>" in page for cells in quant_cells(board)[1])
+    assert "## Studies" in new_post(lab, "Quantization week").read_text()
 
 
 KILL_SCRIPT = """
@@ -258,9 +284,13 @@ def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tmp_path, tin
     study = load_study(killed, "tiny-scaling")
     assert [s.status for s in cell_states(killed, study)] == ["finished", "finished", "interrupted", "pending"]
 
+    # The two cells left run at once, each in a process of its own (`study run --max-parallel 2`).
     console = Console(stderr=True, record=True)
-    states, _ = run_study(killed, study, console)
-    assert "2 finished (skipped), 2 to run" in console.export_text()
+    states, _ = run_study(killed, study, console, max_parallel=2)
+    said = console.export_text()
+    assert "2 finished (skipped), 2 to run" in said and "2 cells at once, 1 thread(s) each" in said
+    logs = killed.runs_dir / ".jobs" / "tiny-scaling"
+    assert {p.stem for p in logs.glob("*.log")} == {s.cell.key for s in states[2:]}
     interrupted = states[2].train
     assert interrupted.run.resumed, "the killed training continued from its checkpoint, in the same run"
     reference, _ = run_study(clean, load_study(clean, "tiny-scaling"), Console(stderr=True))

@@ -337,9 +337,11 @@ def site_serve(
 def study_run(
     name: str,
     executor: Annotated[str, typer.Option(
-        help="local (cells one after another in this process) or slurm (one job per cell, through submitit)")
+        help="local (cells on this machine) or slurm (one job per cell, through submitit)")
     ] = "local",
-    max_parallel: Annotated[int, typer.Option(help="slurm: cells running at once")] = 4,
+    max_parallel: Annotated[int | None, typer.Option(
+        help="cells at once (default: local 1, in this process; slurm 4); local cells above 1 run in processes of "
+             "their own, sharing the cores")] = None,
     retry_failed: Annotated[bool, typer.Option(help="also rerun cells whose runs failed")] = False,
     lab: LabOption = None,
 ) -> None:
@@ -350,7 +352,7 @@ def study_run(
 
     if executor not in ("local", "slurm"):
         raise LlamalabError(f"unknown executor {executor!r}: use local or slurm")
-    if max_parallel < 1:
+    if max_parallel is not None and max_parallel < 1:
         raise LlamalabError("--max-parallel must be at least 1")
     the_lab = find_lab(lab)
     study = load_study(the_lab, name)
@@ -361,12 +363,12 @@ def study_run(
             raise LlamalabError("a quantization study runs here (its exports and llama.cpp evaluations are short): "
                                 "drop --executor")
 
-        _print_quantization(study, run_quantization(the_lab, study, console))
+        _print_quantization(the_lab, study, run_quantization(the_lab, study, console))
         return
     if executor == "slurm":
-        states, comparators = submit_study(the_lab, study, console, retry_failed, max_parallel)
+        states, comparators = submit_study(the_lab, study, console, retry_failed, max_parallel or 4)
     else:
-        states, comparators = run_study(the_lab, study, console, retry_failed=retry_failed)
+        states, comparators = run_study(the_lab, study, console, retry_failed, max_parallel or 1)
     _print_study(the_lab, study, states, comparators)
 
 
@@ -381,7 +383,7 @@ def study_status(name: str, lab: LabOption = None) -> None:
     if study.spec.kind == "quantization":
         from llamalab.studies.quantization import recorded_quantization
 
-        _print_quantization(study, recorded_quantization(the_lab, study))
+        _print_quantization(the_lab, study, recorded_quantization(the_lab, study))
         return
     _print_study(the_lab, study, cell_states(the_lab, study))
 
@@ -407,21 +409,22 @@ def _print_study(lab, study, states, comparators=None) -> None:
         _print_scaling(states, comparators, metric, task.answer.labels or None)
 
 
-def _print_quantization(study, rows) -> None:
+def _print_quantization(lab, study, rows) -> None:
+    """The same table and sentences as the report and the site (publish/tables.py)."""
+    from llamalab.publish.results import QuantBoard
+    from llamalab.publish.tables import quant_caption, quant_cells
+    from llamalab.tasks.task import load_task
+
+    board = QuantBoard(study, rows, load_task(lab.task_path(study.task), lab.root).metric_names[0])
+    header, body = quant_cells(board)
     table = Table(title=escape(f"study {study.name} (quantization): {study.task}/{study.spec.eval.split}, "
-                               "llama.cpp backend"))
-    for column in ("system", "type", "file", "metric [95% CI]", "Δ vs f16", "p", "examples/s", "eval run"):
-        table.add_column(column, justify="left" if column in ("system", "type", "eval run") else "right")
-    for row in rows:
-        m = row.interval
-        table.add_row(escape(row.system), row.type, f"{row.size_mib:.1f} MiB" if row.size_mib is not None else "gone",
-                      f"{m.estimate:.3f} [{m.low:.3f}, {m.high:.3f}]",
-                      "reference" if row.delta is None else f"{row.delta:+.3f}",
-                      "" if row.p_value is None else f"{row.p_value:.2g}",
-                      f"{row.examples_per_s:.1f}" if row.examples_per_s else "", row.eval.id)
+                               "llama.cpp backend"), caption=escape(quant_caption(board)))
+    for column in [*header, "eval run"]:
+        table.add_column(escape(column), justify="left" if column in ("System", "Type", "eval run") else "right")
+    for cells, row in zip(body, rows, strict=True):
+        table.add_row(*(escape(c) for c in cells), row.eval.id)
     out.print(table)
-    tests = sorted({row.test for row in rows if row.test})
-    out.print(f"Δ and p: {', '.join(tests) or 'no test'} against the same system's f16 file, on the examples both saw.")
+    out.print(escape(board.summary()))
 
 
 def _print_scaling(states, comparators, metric: str, labels) -> None:

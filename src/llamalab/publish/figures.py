@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from llamalab.evaluation.compare import Comparison, SystemRow  # noqa: E402
 from llamalab.runs.files import write_bytes_atomic  # noqa: E402
+from llamalab.studies.quantization import QuantRow  # noqa: E402
 from llamalab.studies.scaling import ScalingResult  # noqa: E402
 
 # No dates, versions or random ids inside the files: the same records give the same bytes.
@@ -151,6 +152,27 @@ def study_curve(result: ScalingResult, title: str) -> Figure:
         ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set(xlabel="training examples (log scale)", ylabel=f"{metric} (95% band)", title=title)
+        ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def quant_tradeoff(rows: list[QuantRow], metric: str, title: str) -> Figure:
+    """A quantization study: each system's metric (95% CI) against its GGUF file size, one line per system through
+    its types, each point labelled with its type."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        systems = list(dict.fromkeys(row.system for row in rows))
+        for system, color in zip(systems, (_BLUE, _ORANGE, _GREY, "#16a34a", "#9333ea"), strict=False):
+            points = sorted((r for r in rows if r.system == system and r.size_mib is not None),
+                            key=lambda r: r.size_mib)
+            m = [r.interval for r in points]
+            ax.errorbar([r.size_mib for r in points], [x.estimate for x in m],
+                        yerr=[[x.estimate - x.low for x in m], [x.high - x.estimate for x in m]],
+                        marker="o", capsize=3, color=color, label=_wrap(system, 40))
+            for row in points:
+                ax.annotate(row.type, (row.size_mib, row.interval.estimate), textcoords="offset points",
+                            xytext=(5, 5), fontsize=7, color=color)
+        ax.set(xlabel="GGUF file size (MiB)", ylabel=f"{metric} (95% CI)", title=title)
         ax.legend(fontsize=7, loc="best")
     return fig
 

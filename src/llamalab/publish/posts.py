@@ -18,7 +18,7 @@ from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import format_interval, format_p
 from llamalab.lab import Lab
 from llamalab.publish.content import load_posts
-from llamalab.publish.results import StudyBoard, TaskBoard, study_boards, task_boards
+from llamalab.publish.results import QuantBoard, StudyBoard, TaskBoard, study_boards, task_boards
 from llamalab.runs.files import write_text_atomic
 from llamalab.runs.record import RunRecord, list_runs
 from llamalab.runs.schema import EvalRun, TrainRun
@@ -40,7 +40,7 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
     changed_tasks = [b for b in now_boards if any(row.run in new_ids for row in b.rows)]
     for board in changed_tasks:
         body.append(_task_section(board, before.get(board.name), new_ids))
-    if studies := [b for b in study_boards(lab) if any(s.eval and s.eval.id in new_ids for s in b.states)]:
+    if studies := [b for b in study_boards(lab) if new_ids & set(b.runs)]:
         body.append("## Studies\n\n" + "\n".join(_study_line(b) for b in studies) + "\n")
     if trained := [r for r in new if isinstance(r.run, TrainRun)]:
         body.append("## Training runs\n\n" + "\n".join(_train_line(r) for r in trained) + "\n")
@@ -114,11 +114,8 @@ def _train_line(record: RunRecord) -> str:
             f"— [run](../runs/{record.id}/)")
 
 
-def _study_line(board: StudyBoard) -> str:
-    finished = sum(1 for s in board.states if s.status == "finished")
-    sentences = " ".join(c.sentence() for c in board.result.crossovers) or "No comparator has finished yet."
-    return (f"- {board.name} ({finished} of {len(board.states)} cells finished): {sentences} "
-            f"— [study](../studies/{board.name}/)")
+def _study_line(board: StudyBoard | QuantBoard) -> str:
+    return f"- {board.name} ({board.study.spec.kind}): {board.summary()} — [study](../studies/{board.name}/)"
 
 
 def _dev_line(record: RunRecord) -> str:

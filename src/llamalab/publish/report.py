@@ -21,6 +21,7 @@ from llamalab.lab import Lab
 from llamalab.publish import figures
 from llamalab.publish.methods import methods_paragraphs
 from llamalab.publish.results import (
+    QuantBoard,
     StudyBoard,
     TaskBoard,
     dev_evals,
@@ -30,7 +31,15 @@ from llamalab.publish.results import (
     task_boards,
     train_runs,
 )
-from llamalab.publish.tables import latex_escape, latex_table, markdown_table, study_latex, study_markdown
+from llamalab.publish.tables import (
+    latex_escape,
+    latex_table,
+    markdown_table,
+    quant_latex,
+    quant_markdown,
+    study_latex,
+    study_markdown,
+)
 from llamalab.runs.files import staged_folder, write_json_atomic, write_text_atomic
 from llamalab.runs.record import RunRecord
 
@@ -97,22 +106,31 @@ def _write_board(out: Path, board: TaskBoard, trained: dict[str, RunRecord]) -> 
     return stems
 
 
-def _write_study(out: Path, board: StudyBoard) -> tuple[str, str]:
-    """A scaling study's table, figure and crossover sentences; returns its Markdown and LaTeX sections."""
+def _write_study(out: Path, board: StudyBoard | QuantBoard) -> tuple[str, str]:
+    """A study's table, figure and summary sentences; returns its Markdown and LaTeX sections."""
     stem = f"study-{board.name}"
-    write_text_atomic(out / "tables" / f"{stem}.md", study_markdown(board))
-    write_text_atomic(out / "tables" / f"{stem}.tex", study_latex(board))
-    title = f"{board.study.task}: {board.result.metric} against training examples"
-    figures.save(figures.study_curve(board.result, title), out / "figures" / stem, FORMATS)
-    finished = sum(1 for s in board.states if s.status == "finished")
-    intro = (f"{len(board.states)} cells of experiment `{board.study.spec.experiment}` ({finished} finished), "
-             f"from studies/{board.name}.yaml.")
-    sentences = " ".join(c.sentence() for c in board.result.crossovers)
-    runs = "\n".join(f"- {s.cell.label}: train {s.train.id}, eval {s.eval.id}" for s in board.states
-                      if s.status == "finished" and s.train and s.eval)
-    markdown = "\n".join([f"## Study: {board.name}\n", intro + (f" {sentences}" if sentences else "") + "\n",
-                          study_markdown(board), f"![{title}](figures/{stem}.png)\n", "Runs:\n\n" + runs + "\n"])
-    latex = (f"\\section{{Study: {latex_escape(board.name)}}}\n{latex_escape(intro)} {latex_escape(sentences)}\n"
+    if isinstance(board, QuantBoard):
+        table_md, table_tex = quant_markdown(board), quant_latex(board)
+        title = f"{board.study.task}: {board.metric} against GGUF file size"
+        figure = figures.quant_tradeoff(board.rows, board.metric, title)
+        intro = (f"{len(board.rows)} evaluations of {len(board.study.spec.quantize.systems)} system(s) exported to "
+                 f"GGUF, from studies/{board.name}.yaml.")
+        runs = "\n".join(f"- {row.system} {row.type}: eval {row.eval.id}" for row in board.rows)
+    else:
+        table_md, table_tex = study_markdown(board), study_latex(board)
+        title = f"{board.study.task}: {board.result.metric} against training examples"
+        figure = figures.study_curve(board.result, title)
+        intro = (f"{len(board.states)} cells of experiment `{board.study.spec.experiment}`, from "
+                 f"studies/{board.name}.yaml.")
+        runs = "\n".join(f"- {s.cell.label}: train {s.train.id}, eval {s.eval.id}" for s in board.states
+                          if s.status == "finished" and s.train and s.eval)
+    write_text_atomic(out / "tables" / f"{stem}.md", table_md)
+    write_text_atomic(out / "tables" / f"{stem}.tex", table_tex)
+    figures.save(figure, out / "figures" / stem, FORMATS)
+    summary = board.summary()
+    markdown = "\n".join([f"## Study: {board.name}\n", f"{intro} {summary}\n", table_md,
+                          f"![{title}](figures/{stem}.png)\n", "Runs:\n\n" + runs + "\n"])
+    latex = (f"\\section{{Study: {latex_escape(board.name)}}}\n{latex_escape(intro)} {latex_escape(summary)}\n"
              f"\\input{{tables/{stem}.tex}}\n\\begin{{figure}}[t]\\centering\n"
              f"\\includegraphics[width=0.85\\linewidth]{{figures/{stem}.pdf}}\n"
              f"\\caption{{{latex_escape(title).capitalize()}.}}\n\\end{{figure}}\n")

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamalab.evaluation.compare import Comparison, Entry, SystemRow, latest_evals, rank, refers_to
+from llamalab.evaluation.compare import Comparison, Entry, SystemRow, format_p, latest_evals, rank, refers_to
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
 from llamalab.runs.schema import EvalRun
+from llamalab.studies.quantization import REFERENCE, QuantRow, recorded_quantization
 from llamalab.studies.run import CellState, cell_states, recorded_comparators
 from llamalab.studies.scaling import ScalingResult, scaling_result
 from llamalab.studies.spec import Study, load_study
@@ -139,17 +140,61 @@ class StudyBoard:
     def name(self) -> str:
         return self.study.name
 
+    @property
+    def runs(self) -> list[str]:
+        return [r.id for s in self.states for r in (s.train, s.eval) if r is not None]
 
-def study_boards(lab: Lab) -> list[StudyBoard]:
-    """Every scaling study with at least one finished cell, from the records alone (nothing is run)."""
-    boards = []
+    def summary(self) -> str:
+        finished = sum(1 for s in self.states if s.status == "finished")
+        sentences = " ".join(c.sentence() for c in self.result.crossovers) or "No comparator has finished yet."
+        return f"{finished} of {len(self.states)} cells finished. {sentences}"
+
+
+@dataclass
+class QuantBoard:
+    """A quantization study's rows as the records hold them (evaluations that finished)."""
+
+    study: Study
+    rows: list[QuantRow]
+    metric: str
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    @property
+    def runs(self) -> list[str]:
+        return [row.eval.id for row in self.rows]
+
+    def summary(self) -> str:
+        """Per system, what each smaller type costs against its f16 file."""
+        parts = []
+        for row in self.rows:
+            reference = next((r for r in self.rows if r.system == row.system and r.type == REFERENCE), None)
+            if row.delta is None or reference is None:
+                continue
+            size = (f" at {row.size_mib / reference.size_mib:.0%} of its size"
+                    if row.size_mib is not None and reference.size_mib else "")
+            parts.append(f"{row.system} {row.type}: {row.delta:+.3f} {self.metric} against f16{size} "
+                         f"(p {format_p(row.p_value)})")
+        return ("; ".join(parts) + ".") if parts else "No type has been tested against f16 yet."
+
+
+def study_boards(lab: Lab) -> list[StudyBoard | QuantBoard]:
+    """Every scaling study with a finished cell and every quantization study with a finished evaluation, from the
+    records alone (nothing is run)."""
+    boards: list[StudyBoard | QuantBoard] = []
     for path in sorted((lab.root / "studies").glob("*.yaml")):
         study = load_study(lab, path.stem)
+        task = load_task(lab.task_path(study.task), lab.root)
+        metric, labels = task.metric_names[0], task.answer.labels or None
+        if study.spec.kind == "quantization":
+            if rows := recorded_quantization(lab, study):
+                boards.append(QuantBoard(study, rows, metric))
+            continue
         states = cell_states(lab, study)
         if study.spec.kind != "scaling" or not any(s.status == "finished" for s in states):
             continue
-        task = load_task(lab.task_path(study.task), lab.root)
         comparators = [(r.run.display_label, r) for r in recorded_comparators(lab, study)]
-        result = scaling_result(states, comparators, task.metric_names[0], task.answer.labels or None)
-        boards.append(StudyBoard(study, states, result))
+        boards.append(StudyBoard(study, states, scaling_result(states, comparators, metric, labels)))
     return boards

@@ -24,6 +24,7 @@ from llamalab.evaluation.compare import comparison_warnings, format_delta, forma
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
 from llamalab.publish.results import (
+    QuantBoard,
     StudyBoard,
     TaskBoard,
     load_tasks,
@@ -33,7 +34,15 @@ from llamalab.publish.results import (
     study_boards,
     task_boards,
 )
-from llamalab.publish.tables import cost_note, format_cost, format_seconds, study_caption, study_cells
+from llamalab.publish.tables import (
+    cost_note,
+    format_cost,
+    format_seconds,
+    quant_caption,
+    quant_cells,
+    study_caption,
+    study_cells,
+)
 from llamalab.runs.files import staged_folder, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE, PREDICTIONS, RUN_FILE, TRAIN_LOG, RunRecord, list_runs
 from llamalab.tasks.checks import check_task_data
@@ -140,8 +149,16 @@ class _Builder:
             self.page(f"{folder}/examples.html", "examples.html", f"{task.name}: example by example", task=task,
                       board=board, rows=drilldown_rows(task, board))
 
-    def _study(self, board: StudyBoard) -> None:
+    def _study(self, board: StudyBoard | QuantBoard) -> None:
         folder = f"studies/{board.name}"
+        if isinstance(board, QuantBoard):
+            alt = f"{board.metric} on {board.study.task} of each system against its GGUF file size, with 95% CIs"
+            figures.save(figures.quant_tradeoff(board.rows, board.metric, alt), self.out / folder / "tradeoff",
+                         ("svg",))
+            header, body = quant_cells(board)
+            self.page(f"{folder}/index.html", "quant_study.html", f"Study: {board.name}", board=board, alt=alt,
+                      header=header, body=body, caption=quant_caption(board))
+            return
         alt = f"{board.result.metric} on {board.study.task} against the number of fine-tuning examples"
         figures.save(figures.study_curve(board.result, alt), self.out / folder / "curve", ("svg",))
         header, body = study_cells(board)

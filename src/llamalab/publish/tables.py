@@ -13,7 +13,7 @@ from llamalab.evaluation.compare import (
     reference_cell,
     reference_name,
 )
-from llamalab.publish.results import StudyBoard, TaskBoard
+from llamalab.publish.results import QuantBoard, StudyBoard, TaskBoard
 
 
 def format_cost(value: float | None, basis: str | None = None) -> str:
@@ -100,6 +100,33 @@ def study_markdown(board: StudyBoard) -> str:
 
 def study_latex(board: StudyBoard) -> str:
     return _latex(*study_cells(board), study_caption(board), f"study-{board.name}")
+
+
+def quant_cells(board: QuantBoard) -> tuple[list[str], list[list[str]]]:
+    """A quantization study: one row per system and GGUF type, each tested against the same system's f16 file."""
+    header = ["System", "Type", "File (MiB)", f"{board.metric} [95% CI]", "Δ vs f16", "p", "examples / s", "n"]
+    body = [[row.system, row.type, "gone" if row.size_mib is None else f"{row.size_mib:,.1f}",
+             format_interval(row.interval), "reference" if row.delta is None else f"{row.delta:+.3f}",
+             format_p(row.p_value), "–" if not row.examples_per_s else f"{row.examples_per_s:.1f}",
+             str(row.interval.n)] for row in board.rows]
+    return header, body
+
+
+def quant_caption(board: QuantBoard) -> str:
+    spec = board.study.spec
+    tests = ", ".join(sorted({row.test for row in board.rows if row.test})) or "no test yet"
+    return (f"Study {board.name}: {board.metric} on {board.study.task}/{spec.eval.split} of each system exported "
+            "to GGUF by llama.cpp's converter and quantizer and evaluated with the llama.cpp backend on the same "
+            "examples. "
+            f"Δ and p: this type minus the same system's f16 file on the examples both saw ({tests}).")
+
+
+def quant_markdown(board: QuantBoard) -> str:
+    return _markdown(*quant_cells(board), quant_caption(board))
+
+
+def quant_latex(board: QuantBoard) -> str:
+    return _latex(*quant_cells(board), quant_caption(board), f"study-{board.name}")
 
 
 def _markdown(header: list[str], body: list[list[str]], text: str) -> str:

@@ -128,29 +128,76 @@ def best_baseline(dev: dict[str, RunRecord]) -> str:
     return max(dev, key=lambda name: dev[name].run.metrics[metric].estimate)
 
 
-def run_study(lab: Lab, study: Study, console: Console, retry_failed: bool = False
+def run_study(lab: Lab, study: Study, console: Console, retry_failed: bool = False, max_parallel: int = 1
               ) -> tuple[list[CellState], list[RunRecord]]:
-    """Run every cell that is not finished (failed ones only with `retry_failed`) in this process, then the
-    comparators; returns the cells' final states and the comparators' evaluations. Raises after every cell was
-    tried if any failed."""
+    """Run every cell that is not finished (failed ones only with `retry_failed`), then the comparators; returns
+    the cells' final states and the comparators' evaluations. Raises after every cell was tried if any failed.
+
+    With `max_parallel` 1 the cells run one after another in this process; with more, that many at once, each in a
+    process of its own with the machine's cores shared out and its output in runs/.jobs/<study>/<cell key>.log."""
     todo = _cells_to_run(lab, study, console, retry_failed)
     failures: list[str] = []
     with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells",
                       speed_window_s=24 * 3600, done=len(study.cells) - len(todo)) as advance:
-        for state in todo:
-            advance(0, cell=state.cell.label)
-            started = time.perf_counter()
-            try:
-                run_cell(lab, study, state.cell, console)
-            except Exception as exc:  # one failed cell never blocks the others; its records say what happened
-                failures.append(f"{state.cell.label}: {type(exc).__name__}: {exc}")
-                console.print(f"[red]cell failed[/] {escape(failures[-1])}")
-            advance(1, cell=f"{state.cell.label} ({time.perf_counter() - started:.0f} s)")
+        if max_parallel > 1 and len(todo) > 1:
+            failures = _run_in_processes(lab, study, todo, console, max_parallel, advance)
+        else:
+            for state in todo:
+                advance(0, cell=state.cell.label)
+                started = time.perf_counter()
+                try:
+                    run_cell(lab, study, state.cell, console)
+                except Exception as exc:  # one failed cell never blocks the others; its records say what happened
+                    failures.append(f"{state.cell.label}: {type(exc).__name__}: {exc}")
+                    console.print(f"[red]cell failed[/] {escape(failures[-1])}")
+                advance(1, cell=f"{state.cell.label} ({time.perf_counter() - started:.0f} s)")
     comparators = comparator_evals(lab, study, console)
     if failures:
         raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed (rerun with --retry-failed):\n"
                             + "\n".join(failures))
     return cell_states(lab, study), comparators
+
+
+def _run_in_processes(lab: Lab, study: Study, todo: list[CellState], console: Console, max_parallel: int,
+                      advance) -> list[str]:
+    """`todo` with `max_parallel` worker processes; returns the failures."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    logs = lab.runs_dir / ".jobs" / study.name
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // max_parallel)
+    console.print(f"{min(max_parallel, len(todo))} cells at once, {threads} thread(s) each; logs in {logs}")
+    failures = []
+    # spawn, not fork: a forked child would inherit this process's torch threads and locks
+    with ProcessPoolExecutor(max_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_cell_process, str(lab.root), study.name, s.cell.key, str(logs / f"{s.cell.key}.log"),
+                               threads): s for s in todo}
+        for future in as_completed(futures):
+            state = futures[future]
+            try:
+                future.result()
+            except Exception as exc:  # one failed cell never blocks the others; its records say what happened
+                failures.append(f"{state.cell.label}: {type(exc).__name__}: {exc} (log: {logs / state.cell.key}.log)")
+                console.print(f"[red]cell failed[/] {escape(failures[-1])}")
+            advance(1, cell=state.cell.label)
+    return failures
+
+
+def _cell_process(lab_root: str, study_name: str, cell_key: str, log: str, threads: int) -> str:
+    """One cell in a worker process: its output (Python's and the libraries') goes to `log`."""
+    import os
+    import sys
+
+    import torch
+
+    torch.set_num_threads(threads)
+    with open(log, "a", buffering=1) as stream:
+        os.dup2(stream.fileno(), 1)
+        os.dup2(stream.fileno(), 2)
+        sys.stdout = sys.stderr = stream
+        return run_cell_job(lab_root, study_name, cell_key)
 
 
 def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = False, max_parallel: int = 4
