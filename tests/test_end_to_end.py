@@ -37,6 +37,9 @@ def test_embedded_model_learns_and_records_are_complete(lab):
     assert data["environment"]["git"].keys() == {"commit", "dirty"}
     assert (record.folder / "config.yaml").is_file()
     assert (record.folder / "adapter" / "adapter_config.json").is_file()
+    memory = record.run.memory  # the plan made before training against what training used
+    assert not memory.activation_checkpointing and memory.measured_mb
+    assert abs(memory.predicted_mb - memory.measured_mb) <= 0.25 * memory.measured_mb, memory
 
     eval_id = run("eval", run_id, "--task", "sentiment", "--limit", "40", "--lab", root)
     evaluation = find_run(lab.runs_dir, eval_id)

@@ -161,6 +161,54 @@ def train(
     out.print(record.id)
 
 
+@app.command()
+def plan(
+    experiment: str,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. batch_size=16")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda, or a GPU's memory (24GB, 80GB); default: this machine")] = None,
+    lab: LabOption = None,
+) -> None:
+    """Predict a training run's peak memory and time per epoch on a device, and the activation checkpointing
+    it would choose; then how the plan compared with what the lab's past runs used."""
+    from llamalab.config import parse_overrides
+    from llamalab.training.plan import past_runs, plan_run
+
+    the_lab = find_lab(lab)
+    result = plan_run(the_lab, experiment, device, **parse_overrides(overrides or []))
+    table = Table(title=escape(f"memory plan: {experiment} on {result.device}"))
+    table.add_column("part")
+    table.add_column("MiB", justify="right")
+    table.add_column("what")
+    notes = {"weights": "parameters at the training precision", "trainable": "trainable weights, gradients, AdamW",
+             "activations": f"kept for the backward pass ({result.tokens_per_batch:,} tokens, largest micro-batch)",
+             "checkpointed": "the same with activation checkpointing",
+             "logits": "output layer at the answer tokens", "workspace": "CPU matmul library's weight copies",
+             "load": "peak while loading"}
+    for part, mib in result.components.items():
+        table.add_row(part, f"{mib:,.1f}", notes.get(part, ""))
+    out.print(table)
+    out.print(f"peak: {result.peak(False):,.0f} MiB without activation checkpointing, {result.peak(True):,.0f} MiB "
+              f"with it; {result.budget_mb:,.0f} MiB usable. Activation checkpointing "
+              f"{'on' if result.checkpointing else 'off'}: {escape(result.reason)}.")
+    if result.seconds_per_epoch is not None:
+        out.print(f"time: {result.seconds_per_epoch:,.0f} s per epoch ({result.steps_per_epoch} steps) at "
+                  f"{result.efficiency:.0%} of {result.matmul_tflops:,.3g} TFLOP/s ({escape(result.efficiency_source)})"
+                  f"; {result.flops_per_token / 1e9:,.2f} GFLOP per token")
+    past = past_runs(the_lab)
+    if past:
+        history = Table(title="the plan against the lab's past runs")
+        for column in ("run", "device", "predicted MiB", "measured MiB", "error", "predicted s/epoch",
+                       "measured s/epoch"):
+            history.add_column(column, justify="left" if column in ("run", "device") else "right")
+        for row in past:
+            history.add_row(row.id, escape(row.device), f"{row.predicted_mb:,.0f}", f"{row.measured_mb:,.0f}",
+                            f"{row.memory_error:+.0%}", f"{row.predicted_s_per_epoch:,.0f}"
+                            if row.predicted_s_per_epoch else "–",
+                            f"{row.measured_s_per_epoch:,.0f}" if row.measured_s_per_epoch else "–")
+        out.print(history)
+
+
 @app.command("eval")
 def evaluate(
     system: Annotated[str, typer.Argument(help="a base model (name, folder or hub id) or a train run id")],

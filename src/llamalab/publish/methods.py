@@ -279,6 +279,8 @@ def _training(record: RunRecord, task: str) -> str:
         clauses.append(f"training seed {config['seed']}")
     if run.precision:
         clauses.append(f"{run.precision} precision")
+    if run.memory is not None and run.memory.activation_checkpointing:
+        clauses.append("activation checkpointing")
     clauses.append("loss on the answer tokens only")  # the trainer masks every prompt token, always
     clauses.append(f"{run.prompt.format} prompt format")
     text = f"Fine-tuned system {record.id}: " + ", ".join(c for c in clauses if c) + "."
@@ -325,7 +327,7 @@ def _method(config: dict) -> str | None:
     method = config.get("method")
     if method == "full":
         return "full fine-tuning of every weight"
-    if method != "lora":
+    if method not in ("lora", "qlora"):
         return None
     lora = config.get("lora") or {}
     targets = lora.get("target_modules")
@@ -333,7 +335,9 @@ def _method(config: dict) -> str | None:
     parts = [f"rank {lora['r']}" if "r" in lora else None, f"alpha {lora['alpha']}" if "alpha" in lora else None,
              f"dropout {_num(lora['dropout'])}" if "dropout" in lora else None,
              f"on {targets} layers" if targets else None]
-    return "LoRA (" + ", ".join(p for p in parts if p) + ")" if any(parts) else "LoRA"
+    name = "LoRA" if method == "lora" else ("QLoRA: LoRA on the base model quantized to 4-bit NF4 with double "
+                                             "quantization and bfloat16 compute (bitsandbytes)")
+    return f"{name} (" + ", ".join(p for p in parts if p) + ")" if any(parts) else name
 
 
 def _training_data(used: DataUsed | None, config: dict, other_task: str | None) -> str | None:

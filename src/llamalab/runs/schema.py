@@ -10,6 +10,8 @@ Version history:
   1  `schema_version` added.
   2  `host`: the machine the run's process is on (with `pid`, it tells a live run on a cluster node from a
      dead one); unknown (null) in older records.
+  3  a train run's `memory`: the plan's predicted peak, the measured one and the activation checkpointing
+     decision; absent (null) in older records.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -245,6 +247,18 @@ class DataUsed(Shape):
     tokens_per_epoch: int | None = None
 
 
+class MemoryUse(Shape):
+    """What `llamalab plan` predicted for the run and what it used (MiB; see training/plan.py for the parts)."""
+
+    device: str
+    predicted_mb: float
+    measured_mb: float | None = None
+    activation_checkpointing: bool
+    reason: str
+    predicted_s_per_epoch: float | None = None
+    flops_per_token: float | None = None  # model FLOPs per trained token (4 P for LoRA, 6 P for a full fine-tune)
+
+
 class TrainRun(RunBase):
     kind: Literal["train"] = "train"
     experiment: str
@@ -254,6 +268,7 @@ class TrainRun(RunBase):
     metrics: TrainMetrics | None = None
     data_used: DataUsed | None = None
     precision: str | None = None
+    memory: MemoryUse | None = None
 
 
 Run = Annotated[EvalRun | TrainRun, Field(discriminator="kind")]
@@ -276,6 +291,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 1}, 1
     if version == 1:  # the host was not recorded
         data, version = {**data, "schema_version": 2}, 2
+    if version == 2:  # no memory plan was recorded
+        data, version = {**data, "schema_version": 3}, 3
     return data
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from llamalab.config import StrictModel, apply_overrides, load_yaml, parse_model
+from llamalab.config import LlamalabError, StrictModel, apply_overrides, load_yaml, parse_model
 
 
 class LoraSpec(StrictModel):
@@ -22,7 +22,8 @@ class LoraSpec(StrictModel):
 class Experiment(StrictModel):
     task: str
     base_model: str = "smollm2-135m-instruct"
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="qlora: LoRA on the base model in 4-bit NF4 (bitsandbytes), merged onto it for export")
     lora: LoraSpec = LoraSpec()
     format: Literal["plain", "chat"] | None = Field(None, description="prompt format; default: the task's")
     learning_rate: float = Field(2e-4, gt=0)
@@ -40,12 +41,32 @@ class Experiment(StrictModel):
     bf16: Literal["auto", "yes", "no"] = Field(
         "auto", description="bfloat16 autocast: auto uses it where the hardware supports it"
     )
+    activation_checkpointing: Literal["auto", "yes", "no"] = Field(
+        "auto", description="recompute activations in the backward pass: auto turns it on only when `llamalab plan` "
+        "predicts the run would not fit the device's memory")
+    memory_limit: str | None = Field(None, description="plan as if the device had this much memory (e.g. 24GB)")
 
     @model_validator(mode="after")
     def _lora_only_with_lora(self) -> Experiment:
         if self.method == "full" and "lora" in self.model_fields_set:
             raise ValueError("`lora` settings given but method is full; remove them or set method: lora")
         return self
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        from llamalab.training.plan import parse_memory
+
+        if value is not None:
+            try:
+                parse_memory(value)
+            except LlamalabError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+# Settings added after records existed: left out of the resolved config (and its hash) at their default.
+LATER_SETTINGS = {"activation_checkpointing": "auto", "memory_limit": None}
 
 
 def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> tuple[Experiment, dict]:
@@ -61,4 +82,8 @@ def resolve_experiment(data: Any, source: str, node: yaml.Node | None = None) ->
     """Validate an experiment (errors name `source` and, for files, the line) and return it with its resolved
     dict: every setting, defaults included, as recorded in the run's config.yaml and hashed."""
     experiment = parse_model(Experiment, data, source, node)
-    return experiment, experiment.model_dump(mode="json")
+    resolved = experiment.model_dump(mode="json")
+    for key, default in LATER_SETTINGS.items():  # older runs keep their config hash
+        if resolved[key] == default:
+            del resolved[key]
+    return experiment, resolved

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from llamalab.config import LlamalabError, apply_overrides
 from llamalab.lab import Lab
@@ -22,6 +23,7 @@ from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
 from llamalab.training.experiment import Experiment, load_experiment, resolve_experiment
+from llamalab.training.plan import PeakMemory
 
 
 def train(
@@ -89,7 +91,7 @@ def _run_training(
     callbacks: list,
 ) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, PrinterCallback
+    from transformers import PrinterCallback
 
     from llamalab.training.callbacks import ProgressCallback, latest_complete_checkpoint  # imports transformers
 
@@ -102,24 +104,26 @@ def _run_training(
     if len(dataset) == 0:
         raise LlamalabError("no training examples left: raise max_length or check the task's train split")
 
+    plan = _plan(record, experiment, model_ref, dataset, console)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_ref.path, dtype=dtype)
-    checkpoints = record.folder / "checkpoints"
-    resume_from = latest_complete_checkpoint(checkpoints)
-    trainer = _answer_loss_trainer()(
-        model=model,
-        args=_sft_config(experiment, checkpoints),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=_peft_config(experiment),
-        callbacks=[ProgressCallback(console, record.folder / TRAIN_LOG), *callbacks],
-    )
-    trainer.remove_callback(PrinterCallback)  # our progress bar replaces its per-step dict printing
-    n_tokens = sum(len(ids) for ids in dataset["input_ids"])
-    progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
-    setup_s = time.perf_counter() - started
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_s = time.perf_counter() - started - setup_s
+    with PeakMemory() as peak:
+        model = _load_for_training(experiment, model_ref, dtype, plan.checkpointing)
+        checkpoints = record.folder / "checkpoints"
+        resume_from = latest_complete_checkpoint(checkpoints)
+        trainer = _answer_loss_trainer()(
+            model=model,
+            args=_sft_config(experiment, checkpoints, plan.checkpointing),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=_peft_config(experiment),
+            callbacks=[ProgressCallback(console, record.folder / TRAIN_LOG), *callbacks],
+        )
+        trainer.remove_callback(PrinterCallback)  # our progress bar replaces its per-step dict printing
+        n_tokens = sum(len(ids) for ids in dataset["input_ids"])
+        progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
+        setup_s = time.perf_counter() - started
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_s = time.perf_counter() - started - setup_s
     _save_weights(trainer, experiment, record.folder)
 
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -136,9 +140,52 @@ def _run_training(
         },
         data_used={"train_examples": len(dataset), "skipped_too_long": skipped, "tokens_per_epoch": n_tokens},
         throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)},
+        memory={**plan.to_record(), "measured_mb": peak.mb},
         timings=timings,
         precision="bfloat16 autocast" if _use_bf16(experiment) else str(dtype).removeprefix("torch."),
     )
+
+
+def _plan(record, experiment: Experiment, model_ref: ModelRef, dataset, console):
+    """Predict the run's memory on this device and decide activation checkpointing (said aloud)."""
+    from llamalab.training.plan import plan_training
+
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    answers = max(sum(1 for t in labels if t != -100) for labels in dataset["labels"])
+    plan = plan_training(experiment, model_ref.path, lengths, answers)
+    state = "on" if plan.checkpointing else "off"
+    console.print(f"memory plan: {plan.peak_mb:,.0f} MiB predicted on {escape(plan.device)}; activation "
+                  f"checkpointing {state} ({escape(plan.reason)})")
+    return plan
+
+
+def _load_for_training(experiment: Experiment, model_ref: ModelRef, dtype, checkpointing: bool):
+    """The base model at the training precision; for QLoRA in 4-bit NF4, prepared for k-bit training."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if experiment.method != "qlora":
+        return AutoModelForCausalLM.from_pretrained(model_ref.path, dtype=dtype)
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise LlamalabError(f"method: qlora needs bitsandbytes ({exc}): `pip install bitsandbytes`, or use "
+                            "method: lora") from None
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_ref.path, quantization_config=quantization, dtype=torch.bfloat16,
+            device_map={"": 0} if torch.cuda.is_available() else "cpu")
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise LlamalabError(f"method: qlora: bitsandbytes cannot load a 4-bit model on this machine ({exc}); use "
+                            "method: lora") from None
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None)
 
 
 def _answer_loss_trainer():
@@ -191,7 +238,7 @@ def build_dataset(prompter: Prompter, examples: list[Example], max_length: int):
     return Dataset.from_list(rows), skipped
 
 
-def _sft_config(experiment: Experiment, output_dir: Path):
+def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = False):
     import torch
     from trl import SFTConfig
 
@@ -214,8 +261,10 @@ def _sft_config(experiment: Experiment, output_dir: Path):
         report_to=[],
         disable_tqdm=True,
         bf16=_use_bf16(experiment),
-        # Measured on a 2-core CPU: checkpointing activations costs ~28% speed for small models.
-        activation_checkpointing=False,
+        # Recomputing activations costs ~28% of a step (measured on a 2-core CPU): only when the plan says the run
+        # would not fit otherwise (activation_checkpointing: auto), or when asked.
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         # Padding-free batches (sequences concatenated, attention kept per sequence) waste no compute on pads;
         # we truncate ourselves, so TRL's max_length stays off.
         padding_free=True,
@@ -227,7 +276,7 @@ def _sft_config(experiment: Experiment, output_dir: Path):
 
 
 def _peft_config(experiment: Experiment):
-    if experiment.method != "lora":
+    if experiment.method == "full":
         return None
     from peft import LoraConfig
 
@@ -251,7 +300,7 @@ def _use_bf16(experiment: Experiment) -> bool:
 
 def _save_weights(trainer, experiment: Experiment, folder: Path) -> None:
     """Write the adapter (LoRA) or full model, atomically: a folder appears only when complete."""
-    name = "adapter" if experiment.method == "lora" else "model"
+    name = "model" if experiment.method == "full" else "adapter"
     with staged_folder(folder / name) as staging:
         trainer.model.save_pretrained(staging, safe_serialization=True)
         if experiment.method == "full":

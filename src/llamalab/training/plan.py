@@ -1,0 +1,477 @@
+"""`llamalab plan`: a training run's memory and time, predicted before it starts.
+
+Memory is the sum of parts, each from the model's shape and the experiment:
+
+    weights        parameters at the training precision (4-bit NF4 for the linear layers with `method: qlora`)
+    trainable      what training adds per trainable parameter: the weight in float32, its gradient and AdamW's two
+                   moments (16 bytes; LoRA's few parameters, or all of them for a full fine-tune)
+    activations    what autograd keeps for the backward pass: bytes per token per layer (below) x layers x the
+                   tokens of the largest micro-batch of an epoch (batches are padding-free: the sum of their rows'
+                   lengths), plus one layer's worth in flight during the backward pass. With activation
+                   checkpointing only each layer's input is kept, and one layer is recomputed at a time.
+    logits         the output layer at the answer tokens only (the trainer keeps no other position)
+    workspace      on a CPU, a second copy of the linear layers' weights (measured: the float32 matmul library's
+                   packed operands stay resident through training; 405 MiB for the embedded model)
+
+The bytes per token per layer were measured from autograd's saved tensors (a saved-tensors hook counting each
+storage once) on Llama layers of several widths, and are exact for those shapes:
+
+    LoRA, float32        4 (6h + 2kv + 4i) + 4 r n + 4 heads + 8
+    LoRA, bfloat16      36h + 4kv + 10i + 4 r n + 4 heads + 8    (LoRA runs in float32: its inputs are upcast)
+    QLoRA (NF4, bf16)   26h + 4kv + 16i + 4 r n + 4 heads + 8
+    full, float32       4 (8h + 2kv + 4i) + 4 heads + 8
+    full, bfloat16      20h + 4kv + 8i + 4 heads + 8
+
+(h hidden size, kv the key/value width, i the MLP width, r the LoRA rank, n the adapted linear layers per layer.)
+
+On a CPU the measured peak is the process's resident memory during training less what it held before the model
+was loaded; on a GPU it is the peak memory torch allocated. Time per epoch is the epoch's model FLOPs (4 P per
+token for LoRA, 6 P for a full fine-tune) over the device's matmul rate at the efficiency the lab's past runs on
+the same device reached (or a stated default when there are none).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from llamalab.config import LlamalabError
+
+MIB = 2**20
+# Without checkpointing a run must leave this share of the device free (allocator slack, fragmentation).
+HEADROOM = 0.9
+# Model-FLOP efficiency assumed when the lab has no past run on the device (measured: ~0.4 on 2-core CPUs,
+# ~0.1-0.2 for small models on an H100/H200 before the speed work).
+DEFAULT_EFFICIENCY = {"cpu": 0.35, "cuda": 0.15}
+# bf16 dense matmul rates (TFLOP/s) measured on the cards we are lent; other cards: measured when present.
+KNOWN_GPUS = {"H200": 790.0, "H100": 700.0}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What memory and FLOPs depend on, from the model's config.json."""
+
+    params: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def of(cls, config: dict) -> Shape:
+        h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+        heads = config["num_attention_heads"]
+        head_dim = config.get("head_dim") or h // heads
+        kv_dim = config.get("num_key_value_heads", heads) * head_dim
+        vocab, tied = config["vocab_size"], bool(config.get("tie_word_embeddings", False))
+        per_layer = h * heads * head_dim * 2 + h * kv_dim * 2 + 3 * h * i + 2 * h
+        params = layers * per_layer + vocab * h * (1 if tied else 2) + h
+        return cls(params, h, i, layers, heads, kv_dim, vocab, tied)
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> Shape:
+        path = Path(folder) / "config.json"
+        if not path.is_file():
+            raise LlamalabError(f"{path} does not exist: plan needs the model's config.json")
+        return cls.of(json.loads(path.read_text()))
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """Each layer's linear layers: name -> (in, out)."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.linears().values())
+
+
+def adapted(shape: Shape, targets: str | list[str]) -> list[str]:
+    """The linear layers (per transformer layer) that LoRA adapts."""
+    if targets == "all-linear":
+        return list(shape.linears())
+    return [name for name in shape.linears() if any(t == name or name.endswith(t) for t in targets)]
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: Literal["cpu", "cuda"]
+    name: str
+    memory_mb: float
+    bf16: bool  # computes in bfloat16 (CUDA; CPU autocast is not modelled apart from the weight copies)
+    matmul_tflops: float | None = None
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.memory_mb / 1024:,.1f} GiB)"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(g|gb|gib|m|mb|mib)\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str) -> float:
+    """'24GB', '24 GiB', '80g', '2048MiB' -> MiB (GB and GiB both mean 2**30 bytes, as card makers round)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise LlamalabError(f"memory {text!r}: give a size such as 24GB or 80GiB")
+    value, unit = float(match.group(1)), match.group(2).lower()
+    return value * 1024 if unit.startswith("g") else value
+
+
+def resolve_device(text: str | None = None) -> Device:
+    """cpu, cuda, a memory size ('24GB': a CUDA card of that size), or None/auto for what this machine has."""
+    import psutil
+
+    text = (text or "auto").strip()
+    if text == "auto":
+        text = "cuda" if _cuda_available() else "cpu"
+    if text == "cpu":
+        from llamalab.runs.record import cpu_name
+
+        return Device("cpu", cpu_name(), psutil.virtual_memory().total / MIB, False)
+    if text == "cuda":
+        if not _cuda_available():
+            raise LlamalabError("--device cuda: this machine has no CUDA device; name its memory instead (e.g. 24GB)")
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        rate = next((v for k, v in KNOWN_GPUS.items() if k in props.name), None)
+        return Device("cuda", props.name, props.total_memory / MIB, True, rate)
+    try:
+        memory = parse_memory(text)
+    except LlamalabError:
+        raise LlamalabError(f"--device {text!r}: use cpu, cuda or a GPU memory size such as 24GB") from None
+    return Device("cuda", f"a {text} GPU", memory, True)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    device: str
+    budget_mb: float
+    weights_mb: float
+    trainable_mb: float
+    activations_mb: float  # without checkpointing
+    checkpointed_mb: float  # the same with activation checkpointing
+    logits_mb: float
+    workspace_mb: float
+    load_mb: float  # the peak while loading (CPU: the file's pages and the converted weights at once)
+    tokens_per_batch: int  # the largest micro-batch of an epoch
+    checkpointing: bool
+    reason: str
+    seconds_per_epoch: float | None = None
+    efficiency: float | None = None
+    efficiency_source: str = ""
+    flops_per_token: float | None = None
+    matmul_tflops: float | None = None
+    epochs: float | None = None
+    steps_per_epoch: int | None = None
+    components: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak(self.checkpointing)
+
+    def peak(self, checkpointing: bool) -> float:
+        train = self.weights_mb + self.trainable_mb + self.logits_mb + self.workspace_mb + (
+            self.checkpointed_mb if checkpointing else self.activations_mb)
+        return round(max(train, self.load_mb), 1)
+
+    def to_record(self) -> dict:
+        return {"device": self.device, "predicted_mb": self.peak_mb, "activation_checkpointing": self.checkpointing,
+                "reason": self.reason, "predicted_s_per_epoch": self.seconds_per_epoch,
+                "flops_per_token": self.flops_per_token}
+
+
+def activation_bytes(shape: Shape, method: str, bf16: bool, r: int, n: int) -> float:
+    """Bytes autograd keeps per token per layer (the measured formulas in the module docstring)."""
+    h, kv, i, extra = shape.hidden, shape.kv_dim, shape.intermediate, 4 * shape.heads + 8
+    if method == "qlora":
+        return 26 * h + 4 * kv + 16 * i + 4 * r * n + extra
+    if method == "lora":
+        return (36 * h + 4 * kv + 10 * i if bf16 else 4 * (6 * h + 2 * kv + 4 * i)) + 4 * r * n + extra
+    return (20 * h + 4 * kv + 8 * i if bf16 else 4 * (8 * h + 2 * kv + 4 * i)) + extra
+
+
+def largest_batch(lengths: list[int], batch_size: int, seed: int) -> int:
+    """Tokens in the largest micro-batch of one shuffled epoch (padding-free batches: the sum of the lengths)."""
+    if not lengths:
+        return 0
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    return max(sum(lengths[j] for j in order[k:k + batch_size]) for k in range(0, len(order), batch_size))
+
+
+def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], answer_tokens: int,
+                file_bytes_per_param: float = 2.0) -> MemoryPlan:
+    """The memory parts of training `experiment` on `device`, and whether to checkpoint activations.
+
+    `lengths` are the training rows' token counts, `answer_tokens` the most answer tokens in one row."""
+    bf16 = device.bf16
+    method = experiment.method
+    if method == "qlora" and device.kind == "cpu":
+        bf16 = True
+    param_bytes = 2 if bf16 else 4
+    other = shape.params - shape.linear_params
+    weights = shape.params * param_bytes
+    if method == "qlora":  # NF4: half a byte a weight plus double-quantized block scales (~0.127 bit a weight);
+        # PEFT's k-bit preparation keeps the rest (embeddings, norms, output layer) in float32
+        weights = shape.linear_params * (0.5 + 0.127 / 8) + other * 4
+    if method == "full":
+        trainable = shape.params * (param_bytes * 2 + 8)  # weight grad plus AdamW moments at the weight's precision
+        r = n = 0
+    else:
+        r, targets = experiment.lora.r, adapted(shape, experiment.lora.target_modules)
+        n = len(targets)
+        lora_params = shape.layers * sum(r * sum(shape.linears()[t]) for t in targets)
+        trainable = lora_params * 16
+    tokens = largest_batch(lengths, experiment.batch_size, experiment.seed)
+    per_layer = activation_bytes(shape, method, bf16, r, n) * tokens
+    act_bytes = 2 if bf16 else 4
+    edges = tokens * shape.hidden * act_bytes * 3  # embedding output, final norm, the last hidden states
+    activations = per_layer * (shape.layers + 1) + edges
+    checkpointed = tokens * shape.hidden * act_bytes * shape.layers + per_layer * 2 + edges
+    rows = min(experiment.batch_size, len(lengths)) or 1
+    logits = rows * answer_tokens * shape.vocab * (4 * 3 + act_bytes)  # float32 logits, softmax, their gradient
+    workspace = shape.linear_params * param_bytes if device.kind == "cpu" else 0
+    # Loading maps the file; a file at another precision is converted, holding both for a moment.
+    load = weights + (shape.params * file_bytes_per_param if file_bytes_per_param != param_bytes else 0)
+    budget = device.memory_mb * HEADROOM
+    parts = {"weights": weights / MIB, "trainable": trainable / MIB, "activations": activations / MIB,
+             "checkpointed": checkpointed / MIB, "logits": logits / MIB, "workspace": workspace / MIB,
+             "load": load / MIB}
+    plan = MemoryPlan(device.describe(), round(budget, 1), *(round(parts[k], 1) for k in
+                      ("weights", "trainable", "activations", "checkpointed", "logits", "workspace", "load")),
+                      tokens, False, "", components={k: round(v, 1) for k, v in parts.items()})
+    return plan
+
+
+def decide_checkpointing(plan: MemoryPlan, setting: str) -> MemoryPlan:
+    """`activation_checkpointing` yes/no as asked; auto: on only when the run would not fit without it."""
+    from dataclasses import replace
+
+    if setting == "yes":
+        return replace(plan, checkpointing=True, reason="asked for (activation_checkpointing: yes)")
+    if setting == "no":
+        return replace(plan, checkpointing=False, reason="turned off (activation_checkpointing: no)")
+    without = plan.peak(False)
+    if without <= plan.budget_mb:
+        return replace(plan, checkpointing=False,
+                       reason=f"auto: fits without it ({without:,.0f} of {plan.budget_mb:,.0f} MiB usable)")
+    with_it = plan.peak(True)
+    if with_it >= without:
+        return replace(plan, checkpointing=False,
+                       reason=f"auto: {without:,.0f} MiB would not fit in {plan.budget_mb:,.0f} MiB usable, and "
+                              "checkpointing would not lower it: lower batch_size or max_length")
+    still = "" if with_it <= plan.budget_mb else " (still too much: lower batch_size or max_length)"
+    return replace(plan, checkpointing=True,
+                   reason=f"auto: {without:,.0f} MiB would not fit in {plan.budget_mb:,.0f} MiB usable; "
+                          f"{with_it:,.0f} MiB with it{still}")
+
+
+def flops_per_token(shape: Shape, method: str) -> float:
+    """Model FLOPs per trained token: forward 2 P, backward 2 P for the activations (+ 2 P for full weights)."""
+    return (6 if method == "full" else 4) * shape.params
+
+
+def with_time(plan: MemoryPlan, shape: Shape, method: str, device: Device, tokens_per_epoch: int,
+              past_efficiency: list[float]) -> MemoryPlan:
+    """Add the model FLOPs per token and, where the device's matmul rate is known, the seconds per epoch."""
+    from dataclasses import replace
+    from statistics import median
+
+    flops = flops_per_token(shape, method)
+    plan = replace(plan, flops_per_token=flops)
+    if not device.matmul_tflops:
+        return plan
+    if past_efficiency:
+        efficiency, source = median(past_efficiency), f"median of {len(past_efficiency)} past run(s) on this device"
+    else:
+        efficiency, source = DEFAULT_EFFICIENCY[device.kind], "default (no past run on this device)"
+    seconds = tokens_per_epoch * flops / (device.matmul_tflops * 1e12 * efficiency)
+    return replace(plan, seconds_per_epoch=round(seconds, 1), efficiency=round(efficiency, 3),
+                   efficiency_source=source, matmul_tflops=device.matmul_tflops)
+
+
+def measure_matmul_tflops(device: Device) -> float:
+    """The device's dense matmul rate, measured now: float32 2048 x 2048 on a CPU (all its threads), bfloat16
+    8192 x 8192 on a GPU; the best of several repetitions."""
+    import time
+
+    import torch
+
+    cuda = device.kind == "cuda"
+    n = 8192 if cuda else 2048
+    a = torch.randn(n, n, dtype=torch.bfloat16 if cuda else torch.float32, device="cuda" if cuda else "cpu")
+    best = float("inf")
+    for _ in range(6):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ a
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return round(2 * n**3 / best / 1e12, 4)
+
+
+def plan_training(experiment, model_folder: Path, lengths: list[int], answer_tokens: int,
+                  device: Device | None = None, past_efficiency: list[float] | None = None) -> MemoryPlan:
+    """The plan for training `experiment` on `device` (default: this machine, with the experiment's
+    `memory_limit` if it names one), checkpointing decided."""
+    from dataclasses import replace
+
+    device = device or resolve_device()
+    if experiment.memory_limit:
+        device = replace(device, memory_mb=parse_memory(experiment.memory_limit),
+                         name=f"{device.name}, planned as {experiment.memory_limit}")
+    shape = Shape.of_folder(model_folder)
+    plan = memory_plan(shape, experiment, device, lengths, answer_tokens, _file_bytes_per_param(model_folder, shape))
+    plan = decide_checkpointing(plan, experiment.activation_checkpointing)
+    return with_time(plan, shape, experiment.method, device, sum(lengths), past_efficiency or [])
+
+
+def _file_bytes_per_param(folder: Path, shape: Shape) -> float:
+    size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+    return size / shape.params if size else 2.0
+
+
+def plan_dict(plan: MemoryPlan) -> dict:
+    return asdict(plan)
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """A finished training run's plan against what it used."""
+
+    id: str
+    device: str
+    predicted_mb: float
+    measured_mb: float
+    predicted_s_per_epoch: float | None
+    measured_s_per_epoch: float | None
+
+    @property
+    def memory_error(self) -> float:
+        return (self.predicted_mb - self.measured_mb) / self.measured_mb
+
+
+def past_runs(lab) -> list[PastRun]:
+    """The lab's finished training runs that recorded a plan and a measured peak, oldest first."""
+    from llamalab.runs.record import list_runs
+
+    rows = []
+    for record in list_runs(lab.runs_dir, "train"):
+        run, memory = record.run, record.run.memory
+        if not run.finished or memory is None or not memory.measured_mb:
+            continue
+        train_s, epochs = run.timings.get("train_s"), run.metrics.epochs if run.metrics else None
+        measured_s = round(train_s / epochs, 1) if train_s and epochs else None
+        rows.append(PastRun(record.id, memory.device, memory.predicted_mb, memory.measured_mb,
+                            memory.predicted_s_per_epoch, measured_s))
+    return rows
+
+
+def _past_efficiency(lab, device: Device) -> list[float]:
+    """Model-FLOP efficiency (achieved over the matmul rate measured now) of past runs on this very device."""
+    from llamalab.runs.record import list_runs
+
+    found = []
+    for record in list_runs(lab.runs_dir, "train"):
+        memory, rate = record.run.memory, record.run.throughput.get("tokens_per_s")
+        if record.run.finished and memory and memory.flops_per_token and rate and memory.device == device.describe():
+            found.append(rate * memory.flops_per_token / (device.matmul_tflops * 1e12))
+    return found
+
+
+def plan_run(lab, experiment, device_text: str | None = None, **overrides) -> MemoryPlan:
+    """`llamalab plan`: the plan for an experiment (a file's name or an Experiment) on the named device, with the
+    training rows tokenized as training would (nothing is loaded but the tokenizer)."""
+    from dataclasses import replace
+
+    from llamalab.config import apply_overrides
+    from llamalab.models import load_tokenizer, resolve_model
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.prompts import Prompter
+    from llamalab.tasks.task import load_task
+    from llamalab.training.experiment import Experiment, load_experiment, resolve_experiment
+    from llamalab.training.trainer import build_dataset, training_subset
+
+    if isinstance(experiment, Experiment):
+        experiment, _ = resolve_experiment(apply_overrides(experiment.model_dump(mode="json"), overrides),
+                                           "experiment")
+    else:
+        experiment, _ = load_experiment(lab.experiment_path(experiment), overrides)
+    task = load_task(lab.task_path(experiment.task), lab.root)
+    model_ref = resolve_model(experiment.base_model)
+    tokenizer = load_tokenizer(model_ref)
+    prompter = Prompter(task, tokenizer, experiment.format or task.prompt.format)
+    examples = training_subset(load_task_data(task).split("train"), experiment.train_examples, experiment.seed)
+    dataset, _ = build_dataset(prompter, examples, experiment.max_length)
+    if len(dataset) == 0:
+        raise LlamalabError("no training examples left: raise max_length or check the task's train split")
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    answers = max(sum(1 for t in labels if t != -100) for labels in dataset["labels"])
+    device = resolve_device(device_text)
+    if device_text in (None, "auto", "cpu", "cuda"):  # this machine's own device: its rate can be measured
+        device = replace(device, matmul_tflops=device.matmul_tflops or measure_matmul_tflops(device))
+    epochs = experiment.epochs if not experiment.max_steps else None
+    plan = plan_training(experiment, model_ref.path, lengths, answers, device,
+                         _past_efficiency(lab, device) if device.matmul_tflops else [])
+    return replace(plan, epochs=epochs, steps_per_epoch=-(-len(lengths) // experiment.batch_size))
+
+
+class PeakMemory:
+    """The peak memory of the code inside `with PeakMemory() as peak:`, in MiB (`peak.mb` after the block).
+
+    On a GPU, what torch allocated at most; on a CPU, the process's peak resident memory less what it held at the
+    start (Linux's VmHWM, reset at the start through /proc/self/clear_refs; None where that is not possible)."""
+
+    def __init__(self) -> None:
+        self.mb: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        self.cuda = _cuda_available()
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.start = 0.0
+        else:
+            self.start = _status_mb("VmRSS")
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            import torch
+
+            self.mb = round(torch.cuda.max_memory_allocated() / MIB, 1)
+        elif self.start is not None and (peak := _status_mb("VmHWM")) is not None:
+            self.mb = round(peak - self.start, 1)
+
+
+def _status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

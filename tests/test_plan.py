@@ -1,0 +1,164 @@
+"""`llamalab plan`: the memory parts against the model and autograd, the checkpointing decision, and training
+runs that record the plan next to what they used (activation checkpointing and QLoRA included)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llamalab.config import LlamalabError
+from llamalab.training.experiment import Experiment
+from llamalab.training.plan import (
+    MemoryPlan,
+    Shape,
+    activation_bytes,
+    decide_checkpointing,
+    largest_batch,
+    parse_memory,
+)
+from tests.conftest import write_experiment
+
+
+def _config(rng: random.Random) -> dict:
+    heads = rng.choice([2, 4, 8])
+    head_dim = rng.choice([8, 16, 32])
+    return {"hidden_size": heads * head_dim, "intermediate_size": rng.choice([32, 64, 96, 160]),
+            "num_hidden_layers": rng.randint(1, 3), "num_attention_heads": heads,
+            "num_key_value_heads": rng.choice([k for k in (1, 2, heads) if heads % k == 0]),
+            "vocab_size": rng.choice([100, 257]), "tie_word_embeddings": rng.random() < 0.5}
+
+
+def test_shape_counts_the_parameters_of_real_llama_models():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rng = random.Random(0)
+    for _ in range(30):
+        config = _config(rng)
+        with torch.device("meta"):
+            model = LlamaForCausalLM(LlamaConfig(**config))
+        shape = Shape.of(config)
+        assert shape.params == sum(p.numel() for p in model.parameters()), config
+        linear = sum(m.weight.numel() for n, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and n != "lm_head")
+        assert shape.linear_params == linear
+
+
+def _saved_bytes_per_token_layer(config: dict, method: str, dtype, r: int = 8) -> float:
+    """What autograd keeps per token for one more layer, counted with a saved-tensors hook (each storage once)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def kept(layers: int, tokens: int = 24) -> int:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**{**config, "num_hidden_layers": layers},
+                                             attn_implementation="sdpa")).to(dtype)
+        if method == "lora":
+            model = get_peft_model(model, LoraConfig(r=r, target_modules="all-linear", task_type="CAUSAL_LM"))
+        weights = {p.data_ptr() for p in model.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            if t.data_ptr() not in weights:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=torch.randint(0, config["vocab_size"], (1, tokens)), logits_to_keep=1)
+        return sum(storages.values())
+
+    return (kept(2) - kept(1)) / 24
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_activation_bytes_match_what_autograd_keeps(method):
+    import torch
+
+    rng = random.Random(1)
+    for _ in range(4):
+        config = {**_config(rng), "intermediate_size": rng.choice([64, 128])}
+        shape = Shape.of(config)
+        for dtype in (torch.float32, torch.bfloat16):
+            measured = _saved_bytes_per_token_layer(config, method, dtype)
+            predicted = activation_bytes(shape, method, dtype == torch.bfloat16, 8, 7)
+            assert predicted == pytest.approx(measured, rel=0.1), (config, dtype)
+
+
+def _plan(rng: random.Random) -> MemoryPlan:
+    parts = [round(rng.uniform(1, 5000), 1) for _ in range(7)]
+    return MemoryPlan("a device", round(rng.uniform(500, 20000), 1), *parts, tokens_per_batch=100,
+                      checkpointing=False, reason="")
+
+
+def test_auto_checkpoints_exactly_when_the_run_would_not_fit():
+    rng = random.Random(2)
+    for _ in range(2000):
+        plan = _plan(rng)
+        auto = decide_checkpointing(plan, "auto")
+        assert auto.checkpointing == (plan.peak(False) > plan.budget_mb and plan.peak(True) < plan.peak(False))
+        assert auto.peak_mb == min(plan.peak(False), plan.peak(True)) if auto.checkpointing else plan.peak(False)
+        assert decide_checkpointing(plan, "yes").checkpointing and not decide_checkpointing(plan, "no").checkpointing
+        assert "auto" in auto.reason
+
+
+def test_largest_batch_is_an_epochs_largest_micro_batch():
+    rng = random.Random(3)
+    for _ in range(500):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 60))]
+        size = rng.randint(1, 16)
+        largest = largest_batch(lengths, size, rng.randint(0, 9))
+        assert max(lengths) <= largest <= sum(sorted(lengths)[-size:])
+
+
+def test_memory_sizes_parse_and_bad_ones_say_how():
+    assert parse_memory("24GB") == parse_memory("24 GiB") == 24 * 1024 and parse_memory("512MiB") == 512
+    with pytest.raises(LlamalabError, match="such as 24GB"):
+        parse_memory("lots")
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="memory_limit"):
+        Experiment(task="sentiment", memory_limit="huge")
+
+
+def test_later_settings_at_their_default_keep_older_config_hashes(lab):
+    from llamalab.training.experiment import load_experiment
+
+    _, resolved = load_experiment(lab.experiment_path("sentiment-lora"))
+    assert "activation_checkpointing" not in resolved and "memory_limit" not in resolved
+    _, asked = load_experiment(lab.experiment_path("sentiment-lora"), {"activation_checkpointing": "yes"})
+    assert asked["activation_checkpointing"] == "yes"
+
+
+def test_training_records_the_plan_and_checkpoints_when_told_the_device_is_small(lab, tiny_model_dir):
+    from rich.console import Console
+
+    from llamalab.training.trainer import train
+
+    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 3\ntrain_examples: 16\n"
+                                  "lora: {r: 4, alpha: 8}\n")
+    console = Console(stderr=True, record=True)
+    roomy = train(lab, "tiny", console=console).run.memory
+    assert not roomy.activation_checkpointing and roomy.reason.startswith("auto: fits")
+    assert roomy.predicted_mb > 0 and roomy.measured_mb is not None and roomy.flops_per_token > 0
+    assert "memory plan:" in console.export_text()
+    small = train(lab, "tiny", memory_limit="1MiB").run
+    assert small.memory.activation_checkpointing and "would not fit" in small.memory.reason
+    assert small.finished and small.metrics.steps == 3
+    forced = train(lab, "tiny", activation_checkpointing="yes").run.memory
+    assert forced.activation_checkpointing and forced.reason.startswith("asked for")
+
+
+def test_qlora_trains_on_a_4bit_base_and_its_adapter_evaluates(lab, tiny_model_dir):
+    pytest.importorskip("bitsandbytes")
+    from llamalab.evaluation.evaluate import evaluate
+    from llamalab.training.trainer import train
+
+    write_experiment(lab, "tiny-q", f"task: sentiment\nbase_model: {tiny_model_dir}\nmethod: qlora\nmax_steps: 3\n"
+                                    "train_examples: 16\nlora: {r: 4, alpha: 8}\n")
+    record = train(lab, "tiny-q")
+    assert record.run.finished and (record.folder / "adapter" / "adapter_config.json").is_file()
+    assert record.run.metrics.steps == 3 and record.run.memory.measured_mb is not None
+    result = evaluate(lab, record.id, task="sentiment", limit=8)
+    assert result.run.finished and result.run.system.train_run == record.id
