@@ -155,3 +155,22 @@ def test_export_writes_a_merged_model(lab, tiny_model_dir, tmp_path):
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
+
+
+def test_only_a_checkpoint_with_every_file_its_marker_lists_is_resumed_from(tmp_path):
+    from llamalab.training.callbacks import CHECKPOINT_DONE, latest_complete_checkpoint
+
+    def checkpoint(step: int, files: list[str], listed: list[str] | None) -> None:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("x")
+        if listed is not None:
+            (folder / CHECKPOINT_DONE).write_text("".join(f"{name}\n" for name in listed))
+
+    weights = ["adapter_model.safetensors", "optimizer.pt", "trainer_state.json"]
+    checkpoint(2, weights, weights)  # complete
+    checkpoint(4, weights[1:], weights)  # a kill while the trainer was removing it: its weights are gone
+    checkpoint(6, weights, None)  # a kill while it was written: no marker yet
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]

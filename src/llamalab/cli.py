@@ -144,13 +144,15 @@ def train(
     experiment: str,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. learning_rate=1e-4")] = None,
     resume: Annotated[bool, typer.Option(help="continue the latest unfinished run from its last checkpoint")] = False,
+    processes: Annotated[int, typer.Option(
+        help="data-parallel processes (DDP: gloo on CPUs, NCCL on GPUs); batch_size stays the global batch")] = 1,
     lab: LabOption = None,
 ) -> None:
     """Fine-tune as the experiment file says; writes a run folder under runs/."""
     from llamalab.config import parse_overrides
     from llamalab.training.trainer import train as run_training
 
-    record = run_training(find_lab(lab), experiment, resume=resume, console=console,
+    record = run_training(find_lab(lab), experiment, resume=resume, console=console, processes=processes,
                           **parse_overrides(overrides or []))
     m = record.run.metrics
     console.print(

@@ -11,7 +11,7 @@ Version history:
   2  `host`: the machine the run's process is on (with `pid`, it tells a live run on a cluster node from a
      dead one); unknown (null) in older records.
   3  a train run's `memory`: the plan's predicted peak, the measured one and the activation checkpointing
-     decision; absent (null) in older records.
+     decision, and `processes` (data-parallel training); absent (null) in older records.
 """
 
 from __future__ import annotations
@@ -269,6 +269,7 @@ class TrainRun(RunBase):
     data_used: DataUsed | None = None
     precision: str | None = None
     memory: MemoryUse | None = None
+    processes: int | None = None  # data-parallel training processes (None: one, in records before version 3)
 
 
 Run = Annotated[EvalRun | TrainRun, Field(discriminator="kind")]

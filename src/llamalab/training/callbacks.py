@@ -36,6 +36,8 @@ class ProgressCallback(TrainerCallback):
         self.tokens_this_session = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:  # with several processes, the first one logs and shows progress
+            return
         # A resumed run starts again from its checkpoint (global_step is already restored here) and logs the
         # steps after it anew: the rows the killed run logged for them would be duplicates.
         drop_log_after(self.log_path, state.global_step)
@@ -47,7 +49,7 @@ class ProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" not in logs:
+        if "loss" not in logs or not state.is_world_process_zero:
             return
         self.tokens_this_session = state.num_input_tokens_seen - self.start_tokens
         rate = self.tokens_this_session / max(time.perf_counter() - self.start_time, 1e-9)
@@ -59,8 +61,9 @@ class ProgressCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # The trainer calls on_save after the checkpoint folder is fully written: mark it usable.
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            write_text_atomic(folder / CHECKPOINT_DONE, f"{state.global_step}\n")
+        if folder.is_dir() and state.is_world_process_zero:  # the marker lists the files the checkpoint holds
+            files = sorted(p.name for p in folder.iterdir() if p.name != CHECKPOINT_DONE)
+            write_text_atomic(folder / CHECKPOINT_DONE, "".join(f"{name}\n" for name in files))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress:
@@ -79,7 +82,8 @@ def drop_log_after(path: Path, step: int) -> None:
 
 
 def latest_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint marked complete; unmarked ones (cut off mid-write by a kill) are removed."""
+    """The newest checkpoint marked complete with every file its marker lists; others (cut off mid-write, or
+    mid-removal when the trainer rotates old checkpoints, by a kill) are removed."""
     if not folder.is_dir():
         return None
     found = sorted(
@@ -87,7 +91,10 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
         key=lambda p: int(p.name.split("-")[-1]),
     )
     for path in reversed(found):
-        if (path / CHECKPOINT_DONE).is_file():
+        marker = path / CHECKPOINT_DONE
+        listed = marker.read_text().split() if marker.is_file() else None
+        # markers of older versions hold the step number, not a list of files
+        if listed is not None and all((path / name).exists() for name in listed if not name.isdigit()):
             return path
         shutil.rmtree(path, ignore_errors=True)
     return None

@@ -28,7 +28,7 @@ from llamalab.training.plan import PeakMemory
 
 def train(
     lab: Lab, experiment: Experiment | str, *, name: str | None = None, resume: bool = False, reuse: bool = False,
-    console: Console | None = None, callbacks: list | None = None, **overrides: Any,
+    console: Console | None = None, callbacks: list | None = None, processes: int = 1, **overrides: Any,
 ) -> RunRecord:
     """Fine-tune and return the finished run's record (`record.run` is a typed `TrainRun`).
 
@@ -38,8 +38,12 @@ def train(
     run of the same name and settings from its last checkpoint. With `reuse`, return the latest finished run of
     the same name and settings if there is one, else continue an unfinished one, else start afresh (how studies
     skip finished cells and continue killed ones). `callbacks` are extra transformers TrainerCallbacks (e.g. for
-    notebooks or custom logging).
+    notebooks or custom logging). With `processes` N > 1, N data-parallel processes (DDP through accelerate:
+    gloo on CPUs, NCCL on GPUs) share each batch: `batch_size` stays the global batch, so the run's numbers do
+    not depend on N.
     """
+    if processes < 1:
+        raise LlamalabError("processes must be at least 1")
     console = console or Console(stderr=True)
     if isinstance(experiment, Experiment):
         name = name or f"{experiment.task}-{experiment.method}"
@@ -82,14 +86,24 @@ def train(
         if prompt_format == "chat":  # the template the model was trained with is part of the record
             record.update(prompt={**record.run.prompt.model_dump(), **store_chat_template(tokenizer, record.folder)})
     with record.tracking():
-        _run_training(record, experiment, task, data, model_ref, tokenizer, prompt_format, console, callbacks or [])
+        if processes == 1:
+            _run_training(record, experiment, task, data, model_ref, tokenizer, prompt_format, console,
+                          callbacks or [])
+        else:
+            from llamalab.training.distributed import launch
+
+            if callbacks:
+                raise LlamalabError("callbacks run in this process only: train with processes=1 to use them")
+            launch(lab, record, experiment, processes, console)
     return record
 
 
 def _run_training(
     record, experiment: Experiment, task, data, model_ref: ModelRef, tokenizer, prompt_format, console,
-    callbacks: list,
+    callbacks: list, processes: int = 1,
 ) -> None:
+    """Train in this process; with `processes` > 1 this is one of them (launched by training/distributed.py), and
+    only the first writes the log, the weights and the record."""
     import torch
     from transformers import PrinterCallback
 
@@ -104,7 +118,7 @@ def _run_training(
     if len(dataset) == 0:
         raise LlamalabError("no training examples left: raise max_length or check the task's train split")
 
-    plan = _plan(record, experiment, model_ref, dataset, console)
+    plan = _plan(experiment, model_ref, dataset, console, processes)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     with PeakMemory() as peak:
         model = _load_for_training(experiment, model_ref, dtype, plan.checkpointing)
@@ -112,7 +126,7 @@ def _run_training(
         resume_from = latest_complete_checkpoint(checkpoints)
         trainer = _answer_loss_trainer()(
             model=model,
-            args=_sft_config(experiment, checkpoints, plan.checkpointing),
+            args=_sft_config(experiment, checkpoints, plan.checkpointing, processes),
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=_peft_config(experiment),
@@ -124,6 +138,8 @@ def _run_training(
         setup_s = time.perf_counter() - started
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_s = time.perf_counter() - started - setup_s
+    if not trainer.is_world_process_zero():
+        return
     _save_weights(trainer, experiment, record.folder)
 
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -142,17 +158,19 @@ def _run_training(
         throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)},
         memory={**plan.to_record(), "measured_mb": peak.mb},
         timings=timings,
+        processes=processes,
         precision="bfloat16 autocast" if _use_bf16(experiment) else str(dtype).removeprefix("torch."),
     )
 
 
-def _plan(record, experiment: Experiment, model_ref: ModelRef, dataset, console):
+def _plan(experiment: Experiment, model_ref: ModelRef, dataset, console, processes: int):
     """Predict the run's memory on this device and decide activation checkpointing (said aloud)."""
     from llamalab.training.plan import plan_training
 
     lengths = [len(ids) for ids in dataset["input_ids"]]
     answers = max(sum(1 for t in labels if t != -100) for labels in dataset["labels"])
-    plan = plan_training(experiment, model_ref.path, lengths, answers)
+    per_process = experiment.model_copy(update={"batch_size": experiment.batch_size // processes})
+    plan = plan_training(per_process, model_ref.path, lengths, answers)
     state = "on" if plan.checkpointing else "off"
     console.print(f"memory plan: {plan.peak_mb:,.0f} MiB predicted on {escape(plan.device)}; activation "
                   f"checkpointing {state} ({escape(plan.reason)})")
@@ -209,6 +227,9 @@ def _answer_loss_trainer():
             )
             count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
             loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # the count is over every process's rows, and DDP averages the gradients: as the Trainer does
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
     return AnswerLossSFTTrainer
@@ -238,13 +259,13 @@ def build_dataset(prompter: Prompter, examples: list[Example], max_length: int):
     return Dataset.from_list(rows), skipped
 
 
-def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = False):
+def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = False, processes: int = 1):
     import torch
     from trl import SFTConfig
 
     return SFTConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=experiment.batch_size,
+        per_device_train_batch_size=experiment.batch_size // processes,  # batch_size is the global batch
         gradient_accumulation_steps=experiment.grad_accum,
         learning_rate=experiment.learning_rate,
         lr_scheduler_type=experiment.lr_scheduler,
@@ -272,6 +293,8 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         include_num_input_tokens_seen=True,
+        ddp_backend="gloo" if processes > 1 and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False if processes > 1 else None,
     )
 
 

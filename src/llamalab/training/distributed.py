@@ -1,0 +1,74 @@
+"""Training in several data-parallel processes: `llamalab train EXP --processes N`.
+
+This process keeps the run record (started, finished or failed, as for any run); `torchrun` starts N worker
+processes that each run the same recipe on their share of every batch (DDP through accelerate: gloo on CPUs,
+NCCL on GPUs). The first worker writes the training log, checkpoints, weights and the record's results; a
+resumed run continues from the last checkpoint with any number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from rich.console import Console
+
+from llamalab.config import LlamalabError
+from llamalab.lab import Lab, find_lab
+from llamalab.runs.record import RunRecord
+
+
+def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Console) -> None:
+    """Run the training of `record` in `processes` worker processes; the record is reloaded with their results."""
+    if experiment.batch_size % processes:
+        raise LlamalabError(f"batch_size {experiment.batch_size} is the global batch: make it a multiple of "
+                            f"processes ({processes})")
+    from llamalab.training.callbacks import latest_complete_checkpoint
+
+    # Clear away checkpoints a kill cut off here, once: the workers must all resume from the same one.
+    latest_complete_checkpoint(record.folder / "checkpoints")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "llamalab.training.distributed", str(lab.root), str(record.folder)]
+    console.print(f"training in {processes} processes (batch {experiment.batch_size // processes} each)")
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+    result = subprocess.run(command, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+    record.run = RunRecord.load(record.folder).run  # what the first worker wrote
+    if result.returncode != 0:
+        raise LlamalabError(f"a training process failed (exit code {result.returncode}); see its output above")
+
+
+def _die_with_parent(sig: int) -> None:
+    """Linux: have the kernel send `sig` to this process when its parent dies. torchrun starts its workers in
+    sessions of their own, so without it a killed `llamalab train` would leave them training on (and rotating
+    the checkpoints a resumed run reads)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
+def _worker(lab_root: str, folder: str) -> None:
+    from pathlib import Path
+
+    from llamalab.models import load_tokenizer, resolve_model
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+    from llamalab.training.experiment import resolve_experiment
+    from llamalab.training.trainer import _run_training
+
+    _die_with_parent(signal.SIGKILL)
+    lab = find_lab(lab_root)
+    record = RunRecord.load(Path(folder))
+    experiment, _ = resolve_experiment(record.config, str(Path(folder) / "config.yaml"))
+    task = load_task(lab.task_path(experiment.task), lab.root)
+    model_ref = resolve_model(experiment.base_model)
+    first = int(os.environ.get("RANK", "0")) == 0
+    console = Console(stderr=True, quiet=not first)
+    _run_training(record, experiment, task, load_task_data(task), model_ref, load_tokenizer(model_ref),
+                  record.run.prompt.format, console, [], processes=int(os.environ["WORLD_SIZE"]))
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:3])

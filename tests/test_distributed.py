@@ -1,0 +1,77 @@
+"""Training in two data-parallel processes (gloo on the CPU): the same run as one process with the same global
+batch, and a killed two-process run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llamalab.runs.record import list_runs
+from llamalab.training.trainer import train
+from tests.conftest import write_experiment
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = """task: sentiment
+base_model: {model}
+max_steps: 6
+save_steps: 2
+batch_size: 4
+train_examples: 48
+learning_rate: 1e-3
+lora: {{r: 4, alpha: 8}}
+"""
+
+
+def _losses(record) -> list[float]:
+    rows = [json.loads(line) for line in (record.folder / "train_log.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows]
+
+
+def _adapter(record) -> dict[str, torch.Tensor]:
+    return load_file(record.folder / "adapter" / "adapter_model.safetensors")
+
+
+def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir):
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir))
+    one = train(lab, "tiny")
+    two = train(lab, "tiny", processes=2)
+    assert two.run.finished and two.run.processes == 2 and one.run.processes == 1
+    assert two.run.config_hash == one.run.config_hash  # the processes are not a setting of the run
+    assert len(_losses(two)) == len(_losses(one)) == 6
+    assert _losses(two) == pytest.approx(_losses(one), abs=1e-4)
+    theirs, ours = _adapter(one), _adapter(two)
+    assert theirs.keys() == ours.keys()
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-4, rtol=1e-3)
+    with pytest.raises(Exception, match="multiple of processes"):
+        train(lab, "tiny", processes=3)
+
+
+def test_a_killed_two_process_run_resumes(lab, tiny_model_dir):
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir).replace("max_steps: 6", "max_steps: 250"))
+    command = [sys.executable, "-m", "llamalab.cli", "train", "tiny", "--processes", "2", "--lab", str(lab.root)]
+    child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if list(lab.runs_dir.glob("*/checkpoints/checkpoint-*/CHECKPOINT_DONE")):
+            break
+        time.sleep(0.2)
+    assert child.poll() is None, child.stderr.read().decode()[-2000:]
+    os.killpg(child.pid, signal.SIGKILL)  # the launcher and both workers, like a lost node
+    child.wait()
+    (killed,) = list_runs(lab.runs_dir, "train")
+    done = max(int(p.name.split("-")[1]) for p in killed.folder.glob("checkpoints/checkpoint-*"))
+    assert done < 250, "killed after its last step: nothing left to resume"
+    resumed = train(lab, "tiny", resume=True, processes=2)
+    assert resumed.id == killed.id and resumed.run.finished and resumed.run.resumed
+    steps = [json.loads(line)["step"] for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 251))
