@@ -85,24 +85,28 @@ def cell_states(lab: Lab, study: Study) -> list[CellState]:
     return states
 
 
-def run_cell(lab: Lab, study: Study, cell: Cell, console: Console) -> CellState:
-    """Train (or reuse, or continue) the cell's run, then evaluate it (or reuse its evaluation)."""
+def run_cell(lab: Lab, study: Study, cell: Cell, console: Console, processes: int = 1) -> CellState:
+    """Train (or reuse, or continue) the cell's run in `processes` data-parallel processes, then evaluate it (or
+    reuse its evaluation)."""
     from llamalab.evaluation.evaluate import evaluate
     from llamalab.training.trainer import train
 
-    record = train(lab, study.spec.experiment, reuse=True, console=console, **cell.overrides)
+    record = train(lab, study.spec.experiment, reuse=True, console=console, processes=processes, **cell.overrides)
     evaluation = evaluate(lab, record.id, reuse=True, console=console, **eval_options(study))
     return CellState(cell, "finished", record, evaluation)
 
 
-def run_cell_job(lab_root: str, study_name: str, cell_key: str) -> str:
-    """One cell as a batch job (Slurm): everything it needs is read from the lab folder. Returns the eval run id."""
+def run_cell_job(lab_root: str, study_name: str, cell_key: str, processes: int | None = None) -> str:
+    """One cell as a batch job (Slurm): everything it needs is read from the lab folder. Returns the eval run id.
+
+    It trains in `processes` processes; by default one per GPU the study's `resources` ask for."""
     lab = find_lab(lab_root)
     study = load_study(lab, study_name)
     cell = next((c for c in study.cells if c.key == cell_key), None)
     if cell is None:
         raise LlamalabError(f"study {study_name!r} has no cell {cell_key} (was the study file changed?)")
-    state = run_cell(lab, study, cell, Console(stderr=True))
+    processes = processes or max(1, study.spec.resources.gpus)
+    state = run_cell(lab, study, cell, Console(stderr=True), processes=processes)
     assert state.eval is not None
     return state.eval.id
 
@@ -197,7 +201,7 @@ def _cell_process(lab_root: str, study_name: str, cell_key: str, log: str, threa
         os.dup2(stream.fileno(), 1)
         os.dup2(stream.fileno(), 2)
         sys.stdout = sys.stderr = stream
-        return run_cell_job(lab_root, study_name, cell_key)
+        return run_cell_job(lab_root, study_name, cell_key, processes=1)
 
 
 def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = False, max_parallel: int = 4
