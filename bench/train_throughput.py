@@ -53,9 +53,8 @@ def trl_default(lab, examples: int, steps: int) -> float:
 
 
 def llamalab_recipe(lab, examples: int, steps: int) -> float:
-    record = train(lab, "sentiment-lora", [f"train_examples={examples}", f"max_steps={steps}", "save_steps=1000",
-                                           "seed=0"])
-    return record.data["throughput"]["tokens_per_s"]
+    record = train(lab, "sentiment-lora", train_examples=examples, max_steps=steps, save_steps=1000, seed=0)
+    return record.run.throughput["tokens_per_s"]
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def main() -> None:
     hf, vllm = rows["hf"], rows["vllm"]
     agree = sum(hf[i]["prediction"] == vllm[i]["prediction"] for i in hf)
     gap = max(abs(hf[i]["scores"][k] - vllm[i]["scores"][k]) for i in hf for k in hf[i]["scores"])
-    speed = {b: rec.data["throughput"]["examples_per_s"] for b, rec in records.items()}
+    speed = {b: rec.run.throughput["examples_per_s"] for b, rec in records.items()}
     print(f"examples: {len(hf)}; prediction agreement {agree}/{len(hf)}; largest log-likelihood gap {gap:.2e}")
     print(f"hf   : {speed['hf']:8.1f} examples/s")
     print(f"vllm : {speed['vllm']:8.1f} examples/s")
