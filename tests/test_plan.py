@@ -162,3 +162,23 @@ def test_qlora_trains_on_a_4bit_base_and_its_adapter_evaluates(lab, tiny_model_d
     assert record.run.metrics.steps == 3 and record.run.memory.measured_mb is not None
     result = evaluate(lab, record.id, task="sentiment", limit=8)
     assert result.run.finished and result.run.system.train_run == record.id
+
+
+@pytest.mark.slow
+def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path):
+    """bench/gpu_train.py is run on a lent GPU with little time to spare: it must work the first time."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "bench" / "gpu_train.py"
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(script), "--shapes", "tiny", "--steps", "2", "--batch", "2",
+                           "--score-limit", "8", "--work", str(tmp_path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(out.read_text())["shapes"]["tiny"]["runs"]
+    assert set(runs) == {"TRL default", "llamalab", "label scoring"}
+    assert runs["llamalab"]["tokens_per_s"] > 0 and runs["llamalab"]["predicted_mib"] > 0
+    assert "x TRL default" in done.stdout and "of the card" in done.stdout

@@ -215,11 +215,11 @@ def largest_batch(lengths: list[int], batch_size: int, seed: int) -> int:
     return max(sum(lengths[j] for j in order[k:k + batch_size]) for k in range(0, len(order), batch_size))
 
 
-def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], answer_tokens: int,
+def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], answers: list[int],
                 file_bytes_per_param: float = 2.0) -> MemoryPlan:
     """The memory parts of training `experiment` on `device`, and whether to checkpoint activations.
 
-    `lengths` are the training rows' token counts, `answer_tokens` the most answer tokens in one row."""
+    `lengths` are the training rows' token counts, `answers` their answer (loss) token counts."""
     bf16 = device.bf16
     method = experiment.method
     if method == "qlora" and device.kind == "cpu":
@@ -244,8 +244,8 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     edges = tokens * shape.hidden * act_bytes * 3  # embedding output, final norm, the last hidden states
     activations = per_layer * (shape.layers + 1) + edges
     checkpointed = tokens * shape.hidden * act_bytes * shape.layers + per_layer * 2 + edges
-    rows = min(experiment.batch_size, len(lengths)) or 1
-    logits = rows * answer_tokens * shape.vocab * (4 * 3 + act_bytes)  # float32 logits, softmax, their gradient
+    answer_tokens = largest_batch(answers, experiment.batch_size, experiment.seed)
+    logits = answer_tokens * shape.vocab * (4 * 3 + act_bytes)  # float32 logits, log-softmax, their gradient
     workspace = shape.linear_params * param_bytes if device.kind == "cpu" else 0
     # Loading maps the file; a file at another precision is converted, holding both for a moment.
     load = weights + (shape.params * file_bytes_per_param if file_bytes_per_param != param_bytes else 0)
@@ -328,7 +328,7 @@ def measure_matmul_tflops(device: Device) -> float:
     return round(2 * n**3 / best / 1e12, 4)
 
 
-def plan_training(experiment, model_folder: Path, lengths: list[int], answer_tokens: int,
+def plan_training(experiment, model_folder: Path, lengths: list[int], answers: list[int],
                   device: Device | None = None, past_efficiency: list[float] | None = None) -> MemoryPlan:
     """The plan for training `experiment` on `device` (default: this machine, with the experiment's
     `memory_limit` if it names one), checkpointing decided."""
@@ -339,7 +339,7 @@ def plan_training(experiment, model_folder: Path, lengths: list[int], answer_tok
         device = replace(device, memory_mb=parse_memory(experiment.memory_limit),
                          name=f"{device.name}, planned as {experiment.memory_limit}")
     shape = Shape.of_folder(model_folder)
-    plan = memory_plan(shape, experiment, device, lengths, answer_tokens, _file_bytes_per_param(model_folder, shape))
+    plan = memory_plan(shape, experiment, device, lengths, answers, _file_bytes_per_param(model_folder, shape))
     plan = decide_checkpointing(plan, experiment.activation_checkpointing)
     return with_time(plan, shape, experiment.method, device, sum(lengths), past_efficiency or [])
 
@@ -424,7 +424,7 @@ def plan_run(lab, experiment, device_text: str | None = None, **overrides) -> Me
     if len(dataset) == 0:
         raise LlamalabError("no training examples left: raise max_length or check the task's train split")
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    answers = max(sum(1 for t in labels if t != -100) for labels in dataset["labels"])
+    answers = [sum(1 for t in labels if t != -100) for labels in dataset["labels"]]
     device = resolve_device(device_text)
     if device_text in (None, "auto", "cpu", "cuda"):  # this machine's own device: its rate can be measured
         device = replace(device, matmul_tflops=device.matmul_tflops or measure_matmul_tflops(device))

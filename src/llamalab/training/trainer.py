@@ -168,7 +168,7 @@ def _plan(experiment: Experiment, model_ref: ModelRef, dataset, console, process
     from llamalab.training.plan import plan_training
 
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    answers = max(sum(1 for t in labels if t != -100) for labels in dataset["labels"])
+    answers = [sum(1 for t in labels if t != -100) for labels in dataset["labels"]]
     per_process = experiment.model_copy(update={"batch_size": experiment.batch_size // processes})
     plan = plan_training(per_process, model_ref.path, lengths, answers)
     state = "on" if plan.checkpointing else "off"

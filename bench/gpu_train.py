@@ -1,0 +1,205 @@
+"""Training and scoring on one GPU against the card's own matmul rate and TRL's default recipe, in one call.
+
+    python bench/gpu_train.py [--shapes 1b,7b] [--steps 30] [--batch 16] [--out results.json]
+    python bench/gpu_train.py --shapes tiny --steps 3      # the same script on a CPU, to check it runs
+
+Models are random-weight Llama shapes with the embedded model's tokenizer (no hub needed): `1b` has TinyLlama's
+dimensions, `7b` Llama-2-7B's. Rows are gsm8k prompt + answer (the longest task in the example lab). For each
+shape it runs, in this process:
+
+- TRL's default recipe: SFTTrainer with its default SFTConfig (activation checkpointing on) on prompt/completion
+  rows, PEFT LoRA r=16 on all linear layers, the same batch and steps;
+- `llamalab train` with LoRA (activation_checkpointing: auto on the card's memory); for 7B also told the card
+  has 24 GB (`memory_limit: 24GB`), and `method: qlora`;
+- label scoring (`llamalab eval` on sentiment) of the 1B shape.
+
+It prints tokens/s, model TFLOP/s (4 P per trained token, as TRL comparisons count; 2 P per scored token, without
+the embedding table, which is looked up, not multiplied) and the share of the card's bf16 matmul rate measured at
+the start, peak GPU memory against `llamalab plan`'s prediction, and the ratio to TRL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2},
+    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+           "num_key_value_heads": 4},
+    "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 32},
+}
+
+
+def make_model(shape: str, folder: Path, weights: bool = True) -> int:
+    """A random Llama of `shape` with the embedded tokenizer in `folder` (config only without `weights`);
+    returns its parameter count."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
+    from llamalab.training.plan import Shape
+
+    tokenizer = load_tokenizer(resolve_model(EMBEDDED_NAME))
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    if not weights:
+        config.save_pretrained(folder)
+        return Shape.of(config.to_dict()).params
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
+    model.save_pretrained(folder)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return params
+
+
+def _rows(lab, folder: Path, count: int) -> list[dict]:
+    from llamalab.models import load_tokenizer, resolve_model
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.prompts import Prompter
+    from llamalab.tasks.task import load_task
+    from llamalab.training.trainer import training_subset
+
+    task = load_task(lab.task_path("gsm8k"), lab.root)
+    prompter = Prompter(task, load_tokenizer(resolve_model(str(folder))), "plain")
+    return [{"prompt": prompter.prompt(ex), "completion": prompter.continuation(ex.answer)}
+            for ex in training_subset(load_task_data(task).split("train"), count, seed=0)]
+
+
+def trl_default(lab, folder: Path, batch: int, steps: int) -> dict:
+    """TRL's default SFT recipe with PEFT LoRA: tokens/s and peak memory."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from llamalab.models import load_tokenizer, resolve_model
+
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as out:
+        config = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, report_to=[],
+                           save_strategy="no", disable_tqdm=True, bf16=cuda, use_cpu=not cuda)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if cuda else torch.float32)
+        trainer = SFTTrainer(
+            model=model, args=config, train_dataset=Dataset.from_list(_rows(lab, folder, batch * steps)),
+            processing_class=load_tokenizer(resolve_model(str(folder))),
+            peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    del trainer, model
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"tokens_per_s": tokens / seconds, "peak_mib": peak}
+
+
+def llamalab_train(lab, folder: Path, batch: int, steps: int, **settings) -> dict:
+    from llamalab.training.experiment import Experiment
+    from llamalab.training.trainer import train
+
+    experiment = Experiment(task="gsm8k", base_model=str(folder), batch_size=batch, max_steps=steps,
+                            train_examples=batch * steps, save_steps=10**6, max_length=1024, **settings)
+    record = train(lab, experiment, name=f"bench-{folder.name}-{'-'.join(map(str, settings.values())) or 'lora'}")
+    memory = record.run.memory
+    return {"tokens_per_s": record.run.throughput["tokens_per_s"], "peak_mib": memory.measured_mb,
+            "predicted_mib": memory.predicted_mb, "checkpointing": memory.activation_checkpointing,
+            "reason": memory.reason}
+
+
+def label_scoring(lab, folder: Path, limit: int) -> dict:
+    from llamalab.evaluation.evaluate import evaluate
+
+    record = evaluate(lab, str(folder), task="sentiment", limit=limit)
+    return {"examples_per_s": record.run.throughput["examples_per_s"],
+            "tokens_per_s": record.run.throughput["tokens_per_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="1b,7b")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--score-limit", type=int, default=1000)
+    parser.add_argument("--work", type=Path, default=None, help="where the random models go (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    from llamalab.lab import init_lab
+    from llamalab.training.plan import measure_matmul_tflops, resolve_device
+
+    device = resolve_device()
+    rate = measure_matmul_tflops(device)
+    print(f"device: {device.describe()}; measured matmul rate {rate:,.3g} TFLOP/s "
+          f"({'bf16 8192²' if device.kind == 'cuda' else 'fp32 2048²'})", flush=True)
+    results: dict = {"device": device.describe(), "matmul_tflops": rate, "shapes": {}}
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        lab = init_lab(Path(tmp) / "lab")
+        for shape in args.shapes.split(","):
+            folder = Path(tmp) / f"llama-{shape}"
+            params = make_model(shape, folder)
+            runs = {"TRL default": trl_default(lab, folder, args.batch, args.steps),
+                    "llamalab": llamalab_train(lab, folder, args.batch, args.steps)}
+            if shape == "7b":
+                runs["llamalab, 24 GB"] = llamalab_train(lab, folder, args.batch, args.steps, memory_limit="24GB")
+                runs["llamalab QLoRA"] = llamalab_train(lab, folder, args.batch, args.steps, method="qlora")
+            if shape in ("1b", "tiny"):
+                runs["label scoring"] = label_scoring(lab, folder, args.score_limit)
+            embedding = len_vocab(folder) * SHAPES[shape]["hidden_size"]
+            results["shapes"][shape] = {"params": params, "embedding_params": embedding, "runs": runs}
+            _print(shape, params, embedding, runs, rate)
+            _remove(folder)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def len_vocab(folder: Path) -> int:
+    return json.loads((folder / "config.json").read_text())["vocab_size"]
+
+
+def _print(shape: str, params: int, embedding: int, runs: dict, rate: float) -> None:
+    print(f"\n{shape}: {params / 1e9:.2f} B parameters")
+    peer = runs["TRL default"]["tokens_per_s"]
+    for name, run in runs.items():
+        if "examples_per_s" in run:
+            tflops = 2 * (params - embedding) * run["tokens_per_s"] / 1e12
+            print(f"  {name:18s} {run['examples_per_s']:10,.1f} examples/s  {tflops:8.3g} forward TFLOP/s "
+                  f"({tflops / rate:.0%} of the card)")
+            continue
+        tflops = 4 * params * run["tokens_per_s"] / 1e12
+        memory = f"peak {run['peak_mib'] / 1024:6.1f} GiB" if run.get("peak_mib") else "peak n/a"
+        if run.get("predicted_mib"):
+            error = (run["predicted_mib"] - run["peak_mib"]) / run["peak_mib"] if run.get("peak_mib") else None
+            memory += f" (plan {run['predicted_mib'] / 1024:.1f} GiB" + (f", {error:+.0%})" if error is not None
+                                                                          else ")")
+            memory += f", checkpointing {'on' if run['checkpointing'] else 'off'}"
+        print(f"  {name:18s} {run['tokens_per_s']:10,.0f} tokens/s  {tflops:8.3g} model TFLOP/s "
+              f"({tflops / rate:.0%} of the card)  {memory}  {run['tokens_per_s'] / peer:.2f}x TRL default")
+
+
+def _remove(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
