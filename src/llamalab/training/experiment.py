@@ -52,6 +52,12 @@ class Experiment(StrictModel):
             raise ValueError("`lora` settings given but method is full; remove them or set method: lora")
         return self
 
+    @field_validator("bf16", "activation_checkpointing", mode="before")
+    @classmethod
+    def _yes_no(cls, value: Any) -> Any:
+        """YAML reads an unquoted yes/no (in a file or as `key=yes` on the command line) as a boolean."""
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("memory_limit")
     @classmethod
     def _memory(cls, value: str | None) -> str | None:

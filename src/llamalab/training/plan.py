@@ -14,11 +14,11 @@ Memory is the sum of parts, each from the model's shape and the experiment:
                    packed operands stay resident through training; 405 MiB for the embedded model)
 
 The bytes per token per layer were measured from autograd's saved tensors (a saved-tensors hook counting each
-storage once) on Llama layers of several widths, and are exact for those shapes:
+storage once) on Llama layers of several widths; a test checks them on random shapes:
 
     LoRA, float32        4 (6h + 2kv + 4i) + 4 r n + 4 heads + 8
-    LoRA, bfloat16      36h + 4kv + 10i + 4 r n + 4 heads + 8    (LoRA runs in float32: its inputs are upcast)
-    QLoRA (NF4, bf16)   26h + 4kv + 16i + 4 r n + 4 heads + 8
+    LoRA, bf16 autocast  26.5h + 4kv + 8.75i + 2 r n + 4 heads + 8   (how a GPU trains: bf16 weights, autocast)
+    QLoRA (NF4, bf16)    26h + 4kv + 16i + 4 r n + 4 heads + 8
     full, float32       4 (8h + 2kv + 4i) + 4 heads + 8
     full, bfloat16      20h + 4kv + 8i + 4 heads + 8
 
@@ -202,17 +202,26 @@ def activation_bytes(shape: Shape, method: str, bf16: bool, r: int, n: int) -> f
     if method == "qlora":
         return 26 * h + 4 * kv + 16 * i + 4 * r * n + extra
     if method == "lora":
-        return (36 * h + 4 * kv + 10 * i if bf16 else 4 * (6 * h + 2 * kv + 4 * i)) + 4 * r * n + extra
+        return (26.5 * h + 4 * kv + 8.75 * i + 2 * r * n if bf16 else 4 * (6 * h + 2 * kv + 4 * i) + 4 * r * n) + extra
     return (20 * h + 4 * kv + 8 * i if bf16 else 4 * (8 * h + 2 * kv + 4 * i)) + extra
 
 
-def largest_batch(lengths: list[int], batch_size: int, seed: int) -> int:
-    """Tokens in the largest micro-batch of one shuffled epoch (padding-free batches: the sum of the lengths)."""
+def largest_batch(lengths: list[int], batch_size: int, seed: int, batches: int | None = None) -> int:
+    """Tokens in the largest micro-batch of shuffled epochs (padding-free batches: the sum of the lengths), over
+    `batches` micro-batches (default: one epoch's)."""
     if not lengths:
         return 0
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    return max(sum(lengths[j] for j in order[k:k + batch_size]) for k in range(0, len(order), batch_size))
+    rng, largest, seen = random.Random(seed), 0, 0
+    per_epoch = -(-len(lengths) // batch_size)
+    while seen < (batches or per_epoch):
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        for k in range(0, len(order), batch_size):
+            if seen == (batches or per_epoch):
+                break
+            largest = max(largest, sum(lengths[j] for j in order[k:k + batch_size]))
+            seen += 1
+    return largest
 
 
 def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], answers: list[int],
@@ -238,13 +247,14 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
         n = len(targets)
         lora_params = shape.layers * sum(r * sum(shape.linears()[t]) for t in targets)
         trainable = lora_params * 16
-    tokens = largest_batch(lengths, experiment.batch_size, experiment.seed)
+    batches = experiment.max_steps * experiment.grad_accum if experiment.max_steps else None
+    tokens = largest_batch(lengths, experiment.batch_size, experiment.seed, batches)
     per_layer = activation_bytes(shape, method, bf16, r, n) * tokens
     act_bytes = 2 if bf16 else 4
     edges = tokens * shape.hidden * act_bytes * 3  # embedding output, final norm, the last hidden states
     activations = per_layer * (shape.layers + 1) + edges
     checkpointed = tokens * shape.hidden * act_bytes * shape.layers + per_layer * 2 + edges
-    answer_tokens = largest_batch(answers, experiment.batch_size, experiment.seed)
+    answer_tokens = largest_batch(answers, experiment.batch_size, experiment.seed, batches)
     logits = answer_tokens * shape.vocab * (4 * 3 + act_bytes)  # float32 logits, log-softmax, their gradient
     workspace = shape.linear_params * param_bytes if device.kind == "cpu" else 0
     # Loading maps the file; a file at another precision is converted, holding both for a moment.
@@ -385,12 +395,12 @@ def past_runs(lab) -> list[PastRun]:
     return rows
 
 
-def _past_efficiency(lab, device: Device) -> list[float]:
+def past_efficiency(runs_dir: Path, device: Device) -> list[float]:
     """Model-FLOP efficiency (achieved over the matmul rate measured now) of past runs on this very device."""
     from llamalab.runs.record import list_runs
 
     found = []
-    for record in list_runs(lab.runs_dir, "train"):
+    for record in list_runs(runs_dir, "train"):
         memory, rate = record.run.memory, record.run.throughput.get("tokens_per_s")
         if record.run.finished and memory and memory.flops_per_token and rate and memory.device == device.describe():
             found.append(rate * memory.flops_per_token / (device.matmul_tflops * 1e12))
@@ -403,7 +413,7 @@ def plan_run(lab, experiment, device_text: str | None = None, **overrides) -> Me
     from dataclasses import replace
 
     from llamalab.config import apply_overrides
-    from llamalab.models import load_tokenizer, resolve_model
+    from llamalab.models import ModelRef, load_tokenizer, resolve_model
     from llamalab.tasks.data import load_task_data
     from llamalab.tasks.prompts import Prompter
     from llamalab.tasks.task import load_task
@@ -416,7 +426,10 @@ def plan_run(lab, experiment, device_text: str | None = None, **overrides) -> Me
     else:
         experiment, _ = load_experiment(lab.experiment_path(experiment), overrides)
     task = load_task(lab.task_path(experiment.task), lab.root)
-    model_ref = resolve_model(experiment.base_model)
+    local = Path(experiment.base_model).expanduser()
+    # A local folder needs only its config.json and tokenizer here (no weights: a 7B shape can be planned anywhere)
+    model_ref = (ModelRef(experiment.base_model, str(local), "not hashed") if (local / "config.json").is_file()
+                 else resolve_model(experiment.base_model))
     tokenizer = load_tokenizer(model_ref)
     prompter = Prompter(task, tokenizer, experiment.format or task.prompt.format)
     examples = training_subset(load_task_data(task).split("train"), experiment.train_examples, experiment.seed)
@@ -430,7 +443,7 @@ def plan_run(lab, experiment, device_text: str | None = None, **overrides) -> Me
         device = replace(device, matmul_tflops=device.matmul_tflops or measure_matmul_tflops(device))
     epochs = experiment.epochs if not experiment.max_steps else None
     plan = plan_training(experiment, model_ref.path, lengths, answers, device,
-                         _past_efficiency(lab, device) if device.matmul_tflops else [])
+                         past_efficiency(lab.runs_dir, device) if device.matmul_tflops else [])
     return replace(plan, epochs=epochs, steps_per_epoch=-(-len(lengths) // experiment.batch_size))
 
 

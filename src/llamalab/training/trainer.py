@@ -118,7 +118,7 @@ def _run_training(
     if len(dataset) == 0:
         raise LlamalabError("no training examples left: raise max_length or check the task's train split")
 
-    plan = _plan(experiment, model_ref, dataset, console, processes)
+    plan = _plan(record, experiment, model_ref, dataset, console, processes)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     with PeakMemory() as peak:
         model = _load_for_training(experiment, model_ref, dtype, plan.checkpointing)
@@ -163,14 +163,20 @@ def _run_training(
     )
 
 
-def _plan(experiment: Experiment, model_ref: ModelRef, dataset, console, processes: int):
-    """Predict the run's memory on this device and decide activation checkpointing (said aloud)."""
-    from llamalab.training.plan import plan_training
+def _plan(record, experiment: Experiment, model_ref: ModelRef, dataset, console, processes: int):
+    """Predict the run's memory and time on this device (its matmul rate measured now, in under a second) and
+    decide activation checkpointing (said aloud)."""
+    from dataclasses import replace
+
+    from llamalab.training.plan import measure_matmul_tflops, past_efficiency, plan_training, resolve_device
 
     lengths = [len(ids) for ids in dataset["input_ids"]]
     answers = [sum(1 for t in labels if t != -100) for labels in dataset["labels"]]
     per_process = experiment.model_copy(update={"batch_size": experiment.batch_size // processes})
-    plan = plan_training(per_process, model_ref.path, lengths, answers)
+    device = resolve_device()
+    device = replace(device, matmul_tflops=measure_matmul_tflops(device))
+    plan = plan_training(per_process, model_ref.path, lengths, answers, device,
+                         past_efficiency(record.folder.parent, device))
     state = "on" if plan.checkpointing else "off"
     console.print(f"memory plan: {plan.peak_mb:,.0f} MiB predicted on {escape(plan.device)}; activation "
                   f"checkpointing {state} ({escape(plan.reason)})")
