@@ -21,10 +21,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session")
+def _example_lab(tmp_path_factory) -> Path:
+    return init_lab(tmp_path_factory.mktemp("example") / "lab").root
+
+
 @pytest.fixture
-def lab(tmp_path: Path) -> Lab:
-    """A fresh copy of the shipped example lab."""
-    return init_lab(tmp_path / "lab")
+def lab(tmp_path: Path, _example_lab: Path) -> Lab:
+    """A fresh copy of the shipped example lab (copied from one made by `init_lab` per session: its git commit
+    is the slow part)."""
+    import shutil
+
+    from llamalab.lab import find_lab
+
+    shutil.copytree(_example_lab, tmp_path / "lab", symlinks=True)
+    return find_lab(tmp_path / "lab")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,6 @@ import sys
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from llamalab.runs.record import list_runs
 from llamalab.training.trainer import train
@@ -36,7 +34,9 @@ def _losses(record) -> list[float]:
     return [row["loss"] for row in rows]
 
 
-def _adapter(record) -> dict[str, torch.Tensor]:
+def _adapter(record) -> dict:
+    from safetensors.torch import load_file
+
     return load_file(record.folder / "adapter" / "adapter_model.safetensors")
 
 
@@ -48,6 +48,8 @@ def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir):
     assert two.run.config_hash == one.run.config_hash  # the processes are not a setting of the run
     assert len(_losses(two)) == len(_losses(one)) == 6
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-4)
+    import torch
+
     theirs, ours = _adapter(one), _adapter(two)
     assert theirs.keys() == ours.keys()
     for name in theirs:

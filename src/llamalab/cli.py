@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from llamalab.assignments.cli import assignment_app
 from llamalab.backends.registry import backend_help
 from llamalab.config import LlamalabError
 from llamalab.lab import find_lab, init_lab
@@ -32,6 +33,7 @@ app.add_typer(post_app, name="post")
 study_app = typer.Typer(help="Designed studies (studies/NAME.yaml): grids of fine-tunes x seeds against comparators.",
                         no_args_is_help=True)
 app.add_typer(study_app, name="study")
+app.add_typer(assignment_app, name="assignment")
 # Piped output (logs, CI) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 out = Console(width=None if sys.stdout.isatty() else 140)

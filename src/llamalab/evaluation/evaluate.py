@@ -118,7 +118,7 @@ def evaluate(
         settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
-    settings = _complete(settings, task_spec, resolved)
+    settings = complete_settings(settings, task_spec, resolved)
     if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump())):
         return done
     return _evaluate(lab, settings, task_spec, resolved, loaded, console, resume)
@@ -166,7 +166,7 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, load
             repair_jsonl(path)
             done = {row["id"] for row in read_jsonl(path)}
             todo = [ex for ex in examples if ex.id not in done]
-            n_tokens, seconds = _predict(task, prompter, backend, todo, path, settings, console, len(done),
+            n_tokens, seconds = predict_rows(task, prompter, backend, todo, path, settings, console, len(done),
                                          unconditional)
             rows = _ordered(read_jsonl(path), examples)
             metrics = metric_intervals(task.metric_names, rows, task.answer.labels or None,
@@ -193,7 +193,7 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, load
     return record
 
 
-def _complete(settings: EvalSettings, task: Task, system: System) -> EvalSettings:
+def complete_settings(settings: EvalSettings, task: Task, system: System) -> EvalSettings:
     """Fill in the defaults that depend on the task and system, and reject impossible combinations."""
     is_api = system.kind == "api"
     protocol = settings.protocol or ("loglikelihood" if task.answer.type == "label" and not is_api else "generate")
@@ -277,7 +277,7 @@ def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
     return info
 
 
-def _predict(task: Task, prompter: Prompter, backend, examples, path, settings, console, already: int,
+def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settings, console, already: int,
              unconditional: dict[str, float] | None = None):
     """Predict `examples`, appending each finished batch to predictions.jsonl. Returns (tokens, seconds)."""
     labels = task.answer.labels

@@ -20,6 +20,7 @@ from typing import Any
 import jinja2
 from pydantic import BaseModel
 
+from llamalab.assignments.publish import public_assignments
 from llamalab.evaluation.compare import comparison_warnings, format_delta, format_interval, format_p, interval_note
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
@@ -86,6 +87,8 @@ class _Builder:
 
     def build(self) -> None:
         lab = self.lab
+        self.assignments = public_assignments(lab)  # the handouts staff chose to publish
+        self.nav = NAV + [("assignments/index.html", "Assignments")] if self.assignments else NAV
         self.posts = content.load_posts(lab.root)
         self.tasks = load_tasks(lab)
         self.boards = {b.name: b for b in task_boards(lab)}
@@ -118,11 +121,12 @@ class _Builder:
         self.page("runs/index.html", "runs.html", "Runs", runs=self.runs[::-1])
         for record in self.runs:
             self._run(record)
+        self._assignments()
 
     def page(self, path: str, template: str, title: str, **context: Any) -> None:
         root = "../" * path.count("/")
         html = self.env.get_template(template).render(
-            root=root, title=title, lab=self.lab.config, nav=NAV, here=path, section=path.split("/")[0],
+            root=root, title=title, lab=self.lab.config, nav=self.nav, here=path, section=path.split("/")[0],
             run_link=lambda run_id: f"{root}runs/{run_id}/index.html" if run_id in self.run_ids else None,
             **context,
         )
@@ -180,6 +184,15 @@ class _Builder:
         config = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
         self.page(f"{folder}/index.html", "run.html", f"Run {record.id}", run=record.run, files=files, loss=loss,
                   config=config, record_path=relative_run_path(record, self.lab.root))
+
+    def _assignments(self) -> None:
+        """A page per public assignment (its handout, and the leaderboard staff exported), and their index."""
+        if not self.assignments:
+            return
+        self.page("assignments/index.html", "assignments.html", "Assignments", assignments=self.assignments)
+        for item in self.assignments:
+            self.page(f"assignments/{item.name}/index.html", "assignments.html", f"Assignment: {item.name}",
+                      assignment=item)
 
     def _feed(self) -> None:
         base = self.lab.config.website.url.rstrip("/")

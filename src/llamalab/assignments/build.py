@@ -1,0 +1,322 @@
+"""`llamalab assignment build TASK`: a lab task as a course assignment, from the lab's own runs.
+
+assignments/NAME/
+  student/      the handout (README, starter notebook and script), a small lab with the train and dev data, the
+                test inputs without answers, the submit/ template, and grading/ for a self-check on dev
+  autograder/   autograder.zip for Gradescope (setup.sh, run_autograder, llamalab's code, the hidden answers and
+                the grading config) and the staff notes
+  solution/     the reference submission: the lab's fine-tuned run's answers, its config and a report
+  assignment.yaml   what the assignment was built from; `public: true` puts the handout on the lab site
+
+The whole folder is staged and swapped in at the end; files staff added (such as leaderboard.csv) are kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import shutil
+import stat
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jinja2.meta
+import yaml
+
+import llamalab
+from llamalab.assignments.grade import crash_results
+from llamalab.assignments.handout import ANSWER_FORMATS, SECTION_PROMPTS, notebook_from_script, render
+from llamalab.assignments.references import References, choose_references
+from llamalab.assignments.rubric import (
+    ASSIGNMENT_FILE,
+    CONFIG_FILE,
+    EXPERIMENT,
+    LABELS_FILE,
+    PREDICTIONS,
+    REPORT,
+    REPORT_MIN_WORDS,
+    REPORT_SECTIONS,
+    GradingConfig,
+    submission_answer,
+)
+from llamalab.config import LlamalabError
+from llamalab.evaluation.compare import compare
+from llamalab.lab import Lab
+from llamalab.runs.files import staged_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
+from llamalab.runs.record import CONFIG_FILE as RUN_CONFIG
+from llamalab.runs.record import list_runs
+from llamalab.tasks.checks import check_task_data
+from llamalab.tasks.data import Example
+from llamalab.tasks.task import Task, load_task
+
+DEFAULT_MARGIN = 0.02
+_OURS = {"student", "autograder", "solution", ASSIGNMENT_FILE}
+# The grader's own dependencies (no torch, no model), pinned at the versions installed here.
+_GRADER_PACKAGES = ("numpy", "scipy", "pydantic", "PyYAML")
+_TEXT_PACKAGES = ("rouge-score", "nltk")
+_GRADER_TIMEOUT_S = 900
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so a rebuild from the same records gives the same zip
+
+
+def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs: Sequence[str] | None = None,
+                     out: Path | str | None = None, margin: float = DEFAULT_MARGIN, public: bool | None = None
+                     ) -> Path:
+    """Write assignments/NAME (or `out`) for `task`; thresholds come from `from_runs` (eval run ids on the test
+    split) or else from the lab's finished test evaluations. `public` None keeps the previous build's setting."""
+    spec = load_task(lab.task_path(task), lab.root)
+    name = name or spec.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise LlamalabError(f"assignment name {name!r}: use letters, digits, '.', '_' and '-'")
+    if margin < 0:
+        raise LlamalabError("--margin must be 0 or more")
+    refs = choose_references(lab, spec, from_runs, margin)
+    target = Path(out) if out else lab.root / "assignments" / name
+    previous = _previous(target)
+    hidden = _hidden(refs.examples, name)
+    config = GradingConfig(assignment=name, task=spec.name, split="test", n=len(hidden), answer=spec.answer,
+                           metric=refs.thresholds.metric, thresholds=refs.thresholds)
+    context = _context(lab, spec, name, refs, hidden, config, target)
+    with staged_folder(target) as staging:
+        _keep_staff_files(target, staging)
+        _student(staging / "student", spec, refs, hidden, config, context)
+        _autograder(staging / "autograder", refs, hidden, config, context)
+        _solution(staging / "solution", lab, refs, hidden, context)
+        public = previous.get("public", False) if public is None else public
+        write_text_atomic(staging / ASSIGNMENT_FILE, _assignment_yaml(spec, refs, config, public))
+    return target
+
+
+def _keep_staff_files(target: Path, staging: Path) -> None:
+    """What staff added next to a previous build (e.g. leaderboard.csv) survives a rebuild."""
+    for entry in sorted(target.iterdir()) if target.is_dir() else []:
+        if entry.name in _OURS:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, staging / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
+
+
+def _previous(target: Path) -> dict:
+    path = target / ASSIGNMENT_FILE
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
+
+
+def _hidden(examples: list[Example], name: str) -> list[tuple[str, Example]]:
+    """Each test example under a new id, in a shuffled order: the lab's ids (e.g. `rt-polarity.pos:12`) and its
+    split order (grouped by label) would give answers away."""
+    order = list(examples)
+    random.Random(f"assignment:{name}").shuffle(order)
+    return [(f"test-{number:05d}", ex) for number, ex in enumerate(order, 1)]
+
+
+def _context(lab: Lab, spec: Task, name: str, refs: References, hidden: list[tuple[str, Example]],
+             config: GradingConfig, target: Path) -> dict[str, Any]:
+    """What every template may use."""
+    generation = spec.answer.type != "label"
+    train = refs.data.split("train")
+    balance = Counter(ex.answer for ex in train) if spec.answer.type == "label" else {}
+    first_id, first = hidden[0]
+    points = config.points
+    return {
+        "title": f"Assignment {name}: fine-tuning on {spec.name}", "name": name, "task": spec, "lab": lab.config,
+        "lab_description": lab.config.description, "metric": config.metric, "thresholds": config.thresholds,
+        "points": points, "limits": config.limits, "n": config.n, "min_words": REPORT_MIN_WORDS,
+        "sections": list(REPORT_SECTIONS), "sections_listed": ", ".join(f'"{s}"' for s in REPORT_SECTIONS),
+        "section_points": f"{points.report / len(REPORT_SECTIONS):g}",
+        "counts": {"train": len(train), "dev": len(refs.data.splits.get("dev", [])), "test": config.n},
+        "label_balance": ", ".join(f"{label} {count}" for label, count in sorted(balance.items())),
+        "answer_format": ANSWER_FORMATS[spec.answer.type].format(labels=", ".join(spec.answer.labels)),
+        "example_input": json.dumps({"id": first_id, **_inputs(spec, first)}, ensure_ascii=False),
+        "example_prediction": json.dumps({"id": first_id, "answer": _example_answer(spec)}),
+        "dev_limit": 40 if generation else 300, "train_examples": 200 if generation else 400,
+        "sources": _sources(spec), "folder": target.name, "timeout_s": _GRADER_TIMEOUT_S,
+    }
+
+
+def _example_answer(spec: Task) -> str:
+    return {"label": (spec.answer.labels or ["label"])[0], "number": "42", "sql": "SELECT 1",
+            "entities": '[{"type": "person", "text": "Ada"}]'}.get(spec.answer.type, "your answer")
+
+
+def _inputs(spec: Task, example: Example) -> dict[str, Any]:
+    """What a test input may show: the fields the prompt uses, never the answer."""
+    used = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(spec.prompt.template))
+    keep = (set(spec.data.text_fields) | used) - {spec.data.answer_field}
+    return {k: v for k, v in example.fields.items() if k in keep}
+
+
+def _sources(spec: Task) -> list[dict[str, Any]]:
+    """Each data folder's SOURCE and license files, which travel with the data."""
+    sources = []
+    for folder in sorted({spec.data_path(f).parent for f in spec.data.files}):
+        files = sorted(p for p in folder.iterdir() if p.is_file() and re.match(r"(SOURCE|LICEN[CS]E|README)", p.name))
+        text = (folder / "SOURCE.md").read_text(encoding="utf-8") if (folder / "SOURCE.md").is_file() else ""
+        match = re.search(r"License:\*{0,2}\s*(.+?)(?:\.\s|\.?$)", text, re.M)
+        sources.append({"folder": folder.name, "files": files,
+                        "license": match.group(1).strip() if match else "see the folder"})
+    return sources
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+
+
+# ---- student/ -------------------------------------------------------------------------------------------------
+
+
+def _student(folder: Path, spec: Task, refs: References, hidden: list[tuple[str, Example]], config: GradingConfig,
+             context: dict[str, Any]) -> None:
+    answer_field = spec.data.answer_field
+    for split in ("train", "dev"):
+        rows = [{"id": ex.id, **ex.fields, answer_field: ex.answer} for ex in refs.data.splits.get(split, [])]
+        write_text_atomic(folder / "data" / f"{split}.jsonl", _jsonl(rows))
+    write_text_atomic(folder / "data" / "test_inputs.jsonl",
+                      _jsonl([{"id": ident, **_inputs(spec, ex)} for ident, ex in hidden]))
+    for source in context["sources"]:
+        for path in source["files"]:
+            shutil.copyfile(path, _parent(folder / "data" / source["folder"] / path.name))
+    task_file = spec.model_dump(mode="json", exclude={"lab_root"})
+    task_file["data"] = {"files": [{"path": "data/train.jsonl", "split": "train"},
+                                   {"path": "data/dev.jsonl", "split": "dev"}],
+                         "text_fields": spec.data.text_fields, "answer_field": answer_field, "id_field": "id"}
+    write_text_atomic(folder / "tasks" / f"{spec.name}.yaml", yaml.safe_dump(task_file, sort_keys=False,
+                                                                             allow_unicode=True))
+    load_task(folder / "tasks" / f"{spec.name}.yaml", folder)  # the student's lab must load as written
+    write_text_atomic(folder / "lab.yaml", yaml.safe_dump(
+        {"name": context["title"], "description": context["lab_description"]}, sort_keys=False, allow_unicode=True))
+    dev = refs.data.splits.get("dev", [])
+    if dev:  # the self-check: dev answers the student has anyway, graded by the same rules
+        dev_config = config.model_copy(update={"split": "dev", "n": len(dev), "partial": True})
+        _grading(folder / "grading", dev_config, [{"id": ex.id, "gold": ex.answer} for ex in dev])
+    write_text_atomic(folder / "submit" / PREDICTIONS, _jsonl([{"id": ident, "answer": None} for ident, _ in hidden]))
+    write_text_atomic(folder / "submit" / EXPERIMENT, render("experiment.yaml.jinja", **context))
+    write_text_atomic(folder / "submit" / REPORT, render(
+        "report.md.jinja", **{**context, "sections": [(s, SECTION_PROMPTS[s]) for s in REPORT_SECTIONS]}))
+    script = render("starter.py.jinja", **context)
+    write_text_atomic(folder / "starter.py", script)
+    write_text_atomic(folder / "starter.ipynb", notebook_from_script(script))
+    write_text_atomic(folder / "README.md", render("README.md.jinja", **context))
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _grading(folder: Path, config: GradingConfig, gold: list[dict[str, str]]) -> None:
+    write_json_atomic(folder / CONFIG_FILE, config.model_dump(mode="json"))
+    write_text_atomic(folder / LABELS_FILE, _jsonl(gold))
+
+
+# ---- autograder/ ----------------------------------------------------------------------------------------------
+
+
+def _autograder(folder: Path, refs: References, hidden: list[tuple[str, Example]], config: GradingConfig,
+                context: dict[str, Any]) -> None:
+    fallback = crash_results("The grader did not finish: it crashed, was killed or timed out, or Python could not "
+                             "start. run_autograder's output (shown to staff) says why.")
+    files = {
+        "setup.sh": render("setup.sh.jinja", **context).encode(),
+        "run_autograder": render("run_autograder.jinja", **context, fallback_json=json.dumps(fallback)).encode(),
+        "requirements.txt": _requirements(config).encode(),
+        f"grading/{CONFIG_FILE}": (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode(),
+        f"grading/{LABELS_FILE}": _jsonl([{"id": i, "gold": ex.answer} for i, ex in hidden]).encode(),
+        "grading/ids.jsonl": _jsonl([{"id": i, "lab_id": ex.id} for i, ex in hidden]).encode(),
+        **_vendored(),
+    }
+    write_bytes_atomic(folder / "autograder.zip", _zip(files, executable={"setup.sh", "run_autograder"}))
+    write_text_atomic(folder / "README.md", render("staff.md.jinja", **context))
+
+
+def _requirements(config: GradingConfig) -> str:
+    packages = _GRADER_PACKAGES + (_TEXT_PACKAGES if config.answer.type == "text" else ())
+    return "".join(f"{name}=={metadata.version(name)}\n" for name in packages)
+
+
+def _vendored() -> dict[str, bytes]:
+    """llamalab's Python code (without the example lab's data): the grader imports it from vendor/."""
+    package = Path(llamalab.__file__).parent
+    files = {}
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] != "example_lab" and "__pycache__" not in relative.parts:
+            files[f"vendor/llamalab/{relative.as_posix()}"] = path.read_bytes()
+    return files
+
+
+def _zip(files: dict[str, bytes], executable: set[str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.external_attr = (stat.S_IFREG | (0o755 if name in executable else 0o644)) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, files[name])
+    return buffer.getvalue()
+
+
+# ---- solution/ ------------------------------------------------------------------------------------------------
+
+
+def _solution(folder: Path, lab: Lab, refs: References, hidden: list[tuple[str, Example]], context: dict[str, Any]
+              ) -> None:
+    rows = [{"id": ident, "answer": submission_answer(refs.rows[ex.id])} for ident, ex in hidden]
+    write_text_atomic(folder / PREDICTIONS, _jsonl(rows))
+    write_text_atomic(folder / EXPERIMENT, (refs.trained.folder / RUN_CONFIG).read_text(encoding="utf-8"))
+    metric, config = context["metric"], refs.trained.config
+    lora = f" (rank {config['lora']['r']}, alpha {config['lora']['alpha']})" if config.get("method") == "lora" else ""
+    report = check_task_data(refs.data, context["task"])
+    overlap = report.overlap.get("test", 0)
+    write_text_atomic(folder / REPORT, render(
+        "solution_report.md.jinja", **context, trained=refs.trained, config=config, lora=lora,
+        baseline=refs.baseline.run.metrics[metric], finetuned=refs.finetuned.run.metrics[metric],
+        overlap=f"{overlap} test example(s) whose text is also in train" if overlap else
+        "no test example whose text is also in train", paired=_paired(lab, refs, metric),
+        ablation=_ablation(lab, refs, metric)))
+
+
+def _paired(lab: Lab, refs: References, metric: str) -> str:
+    """The paired test of the fine-tuned run against the baseline, as `llamalab compare` computes it."""
+    result = compare(lab, refs.finetuned.run.task.name, "test", metric, only={refs.finetuned.id, refs.baseline.id},
+                     reference=refs.baseline.id)
+    vs = next(row.vs_reference for row in result.systems if row.run == refs.finetuned.id)
+    if vs is None or vs.delta is None:
+        return "The two runs share no test examples, so no paired test is possible."
+    return (f"On the {vs.n} test examples both saw, the {vs.test} test of the difference gives p = "
+            f"{vs.p_value:.2g}.")
+
+
+def _ablation(lab: Lab, refs: References, metric: str) -> str:
+    """The lab's other fine-tuned runs on the same test split, or what an ablation would be."""
+    task = refs.finetuned.run.task.name
+    others = [r for r in list_runs(lab.runs_dir, "eval")
+              if r.run.finished and r.run.task.name == task and r.run.task.split == "test"
+              and r.run.system.kind == "finetuned" and r.id != refs.finetuned.id and metric in r.run.metrics]
+    if not others:
+        return ("The lab has one fine-tuned evaluation of this task on the test split, so this reference has no "
+                "ablation of its own. A natural one keeps every setting and the seed, halves the LoRA rank or the "
+                "number of training examples, and compares the two fine-tunes on dev with a paired test.")
+    listed = "; ".join(f"`{r.run.display_label}` (run `{r.id}`): {m.estimate:.4f} [{m.low:.4f}, {m.high:.4f}], "
+                       f"n = {m.n}" for r in others if (m := r.run.metrics[metric]))
+    return (f"The lab's other fine-tuned runs on this test split differ from the reference in their settings, and "
+            f"serve as its ablations. Their {metric}, each with its 95% CI: {listed}. Differences smaller than the "
+            "width of these intervals are not evidence of an effect.")
+
+
+def _assignment_yaml(spec: Task, refs: References, config: GradingConfig, public: bool) -> str:
+    t = refs.thresholds
+    data = {"task": spec.name, "public": public, "metric": t.metric,
+            "thresholds": {"zero_at": t.zero_at, "full_at": t.full_at, "margin": t.margin},
+            "runs": {"finetuned": t.finetuned_run, "baseline": t.baseline_run, "train": refs.trained.id},
+            "points": config.points.model_dump(), "llamalab": llamalab.__version__}
+    return ("# Built by `llamalab assignment build`. public: true publishes the handout (and leaderboard.csv, with "
+            "columns name and score, if you add one) on the lab site.\n"
+            + yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,406 @@
+"""The grader: a submission against the hidden answers, as Gradescope's results.json.
+
+It reads three files and runs nothing a student wrote: `predictions.jsonl` (one {"id", "answer"} per example),
+scored with the lab's own metric code; `experiment.yaml`, validated as an experiment file of the task; and
+`report.md`, checked for its required sections. Every problem with a submission is a score and a message; a
+failure of the grader itself is a zero with an apology, and its traceback goes to a test only staff can see.
+Messages name ids and line numbers from the submission, never a gold answer.
+
+On Gradescope, `run_autograder` runs `python -m llamalab.assignments.grade`; AUTOGRADER_ROOT (default
+/autograder) moves the whole tree, for tests and local runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llamalab.assignments.rubric import (
+    CONFIG_FILE,
+    EXPERIMENT,
+    LABELS_FILE,
+    PREDICTIONS,
+    REPORT,
+    SUBMISSION_FILES,
+    GradingConfig,
+    metric_points,
+    score_answer,
+)
+from llamalab.assignments.submission import SubmittedFile, read_submission, shown
+from llamalab.config import LlamalabError, parse_model
+from llamalab.evaluation.metrics import PARSED_AS, metric_intervals
+from llamalab.runs.files import write_text_atomic
+
+CRASH_MESSAGE = ("The autograder failed while grading this submission. This is a problem with the grader, not "
+                 "with your work: your score stays 0 until the course staff regrade it. Please let them know.")
+_SHOWN_PROBLEMS = 5  # examples of each kind of problem in a message
+
+
+def grade_submission(grading: Path, submission: Path) -> dict[str, Any]:
+    """Grade the submission folder against grading/ (config.json and labels.jsonl): Gradescope's results."""
+    started = time.monotonic()
+    config = load_config(grading)
+    gold = load_gold(grading / LABELS_FILE)
+    read = read_submission(submission, SUBMISSION_FILES, config.limits)
+    predictions = parse_predictions(read.files[PREDICTIONS], gold, config)
+    metric_test, leaderboard = _metric_test(predictions, gold, config)
+    tests = [metric_test, _format_test(predictions, gold, config), _experiment_test(read.files[EXPERIMENT], config),
+             *_report_tests(read.files[REPORT], config)]
+    for number, test in enumerate(tests, 1):
+        test["number"] = str(number)
+    score = round(sum(t["score"] for t in tests), 2)
+    where = "the hidden test set" if config.split == "test" else "the dev split (a self-check: not the graded score)"
+    output = "\n".join([f"{config.assignment}: {score:g} of {config.points.total} points on {where}.", *read.notes])
+    return {"score": score, "execution_time": round(time.monotonic() - started), "output": output,
+            "output_format": "text", "visibility": "visible", "stdout_visibility": "hidden", "tests": tests,
+            "leaderboard": leaderboard}
+
+
+@contextlib.contextmanager
+def grading_folder(path: Path) -> Iterator[Path]:
+    """The grading/ folder an assignment path holds: in its autograder.zip (the hidden test), else a grading/
+    folder (the student's self-check on dev), else the path itself."""
+    for archive_path in (path / "autograder" / "autograder.zip", path / "autograder.zip"):
+        if archive_path.is_file():
+            with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(archive_path) as archive:
+                folder = Path(scratch) / "grading"
+                folder.mkdir()
+                for name in (CONFIG_FILE, LABELS_FILE):
+                    (folder / name).write_bytes(archive.read(f"grading/{name}"))
+                yield folder
+            return
+    for candidate in (path / "grading", path):
+        if (candidate / CONFIG_FILE).is_file():
+            yield candidate
+            return
+    raise LlamalabError(f"{path} holds no grading config: name an assignment folder (assignments/NAME), its "
+                        "autograder/ or student/ folder, or a grading/ folder")
+
+
+def load_config(grading: Path) -> GradingConfig:
+    path = grading / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LlamalabError(f"{path}: cannot read the grading config ({exc})") from None
+    return parse_model(GradingConfig, data, str(path))
+
+
+def load_gold(path: Path) -> dict[str, str]:
+    """The hidden answers, id -> gold, in the order the builder wrote them."""
+    gold = {}
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            gold[row["id"]] = row["gold"]
+    return gold
+
+
+# ---- predictions.jsonl ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """What predictions.jsonl gave: usable answers by id, and what is wrong with the file (`fatal`: unreadable)."""
+
+    answers: dict[str, str] = field(default_factory=dict)
+    fatal: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    raise _NotJson(name)
+
+
+def _json_line(line: str) -> Any:
+    # Numbers keep their text: "18" and 18 are the same answer, and no number is too long or too large to read.
+    return json.loads(line, parse_constant=_no_constants, parse_int=str, parse_float=str)
+
+
+def _decode(file: SubmittedFile) -> tuple[str | None, str | None]:
+    """The file's text, or why not (not UTF-8)."""
+    assert file.data is not None
+    try:
+        return file.data.decode("utf-8").removeprefix("\ufeff"), None
+    except UnicodeDecodeError as exc:
+        return None, (f"{shown(file.where)} is not UTF-8 text (byte 0x{file.data[exc.start]:02x} at offset "
+                      f"{exc.start}): save it as UTF-8")
+
+
+def parse_predictions(file: SubmittedFile, gold: dict[str, str], config: GradingConfig) -> Predictions:
+    """Every line a JSON object {"id": ..., "answer": ...}; each id of the graded set exactly once."""
+    if file.data is None:
+        return Predictions(fatal=file.problem)
+    text, problem = _decode(file)
+    if text is None:
+        return Predictions(fatal=problem)
+    bad: dict[str, list[str]] = {}
+    seen: Counter[str] = Counter()
+    answers: dict[str, str] = {}
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = _json_line(line)
+        except _NotJson:
+            bad.setdefault("lines with NaN or Infinity (JSON has neither)", []).append(f"line {number}")
+            continue
+        except RecursionError:
+            bad.setdefault("lines nested too deeply to read", []).append(f"line {number}")
+            continue
+        except ValueError as exc:
+            bad.setdefault("lines that are not valid JSON", []).append(f"line {number} ({str(exc)[:80]})")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            bad.setdefault('lines that are not a JSON object with a string "id"', []).append(f"line {number}")
+            continue
+        ident = row["id"]
+        seen[ident] += 1
+        if "answer" not in row or row["answer"] is None:
+            bad.setdefault('ids without an "answer"', []).append(shown(ident))
+            continue
+        value = _answer_text(row["answer"], config)
+        if value is None:
+            bad.setdefault("ids whose answer is not text", []).append(shown(ident))
+            continue
+        if len(value) > config.limits.answer_chars:
+            bad.setdefault(f"ids whose answer is over {config.limits.answer_chars:,} characters", []).append(
+                shown(ident))
+            continue
+        answers.setdefault(ident, value)
+    duplicated = sorted(i for i, count in seen.items() if count > 1)
+    extra = [i for i in seen if i not in gold]
+    missing = [] if config.partial else [i for i in gold if i not in seen]
+    for what, items in (("ids given more than once (each counts as unanswered)", [shown(i) for i in duplicated]),
+                        ("ids that are not ids of this assignment", [shown(i) for i in extra]),
+                        ("ids missing", [shown(i) for i in missing])):
+        if items:
+            bad.setdefault(what, []).extend(items)
+    problems = [f"{what} ({len(items)}): {', '.join(items[:_SHOWN_PROBLEMS])}"
+                f"{', ...' if len(items) > _SHOWN_PROBLEMS else ''}" for what, items in bad.items()]
+    usable = {i: a for i, a in answers.items() if i in gold and seen[i] == 1}
+    if not seen and not problems:
+        return Predictions(fatal=f"{shown(file.where)} holds no predictions")
+    return Predictions(usable, None, problems)
+
+
+def _answer_text(value: Any, config: GradingConfig) -> str | None:
+    if isinstance(value, str):
+        return value
+    if config.answer.type == "entities" and isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return None
+
+
+def _metric_test(predictions: Predictions, gold: dict[str, str], config: GradingConfig
+                 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    t, points = config.thresholds, config.points.metric
+    name = f"{config.metric} on the {'hidden test' if config.split == 'test' else 'dev'} examples"
+    rule = (f"No credit at or below {t.zero_at:.4f} (the best baseline without fine-tuning, {t.baseline_system}), "
+            f"full credit at or above {t.full_at:.4f} (the lab's fine-tuned result {t.finetuned:.4f} minus a margin "
+            f"of {t.margin:g}), linear in between.")
+    if predictions.fatal:
+        return _test(name, 0, points, f"Not scored: {predictions.fatal}\n{rule}", config.visibility), []
+    ids = [i for i in gold if i in predictions.answers] if config.partial else list(gold)
+    if not ids:
+        return _test(name, 0, points, f"Not scored: no answer has an id of this assignment.\n{rule}",
+                     config.visibility), []
+    rows = [{"id": i, "gold": gold[i], **score_answer(config.answer, gold[i], predictions.answers.get(i, ""))}
+            for i in ids]
+    m = metric_intervals([config.metric], rows, config.answer.labels or None)[config.metric]
+    score = metric_points(m["estimate"], t, points)
+    unanswered = sum(1 for i in ids if i not in predictions.answers)
+    unparsed = sum(1 for r in rows if not r.get("parsed", True)) - unanswered
+    lines = [f"{config.metric} {m['estimate']:.4f} (95% CI [{m['low']:.4f}, {m['high']:.4f}], percentile bootstrap) "
+             f"on {len(ids)} examples: {score:g} of {points} points.", rule]
+    if config.partial:
+        lines.append(f"Scored on the {len(ids)} of {len(gold)} dev examples you submitted.")
+    if unanswered:
+        lines.append(f"{unanswered} example(s) have no usable answer and count as wrong.")
+    if unparsed > 0:
+        lines.append(f"{unparsed} answer(s) did not parse as {PARSED_AS[config.answer.type]} and count as wrong.")
+    leaderboard = [{"name": config.metric, "value": round(m["estimate"], 4), "order": "desc"}]
+    return _test(name, score, points, "\n".join(lines), config.visibility), leaderboard
+
+
+def _format_test(predictions: Predictions, gold: dict[str, str], config: GradingConfig) -> dict[str, Any]:
+    name, points = "predictions.jsonl: every id exactly once, each with an answer", config.points.predictions_format
+    if predictions.fatal:
+        return _test(name, 0, points, predictions.fatal)
+    if predictions.problems:
+        return _test(name, 0, points, "\n".join(predictions.problems))
+    count = len(predictions.answers) if config.partial else len(gold)
+    return _test(name, points, points, f"{count} ids, each exactly once, each with an answer.")
+
+
+# ---- experiment.yaml ------------------------------------------------------------------------------------------
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without anchors and aliases: a few aliased lines can otherwise expand into gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed here")
+        return super().compose_node(parent, index)
+
+
+def _experiment_test(file: SubmittedFile, config: GradingConfig) -> dict[str, Any]:
+    from llamalab.training.experiment import Experiment
+
+    name, points = f"{EXPERIMENT}: a valid experiment file of task {config.task}", config.points.experiment
+    if file.data is None:
+        return _test(name, 0, points, file.problem or "")
+    text, problem = _decode(file)
+    if text is None:
+        return _test(name, 0, points, problem or "")
+    try:
+        data = yaml.load(text, Loader=_NoAliases)  # a SafeLoader: plain data only
+    except RecursionError:
+        return _test(name, 0, points, f"{EXPERIMENT} is nested too deeply to read")
+    except yaml.YAMLError as exc:
+        return _test(name, 0, points, f"{EXPERIMENT} is not valid YAML: {str(exc)[:300]}")
+    if data is None:
+        return _test(name, 0, points, f"{EXPERIMENT} holds no settings (only comments?): put the config.yaml of "
+                                      "the run behind your predictions here")
+    try:
+        experiment = parse_model(Experiment, data, EXPERIMENT)
+    except LlamalabError as exc:
+        return _test(name, 0, points, f"not a valid experiment file:\n{str(exc)[:1000]}")
+    except RecursionError:
+        return _test(name, 0, points, f"{EXPERIMENT} is nested too deeply to read")
+    if experiment.task != config.task:
+        return _test(name, 0, points, f"{EXPERIMENT} trains task {shown(experiment.task)}; this assignment's task "
+                                      f"is {config.task}")
+    size = f"{experiment.train_examples} training examples" if experiment.train_examples else "all training examples"
+    return _test(name, points, points, f"method {experiment.method}, base model {shown(experiment.base_model)}, "
+                                       f"{size}, seed {experiment.seed}.")
+
+
+# ---- report.md ------------------------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t#]*$")
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+
+
+def _report_tests(file: SubmittedFile, config: GradingConfig) -> list[dict[str, Any]]:
+    sections = config.report_sections
+    each = round(config.points.report / len(sections), 2) if sections else 0
+    names = [f"{REPORT}: section \"{s}\" (at least {config.report_min_words} words)" for s in sections]
+    text, problem = (None, file.problem) if file.data is None else _decode(file)
+    if text is None:
+        return [_test(n, 0, each, problem or "") for n in names]
+    found = report_sections(text)
+    tests = []
+    for section, test_name in zip(sections, names, strict=True):
+        body = _section_words(found, _normal(section))
+        if body is None:
+            tests.append(_test(test_name, 0, each, f"no heading containing \"{section}\" (e.g. ## {section})"))
+        elif body < config.report_min_words:
+            tests.append(_test(test_name, 0, each, f"\"{section}\" has {body} words of your own; it needs at least "
+                                                   f"{config.report_min_words}"))
+        else:
+            tests.append(_test(test_name, each, each, f"\"{section}\": {body} words. Staff read the report too."))
+    return tests
+
+
+def report_sections(markdown: str) -> list[tuple[str, int]]:
+    """Each heading (normalised) with the number of words under it, up to the next heading of its level or
+    above; HTML comments (the template's prompts) and fenced code do not count."""
+    lines = _COMMENT.sub("", markdown).split("\n")
+    headings: list[tuple[int, int, str]] = []  # line index, level, text
+    fenced = False
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and (match := _HEADING.match(line)):
+            headings.append((index, len(match.group(1)), _normal(match.group(2))))
+    found = []
+    for position, (index, level, text) in enumerate(headings):
+        end = next((i for i, lv, _ in headings[position + 1:] if lv <= level), len(lines))
+        body, fenced = [], False
+        for line in lines[index + 1:end]:
+            if line.lstrip().startswith(("```", "~~~")):
+                fenced = not fenced
+            elif not fenced and not _HEADING.match(line):
+                body.append(line)
+        found.append((text, len(re.findall(r"[^\W_]+", " ".join(body)))))
+    return found
+
+
+def _section_words(found: list[tuple[str, int]], key: str) -> int | None:
+    """Words under the heading that names the section: "Ablation" before "2. Ablation (LoRA rank)" before a title
+    that merely mentions it."""
+    ranked = []
+    for heading, words in found:
+        bare = re.sub(r"^[\d ]+", "", heading)
+        if key in heading:
+            ranked.append((0 if bare == key else 1 if bare.startswith(key) else 2, words))
+    return min(ranked, key=lambda item: item[0])[1] if ranked else None
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())
+
+
+# ---- results.json ---------------------------------------------------------------------------------------------
+
+
+def _test(name: str, score: float, max_score: float, output: str, visibility: str = "visible") -> dict[str, Any]:
+    return {"name": name, "score": score, "max_score": max_score,
+            "status": "passed" if score >= max_score else "failed", "output": output, "visibility": visibility}
+
+
+def crash_results(detail: str) -> dict[str, Any]:
+    """A zero with an apology for the student; what went wrong only in a test hidden from students."""
+    return {"score": 0, "execution_time": 0, "output": CRASH_MESSAGE, "output_format": "text",
+            "visibility": "visible", "stdout_visibility": "hidden",
+            "tests": [{"name": "Autograder error (staff only)", "score": 0, "max_score": 0, "status": "failed",
+                       "visibility": "hidden",
+                       "output": "Sorry: the grader failed on this submission, so it was given 0. Regrade it once the "
+                                 f"grader is fixed.\n\n{detail}"}]}
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    # allow_nan=False: whatever went wrong, the file Gradescope reads is strict JSON.
+    write_text_atomic(path, json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Grade /autograder/submission into /autograder/results/results.json (the root from AUTOGRADER_ROOT or
+    --root); always writes a valid results.json and exits 0, so Gradescope shows it."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path(os.environ.get("AUTOGRADER_ROOT", "/autograder")))
+    args = parser.parse_args(argv)
+    out = args.root / "results" / "results.json"
+    try:
+        results = grade_submission(args.root / "source" / "grading", args.root / "submission")
+        write_results(out, results)
+    except Exception:  # the grader's own failure: never the student's to see
+        detail = traceback.format_exc()
+        print(detail, file=sys.stderr)  # run_autograder's log, for staff
+        write_results(out, crash_results(detail))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

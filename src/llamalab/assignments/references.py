@@ -1,0 +1,109 @@
+"""The lab's runs an assignment is calibrated on: its fine-tuned result (full credit, less a margin), its best
+baseline without fine-tuning (no credit), and the test examples the fine-tuned run answered (the hidden test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llamalab.assignments.rubric import Thresholds
+from llamalab.config import LlamalabError
+from llamalab.lab import Lab
+from llamalab.runs.files import read_jsonl
+from llamalab.runs.record import PREDICTIONS, RunRecord, find_run, list_runs
+from llamalab.tasks.data import Example, TaskData, load_task_data
+from llamalab.tasks.task import Task
+
+HOW_TO_MAKE_RUNS = (
+    "make them first: `llamalab demo` does both for sentiment; for any task, `llamalab eval smollm2-135m-instruct "
+    "--task {task}` evaluates the base model, and `llamalab train EXPERIMENT` then `llamalab eval RUN_ID --task "
+    "{task}` the fine-tuned one"
+)
+
+
+@dataclass(frozen=True)
+class References:
+    finetuned: RunRecord  # the eval run whose answers are the solution
+    trained: RunRecord  # the train run behind it
+    baseline: RunRecord
+    thresholds: Thresholds
+    examples: list[Example]  # the hidden test: the examples the fine-tuned run answered, in its order
+    rows: dict[str, dict]  # the fine-tuned run's prediction row of each
+    data: TaskData
+
+
+def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, margin: float) -> References:
+    """The best fine-tuned and the best other evaluation on the test split, among `from_runs` (run ids or unique
+    parts of them) or else among every finished one in the lab."""
+    metric = task.metric_names[0]
+    runs = [_named(lab, task, ref, metric) for ref in from_runs] if from_runs else [
+        r for r in list_runs(lab.runs_dir, "eval") if r.run.finished and r.run.task.name == task.name
+        and r.run.task.split == "test" and metric in r.run.metrics]
+    finetuned = [r for r in runs if r.run.system.kind == "finetuned"]
+    baselines = [r for r in runs if r.run.system.kind != "finetuned"]
+    if not finetuned or not baselines:
+        among = "the runs named by --from-runs" if from_runs else f"{lab.runs_dir}"
+        what = " and ".join(w for w, have in (("a fine-tuned model", finetuned), ("a baseline model", baselines))
+                            if not have)
+        raise LlamalabError(f"an assignment's thresholds come from the lab's own runs, but {among} hold no finished "
+                            f"evaluation of {what} on task {task.name!r}'s test split: "
+                            + HOW_TO_MAKE_RUNS.format(task=task.name))
+    best = max(finetuned, key=lambda r: r.run.metrics[metric].estimate)
+    baseline = max(baselines, key=lambda r: r.run.metrics[metric].estimate)
+    trained = _train_run(lab, task, best)
+    tuned, base = best.run.metrics[metric], baseline.run.metrics[metric]
+    full_at = round(tuned.estimate - margin, 6)
+    if full_at <= base.estimate:
+        raise LlamalabError(
+            f"the fine-tuned run {best.id} scores {metric} {tuned.estimate:.4f} and the best baseline {baseline.id} "
+            f"{base.estimate:.4f}: with a margin of {margin:g} no range is left between them to grade on. Lower "
+            "--margin, or name a stronger fine-tuned run with --from-runs")
+    thresholds = Thresholds(
+        metric=metric, zero_at=base.estimate, full_at=full_at, margin=margin,
+        baseline=base.estimate, baseline_run=baseline.id, baseline_system=baseline.run.display_label,
+        baseline_n=base.n, finetuned=tuned.estimate, finetuned_run=best.id,
+        finetuned_system=best.run.display_label, finetuned_n=tuned.n)
+    data = load_task_data(task)
+    examples, rows = _answered(task, best, data)
+    return References(best, trained, baseline, thresholds, examples, rows, data)
+
+
+def _named(lab: Lab, task: Task, ref: str, metric: str) -> RunRecord:
+    record = find_run(lab.runs_dir, ref, "eval")
+    run = record.run
+    if not run.finished:
+        raise LlamalabError(f"run {record.id} is {run.status}, not finished")
+    if run.task.name != task.name or run.task.split != "test":
+        raise LlamalabError(f"run {record.id} evaluated {run.task.name}/{run.task.split}: name evaluations of "
+                            f"{task.name}/test")
+    if metric not in run.metrics:
+        raise LlamalabError(f"run {record.id} has no {metric} (its metrics: {', '.join(run.metrics) or 'none'})")
+    return record
+
+
+def _train_run(lab: Lab, task: Task, record: RunRecord) -> RunRecord:
+    train_id = record.run.system.train_run
+    if not train_id:
+        raise LlamalabError(f"eval run {record.id} names no train run, so the solution has no experiment file")
+    trained = find_run(lab.runs_dir, train_id, "train")
+    if trained.run.task.name != task.name:
+        raise LlamalabError(f"train run {trained.id} fine-tuned on task {trained.run.task.name}, not {task.name}: "
+                            "the solution's experiment file would be of another task")
+    return trained
+
+
+def _answered(task: Task, record: RunRecord, data: TaskData) -> tuple[list[Example], dict[str, dict]]:
+    """The examples the run answered, from the task's data as it is now (which must be the data it saw)."""
+    if record.run.task.data_sha256 and record.run.task.data_sha256 != data.file_hashes:
+        raise LlamalabError(f"task {task.name!r}'s data changed since run {record.id} was evaluated: evaluate again "
+                            "so that its answers belong to these examples")
+    rows: dict[str, dict] = {}
+    for row in read_jsonl(record.folder / PREDICTIONS):
+        rows.setdefault(row["id"], row)  # a resumed evaluation may hold a row twice: the first wins
+    by_id = {ex.id: ex for ex in data.split("test")}
+    unknown = [i for i in rows if i not in by_id]
+    if unknown or len(rows) != record.run.task.n:
+        raise LlamalabError(f"run {record.id}'s predictions ({len(rows)} rows) do not match its {record.run.task.n} "
+                            f"test examples{f', e.g. {unknown[0]}' if unknown else ''}")
+    return [by_id[i] for i in rows], rows

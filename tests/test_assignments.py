@@ -1,0 +1,558 @@
+"""Course assignments: built from real runs (the tiny model), graded by the real run_autograder in a simulated
+/autograder tree, and every results.json checked against Gradescope's format. Hostile and broken submissions each
+get a score and a message, the grader's own failure gets a zero with an apology, and the hidden answers never
+appear in anything a student sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from llamalab.assignments.build import build_assignment
+from llamalab.assignments.grade import CRASH_MESSAGE, grade_submission, main, report_sections
+from llamalab.assignments.rubric import GradingConfig, Thresholds, metric_points
+from llamalab.config import LlamalabError
+from llamalab.lab import Lab, init_lab
+from llamalab.tasks.task import AnswerSpec
+
+SCHEMA = json.loads((Path(__file__).parent / "fixtures" / "assignments" / "gradescope-results.schema.json")
+                    .read_text(encoding="utf-8"))
+FILES = ("predictions.jsonl", "experiment.yaml", "report.md")
+
+
+def check_results(results: dict, secrets: tuple[str, ...] = ()) -> dict:
+    """Valid against Gradescope's format, every test complete, and no secret anywhere in the file."""
+    jsonschema.validate(results, SCHEMA)
+    for test in results["tests"]:
+        assert {"name", "score", "max_score", "status", "output", "visibility"} <= set(test)
+    assert results["score"] == round(sum(t["score"] for t in results["tests"]), 2)
+    text = json.dumps(results, ensure_ascii=False)
+    for secret in secrets:
+        assert secret not in text, f"{secret!r} leaked into results.json"
+    return results
+
+
+def visible_text(results: dict) -> str:
+    """Everything a student sees: the top-level output and the tests not hidden from them."""
+    return "\n".join([results["output"], *(f"{t['name']}\n{t['output']}" for t in results["tests"]
+                                           if t["visibility"] != "hidden")])
+
+
+def failing(results: dict, message: str) -> dict:
+    """The test that lost points and says `message`."""
+    matches = [t for t in results["tests"] if t["score"] < t["max_score"] and message in t["output"]]
+    assert matches, f"no failing test says {message!r}: {json.dumps(results['tests'], indent=1)}"
+    return matches[0]
+
+
+# ---- hostile and broken submissions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[Path, Path, Path], None]  # (submission folder, solution folder, hidden labels file)
+    message: str  # what the failing test says
+
+
+def _copy(submission: Path, solution: Path, *names: str) -> None:
+    for name in names or FILES:
+        shutil.copyfile(solution / name, submission / name)
+
+
+def _lines(solution: Path) -> list[str]:
+    return (solution / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+
+
+def _with_predictions(text: str | bytes) -> Callable[[Path, Path, Path], None]:
+    def make(submission: Path, solution: Path, labels: Path) -> None:
+        _copy(submission, solution, "experiment.yaml", "report.md")
+        data = text if isinstance(text, bytes) else text.encode()
+        (submission / "predictions.jsonl").write_bytes(data)
+    return make
+
+
+def _edited(edit: Callable[[list[str]], list[str]]) -> Callable[[Path, Path, Path], None]:
+    def make(submission: Path, solution: Path, labels: Path) -> None:
+        _copy(submission, solution, "experiment.yaml", "report.md")
+        (submission / "predictions.jsonl").write_text("\n".join(edit(_lines(solution))) + "\n", encoding="utf-8")
+    return make
+
+
+def _renamed_ids(lines: list[str]) -> list[str]:
+    return [json.dumps({"id": f"wrong-{i}", "answer": json.loads(line)["answer"]}) for i, line in enumerate(lines)]
+
+
+def _symlink_to_labels(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "experiment.yaml", "report.md")
+    (submission / "predictions.jsonl").symlink_to(labels)
+
+
+def _symlinked_folder(submission: Path, solution: Path, labels: Path) -> None:
+    (submission / "submit").symlink_to(solution, target_is_directory=True)
+
+
+def _gigabyte(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "experiment.yaml", "report.md")
+    with (submission / "predictions.jsonl").open("wb") as handle:
+        handle.truncate(2**30)  # sparse: a 1 GB file that costs no disk
+
+
+def _fifo(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "experiment.yaml", "report.md")
+    os.mkfifo(submission / "predictions.jsonl")  # opening it for reading would block forever
+
+
+def _zip(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> Callable[[Path, Path, Path], None]:
+    def make(submission: Path, solution: Path, labels: Path) -> None:
+        with zipfile.ZipFile(submission / "submission.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in entries.items():
+                archive.writestr(name, data)
+            for name in links:
+                info = zipfile.ZipInfo(name)
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                archive.writestr(info, str(labels))
+    return make
+
+
+def _zipped_solution(submission: Path, solution: Path, labels: Path) -> None:
+    with zipfile.ZipFile(submission / "upload.zip", "w") as archive:
+        for name in FILES:
+            archive.write(solution / name, f"submit/{name}")
+
+
+def _alias_bomb(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "predictions.jsonl", "report.md")
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+    (submission / "experiment.yaml").write_text("\n".join(levels) + "\ntask: x\n", encoding="utf-8")
+
+
+def _report_bytes(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "predictions.jsonl", "experiment.yaml")
+    (submission / "report.md").write_bytes(b"## Data check\n\xc3\x28 not UTF-8\n")
+
+
+def _wrong_task(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "predictions.jsonl", "report.md")
+    (submission / "experiment.yaml").write_text("task: some-other-task\n", encoding="utf-8")
+
+
+HOSTILE = [
+    Case("missing files", lambda s, sol, lab: None, "predictions.jsonl is missing"),
+    Case("empty files", lambda s, sol, lab: [(s / n).write_bytes(b"") for n in FILES], "is empty"),
+    Case("wrong ids", _edited(_renamed_ids), "not ids of this assignment"),
+    Case("duplicate ids", _edited(lambda lines: [*lines, lines[0]]), "given more than once"),
+    Case("extra ids", _edited(lambda lines: [*lines, '{"id": "test-99999", "answer": "x"}']), "not ids of this"),
+    Case("missing ids", _edited(lambda lines: lines[1:]), "ids missing"),
+    Case("non-UTF-8 bytes", _with_predictions(b'{"id": "test-00001", "answer": "\xff\xfe"}\n'), "not UTF-8"),
+    Case("NaN", _edited(lambda lines: [*lines[1:], lines[0].rsplit('"answer"', 1)[0] + '"answer": NaN}']),
+         "NaN or Infinity"),
+    Case("Infinity", _edited(lambda lines: ['{"id": "test-00001", "answer": -Infinity}', *lines[1:]]),
+         "NaN or Infinity"),
+    Case("deeply nested JSON", _edited(lambda lines: [*lines, "[" * 100_000 + "]" * 100_000]), "nested too deeply"),
+    Case("not JSON at all", _edited(lambda lines: [*lines, "{'id': 'test-00001'}"]), "not valid JSON"),
+    Case("a huge answer", _edited(lambda lines: ['{"id": "test-00001", "answer": "' + "good " * 10_000 + '"}',
+                                                 *lines[1:]]), "over 20,000 characters"),
+    Case("JSON over the size limit", _with_predictions('{"id": "test-00001", "answer": "' + "x" * (21 * 2**20)
+                                                       + '"}\n'), "over the limit"),
+    Case("a 1 GB file", _gigabyte, "over the limit"),
+    Case("a symlink to the hidden labels", _symlink_to_labels, "symbolic link"),
+    Case("a symlinked folder", _symlinked_folder, "predictions.jsonl is missing"),
+    Case("a FIFO", _fifo, "not a regular file"),
+    Case("path traversal in a zip", _zip({"../predictions.jsonl": b"{}", "../../source/grading/labels.jsonl": b"x"}),
+         "unsafe names"),
+    Case("absolute names in a zip", _zip({"/autograder/source/grading/labels.jsonl": b"x"}), "unsafe names"),
+    Case("a symlink inside a zip", _zip({"report.md": b"# x"}, links=("predictions.jsonl",)), "symbolic links"),
+    Case("a zip bomb", _zip({"predictions.jsonl": b"0" * (30 * 2**20)}), "over the limit"),
+    Case("a zip named predictions.jsonl", lambda s, sol, lab: (_zipped_solution(s, sol, lab),
+                                                               (s / "upload.zip").rename(s / "predictions.jsonl")),
+         "is a zip archive"),
+    Case("a YAML alias bomb", _alias_bomb, "aliases"),
+    Case("an experiment of another task", _wrong_task, "this assignment's task is"),
+    Case("a report that is not UTF-8", _report_bytes, "not UTF-8"),
+]
+
+
+# ---- fast: the grader on a small hand-made grading config -------------------------------------------------------
+
+
+def _small_assignment(root: Path) -> tuple[Path, Path, Path]:
+    """grading/ for 6 sentiment examples, and a solution that answers them all right."""
+    gold = {f"test-{i:05d}": ("positive" if i % 2 else "negative") for i in range(1, 7)}
+    thresholds = Thresholds(metric="accuracy", zero_at=0.5, full_at=0.8, margin=0.02, baseline=0.5,
+                            baseline_run="base-run", baseline_system="base [plain]", baseline_n=6, finetuned=0.82,
+                            finetuned_run="tuned-run", finetuned_system="tuned [plain]", finetuned_n=6)
+    config = GradingConfig(assignment="small", task="sentiment", split="test", n=len(gold),
+                           answer=AnswerSpec(type="label", labels=["negative", "positive"]), metric="accuracy",
+                           thresholds=thresholds)
+    grading, solution = root / "grading", root / "solution"
+    grading.mkdir(parents=True)
+    solution.mkdir()
+    (grading / "config.json").write_text(json.dumps(config.model_dump(mode="json")), encoding="utf-8")
+    (grading / "labels.jsonl").write_text("".join(json.dumps({"id": i, "gold": g}) + "\n" for i, g in gold.items()))
+    (solution / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "answer": g}) + "\n"
+                                                        for i, g in gold.items()))
+    (solution / "experiment.yaml").write_text("task: sentiment\nmethod: lora\ntrain_examples: 400\n")
+    words = " ".join(["measured"] * 40)
+    (solution / "report.md").write_text("# Report\n" + "".join(f"\n## {s}\n\n{words}\n" for s in (
+        "Data check", "Baseline", "Fine-tuning", "Evaluation", "Ablation")))
+    return grading, solution, grading / "labels.jsonl"
+
+
+def test_small_assignment_solution_scores_full_marks(tmp_path: Path) -> None:
+    grading, solution, _ = _small_assignment(tmp_path)
+    results = check_results(grade_submission(grading, solution))
+    assert results["score"] == 100 and all(t["status"] == "passed" for t in results["tests"])
+    assert results["leaderboard"] == [{"name": "accuracy", "value": 1.0, "order": "desc"}]
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])
+def test_hostile_submission_gets_a_score_and_a_message(tmp_path: Path, case: Case) -> None:
+    grading, solution, labels = _small_assignment(tmp_path)
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    case.make(submission, solution, labels)
+    results = check_results(grade_submission(grading, submission), secrets=("positive", "negative"))
+    failing(results, case.message)
+    assert results["score"] < 100
+    assert "Traceback" not in json.dumps(results)
+
+
+def test_zipped_submission_is_read_from_the_zip(tmp_path: Path) -> None:
+    grading, solution, labels = _small_assignment(tmp_path)
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    _zipped_solution(submission, solution, labels)
+    results = check_results(grade_submission(grading, submission))
+    assert results["score"] == 100 and "read the files from the zip archive 'upload.zip'" in results["output"]
+
+
+def test_metric_points_are_linear_between_the_thresholds(tmp_path: Path) -> None:
+    grading, _, _ = _small_assignment(tmp_path)
+    t = json.loads((grading / "config.json").read_text())["thresholds"]
+    thresholds = Thresholds(**t)
+    assert [metric_points(s, thresholds, 60) for s in (0.0, 0.5, 0.65, 0.8, 1.0)] == [0, 0, 30, 60, 60]
+    half = tmp_path / "half"
+    half.mkdir()
+    _copy(half, tmp_path / "solution")
+    lines = _lines(half)
+    flipped = [json.dumps({"id": json.loads(x)["id"], "answer": "negative"}) for x in lines]  # 3 of 6 right
+    (half / "predictions.jsonl").write_text("\n".join(flipped) + "\n")
+    results = check_results(grade_submission(grading, half))
+    assert results["tests"][0]["score"] == 0 and "accuracy 0.5000" in results["tests"][0]["output"]
+
+
+def test_report_sections_count_words_under_their_heading() -> None:
+    found = dict(report_sections("# Report on fine-tuning\n\nintro words\n\n## 1. Fine-tuning (LoRA)\n"
+                                 "<!-- prompt words do not count -->\none two three\n```\ncode not counted\n```\n"
+                                 "### detail\nfour\n## Ablation\nfive six\n"))
+    assert found["1 fine tuning lora"] == 4 and found["ablation"] == 2 and found["report on fine tuning"] == 8
+
+
+def test_grader_failure_is_a_zero_with_an_apology_and_no_traceback(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "autograder"
+    grading, solution, _ = _small_assignment(root / "source")
+    shutil.copytree(solution, root / "submission")
+    (grading / "labels.jsonl").write_text('{"id": "test-00001"}\n')  # a broken grader: no gold field
+    monkeypatch.setenv("AUTOGRADER_ROOT", str(root))
+    assert main([]) == 0
+    results = check_results(json.loads((root / "results" / "results.json").read_text()))
+    assert results["score"] == 0 and results["output"] == CRASH_MESSAGE
+    assert "Traceback" not in visible_text(results)
+    staff = [t for t in results["tests"] if t["visibility"] == "hidden"]
+    assert staff and "Traceback" in staff[0]["output"] and "KeyError" in staff[0]["output"]
+
+
+def test_build_without_runs_says_which_runs_to_make(lab: Lab) -> None:
+    with pytest.raises(LlamalabError) as error:
+        build_assignment(lab, "sentiment")
+    message = str(error.value)
+    assert "no finished evaluation of a fine-tuned model and a baseline model" in message
+    assert "`llamalab demo`" in message and "`llamalab eval smollm2-135m-instruct --task sentiment`" in message
+    assert not (lab.root / "assignments").exists()
+
+
+# ---- slow: assignments built from real runs, graded by run_autograder ------------------------------------------
+
+
+def unpack(root: Path, assignment: Path) -> Path:
+    """autograder.zip unpacked into ROOT/source as Gradescope does, with the files' modes."""
+    source = root / "source"
+    with zipfile.ZipFile(assignment / "autograder" / "autograder.zip") as archive:
+        for info in archive.infolist():
+            path = archive.extract(info, source)
+            os.chmod(path, (info.external_attr >> 16) & 0o777)
+    return source
+
+
+def run_autograder(root: Path, python: str = sys.executable) -> dict:
+    """run_autograder as Gradescope runs it (the tree under `root`), and the results.json it leaves."""
+    env = {**os.environ, "AUTOGRADER_ROOT": str(root), "AUTOGRADER_PYTHON": python}
+    done = subprocess.run([str(root / "source" / "run_autograder")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads((root / "results" / "results.json").read_text(encoding="utf-8"))
+
+
+def autograde(root: Path, assignment: Path, make: Callable[[Path, Path, Path], None] | None = None,
+              submission: Path | None = None, python: str = sys.executable) -> dict:
+    """Gradescope's layout under `root` with a submission (copied, or made by `make`), graded."""
+    source = unpack(root, assignment)
+    target = root / "submission"
+    if submission is not None:
+        shutil.copytree(submission, target)
+    else:
+        target.mkdir()
+        assert make is not None
+        make(target, assignment / "solution", source / "grading" / "labels.jsonl")
+    return run_autograder(root, python)
+
+
+def hidden(assignment: Path) -> tuple[list[str], list[str]]:
+    """The lab's ids of the test examples (they carry labels: `rt-polarity.pos:12`) and their gold answers."""
+    with zipfile.ZipFile(assignment / "autograder" / "autograder.zip") as archive:
+        ids = [json.loads(x)["lab_id"] for x in archive.read("grading/ids.jsonl").decode().splitlines()]
+        gold = [json.loads(x)["gold"] for x in archive.read("grading/labels.jsonl").decode().splitlines()]
+    return ids, gold
+
+
+def results_secrets(assignment: Path, *more: str) -> tuple[str, ...]:
+    """What results.json must never hold: any lab id, and any gold answer longer than a label."""
+    _, gold = hidden(assignment)
+    return ("rt-polarity", "rt_polarity", "data/gsm8k", *(g for g in gold if len(g) > 12), *more)
+
+
+@pytest.fixture(scope="module")
+def sentiment_lab(tmp_path_factory, tiny_model_dir: Path) -> Lab:
+    """Real runs on the tiny model: a LoRA fine-tune and the base model, each on the same 40 test reviews. The base
+    model generates its answers, which never parse, so the baseline scores 0 and the fine-tune about 0.5."""
+    from llamalab import Experiment, evaluate, train
+
+    lab = init_lab(tmp_path_factory.mktemp("assignments") / "lab")
+    trained = train(lab, Experiment(task="sentiment", base_model=str(tiny_model_dir), train_examples=64,
+                                    lora={"r": 4, "alpha": 8}), max_steps=8)
+    evaluate(lab, str(tiny_model_dir), task="sentiment", limit=40, protocol="generate", max_new_tokens=4)
+    evaluate(lab, trained.id, task="sentiment", limit=40)
+    return lab
+
+
+@pytest.fixture(scope="module")
+def sentiment_assignment(sentiment_lab: Lab) -> Path:
+    return build_assignment(sentiment_lab, "sentiment")
+
+
+def test_sentiment_assignment_gives_students_no_labels(sentiment_assignment: Path) -> None:
+    student = sentiment_assignment / "student"
+    inputs = [json.loads(x) for x in (student / "data" / "test_inputs.jsonl").read_text().splitlines()]
+    assert len(inputs) == 40 and all(set(row) == {"id", "text"} for row in inputs)
+    assert [row["id"] for row in inputs] == [f"test-{i:05d}" for i in range(1, 41)]
+    lab_ids, _ = hidden(sentiment_assignment)
+    for path in student.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            assert not [i for i in lab_ids if json.dumps(i) in text], path  # no test example's lab id anywhere
+    assert not list(student.rglob("labels.jsonl"))[1:] and (student / "grading" / "labels.jsonl").is_file()
+    dev_ids = {json.loads(x)["id"] for x in (student / "grading" / "labels.jsonl").read_text().splitlines()}
+    assert not dev_ids & {row["id"] for row in inputs}  # the self-check holds dev answers only
+    # The student folder is a lab: its task loads train and dev, and no test split.
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+
+    data = load_task_data(load_task(student / "tasks" / "sentiment.yaml", student))
+    assert set(data.splits) == {"train", "dev"} and len(data.split("dev")) == 1066
+
+
+def test_sentiment_handout_notebook_and_zip(sentiment_assignment: Path) -> None:
+    import nbformat
+
+    config = yaml.safe_load((sentiment_assignment / "assignment.yaml").read_text())
+    t = config["thresholds"]
+    readme = (sentiment_assignment / "student" / "README.md").read_text()
+    assert f"**{t['zero_at']:.4f}**" in readme and f"**{t['full_at']:.4f}**" in readme
+    assert config["public"] is False and t["full_at"] > t["zero_at"]
+    notebook = nbformat.read(sentiment_assignment / "student" / "starter.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    assert "parameters" in notebook.cells[1].metadata["tags"]
+    script = (sentiment_assignment / "student" / "starter.py").read_text()
+    compile(script, "starter.py", "exec")
+    assert "TASK = 'sentiment'\n" in script and "lab_root" not in script
+    assert all(cell.source in script for cell in notebook.cells if cell.cell_type == "code")
+    with zipfile.ZipFile(sentiment_assignment / "autograder" / "autograder.zip") as archive:
+        modes = {i.filename: (i.external_attr >> 16) & 0o777 for i in archive.infolist()}
+        assert modes["run_autograder"] == 0o755 and modes["setup.sh"] == 0o755
+        assert "vendor/llamalab/assignments/grade.py" in modes and "grading/labels.jsonl" in modes
+        assert not [name for name in modes if "example_lab" in name]
+        assert "numpy==" in archive.read("requirements.txt").decode()
+
+
+def test_run_autograder_grades_solution_starter_and_zip(sentiment_assignment: Path, tmp_path: Path) -> None:
+    secrets = results_secrets(sentiment_assignment, "positive", "negative")
+    solution = check_results(autograde(tmp_path / "solution", sentiment_assignment,
+                                       submission=sentiment_assignment / "solution"), secrets)
+    assert solution["score"] == 100 and all(t["status"] == "passed" for t in solution["tests"])
+    assert solution["leaderboard"][0]["name"] == "accuracy"
+    starter = check_results(autograde(tmp_path / "starter", sentiment_assignment,
+                                      submission=sentiment_assignment / "student" / "submit"), secrets)
+    assert starter["tests"][0]["score"] == 0 and starter["score"] == 0
+    zipped = check_results(autograde(tmp_path / "zip", sentiment_assignment, _zipped_solution), secrets)
+    assert zipped["score"] == 100 and "zip archive" in zipped["output"]
+
+
+def test_run_autograder_scores_every_hostile_submission(sentiment_assignment: Path, tmp_path: Path) -> None:
+    secrets = results_secrets(sentiment_assignment, "positive", "negative")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # one run_autograder process per case
+        graded = pool.map(lambda item: autograde(tmp_path / str(item[0]), sentiment_assignment, item[1].make),
+                          enumerate(HOSTILE))
+        for case, results in zip(HOSTILE, graded, strict=True):
+            check_results(results, secrets)
+            failing(results, case.message)
+            assert results["score"] < 100 and "Traceback" not in json.dumps(results), case.name
+
+
+def test_run_autograder_always_writes_results(sentiment_assignment: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    source = unpack(broken, sentiment_assignment)
+    shutil.copytree(sentiment_assignment / "solution", broken / "submission")
+    (source / "grading" / "config.json").write_text("{")  # the grader's own files, broken
+    results = check_results(run_autograder(broken))
+    assert results["score"] == 0 and results["output"] == CRASH_MESSAGE and "Traceback" not in visible_text(results)
+    no_python = check_results(autograde(tmp_path / "no-python", sentiment_assignment,
+                                        submission=sentiment_assignment / "solution",
+                                        python=str(tmp_path / "no-such-python")))
+    assert no_python["score"] == 0 and no_python["output"] == CRASH_MESSAGE
+
+
+def test_vendored_grader_imports_without_torch(sentiment_assignment: Path, tmp_path: Path) -> None:
+    unpack(tmp_path, sentiment_assignment)
+    code = ("import sys, llamalab, llamalab.assignments.grade, llamalab.training.experiment\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\nprint(llamalab.__file__)")
+    done = subprocess.run([sys.executable, "-P", "-s", "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "source" / "vendor")}, check=True)
+    assert done.stdout.strip() == str(tmp_path / "source" / "vendor" / "llamalab" / "__init__.py")
+
+
+def test_cli_builds_and_grades(sentiment_lab: Lab, sentiment_assignment: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llamalab.assignments.cli import assignment_app
+
+    runs = yaml.safe_load((sentiment_assignment / "assignment.yaml").read_text())["runs"]
+    out = tmp_path / "copy"
+    result = CliRunner().invoke(assignment_app, ["build", "sentiment", "--name", "copy", "--out", str(out),
+                                                 "--from-runs", f"{runs['baseline']},{runs['finetuned']}",
+                                                 "--lab", str(sentiment_lab.root)])
+    assert result.exit_code == 0, result.output
+    assert (out / "solution" / "predictions.jsonl").read_text() == \
+        (sentiment_assignment / "solution" / "predictions.jsonl").read_text()
+    result = CliRunner().invoke(assignment_app, ["grade", str(out), str(out / "solution"), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["score"] == 100
+    done = subprocess.run([sys.executable, "-m", "llamalab.assignments.cli", "build", "sentiment", "--margin", "0.9",
+                           "--out", str(tmp_path / "no-range"), "--lab", str(sentiment_lab.root)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no range is left" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "no-range").exists()
+
+
+def test_public_assignment_on_the_site(sentiment_lab: Lab, tmp_path: Path) -> None:
+    from llamalab.publish.site import build_site
+
+    folder = build_assignment(sentiment_lab, "sentiment", name="sentiment-public", public=True)
+    (folder / "leaderboard.csv").write_text("name,score,email\n<script>alert(1)</script>,0.61,a@b.c\nAda,0.74,x@y.z\n")
+    site = build_site(sentiment_lab, tmp_path / "site")
+    page = (site / "assignments" / "sentiment-public" / "index.html").read_text()
+    assert "Learning goals" in page and "Leaderboard" in page
+    board = page.split('id="leaderboard"', 1)[1]
+    assert board.index("Ada") < board.index("&lt;script&gt;alert(1)&lt;/script&gt;") and "<script>alert" not in page
+    assert "a@b.c" not in page and "x@y.z" not in page  # only names and scores are published
+    assert 'href="../assignments/index.html"' in (site / "tasks" / "index.html").read_text()
+    assert "sentiment-public" in (site / "assignments" / "index.html").read_text()
+    rebuilt = build_assignment(sentiment_lab, "sentiment", name="sentiment-public")
+    assert yaml.safe_load((rebuilt / "assignment.yaml").read_text())["public"] is True  # kept, as is the export
+    assert (rebuilt / "leaderboard.csv").is_file()
+
+
+@pytest.fixture(scope="module")
+def gsm8k_assignment(tmp_path_factory, tiny_model_dir: Path) -> Path:
+    """Real gsm8k runs on the tiny model. A 2-layer random model solves no problem, so its fine-tuned run is given
+    the answers of a model that solved half of them: the gold solutions as the generations of 4 rows, rescored by
+    the lab's own scorer and metrics. The assignment then has a range to grade on."""
+    from llamalab import Experiment, evaluate, train
+    from llamalab.evaluation.metrics import metric_intervals, score_generation
+    from llamalab.runs.files import read_jsonl, write_json_atomic, write_text_atomic
+    from llamalab.tasks.task import load_task
+
+    lab = init_lab(tmp_path_factory.mktemp("gsm8k") / "lab")
+    trained = train(lab, Experiment(task="gsm8k", base_model=str(tiny_model_dir), train_examples=16,
+                                    lora={"r": 4, "alpha": 8}), max_steps=2)
+    base = evaluate(lab, str(tiny_model_dir), task="gsm8k", limit=8, max_new_tokens=16)
+    tuned = evaluate(lab, trained.id, task="gsm8k", limit=8, max_new_tokens=16)
+    answer = load_task(lab.task_path("gsm8k"), lab.root).answer
+    rows = read_jsonl(tuned.folder / "predictions.jsonl")
+    for row in rows[:4]:
+        row.update(generation=row["gold"], **score_generation(answer, row["gold"], row["gold"]))
+    write_text_atomic(tuned.folder / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    metrics = metric_intervals(["exact_match"], rows)
+    tuned.update(metrics=metrics)
+    write_json_atomic(tuned.folder / "metrics.json", metrics)
+    return build_assignment(lab, "gsm8k", from_runs=[base.id, tuned.id])
+
+
+def test_gsm8k_assignment_graded_by_run_autograder(gsm8k_assignment: Path, tmp_path: Path) -> None:
+    inputs = [json.loads(x) for x in (gsm8k_assignment / "student" / "data" / "test_inputs.jsonl").read_text()
+              .splitlines()]
+    assert len(inputs) == 8 and all(set(row) == {"id", "question"} for row in inputs)
+    config = yaml.safe_load((gsm8k_assignment / "assignment.yaml").read_text())
+    assert config["metric"] == "exact_match" and config["thresholds"]["full_at"] == pytest.approx(0.48)
+    secrets = results_secrets(gsm8k_assignment, "####")
+    solution = check_results(autograde(tmp_path / "solution", gsm8k_assignment,
+                                       submission=gsm8k_assignment / "solution"), secrets)
+    assert solution["score"] == 100
+    starter = check_results(autograde(tmp_path / "starter", gsm8k_assignment,
+                                      submission=gsm8k_assignment / "student" / "submit"), secrets)
+    assert starter["tests"][0]["score"] == 0
+    numbers = tmp_path / "numbers"  # answers as JSON numbers are read as their text
+    shutil.copytree(gsm8k_assignment / "solution", numbers)
+    with zipfile.ZipFile(gsm8k_assignment / "autograder" / "autograder.zip") as archive:
+        gold = [json.loads(x) for x in archive.read("grading/labels.jsonl").decode().splitlines()]
+    from llamalab.evaluation.answers import extract_number
+
+    (numbers / "predictions.jsonl").write_text("".join(
+        f'{{"id": "{row["id"]}", "answer": {extract_number(row["gold"])}}}\n' for row in gold))
+    perfect = check_results(autograde(tmp_path / "numbers", gsm8k_assignment, submission=numbers), secrets)
+    assert perfect["leaderboard"][0]["value"] == 1.0 and perfect["score"] == 100
+
+
+def test_starter_notebook_runs_top_to_bottom(sentiment_assignment: Path, tiny_model_dir: Path, tmp_path: Path,
+                                             monkeypatch) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    student = tmp_path / "student"
+    shutil.copytree(sentiment_assignment / "student", student)
+    for name, value in {"ASSIGNMENT_MODEL": str(tiny_model_dir), "ASSIGNMENT_DEV_LIMIT": "16",
+                        "ASSIGNMENT_TRAIN_EXAMPLES": "32", "ASSIGNMENT_MAX_STEPS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    notebook = nbformat.read(student / "starter.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(student)}}
+                   ).execute()
+    printed = "\n".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    assert "baseline to beat" in printed and "dev self-check:" in printed
+    answers = [json.loads(x) for x in (student / "submit" / "predictions.jsonl").read_text().splitlines()]
+    assert len(answers) == 40 and all(a["answer"] in ("negative", "positive") for a in answers)
+    results = check_results(autograde(tmp_path / "graded", sentiment_assignment, submission=student / "submit"))
+    assert [t["score"] for t in results["tests"][1:3]] == [10, 10]  # format and experiment file; no report yet
