@@ -41,3 +41,46 @@ def test_single_token_choices_and_normalisation(model):
     assert scores[1].score("mean") == pytest.approx(scores[1].logprob / 2)
     with pytest.raises(ValueError, match="at least one token"):
         score_choices(model, [ChoiceRequest([1], [[]])])
+
+
+def test_a_shared_prefix_is_computed_once_and_changes_nothing(model):
+    import random
+
+    rng = random.Random(0)
+    prefix = [rng.randint(3, 400) for _ in range(20)]
+    requests = [ChoiceRequest(prefix + [rng.randint(3, 400) for _ in range(rng.randint(1, 9))],
+                              [[11], [12, 13], [14, 15, 16]]) for _ in range(7)]
+    for precision in ("float32", "bfloat16"):
+        for batch_size in (1, 3, 16):
+            shared = score_choices(model, requests, batch_size=batch_size, precision=precision)
+            full = score_choices(model, requests, batch_size=batch_size, precision=precision, share_prefix=False)
+            for ours, theirs in zip(shared, full, strict=True):
+                assert [s.logprob for s in ours] == pytest.approx([s.logprob for s in theirs], abs=1e-4)
+    for request, per_choice in zip(requests, score_choices(model, requests, batch_size=4), strict=True):
+        for choice, score in zip(request.choice_ids, per_choice, strict=True):
+            assert score.logprob == pytest.approx(brute_force(model, request.prompt_ids, choice), abs=1e-4)
+
+
+@pytest.mark.parametrize(("prompt_format", "shots"), [("plain", 4), ("chat", 0), ("chat", 2)])
+def test_few_shot_and_chat_prompts_score_the_same_with_the_prefix_shared(model, lab, tokenizer, prompt_format, shots):
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.prompts import Prompter
+    from llamalab.tasks.task import load_task
+
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    data = load_task_data(task)
+    prompter = Prompter(task, tokenizer, prompt_format, shots=tuple(data.split("train")[:shots]))
+    requests = []
+    for example in data.split("test")[:12]:
+        prompt = prompter.prompt(example)
+        encoded = [prompter.encode(prompt, prompter.continuation(label)) for label in task.answer.labels]
+        requests.append(ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded]))
+    from llamalab.backends.hf_scoring import MIN_SHARED_PREFIX, _shared_prefix
+
+    assert _shared_prefix(requests) >= MIN_SHARED_PREFIX  # the shots, or the chat template's system turn
+    shared = score_choices(model, requests, batch_size=5)
+    full = score_choices(model, requests, batch_size=5, share_prefix=False)
+    for ours, theirs in zip(shared, full, strict=True):
+        assert [s.logprob for s in ours] == pytest.approx([s.logprob for s in theirs], abs=1e-4)
+        best = max(range(len(ours)), key=lambda k: ours[k].logprob)
+        assert best == max(range(len(theirs)), key=lambda k: theirs[k].logprob)
