@@ -69,6 +69,16 @@ def main() -> None:
     print(f"TRL default recipe : {peer:8.1f} tokens/s")
     print(f"llamalab recipe    : {ours:8.1f} tokens/s")
     print(f"ratio (llamalab / TRL default): {ours / peer:.2f}x")
+    # How close to the machine's own limit: model FLOPs (4 P per trained token) against a float32 matmul measured
+    # now on the same threads.
+    from llamalab.training.plan import Shape, measure_matmul_tflops, resolve_device
+
+    device = resolve_device("cpu")
+    rate = measure_matmul_tflops(device)
+    params = Shape.of_folder(Path(resolve_model(EMBEDDED_NAME).path)).params
+    print(f"machine: {device.name}; float32 matmul {rate * 1e3:.0f} GFLOP/s; llamalab trained at "
+          f"{4 * params * ours / 1e9:.0f} model GFLOP/s ({4 * params * ours / (rate * 1e12):.0%} of it), TRL's "
+          f"default at {4 * params * peer / 1e9:.0f} ({4 * params * peer / (rate * 1e12):.0%})")
 
 
 if __name__ == "__main__":
