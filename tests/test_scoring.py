@@ -84,3 +84,31 @@ def test_few_shot_and_chat_prompts_score_the_same_with_the_prefix_shared(model, 
         assert [s.logprob for s in ours] == pytest.approx([s.logprob for s in theirs], abs=1e-4)
         best = max(range(len(ours)), key=lambda k: ours[k].logprob)
         assert best == max(range(len(theirs)), key=lambda k: theirs[k].logprob)
+
+
+def test_choices_that_start_alike_share_their_trie_nodes_and_score_as_alone(model):
+    from llamalab.backends.hf_scoring import _trie
+
+    choices = [[11, 12, 13], [11, 12, 14, 15], [11, 16], [17], [11, 12, 13, 18]]
+    assert _trie(choices) == [(11,), (11, 12), (11, 12, 13), (11, 12, 14)]
+    requests = [ChoiceRequest([5, 6, 7], choices), ChoiceRequest([8, 9, 10, 30, 31], choices[:3]),
+                ChoiceRequest([40], [[17], [18]])]
+    for batch_size in (1, 3):
+        for request, per_choice in zip(requests, score_choices(model, requests, batch_size=batch_size), strict=True):
+            for choice, score in zip(request.choice_ids, per_choice, strict=True):
+                assert score.logprob == pytest.approx(brute_force(model, request.prompt_ids, choice), abs=1e-4)
+
+
+def test_trie_scores_say_whether_each_choice_is_the_greedy_continuation(model):
+    import torch
+
+    prompt = [5, 6, 7, 8]
+    ids = torch.tensor([prompt])
+    greedy = []
+    with torch.no_grad():
+        for _ in range(3):
+            greedy.append(int(model(ids).logits[0, -1].argmax()))
+            ids = torch.tensor([prompt + greedy])
+    choices = [greedy[:3], greedy[:2] + [(greedy[2] + 1) % 100 + 3], [greedy[0], (greedy[1] + 1) % 100 + 3]]
+    [scores] = score_choices(model, [ChoiceRequest(prompt, choices)])
+    assert [s.greedy for s in scores] == [True, False, False]

@@ -1,7 +1,8 @@
 """Log-likelihood scoring of answer choices with a Hugging Face causal LM: the hf backend's kernel.
 
 Each prompt runs through the model once; its KV cache is then shared by every choice, so a
-77-label task costs one prompt pass plus one short pass over the choices' remaining tokens.
+77-label task costs one prompt pass plus one short pass over the choices' remaining tokens, where choices that
+start with the same tokens share them (a trie, with tree attention).
 Prompts are left-padded so the output layer runs on the last position only. The tokens every prompt starts with
 (few-shot examples, a chat template's system turn and header) run once for the whole request list: each batch
 starts from that prefix's KV cache and computes only its own tokens.
@@ -21,7 +22,7 @@ import torch
 
 from llamalab.backends.base import ChoiceRequest, ChoiceScore
 
-_MAX_CHOICE_ROWS = 1024
+_MAX_CHOICE_POSITIONS = 2048
 # A shared prefix shorter than this is not worth a pass of its own ("Review:" in a zero-shot prompt).
 MIN_SHARED_PREFIX = 8
 # Measured on the embedded model: bfloat16 label scores differ from float32 by up to 0.17 nats (2 one-token
@@ -49,9 +50,9 @@ def score_choices(
         if not request.prompt_ids or any(not c for c in request.choice_ids):
             raise ValueError("prompts and choices must have at least one token")
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
-    # Many choices multiply the rows of the choice pass: cap rows so logits stay a few hundred MB.
-    most_choices = max((len(r.choice_ids) for r in requests), default=1)
-    batch_size = max(1, min(batch_size, _MAX_CHOICE_ROWS // most_choices))
+    # Many multi-token choices make many trie nodes in the choice pass: cap them so its logits stay ~400 MB.
+    most_nodes = max((len(_trie(r.choice_ids)) for r in requests), default=0)
+    batch_size = max(1, min(batch_size, _MAX_CHOICE_POSITIONS // max(1, most_nodes)))
     results: list[list[ChoiceScore] | None] = [None] * len(requests)
     shared = _shared_prefix(requests) if share_prefix else 0
     prefixes: dict[str, _Prefix] = {}
@@ -148,34 +149,52 @@ def _score_batch(model, batch: list[ChoiceRequest], precision: Precision, prefix
     row_greedy = [[int(first_logprobs[b].argmax()) == tokens[k][0]] for k, (b, _) in enumerate(rows)]
 
     if rest > 0:
-        # Feed each choice's tokens but the last through the shared prompt cache to score the others. Choices are
-        # grouped by length, so no pass computes on padding (77 labels of 1 to 13 tokens would double the work).
-        saved = [(layer.keys, layer.values) for layer in out.cache.layers]
-        by_length: dict[int, list[int]] = {}
-        for k, t in enumerate(tokens):
-            if len(t) > 1:
-                by_length.setdefault(len(t) - 1, []).append(k)
-        for length, group in by_length.items():
-            owners = torch.tensor([rows[k][0] for k in group], device=device)
-            for layer, (keys, values) in zip(out.cache.layers, saved, strict=True):
-                layer.keys, layer.values = keys[owners], values[owners]
-            cont = torch.tensor([tokens[k][:-1] for k in group], device=device)
-            full_mask = torch.cat([mask[owners], torch.ones_like(cont)], dim=1)
-            cont_positions = torch.tensor([[lengths[rows[k][0]] + j for j in range(length)] for k in group],
-                                          device=device)
-            with autocast:
-                logits = model(input_ids=cont, attention_mask=full_mask, position_ids=cont_positions,
-                               cache=out.cache, use_cache=False).logits.float()
-            # log p(target) = logit[target] - logsumexp(logits), for all positions at once.
-            targets = torch.tensor([tokens[k][1:] for k in group], device=device)
-            picked = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)).tolist()
-            top = (logits.argmax(dim=-1) == targets).tolist()
-            for k, lp, hit in zip(group, picked, top, strict=True):
-                row_logprob[k].extend(lp)
-                row_greedy[k].extend(hit)
+        _score_rest(model, batch, tokens, rows, mask, lengths, out.cache, autocast, row_logprob, row_greedy)
 
     results: list[list[ChoiceScore]] = [[] for _ in batch]
     for k, (b, _) in enumerate(rows):
         results[b].append(ChoiceScore(sum(row_logprob[k]), len(tokens[k]), all(row_greedy[k]), precision))
     return results
 
+
+def _trie(choices: list[list[int]]) -> list[tuple[int, ...]]:
+    """The distinct proper prefixes of the choices (each choice without its last token), shortest first: the
+    nodes of the choices' token trie. Choices that start alike share nodes, so each shared token is computed once."""
+    return sorted({tuple(c[:k]) for c in choices for k in range(1, len(c))}, key=lambda node: (len(node), node))
+
+
+def _score_rest(model, batch, tokens, rows, mask, lengths, cache, autocast, row_logprob, row_greedy) -> None:
+    """Score every choice's tokens after the first in one pass over each request's trie of choice prefixes, on top
+    of the prompt's KV cache: each node attends to the prompt and to its own ancestors only (tree attention), and its
+    logits give the next token of every choice through it."""
+    device = model.device
+    tries = [_trie(r.choice_ids) for r in batch]
+    width = max(len(t) for t in tries)
+    where = [{node: i for i, node in enumerate(t)} for t in tries]
+    ids = torch.tensor([[node[-1] for node in t] + [0] * (width - len(t)) for t in tries], device=device)
+    positions = torch.tensor([[n + len(node) - 1 for node in t] + [n] * (width - len(t))
+                              for t, n in zip(tries, lengths, strict=True)], device=device)
+    kept = mask.shape[1]  # the cache: shared prefix and padded prompts
+    allowed = torch.zeros(len(batch), 1, width, kept + width, dtype=torch.bool)
+    allowed[:, 0, :, :kept] = mask[:, None, :].bool().cpu()
+    for b, t in enumerate(tries):
+        for i, node in enumerate(t):
+            for depth in range(1, len(node) + 1):
+                allowed[b, 0, i, kept + where[b][node[:depth]]] = True
+        for i in range(len(t), width):  # padding: itself only, so no row of the attention is empty
+            allowed[b, 0, i, kept + i] = True
+    allowed = allowed.to(device)
+    if model.config._attn_implementation != "sdpa":  # eager attention adds the mask
+        allowed = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with autocast:
+        logits = model(input_ids=ids, attention_mask=allowed, position_ids=positions, cache=cache,
+                       use_cache=False).logits.float()
+    normalizer, top = torch.logsumexp(logits, dim=-1).tolist(), logits.argmax(dim=-1).tolist()
+    picks = [(k, b, where[b][tuple(tokens[k][:j])], tokens[k][j]) for k, (b, _) in enumerate(rows)
+             for j in range(1, len(tokens[k]))]
+    if not picks:
+        return
+    values = logits[[b for _, b, _, _ in picks], [i for _, _, i, _ in picks], [t for _, _, _, t in picks]].tolist()
+    for (k, b, i, target), value in zip(picks, values, strict=True):
+        row_logprob[k].append(value - normalizer[b][i])
+        row_greedy[k].append(top[b][i] == target)
