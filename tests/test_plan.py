@@ -158,13 +158,18 @@ def test_training_records_the_plan_and_checkpoints_when_told_the_device_is_small
     assert forced.activation_checkpointing and forced.reason.startswith("asked for")
 
 
-def test_qlora_trains_on_a_4bit_base_and_its_adapter_evaluates(lab, tiny_model_dir):
-    pytest.importorskip("bitsandbytes")
+def test_qlora_trains_on_a_4bit_base_and_its_adapter_evaluates(lab, tiny_model_dir, monkeypatch):
+    import sys
+
     from llamalab.evaluation.evaluate import evaluate
     from llamalab.training.trainer import train
 
     write_experiment(lab, "tiny-q", f"task: sentiment\nbase_model: {tiny_model_dir}\nmethod: qlora\nmax_steps: 3\n"
                                     "train_examples: 16\nlora: {r: 4, alpha: 8}\n")
+    with monkeypatch.context() as patch:  # a machine without bitsandbytes: a clear error, at once
+        patch.setitem(sys.modules, "bitsandbytes", None)
+        with pytest.raises(LlamalabError, match="needs bitsandbytes"):
+            train(lab, "tiny-q")
     record = train(lab, "tiny-q")
     assert record.run.finished and (record.folder / "adapter" / "adapter_config.json").is_file()
     assert record.run.metrics.steps == 3 and record.run.memory.measured_mb is not None
