@@ -138,3 +138,19 @@ def test_backends_never_import_evaluate():
     assert files
     offenders = {f.name: sorted(m for m in _imports(f) if (m + ".").startswith("llamalab.evaluation.")) for f in files}
     assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_generation_refuses_a_precision_it_would_not_apply(lab):
+    from llamalab.evaluation.evaluate import complete_settings
+    from llamalab.tasks.task import load_task
+
+    gsm8k = load_task(lab.task_path("gsm8k"), lab.root)
+    sentiment = load_task(lab.task_path("sentiment"), lab.root)
+    system = System("tiny", "base", FOLDER_MODEL)
+    with pytest.raises(LlamalabError, match="applies to label scoring .* drop --precision"):
+        complete_settings(EvalSettings(system="tiny", task="gsm8k", precision="bfloat16"), gsm8k, system)
+    with pytest.raises(LlamalabError, match="applies to label scoring"):
+        complete_settings(EvalSettings(system="tiny", task="sentiment", precision="bfloat16", protocol="generate"),
+                          sentiment, system)
+    scored = complete_settings(EvalSettings(system="tiny", task="sentiment", precision="bfloat16"), sentiment, system)
+    assert scored.protocol == "loglikelihood" and scored.precision == "bfloat16"

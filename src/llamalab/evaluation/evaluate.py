@@ -201,6 +201,9 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
         raise LlamalabError(f"task {task.name!r} has {task.answer.type} answers: use --protocol generate")
     if protocol == "loglikelihood" and is_api:
         raise LlamalabError(f"{system.label} is a chat API without log-likelihoods: use --protocol generate")
+    if protocol == "generate" and settings.precision != DEFAULT_PRECISION:
+        raise LlamalabError(f"--precision {settings.precision} applies to label scoring (--protocol loglikelihood); "
+                            "generation runs in the backend's own precision: drop --precision")
     if is_api and settings.format == "plain":
         raise LlamalabError(f"{system.label} is a chat API: it can only be prompted in chat format")
     prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
