@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -357,10 +357,6 @@ def plan_training(experiment, model_folder: Path, lengths: list[int], answers: l
 def _file_bytes_per_param(folder: Path, shape: Shape) -> float:
     size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
     return size / shape.params if size else 2.0
-
-
-def plan_dict(plan: MemoryPlan) -> dict:
-    return asdict(plan)
 
 
 @dataclass(frozen=True)
