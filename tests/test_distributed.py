@@ -54,8 +54,10 @@ def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir):
     assert theirs.keys() == ours.keys()
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], atol=1e-4, rtol=1e-3)
+    before = len(list_runs(lab.runs_dir))
     with pytest.raises(Exception, match="multiple of processes"):
         train(lab, "tiny", processes=3)
+    assert len(list_runs(lab.runs_dir)) == before  # refused before any run folder was made
 
 
 def test_a_killed_two_process_run_resumes(lab, tiny_model_dir):

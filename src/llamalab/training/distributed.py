@@ -22,9 +22,6 @@ from llamalab.runs.record import RunRecord
 
 def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Console) -> None:
     """Run the training of `record` in `processes` worker processes; the record is reloaded with their results."""
-    if experiment.batch_size % processes:
-        raise LlamalabError(f"batch_size {experiment.batch_size} is the global batch: make it a multiple of "
-                            f"processes ({processes})")
     from llamalab.training.callbacks import latest_complete_checkpoint
 
     # Clear away checkpoints a kill cut off here, once: the workers must all resume from the same one.

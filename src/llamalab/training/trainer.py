@@ -54,6 +54,9 @@ def train(
         path = lab.experiment_path(experiment)
         name, source = name or path.stem, str(path)
         experiment, resolved = load_experiment(path, overrides)
+    if experiment.batch_size % processes:  # before any run folder exists
+        raise LlamalabError(f"batch_size {experiment.batch_size} is the global batch: make it a multiple of "
+                            f"processes ({processes})")
     if reuse:
         if done := finished_run(lab.runs_dir, "train", resolved, name):
             return done
