@@ -352,6 +352,7 @@ def test_scaling_numbers_match_an_independent_computation_on_random_records(tmp_
 def test_quantization_rows_match_an_independent_computation_on_random_records(lab):
     """Each type's Δ is its accuracy minus the same system's f16 accuracy on the examples both saw; the interval is
     the run's own; f16 is the reference; a file that is gone has no size (never a made-up one)."""
+    from llamalab.publish.results import QuantBoard
     from llamalab.runs.files import append_jsonl
     from llamalab.runs.record import RunRecord
     from llamalab.studies.quantization import gguf_file, quant_rows
@@ -378,10 +379,17 @@ def test_quantization_rows_match_an_independent_computation_on_random_records(la
                 records[(system, quant)], accuracy[(system, quant)] = record, correct
         gguf_file(lab, "a", "q8_0").parent.mkdir(parents=True, exist_ok=True)
         gguf_file(lab, "a", "q8_0").write_bytes(b"\0" * 3 * 2**20)
-        for row in quant_rows(lab, study, records):
+        gguf_file(lab, "a", "f16").write_bytes(b"\0" * 6 * 2**20)
+        rows = quant_rows(lab, study, records)
+        summary = QuantBoard(study, rows, "accuracy").summary()  # the sentence the report, site and post show
+        for row in rows:
+            if row.delta is not None:
+                size = " at 50% of its size" if (row.system, row.type) == ("a", "q8_0") else ""
+                assert f"{row.system} {row.type}: {row.delta:+.3f} accuracy against f16{size} (p " in summary
+        for row in rows:
             mine = accuracy[(row.system, row.type)]
             assert row.interval == records[(row.system, row.type)].run.metrics["accuracy"]
-            assert row.size_mib == (3.0 if (row.system, row.type) == ("a", "q8_0") else None)
+            assert row.size_mib == {("a", "q8_0"): 3.0, ("a", "f16"): 6.0}.get((row.system, row.type))
             if row.type == "f16":
                 assert row.delta is None and row.p_value is None
                 continue

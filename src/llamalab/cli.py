@@ -534,10 +534,15 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    run_app(app)
+
+
+def run_app(typer_app: typer.Typer) -> None:
+    """Run a command line; a LlamalabError is one red line and exit code 2, never a traceback."""
     try:
-        app()
+        typer_app()
     except LlamalabError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         sys.exit(2)
 
 

@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llamalab.config import LlamalabError
 from llamalab.lab import find_lab
 
 assignment_app = typer.Typer(help="Course assignments from the lab's tasks: student handout, Gradescope autograder, "
@@ -101,11 +100,9 @@ def predict(
 
 
 def main() -> None:
-    try:
-        assignment_app()
-    except LlamalabError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        sys.exit(2)
+    from llamalab.cli import run_app
+
+    run_app(assignment_app)
 
 
 if __name__ == "__main__":
