@@ -51,3 +51,15 @@ def test_embedded_model_learns_and_records_are_complete(lab):
     accuracy = evaluation.run.metrics["accuracy"]
     assert accuracy.low <= accuracy.estimate <= accuracy.high
     assert evaluation.run.system.train_run == run_id
+
+    # the demo's compute floors, from these records
+    from llamalab.demo import model_flops
+    from llamalab.models import EMBEDDED_NAME, resolve_model
+    from llamalab.training.plan import Shape
+
+    shape = Shape.of_folder(resolve_model(EMBEDDED_NAME).path)
+    params = 134_515_008  # SmolLM2-135M, embeddings (49,152 x 576, tied) included
+    assert model_flops(record, shape) == 4 * params * record.run.data_used.tokens_per_epoch * record.run.metrics.epochs
+    computed = evaluation.run.throughput["forward_tokens"]
+    prompts = sum(len(row["prompt"]) for row in predictions)  # characters: more than the tokens
+    assert 0 < computed < prompts and model_flops(evaluation, shape) == 2 * (params - 49_152 * 576) * computed

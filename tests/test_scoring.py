@@ -112,3 +112,29 @@ def test_trie_scores_say_whether_each_choice_is_the_greedy_continuation(model):
     choices = [greedy[:3], greedy[:2] + [(greedy[2] + 1) % 100 + 3], [greedy[0], (greedy[1] + 1) % 100 + 3]]
     [scores] = score_choices(model, [ChoiceRequest(prompt, choices)])
     assert [s.greedy for s in scores] == [True, False, False]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_forward_tokens_counts_what_the_model_computed(model, seed):
+    """The compute floor's token count equals the real (non-pad) tokens the model was given, over random prompts
+    with a shared prefix and random multi-token choices that start alike."""
+    import random
+
+    from llamalab.backends.hf_scoring import forward_tokens
+
+    rng = random.Random(seed)
+    prefix = [rng.randint(1, 400) for _ in range(rng.choice([0, 3, 12]))]
+    stems = [[rng.randint(1, 400) for _ in range(rng.randint(1, 3))] for _ in range(2)]
+    choices = [rng.choice(stems) + [rng.randint(1, 400) for _ in range(rng.randint(0, 2))] for _ in range(4)]
+    requests = [ChoiceRequest(prefix + [rng.randint(1, 400) for _ in range(rng.randint(1, 9))], choices)
+                for _ in range(rng.randint(1, 8))]
+    seen = []  # pads are token 0, which no request uses
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(int((kwargs["input_ids"] != 0).sum())), with_kwargs=True)
+    try:
+        for share in (True, False):
+            seen.clear()
+            score_choices(model, requests, batch_size=rng.randint(1, 5), share_prefix=share)
+            assert sum(seen) == forward_tokens(requests, share_prefix=share)
+    finally:
+        hook.remove()

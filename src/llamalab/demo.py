@@ -24,11 +24,14 @@ from llamalab.publish.posts import new_post
 from llamalab.publish.report import build_report
 from llamalab.publish.site import build_site
 from llamalab.runs.files import write_json_atomic
+from llamalab.runs.record import RunRecord
+from llamalab.runs.schema import TrainRun
 from llamalab.studies.run import BASELINES, best_baseline  # the baseline is chosen as studies choose it
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import load_task
+from llamalab.training.plan import Shape, flops_per_token, measure_matmul_tflops, resolve_device
 from llamalab.training.trainer import train
 
 TASK = "sentiment"
@@ -37,14 +40,23 @@ DEV_LIMIT = 500  # enough to pick a prompt format; selection never looks at test
 
 
 def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
-    """Run every stage, timing each; returns (and writes to demo-summary.json) what was measured."""
+    """Run every stage, timing each against its compute floor; returns (and writes to demo-summary.json) what was
+    measured."""
     stages: dict[str, float] = {}
+    floors: dict[str, float] = {}
+    device = resolve_device()
+    rate = measure_matmul_tflops(device) * 1e12  # FLOP/s, measured now on this process's threads
+    shape = Shape.of_folder(Path(resolve_model(EMBEDDED_NAME).path))
+    kind = "float32 2048 x 2048" if device.kind == "cpu" else "bfloat16 8192 x 8192"
+    console.print(f"{escape(device.name)}: {rate / 1e9:,.0f} GFLOP/s on a {kind} matmul")
 
     def stage(name: str, work: Callable[[], Any]) -> Any:
         console.rule(f"[bold]{name}")
         started = time.perf_counter()
         result = work()
         stages[name] = round(time.perf_counter() - started, 1)
+        if (flops := model_flops(result, shape)) is not None:
+            floors[name] = round(flops / rate, 1)
         return result
 
     lab = find_lab(lab_dir) if (lab_dir / "lab.yaml").is_file() else init_lab(lab_dir)
@@ -71,7 +83,7 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
     result = compare(lab, TASK, "test", "accuracy", only={baseline.id, finetuned.id})
     console.print(comparison_table(result))
     stage("report, weekly post and site", lambda: _publish(lab, console))
-    summary = _summary(stages, dev, baseline, trained, finetuned, result)
+    summary = _summary(stages, floors, rate, dev, baseline, trained, finetuned, result)
     write_json_atomic(lab.root / "demo-summary.json", summary)
     _print_summary(console, summary, lab)
     return summary
@@ -97,7 +109,22 @@ def _check(lab: Lab, console: Console) -> None:
         raise LlamalabError("data check failed:\n" + "\n".join(report.errors))
 
 
-def _summary(stages, dev, baseline, trained, finetuned, result) -> dict[str, Any]:
+def model_flops(record, shape: Shape) -> float | None:
+    """The model FLOPs a run's work on a model of `shape` needed (its compute floor at the machine's matmul rate),
+    or None for other work. An evaluation's forward passes: 2 x the non-embedding parameters per token the model had
+    to compute (a shared prompt prefix once, no padding). A LoRA run's training: 4 x the parameters per trained token
+    (forward, and backward to the activations; the frozen weights get no gradient)."""
+    if not isinstance(record, RunRecord):
+        return None
+    if isinstance(record.run, TrainRun):
+        tokens = (record.run.data_used.tokens_per_epoch or 0) * record.run.metrics.epochs
+        return flops_per_token(shape, "lora") * tokens
+    if "forward_tokens" not in record.run.throughput:
+        return None
+    return 2 * (shape.params - shape.vocab * shape.hidden) * record.run.throughput["forward_tokens"]
+
+
+def _summary(stages, floors, rate, dev, baseline, trained, finetuned, result) -> dict[str, Any]:
     rows = {row.run: row for row in result.systems}
     fine_row = rows[finetuned.id]
     base_acc = baseline.run.metrics["accuracy"].model_dump()
@@ -106,6 +133,8 @@ def _summary(stages, dev, baseline, trained, finetuned, result) -> dict[str, Any
     return {
         "stages_s": stages,
         "total_s": round(sum(stages.values()), 1),
+        "compute_floor_s": floors,
+        "matmul_gflops": round(rate / 1e9, 1),
         "dev_accuracy": {name: rec.run.metrics["accuracy"].estimate for name, rec in dev.items()},
         "baseline": {"run": baseline.id, "format": baseline.run.prompt.format, "shots": baseline.run.shots,
                      "accuracy": base_acc},
@@ -122,12 +151,19 @@ def _summary(stages, dev, baseline, trained, finetuned, result) -> dict[str, Any
 
 
 def _print_summary(console: Console, summary: dict, lab: Lab) -> None:
-    table = Table(title="demo stages")
+    table = Table(title="demo stages",
+                  caption=f"compute floor: the stage's model FLOPs at {summary['matmul_gflops']:,.0f} GFLOP/s, "
+                          "this machine's matmul rate measured at the start")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
+    table.add_column("compute floor (s)", justify="right")
+    table.add_column("x floor", justify="right")
+    floors = summary["compute_floor_s"]
     for name, seconds in summary["stages_s"].items():
-        table.add_row(name, f"{seconds:.1f}")
-    table.add_row("[bold]total", f"[bold]{summary['total_s']:.1f}")
+        floor = floors.get(name)
+        table.add_row(name, f"{seconds:.1f}", f"{floor:.1f}" if floor is not None else "–",
+                      f"{seconds / floor:.2f}" if floor else "–")
+    table.add_row("[bold]total", f"[bold]{summary['total_s']:.1f}", f"{sum(floors.values()):.1f}", "")
     console.print(table)
     b, f, t = summary["baseline"]["accuracy"], summary["finetuned"]["accuracy"], summary["paired_test"]
     console.print(

@@ -7,7 +7,7 @@ from typing import Any
 
 from llamalab.backends.base import ChoiceRequest, Generation, GenerationCallback, ScoreCallback
 from llamalab.backends.hf_generation import generate_greedy
-from llamalab.backends.hf_scoring import score_choices
+from llamalab.backends.hf_scoring import forward_tokens, score_choices
 from llamalab.models import ModelRef, load_model, load_tokenizer
 
 
@@ -38,6 +38,10 @@ class HFBackend:
         self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         score_choices(self.model, requests, batch_size, on_batch=on_batch, precision=precision)
+
+    def forward_tokens(self, requests: list[ChoiceRequest]) -> int:
+        """The tokens `score_choices` computes for `requests` (shared prefix once, no padding)."""
+        return forward_tokens(requests)
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
         def wrap(indices: list[int], texts: list[str]) -> None:

@@ -78,6 +78,16 @@ def score_choices(
     return results  # type: ignore[return-value]
 
 
+def forward_tokens(requests: list[ChoiceRequest], share_prefix: bool = True) -> int:
+    """The tokens `score_choices` runs through the model, padding left out: the shared prefix once, each prompt's
+    own tokens, and each request's choice-trie nodes (a choice's first token is read off the prompt's last position).
+    The compute floor of scoring is this many tokens' forward FLOPs."""
+    if not requests:
+        return 0
+    shared = _shared_prefix(requests) if share_prefix else 0
+    return shared + sum(len(r.prompt_ids) - shared + len(_trie(r.choice_ids)) for r in requests)
+
+
 def _too_close(scores: list[ChoiceScore]) -> bool:
     """Whether float32 could rank the best two choices differently (under either normalisation)."""
     if len(scores) < 2:

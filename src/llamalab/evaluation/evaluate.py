@@ -166,8 +166,8 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, load
             repair_jsonl(path)
             done = {row["id"] for row in read_jsonl(path)}
             todo = [ex for ex in examples if ex.id not in done]
-            n_tokens, seconds = predict_rows(task, prompter, backend, todo, path, settings, console, len(done),
-                                         unconditional)
+            n_tokens, computed, seconds = predict_rows(task, prompter, backend, todo, path, settings, console,
+                                                       len(done), unconditional)
             rows = _ordered(read_jsonl(path), examples)
             metrics = metric_intervals(task.metric_names, rows, task.answer.labels or None,
                                        settings.bootstrap_resamples)
@@ -183,7 +183,10 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, load
                 timings={**record.run.timings, "load_model_s": round(load_s, 2),
                          "predict_s": round(seconds, 2)},
                 throughput={"examples_per_s": round(len(todo) / max(seconds, 1e-9), 2),
-                            "tokens_per_s": round(n_tokens / max(seconds, 1e-9))},
+                            "tokens_per_s": round(n_tokens / max(seconds, 1e-9)),
+                            # what the model computed (a shared prompt prefix once, no padding): the work's floor
+                            **({"forward_tokens": computed, "forward_tokens_per_s": round(computed / max(
+                                seconds, 1e-9))} if computed is not None else {})},
                 usage=_usage(rows),
             )
             write_json_atomic(record.folder / "metrics.json", metrics)
@@ -282,7 +285,9 @@ def prompt_provenance(prompter: Prompter, record: RunRecord) -> dict:
 
 def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settings, console, already: int,
              unconditional: dict[str, float] | None = None):
-    """Predict `examples`, appending each finished batch to predictions.jsonl. Returns (tokens, seconds)."""
+    """Predict `examples`, appending each finished batch to predictions.jsonl. Returns (tokens, computed, seconds):
+    the prompt and answer tokens, the tokens the model computed for them where the backend counts them (label
+    scoring: a shared prefix once, no padding; else None), and the time taken."""
     labels = task.answer.labels
     verbalized = {label: task.answer.verbalize(label) for label in labels}
     chat_api = backend.tokenizer is None
@@ -302,6 +307,7 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
                 encoded = [prompter.encode(prompt, prompter.continuation(v)) for v in verbalized.values()]
                 requests.append(ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded]))
             n_tokens = sum(len(r.prompt_ids) + sum(len(c) for c in r.choice_ids) for r in requests)
+            computed = backend.forward_tokens(requests) if hasattr(backend, "forward_tokens") else None
 
             chars = _label_chars(task)
 
@@ -327,6 +333,7 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
             inputs = [prompter.messages(ex) for ex in examples] if chat_api else [
                 prompter.encode(prompt, "").prompt_ids for prompt in prompts]
             n_tokens = 0 if chat_api else sum(len(ids) for ids in inputs)
+            computed = None
 
             def save_generations(indices: list[int], generations) -> None:
                 append_jsonl(path, [
@@ -336,7 +343,7 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
                 advance(len(indices))
 
             backend.generate(inputs, settings.max_new_tokens, settings.batch_size, save_generations)
-        return n_tokens, time.perf_counter() - started
+        return n_tokens, computed, time.perf_counter() - started
 
 
 def _ordered(rows: list[dict], examples: list[Example]) -> list[dict]:

