@@ -58,7 +58,9 @@ def main() -> None:
     results = {"cpu": cpu, "date": datetime.now(UTC).date().isoformat(), "matmul_gflops": matmul_rates(),
                "benches": {}}
     print(f"{cpu}: matmul GFLOP/s {results['matmul_gflops']}", flush=True)
-    for bench in BENCHES:
+    benches = BENCHES + ([["vs_lm_eval.py", "--task", "sentiment", "--precision", "bfloat16"]]
+                         if "bfloat16" in results["matmul_gflops"] else [])
+    for bench in benches:
         command = [sys.executable, str(HERE / bench[0]), *bench[1:], *(QUICK.get(bench[0], []) if args.quick else [])]
         shown = " ".join([f"bench/{bench[0]}", *command[2:]])
         print(f"\n$ {shown}", flush=True)

@@ -3,9 +3,11 @@
     .venv/bin/pip install 'lm-eval==0.4.13'
     .venv/bin/python bench/vs_lm_eval.py --task sentiment            # parity: all 1,066 test examples
     .venv/bin/python bench/vs_lm_eval.py --task intent --limit 100   # 77 multi-token labels
+    .venv/bin/python bench/vs_lm_eval.py --precision bfloat16        # llamalab in bf16 (CPUs with native bf16)
 
 Both score every label (with a leading space) after the task's plain prompt on the embedded model,
-in float32. lm-eval runs its full pipeline: a task YAML over the same test examples, `simple_evaluate`
+in float32 (llamalab in bfloat16 with `--precision bfloat16`, which rescores in float32 any example whose best
+two labels are close). lm-eval runs its full pipeline: a task YAML over the same test examples, `simple_evaluate`
 with the HF backend, per-sample logging. Prints the example-by-example agreement of predictions, the
 largest log-likelihood difference, and examples/s of each (model loading included on both sides).
 """
@@ -67,12 +69,13 @@ def main() -> None:
     parser.add_argument("--task", default="sentiment", choices=["sentiment", "intent"])
     parser.add_argument("--limit", type=int, default=None, help="test examples (default: all)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32", help="llamalab's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         lab = init_lab(Path(tmp) / "lab")
         started = time.perf_counter()
         record = evaluate(lab, EvalSettings(system=EMBEDDED_NAME, task=args.task, format="plain", limit=args.limit,
-                                            batch_size=args.batch_size))
+                                            batch_size=args.batch_size, precision=args.precision))
         ours_s = time.perf_counter() - started
         task = load_task(lab.task_path(args.task), lab.root)
         texts = {ex.id: ex.fields["text"] for ex in load_task_data(task).split("test")}
@@ -87,7 +90,7 @@ def main() -> None:
     gap = max(abs(row["scores"][label] - t[k]) for row, t in zip(ours, theirs, strict=True)
               for k, label in enumerate(labels))
     n = len(ours)
-    print(f"task: {args.task} ({len(labels)} labels)")
+    print(f"task: {args.task} ({len(labels)} labels); llamalab in {args.precision}, lm-eval in float32")
     print(f"examples: {n}")
     print(f"prediction agreement: {agree}/{n} ({agree / n:.2%}); largest log-likelihood difference {gap:.2e}")
     print(f"llamalab : {n / ours_s:7.1f} examples/s ({ours_s:.1f} s, model load included)")

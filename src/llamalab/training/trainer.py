@@ -126,7 +126,7 @@ def _run_training(
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     with PeakMemory() as peak:
         model = _load_for_training(experiment, model_ref, dtype, plan.checkpointing)
-        use_rows_attention(model)  # padding-free batches attended row by row: the same numbers, less work
+        use_rows_attention(model)  # padding-free batches attended row by row: the masked numbers, less work
         checkpoints = record.folder / "checkpoints"
         resume_from = latest_complete_checkpoint(checkpoints)
         trainer = _answer_loss_trainer()(
