@@ -9,8 +9,8 @@ computation up to rounding.
 
 On a CPU the attention runs in float32 (under bf16 autocast too), where its kernel is fastest.
 
-The collator gives the row boundaries (`cu_seq_lens_q`, `max_length_q`); without them (or with a batch dimension
-above 1) this is transformers' SDPA, unchanged.
+The collator gives the row boundaries (`cu_seq_lens_q`, `max_length_q`, for every token of the batch); without them
+(or with a batch dimension above 1) this is transformers' SDPA, unchanged.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ def rows_attention(module, query, key, value, attention_mask, dropout: float = 0
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    starts = kwargs.get("cu_seq_lens_q")
-    if starts is None or query.shape[0] != 1 or query.shape[2] != int(starts[-1]):
+    starts, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if starts is None or longest is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    lengths = starts.diff().long()
-    rows, longest = lengths.numel(), int(kwargs.get("max_length_q") or lengths.max())
-    row = torch.repeat_interleave(torch.arange(rows), lengths)
-    slot = (row * longest + torch.arange(row.numel()) - starts[:-1].long()[row]).to(query.device)
+    # Where each token goes, computed on the tensors' device without reading anything back (no GPU sync per layer)
+    device, tokens = query.device, query.shape[2]
+    starts = starts.to(device=device, dtype=torch.long)
+    rows, longest = starts.numel() - 1, int(longest)
+    row = torch.repeat_interleave(torch.arange(rows, device=device), starts.diff(), output_size=tokens)
+    slot = row * longest + torch.arange(tokens, device=device) - starts[:-1][row]
 
     def side_by_side(states):  # [1, heads, tokens, dim] -> [rows, heads, longest, dim]
         tokens = states[0].transpose(0, 1)
