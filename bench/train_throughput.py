@@ -71,14 +71,14 @@ def main() -> None:
     print(f"ratio (llamalab / TRL default): {ours / peer:.2f}x")
     # How close to the machine's own limit: model FLOPs (4 P per trained token) against a float32 matmul measured
     # now on the same threads.
-    from llamalab.training.plan import Shape, measure_matmul_tflops, resolve_device
+    from llamalab.training.plan import Shape, flops_per_token, measure_matmul_tflops, resolve_device
 
     device = resolve_device("cpu")
     rate = measure_matmul_tflops(device)
-    params = Shape.of_folder(Path(resolve_model(EMBEDDED_NAME).path)).params
+    per_token = flops_per_token(Shape.of_folder(Path(resolve_model(EMBEDDED_NAME).path)), "lora")  # 4 P
     print(f"machine: {device.name}; float32 matmul {rate * 1e3:.0f} GFLOP/s; llamalab trained at "
-          f"{4 * params * ours / 1e9:.0f} model GFLOP/s ({4 * params * ours / (rate * 1e12):.0%} of it), TRL's "
-          f"default at {4 * params * peer / 1e9:.0f} ({4 * params * peer / (rate * 1e12):.0%})")
+          f"{per_token * ours / 1e9:.0f} model GFLOP/s ({per_token * ours / (rate * 1e12):.0%} of it), TRL's "
+          f"default at {per_token * peer / 1e9:.0f} ({per_token * peer / (rate * 1e12):.0%})")
 
 
 if __name__ == "__main__":

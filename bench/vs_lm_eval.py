@@ -99,12 +99,12 @@ def main() -> None:
     # How close to the machine's own limit: forward FLOPs (2 x non-embedding parameters per token the model had to
     # compute: a shared prompt prefix once, no padding) over the evaluation's time, against a float32 matmul
     # measured now on the same threads.
-    from llamalab.training.plan import Shape, measure_matmul_tflops, resolve_device
+    from llamalab.training.plan import Shape, measure_matmul_tflops, resolve_device, scoring_flops_per_token
 
     device = resolve_device("cpu")
     rate = measure_matmul_tflops(device)
     shape = Shape.of_folder(Path(resolve_model(EMBEDDED_NAME).path))
-    flops = 2 * (shape.params - shape.vocab * shape.hidden) * record.run.throughput["forward_tokens_per_s"]
+    flops = scoring_flops_per_token(shape) * record.run.throughput["forward_tokens_per_s"]
     print(f"machine: {device.name}; float32 matmul {rate * 1e3:.0f} GFLOP/s; llamalab's scoring ran at "
           f"{flops / 1e9:.0f} GFLOP/s of forward FLOPs ({flops / (rate * 1e12):.0%} of the matmul rate)")
 

@@ -31,7 +31,13 @@ from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import load_task
-from llamalab.training.plan import Shape, flops_per_token, measure_matmul_tflops, resolve_device
+from llamalab.training.plan import (
+    Shape,
+    flops_per_token,
+    measure_matmul_tflops,
+    resolve_device,
+    scoring_flops_per_token,
+)
 from llamalab.training.trainer import train
 
 TASK = "sentiment"
@@ -121,7 +127,7 @@ def model_flops(record, shape: Shape) -> float | None:
         return flops_per_token(shape, "lora") * tokens
     if "forward_tokens" not in record.run.throughput:
         return None
-    return 2 * (shape.params - shape.vocab * shape.hidden) * record.run.throughput["forward_tokens"]
+    return scoring_flops_per_token(shape) * record.run.throughput["forward_tokens"]
 
 
 def _summary(stages, floors, rate, dev, baseline, trained, finetuned, result) -> dict[str, Any]:
@@ -150,6 +156,18 @@ def _summary(stages, floors, rate, dev, baseline, trained, finetuned, result) ->
     }
 
 
+def stage_rows(stages: dict[str, float], floors: dict[str, float]) -> list[tuple[str, str, str, str]]:
+    """The stage table's rows: each stage's seconds, compute floor and their ratio ("–" where a stage has no floor),
+    then the totals."""
+    rows = []
+    for name, seconds in stages.items():
+        floor = floors.get(name)
+        rows.append((name, f"{seconds:.1f}", "–" if floor is None else f"{floor:.1f}",
+                     f"{seconds / floor:.2f}" if floor else "–"))
+    rows.append(("[bold]total", f"[bold]{sum(stages.values()):.1f}", f"{sum(floors.values()):.1f}", ""))
+    return rows
+
+
 def _print_summary(console: Console, summary: dict, lab: Lab) -> None:
     table = Table(title="demo stages",
                   caption=f"compute floor: the stage's model FLOPs at {summary['matmul_gflops']:,.0f} GFLOP/s, "
@@ -158,12 +176,8 @@ def _print_summary(console: Console, summary: dict, lab: Lab) -> None:
     table.add_column("seconds", justify="right")
     table.add_column("compute floor (s)", justify="right")
     table.add_column("x floor", justify="right")
-    floors = summary["compute_floor_s"]
-    for name, seconds in summary["stages_s"].items():
-        floor = floors.get(name)
-        table.add_row(name, f"{seconds:.1f}", f"{floor:.1f}" if floor is not None else "–",
-                      f"{seconds / floor:.2f}" if floor else "–")
-    table.add_row("[bold]total", f"[bold]{summary['total_s']:.1f}", f"{sum(floors.values()):.1f}", "")
+    for row in stage_rows(summary["stages_s"], summary["compute_floor_s"]):
+        table.add_row(*row)
     console.print(table)
     b, f, t = summary["baseline"]["accuracy"], summary["finetuned"]["accuracy"], summary["paired_test"]
     console.print(

@@ -297,6 +297,12 @@ def flops_per_token(shape: Shape, method: str) -> float:
     return (6 if method == "full" else 4) * shape.params
 
 
+def scoring_flops_per_token(shape: Shape) -> float:
+    """Forward FLOPs per token the model computes when scoring: 2 x the non-embedding parameters (the output layer
+    runs at a few positions only, and is left out)."""
+    return 2 * (shape.params - shape.vocab * shape.hidden)
+
+
 def with_time(plan: MemoryPlan, shape: Shape, method: str, device: Device, tokens_per_epoch: int,
               past_efficiency: list[float]) -> MemoryPlan:
     """Add the model FLOPs per token and, where the device's matmul rate is known, the seconds per epoch."""
