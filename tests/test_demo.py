@@ -6,7 +6,10 @@ import random
 
 import pytest
 
-from llamalab.demo import stage_rows
+from llamalab.demo import model_flops, stage_rows
+from llamalab.runs.record import RunRecord
+from llamalab.training.plan import Shape
+from tests.records import eval_fields, train_fields
 
 
 @pytest.mark.parametrize("seed", range(50))
@@ -29,3 +32,28 @@ def test_stage_rows_show_each_stage_against_its_floor(seed):
     total = rows[-1]
     assert float(total[1].removeprefix("[bold]")) == pytest.approx(sum(stages.values()), abs=0.05)
     assert float(total[2]) == pytest.approx(sum(floors.values()), abs=0.05)
+
+
+def test_model_flops_are_the_records_tokens_at_the_shapes_flops_per_token(tmp_path):
+    """The floors' FLOPs, from records of random sizes on random Llama shapes: training 4 P (LoRA) or 6 P (full)
+    per trained token, scoring 2 x the non-embedding parameters per computed token, and nothing for other work."""
+    rng = random.Random(7)
+    for k in range(40):
+        heads = rng.choice([2, 4, 9])
+        shape = Shape.of({"hidden_size": heads * 64, "intermediate_size": rng.choice([128, 1536]),
+                          "num_hidden_layers": rng.randint(1, 30), "num_attention_heads": heads,
+                          "num_key_value_heads": rng.choice([1, heads]), "vocab_size": rng.choice([100, 49152]),
+                          "tie_word_embeddings": rng.random() < 0.5})
+        method, tokens, epochs = rng.choice(["lora", "full"]), rng.randint(0, 10**6), round(rng.uniform(0.01, 3), 3)
+        train = RunRecord.create(tmp_path, "train", f"t{k}", {"method": method}, **train_fields())
+        train.update(data_used={"train_examples": 1, "skipped_too_long": 0, "tokens_per_epoch": tokens},
+                     metrics={"first_loss": 1.0, "final_loss": 0.5, "steps": 1, "epochs": epochs})
+        per_token = (6 if method == "full" else 4) * shape.params
+        assert model_flops(train, shape) == pytest.approx(per_token * tokens * epochs, rel=1e-12)
+        scored = rng.randint(0, 10**6)
+        evaluation = RunRecord.create(tmp_path, "eval", f"e{k}", {}, **eval_fields())
+        assert model_flops(evaluation, shape) is None  # no count of computed tokens: no floor
+        evaluation.update(throughput={"forward_tokens": scored})
+        embedding = shape.vocab * shape.hidden
+        assert model_flops(evaluation, shape) == 2 * (shape.params - embedding) * scored
+        assert model_flops(None, shape) is None

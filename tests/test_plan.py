@@ -90,6 +90,82 @@ def test_activation_bytes_match_what_autograd_keeps(method):
             assert predicted == pytest.approx(measured, rel=0.1), (config, dtype)
 
 
+def test_fsdp_plan_holds_each_process_share_as_fsdp_shards_it():
+    """FSDP2 shards a real Llama over N processes (a fake process group stands in for N-1 of them): a process's
+    shards and its whole-held parameters are what the plan says, and training state divides the same way."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llamalab.training.plan import Device, fsdp_gathered, memory_plan
+
+    rng = random.Random(5)
+    device = Device("cpu", "a CPU", 64 * 1024, bf16=False)
+    for _ in range(12):
+        config, shards = _config(rng), rng.choice([2, 3, 4, 8])
+        shape = Shape.of(config)
+        dist.init_process_group("fake", rank=0, world_size=shards, store=FakeStore())
+        try:
+            model = LlamaForCausalLM(LlamaConfig(**config))
+            layer = sum(p.numel() for p in model.model.layers[0].parameters())
+            mesh = init_device_mesh("cpu", (shards,))
+            for block in model.model.layers:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            local = sum(p.to_local().numel() for p in model.parameters())
+        finally:
+            dist.destroy_process_group()
+        assert shape.layer_params == layer
+        assert fsdp_gathered(shape) == shape.params - shape.layers * layer + 2 * layer
+        # a shard is 1/N of each parameter, rounded up along its first dimension
+        assert local == pytest.approx(shape.params / shards, rel=0.05), (config, shards)
+        experiment = Experiment(task="t", method="full", batch_size=2)
+        whole = memory_plan(shape, experiment, device, [10, 20, 30], [1, 1, 2])
+        sharded = memory_plan(shape, experiment, device, [10, 20, 30], [1, 1, 2], shards=shards)
+        assert sharded.trainable_mb == pytest.approx(whole.trainable_mb / shards, abs=0.1)
+        assert sharded.weights_mb == pytest.approx(
+            whole.weights_mb / shards + fsdp_gathered(shape) * 4 / 2**20, abs=0.1)
+        assert sharded.activations_mb == whole.activations_mb and sharded.logits_mb == whole.logits_mb
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_trainable_state_is_what_a_fused_adamw_step_holds(method):
+    """After one step of the trainer's optimizer (fused AdamW) on random Llama shapes, in float32 and in bf16 (as a
+    GPU trains): the gradients and optimizer state held, and LoRA's own weights, are the plan's `trainable`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llamalab.training.plan import MIB, Device, memory_plan
+
+    rng = random.Random(6 if method == "lora" else 8)
+    for _ in range(4):
+        config = _config(rng)
+        shape = Shape.of(config)
+        for dtype in (torch.float32, torch.bfloat16):
+            model = LlamaForCausalLM(LlamaConfig(**config)).to(dtype)
+            experiment = Experiment(task="t", method=method, batch_size=1, **(
+                {"lora": {"r": rng.choice([2, 8])}} if method == "lora" else {}))
+            if method == "lora":
+                model = get_peft_model(model, LoraConfig(r=experiment.lora.r, target_modules="all-linear",
+                                                         task_type="CAUSAL_LM"))
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, fused=True)
+            model(input_ids=torch.randint(0, config["vocab_size"], (1, 8)), labels=torch.randint(0, 9, (1, 8))
+                  ).loss.backward()
+            optimizer.step()
+            held = sum(p.grad.nbytes for p in trainable) + sum(
+                t.nbytes for state in optimizer.state.values() for name, t in state.items() if name != "step")
+            if method == "lora":
+                held += sum(p.nbytes for p in trainable)  # the adapter's weights (the base's are `weights`)
+            device = Device("cuda" if dtype == torch.bfloat16 else "cpu", "a device", 64 * 1024,
+                            bf16=dtype == torch.bfloat16)
+            plan = memory_plan(shape, experiment, device, [8], [8])
+            assert plan.trainable_mb == pytest.approx(held / MIB, abs=0.06), (config, dtype)
+
+
 def _plan(rng: random.Random) -> MemoryPlan:
     parts = [round(rng.uniform(1, 5000), 1) for _ in range(7)]
     return MemoryPlan("a device", round(rng.uniform(500, 20000), 1), *parts, tokens_per_batch=100,
@@ -195,3 +271,17 @@ def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path):
     assert set(runs) == {"TRL default", "llamalab", "label scoring"}
     assert runs["llamalab"]["tokens_per_s"] > 0 and runs["llamalab"]["predicted_mib"] > 0
     assert "x TRL default" in done.stdout and "of the card" in done.stdout
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_a_recorded_experiment_reads_back_as_itself(method):
+    """A run's config.yaml (every setting, defaults included) is what the workers of `--processes` and the Python
+    API read back: a full fine-tune's lists the default `lora` block, which must not count as given."""
+    from llamalab.training.experiment import resolve_experiment
+
+    experiment, resolved = resolve_experiment({"task": "t", "method": method, "batch_size": 4}, "experiment")
+    again, resolved_again = resolve_experiment(resolved, "config.yaml")
+    assert again == experiment and resolved_again == resolved
+    if method == "full":
+        with pytest.raises(LlamalabError, match="method is full"):
+            resolve_experiment({**resolved, "lora": {**resolved["lora"], "r": 4}}, "config.yaml")

@@ -147,7 +147,8 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. learning_rate=1e-4")] = None,
     resume: Annotated[bool, typer.Option(help="continue the latest unfinished run from its last checkpoint")] = False,
     processes: Annotated[int, typer.Option(
-        help="data-parallel processes (DDP: gloo on CPUs, NCCL on GPUs); batch_size stays the global batch")] = 1,
+        help="data-parallel processes (gloo on CPUs, NCCL on GPUs; DDP for LoRA, FSDP for a full fine-tune); "
+        "batch_size stays the global batch")] = 1,
     lab: LabOption = None,
 ) -> None:
     """Fine-tune as the experiment file says; writes a run folder under runs/."""
@@ -161,7 +162,10 @@ def train(
         f"[green]finished[/] {record.id}: loss {m.first_loss:.3f} -> {m.final_loss:.3f} over {m.steps} steps, "
         f"{record.run.throughput['tokens_per_s']:.0f} tokens/s"
     )
-    console.print(f"adapter: {record.folder / 'adapter'}   merge it: llamalab export {record.id} OUT_DIR")
+    if (record.folder / "adapter").is_dir():
+        console.print(f"adapter: {record.folder / 'adapter'}   merge it: llamalab export {record.id} OUT_DIR")
+    else:
+        console.print(f"model: {record.folder / 'model'}")
     out.print(record.id)
 
 
@@ -171,6 +175,8 @@ def plan(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. batch_size=16")] = None,
     device: Annotated[str | None, typer.Option(
         help="cpu, cuda, or a GPU's memory (24GB, 80GB); default: this machine")] = None,
+    processes: Annotated[int, typer.Option(
+        help="plan one of this many training processes (as `llamalab train --processes`)", min=1)] = 1,
     lab: LabOption = None,
 ) -> None:
     """Predict a training run's peak memory and time per epoch on a device, and the activation checkpointing
@@ -179,12 +185,14 @@ def plan(
     from llamalab.training.plan import past_runs, plan_run
 
     the_lab = find_lab(lab)
-    result = plan_run(the_lab, experiment, device, **parse_overrides(overrides or []))
-    table = Table(title=escape(f"memory plan: {experiment} on {result.device}"))
+    result = plan_run(the_lab, experiment, device, processes, **parse_overrides(overrides or []))
+    each = f", each of {processes} processes" if processes > 1 else ""
+    table = Table(title=escape(f"memory plan: {experiment} on {result.device}{each}"))
     table.add_column("part")
     table.add_column("MiB", justify="right")
     table.add_column("what")
-    notes = {"weights": "parameters at the training precision", "trainable": "trainable weights, gradients, AdamW",
+    notes = {"weights": "parameters at the training precision",
+             "trainable": "gradients and AdamW's moments (LoRA: its weights too)",
              "activations": f"kept for the backward pass ({result.tokens_per_batch:,} tokens, largest micro-batch)",
              "checkpointed": "the same with activation checkpointing",
              "logits": "output layer at the answer tokens", "workspace": "CPU matmul library's weight copies",

@@ -119,12 +119,12 @@ def model_flops(record, shape: Shape) -> float | None:
     """The model FLOPs a run's work on a model of `shape` needed (its compute floor at the machine's matmul rate),
     or None for other work. An evaluation's forward passes: 2 x the non-embedding parameters per token the model had
     to compute (a shared prompt prefix once, no padding). A LoRA run's training: 4 x the parameters per trained token
-    (forward, and backward to the activations; the frozen weights get no gradient)."""
+    (forward, and backward to the activations; the frozen weights get no gradient), 6 x for a full fine-tune."""
     if not isinstance(record, RunRecord):
         return None
     if isinstance(record.run, TrainRun):
         tokens = (record.run.data_used.tokens_per_epoch or 0) * record.run.metrics.epochs
-        return flops_per_token(shape, "lora") * tokens
+        return flops_per_token(shape, record.config.get("method", "lora")) * tokens
     if "forward_tokens" not in record.run.throughput:
         return None
     return scoring_flops_per_token(shape) * record.run.throughput["forward_tokens"]

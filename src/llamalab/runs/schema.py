@@ -12,6 +12,8 @@ Version history:
      dead one); unknown (null) in older records.
   3  a train run's `memory`: the plan's predicted peak, the measured one and the activation checkpointing
      decision, and `processes` (data-parallel training); absent (null) in older records.
+  4  a train run's `parallelism` when it trained in several processes: ddp (each holds the whole model) or fsdp
+     (the model sharded across them); absent (null) in older records.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -270,6 +272,7 @@ class TrainRun(RunBase):
     precision: str | None = None
     memory: MemoryUse | None = None
     processes: int | None = None  # data-parallel training processes (None: one, in records before version 3)
+    parallelism: Literal["ddp", "fsdp"] | None = None  # with processes > 1 (None: one process, or before version 4)
 
 
 Run = Annotated[EvalRun | TrainRun, Field(discriminator="kind")]
@@ -294,6 +297,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 2}, 2
     if version == 2:  # no memory plan was recorded
         data, version = {**data, "schema_version": 3}, 3
+    if version == 3:  # how several processes shared the model was not recorded
+        data, version = {**data, "schema_version": 4}, 4
     return data
 
 

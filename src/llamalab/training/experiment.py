@@ -48,7 +48,8 @@ class Experiment(StrictModel):
 
     @model_validator(mode="after")
     def _lora_only_with_lora(self) -> Experiment:
-        if self.method == "full" and "lora" in self.model_fields_set:
+        # The resolved dict of every experiment (its record, its hash) lists the default `lora`: that reads back.
+        if self.method == "full" and "lora" in self.model_fields_set and self.lora != LoraSpec():
             raise ValueError("`lora` settings given but method is full; remove them or set method: lora")
         return self
 

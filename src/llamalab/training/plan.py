@@ -3,8 +3,9 @@
 Memory is the sum of parts, each from the model's shape and the experiment:
 
     weights        parameters at the training precision (4-bit NF4 for the linear layers with `method: qlora`)
-    trainable      what training adds per trainable parameter: the weight in float32, its gradient and AdamW's two
-                   moments (16 bytes; LoRA's few parameters, or all of them for a full fine-tune)
+    trainable      what training adds per trainable parameter: for LoRA's few, the weight in float32, its gradient
+                   and AdamW's two moments (16 bytes); for a full fine-tune, whose weights are counted above, the
+                   gradient and the two moments at the weights' precision (12 bytes in float32, 6 in bf16)
     activations    what autograd keeps for the backward pass: bytes per token per layer (below) x layers x the
                    tokens of the largest micro-batch of an epoch (batches are padding-free: the sum of their rows'
                    lengths), plus one layer's worth in flight during the backward pass. With activation
@@ -12,6 +13,10 @@ Memory is the sum of parts, each from the model's shape and the experiment:
     logits         the output layer at the answer tokens only (the trainer keeps no other position)
     workspace      on a CPU, a second copy of the linear layers' weights (measured: the float32 matmul library's
                    packed operands stay resident through training; 405 MiB for the embedded model)
+
+A full fine-tune in N processes is sharded (FSDP): each process keeps 1/N of the weights and of the trainable
+state, and holds whole only the embedding's group and two layers at a time (`fsdp_gathered`); a test shards real
+Llama models with torch's FSDP and checks the shares.
 
 The bytes per token per layer were measured from autograd's saved tensors (a saved-tensors hook counting each
 storage once) on Llama layers of several widths; a test checks them on random shapes:
@@ -87,6 +92,11 @@ class Shape:
         h, i, kv = self.hidden, self.intermediate, self.kv_dim
         return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def layer_params(self) -> int:
+        """One decoder layer's parameters: its linear layers and two norms."""
+        return sum(a * b for a, b in self.linears().values()) + 2 * self.hidden
 
     @property
     def linear_params(self) -> int:
@@ -225,10 +235,14 @@ def largest_batch(lengths: list[int], batch_size: int, seed: int, batches: int |
 
 
 def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], answers: list[int],
-                file_bytes_per_param: float = 2.0) -> MemoryPlan:
-    """The memory parts of training `experiment` on `device`, and whether to checkpoint activations.
+                file_bytes_per_param: float = 2.0, shards: int = 1) -> MemoryPlan:
+    """The memory parts of training `experiment` (its `batch_size` one process's share) on `device`, and whether to
+    checkpoint activations.
 
-    `lengths` are the training rows' token counts, `answers` their answer (loss) token counts."""
+    `lengths` are the training rows' token counts, `answers` their answer (loss) token counts. `shards` > 1: a
+    full fine-tune under FSDP in that many processes, each keeping its share of the weights, gradients and AdamW
+    state, and gathering whole only the layer at work and the embedding's group (embedding, final norm, output
+    layer)."""
     bf16 = device.bf16
     method = experiment.method
     if method == "qlora" and device.kind == "cpu":
@@ -240,13 +254,15 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
         # PEFT's k-bit preparation keeps the rest (embeddings, norms, output layer) in float32
         weights = shape.linear_params * (0.5 + 0.127 / 8) + other * 4
     if method == "full":
-        trainable = shape.params * (param_bytes * 2 + 8)  # weight grad plus AdamW moments at the weight's precision
+        trainable = shape.params * param_bytes * 3  # gradient and AdamW's moments, like the weight they belong to
         r = n = 0
     else:
         r, targets = experiment.lora.r, adapted(shape, experiment.lora.target_modules)
         n = len(targets)
         lora_params = shape.layers * sum(r * sum(shape.linears()[t]) for t in targets)
         trainable = lora_params * 16
+    if shards > 1:
+        weights, trainable = weights / shards + fsdp_gathered(shape) * param_bytes, trainable / shards
     batches = experiment.max_steps * experiment.grad_accum if experiment.max_steps else None
     tokens = largest_batch(lengths, experiment.batch_size, experiment.seed, batches)
     per_layer = activation_bytes(shape, method, bf16, r, n) * tokens
@@ -267,6 +283,13 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
                       ("weights", "trainable", "activations", "checkpointed", "logits", "workspace", "load")),
                       tokens, False, "", components={k: round(v, 1) for k, v in parts.items()})
     return plan
+
+
+def fsdp_gathered(shape: Shape) -> int:
+    """Parameters an FSDP process holds whole at once besides its shards: the embedding's group (embedding, final
+    norm, an untied output layer) and two layers' worth (the layer at work and its gradients before they are
+    reduced, or the next layer fetched ahead)."""
+    return shape.params - shape.layers * shape.layer_params + 2 * shape.layer_params
 
 
 def decide_checkpointing(plan: MemoryPlan, setting: str) -> MemoryPlan:
@@ -314,7 +337,8 @@ def with_time(plan: MemoryPlan, shape: Shape, method: str, device: Device, token
     if not device.matmul_tflops:
         return plan
     if past_efficiency:
-        efficiency, source = median(past_efficiency), f"median of {len(past_efficiency)} past run(s) on this device"
+        efficiency, source = median(past_efficiency), (f"median of {len(past_efficiency)} past run(s) of the method "
+                                                        "in as many processes on this device")
     else:
         efficiency, source = DEFAULT_EFFICIENCY[device.kind], "default (no past run on this device)"
     seconds = tokens_per_epoch * flops / (device.matmul_tflops * 1e12 * efficiency)
@@ -345,9 +369,11 @@ def measure_matmul_tflops(device: Device) -> float:
 
 
 def plan_training(experiment, model_folder: Path, lengths: list[int], answers: list[int],
-                  device: Device | None = None, past_efficiency: list[float] | None = None) -> MemoryPlan:
+                  device: Device | None = None, past_efficiency: list[float] | None = None,
+                  processes: int = 1) -> MemoryPlan:
     """The plan for training `experiment` on `device` (default: this machine, with the experiment's
-    `memory_limit` if it names one), checkpointing decided."""
+    `memory_limit` if it names one), checkpointing decided. With `processes` N > 1 it is one process's plan (a
+    share of each batch, and under FSDP of the model); on GPUs, one card each, the epoch takes 1/N of the time."""
     from dataclasses import replace
 
     device = device or resolve_device()
@@ -355,9 +381,18 @@ def plan_training(experiment, model_folder: Path, lengths: list[int], answers: l
         device = replace(device, memory_mb=parse_memory(experiment.memory_limit),
                          name=f"{device.name}, planned as {experiment.memory_limit}")
     shape = Shape.of_folder(model_folder)
-    plan = memory_plan(shape, experiment, device, lengths, answers, _file_bytes_per_param(model_folder, shape))
+    share = experiment.model_copy(update={"batch_size": max(1, experiment.batch_size // processes)})
+    shards = processes if fsdp_shards(experiment, processes) else 1
+    plan = memory_plan(shape, share, device, lengths, answers, _file_bytes_per_param(model_folder, shape), shards)
     plan = decide_checkpointing(plan, experiment.activation_checkpointing)
-    return with_time(plan, shape, experiment.method, device, sum(lengths), past_efficiency or [])
+    tokens = sum(lengths) / (processes if device.kind == "cuda" else 1)
+    return with_time(plan, shape, experiment.method, device, tokens, past_efficiency or [])
+
+
+def fsdp_shards(experiment, processes: int) -> bool:
+    """Whether training in `processes` shards the model (FSDP: a full fine-tune; LoRA's few trainable weights
+    train data-parallel, each process holding the whole model)."""
+    return experiment.method == "full" and processes > 1
 
 
 def _file_bytes_per_param(folder: Path, shape: Shape) -> float:
@@ -397,21 +432,27 @@ def past_runs(lab) -> list[PastRun]:
     return rows
 
 
-def past_efficiency(runs_dir: Path, device: Device) -> list[float]:
-    """Model-FLOP efficiency (achieved over the matmul rate measured now) of past runs on this very device."""
+def past_efficiency(runs_dir: Path, device: Device, method: str = "lora", processes: int = 1) -> list[float]:
+    """Model-FLOP efficiency (achieved over the matmul rate measured now; on GPUs, per card) of past runs on this
+    very device with the same method in as many processes (FSDP on CPUs, say, spends most of a step sending
+    weights: its efficiency is its own)."""
     from llamalab.runs.record import list_runs
 
     found = []
+    cards = processes if device.kind == "cuda" else 1
     for record in list_runs(runs_dir, "train"):
         memory, rate = record.run.memory, record.run.throughput.get("tokens_per_s")
-        if record.run.finished and memory and memory.flops_per_token and rate and memory.device == device.describe():
-            found.append(rate * memory.flops_per_token / (device.matmul_tflops * 1e12))
+        same = (record.run.processes or 1) == processes and record.config.get("method", "lora") == method
+        if record.run.finished and memory and memory.flops_per_token and rate and memory.device == device.describe() \
+                and same:
+            found.append(rate * memory.flops_per_token / (device.matmul_tflops * 1e12 * cards))
     return found
 
 
-def plan_run(lab, experiment, device_text: str | None = None, **overrides) -> MemoryPlan:
-    """`llamalab plan`: the plan for an experiment (a file's name or an Experiment) on the named device, with the
-    training rows tokenized as training would (nothing is loaded but the tokenizer)."""
+def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1, **overrides) -> MemoryPlan:
+    """`llamalab plan`: the plan for an experiment (a file's name or an Experiment) on the named device (one
+    process's, with `processes`), with the training rows tokenized as training would (nothing is loaded but the
+    tokenizer)."""
     from dataclasses import replace
 
     from llamalab.config import apply_overrides
@@ -444,8 +485,12 @@ def plan_run(lab, experiment, device_text: str | None = None, **overrides) -> Me
     if device_text in (None, "auto", "cpu", "cuda"):  # this machine's own device: its rate can be measured
         device = replace(device, matmul_tflops=device.matmul_tflops or measure_matmul_tflops(device))
     epochs = experiment.epochs if not experiment.max_steps else None
+    if experiment.batch_size % processes:
+        raise LlamalabError(f"batch_size {experiment.batch_size} is the global batch: make it a multiple of "
+                            f"processes ({processes})")
     plan = plan_training(experiment, model_ref.path, lengths, answers, device,
-                         past_efficiency(lab.runs_dir, device) if device.matmul_tflops else [])
+                         past_efficiency(lab.runs_dir, device, experiment.method, processes)
+                         if device.matmul_tflops else [], processes)
     return replace(plan, epochs=epochs, steps_per_epoch=-(-len(lengths) // experiment.batch_size))
 
 

@@ -24,7 +24,7 @@ from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
 from llamalab.training.attention import use_rows_attention
 from llamalab.training.experiment import Experiment, load_experiment, resolve_experiment
-from llamalab.training.plan import PeakMemory
+from llamalab.training.plan import PeakMemory, fsdp_shards
 
 
 def train(
@@ -143,9 +143,12 @@ def _run_training(
         setup_s = time.perf_counter() - started
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_s = time.perf_counter() - started - setup_s
+    weights = _gathered_weights(trainer) if trainer.is_fsdp_enabled else None
+    # on GPUs accelerate's FSDP computes each layer in bf16 by its mixed-precision policy, not autocast
+    bf16_fsdp = trainer.is_fsdp_enabled and _use_bf16(experiment) and not getattr(trainer, "autocast_bf16", False)
     if not trainer.is_world_process_zero():
         return
-    _save_weights(trainer, experiment, record.folder)
+    _save_weights(trainer, experiment, record.folder, weights)
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-max(1, len(history) // 10) :]
@@ -164,7 +167,9 @@ def _run_training(
         memory={**plan.to_record(), "measured_mb": peak.mb},
         timings=timings,
         processes=processes,
-        precision="bfloat16 autocast" if _use_bf16(experiment) else str(dtype).removeprefix("torch."),
+        parallelism=None if processes == 1 else "fsdp" if trainer.is_fsdp_enabled else "ddp",
+        precision="bfloat16 (FSDP mixed precision)" if bf16_fsdp else "bfloat16 autocast" if _use_bf16(experiment)
+        else str(dtype).removeprefix("torch."),
     )
 
 
@@ -177,11 +182,10 @@ def _plan(record, experiment: Experiment, model_ref: ModelRef, dataset, console,
 
     lengths = [len(ids) for ids in dataset["input_ids"]]
     answers = [sum(1 for t in labels if t != -100) for labels in dataset["labels"]]
-    per_process = experiment.model_copy(update={"batch_size": experiment.batch_size // processes})
     device = resolve_device()
     device = replace(device, matmul_tflops=measure_matmul_tflops(device))
-    plan = plan_training(per_process, model_ref.path, lengths, answers, device,
-                         past_efficiency(record.folder.parent, device))
+    plan = plan_training(experiment, model_ref.path, lengths, answers, device,
+                         past_efficiency(record.folder.parent, device, experiment.method, processes), processes)
     state = "on" if plan.checkpointing else "off"
     console.print(f"memory plan: {plan.peak_mb:,.0f} MiB predicted on {escape(plan.device)}; activation "
                   f"checkpointing {state} ({escape(plan.reason)})")
@@ -239,11 +243,31 @@ def _answer_loss_trainer():
 
             self.data_collator = with_answer_positions
 
+        def create_accelerator_and_postprocess(self):
+            """FSDP on CPUs too. accelerate turns its FSDP mode on only for GPU-like process groups, while torch's
+            `fully_shard` works over gloo; so on CPUs we switch it on ourselves, in both of accelerate's shared
+            states (each `AcceleratorState()` call copies the process state over its own)."""
+            from accelerate.state import PartialState
+            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+            _ = self.args.device  # sets up the process state now, not after the switch below
+            super().create_accelerator_and_postprocess()
+            state = self.accelerator.state
+            if self.args.fsdp_plugin_args is None or state.distributed_type != DistributedType.MULTI_CPU:
+                return
+            # No FSDP mixed-precision policy (which would compute every layer, norms too, in bf16): the weights
+            # stay float32 and bf16 comes from autocast, as in one process, so N processes give its numbers.
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            self.autocast_bf16 = state.mixed_precision == "bf16"
+            state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.is_fsdp_enabled = True
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             keep = inputs.pop("answer_positions")
             targets = labels[:, 1:]  # position t predicts token t + 1
-            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+            with torch.autocast("cpu", torch.bfloat16, enabled=getattr(self, "autocast_bf16", False)):
+                outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
             logits = outputs.logits.float()
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), targets[:, keep].reshape(-1), ignore_index=-100, reduction="sum"
@@ -286,6 +310,7 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
     import torch
     from trl import SFTConfig
 
+    fsdp = fsdp_shards(experiment, processes)
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=experiment.batch_size // processes,  # batch_size is the global batch
@@ -307,8 +332,8 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         bf16=_use_bf16(experiment),
         # Recomputing activations costs ~28% of a step (measured on a 2-core CPU): only when the plan says the run
         # would not fit otherwise (activation_checkpointing: auto), or when asked.
-        activation_checkpointing=checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        activation_checkpointing=checkpointing and not fsdp,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing and not fsdp else None,
         # Padding-free batches (sequences concatenated, attention kept per sequence) waste no compute on pads;
         # we truncate ourselves, so TRL's max_length stays off.
         padding_free=True,
@@ -321,7 +346,16 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         include_num_input_tokens_seen=True,
         ddp_backend="gloo" if processes > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False if processes > 1 else None,
+        fsdp=fsdp or None,
+        fsdp_config=fsdp_config(experiment, checkpointing) if fsdp else None,
     )
+
+
+def fsdp_config(experiment: Experiment, checkpointing: bool) -> dict:
+    """FSDP2 for a full fine-tune in several processes: each Llama layer's weights, gradients and AdamW state
+    sharded across the processes, gathered a layer at a time; saved whole (one file, as from one process)."""
+    return {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
+            "activation_checkpointing": checkpointing, "state_dict_type": "FULL_STATE_DICT"}
 
 
 def _peft_config(experiment: Experiment):
@@ -347,10 +381,22 @@ def _use_bf16(experiment: Experiment) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def _save_weights(trainer, experiment: Experiment, folder: Path) -> None:
-    """Write the adapter (LoRA) or full model, atomically: a folder appears only when complete."""
+def _gathered_weights(trainer) -> dict:
+    """The whole model's weights from FSDP's shards (a step every process takes; the first gets them), without
+    the copies of tied weights (e.g. an output layer that is the embedding), as one process would save them."""
+    weights = trainer.accelerator.get_state_dict(trainer.model)
+    first = {}
+    for name, parameter in trainer.model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(parameter), name) != name:
+            weights.pop(name, None)
+    return weights
+
+
+def _save_weights(trainer, experiment: Experiment, folder: Path, weights: dict | None = None) -> None:
+    """Write the adapter (LoRA) or full model (`weights`: its gathered state under FSDP), atomically: a folder
+    appears only when complete."""
     name = "model" if experiment.method == "full" else "adapter"
     with staged_folder(folder / name) as staging:
-        trainer.model.save_pretrained(staging, safe_serialization=True)
+        trainer.model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
         if experiment.method == "full":
             trainer.processing_class.save_pretrained(staging)
