@@ -397,3 +397,117 @@ def test_quantization_rows_match_an_independent_computation_on_random_records(la
             shared = sorted(mine.keys() & f16.keys())
             assert row.delta == pytest.approx(np.mean([mine[i] for i in shared]) - np.mean([f16[i] for i in shared]))
             assert 0 < row.p_value <= 1 and row.test == "exact McNemar"
+
+
+def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_path):
+    """Each setting's point is the mean over its seeds of accuracy on the examples all its seeds saw (its band
+    holds it); settings are best first; each Δ is (mean over seeds) minus the best's on the examples both saw;
+    Holm never lowers a p-value; a setting is worse only with Δ < 0 and Holm p < 0.05; the sentence counts them."""
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.run import CellState
+    from llamalab.studies.spec import Cell
+    from llamalab.studies.sweep import AS_WRITTEN, sweep_result
+    from tests.records import eval_fields
+
+    rng = np.random.default_rng(12)
+    for case in range(8):
+        n, seeds = int(rng.integers(30, 90)), int(rng.integers(1, 4))
+        rates = sorted(rng.choice([1e-4, 2e-4, 5e-4, 1e-3], size=int(rng.integers(1, 5)), replace=False).tolist())
+        states, correct = [], {}
+        for rate in rates:
+            quality = float(rng.uniform(0.3, 0.9))
+            for seed in range(seeds):
+                ids = [i for i in range(n) if rng.random() > 0.1]  # a few examples missing, as after a crash
+                name = f"c{case}-{rate}-{seed}"
+                record = RunRecord.create(tmp_path / "runs", "eval", name, {"s": name}, **eval_fields(n=len(ids)))
+                hits = {f"x{i}": bool(rng.random() < quality) for i in ids}
+                append_jsonl(record.folder / "predictions.jsonl", [
+                    {"id": i, "gold": "positive", "prediction": "positive" if ok else "negative", "correct": ok}
+                    for i, ok in hits.items()])
+                record.update(status="finished")
+                overrides = {"learning_rate": rate, "seed": seed} if case else {"seed": seed}
+                states.append(CellState(Cell(overrides, {}, name), "finished", None, record))
+                correct.setdefault(f"learning_rate={rate}" if case else AS_WRITTEN, []).append(hits)
+            if not case:
+                break  # the experiment as written, seeds only
+        result = sweep_result(states, "accuracy", resamples=300)
+
+        def mean_on(setting: str, ids: set[str], correct=correct) -> float:
+            return float(np.mean([np.mean([seed[i] for i in sorted(ids)]) for seed in correct[setting]]))
+
+        def seen(setting: str, correct=correct) -> set[str]:
+            return set.intersection(*(set(seed) for seed in correct[setting]))
+
+        assert sorted(p.setting for p in result.points) == sorted(correct)
+        estimates = [p.interval.estimate for p in result.points]
+        assert estimates == sorted(estimates, reverse=True)
+        best = result.best
+        assert best.delta is None and best.p_value is None
+        for point in result.points:
+            assert point.seeds == seeds and point.interval.n == len(seen(point.setting))
+            assert point.interval.estimate == pytest.approx(mean_on(point.setting, seen(point.setting)))
+            assert point.interval.low <= point.interval.estimate <= point.interval.high
+        for point in result.points[1:]:
+            both = seen(point.setting) & seen(best.setting)
+            assert point.n_shared == len(both)
+            assert point.delta == pytest.approx(mean_on(point.setting, both) - mean_on(best.setting, both))
+            assert point.p_holm >= point.p_value
+            assert point.worse == (point.delta < 0 and point.p_holm < 0.05)
+        worse = sum(p.worse for p in result.points[1:])
+        if len(result.points) > 1:
+            assert f" {worse} of the {len(result.points) - 1} other setting(s) are worse" in result.sentence()
+
+
+@pytest.mark.slow
+def test_sweep_study_is_in_status_the_report_and_the_site(study_lab):
+    """A sweep over two learning rates, two seeds each: `study status`, the report and the site show the same
+    table (the report's and the site's numbers come from one function) and the same sentence."""
+    lab = study_lab
+    write_study(lab, "tiny-sweep", "kind: sweep\nexperiment: tiny\ngrid:\n  learning_rate: [0.0001, 0.001]\n"
+                                   "seeds: [0, 1]\neval: {limit: 12}\ncomparators: {baselines: false}\n")
+    study = load_study(lab, "tiny-sweep")
+    from rich.console import Console
+
+    states, _ = run_study(lab, study, Console(stderr=True))
+    assert [s.status for s in states] == ["finished"] * 4
+    from llamalab.publish.results import study_boards
+    from llamalab.publish.tables import sweep_cells
+
+    [board] = [b for b in study_boards(lab) if b.name == "tiny-sweep"]
+    result = board.result
+    assert sorted(p.setting for p in result.points) == ["learning_rate=0.0001", "learning_rate=0.001"]
+    for point in result.points:
+        estimates = [s.eval.run.metrics["accuracy"].estimate for s in states
+                     if f"learning_rate={s.cell.overrides['learning_rate']}" == point.setting]
+        assert point.seeds == 2 and point.interval.estimate == pytest.approx(np.mean(estimates))
+    header, body = sweep_cells(board)
+    assert body[0][:2] == [result.best.setting, "2"] and body[0][4] == "best"
+
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+
+    status = CliRunner().invoke(app, ["study", "status", "tiny-sweep", "--lab", str(lab.root)])
+    assert status.exit_code == 0, status.output
+    flat = " ".join(status.stdout.split())
+    assert " ".join(result.sentence().split()) in flat and "optimistic" in flat  # evaluated on test
+
+    from llamalab.publish.report import build_report
+    from llamalab.publish.site import build_site
+
+    report = build_report(lab, "sweep")
+    markdown = (report / "README.md").read_text()
+    assert "## Study: tiny-sweep" in markdown and result.sentence() in markdown
+    table = (report / "tables" / "study-tiny-sweep.md").read_text()
+    for cells in body:
+        assert "| " + " | ".join(cells) + " |" in table
+    assert (report / "figures" / "study-tiny-sweep.png").is_file() and all(s.eval.id in markdown for s in states)
+    site = build_site(lab)
+    page = (site / "studies" / "tiny-sweep" / "index.html").read_text()
+    assert (site / "studies" / "tiny-sweep" / "settings.svg").is_file() and "settings.svg" in page
+    import html
+
+    assert html.escape(result.sentence(), quote=False) in page
+    for cells in body:
+        assert all(html.escape(c, quote=False) in page for c in cells)

@@ -467,6 +467,26 @@ def _print_study(lab, study, states, comparators=None) -> None:
     out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
     if comparators is not None and study.spec.kind == "scaling":
         _print_scaling(states, comparators, metric, task.answer.labels or None)
+    if study.spec.kind == "sweep" and any(s.status == "finished" for s in states):
+        _print_sweep(study, states, metric, task.answer.labels or None)
+
+
+def _print_sweep(study, states, metric: str, labels) -> None:
+    """The same table and sentence as the report and the site (publish/tables.py)."""
+    from llamalab.publish.results import SweepBoard
+    from llamalab.publish.tables import sweep_caption, sweep_cells
+    from llamalab.studies.sweep import sweep_result
+
+    board = SweepBoard(study, states, sweep_result(states, metric, labels))
+    header, body = sweep_cells(board)
+    table = Table(title=escape(f"{metric} of each setting (mean over seeds; 95% band over examples and seeds)"),
+                  caption=escape(sweep_caption(board)))
+    for column in header:
+        table.add_column(escape(column), justify="left" if column == "Setting" else "right")
+    for cells in body:
+        table.add_row(*(escape(c) for c in cells))
+    out.print(table)
+    out.print(escape(board.result.sentence()))
 
 
 def _print_quantization(lab, study, rows) -> None:

@@ -17,6 +17,7 @@ from llamalab.evaluation.compare import Comparison, SystemRow  # noqa: E402
 from llamalab.runs.files import write_bytes_atomic  # noqa: E402
 from llamalab.studies.quantization import QuantRow  # noqa: E402
 from llamalab.studies.scaling import ScalingResult  # noqa: E402
+from llamalab.studies.sweep import SweepResult  # noqa: E402
 
 # No dates, versions or random ids inside the files: the same records give the same bytes.
 _METADATA = {
@@ -153,6 +154,21 @@ def study_curve(result: ScalingResult, title: str) -> Figure:
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set(xlabel="training examples (log scale)", ylabel=f"{metric} (95% band)", title=title)
         ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def sweep_settings(result: SweepResult, title: str) -> Figure:
+    """A sweep study: each setting's metric (mean over seeds, 95% band), best at the top; the ones worse than the
+    best after correction in grey."""
+    points = list(reversed(result.points))  # matplotlib draws the first row at the bottom
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.4 * len(points)))
+        for y, point in enumerate(points):
+            m = point.interval
+            ax.errorbar([m.estimate], [y], xerr=[[m.estimate - m.low], [m.high - m.estimate]], marker="o",
+                        capsize=3, color=_GREY if point.worse else _BLUE)
+        ax.set_yticks(range(len(points)), [_wrap(p.setting, 40) for p in points])
+        ax.set(xlabel=f"{result.metric} (mean over seeds, 95% band)", title=title)
     return fig
 
 

@@ -23,6 +23,7 @@ from llamalab.publish.methods import methods_paragraphs
 from llamalab.publish.results import (
     QuantBoard,
     StudyBoard,
+    SweepBoard,
     TaskBoard,
     dev_evals,
     loss_history,
@@ -39,6 +40,8 @@ from llamalab.publish.tables import (
     quant_markdown,
     study_latex,
     study_markdown,
+    sweep_latex,
+    sweep_markdown,
 )
 from llamalab.runs.files import staged_folder, write_json_atomic, write_text_atomic
 from llamalab.runs.record import RunRecord
@@ -106,7 +109,7 @@ def _write_board(out: Path, board: TaskBoard, trained: dict[str, RunRecord]) -> 
     return stems
 
 
-def _write_study(out: Path, board: StudyBoard | QuantBoard) -> tuple[str, str]:
+def _write_study(out: Path, board: StudyBoard | SweepBoard | QuantBoard) -> tuple[str, str]:
     """A study's table, figure and summary sentences; returns its Markdown and LaTeX sections."""
     stem = f"study-{board.name}"
     if isinstance(board, QuantBoard):
@@ -117,9 +120,14 @@ def _write_study(out: Path, board: StudyBoard | QuantBoard) -> tuple[str, str]:
                  f"GGUF, from studies/{board.name}.yaml.")
         runs = "\n".join(f"- {row.system} {row.type}: eval {row.eval.id}" for row in board.rows)
     else:
-        table_md, table_tex = study_markdown(board), study_latex(board)
-        title = f"{board.study.task}: {board.result.metric} against training examples"
-        figure = figures.study_curve(board.result, title)
+        if isinstance(board, SweepBoard):
+            table_md, table_tex = sweep_markdown(board), sweep_latex(board)
+            title = f"{board.study.task}: {board.result.metric} of each setting"
+            figure = figures.sweep_settings(board.result, title)
+        else:
+            table_md, table_tex = study_markdown(board), study_latex(board)
+            title = f"{board.study.task}: {board.result.metric} against training examples"
+            figure = figures.study_curve(board.result, title)
         intro = (f"{len(board.states)} cells of experiment `{board.study.spec.experiment}`, from "
                  f"studies/{board.name}.yaml.")
         runs = "\n".join(f"- {s.cell.label}: train {s.train.id}, eval {s.eval.id}" for s in board.states

@@ -18,6 +18,7 @@ from llamalab.studies.quantization import REFERENCE, QuantRow, recorded_quantiza
 from llamalab.studies.run import CellState, cell_states, recorded_comparators
 from llamalab.studies.scaling import ScalingResult, scaling_result
 from llamalab.studies.spec import Study, load_study
+from llamalab.studies.sweep import SweepResult, sweep_result
 from llamalab.tasks.task import Task, load_task
 
 
@@ -130,7 +131,8 @@ def relative_run_path(record: RunRecord, lab_root: Path) -> str:
 
 @dataclass
 class StudyBoard:
-    """A scaling study's result as the records hold it (cells and comparators that finished)."""
+    """A scaling study's result as the records hold it (cells and comparators that finished); a sweep study's is
+    the `SweepBoard` below."""
 
     study: Study
     states: list[CellState]
@@ -144,10 +146,22 @@ class StudyBoard:
     def runs(self) -> list[str]:
         return [r.id for s in self.states for r in (s.train, s.eval) if r is not None]
 
+    def sentences(self) -> str:
+        return " ".join(c.sentence() for c in self.result.crossovers) or "No comparator has finished yet."
+
     def summary(self) -> str:
         finished = sum(1 for s in self.states if s.status == "finished")
-        sentences = " ".join(c.sentence() for c in self.result.crossovers) or "No comparator has finished yet."
-        return f"{finished} of {len(self.states)} cells finished. {sentences}"
+        return f"{finished} of {len(self.states)} cells finished. {self.sentences()}"
+
+
+@dataclass
+class SweepBoard(StudyBoard):
+    """A sweep study's settings as the records hold them (cells that finished)."""
+
+    result: SweepResult
+
+    def sentences(self) -> str:
+        return self.result.sentence()
 
 
 @dataclass
@@ -180,10 +194,10 @@ class QuantBoard:
         return ("; ".join(parts) + ".") if parts else "No type has been tested against f16 yet."
 
 
-def study_boards(lab: Lab) -> list[StudyBoard | QuantBoard]:
-    """Every scaling study with a finished cell and every quantization study with a finished evaluation, from the
-    records alone (nothing is run)."""
-    boards: list[StudyBoard | QuantBoard] = []
+def study_boards(lab: Lab) -> list[StudyBoard | SweepBoard | QuantBoard]:
+    """Every scaling or sweep study with a finished cell and every quantization study with a finished evaluation,
+    from the records alone (nothing is run)."""
+    boards: list[StudyBoard | SweepBoard | QuantBoard] = []
     for path in sorted((lab.root / "studies").glob("*.yaml")):
         study = load_study(lab, path.stem)
         task = load_task(lab.task_path(study.task), lab.root)
@@ -193,7 +207,10 @@ def study_boards(lab: Lab) -> list[StudyBoard | QuantBoard]:
                 boards.append(QuantBoard(study, rows, metric))
             continue
         states = cell_states(lab, study)
-        if study.spec.kind != "scaling" or not any(s.status == "finished" for s in states):
+        if not any(s.status == "finished" for s in states):
+            continue
+        if study.spec.kind == "sweep":
+            boards.append(SweepBoard(study, states, sweep_result(states, metric, labels)))
             continue
         comparators = [(r.run.display_label, r) for r in recorded_comparators(lab, study)]
         boards.append(StudyBoard(study, states, scaling_result(states, comparators, metric, labels)))

@@ -27,6 +27,7 @@ from llamalab.publish import content, figures
 from llamalab.publish.results import (
     QuantBoard,
     StudyBoard,
+    SweepBoard,
     TaskBoard,
     load_tasks,
     loss_history,
@@ -43,6 +44,8 @@ from llamalab.publish.tables import (
     quant_cells,
     study_caption,
     study_cells,
+    sweep_caption,
+    sweep_cells,
 )
 from llamalab.runs.files import staged_folder, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE, PREDICTIONS, RUN_FILE, TRAIN_LOG, RunRecord, list_runs
@@ -153,7 +156,7 @@ class _Builder:
             self.page(f"{folder}/examples.html", "examples.html", f"{task.name}: example by example", task=task,
                       board=board, rows=drilldown_rows(task, board))
 
-    def _study(self, board: StudyBoard | QuantBoard) -> None:
+    def _study(self, board: StudyBoard | SweepBoard | QuantBoard) -> None:
         folder = f"studies/{board.name}"
         if isinstance(board, QuantBoard):
             alt = f"{board.metric} on {board.study.task} of each system against its GGUF file size, with 95% CIs"
@@ -163,11 +166,21 @@ class _Builder:
             self.page(f"{folder}/index.html", "quant_study.html", f"Study: {board.name}", board=board, alt=alt,
                       header=header, body=body, caption=quant_caption(board))
             return
-        alt = f"{board.result.metric} on {board.study.task} against the number of fine-tuning examples"
-        figures.save(figures.study_curve(board.result, alt), self.out / folder / "curve", ("svg",))
-        header, body = study_cells(board)
+        band = "the band is a 95% percentile bootstrap over the examples and seeds"
+        if isinstance(board, SweepBoard):
+            alt = f"{board.result.metric} on {board.study.task} of each setting, best at the top"
+            figures.save(figures.sweep_settings(board.result, alt), self.out / folder / "settings", ("svg",))
+            (header, body), caption = sweep_cells(board), sweep_caption(board)
+            sentences, figure = [board.result.sentence()], "settings.svg"
+            note = f"{band}; grey: worse than the best after Holm correction"
+        else:
+            alt = f"{board.result.metric} on {board.study.task} against the number of fine-tuning examples"
+            figures.save(figures.study_curve(board.result, alt), self.out / folder / "curve", ("svg",))
+            (header, body), caption = study_cells(board), study_caption(board)
+            sentences, figure = [c.sentence() for c in board.result.crossovers], "curve.svg"
+            note = f"{band}; a star marks each crossover"
         self.page(f"{folder}/index.html", "study.html", f"Study: {board.name}", board=board, alt=alt, header=header,
-                  body=body, caption=study_caption(board))
+                  body=body, caption=caption, sentences=sentences, figure=figure, figure_note=note)
 
     def _run(self, record: RunRecord) -> None:
         folder = f"runs/{record.id}"

@@ -13,7 +13,7 @@ from llamalab.evaluation.compare import (
     reference_cell,
     reference_name,
 )
-from llamalab.publish.results import QuantBoard, StudyBoard, TaskBoard
+from llamalab.publish.results import QuantBoard, StudyBoard, SweepBoard, TaskBoard
 
 
 def format_cost(value: float | None, basis: str | None = None) -> str:
@@ -100,6 +100,37 @@ def study_markdown(board: StudyBoard) -> str:
 
 def study_latex(board: StudyBoard) -> str:
     return _latex(*study_cells(board), study_caption(board), f"study-{board.name}")
+
+
+def sweep_cells(board: SweepBoard) -> tuple[list[str], list[list[str]]]:
+    """A sweep study: one row per setting (mean over seeds), best first, each tested against the best."""
+    header = ["Setting", "Seeds", f"{board.result.metric} (mean)", "95% band", "Δ vs best", "p (Holm)", "n"]
+    body = []
+    for point in board.result.points:
+        m = point.interval
+        test = ["best", "–"] if point.delta is None else [
+            f"{point.delta:+.3f}", f"{format_p(point.p_holm)}{' *' if point.worse else ''}"]
+        body.append([point.setting, str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]", *test,
+                     str(m.n)])
+    return header, body
+
+
+def sweep_caption(board: SweepBoard) -> str:
+    spec = board.study.spec
+    chosen = ("These are the examples the best setting was picked on, so its estimate is optimistic: choose on the "
+              "dev split and confirm on test. " if spec.eval.split != "dev" else "")
+    return (f"Study {board.name}: {board.result.metric} on {board.study.task}/{spec.eval.split} of the fine-tuned "
+            f"{spec.experiment} in each setting; mean over seeds, 95% percentile-bootstrap band over examples and "
+            "seeds. Δ: this setting minus the best on the examples both saw (paired bootstrap of the means over "
+            "seeds), Holm-corrected across settings; * worse at p < 0.05. " + chosen)
+
+
+def sweep_markdown(board: SweepBoard) -> str:
+    return _markdown(*sweep_cells(board), sweep_caption(board))
+
+
+def sweep_latex(board: SweepBoard) -> str:
+    return _latex(*sweep_cells(board), sweep_caption(board), f"study-{board.name}")
 
 
 def quant_cells(board: QuantBoard) -> tuple[list[str], list[list[str]]]:

@@ -347,13 +347,14 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         ddp_backend="gloo" if processes > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False if processes > 1 else None,
         fsdp=fsdp or None,
-        fsdp_config=fsdp_config(experiment, checkpointing) if fsdp else None,
+        fsdp_config=fsdp_config(checkpointing) if fsdp else None,
     )
 
 
-def fsdp_config(experiment: Experiment, checkpointing: bool) -> dict:
+def fsdp_config(checkpointing: bool) -> dict:
     """FSDP2 for a full fine-tune in several processes: each Llama layer's weights, gradients and AdamW state
-    sharded across the processes, gathered a layer at a time; saved whole (one file, as from one process)."""
+    sharded across the processes, gathered a layer at a time; activations recomputed by FSDP itself when the plan
+    turned checkpointing on; saved whole (one file, as from one process)."""
     return {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True,
             "activation_checkpointing": checkpointing, "state_dict_type": "FULL_STATE_DICT"}
 
