@@ -13,7 +13,9 @@ shape it runs, in this process:
   has 24 GB (`memory_limit: 24GB`), and `method: qlora`;
 - label scoring (`llamalab eval` on sentiment) of the 1B shape.
 
-It prints tokens/s, model TFLOP/s (4 P per trained token, as TRL comparisons count; 2 P per scored token, without
+First it checks that row-by-row attention (how llamalab trains padding-free batches; tested on CPUs only) gives the
+numbers here too: its largest difference from each row attended alone in float32 (bf16's own rounding is ~1e-2).
+Then it prints tokens/s, model TFLOP/s (4 P per trained token, as TRL comparisons count; 2 P per scored token, without
 the embedding table, which is looked up, not multiplied) and the share of the card's bf16 matmul rate measured at
 the start, peak GPU memory against `llamalab plan`'s prediction, and the ratio to TRL.
 """
@@ -133,6 +135,40 @@ def label_scoring(lab, folder: Path, limit: int) -> dict:
             "tokens_per_s": record.run.throughput["tokens_per_s"]}
 
 
+def rows_attention_error(seed: int = 0) -> float:
+    """The largest difference, on this device in its training precision, between row-by-row attention over a
+    padding-free batch and each row attended alone in float32 (the reference): a check that it computes the same
+    numbers here (it is tested on CPUs only)."""
+    import torch
+
+    from llamalab.training.attention import rows_attention
+
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(5, 200, (8,), generator=generator)
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    tokens, heads, kv_heads, dim = int(starts[-1]), 32, 8, 64
+
+    def random(count: int) -> torch.Tensor:
+        return torch.randn(1, count, tokens, dim, generator=generator).to(device, dtype)
+
+    query, key, value = random(heads), random(kv_heads), random(kv_heads)
+
+    class Layer(torch.nn.Module):
+        is_causal = True
+
+    out, _ = rows_attention(Layer(), query, key, value, None, scaling=dim**-0.5, cu_seq_lens_q=starts.to(device),
+                            max_length_q=int(lengths.max()))
+    worst = 0.0
+    for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+        row = [t[:, :, a:b].float() for t in (query, key, value)]
+        alone = torch.nn.functional.scaled_dot_product_attention(*row, is_causal=True, scale=dim**-0.5,
+                                                                 enable_gqa=True)
+        worst = max(worst, (out[0, a:b].float() - alone[0].transpose(0, 1)).abs().max().item())
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="1b,7b")
@@ -150,7 +186,10 @@ def main() -> None:
     rate = measure_matmul_tflops(device)
     print(f"device: {device.describe()}; measured matmul rate {rate:,.3g} TFLOP/s "
           f"({'bf16 8192²' if device.kind == 'cuda' else 'fp32 2048²'})", flush=True)
-    results: dict = {"device": device.describe(), "matmul_tflops": rate, "shapes": {}}
+    error = rows_attention_error()
+    print(f"row-by-row attention against each row alone in float32: largest difference {error:.2g}", flush=True)
+    results: dict = {"device": device.describe(), "matmul_tflops": rate, "rows_attention_error": error,
+                     "shapes": {}}
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         lab = init_lab(Path(tmp) / "lab")
         for shape in args.shapes.split(","):
