@@ -287,3 +287,20 @@ def test_a_recorded_experiment_reads_back_as_itself(method):
     if method == "full":
         with pytest.raises(LlamalabError, match="method is full"):
             resolve_experiment({**resolved, "lora": {**resolved["lora"], "r": 4}}, "config.yaml")
+
+
+@pytest.mark.slow
+def test_plan_for_several_processes_is_one_process_share(lab):
+    """`llamalab plan --processes N`: each process's micro-batch is its share of the global batch (LoRA keeps the
+    whole model in each); a global batch that does not divide is refused, as `train` refuses it."""
+    from llamalab.training.plan import plan_run
+
+    one = plan_run(lab, "sentiment-lora", "24GB", 1, max_steps=10)
+    two = plan_run(lab, "sentiment-lora", "24GB", 2, max_steps=10)
+    assert two.tokens_per_batch < one.tokens_per_batch
+    assert two.weights_mb == one.weights_mb and two.trainable_mb == one.trainable_mb  # DDP: not sharded
+    full_one = plan_run(lab, "sentiment-lora", "24GB", 1, method="full", max_steps=10)
+    full_two = plan_run(lab, "sentiment-lora", "24GB", 2, method="full", max_steps=10)
+    assert full_two.trainable_mb == pytest.approx(full_one.trainable_mb / 2, abs=0.1)  # FSDP: sharded
+    with pytest.raises(LlamalabError, match="multiple of processes"):
+        plan_run(lab, "sentiment-lora", "24GB", 3)

@@ -241,8 +241,7 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
 
     `lengths` are the training rows' token counts, `answers` their answer (loss) token counts. `shards` > 1: a
     full fine-tune under FSDP in that many processes, each keeping its share of the weights, gradients and AdamW
-    state, and gathering whole only the layer at work and the embedding's group (embedding, final norm, output
-    layer)."""
+    state, and gathering whole only the embedding's group and two layers at a time (`fsdp_gathered`)."""
     bf16 = device.bf16
     method = experiment.method
     if method == "qlora" and device.kind == "cpu":
