@@ -50,6 +50,11 @@ def build_published_lab(root: Path, tiny_model_dir: Path, llama_server: str) -> 
                                  ("smol-api", "test", {"max_new_tokens": 4, "limit": 24})):
         settings = {"system": system, "task": "sentiment", "split": split, "limit": 40, **extra}
         record = evaluate(lab, EvalSettings(**settings))
+    # A sweep over the two training-set sizes: its cells are the runs above (same settings, same evaluation), so
+    # the site gets a study page without training anything more.
+    (lab.root / "studies" / "tiny-sweep.yaml").write_text(
+        "kind: sweep\nexperiment: tiny\ngrid:\n  train_examples: [32, 64]\neval: {limit: 40}\n"
+        "comparators: {baselines: false}\n")
     _poison_predictions(record.folder / "predictions.jsonl")
     _poison_content(lab)
     return lab

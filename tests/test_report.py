@@ -30,9 +30,11 @@ def test_report_is_complete_and_reproducible(published_lab):
 
     trains = [r.name for r in sorted(published_lab.runs_dir.iterdir()) if "-train-" in r.name]
     assert len(trains) == 2
-    stems = ("sentiment-by-system", "sentiment-vs-cost", "sentiment-scaling", *(f"loss-{t}" for t in trains))
+    stems = ("sentiment-by-system", "sentiment-vs-cost", "sentiment-scaling", *(f"loss-{t}" for t in trains),
+             "study-tiny-sweep")
     assert set(first) == {
         "README.md", "methods.md", "report.tex", "results.json", "tables/sentiment.md", "tables/sentiment.tex",
+        "tables/study-tiny-sweep.md", "tables/study-tiny-sweep.tex",
         *(f"figures/{stem}.{ext}" for stem in stems for ext in ("pdf", "png")),
     }
     md = (folder / "tables" / "sentiment.md").read_text()

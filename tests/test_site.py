@@ -26,7 +26,8 @@ def test_every_page_exists_and_every_link_resolves(site, published_lab):
     runs = sorted(p.name for p in published_lab.runs_dir.iterdir())
     expected = {"index.html", "people.html", "publications.html", "posts/index.html", "projects/index.html",
                 "tasks/index.html", "runs/index.html", "tasks/sentiment/index.html", "tasks/sentiment/examples.html",
-                "projects/small-vs-industry.html", *(f"runs/{r}/index.html" for r in runs),
+                "projects/small-vs-industry.html", "studies/tiny-sweep/index.html",
+                *(f"runs/{r}/index.html" for r in runs),
                 *(f"tasks/{t}/index.html" for t in ("intent", "gsm8k", "wnut17", "scitldr"))}
     assert expected <= names
     assert any(n.startswith("posts/") and n.endswith("-week-one.html") for n in names)
@@ -71,6 +72,7 @@ def test_weekly_post_cites_runs_with_intervals(site, published_lab):
     assert "## sentiment" in post and "**Best on accuracy:**" in post
     assert post.count("[run](../runs/") >= 4
     assert "Selection on dev" in post and "## Training runs" in post
+    assert "## Studies" in post and "- tiny-sweep (sweep): 2 of 2 cells finished. Best setting: train_examples=" in post
     html = next((site / "posts").glob("*-week-one.html")).read_text()
     assert 'href="../runs/' in html and '/index.html"' in html
 
