@@ -304,3 +304,51 @@ def test_plan_for_several_processes_is_one_process_share(lab):
     assert full_two.trainable_mb == pytest.approx(full_one.trainable_mb / 2, abs=0.1)  # FSDP: sharded
     with pytest.raises(LlamalabError, match="multiple of processes"):
         plan_run(lab, "sentiment-lora", "24GB", 3)
+
+
+def test_time_per_epoch_for_several_processes_learns_from_runs_of_its_own_kind(tmp_path):
+    """The plan's time: past efficiency comes only from finished runs of the same method in as many processes on
+    the same device (on GPUs per card), and on GPUs the epoch's tokens are split between the cards; on random
+    records, devices and process counts."""
+    import json
+    from statistics import median
+
+    from llamalab.runs.record import RunRecord
+    from llamalab.training.plan import DEFAULT_EFFICIENCY, Device, flops_per_token, past_efficiency, plan_training
+    from tests.records import train_fields
+
+    rng = random.Random(9)
+    learned = 0
+    config = _config(rng)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    for case in range(6):
+        kind = rng.choice(["cpu", "cuda"])
+        device = Device(kind, f"device {case}", 80 * 1024, bf16=kind == "cuda", matmul_tflops=rng.uniform(0.1, 900))
+        runs_dir, expected = tmp_path / f"runs{case}", []
+        method, processes = rng.choice(["lora", "full"]), rng.choice([1, 2, 4])
+        for k in range(30):
+            their_method, their_processes = rng.choice(["lora", "full"]), rng.choice([1, 2, 4])
+            where = rng.choice([device.describe(), "another device (8.0 GiB)"])
+            record = RunRecord.create(runs_dir, "train", f"r{k}", {"method": their_method}, **train_fields())
+            rate, fpt = rng.uniform(10, 5000), rng.uniform(1e6, 1e10)
+            record.update(memory={"device": where, "predicted_mb": 1.0, "activation_checkpointing": False,
+                                  "reason": "", "flops_per_token": fpt},
+                          throughput={"tokens_per_s": rate}, processes=their_processes)
+            if rng.random() < 0.8:
+                record.update(status="finished")
+                if (their_method, their_processes, where) == (method, processes, device.describe()):
+                    cards = processes if kind == "cuda" else 1
+                    expected.append(rate * fpt / (device.matmul_tflops * 1e12 * cards))
+        found = past_efficiency(runs_dir, device, method, processes)
+        assert sorted(found) == pytest.approx(sorted(expected))
+        lengths = [rng.randint(5, 200) for _ in range(rng.randint(8, 40))]
+        experiment = Experiment(task="t", method=method, batch_size=4 * processes)
+        plan = plan_training(experiment, folder, lengths, [1] * len(lengths), device, found, processes)
+        efficiency = median(expected) if expected else DEFAULT_EFFICIENCY[kind]
+        learned += bool(expected)
+        tokens = sum(lengths) / (processes if kind == "cuda" else 1)
+        seconds = tokens * flops_per_token(Shape.of(config), method) / (device.matmul_tflops * 1e12 * efficiency)
+        assert plan.seconds_per_epoch == pytest.approx(seconds, abs=0.051)
+    assert learned >= 2  # the random records did give some plans past runs to learn from

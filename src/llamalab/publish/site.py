@@ -171,16 +171,18 @@ class _Builder:
             alt = f"{board.result.metric} on {board.study.task} of each setting, best at the top"
             figures.save(figures.sweep_settings(board.result, alt), self.out / folder / "settings", ("svg",))
             (header, body), caption = sweep_cells(board), sweep_caption(board)
-            sentences, figure = [board.result.sentence()], "settings.svg"
+            sentences, figure, comparators = [board.result.sentence()], "settings.svg", []
             note = f"{band}; grey: worse than the best after Holm correction"
         else:
             alt = f"{board.result.metric} on {board.study.task} against the number of fine-tuning examples"
             figures.save(figures.study_curve(board.result, alt), self.out / folder / "curve", ("svg",))
             (header, body), caption = study_cells(board), study_caption(board)
-            sentences, figure = [c.sentence() for c in board.result.crossovers], "curve.svg"
+            comparators = list(board.result.crossovers)
+            sentences, figure = [c.sentence() for c in comparators], "curve.svg"
             note = f"{band}; a star marks each crossover"
         self.page(f"{folder}/index.html", "study.html", f"Study: {board.name}", board=board, alt=alt, header=header,
-                  body=body, caption=caption, sentences=sentences, figure=figure, figure_note=note)
+                  body=body, caption=caption, sentences=sentences, figure=figure, figure_note=note,
+                  comparators=comparators)
 
     def _run(self, record: RunRecord) -> None:
         folder = f"runs/{record.id}"

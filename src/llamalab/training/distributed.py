@@ -19,7 +19,7 @@ from rich.console import Console
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab, find_lab
 from llamalab.runs.record import RunRecord
-from llamalab.training.plan import fsdp_shards
+from llamalab.training.plan import _cuda_available, fsdp_shards
 
 
 def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Console) -> None:
@@ -34,7 +34,7 @@ def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Con
     console.print(f"training in {processes} processes (batch {experiment.batch_size // processes} each; "
                   f"{'FSDP: the model sharded between them' if sharded else 'DDP'})")
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
-    if sharded and not _cuda():
+    if sharded and not _cuda_available():
         # FSDP gathers each layer's weights into fresh buffers and frees them; glibc keeps freed blocks resident
         # once its adaptive threshold has risen, which undid the sharding's saving (embedded model, 2 processes:
         # 2,817 MiB each, against 1,938 MiB with this). Returning them cost 10-35% of the (slow) step's speed.
@@ -43,12 +43,6 @@ def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Con
     record.run = RunRecord.load(record.folder).run  # what the first worker wrote
     if result.returncode != 0:
         raise LlamalabError(f"a training process failed (exit code {result.returncode}); see its output above")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _die_with_parent(sig: int) -> None:

@@ -388,6 +388,15 @@ def plan_training(experiment, model_folder: Path, lengths: list[int], answers: l
     return with_time(plan, shape, experiment.method, device, tokens, past_efficiency or [])
 
 
+def check_processes(experiment, processes: int) -> None:
+    """`batch_size` is the global batch: each of the processes takes an equal share of it."""
+    if processes < 1:
+        raise LlamalabError("processes must be at least 1")
+    if experiment.batch_size % processes:
+        raise LlamalabError(f"batch_size {experiment.batch_size} is the global batch: make it a multiple of "
+                            f"processes ({processes})")
+
+
 def fsdp_shards(experiment, processes: int) -> bool:
     """Whether training in `processes` shards the model (FSDP: a full fine-tune; LoRA's few trainable weights
     train data-parallel, each process holding the whole model)."""
@@ -441,9 +450,10 @@ def past_efficiency(runs_dir: Path, device: Device, method: str = "lora", proces
     cards = processes if device.kind == "cuda" else 1
     for record in list_runs(runs_dir, "train"):
         memory, rate = record.run.memory, record.run.throughput.get("tokens_per_s")
+        if not (record.run.finished and memory and memory.flops_per_token and rate):
+            continue
         same = (record.run.processes or 1) == processes and record.config.get("method", "lora") == method
-        if record.run.finished and memory and memory.flops_per_token and rate and memory.device == device.describe() \
-                and same:
+        if same and memory.device == device.describe():
             found.append(rate * memory.flops_per_token / (device.matmul_tflops * 1e12 * cards))
     return found
 
@@ -484,9 +494,7 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     if device_text in (None, "auto", "cpu", "cuda"):  # this machine's own device: its rate can be measured
         device = replace(device, matmul_tflops=device.matmul_tflops or measure_matmul_tflops(device))
     epochs = experiment.epochs if not experiment.max_steps else None
-    if experiment.batch_size % processes:
-        raise LlamalabError(f"batch_size {experiment.batch_size} is the global batch: make it a multiple of "
-                            f"processes ({processes})")
+    check_processes(experiment, processes)
     plan = plan_training(experiment, model_ref.path, lengths, answers, device,
                          past_efficiency(lab.runs_dir, device, experiment.method, processes)
                          if device.matmul_tflops else [], processes)

@@ -24,7 +24,7 @@ from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
 from llamalab.training.attention import use_rows_attention
 from llamalab.training.experiment import Experiment, load_experiment, resolve_experiment
-from llamalab.training.plan import PeakMemory, fsdp_shards
+from llamalab.training.plan import PeakMemory, check_processes, fsdp_shards
 
 
 def train(
@@ -43,8 +43,6 @@ def train(
     gloo on CPUs, NCCL on GPUs) share each batch: `batch_size` stays the global batch, so the run's numbers do
     not depend on N.
     """
-    if processes < 1:
-        raise LlamalabError("processes must be at least 1")
     console = console or Console(stderr=True)
     if isinstance(experiment, Experiment):
         name = name or f"{experiment.task}-{experiment.method}"
@@ -55,9 +53,7 @@ def train(
         path = lab.experiment_path(experiment)
         name, source = name or path.stem, str(path)
         experiment, resolved = load_experiment(path, overrides)
-    if experiment.batch_size % processes:  # before any run folder exists
-        raise LlamalabError(f"batch_size {experiment.batch_size} is the global batch: make it a multiple of "
-                            f"processes ({processes})")
+    check_processes(experiment, processes)  # before any run folder exists
     if reuse:
         if done := finished_run(lab.runs_dir, "train", resolved, name):
             return done
@@ -145,7 +141,7 @@ def _run_training(
         train_s = time.perf_counter() - started - setup_s
     weights = _gathered_weights(trainer) if trainer.is_fsdp_enabled else None
     # on GPUs accelerate's FSDP computes each layer in bf16 by its mixed-precision policy, not autocast
-    bf16_fsdp = trainer.is_fsdp_enabled and _use_bf16(experiment) and not getattr(trainer, "autocast_bf16", False)
+    bf16_fsdp = trainer.is_fsdp_enabled and _use_bf16(experiment) and not trainer.autocast_bf16
     if not trainer.is_world_process_zero():
         return
     _save_weights(trainer, experiment, record.folder, weights)
@@ -232,6 +228,8 @@ def _answer_loss_trainer():
     from trl import SFTTrainer
 
     class AnswerLossSFTTrainer(SFTTrainer):
+        autocast_bf16 = False  # set where FSDP on CPUs leaves bf16 to autocast (below)
+
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             collate = self.data_collator
@@ -266,7 +264,7 @@ def _answer_loss_trainer():
             labels = inputs.pop("labels")
             keep = inputs.pop("answer_positions")
             targets = labels[:, 1:]  # position t predicts token t + 1
-            with torch.autocast("cpu", torch.bfloat16, enabled=getattr(self, "autocast_bf16", False)):
+            with torch.autocast("cpu", torch.bfloat16, enabled=self.autocast_bf16):
                 outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
             logits = outputs.logits.float()
             loss = torch.nn.functional.cross_entropy(
