@@ -15,9 +15,11 @@ shape it runs, in this process:
 
 First it checks that row-by-row attention (how llamalab trains padding-free batches; tested on CPUs only) gives the
 numbers here too: its largest difference from each row attended alone in float32 (bf16's own rounding is ~1e-2).
-Then it prints tokens/s, model TFLOP/s (4 P per trained token, as TRL comparisons count; 2 P per scored token, without
-the embedding table, which is looked up, not multiplied) and the share of the card's bf16 matmul rate measured at
-the start, peak GPU memory against `llamalab plan`'s prediction, and the ratio to TRL.
+Then it prints tokens/s, model TFLOP/s (4 P per trained token, as TRL comparisons count; 2 P per token the model
+computed when scoring, without the embedding table, which is looked up, and the output layer, which runs at a few
+positions) and the share of the card's bf16 matmul rate measured at the start, peak GPU memory against
+`llamalab plan`'s prediction, and the ratio to TRL. Label scoring runs in bfloat16 on a GPU, batch 64. Each run's
+result (or its error: one failing run does not stop the others) is printed, and written to --out, as it ends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 SHAPES = {
@@ -38,16 +41,17 @@ SHAPES = {
 }
 
 
-def make_model(shape: str, folder: Path, weights: bool = True) -> int:
-    """A random Llama of `shape` with the embedded tokenizer in `folder` (config only without `weights`);
-    returns its parameter count."""
+def make_model(shape: str, folder: Path, weights: bool = True, tokenizer_from: str | None = None) -> int:
+    """A random Llama of `shape` with the embedded tokenizer (or the one in the folder `tokenizer_from`) in `folder`
+    (config only without `weights`); returns its parameter count."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
+    from llamalab.models import EMBEDDED_NAME, ModelRef, load_tokenizer, resolve_model
     from llamalab.training.plan import Shape
 
-    tokenizer = load_tokenizer(resolve_model(EMBEDDED_NAME))
+    tokenizer = load_tokenizer(ModelRef(tokenizer_from, tokenizer_from, "local") if tokenizer_from
+                               else resolve_model(EMBEDDED_NAME))
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=False,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
@@ -63,9 +67,20 @@ def make_model(shape: str, folder: Path, weights: bool = True) -> int:
     model.save_pretrained(folder)
     params = sum(p.numel() for p in model.parameters())
     del model
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    _release()
     return params
+
+
+def _release() -> None:
+    """Free what the last run left (accelerate's wrapped forward keeps a model in a reference cycle): the next
+    run's peak memory is its own."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _rows(lab, folder: Path, count: int) -> list[dict]:
@@ -92,6 +107,7 @@ def trl_default(lab, folder: Path, batch: int, steps: int) -> dict:
     from llamalab.models import load_tokenizer, resolve_model
 
     cuda = torch.cuda.is_available()
+    _release()
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, report_to=[],
                            save_strategy="no", disable_tqdm=True, bf16=cuda, use_cpu=not cuda)
@@ -109,8 +125,7 @@ def trl_default(lab, folder: Path, batch: int, steps: int) -> dict:
         tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     del trainer, model
-    if cuda:
-        torch.cuda.empty_cache()
+    _release()
     return {"tokens_per_s": tokens / seconds, "peak_mib": peak}
 
 
@@ -121,18 +136,27 @@ def llamalab_train(lab, folder: Path, batch: int, steps: int, **settings) -> dic
     experiment = Experiment(task="gsm8k", base_model=str(folder), batch_size=batch, max_steps=steps,
                             train_examples=batch * steps, save_steps=10**6, max_length=1024, **settings)
     record = train(lab, experiment, name=f"bench-{folder.name}-{'-'.join(map(str, settings.values())) or 'lora'}")
+    _release()
     memory = record.run.memory
     return {"tokens_per_s": record.run.throughput["tokens_per_s"], "peak_mib": memory.measured_mb,
             "predicted_mib": memory.predicted_mb, "checkpointing": memory.activation_checkpointing,
             "reason": memory.reason}
 
 
-def label_scoring(lab, folder: Path, limit: int) -> dict:
+def label_scoring(lab, folder: Path, limit: int, batch: int) -> dict:
+    """`llamalab eval` of the sentiment labels: in bfloat16 on a GPU (the rate it is compared with), float32 on a
+    CPU; the tokens the model computed (a shared prefix once, no padding) per second."""
+    import torch
+
     from llamalab.evaluation.evaluate import evaluate
 
-    record = evaluate(lab, str(folder), task="sentiment", limit=limit)
-    return {"examples_per_s": record.run.throughput["examples_per_s"],
-            "tokens_per_s": record.run.throughput["tokens_per_s"]}
+    precision = "bfloat16" if torch.cuda.is_available() else "float32"
+    record = evaluate(lab, str(folder), task="sentiment", limit=limit, precision=precision, batch_size=batch)
+    _release()
+    throughput = record.run.throughput
+    return {"examples_per_s": throughput["examples_per_s"], "tokens_per_s": throughput["tokens_per_s"],
+            "forward_tokens_per_s": throughput.get("forward_tokens_per_s"), "precision": precision,
+            "batch_size": batch}
 
 
 def rows_attention_error(seed: int = 0) -> float:
@@ -158,8 +182,9 @@ def rows_attention_error(seed: int = 0) -> float:
     class Layer(torch.nn.Module):
         is_causal = True
 
-    out, _ = rows_attention(Layer(), query, key, value, None, scaling=dim**-0.5, cu_seq_lens_q=starts.to(device),
-                            max_length_q=int(lengths.max()))
+    with torch.autocast(device, torch.bfloat16, enabled=cuda):  # as the Trainer runs it on the card
+        out, _ = rows_attention(Layer(), query, key, value, None, scaling=dim**-0.5,
+                                cu_seq_lens_q=starts.to(device), max_length_q=int(lengths.max()))
     worst = 0.0
     for a, b in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
         row = [t[:, :, a:b].float() for t in (query, key, value)]
@@ -175,6 +200,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--score-limit", type=int, default=1000)
+    parser.add_argument("--score-batch", type=int, default=None, help="label scoring batch (default: 64 on a GPU)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="a folder with the tokenizer files to use (default: the embedded model's)")
     parser.add_argument("--work", type=Path, default=None, help="where the random models go (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -186,42 +214,70 @@ def main() -> None:
     rate = measure_matmul_tflops(device)
     print(f"device: {device.describe()}; measured matmul rate {rate:,.3g} TFLOP/s "
           f"({'bf16 8192²' if device.kind == 'cuda' else 'fp32 2048²'})", flush=True)
-    error = rows_attention_error()
-    print(f"row-by-row attention against each row alone in float32: largest difference {error:.2g}", flush=True)
+    error = _attempt(rows_attention_error)
+    print(f"row-by-row attention against each row alone in float32: largest difference {error}", flush=True)
     results: dict = {"device": device.describe(), "matmul_tflops": rate, "rows_attention_error": error,
                      "shapes": {}}
+    score_batch = args.score_batch or (64 if device.kind == "cuda" else 16)
+
+    def save() -> None:  # after every run: a later failure or a timeout keeps what finished
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         lab = init_lab(Path(tmp) / "lab")
         for shape in args.shapes.split(","):
             folder = Path(tmp) / f"llama-{shape}"
-            params = make_model(shape, folder)
-            runs = {"TRL default": trl_default(lab, folder, args.batch, args.steps),
-                    "llamalab": llamalab_train(lab, folder, args.batch, args.steps)}
+            params = make_model(shape, folder, tokenizer_from=args.tokenizer)
+            runs: dict = {}
+            results["shapes"][shape] = {"params": params, "scoring_flops_per_token": _scoring_flops(folder),
+                                        "runs": runs}
+            trained = partial(llamalab_train, lab, folder, args.batch, args.steps)
+            todo = {"TRL default": partial(trl_default, lab, folder, args.batch, args.steps), "llamalab": trained}
             if shape == "7b":
-                runs["llamalab, 24 GB"] = llamalab_train(lab, folder, args.batch, args.steps, memory_limit="24GB")
-                runs["llamalab QLoRA"] = llamalab_train(lab, folder, args.batch, args.steps, method="qlora")
+                todo["llamalab, 24 GB"] = partial(trained, memory_limit="24GB")
+                todo["llamalab QLoRA"] = partial(trained, method="qlora")
             if shape in ("1b", "tiny"):
-                runs["label scoring"] = label_scoring(lab, folder, args.score_limit)
-            embedding = len_vocab(folder) * SHAPES[shape]["hidden_size"]
-            results["shapes"][shape] = {"params": params, "embedding_params": embedding, "runs": runs}
-            _print(shape, params, embedding, runs, rate)
+                todo["label scoring"] = partial(label_scoring, lab, folder, args.score_limit, score_batch)
+            for name, run in todo.items():
+                runs[name] = _attempt(run)
+                print(f"{shape} {name}: {json.dumps(runs[name])}", flush=True)
+                save()
+            _print(shape, params, results["shapes"][shape]["scoring_flops_per_token"], runs, rate)
             _remove(folder)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save()
 
 
-def len_vocab(folder: Path) -> int:
-    return json.loads((folder / "config.json").read_text())["vocab_size"]
+def _attempt(run):
+    """The run's result, or {"error": ...} when it fails (one failing run does not lose the others)."""
+    import traceback
+
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - reported, and the bench goes on
+        traceback.print_exc()
+        _release()
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
-def _print(shape: str, params: int, embedding: int, runs: dict, rate: float) -> None:
+def _scoring_flops(folder: Path) -> float:
+    from llamalab.training.plan import Shape, scoring_flops_per_token
+
+    return scoring_flops_per_token(Shape.of_folder(folder))
+
+
+def _print(shape: str, params: int, scoring_flops: float, runs: dict, rate: float) -> None:
     print(f"\n{shape}: {params / 1e9:.2f} B parameters")
-    peer = runs["TRL default"]["tokens_per_s"]
+    peer = runs.get("TRL default", {}).get("tokens_per_s")
     for name, run in runs.items():
+        if "error" in run:
+            print(f"  {name:18s} failed: {run['error'][:300]}")
+            continue
         if "examples_per_s" in run:
-            tflops = 2 * (params - embedding) * run["tokens_per_s"] / 1e12
+            computed = run.get("forward_tokens_per_s") or run["tokens_per_s"]
+            tflops = scoring_flops * computed / 1e12
             print(f"  {name:18s} {run['examples_per_s']:10,.1f} examples/s  {tflops:8.3g} forward TFLOP/s "
-                  f"({tflops / rate:.0%} of the card)")
+                  f"({tflops / rate:.0%} of the card; {run['precision']}, batch {run['batch_size']})")
             continue
         tflops = 4 * params * run["tokens_per_s"] / 1e12
         memory = f"peak {run['peak_mib'] / 1024:6.1f} GiB" if run.get("peak_mib") else "peak n/a"
@@ -230,8 +286,9 @@ def _print(shape: str, params: int, embedding: int, runs: dict, rate: float) -> 
             memory += f" (plan {run['predicted_mib'] / 1024:.1f} GiB" + (f", {error:+.0%})" if error is not None
                                                                           else ")")
             memory += f", checkpointing {'on' if run['checkpointing'] else 'off'}"
+        ratio = f"{run['tokens_per_s'] / peer:.2f}x TRL default" if peer else "TRL default failed"
         print(f"  {name:18s} {run['tokens_per_s']:10,.0f} tokens/s  {tflops:8.3g} model TFLOP/s "
-              f"({tflops / rate:.0%} of the card)  {memory}  {run['tokens_per_s'] / peer:.2f}x TRL default")
+              f"({tflops / rate:.0%} of the card)  {memory}  {ratio}")
 
 
 def _remove(folder: Path) -> None:

@@ -155,3 +155,28 @@ def test_interval_note_states_the_recorded_methods():
         "95% CIs: percentile bootstrap (accuracy); BCa bootstrap (accuracy, macro_f1).")
     unrecorded = plain.model_copy(update={"method": None})
     assert interval_note([{"accuracy": unrecorded}]) == "95% CIs: method not recorded."
+
+
+def test_p_values_deltas_and_significance_never_print_on_the_wrong_side():
+    """On random values (many near the 5% level and near zero): a printed p is on the same side of the level as
+    the p itself and close to it; a printed Δ is the rounded Δ and never -0.000; a system is marked worse or
+    better only with Holm p < 0.05 and a Δ of that sign."""
+    from llamalab.evaluation.compare import PairedResult, format_p, signed
+
+    rng = np.random.default_rng(21)
+    for _ in range(5000):
+        p = float(rng.choice([rng.uniform(0, 1), rng.uniform(0.049, 0.051), 0.05 + rng.uniform(-1e-7, 1e-7),
+                              rng.uniform(0, 1e-3), rng.uniform(0.0099, 0.0101)]))
+        for alpha in (0.05, 0.01):
+            text = format_p(p, alpha)
+            if p < 1e-4:
+                assert text == "<1e-4"
+                continue
+            assert (float(text) < alpha) == (p < alpha), (p, text)
+            assert float(text) == pytest.approx(p, rel=0.05)
+        delta = float(rng.choice([rng.uniform(-1, 1), rng.uniform(-6e-4, 6e-4), 0.0, -0.0]))
+        assert signed(delta) != "-0.000" and float(signed(delta)) == pytest.approx(round(delta, 3), abs=1e-12)
+        p_holm = min(1.0, p * float(rng.uniform(1, 3)))
+        result = PairedResult(test="paired bootstrap", delta=delta, p_value=p, n=10, p_holm=p_holm)
+        expected = None if p_holm >= 0.05 or delta == 0 else "worse" if delta < 0 else "better"
+        assert result.significance == expected

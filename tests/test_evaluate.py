@@ -65,6 +65,17 @@ def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir):
         assert row["prediction"] == clean_rows[row["id"]]["prediction"]
         assert row["scores"] == pytest.approx(clean_rows[row["id"]]["scores"], abs=1e-4)
     assert resumed.run.metrics == clean.run.metrics
+    # The killed session recorded no time: the resumed run's time covers the 8 examples it predicted, and its time
+    # per 1,000 examples and the methods text say so (not 8 examples' time over all 20)
+    from llamalab.publish.methods import methods_paragraphs
+    from llamalab.publish.results import cost_and_time, task_boards
+
+    timings = resumed.run.timings
+    assert timings["predict_examples"] == 8 and clean.run.timings["predict_examples"] == 20
+    assert cost_and_time(resumed)["seconds_per_1k"] == round(1000 * timings["predict_s"] / 8, 1)
+    [board] = [b for b in task_boards(lab) if b.name == "sentiment"]
+    assert "(8 of its 20 examples; the rest were predicted in a session that was interrupted)" in " ".join(
+        methods_paragraphs(board, {}))
     with pytest.raises(LlamalabError, match="no unfinished evaluation"):
         evaluate(lab, EvalSettings(**settings), resume=True)
 

@@ -47,6 +47,11 @@ def test_study_file_errors_name_the_file_and_the_key(lab):
     write_study(lab, "curve", "kind: scaling\nexperiment: exp\ngrid: {learning_rate: [1e-4]}\n")
     with pytest.raises(LlamalabError, match="varies `train_examples`"):
         load_study(lab, "curve")
+    # a scaling curve averages a size's cells over seeds: a second varied setting would be averaged in silently
+    write_study(lab, "mixed", "kind: scaling\nexperiment: exp\n"
+                              "grid: {train_examples: [8, 16], learning_rate: [1e-4, 1e-2], lora: [{r: 8}]}\n")
+    with pytest.raises(LlamalabError, match="mixed.yaml.*also varies learning_rate: .*kind: sweep"):
+        load_study(lab, "mixed")
     write_study(lab, "typo", "experiment: exp\nseed: [1, 2]\n")
     with pytest.raises(LlamalabError, match=r"typo.yaml:2: unknown key 'seed': did you mean 'seeds'"):
         load_study(lab, "typo")
@@ -69,6 +74,48 @@ def test_cells_are_the_grid_times_the_seeds_identified_by_their_settings(lab):
     write_study(lab, "explicit", "experiment: exp\ncells: [{train_examples: 8, learning_rate: 1e-4, lora: {r: 16}}]\n")
     assert load_study(lab, "explicit").cells[0].key == study.cells[0].key
     assert [s.status for s in cell_states(lab, study)] == ["pending"] * 8
+
+
+def test_a_cells_evaluation_is_the_one_the_study_runs_not_a_later_one_with_other_settings(lab):
+    """Cells and comparators are found by the settings the study evaluates with (as `evaluate(reuse=True)` finds
+    them): a later evaluation of the same train run or base model, 4-shot or by generation, is not taken for
+    theirs, nor a named run of another task."""
+    from llamalab.evaluation.evaluate import EvalSettings, complete_settings
+    from llamalab.evaluation.systems import system_outline
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.run import recorded_comparators
+    from llamalab.tasks.task import load_task
+    from tests.records import eval_fields, train_fields
+
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
+    write_study(lab, "sw", "experiment: exp\ngrid: {learning_rate: [1e-4, 1e-3]}\neval: {limit: 30}\n"
+                           "comparators: {baselines: true}\n")
+    study, task = load_study(lab, "sw"), load_task(lab.task_path("sentiment"), lab.root)
+
+    def evaluation(system: str, score: float = 0.5, **options) -> RunRecord:
+        outline = system_outline(lab, system)
+        settings = complete_settings(EvalSettings(system=system, task="sentiment", **options), task, outline)
+        record = RunRecord.create(lab.runs_dir, "eval", system[-8:], settings.model_dump(),
+                                  **eval_fields(n=30, split=settings.split, kind=outline.kind))
+        record.update(status="finished", metrics={"accuracy": {"estimate": score, "low": 0.0, "high": 1.0, "n": 30}})
+        return record
+
+    theirs = {}
+    for cell in study.cells:
+        train = RunRecord.create(lab.runs_dir, "train", "exp", cell.config, **train_fields(experiment="exp"))
+        train.update(status="finished")
+        theirs[cell.key] = evaluation(train.id, limit=30)
+        evaluation(train.id, limit=30, shots=4)  # later, by hand: not the cell's
+        evaluation(train.id, limit=30, protocol="generate")
+    assert [s.eval.id for s in cell_states(lab, study)] == [theirs[c.key].id for c in study.cells]
+
+    model = study.cells[0].config["base_model"]
+    for fmt, shots, score in (("plain", 0, 0.6), ("chat", 0, 0.5), ("plain", 4, 0.7)):  # 4-shot is best on dev
+        evaluation(model, score, split="dev", format=fmt, shots=shots, limit=500)
+    baseline = evaluation(model, limit=30, format="plain", shots=4)  # the baseline the study would run ...
+    evaluation(model, limit=30, format="plain", shots=4, protocol="generate")  # ... not this later one
+    evaluation(model, limit=30, format="plain", shots=4, shot_seed=1)  # ... nor this one
+    assert [r.id for r in recorded_comparators(lab, study)] == [baseline.id]
 
 
 def test_seed_band_contains_the_mean_and_widens_with_seed_spread():

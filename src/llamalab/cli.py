@@ -508,6 +508,7 @@ def _print_quantization(lab, study, rows) -> None:
 
 
 def _print_scaling(states, comparators, metric: str, labels) -> None:
+    from llamalab.evaluation.compare import format_p, signed
     from llamalab.studies.scaling import scaling_result
 
     result = scaling_result(states, [(r.run.display_label, r) for r in comparators], metric, labels)
@@ -520,7 +521,7 @@ def _print_scaling(states, comparators, metric: str, labels) -> None:
         cells = [f"{point.size:,}", str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]"]
         for crossover in result.crossovers:
             test = crossover.tests[i]
-            cells.append(f"{test.delta:+.3f} (p {test.p_holm:.2g}){' *' if test.better else ''}")
+            cells.append(f"{signed(test.delta)} (p {format_p(test.p_holm)}){' *' if test.better else ''}")
         table.add_row(*cells)
     out.print(table)
     for crossover in result.crossovers:

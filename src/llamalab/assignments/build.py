@@ -46,7 +46,7 @@ from llamalab.assignments.rubric import (
     submission_answer,
 )
 from llamalab.config import LlamalabError
-from llamalab.evaluation.compare import compare
+from llamalab.evaluation.compare import compare, format_p
 from llamalab.lab import Lab
 from llamalab.runs.files import staged_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE as RUN_CONFIG
@@ -291,7 +291,7 @@ def _paired(lab: Lab, refs: References, metric: str) -> str:
     if vs is None or vs.delta is None:
         return "The two runs share no test examples, so no paired test is possible."
     return (f"On the {vs.n} test examples both saw, the {vs.test} test of the difference gives p = "
-            f"{vs.p_value:.2g}.")
+            f"{format_p(vs.p_value)}.")
 
 
 def _ablation(lab: Lab, refs: References, metric: str) -> str:

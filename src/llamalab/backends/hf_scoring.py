@@ -155,8 +155,11 @@ def _score_batch(model, batch: list[ChoiceRequest], precision: Precision, prefix
 
     # One row per (request, choice): the log-prob of its first token comes from the prompt pass.
     rows = [(b, c) for b, r in enumerate(batch) for c in range(len(r.choice_ids))]
-    row_logprob = [[first_logprobs[b, tokens[k][0]].item()] for k, (b, _) in enumerate(rows)]
-    row_greedy = [[int(first_logprobs[b].argmax()) == tokens[k][0]] for k, (b, _) in enumerate(rows)]
+    # Gathered in one indexing and read back once (on a GPU, one wait for the batch, not one per choice)
+    where = torch.tensor([[b, tokens[k][0]] for k, (b, _) in enumerate(rows)], device=first_logprobs.device)
+    firsts, argmax = first_logprobs[where[:, 0], where[:, 1]].tolist(), first_logprobs.argmax(dim=-1).tolist()
+    row_logprob = [[firsts[k]] for k in range(len(rows))]
+    row_greedy = [[argmax[b] == tokens[k][0]] for k, (b, _) in enumerate(rows)]
 
     if rest > 0:
         _score_rest(model, batch, tokens, rows, mask, lengths, out.cache, autocast, row_logprob, row_greedy)

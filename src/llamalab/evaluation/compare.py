@@ -13,6 +13,7 @@ from rich.table import Table
 from llamalab.config import LlamalabError
 from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import metric_intervals, paired_test, prediction_summary
+from llamalab.evaluation.stats import ALPHA
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import PREDICTIONS, RunRecord, list_runs, names_run
@@ -31,6 +32,14 @@ class PairedResult(BaseModel):
     n: int
     paired_subset: bool = False  # the two systems saw different examples: n is the shared part
     p_holm: float | None = None  # Holm-corrected for the number of comparisons
+
+    @property
+    def significance(self) -> str | None:
+        """"worse" or "better" than the reference at Holm-corrected p < ALPHA (better: on the examples both saw,
+        when the systems saw different ones), else None."""
+        if self.delta is None or self.p_holm is None or self.p_holm >= ALPHA or self.delta == 0:
+            return None
+        return "worse" if self.delta < 0 else "better"
 
 
 class SystemRow(BaseModel):
@@ -241,8 +250,19 @@ def format_delta(vs: PairedResult) -> str:
     """Δ against the reference; on a paired subset (systems evaluated on different examples) with its n."""
     if vs.delta is None:
         return "–"
-    delta = round(vs.delta, 3) + 0.0  # + 0.0 turns -0.0 into 0.0: a tie shows as +0.000
-    return f"{delta:+.3f}" + (f" (n={vs.n})" if vs.paired_subset else "")
+    return signed(vs.delta) + (f" (n={vs.n})" if vs.paired_subset else "")
+
+
+def n_range(rows: list[SystemRow]) -> str:
+    """The systems' example counts: "1,066", or "40–1,066" where they saw different numbers of examples."""
+    low, high = min(r.n for r in rows), max(r.n for r in rows)
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def signed(delta: float) -> str:
+    """A difference with its sign, three decimals, the one way every table and sentence writes a Δ: a tie (or a
+    difference that rounds to nothing) is +0.000, never -0.000."""
+    return f"{round(delta, 3) + 0.0:+.3f}"  # + 0.0 turns -0.0 into 0.0
 
 
 def prediction_cell(summary: PredictionSummary) -> str:
@@ -276,10 +296,18 @@ def interval_note(metric_dicts: list[dict[str, Interval]]) -> str:
     return "95% CIs: " + "; ".join(f"{scheme} ({', '.join(names)})" for scheme, names in by_scheme.items()) + "."
 
 
-def format_p(value: float | None) -> str:
+def format_p(value: float | None, alpha: float = ALPHA) -> str:
+    """A p-value to two significant digits, or more where two would round it onto or across the level it is read
+    at (0.0496 is "0.0496", not "0.05" next to a mark of significance at 5%); below 1e-4, "<1e-4"."""
     if value is None:
         return ""
-    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+    if value < 1e-4:
+        return "<1e-4"
+    for digits in range(2, 18):
+        text = f"{value:.{digits}g}"
+        if (float(text) < alpha) == (value < alpha):
+            return text
+    return text
 
 
 def format_interval(m: Interval) -> str:

@@ -28,11 +28,11 @@ from llamalab.evaluation.metrics import (
     prediction_summary,
     score_generation,
 )
-from llamalab.evaluation.systems import System, resolve_system
+from llamalab.evaluation.systems import System, resolve_system, system_outline
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
 from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
-from llamalab.runs.record import PREDICTIONS, RunRecord, finished_run, resume_run
+from llamalab.runs.record import PREDICTIONS, RunRecord, config_hash, finished_run, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
@@ -177,11 +177,15 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, load
                     rows, task.answer.labels, _label_chars(task), unconditional)
             for warning in summary["warnings"]:
                 console.print(f"[yellow]warning[/] {escape(warning)}")
+            # A session that was killed recorded no time: the time covers the examples predicted in sessions that
+            # ended (`predict_examples`), and per-example figures are taken over those alone.
+            timed = record.run.timings
             record.update(
                 metrics=metrics,
                 predictions_summary=summary,
-                timings={**record.run.timings, "load_model_s": round(load_s, 2),
-                         "predict_s": round(seconds, 2)},
+                timings={**timed, "load_model_s": round(load_s, 2),
+                         "predict_s": round(timed.get("predict_s", 0) + seconds, 2),
+                         "predict_examples": int(timed.get("predict_examples", 0)) + len(todo)},
                 throughput={"examples_per_s": round(len(todo) / max(seconds, 1e-9), 2),
                             "tokens_per_s": round(n_tokens / max(seconds, 1e-9)),
                             # what the model computed (a shared prompt prefix once, no padding): the work's floor
@@ -212,6 +216,15 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
     prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
     max_new = settings.max_new_tokens or task.answer.default_max_new_tokens
     return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new})
+
+
+def settings_hash(lab: Lab, task: Task, system: str, **options: Any) -> str:
+    """The settings hash `evaluate(lab, system, task=task.name, **options)` records, found without loading a
+    model: studies find their evaluations by it, as `evaluate(reuse=True)` does, so an evaluation of the same
+    system with other settings (shots, format, protocol, ...) is never taken for theirs."""
+    settings = parse_model(EvalSettings, {"system": system, "task": task.name,
+                                          **{k: v for k, v in options.items() if v is not None}}, "evaluate()")
+    return config_hash(complete_settings(settings, task, system_outline(lab, system)).model_dump())
 
 
 def select_examples(examples: list[Example], limit: int | None) -> list[Example]:

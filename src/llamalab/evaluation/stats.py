@@ -24,6 +24,8 @@ import numpy as np
 from scipy import stats
 
 METRICS: tuple[str, ...] = ("accuracy", "macro_f1")
+# The significance level every test here is read at (after Holm's correction where there are several).
+ALPHA = 0.05
 
 # Caps the elements of per-chunk temporaries: materialising every confusion matrix of a
 # 5000-resample x 77-class bootstrap at once would cost gigabytes for no speed gain.

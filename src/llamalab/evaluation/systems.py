@@ -79,6 +79,17 @@ def resolve_system(lab: Lab, name: str) -> System:
     raise LlamalabError(f"run {record.id} has no trained weights (adapter/ or model/)")
 
 
+def system_outline(lab: Lab, name: str) -> System:
+    """What an evaluation's settings depend on (kind, trained format), loading and hashing nothing: the System
+    `resolve_system` gives, without its model."""
+    if name in lab.config.api_models:
+        return System(label=name, kind="api", trained_format="chat")
+    record = _train_run(lab, name)
+    if record is None:
+        return System(label=name, kind="base")
+    return System(label=name, kind="finetuned", train_run=record.id, trained_format=record.run.prompt.format)
+
+
 def _train_run(lab: Lab, name: str) -> RunRecord | None:
     """The train run `name` names (see `matching_runs`), or None when it names none (then it is a model)."""
     if "/" in name:

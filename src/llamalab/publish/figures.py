@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from llamalab.evaluation.compare import Comparison, SystemRow  # noqa: E402
+from llamalab.evaluation.compare import Comparison, SystemRow, n_range  # noqa: E402
 from llamalab.runs.files import write_bytes_atomic  # noqa: E402
 from llamalab.studies.quantization import QuantRow  # noqa: E402
 from llamalab.studies.scaling import ScalingResult  # noqa: E402
@@ -72,7 +72,7 @@ def metric_by_system(comparison: Comparison) -> Figure:
         ax.errorbar(estimates, y, xerr=[lows, highs], fmt="none", ecolor="black", capsize=3, linewidth=1)
         ax.set_yticks(y, [_wrap(r.system) for r in rows])
         ax.set_xlim(0, max(1.0, max(r.metrics[metric].high for r in rows)))
-        ax.set(xlabel=f"{metric} (95% CI)", title=f"{comparison.task} ({comparison.split}, n = {rows[0].n})")
+        ax.set(xlabel=f"{metric} (95% CI)", title=f"{comparison.task} ({comparison.split}, n = {n_range(rows)})")
         ax.grid(axis="y", visible=False)
     return fig
 

@@ -314,7 +314,9 @@ def _recipe(run: TrainRun, config: dict) -> list[str | None]:
 def _training_cost(run: TrainRun) -> str:
     tokens_per_s = run.throughput.get("tokens_per_s")
     speed = [f"{tokens_per_s:,.0f} tokens/s" if tokens_per_s else None,
-             f"peak memory {run.peak_memory_mb:,.0f} MB" if run.peak_memory_mb is not None else None]
+             f"peak memory {run.peak_memory_mb:,.0f} MiB" + (f" in the first of its {run.processes} processes"
+                                                           if (run.processes or 1) > 1 else "")
+             if run.peak_memory_mb is not None else None]
     speed = [c for c in speed if c]
     train_s = run.timings.get("train_s")
     if train_s is not None:
@@ -471,7 +473,11 @@ def _prediction_time(evals: list[_Eval]) -> str:
     api = " (for API systems, the wall time of their requests)" if any(
         e.run.system.kind == "api" for e, _ in timed) else ""
     missing = f"; not recorded for {_join(untimed)}" if untimed else ""
-    return f"Prediction took {_seconds(sum(s for _, s in timed))} in total{api} on {where}{missing}."
+    partly = [f"{e.name} ({e.run.timings['predict_examples']:,} of its {e.run.task.n:,} examples; the rest were "
+              "predicted in a session that was interrupted)" for e, _ in timed
+              if e.run.timings.get("predict_examples", e.run.task.n) < e.run.task.n]
+    partial = f"; timed over part of the examples for {_join(partly)}" if partly else ""
+    return f"Prediction took {_seconds(sum(s for _, s in timed))} in total{api} on {where}{missing}{partial}."
 
 
 # --- shared ------------------------------------------------------------------------------------------------------

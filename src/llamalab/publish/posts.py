@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from llamalab.config import LlamalabError
-from llamalab.evaluation.compare import format_interval, format_p
+from llamalab.evaluation.compare import format_interval, format_p, signed
 from llamalab.lab import Lab
 from llamalab.publish.content import load_posts
 from llamalab.publish.results import QuantBoard, StudyBoard, TaskBoard, study_boards, task_boards
@@ -93,7 +93,7 @@ def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str])
         if row.run in new_ids:
             vs = row.vs_reference
             test = "the best system" if vs is None else (
-                f"Δ {vs.delta:+.3f} vs best, p {_p(vs.p_holm)} ({vs.test}, Holm)"
+                f"Δ {signed(vs.delta)} vs best, p {_p(vs.p_holm)} ({vs.test}, Holm)"
                 if vs.delta is not None else "no shared examples with the best")
             lines.append(f"- New: {row.system}, {metric} {format_interval(row.metrics[metric])}; {test} "
                          f"— [run](../runs/{row.run}/)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamalab.evaluation.compare import Comparison, Entry, SystemRow, format_p, latest_evals, rank, refers_to
+from llamalab.evaluation.compare import Comparison, Entry, SystemRow, format_p, latest_evals, rank, refers_to, signed
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
@@ -82,7 +82,8 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
     n = run.task.n if isinstance(run, EvalRun) else 0
     usage = run.usage if isinstance(run, EvalRun) else None
     predict_s = run.timings.get("predict_s")
-    seconds_per_1k = round(1000 * predict_s / n, 1) if predict_s and n else None
+    timed = run.timings.get("predict_examples", n)  # a resumed run's time covers the examples it timed
+    seconds_per_1k = round(1000 * predict_s / timed, 1) if predict_s and timed else None
     cost, basis = (usage.cost_per_1k_examples_usd if usage else None), "API list prices"
     if cost is None and local_usd_per_hour is not None and seconds_per_1k is not None:
         cost, basis = round(local_usd_per_hour * seconds_per_1k / 3600, 6), f"local at ${local_usd_per_hour}/h"
@@ -189,7 +190,7 @@ class QuantBoard:
                 continue
             size = (f" at {row.size_mib / reference.size_mib:.0%} of its size"
                     if row.size_mib is not None and reference.size_mib else "")
-            parts.append(f"{row.system} {row.type}: {row.delta:+.3f} {self.metric} against f16{size} "
+            parts.append(f"{row.system} {row.type}: {signed(row.delta)} {self.metric} against f16{size} "
                          f"(p {format_p(row.p_value)})")
         return ("; ".join(parts) + ".") if parts else "No type has been tested against f16 yet."
 

@@ -21,7 +21,14 @@ import jinja2
 from pydantic import BaseModel
 
 from llamalab.assignments.publish import public_assignments
-from llamalab.evaluation.compare import comparison_warnings, format_delta, format_interval, format_p, interval_note
+from llamalab.evaluation.compare import (
+    comparison_warnings,
+    format_delta,
+    format_interval,
+    format_p,
+    interval_note,
+    n_range,
+)
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
 from llamalab.publish.results import (
@@ -86,7 +93,7 @@ class _Builder:
         self.env.filters.update(interval=format_interval, p=format_p, cost=format_cost, seconds=format_seconds,
                                 tojson_pretty=_pretty_json,
                                 safe_url=safe_url, cost_note=cost_note, interval_note=interval_note,
-                                delta=format_delta, prediction_warnings=comparison_warnings)
+                                delta=format_delta, prediction_warnings=comparison_warnings, n_range=n_range)
 
     def build(self) -> None:
         lab = self.lab

@@ -12,6 +12,7 @@ from llamalab.evaluation.compare import (
     interval_note,
     reference_cell,
     reference_name,
+    signed,
 )
 from llamalab.publish.results import QuantBoard, StudyBoard, SweepBoard, TaskBoard
 
@@ -80,7 +81,7 @@ def study_cells(board: StudyBoard) -> tuple[list[str], list[list[str]]]:
         m = point.interval
         tests = [c.tests[i] for c in result.crossovers]
         body.append([f"{point.size:,}", str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]",
-                     *(f"{t.delta:+.3f} ({format_p(t.p_holm)}){' *' if t.better else ''}" for t in tests)])
+                     *(f"{signed(t.delta)} ({format_p(t.p_holm)}){' *' if t.better else ''}" for t in tests)])
     return header, body
 
 
@@ -109,7 +110,7 @@ def sweep_cells(board: SweepBoard) -> tuple[list[str], list[list[str]]]:
     for point in board.result.points:
         m = point.interval
         test = ["best", "–"] if point.delta is None else [
-            f"{point.delta:+.3f}", f"{format_p(point.p_holm)}{' *' if point.worse else ''}"]
+            signed(point.delta), f"{format_p(point.p_holm)}{' *' if point.worse else ''}"]
         body.append([point.setting, str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]", *test,
                      str(m.n)])
     return header, body
@@ -137,7 +138,7 @@ def quant_cells(board: QuantBoard) -> tuple[list[str], list[list[str]]]:
     """A quantization study: one row per system and GGUF type, each tested against the same system's f16 file."""
     header = ["System", "Type", "File (MiB)", f"{board.metric} [95% CI]", "Δ vs f16", "p", "examples / s", "n"]
     body = [[row.system, row.type, "gone" if row.size_mib is None else f"{row.size_mib:,.1f}",
-             format_interval(row.interval), "reference" if row.delta is None else f"{row.delta:+.3f}",
+             format_interval(row.interval), "reference" if row.delta is None else signed(row.delta),
              format_p(row.p_value), "–" if not row.examples_per_s else f"{row.examples_per_s:.1f}",
              str(row.interval.n)] for row in board.rows]
     return header, body

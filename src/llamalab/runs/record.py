@@ -125,7 +125,9 @@ class RunRecord:
         finally:
             timings = dict(self.run.timings)
             timings["total_s"] = round(timings.get("total_s", 0) + time.perf_counter() - start, 2)
-            self.update(status=status, ended=now_iso(), error=error, timings=timings, peak_memory_mb=peak_memory_mb())
+            # the peak over the run's sessions, and over its training processes (the first one records its own)
+            peak = max(self.run.peak_memory_mb or 0, peak_memory_mb())
+            self.update(status=status, ended=now_iso(), error=error, timings=timings, peak_memory_mb=peak)
 
 
 def _validated(model: type[EvalRun] | type[TrainRun], data: dict[str, Any]) -> Run:

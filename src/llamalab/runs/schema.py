@@ -173,7 +173,7 @@ class RunBase(Shape):
     pid: int | None = None
     host: str | None = None  # the machine `pid` is on
     resumed: list[str] = []
-    timings: dict[str, int | float] = {}  # seconds per stage
+    timings: dict[str, int | float] = {}  # seconds per stage (an eval's predict_examples: the examples predict_s timed)
     throughput: dict[str, int | float] = {}
     peak_memory_mb: float | None = None
     error: str | None = None

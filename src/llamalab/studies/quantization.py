@@ -77,14 +77,21 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
 
 def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
     """The rows from the records alone (for the report and the site): files and evaluations that exist."""
+    from llamalab.evaluation.evaluate import settings_hash
+    from llamalab.evaluation.systems import system_outline
+    from llamalab.tasks.task import load_task
+
     assert study.spec.quantize is not None
     evals = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished]
+    task = load_task(lab.task_path(study.task), lab.root)
     records = {}
     for name in study.spec.quantize.systems:
+        options = _eval_options(study, system_outline(lab, name).trained_format)
+        options.pop("task")
         for quant in study.spec.quantize.types:
-            path = str(gguf_file(lab, name, quant.lower()))
-            found = [r for r in evals if r.config.get("system") == path and r.run.task.name == study.task
-                     and r.run.task.split == study.spec.eval.split and r.config.get("limit") == study.spec.eval.limit]
+            # the evaluation run_quantization runs (its settings hash), not another of the same file
+            wanted = settings_hash(lab, task, str(gguf_file(lab, name, quant.lower())), **options)
+            found = [r for r in evals if r.run.config_hash == wanted]
             if found:
                 records[(name, quant.lower())] = found[-1]
     return quant_rows(lab, study, records)

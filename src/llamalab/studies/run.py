@@ -56,15 +56,28 @@ def eval_options(study: Study) -> dict:
     return options
 
 
-def _evaluates(record: RunRecord, system: str, options: dict) -> bool:
-    config = record.config
-    return config.get("system") == system and all(config.get(k) == v for k, v in options.items())
+class _Evaluations:
+    """A lab's evaluation records, found by the settings hash of the evaluation a study would run (as
+    `evaluate(reuse=True)` finds them): an evaluation of the same system with other settings is not the study's."""
+
+    def __init__(self, lab: Lab, study: Study, finished_only: bool = False) -> None:
+        from llamalab.tasks.task import load_task
+
+        self.lab, self.task = lab, load_task(lab.task_path(study.task), lab.root)
+        self.records = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished or not finished_only]
+
+    def of(self, system: str, **options) -> list[RunRecord]:
+        from llamalab.evaluation.evaluate import settings_hash
+
+        options.pop("task", None)
+        wanted = settings_hash(self.lab, self.task, system, **options)
+        return [r for r in self.records if r.run.config_hash == wanted]
 
 
 def cell_states(lab: Lab, study: Study) -> list[CellState]:
     """Each cell's state, from the train and eval records of its settings."""
     trains = [r for r in list_runs(lab.runs_dir, "train") if r.run.name == study.spec.experiment]
-    evals = list_runs(lab.runs_dir, "eval")
+    evals = _Evaluations(lab, study)
     options = eval_options(study)
     states = []
     for cell in study.cells:
@@ -74,7 +87,7 @@ def cell_states(lab: Lab, study: Study) -> list[CellState]:
             states.append(CellState(cell, _state_of(mine[-1]), mine[-1]) if mine else CellState(cell, "pending"))
             continue
         train = finished[-1]
-        tried = [r for r in evals if _evaluates(r, train.id, options)]
+        tried = evals.of(train.id, **options)
         done = [r for r in tried if r.run.finished]
         if done:
             states.append(CellState(cell, "finished", train, done[-1]))
@@ -248,10 +261,10 @@ def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
     site and `study status`): the baseline whose dev score was best, API models, named runs; missing ones are
     left out."""
     spec, options = study.spec.comparators, eval_options(study)
-    evals = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished]
+    evals = _Evaluations(lab, study, finished_only=True)
 
     def latest(system: str, **fields) -> RunRecord | None:
-        found = [r for r in evals if _evaluates(r, system, fields)]
+        found = evals.of(system, **fields)
         return found[-1] if found else None
 
     records = []
@@ -266,8 +279,9 @@ def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
     for name in spec.api:
         if record := latest(name, **{**options, "protocol": "generate"}):
             records.append(record)
-    for ref in spec.runs:
-        records += [r for r in evals if names_run(ref, r.id)][-1:]
+    for ref in spec.runs:  # as comparator_evals takes them: a run of the study's task and split
+        records += [r for r in evals.records if names_run(ref, r.id) and r.run.task.name == study.task
+                    and r.run.task.split == study.spec.eval.split][-1:]
     return records
 
 

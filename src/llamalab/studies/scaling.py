@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from llamalab.evaluation import stats
+from llamalab.evaluation.compare import format_p, signed
 from llamalab.evaluation.metrics import row_statistic
+from llamalab.evaluation.stats import ALPHA
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import PREDICTIONS, RunRecord
 from llamalab.runs.schema import Interval
 from llamalab.studies.run import CellState
 
-ALPHA = 0.05
 RESAMPLES = 2000
 
 
@@ -66,7 +67,7 @@ class Crossover:
             f", already at the smallest size tried ({self.size:,})"
         test = next(t for t in self.tests if t.size == self.size)
         return (f"Fine-tuning beats {self.comparator} from {self.size:,} training examples{bracket} "
-                f"(Δ {test.delta:+.3f}, Holm-corrected p {test.p_holm:.2g}, n = {test.n}).")
+                f"(Δ {signed(test.delta)}, Holm-corrected p {format_p(test.p_holm)}, n = {test.n}).")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the records are the study's state, so a killed study continues where it stopped.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -97,6 +98,12 @@ class StudySpec(StrictModel):
             raise ValueError("`seeds` repeats a seed")
         if self.kind == "scaling" and any("train_examples" not in cell for cell in self.combinations()):
             raise ValueError("a scaling study varies `train_examples`: put it in `grid` (or in every cell)")
+        others = {key for cell in self.combinations() for key in cell if key != "train_examples"
+                  and len({json.dumps(c.get(key), sort_keys=True) for c in self.combinations()}) > 1}
+        if self.kind == "scaling" and others:
+            raise ValueError(f"a scaling study varies only `train_examples` (its curve averages the cells of a size "
+                             f"over seeds), but it also varies {', '.join(sorted(others))}: fix those in the "
+                             "experiment, or make it kind: sweep")
         return self
 
     def combinations(self) -> list[dict[str, Any]]:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import row_statistic
+from llamalab.evaluation.stats import ALPHA
 from llamalab.runs.record import RunRecord
 from llamalab.runs.schema import Interval
 from llamalab.studies.run import CellState
-from llamalab.studies.scaling import ALPHA, RESAMPLES, _mean_of, _rows, _seed_interval
+from llamalab.studies.scaling import RESAMPLES, _mean_of, _rows, _seed_interval
 
 AS_WRITTEN = "(the experiment as written)"
 

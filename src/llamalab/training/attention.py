@@ -15,6 +15,8 @@ The collator gives the row boundaries (`cu_seq_lens_q`, `max_length_q`, for ever
 
 from __future__ import annotations
 
+import contextlib
+
 NAME = "llamalab_rows"
 
 
@@ -41,8 +43,11 @@ def rows_attention(module, query, key, value, attention_mask, dropout: float = 0
 
     # On a CPU the bfloat16 kernel is 5x slower than the float32 one at these shapes (measured fwd+bwd for 8 rows
     # of 40 tokens, 9 heads of 64: 7.2 ms against 1.5 ms): attend in float32 there, outside autocast.
-    dtype = torch.float32 if query.device.type == "cpu" else query.dtype
-    with torch.autocast(query.device.type, enabled=query.device.type != "cpu"):
+    # Elsewhere it runs in the inputs' dtype (under an outer autocast, its dtype): no autocast region of its own,
+    # which on CUDA would default to float16.
+    cpu = query.device.type == "cpu"
+    dtype = torch.float32 if cpu else query.dtype
+    with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
         out = torch.nn.functional.scaled_dot_product_attention(
             side_by_side(query.to(dtype)), side_by_side(key.to(dtype)), side_by_side(value.to(dtype)),
             dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=key.shape[1] != query.shape[1])

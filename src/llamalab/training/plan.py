@@ -4,15 +4,17 @@ Memory is the sum of parts, each from the model's shape and the experiment:
 
     weights        parameters at the training precision (4-bit NF4 for the linear layers with `method: qlora`)
     trainable      what training adds per trainable parameter: for LoRA's few, the weight in float32, its gradient
-                   and AdamW's two moments (16 bytes); for a full fine-tune, whose weights are counted above, the
-                   gradient and the two moments at the weights' precision (12 bytes in float32, 6 in bf16)
+                   and AdamW's two moments (16 bytes); for a full fine-tune, whose weights are counted above (in
+                   float32 on every device: bf16 computes through autocast), the gradient and the two moments in
+                   float32 (12 bytes)
     activations    what autograd keeps for the backward pass: bytes per token per layer (below) x layers x the
                    tokens of the largest micro-batch of an epoch (batches are padding-free: the sum of their rows'
                    lengths), plus one layer's worth in flight during the backward pass. With activation
                    checkpointing only each layer's input is kept, and one layer is recomputed at a time.
     logits         the output layer at the answer tokens only (the trainer keeps no other position)
     workspace      on a CPU, a second copy of the linear layers' weights (measured: the float32 matmul library's
-                   packed operands stay resident through training; 405 MiB for the embedded model)
+                   packed operands stay resident through training; 405 MiB for the embedded model); on a GPU, for a
+                   full fine-tune in one process, autocast's bf16 copies of the linear layers' float32 weights
 
 A full fine-tune in N processes is sharded (FSDP): each process keeps 1/N of the weights and of the trainable
 state, and holds whole only the embedding's group and two layers at a time (`fsdp_gathered`); a test shards real
@@ -49,9 +51,10 @@ from llamalab.config import LlamalabError
 MIB = 2**20
 # Without checkpointing a run must leave this share of the device free (allocator slack, fragmentation).
 HEADROOM = 0.9
-# Model-FLOP efficiency assumed when the lab has no past run on the device (measured: ~0.4 on 2-core CPUs,
-# ~0.1-0.2 for small models on an H100/H200 before the speed work).
-DEFAULT_EFFICIENCY = {"cpu": 0.35, "cuda": 0.15}
+# Model-FLOP efficiency assumed when the lab has no past run of its kind on the device (measured: ~0.4 on 2-core
+# CPUs, ~0.1-0.2 for small models on an H100/H200 before the speed work; FSDP on a 2-core CPU ~0.11, its processes
+# sharing the cores and sending every layer's weights and gradients each step).
+DEFAULT_EFFICIENCY = {("cpu", False): 0.35, ("cuda", False): 0.15, ("cpu", True): 0.11, ("cuda", True): 0.15}
 # bf16 dense matmul rates (TFLOP/s) measured on the cards we are lent; other cards: measured when present.
 KNOWN_GPUS = {"H200": 790.0, "H100": 700.0}
 
@@ -248,19 +251,23 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
         bf16 = True
     param_bytes = 2 if bf16 else 4
     other = shape.params - shape.linear_params
-    weights = shape.params * param_bytes
+    # A full fine-tune keeps float32 weights (bf16 computes through autocast): AdamW's small updates would round
+    # away in bf16 weights. LoRA's frozen base trains at the device's precision.
+    weight_bytes = 4 if method == "full" else param_bytes
+    weights = shape.params * weight_bytes
     if method == "qlora":  # NF4: half a byte a weight plus double-quantized block scales (~0.127 bit a weight);
         # PEFT's k-bit preparation keeps the rest (embeddings, norms, output layer) in float32
         weights = shape.linear_params * (0.5 + 0.127 / 8) + other * 4
     if method == "full":
-        trainable = shape.params * param_bytes * 3  # gradient and AdamW's moments, like the weight they belong to
+        trainable = shape.params * 12  # float32 gradient and AdamW's two moments, like the weights
         r = n = 0
     else:
         r, targets = experiment.lora.r, adapted(shape, experiment.lora.target_modules)
         n = len(targets)
         lora_params = shape.layers * sum(r * sum(shape.linears()[t]) for t in targets)
         trainable = lora_params * 16
-    if shards > 1:
+    load_weights = weights  # each process loads the whole model before FSDP shards it
+    if shards > 1:  # gathered at the compute precision (FSDP's bf16 policy on GPUs)
         weights, trainable = weights / shards + fsdp_gathered(shape) * param_bytes, trainable / shards
     batches = experiment.max_steps * experiment.grad_accum if experiment.max_steps else None
     tokens = largest_batch(lengths, experiment.batch_size, experiment.seed, batches)
@@ -272,8 +279,11 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     answer_tokens = largest_batch(answers, experiment.batch_size, experiment.seed, batches)
     logits = answer_tokens * shape.vocab * (4 * 3 + act_bytes)  # float32 logits, log-softmax, their gradient
     workspace = shape.linear_params * param_bytes if device.kind == "cpu" else 0
+    if device.kind == "cuda" and method == "full" and bf16 and shards == 1:
+        workspace = shape.linear_params * 2  # autocast's bf16 copies of the float32 weights, kept for the backward
     # Loading maps the file; a file at another precision is converted, holding both for a moment.
-    load = weights + (shape.params * file_bytes_per_param if file_bytes_per_param != param_bytes else 0)
+    converted = abs(file_bytes_per_param - weight_bytes) > 0.5  # headers and metadata do not make a conversion
+    load = load_weights + (shape.params * file_bytes_per_param if converted else 0)
     budget = device.memory_mb * HEADROOM
     parts = {"weights": weights / MIB, "trainable": trainable / MIB, "activations": activations / MIB,
              "checkpointed": checkpointed / MIB, "logits": logits / MIB, "workspace": workspace / MIB,
@@ -320,14 +330,15 @@ def flops_per_token(shape: Shape, method: str) -> float:
 
 
 def scoring_flops_per_token(shape: Shape) -> float:
-    """Forward FLOPs per token the model computes when scoring: 2 x the non-embedding parameters (the output layer
-    runs at a few positions only, and is left out)."""
-    return 2 * (shape.params - shape.vocab * shape.hidden)
+    """Forward FLOPs per token the model computes when scoring: 2 x the parameters less the embedding table (looked
+    up, not multiplied) and the output layer (it runs at a few positions only, and is left out)."""
+    return 2 * (shape.params - shape.vocab * shape.hidden * (1 if shape.tied else 2))
 
 
 def with_time(plan: MemoryPlan, shape: Shape, method: str, device: Device, tokens_per_epoch: int,
-              past_efficiency: list[float]) -> MemoryPlan:
-    """Add the model FLOPs per token and, where the device's matmul rate is known, the seconds per epoch."""
+              past_efficiency: list[float], sharded: bool = False) -> MemoryPlan:
+    """Add the model FLOPs per token and, where the device's matmul rate is known, the seconds per epoch (at the
+    past runs' efficiency, or the default for the device and whether the model is sharded)."""
     from dataclasses import replace
     from statistics import median
 
@@ -339,7 +350,8 @@ def with_time(plan: MemoryPlan, shape: Shape, method: str, device: Device, token
         efficiency, source = median(past_efficiency), (f"median of {len(past_efficiency)} past run(s) of the method "
                                                         "in as many processes on this device")
     else:
-        efficiency, source = DEFAULT_EFFICIENCY[device.kind], "default (no past run on this device)"
+        efficiency = DEFAULT_EFFICIENCY[device.kind, sharded]
+        source = f"default{' for FSDP' if sharded else ''} (no past run of its kind on this device)"
     seconds = tokens_per_epoch * flops / (device.matmul_tflops * 1e12 * efficiency)
     return replace(plan, seconds_per_epoch=round(seconds, 1), efficiency=round(efficiency, 3),
                    efficiency_source=source, matmul_tflops=device.matmul_tflops)
@@ -347,7 +359,7 @@ def with_time(plan: MemoryPlan, shape: Shape, method: str, device: Device, token
 
 def measure_matmul_tflops(device: Device) -> float:
     """The device's dense matmul rate, measured now: float32 2048 x 2048 on a CPU (all its threads), bfloat16
-    8192 x 8192 on a GPU; the best of several repetitions."""
+    8192 x 8192 on a GPU (warmed up first); the best of several repetitions."""
     import time
 
     import torch
@@ -355,15 +367,20 @@ def measure_matmul_tflops(device: Device) -> float:
     cuda = device.kind == "cuda"
     n = 8192 if cuda else 2048
     a = torch.randn(n, n, dtype=torch.bfloat16 if cuda else torch.float32, device="cuda" if cuda else "cpu")
+    # A GPU idles at low clocks and one product takes ~1 ms there: warm it up, and time ten products at a time.
+    repeats = 10 if cuda else 1
+    for _ in range(repeats):
+        a @ a
     best = float("inf")
     for _ in range(6):
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        a @ a
+        for _ in range(repeats):
+            a @ a
         if cuda:
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, (time.perf_counter() - start) / repeats)
     return round(2 * n**3 / best / 1e12, 4)
 
 
@@ -385,7 +402,7 @@ def plan_training(experiment, model_folder: Path, lengths: list[int], answers: l
     plan = memory_plan(shape, share, device, lengths, answers, _file_bytes_per_param(model_folder, shape), shards)
     plan = decide_checkpointing(plan, experiment.activation_checkpointing)
     tokens = sum(lengths) / (processes if device.kind == "cuda" else 1)
-    return with_time(plan, shape, experiment.method, device, tokens, past_efficiency or [])
+    return with_time(plan, shape, experiment.method, device, tokens, past_efficiency or [], shards > 1)
 
 
 def check_processes(experiment, processes: int) -> None:
@@ -504,19 +521,24 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
 class PeakMemory:
     """The peak memory of the code inside `with PeakMemory() as peak:`, in MiB (`peak.mb` after the block).
 
-    On a GPU, what torch allocated at most; on a CPU, the process's peak resident memory less what it held at the
-    start (Linux's VmHWM, reset at the start through /proc/self/clear_refs; None where that is not possible)."""
+    On a GPU, what torch allocated at most less what it held at the start; on a CPU, the process's peak resident
+    memory less what it held at the start (Linux's VmHWM, reset at the start through /proc/self/clear_refs; None
+    where that is not possible). Unreachable objects left by earlier work are collected first."""
 
     def __init__(self) -> None:
         self.mb: float | None = None
 
     def __enter__(self) -> PeakMemory:
+        import gc
+
+        gc.collect()  # what earlier work left unreachable (a model in a reference cycle) is not this block's
         self.cuda = _cuda_available()
         if self.cuda:
             import torch
 
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            self.start = 0.0
+            self.start = torch.cuda.memory_allocated() / MIB
         else:
             self.start = _status_mb("VmRSS")
             try:
@@ -529,7 +551,7 @@ class PeakMemory:
         if self.cuda:
             import torch
 
-            self.mb = round(torch.cuda.max_memory_allocated() / MIB, 1)
+            self.mb = round(torch.cuda.max_memory_allocated() / MIB - self.start, 1)
         elif self.start is not None and (peak := _status_mb("VmHWM")) is not None:
             self.mb = round(peak - self.start, 1)
 

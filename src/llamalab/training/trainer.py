@@ -6,6 +6,7 @@ Using TRL's trainer (not a hand-rolled loop) means the same recipe runs unchange
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from llamalab.config import LlamalabError, apply_overrides
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model
 from llamalab.runs.files import staged_folder
-from llamalab.runs.record import TRAIN_LOG, RunRecord, finished_run, has_unfinished, resume_run
+from llamalab.runs.record import TRAIN_LOG, RunRecord, finished_run, has_unfinished, peak_memory_mb, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
@@ -119,7 +120,9 @@ def _run_training(
         raise LlamalabError("no training examples left: raise max_length or check the task's train split")
 
     plan = _plan(record, experiment, model_ref, dataset, console, processes)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    # On a GPU LoRA's frozen base is bf16; a full fine-tune keeps float32 weights, bf16 computing through autocast
+    # (or FSDP's bf16 policy): AdamW's small updates would round away in bf16 weights.
+    dtype = torch.bfloat16 if torch.cuda.is_available() and experiment.method != "full" else torch.float32
     with PeakMemory() as peak:
         model = _load_for_training(experiment, model_ref, dtype, plan.checkpointing)
         use_rows_attention(model)  # padding-free batches attended row by row: the masked numbers, less work
@@ -161,6 +164,7 @@ def _run_training(
         data_used={"train_examples": len(dataset), "skipped_too_long": skipped, "tokens_per_epoch": n_tokens},
         throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)},
         memory={**plan.to_record(), "measured_mb": peak.mb},
+        peak_memory_mb=peak_memory_mb(),  # this process's: with several, the launcher's own would say nothing
         timings=timings,
         processes=processes,
         parallelism=None if processes == 1 else "fsdp" if trainer.is_fsdp_enabled else "ddp",
@@ -208,7 +212,7 @@ def _load_for_training(experiment: Experiment, model_ref: ModelRef, dtype, check
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_ref.path, quantization_config=quantization, dtype=torch.bfloat16,
-            device_map={"": 0} if torch.cuda.is_available() else "cpu")
+            device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else "cpu")
     except (ImportError, RuntimeError, ValueError) as exc:
         raise LlamalabError(f"method: qlora: bitsandbytes cannot load a 4-bit model on this machine ({exc}); use "
                             "method: lora") from None
