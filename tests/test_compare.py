@@ -180,3 +180,27 @@ def test_p_values_deltas_and_significance_never_print_on_the_wrong_side():
         result = PairedResult(test="paired bootstrap", delta=delta, p_value=p, n=10, p_holm=p_holm)
         expected = None if p_holm >= 0.05 or delta == 0 else "worse" if delta < 0 else "better"
         assert result.significance == expected
+
+
+def test_a_row_written_twice_counts_once_everywhere_the_first(lab):
+    """A resumed evaluation can hold an example's row twice: its metrics (`_ordered`), the paired tests, the studies
+    and the assignments all read the first, so no two places count it differently."""
+    from llamalab.evaluation.compare import latest_evals
+    from llamalab.evaluation.evaluate import _ordered
+    from llamalab.runs.files import read_jsonl
+    from llamalab.runs.record import list_runs, read_predictions
+    from llamalab.tasks.data import Example
+
+    rng = np.random.default_rng(5)
+    for k in range(20):
+        n = int(rng.integers(5, 40))
+        record = fake_eval(lab, f"s{k}", list(rng.random(n) < 0.5))
+        rows = read_jsonl(record.folder / "predictions.jsonl")
+        again = [dict(r, correct=not r["correct"]) for r in rng.choice(rows, int(rng.integers(1, n)), replace=False)]
+        append_jsonl(record.folder / "predictions.jsonl", again)  # the same examples again, judged otherwise
+        first = read_predictions(record.folder)
+        assert list(first.values()) == rows
+        examples = [Example(r["id"], {}, r["gold"], "test") for r in rows]
+        assert _ordered(read_jsonl(record.folder / "predictions.jsonl"), examples) == rows
+    entries = {e.record.id: e.predictions for e in latest_evals(lab, "sentiment", "test")}  # compare's reading
+    assert all(entries[r.id] == read_predictions(r.folder) for r in list_runs(lab.runs_dir, "eval"))

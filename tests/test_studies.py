@@ -450,6 +450,8 @@ def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_pa
     """Each setting's point is the mean over its seeds of accuracy on the examples all its seeds saw (its band
     holds it); settings are best first; each Δ is (mean over seeds) minus the best's on the examples both saw;
     Holm never lowers a p-value; a setting is worse only with Δ < 0 and Holm p < 0.05; the sentence counts them."""
+    from llamalab.publish.results import SweepBoard
+    from llamalab.publish.tables import sweep_cells
     from llamalab.runs.files import append_jsonl
     from llamalab.runs.record import RunRecord
     from llamalab.studies.run import CellState
@@ -504,6 +506,13 @@ def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_pa
         worse = sum(p.worse for p in result.points[1:])
         if len(result.points) > 1:
             assert f" {worse} of the {len(result.points) - 1} other setting(s) are worse" in result.sentence()
+        _, body = sweep_cells(SweepBoard(None, states, result))  # the table the report and the site show
+        for row, point in zip(body, result.points, strict=True):
+            assert row[2] == f"{point.interval.estimate:.3f}" and row[6] == str(point.interval.n)
+            if point.delta is not None:
+                shared = f" (n={point.n_shared})" if point.n_shared != point.interval.n else ""
+                assert row[4] == f"{round(point.delta, 3) + 0.0:+.3f}{shared}"
+                assert row[5].endswith(" *") == point.worse
 
 
 @pytest.mark.slow

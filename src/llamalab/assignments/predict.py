@@ -25,7 +25,7 @@ from llamalab.evaluation.evaluate import (
 )
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl, write_text_atomic
-from llamalab.runs.record import PREDICTIONS, RunRecord
+from llamalab.runs.record import PREDICTIONS, RunRecord, read_predictions
 from llamalab.tasks.data import Example
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import load_task
@@ -82,7 +82,7 @@ def read_inputs(path: Path) -> list[Example]:
 
 def write_predictions(record: RunRecord, out: Path | str) -> Path:
     """An eval run's answers as a submission's predictions.jsonl (e.g. on dev, to check a submission locally)."""
-    return write_answers(read_jsonl(record.folder / PREDICTIONS), Path(out))
+    return write_answers(list(read_predictions(record.folder).values()), Path(out))
 
 
 def write_answers(rows: list[dict], out: Path) -> Path:

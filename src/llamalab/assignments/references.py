@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from llamalab.assignments.rubric import Thresholds
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab
-from llamalab.runs.files import read_jsonl
-from llamalab.runs.record import PREDICTIONS, RunRecord, find_run, list_runs
+from llamalab.runs.record import RunRecord, find_run, list_runs, read_predictions
 from llamalab.tasks.data import Example, TaskData, load_task_data
 from llamalab.tasks.task import Task
 
@@ -98,9 +97,7 @@ def _answered(task: Task, record: RunRecord, data: TaskData) -> tuple[list[Examp
     if record.run.task.data_sha256 and record.run.task.data_sha256 != data.file_hashes:
         raise LlamalabError(f"task {task.name!r}'s data changed since run {record.id} was evaluated: evaluate again "
                             "so that its answers belong to these examples")
-    rows: dict[str, dict] = {}
-    for row in read_jsonl(record.folder / PREDICTIONS):
-        rows.setdefault(row["id"], row)  # a resumed evaluation may hold a row twice: the first wins
+    rows = read_predictions(record.folder)
     by_id = {ex.id: ex for ex in data.split("test")}
     unknown = [i for i in rows if i not in by_id]
     if unknown or len(rows) != record.run.task.n:

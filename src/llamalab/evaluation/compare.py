@@ -15,8 +15,7 @@ from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import metric_intervals, paired_test, prediction_summary
 from llamalab.evaluation.stats import ALPHA
 from llamalab.lab import Lab
-from llamalab.runs.files import read_jsonl
-from llamalab.runs.record import PREDICTIONS, RunRecord, list_runs, names_run
+from llamalab.runs.record import RunRecord, list_runs, names_run, read_predictions
 from llamalab.runs.schema import EvalRun, Interval, PredictionSummary, SystemKey, Usage
 from llamalab.tasks.task import Task, load_task
 
@@ -104,7 +103,7 @@ def latest_evals(lab: Lab, task: str, split: str = "test", only: set[str] | None
             continue
         latest[run.system_key] = record
     labels = [record.run.display_label for record in latest.values()]
-    return [Entry(record, {row["id"]: row for row in read_jsonl(record.folder / PREDICTIONS)},
+    return [Entry(record, read_predictions(record.folder),
                   label if labels.count(label) == 1 else f"{label} ({record.id[-4:]})")  # same label, other system
             for record, label in zip(latest.values(), labels, strict=True)]
 

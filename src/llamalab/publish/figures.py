@@ -114,7 +114,7 @@ def scaling(comparison: Comparison, curves: dict[str, list[tuple[int, SystemRow]
             m = [row.metrics[metric] for _, row in points]
             ax.errorbar(sizes, [x.estimate for x in m], yerr=[[x.estimate - x.low for x in m],
                                                                  [x.high - x.estimate for x in m]],
-                        marker="o", capsize=3, color=_BLUE, label=f"{name} (fine-tuned)")
+                        marker="o", capsize=3, color=_BLUE, label=f"{name} (fine-tuned; latest run per size)")
         for row, style in zip(references, ("--", ":", "-.", (0, (5, 1))), strict=False):
             m = row.metrics[metric]
             color = _ORANGE if row.kind == "api" else _GREY
@@ -138,7 +138,7 @@ def study_curve(result: ScalingResult, title: str) -> Figure:
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         sizes = [p.size for p in result.curve]
         ax.plot(sizes, [p.interval.estimate for p in result.curve], marker="o", color=_BLUE,
-                label=f"fine-tuned (mean of {max(p.seeds for p in result.curve)} seed(s))")
+                label=f"fine-tuned (mean of {_seed_counts([p.seeds for p in result.curve])} seed(s))")
         ax.fill_between(sizes, [p.interval.low for p in result.curve], [p.interval.high for p in result.curve],
                         color=_BLUE, alpha=0.15, linewidth=0)
         for crossover, style in zip(result.crossovers, ("--", ":", "-.", (0, (5, 1))), strict=False):
@@ -195,3 +195,8 @@ def quant_tradeoff(rows: list[QuantRow], metric: str, title: str) -> Figure:
 
 def _wrap(text: str, width: int = 34) -> str:
     return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def _seed_counts(seeds: list[int]) -> str:
+    """"3", or "1-3" where the sizes have different numbers of finished seeds."""
+    return str(seeds[0]) if min(seeds) == max(seeds) else f"{min(seeds)}-{max(seeds)}"

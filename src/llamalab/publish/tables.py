@@ -109,8 +109,9 @@ def sweep_cells(board: SweepBoard) -> tuple[list[str], list[list[str]]]:
     body = []
     for point in board.result.points:
         m = point.interval
-        test = ["best", "–"] if point.delta is None else [
-            signed(point.delta), f"{format_p(point.p_holm)}{' *' if point.worse else ''}"]
+        shared = f" (n={point.n_shared})" if point.delta is not None and point.n_shared != m.n else ""
+        test = ["best", "–"] if point.delta is None else [  # Δ on the examples both saw, with their n where fewer
+            signed(point.delta) + shared, f"{format_p(point.p_holm)}{' *' if point.worse else ''}"]
         body.append([point.setting, str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]", *test,
                      str(m.n)])
     return header, body

@@ -34,6 +34,17 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the resolved settings the run was started with
 TRAIN_LOG = "train_log.jsonl"  # one row per logged training step
 PREDICTIONS = "predictions.jsonl"  # an eval run's rows, one per example (prompt, prediction, scores)
+
+
+def read_predictions(folder: Path) -> dict[str, dict]:
+    """A run's prediction rows by example id, in file order. A row written twice (a resumed run can hold one)
+    counts once, the first: the one its evaluation's own metrics counted."""
+    from llamalab.runs.files import read_jsonl
+
+    rows: dict[str, dict] = {}
+    for row in read_jsonl(Path(folder) / PREDICTIONS):
+        rows.setdefault(row["id"], row)
+    return rows
 _PACKAGES = ("llamalab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "numpy", "scipy")
 
 

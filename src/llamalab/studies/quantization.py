@@ -16,8 +16,7 @@ from rich.console import Console
 
 from llamalab.evaluation.metrics import paired_test
 from llamalab.lab import Lab
-from llamalab.runs.files import read_jsonl
-from llamalab.runs.record import PREDICTIONS, RunRecord, list_runs
+from llamalab.runs.record import RunRecord, list_runs, read_predictions
 from llamalab.runs.schema import Interval
 from llamalab.studies.spec import Study
 
@@ -107,8 +106,7 @@ def quant_rows(lab: Lab, study: Study, records: dict[tuple[str, str], RunRecord]
         reference = records.get((name, REFERENCE))
         delta = p_value = test = None
         if reference is not None and reference is not record:
-            mine = {r["id"]: r for r in read_jsonl(record.folder / PREDICTIONS)}
-            theirs = {r["id"]: r for r in read_jsonl(reference.folder / PREDICTIONS)}
+            mine, theirs = read_predictions(record.folder), read_predictions(reference.folder)
             shared = sorted(mine.keys() & theirs.keys())
             result = paired_test(metric, [mine[i] for i in shared], [theirs[i] for i in shared], labels)
             delta, p_value, test = result.delta, result.p_value, result.test

@@ -17,8 +17,7 @@ from llamalab.evaluation import stats
 from llamalab.evaluation.compare import format_p, signed
 from llamalab.evaluation.metrics import row_statistic
 from llamalab.evaluation.stats import ALPHA
-from llamalab.runs.files import read_jsonl
-from llamalab.runs.record import PREDICTIONS, RunRecord
+from llamalab.runs.record import RunRecord, read_predictions
 from llamalab.runs.schema import Interval
 from llamalab.studies.run import CellState
 
@@ -78,7 +77,7 @@ class ScalingResult:
 
 
 def _rows(record: RunRecord) -> dict[str, dict]:
-    return {row["id"]: row for row in read_jsonl(record.folder / PREDICTIONS)}
+    return read_predictions(record.folder)
 
 
 def scaling_result(states: list[CellState], comparators: list[tuple[str, RunRecord]], metric: str,

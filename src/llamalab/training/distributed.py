@@ -65,6 +65,10 @@ def _worker(lab_root: str, folder: str) -> None:
     from llamalab.training.trainer import _run_training
 
     _die_with_parent(signal.SIGKILL)
+    import torch
+
+    if torch.cuda.is_available():  # each process its own card, before anything (the plan's matmul) touches one
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     lab = find_lab(lab_root)
     record = RunRecord.load(Path(folder))
     experiment, _ = resolve_experiment(record.config, str(Path(folder) / "config.yaml"))
