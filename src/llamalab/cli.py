@@ -193,9 +193,11 @@ def plan(
     table.add_column("what")
     notes = {"weights": "parameters at the training precision",
              "trainable": "gradients and AdamW's moments (LoRA: its weights too)",
-             "activations": f"kept for the backward pass ({result.tokens_per_batch:,} tokens, largest micro-batch)",
+             "activations": f"kept for the backward pass ({result.tokens_per_batch:,} tokens, largest micro-batch; "
+                            "on a CPU with the freed buffers its allocator keeps)",
              "checkpointed": "the same with activation checkpointing",
-             "logits": "output layer at the answer tokens", "workspace": "CPU matmul library's weight copies",
+             "logits": "output layer at the answer tokens",
+             "workspace": "weight copies (a GPU's full fine-tune: autocast's; FSDP on a CPU: measured)",
              "load": "peak while loading"}
     for part, mib in result.components.items():
         table.add_row(part, f"{mib:,.1f}", notes.get(part, ""))
