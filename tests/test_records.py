@@ -185,8 +185,9 @@ def test_find_run_names_one_run_or_lists_the_candidates(tmp_path):
     first = RunRecord.create(tmp_path, "eval", "twin", {}, **eval_fields())
     second = RunRecord.create(tmp_path, "eval", "twin", {}, **eval_fields())
     training = RunRecord.create(tmp_path, "train", "twin-lora", {}, **train_fields())
-    assert [r.id for r in matching_runs(tmp_path, "twin")] == sorted([first.id, second.id, training.id])
-    assert [r.id for r in matching_runs(tmp_path, "twin", kind="eval")] == sorted([first.id, second.id])
+    # oldest first by start time, also within one second (where run ids order by their random suffix)
+    assert [r.id for r in matching_runs(tmp_path, "twin")] == [first.id, second.id, training.id]
+    assert [r.id for r in matching_runs(tmp_path, "twin", kind="eval")] == [first.id, second.id]
     assert [r.id for r in matching_runs(tmp_path, first.id)] == [first.id]
     assert matching_runs(tmp_path, first.id, kind="train") == []
     assert find_run(tmp_path, second.id[-4:]).id == second.id

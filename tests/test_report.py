@@ -109,3 +109,35 @@ def test_one_number_per_run_in_every_place(published_lab):
         for name, m in row.metrics.items():
             assert m.model_dump() == record.run.metrics[name].model_dump() == on_disk[name], (row.system, name)
             assert format_interval(m) in md and format_interval(m) in page
+
+
+def test_the_task_scaling_figure_takes_the_latest_run_per_size_not_the_best_on_test(lab):
+    """On random labs: at a size trained more than once, the scaling figure's point is the latest training's
+    evaluation, whatever it scored (the best on the board's own split would be a choice made on test)."""
+    import numpy as np
+
+    from llamalab.publish.results import scaling_points, task_boards, train_runs
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields, train_fields
+
+    rng = np.random.default_rng(17)
+    latest: dict[int, str] = {}
+    for k in range(12):
+        size = int(rng.choice([25, 50, 100]))
+        train = RunRecord.create(lab.runs_dir, "train", "curve", {"train_examples": size, "seed": k},
+                                 **train_fields(experiment="curve"))
+        train.update(status="finished", data_used={"train_examples": size, "skipped_too_long": 0,
+                                                   "tokens_per_epoch": 1000})
+        evaluation = RunRecord.create(lab.runs_dir, "eval", f"curve-{k}", {"system": train.id},
+                                      **eval_fields(label=f"curve@{k}", kind="finetuned", train_run=train.id, n=20))
+        hits = rng.random(20) < rng.uniform(0.2, 0.9)
+        append_jsonl(evaluation.folder / "predictions.jsonl", [
+            {"id": f"x{i}", "gold": "positive", "prediction": "positive" if ok else "negative", "correct": bool(ok)}
+            for i, ok in enumerate(hits)])
+        evaluation.update(status="finished")
+        latest[size] = evaluation.id
+    [board] = [b for b in task_boards(lab) if b.name == "sentiment"]
+    [(name, points)] = scaling_points(board, {r.id: r for r in train_runs(lab)}).items()
+    assert name == "curve" and [size for size, _ in points] == sorted(latest)
+    assert [row.run for _, row in points] == [latest[size] for size in sorted(latest)]

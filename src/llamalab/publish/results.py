@@ -114,18 +114,20 @@ def loss_history(record: RunRecord) -> list[dict]:
 
 
 def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, SystemRow]]]:
-    """Fine-tuned systems on the board by experiment: (training examples, board row), fewest examples first; at a
-    size trained more than once, the latest training (not the best on this split: that would pick on test).
+    """Fine-tuned systems on the board (`trained`: their train runs, oldest first) by experiment: (training
+    examples, board row), fewest examples first; at a size trained more than once, the latest training (not the
+    best on this split: that would pick on test).
 
     Only experiments evaluated at two or more training-set sizes make a curve."""
-    curves: dict[str, dict[int, tuple[str, SystemRow]]] = {}
+    order = {run_id: k for k, run_id in enumerate(trained)}  # oldest first, as list_runs gives them
+    curves: dict[str, dict[int, tuple[int, SystemRow]]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
         train = trained.get(entry.run.system.train_run or "")
         size = train.run.data_used.train_examples if train and train.run.data_used else None
         if size:
             points = curves.setdefault(train.run.name, {})
-            if size not in points or train.id > points[size][0]:  # run ids begin with their start time
-                points[size] = (train.id, row)
+            if size not in points or order[train.id] > points[size][0]:
+                points[size] = (order[train.id], row)
     return {name: [(size, row) for size, (_, row) in sorted(points.items())] for name, points in sorted(curves.items())
             if len(points) >= 2}
 

@@ -150,7 +150,8 @@ def _validated(model: type[EvalRun] | type[TrainRun], data: dict[str, Any]) -> R
 
 
 def list_runs(runs_dir: Path, kind: str | None = None) -> list[RunRecord]:
-    """All runs (of one kind), oldest first. A run.json this llamalab cannot read is an error naming it."""
+    """All runs (of one kind), oldest first by their start time (to the millisecond: run ids give only the second,
+    then a random suffix). A run.json this llamalab cannot read is an error naming it."""
     if not runs_dir.is_dir():
         return []
     records = []
@@ -159,7 +160,15 @@ def list_runs(runs_dir: Path, kind: str | None = None) -> list[RunRecord]:
             record = RunRecord.load(folder)
             if kind is None or record.run.kind == kind:
                 records.append(record)
-    return records
+    return sorted(records, key=lambda r: (_started(r), r.id))
+
+
+def _started(record: RunRecord) -> datetime:
+    try:
+        started = datetime.fromisoformat(record.run.started)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return started if started.tzinfo else started.replace(tzinfo=UTC)
 
 
 def names_run(ref: str, run_id: str) -> bool:
