@@ -141,3 +141,19 @@ def test_the_task_scaling_figure_takes_the_latest_run_per_size_not_the_best_on_t
     [(name, points)] = scaling_points(board, {r.id: r for r in train_runs(lab)}).items()
     assert name == "curve" and [size for size, _ in points] == sorted(latest)
     assert [row.run for _, row in points] == [latest[size] for size in sorted(latest)]
+
+
+def test_a_tie_for_best_is_said_not_hidden_by_the_order(lab):
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields
+
+    for name in ("first", "second"):  # the same answers: the same estimate
+        record = RunRecord.create(lab.runs_dir, "eval", name, {"system": name}, **eval_fields(label=name, n=4))
+        append_jsonl(record.folder / "predictions.jsonl", [
+            {"id": f"x{i}", "gold": "positive", "prediction": "positive" if i % 2 else "negative",
+             "correct": bool(i % 2)} for i in range(4)])
+        record.update(status="finished")
+    text = (build_report(lab, "tie") / "README.md").read_text()
+    assert re.search(r"Best system on accuracy: \*\*(first|second) \[plain\]\*\* \(tied with (second|first) \[plain\]\), "
+                     r"0\.500", text), text[:800]

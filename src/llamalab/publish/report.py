@@ -157,9 +157,12 @@ def _provenance(boards: list[TaskBoard]) -> str:
 def _markdown_section(board: TaskBoard, paths: dict[str, list[str]], methods: list[str]) -> str:
     best = board.rows[0]
     m = best.metrics[board.metric]
+    tied = [r.system for r in board.rows[1:] if board.metric in r.metrics
+            and r.metrics[board.metric].estimate == m.estimate]  # ranked first by order alone: say so
+    tie = f" (tied with {', '.join(tied)})" if tied else ""
     lines = [
         f"## {board.name}\n",
-        f"Best system on {board.metric}: **{best.system}**, {m.estimate:.3f} "
+        f"Best system on {board.metric}: **{best.system}**{tie}, {m.estimate:.3f} "
         f"(95% CI {m.low:.3f} to {m.high:.3f}, n = {best.n:,}).\n",
         markdown_table(board),
         *(f"![{_alt(stem, board)}]({stem}.png)\n" for stem in paths["figures"] + paths["loss"]),
