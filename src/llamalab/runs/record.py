@@ -34,6 +34,7 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the resolved settings the run was started with
 TRAIN_LOG = "train_log.jsonl"  # one row per logged training step
 PREDICTIONS = "predictions.jsonl"  # an eval run's rows, one per example (prompt, prediction, scores)
+_PACKAGES = ("llamalab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "numpy", "scipy")
 
 
 def read_predictions(folder: Path) -> dict[str, dict]:
@@ -45,7 +46,6 @@ def read_predictions(folder: Path) -> dict[str, dict]:
     for row in read_jsonl(Path(folder) / PREDICTIONS):
         rows.setdefault(row["id"], row)
     return rows
-_PACKAGES = ("llamalab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "numpy", "scipy")
 
 
 def config_hash(config: dict) -> str:
