@@ -358,3 +358,31 @@ def test_time_per_epoch_for_several_processes_learns_from_runs_of_its_own_kind(t
         seconds = tokens * flops_per_token(Shape.of(config), method) / (device.matmul_tflops * 1e12 * efficiency)
         assert plan.seconds_per_epoch == pytest.approx(seconds, abs=0.051)
     assert learned >= 2  # the random records did give some plans past runs to learn from
+
+
+def test_the_offline_bundle_keeps_only_the_named_cuda_library_of_bitsandbytes(tmp_path):
+    """bench/offline_bundle.py slims bitsandbytes' wheel (one native library per CUDA version, 125 MB unpacked) to
+    the machine's CUDA version and the CPU library, keeping every other file; an unknown version is refused."""
+    import importlib.util
+    import zipfile
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("offline_bundle", Path(__file__).parents[1] / "bench" /
+                                                  "offline_bundle.py")
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    libraries = ["cpu", "cuda126", "cuda130", "cuda132", "rocm64", "xpu2026"]
+    names = ["bitsandbytes/__init__.py", *(f"bitsandbytes/libbitsandbytes_{k}.so" for k in libraries),
+             "bitsandbytes-0.50.2.dist-info/RECORD"]
+    wheel = tmp_path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name in names:
+            z.writestr(name, name * 10)
+    bundle.slim_bitsandbytes(wheel, "130")
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == sorted(n for n in names if not n.endswith(".so") or
+                                              n.endswith(("_cpu.so", "_cuda130.so")))
+        assert all(z.read(n) == (n * 10).encode() for n in z.namelist())
+    with pytest.raises(SystemExit, match="no library for CUDA 999"):
+        bundle.slim_bitsandbytes(wheel, "999")
+    assert zipfile.ZipFile(wheel).namelist()  # a refused slimming leaves the wheel as it was
