@@ -204,3 +204,29 @@ def test_a_row_written_twice_counts_once_everywhere_the_first(lab):
         assert _ordered(read_jsonl(record.folder / "predictions.jsonl"), examples) == rows
     entries = {e.record.id: e.predictions for e in latest_evals(lab, "sentiment", "test")}  # compare's reading
     assert all(entries[r.id] == read_predictions(r.folder) for r in list_runs(lab.runs_dir, "eval"))
+
+
+def test_time_per_thousand_and_example_counts_on_random_records(lab):
+    """Time per 1,000 examples is the recorded prediction time over the examples it timed (all of them for a run
+    that never resumed, or one from before `predict_examples`); a local cost is that time at the lab's rate; the
+    n shown for several systems is one count or the range of them."""
+    from llamalab.evaluation.compare import SystemRow, n_range
+    from llamalab.publish.figures import _seed_counts
+    from llamalab.publish.results import cost_and_time
+
+    rng = np.random.default_rng(31)
+    for k in range(40):
+        n = int(rng.integers(1, 5000))
+        record = RunRecord.create(lab.runs_dir, "eval", f"t{k}", {"k": k}, **eval_fields(n=n))
+        seconds, timed = round(float(rng.uniform(0.01, 5000)), 2), int(rng.integers(1, n + 1))
+        timings = {"predict_s": seconds} | ({"predict_examples": timed} if rng.random() < 0.7 else {})
+        record.update(timings=timings)
+        rate = float(rng.uniform(0.1, 5)) if rng.random() < 0.5 else None
+        got = cost_and_time(record, rate)
+        per_1k = round(1000 * seconds / timings.get("predict_examples", n), 1)
+        assert got["seconds_per_1k"] == per_1k
+        assert got["cost_per_1k_usd"] == (None if rate is None else round(rate * per_1k / 3600, 6))
+        counts = [int(c) for c in rng.integers(1, 3000, size=int(rng.integers(1, 5)))]
+        rows = [SystemRow.model_construct(n=c) for c in counts]
+        assert n_range(rows) == (f"{counts[0]:,}" if len(set(counts)) == 1 else f"{min(counts):,}–{max(counts):,}")
+        assert _seed_counts(counts) == (str(counts[0]) if len(set(counts)) == 1 else f"{min(counts)}-{max(counts)}")

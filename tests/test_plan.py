@@ -386,3 +386,22 @@ def test_the_offline_bundle_keeps_only_the_named_cuda_library_of_bitsandbytes(tm
     with pytest.raises(SystemExit, match="no library for CUDA 999"):
         bundle.slim_bitsandbytes(wheel, "999")
     assert zipfile.ZipFile(wheel).namelist()  # a refused slimming leaves the wheel as it was
+
+
+def test_a_cpu_plan_counts_what_the_allocator_keeps_on_random_shapes():
+    """On a CPU one process's activations are what autograd keeps plus the freed buffers glibc keeps
+    (CPU_RETAINED: the same again without checkpointing, half of it with); a GPU counts what autograd keeps."""
+    from llamalab.training.plan import CPU_RETAINED, Device, memory_plan
+
+    rng = random.Random(41)
+    for _ in range(30):
+        shape = Shape.of(_config(rng))
+        experiment = Experiment(task="t", method=rng.choice(["lora", "full"]), batch_size=rng.randint(1, 8))
+        lengths = [rng.randint(5, 300) for _ in range(rng.randint(1, 40))]
+        answers = [rng.randint(1, 4) for _ in lengths]
+        cpu = memory_plan(shape, experiment, Device("cpu", "a CPU", 64 * 1024, bf16=False), lengths, answers)
+        gpu = memory_plan(shape, experiment, Device("cuda", "a GPU", 64 * 1024, bf16=False), lengths, answers)
+        kept, checkpointed = gpu.components["activations"], gpu.components["checkpointed"]
+        assert cpu.components["activations"] == pytest.approx(kept * (1 + CPU_RETAINED[False]), abs=0.2)  # rounded
+        assert cpu.components["checkpointed"] == pytest.approx(checkpointed + kept * CPU_RETAINED[True], abs=0.2)
+        assert cpu.workspace_mb == 0  # no fixed weight copy outside FSDP

@@ -218,13 +218,13 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
     return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new})
 
 
-def settings_hash(lab: Lab, task: Task, system: str, **options: Any) -> str:
-    """The settings hash `evaluate(lab, system, task=task.name, **options)` records, found without loading a
+def settings_hash(lab: Lab, spec: Task, system: str, **options: Any) -> str:
+    """The settings hash `evaluate(lab, system, task=spec.name, **options)` records, found without loading a
     model: studies find their evaluations by it, as `evaluate(reuse=True)` does, so an evaluation of the same
     system with other settings (shots, format, protocol, ...) is never taken for theirs."""
-    settings = parse_model(EvalSettings, {"system": system, "task": task.name,
+    settings = parse_model(EvalSettings, {"system": system, "task": spec.name,
                                           **{k: v for k, v in options.items() if v is not None}}, "evaluate()")
-    return config_hash(complete_settings(settings, task, system_outline(lab, system)).model_dump())
+    return config_hash(complete_settings(settings, spec, system_outline(lab, system)).model_dump())
 
 
 def select_examples(examples: list[Example], limit: int | None) -> list[Example]:

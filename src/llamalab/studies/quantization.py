@@ -86,7 +86,6 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
     records = {}
     for name in study.spec.quantize.systems:
         options = _eval_options(study, system_outline(lab, name).trained_format)
-        options.pop("task")
         for quant in study.spec.quantize.types:
             # the evaluation run_quantization runs (its settings hash), not another of the same file
             wanted = settings_hash(lab, task, str(gguf_file(lab, name, quant.lower())), **options)

@@ -69,7 +69,6 @@ class _Evaluations:
     def of(self, system: str, **options) -> list[RunRecord]:
         from llamalab.evaluation.evaluate import settings_hash
 
-        options.pop("task", None)
         wanted = settings_hash(self.lab, self.task, system, **options)
         return [r for r in self.records if r.run.config_hash == wanted]
 
