@@ -61,6 +61,18 @@ def test_a_few_steps_write_a_complete_record(lab, tiny_model_dir):
     assert len((result.folder / "predictions.jsonl").read_text().splitlines()) == 20
 
 
+def test_a_diverged_run_fails_naming_the_step_instead_of_recording_a_loss_of_zero(lab, tiny_model_dir):
+    """The Trainer logs a NaN loss as 0 by default: a diverged run would have looked perfect."""
+    with pytest.raises(LlamalabError, match=r"training diverged at step \d+: .*nan.*Lower learning_rate"):
+        train(lab, tiny_experiment(lab, tiny_model_dir, "diverges", learning_rate=1e30, save_steps=100))
+    (run,) = list_runs(lab.runs_dir, "train")
+    assert run.run.status == "failed" and "diverged" in run.run.error
+    assert run.run.metrics is None or run.run.metrics.final_loss is None
+    logged = [json.loads(line) for line in (run.folder / "train_log.jsonl").read_text().splitlines()]
+    assert all(row["loss"] != 0 for row in logged)  # the diverged step is logged as it was
+    assert not (run.folder / "adapter").exists()
+
+
 def test_experiment_naming_a_missing_task(lab, tiny_model_dir):
     name = write_experiment(lab, "broken", f"task: sentimental\nbase_model: {tiny_model_dir}\n")
     with pytest.raises(LlamalabError, match=r"broken.yaml: key 'task': no task named 'sentimental'.*did you mean"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.progress import (
 )
 from transformers import TrainerCallback
 
+from llamalab.config import LlamalabError
 from llamalab.progress import new_progress
 from llamalab.runs.files import append_jsonl, read_jsonl, write_text_atomic
 
@@ -49,14 +51,21 @@ class ProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" not in logs or not state.is_world_process_zero:
+        if "loss" not in logs:
             return
-        self.tokens_this_session = state.num_input_tokens_seen - self.start_tokens
-        rate = self.tokens_this_session / max(time.perf_counter() - self.start_time, 1e-9)
-        append_jsonl(self.log_path, [{"step": state.global_step, **logs, "tokens_per_s": round(rate, 1)}])
+        if state.is_world_process_zero:
+            self.tokens_this_session = state.num_input_tokens_seen - self.start_tokens
+            rate = self.tokens_this_session / max(time.perf_counter() - self.start_time, 1e-9)
+            append_jsonl(self.log_path, [{"step": state.global_step, **logs, "tokens_per_s": round(rate, 1)}])
+            if self.progress:
+                info = f"loss {logs['loss']:.4f}  {rate:,.0f} tok/s"
+                self.progress.update(self.task_id, completed=state.global_step, info=info)
+        diverged(state.global_step, logs, self.on_train_end)  # every process sees the same (gathered) loss
+
+    def on_train_end(self, args=None, state=None, control=None, **kwargs):
         if self.progress:
-            info = f"loss {logs['loss']:.4f}  {rate:,.0f} tok/s"
-            self.progress.update(self.task_id, completed=state.global_step, info=info)
+            self.progress.stop()
+            self.progress = None
 
     def on_save(self, args, state, control, **kwargs):
         # The trainer calls on_save after the checkpoint folder is fully written: mark it usable.
@@ -65,9 +74,23 @@ class ProgressCallback(TrainerCallback):
             files = sorted(p.name for p in folder.iterdir() if p.name != CHECKPOINT_DONE)
             write_text_atomic(folder / CHECKPOINT_DONE, "".join(f"{name}\n" for name in files))
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress:
-            self.progress.stop()
+
+
+def diverged(step: int, logs: dict, before_raising=lambda: None) -> None:
+    """Stop a run whose loss or gradient norm is no longer a number.
+
+    The Trainer would log such a step's loss as 0 (its `logging_nan_inf_filter`, switched off here), and the record
+    would show a diverged run as a perfect one; continuing would only train a model of NaNs.
+    """
+    bad = {key: logs[key] for key in ("loss", "grad_norm") if key in logs and not math.isfinite(logs[key])}
+    if not bad:
+        return
+    before_raising()
+    found = ", ".join(f"{key} {value}" for key, value in bad.items())
+    raise LlamalabError(
+        f"training diverged at step {step}: {found} (learning_rate {logs.get('learning_rate', '?')}). Lower "
+        "learning_rate (or raise warmup_ratio) and train again; the run is marked failed"
+    )
 
 
 def drop_log_after(path: Path, step: int) -> None:

@@ -326,6 +326,7 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         seed=experiment.seed,
         data_seed=experiment.seed,
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a NaN loss stays NaN (and stops the run: callbacks.diverged), not 0
         save_strategy="steps",
         save_steps=experiment.save_steps,
         save_total_limit=2,
