@@ -17,14 +17,17 @@ First it checks that row-by-row attention (how llamalab trains padding-free batc
 numbers here too: its largest difference from each row attended alone in float32 (bf16's own rounding is ~1e-2).
 Then it prints tokens/s, model TFLOP/s (4 P per trained token, as TRL comparisons count; 2 P per token the model
 computed when scoring, without the embedding table, which is looked up, and the output layer, which runs at a few
-positions) and the share of the card's bf16 matmul rate measured at the start, peak GPU memory against
-`llamalab plan`'s prediction, and the ratio to TRL. Label scoring runs in bfloat16 on a GPU, batch 64. Each run's
-result (or its error: one failing run does not stop the others) is printed, and written to --out, as it ends.
+positions) and the share of the card's bf16 matmul rate measured at the start; the same over the later half of
+the steps, with the first step's and the median step's seconds (a per-step cost, or a start-up one?); peak GPU
+memory against `llamalab plan`'s prediction, and the ratio to TRL. Label scoring runs in bfloat16 on a GPU, batch
+64. Each run's result (or its error: one failing run does not stop the others) is printed, and written to --out, as
+it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -83,6 +86,36 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
+def step_clock():
+    """A TrainerCallback noting when each step ends: the steady rate (after the first steps, which carry one-time
+    costs such as kernel selection and the optimizer's first allocation) tells a per-step cost from a start-up one."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.ends: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.ends = [time.perf_counter()]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+        def timing(self, tokens: float) -> dict:
+            """Seconds of the first step, median seconds per later step, and the tokens/s over the later half
+            (taking the steps' tokens as equal: rows are drawn from one distribution)."""
+            import statistics
+
+            steps = [b - a for a, b in itertools.pairwise(self.ends)]
+            if len(steps) < 4:
+                return {"first_step_s": round(steps[0], 3) if steps else None}
+            half = len(steps) // 2
+            return {"first_step_s": round(steps[0], 3), "median_step_s": round(statistics.median(steps[1:]), 4),
+                    "steady_tokens_per_s": tokens * (len(steps) - half) / len(steps) / sum(steps[half:])}
+
+    return StepClock()
+
+
 def _rows(lab, folder: Path, count: int) -> list[dict]:
     from llamalab.models import load_tokenizer, resolve_model
     from llamalab.tasks.data import load_task_data
@@ -116,6 +149,7 @@ def trl_default(lab, folder: Path, batch: int, steps: int) -> dict:
             model=model, args=config, train_dataset=Dataset.from_list(_rows(lab, folder, batch * steps)),
             processing_class=load_tokenizer(resolve_model(str(folder))),
             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+            callbacks=[clock := step_clock()],
         )
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -126,21 +160,26 @@ def trl_default(lab, folder: Path, batch: int, steps: int) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     del trainer, model
     _release()
-    return {"tokens_per_s": tokens / seconds, "peak_mib": peak}
+    return {"tokens_per_s": tokens / seconds, "peak_mib": peak, **clock.timing(tokens)}
 
 
 def llamalab_train(lab, folder: Path, batch: int, steps: int, **settings) -> dict:
+    from llamalab.runs.files import read_jsonl
+    from llamalab.runs.record import TRAIN_LOG
     from llamalab.training.experiment import Experiment
     from llamalab.training.trainer import train
 
     experiment = Experiment(task="gsm8k", base_model=str(folder), batch_size=batch, max_steps=steps,
                             train_examples=batch * steps, save_steps=10**6, max_length=1024, **settings)
-    record = train(lab, experiment, name=f"bench-{folder.name}-{'-'.join(map(str, settings.values())) or 'lora'}")
+    clock = step_clock()
+    record = train(lab, experiment, name=f"bench-{folder.name}-{'-'.join(map(str, settings.values())) or 'lora'}",
+                   callbacks=[clock])
     _release()
     memory = record.run.memory
+    tokens = max(row["num_input_tokens_seen"] for row in read_jsonl(record.folder / TRAIN_LOG))
     return {"tokens_per_s": record.run.throughput["tokens_per_s"], "peak_mib": memory.measured_mb,
             "predicted_mib": memory.predicted_mb, "checkpointing": memory.activation_checkpointing,
-            "reason": memory.reason}
+            "reason": memory.reason, **clock.timing(tokens)}
 
 
 def label_scoring(lab, folder: Path, limit: int, batch: int) -> dict:
@@ -289,6 +328,11 @@ def _print(shape: str, params: int, scoring_flops: float, runs: dict, rate: floa
         ratio = f"{run['tokens_per_s'] / peer:.2f}x TRL default" if peer else "TRL default failed"
         print(f"  {name:18s} {run['tokens_per_s']:10,.0f} tokens/s  {tflops:8.3g} model TFLOP/s "
               f"({tflops / rate:.0%} of the card)  {memory}  {ratio}")
+        if run.get("steady_tokens_per_s"):
+            steady = 4 * params * run["steady_tokens_per_s"] / 1e12
+            print(f"  {'':18s} {run['steady_tokens_per_s']:10,.0f} tokens/s over the later half of the steps "
+                  f"({steady:.3g} TFLOP/s, {steady / rate:.0%}); first step {run['first_step_s']} s, then "
+                  f"{run['median_step_s']} s a step (median)")
 
 
 def _remove(folder: Path) -> None:

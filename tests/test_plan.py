@@ -277,6 +277,7 @@ def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path):
     assert set(runs) == {"TRL default", "llamalab", "label scoring"}
     assert not [run["error"] for run in runs.values() if "error" in run]  # a failing run is kept, not raised
     assert runs["llamalab"]["tokens_per_s"] > 0 and runs["llamalab"]["predicted_mib"] > 0
+    assert runs["llamalab"]["first_step_s"] > 0 and runs["TRL default"]["first_step_s"] > 0
     assert runs["label scoring"]["forward_tokens_per_s"] > 0 and runs["label scoring"]["precision"] == "float32"
     assert "x TRL default" in done.stdout and "of the card" in done.stdout
 
