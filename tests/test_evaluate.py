@@ -127,3 +127,20 @@ def test_unknown_backend_on_the_command_line(lab):
                                       "--lab", str(lab.root)])
     assert isinstance(result.exception, LlamalabError)
     assert "key 'backend'" in str(result.exception) and "'hf', 'llama.cpp' or 'vllm'" in str(result.exception)
+
+
+def test_a_model_giving_nan_log_probabilities_is_an_error_not_the_first_labels_share(lab, tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-llama"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights["model.norm.weight"] = torch.full_like(weights["model.norm.weight"], float("nan"))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LlamalabError, match=r"example .*: the model's log-probability of .* is NaN"):
+        evaluate(lab, EvalSettings(system=str(broken), task="sentiment", limit=4))
+    (run,) = list_runs(lab.runs_dir, "eval")
+    assert run.run.status == "failed" and "NaN" in run.run.error

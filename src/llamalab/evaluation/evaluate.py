@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -328,6 +329,12 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
                 rows = []
                 for i, per_label in zip(indices, scores, strict=True):
                     raw = dict(zip(labels, per_label, strict=True))
+                    if broken := [lab for lab, s in raw.items() if math.isnan(s.logprob)]:
+                        # max() over NaNs picks whichever label comes first: the accuracy would be a label share
+                        raise LlamalabError(
+                            f"example {examples[i].id}: the model's log-probability of {broken[0]!r} is NaN (its "
+                            f"weights, or {settings.precision} arithmetic, overflowed): evaluate with precision: "
+                            "float32, or check the model")
                     values = {lab: label_score(s.logprob, s.n_tokens, chars[lab],
                                                (unconditional or {}).get(lab), task.answer.normalize)
                               for lab, s in raw.items()}
