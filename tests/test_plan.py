@@ -258,8 +258,9 @@ def test_qlora_trains_on_a_4bit_base_and_its_adapter_evaluates(lab, tiny_model_d
 
 
 @pytest.mark.slow
-def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path):
-    """bench/gpu_train.py is run on a lent GPU with little time to spare: it must work the first time."""
+def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path, tokenizer):
+    """bench/gpu_train.py is run on a lent GPU with little time to spare: it must work the first time, as it is run
+    there (with the tokenizer as a folder, as bench/offline_bundle.py sends it)."""
     import json
     import subprocess
     import sys
@@ -267,8 +268,10 @@ def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path):
 
     script = Path(__file__).parents[1] / "bench" / "gpu_train.py"
     out = tmp_path / "results.json"
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
     done = subprocess.run([sys.executable, str(script), "--shapes", "tiny", "--steps", "2", "--batch", "2",
-                           "--score-limit", "8", "--work", str(tmp_path), "--out", str(out)],
+                           "--score-limit", "8", "--work", str(tmp_path), "--out", str(out),
+                           "--tokenizer", str(tmp_path / "tokenizer")],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -361,17 +364,23 @@ def test_time_per_epoch_for_several_processes_learns_from_runs_of_its_own_kind(t
     assert learned >= 2  # the random records did give some plans past runs to learn from
 
 
-def test_the_offline_bundle_keeps_only_the_named_cuda_library_of_bitsandbytes(tmp_path):
-    """bench/offline_bundle.py slims bitsandbytes' wheel (one native library per CUDA version, 125 MB unpacked) to
-    the machine's CUDA version and the CPU library, keeping every other file; an unknown version is refused."""
+def _offline_bundle():
     import importlib.util
-    import zipfile
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("offline_bundle", Path(__file__).parents[1] / "bench" /
                                                   "offline_bundle.py")
     bundle = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bundle)
+    return bundle
+
+
+def test_the_offline_bundle_keeps_only_the_named_cuda_library_of_bitsandbytes(tmp_path):
+    """bench/offline_bundle.py slims bitsandbytes' wheel (one native library per CUDA version, 125 MB unpacked) to
+    the machine's CUDA version and the CPU library, keeping every other file; an unknown version is refused."""
+    import zipfile
+
+    bundle = _offline_bundle()
     libraries = ["cpu", "cuda126", "cuda130", "cuda132", "rocm64", "xpu2026"]
     names = ["bitsandbytes/__init__.py", *(f"bitsandbytes/libbitsandbytes_{k}.so" for k in libraries),
              "bitsandbytes-0.50.2.dist-info/RECORD"]
@@ -387,6 +396,21 @@ def test_the_offline_bundle_keeps_only_the_named_cuda_library_of_bitsandbytes(tm
     with pytest.raises(SystemExit, match="no library for CUDA 999"):
         bundle.slim_bitsandbytes(wheel, "999")
     assert zipfile.ZipFile(wheel).namelist()  # a refused slimming leaves the wheel as it was
+
+
+@pytest.mark.parametrize(("wheel", "any_python"), [
+    ("trl-1.16.0-py3-none-any.whl", True),
+    ("pylatexenc-2.11-py2.py3-none-any.whl", True),
+    ("bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl", True),  # one library for every Python 3
+    ("multiprocess-0.70.19-py311-none-any.whl", False),  # pure Python, but made for 3.11 alone
+    ("pydantic_core-2.50.5-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl", False),
+    ("xxhash-4.1.0-cp311-cp311-manylinux_2_17_x86_64.whl", False),
+    ("foo-1.0-1build-cp39-abi3-manylinux_2_17_x86_64.whl", False),  # a build tag, and a stable-ABI extension
+])
+def test_the_offline_bundle_fetches_the_gpu_machines_wheel_where_a_wheel_is_made_for_one_python(wheel, any_python):
+    """The GPU machine's python3 may be another version than this one: a wheel that is compiled, or made for one
+    Python version, is fetched for the machine's (one built here would not install there)."""
+    assert _offline_bundle().for_any_python(wheel) is any_python
 
 
 def test_a_cpu_plan_counts_what_the_allocator_keeps_on_random_shapes():
