@@ -120,3 +120,37 @@ def test_a_killed_two_process_run_resumes(lab, tiny_model_dir, experiment):
     assert resumed.id == killed.id and resumed.run.finished and resumed.run.resumed
     steps = [json.loads(line)["step"] for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 251))
+
+
+def test_fsdp_on_gpus_averages_gradients_in_float32():
+    """accelerate's FSDP2 policy for bf16 computes and reduces in bf16; the one a GPU run gets reduces in float32
+    (GPUs are not lent to these tests: the policy is checked, not a run with it)."""
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from llamalab.training.trainer import fp32_reduction
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)  # as fsdp_config asks for
+    plugin.set_mixed_precision("bf16")
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.bfloat16  # accelerate's own
+    policy = fp32_reduction(plugin.mixed_precision_policy)
+    assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (torch.bfloat16, torch.float32,
+                                                                               torch.bfloat16)
+    assert fp32_reduction(None) is None
+
+
+def test_more_processes_than_gpus_is_refused_before_a_run_starts(lab, tiny_model_dir, monkeypatch):
+    import torch
+
+    from llamalab.config import LlamalabError
+    from llamalab.training import distributed
+
+    monkeypatch.setattr(distributed, "_cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    name = write_experiment(lab, "two", json.dumps({"task": "sentiment", "base_model": str(tiny_model_dir),
+                                                    "batch_size": 4, "max_steps": 2}))
+    with pytest.raises(LlamalabError, match=r"--processes 2 needs a GPU for each process, and 1 is visible "
+                                            r"\(CUDA_VISIBLE_DEVICES=3\): use --processes 1 or fewer"):
+        train(lab, name, processes=2)
+    assert not list_runs(lab.runs_dir)

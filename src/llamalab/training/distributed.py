@@ -45,6 +45,20 @@ def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Con
         raise LlamalabError(f"a training process failed (exit code {result.returncode}); see its output above")
 
 
+def check_devices(processes: int) -> None:
+    """On GPUs each process takes a card of its own: refuse more processes than cards, before any run starts."""
+    if processes > 1 and _cuda_available():
+        import torch
+
+        if processes > (cards := torch.cuda.device_count()):
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise LlamalabError(
+                f"--processes {processes} needs a GPU for each process, and {cards} "
+                f"{'is' if cards == 1 else 'are'} visible"
+                + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+                + f": use --processes {cards} or fewer")
+
+
 def _die_with_parent(sig: int) -> None:
     """Linux: have the kernel send `sig` to this process when its parent dies. torchrun starts its workers in
     sessions of their own, so without it a killed `llamalab train` would leave them training on (and rotating

@@ -55,6 +55,10 @@ def train(
         name, source = name or path.stem, str(path)
         experiment, resolved = load_experiment(path, overrides)
     check_processes(experiment, processes)  # before any run folder exists
+    if processes > 1:
+        from llamalab.training.distributed import check_devices
+
+        check_devices(processes)
     if reuse:
         if done := finished_run(lab.runs_dir, "train", resolved, name):
             return done
@@ -255,7 +259,12 @@ def _answer_loss_trainer():
             _ = self.args.device  # sets up the process state now, not after the switch below
             super().create_accelerator_and_postprocess()
             state = self.accelerator.state
-            if self.args.fsdp_plugin_args is None or state.distributed_type != DistributedType.MULTI_CPU:
+            if self.args.fsdp_plugin_args is None:
+                return
+            if state.distributed_type == DistributedType.FSDP:  # on GPUs, by accelerate's own bf16 policy
+                state.fsdp_plugin.mixed_precision_policy = fp32_reduction(state.fsdp_plugin.mixed_precision_policy)
+                return
+            if state.distributed_type != DistributedType.MULTI_CPU:
                 return
             # No FSDP mixed-precision policy (which would compute every layer, norms too, in bf16): the weights
             # stay float32 and bf16 comes from autocast, as in one process, so N processes give its numbers.
@@ -313,7 +322,7 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
     from trl import SFTConfig
 
     fsdp = fsdp_shards(experiment, processes)
-    return SFTConfig(
+    config = SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=experiment.batch_size // processes,  # batch_size is the global batch
         gradient_accumulation_steps=experiment.grad_accum,
@@ -352,6 +361,23 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         fsdp=fsdp or None,
         fsdp_config=fsdp_config(checkpointing) if fsdp else None,
     )
+    if processes == 1 and config.n_gpu > 1:
+        # One process sees several GPUs (a workstation, a Slurm job's allocation): the Trainer would wrap the model
+        # in nn.DataParallel, which TRL refuses. Train on the first; `--processes N` uses them all.
+        config._n_gpu = 1
+    return config
+
+
+def fp32_reduction(policy):
+    """accelerate's FSDP2 bf16 policy with the gradients averaged across processes in float32, not bfloat16 (whose
+    8-bit mantissa would round each process's share before the float32 AdamW update sees it)."""
+    from dataclasses import replace
+
+    import torch
+
+    if policy is None or policy.param_dtype != torch.bfloat16:
+        return policy
+    return replace(policy, reduce_dtype=torch.float32)
 
 
 def fsdp_config(checkpointing: bool) -> dict:
