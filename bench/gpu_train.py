@@ -20,8 +20,9 @@ computed when scoring, without the embedding table, which is looked up, and the 
 positions) and the share of the card's bf16 matmul rate measured at the start; the same over the later half of
 the steps, with the first step's and the median step's seconds (a per-step cost, or a start-up one?); peak GPU
 memory against `llamalab plan`'s prediction, and the ratio to TRL. Label scoring runs in bfloat16 on a GPU, batch
-64. Each run's result (or its error: one failing run does not stop the others) is printed, and written to --out, as
-it ends.
+64, as `llamalab eval` does: close calls (labels within 0.5 nats) are scored again in float32, and a random model
+makes many; their count is printed, and their second pass is time not counted as FLOPs. Each run's result (or its
+error: one failing run does not stop the others) is printed, and written to --out, as it ends.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def label_scoring(lab, folder: Path, limit: int, batch: int) -> dict:
     throughput = record.run.throughput
     return {"examples_per_s": throughput["examples_per_s"], "tokens_per_s": throughput["tokens_per_s"],
             "forward_tokens_per_s": throughput.get("forward_tokens_per_s"), "precision": precision,
-            "batch_size": batch}
+            "batch_size": batch, "examples": limit, "rechecked_float32": throughput.get("rechecked_float32")}
 
 
 def rows_attention_error(seed: int = 0) -> float:
@@ -315,8 +316,10 @@ def _print(shape: str, params: int, scoring_flops: float, runs: dict, rate: floa
         if "examples_per_s" in run:
             computed = run.get("forward_tokens_per_s") or run["tokens_per_s"]
             tflops = scoring_flops * computed / 1e12
+            rechecked = (f"; {run['rechecked_float32']} of {run['examples']} close calls scored again in float32, "
+                         "not counted" if run.get("rechecked_float32") else "")
             print(f"  {name:18s} {run['examples_per_s']:10,.1f} examples/s  {tflops:8.3g} forward TFLOP/s "
-                  f"({tflops / rate:.0%} of the card; {run['precision']}, batch {run['batch_size']})")
+                  f"({tflops / rate:.0%} of the card; {run['precision']}, batch {run['batch_size']}{rechecked})")
             continue
         tflops = 4 * params * run["tokens_per_s"] / 1e12
         memory = f"peak {run['peak_mib'] / 1024:6.1f} GiB" if run.get("peak_mib") else "peak n/a"

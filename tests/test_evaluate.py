@@ -144,3 +144,13 @@ def test_a_model_giving_nan_log_probabilities_is_an_error_not_the_first_labels_s
         evaluate(lab, EvalSettings(system=str(broken), task="sentiment", limit=4))
     (run,) = list_runs(lab.runs_dir, "eval")
     assert run.run.status == "failed" and "NaN" in run.run.error
+
+
+def test_a_bfloat16_evaluation_records_how_many_close_calls_it_rescored_in_float32(lab, tiny_model_dir):
+    """The tiny random model's labels are all within 0.5 nats of each other: every example is scored twice, and
+    the record says so (its examples/s is not bfloat16's alone)."""
+    bf16 = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=6, precision="bfloat16"))
+    assert bf16.run.throughput["rechecked_float32"] == 6
+    fp32 = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=6))
+    assert "rechecked_float32" not in fp32.run.throughput
+    assert [r["prediction"] for r in rows_of(bf16)] == [r["prediction"] for r in rows_of(fp32)]

@@ -138,3 +138,26 @@ def test_forward_tokens_counts_what_the_model_computed(model, seed):
             assert sum(seen) == forward_tokens(requests, share_prefix=share)
     finally:
         hook.remove()
+
+
+def test_bfloat16_scoring_reports_the_close_calls_it_scored_again_in_float32(model):
+    import copy
+    import random
+
+    from llamalab.backends.hf_scoring import _too_close
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # logits ~30x as spread as the tiny model's (0.1 nats): some calls are close, some not
+        model.get_output_embeddings().weight.mul_(30)
+    rng = random.Random(1)
+    requests = [ChoiceRequest([rng.randint(3, 400) for _ in range(rng.randint(1, 12))],
+                              [[rng.randint(3, 400)] for _ in range(rng.randint(2, 4))]) for _ in range(40)]
+    exact = score_choices(model, requests, batch_size=8)
+    rechecked: list[int] = []
+    mixed = score_choices(model, requests, batch_size=8, precision="bfloat16", rechecked=rechecked)
+    assert len(set(rechecked)) == len(rechecked) and 0 < len(rechecked) < len(requests)  # the seed gives both kinds
+    for i, (ours, theirs) in enumerate(zip(mixed, exact, strict=True)):
+        if i in rechecked:  # its float32 scores
+            assert [s.logprob for s in ours] == pytest.approx([s.logprob for s in theirs], abs=1e-4)
+        else:  # decided in bfloat16 by a clear margin
+            assert not _too_close(ours)

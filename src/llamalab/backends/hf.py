@@ -29,6 +29,7 @@ class HFBackend:
         self.model = model
         self.tokenizer = tokenizer
         self._provenance = provenance
+        self.rechecked = 0  # examples the last `score_choices` scored again in float32 (close calls in bfloat16)
 
     def provenance(self) -> dict[str, Any]:
         return {"backend": self.name, "dtype": str(self.model.dtype).removeprefix("torch."),
@@ -37,7 +38,9 @@ class HFBackend:
     def score_choices(
         self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
-        score_choices(self.model, requests, batch_size, on_batch=on_batch, precision=precision)
+        rechecked: list[int] = []
+        score_choices(self.model, requests, batch_size, on_batch=on_batch, precision=precision, rechecked=rechecked)
+        self.rechecked = len(rechecked)
 
     def forward_tokens(self, requests: list[ChoiceRequest]) -> int:
         """The tokens `score_choices` computes for `requests` (shared prefix once, no padding)."""

@@ -39,12 +39,14 @@ def score_choices(
     on_batch: Callable[[list[int], list[list[ChoiceScore]]], None] | None = None,
     precision: Precision = "float32",
     share_prefix: bool = True,
+    rechecked: list[int] | None = None,
 ) -> list[list[ChoiceScore]]:
     """Score every choice of every request; batches are length-sorted to waste little padding.
 
     `on_batch(indices, scores)` is called after each batch (for progress and incremental saving). With
     `share_prefix`, the tokens all prompts start with are computed once (the scores are those of the full
-    computation, to float rounding).
+    computation, to float rounding). In bfloat16, close calls are scored again in float32; their request indices
+    are appended to `rechecked`.
     """
     for request in requests:
         if not request.prompt_ids or any(not c for c in request.choice_ids):
@@ -71,6 +73,8 @@ def score_choices(
                 exact = _score_batch(model, [requests[indices[k]] for k in close], "float32", prefix("float32"))
                 for k, s in zip(close, exact, strict=True):
                     scores[k] = s
+                if rechecked is not None:
+                    rechecked.extend(indices[k] for k in close)
         for i, s in zip(indices, scores, strict=True):
             results[i] = s
         if on_batch:

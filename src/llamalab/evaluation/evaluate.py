@@ -191,7 +191,10 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, load
                             "tokens_per_s": round(n_tokens / max(seconds, 1e-9)),
                             # what the model computed (a shared prompt prefix once, no padding): the work's floor
                             **({"forward_tokens": computed, "forward_tokens_per_s": round(computed / max(
-                                seconds, 1e-9))} if computed is not None else {})},
+                                seconds, 1e-9))} if computed is not None else {}),
+                            # bfloat16 scoring re-scores its close calls in float32: the rate covers both passes
+                            **({"rechecked_float32": backend.rechecked} if settings.precision == "bfloat16"
+                               and settings.protocol == "loglikelihood" and hasattr(backend, "rechecked") else {})},
                 usage=_usage(rows),
             )
             write_json_atomic(record.folder / "metrics.json", metrics)
