@@ -1,8 +1,10 @@
 """vLLM backend for GPUs (optional extra: pip install 'llamalab[vllm]').
 
 Prompts go in as token ids from the shared Prompter, so vLLM sees exactly what the other backends
-see. Label scores come from prompt log-probs of prompt + choice; vLLM's prefix cache computes each
-shared prompt once. Exercised by bench/vllm_eval.py on a GPU machine.
+see. Label scores come from prompt log-probs of prompt + choice, the whole prompt computed for each choice: vLLM
+does not read its prefix cache for requests that ask for prompt log-probs, and with the cache on, prompt log-probs
+have been reported stale (vllm-project/vllm#42019), so it is off. Written for bench/vllm_eval.py on a GPU machine;
+not yet run by this project (README).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class VLLMBackend:
             from vllm.lora.request import LoRARequest
 
             self._lora = LoRARequest("adapter", 1, adapter)
-        self.llm = LLM(model=model_path, tokenizer=model_path, seed=0, enable_prefix_caching=True,
+        self.llm = LLM(model=model_path, tokenizer=model_path, seed=0, enable_prefix_caching=False,
                        enable_lora=adapter is not None)
         # vLLM picks the dtype (dtype="auto": bfloat16 or float16 for float32 checkpoints): --precision does not apply.
         self.precision = _dtype(self.llm)
