@@ -90,6 +90,68 @@ def test_activation_bytes_match_what_autograd_keeps(method):
             assert predicted == pytest.approx(measured, rel=0.1), (config, dtype)
 
 
+def _qlora_saved_bytes_per_token_layer(config: dict, tmp_path, r: int, checkpointing: bool) -> float:
+    """As `_saved_bytes_per_token_layer`, for QLoRA as the trainer builds it: the base in 4-bit NF4 through
+    `_load_for_training` (PEFT's k-bit preparation), the adapter in bf16 as TRL casts it, under bf16 autocast."""
+    import torch
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llamalab.models import ModelRef
+    from llamalab.training.trainer import _load_for_training, _peft_config
+
+    experiment = Experiment(task="t", method="qlora", batch_size=1, lora={"r": r})
+
+    def kept(layers: int, tokens: int) -> int:
+        folder = tmp_path / f"layers-{layers}"
+        if not folder.is_dir():
+            torch.manual_seed(0)
+            LlamaForCausalLM(LlamaConfig(**{**config, "num_hidden_layers": layers})).save_pretrained(folder)
+        model = _load_for_training(experiment, ModelRef(str(folder), str(folder), "local"), torch.bfloat16,
+                                   checkpointing)
+        model = get_peft_model(model, _peft_config(experiment))
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.to(torch.bfloat16)  # what TRL's SFTTrainer does for QLoRA
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        weights = {p.data_ptr() for p in model.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            if t.data_ptr() not in weights:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=torch.randint(0, config["vocab_size"], (1, tokens)), logits_to_keep=1)
+        return sum(storages.values())
+
+    return ((kept(2, 48) - kept(1, 48)) - (kept(2, 24) - kept(1, 24))) / 24
+
+
+@pytest.mark.slow
+def test_qlora_activation_bytes_match_what_autograd_keeps(tmp_path):
+    """QLoRA keeps a float32 residual stream (k-bit preparation) and, with checkpointing, only each layer's input."""
+    from llamalab.training.plan import Device, memory_plan
+
+    rng = random.Random(3)
+    for k in range(3):
+        config = {**_config(rng), "intermediate_size": rng.choice([64, 128])}
+        shape, r = Shape.of(config), rng.choice([2, 8])
+        measured = _qlora_saved_bytes_per_token_layer(config, tmp_path / f"{k}", r, checkpointing=False)
+        assert activation_bytes(shape, "qlora", True, r, 7) == pytest.approx(measured, rel=0.05), config
+        checkpointed = _qlora_saved_bytes_per_token_layer(config, tmp_path / f"{k}", r, checkpointing=True)
+        tokens = 10**6  # the plan's parts are rounded to 0.1 MiB
+        plan = memory_plan(shape, Experiment(task="t", method="qlora", batch_size=1, lora={"r": r}),
+                           Device("cuda", "a device", 64 * 1024, bf16=True), [tokens], [1])
+        per_layer = activation_bytes(shape, "qlora", True, r, 7) * tokens
+        edges = tokens * shape.hidden * 4 * 3  # embedding output, final norm, last hidden states: float32
+        kept_inputs = plan.checkpointed_mb * 2**20 - per_layer * 2 - edges
+        assert kept_inputs / tokens / shape.layers == pytest.approx(checkpointed, rel=0.01), config
+
+
 def test_fsdp_plan_holds_each_process_share_as_fsdp_shards_it():
     """FSDP2 shards a real Llama over N processes (a fake process group stands in for N-1 of them): a process's
     shards and its whole-held parameters are what the plan says, and training state divides the same way."""
@@ -241,6 +303,9 @@ def test_training_records_the_plan_and_checkpoints_when_told_the_device_is_small
 def test_qlora_trains_on_a_4bit_base_and_its_adapter_evaluates(lab, tiny_model_dir, monkeypatch):
     import sys
 
+    import torch
+    from safetensors.torch import load_file
+
     from llamalab.evaluation.evaluate import evaluate
     from llamalab.training.trainer import train
 
@@ -253,6 +318,9 @@ def test_qlora_trains_on_a_4bit_base_and_its_adapter_evaluates(lab, tiny_model_d
     record = train(lab, "tiny-q")
     assert record.run.finished and (record.folder / "adapter" / "adapter_config.json").is_file()
     assert record.run.metrics.steps == 3 and record.run.memory.measured_mb is not None
+    # TRL trains a QLoRA adapter in bf16 (the plan counts 8 bytes an adapter parameter, not LoRA's 16)
+    assert {t.dtype for t in load_file(record.folder / "adapter" / "adapter_model.safetensors").values()} == {
+        torch.bfloat16}
     result = evaluate(lab, record.id, task="sentiment", limit=8)
     assert result.run.finished and result.run.system.train_run == record.id
 

@@ -4,13 +4,15 @@ Memory is the sum of parts, each from the model's shape and the experiment:
 
     weights        parameters at the training precision (4-bit NF4 for the linear layers with `method: qlora`)
     trainable      what training adds per trainable parameter: for LoRA's few, the weight in float32, its gradient
-                   and AdamW's two moments (16 bytes); for a full fine-tune, whose weights are counted above (in
+                   and AdamW's two moments (16 bytes; 8 for QLoRA, whose adapter TRL keeps in bf16, as the QLoRA
+                   paper does); for a full fine-tune, whose weights are counted above (in
                    float32 on every device: bf16 computes through autocast), the gradient and the two moments in
                    float32 (12 bytes)
     activations    what autograd keeps for the backward pass: bytes per token per layer (below) x layers x the
                    tokens of the largest micro-batch of an epoch (batches are padding-free: the sum of their rows'
                    lengths), plus one layer's worth in flight during the backward pass. With activation
-                   checkpointing only each layer's input is kept, and one layer is recomputed at a time.
+                   checkpointing only each layer's input is kept, and one layer is recomputed at a time. QLoRA's
+                   residual stream is float32 (PEFT's k-bit preparation makes the embedding and norms float32).
     logits         the output layer at the answer tokens only (the trainer keeps no other position)
     workspace      on a GPU, for a full fine-tune in one process, autocast's bf16 copies of the linear layers'
                    float32 weights; on a CPU under FSDP, the size of the linear layers' weights (measured: 1,937
@@ -31,7 +33,7 @@ storage once) on Llama layers of several widths; a test checks them on random sh
 
     LoRA, float32        4 (6h + 2kv + 4i) + 4 r n + 4 heads + 8
     LoRA, bf16 autocast  26.5h + 4kv + 8.75i + 2 r n + 4 heads + 8   (how a GPU trains: bf16 weights, autocast)
-    QLoRA (NF4, bf16)    26h + 4kv + 16i + 4 r n + 4 heads + 8
+    QLoRA (NF4, bf16)    22h + 4kv + 14i + 2 r n + 4 heads + 8     (its adapter in bf16, as TRL trains it)
     full, float32       4 (8h + 2kv + 4i) + 4 heads + 8
     full, bfloat16      20h + 4kv + 8i + 4 heads + 8
 
@@ -224,7 +226,7 @@ def activation_bytes(shape: Shape, method: str, bf16: bool, r: int, n: int) -> f
     """Bytes autograd keeps per token per layer (the measured formulas in the module docstring)."""
     h, kv, i, extra = shape.hidden, shape.kv_dim, shape.intermediate, 4 * shape.heads + 8
     if method == "qlora":
-        return 26 * h + 4 * kv + 16 * i + 4 * r * n + extra
+        return 22 * h + 4 * kv + 14 * i + 2 * r * n + extra
     if method == "lora":
         return (26.5 * h + 4 * kv + 8.75 * i + 2 * r * n if bf16 else 4 * (6 * h + 2 * kv + 4 * i) + 4 * r * n) + extra
     return (20 * h + 4 * kv + 8 * i if bf16 else 4 * (8 * h + 2 * kv + 4 * i)) + extra
@@ -276,7 +278,7 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
         r, targets = experiment.lora.r, adapted(shape, experiment.lora.target_modules)
         n = len(targets)
         lora_params = shape.layers * sum(r * sum(shape.linears()[t]) for t in targets)
-        trainable = lora_params * 16
+        trainable = lora_params * (8 if method == "qlora" else 16)  # TRL trains a QLoRA adapter in bf16
     load_weights = weights  # each process loads the whole model before FSDP shards it
     if shards > 1:  # gathered at the compute precision (FSDP's bf16 policy on GPUs)
         weights, trainable = weights / shards + fsdp_gathered(shape) * param_bytes, trainable / shards
@@ -284,9 +286,10 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     tokens = largest_batch(lengths, experiment.batch_size, experiment.seed, batches)
     per_layer = activation_bytes(shape, method, bf16, r, n) * tokens
     act_bytes = 2 if bf16 else 4
-    edges = tokens * shape.hidden * act_bytes * 3  # embedding output, final norm, the last hidden states
+    stream_bytes = 4 if method == "qlora" else act_bytes  # k-bit preparation: float32 embedding and norms
+    edges = tokens * shape.hidden * stream_bytes * 3  # embedding output, final norm, the last hidden states
     activations = per_layer * (shape.layers + 1) + edges
-    checkpointed = tokens * shape.hidden * act_bytes * shape.layers + per_layer * 2 + edges
+    checkpointed = tokens * shape.hidden * stream_bytes * shape.layers + per_layer * 2 + edges
     if device.kind == "cpu" and shards == 1:  # resident, with the buffers glibc keeps (module docstring)
         activations, checkpointed = (activations * (1 + CPU_RETAINED[False]),
                                      checkpointed + activations * CPU_RETAINED[True])
