@@ -33,6 +33,44 @@ def test_underscored_labels_match_spoken_answers():
     )
 
 
+def _argmax_continuation(model, prompt: list[int], steps: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_is_the_argmax_whatever_the_models_generation_config_says(tiny_model_dir, tokenizer):
+    """generate() merges the model's generation_config.json into every call: a repetition penalty or a no-repeat
+    n-gram size there would make "greedy" something else."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model.generation_config.eos_token_id = None  # run the whole budget: the argmax loop does not stop either
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [300, 301]]
+    expected = [_argmax_continuation(model, p, 12) for p in prompts]
+    model.generation_config.repetition_penalty = 5.0
+    model.generation_config.no_repeat_ngram_size = 2
+    leaked = model.generate(torch.tensor([prompts[0]]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                            pad_token_id=0)[0, 3:].tolist()
+    assert leaked != expected[0]  # the config does change plain generate()'s tokens
+    tokenizer_ends = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    texts = generate_greedy(model, tokenizer, prompts, max_new_tokens=12, batch_size=4)
+    for text, tokens in zip(texts, expected, strict=True):
+        kept = tokens[:next((k for k, t in enumerate(tokens) if t in tokenizer_ends), len(tokens))]
+        assert text == tokenizer.decode(kept, skip_special_tokens=True)
+    assert model.generation_config.repetition_penalty == 5.0  # the model's own config is put back
+    # the model's own end tokens stop it too (a model whose end of turn is not the tokenizer's end token)
+    model.generation_config = type(model.generation_config)()
+    prompt = [4444, 12, 999]
+    tokens = _argmax_continuation(model, prompt, 12)
+    end = next(t for t in tokens if t != tokens[0])  # the tiny model repeats a token, then changes to another
+    assert end not in tokenizer_ends and tokens.index(end) < 11
+    model.generation_config.eos_token_id = [end]
+    (text,) = generate_greedy(model, tokenizer, [prompt], max_new_tokens=12)
+    assert text == tokenizer.decode(tokens[:tokens.index(end) + 1], skip_special_tokens=True)  # the end kept, as
+    # generate() keeps it (a real model's end tokens are special tokens, which decoding drops)
+
+
 def test_batched_greedy_generation_matches_one_by_one(tiny_model_dir, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20]]

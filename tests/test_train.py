@@ -53,7 +53,13 @@ def test_a_few_steps_write_a_complete_record(lab, tiny_model_dir):
     assert set(run.task.data_sha256) == {"data/rt_polarity/rt-polarity.pos", "data/rt_polarity/rt-polarity.neg",
                                          "data/splits/sentiment.json"}  # the manifest fixes the split
     assert (record.folder / "adapter" / "adapter_model.safetensors").is_file()
-    assert len((record.folder / "train_log.jsonl").read_text().splitlines()) == 12
+    log = [json.loads(line) for line in (record.folder / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 12
+    # the optimizer as the Trainer ran it: 5% of 12 steps of warm-up, rounded up (the rate peaks after it), clipping
+    assert run.optimizer.warmup_steps == 1 and run.optimizer.max_grad_norm == 1.0
+    rates = [row["learning_rate"] for row in log]
+    assert rates.index(max(rates)) == run.optimizer.warmup_steps and rates[0] == 0
+    assert run.optimizer.betas == (0.9, 0.999) and run.optimizer.name == "adamw_torch_fused"
 
     result = evaluate(lab, EvalSettings(system=record.id, task="sentiment", limit=20))
     assert result.run.system.kind == "finetuned"
@@ -71,6 +77,21 @@ def test_a_diverged_run_fails_naming_the_step_instead_of_recording_a_loss_of_zer
     logged = [json.loads(line) for line in (run.folder / "train_log.jsonl").read_text().splitlines()]
     assert all(row["loss"] != 0 for row in logged)  # the diverged step is logged as it was
     assert not (run.folder / "adapter").exists()
+
+
+def test_gradient_clipping_is_a_setting_the_record_and_methods_state(lab, tiny_model_dir):
+    from llamalab.training.experiment import load_experiment
+
+    name = tiny_experiment(lab, tiny_model_dir, "unclipped", max_grad_norm=None, max_steps=2, lr_scheduler="constant")
+    record = train(lab, name)
+    assert record.run.optimizer.max_grad_norm is None and record.run.optimizer.warmup_steps == 0
+    from llamalab.publish.methods import _training
+
+    text = _training(record, "sentiment")  # the methods paragraph of the run
+    assert "no gradient clipping" in text and "constant learning rate" in text and "warm-up" not in text
+    # at its default, old records' hashes hold (it is left out of the resolved config)
+    default = tiny_experiment(lab, tiny_model_dir, "clipped")
+    assert "max_grad_norm" not in load_experiment(lab.experiment_path(default))[1]
 
 
 def test_experiment_naming_a_missing_task(lab, tiny_model_dir):

@@ -295,11 +295,21 @@ def _recipe(run: TrainRun, config: dict) -> list[str | None]:
     """Base model, method and optimisation, each only as far as the record and config.yaml hold it."""
     metrics = run.metrics
     base = f"base model {run.model.name} (revision {run.model.revision})"
+    used = run.optimizer  # as the Trainer ran it (records from version 5); older ones: what config.yaml holds
+    if config.get("lr_scheduler") == "constant":  # the Trainer's constant schedule has no warm-up
+        schedule, warmup = "constant learning rate", None
+    else:
+        schedule = f"{config['lr_scheduler']} schedule" if "lr_scheduler" in config else None
+        warmup = (f"{used.warmup_steps} warm-up step(s)" if used is not None
+                  else f"warm-up ratio {_num(config['warmup_ratio'])}" if "warmup_ratio" in config else None)
     optimizer = [f"learning rate {_num(config['learning_rate'])}" if "learning_rate" in config else None,
-                 f"{config['lr_scheduler']} schedule" if "lr_scheduler" in config else None,
-                 f"warm-up ratio {_num(config['warmup_ratio'])}" if "warmup_ratio" in config else None,
+                 schedule, warmup,
                  f"weight decay {_num(config['weight_decay'])}" if config.get("weight_decay") is not None else None]
-    # The recipe sets no optimizer, so it is the transformers Trainer's default, AdamW.
+    if used is not None:
+        optimizer.append(f"betas {_num(used.betas[0])} and {_num(used.betas[1])}, epsilon {_num(used.epsilon)}")
+        optimizer.append(f"gradients clipped to a global norm of {_num(used.max_grad_norm)}"
+                         if used.max_grad_norm else "no gradient clipping")
+    # The recipe sets no optimizer but the Trainer's AdamW (fused, where torch has it)
     clauses = [base, _method(config), "AdamW (" + ", ".join(c for c in optimizer if c) + ")" if any(optimizer)
                else "AdamW"]
     if "batch_size" in config:

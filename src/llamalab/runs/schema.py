@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -249,6 +249,16 @@ class DataUsed(Shape):
     tokens_per_epoch: int | None = None
 
 
+class OptimizerUse(Shape):
+    """The optimizer as the Trainer ran it, defaults included (recorded from version 5)."""
+
+    name: str
+    betas: tuple[float, float]
+    epsilon: float
+    max_grad_norm: float | None  # None: no clipping
+    warmup_steps: int  # the learning-rate warm-up, in optimizer steps (a ratio of the run's steps, rounded up)
+
+
 class MemoryUse(Shape):
     """What `llamalab plan` predicted for the run and what it used (MiB; see training/plan.py for the parts)."""
 
@@ -271,6 +281,7 @@ class TrainRun(RunBase):
     data_used: DataUsed | None = None
     precision: str | None = None
     memory: MemoryUse | None = None
+    optimizer: OptimizerUse | None = None  # None: before version 5
     processes: int | None = None  # data-parallel training processes (None: one, in records before version 3)
     parallelism: Literal["ddp", "fsdp"] | None = None  # with processes > 1 (None: one process, or before version 4)
 
@@ -299,6 +310,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 3}, 3
     if version == 3:  # how several processes shared the model was not recorded
         data, version = {**data, "schema_version": 4}, 4
+    if version == 4:  # the optimizer's settings as run were not recorded
+        data, version = {**data, "schema_version": 5}, 5
     return data
 
 

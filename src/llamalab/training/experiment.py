@@ -30,6 +30,8 @@ class Experiment(StrictModel):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="clip the gradients' global norm to this before each update; null: no clipping")
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
     batch_size: int = Field(8, ge=1)
@@ -73,7 +75,9 @@ class Experiment(StrictModel):
 
 
 # Settings added after records existed: left out of the resolved config (and its hash) at their default.
-LATER_SETTINGS = {"activation_checkpointing": "auto", "memory_limit": None}
+LATER_SETTINGS = {"activation_checkpointing": "auto", "memory_limit": None,
+                  # runs before it was a setting clipped at 1.0 too (the Trainer's default)
+                  "max_grad_norm": 1.0}
 
 
 def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> tuple[Experiment, dict]:

@@ -165,6 +165,7 @@ def _run_training(
             "steps": trainer.state.global_step,
             "epochs": round(trainer.state.epoch or 0, 3),
         },
+        optimizer=_optimizer_use(trainer.args, experiment, trainer.state.max_steps),
         data_used={"train_examples": len(dataset), "skipped_too_long": skipped, "tokens_per_epoch": n_tokens},
         throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)},
         memory={**plan.to_record(), "measured_mb": peak.mb},
@@ -175,6 +176,15 @@ def _run_training(
         precision="bfloat16 (FSDP mixed precision)" if bf16_fsdp else "bfloat16 autocast" if _use_bf16(experiment)
         else str(dtype).removeprefix("torch."),
     )
+
+
+def _optimizer_use(args, experiment: Experiment, steps: int) -> dict:
+    """The optimizer's settings as the Trainer runs them, its defaults included (for the record and methods)."""
+    return {"name": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+            "betas": (args.adam_beta1, args.adam_beta2), "epsilon": args.adam_epsilon,
+            "max_grad_norm": args.max_grad_norm or None,
+            # warmup_ratio of the run's steps, rounded up, as the Trainer counts them; "constant" has no warm-up
+            "warmup_steps": 0 if experiment.lr_scheduler == "constant" else args.get_warmup_steps(steps)}
 
 
 def _plan(record, experiment: Experiment, model_ref: ModelRef, dataset, console, processes: int):
@@ -330,6 +340,7 @@ def _sft_config(experiment: Experiment, output_dir: Path, checkpointing: bool = 
         lr_scheduler_type=experiment.lr_scheduler,
         warmup_steps=experiment.warmup_ratio,
         weight_decay=experiment.weight_decay,
+        max_grad_norm=experiment.max_grad_norm or 0.0,  # 0: the Trainer does not clip
         num_train_epochs=experiment.epochs,
         max_steps=experiment.max_steps or -1,
         seed=experiment.seed,
