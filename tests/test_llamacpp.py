@@ -32,3 +32,12 @@ def test_llama_cpp_generation(lab):
                                         protocol="generate", max_new_tokens=4))
     rows = read_jsonl(record.folder / "predictions.jsonl")
     assert len(rows) == 4 and all(isinstance(r["generation"], str) for r in rows)
+
+
+def test_llama_cpp_generation_refuses_a_budget_its_context_would_cut(lab):
+    from llamalab.config import LlamalabError
+
+    with pytest.raises(LlamalabError, match=r"context holds 2048 tokens: the longest prompt \(\d+ tokens\) leaves "
+                                            r"\d+ of the max_new_tokens 2040 asked for; lower max_new_tokens"):
+        evaluate(lab, EvalSettings(system=EMBEDDED_NAME, task="sentiment", limit=4, backend="llama.cpp",
+                                   protocol="generate", max_new_tokens=2040))

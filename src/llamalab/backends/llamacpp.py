@@ -69,6 +69,13 @@ class LlamaCppBackend:
         return scores
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+        # llama.cpp would quietly cut the budget to what the context has left: refuse before generating anything
+        longest, context = max((len(p) for p in inputs), default=0), self.llm.n_ctx()
+        if longest + max_new_tokens > context:
+            raise LlamalabError(
+                f"the llama.cpp backend's context holds {context} tokens: the longest prompt ({longest} tokens) "
+                f"leaves {max(context - longest, 0)} of the max_new_tokens {max_new_tokens} asked for; lower "
+                "max_new_tokens (or shorten the prompts, e.g. fewer shots)")
         for i, prompt in enumerate(inputs):
             self.llm.reset()
             out = self.llm.create_completion(prompt=prompt, max_tokens=max_new_tokens, temperature=0.0)

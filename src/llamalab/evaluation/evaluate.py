@@ -245,8 +245,9 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
             "label": "the label whose verbalizer starts the answer's first line (case and punctuation ignored), "
             "else the first one mentioned; the prompt lists the allowed labels",
             "number": "the number after ####, else after 'answer is', else in \\boxed{}, else the last number",
-            "text": "exact_match after lower-casing and removing punctuation, articles and extra whitespace; "
-            "exact_match_strict after collapsing whitespace only",
+            "text": "exact_match after removing accents, lower-casing, and removing punctuation (Unicode punctuation "
+            "categories; symbols such as $ and + are kept), articles and extra whitespace; exact_match_strict after "
+            "collapsing whitespace only",
             "entities": "a JSON list of {type, text}; invalid JSON counts as no entities",
             "sql": "the first fenced code block (else the text) up to the first semicolon; exact_match after SQL "
             "normalisation (keywords and unquoted identifiers case-folded, spacing between tokens and the quote "
