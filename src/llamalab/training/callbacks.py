@@ -75,7 +75,6 @@ class ProgressCallback(TrainerCallback):
             write_text_atomic(folder / CHECKPOINT_DONE, "".join(f"{name}\n" for name in files))
 
 
-
 def diverged(step: int, logs: dict, before_raising=lambda: None) -> None:
     """Stop a run whose loss or gradient norm is no longer a number.
 
