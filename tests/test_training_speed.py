@@ -68,3 +68,58 @@ def test_row_by_row_attention_leaves_ordinary_batches_to_sdpa():
     before = model(input_ids=ids, attention_mask=mask).logits
     use_rows_attention(model)
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before)
+
+
+def test_a_training_step_reads_nothing_back_from_its_tensors_in_llamalabs_own_code(lab, tiny_model_dir):
+    """On a GPU every read of a tensor's value on the host (`.item()`, `bool()`, `.nonzero()`, `.tolist()`) waits
+    for the card. Counted here on a CPU, per training step: none in llamalab's own step code (the loss, row-by-row
+    attention, the callbacks; the collator runs on the CPU by design), and only the few the libraries make (the
+    logged loss and gradient norm, the token count, transformers' packed-sequence check)."""
+    import collections
+    import json
+    import traceback
+    from pathlib import Path
+
+    from torch.overrides import TorchFunctionMode
+    from transformers import TrainerCallback
+
+    import llamalab
+    from llamalab.training.trainer import train
+    from tests.conftest import write_experiment
+
+    reads = {"item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy", "all",
+             "any"}
+    ours = str(Path(llamalab.__file__).parent)
+    data = ("dataloader.py", "fetch.py", "data_collator.py", "data_loader.py")
+    per_step, own = collections.Counter(), []
+
+    class Reads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in reads:
+                stack = traceback.extract_stack()[:-1]
+                if not any(frame.filename.endswith(data) for frame in stack):  # batches are made on the CPU
+                    caller = stack[-1]
+                    per_step[func.__name__] += 1
+                    if caller.filename.startswith(ours):
+                        own.append(f"{func.__name__} at {caller.filename}:{caller.lineno}")
+            return func(*args, **(kwargs or {}))
+
+    class Count(TrainerCallback):  # steps 2 to 5: the first step sets things up once
+        mode, entered = Reads(), False
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self.mode.__enter__()
+                self.entered = True
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.entered:
+                self.mode.__exit__(None, None, None)
+
+    name = write_experiment(lab, "reads", json.dumps({"task": "sentiment", "base_model": str(tiny_model_dir),
+                                                      "batch_size": 4, "max_steps": 5, "save_steps": 100}))
+    train(lab, name, callbacks=[Count()])
+    assert own == []
+    # five a step over four steps (loss, gradient norm, token count; the packed-sequence check: two), and the
+    # run's mean loss read once at the end
+    assert 0 < sum(per_step.values()) <= 5 * 4 + 1, per_step
