@@ -70,6 +70,7 @@ def test_row_by_row_attention_leaves_ordinary_batches_to_sdpa():
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before)
 
 
+@pytest.mark.slow  # trains the tiny model
 def test_a_training_step_reads_nothing_back_from_its_tensors_in_llamalabs_own_code(lab, tiny_model_dir):
     """On a GPU every read of a tensor's value on the host (`.item()`, `bool()`, `.nonzero()`, `.tolist()`) waits
     for the card. Counted here on a CPU, per training step: none in llamalab's own step code (the loss, row-by-row
