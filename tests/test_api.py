@@ -240,3 +240,15 @@ def test_adaptive_limit_halves_on_429_and_grows_back() -> None:
     for _ in range(4):
         limit.release(limit.acquire(), success=False, throttled=True)
     assert limit.limit == 1
+
+
+def test_a_key_with_a_line_break_is_refused_without_quoting_it(monkeypatch):
+    from llamalab.backends.api import _read_key
+
+    for bad in ("sk-SECRET123\nxyz", "sk-SECRET\t123", "sk-SECRET\u00e9123"):
+        monkeypatch.setenv(KEY_ENV, bad)
+        with pytest.raises(ApiError, match=f"{KEY_ENV} holds characters an API key cannot have") as caught:
+            _read_key(api_model("http://127.0.0.1:9"))
+        assert "SECRET" not in str(caught.value)
+    monkeypatch.setenv(KEY_ENV, "  sk-fine-123 \n")
+    assert _read_key(api_model("http://127.0.0.1:9")) == "sk-fine-123"

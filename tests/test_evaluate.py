@@ -154,3 +154,22 @@ def test_a_bfloat16_evaluation_records_how_many_close_calls_it_rescored_in_float
     fp32 = evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="sentiment", limit=6))
     assert "rechecked_float32" not in fp32.run.throughput
     assert [r["prediction"] for r in rows_of(bf16)] == [r["prediction"] for r in rows_of(fp32)]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_api_latency_per_1k_examples_is_over_the_requests_sent(seed):
+    """Cache hits took no time: counting them would make an API look faster the more of an eval was cached."""
+    import random
+
+    from llamalab.evaluation.evaluate import _usage
+
+    rng = random.Random(seed)
+    rows = [{"cost_usd": rng.uniform(0, 1e-3), "input_tokens": 5, "output_tokens": 2,
+             "latency_s": rng.uniform(0.1, 3), "cached": rng.random() < 0.7} for _ in range(rng.randint(1, 60))]
+    sent = [r["latency_s"] for r in rows if not r["cached"]]
+    usage = _usage(rows)
+    if not sent:
+        assert usage["latency_s_per_1k_examples"] is None
+        return
+    assert usage["latency_s_per_1k_examples"] == pytest.approx(1000 * sum(sent) / len(sent), abs=0.006)
+    assert usage["cache_hits"] == len(rows) - len(sent)

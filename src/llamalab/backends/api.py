@@ -396,6 +396,11 @@ def _read_key(model: ApiModel) -> str | None:
             f"api model {model.name!r} needs an API key: set {model.api_key_env} in the environment "
             f"(lab.yaml names the variable, never the key itself)"
         )
+    if not key.isascii() or not key.isprintable():
+        # a line break or control character pasted with it: the HTTP library's error would quote the header, key
+        # and all, into the run's error message and record
+        raise ApiError(f"{model.api_key_env} holds characters an API key cannot have (a line break or other "
+                       "control character, or non-ASCII): set it to the key alone")
     return key
 
 
