@@ -207,3 +207,13 @@ def test_only_a_checkpoint_with_every_file_its_marker_lists_is_resumed_from(tmp_
     checkpoint(6, weights, None)  # a kill while it was written: no marker yet
     assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+
+
+def test_lora_on_an_output_layer_tied_to_the_embeddings_is_refused_before_a_run_starts(lab, tiny_model_dir):
+    """Merged (for evaluation and export), its update would change the shared input embeddings too."""
+    name = tiny_experiment(lab, tiny_model_dir, "tied-head", lora={"r": 4, "alpha": 8,
+                                                                   "target_modules": ["q_proj", "lm_head"]})
+    with pytest.raises(LlamalabError, match=r"key 'lora.target_modules': .* ties its output layer \(lm_head\) to its "
+                                            r"input embeddings.*leave lm_head out of target_modules"):
+        train(lab, name)
+    assert not list_runs(lab.runs_dir)

@@ -70,6 +70,7 @@ def train(
     task = load_task(task_path, lab.root)
     model_ref = resolve_model(experiment.base_model)
     tokenizer = load_tokenizer(model_ref)  # fails fast (before any run folder exists) if the model is missing
+    _check_targets(experiment, model_ref, source)
     data = load_task_data(task)
     prompt_format = experiment.format or task.prompt.format
 
@@ -101,6 +102,21 @@ def train(
                 raise LlamalabError("callbacks run in this process only: train with processes=1 to use them")
             launch(lab, record, experiment, processes, console)
     return record
+
+
+def _check_targets(experiment: Experiment, model_ref: ModelRef, source: str) -> None:
+    """Refuse LoRA on an output layer that is the input embedding (tied weights): merged for evaluation and
+    export, its update would land in the shared matrix and change the inputs too, a model never trained."""
+    from llamalab.training.plan import Shape
+
+    targets = experiment.lora.target_modules
+    if experiment.method == "full" or isinstance(targets, str) or "lm_head" not in targets:
+        return  # all-linear leaves the output layer out
+    config = Path(model_ref.path) / "config.json"
+    if config.is_file() and Shape.of_folder(model_ref.path).tied:
+        raise LlamalabError(f"{source}: key 'lora.target_modules': {model_ref.name} ties its output layer (lm_head) "
+                            "to its input embeddings, so a merged LoRA on lm_head would change both; leave lm_head "
+                            "out of target_modules")
 
 
 def _run_training(
