@@ -264,6 +264,15 @@ def test_report_sections_count_words_under_their_heading() -> None:
     assert found["1 fine tuning lora"] == 4 and found["ablation"] == 2 and found["report on fine tuning"] == 8
 
 
+def test_a_deleted_section_is_missing_not_credited_with_the_titles_words() -> None:
+    from llamalab.assignments.grade import _section_words
+
+    found = report_sections("# Report: Assignment X: fine-tuning on X\n\nsome template words here\n"
+                            "## 2. Ablation (LoRA rank)\nfive six\n")
+    assert _section_words(found, "fine tuning") is None
+    assert _section_words(found, "ablation") == 2
+
+
 def test_grader_failure_is_a_zero_with_an_apology_and_no_traceback(tmp_path: Path, monkeypatch) -> None:
     root = tmp_path / "autograder"
     grading, solution, _ = _small_assignment(root / "source")

@@ -348,13 +348,14 @@ def report_sections(markdown: str) -> list[tuple[str, int]]:
 
 
 def _section_words(found: list[tuple[str, int]], key: str) -> int | None:
-    """Words under the heading that names the section: "Ablation" before "2. Ablation (LoRA rank)" before a title
-    that merely mentions it."""
+    """Words under the heading that names the section: "Ablation" before "2. Ablation (LoRA rank)". A heading that
+    merely mentions it (the template's title, "Report: ... fine-tuning on ...") is not the section: a deleted
+    section would otherwise be credited with the title's words."""
     ranked = []
     for heading, words in found:
         bare = re.sub(r"^[\d ]+", "", heading)
-        if key in heading:
-            ranked.append((0 if bare == key else 1 if bare.startswith(key) else 2, words))
+        if bare.startswith(key):
+            ranked.append((0 if bare == key else 1, words))
     return min(ranked, key=lambda item: item[0])[1] if ranked else None
 
 
