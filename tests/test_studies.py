@@ -567,3 +567,12 @@ def test_sweep_study_is_in_status_the_report_and_the_site(study_lab):
     assert html.escape(result.sentence(), quote=False) in page
     for cells in body:
         assert all(html.escape(c, quote=False) in page for c in cells)
+
+
+def test_systems_whose_names_slug_alike_get_export_files_of_their_own(lab):
+    from llamalab.studies.quantization import gguf_file
+
+    names = ["org/model", "org-model", "/data/a b", "data/a-b", "x" * 90 + "1", "x" * 90 + "2"]
+    files = {gguf_file(lab, name, "q8_0") for name in names}
+    assert len(files) == len(names)
+    assert gguf_file(lab, "org/model", "q8_0") == gguf_file(lab, "org/model", "q8_0")  # the same name, reused

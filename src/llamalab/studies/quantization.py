@@ -8,6 +8,7 @@ examples. Every type is tested against the same system's f16 file on the example
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,12 @@ class QuantRow:
 
 
 def gguf_file(lab: Lab, system: str, quant: str) -> Path:
+    """Where a system's export at `quant` goes: a readable slug of its name, and a hash of the name itself (two
+    names with one slug, "org/model" and "org-model", would otherwise share a file, and one be evaluated on the
+    other's weights)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", system).strip("-")[:80]
-    return lab.runs_dir / ".gguf" / f"{slug}-{quant}.gguf"
+    digest = hashlib.sha256(system.encode()).hexdigest()[:8]
+    return lab.runs_dir / ".gguf" / f"{slug}-{digest}-{quant}.gguf"
 
 
 def _eval_options(study: Study, prompt_format: str | None) -> dict:
