@@ -216,4 +216,6 @@ def test_lora_on_an_output_layer_tied_to_the_embeddings_is_refused_before_a_run_
     with pytest.raises(LlamalabError, match=r"key 'lora.target_modules': .* ties its output layer \(lm_head\) to its "
                                             r"input embeddings.*leave lm_head out of target_modules"):
         train(lab, name)
+    with pytest.raises(LlamalabError, match="ties its output layer"):  # one module named as a string
+        train(lab, tiny_experiment(lab, tiny_model_dir, "tied-head-only", lora={"target_modules": "lm_head"}))
     assert not list_runs(lab.runs_dir)

@@ -110,7 +110,8 @@ def _check_targets(experiment: Experiment, model_ref: ModelRef, source: str) -> 
     from llamalab.training.plan import Shape
 
     targets = experiment.lora.target_modules
-    if experiment.method == "full" or isinstance(targets, str) or "lm_head" not in targets:
+    names = [targets] if isinstance(targets, str) else targets  # one name, or a pattern PEFT matches
+    if experiment.method == "full" or targets == "all-linear" or not any("lm_head" in n for n in names):
         return  # all-linear leaves the output layer out
     config = Path(model_ref.path) / "config.json"
     if config.is_file() and Shape.of_folder(model_ref.path).tied:
