@@ -45,35 +45,46 @@ def test_shape_counts_the_parameters_of_real_llama_models():
         assert shape.linear_params == linear
 
 
+def _kept_bytes(model, vocab: int, tokens: int, bf16: bool) -> int:
+    """Bytes autograd keeps for the backward pass of one forward over `tokens` tokens, counted with a saved-tensors
+    hook (each storage once, the weights left out); under bf16 autocast as a GPU trains, with `bf16`."""
+    import torch
+
+    weights = {p.data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in weights:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.autograd.graph.saved_tensors_hooks(
+            pack, lambda t: t):
+        model(input_ids=torch.randint(0, vocab, (1, tokens)), logits_to_keep=1)
+    return sum(storages.values())
+
+
+def _per_token_layer(kept) -> float:
+    """One more layer at 24 and at 48 tokens: the slope is per token (a layer also keeps a few fixed-size tensors,
+    such as LoRA's weights cast to bf16 under autocast)."""
+    return ((kept(2, 48) - kept(1, 48)) - (kept(2, 24) - kept(1, 24))) / 24
+
+
 def _saved_bytes_per_token_layer(config: dict, method: str, dtype, r: int = 8) -> float:
-    """What autograd keeps per token for one more layer, counted with a saved-tensors hook (each storage once)."""
+    """What autograd keeps per token for one more layer (bf16: bf16 weights, LoRA's in float32, under autocast)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    def kept(layers: int, tokens: int = 24) -> int:
+    def kept(layers: int, tokens: int) -> int:
         torch.manual_seed(0)
         model = LlamaForCausalLM(LlamaConfig(**{**config, "num_hidden_layers": layers},
                                              attn_implementation="sdpa")).to(dtype)
         if method == "lora":
             model = get_peft_model(model, LoraConfig(r=r, target_modules="all-linear", task_type="CAUSAL_LM"))
-        weights = {p.data_ptr() for p in model.parameters()}
-        storages: dict[int, int] = {}
+        return _kept_bytes(model, config["vocab_size"], tokens, dtype == torch.bfloat16)
 
-        def pack(t):
-            if t.data_ptr() not in weights:
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        # bfloat16 as a GPU trains: bf16 weights (LoRA's in float32) under bf16 autocast
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-        with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=torch.randint(0, config["vocab_size"], (1, tokens)), logits_to_keep=1)
-        return sum(storages.values())
-
-    # one more layer at 24 and at 48 tokens: the slope is per token (a layer also keeps a few fixed-size tensors,
-    # such as LoRA's weights cast to bf16 under autocast)
-    return ((kept(2, 48) - kept(1, 48)) - (kept(2, 24) - kept(1, 24))) / 24
+    return _per_token_layer(kept)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -116,19 +127,9 @@ def _qlora_saved_bytes_per_token_layer(config: dict, tmp_path, r: int, checkpoin
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        weights = {p.data_ptr() for p in model.parameters()}
-        storages: dict[int, int] = {}
+        return _kept_bytes(model, config["vocab_size"], tokens, bf16=True)
 
-        def pack(t):
-            if t.data_ptr() not in weights:
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=torch.randint(0, config["vocab_size"], (1, tokens)), logits_to_keep=1)
-        return sum(storages.values())
-
-    return ((kept(2, 48) - kept(1, 48)) - (kept(2, 24) - kept(1, 24))) / 24
+    return _per_token_layer(kept)
 
 
 @pytest.mark.slow
