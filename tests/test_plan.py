@@ -499,3 +499,31 @@ def test_a_cpu_plan_counts_what_the_allocator_keeps_on_random_shapes():
         assert cpu.components["activations"] == pytest.approx(kept * (1 + CPU_RETAINED[False]), abs=0.2)  # rounded
         assert cpu.components["checkpointed"] == pytest.approx(checkpointed + kept * CPU_RETAINED[True], abs=0.2)
         assert cpu.workspace_mb == 0  # no fixed weight copy outside FSDP
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_gpu_benchs_step_timing_on_random_step_ends(seed):
+    """The first step's seconds, the median of the later ones, and the rate over the later half of the steps."""
+    import importlib.util
+    import statistics
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_train", Path(__file__).parents[1] / "bench" / "gpu_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = random.Random(seed)
+    steps = [rng.uniform(0.01, 5) for _ in range(rng.randint(1, 40))]
+    clock = bench.step_clock()
+    clock.ends = [100.0]
+    for seconds in steps:
+        clock.ends.append(clock.ends[-1] + seconds)
+    tokens = rng.uniform(1e3, 1e6)
+    timing = clock.timing(tokens)
+    assert timing["first_step_s"] == round(steps[0], 3)
+    if len(steps) < 4:
+        assert set(timing) == {"first_step_s"}
+        return
+    half = len(steps) // 2
+    assert timing["median_step_s"] == round(statistics.median(steps[1:]), 4)
+    later = tokens * (len(steps) - half) / len(steps)  # the later steps' share of the tokens
+    assert timing["steady_tokens_per_s"] == pytest.approx(later / sum(steps[half:]), rel=1e-9)

@@ -219,3 +219,36 @@ def test_lora_on_an_output_layer_tied_to_the_embeddings_is_refused_before_a_run_
     with pytest.raises(LlamalabError, match="ties its output layer"):  # one module named as a string
         train(lab, tiny_experiment(lab, tiny_model_dir, "tied-head-only", lora={"target_modules": "lm_head"}))
     assert not list_runs(lab.runs_dir)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_recorded_warm_up_is_where_the_trainers_schedule_peaks(seed, tmp_path):
+    """On random step counts, ratios and schedules: the warm-up steps the record (and the methods text) give are
+    the steps the Trainer's own scheduler climbs for (none for "constant")."""
+    import random
+
+    import torch
+    from transformers import get_scheduler
+
+    from llamalab.training.experiment import Experiment
+    from llamalab.training.trainer import _optimizer_use, _sft_config
+
+    rng = random.Random(seed)
+    steps = rng.randint(1, 400)
+    experiment = Experiment(task="t", warmup_ratio=rng.choice([0.0, rng.uniform(0, 0.5)]), max_steps=steps,
+                            lr_scheduler=rng.choice(["linear", "cosine", "constant", "constant_with_warmup"]),
+                            max_grad_norm=rng.choice([None, 1.0, rng.uniform(0.1, 5)]))
+    args = _sft_config(experiment, tmp_path)
+    used = _optimizer_use(args, experiment, steps)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
+                              num_training_steps=steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    climbing = next((k for k, rate in enumerate(rates) if rate >= 1.0 - 1e-12), steps)
+    assert used["warmup_steps"] == min(climbing, steps), (experiment.lr_scheduler, steps, experiment.warmup_ratio)
+    assert used["max_grad_norm"] == experiment.max_grad_norm
+    assert used["betas"] == (0.9, 0.999) and used["epsilon"] == 1e-8
