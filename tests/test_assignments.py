@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -23,8 +24,8 @@ import pytest
 import yaml
 
 from llamalab.assignments.build import build_assignment
-from llamalab.assignments.grade import CRASH_MESSAGE, grade_submission, main, report_sections
-from llamalab.assignments.rubric import GradingConfig, Thresholds, metric_points
+from llamalab.assignments.grade import CRASH_MESSAGE, grade_submission, main, report_sections, section_words
+from llamalab.assignments.rubric import REPORT_SECTIONS, GradingConfig, Thresholds, metric_points, split_points
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab, init_lab
 from llamalab.tasks.task import AnswerSpec
@@ -258,19 +259,88 @@ def test_metric_points_are_linear_between_the_thresholds(tmp_path: Path) -> None
 
 
 def test_report_sections_count_words_under_their_heading() -> None:
-    found = dict(report_sections("# Report on fine-tuning\n\nintro words\n\n## 1. Fine-tuning (LoRA)\n"
-                                 "<!-- prompt words do not count -->\none two three\n```\ncode not counted\n```\n"
-                                 "### detail\nfour\n## Ablation\nfive six\n"))
-    assert found["1 fine tuning lora"] == 4 and found["ablation"] == 2 and found["report on fine tuning"] == 8
+    found = report_sections("# Report on fine-tuning\n\nintro words\n\n## 1. Fine-tuning (LoRA)\n"
+                            "<!-- prompt words do not count -->\none two three\n```\ncode not counted\n```\n"
+                            "### detail\nfour\n## Ablation\nfive six\n")
+    assert found == [(1, "report on fine tuning", 2), (2, "1 fine tuning lora", 3), (3, "detail", 1),
+                     (2, "ablation", 2)]
+    assert section_words("# Report on fine-tuning\n\nintro words\n\n## 1. Fine-tuning (LoRA)\none two three\n"
+                         "### detail\nfour\n## Ablation\nfive six\n", ["Fine-tuning", "Ablation", "Baseline"]
+                         ) == {"Fine-tuning": 4, "Ablation": 2, "Baseline": None}
 
 
 def test_a_deleted_section_is_missing_not_credited_with_the_titles_words() -> None:
-    from llamalab.assignments.grade import _section_words
+    words = section_words("# Report: Assignment X: fine-tuning on X\n\nsome template words here\n"
+                          "## 2. Ablation (LoRA rank)\nfive six\n", ["Fine-tuning", "Ablation"])
+    assert words == {"Fine-tuning": None, "Ablation": 2}
 
-    found = report_sections("# Report: Assignment X: fine-tuning on X\n\nsome template words here\n"
-                            "## 2. Ablation (LoRA rank)\nfive six\n")
-    assert _section_words(found, "fine tuning") is None
-    assert _section_words(found, "ablation") == 2
+
+def test_words_count_for_one_section_only() -> None:
+    """A required section nested in another keeps its words (with its own subsections); the parent keeps the rest."""
+    report = ("## Evaluation\none two\n### Setup\nthree\n### Ablation\nfour five\n#### Ranks\nsix\n"
+              "### Notes\nseven\n## Baseline\neight\n")
+    assert section_words(report, ["Evaluation", "Ablation", "Baseline"]) == {
+        "Evaluation": 4, "Ablation": 3, "Baseline": 1}
+    # One heading names one section: "Fine-tuning ablation" is not also the "Fine-tuning" section.
+    assert section_words("## Fine-tuning ablation\none two\n", ["Fine-tuning", "Fine-tuning ablation"]) == {
+        "Fine-tuning": None, "Fine-tuning ablation": 2}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_section_words_never_count_a_word_twice(seed: int) -> None:
+    """On random reports: the required sections' words add up to at most the report's words under headings."""
+    rng = random.Random(seed)
+    names = ["Data check", "Baseline", "Fine-tuning", "Evaluation", "Ablation", "Notes", "Detail"]
+    lines, total = [], 0
+    for _ in range(rng.randint(1, 12)):
+        lines.append(f"{'#' * rng.randint(1, 4)} {rng.choice(['', '1. ', '2 '])}{rng.choice(names)}")
+        count = rng.randint(0, 6)
+        lines.append(" ".join(["word"] * count))
+        total += count
+    words = section_words("\n".join(lines), list(REPORT_SECTIONS))
+    assert sum(w for w in words.values() if w is not None) <= total
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_report_points_add_up_exactly(seed: int) -> None:
+    rng = random.Random(seed)
+    points, parts = rng.randint(0, 200), rng.randint(1, 13)
+    shares = split_points(points, parts)
+    assert len(shares) == parts and round(sum(shares), 2) == points
+    assert max(shares) - min(shares) <= 0.0100001 and all(round(s, 2) == s for s in shares)
+
+
+def test_a_rubric_of_three_sections_and_a_hidden_metric(tmp_path: Path) -> None:
+    """Non-default rubric: 20 report points over 3 sections total 20 (not 3 x 6.67), and a metric test shown after
+    the due date gives its score away nowhere a student looks now (output, visible tests, leaderboard)."""
+    grading, solution, _ = _small_assignment(tmp_path)
+    config = json.loads((grading / "config.json").read_text())
+    config |= {"report_sections": ["Data check", "Baseline", "Fine-tuning"], "visibility": "after_due_date"}
+    (grading / "config.json").write_text(json.dumps(config))
+    results = check_results(grade_submission(grading, solution))
+    assert results["score"] == 100
+    report = [t for t in results["tests"] if t["name"].startswith("report.md")]
+    assert [t["max_score"] for t in report] == [6.67, 6.67, 6.66]
+    assert "leaderboard" not in results
+    [metric] = [t for t in results["tests"] if t["visibility"] != "visible"]
+    assert metric["visibility"] == "after_due_date" and metric["score"] == 60
+    assert "100" not in results["output"] and "40 of 40 points on the checks shown now" in results["output"]
+    assert "after the due date" in results["output"]
+
+
+def test_the_dev_self_check_counts_a_broken_answer_as_wrong(tmp_path: Path) -> None:
+    """A self-check grades the ids submitted; one submitted with an answer that is not text is wrong, not
+    dropped (which would have scored the rest as if it were not there)."""
+    grading, solution, _ = _small_assignment(tmp_path)
+    config = json.loads((grading / "config.json").read_text())
+    (grading / "config.json").write_text(json.dumps(config | {"split": "dev", "partial": True}))
+    lines = _lines(solution)[:4]
+    lines[0] = json.dumps({"id": json.loads(lines[0])["id"], "answer": ["positive"]})
+    (solution / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    results = check_results(grade_submission(grading, solution))
+    metric = results["tests"][0]
+    assert "accuracy 0.7500" in metric["output"] and "on 4 examples" in metric["output"]
+    assert "1 example(s) have no usable answer and count as wrong" in metric["output"]
 
 
 def test_grader_failure_is_a_zero_with_an_apology_and_no_traceback(tmp_path: Path, monkeypatch) -> None:
@@ -294,6 +364,57 @@ def test_build_without_runs_says_which_runs_to_make(lab: Lab) -> None:
     assert "no finished evaluation of a fine-tuned model and a baseline model" in message
     assert "`llamalab demo`" in message and "`llamalab eval smollm2-135m-instruct --task sentiment`" in message
     assert not (lab.root / "assignments").exists()
+
+
+def _scored_eval(lab: Lab, label: str, answers: dict[str, tuple[str, bool]], train_run: str | None = None):
+    """A finished eval run of the sentiment test split with these (gold, right?) answers, and its metrics."""
+    from llamalab.evaluation.metrics import metric_intervals
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields
+
+    kind = "finetuned" if train_run else "base"
+    record = RunRecord.create(lab.runs_dir, "eval", label, {"system": label},
+                              **eval_fields(label=label, n=len(answers), kind=kind, train_run=train_run))
+    rows = [{"id": i, "gold": gold, "correct": ok,
+             "prediction": gold if ok else ("negative" if gold == "positive" else "positive")}
+            for i, (gold, ok) in answers.items()]
+    append_jsonl(record.folder / "predictions.jsonl", rows)
+    record.update(status="finished", metrics=metric_intervals(["accuracy", "macro_f1"], rows,
+                                                              ["negative", "positive"], resamples=200))
+    return record
+
+
+def test_the_baseline_threshold_is_its_score_on_the_hidden_examples(lab: Lab) -> None:
+    """A baseline evaluated on more test examples is scored again on the fine-tuned run's; one evaluated on fewer
+    cannot set a threshold, and the error says which run to make."""
+    from llamalab.assignments.references import choose_references
+    from llamalab.runs.record import RunRecord
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+    from tests.records import train_fields
+
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    test = [(ex.id, ex.answer) for ex in load_task_data(task).split("test")[:60]]
+    trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
+    trained.update(status="finished")
+    _scored_eval(lab, "tuned", {i: (g, n % 10 != 0) for n, (i, g) in enumerate(test[:40])}, train_run=trained.id)
+    # Right on the fine-tuned run's 40 examples half the time, and on its other 20 always: 0.667 on its 60.
+    wide = _scored_eval(lab, "wide", {i: (g, n % 2 == 0 or n >= 40) for n, (i, g) in enumerate(test)})
+    narrow = _scored_eval(lab, "narrow", {i: (g, True) for i, g in test[:20]})  # 1.0, on other examples
+
+    refs = choose_references(lab, task, None, margin=0.02)
+    t = refs.thresholds
+    assert wide.run.metrics["accuracy"].estimate == pytest.approx(40 / 60)
+    assert (t.baseline_run, t.zero_at, t.baseline_n) == (wide.id, 0.5, 40)
+    assert refs.baseline_metric.estimate == 0.5 and refs.baseline_metric.n == 40
+    assert t.finetuned == pytest.approx(0.9) and t.finetuned_n == 40
+
+    with pytest.raises(LlamalabError) as error:
+        choose_references(lab, task, [narrow.id, *(r.id for r in [refs.finetuned])], margin=0.02)
+    message = str(error.value)
+    assert f"no baseline run answered all 40 test examples that the fine-tuned run {refs.finetuned.id}" in message
+    assert f"{narrow.id} (answered 20 of them" in message and "without --limit" in message
 
 
 # ---- slow: assignments built from real runs, graded by run_autograder ------------------------------------------
@@ -473,7 +594,8 @@ def test_cli_builds_and_grades(sentiment_lab: Lab, sentiment_assignment: Path, t
     done = subprocess.run([sys.executable, "-m", "llamalab.assignments.cli", "build", "sentiment", "--margin", "0.9",
                            "--out", str(tmp_path / "no-range"), "--lab", str(sentiment_lab.root)],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "no range is left" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "no range is left" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "no-range").exists()
 
 

@@ -43,6 +43,7 @@ from llamalab.assignments.rubric import (
     REPORT_MIN_WORDS,
     REPORT_SECTIONS,
     GradingConfig,
+    split_points,
     submission_answer,
 )
 from llamalab.config import LlamalabError
@@ -130,7 +131,7 @@ def _context(lab: Lab, spec: Task, name: str, refs: References, hidden: list[tup
         "lab_description": lab.config.description, "metric": config.metric, "thresholds": config.thresholds,
         "points": points, "limits": config.limits, "n": config.n, "min_words": REPORT_MIN_WORDS,
         "sections": list(REPORT_SECTIONS), "sections_listed": ", ".join(f'"{s}"' for s in REPORT_SECTIONS),
-        "section_points": f"{points.report / len(REPORT_SECTIONS):g}",
+        "section_points": list(zip(REPORT_SECTIONS, split_points(points.report, len(REPORT_SECTIONS)), strict=True)),
         "counts": {"train": len(train), "dev": len(refs.data.splits.get("dev", [])), "test": config.n},
         "label_balance": ", ".join(f"{label} {count}" for label, count in sorted(balance.items())),
         "answer_format": ANSWER_FORMATS[spec.answer.type].format(labels=", ".join(spec.answer.labels)),
@@ -277,7 +278,7 @@ def _solution(folder: Path, lab: Lab, refs: References, hidden: list[tuple[str, 
     overlap = report.overlap.get("test", 0)
     write_text_atomic(folder / REPORT, render(
         "solution_report.md.jinja", **context, trained=refs.trained, config=config, lora=lora,
-        baseline=refs.baseline.run.metrics[metric], finetuned=refs.finetuned.run.metrics[metric],
+        baseline=refs.baseline_metric, finetuned=refs.finetuned.run.metrics[metric],
         overlap=f"{overlap} test example(s) whose text is also in train" if overlap else
         "no test example whose text is also in train", paired=_paired(lab, refs, metric),
         ablation=_ablation(lab, refs, metric)))

@@ -40,6 +40,7 @@ from llamalab.assignments.rubric import (
     GradingConfig,
     metric_points,
     score_answer,
+    split_points,
 )
 from llamalab.assignments.submission import SubmittedFile, read_submission, shown
 from llamalab.config import LlamalabError, parse_model
@@ -49,6 +50,7 @@ from llamalab.runs.files import write_text_atomic
 CRASH_MESSAGE = ("The autograder failed while grading this submission. This is a problem with the grader, not "
                  "with your work: your score stays 0 until the course staff regrade it. Please let them know.")
 _SHOWN_PROBLEMS = 5  # examples of each kind of problem in a message
+_WHEN_SHOWN = {"after_due_date": "after the due date", "after_published": "once the grades are published"}
 
 
 def grade_submission(grading: Path, submission: Path) -> dict[str, Any]:
@@ -65,10 +67,19 @@ def grade_submission(grading: Path, submission: Path) -> dict[str, Any]:
         test["number"] = str(number)
     score = round(sum(t["score"] for t in tests), 2)
     where = "the hidden test set" if config.split == "test" else "the dev split (a self-check: not the graded score)"
-    output = "\n".join([f"{config.assignment}: {score:g} of {config.points.total} points on {where}.", *read.notes])
-    return {"score": score, "execution_time": round(time.monotonic() - started), "output": output,
-            "output_format": "text", "visibility": "visible", "stdout_visibility": "hidden", "tests": tests,
-            "leaderboard": leaderboard}
+    if config.visibility == "visible":
+        summary = f"{config.assignment}: {score:g} of {config.points.total} points on {where}."
+    else:  # the total, the output and the leaderboard would each give the hidden metric test's score away
+        shown_now = [t for t in tests if t["visibility"] == "visible"]
+        summary = (f"{config.assignment}: {round(sum(t['score'] for t in shown_now), 2):g} of "
+                   f"{round(sum(t['max_score'] for t in shown_now), 2):g} points on the checks shown now; the "
+                   f"{config.metric} test on {where} ({config.points.metric} points) is shown "
+                   f"{_WHEN_SHOWN[config.visibility]}.")
+        leaderboard = []
+    results = {"score": score, "execution_time": round(time.monotonic() - started),
+               "output": "\n".join([summary, *read.notes]), "output_format": "text", "visibility": "visible",
+               "stdout_visibility": "hidden", "tests": tests}
+    return results | ({"leaderboard": leaderboard} if leaderboard else {})
 
 
 @contextlib.contextmanager
@@ -121,6 +132,7 @@ class Predictions:
     answers: dict[str, str] = field(default_factory=dict)
     fatal: str | None = None
     problems: list[str] = field(default_factory=list)
+    submitted: set[str] = field(default_factory=set)  # ids on a line of their own, whether or not answered usably
 
 
 class _NotJson(ValueError):
@@ -200,7 +212,7 @@ def parse_predictions(file: SubmittedFile, gold: dict[str, str], config: Grading
     usable = {i: a for i, a in answers.items() if i in gold and seen[i] == 1}
     if not seen and not problems:
         return Predictions(fatal=f"{shown(file.where)} holds no predictions")
-    return Predictions(usable, None, problems)
+    return Predictions(usable, None, problems, set(seen))
 
 
 def _answer_text(value: Any, config: GradingConfig) -> str | None:
@@ -220,7 +232,8 @@ def _metric_test(predictions: Predictions, gold: dict[str, str], config: Grading
             f"of {t.margin:g}), linear in between.")
     if predictions.fatal:
         return _test(name, 0, points, f"Not scored: {predictions.fatal}\n{rule}", config.visibility), []
-    ids = [i for i in gold if i in predictions.answers] if config.partial else list(gold)
+    # A self-check scores the ids submitted: one submitted with a broken answer counts as wrong, as in the grade.
+    ids = [i for i in gold if i in predictions.submitted] if config.partial else list(gold)
     if not ids:
         return _test(name, 0, points, f"Not scored: no answer has an id of this assignment.\n{rule}",
                      config.visibility), []
@@ -304,15 +317,15 @@ _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 
 def _report_tests(file: SubmittedFile, config: GradingConfig) -> list[dict[str, Any]]:
     sections = config.report_sections
-    each = round(config.points.report / len(sections), 2) if sections else 0
+    shares = split_points(config.points.report, len(sections))
     names = [f"{REPORT}: section \"{s}\" (at least {config.report_min_words} words)" for s in sections]
     text, problem = (None, file.problem) if file.data is None else _decode(file)
     if text is None:
-        return [_test(n, 0, each, problem or "") for n in names]
-    found = report_sections(text)
+        return [_test(n, 0, each, problem or "") for n, each in zip(names, shares, strict=True)]
+    words = section_words(text, sections)
     tests = []
-    for section, test_name in zip(sections, names, strict=True):
-        body = _section_words(found, _normal(section))
+    for section, test_name, each in zip(sections, names, shares, strict=True):
+        body = words[section]
         if body is None:
             tests.append(_test(test_name, 0, each, f"no heading containing \"{section}\" (e.g. ## {section})"))
         elif body < config.report_min_words:
@@ -323,40 +336,65 @@ def _report_tests(file: SubmittedFile, config: GradingConfig) -> list[dict[str, 
     return tests
 
 
-def report_sections(markdown: str) -> list[tuple[str, int]]:
-    """Each heading (normalised) with the number of words under it, up to the next heading of its level or
-    above; HTML comments (the template's prompts) and fenced code do not count."""
-    lines = _COMMENT.sub("", markdown).split("\n")
-    headings: list[tuple[int, int, str]] = []  # line index, level, text
-    fenced = False
-    for index, line in enumerate(lines):
+def report_sections(markdown: str) -> list[tuple[int, str, int]]:
+    """Each heading as (level, normalised text, words up to the next heading of any level); HTML comments (the
+    template's prompts) and fenced code do not count."""
+    found: list[tuple[int, str, int]] = []
+    words, fenced = 0, False
+    for line in _COMMENT.sub("", markdown).split("\n"):
         if line.lstrip().startswith(("```", "~~~")):
             fenced = not fenced
         elif not fenced and (match := _HEADING.match(line)):
-            headings.append((index, len(match.group(1)), _normal(match.group(2))))
-    found = []
-    for position, (index, level, text) in enumerate(headings):
-        end = next((i for i, lv, _ in headings[position + 1:] if lv <= level), len(lines))
-        body, fenced = [], False
-        for line in lines[index + 1:end]:
-            if line.lstrip().startswith(("```", "~~~")):
-                fenced = not fenced
-            elif not fenced and not _HEADING.match(line):
-                body.append(line)
-        found.append((text, len(re.findall(r"[^\W_]+", " ".join(body)))))
+            if found:
+                found[-1] = (*found[-1][:2], words)
+            found.append((len(match.group(1)), _normal(match.group(2)), 0))
+            words = 0
+        elif not fenced and found:
+            words += len(re.findall(r"[^\W_]+", line))
+    if found:
+        found[-1] = (*found[-1][:2], words)
     return found
 
 
-def _section_words(found: list[tuple[str, int]], key: str) -> int | None:
-    """Words under the heading that names the section: "Ablation" before "2. Ablation (LoRA rank)". A heading that
-    merely mentions it (the template's title, "Report: ... fine-tuning on ...") is not the section: a deleted
-    section would otherwise be credited with the title's words."""
-    ranked = []
-    for heading, words in found:
-        bare = re.sub(r"^[\d ]+", "", heading)
-        if bare.startswith(key):
-            ranked.append((0 if bare == key else 1, words))
-    return min(ranked, key=lambda item: item[0])[1] if ranked else None
+def section_words(markdown: str, sections: list[str]) -> dict[str, int | None]:
+    """Words of each required section (None: no heading names it): under its heading and its subheadings, up to
+    the next heading of its level or above. A subheading that is itself a required section keeps its words: one
+    paragraph never counts for two sections."""
+    found = report_sections(markdown)
+    chosen = _section_headings(found, sections)
+    owned = {index for index in chosen.values() if index is not None}
+    words: dict[str, int | None] = {}
+    for section, index in chosen.items():
+        if index is None:
+            words[section] = None
+            continue
+        level, total, inside = found[index][0], found[index][2], None  # inside: level of a skipped subsection
+        for position in range(index + 1, len(found)):
+            sub_level, _, sub_words = found[position]
+            if sub_level <= level:
+                break
+            if inside is not None and sub_level > inside:
+                continue
+            inside = sub_level if position in owned else None
+            total += 0 if position in owned else sub_words
+        words[section] = total
+    return words
+
+
+def _section_headings(found: list[tuple[int, str, int]], sections: list[str]) -> dict[str, int | None]:
+    """The heading (its index) that names each section, each heading naming one section at most: a heading that
+    is the section's name ("Ablation") before one that starts with it ("2. Ablation (LoRA rank)"), the first of
+    equals. A heading that merely mentions it (the template's title, "Report: ... fine-tuning on ...") is not the
+    section: a deleted section would otherwise be credited with the title's words."""
+    bare = [re.sub(r"^[\d ]+", "", heading) for _, heading, _ in found]
+    chosen: dict[str, int | None] = dict.fromkeys(sections)
+    for exact in (True, False):
+        for section in sections:
+            key = _normal(section)
+            if chosen[section] is None:
+                chosen[section] = next((i for i, text in enumerate(bare) if i not in chosen.values() and (
+                    text == key if exact else text.startswith(key))), None)
+    return chosen
 
 
 def _normal(text: str) -> str:

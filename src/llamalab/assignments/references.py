@@ -1,5 +1,8 @@
 """The lab's runs an assignment is calibrated on: its fine-tuned result (full credit, less a margin), its best
 baseline without fine-tuning (no credit), and the test examples the fine-tuned run answered (the hidden test).
+
+Both thresholds are scores on the hidden test itself: a baseline that answered more examples is scored again on
+those, and one that answered fewer cannot set a threshold (a score on other examples is not comparable).
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from dataclasses import dataclass
 
 from llamalab.assignments.rubric import Thresholds
 from llamalab.config import LlamalabError
+from llamalab.evaluation.metrics import metric_intervals
 from llamalab.lab import Lab
 from llamalab.runs.record import RunRecord, find_run, list_runs, read_predictions
+from llamalab.runs.schema import Interval
 from llamalab.tasks.data import Example, TaskData, load_task_data
 from llamalab.tasks.task import Task
 
@@ -26,6 +31,7 @@ class References:
     finetuned: RunRecord  # the eval run whose answers are the solution
     trained: RunRecord  # the train run behind it
     baseline: RunRecord
+    baseline_metric: Interval  # the baseline's score on the hidden test (its record's may cover more examples)
     thresholds: Thresholds
     examples: list[Example]  # the hidden test: the examples the fine-tuned run answered, in its order
     rows: dict[str, dict]  # the fine-tuned run's prediction row of each
@@ -49,23 +55,48 @@ def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, mar
                             f"evaluation of {what} on task {task.name!r}'s test split: "
                             + HOW_TO_MAKE_RUNS.format(task=task.name))
     best = max(finetuned, key=lambda r: r.run.metrics[metric].estimate)
-    baseline = max(baselines, key=lambda r: r.run.metrics[metric].estimate)
     trained = _train_run(lab, task, best)
-    tuned, base = best.run.metrics[metric], baseline.run.metrics[metric]
+    data = load_task_data(task)
+    examples, rows = _answered(task, best, data)
+    baseline, base = _best_baseline(task, baselines, [ex.id for ex in examples], best, data, metric)
+    tuned = best.run.metrics[metric]
     full_at = round(tuned.estimate - margin, 6)
     if full_at <= base.estimate:
         raise LlamalabError(
             f"the fine-tuned run {best.id} scores {metric} {tuned.estimate:.4f} and the best baseline {baseline.id} "
-            f"{base.estimate:.4f}: with a margin of {margin:g} no range is left between them to grade on. Lower "
-            "--margin, or name a stronger fine-tuned run with --from-runs")
+            f"{base.estimate:.4f} on the same {base.n} test examples: with a margin of {margin:g} no range is left "
+            "between them to grade on. Lower --margin, or name a stronger fine-tuned run with --from-runs")
     thresholds = Thresholds(
         metric=metric, zero_at=base.estimate, full_at=full_at, margin=margin,
         baseline=base.estimate, baseline_run=baseline.id, baseline_system=baseline.run.display_label,
         baseline_n=base.n, finetuned=tuned.estimate, finetuned_run=best.id,
         finetuned_system=best.run.display_label, finetuned_n=tuned.n)
-    data = load_task_data(task)
-    examples, rows = _answered(task, best, data)
-    return References(best, trained, baseline, thresholds, examples, rows, data)
+    return References(best, trained, baseline, base, thresholds, examples, rows, data)
+
+
+def _best_baseline(task: Task, candidates: list[RunRecord], hidden: list[str], finetuned: RunRecord,
+                   data: TaskData, metric: str) -> tuple[RunRecord, Interval]:
+    """The baseline scoring best on exactly the hidden examples, with that score; runs that did not answer them
+    all (or saw other data) are left out, and if that leaves none the error says which runs to make."""
+    scored, left_out = [], []
+    for record in candidates:
+        if record.run.task.data_sha256 and record.run.task.data_sha256 != data.file_hashes:
+            left_out.append(f"{record.id} (evaluated before task {task.name!r}'s data changed)")
+            continue
+        rows = read_predictions(record.folder)
+        missing = [i for i in hidden if i not in rows]
+        if missing:
+            left_out.append(f"{record.id} (answered {len(hidden) - len(missing)} of them; e.g. not {missing[0]})")
+            continue
+        m = metric_intervals([metric], [rows[i] for i in hidden], task.answer.labels or None)[metric]
+        scored.append((record, Interval(**m)))
+    if not scored:
+        raise LlamalabError(
+            f"no baseline run answered all {len(hidden)} test examples that the fine-tuned run {finetuned.id} "
+            f"answered, so no threshold can be set on the same examples: {'; '.join(left_out)}. Evaluate the base "
+            f"model on the whole test split (`llamalab eval MODEL --task {task.name}`, without --limit), or name "
+            "runs on the same examples with --from-runs")
+    return max(scored, key=lambda item: item[1].estimate)
 
 
 def _named(lab: Lab, task: Task, ref: str, metric: str) -> RunRecord:

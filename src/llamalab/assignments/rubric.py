@@ -104,6 +104,14 @@ def metric_points(score: float, thresholds: Thresholds, points: int) -> float:
     return round(points * (score - thresholds.zero_at) / (thresholds.full_at - thresholds.zero_at), 2)
 
 
+def split_points(points: int, parts: int) -> list[float]:
+    """`points` over `parts` tests in hundredths that add up exactly (20 over 3: 6.67, 6.67, 6.66, not 3 × 6.67)."""
+    if parts <= 0:
+        return []
+    each, extra = divmod(round(points * 100), parts)
+    return [(each + (1 if i < extra else 0)) / 100 for i in range(parts)]
+
+
 def score_answer(answer: AnswerSpec, gold: str, text: str) -> dict:
     """A submitted answer scored into the fields of a prediction row, as an evaluation scores a generation.
 
