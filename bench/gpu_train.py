@@ -183,7 +183,7 @@ def llamalab_train(lab, folder: Path, batch: int, steps: int, **settings) -> dic
             "reason": memory.reason, **clock.timing(tokens)}
 
 
-def label_scoring(lab, folder: Path, limit: int, batch: int) -> dict:
+def label_scoring(lab, folder: Path, limit: int, batch: int | str) -> dict:
     """`llamalab eval` of the sentiment labels: in bfloat16 on a GPU (the rate it is compared with), float32 on a
     CPU; the tokens the model computed (a shared prefix once, no padding) per second."""
     import torch
@@ -240,7 +240,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--score-limit", type=int, default=1000)
-    parser.add_argument("--score-batch", type=int, default=None, help="label scoring batch (default: 64 on a GPU)")
+    parser.add_argument("--score-batch", type=lambda v: v if v == "auto" else int(v), default=None,
+                        help="label scoring batch: rows, or auto (sized to the card's free memory; the default on a "
+                             "GPU, 16 on a CPU)")
     parser.add_argument("--tokenizer", default=None,
                         help="a folder with the tokenizer files to use (default: the embedded model's)")
     parser.add_argument("--work", type=Path, default=None, help="where the random models go (default: a temp dir)")
@@ -258,7 +260,7 @@ def main() -> None:
     print(f"row-by-row attention against each row alone in float32: largest difference {error}", flush=True)
     results: dict = {"device": device.describe(), "matmul_tflops": rate, "rows_attention_error": error,
                      "shapes": {}}
-    score_batch = args.score_batch or (64 if device.kind == "cuda" else 16)
+    score_batch = args.score_batch or ("auto" if device.kind == "cuda" else 16)
 
     def save() -> None:  # after every run: a later failure or a timeout keeps what finished
         if args.out:

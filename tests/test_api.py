@@ -205,6 +205,24 @@ def test_broken_responses_are_retried(llama_server: str, clean: list[ChatResult]
     assert proxy.paid[keys[0]] == 2  # the truncated answer was paid for, and lost
 
 
+def test_tokens_billed_for_unusable_answers_are_counted(llama_server: str, clean: list[ChatResult],
+                                                         tmp_path: Path) -> None:
+    """A 200 whose usage says it was billed but whose content is null (a content filter) is asked for again: its
+    tokens are counted as retried and priced into the cost, and a rerun from the cache shows the same cost."""
+    model = api_model("http://unused")
+    key = body_key(request_body(model, REQUESTS[0]))
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted({key: ["null_content", "null_content"]})) as proxy:
+        proxied = model.model_copy(update={"base_url": proxy.url})
+        [result] = run_batch(proxied, tmp_path / "cache.sqlite", REQUESTS[:1])
+    assert proxy.paid[key] == 3 and result.attempts == 3 and result.text == clean[0].text
+    assert (result.input_tokens, result.output_tokens) == (clean[0].input_tokens, clean[0].output_tokens)
+    assert (result.retried_input_tokens, result.retried_output_tokens) == (2 * clean[0].input_tokens,
+                                                                          2 * clean[0].output_tokens)
+    assert result.cost_usd == pytest.approx(3 * clean[0].cost_usd)
+    [again] = run_batch(proxied, tmp_path / "cache.sqlite", REQUESTS[:1])  # the proxy is gone: from the cache
+    assert again.cached and again.retried_input_tokens == result.retried_input_tokens
+
+
 def test_retry_after_is_honoured(llama_server: str, tmp_path: Path) -> None:
     model = api_model("http://unused")
     keys = [body_key(request_body(model, r)) for r in REQUESTS[:2]]

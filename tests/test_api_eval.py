@@ -10,7 +10,7 @@ from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import find_lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import list_runs
-from tests.fault_proxy import FaultProxy, seeded_faults
+from tests.fault_proxy import DEFAULT_MIX, FaultProxy, seeded_faults
 from tests.killing import eval_killed_after
 from tests.llama_server import API_KEY
 
@@ -47,16 +47,23 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
     clean_rows = {r["id"]: r for r in read_jsonl(clean.folder / "predictions.jsonl")}
 
     api_env("faulty")  # every request must really go through the proxy
-    with FaultProxy(llama_server.removesuffix("/v1"), seeded_faults(0.5, seed=3, clean_after=2), slow_s=7) as proxy:
+    faults = seeded_faults(0.5, seed=3, faults=(*DEFAULT_MIX, "null_content"), clean_after=2)
+    with FaultProxy(llama_server.removesuffix("/v1"), faults, slow_s=7) as proxy:
         faulty_lab = with_api_model(lab, proxy.url)
         faulty = evaluate(faulty_lab, EvalSettings(**SETTINGS))
-        assert sum(proxy.faults_injected().values()) > 0
+        assert sum(proxy.faults_injected().values()) > 0 and proxy.faults_injected()["null_content"] > 0
     rows = read_jsonl(faulty.folder / "predictions.jsonl")
     assert faulty.run.status == "finished" and len(rows) == 16
     assert faulty.run.scoring.protocol == "generate"
     assert faulty.run.system.kind == "api" and faulty.run.system.api["api_key_env"] == KEY_ENV
     assert API_KEY not in (faulty.folder / "run.json").read_text()
     assert faulty.run.usage.input_tokens > 0 and faulty.run.usage.cost_usd > 0
+    # The answers used are the clean run's; the tokens of answers with no content were billed too, and are priced.
+    used, retried = clean.run.usage, faulty.run.usage
+    assert (retried.input_tokens, retried.output_tokens) == (used.input_tokens, used.output_tokens)
+    assert retried.retried_input_tokens > 0
+    assert retried.cost_usd == pytest.approx(used.cost_usd + (retried.retried_input_tokens * 0.15
+                                                              + retried.retried_output_tokens * 0.6) / 1e6, abs=2e-6)
     assert {r["id"] for r in rows} == set(clean_rows)
     for row in rows:
         assert row["prompt"].startswith('[{"role": "user", "content": "Answer with exactly one of: negative, positive.')

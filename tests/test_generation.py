@@ -77,6 +77,7 @@ def test_batched_greedy_generation_matches_one_by_one(tiny_model_dir, tokenizer)
     batched = generate_greedy(model, tokenizer, prompts, max_new_tokens=5, batch_size=3)
     single = [generate_greedy(model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
     assert batched == single
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=5, batch_size="auto") == single  # 16 on a CPU
     with torch.no_grad():  # greedy: the first generated token is the argmax after the prompt
         first = model(torch.tensor([prompts[1]])).logits[0, -1].argmax().item()
     assert batched[1].startswith(tokenizer.decode([first], skip_special_tokens=True))

@@ -161,3 +161,58 @@ def test_bfloat16_scoring_reports_the_close_calls_it_scored_again_in_float32(mod
             assert [s.logprob for s in ours] == pytest.approx([s.logprob for s in theirs], abs=1e-4)
         else:  # decided in bfloat16 by a clear margin
             assert not _too_close(ours)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_token_budget_batches_cover_every_row_once_within_the_budget(seed):
+    """`batch_size: auto` on a GPU: consecutive rows (longest first), each batch padded to its first row's length
+    within the budget, or a single row that alone is over it."""
+    import random
+
+    from llamalab.backends.hf_batches import length_batches
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 300) for _ in range(rng.randint(0, 120))]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows, budget = rng.randint(1, 64), rng.choice([None, rng.randint(1, 4000)])
+    batches = list(length_batches(order, lengths, rows, budget))
+    assert [i for batch in batches for i in batch] == order
+    for batch in batches:
+        assert 1 <= len(batch) <= rows
+        if budget is not None and len(batch) > 1:
+            assert len(batch) * max(lengths[i] for i in batch) <= budget
+        if budget is not None and batch is not batches[-1]:  # as many rows as fit: one more would not
+            assert len(batch) == rows or (len(batch) + 1) * lengths[batch[0]] > budget
+
+
+def test_auto_batches_score_as_fixed_ones(model, monkeypatch):
+    """The scores do not depend on how batches are cut; `auto` on a CPU is 16 rows."""
+    import random
+
+    from llamalab.backends import hf_scoring
+    from llamalab.backends.hf_batches import CPU_ROWS, batch_rows
+
+    assert batch_rows("auto", model) == (CPU_ROWS, None) and batch_rows(5, model) == (5, None)
+    rng = random.Random(1)
+    requests = [ChoiceRequest([rng.randint(3, 400) for _ in range(rng.randint(1, 30))], [[11], [12, 13]])
+                for _ in range(20)]
+    fixed = score_choices(model, requests, batch_size=4)
+    seen: list[list[int]] = []
+    monkeypatch.setattr(hf_scoring, "batch_rows", lambda batch_size, model: (1024, 120))  # a 120-token card
+    budgeted = score_choices(model, requests, batch_size="auto", on_batch=lambda i, s: seen.append(i))
+    assert max(len(b) for b in seen) > 4 and all(len(b) * len(requests[b[0]].prompt_ids) <= 120 or len(b) == 1
+                                                 for b in seen)
+    for ours, theirs in zip(budgeted, fixed, strict=True):
+        assert [s.logprob for s in ours] == pytest.approx([s.logprob for s in theirs], abs=1e-4)
+
+
+def test_token_bytes_counts_the_kv_cache_the_model_keeps(model):
+    """The KV part of the per-token inference cost is what the model's cache really holds per token."""
+    from llamalab.backends.hf_batches import token_bytes
+
+    with torch.no_grad():
+        cache = model(torch.tensor([[5, 6, 7, 8, 9, 10, 11]]), use_cache=True).past_key_values
+    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) / 7
+    c = model.config
+    activations = (6 * c.hidden_size + 3 * c.intermediate_size) * 4
+    assert token_bytes(c, model.dtype) == held + activations

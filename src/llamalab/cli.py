@@ -238,7 +238,8 @@ def evaluate(
                               ] = None,
     precision: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster label scoring on AMX CPUs)")
                          ] = "float32",
-    batch_size: int = 16,
+    batch_size: Annotated[str, typer.Option(
+        help="rows per batch, or auto: as many as the GPU's free memory holds (16 on a CPU)")] = "16",
     resume: Annotated[bool, typer.Option(help="continue the latest unfinished eval with the same options")] = False,
     lab: LabOption = None,
 ) -> None:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -74,7 +74,10 @@ class ChatRequest:
 
 @dataclass(frozen=True)
 class ChatResult:
-    """The outcome of one request; `cached` results were paid for in an earlier run and cost 0 now."""
+    """The outcome of one request; `cached` results were paid for in an earlier run and cost 0 now.
+
+    `retried_*_tokens`: what earlier attempts of the request were billed for and could not be used (a 200 whose
+    body had usage but no text content); `cost_usd` includes them."""
 
     text: str
     input_tokens: int
@@ -83,6 +86,8 @@ class ChatResult:
     latency_s: float
     cached: bool
     attempts: int
+    retried_input_tokens: int = 0
+    retried_output_tokens: int = 0
 
 
 class ApiError(LlamalabError):
@@ -236,6 +241,7 @@ class ChatClient:
         """Send one request until it succeeds, retrying what a retry can fix; cache the success."""
         url = f"{self._base}/chat/completions"
         body = request_body(self.model, request)
+        billed = [0, 0]  # tokens of attempts that came back with usage but could not be used
         for attempt in range(1, self.model.max_retries + 2):
             ticket = self._limit.acquire()
             outcome: ChatResult | _Retry | None = None
@@ -247,8 +253,13 @@ class ChatClient:
                 throttled = isinstance(outcome, _Retry) and outcome.throttled
                 self._limit.release(ticket, success=isinstance(outcome, ChatResult), throttled=throttled)
             if isinstance(outcome, ChatResult):
-                self._cache.put(key, outcome)
-                return outcome
+                cost = self._cost(outcome.input_tokens + billed[0], outcome.output_tokens + billed[1])
+                result = replace(outcome, retried_input_tokens=billed[0], retried_output_tokens=billed[1],
+                                 cost_usd=cost)
+                self._cache.put(key, result)
+                return result
+            if outcome.billed is not None:
+                billed = [billed[0] + outcome.billed[0], billed[1] + outcome.billed[1]]
             if attempt > self.model.max_retries:
                 break
             # Full jitter spreads retries of many workers apart; the server's Retry-After is a floor.
@@ -258,9 +269,11 @@ class ChatClient:
             log.info("%s request %d: %s; retry %d in %.1fs", self.model.name, index, outcome.reason, attempt, delay)
             if stop.wait(delay):
                 raise ApiError(f"request {index}: batch stopped")
+        spent = f" ({billed[0]:,} input and {billed[1]:,} output tokens were billed for unusable answers)" if any(
+            billed) else ""
         raise ApiError(
             f"api model {self.model.name!r}: request {index} to {url} failed after "
-            f"{self.model.max_retries + 1} attempts; last error: {outcome.reason}"
+            f"{self.model.max_retries + 1} attempts{spent}; last error: {outcome.reason}"
         )
 
     def _attempt(self, index: int, url: str, body: dict[str, Any], attempt: int) -> ChatResult | _Retry:
@@ -276,8 +289,8 @@ class ChatClient:
         status = response.status_code
         if status == 200:
             parsed = _parse_completion(response)
-            if isinstance(parsed, str):
-                return _Retry(parsed)
+            if isinstance(parsed, _Retry):
+                return parsed
             text, input_tokens, output_tokens = parsed
             return ChatResult(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                               cost_usd=self._cost(input_tokens, output_tokens), latency_s=latency, cached=False,
@@ -309,6 +322,7 @@ class _Retry:
     reason: str
     retry_after: float | None = None
     throttled: bool = False
+    billed: tuple[int, int] | None = None  # (input, output) tokens the server's usage says this attempt cost
 
 
 class _AdaptiveLimit:
@@ -360,26 +374,34 @@ class _Cache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
-                "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL)"
+                "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL, "
+                "retried_input_tokens INTEGER NOT NULL DEFAULT 0, retried_output_tokens INTEGER NOT NULL DEFAULT 0)"
             )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
+            for column in ("retried_input_tokens", "retried_output_tokens"):  # a cache from an older llamalab
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE responses ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         except sqlite3.Error as exc:
             raise ApiError(f"{path}: cannot open the API response cache ({exc})") from None
 
     def get(self, key: str) -> ChatResult | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, input_tokens, output_tokens FROM responses WHERE key = ?", (key,)
+                "SELECT text, input_tokens, output_tokens, retried_input_tokens, retried_output_tokens "
+                "FROM responses WHERE key = ?", (key,)
             ).fetchone()
         if row is None:
             return None
         return ChatResult(text=row[0], input_tokens=row[1], output_tokens=row[2], cost_usd=0.0, latency_s=0.0,
-                          cached=True, attempts=0)
+                          cached=True, attempts=0, retried_input_tokens=row[3], retried_output_tokens=row[4])
 
     def put(self, key: str, result: ChatResult) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                (key, result.text, result.input_tokens, result.output_tokens, time.time()),
+                "INSERT OR REPLACE INTO responses (key, text, input_tokens, output_tokens, created, "
+                "retried_input_tokens, retried_output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, result.text, result.input_tokens, result.output_tokens, time.time(),
+                 result.retried_input_tokens, result.retried_output_tokens),
             )
 
     def close(self) -> None:
@@ -413,21 +435,29 @@ def _check_request(index: int, request: ChatRequest) -> None:
         raise ApiError(f"request {index}: messages must be a non-empty list of {{'role': str, 'content': str}}")
 
 
-def _parse_completion(response: httpx.Response) -> tuple[str, int, int] | str:
-    """(text, input tokens, output tokens) from a 200 response, or why it can't be used (a retryable problem)."""
+def _parse_completion(response: httpx.Response) -> tuple[str, int, int] | _Retry:
+    """(text, input tokens, output tokens) from a 200 response, or why it can't be used (a retryable problem)
+    with the tokens its usage says were billed all the same."""
     try:
         data = response.json()
     except ValueError:
-        return f"malformed JSON in the response body ({len(response.content)} bytes)"
+        return _Retry(f"malformed JSON in the response body ({len(response.content)} bytes)")
+    usage = data.get("usage") if isinstance(data, dict) else None
+    tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")] if isinstance(usage, dict) else []
+    billed = (tokens[0], tokens[1]) if tokens and all(_count(t) for t in tokens) else None
     try:
         text = data["choices"][0]["message"]["content"]
-        usage = data["usage"]
-        input_tokens, output_tokens = usage["prompt_tokens"], usage["completion_tokens"]
     except (KeyError, IndexError, TypeError):
-        return "response lacks choices[0].message.content or usage"
-    if not isinstance(text, str) or not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
-        return "response has a non-text content or non-integer usage"
-    return text, input_tokens, output_tokens
+        return _Retry("response lacks choices[0].message.content", billed=billed)
+    if not isinstance(text, str):
+        return _Retry(f"response content is {type(text).__name__}, not text", billed=billed)
+    if billed is None:
+        return _Retry("response lacks usage.prompt_tokens and usage.completion_tokens as whole numbers")
+    return text, billed[0], billed[1]
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _server_message(response: httpx.Response) -> str:
@@ -452,5 +482,4 @@ def _describe(exc: httpx.TransportError) -> str:
 
 
 def _as_cached(result: ChatResult) -> ChatResult:
-    return ChatResult(text=result.text, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-                      cost_usd=0.0, latency_s=0.0, cached=True, attempts=0)
+    return replace(result, cost_usd=0.0, latency_s=0.0, cached=True, attempts=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Generation:
 
 ScoreCallback = Callable[[list[int], list[list[ChoiceScore]]], None]
 GenerationCallback = Callable[[list[int], list[Generation]], None]
+BatchSize = int | Literal["auto"]  # rows per batch, or as many as the device's free memory holds
 
 
 class Backend(Protocol):
@@ -48,11 +49,11 @@ class Backend(Protocol):
         """Backend name, model file or revision, and settings that can change its outputs."""
 
     def score_choices(
-        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+        self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         """Log-likelihood of each choice given its prompt."""
 
-    def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+    def generate(self, inputs: list, max_new_tokens: int, batch_size: BatchSize, on_batch: GenerationCallback) -> None:
         """Greedy continuations: `inputs` are token-id lists (local) or message lists (chat APIs)."""
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llamalab.backends.api import ApiModel, ChatClient, ChatRequest
-from llamalab.backends.base import ChoiceRequest, Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.base import BatchSize, ChoiceRequest, Generation, GenerationCallback, ScoreCallback
 from llamalab.config import LlamalabError
 
 
@@ -30,21 +30,25 @@ class ChatApiBackend:
                 "decoding": {"temperature": 0.0}}
 
     def score_choices(
-        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+        self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         raise LlamalabError("chat APIs return no log-likelihoods: evaluate API models with --protocol generate")
 
-    def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+    def generate(self, inputs: list, max_new_tokens: int, batch_size: BatchSize, on_batch: GenerationCallback) -> None:
         requests = [ChatRequest(messages=messages, max_tokens=max_new_tokens, temperature=0.0) for messages in inputs]
 
         prices = (self.config.input_price_per_mtok / 1e6, self.config.output_price_per_mtok / 1e6)
 
         def save(index: int, result) -> None:
             # List-price cost of this request, also for cache hits: what the example costs to evaluate.
-            cost = result.input_tokens * prices[0] + result.output_tokens * prices[1]
+            # Tokens billed for unusable answers before this one (retried) are part of what the example costs.
+            billed_in = result.input_tokens + result.retried_input_tokens
+            billed_out = result.output_tokens + result.retried_output_tokens
             extra = {"input_tokens": result.input_tokens, "output_tokens": result.output_tokens,
-                     "cost_usd": round(cost, 8), "latency_s": round(result.latency_s, 3), "cached": result.cached,
-                     "attempts": result.attempts}
+                     "retried_input_tokens": result.retried_input_tokens,
+                     "retried_output_tokens": result.retried_output_tokens,
+                     "cost_usd": round(billed_in * prices[0] + billed_out * prices[1], 8),
+                     "latency_s": round(result.latency_s, 3), "cached": result.cached, "attempts": result.attempts}
             on_batch([index], [Generation(result.text, extra)])
 
         self.client.complete_many(requests, on_result=save)

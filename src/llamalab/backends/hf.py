@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llamalab.backends.base import ChoiceRequest, Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.base import BatchSize, ChoiceRequest, Generation, GenerationCallback, ScoreCallback
 from llamalab.backends.hf_generation import generate_greedy
 from llamalab.backends.hf_scoring import forward_tokens, score_choices
 from llamalab.models import ModelRef, load_model, load_tokenizer
@@ -36,7 +36,7 @@ class HFBackend:
                 "device": str(self.model.device), **self._provenance}
 
     def score_choices(
-        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+        self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         rechecked: list[int] = []
         score_choices(self.model, requests, batch_size, on_batch=on_batch, precision=precision, rechecked=rechecked)
@@ -46,7 +46,7 @@ class HFBackend:
         """The tokens `score_choices` computes for `requests` (shared prefix once, no padding)."""
         return forward_tokens(requests)
 
-    def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+    def generate(self, inputs: list, max_new_tokens: int, batch_size: BatchSize, on_batch: GenerationCallback) -> None:
         def wrap(indices: list[int], texts: list[str]) -> None:
             on_batch(indices, [Generation(text) for text in texts])
 

@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 import torch
 
+from llamalab.backends.base import BatchSize
+from llamalab.backends.hf_batches import batch_rows, length_batches
+
 
 @torch.inference_mode()
 def generate_greedy(
@@ -17,11 +20,11 @@ def generate_greedy(
     tokenizer,
     prompts: list[list[int]],
     max_new_tokens: int = 16,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     on_batch: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
-    """Greedy continuations of tokenized prompts, batched by length with left padding, stopping at any of the
-    model's end tokens.
+    """Greedy continuations of tokenized prompts, batched by length with left padding (`auto`: as many as the
+    card's free memory holds), stopping at any of the model's end tokens.
 
     Greedy means the argmax at every step: the model's own generation_config.json (a repetition penalty, a
     no-repeat n-gram size, forced or suppressed tokens) is set aside, since `generate` would otherwise merge it in.
@@ -29,9 +32,10 @@ def generate_greedy(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[str | None] = [None] * len(prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows, budget = batch_rows(batch_size, model)
+    lengths = [len(p) + max_new_tokens for p in prompts]  # what the KV cache holds by the last step
     with _greedy_config(model, tokenizer, pad):
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
+        for indices in length_batches(order, lengths, rows, budget):
             width = max(len(prompts[i]) for i in indices)
             ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in indices],
                                device=model.device)

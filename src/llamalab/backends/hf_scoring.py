@@ -20,7 +20,8 @@ from typing import Literal
 
 import torch
 
-from llamalab.backends.base import ChoiceRequest, ChoiceScore
+from llamalab.backends.base import BatchSize, ChoiceRequest, ChoiceScore
+from llamalab.backends.hf_batches import batch_rows, length_batches
 
 _MAX_CHOICE_POSITIONS = 2048
 # A shared prefix shorter than this is not worth a pass of its own ("Review:" in a zero-shot prompt).
@@ -35,13 +36,14 @@ Precision = Literal["float32", "bfloat16"]
 def score_choices(
     model,
     requests: list[ChoiceRequest],
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     on_batch: Callable[[list[int], list[list[ChoiceScore]]], None] | None = None,
     precision: Precision = "float32",
     share_prefix: bool = True,
     rechecked: list[int] | None = None,
 ) -> list[list[ChoiceScore]]:
-    """Score every choice of every request; batches are length-sorted to waste little padding.
+    """Score every choice of every request; batches are length-sorted to waste little padding, and `auto` sizes
+    them to the card's free memory (hf_batches).
 
     `on_batch(indices, scores)` is called after each batch (for progress and incremental saving). With
     `share_prefix`, the tokens all prompts start with are computed once (the scores are those of the full
@@ -54,7 +56,8 @@ def score_choices(
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
     # Many multi-token choices make many trie nodes in the choice pass: cap them so its logits stay ~400 MB.
     most_nodes = max((len(_trie(r.choice_ids)) for r in requests), default=0)
-    batch_size = max(1, min(batch_size, _MAX_CHOICE_POSITIONS // max(1, most_nodes)))
+    rows, budget = batch_rows(batch_size, model)
+    rows = max(1, min(rows, _MAX_CHOICE_POSITIONS // max(1, most_nodes)))
     results: list[list[ChoiceScore] | None] = [None] * len(requests)
     shared = _shared_prefix(requests) if share_prefix else 0
     prefixes: dict[str, _Prefix] = {}
@@ -64,8 +67,7 @@ def score_choices(
             prefixes[p] = _prefix_cache(model, requests[0].prompt_ids[:shared], p)
         return prefixes.get(p)
 
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
+    for indices in length_batches(order, [len(r.prompt_ids) for r in requests], rows, budget):
         scores = _score_batch(model, [requests[i] for i in indices], precision, prefix(precision))
         if precision == "bfloat16":
             close = [k for k, s in enumerate(scores) if _too_close(s)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llamalab.backends.base import ChoiceRequest, ChoiceScore, Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.base import BatchSize, ChoiceRequest, ChoiceScore, Generation, GenerationCallback, ScoreCallback
 from llamalab.backends.registry import backend_spec
 from llamalab.config import LlamalabError
 
@@ -44,7 +44,7 @@ class LlamaCppBackend:
                 "precision": self.precision, **self._provenance}
 
     def score_choices(
-        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+        self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         backend_spec(self.name).check_precision(precision)
         for i, request in enumerate(requests):
@@ -68,7 +68,7 @@ class LlamaCppBackend:
             scores.append(ChoiceScore(sum(logprobs), len(choice), all(greedy), self.precision))
         return scores
 
-    def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+    def generate(self, inputs: list, max_new_tokens: int, batch_size: BatchSize, on_batch: GenerationCallback) -> None:
         # llama.cpp would quietly cut the budget to what the context has left: refuse before generating anything
         longest, context = max((len(p) for p in inputs), default=0), self.llm.n_ctx()
         if longest + max_new_tokens > context:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llamalab.backends.base import ChoiceRequest, ChoiceScore, Generation, GenerationCallback, ScoreCallback
+from llamalab.backends.base import BatchSize, ChoiceRequest, ChoiceScore, Generation, GenerationCallback, ScoreCallback
 from llamalab.backends.registry import backend_spec
 from llamalab.config import LlamalabError
 
@@ -43,14 +43,14 @@ class VLLMBackend:
         return {"backend": self.name, "vllm": vllm.__version__, "precision": self.precision, **self._provenance}
 
     def score_choices(
-        self, requests: list[ChoiceRequest], batch_size: int, on_batch: ScoreCallback, precision: str = "float32"
+        self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         backend_spec(self.name).check_precision(precision)
         from vllm import SamplingParams
 
         # prompt_logprobs=0 returns the log-prob of each actual prompt token (plus none of the others).
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
-        chunk = max(1, batch_size) * 8
+        chunk = (16 if batch_size == "auto" else batch_size) * 8  # progress steps: vLLM schedules its own batches
         for start in range(0, len(requests), chunk):
             indices = list(range(start, min(start + chunk, len(requests))))
             flat = [(i, choice) for i in indices for choice in requests[i].choice_ids]
@@ -64,11 +64,11 @@ class VLLMBackend:
                 scores[i].append(ChoiceScore(sum(logprobs), len(choice), greedy, self.precision))
             on_batch(indices, [scores[i] for i in indices])
 
-    def generate(self, inputs: list, max_new_tokens: int, batch_size: int, on_batch: GenerationCallback) -> None:
+    def generate(self, inputs: list, max_new_tokens: int, batch_size: BatchSize, on_batch: GenerationCallback) -> None:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-        chunk = max(1, batch_size) * 8
+        chunk = (16 if batch_size == "auto" else batch_size) * 8  # progress steps: vLLM schedules its own batches
         for start in range(0, len(inputs), chunk):
             indices = list(range(start, min(start + chunk, len(inputs))))
             outputs = self.llm.generate([{"prompt_token_ids": inputs[i]} for i in indices], params, use_tqdm=False,

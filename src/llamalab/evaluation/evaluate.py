@@ -13,7 +13,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from rich.console import Console
@@ -61,7 +61,8 @@ class EvalSettings(StrictModel):
         "float32", description="label scoring precision; bfloat16 is ~2x faster on AMX CPUs, re-checks calls that are "
         "close under normalize sum or mean in float32, and is not guaranteed bit-identical"
     )
-    batch_size: int = Field(16, ge=1)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        16, description="rows per batch (hf backend); auto: as many as the GPU's free memory holds (16 on a CPU)")
     bootstrap_resamples: int = Field(5000, ge=100)
 
 
@@ -391,6 +392,9 @@ def _usage(rows: list[dict]) -> dict | None:
     return {
         "input_tokens": sum(r["input_tokens"] for r in api_rows),
         "output_tokens": sum(r["output_tokens"] for r in api_rows),
+        # billed for answers that could not be used and were asked for again (in cost_usd too)
+        "retried_input_tokens": sum(r.get("retried_input_tokens", 0) for r in api_rows),
+        "retried_output_tokens": sum(r.get("retried_output_tokens", 0) for r in api_rows),
         "cost_usd": round(cost, 6),  # at list prices, whether paid now or earlier (cache hits)
         "paid_now_usd": round(sum(r["cost_usd"] for r in api_rows if not r.get("cached")), 6),
         "cost_per_1k_examples_usd": round(1000 * cost / len(api_rows), 6),

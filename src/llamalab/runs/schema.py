@@ -14,6 +14,10 @@ Version history:
      decision, and `processes` (data-parallel training); absent (null) in older records.
   4  a train run's `parallelism` when it trained in several processes: ddp (each holds the whole model) or fsdp
      (the model sharded across them); absent (null) in older records.
+  5  a train run's `optimizer`: its name, betas, epsilon, gradient clipping and warm-up steps; absent (null) in
+     older records.
+  6  an eval run's `usage` counts the tokens billed for API answers that could not be used and were asked for
+     again (`retried_input_tokens`, `retried_output_tokens`; in `cost_usd` too); 0 in older records.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -139,8 +143,10 @@ class PredictionSummary(Shape):
 
 
 class Usage(Shape):
-    input_tokens: int
+    input_tokens: int  # of the answers used
     output_tokens: int
+    retried_input_tokens: int = 0  # billed for answers that could not be used (cost_usd includes them)
+    retried_output_tokens: int = 0
     cost_usd: float
     paid_now_usd: float
     cost_per_1k_examples_usd: float
@@ -312,6 +318,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 4}, 4
     if version == 4:  # the optimizer's settings as run were not recorded
         data, version = {**data, "schema_version": 5}, 5
+    if version == 5:  # tokens billed for unusable API answers were not counted (read as 0)
+        data, version = {**data, "schema_version": 6}, 6
     return data
 
 
