@@ -62,6 +62,10 @@ def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir):
     assert two.run.finished and two.run.processes == 2 and one.run.processes == 1
     assert two.run.parallelism == "ddp" and one.run.parallelism is None
     assert two.run.config_hash == one.run.config_hash  # the processes are not a setting of the run
+    # each process's peak against the plan of one process's share; the record shows the largest
+    each = two.run.memory.measured_mb_each
+    assert len(each) == 2 and all(m is not None and m > 0 for m in each)
+    assert two.run.memory.measured_mb == max(each) and one.run.memory.measured_mb_each is None
     assert len(_losses(two)) == len(_losses(one)) == 6
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-4)
     import torch

@@ -3,6 +3,7 @@ runs that record the plan next to what they used (activation checkpointing and Q
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -135,7 +136,7 @@ def _qlora_saved_bytes_per_token_layer(config: dict, tmp_path, r: int, checkpoin
 @pytest.mark.slow
 def test_qlora_activation_bytes_match_what_autograd_keeps(tmp_path):
     """QLoRA keeps a float32 residual stream (k-bit preparation) and, with checkpointing, only each layer's input."""
-    from llamalab.training.plan import Device, memory_plan
+    from llamalab.training.plan import Device, memory_plan, rows_attention_bytes
 
     rng = random.Random(3)
     for k in range(3):
@@ -147,7 +148,9 @@ def test_qlora_activation_bytes_match_what_autograd_keeps(tmp_path):
         tokens = 10**6  # the plan's parts are rounded to 0.1 MiB
         plan = memory_plan(shape, Experiment(task="t", method="qlora", batch_size=1, lora={"r": r}),
                            Device("cuda", "a device", 64 * 1024, bf16=True), [tokens], [1])
-        per_layer = activation_bytes(shape, "qlora", True, r, 7) * tokens
+        # one row: row-by-row attention adds its per-token part and no padding
+        per_token = activation_bytes(shape, "qlora", True, r, 7) + rows_attention_bytes(shape, True, False)[0]
+        per_layer = per_token * tokens
         edges = tokens * shape.hidden * 4 * 3  # embedding output, final norm, last hidden states: float32
         kept_inputs = plan.checkpointed_mb * 2**20 - per_layer * 2 - edges
         assert kept_inputs / tokens / shape.layers == pytest.approx(checkpointed, rel=0.01), config
@@ -190,8 +193,11 @@ def test_fsdp_plan_holds_each_process_share_as_fsdp_shards_it():
         assert sharded.trainable_mb == pytest.approx(whole.trainable_mb / shards, abs=0.1)
         assert sharded.weights_mb == pytest.approx(
             whole.weights_mb / shards + fsdp_gathered(shape) * 4 / 2**20, abs=0.1)
-        # one CPU process counts glibc's retained buffers too; FSDP's workers return them (a fixed mmap threshold)
-        assert sharded.activations_mb * 2 == pytest.approx(whole.activations_mb, abs=0.25)  # each rounded to 0.1
+        # one CPU process counts glibc's retained buffers too; FSDP's workers return them (a fixed mmap threshold),
+        # so they count what autograd keeps, as a GPU at the same precision does
+        kept = memory_plan(shape, experiment, Device("cuda", "a GPU", device.memory_mb, bf16=False), [10, 20, 30],
+                           [1, 1, 2])
+        assert sharded.activations_mb == kept.activations_mb and sharded.activations_mb < whole.activations_mb
         assert sharded.logits_mb == whole.logits_mb
 
 
@@ -483,9 +489,19 @@ def test_the_offline_bundle_fetches_the_gpu_machines_wheel_where_a_wheel_is_made
 
 
 def test_a_cpu_plan_counts_what_the_allocator_keeps_on_random_shapes():
-    """On a CPU one process's activations are what autograd keeps plus the freed buffers glibc keeps
-    (CPU_RETAINED: the same again without checkpointing, half of it with); a GPU counts what autograd keeps."""
-    from llamalab.training.plan import CPU_RETAINED, Device, memory_plan
+    """On a CPU one process's activations are what autograd keeps (the formulas, at the largest micro-batch) plus
+    the freed buffers glibc keeps (CPU_RETAINED: the same again without checkpointing, half of it with); a GPU
+    counts what autograd keeps, with row-by-row attention's copies at its heaviest micro-batch."""
+    from llamalab.training.plan import (
+        CPU_RETAINED,
+        MIB,
+        Device,
+        adapted,
+        memory_plan,
+        micro_batches,
+        padding,
+        rows_attention_bytes,
+    )
 
     rng = random.Random(41)
     for _ in range(30):
@@ -495,9 +511,25 @@ def test_a_cpu_plan_counts_what_the_allocator_keeps_on_random_shapes():
         answers = [rng.randint(1, 4) for _ in lengths]
         cpu = memory_plan(shape, experiment, Device("cpu", "a CPU", 64 * 1024, bf16=False), lengths, answers)
         gpu = memory_plan(shape, experiment, Device("cuda", "a GPU", 64 * 1024, bf16=False), lengths, answers)
-        kept, checkpointed = gpu.components["activations"], gpu.components["checkpointed"]
-        assert cpu.components["activations"] == pytest.approx(kept * (1 + CPU_RETAINED[False]), abs=0.2)  # rounded
-        assert cpu.components["checkpointed"] == pytest.approx(checkpointed + kept * CPU_RETAINED[True], abs=0.2)
+        n = len(adapted(shape, experiment.lora.target_modules)) if experiment.method == "lora" else 0
+        formula = activation_bytes(shape, experiment.method, False, experiment.lora.r if n else 0, n)
+        per_token, per_pad = rows_attention_bytes(shape, False, cpu=False)
+        batches = micro_batches(lengths, experiment.batch_size, experiment.seed)
+
+        def kept(b: list[int], rows: bool, shape=shape, formula=formula, per_token=per_token, per_pad=per_pad
+                 ) -> tuple[float, float]:  # (activations, checkpointed) in MiB
+            layer = sum(b) * formula + (sum(b) * per_token + padding(b) * per_pad if rows else 0)
+            edges = sum(b) * shape.hidden * 4 * 3
+            return ((layer * (shape.layers + 1) + edges) / MIB,
+                    (sum(b) * shape.hidden * 4 * shape.layers + layer * 2 + edges) / MIB)
+
+        largest = kept(max(batches, key=sum), rows=False)
+        assert cpu.tokens_per_batch == max(sum(b) for b in batches)
+        assert cpu.components["activations"] == pytest.approx(largest[0] * (1 + CPU_RETAINED[False]), abs=0.2)
+        assert cpu.components["checkpointed"] == pytest.approx(largest[1] + largest[0] * CPU_RETAINED[True], abs=0.2)
+        # each part at the micro-batch that needs the most of it (padding can make those two differ)
+        assert gpu.components["activations"] == pytest.approx(max(kept(b, True)[0] for b in batches), abs=0.1)
+        assert gpu.components["checkpointed"] == pytest.approx(max(kept(b, True)[1] for b in batches), abs=0.1)
         assert cpu.workspace_mb == 0  # no fixed weight copy outside FSDP
 
 
@@ -527,3 +559,57 @@ def test_the_gpu_benchs_step_timing_on_random_step_ends(seed):
     assert timing["median_step_s"] == round(statistics.median(steps[1:]), 4)
     later = tokens * (len(steps) - half) / len(steps)  # the later steps' share of the tokens
     assert timing["steady_tokens_per_s"] == pytest.approx(later / sum(steps[half:]), rel=1e-9)
+
+
+def _rows_saved_bytes_per_layer(config: dict, lengths: list[int], bf16: bool) -> float:
+    """What autograd keeps for one more LoRA layer over a padding-free batch of rows of these lengths, attended row
+    by row as the trainer does."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llamalab.training.attention import use_rows_attention
+
+    starts = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+
+    def kept(layers: int) -> int:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**{**config, "num_hidden_layers": layers}, attn_implementation="sdpa"))
+        model = get_peft_model(model.to(torch.bfloat16 if bf16 else torch.float32),
+                               LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+        use_rows_attention(model)
+        weights = {p.data_ptr() for p in model.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            if t.data_ptr() not in weights:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.autograd.graph.saved_tensors_hooks(
+                pack, lambda t: t):
+            model(input_ids=torch.randint(0, config["vocab_size"], (1, sum(lengths))), position_ids=positions,
+                  logits_to_keep=1, cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=max(lengths),
+                  max_length_k=max(lengths))
+        return sum(storages.values())
+
+    return kept(2) - kept(1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_attention_keeps_what_the_plan_counts_on_ragged_batches(seed):
+    """The plan's bytes per layer for a padding-free batch of ragged rows, attended row by row (pads included),
+    against autograd's saved tensors, in float32 and under bf16 autocast."""
+    from llamalab.training.plan import padding, rows_attention_bytes
+
+    rng = random.Random(seed)
+    config = {**_config(rng), "intermediate_size": rng.choice([64, 128])}
+    shape = Shape.of(config)
+    lengths = [rng.randint(2, 48) for _ in range(rng.randint(1, 6))]
+    for bf16 in (False, True):
+        per_token, per_pad = rows_attention_bytes(shape, bf16, cpu=True)
+        predicted = (activation_bytes(shape, "lora", bf16, 8, 7) + per_token) * sum(lengths) + per_pad * padding(
+            lengths)
+        measured = _rows_saved_bytes_per_layer(config, lengths, bf16)
+        assert predicted == pytest.approx(measured, rel=0.1), (config, lengths, bf16)

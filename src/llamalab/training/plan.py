@@ -39,6 +39,11 @@ storage once) on Llama layers of several widths; a test checks them on random sh
 
 (h hidden size, kv the key/value width, i the MLP width, r the LoRA rank, n the adapted linear layers per layer.)
 
+These were measured with transformers' SDPA attention; training attends row by row (training/attention.py), which
+keeps more (`rows_attention_bytes`: per token, and per pad position of its rows side by side), so the plan takes the
+micro-batch that keeps the most, padding included. One CPU process's plan leaves these out: its allocator share
+below was fitted with them in place.
+
 On a CPU the measured peak is the process's resident memory during training less what it held before the model
 was loaded; on a GPU it is the peak memory torch allocated. Time per epoch is the epoch's model FLOPs (4 P per
 token for LoRA, 6 P for a full fine-tune) over the device's matmul rate at the efficiency the lab's past runs on
@@ -232,22 +237,44 @@ def activation_bytes(shape: Shape, method: str, bf16: bool, r: int, n: int) -> f
     return (20 * h + 4 * kv + 8 * i if bf16 else 4 * (8 * h + 2 * kv + 4 * i)) + extra
 
 
-def largest_batch(lengths: list[int], batch_size: int, seed: int, batches: int | None = None) -> int:
-    """Tokens in the largest micro-batch of shuffled epochs (padding-free batches: the sum of the lengths), over
-    `batches` micro-batches (default: one epoch's)."""
+def rows_attention_bytes(shape: Shape, bf16: bool, cpu: bool) -> tuple[float, float]:
+    """What attending row by row (training/attention.py) keeps besides what the formulas above count: (per token,
+    per pad position). Per token, the attention output gathered back from the padded rows (the output layer's
+    input, at the compute precision) and its slot (and on a CPU under bf16 autocast, the float32 attention's
+    copies of its queries, keys, values and output); per pad position of the rows side by side (each padded to the
+    longest), queries, keys, values and output (float32 on a CPU) and each head's log-sum-exp. Measured from
+    autograd's saved tensors on random ragged batches (tests/test_plan.py)."""
+    compute, attend = (2 if bf16 else 4), (4 if cpu or not bf16 else 2)
+    qkvo = 2 * shape.hidden + 2 * shape.kv_dim
+    # a CPU attends in float32 under bf16 autocast too: the real positions' copies take 2 bytes more a number
+    return shape.hidden * compute + 8 + qkvo * (attend - compute), qkvo * attend + 4 * shape.heads
+
+
+def padding(rows: list[int]) -> int:
+    """Pad positions when rows of these lengths are put side by side, each padded to the longest."""
+    return len(rows) * max(rows, default=0) - sum(rows)
+
+
+def micro_batches(lengths: list[int], batch_size: int, seed: int, batches: int | None = None) -> list[list[int]]:
+    """The lengths of each micro-batch of shuffled epochs, over `batches` micro-batches (default: one epoch's)."""
     if not lengths:
-        return 0
-    rng, largest, seen = random.Random(seed), 0, 0
+        return []
+    rng, found = random.Random(seed), []
     per_epoch = -(-len(lengths) // batch_size)
-    while seen < (batches or per_epoch):
+    while len(found) < (batches or per_epoch):
         order = list(range(len(lengths)))
         rng.shuffle(order)
         for k in range(0, len(order), batch_size):
-            if seen == (batches or per_epoch):
+            if len(found) == (batches or per_epoch):
                 break
-            largest = max(largest, sum(lengths[j] for j in order[k:k + batch_size]))
-            seen += 1
-    return largest
+            found.append([lengths[j] for j in order[k:k + batch_size]])
+    return found
+
+
+def largest_batch(lengths: list[int], batch_size: int, seed: int, batches: int | None = None) -> int:
+    """Tokens in the largest micro-batch of shuffled epochs (padding-free batches: the sum of the lengths), over
+    `batches` micro-batches (default: one epoch's)."""
+    return max((sum(b) for b in micro_batches(lengths, batch_size, seed, batches)), default=0)
 
 
 def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], answers: list[int],
@@ -283,16 +310,28 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     if shards > 1:  # gathered at the compute precision (FSDP's bf16 policy on GPUs)
         weights, trainable = weights / shards + fsdp_gathered(shape) * param_bytes, trainable / shards
     batches = experiment.max_steps * experiment.grad_accum if experiment.max_steps else None
-    tokens = largest_batch(lengths, experiment.batch_size, experiment.seed, batches)
-    per_layer = activation_bytes(shape, method, bf16, r, n) * tokens
+    formula = activation_bytes(shape, method, bf16, r, n)
+    per_token, per_pad = rows_attention_bytes(shape, bf16, device.kind == "cpu")
+    resident = device.kind == "cpu" and shards == 1  # what the allocator keeps: fitted, row-by-row copies included
     act_bytes = 2 if bf16 else 4
     stream_bytes = 4 if method == "qlora" else act_bytes  # k-bit preparation: float32 embedding and norms
-    edges = tokens * shape.hidden * stream_bytes * 3  # embedding output, final norm, the last hidden states
-    activations = per_layer * (shape.layers + 1) + edges
-    checkpointed = tokens * shape.hidden * stream_bytes * shape.layers + per_layer * 2 + edges
-    if device.kind == "cpu" and shards == 1:  # resident, with the buffers glibc keeps (module docstring)
-        activations, checkpointed = (activations * (1 + CPU_RETAINED[False]),
-                                     checkpointed + activations * CPU_RETAINED[True])
+
+    def kept(rows: list[int]) -> tuple[float, float]:
+        """(activations, with checkpointing) for one micro-batch of rows of these lengths."""
+        tokens = sum(rows)
+        edges = tokens * shape.hidden * stream_bytes * 3  # embedding output, final norm, the last hidden states
+        activations = tokens * formula * (shape.layers + 1) + edges
+        checkpointed = tokens * shape.hidden * stream_bytes * shape.layers + tokens * formula * 2 + edges
+        if resident:  # with the buffers glibc keeps (module docstring); its shares were fitted with row-by-row
+            # attention in place, and counting that attention's copies on top overshot (batch 32: +41%)
+            return activations * (1 + CPU_RETAINED[False]), checkpointed + activations * CPU_RETAINED[True]
+        side_by_side = tokens * per_token + padding(rows) * per_pad  # attending row by row, per layer
+        return activations + side_by_side * (shape.layers + 1), checkpointed + side_by_side * 2
+
+    # The micro-batches that keep the most, with and without checkpointing (padding makes them differ)
+    each = [(kept(b), sum(b)) for b in micro_batches(lengths, experiment.batch_size, experiment.seed, batches)]
+    (activations, _), tokens = max(each, key=lambda e: e[0][0], default=((0.0, 0.0), 0))
+    checkpointed = max((k[1] for k, _ in each), default=0.0)
     answer_tokens = largest_batch(answers, experiment.batch_size, experiment.seed, batches)
     logits = answer_tokens * shape.vocab * (4 * 3 + act_bytes)  # float32 logits, log-softmax, their gradient
     workspace = shape.linear_params * param_bytes if device.kind == "cpu" and shards > 1 else 0

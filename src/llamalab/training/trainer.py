@@ -164,6 +164,7 @@ def _run_training(
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_s = time.perf_counter() - started - setup_s
     weights = _gathered_weights(trainer) if trainer.is_fsdp_enabled else None
+    peaks = _every_process(peak.mb)  # the plan is one process's: each process's peak is measured against it
     # on GPUs accelerate's FSDP computes each layer in bf16 by its mixed-precision policy, not autocast
     bf16_fsdp = trainer.is_fsdp_enabled and _use_bf16(experiment) and not trainer.autocast_bf16
     if not trainer.is_world_process_zero():
@@ -185,7 +186,8 @@ def _run_training(
         optimizer=_optimizer_use(trainer.args, experiment, trainer.state.max_steps),
         data_used={"train_examples": len(dataset), "skipped_too_long": skipped, "tokens_per_epoch": n_tokens},
         throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)},
-        memory={**plan.to_record(), "measured_mb": peak.mb},
+        memory={**plan.to_record(), "measured_mb": max((p for p in peaks if p is not None), default=None),
+                **({"measured_mb_each": peaks} if processes > 1 else {})},
         peak_memory_mb=peak_memory_mb(),  # this process's: with several, the launcher's own would say nothing
         timings=timings,
         processes=processes,
@@ -193,6 +195,17 @@ def _run_training(
         precision="bfloat16 (FSDP mixed precision)" if bf16_fsdp else "bfloat16 autocast" if _use_bf16(experiment)
         else str(dtype).removeprefix("torch."),
     )
+
+
+def _every_process(value: float | None) -> list[float | None]:
+    """`value` from every training process, in rank order (all of them must call this)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    values: list[float | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def _optimizer_use(args, experiment: Experiment, steps: int) -> dict:
