@@ -24,7 +24,8 @@ Schedule = Callable[[str, int], str | None]
 # Faults answered by the proxy itself (the upstream never sees, nor bills, the request)...
 LOCAL_FAULTS = ("429", "429_date", "500", "503", "drop", "malformed", "no_choices", "401", "404")
 # ...and faults that happen after the upstream has done (and billed) the work.
-PAID_FAULTS = ("slow", "truncate", "null_content")  # null_content: billed, usage sent, no text (a content filter)
+# null_content: billed, with usage, but no text (retried); filtered: the same, ended by a content filter (final).
+PAID_FAULTS = ("slow", "truncate", "null_content", "filtered")
 DEFAULT_MIX = ("429", "500", "503", "drop", "malformed", "no_choices", "slow", "truncate")
 
 
@@ -183,13 +184,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(status, headers, data, send=len(data) // 2)
             self.close_connection = True
             self.proxy.answer_lost(key)
-        elif fault == "null_content":
+        elif fault in ("null_content", "filtered"):
             status, headers, data = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
             answer = json.loads(data)
             answer["choices"][0]["message"]["content"] = None
-            answer["choices"][0]["finish_reason"] = "content_filter"
+            if fault == "filtered":
+                answer["choices"][0]["finish_reason"] = "content_filter"
+            else:
+                self.proxy.answer_lost(key)
             self._reply_json(status, answer)
-            self.proxy.answer_lost(key)
         elif fault is None:
             reply = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
             # A busy upstream can outlast the client's timeout on its own: that answer is paid and lost too.

@@ -207,8 +207,8 @@ def test_broken_responses_are_retried(llama_server: str, clean: list[ChatResult]
 
 def test_tokens_billed_for_unusable_answers_are_counted(llama_server: str, clean: list[ChatResult],
                                                          tmp_path: Path) -> None:
-    """A 200 whose usage says it was billed but whose content is null (a content filter) is asked for again: its
-    tokens are counted as retried and priced into the cost, and a rerun from the cache shows the same cost."""
+    """A 200 whose usage says it was billed but whose content is null is asked for again: its tokens are counted as
+    retried and priced into the cost, and the cache keeps them with the answer."""
     model = api_model("http://unused")
     key = body_key(request_body(model, REQUESTS[0]))
     with FaultProxy(llama_server.removesuffix("/v1"), scripted({key: ["null_content", "null_content"]})) as proxy:
@@ -221,6 +221,60 @@ def test_tokens_billed_for_unusable_answers_are_counted(llama_server: str, clean
     assert result.cost_usd == pytest.approx(3 * clean[0].cost_usd)
     [again] = run_batch(proxied, tmp_path / "cache.sqlite", REQUESTS[:1])  # the proxy is gone: from the cache
     assert again.cached and again.retried_input_tokens == result.retried_input_tokens
+
+
+def test_a_content_filters_answer_is_final_not_retried(llama_server: str, clean: list[ChatResult],
+                                                      tmp_path: Path) -> None:
+    """finish_reason content_filter with no text: the answer is empty and marked (it would fire again on the same
+    prompt, each retry billed); it is cached like any answer."""
+    model = api_model("http://unused")
+    key = body_key(request_body(model, REQUESTS[0]))
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted({key: ["filtered"]})) as proxy:
+        proxied = model.model_copy(update={"base_url": proxy.url})
+        results = run_batch(proxied, tmp_path / "cache.sqlite", REQUESTS[:2])
+        assert proxy.paid[key] == 1
+    assert (results[0].text, results[0].content_filtered, results[0].attempts) == ("", True, 1)
+    assert results[0].cost_usd == pytest.approx(clean[0].cost_usd) and not results[1].content_filtered
+    again = run_batch(proxied, tmp_path / "cache.sqlite", REQUESTS[:2])
+    assert again[0].cached and again[0].content_filtered and not again[1].content_filtered
+
+
+def test_a_cache_made_by_an_older_llamalab_is_read_and_stays_writable_by_it(tmp_path: Path) -> None:
+    """The retried tokens and the filter flag live in a table of their own: an older llamalab, which writes five
+    values into `responses`, keeps working on a cache this one has opened, and this one reads its answers."""
+    import sqlite3
+
+    from llamalab.backends.api import _Cache
+
+    path = tmp_path / "cache.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, input_tokens INTEGER NOT NULL, "
+                "output_tokens INTEGER NOT NULL, created REAL NOT NULL)")
+    old.execute("INSERT INTO responses VALUES ('a', 'old answer', 5, 2, 0)")
+    cache = _Cache(path)
+    hit = cache.get("a")
+    assert (hit.text, hit.input_tokens, hit.retried_input_tokens, hit.content_filtered) == ("old answer", 5, 0, False)
+    cache.put("b", dataclasses.replace(hit, text="new", retried_input_tokens=7, retried_output_tokens=1))
+    old.execute("INSERT OR REPLACE INTO responses VALUES ('c', 'written by the old one', 1, 1, 0)")
+    assert cache.get("b").retried_input_tokens == 7 and cache.get("c").text == "written by the old one"
+    cache.put("b", dataclasses.replace(hit, text="again"))  # replaced without extras: none left behind
+    assert cache.get("b").retried_input_tokens == 0
+    cache.close()
+    old.close()
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": True, "completion_tokens": 3}, {"prompt_tokens": -1,
+                                   "completion_tokens": 3}, {"prompt_tokens": 2.5, "completion_tokens": 3}, None])
+def test_a_response_without_whole_token_counts_is_retried(usage) -> None:
+    import httpx
+
+    from llamalab.backends.api import _parse_completion, _Retry
+
+    body = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    outcome = _parse_completion(httpx.Response(200, json=body))
+    assert isinstance(outcome, _Retry) and "usage" in outcome.reason and outcome.billed is None
+    body["usage"] = {"prompt_tokens": 4, "completion_tokens": 3}
+    assert _parse_completion(httpx.Response(200, json=body)) == ("hi", 4, 3, False)
 
 
 def test_retry_after_is_honoured(llama_server: str, tmp_path: Path) -> None:

@@ -47,11 +47,12 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
     clean_rows = {r["id"]: r for r in read_jsonl(clean.folder / "predictions.jsonl")}
 
     api_env("faulty")  # every request must really go through the proxy
-    faults = seeded_faults(0.5, seed=3, faults=(*DEFAULT_MIX, "null_content"), clean_after=2)
+    faults = seeded_faults(0.5, seed=3, faults=(*DEFAULT_MIX, "null_content", "filtered"), clean_after=2)
     with FaultProxy(llama_server.removesuffix("/v1"), faults, slow_s=7) as proxy:
         faulty_lab = with_api_model(lab, proxy.url)
         faulty = evaluate(faulty_lab, EvalSettings(**SETTINGS))
-        assert sum(proxy.faults_injected().values()) > 0 and proxy.faults_injected()["null_content"] > 0
+        injected = proxy.faults_injected()
+        assert injected["null_content"] > 0 and injected["filtered"] > 0
     rows = read_jsonl(faulty.folder / "predictions.jsonl")
     assert faulty.run.status == "finished" and len(rows) == 16
     assert faulty.run.scoring.protocol == "generate"
@@ -62,6 +63,10 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
     used, retried = clean.run.usage, faulty.run.usage
     assert (retried.input_tokens, retried.output_tokens) == (used.input_tokens, used.output_tokens)
     assert retried.retried_input_tokens > 0
+    # A content filter's answer is final (not retried) and empty: wrong, and counted
+    filtered = [r for r in rows if r["content_filtered"]]
+    assert retried.content_filtered == len(filtered) == injected["filtered"]
+    assert all(r["generation"] == "" and r["prediction"] is None and not r["correct"] for r in filtered)
     assert retried.cost_usd == pytest.approx(used.cost_usd + (retried.retried_input_tokens * 0.15
                                                               + retried.retried_output_tokens * 0.6) / 1e6, abs=2e-6)
     assert {r["id"] for r in rows} == set(clean_rows)

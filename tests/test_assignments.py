@@ -192,15 +192,19 @@ HOSTILE = [
 # ---- fast: the grader on a small hand-made grading config -------------------------------------------------------
 
 
-def _small_assignment(root: Path) -> tuple[Path, Path, Path]:
-    """grading/ for 6 sentiment examples, and a solution that answers them all right."""
-    gold = {f"test-{i:05d}": ("positive" if i % 2 else "negative") for i in range(1, 7)}
+def _small_config() -> GradingConfig:
     thresholds = Thresholds(metric="accuracy", zero_at=0.5, full_at=0.8, margin=0.02, baseline=0.5,
                             baseline_run="base-run", baseline_system="base [plain]", baseline_n=6, finetuned=0.82,
                             finetuned_run="tuned-run", finetuned_system="tuned [plain]", finetuned_n=6)
-    config = GradingConfig(assignment="small", task="sentiment", split="test", n=len(gold),
-                           answer=AnswerSpec(type="label", labels=["negative", "positive"]), metric="accuracy",
-                           thresholds=thresholds)
+    return GradingConfig(assignment="small", task="sentiment", split="test", n=6,
+                         answer=AnswerSpec(type="label", labels=["negative", "positive"]), metric="accuracy",
+                         thresholds=thresholds)
+
+
+def _small_assignment(root: Path) -> tuple[Path, Path, Path]:
+    """grading/ for 6 sentiment examples, and a solution that answers them all right."""
+    gold = {f"test-{i:05d}": ("positive" if i % 2 else "negative") for i in range(1, 7)}
+    config = _small_config()
     grading, solution = root / "grading", root / "solution"
     grading.mkdir(parents=True)
     solution.mkdir()
@@ -299,6 +303,28 @@ def test_section_words_never_count_a_word_twice(seed: int) -> None:
         total += count
     words = section_words("\n".join(lines), list(REPORT_SECTIONS))
     assert sum(w for w in words.values() if w is not None) <= total
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_flat_sections_count_exactly_their_own_words(seed: int) -> None:
+    """Headings of one level in a random order: each required section has exactly the words under it, and a
+    section without a heading is None (nothing dropped, nothing borrowed)."""
+    rng = random.Random(seed)
+    present = rng.sample(REPORT_SECTIONS, rng.randint(0, len(REPORT_SECTIONS)))
+    bodies = {name: rng.randint(0, 50) for name in [*present, "Notes", "Appendix"]}
+    order = list(bodies)
+    rng.shuffle(order)
+    report = "# Report\n" + "".join(f"## {rng.choice(['', '3. '])}{name}\n{' '.join(['w'] * bodies[name])}\n"
+                                     for name in order)
+    words = section_words(report, list(REPORT_SECTIONS))
+    assert words == {name: bodies.get(name) for name in REPORT_SECTIONS}
+
+
+def test_report_sections_must_name_different_headings() -> None:
+    cases = ((["Baseline", "baseline!"], "name the same heading"), (["Data check", "--"], "no letter"))
+    for sections, message in cases:
+        with pytest.raises(ValueError, match=message):
+            GradingConfig(**{**_small_config().model_dump(), "report_sections": sections})
 
 
 @pytest.mark.parametrize("seed", range(30))

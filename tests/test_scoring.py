@@ -169,20 +169,26 @@ def test_token_budget_batches_cover_every_row_once_within_the_budget(seed):
     within the budget, or a single row that alone is over it."""
     import random
 
-    from llamalab.backends.hf_batches import length_batches
+    from llamalab.backends.hf_batches import Budget, length_batches
 
     rng = random.Random(seed)
     lengths = [rng.randint(1, 300) for _ in range(rng.randint(0, 120))]
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    rows, budget = rng.randint(1, 64), rng.choice([None, rng.randint(1, 4000)])
+    rows = rng.randint(1, 64)
+    budget = rng.choice([None, Budget(rng.randint(1, 400_000), rng.randint(1, 200), rng.choice([0, 0.5, 4]))])
+
+    def cost(batch: list[int]) -> float:  # bytes of the batch padded to its widest row
+        width = max(lengths[i] for i in batch)
+        return len(batch) * width * (budget.per_token + budget.per_position * width)
+
     batches = list(length_batches(order, lengths, rows, budget))
     assert [i for batch in batches for i in batch] == order
     for batch in batches:
         assert 1 <= len(batch) <= rows
         if budget is not None and len(batch) > 1:
-            assert len(batch) * max(lengths[i] for i in batch) <= budget
+            assert cost(batch) <= budget.bytes
         if budget is not None and batch is not batches[-1]:  # as many rows as fit: one more would not
-            assert len(batch) == rows or (len(batch) + 1) * lengths[batch[0]] > budget
+            assert len(batch) == rows or cost(batch + [batch[0]]) > budget.bytes
 
 
 def test_auto_batches_score_as_fixed_ones(model, monkeypatch):
@@ -190,7 +196,7 @@ def test_auto_batches_score_as_fixed_ones(model, monkeypatch):
     import random
 
     from llamalab.backends import hf_scoring
-    from llamalab.backends.hf_batches import CPU_ROWS, batch_rows
+    from llamalab.backends.hf_batches import CPU_ROWS, Budget, batch_rows
 
     assert batch_rows("auto", model) == (CPU_ROWS, None) and batch_rows(5, model) == (5, None)
     rng = random.Random(1)
@@ -198,7 +204,7 @@ def test_auto_batches_score_as_fixed_ones(model, monkeypatch):
                 for _ in range(20)]
     fixed = score_choices(model, requests, batch_size=4)
     seen: list[list[int]] = []
-    monkeypatch.setattr(hf_scoring, "batch_rows", lambda batch_size, model: (1024, 120))  # a 120-token card
+    monkeypatch.setattr(hf_scoring, "batch_rows", lambda batch_size, model: (1024, Budget(120, 1)))  # 120 tokens
     budgeted = score_choices(model, requests, batch_size="auto", on_batch=lambda i, s: seen.append(i))
     assert max(len(b) for b in seen) > 4 and all(len(b) * len(requests[b[0]].prompt_ids) <= 120 or len(b) == 1
                                                  for b in seen)

@@ -40,6 +40,7 @@ from llamalab.assignments.rubric import (
     GradingConfig,
     metric_points,
     score_answer,
+    section_key,
     split_points,
 )
 from llamalab.assignments.submission import SubmittedFile, read_submission, shown
@@ -347,7 +348,7 @@ def report_sections(markdown: str) -> list[tuple[int, str, int]]:
         elif not fenced and (match := _HEADING.match(line)):
             if found:
                 found[-1] = (*found[-1][:2], words)
-            found.append((len(match.group(1)), _normal(match.group(2)), 0))
+            found.append((len(match.group(1)), section_key(match.group(2)), 0))
             words = 0
         elif not fenced and found:
             words += len(re.findall(r"[^\W_]+", line))
@@ -390,15 +391,11 @@ def _section_headings(found: list[tuple[int, str, int]], sections: list[str]) ->
     chosen: dict[str, int | None] = dict.fromkeys(sections)
     for exact in (True, False):
         for section in sections:
-            key = _normal(section)
+            key = section_key(section)
             if chosen[section] is None:
                 chosen[section] = next((i for i, text in enumerate(bare) if i not in chosen.values() and (
                     text == key if exact else text.startswith(key))), None)
     return chosen
-
-
-def _normal(text: str) -> str:
-    return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())
 
 
 # ---- results.json ---------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ model is validated when the builder writes it and when the grader reads it.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llamalab.config import StrictModel
 from llamalab.evaluation.metrics import score_generation
@@ -93,6 +94,22 @@ class GradingConfig(StrictModel):
     partial: bool = Field(False, description="grade the ids submitted (a self-check on dev), not every id")
     visibility: Literal["visible", "after_due_date", "after_published"] = Field(
         "visible", description="when students see the metric test and its score (Gradescope's visibility)")
+
+    @field_validator("report_sections")
+    @classmethod
+    def _distinct_sections(cls, sections: list[str]) -> list[str]:
+        keys = [section_key(s) for s in sections]
+        if blank := [s for s, k in zip(sections, keys, strict=True) if not k]:
+            raise ValueError(f"report section {blank[0]!r} has no letter or digit to find its heading by")
+        if same := [s for s, k in zip(sections, keys, strict=True) if keys.count(k) > 1]:
+            raise ValueError(f"report sections {same[0]!r} and {same[1]!r} name the same heading: one heading "
+                             "gives its words to one section")
+        return sections
+
+
+def section_key(text: str) -> str:
+    """A heading or section name as the grader compares them: case, punctuation and spacing set aside."""
+    return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())
 
 
 def metric_points(score: float, thresholds: Thresholds, points: int) -> float:

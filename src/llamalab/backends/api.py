@@ -76,8 +76,11 @@ class ChatRequest:
 class ChatResult:
     """The outcome of one request; `cached` results were paid for in an earlier run and cost 0 now.
 
-    `retried_*_tokens`: what earlier attempts of the request were billed for and could not be used (a 200 whose
-    body had usage but no text content); `cost_usd` includes them."""
+    `retried_*_tokens`: what earlier attempts of the request cost and could not be used (a 200 whose body had usage
+    but no text); `cost_usd` includes them, and the cache keeps them with the answer (a cache hit's example costs, at
+    list prices, what it cost to get). `content_filtered`: the provider's content filter ended the answer
+    (`finish_reason: content_filter`); its text, possibly empty, is the answer, not retried (a filter fires again
+    on the same prompt)."""
 
     text: str
     input_tokens: int
@@ -88,6 +91,7 @@ class ChatResult:
     attempts: int
     retried_input_tokens: int = 0
     retried_output_tokens: int = 0
+    content_filtered: bool = False
 
 
 class ApiError(LlamalabError):
@@ -291,10 +295,10 @@ class ChatClient:
             parsed = _parse_completion(response)
             if isinstance(parsed, _Retry):
                 return parsed
-            text, input_tokens, output_tokens = parsed
+            text, input_tokens, output_tokens, filtered = parsed
             return ChatResult(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                               cost_usd=self._cost(input_tokens, output_tokens), latency_s=latency, cached=False,
-                              attempts=attempt)
+                              attempts=attempt, content_filtered=filtered)
         if status in RETRYABLE_STATUS or status >= 500:
             reason = self._redact(f"HTTP {status}: {_server_message(response)}")
             return _Retry(reason, parse_retry_after(response.headers.get("retry-after")), throttled=status == 429)
@@ -374,35 +378,45 @@ class _Cache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
-                "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL, "
-                "retried_input_tokens INTEGER NOT NULL DEFAULT 0, retried_output_tokens INTEGER NOT NULL DEFAULT 0)"
+                "input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, created REAL NOT NULL)"
             )
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(responses)")}
-            for column in ("retried_input_tokens", "retried_output_tokens"):  # a cache from an older llamalab
-                if column not in columns:
-                    self._db.execute(f"ALTER TABLE responses ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+            # What a response cost besides itself, and whether a content filter cut it: a table of its own, so that
+            # an older llamalab sharing the cache still reads and writes `responses` as it always has.
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS response_extras (key TEXT PRIMARY KEY, retried_input_tokens INTEGER NOT "
+                "NULL, retried_output_tokens INTEGER NOT NULL, content_filtered INTEGER NOT NULL)"
+            )
         except sqlite3.Error as exc:
             raise ApiError(f"{path}: cannot open the API response cache ({exc})") from None
 
     def get(self, key: str) -> ChatResult | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT text, input_tokens, output_tokens, retried_input_tokens, retried_output_tokens "
-                "FROM responses WHERE key = ?", (key,)
+                "SELECT r.text, r.input_tokens, r.output_tokens, e.retried_input_tokens, e.retried_output_tokens, "
+                "e.content_filtered FROM responses r LEFT JOIN response_extras e ON e.key = r.key WHERE r.key = ?",
+                (key,)
             ).fetchone()
         if row is None:
             return None
         return ChatResult(text=row[0], input_tokens=row[1], output_tokens=row[2], cost_usd=0.0, latency_s=0.0,
-                          cached=True, attempts=0, retried_input_tokens=row[3], retried_output_tokens=row[4])
+                          cached=True, attempts=0, retried_input_tokens=row[3] or 0, retried_output_tokens=row[4] or 0,
+                          content_filtered=bool(row[5]))
 
     def put(self, key: str, result: ChatResult) -> None:
+        extras = (result.retried_input_tokens, result.retried_output_tokens, int(result.content_filtered))
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses (key, text, input_tokens, output_tokens, created, "
-                "retried_input_tokens, retried_output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, result.text, result.input_tokens, result.output_tokens, time.time(),
-                 result.retried_input_tokens, result.retried_output_tokens),
-            )
+            self._db.execute("BEGIN IMMEDIATE")  # the response and its extras land together or not at all
+            try:
+                self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                                 (key, result.text, result.input_tokens, result.output_tokens, time.time()))
+                if any(extras):
+                    self._db.execute("INSERT OR REPLACE INTO response_extras VALUES (?, ?, ?, ?)", (key, *extras))
+                else:
+                    self._db.execute("DELETE FROM response_extras WHERE key = ?", (key,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -435,9 +449,9 @@ def _check_request(index: int, request: ChatRequest) -> None:
         raise ApiError(f"request {index}: messages must be a non-empty list of {{'role': str, 'content': str}}")
 
 
-def _parse_completion(response: httpx.Response) -> tuple[str, int, int] | _Retry:
-    """(text, input tokens, output tokens) from a 200 response, or why it can't be used (a retryable problem)
-    with the tokens its usage says were billed all the same."""
+def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool] | _Retry:
+    """(text, input tokens, output tokens, cut by a content filter) from a 200 response, or why it can't be used
+    (a retryable problem) with the tokens its usage says were billed all the same."""
     try:
         data = response.json()
     except ValueError:
@@ -446,14 +460,18 @@ def _parse_completion(response: httpx.Response) -> tuple[str, int, int] | _Retry
     tokens = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")] if isinstance(usage, dict) else []
     billed = (tokens[0], tokens[1]) if tokens and all(_count(t) for t in tokens) else None
     try:
-        text = data["choices"][0]["message"]["content"]
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
     except (KeyError, IndexError, TypeError):
         return _Retry("response lacks choices[0].message.content", billed=billed)
+    filtered = isinstance(choice, dict) and choice.get("finish_reason") == "content_filter"
+    if filtered and text is None:
+        text = ""  # the filter's answer: nothing (scored as unparsed, so wrong)
     if not isinstance(text, str):
         return _Retry(f"response content is {type(text).__name__}, not text", billed=billed)
     if billed is None:
         return _Retry("response lacks usage.prompt_tokens and usage.completion_tokens as whole numbers")
-    return text, billed[0], billed[1]
+    return text, billed[0], billed[1], filtered
 
 
 def _count(value: Any) -> bool:

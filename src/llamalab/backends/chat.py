@@ -48,7 +48,8 @@ class ChatApiBackend:
                      "retried_input_tokens": result.retried_input_tokens,
                      "retried_output_tokens": result.retried_output_tokens,
                      "cost_usd": round(billed_in * prices[0] + billed_out * prices[1], 8),
-                     "latency_s": round(result.latency_s, 3), "cached": result.cached, "attempts": result.attempts}
+                     "latency_s": round(result.latency_s, 3), "cached": result.cached, "attempts": result.attempts,
+                     "content_filtered": result.content_filtered}
             on_batch([index], [Generation(result.text, extra)])
 
         self.client.complete_many(requests, on_result=save)

@@ -392,9 +392,10 @@ def _usage(rows: list[dict]) -> dict | None:
     return {
         "input_tokens": sum(r["input_tokens"] for r in api_rows),
         "output_tokens": sum(r["output_tokens"] for r in api_rows),
-        # billed for answers that could not be used and were asked for again (in cost_usd too)
+        # what answers that could not be used cost before each answer was asked for again (in cost_usd too)
         "retried_input_tokens": sum(r.get("retried_input_tokens", 0) for r in api_rows),
         "retried_output_tokens": sum(r.get("retried_output_tokens", 0) for r in api_rows),
+        "content_filtered": sum(1 for r in api_rows if r.get("content_filtered")),
         "cost_usd": round(cost, 6),  # at list prices, whether paid now or earlier (cache hits)
         "paid_now_usd": round(sum(r["cost_usd"] for r in api_rows if not r.get("cached")), 6),
         "cost_per_1k_examples_usd": round(1000 * cost / len(api_rows), 6),

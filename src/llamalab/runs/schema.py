@@ -16,8 +16,11 @@ Version history:
      (the model sharded across them); absent (null) in older records.
   5  a train run's `optimizer`: its name, betas, epsilon, gradient clipping and warm-up steps; absent (null) in
      older records.
-  6  an eval run's `usage` counts the tokens billed for API answers that could not be used and were asked for
-     again (`retried_input_tokens`, `retried_output_tokens`; in `cost_usd` too); 0 in older records.
+  6  an eval run's `usage` counts the tokens of API answers that could not be used and were asked for again
+     (`retried_input_tokens`, `retried_output_tokens`; in `cost_usd` too) and the answers a content filter ended
+     (`content_filtered`); 0 in older records. A train run
+     in several processes records each one's peak memory (`memory.measured_mb_each`) and `memory.measured_mb` is
+     the largest (older records: the first process's).
 """
 
 from __future__ import annotations
@@ -145,8 +148,11 @@ class PredictionSummary(Shape):
 class Usage(Shape):
     input_tokens: int  # of the answers used
     output_tokens: int
-    retried_input_tokens: int = 0  # billed for answers that could not be used (cost_usd includes them)
+    # what answers that could not be used cost before the answers used (at list prices, like cost_usd, which
+    # includes them; a cache hit's too, as it cost when it was paid for)
+    retried_input_tokens: int = 0
     retried_output_tokens: int = 0
+    content_filtered: int = 0  # answers the provider's content filter ended (their text, often empty, is scored)
     cost_usd: float
     paid_now_usd: float
     cost_per_1k_examples_usd: float
@@ -270,7 +276,8 @@ class MemoryUse(Shape):
 
     device: str
     predicted_mb: float
-    measured_mb: float | None = None
+    measured_mb: float | None = None  # with several processes, the largest of their peaks
+    measured_mb_each: list[float | None] | None = None  # each process's peak, in rank order (several processes)
     activation_checkpointing: bool
     reason: str
     predicted_s_per_epoch: float | None = None
