@@ -193,8 +193,8 @@ def plan(
     table.add_column("what")
     notes = {"weights": "parameters at the training precision",
              "trainable": "gradients and AdamW's moments (LoRA: its weights too)",
-             "activations": f"kept for the backward pass ({result.tokens_per_batch:,} tokens, largest micro-batch; "
-                            "on a CPU with the freed buffers its allocator keeps)",
+             "activations": f"kept for the backward pass (the heaviest micro-batch, {result.tokens_per_batch:,} "
+                            "tokens; on a CPU with the freed buffers its allocator keeps)",
              "checkpointed": "the same with activation checkpointing",
              "logits": "output layer at the answer tokens",
              "workspace": "weight copies (a GPU's full fine-tune: autocast's; FSDP on a CPU: measured)",

@@ -9,8 +9,9 @@ Memory is the sum of parts, each from the model's shape and the experiment:
                    float32 on every device: bf16 computes through autocast), the gradient and the two moments in
                    float32 (12 bytes)
     activations    what autograd keeps for the backward pass: bytes per token per layer (below) x layers x the
-                   tokens of the largest micro-batch of an epoch (batches are padding-free: the sum of their rows'
-                   lengths), plus one layer's worth in flight during the backward pass. With activation
+                   tokens of the micro-batch of an epoch that keeps the most (batches are padding-free: the sum of
+                   their rows' lengths; attention pads them, below), plus one layer's worth in flight during the
+                   backward pass. With activation
                    checkpointing only each layer's input is kept, and one layer is recomputed at a time. QLoRA's
                    residual stream is float32 (PEFT's k-bit preparation makes the embedding and norms float32).
     logits         the output layer at the answer tokens only (the trainer keeps no other position)
@@ -200,7 +201,7 @@ class MemoryPlan:
     logits_mb: float
     workspace_mb: float
     load_mb: float  # the peak while loading (CPU: the file's pages and the converted weights at once)
-    tokens_per_batch: int  # the largest micro-batch of an epoch
+    tokens_per_batch: int  # of the micro-batch of an epoch that keeps the most activations
     checkpointing: bool
     reason: str
     seconds_per_epoch: float | None = None
