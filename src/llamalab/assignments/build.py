@@ -55,6 +55,7 @@ from llamalab.runs.record import list_runs
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import Example
 from llamalab.tasks.task import Task, load_task
+from llamalab.training.experiment import resolve_experiment
 
 DEFAULT_MARGIN = 0.02
 _OURS = {"student", "autograder", "solution", ASSIGNMENT_FILE}
@@ -272,8 +273,9 @@ def _solution(folder: Path, lab: Lab, refs: References, hidden: list[tuple[str, 
     rows = [{"id": ident, "answer": submission_answer(refs.rows[ex.id])} for ident, ex in hidden]
     write_text_atomic(folder / PREDICTIONS, _jsonl(rows))
     write_text_atomic(folder / EXPERIMENT, (refs.trained.folder / RUN_CONFIG).read_text(encoding="utf-8"))
-    metric, config = context["metric"], refs.trained.config
-    lora = f" (rank {config['lora']['r']}, alpha {config['lora']['alpha']})" if config.get("method") == "lora" else ""
+    metric = context["metric"]
+    config, _ = resolve_experiment(refs.trained.config, str(refs.trained.folder / RUN_CONFIG))  # typed, defaults in
+    lora = f" (rank {config.lora.r}, alpha {config.lora.alpha})" if config.method in ("lora", "qlora") else ""
     report = check_task_data(refs.data, context["task"])
     overlap = report.overlap.get("test", 0)
     write_text_atomic(folder / REPORT, render(
