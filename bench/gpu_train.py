@@ -196,7 +196,8 @@ def label_scoring(lab, folder: Path, limit: int, batch: int | str) -> dict:
     throughput = record.run.throughput
     return {"examples_per_s": throughput["examples_per_s"], "tokens_per_s": throughput["tokens_per_s"],
             "forward_tokens_per_s": throughput.get("forward_tokens_per_s"), "precision": precision,
-            "batch_size": batch, "examples": limit, "rechecked_float32": throughput.get("rechecked_float32")}
+            "batch_size": batch, "largest_batch_rows": throughput.get("largest_batch_rows", batch), "examples": limit,
+            "rechecked_float32": throughput.get("rechecked_float32")}
 
 
 def rows_attention_error(seed: int = 0) -> float:
@@ -321,7 +322,8 @@ def _print(shape: str, params: int, scoring_flops: float, runs: dict, rate: floa
             rechecked = (f"; {run['rechecked_float32']} of {run['examples']} close calls scored again in float32, "
                          "not counted" if run.get("rechecked_float32") else "")
             print(f"  {name:18s} {run['examples_per_s']:10,.1f} examples/s  {tflops:8.3g} forward TFLOP/s "
-                  f"({tflops / rate:.0%} of the card; {run['precision']}, batch {run['batch_size']}{rechecked})")
+                  f"({tflops / rate:.0%} of the card; {run['precision']}, batch {run['batch_size']}, at most "
+                  f"{run.get('largest_batch_rows', run['batch_size'])} rows{rechecked})")
             continue
         tflops = 4 * params * run["tokens_per_s"] / 1e12
         memory = f"peak {run['peak_mib'] / 1024:6.1f} GiB" if run.get("peak_mib") else "peak n/a"

@@ -222,3 +222,13 @@ def test_token_bytes_counts_the_kv_cache_the_model_keeps(model):
     c = model.config
     activations = (6 * c.hidden_size + 3 * c.intermediate_size) * 4
     assert token_bytes(c, model.dtype) == held + activations
+
+
+def test_an_auto_eval_records_the_largest_batch_it_made(lab, tiny_model_dir):
+    """`batch_size: auto` chooses the batches: the record says how many rows the largest had (16 on a CPU)."""
+    from llamalab.evaluation.evaluate import evaluate
+
+    auto = evaluate(lab, str(tiny_model_dir), task="sentiment", limit=20, batch_size="auto")
+    fixed = evaluate(lab, str(tiny_model_dir), task="sentiment", limit=20, batch_size=4)
+    assert auto.run.throughput["largest_batch_rows"] == 16 and "largest_batch_rows" not in fixed.run.throughput
+    assert auto.run.metrics["accuracy"].estimate == fixed.run.metrics["accuracy"].estimate

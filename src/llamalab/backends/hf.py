@@ -30,6 +30,7 @@ class HFBackend:
         self.tokenizer = tokenizer
         self._provenance = provenance
         self.rechecked = 0  # examples the last `score_choices` scored again in float32 (close calls in bfloat16)
+        self.largest_batch = 0  # rows in the largest batch of the last call (what `batch_size: auto` chose)
 
     def provenance(self) -> dict[str, Any]:
         return {"backend": self.name, "dtype": str(self.model.dtype).removeprefix("torch."),
@@ -39,7 +40,13 @@ class HFBackend:
         self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         rechecked: list[int] = []
-        score_choices(self.model, requests, batch_size, on_batch=on_batch, precision=precision, rechecked=rechecked)
+        self.largest_batch = 0
+
+        def counted(indices: list[int], scores) -> None:
+            self.largest_batch = max(self.largest_batch, len(indices))
+            on_batch(indices, scores)
+
+        score_choices(self.model, requests, batch_size, on_batch=counted, precision=precision, rechecked=rechecked)
         self.rechecked = len(rechecked)
 
     def forward_tokens(self, requests: list[ChoiceRequest]) -> int:
@@ -47,7 +54,10 @@ class HFBackend:
         return forward_tokens(requests)
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: BatchSize, on_batch: GenerationCallback) -> None:
+        self.largest_batch = 0
+
         def wrap(indices: list[int], texts: list[str]) -> None:
+            self.largest_batch = max(self.largest_batch, len(indices))
             on_batch(indices, [Generation(text) for text in texts])
 
         generate_greedy(self.model, self.tokenizer, inputs, max_new_tokens, batch_size, on_batch=wrap)

@@ -195,7 +195,10 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, load
                                 seconds, 1e-9))} if computed is not None else {}),
                             # bfloat16 scoring re-scores its close calls in float32: the rate covers both passes
                             **({"rechecked_float32": backend.rechecked} if settings.precision == "bfloat16"
-                               and settings.protocol == "loglikelihood" and hasattr(backend, "rechecked") else {})},
+                               and settings.protocol == "loglikelihood" and hasattr(backend, "rechecked") else {}),
+                            # the rows `batch_size: auto` put in one batch at most (it sizes them to the memory)
+                            **({"largest_batch_rows": backend.largest_batch} if settings.batch_size == "auto"
+                               and getattr(backend, "largest_batch", 0) else {})},
                 usage=_usage(rows),
             )
             write_json_atomic(record.folder / "metrics.json", metrics)
