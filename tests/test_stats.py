@@ -15,6 +15,7 @@ from llamalab.evaluation.stats import (
     holm,
     label_statistic,
     mcnemar,
+    mean_statistic,
     paired_bootstrap_statistic,
     resample_indices,
     statistic_ci,
@@ -382,3 +383,28 @@ def test_macro_f1_matches_the_reference_on_random_samples() -> None:
         slow = [_reference_macro_f1([gold[i] for i in row], [seen[i] for i in row], labels)
                 for row in resample_indices(n, 5, case)]
         np.testing.assert_allclose(stat(resample_indices(n, 5, case)), slow, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_paired_bootstrap_counts_ties_as_integer_counting_does(seed: int) -> None:
+    """Resampled accuracy differences fall on a grid of k/n and often tie the observed one: the p-value equals the
+    one counted exactly in whole examples, whatever float rounding does to the means."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    a = (rng.random(n) < rng.uniform(0.3, 0.95)).astype(float)
+    b = (rng.random(n) < rng.uniform(0.3, 0.95)).astype(float)
+    result = paired_bootstrap_statistic(mean_statistic(a), mean_statistic(b), "accuracy", n_resamples=2000, seed=seed)
+    idx = resample_indices(n, 2000, seed)
+    counts = a[idx].sum(axis=1) - b[idx].sum(axis=1)  # whole numbers: exact
+    observed = a.sum() - b.sum()
+    exceed = int(np.count_nonzero(np.abs(counts - observed) >= abs(observed)))
+    assert result.p_value == (exceed + 1) / 2001
+
+
+def test_paired_bootstrap_tie_case_found_in_review() -> None:
+    a = [1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1]
+    b = [0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0]
+    result = paired_bootstrap_statistic(mean_statistic(a), mean_statistic(b), "accuracy")
+    idx = resample_indices(24, 5000, 0)
+    counts = np.asarray(a)[idx].sum(axis=1) - np.asarray(b)[idx].sum(axis=1)
+    assert result.p_value == (np.count_nonzero(np.abs(counts - 5) >= 5) + 1) / 5001

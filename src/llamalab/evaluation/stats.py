@@ -203,7 +203,10 @@ def paired_bootstrap_statistic(
     deltas = stat_a(idx) - stat_b(idx)
     # Shift method: centring the bootstrap deltas on the observed delta approximates the null
     # distribution; the +1 correction keeps p > 0, as a finite number of resamples cannot prove p = 0.
-    exceed = int(np.count_nonzero(np.abs(deltas - delta) >= abs(delta)))
+    # Resampled deltas of accuracy-like metrics fall on a grid of k/n, so many tie the observed one exactly; float
+    # rounding must not decide whether a tie counts (a metric's grid is far coarser than this tolerance).
+    tolerance = 1e-9 * max(1.0, abs(delta))
+    exceed = int(np.count_nonzero(np.abs(deltas - delta) >= abs(delta) - tolerance))
     p_value = (exceed + 1) / (n_resamples + 1)
     detail = {
         "metric": metric,
