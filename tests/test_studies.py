@@ -444,6 +444,13 @@ def test_quantization_rows_match_an_independent_computation_on_random_records(la
             shared = sorted(mine.keys() & f16.keys())
             assert row.delta == pytest.approx(np.mean([mine[i] for i in shared]) - np.mean([f16[i] for i in shared]))
             assert 0 < row.p_value <= 1 and row.test == "exact McNemar"
+    # Interrupted before b's f16 was evaluated: b's types have no Δ yet, and only an f16 row is the reference
+    from llamalab.publish.tables import quant_cells
+
+    del records[("b", "f16")]
+    cells = {(c[0], c[1]): c for c in quant_cells(QuantBoard(study, quant_rows(lab, study, records), "accuracy"))[1]}
+    assert cells[("a", "f16")][4] == "reference" and cells[("a", "q8_0")][4].startswith(("+", "−", "-", "0"))
+    assert cells[("b", "q8_0")][4] == cells[("b", "q4_0")][4] == "–" and cells[("b", "q8_0")][5] == ""
 
 
 def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_path):

@@ -139,10 +139,19 @@ def quant_cells(board: QuantBoard) -> tuple[list[str], list[list[str]]]:
     """A quantization study: one row per system and GGUF type, each tested against the same system's f16 file."""
     header = ["System", "Type", "File (MiB)", f"{board.metric} [95% CI]", "Δ vs f16", "p", "examples / s", "n"]
     body = [[row.system, row.type, "gone" if row.size_mib is None else f"{row.size_mib:,.1f}",
-             format_interval(row.interval), "reference" if row.delta is None else signed(row.delta),
+             format_interval(row.interval), _quant_delta(row),
              format_p(row.p_value), "–" if not row.examples_per_s else f"{row.examples_per_s:.1f}",
              str(row.interval.n)] for row in board.rows]
     return header, body
+
+
+def _quant_delta(row) -> str:
+    """The Δ cell: f16 is the reference; another type without its system's f16 evaluation yet has no Δ."""
+    from llamalab.studies.quantization import REFERENCE
+
+    if row.type == REFERENCE:
+        return "reference"
+    return "–" if row.delta is None else signed(row.delta)
 
 
 def quant_caption(board: QuantBoard) -> str:

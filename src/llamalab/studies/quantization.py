@@ -32,7 +32,7 @@ class QuantRow:
     eval: RunRecord
     interval: Interval
     examples_per_s: float | None
-    delta: float | None  # this type minus f16 on the examples both saw (None for f16 itself)
+    delta: float | None  # this type minus f16 on the examples both saw (None for f16, or before f16 is evaluated)
     p_value: float | None
     test: str | None
 
