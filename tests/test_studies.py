@@ -138,11 +138,16 @@ def test_crossover_is_the_smallest_size_better_after_correction():
              SizeTest(100, 0.08, 0.01, 0.02, 100), SizeTest(200, 0.12, 0.001, 0.004, 100))
     crossover = Crossover("base [plain]", "r", base, tests)
     assert crossover.size == 100  # 25 is significant but worse; 50 is better but not significantly
-    assert "from 100 training examples, between 50 (not better) and 100" in crossover.sentence()
+    assert "first significantly better than base [plain] at 100 training examples, between 50 (not significantly " \
+        "better) and 100" in crossover.sentence()
+    assert "Larger sizes" not in crossover.sentence()
     never = Crossover("api [chat]", "r", base, tuple(SizeTest(s, -0.1, 0.5, 1.0, 100) for s in (25, 50)))
-    assert never.size is None and never.sentence() == "Fine-tuning does not beat api [chat] up to 50 examples."
-    first = Crossover("x", "r", base, (SizeTest(25, 0.2, 0.001, 0.002, 100),))
+    assert never.size is None and never.sentence() == (
+        "No training-set size tried is significantly better than api [chat] (Holm-corrected, up to 50 examples).")
+    first = Crossover("x", "r", base, (SizeTest(25, 0.2, 0.001, 0.002, 100), SizeTest(50, 0.01, 0.3, 0.3, 100),
+                                       SizeTest(100, 0.2, 0.001, 0.002, 100)))
     assert "already at the smallest size tried (25)" in first.sentence()
+    assert first.sentence().endswith("Larger sizes not significantly better: 50.")
 
 
 @pytest.mark.slow
@@ -181,7 +186,7 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
         assert point.interval.estimate == pytest.approx(np.mean(estimates))
     [crossover] = result.crossovers
     assert [t.size for t in crossover.tests] == [8, 16] and all(t.n == 12 for t in crossover.tests)
-    assert crossover.sentence().startswith(("Fine-tuning beats", "Fine-tuning does not beat"))
+    assert crossover.sentence().startswith(("Fine-tuning is first significantly better", "No training-set size"))
 
     # The command line shows the same: every cell finished; the curve and the crossover sentence.
     from typer.testing import CliRunner
@@ -583,3 +588,36 @@ def test_systems_whose_names_slug_alike_get_export_files_of_their_own(lab):
     files = {gguf_file(lab, name, "q8_0") for name in names}
     assert len(files) == len(names)
     assert gguf_file(lab, "org/model", "q8_0") == gguf_file(lab, "org/model", "q8_0")  # the same name, reused
+
+
+def test_a_scaling_point_sits_at_the_examples_trained_on_and_a_size_past_the_split_is_refused(lab, tmp_path):
+    """Asked 40, trained on 38 (two rows too long): the point is at 38, as the task page puts that run. Two sizes
+    that trained on the same examples are not two points; a size past the train split is refused before training."""
+    from rich.console import Console
+
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.run import CellState
+    from llamalab.studies.spec import Cell
+    from tests.records import eval_fields, train_fields
+
+    def cell(asked: int, used: int, seed: int = 0) -> CellState:
+        trained = RunRecord.create(tmp_path / "runs", "train", f"t{asked}", {"n": asked}, **train_fields())
+        trained.update(status="finished", data_used={"train_examples": used})
+        evaluated = RunRecord.create(tmp_path / "runs", "eval", f"e{asked}", {"n": asked}, **eval_fields(n=4))
+        append_jsonl(evaluated.folder / "predictions.jsonl", [
+            {"id": f"x{i}", "gold": "positive", "prediction": "positive", "correct": i % 2 == 0} for i in range(4)])
+        evaluated.update(status="finished")
+        return CellState(Cell({"train_examples": asked, "seed": seed}, {}, f"{asked}-{seed}"), "finished", trained,
+                         evaluated)
+
+    result = scaling_result([cell(40, 38), cell(80, 80)], [], "accuracy", resamples=100)
+    assert [p.size for p in result.curve] == [38, 80]
+    with pytest.raises(ValueError, match="train_examples 9,000 and 20,000 both trained on 8,530 examples"):
+        scaling_result([cell(9000, 8530), cell(20000, 8530)], [], "accuracy", resamples=100)
+
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 1\n")
+    write_study(lab, "big", "kind: scaling\nexperiment: exp\ngrid: {train_examples: [100, 10000000]}\n")
+    with pytest.raises(LlamalabError, match=r"train_examples 10,000,000 is more than task 'sentiment'.s train split"):
+        run_study(lab, load_study(lab, "big"), Console(quiet=True))
+    assert not list_runs(lab.runs_dir)  # nothing trained

@@ -126,6 +126,7 @@ def run_cell_job(lab_root: str, study_name: str, cell_key: str, processes: int |
 def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, verb: str = "run"
                   ) -> list[CellState]:
     """The cells a run takes on (pending, interrupted, trained; failed ones with `retry_failed`), said aloud."""
+    _check_sizes(lab, study)
     states = cell_states(lab, study)
     runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
     todo = [s for s in states if s.status in runnable]
@@ -136,6 +137,23 @@ def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, 
                   f"{len(todo)} to {verb}" + (f", {elsewhere} running elsewhere" if elsewhere else "")
                   + (f", {left_failed} failed (rerun with --retry-failed)" if left_failed else ""))
     return todo
+
+
+def _check_sizes(lab: Lab, study: Study) -> None:
+    """A scaling study's size past the train split would train on the whole split again, under another size."""
+    if study.spec.kind != "scaling":
+        return
+    asked = sorted({int(cell.config["train_examples"]) for cell in study.cells
+                    if cell.config.get("train_examples") is not None})
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+
+    have = len(load_task_data(load_task(lab.task_path(study.task), lab.root)).split("train"))
+    if too_many := [size for size in asked if size > have]:
+        raise LlamalabError(f"study {study.name}: train_examples {', '.join(f'{s:,}' for s in too_many)} "
+                            f"{'is' if len(too_many) == 1 else 'are'} more than task {study.task!r}'s train split "
+                            f"holds ({have:,}): such a cell would train on the whole split, as {have:,} would; use "
+                            f"sizes up to {have:,}")
 
 
 def best_baseline(dev: dict[str, RunRecord]) -> str:

@@ -26,7 +26,7 @@ RESAMPLES = 2000
 
 @dataclass(frozen=True)
 class CurvePoint:
-    size: int  # training examples asked for (the grid value)
+    size: int  # training examples its fine-tunes trained on (their mean over seeds, should they differ)
     seeds: int  # fine-tunes behind the point
     interval: Interval  # mean over seeds, band over examples and seeds
     runs: tuple[str, ...]  # the eval run ids
@@ -58,15 +58,22 @@ class Crossover:
         return next((t.size for t in self.tests if t.better), None)
 
     def sentence(self) -> str:
+        """What the tests show, and no more: the first size significantly better, and any larger one that is not
+        (being better at one size does not make every larger one better)."""
         sizes = [t.size for t in self.tests]
         if self.size is None:
-            return f"Fine-tuning does not beat {self.comparator} up to {max(sizes):,} examples."
+            return (f"No training-set size tried is significantly better than {self.comparator} (Holm-corrected, up "
+                    f"to {max(sizes):,} examples).")
         below = [s for s in sizes if s < self.size]
-        bracket = f", between {below[-1]:,} (not better) and {self.size:,}" if below else \
+        bracket = f", between {below[-1]:,} (not significantly better) and {self.size:,}" if below else \
             f", already at the smallest size tried ({self.size:,})"
         test = next(t for t in self.tests if t.size == self.size)
-        return (f"Fine-tuning beats {self.comparator} from {self.size:,} training examples{bracket} "
-                f"(Δ {signed(test.delta)}, Holm-corrected p {format_p(test.p_holm)}, n = {test.n}).")
+        not_after = [t.size for t in self.tests if t.size > self.size and not t.better]
+        after = (f" Larger sizes not significantly better: {', '.join(f'{s:,}' for s in not_after)}."
+                 if not_after else "")
+        return (f"Fine-tuning is first significantly better than {self.comparator} at {self.size:,} training "
+                f"examples{bracket} (Δ {signed(test.delta)}, Holm-corrected p {format_p(test.p_holm)}, n = "
+                f"{test.n}).{after}")
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,20 @@ def _rows(record: RunRecord) -> dict[str, dict]:
 def scaling_result(states: list[CellState], comparators: list[tuple[str, RunRecord]], metric: str,
                    labels: list[str] | None = None, resamples: int = RESAMPLES) -> ScalingResult:
     """The curve over training-set sizes and the crossover with each (label, eval record) comparator."""
-    by_size: dict[int, list[RunRecord]] = {}
+    by_asked: dict[int, list[CellState]] = {}  # the grid's sizes
     for state in states:
         if state.status == "finished" and state.eval is not None:
-            by_size.setdefault(int(state.cell.overrides["train_examples"]), []).append(state.eval)
+            by_asked.setdefault(int(state.cell.overrides["train_examples"]), []).append(state)
+    # A point sits at the examples its fine-tunes trained on (fewer than asked when some were too long; the mean
+    # over seeds, should they differ), so the study's figure and the task page's put the same run at one size.
+    by_size: dict[int, list[RunRecord]] = {}
+    asked: dict[int, int] = {}
+    for grid in sorted(by_asked):
+        size = round(float(np.mean([trained_size(state) for state in by_asked[grid]])))
+        if size in asked:
+            raise ValueError(f"train_examples {asked[size]:,} and {grid:,} both trained on {size:,} examples (the "
+                             "split has no more): keep only the smaller in the grid")
+        asked[size], by_size[size] = grid, [state.eval for state in by_asked[grid]]
     if not by_size:
         raise ValueError("no finished cells: nothing to draw")
     predictions = {r.id: _rows(r) for records in by_size.values() for r in records}
@@ -113,6 +130,13 @@ def scaling_result(states: list[CellState], comparators: list[tuple[str, RunReco
         crossovers.append(Crossover(label, record.id, record.run.metrics[metric], tuple(
             SizeTest(size, delta, p, p_holm, n) for (size, delta, p, n), p_holm in zip(tests, adjusted, strict=True))))
     return ScalingResult(metric, tuple(curve), tuple(crossovers))
+
+
+def trained_size(state: CellState) -> int:
+    """The examples a cell's fine-tune trained on, as its record says (fewer than asked when some were too long
+    for max_length); the size asked for where an older record does not say."""
+    used = state.train.run.data_used if state.train is not None else None
+    return used.train_examples if used is not None else int(state.cell.overrides["train_examples"])
 
 
 def _mean_of(seeds: list[stats.RowStatistic]) -> stats.RowStatistic:
