@@ -282,7 +282,7 @@ def comparison_warnings(result: Comparison) -> list[str]:
 
 def interval_note(metric_dicts: list[dict[str, Interval]]) -> str:
     """How the CIs were computed, read from the recorded intervals (never assumed): e.g. "95% CIs: percentile
-    bootstrap (accuracy); percentile bootstrap stratified by gold label (macro_f1)"."""
+    bootstrap (accuracy, macro_f1)", or one scheme per group of metrics when the records differ."""
     by_scheme: dict[str, list[str]] = {}
     for metrics in metric_dicts:
         for name, m in metrics.items():

@@ -97,7 +97,7 @@ def canonical_order(rows: Sequence[dict]) -> list[dict]:
 
 
 def metric_intervals(metrics: Sequence[str], rows: Sequence[dict], labels=None, resamples: int = 5000) -> dict:
-    """Each metric with its 95% percentile-bootstrap interval (macro-F1: stratified by gold label)."""
+    """Each metric with its 95% percentile-bootstrap interval (examples resampled whole, for macro-F1 too)."""
     rows = canonical_order(rows)
     return {
         name: stats.statistic_ci(row_statistic(name, rows, labels), n_resamples=resamples).to_dict()

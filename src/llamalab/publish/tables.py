@@ -160,7 +160,8 @@ def quant_caption(board: QuantBoard) -> str:
     return (f"Study {board.name}: {board.metric} on {board.study.task}/{spec.eval.split} of each system exported "
             "to GGUF by llama.cpp's converter and quantizer and evaluated with the llama.cpp backend on the same "
             "examples. "
-            f"Δ and p: this type minus the same system's f16 file on the examples both saw ({tests}).")
+            f"Δ and p: this type minus the same system's f16 file on the examples both saw ({tests}; each p on its "
+            "own, not corrected for the number of types). n: the examples the type's evaluation saw.")
 
 
 def quant_markdown(board: QuantBoard) -> str:
