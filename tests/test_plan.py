@@ -46,9 +46,10 @@ def test_shape_counts_the_parameters_of_real_llama_models():
         assert shape.linear_params == linear
 
 
-def _kept_bytes(model, vocab: int, tokens: int, bf16: bool) -> int:
+def _kept_bytes(model, vocab: int, tokens: int, bf16: bool, **batch) -> int:
     """Bytes autograd keeps for the backward pass of one forward over `tokens` tokens, counted with a saved-tensors
-    hook (each storage once, the weights left out); under bf16 autocast as a GPU trains, with `bf16`."""
+    hook (each storage once, the weights left out); under bf16 autocast as a GPU trains, with `bf16`. `batch`: more
+    of the model's inputs (a padding-free batch's row boundaries)."""
     import torch
 
     weights = {p.data_ptr() for p in model.parameters()}
@@ -61,7 +62,7 @@ def _kept_bytes(model, vocab: int, tokens: int, bf16: bool) -> int:
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.autograd.graph.saved_tensors_hooks(
             pack, lambda t: t):
-        model(input_ids=torch.randint(0, vocab, (1, tokens)), logits_to_keep=1)
+        model(input_ids=torch.randint(0, vocab, (1, tokens)), logits_to_keep=1, **batch)
     return sum(storages.values())
 
 
@@ -579,20 +580,9 @@ def _rows_saved_bytes_per_layer(config: dict, lengths: list[int], bf16: bool) ->
         model = get_peft_model(model.to(torch.bfloat16 if bf16 else torch.float32),
                                LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
         use_rows_attention(model)
-        weights = {p.data_ptr() for p in model.parameters()}
-        storages: dict[int, int] = {}
-
-        def pack(t):
-            if t.data_ptr() not in weights:
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), torch.autograd.graph.saved_tensors_hooks(
-                pack, lambda t: t):
-            model(input_ids=torch.randint(0, config["vocab_size"], (1, sum(lengths))), position_ids=positions,
-                  logits_to_keep=1, cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=max(lengths),
-                  max_length_k=max(lengths))
-        return sum(storages.values())
+        return _kept_bytes(model, config["vocab_size"], sum(lengths), bf16, position_ids=positions,
+                           cu_seq_lens_q=starts, cu_seq_lens_k=starts, max_length_q=max(lengths),
+                           max_length_k=max(lengths))
 
     return kept(2) - kept(1)
 
