@@ -443,6 +443,37 @@ def test_the_baseline_threshold_is_its_score_on_the_hidden_examples(lab: Lab) ->
     assert f"{narrow.id} (answered 20 of them" in message and "without --limit" in message
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_thresholds_are_scores_on_the_hidden_examples_on_random_runs(lab: Lab, seed: int) -> None:
+    """Random runs: zero_at is the best baseline's accuracy on exactly the fine-tuned run's examples (a baseline
+    that missed one of them is never chosen), full_at the fine-tuned accuracy less the margin."""
+    from llamalab.assignments.references import choose_references
+    from llamalab.runs.record import RunRecord
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+    from tests.records import train_fields
+
+    rng = random.Random(seed)
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    test = [(ex.id, ex.answer) for ex in load_task_data(task).split("test")[:80]]
+    hidden = rng.sample(test, rng.randint(10, 50))
+    trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
+    trained.update(status="finished")
+    _scored_eval(lab, "tuned", {i: (g, rng.random() < 0.97) for i, g in hidden}, train_run=trained.id)
+    on_hidden = {}
+    for k in range(3):
+        seen = test if k < 2 else rng.sample(test, rng.randint(5, 70))  # the third may miss hidden examples
+        answers = {i: (g, rng.random() < rng.uniform(0.2, 0.7)) for i, g in seen}
+        record = _scored_eval(lab, f"base{k}", answers)
+        if all(i in answers for i, _ in hidden):
+            on_hidden[record.id] = sum(answers[i][1] for i, _ in hidden) / len(hidden)
+    best = max(on_hidden, key=lambda run: on_hidden[run])
+    refs = choose_references(lab, task, None, margin=0.0)  # the fine-tune (97% right) beats every baseline
+    t, tuned = refs.thresholds, refs.finetuned.run.metrics["accuracy"].estimate
+    assert (t.baseline_run, t.baseline_n) == (best, len(hidden))
+    assert t.zero_at == pytest.approx(on_hidden[best]) and t.full_at == pytest.approx(tuned)
+
+
 # ---- slow: assignments built from real runs, graded by run_autograder ------------------------------------------
 
 
