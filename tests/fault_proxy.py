@@ -72,6 +72,7 @@ class FaultProxy:
         self.lost: Counter[str] = Counter()  # body key -> paid answers the client never got in full
         self.seen: Counter[str] = Counter()  # body key -> chat completion requests received
         self.events: list[tuple[float, str, int, str | None]] = []  # (monotonic time, key, attempt, fault)
+        self.filtered_s: list[float] = []  # seconds from request in to answer out, for each content-filter answer
         self.lock = threading.Lock()
         self.in_flight = 0  # chat requests being handled
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -190,6 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
             answer["choices"][0]["message"]["content"] = None
             if fault == "filtered":
                 answer["choices"][0]["finish_reason"] = "content_filter"
+                with self.proxy.lock:  # a busy upstream can outlast the client's timeout: then it never sees this
+                    self.proxy.filtered_s.append(time.monotonic() - started)
             else:
                 self.proxy.answer_lost(key)
             self._reply_json(status, answer)

@@ -63,9 +63,12 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
     used, retried = clean.run.usage, faulty.run.usage
     assert (retried.input_tokens, retried.output_tokens) == (used.input_tokens, used.output_tokens)
     assert retried.retried_input_tokens > 0
-    # A content filter's answer is final (not retried) and empty: wrong, and counted
+    # A content filter's answer is final (not retried) and empty: wrong, and counted. On a loaded machine the
+    # upstream can take longer than the client's 5 s timeout: the client never got such an answer, and retried.
     filtered = [r for r in rows if r["content_filtered"]]
-    assert retried.content_filtered == len(filtered) == injected["filtered"]
+    assert retried.content_filtered == len(filtered) and len(proxy.filtered_s) == injected["filtered"]
+    in_time = sum(seconds < 4 for seconds in proxy.filtered_s)
+    assert in_time <= len(filtered) <= sum(seconds < 5 for seconds in proxy.filtered_s)
     assert all(r["generation"] == "" and r["prediction"] is None and not r["correct"] for r in filtered)
     assert retried.cost_usd == pytest.approx(used.cost_usd + (retried.retried_input_tokens * 0.15
                                                               + retried.retried_output_tokens * 0.6) / 1e6, abs=2e-6)
