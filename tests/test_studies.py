@@ -404,7 +404,9 @@ def test_scaling_numbers_match_an_independent_computation_on_random_records(tmp_
 def test_quantization_rows_match_an_independent_computation_on_random_records(lab):
     """Each type's Δ is its accuracy minus the same system's f16 accuracy on the examples both saw; the interval is
     the run's own; f16 is the reference; a file that is gone has no size (never a made-up one)."""
+    from llamalab.evaluation.compare import format_p
     from llamalab.publish.results import QuantBoard
+    from llamalab.publish.tables import quant_caption, quant_cells
     from llamalab.runs.files import append_jsonl
     from llamalab.runs.record import RunRecord
     from llamalab.studies.quantization import gguf_file, quant_rows
@@ -449,9 +451,21 @@ def test_quantization_rows_match_an_independent_computation_on_random_records(la
             shared = sorted(mine.keys() & f16.keys())
             assert row.delta == pytest.approx(np.mean([mine[i] for i in shared]) - np.mean([f16[i] for i in shared]))
             assert 0 < row.p_value <= 1 and row.test == "exact McNemar"
+            assert row.n_paired == len(shared) and row.paired_subset == (len(shared) < len(mine))
+            cell = next(c for c in quant_cells(QuantBoard(study, rows, "accuracy"))[1] if c[:2] == [row.system,
+                                                                                                   row.type])
+            assert cell[4].endswith(f" (n={len(shared)})") == row.paired_subset
+        # Holm over the study's four type-against-f16 tests, recomputed step-down by hand
+        tested = sorted((r for r in rows if r.p_value is not None), key=lambda r: r.p_value)
+        assert len(tested) == 4
+        running = 0.0
+        for k, row in enumerate(tested):
+            running = max(running, min(1.0, (4 - k) * row.p_value))
+            assert row.p_holm == pytest.approx(running) and row.p_holm >= row.p_value
+            assert f"{row.system} {row.type}: {row.delta:+.3f} accuracy against f16" in summary
+            assert f"(p {format_p(row.p_holm)}, Holm)" in summary
+        assert "Holm-corrected for the 4 such tests" in quant_caption(QuantBoard(study, rows, "accuracy"))
     # Interrupted before b's f16 was evaluated: b's types have no Δ yet, and only an f16 row is the reference
-    from llamalab.publish.tables import quant_cells
-
     del records[("b", "f16")]
     cells = {(c[0], c[1]): c for c in quant_cells(QuantBoard(study, quant_rows(lab, study, records), "accuracy"))[1]}
     assert cells[("a", "f16")][4] == "reference" and cells[("a", "q8_0")][4].startswith(("+", "−", "-", "0"))

@@ -197,7 +197,7 @@ class QuantBoard:
             size = (f" at {row.size_mib / reference.size_mib:.0%} of its size"
                     if row.size_mib is not None and reference.size_mib else "")
             parts.append(f"{row.system} {row.type}: {signed(row.delta)} {self.metric} against f16{size} "
-                         f"(p {format_p(row.p_value)})")
+                         f"(p {format_p(row.p_holm)}, Holm)")
         return ("; ".join(parts) + ".") if parts else "No type has been tested against f16 yet."
 
 

@@ -137,31 +137,37 @@ def sweep_latex(board: SweepBoard) -> str:
 
 def quant_cells(board: QuantBoard) -> tuple[list[str], list[list[str]]]:
     """A quantization study: one row per system and GGUF type, each tested against the same system's f16 file."""
-    header = ["System", "Type", "File (MiB)", f"{board.metric} [95% CI]", "Δ vs f16", "p", "examples / s", "n"]
+    header = ["System", "Type", "File (MiB)", f"{board.metric} [95% CI]", "Δ vs f16", "p (Holm)", "examples / s",
+              "n"]
     body = [[row.system, row.type, "gone" if row.size_mib is None else f"{row.size_mib:,.1f}",
              format_interval(row.interval), _quant_delta(row),
-             format_p(row.p_value), "–" if not row.examples_per_s else f"{row.examples_per_s:.1f}",
-             str(row.interval.n)] for row in board.rows]
+             format_p(row.p_holm), "–" if not row.examples_per_s else f"{row.examples_per_s:.1f}",
+             f"{row.interval.n:,}"] for row in board.rows]
     return header, body
 
 
 def _quant_delta(row) -> str:
-    """The Δ cell: f16 is the reference; another type without its system's f16 evaluation yet has no Δ."""
+    """The Δ cell: f16 is the reference; another type without its system's f16 evaluation yet has no Δ; a test on
+    fewer examples than the type's evaluation saw says on how many."""
     from llamalab.studies.quantization import REFERENCE
 
     if row.type == REFERENCE:
         return "reference"
-    return "–" if row.delta is None else signed(row.delta)
+    if row.delta is None:
+        return "–"
+    return signed(row.delta) + (f" (n={row.n_paired:,})" if row.paired_subset else "")
 
 
 def quant_caption(board: QuantBoard) -> str:
     spec = board.study.spec
     tests = ", ".join(sorted({row.test for row in board.rows if row.test})) or "no test yet"
+    family = sum(row.p_holm is not None for row in board.rows)
     return (f"Study {board.name}: {board.metric} on {board.study.task}/{spec.eval.split} of each system exported "
             "to GGUF by llama.cpp's converter and quantizer and evaluated with the llama.cpp backend on the same "
             "examples. "
-            f"Δ and p: this type minus the same system's f16 file on the examples both saw ({tests}; each p on its "
-            "own, not corrected for the number of types). n: the examples the type's evaluation saw.")
+            f"Δ and p: this type minus the same system's f16 file on the examples both saw ({tests}; "
+            f"Holm-corrected for the {family} such test{'' if family == 1 else 's'} in the table; Δ marked n=… "
+            "when f16 saw only some of the type's examples). n: the examples the type's evaluation saw.")
 
 
 def quant_markdown(board: QuantBoard) -> str:

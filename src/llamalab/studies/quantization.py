@@ -3,18 +3,20 @@
 Each system (a base model, or a fine-tuned run with its LoRA merged in) is exported to GGUF at every type through
 llama.cpp's own converter and quantizer, and each file is evaluated with the llama.cpp backend on the same
 examples. Every type is tested against the same system's f16 file on the examples both saw (the paired test
-`compare` uses), next to its file size and speed. Files are kept in runs/.gguf/ (git-ignored) and reused.
+`compare` uses; Holm-corrected for the number of such tests in the study), next to its file size and speed.
+Files are kept in runs/.gguf/ (git-ignored) and reused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
+from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import paired_test
 from llamalab.lab import Lab
 from llamalab.runs.record import RunRecord, list_runs, read_predictions
@@ -35,6 +37,13 @@ class QuantRow:
     delta: float | None  # this type minus f16 on the examples both saw (None for f16, or before f16 is evaluated)
     p_value: float | None
     test: str | None
+    n_paired: int | None = None  # the examples both saw (the test's n)
+    p_holm: float | None = None  # p, Holm-corrected for every type-against-f16 test of the study
+
+    @property
+    def paired_subset(self) -> bool:
+        """The test ran on fewer examples than this type's evaluation saw (f16 missed some)."""
+        return self.n_paired is not None and self.n_paired < self.interval.n
 
 
 def gguf_file(lab: Lab, system: str, quant: str) -> Path:
@@ -108,14 +117,18 @@ def quant_rows(lab: Lab, study: Study, records: dict[tuple[str, str], RunRecord]
     rows = []
     for (name, quant), record in records.items():
         reference = records.get((name, REFERENCE))
-        delta = p_value = test = None
+        delta = p_value = test = n_paired = None
         if reference is not None and reference is not record:
             mine, theirs = read_predictions(record.folder), read_predictions(reference.folder)
             shared = sorted(mine.keys() & theirs.keys())
-            result = paired_test(metric, [mine[i] for i in shared], [theirs[i] for i in shared], labels)
-            delta, p_value, test = result.delta, result.p_value, result.test
+            if shared:
+                result = paired_test(metric, [mine[i] for i in shared], [theirs[i] for i in shared], labels)
+                delta, p_value, test, n_paired = result.delta, result.p_value, result.test, len(shared)
         path = gguf_file(lab, name, quant)
         rows.append(QuantRow(name, quant, round(path.stat().st_size / 2**20, 1) if path.is_file() else None,
                              record, record.run.metrics[metric], record.run.throughput.get("examples_per_s"),
-                             delta, p_value, test))
+                             delta, p_value, test, n_paired))
+    tested = [i for i, row in enumerate(rows) if row.p_value is not None]
+    for i, p_holm in zip(tested, stats.holm([rows[i].p_value for i in tested]), strict=True):
+        rows[i] = replace(rows[i], p_holm=p_holm)
     return rows
