@@ -24,7 +24,8 @@ Schedule = Callable[[str, int], str | None]
 # Faults answered by the proxy itself (the upstream never sees, nor bills, the request)...
 LOCAL_FAULTS = ("429", "429_date", "500", "503", "drop", "malformed", "no_choices", "401", "404")
 # ...and faults that happen after the upstream has done (and billed) the work.
-# null_content: billed, with usage, but no text (retried); filtered: the same, ended by a content filter (final).
+# null_content: billed, with usage, but no text (retried); filtered: the same, ended by a content filter (final);
+# filtered_no_usage: that without usage; filtered_prompt: Azure's 400 for a prompt its filter refuses (final).
 PAID_FAULTS = ("slow", "truncate", "null_content", "filtered")
 DEFAULT_MIX = ("429", "500", "503", "drop", "malformed", "no_choices", "slow", "truncate")
 
@@ -185,6 +186,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(status, headers, data, send=len(data) // 2)
             self.close_connection = True
             self.proxy.answer_lost(key)
+        elif fault == "filtered_prompt":  # Azure OpenAI's answer when its filter refuses the prompt: nothing billed
+            self._reply_json(400, {"error": {"message": "The response was filtered (injected)", "type": None,
+                                             "param": "prompt", "code": "content_filter", "status": 400}})
+        elif fault == "filtered_no_usage":
+            status, headers, data = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
+            answer = json.loads(data)
+            answer["choices"][0].update(message={**answer["choices"][0]["message"], "content": None},
+                                        finish_reason="content_filter")
+            del answer["usage"]
+            self._reply_json(status, answer)
         elif fault in ("null_content", "filtered"):
             status, headers, data = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
             answer = json.loads(data)

@@ -239,6 +239,26 @@ def test_a_content_filters_answer_is_final_not_retried(llama_server: str, clean:
     assert again[0].cached and again[0].content_filtered and not again[1].content_filtered
 
 
+@pytest.mark.parametrize("fault", ["filtered_prompt", "filtered_no_usage"])
+def test_a_filtered_answer_without_usage_is_final_and_counts_no_tokens(llama_server: str, tmp_path: Path,
+                                                                       fault: str) -> None:
+    """A prompt the filter refuses (Azure: HTTP 400, code content_filter) or a filtered answer without usage: final
+    (a retry would be refused again; a 400 would otherwise stop the whole eval), empty, 0 tokens (nothing says
+    more), and cached."""
+    model = api_model("http://unused")
+    key = body_key(request_body(model, REQUESTS[0]))
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted({key: [fault]})) as proxy:
+        proxied = model.model_copy(update={"base_url": proxy.url})
+        results = run_batch(proxied, tmp_path / "cache.sqlite", REQUESTS[:2])
+        assert proxy.seen[key] == 1 and proxy.paid[key] == (fault == "filtered_no_usage")
+    first = results[0]
+    assert (first.text, first.content_filtered, first.attempts) == ("", True, 1)
+    assert (first.input_tokens, first.output_tokens, first.cost_usd) == (0, 0, 0.0)
+    assert not results[1].content_filtered and results[1].input_tokens > 0
+    again = run_batch(proxied, tmp_path / "cache.sqlite", REQUESTS[:2])
+    assert again[0].cached and again[0].content_filtered and again[0].input_tokens == 0
+
+
 def test_a_cache_made_by_an_older_llamalab_is_read_and_stays_writable_by_it(tmp_path: Path) -> None:
     """The retried tokens and the filter flag live in a table of their own: an older llamalab, which writes five
     values into `responses`, keeps working on a cache this one has opened, and this one reads its answers."""

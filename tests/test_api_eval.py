@@ -47,31 +47,39 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
     clean_rows = {r["id"]: r for r in read_jsonl(clean.folder / "predictions.jsonl")}
 
     api_env("faulty")  # every request must really go through the proxy
-    faults = seeded_faults(0.5, seed=3, faults=(*DEFAULT_MIX, "null_content", "filtered"), clean_after=2)
+    faults = seeded_faults(0.5, seed=32, faults=(*DEFAULT_MIX, "null_content", "filtered", "filtered_prompt"),
+                           clean_after=2)
     with FaultProxy(llama_server.removesuffix("/v1"), faults, slow_s=7) as proxy:
         faulty_lab = with_api_model(lab, proxy.url)
         faulty = evaluate(faulty_lab, EvalSettings(**SETTINGS))
         injected = proxy.faults_injected()
-        assert injected["null_content"] > 0 and injected["filtered"] > 0
+        assert injected["null_content"] > 0 and injected["filtered"] > 0 and injected["filtered_prompt"] > 0
     rows = read_jsonl(faulty.folder / "predictions.jsonl")
     assert faulty.run.status == "finished" and len(rows) == 16
     assert faulty.run.scoring.protocol == "generate"
     assert faulty.run.system.kind == "api" and faulty.run.system.api["api_key_env"] == KEY_ENV
     assert API_KEY not in (faulty.folder / "run.json").read_text()
     assert faulty.run.usage.input_tokens > 0 and faulty.run.usage.cost_usd > 0
-    # The answers used are the clean run's; the tokens of answers with no content were billed too, and are priced.
-    used, retried = clean.run.usage, faulty.run.usage
-    assert (retried.input_tokens, retried.output_tokens) == (used.input_tokens, used.output_tokens)
+    # The answers used are the clean run's, but for prompts the filter refused (no usage: 0 tokens); the tokens of
+    # answers with no content were billed too, and are priced.
+    refused = {r["id"] for r in rows if r["content_filtered"] and r["input_tokens"] == 0}
+    assert len(refused) == injected["filtered_prompt"] == faulty.run.usage.content_filtered_unmetered
+    retried = faulty.run.usage
+    kept = [row for i, row in clean_rows.items() if i not in refused]
+    assert (retried.input_tokens, retried.output_tokens) == (sum(r["input_tokens"] for r in kept),
+                                                             sum(r["output_tokens"] for r in kept))
     assert retried.retried_input_tokens > 0
     # A content filter's answer is final (not retried) and empty: wrong, and counted. On a loaded machine the
     # upstream can take longer than the client's 5 s timeout: the client never got such an answer, and retried.
-    filtered = [r for r in rows if r["content_filtered"]]
-    assert retried.content_filtered == len(filtered) and len(proxy.filtered_s) == injected["filtered"]
+    filtered = [r for r in rows if r["content_filtered"] and r["id"] not in refused]
+    assert retried.content_filtered == len(filtered) + len(refused)
+    assert len(proxy.filtered_s) == injected["filtered"]
     in_time = sum(seconds < 4 for seconds in proxy.filtered_s)
     assert in_time <= len(filtered) <= sum(seconds < 5 for seconds in proxy.filtered_s)
-    assert all(r["generation"] == "" and r["prediction"] is None and not r["correct"] for r in filtered)
-    assert retried.cost_usd == pytest.approx(used.cost_usd + (retried.retried_input_tokens * 0.15
-                                                              + retried.retried_output_tokens * 0.6) / 1e6, abs=2e-6)
+    for row in [r for r in rows if r["content_filtered"]]:
+        assert row["generation"] == "" and row["prediction"] is None and not row["correct"]
+    assert retried.cost_usd == pytest.approx(sum(r["cost_usd"] for r in kept) + (
+        retried.retried_input_tokens * 0.15 + retried.retried_output_tokens * 0.6) / 1e6, abs=2e-6)
     assert {r["id"] for r in rows} == set(clean_rows)
     for row in rows:
         assert row["prompt"].startswith('[{"role": "user", "content": "Answer with exactly one of: negative, positive.')

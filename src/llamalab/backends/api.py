@@ -79,8 +79,9 @@ class ChatResult:
     `retried_*_tokens`: what earlier attempts of the request cost and could not be used (a 200 whose body had usage
     but no text); `cost_usd` includes them, and the cache keeps them with the answer (a cache hit's example costs, at
     list prices, what it cost to get). `content_filtered`: the provider's content filter ended the answer
-    (`finish_reason: content_filter`); its text, possibly empty, is the answer, not retried (a filter fires again
-    on the same prompt)."""
+    (`finish_reason: content_filter`) or refused the prompt (HTTP 400, error code content_filter); its text,
+    possibly empty, is the answer, not retried (a filter fires again on the same prompt). Such an answer without
+    usage counts 0 tokens: 0 input tokens marks it (a prompt always has some)."""
 
     text: str
     input_tokens: int
@@ -299,6 +300,10 @@ class ChatClient:
             return ChatResult(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                               cost_usd=self._cost(input_tokens, output_tokens), latency_s=latency, cached=False,
                               attempts=attempt, content_filtered=filtered)
+        if status == 400 and _prompt_filtered(response):
+            # Azure's content filter refusing the prompt: as final as a filtered answer, and with no usage
+            return ChatResult(text="", input_tokens=0, output_tokens=0, cost_usd=0.0, latency_s=latency,
+                              cached=False, attempts=attempt, content_filtered=True)
         if status in RETRYABLE_STATUS or status >= 500:
             reason = self._redact(f"HTTP {status}: {_server_message(response)}")
             return _Retry(reason, parse_retry_after(response.headers.get("retry-after")), throttled=status == 429)
@@ -470,8 +475,19 @@ def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool] | 
     if not isinstance(text, str):
         return _Retry(f"response content is {type(text).__name__}, not text", billed=billed)
     if billed is None:
+        if filtered:
+            return text, 0, 0, True  # final all the same; its tokens are unknown (usage.content_filtered_unmetered)
         return _Retry("response lacks usage.prompt_tokens and usage.completion_tokens as whole numbers")
     return text, billed[0], billed[1], filtered
+
+
+def _prompt_filtered(response: httpx.Response) -> bool:
+    """A 400 whose error says a content filter refused the prompt (Azure OpenAI: error.code content_filter)."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("code") == "content_filter"
 
 
 def _count(value: Any) -> bool:

@@ -21,6 +21,8 @@ Version history:
      (`content_filtered`); 0 in older records. A train run
      in several processes records each one's peak memory (`memory.measured_mb_each`) and `memory.measured_mb` is
      the largest (older records: the first process's).
+  7  an eval run's `usage.content_filtered_unmetered`: content-filtered answers (or prompts a filter refused) the
+     provider reported no usage for, counted at 0 tokens; 0 in older records.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -153,6 +155,7 @@ class Usage(Shape):
     retried_input_tokens: int = 0
     retried_output_tokens: int = 0
     content_filtered: int = 0  # answers the provider's content filter ended (their text, often empty, is scored)
+    content_filtered_unmetered: int = 0  # of those, the ones with no usage (0 tokens here; the bill may have more)
     cost_usd: float
     paid_now_usd: float
     cost_per_1k_examples_usd: float
@@ -327,6 +330,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 5}, 5
     if version == 5:  # tokens billed for unusable API answers were not counted (read as 0)
         data, version = {**data, "schema_version": 6}, 6
+    if version == 6:  # content-filtered answers without usage were not told apart (read as 0)
+        data, version = {**data, "schema_version": 7}, 7
     return data
 
 
