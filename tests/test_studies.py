@@ -150,6 +150,39 @@ def test_crossover_is_the_smallest_size_better_after_correction():
     assert first.sentence().endswith("Larger sizes not significantly better: 50.")
 
 
+def test_crossover_sentence_says_what_random_tests_show():
+    """Across random tests: the sentence names the smallest size that is better (Δ > 0, Holm p < 0.05) with its own
+    Δ, p and n, the largest size below it (none: the smallest tried), and exactly the larger sizes that are not."""
+    import re
+
+    from llamalab.evaluation.compare import format_p, signed
+
+    rng = np.random.default_rng(11)
+    base = Interval(estimate=0.7, low=0.6, high=0.8, n=100)
+    for _ in range(300):
+        sizes = sorted({int(s) for s in rng.integers(1, 5000, size=int(rng.integers(1, 7)))})
+        tests = []
+        for size in sizes:
+            p = float(rng.choice([rng.uniform(0, 0.05), rng.uniform(0.05, 1), 0.05]))
+            tests.append(SizeTest(size, float(rng.choice([-1, 0, 1]) * rng.uniform(0, 0.3)), p / 2, p,
+                                  int(rng.integers(1, 3000))))
+        sentence = Crossover("c", "r", base, tuple(tests)).sentence()
+        better = [t for t in tests if t.delta > 0 and t.p_holm < 0.05]
+        if not better:
+            assert sentence.startswith("No training-set size tried") and f"up to {sizes[-1]:,} examples" in sentence
+            continue
+        first = better[0]
+        assert sentence.startswith(f"Fine-tuning is first significantly better than c at {first.size:,} training ")
+        assert f"(Δ {signed(first.delta)}, Holm-corrected p {format_p(first.p_holm)}, n = {first.n:,})" in sentence
+        below = [s for s in sizes if s < first.size]
+        if below:
+            assert f", between {below[-1]:,} (not significantly better) and {first.size:,} (Δ" in sentence
+        assert ("already at the smallest size tried" in sentence) == (not below)
+        listed = re.search(r"Larger sizes not significantly better: ([\d, ]+)\.$", sentence)
+        expected = [t.size for t in tests if t.size > first.size and t not in better]
+        assert (listed.group(1).split(", ") if listed else []) == [f"{s:,}" for s in expected]
+
+
 @pytest.mark.slow
 def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
     lab = study_lab

@@ -73,7 +73,7 @@ class Crossover:
                  if not_after else "")
         return (f"Fine-tuning is first significantly better than {self.comparator} at {self.size:,} training "
                 f"examples{bracket} (Δ {signed(test.delta)}, Holm-corrected p {format_p(test.p_holm)}, n = "
-                f"{test.n}).{after}")
+                f"{test.n:,}).{after}")
 
 
 @dataclass(frozen=True)
