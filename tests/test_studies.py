@@ -386,14 +386,15 @@ def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tmp_path, tin
 
 
 def test_scaling_numbers_match_an_independent_computation_on_random_records(tmp_path):
-    """Curve points are the mean over seeds of each eval's accuracy on the shared examples; every band holds its
-    point; each crossover test's Δ is that mean minus the comparator's accuracy; Holm never lowers a p-value;
-    the crossover is the first size that is better after correction."""
+    """Curve points sit at the mean over seeds of the examples trained on, at the mean over seeds of each eval's
+    accuracy on the shared examples; every band holds its point; each crossover test's Δ is that mean minus the
+    comparator's accuracy; Holm never lowers a p-value; the crossover is the first size that is better after
+    correction."""
     from llamalab.runs.files import append_jsonl, read_jsonl
     from llamalab.runs.record import RunRecord
     from llamalab.studies.run import CellState
     from llamalab.studies.spec import Cell
-    from tests.records import eval_fields
+    from tests.records import eval_fields, train_fields
 
     rng = np.random.default_rng(11)
 
@@ -409,14 +410,24 @@ def test_scaling_numbers_match_an_independent_computation_on_random_records(tmp_
     for case in range(6):
         n, seeds = int(rng.integers(20, 80)), int(rng.integers(1, 4))
         sizes = sorted(rng.choice([10, 20, 40, 80, 160], size=int(rng.integers(2, 5)), replace=False).tolist())
-        states, accuracy = [], {}
+        states, accuracy, trained = [], {}, {}
         for size in sizes:
+            used = []
             for seed in range(seeds):
                 record = fake_eval(f"c{case}-{size}-{seed}", n, min(0.95, 0.4 + size / 200))
                 cell = Cell({"train_examples": size, "seed": seed}, {}, f"{case}-{size}-{seed}")
-                states.append(CellState(cell, "finished", None, record))
+                train = None
+                if rng.random() < 0.7:  # else an older record that does not say: the size asked
+                    train = RunRecord.create(tmp_path / "runs", "train", f"t{case}-{size}-{seed}", {"n": size},
+                                             **train_fields())
+                    train.update(status="finished", data_used={"train_examples": size - int(rng.integers(0, 3))})
+                used.append(train.run.data_used.train_examples if train else size)
+                states.append(CellState(cell, "finished", train, record))
                 rows = read_jsonl(record.folder / "predictions.jsonl")
                 accuracy.setdefault(size, []).append(np.mean([r["correct"] for r in rows]))
+            trained[size] = round(float(np.mean(used)))  # the point sits at the examples trained on
+        accuracy = {trained[size]: values for size, values in accuracy.items()}
+        sizes = [trained[size] for size in sizes]
         comparator = fake_eval(f"base{case}", n, 0.6)
         comparator.update(metrics={"accuracy": {"estimate": 0.6, "low": 0.5, "high": 0.7, "n": n}})
         theirs = np.mean([r["correct"] for r in read_jsonl(comparator.folder / "predictions.jsonl")])
