@@ -344,3 +344,16 @@ def test_a_key_with_a_line_break_is_refused_without_quoting_it(monkeypatch):
         assert "SECRET" not in str(caught.value)
     monkeypatch.setenv(KEY_ENV, "  sk-fine-123 \n")
     assert _read_key(api_model("http://127.0.0.1:9")) == "sk-fine-123"
+
+
+def test_a_filtered_answer_that_leaves_content_out_is_final() -> None:
+    """Azure: a filtered non-streaming answer may have no content key at all; it is final, not retried."""
+    import httpx
+
+    from llamalab.backends.api import _parse_completion
+
+    usage = {"prompt_tokens": 10, "completion_tokens": 0}
+    filtered = {"choices": [{"message": {"role": "assistant"}, "finish_reason": "content_filter"}], "usage": usage}
+    assert _parse_completion(httpx.Response(200, json=filtered)) == ("", 10, 0, True)
+    stopped = {"choices": [{"message": {"role": "assistant"}, "finish_reason": "stop"}], "usage": usage}
+    assert _parse_completion(httpx.Response(200, json=stopped)).billed == (10, 0)  # retried, its tokens counted

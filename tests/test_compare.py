@@ -230,3 +230,17 @@ def test_time_per_thousand_and_example_counts_on_random_records(lab):
         rows = [SystemRow.model_construct(n=c) for c in counts]
         assert n_range(rows) == (f"{counts[0]:,}" if len(set(counts)) == 1 else f"{min(counts):,}–{max(counts):,}")
         assert _seed_counts(counts) == (str(counts[0]) if len(set(counts)) == 1 else f"{min(counts)}-{max(counts)}")
+
+
+def test_a_system_with_no_examples_in_common_is_not_counted_in_holm(lab):
+    """It was not tested: it gets no p, and the systems that were are corrected only for each other."""
+    fake_eval(lab, "best", [True] * 90 + [False] * 10)
+    fake_eval(lab, "other", [True] * 60 + [False] * 40)
+    apart = RunRecord.create(lab.runs_dir, "eval", "apart", {"system": "apart"}, **eval_fields(label="apart", n=20))
+    append_jsonl(apart.folder / "predictions.jsonl", [
+        {"id": f"y:{i}", "gold": "positive", "prediction": "negative", "correct": False} for i in range(20)])
+    apart.update(status="finished")
+    result = compare(lab, "sentiment")
+    by_name = {r.system.split(" ")[0]: r.vs_reference for r in result.systems}
+    assert by_name["apart"].delta is None and by_name["apart"].p_holm is None and by_name["apart"].significance is None
+    assert by_name["other"].p_holm == by_name["other"].p_value  # a family of one

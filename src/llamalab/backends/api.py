@@ -466,10 +466,11 @@ def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool] | 
     billed = (tokens[0], tokens[1]) if tokens and all(_count(t) for t in tokens) else None
     try:
         choice = data["choices"][0]
-        text = choice["message"]["content"]
-    except (KeyError, IndexError, TypeError):
+        filtered = isinstance(choice, dict) and choice.get("finish_reason") == "content_filter"
+        # a filtered answer may leave the content out altogether (Azure: "no content")
+        text = choice["message"].get("content") if filtered else choice["message"]["content"]
+    except (KeyError, IndexError, TypeError, AttributeError):
         return _Retry("response lacks choices[0].message.content", billed=billed)
-    filtered = isinstance(choice, dict) and choice.get("finish_reason") == "content_filter"
     if filtered and text is None:
         text = ""  # the filter's answer: nothing (scored as unparsed, so wrong)
     if not isinstance(text, str):

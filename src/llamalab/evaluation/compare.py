@@ -147,10 +147,12 @@ def rank(
     ref = _reference_index(rows, reference)
     others = [i for i in range(len(rows)) if i != ref]
     tests = [_paired(entries[ref], entries[i], metric, labels, resamples) for i in others]
-    adjusted = stats.holm([t.p_value for t in tests]) if tests else []
-    rows[ref].vs_reference = None
-    for i, test, p_holm in zip(others, tests, adjusted, strict=True):
+    # Holm over the tests that ran: a system with no examples in common with the reference was not tested
+    ran = [t for t in tests if t.delta is not None]
+    for test, p_holm in zip(ran, stats.holm([t.p_value for t in ran]) if ran else [], strict=True):
         test.p_holm = p_holm
+    rows[ref].vs_reference = None
+    for i, test in zip(others, tests, strict=True):
         rows[i].vs_reference = test
     return Comparison(task=task, split=split, metric=metric, metrics=metrics, best=rows[0].system,
                       reference=rows[ref].system, reference_is_best=ref == 0, systems=rows)
