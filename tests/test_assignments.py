@@ -107,6 +107,11 @@ def _symlinked_folder(submission: Path, solution: Path, labels: Path) -> None:
     (submission / "submit").symlink_to(solution, target_is_directory=True)
 
 
+def _impossible_date(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "predictions.jsonl", "report.md")
+    (submission / "experiment.yaml").write_text("task: sentiment\nseed: 2024-02-30\n", encoding="utf-8")
+
+
 def _gigabyte(submission: Path, solution: Path, labels: Path) -> None:
     _copy(submission, solution, "experiment.yaml", "report.md")
     with (submission / "predictions.jsonl").open("wb") as handle:
@@ -172,6 +177,7 @@ HOSTILE = [
     Case("JSON over the size limit", _with_predictions('{"id": "test-00001", "answer": "' + "x" * (21 * 2**20)
                                                        + '"}\n'), "over the limit"),
     Case("a 1 GB file", _gigabyte, "over the limit"),
+    Case("an impossible date in the experiment", _impossible_date, "a value YAML cannot read"),
     Case("a symlink to the hidden labels", _symlink_to_labels, "symbolic link"),
     Case("a symlinked folder", _symlinked_folder, "predictions.jsonl is missing"),
     Case("a FIFO", _fifo, "not a regular file"),

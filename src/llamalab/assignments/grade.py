@@ -293,6 +293,8 @@ def _experiment_test(file: SubmittedFile, config: GradingConfig) -> dict[str, An
         return _test(name, 0, points, f"{EXPERIMENT} is nested too deeply to read")
     except yaml.YAMLError as exc:
         return _test(name, 0, points, f"{EXPERIMENT} is not valid YAML: {str(exc)[:300]}")
+    except (ValueError, OverflowError) as exc:  # PyYAML's own: an impossible date, an integer too long to read
+        return _test(name, 0, points, f"{EXPERIMENT} holds a value YAML cannot read: {str(exc)[:300]}")
     if data is None:
         return _test(name, 0, points, f"{EXPERIMENT} holds no settings (only comments?): put the config.yaml of "
                                       "the run behind your predictions here")
