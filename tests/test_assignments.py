@@ -449,6 +449,36 @@ def test_the_baseline_threshold_is_its_score_on_the_hidden_examples(lab: Lab) ->
     assert f"{narrow.id} (answered 20 of them" in message and "without --limit" in message
 
 
+def test_the_hidden_test_is_the_widest_finetuned_evaluation(lab: Lab) -> None:
+    """A `--limit 20` evaluation of the fine-tuned model scoring 1.0 does not shrink the hidden test to 20 examples:
+    the evaluation that answered the most test examples is the solution."""
+    from llamalab.assignments.build import build_assignment
+    from llamalab.assignments.references import choose_references
+    from llamalab.runs.record import RunRecord
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+    from tests.records import train_fields
+
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    test = [(ex.id, ex.answer) for ex in load_task_data(task).split("test")[:60]]
+    trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
+    trained.update(status="finished")
+    full = _scored_eval(lab, "tuned-full", {i: (g, n % 10 != 0) for n, (i, g) in enumerate(test)},
+                        train_run=trained.id)
+    _scored_eval(lab, "tuned-limit", {i: (g, True) for i, g in test[:20]}, train_run=trained.id)
+    _scored_eval(lab, "base", {i: (g, n % 2 == 0) for n, (i, g) in enumerate(test)})
+    refs = choose_references(lab, task, None, margin=0.02)
+    assert refs.finetuned.id == full.id and refs.thresholds.finetuned_n == len(refs.examples) == 60
+
+    for margin in (float("nan"), -0.1, 1.0):
+        with pytest.raises(LlamalabError, match="--margin"):
+            build_assignment(lab, "sentiment", margin=margin)
+    for out in (lab.root, lab.root.parent):
+        with pytest.raises(LlamalabError, match="holds the lab itself"):
+            build_assignment(lab, "sentiment", out=out)
+    assert not (lab.root / "assignments").exists()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_thresholds_are_scores_on_the_hidden_examples_on_random_runs(lab: Lab, seed: int) -> None:
     """Random runs: zero_at is the best baseline's accuracy on exactly the fine-tuned run's examples (a baseline
@@ -750,3 +780,21 @@ def test_starter_notebook_runs_top_to_bottom(sentiment_assignment: Path, tiny_mo
     assert len(answers) == 40 and all(a["answer"] in ("negative", "positive") for a in answers)
     results = check_results(autograde(tmp_path / "graded", sentiment_assignment, submission=student / "submit"))
     assert [t["score"] for t in results["tests"][1:3]] == [10, 10]  # format and experiment file; no report yet
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"id": "test-00001", "text": "ok"}\n{"id": "test-00002", "text": "ok"\n', ":2: not JSON"),
+    (b'{"id": "test-00001", "text": "caf\xe9"}\n', ":1: not UTF-8 (byte 0xe9)"),
+    (b'{"id": "test-00001", "text": "a"}\n\n{"id": "test-00001", "text": "b"}\n',
+     ":3: id 'test-00001' was already given on line 1"),
+    (b'["test-00001"]\n', ':1: expected a JSON object with a string "id"'),
+    (b"\n\n", "no inputs"),
+])
+def test_predict_inputs_that_cannot_be_read_name_the_line(tmp_path: Path, content: bytes, message: str) -> None:
+    from llamalab.assignments.predict import read_inputs
+
+    path = tmp_path / "test_inputs.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(LlamalabError) as error:
+        read_inputs(path)
+    assert message in str(error.value)

@@ -77,13 +77,44 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
         apply_overrides(data, {"task.name": "x"})
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    (b"task: sentiment\nseed: 1\nlearning_rate: .inf\n", "exp.yaml:3: key 'learning_rate': Input should be a finite"),
+    (b"task: sentiment\nweight_decay: .nan\n", "exp.yaml:2: key 'weight_decay': Input should be a finite"),
+    (b"task: sentiment\nlora:\n  r: 4\n  dropout: -.inf\n", "exp.yaml:4: key 'lora.dropout'"),
+    (b"task: sentiment\nseed: 1\nwarmup_ratio: 2024-02-30\n", "exp.yaml:3: a value YAML cannot read (day is out"),
+    (b"task: sentiment\nlora: {r: 4, alpha: 1" + b"0" * 5000 + b"}\n", "exp.yaml:2: a value YAML cannot read"),
+    (b"task: sentiment\n# caf\xe9\n", "exp.yaml:2: not UTF-8 (byte 0xe9); save the file as UTF-8"),
+    (b"task: sentiment\nseed: 1\nmethod: full\nlora: {r: 4}\n", "exp.yaml:4: key 'lora': `lora` settings given"),
+])
+def test_values_no_setting_can_mean_name_their_line(tmp_path, text, message):
+    """inf/nan (YAML floats), values PyYAML cannot build, bytes that are not UTF-8 and whole-experiment checks: a
+    clear error naming the line, never a traceback or a run with learning_rate inf."""
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(text)
+    with pytest.raises(LlamalabError) as error:
+        load_experiment(path)
+    assert message in str(error.value)
+
+
+def test_broken_overrides_and_top_level_lists_are_clear_errors(tmp_path):
+    with pytest.raises(LlamalabError, match=r"override 'lora.r=\[1,': the value is not valid YAML .*quote it"):
+        parse_overrides(["lora.r=[1,"])
+    with pytest.raises(LlamalabError, match="override 'seed=2024-02-30': the value is not valid YAML"):
+        parse_overrides(["seed=2024-02-30"])
+    path = tmp_path / "exp.yaml"
+    path.write_text("- task: sentiment\n")
+    with pytest.raises(LlamalabError, match="Input should be a valid dictionary"):
+        load_experiment(path, {"lora.r": 4})
+
+
 def test_task_label_checks(tmp_path):
     path = tmp_path / "task.yaml"
     path.write_text(
         "name: t\ndata: {files: [{path: a.jsonl, split: train}]}\nprompt: {template: '{{ text }}'}\n"
         "answer: {labels: [a, b], verbalizers: {c: see}}\n"
     )
-    with pytest.raises(LlamalabError, match="verbalizers name labels not in `labels`: c"):
+    with pytest.raises(LlamalabError, match="task.yaml:4: key 'answer.verbalizers': verbalizers name labels not "
+                                            "in `labels`: c"):
         load_config(Task, path)
 
 

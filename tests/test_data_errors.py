@@ -280,3 +280,28 @@ def test_check_warns_about_answers_over_the_generation_budget_and_counts_entity_
     assert table.exit_code == 0
     assert "entity types" in printed(table) and "city 3, person 3" in printed(table)
     assert "generation budget" not in printed(table)  # the default budget of a generation task is 256 tokens
+
+
+def test_an_id_used_twice_is_a_bad_row_naming_both_places(lab):
+    """Predictions and paired tests are keyed by example id: an id given twice in a split (in one file, or in two
+    files of the same split) would pair one example's answer with another's, so `data check` fails on it. The same
+    id in train and test is no error (the leakage check looks at the texts)."""
+    folder = data_dir(lab)
+    (folder / "train.jsonl").write_text('{"id": "a", "text": "good", "label": "pos"}\n'
+                                        '{"id": "b", "text": "bad", "label": "neg"}\n'
+                                        '{"id": "a", "text": "fine", "label": "pos"}\n')
+    (folder / "test.jsonl").write_text('{"id": "b", "text": "meh", "label": "neg"}\n'
+                                       '{"id": "c", "text": "great", "label": "pos"}\n')
+    (folder / "test2.jsonl").write_text('{"id": "c", "text": "awful", "label": "neg"}\n')
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.jsonl, split: test}, "
+                        "{path: data/p/test2.jsonl, split: test}]", extra="  id_field: id")
+    result = check(lab)
+    assert result.exit_code == 1
+    text = printed(result)
+    assert "data/p/train.jsonl:3: example id 'a' was already used at data/p/train.jsonl:1" in text
+    assert "data/p/test2.jsonl:1: example id 'c' was already used at data/p/test.jsonl:2" in text
+    assert "fix data.id_field ('id')" in text and "'b' was already" not in text
+    with pytest.raises(LlamalabError, match="2 bad row"):
+        load_task_data(load_task(lab.task_path("probe"), lab.root))
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [ex.id for ex in data.split("train")] == ["a", "b"] and [ex.id for ex in data.split("test")] == ["b", "c"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llamalab.runs.files import staged_folder
+from llamalab.runs.files import staged_folder, write_text_atomic
 
 
 def leftovers(parent: Path) -> list[str]:
@@ -53,6 +53,38 @@ def test_a_stale_staging_folder_from_a_kill_is_cleared(tmp_path: Path) -> None:
         (staging / "lab.yaml").write_text("name: x\n")
     assert [p.name for p in (tmp_path / "lab").iterdir()] == ["lab.yaml"]
     assert leftovers(tmp_path) == []
+
+
+def test_a_kill_between_the_swapping_renames_loses_nothing(tmp_path: Path) -> None:
+    """Killed after the old target moved aside and before the new one moved in: the next build starts from the old
+    one (what a build keeps from it, e.g. staff files next to an assignment, is still there)."""
+    target = tmp_path / "assignment"
+    (tmp_path / ".assignment.old").mkdir()
+    (tmp_path / ".assignment.old" / "leaderboard.csv").write_text("staff file")
+    (tmp_path / ".assignment.partial").mkdir()  # the finished staging folder, never moved in
+    with staged_folder(target) as staging:
+        assert (target / "leaderboard.csv").read_text() == "staff file"
+        (staging / "kept.csv").write_text((target / "leaderboard.csv").read_text())
+    assert [p.name for p in target.iterdir()] == ["kept.csv"]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask_or_keep_the_files_mode(tmp_path: Path, umask: int) -> None:
+    """A written page or handout is as readable as a file `open()` makes (mkstemp alone gives 0600); a file that
+    exists keeps its mode (e.g. an executable script)."""
+    before = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "index.html", "<p>hi</p>")
+        assert (tmp_path / "index.html").stat().st_mode & 0o777 == 0o666 & ~umask
+        script = tmp_path / "run_autograder"
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o755)
+        write_text_atomic(script, "#!/bin/sh\necho new\n")
+        assert script.stat().st_mode & 0o777 == 0o755 and "new" in script.read_text()
+        assert os.umask(umask) == umask  # writing left the umask as it was
+    finally:
+        os.umask(before)
 
 
 def test_shared_build_keeps_a_target_another_process_finished_first(tmp_path: Path) -> None:

@@ -16,9 +16,19 @@ class LlamalabError(Exception):
 
 
 class StrictModel(BaseModel):
-    """Base for every config: unknown keys are errors, never silently ignored."""
+    """Base for every config: unknown keys are errors, never silently ignored; so are inf and nan (`.inf` is a
+    YAML float, and no setting means it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class KeyProblem(ValueError):
+    """Raised by a whole-model validator about one of the model's keys: the error then names that key and its
+    line, not the model's first line."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 M = TypeVar("M", bound=StrictModel)
@@ -28,13 +38,40 @@ def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     """Parse a YAML file, returning the data and its node tree (for line numbers in errors)."""
     if not path.is_file():
         raise LlamalabError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
     try:
-        return yaml.safe_load(text), yaml.compose(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise LlamalabError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+                            ) from None
+    try:
+        node = yaml.compose(text)
+        return yaml.safe_load(text), node
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise LlamalabError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (ValueError, OverflowError) as exc:  # PyYAML parses the text but cannot build a value, e.g. 2024-02-30
+        line = _unbuildable_line(node)
+        where = f"{path}:{line}" if line else str(path)
+        raise LlamalabError(f"{where}: a value YAML cannot read ({exc}); quote it if it is meant as text") from None
+
+
+def _unbuildable_line(node: yaml.Node | None) -> int | None:
+    """The 1-based line of the first scalar PyYAML's safe loader cannot build into a value."""
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            yaml.SafeLoader("").construct_object(node)
+        except (ValueError, OverflowError):
+            return node.start_mark.line + 1
+        return None
+    children = node.value if isinstance(node, yaml.SequenceNode | yaml.MappingNode) else []
+    for child in children:
+        for part in child if isinstance(child, tuple) else (child,):
+            if (line := _unbuildable_line(part)) is not None:
+                return line
+    return None
 
 
 def parse_model(model: type[M], data: Any, source: str, node: yaml.Node | None = None) -> M:
@@ -61,7 +98,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise LlamalabError(f"override {item!r}: expected key=value, e.g. learning_rate=1e-4")
-        overrides[key] = yaml.safe_load(raw)
+        try:
+            overrides[key] = yaml.safe_load(raw)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            why = getattr(exc, "problem", None) or exc
+            raise LlamalabError(f"override {item!r}: the value is not valid YAML ({why}); quote it if it is text, "
+                                f"e.g. '{key}=\"{raw}\"'") from None
     return overrides
 
 
@@ -85,6 +127,8 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
 
 def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node | None) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    if isinstance(problem := err.get("ctx", {}).get("error"), KeyProblem):
+        loc.append(problem.key)
     path = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_of(node, loc)
     where = f"{source}:{line}" if line else source
@@ -95,9 +139,11 @@ def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node 
         return f"{where}: unknown key {path!r}: {hint}"
     if err["type"] == "missing":
         return f"{where}: missing required key {path!r}"
+    if isinstance(problem, KeyProblem):
+        return f"{where}: key {path!r}: {problem}"
     got = err.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-    return f"{where}: key {path!r}: {err['msg']}{shown}"
+    return f"{where}: key {path!r}: {err['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def _fields_at(model: type[BaseModel], loc: list) -> list[str]:

@@ -75,10 +75,13 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
     name = name or spec.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise LlamalabError(f"assignment name {name!r}: use letters, digits, '.', '_' and '-'")
-    if margin < 0:
-        raise LlamalabError("--margin must be 0 or more")
+    if not 0 <= margin < 1:
+        raise LlamalabError(f"--margin {margin}: give a score difference from 0 up to (not including) 1, e.g. 0.02")
+    target = (Path(out) if out else lab.root / "assignments" / name).resolve()
+    if target == lab.root.resolve() or lab.root.resolve().is_relative_to(target):
+        raise LlamalabError(f"--out {out}: that folder holds the lab itself, and a build replaces its --out folder "
+                            "whole; name a folder of its own, e.g. --out assignments-out/" + name)
     refs = choose_references(lab, spec, from_runs, margin)
-    target = Path(out) if out else lab.root / "assignments" / name
     previous = _previous(target)
     hidden = _hidden(refs.examples, name)
     config = GradingConfig(assignment=name, task=spec.name, split="test", n=len(hidden), answer=spec.answer,

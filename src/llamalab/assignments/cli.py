@@ -50,7 +50,8 @@ def build(
     with grading_folder(folder) as grading:
         t = load_config(grading).thresholds
     console.print(f"{t.metric}: 0 points at or below {t.zero_at:.4f} ({escape(t.baseline_system)}), full points at "
-                  f"or above {t.full_at:.4f} ({escape(t.finetuned_system)} {t.finetuned:.4f} minus {t.margin:g})")
+                  f"or above {t.full_at:.4f} ({escape(t.finetuned_system)} {t.finetuned:.4f} minus {t.margin:g}); "
+                  f"hidden test: {t.finetuned_n:,} examples")
     for part, what in (("student", "hand this out"), ("autograder", "upload autograder.zip to Gradescope"),
                        ("solution", "the reference submission (full marks)")):
         console.print(f"  {folder / part}  [dim]{what}[/]")

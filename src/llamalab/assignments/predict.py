@@ -67,13 +67,28 @@ def read_inputs(path: Path) -> list[Example]:
     """Inputs without answers, as examples whose gold answer is empty (scored against nothing)."""
     if not path.is_file():
         raise LlamalabError(f"{path}: no such inputs file")
-    examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    examples, seen = [], {}
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise LlamalabError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}): "
+                            "the inputs file is JSON lines in UTF-8, as the assignment handed it out") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LlamalabError(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno}): each line is one "
+                                "JSON object, e.g. {\"id\": \"test-00001\", \"text\": \"...\"}") from None
         if not isinstance(row, dict) or not isinstance(row.get("id"), str):
             raise LlamalabError(f"{path}:{number}: expected a JSON object with a string \"id\"")
+        if row["id"] in seen:
+            raise LlamalabError(f"{path}:{number}: id {row['id']!r} was already given on line {seen[row['id']]}; "
+                                "each input needs an id of its own")
+        seen[row["id"]] = number
         examples.append(Example(row["id"], {k: v for k, v in row.items() if k != "id"}, "", f"{path.name}:{number}"))
     if not examples:
         raise LlamalabError(f"{path}: no inputs")

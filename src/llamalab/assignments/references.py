@@ -54,9 +54,9 @@ def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, mar
         raise LlamalabError(f"an assignment's thresholds come from the lab's own runs, but {among} hold no finished "
                             f"evaluation of {what} on task {task.name!r}'s test split: "
                             + HOW_TO_MAKE_RUNS.format(task=task.name))
-    best = max(finetuned, key=lambda r: r.run.metrics[metric].estimate)
-    trained = _train_run(lab, task, best)
     data = load_task_data(task)
+    best = _best_finetuned(task, finetuned, data, metric)
+    trained = _train_run(lab, task, best)
     examples, rows = _answered(task, best, data)
     baseline, base = _best_baseline(task, baselines, [ex.id for ex in examples], best, data, metric)
     tuned = best.run.metrics[metric]
@@ -72,6 +72,19 @@ def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, mar
         baseline_n=base.n, finetuned=tuned.estimate, finetuned_run=best.id,
         finetuned_system=best.run.display_label, finetuned_n=tuned.n)
     return References(best, trained, baseline, base, thresholds, examples, rows, data)
+
+
+def _best_finetuned(task: Task, candidates: list[RunRecord], data: TaskData, metric: str) -> RunRecord:
+    """The fine-tuned run whose answers become the hidden test: among runs on the task's current data, the one that
+    answered the most test examples (a `--limit 50` evaluation would shrink the hidden test to 50), then the best
+    scoring of those."""
+    current = [r for r in candidates if not r.run.task.data_sha256 or r.run.task.data_sha256 == data.file_hashes]
+    if not current:
+        raise LlamalabError(
+            f"every fine-tuned evaluation of task {task.name!r} was made before its data changed "
+            f"({', '.join(r.id for r in candidates)}): evaluate the fine-tuned model again "
+            f"(`llamalab eval RUN_ID --task {task.name}`)")
+    return max(current, key=lambda r: (r.run.metrics[metric].n, r.run.metrics[metric].estimate))
 
 
 def _best_baseline(task: Task, candidates: list[RunRecord], hidden: list[str], finetuned: RunRecord,

@@ -23,6 +23,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp makes 0600; a handout or site page must be readable like any file
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -33,19 +34,37 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _mode_for(path: Path) -> int:
+    """The permissions `path` keeps if it exists, else those a plain `open()` would give it under the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder next to `target`; when the block succeeds the folder becomes `target`, whole.
 
     Every folder that must appear complete or not at all is built this way. A block that fails leaves `target`
     as it was and removes the staging folder; a kill leaves at worst a stale `.NAME.partial`, which the next build
-    of the same target clears.
+    of the same target clears, or (killed while swapping) the previous `target` as `.NAME.old`, which the next
+    build puts back before it starts.
 
     By default a `target` that exists when the block succeeds is replaced. With `shared=True` several processes may
     build the same `target` at once (a cache entry): each stages in its own `.NAME.PID.partial`, the first to finish
     wins, and a build that finds `target` already there when it finishes is discarded, keeping that `target`.
     """
     staging = target.with_name(f".{target.name}.{os.getpid()}.partial" if shared else f".{target.name}.partial")
+    old = target.with_name(f".{target.name}.old")
+    if not shared and old.is_dir() and not target.exists():
+        old.rename(target)  # a kill between the two renames below: the previous build is still whole, restore it
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -61,7 +80,6 @@ def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
             if not target.exists():
                 raise
         return
-    old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)

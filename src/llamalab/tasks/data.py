@@ -71,6 +71,7 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
     bad: list[BadRow] = []
     hashes: dict[str, str] = {}
     first: Example | None = None
+    seen: dict[str, dict[str, str]] = defaultdict(dict)  # split -> id -> first row: predictions are keyed by id
     for file in task.data.files:
         path = task.data_path(file)
         if not path.exists():
@@ -81,6 +82,8 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
         if file.path not in hashes:  # one file may hold several splits (`records:`)
             hashes[file.path] = sha256_path(path)
         examples, file_bad = _read_file(task, file, path)
+        examples, repeated = _first_of_each_id(task, examples, seen[file.split or "pool"])
+        file_bad += repeated
         by_split[file.split or "pool"].extend(examples)
         files_of[file.split or "pool"].append(file.path)
         bad_in[file.path] = bad_in.get(file.path, 0) + len(file_bad)
@@ -100,6 +103,21 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
     if strict and data.prompt_error:
         raise LlamalabError(data.prompt_error)
     return data
+
+
+def _first_of_each_id(task: Task, examples: list[Example], seen: dict[str, str]
+                      ) -> tuple[list[Example], list[BadRow]]:
+    """The examples whose id no earlier row of their split had; each repeat is a bad row naming both rows."""
+    kept, bad = [], []
+    for ex in examples:
+        if ex.id in seen:
+            how = f"fix data.id_field ({task.data.id_field!r})" if task.data.id_field else "remove the repeat"
+            bad.append(BadRow(ex.source, f"example id {ex.id!r} was already used at {seen[ex.id]}; ids must be "
+                                         f"unique within a split: {how}"))
+            continue
+        seen[ex.id] = ex.source
+        kept.append(ex)
+    return kept, bad
 
 
 def _prompt_problem(task: Task, example: Example) -> str | None:

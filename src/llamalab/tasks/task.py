@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llamalab.config import StrictModel, load_config
+from llamalab.config import KeyProblem, StrictModel, load_config
 
 SPLITS = ("train", "dev", "test")
 FileFormat = Literal["jsonl", "json", "csv", "tsv", "lines", "parquet", "arrow", "hf_dataset"]
@@ -115,7 +115,7 @@ class SplitSpec(StrictModel):
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> SplitSpec:
         if self.dev + self.test >= 1:
-            raise ValueError("dev + test must leave some examples for train (sum < 1)")
+            raise KeyProblem("dev", "dev + test must leave some examples for train (sum < 1)")
         return self
 
 
@@ -182,12 +182,12 @@ class AnswerSpec(StrictModel):
     @model_validator(mode="after")
     def _labels_are_consistent(self) -> AnswerSpec:
         if self.type == "label" and len(self.labels) < 2:
-            raise ValueError("a label answer needs at least two labels")
+            raise KeyProblem("labels", "a label answer needs at least two labels")
         unknown = sorted(set(self.verbalizers) - set(self.labels))
         if unknown:
-            raise ValueError(f"verbalizers name labels not in `labels`: {', '.join(unknown)}")
+            raise KeyProblem("verbalizers", f"verbalizers name labels not in `labels`: {', '.join(unknown)}")
         if len(set(self.labels)) != len(self.labels):
-            raise ValueError("labels must be unique")
+            raise KeyProblem("labels", "labels must be unique")
         return self
 
     @property
@@ -230,7 +230,8 @@ class Task(StrictModel):
         allowed = METRICS_BY_TYPE[self.answer.type]
         unknown = [m for m in self.metrics if m not in allowed]
         if unknown:
-            raise ValueError(f"metrics {unknown} do not apply to answer.type {self.answer.type}: use {list(allowed)}")
+            raise KeyProblem("metrics", f"metrics {unknown} do not apply to answer.type {self.answer.type}: "
+                             f"use {list(allowed)}")
         return self
 
     @property

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from llamalab.config import LlamalabError, StrictModel, apply_overrides, load_yaml, parse_model
+from llamalab.config import KeyProblem, LlamalabError, StrictModel, apply_overrides, load_yaml, parse_model
 
 
 class LoraSpec(StrictModel):
@@ -52,7 +52,7 @@ class Experiment(StrictModel):
     def _lora_only_with_lora(self) -> Experiment:
         # The resolved dict of every experiment (its record, its hash) lists the default `lora`: that reads back.
         if self.method == "full" and "lora" in self.model_fields_set and self.lora != LoraSpec():
-            raise ValueError("`lora` settings given but method is full; remove them or set method: lora")
+            raise KeyProblem("lora", "`lora` settings given but method is full; remove them or set method: lora")
         return self
 
     @field_validator("bf16", "activation_checkpointing", mode="before")
@@ -83,7 +83,7 @@ LATER_SETTINGS = {"activation_checkpointing": "auto", "memory_limit": None,
 def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> tuple[Experiment, dict]:
     """The experiment file with `overrides` (dotted keys, e.g. {"lora.r": 4}) applied; also its resolved dict."""
     data, node = load_yaml(path)
-    if overrides:
+    if overrides and isinstance(data, dict | None):  # anything else fails validation below, with its line
         data = apply_overrides(data or {}, overrides)
     shown = " ".join(f"{k}={v}" for k, v in (overrides or {}).items())
     return resolve_experiment(data, f"{path} (with overrides {shown})" if overrides else str(path), node)
