@@ -173,3 +173,41 @@ def test_api_latency_per_1k_examples_is_over_the_requests_sent(seed):
         return
     assert usage["latency_s_per_1k_examples"] == pytest.approx(1000 * sum(sent) / len(sent), abs=0.006)
     assert usage["cache_hits"] == len(rows) - len(sent)
+
+
+def test_reuse_and_resume_never_take_a_run_of_other_weights_or_data(lab, tiny_model_dir, tmp_path):
+    """A model folder rewritten in place, or task data edited, keeps every setting (so the settings hash) the
+    same: a study's `reuse` must evaluate again, and `--resume` must refuse to finish the old run on new inputs."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    settings = {"system": str(model), "task": "sentiment", "limit": 6}
+    first = evaluate(lab, EvalSettings(**settings), reuse=True)
+    assert evaluate(lab, EvalSettings(**settings), reuse=True).id == first.id
+
+    weights = model / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v + 0.01 * torch.randn_like(v) for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+    second = evaluate(lab, EvalSettings(**settings), reuse=True)
+    assert second.id != first.id
+    assert second.run.system.model.revision != first.run.system.model.revision
+    assert evaluate(lab, EvalSettings(**settings), reuse=True).id == second.id
+
+    second.update(status="running", pid=None)  # as if killed: an unfinished run of these settings
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(LlamalabError, match=rf"run {second.id} cannot be continued: its weights .* were revision"):
+        evaluate(lab, EvalSettings(**settings), resume=True)
+    # the old weights are back: the first evaluation is theirs again
+    assert evaluate(lab, EvalSettings(**settings), reuse=True).id == first.id
+
+    pos = lab.root / "data" / "rt_polarity" / "rt-polarity.pos"
+    assert pos.is_file()
+    split = lab.root / "data" / "splits" / "sentiment.json"
+    pos.write_text(pos.read_text(encoding="utf-8") + "one more fine line .\n", encoding="utf-8")
+    split.unlink(missing_ok=True)  # the split is derived (and pinned) again for the new data
+    third = evaluate(lab, EvalSettings(**settings), reuse=True)
+    assert third.id not in (first.id, second.id) and third.run.task.data_sha256 != first.run.task.data_sha256

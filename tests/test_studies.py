@@ -316,6 +316,16 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     assert all(f"<td class=\"r\">{html.escape(cells[3])}</td>" in page for cells in quant_cells(board)[1])
     assert "## Studies" in new_post(lab, "Quantization week").read_text()
 
+    # A file exported again in place (here: other weights at the q4_0 path) keeps its path, so every setting: its
+    # old evaluation is no longer its row, and the study evaluates the new file.
+    import shutil
+
+    shutil.copyfile(gguf_file(lab, str(tiny_model_dir), "q8_0"), gguf_file(lab, str(tiny_model_dir), "q4_0"))
+    assert [r.type for r in recorded_quantization(lab, study)] == ["f16", "q8_0"]
+    redone = run_quantization(lab, study, Console(stderr=True))
+    assert [r.eval.id == old.eval.id for r, old in zip(redone, rows, strict=True)] == [True, True, False]
+    assert redone[2].eval.run.system.model.revision == redone[1].eval.run.system.model.revision
+
 
 KILL_SCRIPT = """
 import os, signal, sys

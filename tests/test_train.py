@@ -67,6 +67,20 @@ def test_a_few_steps_write_a_complete_record(lab, tiny_model_dir):
     assert len((result.folder / "predictions.jsonl").read_text().splitlines()) == 20
 
 
+def test_reuse_trains_again_when_the_task_data_changed(lab, tiny_model_dir):
+    """A study reuses a finished train run of the same settings; after the task's data changed (same settings,
+    same hash) that run is not this cell's, and a new one is trained."""
+    name = tiny_experiment(lab, tiny_model_dir, max_steps=2)
+    first = train(lab, name, reuse=True)
+    assert train(lab, name, reuse=True).id == first.id
+    pos = lab.root / "data" / "rt_polarity" / "rt-polarity.pos"
+    pos.write_text(pos.read_text(encoding="utf-8") + "one more fine line .\n", encoding="utf-8")
+    (lab.root / "data" / "splits" / "sentiment.json").unlink()
+    second = train(lab, name, reuse=True)
+    assert second.id != first.id and second.run.task.data_sha256 != first.run.task.data_sha256
+    assert second.run.config_hash == first.run.config_hash
+
+
 def test_a_diverged_run_fails_naming_the_step_instead_of_recording_a_loss_of_zero(lab, tiny_model_dir):
     """The Trainer logs a NaN loss as 0 by default: a diverged run would have looked perfect."""
     with pytest.raises(LlamalabError, match=r"training diverged at step \d+: .*nan.*Lower learning_rate"):

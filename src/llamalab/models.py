@@ -125,13 +125,18 @@ def _embedded() -> ModelRef:
     return _from_gguf(EMBEDDED_NAME, Path(spec.origin).parent / _EMBEDDED_FILE)
 
 
+def gguf_revision(gguf: Path) -> str:
+    """The revision a GGUF file's evaluations record: its SHA-256 (cached while its size and mtime stay)."""
+    return f"gguf-sha256:{_cached_file_hash(gguf)}"
+
+
 def _from_gguf(name: str, gguf: Path) -> ModelRef:
     """A GGUF file, converted once into a cached Hugging Face folder keyed on the file's hash."""
-    file_hash = _cached_file_hash(gguf)
-    target = cache_dir() / "models" / f"{gguf.stem.lower()}-{file_hash[:12]}"
+    revision = gguf_revision(gguf)
+    target = cache_dir() / "models" / f"{gguf.stem.lower()}-{revision.removeprefix('gguf-sha256:')[:12]}"
     if not (target / "config.json").is_file():
         _convert_gguf(gguf, target)
-    return ModelRef(name, str(target), f"gguf-sha256:{file_hash}", str(gguf.resolve()))
+    return ModelRef(name, str(target), revision, str(gguf.resolve()))
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:

@@ -33,8 +33,8 @@ from llamalab.evaluation.systems import System, resolve_system, system_outline
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
 from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
-from llamalab.runs.record import PREDICTIONS, RunRecord, config_hash, finished_run, resume_run
-from llamalab.tasks.data import Example, load_task_data
+from llamalab.runs.record import PREDICTIONS, Inputs, RunRecord, config_hash, finished_run, resume_run
+from llamalab.tasks.data import Example, TaskData, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
 
@@ -121,20 +121,22 @@ def evaluate(
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
     settings = complete_settings(settings, task_spec, resolved)
-    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump())):
+    data = load_task_data(task_spec)
+    inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes)
+    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs)):
         return done
-    return _evaluate(lab, settings, task_spec, resolved, loaded, console, resume)
+    return _evaluate(lab, settings, task_spec, data, resolved, loaded, console, inputs if resume else None)
 
 
-def _evaluate(lab: Lab, settings: EvalSettings, task: Task, system: System, loaded: LoadedSystem | None,
-              console: Console, resume: bool) -> RunRecord:
-    data = load_task_data(task)
+def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, system: System,
+              loaded: LoadedSystem | None, console: Console, resume: Inputs | None) -> RunRecord:
+    """The evaluation; with `resume` (the inputs it must have started from), continuing an unfinished one."""
     examples = select_examples(data.split(settings.split), settings.limit)
     shots = tuple(random.Random(settings.shot_seed).sample(data.split("train"), settings.shots))
 
     config = settings.model_dump()
     name = f"{task.name}-{system.label.replace('/', '_')}"
-    record = resume_run(lab.runs_dir, "eval", name, config) if resume else None
+    record = resume_run(lab.runs_dir, "eval", name, config, resume) if resume else None
     started = time.perf_counter()
     # Before any run folder exists: a model that cannot load, or a setting its backend cannot honour, leaves none.
     if loaded is None:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -196,22 +197,46 @@ def find_run(runs_dir: Path, ref: str, kind: str | None = None) -> RunRecord:
     raise LlamalabError(f"no {what} {ref!r} in {runs_dir}")
 
 
-def finished_run(runs_dir: Path, kind: str, config: dict, name: str | None = None) -> RunRecord | None:
-    """The latest finished run of this kind (and name) started with exactly these settings, if any."""
+@dataclass(frozen=True)
+class Inputs:
+    """What a run's settings do not pin down but its results depend on: the weights it started from (a model
+    folder or GGUF file rewritten in place keeps its path, so its settings) and the task's data files."""
+
+    revision: str | None = None  # the base model's (train) or evaluated model's (eval) revision
+    data_sha256: dict[str, str] | None = None
+
+    def differ(self, record: RunRecord) -> str | None:
+        """Why `record` did not start from these inputs, or None if it did (or cannot tell)."""
+        run = record.run
+        model = run.model if run.kind == "train" else getattr(run.system, "model", None)
+        recorded = getattr(model, "revision", None)
+        if self.revision and recorded and recorded != self.revision:
+            return f"its weights ({model.name}) were revision {recorded} and are now {self.revision}"
+        if self.data_sha256 and run.task.data_sha256 and run.task.data_sha256 != self.data_sha256:
+            return f"task {run.task.name!r}'s data files changed since it started"
+        return None
+
+
+def finished_run(runs_dir: Path, kind: str, config: dict, name: str | None = None,
+                 inputs: Inputs = Inputs()) -> RunRecord | None:
+    """The latest finished run of this kind (and name) started with exactly these settings, if any, from the
+    same `inputs` (a run whose recorded weights or data differ from them is not the same run)."""
     wanted = config_hash(config)
     done = [r for r in list_runs(runs_dir, kind) if r.run.finished and r.run.config_hash == wanted
-            and (name is None or r.run.name == name)]
+            and (name is None or r.run.name == name) and inputs.differ(r) is None]
     return done[-1] if done else None
 
 
-def has_unfinished(runs_dir: Path, kind: str, name: str, config: dict) -> bool:
-    """Whether an unfinished run of this kind, name and settings exists (one `resume_run` could continue)."""
+def has_unfinished(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs()) -> bool:
+    """Whether an unfinished run of this kind, name and settings exists that `resume_run` would continue (the
+    latest such, from the same `inputs`)."""
     wanted = config_hash(config)
-    return any(r.run.name == name and not r.run.finished and r.run.config_hash == wanted
-               for r in list_runs(runs_dir, kind))
+    same = [r for r in list_runs(runs_dir, kind) if r.run.name == name and not r.run.finished
+            and r.run.config_hash == wanted]
+    return bool(same) and inputs.differ(same[-1]) is None
 
 
-def resume_run(runs_dir: Path, kind: str, name: str, config: dict) -> RunRecord:
+def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs()) -> RunRecord:
     """The latest unfinished run of this kind and name started with the same settings, marked running again.
 
     The one rule for `--resume` (train and eval): a run started with other settings is never continued, and
@@ -228,6 +253,9 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict) -> RunRecord:
                                 "the same settings")
         raise LlamalabError(f"no unfinished {what} of {name!r} to resume in {runs_dir}")
     record = same[-1]
+    if why := inputs.differ(record):
+        raise LlamalabError(f"run {record.id} cannot be continued: {why}, so its finished part would not match the "
+                            "rest; start it afresh (without --resume)")
     if is_alive(record):
         where = f" on {record.run.host}" if record.run.host else ""
         raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid}{where})")

@@ -19,7 +19,7 @@ from rich.console import Console
 from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import paired_test
 from llamalab.lab import Lab
-from llamalab.runs.record import RunRecord, list_runs, read_predictions
+from llamalab.runs.record import Inputs, RunRecord, list_runs, read_predictions
 from llamalab.runs.schema import Interval
 from llamalab.studies.spec import Study
 
@@ -92,6 +92,7 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
     """The rows from the records alone (for the report and the site): files and evaluations that exist."""
     from llamalab.evaluation.evaluate import settings_hash
     from llamalab.evaluation.systems import system_outline
+    from llamalab.models import gguf_revision
     from llamalab.tasks.task import load_task
 
     assert study.spec.quantize is not None
@@ -102,8 +103,11 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
         options = _eval_options(study, system_outline(lab, name).trained_format)
         for quant in study.spec.quantize.types:
             # the evaluation run_quantization runs (its settings hash), not another of the same file
-            wanted = settings_hash(lab, task, str(gguf_file(lab, name, quant.lower())), **options)
-            found = [r for r in evals if r.run.config_hash == wanted]
+            path = gguf_file(lab, name, quant.lower())
+            wanted = settings_hash(lab, task, str(path), **options)
+            # ... and of the file there now: an evaluation of an earlier export at the same path is not its row
+            inputs = Inputs(gguf_revision(path) if path.is_file() else None)
+            found = [r for r in evals if r.run.config_hash == wanted and inputs.differ(r) is None]
             if found:
                 records[(name, quant.lower())] = found[-1]
     return quant_rows(lab, study, records)

@@ -19,7 +19,7 @@ from llamalab.config import LlamalabError, apply_overrides
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model
 from llamalab.runs.files import staged_folder
-from llamalab.runs.record import TRAIN_LOG, RunRecord, finished_run, has_unfinished, peak_memory_mb, resume_run
+from llamalab.runs.record import TRAIN_LOG, Inputs, RunRecord, finished_run, has_unfinished, peak_memory_mb, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
 from llamalab.tasks.task import load_task
@@ -59,23 +59,24 @@ def train(
         from llamalab.training.distributed import check_devices
 
         check_devices(processes)
-    if reuse:
-        if done := finished_run(lab.runs_dir, "train", resolved, name):
-            return done
-        resume = has_unfinished(lab.runs_dir, "train", name, resolved)
     try:
         task_path = lab.task_path(experiment.task)
     except LlamalabError as exc:
         raise LlamalabError(f"{source}: key 'task': {exc}") from None
     task = load_task(task_path, lab.root)
     model_ref = resolve_model(experiment.base_model)
+    data = load_task_data(task)
+    inputs = Inputs(model_ref.revision, data.file_hashes)  # a run on other weights or data is not this run
+    if reuse:
+        if done := finished_run(lab.runs_dir, "train", resolved, name, inputs):
+            return done
+        resume = has_unfinished(lab.runs_dir, "train", name, resolved, inputs)
     tokenizer = load_tokenizer(model_ref)  # fails fast (before any run folder exists) if the model is missing
     _check_targets(experiment, model_ref, source)
-    data = load_task_data(task)
     prompt_format = experiment.format or task.prompt.format
 
     if resume:
-        record = resume_run(lab.runs_dir, "train", name, resolved)
+        record = resume_run(lab.runs_dir, "train", name, resolved, inputs)
         console.print(f"Resuming run [bold]{record.id}[/]")
     else:
         record = RunRecord.create(
