@@ -23,7 +23,8 @@ def fake_eval(lab, system: str, correct: list[bool], fmt: str = "plain", status:
     for i, ok in enumerate(correct):
         gold = "positive" if i % 2 else "negative"
         other = "negative" if gold == "positive" else "positive"
-        rows.append({"id": f"x:{i}", "gold": gold, "prediction": gold if ok else other, "correct": bool(ok),
+        rows.append({"id": f"x:{i}", "prompt": f"Review: x{i}\nSentiment:", "gold": gold,
+                     "prediction": gold if ok else other, "correct": bool(ok),
                      "scores": {"negative": 0.0, "positive": 0.0}})
     append_jsonl(record.folder / "predictions.jsonl", rows)
     record.update(status=status)
@@ -238,9 +239,19 @@ def test_a_system_with_no_examples_in_common_is_not_counted_in_holm(lab):
     fake_eval(lab, "other", [True] * 60 + [False] * 40)
     apart = RunRecord.create(lab.runs_dir, "eval", "apart", {"system": "apart"}, **eval_fields(label="apart", n=20))
     append_jsonl(apart.folder / "predictions.jsonl", [
-        {"id": f"y:{i}", "gold": "positive", "prediction": "negative", "correct": False} for i in range(20)])
+        {"id": f"y:{i}", "prompt": f"Review: y{i}\nSentiment:", "gold": "positive", "prediction": "negative",
+         "correct": False} for i in range(20)])
     apart.update(status="finished")
     result = compare(lab, "sentiment")
     by_name = {r.system.split(" ")[0]: r.vs_reference for r in result.systems}
     assert by_name["apart"].delta is None and by_name["apart"].p_holm is None and by_name["apart"].significance is None
     assert by_name["other"].p_holm == by_name["other"].p_value  # a family of one
+    # The site says it was not tested, and its p cell sorts as empty (not as the text "None")
+    from llamalab.publish.site import build_site
+
+    site = build_site(lab, lab.root / "site-out")
+    home = " ".join((site / "index.html").read_text().split())
+    assert "not tested: no examples in common with best" in home
+    assert home.count("not significantly different from best") == 0  # "other" is significantly worse
+    board = (site / "tasks" / "sentiment" / "index.html").read_text()
+    assert 'data-value="None"' not in board

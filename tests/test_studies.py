@@ -453,6 +453,17 @@ def test_scaling_numbers_match_an_independent_computation_on_random_records(tmp_
             assert test.p_holm >= test.p_value and test.n == n
         better = [t.size for t in crossover.tests if t.delta > 0 and t.p_holm < 0.05]
         assert crossover.size == (better[0] if better else None)
+        # A comparator evaluated on other examples altogether is not compared, and says so
+        apart = fake_eval(f"apart{case}", n, 0.6)
+        rows = read_jsonl(apart.folder / "predictions.jsonl")
+        (apart.folder / "predictions.jsonl").unlink()
+        append_jsonl(apart.folder / "predictions.jsonl", [{**r, "id": "y" + r["id"]} for r in rows])
+        apart.update(metrics={"accuracy": {"estimate": 0.6, "low": 0.5, "high": 0.7, "n": n}})
+        again = scaling_result(states, [("base", comparator), ("apart", apart)], "accuracy", resamples=300)
+        assert [c.comparator for c in again.crossovers] == ["base"] and again.crossovers[0] == crossover
+        [untested] = again.untested
+        assert (untested.comparator, untested.run, untested.sizes) == ("apart", apart.id, tuple(sizes))
+        assert untested.sentence().startswith(f"apart (eval {apart.id}) shares no test example with the fine-tunes")
 
 
 def test_quantization_rows_match_an_independent_computation_on_random_records(lab):
@@ -544,13 +555,14 @@ def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_pa
         n, seeds = int(rng.integers(30, 90)), int(rng.integers(1, 4))
         rates = sorted(rng.choice([1e-4, 2e-4, 5e-4, 1e-3], size=int(rng.integers(1, 5)), replace=False).tolist())
         states, correct = [], {}
-        for rate in rates:
+        for k, rate in enumerate(rates):
             quality = float(rng.uniform(0.3, 0.9))
+            prefix = "y" if k and rng.random() < 0.25 else "x"  # a setting evaluated on other examples altogether
             for seed in range(seeds):
                 ids = [i for i in range(n) if rng.random() > 0.1]  # a few examples missing, as after a crash
                 name = f"c{case}-{rate}-{seed}"
                 record = RunRecord.create(tmp_path / "runs", "eval", name, {"s": name}, **eval_fields(n=len(ids)))
-                hits = {f"x{i}": bool(rng.random() < quality) for i in ids}
+                hits = {f"{prefix}{i}": bool(rng.random() < quality) for i in ids}
                 append_jsonl(record.folder / "predictions.jsonl", [
                     {"id": i, "gold": "positive", "prediction": "positive" if ok else "negative", "correct": ok}
                     for i, ok in hits.items()])
@@ -577,22 +589,59 @@ def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_pa
             assert point.seeds == seeds and point.interval.n == len(seen(point.setting))
             assert point.interval.estimate == pytest.approx(mean_on(point.setting, seen(point.setting)))
             assert point.interval.low <= point.interval.estimate <= point.interval.high
+        tested = [p for p in result.points[1:] if seen(p.setting) & seen(best.setting)]
         for point in result.points[1:]:
             both = seen(point.setting) & seen(best.setting)
+            if not both:  # nothing to test on: no Δ, no p, and not in Holm's family
+                assert point.delta is None and point.p_holm is None and not point.tested
+                continue
             assert point.n_shared == len(both)
             assert point.delta == pytest.approx(mean_on(point.setting, both) - mean_on(best.setting, both))
             assert point.p_holm >= point.p_value
+            assert point.p_holm <= min(1.0, len(tested) * point.p_value) + 1e-12  # a family of the tests that ran
             assert point.worse == (point.delta < 0 and point.p_holm < 0.05)
+            assert point.better == (point.delta > 0 and point.p_holm < 0.05)
         worse = sum(p.worse for p in result.points[1:])
         if len(result.points) > 1:
             assert f" {worse} of the {len(result.points) - 1} other setting(s) are worse" in result.sentence()
+            untested = len(result.points) - 1 - len(tested)
+            assert (f"; {untested} share no test examples" in result.sentence()) == (untested > 0)
         _, body = sweep_cells(SweepBoard(None, states, result))  # the table the report and the site show
-        for row, point in zip(body, result.points, strict=True):
+        for i, (row, point) in enumerate(zip(body, result.points, strict=True)):
             assert row[2] == f"{point.interval.estimate:.3f}" and row[6] == str(point.interval.n)
             if point.delta is not None:
                 shared = f" (n={point.n_shared})" if point.n_shared != point.interval.n else ""
                 assert row[4] == f"{round(point.delta, 3) + 0.0:+.3f}{shared}"
-                assert row[5].endswith(" *") == point.worse
+                assert row[5].endswith(" *") == (point.worse or point.better)
+            else:
+                assert row[4] == ("best" if i == 0 else "not tested: no examples in common")
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_sweep_sentence_counts_every_other_setting_once(seed):
+    """Worse, better on the examples both saw, untested and not told apart add up to the other settings, and the
+    sentence never says "cannot be told apart" of a setting the test did tell apart."""
+    import random as stdlib_random
+
+    from llamalab.studies.sweep import SweepPoint, SweepResult
+
+    rng = stdlib_random.Random(seed)
+    m = Interval(estimate=0.8, low=0.7, high=0.9, n=100, method="t")
+    points = [SweepPoint("best", 1, m, ("r",))]
+    kinds = [rng.choice(["worse", "better", "apart", "untested"]) for _ in range(rng.randint(0, 6))]
+    for k, kind in enumerate(kinds):
+        delta, p = {"worse": (-0.1, 0.01), "better": (0.05, 0.02), "apart": (rng.choice([-0.02, 0.0, 0.02]), 0.3),
+                    "untested": (None, None)}[kind]
+        points.append(SweepPoint(f"s{k}", 1, m, ("r",), delta, p, p, None if p is None else 100))
+    text = SweepResult("accuracy", tuple(points)).sentence()
+    count = {kind: kinds.count(kind) for kind in ("worse", "better", "apart", "untested")}
+    if not kinds:
+        assert "other setting" not in text
+        return
+    assert f" {count['worse']} of the {len(kinds)} other setting(s) are worse at Holm-corrected p < 0.05" in text
+    assert (f"; {count['better']} are better on the examples both saw" in text) == (count["better"] > 0)
+    assert (f"; {count['untested']} share no test examples with it" in text) == (count["untested"] > 0)
+    assert (f"; {count['apart']} cannot be told apart from it." in text) == (count["apart"] > 0)
 
 
 @pytest.mark.slow

@@ -531,6 +531,8 @@ def _print_scaling(states, comparators, metric: str, labels) -> None:
         c = crossover.interval
         out.print(f"{escape(crossover.comparator)}: {metric} {c.estimate:.3f} [{c.low:.3f}, {c.high:.3f}]. "
                   f"{escape(crossover.sentence())}")
+    for untested in result.untested:
+        out.print(escape(untested.sentence()))
 
 
 @post_app.command("new")

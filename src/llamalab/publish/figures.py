@@ -30,6 +30,20 @@ _STYLE = {
     "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100,
 }
 _BLUE, _ORANGE, _GREY = "#2563eb", "#ea580c", "#6b7280"
+# Every system and comparator gets a line: past the last style (colour) the cycle repeats, thicker (another marker)
+_LINE_STYLES = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)), (0, (4, 2, 1, 2)))
+_COLORS = (_BLUE, _ORANGE, _GREY, "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04")
+_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _line(i: int) -> dict:
+    """The i-th reference line's style."""
+    return {"linestyle": _LINE_STYLES[i % len(_LINE_STYLES)], "linewidth": 1.2 + 0.8 * (i // len(_LINE_STYLES))}
+
+
+def _series(i: int) -> dict:
+    """The i-th data series' colour and marker."""
+    return {"color": _COLORS[i % len(_COLORS)], "marker": _MARKERS[(i // len(_COLORS)) % len(_MARKERS)]}
 
 
 def save(fig: Figure, stem: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -115,10 +129,10 @@ def scaling(comparison: Comparison, curves: dict[str, list[tuple[int, SystemRow]
             ax.errorbar(sizes, [x.estimate for x in m], yerr=[[x.estimate - x.low for x in m],
                                                                  [x.high - x.estimate for x in m]],
                         marker="o", capsize=3, color=_BLUE, label=f"{name} (fine-tuned; latest run per size)")
-        for row, style in zip(references, ("--", ":", "-.", (0, (5, 1))), strict=False):
+        for i, row in enumerate(references):
             m = row.metrics[metric]
             color = _ORANGE if row.kind == "api" else _GREY
-            ax.axhline(m.estimate, linestyle=style, color=color, linewidth=1.2, label=_wrap(row.system, 40))
+            ax.axhline(m.estimate, color=color, label=_wrap(row.system, 40), **_line(i))
             ax.axhspan(m.low, m.high, color=color, alpha=0.08)
         ax.set_xscale("log")
         sizes = sorted({size for points in curves.values() for size, _ in points})
@@ -141,9 +155,9 @@ def study_curve(result: ScalingResult, title: str) -> Figure:
                 label=f"fine-tuned (mean of {_seed_counts([p.seeds for p in result.curve])} seed(s))")
         ax.fill_between(sizes, [p.interval.low for p in result.curve], [p.interval.high for p in result.curve],
                         color=_BLUE, alpha=0.15, linewidth=0)
-        for crossover, style in zip(result.crossovers, ("--", ":", "-.", (0, (5, 1))), strict=False):
+        for i, crossover in enumerate(result.crossovers):
             m = crossover.interval
-            ax.axhline(m.estimate, linestyle=style, color=_GREY, linewidth=1.2, label=_wrap(crossover.comparator, 40))
+            ax.axhline(m.estimate, color=_GREY, label=_wrap(crossover.comparator, 40), **_line(i))
             ax.axhspan(m.low, m.high, color=_GREY, alpha=0.08)
             if crossover.size is not None:
                 point = next(p for p in result.curve if p.size == crossover.size)
@@ -178,13 +192,14 @@ def quant_tradeoff(rows: list[QuantRow], metric: str, title: str) -> Figure:
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         systems = list(dict.fromkeys(row.system for row in rows))
-        for system, color in zip(systems, (_BLUE, _ORANGE, _GREY, "#16a34a", "#9333ea"), strict=False):
+        for i, system in enumerate(systems):
+            color = _series(i)["color"]
             points = sorted((r for r in rows if r.system == system and r.size_mib is not None),
                             key=lambda r: r.size_mib)
             m = [r.interval for r in points]
             ax.errorbar([r.size_mib for r in points], [x.estimate for x in m],
                         yerr=[[x.estimate - x.low for x in m], [x.high - x.estimate for x in m]],
-                        marker="o", capsize=3, color=color, label=_wrap(system, 40))
+                        capsize=3, label=_wrap(system, 40), **_series(i))
             for row in points:
                 ax.annotate(row.type, (row.size_mib, row.interval.estimate), textcoords="offset points",
                             xytext=(5, 5), fontsize=7, color=color)

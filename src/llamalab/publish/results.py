@@ -154,7 +154,8 @@ class StudyBoard:
         return [r.id for s in self.states for r in (s.train, s.eval) if r is not None]
 
     def sentences(self) -> str:
-        return " ".join(c.sentence() for c in self.result.crossovers) or "No comparator has finished yet."
+        sentences = [c.sentence() for c in (*self.result.crossovers, *self.result.untested)]
+        return " ".join(sentences) or "No comparator has finished yet."
 
     def summary(self) -> str:
         finished = sum(1 for s in self.states if s.status == "finished")

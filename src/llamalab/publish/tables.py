@@ -107,11 +107,16 @@ def sweep_cells(board: SweepBoard) -> tuple[list[str], list[list[str]]]:
     """A sweep study: one row per setting (mean over seeds), best first, each tested against the best."""
     header = ["Setting", "Seeds", f"{board.result.metric} (mean)", "95% band", "Δ vs best", "p (Holm)", "n"]
     body = []
-    for point in board.result.points:
+    for i, point in enumerate(board.result.points):
         m = point.interval
         shared = f" (n={point.n_shared})" if point.delta is not None and point.n_shared != m.n else ""
-        test = ["best", "–"] if point.delta is None else [  # Δ on the examples both saw, with their n where fewer
-            signed(point.delta) + shared, f"{format_p(point.p_holm)}{' *' if point.worse else ''}"]
+        if i == 0:
+            test = ["best", "–"]
+        elif not point.tested:
+            test = ["not tested: no examples in common", "–"]
+        else:  # Δ on the examples both saw, with their n where fewer
+            mark = " *" if point.worse or point.better else ""
+            test = [signed(point.delta) + shared, f"{format_p(point.p_holm)}{mark}"]
         body.append([point.setting, str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]", *test,
                      str(m.n)])
     return header, body
@@ -124,7 +129,8 @@ def sweep_caption(board: SweepBoard) -> str:
     return (f"Study {board.name}: {board.result.metric} on {board.study.task}/{spec.eval.split} of the fine-tuned "
             f"{spec.experiment} in each setting; mean over seeds, 95% percentile-bootstrap band over examples and "
             "seeds. Δ: this setting minus the best on the examples both saw (paired bootstrap of the means over "
-            "seeds), Holm-corrected across settings; * worse at p < 0.05. " + chosen)
+            "seeds), Holm-corrected across the settings tested; * significantly different from the best at "
+            "p < 0.05. " + chosen)
 
 
 def sweep_markdown(board: SweepBoard) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llamalab.config import LlamalabError
 from llamalab.evaluation import stats
 from llamalab.evaluation.compare import format_p, signed
 from llamalab.evaluation.metrics import row_statistic
@@ -77,10 +78,25 @@ class Crossover:
 
 
 @dataclass(frozen=True)
+class Untested:
+    """A comparator that shares no test example with the fine-tunes of some size: no test, no crossover."""
+
+    comparator: str
+    run: str
+    sizes: tuple[int, ...]  # the sizes it shares nothing with
+
+    def sentence(self) -> str:
+        return (f"{self.comparator} (eval {self.run}) shares no test example with the fine-tunes at "
+                f"{', '.join(f'{s:,}' for s in self.sizes)} training examples, so it was not compared: evaluate it "
+                "with the study's `eval` settings.")
+
+
+@dataclass(frozen=True)
 class ScalingResult:
     metric: str
     curve: tuple[CurvePoint, ...]
     crossovers: tuple[Crossover, ...]
+    untested: tuple[Untested, ...] = ()
 
 
 def _rows(record: RunRecord) -> dict[str, dict]:
@@ -111,15 +127,21 @@ def scaling_result(states: list[CellState], comparators: list[tuple[str, RunReco
     for size in sorted(by_size):
         runs = by_size[size]
         shared = sorted(set.intersection(*(set(predictions[r.id]) for r in runs)))
+        if not shared:
+            raise LlamalabError(no_common_examples(f"{size:,} training examples", runs))
         seeds = [row_statistic(metric, [predictions[r.id][i] for i in shared], labels) for r in runs]
         curve.append(CurvePoint(size, len(runs), _seed_interval(seeds, resamples), tuple(r.id for r in runs)))
-    crossovers = []
+    crossovers, untested = [], []
     for label, record in comparators:
         theirs = _rows(record)
+        shared_at = {size: sorted(set(theirs).intersection(*(set(predictions[r.id]) for r in by_size[size])))
+                     for size in sorted(by_size)}
+        if none := tuple(size for size, shared in shared_at.items() if not shared):
+            untested.append(Untested(label, record.id, none))
+            continue
         tests = []
-        for size in sorted(by_size):
+        for size, shared in shared_at.items():
             runs = by_size[size]
-            shared = sorted(set(theirs).intersection(*(set(predictions[r.id]) for r in runs)))
             mean = _mean_of([row_statistic(metric, [predictions[r.id][i] for i in shared], labels) for r in runs])
             other = row_statistic(metric, [theirs[i] for i in shared], labels)
             result = stats.paired_bootstrap_statistic(mean, other, metric, n_resamples=resamples)
@@ -129,7 +151,14 @@ def scaling_result(states: list[CellState], comparators: list[tuple[str, RunReco
             raise ValueError(f"comparator run {record.id} has no recorded {metric}")
         crossovers.append(Crossover(label, record.id, record.run.metrics[metric], tuple(
             SizeTest(size, delta, p, p_holm, n) for (size, delta, p, n), p_holm in zip(tests, adjusted, strict=True))))
-    return ScalingResult(metric, tuple(curve), tuple(crossovers))
+    return ScalingResult(metric, tuple(curve), tuple(crossovers), tuple(untested))
+
+
+def no_common_examples(group: str, runs: list[RunRecord]) -> str:
+    """Why a point of seeds cannot be drawn: their evaluations scored no example in common."""
+    return (f"{group}: its evaluations ({', '.join(r.id for r in runs)}) share no test example, so their mean "
+            "cannot be taken; the task's data or the study's `eval` settings changed between them. Delete the "
+            "stale ones (or the cells' runs) and run the study again")
 
 
 def trained_size(state: CellState) -> int:

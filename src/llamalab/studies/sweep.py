@@ -10,15 +10,16 @@ so and that a choice belongs on the dev split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from llamalab.config import LlamalabError
 from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import row_statistic
 from llamalab.evaluation.stats import ALPHA
 from llamalab.runs.record import RunRecord
 from llamalab.runs.schema import Interval
 from llamalab.studies.run import CellState
-from llamalab.studies.scaling import RESAMPLES, _mean_of, _rows, _seed_interval
+from llamalab.studies.scaling import RESAMPLES, _mean_of, _rows, _seed_interval, no_common_examples
 
 AS_WRITTEN = "(the experiment as written)"
 
@@ -38,6 +39,16 @@ class SweepPoint:
     def worse(self) -> bool:
         return self.delta is not None and self.delta < 0 and self.p_holm is not None and self.p_holm < ALPHA
 
+    @property
+    def better(self) -> bool:
+        """Significantly above the best on the examples both saw (possible when the best's estimate, on all of its
+        own examples, ranked it first but the two saw different ones)."""
+        return self.delta is not None and self.delta > 0 and self.p_holm is not None and self.p_holm < ALPHA
+
+    @property
+    def tested(self) -> bool:
+        return self.p_holm is not None
+
 
 @dataclass(frozen=True)
 class SweepResult:
@@ -56,9 +67,15 @@ class SweepResult:
         others = self.points[1:]
         if not others:
             return text
-        worse = sum(1 for p in others if p.worse)
-        return (text + f" {worse} of the {len(others)} other setting(s) are worse at Holm-corrected p < {ALPHA}; "
-                f"{len(others) - worse} cannot be told apart from it.")
+        worse, better = sum(p.worse for p in others), sum(p.better for p in others)
+        untested = sum(not p.tested for p in others)
+        text += f" {worse} of the {len(others)} other setting(s) are worse at Holm-corrected p < {ALPHA}"
+        if better:
+            text += f"; {better} are better on the examples both saw"
+        if untested:
+            text += f"; {untested} share no test examples with it and were not tested"
+        apart = len(others) - worse - better - untested
+        return text + (f"; {apart} cannot be told apart from it." if apart else ".")
 
 
 def setting_label(overrides: dict) -> str:
@@ -83,19 +100,25 @@ def sweep_result(states: list[CellState], metric: str, labels: list[str] | None 
     points = []
     for setting, runs in by_setting.items():
         shared = sorted(set.intersection(*(set(predictions[r.id]) for r in runs)))
+        if not shared:
+            raise LlamalabError(no_common_examples(setting, runs))
         points.append(SweepPoint(setting, len(runs), _seed_interval(seeds_on(runs, shared), resamples),
                                  tuple(r.id for r in runs)))
     points.sort(key=lambda p: (-p.interval.estimate, p.setting))
     best, best_runs = points[0], by_setting[points[0].setting]
-    tests = []
-    for point in points[1:]:
+    others = list(points[1:])
+    tests = {}  # index in `others` -> (delta, p, n); a setting sharing no examples with the best is not tested
+    for i, point in enumerate(others):
         runs = by_setting[point.setting]
         shared = sorted(set.intersection(*(set(predictions[r.id]) for r in [*best_runs, *runs])))
-        result = stats.paired_bootstrap_statistic(_mean_of(seeds_on(runs, shared)),
-                                                  _mean_of(seeds_on(best_runs, shared)), metric,
-                                                  n_resamples=resamples)
-        tests.append((result.delta, result.p_value, len(shared)))
-    adjusted = stats.holm([p for _, p, _ in tests]) if tests else []
-    tested = [SweepPoint(p.setting, p.seeds, p.interval, p.runs, delta, p_value, p_holm, n)
-              for p, (delta, p_value, n), p_holm in zip(points[1:], tests, adjusted, strict=True)]
-    return SweepResult(metric, (best, *tested))
+        if shared:
+            result = stats.paired_bootstrap_statistic(_mean_of(seeds_on(runs, shared)),
+                                                      _mean_of(seeds_on(best_runs, shared)), metric,
+                                                      n_resamples=resamples)
+            tests[i] = (result.delta, result.p_value, len(shared))
+    # Holm over the tests that ran
+    for i, p_holm in zip(tests, stats.holm([p for _, p, _ in tests.values()]), strict=True):
+        delta, p_value, n = tests[i]
+        others[i] = replace(others[i], delta=delta, p_value=p_value, p_holm=p_holm, n_shared=n)
+    return SweepResult(metric, (best, *others))
+
