@@ -255,3 +255,36 @@ def test_a_system_with_no_examples_in_common_is_not_counted_in_holm(lab):
     assert home.count("not significantly different from best") == 0  # "other" is significantly worse
     board = (site / "tasks" / "sentiment" / "index.html").read_text()
     assert 'data-value="None"' not in board
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_api_usage_median_and_a_cost_that_is_only_a_lower_bound(lab, seed):
+    """The median latency is the middle of the requests sent (the mean of the two middle ones for an even count);
+    a cost with content-filtered answers the API sent no token counts for is shown as a lower bound (≥)
+    everywhere the cost appears."""
+    from llamalab.evaluation.compare import SystemRow
+    from llamalab.evaluation.evaluate import _usage
+    from llamalab.publish.results import cost_and_time
+    from llamalab.publish.tables import cost_note, format_cost
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(int(rng.integers(1, 12))):
+        cached, filtered = bool(rng.random() < 0.3), bool(rng.random() < 0.3)
+        unmetered = filtered and rng.random() < 0.5
+        rows.append({"cost_usd": 0.0 if unmetered else float(rng.uniform(0, 0.01)), "cached": cached,
+                     "latency_s": float(rng.uniform(0.1, 5)), "input_tokens": 0 if unmetered else 50,
+                     "output_tokens": 0 if unmetered else 5, "content_filtered": filtered})
+    usage = _usage(rows)
+    sent = [r["latency_s"] for r in rows if not r["cached"]]
+    assert usage["latency_s_median"] == (pytest.approx(float(np.median(sent))) if sent else None)
+    unmetered = sum(1 for r in rows if r["content_filtered"] and not r["input_tokens"])
+    assert usage["content_filtered_unmetered"] == unmetered
+
+    record = RunRecord.create(lab.runs_dir, "eval", f"api{seed}", {"s": seed}, **eval_fields(n=len(rows)))
+    record.update(usage=usage)
+    got = cost_and_time(record)
+    shown = format_cost(got["cost_per_1k_usd"], got["cost_basis"])
+    assert shown.startswith("≥$") == (unmetered > 0) and shown.endswith(f"{usage['cost_per_1k_examples_usd']:.4f}")
+    row = SystemRow.model_construct(cost_basis=got["cost_basis"])
+    assert ("≥: a lower bound" in cost_note([row])) == (unmetered > 0)

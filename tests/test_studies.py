@@ -519,7 +519,7 @@ def test_quantization_rows_match_an_independent_computation_on_random_records(la
             assert row.n_paired == len(shared) and row.paired_subset == (len(shared) < len(mine))
             cell = next(c for c in quant_cells(QuantBoard(study, rows, "accuracy"))[1] if c[:2] == [row.system,
                                                                                                    row.type])
-            assert cell[4].endswith(f" (n={len(shared)})") == row.paired_subset
+            assert cell[4].endswith(f" (n={len(shared):,})") == row.paired_subset
         # Holm over the study's four type-against-f16 tests, recomputed step-down by hand
         tested = sorted((r for r in rows if r.p_value is not None), key=lambda r: r.p_value)
         assert len(tested) == 4
@@ -608,9 +608,9 @@ def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_pa
             assert (f"; {untested} share no test examples" in result.sentence()) == (untested > 0)
         _, body = sweep_cells(SweepBoard(None, states, result))  # the table the report and the site show
         for i, (row, point) in enumerate(zip(body, result.points, strict=True)):
-            assert row[2] == f"{point.interval.estimate:.3f}" and row[6] == str(point.interval.n)
+            assert row[2] == f"{point.interval.estimate:.3f}" and row[6] == f"{point.interval.n:,}"
             if point.delta is not None:
-                shared = f" (n={point.n_shared})" if point.n_shared != point.interval.n else ""
+                shared = f" (n={point.n_shared:,})" if point.n_shared != point.interval.n else ""
                 assert row[4] == f"{round(point.delta, 3) + 0.0:+.3f}{shared}"
                 assert row[5].endswith(" *") == (point.worse or point.better)
             else:

@@ -254,7 +254,7 @@ def evaluate(
     settings = parse_model(EvalSettings, options, "command line")
     record = run_eval(find_lab(lab), settings, console=console, resume=resume)
     for name, m in record.run.metrics.items():
-        console.print(f"{name}: {m.estimate:.4f}  [95% CI {m.low:.4f}, {m.high:.4f}]  n={m.n}")
+        console.print(f"{name}: {m.estimate:.4f}  [95% CI {m.low:.4f}, {m.high:.4f}]  n={m.n:,}")
     _print_predictions(record.run.predictions_summary)
     console.print(f"records: {record.folder}")
     out.print(record.id)

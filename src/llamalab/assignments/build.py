@@ -296,7 +296,7 @@ def _paired(lab: Lab, refs: References, metric: str) -> str:
     vs = next(row.vs_reference for row in result.systems if row.run == refs.finetuned.id)
     if vs is None or vs.delta is None:
         return "The two runs share no test examples, so no paired test is possible."
-    return (f"On the {vs.n} test examples both saw, the {vs.test} test of the difference gives p = "
+    return (f"On the {vs.n:,} test examples both saw, the {vs.test} test of the difference gives p = "
             f"{format_p(vs.p_value)}.")
 
 
@@ -311,7 +311,7 @@ def _ablation(lab: Lab, refs: References, metric: str) -> str:
                 "ablation of its own. A natural one keeps every setting and the seed, halves the LoRA rank or the "
                 "number of training examples, and compares the two fine-tunes on dev with a paired test.")
     listed = "; ".join(f"`{r.run.display_label}` (run `{r.id}`): {m.estimate:.4f} [{m.low:.4f}, {m.high:.4f}], "
-                       f"n = {m.n}" for r in others if (m := r.run.metrics[metric]))
+                       f"n = {m.n:,}" for r in others if (m := r.run.metrics[metric]))
     return (f"The lab's other fine-tuned runs on this test split differ from the reference in their settings, and "
             f"serve as its ablations. Their {metric}, each with its 95% CI: {listed}. Differences smaller than the "
             "width of these intervals are not evidence of an effect.")

@@ -64,7 +64,7 @@ def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, mar
     if full_at <= base.estimate:
         raise LlamalabError(
             f"the fine-tuned run {best.id} scores {metric} {tuned.estimate:.4f} and the best baseline {baseline.id} "
-            f"{base.estimate:.4f} on the same {base.n} test examples: with a margin of {margin:g} no range is left "
+            f"{base.estimate:.4f} on the same {base.n:,} test examples: with a margin of {margin:g} no range is left "
             "between them to grade on. Lower --margin, or name a stronger fine-tuned run with --from-runs")
     thresholds = Thresholds(
         metric=metric, zero_at=base.estimate, full_at=full_at, margin=margin,

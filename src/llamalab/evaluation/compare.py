@@ -229,7 +229,7 @@ def comparison_table(result: Comparison) -> Table:
     for column in columns:
         table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
     for row in result.systems:
-        cells = [row.system, row.protocol, str(row.n)]
+        cells = [row.system, row.protocol, f"{row.n:,}"]
         for name in result.metrics:
             m = row.metrics.get(name)
             cells.append(format_interval(m) if m else "-")
@@ -242,7 +242,9 @@ def comparison_table(result: Comparison) -> Table:
         if with_usage:
             cost = row.usage.cost_per_1k_examples_usd if row.usage else None
             latency = row.usage.latency_s_per_1k_examples if row.usage else None
-            cells += [f"{cost:.4f}" if cost is not None else "-", f"{latency:.0f} s" if latency is not None else "-"]
+            at_least = "≥" if row.usage and row.usage.content_filtered_unmetered else ""  # some answers unmetered
+            cells += [f"{at_least}{cost:.4f}" if cost is not None else "-",
+                      f"{latency:.0f} s" if latency is not None else "-"]
         table.add_row(*(escape(cell) for cell in cells))  # labels like "model [plain]" are text, not markup
     return table
 
@@ -251,7 +253,7 @@ def format_delta(vs: PairedResult) -> str:
     """Δ against the reference; on a paired subset (systems evaluated on different examples) with its n."""
     if vs.delta is None:
         return "–"
-    return signed(vs.delta) + (f" (n={vs.n})" if vs.paired_subset else "")
+    return signed(vs.delta) + (f" (n={vs.n:,})" if vs.paired_subset else "")
 
 
 def n_range(rows: list[SystemRow]) -> str:

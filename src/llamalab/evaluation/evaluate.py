@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -407,7 +408,7 @@ def _usage(rows: list[dict]) -> dict | None:
         "paid_now_usd": round(sum(r["cost_usd"] for r in api_rows if not r.get("cached")), 6),
         "cost_per_1k_examples_usd": round(1000 * cost / len(api_rows), 6),
         "cache_hits": sum(1 for r in api_rows if r.get("cached")),
-        "latency_s_median": latencies[len(latencies) // 2] if latencies else None,
+        "latency_s_median": statistics.median(latencies) if latencies else None,
         # over the requests that were sent: a cache hit took no time, and would make the API look faster
         "latency_s_per_1k_examples": round(1000 * sum(latencies) / len(latencies), 2) if latencies else None,
     }

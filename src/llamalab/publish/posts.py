@@ -71,15 +71,16 @@ def _opening(new: list[RunRecord], cutoff: str) -> str:
     if not new:
         return f"No new runs {since}.\n"
     return (f"{kinds['train']} training run(s) and {kinds['eval']} evaluation(s) finished {since}. "
-            "Every number below is a 95% confidence interval from the run records; follow the links for the "
-            "predictions.\n")
+            "Every number below comes from the run records: a metric is shown with its 95% confidence interval "
+            "in brackets, Δ is a difference from the best system on the examples both saw, with its Holm-corrected "
+            "p-value; follow the links for the predictions.\n")
 
 
 def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str]) -> str:
     metric, best = board.metric, board.rows[0]
     lines = [f"## {board.name}\n",
              f"- **Best on {metric}:** {best.system}, {format_interval(best.metrics[metric])} "
-             f"(n = {best.n}) — [run](../runs/{best.run}/)"]
+             f"(n = {best.n:,}) — [run](../runs/{best.run}/)"]
     if before is not None:
         old = before.rows[0]
         if old.run == best.run:

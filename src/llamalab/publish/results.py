@@ -73,6 +73,9 @@ def task_boards(
     return boards
 
 
+LOWER_BOUND = "API list prices, at least"
+
+
 def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) -> dict:
     """Cost and evaluation wall time per 1,000 examples; None where the records do not say.
 
@@ -85,6 +88,8 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
     timed = run.timings.get("predict_examples", n)  # a resumed run's time covers the examples it timed
     seconds_per_1k = round(1000 * predict_s / timed, 1) if predict_s and timed else None
     cost, basis = (usage.cost_per_1k_examples_usd if usage else None), "API list prices"
+    if usage and usage.content_filtered_unmetered:  # answers billed with token counts the API never sent
+        basis = f"{LOWER_BOUND} ({usage.content_filtered_unmetered:,} content-filtered answers without token counts)"
     if cost is None and local_usd_per_hour is not None and seconds_per_1k is not None:
         cost, basis = round(local_usd_per_hour * seconds_per_1k / 3600, 6), f"local at ${local_usd_per_hour}/h"
     return {

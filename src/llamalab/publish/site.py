@@ -93,7 +93,8 @@ class _Builder:
         self.env.filters.update(interval=format_interval, p=format_p, cost=format_cost, seconds=format_seconds,
                                 tojson_pretty=_pretty_json,
                                 safe_url=safe_url, cost_note=cost_note, interval_note=interval_note,
-                                delta=format_delta, prediction_warnings=comparison_warnings, n_range=n_range)
+                                delta=format_delta, prediction_warnings=comparison_warnings, n_range=n_range,
+                                count="{:,}".format)
 
     def build(self) -> None:
         lab = self.lab

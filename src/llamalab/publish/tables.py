@@ -14,14 +14,16 @@ from llamalab.evaluation.compare import (
     reference_name,
     signed,
 )
-from llamalab.publish.results import QuantBoard, StudyBoard, SweepBoard, TaskBoard
+from llamalab.publish.results import LOWER_BOUND, QuantBoard, StudyBoard, SweepBoard, TaskBoard
 
 
 def format_cost(value: float | None, basis: str | None = None) -> str:
-    """US dollars; `~` marks an estimate from local compute time rather than an API bill."""
+    """US dollars; `~` marks an estimate from local compute time rather than an API bill, `≥` a lower bound (some
+    answers came without token counts)."""
     if value is None:
         return "–"
-    return f"{'~' if basis and basis.startswith('local') else ''}${value:.4f}"
+    mark = "~" if basis and basis.startswith("local") else "≥" if basis and basis.startswith(LOWER_BOUND) else ""
+    return f"{mark}${value:.4f}"
 
 
 def format_seconds(value: float | None) -> str:
@@ -38,7 +40,7 @@ def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:
         vs = row.vs_reference
         delta = reference_cell(board.comparison) if vs is None else format_delta(vs)
         body.append([
-            row.system, row.protocol, str(row.n),
+            row.system, row.protocol, f"{row.n:,}",
             *(format_interval(row.metrics[m]) if m in row.metrics else "–" for m in metrics),
             delta, "" if vs is None else format_p(vs.p_holm), format_cost(row.cost_per_1k_usd, row.cost_basis),
             format_seconds(row.seconds_per_1k),
@@ -60,6 +62,8 @@ def caption(board: TaskBoard) -> str:
 def cost_note(rows: list[SystemRow]) -> str:
     local = sorted({r.cost_basis for r in rows if (r.cost_basis or "").startswith("local")})
     note = "Cost: API models at list prices"
+    if any((r.cost_basis or "").startswith(LOWER_BOUND) for r in rows):
+        note += " (≥: a lower bound, as the API sent no token counts for some content-filtered answers)"
     return note + (f"; ~ local models, their wall time {local[0].removeprefix('local ')}." if local else ".")
 
 
@@ -109,7 +113,7 @@ def sweep_cells(board: SweepBoard) -> tuple[list[str], list[list[str]]]:
     body = []
     for i, point in enumerate(board.result.points):
         m = point.interval
-        shared = f" (n={point.n_shared})" if point.delta is not None and point.n_shared != m.n else ""
+        shared = f" (n={point.n_shared:,})" if point.delta is not None and point.n_shared != m.n else ""
         if i == 0:
             test = ["best", "–"]
         elif not point.tested:
@@ -118,7 +122,7 @@ def sweep_cells(board: SweepBoard) -> tuple[list[str], list[list[str]]]:
             mark = " *" if point.worse or point.better else ""
             test = [signed(point.delta) + shared, f"{format_p(point.p_holm)}{mark}"]
         body.append([point.setting, str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]", *test,
-                     str(m.n)])
+                     f"{m.n:,}"])
     return header, body
 
 
