@@ -165,6 +165,8 @@ HOSTILE = [
     Case("duplicate ids", _edited(lambda lines: [*lines, lines[0]]), "given more than once"),
     Case("extra ids", _edited(lambda lines: [*lines, '{"id": "test-99999", "answer": "x"}']), "not ids of this"),
     Case("missing ids", _edited(lambda lines: lines[1:]), "ids missing"),
+    Case("empty answers", _edited(lambda lines: ['{"id": "test-00001", "answer": "  "}', *lines[1:]]),
+         "answer is empty"),
     Case("non-UTF-8 bytes", _with_predictions(b'{"id": "test-00001", "answer": "\xff\xfe"}\n'), "not UTF-8"),
     Case("NaN", _edited(lambda lines: [*lines[1:], lines[0].rsplit('"answer"', 1)[0] + '"answer": NaN}']),
          "NaN or Infinity"),
@@ -311,7 +313,7 @@ def test_section_words_never_count_a_word_twice(seed: int) -> None:
     assert sum(w for w in words.values() if w is not None) <= total
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(40))
 def test_flat_sections_count_exactly_their_own_words(seed: int) -> None:
     """Headings of one level in a random order: each required section has exactly the words under it, and a
     section without a heading is None (nothing dropped, nothing borrowed)."""
@@ -320,10 +322,22 @@ def test_flat_sections_count_exactly_their_own_words(seed: int) -> None:
     bodies = {name: rng.randint(0, 50) for name in [*present, "Notes", "Appendix"]}
     order = list(bodies)
     rng.shuffle(order)
-    report = "# Report\n" + "".join(f"## {rng.choice(['', '3. '])}{name}\n{' '.join(['w'] * bodies[name])}\n"
-                                     for name in order)
+
+    def heading(name: str) -> str:  # ATX (indented up to three spaces) or setext, as Markdown allows
+        title = f"{rng.choice(['', '3. '])}{name}"  # "3. Name" underlined is a list item (CommonMark), not a heading
+        return rng.choice([f"## {title}\n", f"{' ' * rng.randint(1, 3)}## {title} ##\n",
+                           f"\n{rng.choice(['', '3 '])}{name}\n{'-' * rng.randint(1, 9)}\n"])
+
+    report = rng.choice(["# Report\n", "Report\n======\n"]) + "".join(
+        f"{heading(name)}{' '.join(['w'] * bodies[name])}\n" for name in order)
     words = section_words(report, list(REPORT_SECTIONS))
     assert words == {name: bodies.get(name) for name in REPORT_SECTIONS}
+
+
+def test_setext_and_indented_headings_are_headings_and_code_is_not() -> None:
+    report = ("Report\n======\n\nintro words\n\nData\ncheck\n---\none two\n\n   ## Baseline\nthree\n"
+              "    ## Evaluation\nfour\n\n- a list item\n---\nfive\n")
+    assert report_sections(report) == [(1, "report", 2), (2, "data check", 2), (2, "baseline", 7)]
 
 
 def test_report_sections_must_name_different_headings() -> None:

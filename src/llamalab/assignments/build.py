@@ -139,7 +139,7 @@ def _context(lab: Lab, spec: Task, name: str, refs: References, hidden: list[tup
         "counts": {"train": len(train), "dev": len(refs.data.splits.get("dev", [])), "test": config.n},
         "label_balance": ", ".join(f"{label} {count}" for label, count in sorted(balance.items())),
         "answer_format": ANSWER_FORMATS[spec.answer.type].format(labels=", ".join(spec.answer.labels)),
-        "example_input": json.dumps({"id": first_id, **_inputs(spec, first)}, ensure_ascii=False),
+        "example_input": json.dumps({**_inputs(spec, first), "id": first_id}, ensure_ascii=False),
         "example_prediction": json.dumps({"id": first_id, "answer": _example_answer(spec)}),
         "dev_limit": 40 if generation else 300, "train_examples": 200 if generation else 400,
         "sources": _sources(spec), "folder": target.name, "timeout_s": _GRADER_TIMEOUT_S,
@@ -181,10 +181,11 @@ def _student(folder: Path, spec: Task, refs: References, hidden: list[tuple[str,
              context: dict[str, Any]) -> None:
     answer_field = spec.data.answer_field
     for split in ("train", "dev"):
-        rows = [{"id": ex.id, **ex.fields, answer_field: ex.answer} for ex in refs.data.splits.get(split, [])]
+        # the example's id last: a data field named "id" (the task's id_field may be another) must not replace it
+        rows = [{**ex.fields, "id": ex.id, answer_field: ex.answer} for ex in refs.data.splits.get(split, [])]
         write_text_atomic(folder / "data" / f"{split}.jsonl", _jsonl(rows))
     write_text_atomic(folder / "data" / "test_inputs.jsonl",
-                      _jsonl([{"id": ident, **_inputs(spec, ex)} for ident, ex in hidden]))
+                      _jsonl([{**_inputs(spec, ex), "id": ident} for ident, ex in hidden]))
     for source in context["sources"]:
         for path in source["files"]:
             shutil.copyfile(path, _parent(folder / "data" / source["folder"] / path.name))

@@ -195,6 +195,9 @@ def parse_predictions(file: SubmittedFile, gold: dict[str, str], config: Grading
         if value is None:
             bad.setdefault("ids whose answer is not text", []).append(shown(ident))
             continue
+        if not value.strip():
+            bad.setdefault("ids whose answer is empty (each counts as wrong)", []).append(shown(ident))
+            continue
         if len(value) > config.limits.answer_chars:
             bad.setdefault(f"ids whose answer is over {config.limits.answer_chars:,} characters", []).append(
                 shown(ident))
@@ -314,7 +317,9 @@ def _experiment_test(file: SubmittedFile, config: GradingConfig) -> dict[str, An
 
 # ---- report.md ------------------------------------------------------------------------------------------------
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t#]*$")
+_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")  # ATX: up to three spaces before the #s
+_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")  # setext: a paragraph underlined with = (level 1) or - (2)
+_LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+>]|\d{1,9}[.)])(?:[ \t]|$)")  # a list or quote line, under --- is no heading
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 
 
@@ -340,20 +345,37 @@ def _report_tests(file: SubmittedFile, config: GradingConfig) -> list[dict[str, 
 
 
 def report_sections(markdown: str) -> list[tuple[int, str, int]]:
-    """Each heading as (level, normalised text, words up to the next heading of any level); HTML comments (the
-    template's prompts) and fenced code do not count."""
+    """Each heading (`## Title`, or a paragraph underlined with === or ---) as (level, normalised text, words up
+    to the next heading of any level); HTML comments (the template's prompts) and fenced code do not count."""
     found: list[tuple[int, str, int]] = []
     words, fenced = 0, False
+    paragraph: list[tuple[str, int]] = []  # the running paragraph's lines and the words counted for each
+
+    def heading(level: int, text: str) -> None:
+        nonlocal words
+        if found:
+            found[-1] = (*found[-1][:2], words)
+        found.append((level, section_key(text), 0))
+        words = 0
+
     for line in _COMMENT.sub("", markdown).split("\n"):
         if line.lstrip().startswith(("```", "~~~")):
-            fenced = not fenced
-        elif not fenced and (match := _HEADING.match(line)):
-            if found:
-                found[-1] = (*found[-1][:2], words)
-            found.append((len(match.group(1)), section_key(match.group(2)), 0))
-            words = 0
-        elif not fenced and found:
-            words += len(re.findall(r"[^\W_]+", line))
+            fenced, paragraph = not fenced, []
+        elif fenced:
+            continue
+        elif match := _HEADING.match(line):
+            heading(len(match.group(1)), match.group(2))
+            paragraph = []
+        elif paragraph and not _LIST_ITEM.match(paragraph[0][0]) and (underline := _UNDERLINE.match(line)):
+            words -= sum(counted for _, counted in paragraph)  # the heading's own words, not its section's
+            heading(1 if underline.group(1)[0] == "=" else 2, " ".join(text.strip() for text, _ in paragraph))
+            paragraph = []
+        elif not line.strip():
+            paragraph = []
+        else:
+            counted = len(re.findall(r"[^\W_]+", line)) if found else 0
+            words += counted
+            paragraph.append((line, counted))
     if found:
         found[-1] = (*found[-1][:2], words)
     return found
