@@ -327,6 +327,33 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     assert redone[2].eval.run.system.model.revision == redone[1].eval.run.system.model.revision
 
 
+def test_a_model_changed_in_place_is_exported_and_evaluated_again(lab, tiny_model_dir, tmp_path):
+    """A base model folder re-downloaded (or retrained) in place keeps its name, so its GGUF file's name: the
+    study notices the weights changed, exports them again and evaluates the new file."""
+    import shutil
+
+    import torch
+    from rich.console import Console
+    from safetensors.torch import load_file, save_file
+
+    from llamalab.studies.quantization import run_quantization
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_study(lab, "quant2", f"kind: quantization\nquantize: {{systems: ['{model}'], types: [f16, q8_0]}}\n"
+                               "eval: {task: sentiment, limit: 6}\n")
+    study = load_study(lab, "quant2")
+    first = run_quantization(lab, study, Console(stderr=True))
+    assert [r.eval.id for r in run_quantization(lab, study, Console(stderr=True))] == [r.eval.id for r in first]
+    weights = model / "model.safetensors"
+    save_file({k: v + 0.05 * torch.randn_like(v) for k, v in load_file(weights).items()}, weights,
+              metadata={"format": "pt"})
+    again = run_quantization(lab, study, Console(stderr=True))
+    assert all(new.eval.id != old.eval.id for new, old in zip(again, first, strict=True))
+    assert all(new.eval.run.system.model.revision != old.eval.run.system.model.revision
+               for new, old in zip(again, first, strict=True))
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 from rich.console import Console

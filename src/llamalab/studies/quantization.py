@@ -10,6 +10,7 @@ Files are kept in runs/.gguf/ (git-ignored) and reused.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import paired_test
 from llamalab.lab import Lab
+from llamalab.runs.files import write_json_atomic
 from llamalab.runs.record import Inputs, RunRecord, list_runs, read_predictions
 from llamalab.runs.schema import Interval
 from llamalab.studies.spec import Study
@@ -55,6 +57,11 @@ def gguf_file(lab: Lab, system: str, quant: str) -> Path:
     return lab.runs_dir / ".gguf" / f"{slug}-{digest}-{quant}.gguf"
 
 
+def _source_file(gguf: Path) -> Path:
+    """Next to an export: the weights it was made from (a model folder re-downloaded in place keeps its name)."""
+    return gguf.with_name(gguf.name + ".source.json")
+
+
 def _eval_options(study: Study, prompt_format: str | None) -> dict:
     spec = study.spec.eval
     options = {"task": study.task, "split": spec.split, "limit": spec.limit, "backend": "llama.cpp",
@@ -75,14 +82,21 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
     records: dict[tuple[str, str], RunRecord] = {}
     for name in study.spec.quantize.systems:
         system = resolve_system(lab, name)
+        source = {"system": name, "revision": system.model.revision if system.model else None,
+                  "adapter": str(system.adapter) if system.adapter else None}
         loaded = None
         for quant in (gguf_type(t) for t in study.spec.quantize.types):
             path = gguf_file(lab, name, quant)
+            made_from = _source_file(path)
+            if path.is_file() and made_from.is_file() and json.loads(made_from.read_text()) != source:
+                console.print(f"{name} changed since its {quant} GGUF was exported: exporting it again")
+                path.unlink()
             if not path.is_file():
                 console.print(f"exporting {name} as {quant} GGUF")
                 if loaded is None:
                     loaded = system.load()
                 export_loaded(*loaded, path, quant, name=system.label)
+                write_json_atomic(made_from, source)
             options = _eval_options(study, system.trained_format)
             records[(name, quant)] = evaluate(lab, str(path), reuse=True, console=console, **options)
     return quant_rows(lab, study, records)
