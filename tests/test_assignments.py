@@ -165,8 +165,6 @@ HOSTILE = [
     Case("duplicate ids", _edited(lambda lines: [*lines, lines[0]]), "given more than once"),
     Case("extra ids", _edited(lambda lines: [*lines, '{"id": "test-99999", "answer": "x"}']), "not ids of this"),
     Case("missing ids", _edited(lambda lines: lines[1:]), "ids missing"),
-    Case("empty answers", _edited(lambda lines: ['{"id": "test-00001", "answer": "  "}', *lines[1:]]),
-         "answer is empty"),
     Case("non-UTF-8 bytes", _with_predictions(b'{"id": "test-00001", "answer": "\xff\xfe"}\n'), "not UTF-8"),
     Case("NaN", _edited(lambda lines: [*lines[1:], lines[0].rsplit('"answer"', 1)[0] + '"answer": NaN}']),
          "NaN or Infinity"),

@@ -195,9 +195,6 @@ def parse_predictions(file: SubmittedFile, gold: dict[str, str], config: Grading
         if value is None:
             bad.setdefault("ids whose answer is not text", []).append(shown(ident))
             continue
-        if not value.strip():
-            bad.setdefault("ids whose answer is empty (each counts as wrong)", []).append(shown(ident))
-            continue
         if len(value) > config.limits.answer_chars:
             bad.setdefault(f"ids whose answer is over {config.limits.answer_chars:,} characters", []).append(
                 shown(ident))
