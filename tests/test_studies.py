@@ -108,6 +108,19 @@ def test_a_cells_evaluation_is_the_one_the_study_runs_not_a_later_one_with_other
         evaluation(train.id, limit=30, shots=4)  # later, by hand: not the cell's
         evaluation(train.id, limit=30, protocol="generate")
     assert [s.eval.id for s in cell_states(lab, study)] == [theirs[c.key].id for c in study.cells]
+    # Runs made before the task's data changed are not the cells' any more: the cell runs again
+    from llamalab.tasks.data import load_task_data
+
+    now = load_task_data(task).file_hashes
+    stale = {path: "0" * 64 for path in now}
+    first, second = study.cells
+    train = cell_states(lab, study)[0].train
+    train.update(task={**train.run.task.model_dump(), "data_sha256": stale})
+    theirs[second.key].update(task={**theirs[second.key].run.task.model_dump(), "data_sha256": stale})
+    assert [s.status for s in cell_states(lab, study)] == ["pending", "trained"]
+    theirs[second.key].update(task={**theirs[second.key].run.task.model_dump(), "data_sha256": now})
+    assert [s.status for s in cell_states(lab, study)] == ["pending", "finished"]
+    train.update(task={**train.run.task.model_dump(), "data_sha256": now})
 
     model = study.cells[0].config["base_model"]
     for fmt, shots, score in (("plain", 0, 0.6), ("chat", 0, 0.5), ("plain", 4, 0.7)):  # 4-shot is best on dev

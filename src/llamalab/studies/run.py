@@ -18,7 +18,7 @@ from rich.markup import escape
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab, find_lab
 from llamalab.progress import progress_bar
-from llamalab.runs.record import RunRecord, find_run, is_alive, list_runs, names_run
+from llamalab.runs.record import Inputs, RunRecord, find_run, is_alive, list_runs, names_run
 from llamalab.studies.spec import Cell, Study, load_study
 
 CellStatus = Literal["pending", "running", "interrupted", "failed", "trained", "finished"]
@@ -73,10 +73,33 @@ class _Evaluations:
         return [r for r in self.records if r.run.config_hash == wanted]
 
 
+class _CurrentData:
+    """Whether a run saw its task's data as it is now: one made before the data changed is not a cell's run (as
+    `train(reuse=True)` and `evaluate(reuse=True)` do not take it), so the cell runs again."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab, self.hashes = lab, {}
+
+    def __call__(self, record: RunRecord) -> bool:
+        from llamalab.tasks.data import load_task_data
+        from llamalab.tasks.task import load_task
+
+        name = record.run.task.name
+        if name not in self.hashes:
+            try:
+                task = load_task(self.lab.task_path(name), self.lab.root)
+                self.hashes[name] = load_task_data(task, strict=False).file_hashes
+            except LlamalabError:
+                self.hashes[name] = None  # the task cannot be read now: nothing to tell the runs apart by
+        return Inputs(data_sha256=self.hashes[name]).differ(record) is None
+
+
 def cell_states(lab: Lab, study: Study) -> list[CellState]:
-    """Each cell's state, from the train and eval records of its settings."""
-    trains = [r for r in list_runs(lab.runs_dir, "train") if r.run.name == study.spec.experiment]
+    """Each cell's state, from the train and eval records of its settings made on the task data as it is now."""
+    current = _CurrentData(lab)
+    trains = [r for r in list_runs(lab.runs_dir, "train") if r.run.name == study.spec.experiment and current(r)]
     evals = _Evaluations(lab, study)
+    evals.records = [r for r in evals.records if current(r)]
     options = eval_options(study)
     states = []
     for cell in study.cells:
