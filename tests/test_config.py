@@ -85,6 +85,9 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     (b"task: sentiment\nlora: {r: 4, alpha: 1" + b"0" * 5000 + b"}\n", "exp.yaml:2: a value YAML cannot read"),
     (b"task: sentiment\n# caf\xe9\n", "exp.yaml:2: not UTF-8 (byte 0xe9); save the file as UTF-8"),
     (b"task: sentiment\nseed: 1\nmethod: full\nlora: {r: 4}\n", "exp.yaml:4: key 'lora': `lora` settings given"),
+    (b"task: sentiment\nlearning_rate: 1e-4\nseed: 1\nlearning_rate: 1e-3\n",
+     "exp.yaml:4: key 'learning_rate' is given twice (first on line 2)"),
+    (b"task: sentiment\nlora:\n  r: 4\n  alpha: 8\n  r: 16\n", "exp.yaml:5: key 'r' is given twice (first on line 3)"),
 ])
 def test_values_no_setting_can_mean_name_their_line(tmp_path, text, message):
     """inf/nan (YAML floats), values PyYAML cannot build, bytes that are not UTF-8 and whole-experiment checks: a

@@ -187,6 +187,69 @@ def test_derive_split_depends_on_seed_only():
     assert len(a["dev"]) == 10
 
 
+@pytest.mark.parametrize("seed", range(60))
+def test_derived_splits_have_their_share_in_all_and_of_each_label(seed):
+    """Each held-out split has round(n * fraction) examples however many labels share them (no label group
+    rounding down on its own, even groups of one), each label about its share, and every example lands in exactly
+    one split."""
+    import random as stdlib_random
+
+    from llamalab.tasks.data import Example
+
+    rng = stdlib_random.Random(seed)
+    labels = [f"l{k}" for k in range(rng.choice([1, 2, 5, 77, 300]))]
+    examples = [Example(f"e{i}", {}, rng.choice(labels), "") for i in range(rng.randint(1, 900))]
+    dev = rng.choice([0.05, 0.1, 0.2, 0.33])
+    fractions = {"dev": dev, **({"test": rng.choice([0.1, 0.2])} if rng.random() < 0.5 else {})}
+    for stratify in (True, False):
+        split = derive_split(examples, fractions, seed, stratify)
+        ids = [i for part in split.values() for i in part]
+        assert sorted(ids) == sorted(ex.id for ex in examples)  # each exactly once
+        for name, fraction in fractions.items():
+            assert len(split[name]) == round(len(examples) * fraction), (name, stratify)
+            if stratify:
+                held = set(split[name])
+                for label in labels:
+                    group = [ex for ex in examples if ex.answer == label]
+                    share = sum(ex.id in held for ex in group)
+                    assert abs(share - len(group) * fraction) < 1 + 1e-9, (label, share, len(group))
+
+
+def test_a_number_task_is_not_stratified_by_answer(tmp_path):
+    """Number answers are nearly unique: stratified by answer, every group of one would round its held-out share
+    to nothing. Only label tasks are stratified, so dev has its 10%."""
+    rows = [{"q": f"question {i}", "a": str(i % 300)} for i in range(1000)]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "nums.yaml").write_text(
+        "name: nums\ndata:\n  files: [{path: all.jsonl}]\n  text_fields: [q]\n  answer_field: a\n"
+        "  split: {source: pool, dev: 0.1, test: 0.2}\nprompt: {template: '{{ q }}'}\nanswer: {type: number}\n")
+    from llamalab.tasks.task import load_task
+
+    data = load_task_data(load_task(tmp_path / "tasks" / "nums.yaml", tmp_path))
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 700, "dev": 100, "test": 200}
+
+
+def test_files_without_split_are_not_silently_dropped_when_dev_comes_from_train(tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(f'{{"text": "t{i}", "label": "pos"}}\n' for i in range(20)))
+    (tmp_path / "more.jsonl").write_text('{"text": "m", "label": "neg"}\n')
+    files = [{"path": "train.jsonl", "split": "train"}, {"path": "more.jsonl"}]
+    with pytest.raises(LlamalabError, match="some files have no `split:` but data.split.source is 'train'"):
+        load_task_data(make_task(tmp_path, files, {"source": "train", "dev": 0.1}))
+
+
+@pytest.mark.parametrize("content", ['<<<<<<< HEAD\n{"task": "t"}\n=======\n', '[1, 2]', '{"assignment": 3}'])
+def test_an_unreadable_split_manifest_names_the_file_and_the_fix(tmp_path, content):
+    rows = [{"text": f"t{i}", "label": "pos" if i % 2 else "neg"} for i in range(20)]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = make_task(tmp_path, [{"path": "all.jsonl"}], {"dev": 0.2})
+    load_task_data(task)  # derives and records the split
+    manifest = tmp_path / "data" / "splits" / "t.json"
+    manifest.write_text(content)
+    with pytest.raises(LlamalabError, match=r"data/splits/t.json: the recorded split cannot be read .* delete the"):
+        load_task_data(task)
+
+
 def test_pool_without_split_spec_is_an_error(tmp_path):
     (tmp_path / "all.jsonl").write_text('{"text": "good", "label": "pos"}\n')
     with pytest.raises(LlamalabError, match="no `data.split` section"):
@@ -203,3 +266,30 @@ def test_example_lab_tasks_load(lab):
     assert len(intent.split("test")) == 3080
     assert len(intent.split("train")) + len(intent.split("dev")) == 10003
     assert len(intent_task.answer.labels) == 77
+
+
+def test_duplicates_and_leakage_are_the_same_text_not_the_same_words():
+    """Case, accents, spacing and punctuation at word edges do not make texts different; a mark inside a word
+    does (12+5 is not 12-5), and fields are compared one by one."""
+    from llamalab.tasks.checks import normalize_text
+
+    assert normalize_text("  What is   12+5? ") == normalize_text("what is 12+5") == "what is 12+5"
+    assert normalize_text("What is 12+5?") != normalize_text("What is 12-5?")
+    assert normalize_text("What is 7*3?") != normalize_text("What is 7/3?")
+    assert normalize_text("A well-made, café film!") == normalize_text("a well-made cafe film") == \
+        "a well-made cafe film"
+    assert normalize_text("«Bonjour» — dit-il.") == "bonjour dit-il"
+
+
+def test_leakage_counts_only_the_same_problem(tmp_path):
+    from llamalab.tasks.checks import check_task_data
+    from llamalab.tasks.task import Task
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t, "label": "pos"}) + "\n" for t in (
+        "What is 12+5?", "What is 7*3?", "What is 9/3?", "Great film!")))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"text": t, "label": "neg"}) + "\n" for t in (
+        "What is 12-5?", "What is 7+3?", "great   FILM")))
+    task = make_task(tmp_path, [{"path": "train.jsonl", "split": "train"}, {"path": "test.jsonl", "split": "test"}])
+    assert isinstance(task, Task)
+    report = check_task_data(load_task_data(task, strict=False), task)
+    assert report.overlap == {"test": 1}

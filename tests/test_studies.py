@@ -76,6 +76,52 @@ def test_cells_are_the_grid_times_the_seeds_identified_by_their_settings(lab):
     assert [s.status for s in cell_states(lab, study)] == ["pending"] * 8
 
 
+def test_a_study_naming_its_experiment_by_path_finds_its_cells(lab):
+    """`experiment: experiments/exp.yaml` (read from the lab root) trains runs named `exp`, as `llamalab train`
+    names them: those are the cells' runs."""
+    from llamalab.runs.record import RunRecord
+    from tests.records import train_fields
+
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
+    write_study(lab, "bypath", "experiment: experiments/exp.yaml\ngrid: {learning_rate: [1e-4, 1e-3]}\n")
+    study = load_study(lab, "bypath")
+    assert study.experiment_name == "exp" and study.experiment_file == lab.root / "experiments" / "exp.yaml"
+    for cell in study.cells:
+        RunRecord.create(lab.runs_dir, "train", "exp", cell.config, **train_fields(experiment="exp")).update(
+            status="finished")
+    assert [s.status for s in cell_states(lab, study)] == ["trained", "trained"]
+
+
+def test_an_unfinished_comparator_run_is_refused_naming_it(lab):
+    from rich.console import Console
+
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.run import comparator_evals
+    from tests.records import eval_fields
+
+    partial = RunRecord.create(lab.runs_dir, "eval", "half", {"s": 1}, **eval_fields(n=20))
+    partial.update(status="failed")
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
+    write_study(lab, "cmp", f"kind: scaling\nexperiment: exp\ngrid: {{train_examples: [8]}}\n"
+                            f"comparators: {{baselines: false, runs: [{partial.id}]}}\n")
+    with pytest.raises(LlamalabError, match=f"comparator run {partial.id} is failed, not finished"):
+        comparator_evals(lab, load_study(lab, "cmp"), Console(stderr=True))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("kind: scaling\nexperiment: exp\ngrid: {train_examples: [8, null]}\n", "are whole numbers"),
+    ("kind: scaling\nexperiment: exp\ngrid: {train_examples: [8, true]}\n", "are whole numbers"),
+    ("experiment: exp\ngrid: {task: [sentiment, intent]}\n", "the cells train on several tasks (intent, sentiment)"),
+    ("experiment: exp\ngrid: {base_model: [a/b, c/d]}\n", "the cells start from several base models (a/b, c/d)"),
+])
+def test_a_study_its_results_could_not_mean_is_refused_before_it_runs(lab, text, message):
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
+    write_study(lab, "bad", text)
+    with pytest.raises(LlamalabError) as error:
+        load_study(lab, "bad")
+    assert message in str(error.value)
+
+
 def test_a_cells_evaluation_is_the_one_the_study_runs_not_a_later_one_with_other_settings(lab):
     """Cells and comparators are found by the settings the study evaluates with (as `evaluate(reuse=True)` finds
     them): a later evaluation of the same train run or base model, 4-shot or by generation, is not taken for

@@ -468,7 +468,7 @@ def _print_study(lab, study, states, comparators=None) -> None:
     out.print(table)
     counts = {s: sum(1 for x in states if x.status == s) for s in dict.fromkeys(x.status for x in states)}
     out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
-    if comparators is not None and study.spec.kind == "scaling":
+    if comparators is not None and study.spec.kind == "scaling" and any(s.status == "finished" for s in states):
         _print_scaling(states, comparators, metric, task.answer.labels or None)
     if study.spec.kind == "sweep" and any(s.status == "finished" for s in states):
         _print_sweep(study, states, metric, task.answer.labels or None)

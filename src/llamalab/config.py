@@ -47,6 +47,10 @@ def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
                             ) from None
     try:
         node = yaml.compose(text)
+        if repeated := _repeated_key(node):
+            key, line, first = repeated
+            raise LlamalabError(f"{path}:{line}: key {key!r} is given twice (first on line {first}); YAML would "
+                                "silently keep the last: keep one")
         return yaml.safe_load(text), node
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -56,6 +60,24 @@ def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         line = _unbuildable_line(node)
         where = f"{path}:{line}" if line else str(path)
         raise LlamalabError(f"{where}: a value YAML cannot read ({exc}); quote it if it is meant as text") from None
+
+
+def _repeated_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
+    """The first mapping key given twice in one mapping: (key, its second line, its first line)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen and key.value != "<<":
+                    return key.value, key.start_mark.line + 1, seen[key.value]
+                seen[key.value] = key.start_mark.line + 1
+            if found := _repeated_key(value):
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            if found := _repeated_key(item):
+                return found
+    return None
 
 
 def _unbuildable_line(node: yaml.Node | None) -> int | None:

@@ -97,7 +97,7 @@ class _CurrentData:
 def cell_states(lab: Lab, study: Study) -> list[CellState]:
     """Each cell's state, from the train and eval records of its settings made on the task data as it is now."""
     current = _CurrentData(lab)
-    trains = [r for r in list_runs(lab.runs_dir, "train") if r.run.name == study.spec.experiment and current(r)]
+    trains = [r for r in list_runs(lab.runs_dir, "train") if r.run.name == study.experiment_name and current(r)]
     evals = _Evaluations(lab, study)
     evals.records = [r for r in evals.records if current(r)]
     options = eval_options(study)
@@ -126,7 +126,8 @@ def run_cell(lab: Lab, study: Study, cell: Cell, console: Console, processes: in
     from llamalab.evaluation.evaluate import evaluate
     from llamalab.training.trainer import train
 
-    record = train(lab, study.spec.experiment, reuse=True, console=console, processes=processes, **cell.overrides)
+    record = train(lab, str(study.experiment_file), reuse=True, console=console, processes=processes,
+                   **cell.overrides)
     evaluation = evaluate(lab, record.id, reuse=True, console=console, **eval_options(study))
     return CellState(cell, "finished", record, evaluation)
 
@@ -347,5 +348,8 @@ def comparator_evals(lab: Lab, study: Study, console: Console) -> list[RunRecord
         if record.run.task.name != study.task or record.run.task.split != study.spec.eval.split:
             raise LlamalabError(f"comparator run {record.id} evaluated {record.run.task.name}/{record.run.task.split}"
                                 f", not the study's {study.task}/{study.spec.eval.split}")
+        if not record.run.finished:  # its predictions cover part of the split: no test on them
+            raise LlamalabError(f"comparator run {record.id} is {record.run.status}, not finished: resume it "
+                                f"(`llamalab eval ... --resume`) or leave it out of `comparators.runs`")
         records.append(record)
     return records

@@ -98,6 +98,10 @@ class StudySpec(StrictModel):
             raise ValueError("`seeds` repeats a seed")
         if self.kind == "scaling" and any("train_examples" not in cell for cell in self.combinations()):
             raise ValueError("a scaling study varies `train_examples`: put it in `grid` (or in every cell)")
+        if self.kind == "scaling" and any(not isinstance(size := cell["train_examples"], int)
+                                          or isinstance(size, bool) for cell in self.combinations()):
+            raise ValueError("a scaling study's `train_examples` are whole numbers (a curve needs a size for each "
+                             "point): for the whole train split, give its size")
         others = {key for cell in self.combinations() for key in cell if key != "train_examples"
                   and len({json.dumps(c.get(key), sort_keys=True) for c in self.combinations()}) > 1}
         if self.kind == "scaling" and others:
@@ -134,6 +138,12 @@ class Study:
     spec: StudySpec
     cells: tuple[Cell, ...]
     task: str  # the task every cell is evaluated on
+    experiment_file: Path | None = None  # the experiment every cell starts from (None: quantization)
+
+    @property
+    def experiment_name(self) -> str | None:
+        """What the cells' train runs are named (as `llamalab train FILE` names them: the file's stem)."""
+        return self.experiment_file.stem if self.experiment_file else None
 
 
 def load_study(lab, name: str) -> Study:
@@ -146,7 +156,9 @@ def load_study(lab, name: str) -> Study:
     spec = parse_model(StudySpec, data, str(path), node)
     if spec.experiment is None:  # quantization: no training cells
         return Study(name, path, spec, (), str(spec.eval.task))
-    experiment_path = lab.experiment_path(spec.experiment)
+    as_written = Path(spec.experiment)  # a path is read from the lab root, wherever the command runs (a node)
+    experiment_path = lab.experiment_path(str(lab.root / as_written) if as_written.suffix in (".yaml", ".yml")
+                                          and not as_written.is_absolute() else spec.experiment)
     cells, seen = [], set()
     for combination in spec.combinations():
         for seed in spec.seeds:
@@ -160,5 +172,14 @@ def load_study(lab, name: str) -> Study:
                 raise LlamalabError(f"{path}: cell {overrides} repeats another cell's settings")
             seen.add(key)
             cells.append(Cell(overrides, resolved, key))
+    models = sorted({str(cell.config["base_model"]) for cell in cells})
+    if spec.comparators.baselines and len(models) > 1:
+        raise LlamalabError(f"{path}: the cells start from several base models ({', '.join(models)}), and "
+                            "`comparators.baselines` evaluates one base model: set `comparators: {baselines: false}` "
+                            "and name each base model's evaluation in `comparators.runs`")
+    tasks = sorted({cell.config["task"] for cell in cells})
+    if spec.eval.task is None and len(tasks) > 1:
+        raise LlamalabError(f"{path}: the cells train on several tasks ({', '.join(tasks)}), and a study evaluates "
+                            "every cell on one: set `eval: {task: ...}`, or make one study per task")
     task = spec.eval.task or experiment.task
-    return Study(name, path, spec, tuple(cells), task)
+    return Study(name, path, spec, tuple(cells), task, experiment_path)

@@ -45,10 +45,11 @@ class CheckReport:
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, strip accents and punctuation, collapse whitespace: the form duplicates are found in."""
+    """Lower-case, strip accents, drop punctuation at the edges of words, collapse whitespace: the form duplicates
+    are found in. Marks inside a word stay ("12+5" and "12-5" are different problems, "well-made" is one word)."""
     text = unicodedata.normalize("NFKD", text.casefold())
     text = "".join(c for c in text if not unicodedata.combining(c))
-    text = re.sub(r"[^\w\s]", " ", text)
+    text = re.sub(r"(?<!\w)[^\w\s]+|[^\w\s]+(?!\w)", " ", text)
     return " ".join(text.split())
 
 
@@ -143,6 +144,7 @@ def _by_text(fields: list[str], examples) -> dict[str, list]:
     groups: dict[str, list] = defaultdict(list)
     for ex in examples:
         values = (ex.fields.get(f, "") for f in fields)
-        text = " ".join(" ".join(map(str, v)) if isinstance(v, list) else str(v) for v in values)
-        groups[normalize_text(text)].append(ex)
+        # each field apart: ("a b", "c") and ("a", "b c") are different examples
+        key = "\x1f".join(normalize_text(" ".join(map(str, v)) if isinstance(v, list) else str(v)) for v in values)
+        groups[key].append(ex)
     return groups

@@ -281,6 +281,10 @@ def _assemble_splits(task: Task, data: TaskData, pin: bool) -> dict[str, tuple[s
             )
         return {}
     source_name = "pool" if spec.source == "pool" else "train"
+    if has_pool and source_name != "pool":
+        raise LlamalabError(
+            f"task {task.name!r}: some files have no `split:` but data.split.source is {spec.source!r}, so their "
+            "examples would be left out: give each file a `split:`, or set data.split.source: pool")
     if source_name not in data.splits:
         raise LlamalabError(f"task {task.name!r}: data.split.source is {spec.source!r} but no file provides it")
     wanted = [s for s in ("dev", "test") if getattr(spec, s) > 0 and s not in data.splits]
@@ -312,16 +316,27 @@ def _pinned_assignment(
         "ids_sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest(),
     }
     if manifest.is_file():
-        pinned = json.loads(manifest.read_text(encoding="utf-8"))
-        if pinned.get("fingerprint") == fingerprint:
+        shown = manifest.relative_to(task.lab_root).as_posix()
+        try:
+            pinned = json.loads(manifest.read_text(encoding="utf-8"))
+            if not isinstance(pinned, dict) or not isinstance(pinned.get("assignment", {}), dict):
+                raise ValueError("not a split manifest")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LlamalabError(f"{shown}: the recorded split cannot be read ({exc}); if a merge left conflict "
+                                "markers in it, resolve them, or delete the file to derive (and record) the split "
+                                "again") from None
+        if pinned.get("fingerprint") == fingerprint and "assignment" in pinned:
             return pinned["assignment"]
         if pin:
             raise LlamalabError(
-                f"{manifest.relative_to(task.lab_root).as_posix()}: the recorded split no longer matches the task's "
+                f"{shown}: the recorded split no longer matches the task's "
                 "data or `data.split` settings; if the change is intended, delete this file to derive (and record) "
                 "a new split"
             )
-    assignment = derive_split(source, {s: getattr(spec, s) for s in wanted}, spec.seed, spec.stratify)
+    # only labels are strata: an answer of another kind (a number, a text) is nearly unique, and each group of one
+    # or two would round to no held-out example at all
+    stratify = spec.stratify and task.answer.type == "label"
+    assignment = derive_split(source, {s: getattr(spec, s) for s in wanted}, spec.seed, stratify)
     if pin:
         write_json_atomic(manifest, {"task": task.name, "fingerprint": fingerprint, "assignment": assignment})
     return assignment
@@ -330,19 +345,41 @@ def _pinned_assignment(
 def derive_split(
     examples: list[Example], fractions: dict[str, float], seed: int, stratify: bool
 ) -> dict[str, list[str]]:
-    """Assign example ids to train and the named splits; per label when stratified."""
+    """Assign example ids to train and the named splits; per label when stratified.
+
+    Each split gets round(n * fraction) examples in all (stratified: shared among the labels by largest
+    remainder, so that small labels rounding down one by one cannot shrink, or empty, the split)."""
     groups: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
         groups[ex.answer if stratify else ""].append(ex)
     rng = random.Random(seed)
-    assignment: dict[str, list[str]] = {"train": [], **{name: [] for name in fractions}}
+    shuffled = {}
     for key in sorted(groups):
         members = sorted(groups[key], key=lambda e: e.id)
         rng.shuffle(members)
-        start = 0
-        for name, fraction in fractions.items():
-            count = round(len(members) * fraction)
-            assignment[name].extend(e.id for e in members[start : start + count])
-            start += count
-        assignment["train"].extend(e.id for e in members[start:])
+        shuffled[key] = members
+    assignment: dict[str, list[str]] = {"train": [], **{name: [] for name in fractions}}
+    taken = dict.fromkeys(shuffled, 0)
+    for name, fraction in fractions.items():
+        counts = _apportion(round(len(examples) * fraction), {k: len(v) * fraction for k, v in shuffled.items()},
+                            {k: len(v) - taken[k] for k, v in shuffled.items()})
+        for key, members in shuffled.items():
+            assignment[name].extend(e.id for e in members[taken[key]: taken[key] + counts[key]])
+            taken[key] += counts[key]
+    for key, members in shuffled.items():
+        assignment["train"].extend(e.id for e in members[taken[key]:])
     return assignment
+
+
+def _apportion(total: int, quotas: dict[str, float], room: dict[str, int]) -> dict[str, int]:
+    """`total` split among the keys in proportion to their quotas (largest remainder, ties in key order), none
+    over its room."""
+    counts = {k: min(int(q), room[k]) for k, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda k: -(quotas[k] - int(quotas[k])))
+    while sum(counts.values()) < total and any(counts[k] < room[k] for k in quotas):
+        for key in by_remainder:
+            if sum(counts.values()) >= total:
+                break
+            if counts[key] < room[key]:
+                counts[key] += 1
+    return counts

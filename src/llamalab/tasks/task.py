@@ -110,7 +110,7 @@ class SplitSpec(StrictModel):
     dev: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
-    stratify: bool = True
+    stratify: bool = Field(True, description="hold out the same share of each label (label tasks only)")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> SplitSpec:
