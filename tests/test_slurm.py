@@ -184,3 +184,61 @@ def test_a_study_runs_on_slurm_and_a_cancelled_cell_completes_with_retry_failed(
     for state in states:  # the records a local run would write, for the cell's own settings
         assert state.train.run.config_hash == state.cell.key and state.train.run.host
         assert state.eval.run.metrics["accuracy"].n == 6
+
+
+def test_a_run_on_a_node_counts_as_alive_only_while_its_job_is(executor, tmp_path):
+    """A record left "running" by a job that was killed (out of memory, scancel, a node failure) is not alive:
+    Slurm no longer has the job. Without a recorded job, a run on another host cannot be checked and counts as
+    alive."""
+    from llamalab.runs.record import RunRecord, is_alive, slurm_job_alive
+    from tests.records import train_fields
+
+    job = executor.submit(sleep_for, 120)
+    wait_until(lambda: scontrol_state(job.job_id) == "RUNNING", 60, "the job to start")
+    record = RunRecord.create(tmp_path / "runs", "train", "t", {"a": 1}, **train_fields())
+    record.update(host="gpu-node-17", pid=4242, slurm_job=job.job_id)
+    assert slurm_job_alive(job.job_id) is True and is_alive(record)
+    run("scancel", job.job_id)
+    wait_until(lambda: not slurm_job_alive(job.job_id), 60, "the job to end")
+    assert not is_alive(RunRecord.load(record.folder))
+    record.update(slurm_job=None)
+    assert is_alive(RunRecord.load(record.folder))
+
+
+def test_a_stopped_submitter_does_not_submit_a_queued_cell_again(cluster, lab, tiny_model_dir):
+    """`study run --executor slurm` waits for its jobs; stopped while a cell's job is queued or running (the
+    login session ended), a second `study run` waits for that job instead of training the cell twice."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+    from llamalab.runs.record import list_runs
+    from llamalab.studies.run import cell_states
+    from llamalab.studies.spec import load_study
+    from tests.conftest import write_experiment
+
+    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 40\n"
+                                  "lora: {r: 4, alpha: 8}\n")
+    (lab.root / "studies").mkdir(exist_ok=True)
+    (lab.root / "studies" / "stopped.yaml").write_text(
+        "experiment: tiny\ngrid: {train_examples: [8]}\neval: {limit: 6}\ncomparators: {baselines: false}\n"
+        "resources: {cpus: 1, mem_gb: 2, time_min: 10}\n")
+    ledger = lab.runs_dir / ".jobs" / "stopped" / "submitted.json"
+    submitter = subprocess.Popen([sys.executable, "-m", "llamalab.cli", "study", "run", "stopped", "--executor",
+                                  "slurm", "--lab", str(lab.root)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
+    try:
+        wait_until(ledger.is_file, 120, "the cell's job to be submitted")
+    finally:
+        submitter.kill()
+        submitter.wait()
+    [job] = json.loads(ledger.read_text()).values()
+    second = CliRunner().invoke(app, ["study", "run", "stopped", "--executor", "slurm", "--lab", str(lab.root)])
+    assert second.exit_code == 0, second.output
+    assert f"1 cell(s) already queued or running (jobs {job}): waiting for them" in " ".join(second.output.split())
+    assert "submitted job array" not in second.output
+    assert json.loads(ledger.read_text()) == {load_study(lab, "stopped").cells[0].key: job}
+    assert len(list_runs(lab.runs_dir, "train")) == 1  # trained once
+    [state] = cell_states(lab, load_study(lab, "stopped"))
+    assert state.status == "finished" and state.train.run.slurm_job == job

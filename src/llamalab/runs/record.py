@@ -88,7 +88,7 @@ class RunRecord:
         run = _validated(RUN_TYPES[kind], {
             "id": f"{stamp}-{kind}-{slug}-0000", "kind": kind, "name": name, "started": now_iso(),
             "config_hash": config_hash(config), **fields, "environment": environment(runs_dir.parent),
-            "pid": os.getpid(), "host": socket.gethostname(),
+            "pid": os.getpid(), "host": socket.gethostname(), "slurm_job": slurm_job(),
         })
         runs_dir.mkdir(parents=True, exist_ok=True)
         while True:
@@ -259,20 +259,43 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
     if is_alive(record):
         where = f" on {record.run.host}" if record.run.host else ""
         raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid}{where})")
-    record.update(status="running", pid=os.getpid(), host=socket.gethostname(),
+    record.update(status="running", pid=os.getpid(), host=socket.gethostname(), slurm_job=slurm_job(),
                   resumed=[*record.run.resumed, now_iso()])
     return record
+
+
+def slurm_job() -> str | None:
+    """The Slurm job this process is in (a job array's task as ARRAYID_TASK, as squeue names it), if any."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID") or None
+
+
+def slurm_job_alive(job: str) -> bool | None:
+    """Whether Slurm still has `job` queued or running; None when Slurm cannot be asked from here."""
+    import shutil
+
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:  # squeue refuses a job id it no longer knows
+        return False if "Invalid job id" in done.stderr else None
+    return bool(done.stdout.strip())
 
 
 def is_alive(record: RunRecord) -> bool:
     """Whether a run marked running is still being worked on by a live process (other than this one).
 
-    A run on another machine (a cluster node) cannot be checked from here: it counts as alive."""
+    A run on another machine (a cluster node) is checked through its Slurm job where it recorded one (a job that
+    was killed, cancelled or ran out of time leaves the record "running"); without one it counts as alive."""
     pid = record.run.pid
     if record.run.status != "running" or not pid:
         return False
     if record.run.host is not None and record.run.host != socket.gethostname():
-        return True
+        job = record.run.slurm_job
+        return True if job is None or job == slurm_job() else slurm_job_alive(job) is not False
     if pid == os.getpid():
         return False
     try:

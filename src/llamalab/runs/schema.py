@@ -23,6 +23,8 @@ Version history:
      the largest (older records: the first process's).
   7  an eval run's `usage.content_filtered_unmetered`: content-filtered answers (or prompts a filter refused) the
      provider reported no usage for, counted at 0 tokens; 0 in older records.
+  8  `slurm_job`: the Slurm job the run's process is in (with it, a run on a cluster node whose job ended without
+     finishing the record is told from a live one); unknown (null) in older records and outside Slurm.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -187,6 +189,7 @@ class RunBase(Shape):
     environment: Environment = Environment()
     pid: int | None = None
     host: str | None = None  # the machine `pid` is on
+    slurm_job: str | None = None  # the Slurm job `pid` is in (JOBID, or ARRAYID_TASK for a job array's task)
     resumed: list[str] = []
     timings: dict[str, int | float] = {}  # seconds per stage (an eval's predict_examples: the examples predict_s timed)
     throughput: dict[str, int | float] = {}
@@ -332,6 +335,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 6}, 6
     if version == 6:  # content-filtered answers without usage were not told apart (read as 0)
         data, version = {**data, "schema_version": 7}, 7
+    if version == 7:  # the Slurm job was not recorded
+        data, version = {**data, "schema_version": 8}, 8
     return data
 
 

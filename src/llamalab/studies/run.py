@@ -8,9 +8,10 @@ records say why) to `--retry-failed`. One failing cell never stops the others.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,7 +19,8 @@ from rich.markup import escape
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab, find_lab
 from llamalab.progress import progress_bar
-from llamalab.runs.record import Inputs, RunRecord, find_run, is_alive, list_runs, names_run
+from llamalab.runs.files import write_json_atomic
+from llamalab.runs.record import Inputs, RunRecord, find_run, is_alive, list_runs, names_run, slurm_job_alive
 from llamalab.studies.spec import Cell, Study, load_study
 
 CellStatus = Literal["pending", "running", "interrupted", "failed", "trained", "finished"]
@@ -264,25 +266,39 @@ def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = 
     resources from the study file. A job writes the same records a local run would; this process waits for them,
     then evaluates the comparators here."""
     import submitit
+    from submitit.slurm.slurm import SlurmJob
 
     todo = _cells_to_run(lab, study, console, retry_failed, verb="submit")
     failures: list[str] = []
-    if todo:
+    folder = lab.runs_dir / ".jobs" / study.name
+    ledger = _JobLedger(folder / "submitted.json")
+    # A cell whose job is still queued or running (submitted by an earlier `study run` that was stopped while it
+    # waited) is waited for, not submitted again: two jobs would train the same cell.
+    queued = {s.cell.key: job for s in todo if (job := ledger.get(s.cell.key)) and slurm_job_alive(job)}
+    if queued:
+        console.print(f"{len(queued)} cell(s) already queued or running (jobs {', '.join(queued.values())}): "
+                      "waiting for them")
+    jobs: dict[str, Any] = {key: SlurmJob(folder, job) for key, job in queued.items()}
+    fresh = [s for s in todo if s.cell.key not in queued]
+    if fresh:
         resources = study.spec.resources
-        executor = submitit.AutoExecutor(folder=lab.runs_dir / ".jobs" / study.name, cluster="slurm")
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         executor.update_parameters(
             name=f"study-{study.name}", timeout_min=resources.time_min, cpus_per_task=resources.cpus,
             mem_gb=resources.mem_gb, slurm_array_parallelism=max_parallel,
             **({"slurm_partition": resources.partition} if resources.partition else {}),
             **({"gpus_per_node": resources.gpus} if resources.gpus else {}),
         )
-        jobs = executor.map_array(run_cell_job, [str(lab.root)] * len(todo), [study.name] * len(todo),
-                                  [s.cell.key for s in todo])
-        console.print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} cells, logs in "
+        submitted = executor.map_array(run_cell_job, [str(lab.root)] * len(fresh), [study.name] * len(fresh),
+                                       [s.cell.key for s in fresh])
+        ledger.record({s.cell.key: job.job_id for s, job in zip(fresh, submitted, strict=True)})
+        jobs.update({s.cell.key: job for s, job in zip(fresh, submitted, strict=True)})
+        console.print(f"submitted job array {submitted[0].job_id.split('_')[0]} ({len(submitted)} cells, logs in "
                       f"{executor.folder})")
+    if todo:
         with progress_bar(console, f"study {study.name}", len(study.cells), unit="cells",
                       speed_window_s=24 * 3600, done=len(study.cells) - len(todo)) as advance:
-            for state, job in zip(todo, jobs, strict=True):
+            for state, job in ((s, jobs[s.cell.key]) for s in todo):
                 try:
                     job.result()
                 except Exception as exc:  # a failed or cancelled job; the others go on
@@ -295,6 +311,27 @@ def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = 
         raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed (rerun with --retry-failed):\n"
                             + "\n".join(failures))
     return cell_states(lab, study), comparators
+
+
+class _JobLedger:
+    """The Slurm job each cell of a study was last submitted as (cell key -> job id), written as jobs are
+    submitted, so a later `study run` can tell a queued cell from one that has to be submitted."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> str | None:
+        return self._read().get(key)
+
+    def record(self, jobs: dict[str, str]) -> None:
+        write_json_atomic(self.path, {**self._read(), **jobs})
 
 
 def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
