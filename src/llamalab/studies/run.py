@@ -340,6 +340,8 @@ def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
     left out."""
     spec, options = study.spec.comparators, eval_options(study)
     evals = _Evaluations(lab, study, finished_only=True)
+    current = _CurrentData(lab)
+    evals.records = [r for r in evals.records if current(r)]  # not one made on the task's data before it changed
 
     def latest(system: str, **fields) -> RunRecord | None:
         found = evals.of(system, **fields)
