@@ -129,7 +129,11 @@ KILL_SCRIPT = textwrap.dedent("""
 
     class KillAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == int(sys.argv[3]):
+            if sys.argv[3] != "end" and state.global_step == int(sys.argv[3]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def on_train_end(self, args, state, control, **kwargs):  # after the last checkpoint, before the weights
+            if sys.argv[3] == "end":
                 os.kill(os.getpid(), signal.SIGKILL)
 
     trainer.train(find_lab(sys.argv[1]), sys.argv[2], callbacks=[KillAt()])
@@ -169,6 +173,22 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
 
     with pytest.raises(LlamalabError, match="no unfinished run"):
         train(lab, name, resume=True)
+
+    # Killed after its last checkpoint: nothing is left to train, and resuming takes no extra step
+    name = tiny_experiment(lab, tiny_model_dir, "killed-at-end")
+    killed = subprocess.run([sys.executable, str(script), str(lab.root), name, "end"], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    [interrupted] = [r for r in list_runs(lab.runs_dir, "train") if r.run.experiment == "killed-at-end"]
+    assert (interrupted.folder / "checkpoints" / "checkpoint-12").is_dir()
+    resumed = train(lab, name, resume=True)
+    assert (resumed.run.metrics.steps, resumed.run.metrics.epochs) == (clean.run.metrics.steps,
+                                                                       clean.run.metrics.epochs)
+    assert resumed.run.metrics.final_loss == pytest.approx(clean.run.metrics.final_loss, rel=1e-5)
+    log = [json.loads(line) for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == list(range(1, 13))
+    b = load_file(resumed.folder / "adapter" / "adapter_model.safetensors")
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() < 1e-6, key
 
 
 def test_drop_log_after_keeps_what_came_before_the_checkpoint(tmp_path):
@@ -266,3 +286,14 @@ def test_the_recorded_warm_up_is_where_the_trainers_schedule_peaks(seed, tmp_pat
     assert used["warmup_steps"] == min(climbing, steps), (experiment.lr_scheduler, steps, experiment.warmup_ratio)
     assert used["max_grad_norm"] == experiment.max_grad_norm
     assert used["betas"] == (0.9, 0.999) and used["epsilon"] == 1e-8
+
+
+def test_plan_steps_per_epoch_are_the_optimizer_steps_training_takes(lab, tiny_model_dir):
+    """With gradient accumulation an optimizer step takes grad_accum batches: `llamalab plan` counts those."""
+    from llamalab.training.plan import plan_run
+
+    name = tiny_experiment(lab, tiny_model_dir, "accum", grad_accum=2, max_steps=None, epochs=1, train_examples=40)
+    plan = plan_run(lab, name, "cpu")
+    record = train(lab, name)
+    assert plan.steps_per_epoch == record.run.metrics.steps == 5  # 40 examples, 10 batches of 4, 2 per step
+    assert record.run.peak_memory_mb and record.run.throughput["tokens_per_s"] > 0

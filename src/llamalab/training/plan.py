@@ -572,7 +572,8 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     plan = plan_training(experiment, model_ref.path, lengths, answers, device,
                          past_efficiency(lab.runs_dir, device, experiment.method, processes)
                          if device.matmul_tflops else [], processes)
-    return replace(plan, epochs=epochs, steps_per_epoch=-(-len(lengths) // experiment.batch_size))
+    batches = -(-len(lengths) // experiment.batch_size)
+    return replace(plan, epochs=epochs, steps_per_epoch=-(-batches // experiment.grad_accum))  # optimizer steps
 
 
 class PeakMemory:

@@ -128,7 +128,7 @@ def _run_training(
     """Train in this process; with `processes` > 1 this is one of them (launched by training/distributed.py), and
     only the first writes the log, the weights and the record."""
     import torch
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, TrainerState
 
     from llamalab.training.callbacks import ProgressCallback, latest_complete_checkpoint  # imports transformers
 
@@ -162,7 +162,14 @@ def _run_training(
         n_tokens = sum(len(ids) for ids in dataset["input_ids"])
         progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
         setup_s = time.perf_counter() - started
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if resume_from and _completed(resume_from) and not trainer.is_fsdp_enabled:
+            # killed after the last checkpoint (while the weights or the record were written): training is done,
+            # and resuming the Trainer from there would take one step too many (or none, timing nothing)
+            console.print(f"{resume_from.name} is the run's last step: nothing left to train")
+            trainer._load_from_checkpoint(str(resume_from))
+            trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
+        else:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_s = time.perf_counter() - started - setup_s
     weights = _gathered_weights(trainer) if trainer.is_fsdp_enabled else None
     peaks = _every_process(peak.mb)  # the plan is one process's: each process's peak is measured against it
@@ -186,10 +193,13 @@ def _run_training(
         },
         optimizer=_optimizer_use(trainer.args, experiment, trainer.state.max_steps),
         data_used={"train_examples": len(dataset), "skipped_too_long": skipped, "tokens_per_epoch": n_tokens},
-        throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)},
+        # this session's tokens over its time; a session that trained nothing keeps what was recorded before
+        throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)}
+        if progress.tokens_this_session else dict(record.run.throughput),
         memory={**plan.to_record(), "measured_mb": max((p for p in peaks if p is not None), default=None),
                 **({"measured_mb_each": peaks} if processes > 1 else {})},
-        peak_memory_mb=peak_memory_mb(),  # this process's: with several, the launcher's own would say nothing
+        # this process's (with several, the launcher's own would say nothing), and at least an earlier session's
+        peak_memory_mb=max(record.run.peak_memory_mb or 0, peak_memory_mb()),
         timings=timings,
         processes=processes,
         parallelism=None if processes == 1 else "fsdp" if trainer.is_fsdp_enabled else "ddp",
@@ -462,6 +472,14 @@ def _gathered_weights(trainer) -> dict:
         if first.setdefault(id(parameter), name) != name:
             weights.pop(name, None)
     return weights
+
+
+def _completed(checkpoint: Path) -> bool:
+    """Whether the checkpoint is of the run's last step."""
+    import json
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
 def _save_weights(trainer, experiment: Experiment, folder: Path, weights: dict | None = None) -> None:
