@@ -208,3 +208,23 @@ def test_embedded_model_round_trips_to_its_shipped_q4_1_file(converter, tmp_path
     for name, tensor in shipped.items():
         assert tensor.tensor_type == ours[name].tensor_type, name
         assert np.array_equal(np.asarray(tensor.data), np.asarray(ours[name].data)), name
+
+
+def test_what_a_killed_export_left_is_cleared_by_the_next(tmp_path):
+    """A kill -9 mid-export leaves its working folders (a merged model can be tens of GB) next to the file; the
+    next export of that file removes those of processes that are gone, and never a live one's."""
+    import os
+    import subprocess
+    import sys
+
+    from llamalab.export import _clear_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = int(dead.stdout)
+    for name in (f".m.gguf.{gone}.abc.merged", f".m.gguf.{gone}.def.partial", f".m.gguf.{os.getpid()}.x.partial",
+                 f".other.gguf.{gone}.y.merged"):
+        (tmp_path / name).mkdir()
+    (tmp_path / ".m.gguf.notes").write_text("not ours")
+    _clear_stale(tmp_path / "m.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".m.gguf.{os.getpid()}.x.partial", f".other.gguf.{gone}.y.merged", ".m.gguf.notes"])

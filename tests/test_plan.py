@@ -603,3 +603,44 @@ def test_rows_attention_keeps_what_the_plan_counts_on_ragged_batches(seed):
             lengths)
         measured = _rows_saved_bytes_per_layer(config, lengths, bf16)
         assert predicted == pytest.approx(measured, rel=0.1), (config, lengths, bf16)
+
+
+@pytest.mark.parametrize(("targets", "expected"), [
+    ("all-linear", ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    (["q_proj", "v_proj"], ["q_proj", "v_proj"]),
+    (["self_attn.o_proj", "mlp.down_proj"], ["o_proj", "down_proj"]),
+    (["proj"], []),  # PEFT matches a list entry as the whole name or its last parts, not any ending
+    ("q_proj", []),  # a string is a regular expression over the whole dotted name
+    (r".*\.(q_proj|v_proj)", ["q_proj", "v_proj"]),
+    (r".*mlp\..*", ["gate_proj", "up_proj", "down_proj"]),
+])
+def test_lora_targets_are_matched_as_peft_matches_them(targets, expected):
+    from llamalab.training.plan import Shape, adapted
+
+    shape = Shape.of({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                      "num_attention_heads": 4, "vocab_size": 100})
+    assert adapted(shape, targets) == expected
+
+
+def test_targets_naming_no_layer_and_models_llamalab_cannot_plan_are_refused_before_a_run(lab, tiny_model_dir,
+                                                                                           tmp_path):
+    import json
+    import shutil
+
+    from llamalab.runs.record import list_runs
+    from llamalab.training.trainer import train
+    from tests.conftest import write_experiment
+
+    write_experiment(lab, "typo", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 1\n"
+                                  "lora: {target_modules: [nonexistent_proj]}\n")
+    with pytest.raises(LlamalabError, match=r"key 'lora.target_modules': \['nonexistent_proj'\] names none of"):
+        train(lab, "typo")
+    other = tmp_path / "gpt2ish"
+    shutil.copytree(tiny_model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config.pop("hidden_size")
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "n_embd": 32}))
+    write_experiment(lab, "other", f"task: sentiment\nbase_model: {other}\nmax_steps: 1\n")
+    with pytest.raises(LlamalabError, match=r"config.json: no 'hidden_size': llamalab plans and trains Llama-family"):
+        train(lab, "other")
+    assert list_runs(lab.runs_dir) == []  # no run folder left behind

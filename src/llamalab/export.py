@@ -83,10 +83,27 @@ def export_loaded(model, tokenizer, target: Path, quant: str, *, name: str | Non
     import tempfile
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".merged", dir=target.parent) as merged:
+    _clear_stale(target)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.{os.getpid()}.", suffix=".merged",
+                                     dir=target.parent) as merged:
         model.save_pretrained(merged, safe_serialization=True)
         tokenizer.save_pretrained(merged)
         return export_gguf(Path(merged), target, quant, name=name)
+
+
+def _clear_stale(out: Path) -> None:
+    """Remove what a killed export of `out` left next to it (a merged model can take tens of GB): the working
+    folders named after a process that is gone."""
+    for leftover in out.parent.glob(f".{out.name}.*"):
+        parts = leftover.name[len(out.name) + 2:].split(".")
+        if not leftover.is_dir() or parts[-1] not in ("merged", "partial") or not parts[0].isdigit():
+            continue
+        try:
+            os.kill(int(parts[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def gguf_type(quant: str) -> str:
@@ -115,7 +132,8 @@ def export_gguf(model_dir: Path, out: Path, quant: str, *, name: str | None = No
     if ftype is not None:
         _llama_cpp_version()  # the quantizer: fail now, not after the conversion
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    _clear_stale(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
         converted = work / f"model-{outtype}.gguf"
         _run([sys.executable, "-c", _CONVERT, str(script), str(model_dir), "--outtype", outtype,

@@ -92,6 +92,11 @@ def _from_pretrained(cls, ref: ModelRef, **kwargs):
             f"cannot load model {ref.name!r} from {ref.path}: {exc}. Offline? Download it first, "
             "or name a local folder"
         ) from None
+    except ValueError as exc:  # e.g. a folder with a config.json but no tokenizer files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LlamalabError(f"cannot load {cls.__name__.removeprefix('Auto').lower()} of model {ref.name!r} from "
+                            f"{ref.path}: {first}; a model folder needs its config, weights and tokenizer files "
+                            "(as save_pretrained writes them)") from None
 
 
 def _folder_revision(folder: Path) -> str:

@@ -92,12 +92,17 @@ class Shape:
     tied: bool
 
     @classmethod
-    def of(cls, config: dict) -> Shape:
-        h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-        heads = config["num_attention_heads"]
+    def of(cls, config: dict, source: str = "the model's config") -> Shape:
+        try:
+            h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+            heads, vocab = config["num_attention_heads"], config["vocab_size"]
+        except KeyError as exc:
+            raise LlamalabError(f"{source}: no {exc.args[0]!r}: llamalab plans and trains Llama-family models "
+                                f"(model_type llama, mistral, qwen2, ...), not {config.get('model_type', 'this')}"
+                                ) from None
         head_dim = config.get("head_dim") or h // heads
         kv_dim = config.get("num_key_value_heads", heads) * head_dim
-        vocab, tied = config["vocab_size"], bool(config.get("tie_word_embeddings", False))
+        tied = bool(config.get("tie_word_embeddings", False))
         per_layer = h * heads * head_dim * 2 + h * kv_dim * 2 + 3 * h * i + 2 * h
         params = layers * per_layer + vocab * h * (1 if tied else 2) + h
         return cls(params, h, i, layers, heads, kv_dim, vocab, tied)
@@ -107,7 +112,7 @@ class Shape:
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise LlamalabError(f"{path} does not exist: plan needs the model's config.json")
-        return cls.of(json.loads(path.read_text()))
+        return cls.of(json.loads(path.read_text()), str(path))
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """Each layer's linear layers: name -> (in, out)."""
@@ -126,10 +131,28 @@ class Shape:
 
 
 def adapted(shape: Shape, targets: str | list[str]) -> list[str]:
-    """The linear layers (per transformer layer) that LoRA adapts."""
+    """The linear layers (per transformer layer) that LoRA adapts, matched as PEFT matches them against each
+    module's dotted name: a list entry is the name or its end (`q_proj`, `self_attn.q_proj`), a string other than
+    all-linear a regular expression the whole name must match."""
     if targets == "all-linear":
         return list(shape.linears())
-    return [name for name in shape.linears() if any(t == name or name.endswith(t) for t in targets)]
+    keys = {name: f"model.layers.0.{'mlp' if name in MLP else 'self_attn'}.{name}" for name in shape.linears()}
+    if isinstance(targets, str):
+        return [name for name, key in keys.items() if re.fullmatch(targets, key)]
+    return [name for name, key in keys.items() if any(key == t or key.endswith(f".{t}") for t in targets)]
+
+
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def check_targets(shape: Shape, targets: str | list[str], source: str, model: str) -> None:
+    """Refuse LoRA targets that name no linear layer of the model (PEFT would fail after the run started)."""
+    if targets == "all-linear" or adapted(shape, targets):
+        return
+    if isinstance(targets, list) and targets and all(t == "lm_head" or t.endswith(".lm_head") for t in targets):
+        return  # the output layer alone
+    raise LlamalabError(f"{source}: key 'lora.target_modules': {targets!r} names none of {model}'s linear layers; "
+                        f"they are {', '.join(shape.linears())} (in each layer) and lm_head, or use all-linear")
 
 
 @dataclass(frozen=True)

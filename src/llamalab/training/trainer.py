@@ -108,14 +108,17 @@ def train(
 def _check_targets(experiment: Experiment, model_ref: ModelRef, source: str) -> None:
     """Refuse LoRA on an output layer that is the input embedding (tied weights): merged for evaluation and
     export, its update would land in the shared matrix and change the inputs too, a model never trained."""
-    from llamalab.training.plan import Shape
+    from llamalab.training.plan import Shape, check_targets
 
+    config = Path(model_ref.path) / "config.json"
+    shape = Shape.of_folder(model_ref.path) if config.is_file() else None  # a model llamalab cannot plan: now
     targets = experiment.lora.target_modules
+    if shape is not None and experiment.method != "full":
+        check_targets(shape, targets, source, model_ref.name)
     names = [targets] if isinstance(targets, str) else targets  # one name, or a pattern PEFT matches
     if experiment.method == "full" or targets == "all-linear" or not any("lm_head" in n for n in names):
         return  # all-linear leaves the output layer out
-    config = Path(model_ref.path) / "config.json"
-    if config.is_file() and Shape.of_folder(model_ref.path).tied:
+    if shape is not None and shape.tied:
         raise LlamalabError(f"{source}: key 'lora.target_modules': {model_ref.name} ties its output layer (lm_head) "
                             "to its input embeddings, so a merged LoRA on lm_head would change both; leave lm_head "
                             "out of target_modules")
