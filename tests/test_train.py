@@ -297,3 +297,25 @@ def test_plan_steps_per_epoch_are_the_optimizer_steps_training_takes(lab, tiny_m
     record = train(lab, name)
     assert plan.steps_per_epoch == record.run.metrics.steps == 5  # 40 examples, 10 batches of 4, 2 per step
     assert record.run.peak_memory_mb and record.run.throughput["tokens_per_s"] > 0
+
+
+def test_a_hub_model_is_planned_and_trained_from_its_cached_snapshot(lab, tiny_model_dir, tmp_path, monkeypatch):
+    """A hub id (here served offline from the hub cache) resolves to its snapshot: the plan reads its config as a
+    folder's, and the run records the snapshot's commit as the model's revision."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--fakeorg--tinyllama"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    name = tiny_experiment(lab, tiny_model_dir, "hub", base_model="fakeorg/tinyllama", max_steps=2)
+    record = train(lab, name)
+    assert record.run.status == "finished" and record.run.model.revision == f"hub:{commit}"
+    assert record.run.memory.predicted_mb > 0
+    with pytest.raises(LlamalabError, match="cannot get model 'fakeorg/missing' from the Hugging Face hub"):
+        train(lab, tiny_experiment(lab, tiny_model_dir, "missing", base_model="fakeorg/missing", max_steps=2))

@@ -24,7 +24,7 @@ class ModelRef:
 
     name: str
     path: str  # a local folder, or a hub id
-    revision: str  # file hash for local models, "hub" otherwise
+    revision: str  # file hash for local models, "hub:<commit>" for a hub model's snapshot
     gguf: str | None = None  # the GGUF file the folder was converted from (what llama.cpp runs)
 
     def to_dict(self) -> dict[str, str]:
@@ -49,11 +49,27 @@ def resolve_model(name: str) -> ModelRef:
             raise LlamalabError(f"model folder {local} has no config.json: not a Hugging Face model folder")
         return ModelRef(name, str(local.resolve()), _folder_revision(local))
     if name.count("/") == 1 and not name.startswith((".", "/")):
-        return ModelRef(name, name, "hub")
+        return _from_hub(name)
     raise LlamalabError(
         f"base model {name!r} not found: use {EMBEDDED_NAME!r} (the embedded default), "
         "a local model folder, or a Hugging Face id like meta-llama/Llama-2-7b-hf"
     )
+
+
+def _from_hub(name: str) -> ModelRef:
+    """A Hugging Face hub model as its local snapshot (downloaded once into the hub cache; offline, the cached
+    one): the plan reads its config like a folder's, and its revision is the snapshot's commit."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LlamalabError(f"cannot get model {name!r} from the Hugging Face hub ({first}); offline, download it "
+                            "first where there is a connection (it is then read from the hub cache), or name a "
+                            "local folder") from None
+    return ModelRef(name, str(folder), f"hub:{folder.name}")
 
 
 def load_tokenizer(ref: ModelRef):

@@ -63,7 +63,7 @@ def resolve_system(lab: Lab, name: str) -> System:
             f"`llamalab train {run.experiment} --resume` before evaluating"
         )
     base = resolve_model(run.model.name)
-    if base.revision not in (run.model.revision, "hub"):
+    if base.revision != run.model.revision and run.model.revision != "hub":  # "hub": recorded before commits were
         raise LlamalabError(
             f"run {record.id} was trained on {base.name} revision {run.model.revision}, "
             f"but the installed one is {base.revision}"
