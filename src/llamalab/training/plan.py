@@ -149,7 +149,7 @@ def check_targets(shape: Shape, targets: str | list[str], source: str, model: st
     """Refuse LoRA targets that name no linear layer of the model (PEFT would fail after the run started)."""
     if targets == "all-linear" or adapted(shape, targets):
         return
-    if isinstance(targets, list) and targets and all(t == "lm_head" or t.endswith(".lm_head") for t in targets):
+    if re.fullmatch(targets, "lm_head") if isinstance(targets, str) else "lm_head" in targets:
         return  # the output layer alone
     raise LlamalabError(f"{source}: key 'lora.target_modules': {targets!r} names none of {model}'s linear layers; "
                         f"they are {', '.join(shape.linears())} (in each layer) and lm_head, or use all-linear")
@@ -530,29 +530,41 @@ def past_runs(lab) -> list[PastRun]:
         run, memory = record.run, record.run.memory
         if not run.finished or memory is None or not memory.measured_mb:
             continue
-        train_s, epochs = run.timings.get("train_s"), run.metrics.epochs if run.metrics else None
+        train_s = run.timings.get("train_s")
+        # the epochs those seconds trained: recorded since resumed runs' killed sessions were told apart; before,
+        # the run's epochs only when no session was lost
+        epochs = run.timings.get("train_epochs") or (run.metrics.epochs if run.metrics and not run.resumed else None)
         measured_s = round(train_s / epochs, 1) if train_s and epochs else None
         rows.append(PastRun(record.id, memory.device, memory.predicted_mb, memory.measured_mb,
                             memory.predicted_s_per_epoch, measured_s))
     return rows
 
 
-def past_efficiency(runs_dir: Path, device: Device, method: str = "lora", processes: int = 1) -> list[float]:
+def past_efficiency(runs_dir: Path, device: Device, method: str = "lora", processes: int = 1,
+                    flops: float | None = None) -> list[float]:
     """Model-FLOP efficiency (achieved over the matmul rate measured now; on GPUs, per card) of past runs on this
-    very device with the same method in as many processes (FSDP on CPUs, say, spends most of a step sending
-    weights: its efficiency is its own)."""
+    very device (however its memory was planned) with the same method in as many processes (FSDP on CPUs, say,
+    spends most of a step sending weights: its efficiency is its own), and with `flops` (per token) of a model
+    within a factor of two in size: a small model's step is mostly fixed costs, a large one's mostly matmuls."""
     from llamalab.runs.record import list_runs
 
     found = []
     cards = processes if device.kind == "cuda" else 1
+    here = _bare_device(device.describe())
     for record in list_runs(runs_dir, "train"):
         memory, rate = record.run.memory, record.run.throughput.get("tokens_per_s")
         if not (record.run.finished and memory and memory.flops_per_token and rate):
             continue
         same = (record.run.processes or 1) == processes and record.config.get("method", "lora") == method
-        if same and memory.device == device.describe():
+        alike = flops is None or 0.5 <= memory.flops_per_token / flops <= 2
+        if same and alike and _bare_device(memory.device) == here:
             found.append(rate * memory.flops_per_token / (device.matmul_tflops * 1e12 * cards))
     return found
+
+
+def _bare_device(described: str) -> str:
+    """A device as `Device.describe` wrote it, without its memory or the limit it was planned as."""
+    return re.sub(r"(, planned as .*)? \([\d.,]+ GiB\)$", "", described)
 
 
 def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1, **overrides) -> MemoryPlan:
@@ -593,7 +605,8 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     epochs = experiment.epochs if not experiment.max_steps else None
     check_processes(experiment, processes)
     plan = plan_training(experiment, model_ref.path, lengths, answers, device,
-                         past_efficiency(lab.runs_dir, device, experiment.method, processes)
+                         past_efficiency(lab.runs_dir, device, experiment.method, processes,
+                                         flops_per_token(Shape.of_folder(model_ref.path), experiment.method))
                          if device.matmul_tflops else [], processes)
     batches = -(-len(lengths) // experiment.batch_size)
     return replace(plan, epochs=epochs, steps_per_epoch=-(-batches // experiment.grad_accum))  # optimizer steps

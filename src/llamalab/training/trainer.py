@@ -165,6 +165,7 @@ def _run_training(
         n_tokens = sum(len(ids) for ids in dataset["input_ids"])
         progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
         setup_s = time.perf_counter() - started
+        start_epoch = _state(resume_from).get("epoch", 0) if resume_from else 0
         if resume_from and _completed(resume_from) and not trainer.is_fsdp_enabled:
             # killed after the last checkpoint (while the weights or the record were written): training is done,
             # and resuming the Trainer from there would take one step too many (or none, timing nothing)
@@ -185,7 +186,11 @@ def _run_training(
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-max(1, len(history) // 10) :]
     timings = dict(record.run.timings)
-    timings.update(setup_s=round(setup_s, 2), train_s=round(timings.get("train_s", 0) + train_s, 2))
+    # train_s and train_epochs: the sessions that recorded their time (a killed one records none), so their ratio
+    # is the time an epoch took
+    trained_epochs = (trainer.state.epoch or 0) - start_epoch
+    timings.update(setup_s=round(setup_s, 2), train_s=round(timings.get("train_s", 0) + train_s, 2),
+                   train_epochs=round(timings.get("train_epochs", 0) + trained_epochs, 4))
     record.update(
         metrics={
             "first_loss": history[0]["loss"],
@@ -236,14 +241,23 @@ def _plan(record, experiment: Experiment, model_ref: ModelRef, dataset, console,
     decide activation checkpointing (said aloud)."""
     from dataclasses import replace
 
-    from llamalab.training.plan import measure_matmul_tflops, past_efficiency, plan_training, resolve_device
+    from llamalab.training.plan import (
+        Shape,
+        flops_per_token,
+        measure_matmul_tflops,
+        past_efficiency,
+        plan_training,
+        resolve_device,
+    )
 
     lengths = [len(ids) for ids in dataset["input_ids"]]
     answers = [sum(1 for t in labels if t != -100) for labels in dataset["labels"]]
     device = resolve_device()
     device = replace(device, matmul_tflops=measure_matmul_tflops(device))
     plan = plan_training(experiment, model_ref.path, lengths, answers, device,
-                         past_efficiency(record.folder.parent, device, experiment.method, processes), processes)
+                         past_efficiency(record.folder.parent, device, experiment.method, processes,
+                                         flops_per_token(Shape.of_folder(model_ref.path), experiment.method)),
+                         processes)
     state = "on" if plan.checkpointing else "off"
     console.print(f"memory plan: {plan.peak_mb:,.0f} MiB predicted on {escape(plan.device)}; activation "
                   f"checkpointing {state} ({escape(plan.reason)})")
@@ -477,11 +491,15 @@ def _gathered_weights(trainer) -> dict:
     return weights
 
 
-def _completed(checkpoint: Path) -> bool:
-    """Whether the checkpoint is of the run's last step."""
+def _state(checkpoint: Path) -> dict:
     import json
 
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def _completed(checkpoint: Path) -> bool:
+    """Whether the checkpoint is of the run's last step."""
+    state = _state(checkpoint)
     return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
