@@ -158,3 +158,16 @@ def test_more_processes_than_gpus_is_refused_before_a_run_starts(lab, tiny_model
                                             r"\(CUDA_VISIBLE_DEVICES=3\): use --processes 1 or fewer"):
         train(lab, name, processes=2)
     assert not list_runs(lab.runs_dir)
+
+
+def test_a_worker_stopped_by_a_user_error_says_why(lab, tiny_model_dir):
+    """A diverged run in two processes fails with the same message one process gives (not 'see its output
+    above' after two tracebacks), and the record keeps it."""
+    from llamalab.config import LlamalabError
+
+    write_experiment(lab, "diverges", EXPERIMENT.format(model=tiny_model_dir))
+    with pytest.raises(LlamalabError, match=r"training diverged at step \d+: .*Lower learning_rate"):
+        train(lab, "diverges", processes=2, save_steps=100, learning_rate=1e30)
+    (run,) = list_runs(lab.runs_dir, "train")
+    assert run.run.status == "failed" and "diverged" in run.run.error
+    assert not (run.folder / ".worker_error").exists()

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -20,6 +21,8 @@ from llamalab.config import LlamalabError
 from llamalab.lab import Lab, find_lab
 from llamalab.runs.record import RunRecord
 from llamalab.training.plan import _cuda_available, fsdp_shards
+
+WORKER_ERROR = ".worker_error"  # in the run folder: what stopped a worker, for the launcher to report
 
 
 def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Console) -> None:
@@ -39,9 +42,15 @@ def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Con
         # once its adaptive threshold has risen, which undid the sharding's saving (embedded model, 2 processes:
         # 2,817 MiB each, against 1,938 MiB with this). Returning them cost 10-35% of the (slow) step's speed.
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
+    reason = record.folder / WORKER_ERROR
+    reason.unlink(missing_ok=True)
     result = subprocess.run(command, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
     record.run = RunRecord.load(record.folder).run  # what the first worker wrote
     if result.returncode != 0:
+        if reason.is_file():  # an error the user can fix (a diverged run, say): its message, not the tracebacks
+            message = reason.read_text(encoding="utf-8")
+            reason.unlink()
+            raise LlamalabError(message)
         raise LlamalabError(f"a training process failed (exit code {result.returncode}); see its output above")
 
 
@@ -70,8 +79,6 @@ def _die_with_parent(sig: int) -> None:
 
 
 def _worker(lab_root: str, folder: str) -> None:
-    from pathlib import Path
-
     from llamalab.models import load_tokenizer, resolve_model
     from llamalab.tasks.data import load_task_data
     from llamalab.tasks.task import load_task
@@ -95,4 +102,11 @@ def _worker(lab_root: str, folder: str) -> None:
 
 
 if __name__ == "__main__":
-    _worker(*sys.argv[1:3])
+    try:
+        _worker(*sys.argv[1:3])
+    except LlamalabError as exc:  # every worker meets it (the same data, the same steps): the first one says it
+        if int(os.environ.get("RANK", "0")) == 0:
+            from llamalab.runs.files import write_text_atomic
+
+            write_text_atomic(Path(sys.argv[2]) / WORKER_ERROR, str(exc))
+        sys.exit(1)
