@@ -42,7 +42,8 @@ def train(
     skip finished cells and continue killed ones). `callbacks` are extra transformers TrainerCallbacks (e.g. for
     notebooks or custom logging). With `processes` N > 1, N data-parallel processes (DDP through accelerate:
     gloo on CPUs, NCCL on GPUs) share each batch: `batch_size` stays the global batch, so the run's numbers do
-    not depend on N.
+    not depend on N, as long as the training rows fill an epoch's last batch (N processes fill a partial one with
+    rows from the start of the epoch; the run says so).
     """
     console = console or Console(stderr=True)
     if isinstance(experiment, Experiment):
@@ -144,6 +145,11 @@ def _run_training(
     if len(dataset) == 0:
         raise LlamalabError("no training examples left: raise max_length or check the task's train split")
 
+    if processes > 1 and (partial := len(dataset) % experiment.batch_size):
+        console.print(f"[yellow]{len(dataset)} training rows leave a last batch of {partial} in each epoch; "
+                      f"{processes} processes fill it up with {experiment.batch_size - partial} row(s) from the "
+                      "start of the epoch (one process would not): for the same run as one process, train on a "
+                      f"multiple of batch_size {experiment.batch_size} rows (train_examples)[/]")
     plan = _plan(record, experiment, model_ref, dataset, console, processes)
     # On a GPU LoRA's frozen base is bf16; a full fine-tune keeps float32 weights, bf16 computing through autocast
     # (or FSDP's bf16 policy): AdamW's small updates would round away in bf16 weights.
