@@ -157,10 +157,11 @@ def train(
 
     record = run_training(find_lab(lab), experiment, resume=resume, console=console, processes=processes,
                           **parse_overrides(overrides or []))
-    m = record.run.metrics
+    m, rate = record.run.metrics, record.run.throughput.get("tokens_per_s")
     console.print(
-        f"[green]finished[/] {record.id}: loss {m.first_loss:.3f} -> {m.final_loss:.3f} over {m.steps} steps, "
-        f"{record.run.throughput['tokens_per_s']:.0f} tokens/s"
+        f"[green]finished[/] {record.id}: loss {m.first_loss:.3f} -> {m.final_loss:.3f} over {m.steps} steps"
+        + (f", {rate:,.0f} tokens/s" if rate else " (no speed: the session that trained was killed before it "
+           "recorded one)")
     )
     if (record.folder / "adapter").is_dir():
         console.print(f"adapter: {record.folder / 'adapter'}   merge it: llamalab export {record.id} OUT_DIR")

@@ -111,8 +111,9 @@ def _train_line(record: RunRecord) -> str:
     assert isinstance(run, TrainRun)
     loss = f"loss {run.metrics.first_loss:.3f} → {run.metrics.final_loss:.3f} over {run.metrics.steps} steps" \
         if run.metrics else "no loss recorded"
-    return (f"- {run.name} on {run.task.name}: {loss}, {run.throughput.get('tokens_per_s', 0):,.0f} tokens/s "
-            f"— [run](../runs/{record.id}/)")
+    rate = run.throughput.get("tokens_per_s")
+    speed = f", {rate:,.0f} tokens/s" if rate else ""
+    return f"- {run.name} on {run.task.name}: {loss}{speed} — [run](../runs/{record.id}/)"
 
 
 def _study_line(board: StudyBoard | QuantBoard) -> str:
