@@ -423,9 +423,10 @@ def study_run(
     if study.spec.kind == "quantization":
         from llamalab.studies.quantization import run_quantization
 
-        if executor != "local":
-            raise LlamalabError("a quantization study runs here (its exports and llama.cpp evaluations are short): "
-                                "drop --executor")
+        if executor != "local" or max_parallel is not None or retry_failed:
+            raise LlamalabError("a quantization study runs here, one system and type after another (its exports and "
+                                "llama.cpp evaluations are short; failed ones are simply run again): drop "
+                                "--executor, --max-parallel and --retry-failed")
 
         _print_quantization(the_lab, study, run_quantization(the_lab, study, console))
         return
