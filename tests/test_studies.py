@@ -824,3 +824,31 @@ def test_a_scaling_point_sits_at_the_examples_trained_on_and_a_size_past_the_spl
     with pytest.raises(LlamalabError, match=r"train_examples 10,000,000 is more than task 'sentiment'.s train split"):
         run_study(lab, load_study(lab, "big"), Console(quiet=True))
     assert not list_runs(lab.runs_dir)  # nothing trained
+
+
+def test_a_cells_run_on_weights_changed_since_is_not_the_cells(lab, tiny_model_dir, tmp_path):
+    """A base model folder rewritten in place (same name, same settings hash): the cells trained on the old weights
+    are pending again, as `train(reuse=True)` would train them again."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from llamalab.models import resolve_model
+    from llamalab.runs.record import RunRecord
+    from tests.records import train_fields
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_experiment(lab, "exp", f"task: sentiment\nbase_model: {model}\nmax_steps: 2\n")
+    write_study(lab, "weights", "experiment: exp\ngrid: {learning_rate: [1e-4, 1e-3]}\n")
+    study = load_study(lab, "weights")
+    fields = {**train_fields(experiment="exp"), "model": {"name": str(model), "revision": resolve_model(
+        str(model)).revision}}
+    for cell in study.cells:
+        RunRecord.create(lab.runs_dir, "train", "exp", cell.config, **fields).update(status="finished")
+    assert [s.status for s in cell_states(lab, study)] == ["trained", "trained"]
+    weights = model / "model.safetensors"
+    save_file({k: v + 0.01 * torch.randn_like(v) for k, v in load_file(weights).items()}, weights,
+              metadata={"format": "pt"})
+    assert [s.status for s in cell_states(lab, study)] == ["pending", "pending"]

@@ -76,13 +76,15 @@ class _Evaluations:
 
 
 class _CurrentData:
-    """Whether a run saw its task's data as it is now: one made before the data changed is not a cell's run (as
-    `train(reuse=True)` and `evaluate(reuse=True)` do not take it), so the cell runs again."""
+    """Whether a run started from its task's data and its model's weights as they are now: one made before either
+    changed is not a cell's run (as `train(reuse=True)` and `evaluate(reuse=True)` do not take it), so the cell
+    runs again."""
 
     def __init__(self, lab: Lab) -> None:
-        self.lab, self.hashes = lab, {}
+        self.lab, self.hashes, self.revisions = lab, {}, {}
 
     def __call__(self, record: RunRecord) -> bool:
+        from llamalab.models import resolve_model
         from llamalab.tasks.data import load_task_data
         from llamalab.tasks.task import load_task
 
@@ -93,7 +95,15 @@ class _CurrentData:
                 self.hashes[name] = load_task_data(task, strict=False).file_hashes
             except LlamalabError:
                 self.hashes[name] = None  # the task cannot be read now: nothing to tell the runs apart by
-        return Inputs(data_sha256=self.hashes[name]).differ(record) is None
+        run = record.run
+        model = run.model if run.kind == "train" else getattr(run.system, "model", None)
+        if model is not None and model.name not in self.revisions:
+            try:
+                self.revisions[model.name] = resolve_model(model.name).revision
+            except LlamalabError:
+                self.revisions[model.name] = None  # not here now: nothing to compare with
+        revision = self.revisions.get(model.name) if model is not None else None
+        return Inputs(revision, self.hashes[name]).differ(record) is None
 
 
 def cell_states(lab: Lab, study: Study) -> list[CellState]:
