@@ -648,3 +648,29 @@ def test_targets_naming_no_layer_and_models_llamalab_cannot_plan_are_refused_bef
     with pytest.raises(LlamalabError, match=r"config.json: no 'hidden_size': llamalab plans and trains Llama-family"):
         train(lab, "other")
     assert list_runs(lab.runs_dir) == []  # no run folder left behind
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_seconds_per_epoch_of_past_runs_are_over_the_epochs_their_timed_sessions_trained(tmp_path, seed):
+    """A resumed run's train_s covers only the sessions that recorded their time: divided by the epochs those
+    sessions trained (train_epochs), never by the run's epochs; an older resumed record that does not say has none."""
+    from llamalab.runs.record import RunRecord
+    from llamalab.training.plan import past_runs
+    from tests.records import train_fields
+
+    rng = random.Random(seed)
+    lab = type("Lab", (), {"runs_dir": tmp_path / "runs"})()
+    expected = {}
+    for k in range(rng.randint(1, 8)):
+        record = RunRecord.create(lab.runs_dir, "train", f"r{k}", {"k": k}, **train_fields())
+        epochs, train_s = rng.choice([1.0, 2.0, 3.0]), round(rng.uniform(1, 1000), 2)
+        resumed = rng.random() < 0.5
+        timed = round(rng.uniform(0.1, epochs), 4) if resumed else epochs
+        timings = {"train_s": train_s} | ({"train_epochs": timed} if rng.random() < 0.7 else {})
+        record.update(status="finished", timings=timings, resumed=["2026-01-01T00:00:00+00:00"] if resumed else [],
+                      metrics={"first_loss": 1.0, "final_loss": 0.5, "steps": 10, "epochs": epochs},
+                      memory={"device": "cpu (8.0 GiB)", "predicted_mb": 100.0, "measured_mb": 90.0,
+                              "activation_checkpointing": False, "reason": ""})
+        over = timings.get("train_epochs") or (None if resumed else epochs)
+        expected[record.id] = round(train_s / over, 1) if over else None
+    assert {row.id: row.measured_s_per_epoch for row in past_runs(lab)} == expected

@@ -52,6 +52,18 @@ def scontrol_state(job_id: str) -> str:
     return out.split("JobState=", 1)[1].split()[0]
 
 
+def write_tiny_study(lab, model, name: str, training: str, sizes: list[int]) -> None:
+    """Experiment `tiny` (the tiny model, LoRA, `training` settings) and study `name` over training-set `sizes`,
+    each cell a small Slurm job evaluated on 6 examples, with no baselines."""
+    from tests.conftest import write_experiment
+
+    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {model}\nlora: {{r: 4, alpha: 8}}\n{training}")
+    (lab.root / "studies").mkdir(exist_ok=True)
+    (lab.root / "studies" / f"{name}.yaml").write_text(
+        f"experiment: tiny\ngrid: {{train_examples: {sizes}}}\neval: {{limit: 6}}\ncomparators: {{baselines: false}}\n"
+        "resources: {cpus: 1, mem_gb: 2, time_min: 10}\n")
+
+
 def wait_until(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -143,15 +155,9 @@ def test_a_study_runs_on_slurm_and_a_cancelled_cell_completes_with_retry_failed(
     from llamalab.runs.record import list_runs
     from llamalab.studies.run import cell_states
     from llamalab.studies.spec import load_study
-    from tests.conftest import write_experiment
 
     # Long enough (a few hundred tiny steps) that the canceller always finds the first cell still training.
-    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 300\n"
-                                  "lora: {r: 4, alpha: 8}\nsave_steps: 5\n")
-    (lab.root / "studies").mkdir(exist_ok=True)
-    (lab.root / "studies" / "on-slurm.yaml").write_text(
-        "experiment: tiny\ngrid: {train_examples: [8, 16]}\neval: {limit: 6}\ncomparators: {baselines: false}\n"
-        "resources: {cpus: 1, mem_gb: 2, time_min: 10}\n")
+    write_tiny_study(lab, tiny_model_dir, "on-slurm", "max_steps: 300\nsave_steps: 5\n", [8, 16])
     study = load_study(lab, "on-slurm")
     args = ["study", "run", "on-slurm", "--executor", "slurm", "--max-parallel", "1", "--lab", str(lab.root)]
 
@@ -216,14 +222,8 @@ def test_a_stopped_submitter_does_not_submit_a_queued_cell_again(cluster, lab, t
     from llamalab.runs.record import list_runs
     from llamalab.studies.run import cell_states
     from llamalab.studies.spec import load_study
-    from tests.conftest import write_experiment
 
-    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 40\n"
-                                  "lora: {r: 4, alpha: 8}\n")
-    (lab.root / "studies").mkdir(exist_ok=True)
-    (lab.root / "studies" / "stopped.yaml").write_text(
-        "experiment: tiny\ngrid: {train_examples: [8]}\neval: {limit: 6}\ncomparators: {baselines: false}\n"
-        "resources: {cpus: 1, mem_gb: 2, time_min: 10}\n")
+    write_tiny_study(lab, tiny_model_dir, "stopped", "max_steps: 40\n", [8])
     ledger = lab.runs_dir / ".jobs" / "stopped" / "submitted.json"
     submitter = subprocess.Popen([sys.executable, "-m", "llamalab.cli", "study", "run", "stopped", "--executor",
                                   "slurm", "--lab", str(lab.root)], stdout=subprocess.DEVNULL,

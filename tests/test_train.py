@@ -154,9 +154,13 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     checkpoints = sorted(p.name for p in (interrupted.folder / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4"]
 
+    interrupted.update(peak_memory_mb=10**7)  # as if the killed session had recorded a larger peak
     resumed = train(lab, name, resume=True)
     assert resumed.id == interrupted.id
     assert resumed.run.status == "finished"
+    assert resumed.run.peak_memory_mb == 10**7  # the run's peak is the largest of its sessions'
+    # the resumed session's time covers steps 5-12 of 16 per epoch: half an epoch (the killed session's is lost)
+    assert resumed.run.timings["train_epochs"] == pytest.approx(0.5)
     assert resumed.run.metrics.final_loss == pytest.approx(clean.run.metrics.final_loss, rel=1e-5)
     log = [json.loads(line) for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
     clean_log = [json.loads(line) for line in (clean.folder / "train_log.jsonl").read_text().splitlines()]
@@ -186,6 +190,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     assert resumed.run.metrics.final_loss == pytest.approx(clean.run.metrics.final_loss, rel=1e-5)
     log = [json.loads(line) for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == list(range(1, 13))
+    # no session recorded a speed: none is claimed (not 0 tokens/s), and no epoch is timed
+    assert "tokens_per_s" not in resumed.run.throughput and resumed.run.timings["train_epochs"] == 0
     b = load_file(resumed.folder / "adapter" / "adapter_model.safetensors")
     for key in a:
         assert (a[key] - b[key]).abs().max().item() < 1e-6, key

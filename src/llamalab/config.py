@@ -38,13 +38,7 @@ def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     """Parse a YAML file, returning the data and its node tree (for line numbers in errors)."""
     if not path.is_file():
         raise LlamalabError(f"{path}: file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise LlamalabError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
-                            ) from None
+    text = read_utf8(path, "save the file as UTF-8")
     try:
         node = yaml.compose(text)
         if repeated := _repeated_key(node):
@@ -60,6 +54,16 @@ def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         line = _unbuildable_line(node)
         where = f"{path}:{line}" if line else str(path)
         raise LlamalabError(f"{where}: a value YAML cannot read ({exc}); quote it if it is meant as text") from None
+
+
+def read_utf8(path: Path, fix: str) -> str:
+    """A text file's contents; bytes that are not UTF-8 are an error naming the line, the byte and `fix`."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise LlamalabError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); {fix}") from None
 
 
 def _repeated_key(node: yaml.Node | None) -> tuple[str, int, int] | None:

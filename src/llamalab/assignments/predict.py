@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from llamalab.assignments.rubric import submission_answer
-from llamalab.config import LlamalabError, parse_model
+from llamalab.config import LlamalabError, parse_model, read_utf8
 from llamalab.evaluation.evaluate import (
     EvalSettings,
     LoadedSystem,
@@ -68,13 +68,7 @@ def read_inputs(path: Path) -> list[Example]:
     if not path.is_file():
         raise LlamalabError(f"{path}: no such inputs file")
     examples, seen = [], {}
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise LlamalabError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}): "
-                            "the inputs file is JSON lines in UTF-8, as the assignment handed it out") from None
+    text = read_utf8(path, "the inputs file is JSON lines in UTF-8, as the assignment handed it out")
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
