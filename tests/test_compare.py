@@ -12,6 +12,7 @@ from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import compare
 from llamalab.runs.files import append_jsonl
 from llamalab.runs.record import RunRecord
+from llamalab.tasks.task import load_task
 from tests.records import eval_fields
 
 
@@ -203,7 +204,8 @@ def test_a_row_written_twice_counts_once_everywhere_the_first(lab):
         assert list(first.values()) == rows
         examples = [Example(r["id"], {}, r["gold"], "test") for r in rows]
         assert _ordered(read_jsonl(record.folder / "predictions.jsonl"), examples) == rows
-    entries = {e.record.id: e.predictions for e in latest_evals(lab, "sentiment", "test")}  # compare's reading
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    entries = {e.record.id: e.predictions for e in latest_evals(lab, task, "test").entries}  # compare's reading
     assert all(entries[r.id] == read_predictions(r.folder) for r in list_runs(lab.runs_dir, "eval"))
 
 
@@ -288,3 +290,48 @@ def test_api_usage_median_and_a_cost_that_is_only_a_lower_bound(lab, seed):
     assert shown.startswith("≥$") == (unmetered > 0) and shown.endswith(f"{usage['cost_per_1k_examples_usd']:.4f}")
     row = SystemRow.model_construct(cost_basis=got["cost_basis"])
     assert ("≥: a lower bound" in cost_note([row])) == (unmetered > 0)
+
+
+def test_evaluations_on_the_tasks_earlier_data_are_left_out_and_named(lab):
+    """An evaluation whose recorded data hashes differ from the task's files now saw other examples under the same
+    ids: the leaderboard (compare, report, site) leaves it out, takes the system's newest evaluation on the current
+    data instead, and names a system evaluated only on earlier data; records without hashes stay (cannot tell)."""
+    from llamalab.evaluation.compare import comparison_table
+    from llamalab.publish.results import task_boards
+    from llamalab.publish.tables import caption
+    from llamalab.runs.record import list_runs
+    from llamalab.tasks.data import current_file_hashes
+
+    now = current_file_hashes(load_task(lab.task_path("sentiment"), lab.root))
+    before = {path: "0" * 64 for path in now}
+
+    def evaluation(label: str, hashes: dict | None, correct: list[bool]) -> RunRecord:
+        fields = eval_fields(label=label, n=len(correct))
+        if hashes is not None:
+            fields["task"]["data_sha256"] = hashes
+        record = RunRecord.create(lab.runs_dir, "eval", label, {"system": label}, **fields)
+        append_jsonl(record.folder / "predictions.jsonl", [
+            {"id": f"x:{i}", "prompt": "p", "gold": "positive", "prediction": "positive" if ok else "negative",
+             "correct": ok, "scores": {}} for i, ok in enumerate(correct)])
+        record.update(status="finished")
+        return record
+
+    current = evaluation("kept", now, [True] * 8 + [False] * 2)
+    evaluation("kept", before, [True] * 10)  # newer, but on the earlier data: not the system's row
+    evaluation("gone", before, [False] * 10)
+    unknown = evaluation("old record", None, [True] * 5 + [False] * 5)
+
+    result = compare(lab, "sentiment")
+    assert sorted(row.run for row in result.systems) == sorted([current.id, unknown.id])
+    assert next(r for r in result.systems if r.run == current.id).metrics["accuracy"].estimate == 0.8
+    assert result.earlier_data == ["gone [plain]"]
+    console = Console(record=True, width=400)
+    console.print(comparison_table(result))
+    assert "Not shown: gone [plain], evaluated on this split only before the task's data files changed" in (
+        console.export_text())
+    board = task_boards(lab)[0]
+    assert board.comparison.earlier_data == ["gone [plain]"] and "Not shown: gone [plain]" in caption(board)
+
+    earlier_only = {r.id for r in list_runs(lab.runs_dir, "eval")} - {current.id, unknown.id}
+    with pytest.raises(LlamalabError, match="only on earlier data: gone \\[plain\\], kept \\[plain\\]"):
+        compare(lab, "sentiment", only=earlier_only)

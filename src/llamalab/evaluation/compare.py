@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 from rich.markup import escape
@@ -17,6 +18,7 @@ from llamalab.evaluation.stats import ALPHA
 from llamalab.lab import Lab
 from llamalab.runs.record import RunRecord, list_runs, names_run, read_predictions
 from llamalab.runs.schema import EvalRun, Interval, PredictionSummary, SystemKey, Usage
+from llamalab.tasks.data import current_file_hashes
 from llamalab.tasks.task import Task, load_task
 
 
@@ -74,6 +76,7 @@ class Comparison(BaseModel):
     reference: str
     reference_is_best: bool
     systems: list[SystemRow]
+    earlier_data: list[str] = []  # systems left out: evaluated only on the task's earlier data
 
     def to_json(self) -> dict:
         """As JSON (`compare --json`, the report's results.json): the fields each part was given."""
@@ -91,21 +94,36 @@ class Entry:
         return self.record.run  # type: ignore[return-value] - entries are eval runs
 
 
-def latest_evals(lab: Lab, task: str, split: str = "test", only: set[str] | None = None) -> list[Entry]:
+class Latest(NamedTuple):
+    entries: list[Entry]
+    earlier_data: list[str]  # systems left out: evaluated on this split only on the task's earlier data
+
+
+def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | None = None) -> Latest:
     """The newest finished eval of each system (`SystemKey`: weights, prompt format, shots, protocol, backend)
-    on this task split. Labels are derived for display only: renaming a system never changes what is paired."""
+    on this task split, made on the task's data as it is now. Labels are derived for display only: renaming a
+    system never changes what is paired.
+
+    An evaluation whose recorded data hashes differ from the task's files now saw other examples (or other
+    answers) under the same ids: pairing it with a current one would compare unlike things, so it is left out,
+    and a system with no evaluation on the current data is named in `earlier_data`."""
+    current = current_file_hashes(task)
     latest: dict[SystemKey, RunRecord] = {}
+    earlier: dict[SystemKey, RunRecord] = {}
     for record in list_runs(lab.runs_dir, "eval"):
         run = record.run
-        if not run.finished or run.task.name != task or run.task.split != split:
+        if not run.finished or run.task.name != task.name or run.task.split != split:
             continue
         if only is not None and record.id not in only:
             continue
-        latest[run.system_key] = record
+        recorded = run.task.data_sha256
+        (earlier if current and recorded and recorded != current else latest)[run.system_key] = record
     labels = [record.run.display_label for record in latest.values()]
-    return [Entry(record, read_predictions(record.folder),
-                  label if labels.count(label) == 1 else f"{label} ({record.id[-4:]})")  # same label, other system
-            for record, label in zip(latest.values(), labels, strict=True)]
+    entries = [Entry(record, read_predictions(record.folder),
+                     label if labels.count(label) == 1 else f"{label} ({record.id[-4:]})")  # same label, other system
+               for record, label in zip(latest.values(), labels, strict=True)]
+    left_out = sorted({record.run.display_label for key, record in earlier.items() if key not in latest})
+    return Latest(entries, left_out)
 
 
 def compare(
@@ -115,15 +133,17 @@ def compare(
     """Rank systems by `metric` (default: the task's first); test each against the reference system (default:
     the best; else a run id or system label) on the examples both saw, Holm-corrected. `only` restricts the
     table to the given eval run ids."""
-    entries = latest_evals(lab, task, split, only)
+    spec = load_task(lab.task_path(task), lab.root)
+    entries, earlier = latest_evals(lab, spec, split, only)
     if not entries:
-        raise LlamalabError(f"no finished evaluations of task {task!r} on its {split} split in {lab.runs_dir}")
-    return rank(load_task(lab.task_path(task), lab.root), entries, split, metric, resamples, reference)
+        why = f" on its current data (only on earlier data: {', '.join(earlier)})" if earlier else ""
+        raise LlamalabError(f"no finished evaluations of task {task!r} on its {split} split{why} in {lab.runs_dir}")
+    return rank(spec, entries, split, metric, resamples, reference, earlier)
 
 
 def rank(
     spec: Task, entries: list[Entry], split: str, metric: str | None = None, resamples: int = 5000,
-    reference: str | None = None,
+    reference: str | None = None, earlier_data: list[str] | None = None,
 ) -> Comparison:
     """The comparison of `entries` (evaluations of one task split), best first; see `compare`."""
     task, metrics = spec.name, spec.metric_names
@@ -155,7 +175,8 @@ def rank(
     for i, test in zip(others, tests, strict=True):
         rows[i].vs_reference = test
     return Comparison(task=task, split=split, metric=metric, metrics=metrics, best=rows[0].system,
-                      reference=rows[ref].system, reference_is_best=ref == 0, systems=rows)
+                      reference=rows[ref].system, reference_is_best=ref == 0, systems=rows,
+                      **({"earlier_data": earlier_data} if earlier_data else {}))
 
 
 def recorded_metrics(entry: Entry, metrics: list[str], labels) -> dict[str, Interval]:
@@ -209,6 +230,14 @@ def reference_name(result: Comparison) -> str:
     return "the best system" if result.reference_is_best else f"the reference system, {result.reference}"
 
 
+def earlier_data_note(result: Comparison) -> str:
+    """Names the systems left out because they were evaluated only on the task's earlier data ("" if none)."""
+    if not result.earlier_data:
+        return ""
+    return (f"Not shown: {'; '.join(result.earlier_data)}, evaluated on this split only before the task's data files "
+            "changed (evaluate again to include).")
+
+
 def reference_cell(result: Comparison) -> str:
     return "best (ref.)" if result.reference_is_best else "reference"
 
@@ -221,7 +250,8 @@ def comparison_table(result: Comparison) -> Table:
         caption=escape(
             f"p: {', '.join(tests) or 'no other system'} on {result.metric} against {reference_name(result)}, "
             "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
-            "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse"),
+            "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse. "
+            + earlier_data_note(result)).strip(),
     )
     with_usage = any(row.usage for row in result.systems)
     columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result.metrics), "Δ vs ref.", "p",

@@ -60,11 +60,11 @@ def task_boards(
     against each task's best system elsewhere."""
     boards = []
     for task in load_tasks(lab):
-        entries = latest_evals(lab, task.name, split, only)
+        entries, earlier = latest_evals(lab, task, split, only)
         if not entries:
             continue
         named = reference and any(refers_to(reference, e.record.id, e.label) for e in entries)
-        comparison = rank(task, entries, split, reference=reference if named else None)
+        comparison = rank(task, entries, split, reference=reference if named else None, earlier_data=earlier)
         by_run = {e.record.id: e for e in entries}
         for row in comparison.systems:
             for name, value in cost_and_time(by_run[row.run].record, lab.config.local_compute_usd_per_hour).items():

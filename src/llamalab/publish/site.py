@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from llamalab.assignments.publish import public_assignments
 from llamalab.evaluation.compare import (
     comparison_warnings,
+    earlier_data_note,
     format_delta,
     format_interval,
     format_p,
@@ -94,7 +95,7 @@ class _Builder:
                                 tojson_pretty=_pretty_json,
                                 safe_url=safe_url, cost_note=cost_note, interval_note=interval_note,
                                 delta=format_delta, prediction_warnings=comparison_warnings, n_range=n_range,
-                                count="{:,}".format)
+                                count="{:,}".format, earlier_data_note=earlier_data_note)
 
     def build(self) -> None:
         lab = self.lab

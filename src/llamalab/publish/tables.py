@@ -6,6 +6,7 @@ import re
 
 from llamalab.evaluation.compare import (
     SystemRow,
+    earlier_data_note,
     format_delta,
     format_interval,
     format_p,
@@ -55,8 +56,8 @@ def caption(board: TaskBoard) -> str:
         f"{interval_note([row.metrics for row in board.rows])} "
         f"p: {', '.join(tests) or 'no other system'} on {board.metric} against {reference_name(board.comparison)}, "
         "on the examples both saw (n=… marks a paired subset), Holm-corrected. " + cost_note(board.rows)
-        + " Time is evaluation wall time."
-    )
+        + " Time is evaluation wall time. " + earlier_data_note(board.comparison)
+    ).strip()
 
 
 def cost_note(rows: list[SystemRow]) -> str:

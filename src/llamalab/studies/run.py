@@ -85,16 +85,15 @@ class _CurrentData:
 
     def __call__(self, record: RunRecord) -> bool:
         from llamalab.models import resolve_model
-        from llamalab.tasks.data import load_task_data
+        from llamalab.tasks.data import current_file_hashes
         from llamalab.tasks.task import load_task
 
         name = record.run.task.name
         if name not in self.hashes:
-            try:
-                task = load_task(self.lab.task_path(name), self.lab.root)
-                self.hashes[name] = load_task_data(task, strict=False).file_hashes
+            try:  # None when the task cannot be read now: nothing to tell the runs apart by
+                self.hashes[name] = current_file_hashes(load_task(self.lab.task_path(name), self.lab.root))
             except LlamalabError:
-                self.hashes[name] = None  # the task cannot be read now: nothing to tell the runs apart by
+                self.hashes[name] = None
         run = record.run
         model = run.model if run.kind == "train" else getattr(run.system, "model", None)
         if model is not None and model.name not in self.revisions:

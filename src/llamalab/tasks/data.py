@@ -49,6 +49,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def current_file_hashes(task: Task) -> dict[str, str] | None:
+    """The SHA-256 of each of the task's data files (and pinned split manifest) as they are now, as runs record
+    them in task.data_sha256; None when the task's data cannot be read now."""
+    try:
+        return load_task_data(task, strict=False).file_hashes
+    except LlamalabError:
+        return None
+
+
 def sha256_path(path: Path) -> str:
     """A file's SHA-256; for a dataset folder, one over its files' names and hashes."""
     if path.is_file():
