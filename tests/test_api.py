@@ -286,6 +286,7 @@ def test_a_cache_made_by_an_older_llamalab_is_read_and_stays_writable_by_it(tmp_
 @pytest.mark.parametrize("usage", [{"prompt_tokens": True, "completion_tokens": 3}, {"prompt_tokens": -1,
                                    "completion_tokens": 3}, {"prompt_tokens": 2.5, "completion_tokens": 3}, None])
 def test_a_response_without_whole_token_counts_is_retried(usage) -> None:
+    """A normal answer without whole token counts is retried (its cost would be unknown)."""
     import httpx
 
     from llamalab.backends.api import _parse_completion, _Retry
@@ -294,7 +295,7 @@ def test_a_response_without_whole_token_counts_is_retried(usage) -> None:
     outcome = _parse_completion(httpx.Response(200, json=body))
     assert isinstance(outcome, _Retry) and "usage" in outcome.reason and outcome.billed is None
     body["usage"] = {"prompt_tokens": 4, "completion_tokens": 3}
-    assert _parse_completion(httpx.Response(200, json=body)) == ("hi", 4, 3, False)
+    assert _parse_completion(httpx.Response(200, json=body)) == ("hi", 4, 3, False, False)
 
 
 def test_retry_after_is_honoured(llama_server: str, tmp_path: Path) -> None:
@@ -354,6 +355,40 @@ def test_a_filtered_answer_that_leaves_content_out_is_final() -> None:
 
     usage = {"prompt_tokens": 10, "completion_tokens": 0}
     filtered = {"choices": [{"message": {"role": "assistant"}, "finish_reason": "content_filter"}], "usage": usage}
-    assert _parse_completion(httpx.Response(200, json=filtered)) == ("", 10, 0, True)
+    assert _parse_completion(httpx.Response(200, json=filtered)) == ("", 10, 0, True, False)
     stopped = {"choices": [{"message": {"role": "assistant"}, "finish_reason": "stop"}], "usage": usage}
     assert _parse_completion(httpx.Response(200, json=stopped)).billed == (10, 0)  # retried, its tokens counted
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": 10}, {"prompt_tokens": 10, "completion_tokens": None},
+                                   {"completion_tokens": 0, "prompt_tokens": "10"}, None])
+def test_a_filtered_answer_with_part_of_its_usage_counts_what_it_reported_and_is_a_lower_bound(tmp_path: Path,
+                                                                                                usage) -> None:
+    """A filtered answer whose usage lacks a token count keeps the counts it has, and is marked unmetered: in its
+    row, in the cache (a hit is still a lower bound), and in the run's count of unmetered answers."""
+    import dataclasses
+
+    import httpx
+
+    from llamalab.backends.api import _Cache, _parse_completion
+    from llamalab.evaluation.evaluate import _usage
+
+    body = {"choices": [{"message": {"content": ""}, "finish_reason": "content_filter"}], "usage": usage}
+    text, tokens_in, tokens_out, filtered, unmetered = _parse_completion(httpx.Response(200, json=body))
+    known = usage or {}
+    assert (text, filtered, unmetered) == ("", True, True)
+    assert tokens_in == (10 if known.get("prompt_tokens") == 10 else 0) and tokens_out == 0
+    cache = _Cache(tmp_path / "cache.sqlite")
+    result = ChatResult(text, tokens_in, tokens_out, 0.0, 0.1, False, 1, content_filtered=True, unmetered=True)
+    cache.put("k", result)
+    cache.put("metered", dataclasses.replace(result, input_tokens=10, unmetered=False))
+    hit = cache.get("k")
+    assert hit.unmetered and (hit.input_tokens, hit.content_filtered) == (tokens_in, True)
+    assert not cache.get("metered").unmetered and cache.get("metered").content_filtered
+    cache.close()
+    rows = [{"input_tokens": tokens_in, "output_tokens": 0, "cost_usd": 0.0, "latency_s": 0.1,
+             "content_filtered": True, "unmetered": True},
+            {"input_tokens": 10, "output_tokens": 0, "cost_usd": 0.0, "latency_s": 0.1, "content_filtered": True},
+            {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "latency_s": 0.1, "content_filtered": True}]
+    usage_of = _usage(rows)
+    assert (usage_of["content_filtered"], usage_of["content_filtered_unmetered"]) == (3, 2)  # the last: older rows

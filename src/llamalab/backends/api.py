@@ -81,7 +81,8 @@ class ChatResult:
     list prices, what it cost to get). `content_filtered`: the provider's content filter ended the answer
     (`finish_reason: content_filter`) or refused the prompt (HTTP 400, error code content_filter); its text,
     possibly empty, is the answer, not retried (a filter fires again on the same prompt). Such an answer without
-    usage counts 0 tokens: 0 input tokens marks it (a prompt always has some)."""
+    usage, or with only some of its token counts, counts the tokens it was sent and is `unmetered`: its cost here
+    is a lower bound."""
 
     text: str
     input_tokens: int
@@ -93,6 +94,7 @@ class ChatResult:
     retried_input_tokens: int = 0
     retried_output_tokens: int = 0
     content_filtered: bool = False
+    unmetered: bool = False  # a filtered answer the provider sent no (or not all) token counts for
 
 
 class ApiError(LlamalabError):
@@ -296,14 +298,14 @@ class ChatClient:
             parsed = _parse_completion(response)
             if isinstance(parsed, _Retry):
                 return parsed
-            text, input_tokens, output_tokens, filtered = parsed
+            text, input_tokens, output_tokens, filtered, unmetered = parsed
             return ChatResult(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                               cost_usd=self._cost(input_tokens, output_tokens), latency_s=latency, cached=False,
-                              attempts=attempt, content_filtered=filtered)
+                              attempts=attempt, content_filtered=filtered, unmetered=unmetered)
         if status == 400 and _prompt_filtered(response):
             # Azure's content filter refusing the prompt: as final as a filtered answer, and with no usage
             return ChatResult(text="", input_tokens=0, output_tokens=0, cost_usd=0.0, latency_s=latency,
-                              cached=False, attempts=attempt, content_filtered=True)
+                              cached=False, attempts=attempt, content_filtered=True, unmetered=True)
         if status in RETRYABLE_STATUS or status >= 500:
             reason = self._redact(f"HTTP {status}: {_server_message(response)}")
             return _Retry(reason, parse_retry_after(response.headers.get("retry-after")), throttled=status == 429)
@@ -403,12 +405,15 @@ class _Cache:
             ).fetchone()
         if row is None:
             return None
+        # content_filtered: 0 no, 1 yes, 2 yes and unmetered (1 with 0 input tokens: unmetered, as stored before 2)
+        filtered = row[5] or 0
         return ChatResult(text=row[0], input_tokens=row[1], output_tokens=row[2], cost_usd=0.0, latency_s=0.0,
                           cached=True, attempts=0, retried_input_tokens=row[3] or 0, retried_output_tokens=row[4] or 0,
-                          content_filtered=bool(row[5]))
+                          content_filtered=bool(filtered), unmetered=filtered == 2 or (filtered == 1 and not row[1]))
 
     def put(self, key: str, result: ChatResult) -> None:
-        extras = (result.retried_input_tokens, result.retried_output_tokens, int(result.content_filtered))
+        filtered = (2 if result.unmetered else 1) if result.content_filtered else 0
+        extras = (result.retried_input_tokens, result.retried_output_tokens, filtered)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")  # the response and its extras land together or not at all
             try:
@@ -454,9 +459,9 @@ def _check_request(index: int, request: ChatRequest) -> None:
         raise ApiError(f"request {index}: messages must be a non-empty list of {{'role': str, 'content': str}}")
 
 
-def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool] | _Retry:
-    """(text, input tokens, output tokens, cut by a content filter) from a 200 response, or why it can't be used
-    (a retryable problem) with the tokens its usage says were billed all the same."""
+def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool, bool] | _Retry:
+    """(text, input tokens, output tokens, cut by a content filter, token counts missing) from a 200 response, or
+    why it can't be used (a retryable problem) with the tokens its usage says were billed all the same."""
     try:
         data = response.json()
     except ValueError:
@@ -476,10 +481,11 @@ def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool] | 
     if not isinstance(text, str):
         return _Retry(f"response content is {type(text).__name__}, not text", billed=billed)
     if billed is None:
-        if filtered:
-            return text, 0, 0, True  # final all the same; its tokens are unknown (usage.content_filtered_unmetered)
+        if filtered:  # final all the same: count the tokens it did report (usage.content_filtered_unmetered)
+            known = [t if _count(t) else 0 for t in tokens] or [0, 0]
+            return text, known[0], known[1], True, True
         return _Retry("response lacks usage.prompt_tokens and usage.completion_tokens as whole numbers")
-    return text, billed[0], billed[1], filtered
+    return text, billed[0], billed[1], filtered, False
 
 
 def _prompt_filtered(response: httpx.Response) -> bool:

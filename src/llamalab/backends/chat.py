@@ -49,7 +49,8 @@ class ChatApiBackend:
                      "retried_output_tokens": result.retried_output_tokens,
                      "cost_usd": round(billed_in * prices[0] + billed_out * prices[1], 8),
                      "latency_s": round(result.latency_s, 3), "cached": result.cached, "attempts": result.attempts,
-                     "content_filtered": result.content_filtered}
+                     "content_filtered": result.content_filtered,
+                     **({"unmetered": True} if result.unmetered else {})}
             on_batch([index], [Generation(result.text, extra)])
 
         self.client.complete_many(requests, on_result=save)

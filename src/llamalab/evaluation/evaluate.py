@@ -402,8 +402,9 @@ def _usage(rows: list[dict]) -> dict | None:
         "retried_input_tokens": sum(r.get("retried_input_tokens", 0) for r in api_rows),
         "retried_output_tokens": sum(r.get("retried_output_tokens", 0) for r in api_rows),
         "content_filtered": sum(1 for r in api_rows if r.get("content_filtered")),
-        # of those, the ones the provider reported no usage for (0 input tokens: a prompt always has some)
-        "content_filtered_unmetered": sum(1 for r in api_rows if r.get("content_filtered") and not r["input_tokens"]),
+        # of those, the ones the provider sent no or partial usage for (older rows: 0 input tokens marks them)
+        "content_filtered_unmetered": sum(1 for r in api_rows if r.get("content_filtered")
+                                          and (r.get("unmetered") or not r["input_tokens"])),
         "cost_usd": round(cost, 6),  # at list prices, whether paid now or earlier (cache hits)
         "paid_now_usd": round(sum(r["cost_usd"] for r in api_rows if not r.get("cached")), 6),
         "cost_per_1k_examples_usd": round(1000 * cost / len(api_rows), 6),
