@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 
@@ -84,6 +85,17 @@ def test_exact_match():
         ("It costs 0.50 each", "0.5"),
         ("5,000,000 people", "5000000"),
         ("answer is:\n 7 apples", "7"),
+        # a run-on past the answer (plain prompts): the first marker with a number is the answer
+        ("9*2 = 18 dollars.\n#### 18\n\nQuestion: Tom has 3 and buys 4?\nAnswer: 3+4 = 7\n#### 7", "18"),
+        ("#### Step 1: Eggs\n16 eggs.\n#### Step 2: Left\n16-3-4 = 9\nThe answer is 18", "18"),  # headings
+        ("Answer: 5 + 3 = 8", "8"),
+        ("The answer is not obvious. First 3 + 5 = 8, so we get 16.", "16"),
+        ("#### 1/2", "0.5"),
+        ("\\boxed{\\frac{3}{4}}", "0.75"),
+        ("#### 2/6", "1/3"),
+        (".5 of them", "0.5"),
+        ("answer: 1e3", "1000"),
+        ("12/25/2020", "12"),
         ("no number here", None),
         ("", None),
     ],
@@ -116,6 +128,35 @@ def test_number_scoring_of_a_wrong_or_missing_answer():
     assert score_generation(answer, "#### 18", "She sells 16 eggs, so 17.")["correct"] is False
     missing = score_generation(answer, "#### 18", "I cannot tell.")
     assert (missing["prediction"], missing["parsed"], missing["correct"]) == (None, False, False)
+
+
+def test_a_fraction_never_matches_its_numerator_or_denominator():
+    answer = AnswerSpec(type="number")
+    assert score_generation(answer, "#### 1/2", "#### 1/3")["correct"] is False
+    assert score_generation(answer, "#### 0.5", "So the answer is 1/2.")["correct"] is True
+    assert score_generation(answer, "#### 3", "The answer is 3/4.")["correct"] is False
+
+
+def test_numbers_in_every_written_form_extract_to_their_value_on_random_numbers():
+    """Property: a number written plain, with thousands commas, a currency sign, trailing zeros, as a fraction
+    or in scientific notation, after any marker and followed by a run-on with another answer, extracts to the
+    canonical form of its value."""
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        value = Fraction(int(rng.integers(-10**7, 10**7)), int(rng.choice([1, 1, 2, 4, 5, 8, 10, 100])))
+        decimal = Decimal(value.numerator) / Decimal(value.denominator)
+        plain = format(decimal, "f")
+        forms = [plain, plain + "0" if "." in plain else plain + ".00", f"{decimal:,}"]
+        if value.denominator != 1:
+            forms.append(f"{value.numerator}/{value.denominator}")
+        if value >= 0:
+            forms += [f"${decimal:,}", f"{decimal:.3e}" if len(plain.replace('.', '').strip('0')) <= 4 else plain]
+        expected = "0" if value == 0 else format(decimal.normalize(), "f")
+        for form in forms:
+            for text in (f"#### {form}", f"So the answer is {form}.", f"Answer: **{form}**",
+                         f"Thus \\boxed{{{form}}}", f"It makes {form}",
+                         f"Working.\n#### {form}\n\nQuestion: Another?\n#### 999"):
+                assert extract_number(text) == expected, (text, expected)
 
 
 def _reference_canonical(number: str) -> str:

@@ -22,6 +22,8 @@ LABELS = {"negative": "negative", "positive": "positive", "very_positive": "very
     ("positively great", None),
     ("", None),
     ("no idea", None),
+    ("Sure!\nPositive", "positive"),  # a chatty opener: the label on a later line
+    ("Sure, negative.\nOr positive", "negative"),  # the first line decides when it names one
 ])
 def test_parse_label(text, label):
     assert parse_label(text, LABELS) == label
@@ -31,6 +33,25 @@ def test_underscored_labels_match_spoken_answers():
     assert parse_label("Card arrival", {"card_arrival": "card_arrival", "card_linking": "card_linking"}) == (
         "card_arrival"
     )
+
+
+def test_verbalizers_without_words_match_nothing_and_collisions_are_refused_before_a_run(lab):
+    from llamalab.config import LlamalabError
+    from llamalab.evaluation.parsing import unparseable_verbalizers
+
+    assert parse_label("", {"a": "yes", "b": "?"}) is None
+    assert parse_label("", {"up": "+", "down": "-"}) is None
+    assert "no letters or digits" in unparseable_verbalizers({"up": "+", "down": "-"})
+    assert "read the same" in unparseable_verbalizers({"Positive": "Positive", "positive": "positive"})
+    assert unparseable_verbalizers(LABELS) is None
+    task = lab.task_path("sentiment")
+    task.write_text(task.read_text().replace("labels: [negative, positive]", "labels: [negative, positive]\n"
+                                             "  verbalizers: {negative: '-', positive: '+'}"))
+    assert "'+'" in task.read_text()
+    before = sorted(lab.runs_dir.glob("*")) if lab.runs_dir.exists() else []
+    with pytest.raises(LlamalabError, match="no letters or digits.*--protocol loglikelihood"):
+        evaluate(lab, EvalSettings(system="smollm2-135m-instruct", task="sentiment", protocol="generate", limit=2))
+    assert (sorted(lab.runs_dir.glob("*")) if lab.runs_dir.exists() else []) == before  # no run folder
 
 
 def _argmax_continuation(model, prompt: list[int], steps: int) -> list[int]:

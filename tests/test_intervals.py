@@ -32,11 +32,14 @@ def _label_rows(rng: np.random.Generator) -> tuple[list[dict], list[str]]:
 def _generation_rows(rng: np.random.Generator) -> list[dict]:
     n = int(rng.integers(1, 80))
     p_right, p_zero = rng.random(), rng.random()
+    # Entity counts from plenty to a system that predicts (or a split that holds) an entity only now and then,
+    # where many resamples have no predicted entity and precision is undefined on them.
+    rates = rng.uniform(0, 2, size=3) * (rng.choice([1.0, 0.03], size=3))
     rows = []
     for i in range(n):
         correct = bool(rng.random() < p_right)
         rouge = 0.0 if rng.random() < p_zero else float(rng.beta(0.5, 2.0))
-        tp, fp, fn = (int(rng.poisson(lam)) for lam in rng.uniform(0, 2, size=3))
+        tp, fp, fn = (int(rng.poisson(lam)) for lam in rates)
         rows.append({"id": f"x{i}", "correct": correct, "exact_strict": correct and rng.random() < 0.5,
                      "rouge1": rouge, "rouge2": rouge / 2, "rougeL": rouge, "tp": tp, "fp": fp, "fn": fn})
     return rows

@@ -54,6 +54,20 @@ def test_k_shot_examples_come_before_the_query(tokenizer):
     assert chat.prompt(EX).count("<|im_start|>assistant") == 2  # the shot's answer turn + the generation prompt
 
 
+def test_a_plain_answer_ends_where_the_model_starts_another_example(tokenizer):
+    """In plain format a model runs on past its answer into a made-up next example, as the shots taught it: the
+    answer is the text before a blank line followed by the prompt's opening words; chat answers are untouched."""
+    shot = Example("f:9", {"text": "dull ."}, "negative", "f:9")
+    plain = Prompter(task(), tokenizer, "plain", shots=(shot,))
+    run_on = " good\n\nReview: a bad film .\nSentiment: bad"
+    assert plain.answer_text(run_on) == " good"
+    assert plain.answer_text(" good\n\nthe end\nReview: x") == " good\n\nthe end\nReview: x"  # no new example
+    assert Prompter(task(), tokenizer, "chat").answer_text(run_on) == run_on
+    listed = Prompter(task(), tokenizer, "plain", list_labels=True)
+    assert listed.answer_text(" good\n \nAnswer with exactly one of: good, negative.") == " good"
+    assert Prompter(task(template="{{ text }} ->"), tokenizer, "plain").answer_text(run_on) == run_on
+
+
 def test_trailing_space_moves_to_the_answer(tokenizer):
     prompter = Prompter(task(template="Review: {{ text }}\nSentiment: "), tokenizer, "plain")
     encoded = prompter.encode(prompter.prompt(EX), "good")

@@ -408,3 +408,22 @@ def test_paired_bootstrap_tie_case_found_in_review() -> None:
     idx = resample_indices(24, 5000, 0)
     counts = np.asarray(a)[idx].sum(axis=1) - np.asarray(b)[idx].sum(axis=1)
     assert result.p_value == (np.count_nonzero(np.abs(counts - 5) >= 5) + 1) / 5001
+
+
+def test_a_resample_where_precision_is_undefined_is_left_out_not_scored_zero() -> None:
+    """A system that predicts entities rarely but always rightly: precision 1.0, and every resample where it is
+    defined is 1.0, so the interval is [1, 1] (scoring the undefined ones 0 gave [0, 1]); the method says how
+    many were left out, and the paired test leaves them out as well."""
+    from llamalab.evaluation import stats as S
+
+    rare = S.ratio_statistic([3, 3, 2] + [0] * 47, [0] * 50)
+    interval = S.statistic_ci(rare, n_resamples=2000)
+    assert (interval.estimate, interval.low, interval.high) == (1.0, 1.0, 1.0)
+    left_out = int(interval.method.split(", ")[-1].split()[0])
+    assert 0 < left_out < 2000 and interval.method.endswith("resamples where the metric is undefined left out")
+    nothing = S.statistic_ci(S.ratio_statistic([0] * 10, [0] * 10), n_resamples=100)
+    assert (nothing.estimate, nothing.low, nothing.high) == (0.0, 0.0, 0.0)  # never defined: 0, as sklearn's
+    test = S.paired_bootstrap_statistic(rare, S.ratio_statistic([1] * 50, [1] * 50), "entity_precision",
+                                        n_resamples=2000)
+    assert test.delta == 0.5 and test.detail["undefined_resamples"] == left_out
+    assert test.p_value == 1 / (2000 - left_out + 1)

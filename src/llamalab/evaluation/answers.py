@@ -13,6 +13,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 
@@ -60,7 +61,9 @@ def exact_match_strict(gold: str, pred: str) -> float:
 _SQL_TOKEN = re.compile(
     r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\d+(?:\.\d+)?|[^\W\d]\w*|<=|>=|<>|!=|\|\||\S"""
 )
-_FENCE = re.compile(r"```(?:[A-Za-z]+)?\s*\n?(.*?)```", re.DOTALL)
+# A fenced code block: its info string ("sql", "sqlite3", " sql") is the rest of the opening line; an answer cut
+# off before the closing fence runs to the end.
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)|```(.*?)```", re.DOTALL)
 
 
 def normalize_sql(sql: str) -> str:
@@ -87,33 +90,60 @@ def extract_sql(text: str) -> str:
     """The SQL query in a model's answer: the first fenced code block if there is one, else the text; cut after
     the first statement's semicolon. Empty when there is no query."""
     fenced = _FENCE.search(text)
-    body = (fenced.group(1) if fenced else text).strip()
-    end = body.find(";")
-    return body[: end + 1].strip() if end >= 0 else body
+    body = (next(g for g in fenced.groups() if g is not None) if fenced else text).strip()
+    for token in _SQL_TOKEN.finditer(body):  # a semicolon inside a quoted literal does not end the statement
+        if token.group() == ";":
+            return body[: token.end()].strip()
+    return body
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Numbers
 
 # A number: optional minus (not after a digit/letter, so "5-3" and "COVID-19" are not negative), an optional
-# currency sign, then either comma-grouped thousands or plain digits, then an optional decimal part. The
-# look-behind before the digits keeps "1.5" from also yielding "5" and ".5" from yielding "5".
+# currency sign, then comma-grouped thousands or plain digits with an optional decimal part, or a bare decimal
+# part (".5"); an optional exponent ("1e3"); an optional denominator ("3/4", one number). The look-behind before
+# the digits keeps "1.5" from also yielding "5" (and "12/25/2020" from yielding a fraction 25/2020).
 _NUMBER = re.compile(
-    r"(?:(?<![\w.])(?P<sign>-))?[$€£]?"
-    r"(?<![\d.])(?P<digits>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?"
+    r"(?:(?<![\w.])(?P<sign>-))?[$€£]?(?<![\d./])"
+    r"(?:(?P<digits>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?|(?P<lead>\.\d+))"
+    r"(?P<exp>[eE][+-]?\d{1,2}(?!\w|\.\d))?"
+    r"(?:\s*/\s*(?P<den>\d+)(?![\d/]|\.\d))?"
 )
+_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}")  # LaTeX \frac{a}{b} -> a/b
+# What may stand between an answer marker and its number: a colon or equals sign, bold, \boxed{.
+_LEAD_IN = re.compile(r"\s*(?:[:=]\s*)?(?:\*\*\s*)?(?:\\boxed\s*\{\s*)?")
+# An arithmetic chain after a number, up to its "=": "5 + 3 = 8" answers 8.
+_CHAIN = re.compile(r"(?:\s*[-+*/×÷x]\s*\(?[$€£]?\d[\d,]*(?:\.\d+)?\)?)*\s*=\s*")
+_MARKER = re.compile(r"####")
 _ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")
 
 
 def _canonical(match: re.Match[str]) -> str:
-    value = Decimal(match["digits"].replace(",", "") + (match["frac"] or ""))
+    value = Fraction(Decimal((match["digits"] or "").replace(",", "") + (match["frac"] or match["lead"] or "")
+                             + (match["exp"] or "")))
+    if match["den"] and int(match["den"]):
+        value /= int(match["den"])
     if match["sign"]:
         value = -value
-    if value == 0:
-        return "0"
+    if value.denominator != 1 and 10**30 % value.denominator:  # 1/3 has no exact decimal: kept as a fraction
+        return f"{value.numerator}/{value.denominator}"
     # normalize() drops trailing zeros; format "f" undoes the exponent it uses for integers like 1E+3.
-    return format(value.normalize(), "f")
+    decimal = Decimal(value.numerator) / Decimal(value.denominator)
+    return "0" if value == 0 else format(decimal.normalize(), "f")
+
+
+def _number_after(text: str, pos: int) -> str | None:
+    """The number that starts right at `pos` (after a colon, bold or \\boxed{), following an arithmetic chain
+    to its result ("5 + 3 = 8" is 8); None when something else comes first."""
+    match = _NUMBER.match(text, _LEAD_IN.match(text, pos).end())
+    while match is not None and (chain := _CHAIN.match(text, match.end())) and chain.end() > match.end():
+        following = _NUMBER.match(text, chain.end())
+        if following is None:
+            break
+        match = following
+    return _canonical(match) if match else None
 
 
 def _first_number(text: str) -> str | None:
@@ -136,21 +166,20 @@ def _boxed_contents(text: str) -> list[str]:
 
 def extract_number(text: str) -> str | None:
     """The final numeric answer of a model's free text, in canonical form: no thousands commas or currency sign,
-    no trailing zeros after the point ("$1,234.50" -> "1234.5", "42.0" -> "42", "-0" -> "0").
+    no trailing zeros after the point ("$1,234.50" -> "1234.5", "42.0" -> "42", "-0" -> "0", "1e3" -> "1000",
+    "3/4" -> "0.75"; a fraction without an exact decimal stays one: "2/6" -> "1/3").
 
-    The first number after the last ``####`` marker wins; else the first number after the last "answer is" /
-    "answer:" phrase; else the first number inside the last ``\\boxed{}``; else the last number in the text.
-    A rule whose marker is present but is followed by no number falls through to the next. Units, currency
-    signs, percent signs, thousands separators (also LaTeX ``{,}``) and sentence-final periods are ignored.
+    The number right after the first ``####`` marker that has one wins (a model running on past its answer
+    writes more; a heading "#### Step 2" has none); else the number right after the first "answer is" /
+    "answer:" phrase that has one (an arithmetic chain to its result: "answer: 5 + 3 = 8" is 8); else the first
+    number inside the last ``\\boxed{}``; else the last number in the text. Units, currency signs, percent
+    signs, thousands separators (also LaTeX ``{,}``), ``\\frac{a}{b}`` and sentence-final periods are handled.
     Returns None when the text holds no number.
     """
-    text = text.replace("{,}", ",").replace("\u2212", "-")
-    marker = text.rfind("####")
-    if marker >= 0 and (number := _first_number(text[marker + 4 :])) is not None:
-        return number
-    phrases = list(_ANSWER_PHRASE.finditer(text))
-    if phrases and (number := _first_number(text[phrases[-1].end() :])) is not None:
-        return number
+    text = _FRAC.sub(r"\1/\2", text.replace("{,}", ",").replace("\u2212", "-"))
+    for marker in (*_MARKER.finditer(text), *_ANSWER_PHRASE.finditer(text)):
+        if (number := _number_after(text, marker.end())) is not None:
+            return number
     boxed = _boxed_contents(text)
     if boxed and (number := _first_number(boxed[-1])) is not None:
         return number

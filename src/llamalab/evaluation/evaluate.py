@@ -30,6 +30,7 @@ from llamalab.evaluation.metrics import (
     prediction_summary,
     score_generation,
 )
+from llamalab.evaluation.parsing import unparseable_verbalizers
 from llamalab.evaluation.systems import System, resolve_system, system_outline
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
@@ -224,6 +225,10 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
                             "generation runs in the backend's own precision: drop --precision")
     if is_api and settings.format == "plain":
         raise LlamalabError(f"{system.label} is a chat API: it can only be prompted in chat format")
+    if protocol == "generate" and task.answer.type == "label" and (why := unparseable_verbalizers(
+            {label: task.answer.verbalize(label) for label in task.answer.labels})):
+        raise LlamalabError(f"task {task.name!r}: {why}, so generated answers cannot be scored: give the labels "
+                            "distinct `verbalizers:` made of words, or score them with --protocol loglikelihood")
     prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
     max_new = settings.max_new_tokens or task.answer.default_max_new_tokens
     return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new})
@@ -368,7 +373,8 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
 
             def save_generations(indices: list[int], generations) -> None:
                 append_jsonl(path, [
-                    row(i, generation=g.text, **score_generation(task.answer, examples[i].answer, g.text), **g.extra)
+                    row(i, generation=g.text, **score_generation(task.answer, examples[i].answer,
+                                                                 prompter.answer_text(g.text)), **g.extra)
                     for i, g in zip(indices, generations, strict=True)
                 ])
                 advance(len(indices))

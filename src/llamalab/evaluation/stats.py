@@ -40,14 +40,18 @@ class RowStatistic:
 
     rows: RowFunction
     n: int
+    point: float | None = None  # the estimate, where it is not the identity resample's value (a mean over seeds)
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         return self.rows(idx)
 
     @property
     def estimate(self) -> float:
-        """The metric on the examples themselves (the identity resample)."""
-        return float(self.rows(np.arange(self.n)[None, :])[0])
+        """The metric on the examples themselves (the identity resample); 0 where it is undefined (a precision
+        with nothing predicted), as scikit-learn's zero_division=0 has it."""
+        if self.point is not None:
+            return self.point
+        return float(np.nan_to_num(self.rows(np.arange(self.n)[None, :])[0], nan=0.0))
 
 
 @dataclass(frozen=True)
@@ -183,12 +187,25 @@ def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def _percentile_interval(stat: RowStatistic, n_resamples: int, confidence: float, seed: int) -> Interval:
+    """A resample on which the metric is undefined (NaN: e.g. a precision over a resample with nothing
+    predicted) is left out, and the method says how many were: scoring it 0 would drag the interval down to 0
+    for a system that predicts rarely but always rightly."""
     _check_confidence(confidence)
-    replicates = stat(resample_indices(stat.n, n_resamples, seed))
+    estimate = stat.estimate
+    low, high, left_out = percentiles(stat(resample_indices(stat.n, n_resamples, seed)), estimate, confidence)
+    method = f"percentile bootstrap, {n_resamples} resamples, seed {seed}{left_out}"
+    return Interval(estimate, low, high, stat.n, method, confidence)
+
+
+def percentiles(replicates: np.ndarray, estimate: float, confidence: float = 0.95) -> tuple[float, float, str]:
+    """The percentile interval of bootstrap replicates, leaving out the undefined (NaN) ones, and what the
+    method string adds about them ("" when none were); [estimate, estimate] when none is defined."""
+    defined = replicates[~np.isnan(replicates)]
     alpha = 1.0 - confidence
-    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    method = f"percentile bootstrap, {n_resamples} resamples, seed {seed}"
-    return Interval(stat.estimate, float(low), float(high), stat.n, method, confidence)
+    low, high = np.quantile(defined, [alpha / 2, 1 - alpha / 2]) if defined.size else (estimate, estimate)
+    undefined = replicates.size - defined.size
+    note = f", {undefined} resamples where the metric is undefined left out" if undefined else ""
+    return float(low), float(high), note
 
 
 def paired_bootstrap_statistic(
@@ -201,19 +218,22 @@ def paired_bootstrap_statistic(
     delta = metric_a - metric_b
     idx = resample_indices(stat_a.n, n_resamples, seed)
     deltas = stat_a(idx) - stat_b(idx)
+    deltas = deltas[~np.isnan(deltas)]  # resamples where either metric is undefined say nothing about Δ
+    undefined = n_resamples - len(deltas)
     # Shift method: centring the bootstrap deltas on the observed delta approximates the null
     # distribution; the +1 correction keeps p > 0, as a finite number of resamples cannot prove p = 0.
     # Resampled deltas of accuracy-like metrics fall on a grid of k/n, so many tie the observed one exactly; float
     # rounding must not decide whether a tie counts (a metric's grid is far coarser than this tolerance).
     tolerance = 1e-9 * max(1.0, abs(delta))
     exceed = int(np.count_nonzero(np.abs(deltas - delta) >= abs(delta) - tolerance))
-    p_value = (exceed + 1) / (n_resamples + 1)
+    p_value = (exceed + 1) / (len(deltas) + 1)
     detail = {
         "metric": metric,
         "metric_a": metric_a,
         "metric_b": metric_b,
         "n_resamples": n_resamples,
         "seed": seed,
+        **({"undefined_resamples": undefined} if undefined else {}),
     }
     return PairedTest(f"paired bootstrap ({metric})", delta, p_value, stat_a.n, detail)
 
@@ -239,21 +259,23 @@ def label_statistic(
 
 
 def ratio_statistic(hits: Sequence[float], misses: Sequence[float]) -> RowStatistic:
-    """Row statistic: sum(hits) / (sum(hits) + sum(misses)), e.g. micro precision = tp / (tp + fp)."""
+    """Row statistic: sum(hits) / (sum(hits) + sum(misses)), e.g. micro precision = tp / (tp + fp); NaN on a
+    resample where both sums are 0 (undefined: nothing predicted, for a precision)."""
     hits_arr, misses_arr = np.asarray(hits, dtype=float), np.asarray(misses, dtype=float)
 
     def rows(idx: np.ndarray) -> np.ndarray:
         out = np.empty(len(idx))
         for chunk in _chunks(len(idx), idx.shape[1] * 2):
             h, m = hits_arr[idx[chunk]].sum(axis=1), misses_arr[idx[chunk]].sum(axis=1)
-            out[chunk] = np.divide(h, h + m, out=np.zeros(len(h)), where=(h + m) > 0)
+            out[chunk] = np.divide(h, h + m, out=np.full(len(h), np.nan), where=(h + m) > 0)
         return out
 
     return RowStatistic(rows, len(hits_arr))
 
 
 def micro_f1_statistic(tp: Sequence[int], fp: Sequence[int], fn: Sequence[int]) -> RowStatistic:
-    """Row statistic: micro F1 from per-example true/false positive and false negative counts."""
+    """Row statistic: micro F1 from per-example true/false positive and false negative counts; NaN on a resample
+    with no entity at all, gold or predicted (undefined)."""
     counts = np.stack([np.asarray(c, dtype=float) for c in (tp, fp, fn)])
 
     def rows(idx: np.ndarray) -> np.ndarray:
@@ -261,7 +283,7 @@ def micro_f1_statistic(tp: Sequence[int], fp: Sequence[int], fn: Sequence[int]) 
         for chunk in _chunks(len(idx), idx.shape[1] * 3):
             tp_, fp_, fn_ = (counts[k][idx[chunk]].sum(axis=1) for k in range(3))
             denom = 2 * tp_ + fp_ + fn_
-            out[chunk] = np.divide(2 * tp_, denom, out=np.zeros(len(tp_)), where=denom > 0)
+            out[chunk] = np.divide(2 * tp_, denom, out=np.full(len(tp_), np.nan), where=denom > 0)
         return out
 
     return RowStatistic(rows, counts.shape[1])

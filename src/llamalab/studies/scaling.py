@@ -169,8 +169,10 @@ def trained_size(state: CellState) -> int:
 
 
 def _mean_of(seeds: list[stats.RowStatistic]) -> stats.RowStatistic:
-    """The mean over seeds, as one statistic of the (shared) examples."""
-    return stats.RowStatistic(lambda idx: np.mean([s(idx) for s in seeds], axis=0), seeds[0].n)
+    """The mean over seeds, as one statistic of the (shared) examples: its estimate the mean of the seeds' own
+    (as the interval's), a resample where a seed's metric is undefined undefined (NaN)."""
+    return stats.RowStatistic(lambda idx: np.mean([s(idx) for s in seeds], axis=0), seeds[0].n,
+                              float(np.mean([s.estimate for s in seeds])))
 
 
 def _seed_interval(seeds: list[stats.RowStatistic], resamples: int, seed: int = 0) -> Interval:
@@ -180,7 +182,7 @@ def _seed_interval(seeds: list[stats.RowStatistic], resamples: int, seed: int = 
     values = np.stack([s(idx) for s in seeds])  # seeds x resamples
     picks = np.random.default_rng(seed + 1).integers(0, k, size=(resamples, k))
     replicates = values[picks, np.arange(resamples)[:, None]].mean(axis=1)
-    low, high = np.quantile(replicates, [0.025, 0.975])
     estimate = float(np.mean([s.estimate for s in seeds]))
-    method = f"percentile bootstrap over examples and {k} seed(s), {resamples} resamples, seed {seed}"
-    return Interval(estimate=estimate, low=float(low), high=float(high), n=n, method=method)
+    low, high, left_out = stats.percentiles(replicates, estimate)
+    method = f"percentile bootstrap over examples and {k} seed(s), {resamples} resamples, seed {seed}{left_out}"
+    return Interval(estimate=estimate, low=low, high=high, n=n, method=method)

@@ -82,6 +82,17 @@ class Prompter:
         parts.append(self.user_text(example))
         return "".join(parts)
 
+    def answer_text(self, generation: str) -> str:
+        """A generation up to where the model starts another example: in plain format a model may run on past its
+        answer, repeating the prompt's pattern, so the text from a blank line followed by the prompt's opening
+        words (the template's literal start) on is not part of its answer. Chat answers end at end-of-turn."""
+        opening = "Answer with exactly one of:" if self.list_labels else (
+            re.split(r"\{[{%#]", self.task.prompt.template)[0].strip().split("\n")[0].strip())
+        if self.format != "plain" or not opening:
+            return generation
+        cut = re.search(r"\n[ \t]*\n\s*" + re.escape(opening), generation)
+        return generation[: cut.start()] if cut else generation
+
     def continuation(self, answer: str) -> str:
         """What follows the prompt for a given answer text (without an end-of-turn marker)."""
         return answer if self.format == "chat" else self.task.prompt.target_delimiter + answer
