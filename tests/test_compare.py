@@ -335,3 +335,14 @@ def test_evaluations_on_the_tasks_earlier_data_are_left_out_and_named(lab):
     earlier_only = {r.id for r in list_runs(lab.runs_dir, "eval")} - {current.id, unknown.id}
     with pytest.raises(LlamalabError, match="only on earlier data: gone \\[plain\\], kept \\[plain\\]"):
         compare(lab, "sentiment", only=earlier_only)
+
+
+def test_a_systems_widest_evaluation_is_its_row_not_a_later_quick_check(lab):
+    """A `--limit` check made after a full evaluation of the same system does not replace it on the board; among
+    evaluations of the same size the newest is taken."""
+    full = fake_eval(lab, "model", [True] * 30 + [False] * 10)
+    quick = fake_eval(lab, "model", [False] * 5)
+    assert [row.run for row in compare(lab, "sentiment").systems] == [full.id]
+    again = fake_eval(lab, "model", [True] * 20 + [False] * 20)
+    assert [row.run for row in compare(lab, "sentiment").systems] == [again.id]
+    assert compare(lab, "sentiment", only={quick.id}).systems[0].run == quick.id

@@ -100,9 +100,10 @@ class Latest(NamedTuple):
 
 
 def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | None = None) -> Latest:
-    """The newest finished eval of each system (`SystemKey`: weights, prompt format, shots, protocol, backend)
-    on this task split, made on the task's data as it is now. Labels are derived for display only: renaming a
-    system never changes what is paired.
+    """The finished eval of each system (`SystemKey`: weights, prompt format, shots, protocol, backend) on this
+    task split that covers the most examples, the newest of those, made on the task's data as it is now: a quick
+    `--limit 20` check made after a full evaluation does not replace it. Labels are derived for display only:
+    renaming a system never changes what is paired.
 
     An evaluation whose recorded data hashes differ from the task's files now saw other examples (or other
     answers) under the same ids: pairing it with a current one would compare unlike things, so it is left out,
@@ -117,7 +118,9 @@ def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | Non
         if only is not None and record.id not in only:
             continue
         recorded = run.task.data_sha256
-        (earlier if current and recorded and recorded != current else latest)[run.system_key] = record
+        chosen = earlier if current and recorded and recorded != current else latest
+        if run.system_key not in chosen or run.task.n >= chosen[run.system_key].run.task.n:
+            chosen[run.system_key] = record  # list_runs is oldest first: the newest of the widest
     labels = [record.run.display_label for record in latest.values()]
     entries = [Entry(record, read_predictions(record.folder),
                      label if labels.count(label) == 1 else f"{label} ({record.id[-4:]})")  # same label, other system
