@@ -41,3 +41,14 @@ def test_llama_cpp_generation_refuses_a_budget_its_context_would_cut(lab):
                                             r"\d+ of the max_new_tokens 2040 asked for; lower max_new_tokens"):
         evaluate(lab, EvalSettings(system=EMBEDDED_NAME, task="sentiment", limit=4, backend="llama.cpp",
                                    protocol="generate", max_new_tokens=2040))
+
+
+def test_llama_cpp_label_scoring_past_its_context_is_refused_clearly(lab):
+    """A prompt and label longer than llama.cpp's context failed deep inside it ("failed to find a memory slot")."""
+    from llamalab.config import LlamalabError
+
+    task = lab.task_path("sentiment")
+    task.write_text(task.read_text().replace("{{ text }}", "{% for _ in range(150) %}{{ text }} {% endfor %}"))
+    with pytest.raises(LlamalabError, match=r"context holds 2048 tokens: the longest prompt with its longest label "
+                                            r"needs \d+; shorten the prompts"):
+        evaluate(lab, EvalSettings(system=EMBEDDED_NAME, task="sentiment", limit=2, backend="llama.cpp"))

@@ -163,6 +163,22 @@ def test_bfloat16_scoring_reports_the_close_calls_it_scored_again_in_float32(mod
             assert not _too_close(ours)
 
 
+def test_a_close_call_is_judged_in_the_ranking_the_task_uses():
+    """Per character (lm-eval's acc_norm), -10 over 10 characters and -5.05 over 5 are 0.01 apart: a bfloat16 error
+    of 0.1 nats flips them, though the summed and per-token scores are far apart. Calibrated: the offsets count."""
+    from llamalab.backends.base import ChoiceScore
+    from llamalab.backends.hf_scoring import _too_close, label_error
+
+    scores = [ChoiceScore(-10.0, 4, False, "bfloat16"), ChoiceScore(-5.05, 1, False, "bfloat16")]
+    assert not _too_close(scores)  # summed and per token: clear
+    assert _too_close(scores, ((0.0, 10.0), (0.0, 5.0)))  # per character: close
+    assert _too_close(scores, ((-5.0, 1.0), (0.0, 1.0)))  # calibrated: -5.0 vs -5.05
+    assert not _too_close(scores, ((-20.0, 1.0), (0.0, 1.0)))
+    gap = 2 * label_error(1)
+    assert _too_close([ChoiceScore(-1.0, 1, True), ChoiceScore(-1.0 - gap, 1, False)], ((0, 1), (0, 1)))
+    assert not _too_close([ChoiceScore(-1.0, 1, True), ChoiceScore(-1.01 - gap, 1, False)], ((0, 1), (0, 1)))
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_token_budget_batches_cover_every_row_once_within_the_budget(seed):
     """`batch_size: auto` on a GPU: consecutive rows (longest first), each batch padded to its first row's length

@@ -56,6 +56,11 @@ def resolve_model(name: str) -> ModelRef:
     )
 
 
+# What a model needs from its hub repository: config, weights, tokenizer (newer ones keep the chat template in
+# chat_template.jinja), not the repo's other files (GGUF copies, original checkpoints).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
 def _from_hub(name: str) -> ModelRef:
     """A Hugging Face hub model as its local snapshot (downloaded once into the hub cache; offline, the cached
     one): the plan reads its config like a folder's, and its revision is the snapshot's commit."""
@@ -63,7 +68,7 @@ def _from_hub(name: str) -> ModelRef:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        folder = Path(snapshot_download(name, allow_patterns=HUB_FILES))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LlamalabError(f"cannot get model {name!r} from the Hugging Face hub ({first}); offline, download it "

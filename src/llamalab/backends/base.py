@@ -16,6 +16,9 @@ from typing import Any, Literal, Protocol
 class ChoiceRequest:
     prompt_ids: list[int]
     choice_ids: list[list[int]]  # each non-empty
+    # How the caller ranks the choices, per choice (offset, divisor): by (logprob - offset) / divisor (per token,
+    # per character, calibrated). Lets reduced-precision scoring tell which calls are close; None: sum or mean.
+    ranking: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)

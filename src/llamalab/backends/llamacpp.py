@@ -47,6 +47,13 @@ class LlamaCppBackend:
         self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
         backend_spec(self.name).check_precision(precision)
+        # past its context llama.cpp fails with "failed to find a memory slot": refuse before scoring anything
+        longest = max((len(r.prompt_ids) + max(len(c) for c in r.choice_ids) - 1 for r in requests), default=0)
+        if longest > (context := self.llm.n_ctx()):
+            raise LlamalabError(
+                f"the llama.cpp backend's context holds {context} tokens: the longest prompt with its longest label "
+                f"needs {longest}; shorten the prompts (e.g. fewer shots, or a smaller max_length), or use the hf "
+                "backend")
         for i, request in enumerate(requests):
             on_batch([i], [self._score(request)])
 

@@ -164,8 +164,8 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
                                 list_labels=task.answer.type == "label" and settings.protocol == "generate")
             record.update(prompt=prompt_provenance(prompter, record))
             unconditional = None
-            if settings.protocol == "loglikelihood":
-                calibration = content_free_scores(prompter, backend, examples[0], settings.precision)
+            if settings.protocol == "loglikelihood":  # in float32: its scores shift every label's, in any precision
+                calibration = content_free_scores(prompter, backend, examples[0], "float32")
                 unconditional = calibration["logprobs"]
                 record.update(scoring=record.run.scoring.model_copy(update={"calibration": calibration}))
             path = record.folder / PREDICTIONS
@@ -333,13 +333,18 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
         started = time.perf_counter()
         if settings.protocol == "loglikelihood":
             requests = []
+            chars = _label_chars(task)
             for prompt in prompts:
                 encoded = [prompter.encode(prompt, prompter.continuation(v)) for v in verbalized.values()]
-                requests.append(ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded]))
+                # the ranking label_score applies, so reduced-precision scoring knows which calls are close
+                ranking = tuple(
+                    ((unconditional or {}).get(label, 0.0) if task.answer.normalize == "calibrate" else 0.0,
+                     float(len(e.answer_ids) if task.answer.normalize == "mean" else
+                           max(chars[label], 1) if task.answer.normalize == "chars" else 1))
+                    for label, e in zip(labels, encoded, strict=True))
+                requests.append(ChoiceRequest(encoded[0].prompt_ids, [e.answer_ids for e in encoded], ranking))
             n_tokens = sum(len(r.prompt_ids) + sum(len(c) for c in r.choice_ids) for r in requests)
             computed = backend.forward_tokens(requests) if hasattr(backend, "forward_tokens") else None
-
-            chars = _label_chars(task)
 
             def save_scores(indices: list[int], scores) -> None:
                 rows = []
