@@ -177,6 +177,25 @@ def test_derived_split_is_stratified_seeded_and_pinned(tmp_path):
         load_task_data(make_task(tmp_path, [{"path": "all.jsonl"}], {**split, "seed": 4}))
 
 
+@pytest.mark.parametrize("change", ["a file now gives dev", "the dev file is gone"])
+def test_a_pinned_split_whose_drawn_splits_change_is_refused(tmp_path, change):
+    """A manifest pinned while the pool gave dev and test, then a dev file added (its pinned dev examples were in
+    no split, silently), or pinned with a dev file that is then removed (a KeyError): both are a mismatch."""
+    rows = [{"text": f"t{i}", "label": "pos" if i % 2 else "neg"} for i in range(100)]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps({**r, "text": f"d{i}"}) + "\n" for i, r in
+                                                enumerate(rows[:10])))
+    pool_only = [{"path": "all.jsonl"}]
+    with_dev = [{"path": "all.jsonl"}, {"path": "dev.jsonl", "split": "dev"}]
+    split = {"source": "pool", "dev": 0.1, "test": 0.1, "seed": 3}
+    first, then = (pool_only, with_dev) if change == "a file now gives dev" else (with_dev, pool_only)
+    data = load_task_data(make_task(tmp_path, first, split))
+    assert sum(len(v) for v in data.splits.values()) == 100 + (10 if first is with_dev else 0)
+    with pytest.raises(LlamalabError, match=r"t.json: the recorded split no longer matches the task's files: it "
+                                            r"draws .* from pool, and now .* must be drawn; .* delete this file"):
+        load_task_data(make_task(tmp_path, then, split))
+
+
 def test_derive_split_depends_on_seed_only():
     from llamalab.tasks.data import Example
 

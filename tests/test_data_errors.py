@@ -200,7 +200,8 @@ def test_yaml_boolean_labels_say_quote_them(lab):
     ("{path: data/p/x.tsv, header: false}", r"`header: false` needs `columns:`"),
     ("{path: data/p/x.csv, columns: [text, label]}", r"add `header: false`"),
     ("{path: data/p/x.txt}", r"needs `label:`.*format: tsv, header: false, columns: \[text, label\]"),
-    ("{path: data/p/x.csv, encoding: latin9x}", r"unknown encoding 'latin9x'"),
+    ("{path: data/p/x.csv, encoding: latin9x}", r"unknown text encoding 'latin9x'"),
+    ("{path: data/p/x.csv, encoding: rot13}", r"unknown text encoding .rot13."),
     ("{path: data/p/x.csv, delimiter: ';;'}", r"at most 1 character"),
 ])
 def test_file_options_are_validated_in_the_task_file(lab, entry, message):
@@ -305,3 +306,70 @@ def test_an_id_used_twice_is_a_bad_row_naming_both_places(lab):
         load_task_data(load_task(lab.task_path("probe"), lab.root))
     data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
     assert [ex.id for ex in data.split("train")] == ["a", "b"] and [ex.id for ex in data.split("test")] == ["b", "c"]
+
+
+@pytest.mark.parametrize("template", ["{{ text + 1 }}", '{% include \\"x\\" %}{{ text }}', "{{ (text | int) / 0 }}"])
+def test_a_template_that_fails_on_an_example_names_it(lab, template):
+    data_dir(lab)
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}]", template=template)
+    task = load_task(lab.task_path("probe"), lab.root)
+    with pytest.raises(LlamalabError, match=r"prompt.template .* fails on example data/p/train.jsonl:1 \("):
+        load_task_data(task)
+
+
+def test_records_the_readers_used_to_lose_or_crash_on(lab):
+    """A blank line in a one-text-per-line file, a JSON NaN text, repeated header names or JSON keys, a field
+    past csv's default size limit, and minified JSON lists read by two file entries."""
+    folder = data_dir(lab)
+    (folder / "pos.txt").write_text("good one\nnice\n\n")
+    write_lab_task(lab, "[{path: data/p/pos.txt, label: pos, split: train}, {path: data/p/train.jsonl, split: test}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root))
+    assert [e.fields["text"] for e in data.split("train")] == ["good one", "nice"]
+
+    (folder / "nan.json").write_text('[{"text": NaN, "label": "pos"}, {"text": "ok", "label": "neg"}]')
+    write_lab_task(lab, "[{path: data/p/nan.json, split: train}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == ["data/p/nan.json:1 ([0]): missing or empty field(s): text"]
+
+    (folder / "twice.csv").write_text("text,label,text\nhello,pos,\n")
+    write_lab_task(lab, "[{path: data/p/twice.csv, split: train}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == ["data/p/twice.csv:1: the header names 'text' more than once: "
+                                               "rename the columns, or set `header: false` and `columns:`"]
+
+    (folder / "keys.json").write_text('{"train": [{"text": "a", "label": "pos"}], "train": []}')
+    write_lab_task(lab, "[{path: data/p/keys.json, records: train, split: train}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert "names 'train' twice" in str(data.bad_rows[0])
+
+    (folder / "long.csv").write_text('text,label\n"' + "x" * 200_000 + '",pos\n')
+    write_lab_task(lab, "[{path: data/p/long.csv, split: train}]")
+    assert len(load_task_data(load_task(lab.task_path("probe"), lab.root)).split("train")[0].fields["text"]) == 200_000
+
+    (folder / "mini.json").write_text('{"train": [["hi", "pos"]], "more": [["what", "neg"]]}\n')
+    write_lab_task(lab, "[{path: data/p/mini.json, records: train, split: train, columns: [text, label]}, "
+                        "{path: data/p/mini.json, records: more, split: train, columns: [text, label]}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root))
+    assert [e.id for e in data.split("train")] == ["data/p/mini.json:1 (train[0])", "data/p/mini.json:1 (more[0])"]
+
+
+def test_a_misspelled_id_field_is_an_error_and_a_file_without_ids_keeps_line_ids(lab):
+    folder = data_dir(lab)
+    (folder / "ids.jsonl").write_text('{"uid": "a", "text": "t", "label": "pos"}\n{"text": "u", "label": "neg"}\n')
+    write_lab_task(lab, "[{path: data/p/ids.jsonl, split: train}]", extra="  id_field: uuid")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert any("no record in any file has data.id_field 'uuid'" in e and "uid" in e for e in data.errors)
+    write_lab_task(lab, "[{path: data/p/ids.jsonl, split: train}, {path: data/p/train.jsonl, split: test}]",
+                   extra="  id_field: uid")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == [
+        "data/p/ids.jsonl:2: missing id field 'uid' (data.id_field), which other records of this file have"]
+    assert [e.id for e in data.split("test")] == ["data/p/train.jsonl:1", "data/p/train.jsonl:2"]
+
+
+def test_a_task_file_whose_name_is_not_its_own_is_refused(lab):
+    copy = lab.root / "tasks" / "sentiment_v2.yaml"
+    copy.write_text(lab.task_path("sentiment").read_text().replace("seed: 13", "seed: 14"))
+    with pytest.raises(LlamalabError, match=r"sentiment_v2.yaml: key 'name': 'sentiment' is not the file's name.*"
+                                            r"set name: sentiment_v2"):
+        load_task(copy, lab.root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -99,6 +100,11 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
         bad.extend(file_bad)
         first = first or next(iter(examples), None)
     data = TaskData(splits=dict(by_split), bad_rows=bad, file_hashes=hashes)
+    id_field = task.data.id_field
+    if id_field and first is not None and not any(
+            follow(ex.fields, id_field) is not None for examples in by_split.values() for ex in examples):
+        data.errors.append(f"no record in any file has data.id_field {id_field!r} (the records have "
+                           f"{', '.join(_paths(first.fields))}): fix data.id_field, or remove it to use line ids")
     data.prompt_error = _prompt_problem(task, first) if first else None
     # Pin a split only from clean data: one drawn around bad rows would no longer match once they are fixed.
     drawn = _assemble_splits(task, data, pin=not bad)
@@ -172,6 +178,7 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
         return [], [*bad, missing]
     examples = []
     labels = set(task.answer.labels)
+    with_ids = bool(task.data.id_field) and any(follow(r.value, task.data.id_field) is not None for r in records)
     for record in records:
         source, row = record.source, record.value
         if file.spans:
@@ -181,11 +188,11 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
                 bad.append(BadRow(source, str(exc)))
                 continue
         answer = file.label if file.label is not None else row.get(task.data.answer_field)
-        missing = [f for f in task.data.text_fields if not str(row.get(f) or "").strip()]
+        missing = [f for f in task.data.text_fields if _empty(row.get(f))]
         if missing:
             bad.append(BadRow(source, f"missing or empty field(s): {', '.join(missing)}"))
             continue
-        if answer is None or str(answer).strip() == "":
+        if _empty(answer):
             bad.append(BadRow(source, f"missing answer field {task.data.answer_field!r}"))
             continue
         # Unicode stays as written: the model is taught (and scored on) the text itself, not \u escapes.
@@ -194,9 +201,18 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
             bad.append(BadRow(source, f"label {answer!r} is not in the task's label set"))
             continue
         keys = follow(row, task.data.id_field) if task.data.id_field else None
+        if with_ids and (keys is None or _empty(lookup(row, keys))):  # a file without ids keeps the default ones
+            bad.append(BadRow(source, f"missing id field {task.data.id_field!r} (data.id_field), which other "
+                                      "records of this file have"))
+            continue
         ident = str(lookup(row, keys)) if keys is not None else record.id
         examples.append(Example(ident, row, answer, source))  # JSON values stay: a template may join a list
     return examples, bad
+
+
+def _empty(value: Any) -> bool:
+    """No text: absent, blank, or a float NaN (JSON's NaN, a pandas-written gap) that would become "nan"."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
 def _map_fields(file: DataFile, raw: dict[str, Any]) -> dict[str, Any]:
@@ -334,13 +350,17 @@ def _pinned_assignment(
             raise LlamalabError(f"{shown}: the recorded split cannot be read ({exc}); if a merge left conflict "
                                 "markers in it, resolve them, or delete the file to derive (and record) the split "
                                 "again") from None
-        if pinned.get("fingerprint") == fingerprint and "assignment" in pinned:
+        drawn = sorted(pinned.get("assignment", {}))
+        if pinned.get("fingerprint") == fingerprint and drawn == sorted(["train", *wanted]):
             return pinned["assignment"]
         if pin:
+            why = "data or `data.split` settings"
+            if pinned.get("fingerprint") == fingerprint:  # a file now gives a split the manifest draws, or the reverse
+                why = (f"files: it draws {', '.join(s for s in drawn if s != 'train') or 'no split'} from "
+                       f"{spec.source}, and now {', '.join(wanted) or 'no split'} must be drawn")
             raise LlamalabError(
-                f"{shown}: the recorded split no longer matches the task's "
-                "data or `data.split` settings; if the change is intended, delete this file to derive (and record) "
-                "a new split"
+                f"{shown}: the recorded split no longer matches the task's {why}; if the change is intended, delete "
+                "this file to derive (and record) a new split"
             )
     # only labels are strata: an answer of another kind (a number, a text) is nearly unique, and each group of one
     # or two would round to no held-out example at all

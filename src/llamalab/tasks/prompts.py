@@ -67,6 +67,11 @@ class Prompter:
             ) from None
         except jinja2.TemplateSyntaxError as exc:
             raise LlamalabError(f"task {self.task.name!r}: prompt.template line {exc.lineno}: {exc.message}") from None
+        except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise LlamalabError(
+                f"task {self.task.name!r}: prompt.template {self.task.prompt.template!r} fails on example "
+                f"{example.source} ({type(exc).__name__}: {exc}); a template renders fields as text: fix it"
+            ) from None
         if self.list_labels:
             choices = ", ".join(self.task.answer.verbalize(label) for label in self.task.answer.labels)
             text = f"Answer with exactly one of: {choices}.\n\n{text}"

@@ -110,13 +110,10 @@ def _lines(text: str) -> list[str]:
 
 
 def _read_lines(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
-    rows, bad = [], []
-    for line_no, line in enumerate(_lines(text), 1):
-        if line.strip():
-            rows.append(Record(f"{file.path}:{line_no}", {"text": line.strip()}))
-        else:
-            bad.append(BadRow(f"{file.path}:{line_no}", "empty line"))
-    return rows, bad
+    """One text per line; blank lines are skipped, as in JSONL and CSV."""
+    rows = [Record(f"{file.path}:{line_no}", {"text": line.strip()})
+            for line_no, line in enumerate(_lines(text), 1) if line.strip()]
+    return rows, []
 
 
 def _read_jsonl(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
@@ -151,9 +148,12 @@ def _shape(file: DataFile, source: str, value: Any, rows: list[Record], bad: lis
 
 def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     try:
-        document = json.loads(text)
+        document = json.loads(text, object_pairs_hook=_no_repeated_keys)
     except json.JSONDecodeError as exc:
         return [], [BadRow(f"{file.path}:{exc.lineno}", f"malformed JSON ({exc.msg}, column {exc.colno})")]
+    except _RepeatedKey as exc:
+        return [], [BadRow(file.path, f"an object names {exc.args[0]!r} twice (JSON readers keep one of the two "
+                                      "silently): rename or merge the repeats")]
     keys = follow(document, file.records) if file.records else []
     if keys is None:
         shown = f" (its keys: {', '.join(map(str, document))})" if isinstance(document, dict) else ""
@@ -162,14 +162,26 @@ def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     if not isinstance(records, list):
         return [], [BadRow(f"{file.path}:1", _not_a_list(file, records))]
     lines = _line_numbers(text, [offset for _, offset in _json_children(text, _json_position(text, keys))])
-    # A minified file puts every record on one line: then the index tells them apart (and keeps ids unique).
-    unique = len(set(lines)) == len(lines)
+    # A minified file puts records on one line: then `records:` and the index tell them apart (and keep ids unique,
+    # also across file entries that read other lists of the same file).
+    unique = len(set(lines)) == len(lines) and "\n" in text.strip()
     rows: list[Record] = []
     bad: list[BadRow] = []
     for index, (line, value) in enumerate(zip(lines, records, strict=True)):
         source = f"{file.path}:{line}" if unique else f"{file.path}:{line} ({file.records or ''}[{index}])"
         _shape(file, source, value, rows, bad)
     return rows, bad
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _RepeatedKey(next(key for key in keys if keys.count(key) > 1))
+    return dict(pairs)
 
 
 def _not_a_list(file: DataFile, found: Any) -> str:
@@ -225,6 +237,7 @@ def _line_numbers(text: str, offsets: list[int]) -> list[int]:
 
 
 def _read_delimited(file: DataFile, text: str, fmt: str) -> tuple[list[Record], list[BadRow]]:
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long document is one field (131,072 by default)
     reader = csv.reader(
         io.StringIO(text, newline=""), delimiter=file.delimiter or ("\t" if fmt == "tsv" else ","),
         quotechar=file.quotechar, quoting=csv.QUOTE_MINIMAL if file.quotechar else csv.QUOTE_NONE, strict=True,
@@ -238,6 +251,9 @@ def _read_delimited(file: DataFile, text: str, fmt: str) -> tuple[list[Record], 
             return [], []
         except csv.Error as exc:
             return [], [BadRow(f"{file.path}:1", f"malformed header ({exc})")]
+        if repeated := sorted({name for name in names if names.count(name) > 1}):
+            return [], [BadRow(f"{file.path}:1", f"the header names {', '.join(map(repr, repeated))} more than "
+                                                 "once: rename the columns, or set `header: false` and `columns:`")]
         what = "the header has"
     rows: list[Record] = []
     bad: list[BadRow] = []

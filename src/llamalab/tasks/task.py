@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from llamalab.config import KeyProblem, StrictModel, load_config
+from llamalab.config import KeyProblem, LlamalabError, StrictModel, load_config
 
 SPLITS = ("train", "dev", "test")
 FileFormat = Literal["jsonl", "json", "csv", "tsv", "lines", "parquet", "arrow", "hf_dataset"]
@@ -87,9 +87,11 @@ class DataFile(StrictModel):
         if self.columns and len(set(self.columns)) != len(self.columns):
             raise ValueError("`columns:` must be unique")
         try:
-            codecs.lookup(self.encoding)
+            text_encoding = codecs.lookup(self.encoding)._is_text_encoding  # not rot13, hex, zlib: transforms
         except LookupError:
-            raise ValueError(f"unknown encoding {self.encoding!r}: e.g. utf-8, latin-1, cp1252, utf-16") from None
+            text_encoding = False
+        if not text_encoding:
+            raise ValueError(f"unknown text encoding {self.encoding!r}: e.g. utf-8, latin-1, cp1252, utf-16")
         return self
 
     def resolved_format(self) -> FileFormat:
@@ -245,4 +247,9 @@ class Task(StrictModel):
 def load_task(path: Path, lab_root: Path) -> Task:
     """Load tasks/<name>.yaml; data paths resolve against the lab root."""
     task = load_config(Task, path)
+    if task.name != path.stem:  # a copy edited into tasks/x_v2.yaml would pin its split over the original's
+        raise LlamalabError(
+            f"{path}: key 'name': {task.name!r} is not the file's name: commands find a task by its file, and its "
+            f"runs and pinned split (data/splits/<name>.json) go by `name`, so they must agree: set name: "
+            f"{path.stem}")
     return task.model_copy(update={"lab_root": lab_root})
