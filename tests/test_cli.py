@@ -155,3 +155,9 @@ def test_init_without_git_says_so_instead_of_failing(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "git is not installed" in result.output
     assert (tmp_path / "mylab" / "lab.yaml").is_file() and not (tmp_path / "mylab" / ".git").exists()
+
+
+def test_a_mistyped_run_id_says_it_is_neither_a_run_nor_a_model(lab):
+    result = CliRunner().invoke(app, ["export", "nosuchrun", str(lab.root / "out"), "--lab", str(lab.root)])
+    assert "no train run or API model named 'nosuchrun' in this lab, and base model 'nosuchrun' not found" in (
+        str(result.exception))

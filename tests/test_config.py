@@ -155,3 +155,40 @@ def test_api_models_in_lab_yaml_are_api_models(tmp_path):
     path.write_text(f"name: lab\napi_models:\n  gpt:\n{entry.replace('https://', 'ftp://')}")
     with pytest.raises(LlamalabError, match=r"lab.yaml:4: key 'api_models.gpt.base_url'.*must start with http"):
         load_config(LabConfig, path)
+
+
+def test_aliases_that_refer_to_themselves_or_expand_without_end_are_refused_quickly(tmp_path):
+    from llamalab.config import load_yaml
+
+    (tmp_path / "loop.yaml").write_text("name: x\ndata: &a {files: [*a]}\n")
+    with pytest.raises(LlamalabError, match=r"loop.yaml:2: an anchor holds an alias to itself"):
+        load_yaml(tmp_path / "loop.yaml")
+    lines = ["a0: &a0 [x, x]", *(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 27))]
+    (tmp_path / "laughs.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(LlamalabError, match=r"laughs.yaml:1: its aliases expand to [\d,]+ values \(at most"):
+        load_yaml(tmp_path / "laughs.yaml")  # was checked in 34 s for 26 levels, doubling with each
+    (tmp_path / "merge.yaml").write_text("base: &b {lr: 1}\nrun: {<<: *b, seed: 2}\n")
+    assert load_yaml(tmp_path / "merge.yaml")[0]["run"] == {"lr": 1, "seed": 2}
+
+
+def test_init_on_a_file_says_so(tmp_path):
+    from llamalab.lab import init_lab
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LlamalabError, match="afile exists and is not a folder"):
+        init_lab(tmp_path / "afile")
+
+
+def test_a_value_fitting_no_type_of_a_union_is_one_message_and_internal_keys_are_not_suggested(tmp_path):
+    from llamalab.config import parse_model
+    from llamalab.evaluation.evaluate import EvalSettings
+
+    with pytest.raises(LlamalabError) as error:
+        parse_model(EvalSettings, {"system": "x", "task": "t", "batch_size": 0}, "command line")
+    assert str(error.value) == ("command line: key 'batch_size': Input should be greater than or equal to 1, or "
+                                "input should be 'auto' (got 0)")
+    path = tmp_path / "task.yaml"
+    path.write_text("name: task\nlab_rot: 1\n")
+    with pytest.raises(LlamalabError) as error:
+        load_config(Task, path)
+    assert "unknown key 'lab_rot'" in str(error.value) and "lab_root" not in str(error.value)

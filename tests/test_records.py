@@ -248,3 +248,71 @@ def test_killed_writer_never_leaves_a_bad_record(tmp_path):
     with path.open("a") as handle:  # a kill mid-line leaves a truncated record: it is skipped
         handle.write('{"i": 99')
     assert len(read_jsonl(path)) == len(records)
+
+
+def _resume_at_once(runs_dir: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        record = resume_run(Path(runs_dir), "eval", "e", {"limit": 1})
+        results.put(("took", record.id))
+        time.sleep(3)  # alive while the other looks
+    except LlamalabError as exc:
+        results.put(("refused", str(exc)))
+
+
+def test_two_resumes_at_once_never_both_take_the_run(tmp_path):
+    """The check that a run is not alive and the claim are one step: of two `--resume`s started together, one
+    takes the run and the other is told it is running (both took it, and appended to one predictions file)."""
+    for attempt in range(3):
+        runs = tmp_path / str(attempt)
+        crashed = RunRecord.create(runs, "eval", "e", {"limit": 1}, **eval_fields())
+        crashed.update(status="interrupted", pid=None)
+        barrier, results = multiprocessing.Barrier(3), multiprocessing.Queue()
+        workers = [multiprocessing.Process(target=_resume_at_once, args=(str(runs), barrier, results))
+                   for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        outcomes = sorted(results.get(timeout=60)[0] for _ in workers)
+        for worker in workers:
+            worker.join()
+        assert outcomes == ["refused", "refused", "took"]
+
+
+def test_a_live_run_of_another_user_is_alive(tmp_path, monkeypatch):
+    from llamalab.runs.record import is_alive
+
+    record = RunRecord.create(tmp_path, "eval", "e", {}, **eval_fields())
+    record.update(pid=os.getppid())
+
+    def denied(pid, signal):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", denied)
+    assert is_alive(record)
+
+
+def test_damaged_run_files_are_errors_that_name_the_file_and_line(tmp_path):
+    from llamalab.runs.record import read_predictions
+
+    record = RunRecord.create(tmp_path, "eval", "e", {"a": 1}, **eval_fields())
+    predictions = record.folder / "predictions.jsonl"
+    append_jsonl(predictions, [{"id": "x:1", "correct": True}])
+    with predictions.open("a") as handle:
+        handle.write('{"id": "x:2", "cor\n{"id": "x:3"}\n')
+    with pytest.raises(LlamalabError, match=r"predictions.jsonl:2: not JSON .*restore it .*or move the run folder"):
+        read_predictions(record.folder)
+    predictions.write_text('{"id": "x:1"}\n[1, 2]\n')
+    with pytest.raises(LlamalabError, match=r"predictions.jsonl:2: not a JSON object"):
+        read_predictions(record.folder)
+    predictions.write_text('{"id": "x:1"}\n{"correct": true}\n{"id": "x:3", "trunc')  # the last: a kill mid-append
+    with pytest.raises(LlamalabError, match=r"predictions.jsonl:2: a prediction row without an example id"):
+        read_predictions(record.folder)
+    predictions.write_text('{"id": "x:1"}\n{"id": "x:3", "trunc')
+    assert list(read_predictions(record.folder)) == ["x:1"]
+
+    (record.folder / "config.yaml").write_text("a: [1,\n")
+    with pytest.raises(LlamalabError, match=r"config.yaml: cannot read this run's settings"):
+        record.config  # noqa: B018 - the property reads the file
+    (record.folder / "run.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(LlamalabError, match=r"run.json: cannot read this run record: .*move the run folder"):
+        RunRecord.load(record.folder)

@@ -41,6 +41,8 @@ def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     text = read_utf8(path, "save the file as UTF-8")
     try:
         node = yaml.compose(text)
+        if problem := _alias_problem(node):
+            raise LlamalabError(f"{path}:{problem[1]}: {problem[0]}")
         if repeated := _repeated_key(node):
             key, line, first = repeated
             raise LlamalabError(f"{path}:{line}: key {key!r} is given twice (first on line {first}); YAML would "
@@ -64,6 +66,43 @@ def read_utf8(path: Path, fix: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise LlamalabError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); {fix}") from None
+
+
+_MOST_VALUES = 1_000_000  # values a config may expand to through aliases: a config is not a data file
+
+
+def _alias_problem(node: yaml.Node | None) -> tuple[str, int] | None:
+    """An alias that refers to itself, or aliases that expand past _MOST_VALUES ("billion laughs"), with a line;
+    aliases are otherwise fine (`<<: *defaults`)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(item: yaml.Node) -> int:
+        if id(item) in sizes:
+            return sizes[id(item)]
+        if id(item) in open_nodes:
+            raise _Cycle(item.start_mark.line + 1)
+        open_nodes.add(id(item))
+        children = item.value if isinstance(item, yaml.SequenceNode | yaml.MappingNode) else []
+        total = 1 + sum(size(part) for child in children for part in (child if isinstance(child, tuple) else (child,)))
+        open_nodes.discard(id(item))
+        sizes[id(item)] = total
+        return total
+
+    if node is None:
+        return None
+    try:
+        total = size(node)
+    except _Cycle as cycle:
+        return "an anchor holds an alias to itself, which no config can mean: write the value out", cycle.line
+    if total > _MOST_VALUES:
+        return f"its aliases expand to {total:,} values (at most {_MOST_VALUES:,}): write the values out", 1
+    return None
+
+
+class _Cycle(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
 
 
 def _repeated_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
@@ -107,8 +146,25 @@ def parse_model(model: type[M], data: Any, source: str, node: yaml.Node | None =
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(model, err, source, node) for err in exc.errors()]
-        raise LlamalabError("\n".join(problems)) from None
+        problems = [_describe(model, err, source, node) for err in _merge_union_errors(model, exc.errors())]
+        raise LlamalabError("\n".join(dict.fromkeys(problems))) from None
+
+
+def _merge_union_errors(model: type[StrictModel], errors: list) -> list:
+    """One error per key whose value fits none of a union's types (`batch_size: 0`, neither a whole number >= 1
+    nor 'auto'): pydantic gives one per member, located under the member's internal name ("constrained-int")."""
+    merged: list = []
+    for err in errors:
+        loc = err["loc"]
+        tagged = (err["type"] not in ("extra_forbidden", "missing") and len(loc) > 1 and isinstance(loc[-1], str)
+                  and loc[-1] not in _fields_at(model, list(loc[:-1]))
+                  and not isinstance(err.get("ctx", {}).get("error"), KeyProblem))
+        previous = merged[-1] if merged else None
+        if tagged and previous is not None and previous.get("union") == loc[:-1]:
+            previous["msg"] += f", or {err['msg'][0].lower()}{err['msg'][1:]}"
+            continue
+        merged.append({**err, "loc": loc[:-1], "union": loc[:-1]} if tagged else err)
+    return merged
 
 
 def load_config(model: type[M], path: Path) -> M:
@@ -186,7 +242,7 @@ def _fields_at(model: type[BaseModel], loc: list) -> list[str]:
         in_mapping = get_origin(field.annotation) is dict
         current = _model_in(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+        return [name for name, field in current.model_fields.items() if not field.exclude]  # not internal ones
     return []
 
 

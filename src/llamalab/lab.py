@@ -120,6 +120,8 @@ def init_lab(target: Path | str, note: Callable[[str], None] = lambda line: None
     The lab becomes a git repository with a first commit (see `_init_git`); `note` gets a line saying how that went.
     """
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise LlamalabError(f"{target} exists and is not a folder: choose a new folder")
     if (target / "lab.yaml").exists():
         raise LlamalabError(f"{target} already holds a lab (lab.yaml exists)")
     if target.exists() and any(target.iterdir()):

@@ -55,7 +55,10 @@ def resolve_system(lab: Lab, name: str) -> System:
         return System(label=name, kind="api", api=lab.config.api_models[name], trained_format="chat")
     record = _train_run(lab, name)
     if record is None:
-        return System(label=name, kind="base", model=resolve_model(name))
+        try:
+            return System(label=name, kind="base", model=resolve_model(name))
+        except LlamalabError as exc:  # a mistyped run id is not a model either: say both
+            raise LlamalabError(f"no train run or API model named {name!r} in this lab, and {exc}") from None
     run = record.run
     if not run.finished:
         raise LlamalabError(

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from llamalab.config import LlamalabError
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
@@ -123,13 +125,22 @@ def repair_jsonl(path: Path) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Every complete record; a truncated final line (from a kill mid-append) is ignored."""
+    """Every complete record; a truncated final line (from a kill mid-append) is ignored. A line that is not a
+    JSON object anywhere else is damage (an edit, a merge conflict, a Git LFS pointer): an error naming it."""
     if not path.is_file():
         return []
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.endswith(b"\n"):
                 break
-            records.append(json.loads(line))
+            try:
+                row = json.loads(raw)
+            except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                row = exc
+            if not isinstance(row, dict):
+                what = "not a JSON object" if not isinstance(row, Exception) else f"not JSON ({row})"
+                raise LlamalabError(f"{path}:{number}: {what}; the file was edited or damaged: restore it (e.g. "
+                                    "from git), or move the run folder out of runs/")
+            records.append(row)
     return records

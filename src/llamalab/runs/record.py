@@ -44,7 +44,11 @@ def read_predictions(folder: Path) -> dict[str, dict]:
     from llamalab.runs.files import read_jsonl
 
     rows: dict[str, dict] = {}
-    for row in read_jsonl(Path(folder) / PREDICTIONS):
+    path = Path(folder) / PREDICTIONS
+    for number, row in enumerate(read_jsonl(path), 1):
+        if not isinstance(row.get("id"), str):
+            raise LlamalabError(f"{path}:{number}: a prediction row without an example id; the file was edited or "
+                                "damaged: restore it (e.g. from git), or move the run folder out of runs/")
         rows.setdefault(row["id"], row)
     return rows
 
@@ -74,7 +78,11 @@ class RunRecord:
     def config(self) -> dict[str, Any]:
         """The run's resolved settings (config.yaml), or {} when it has none."""
         path = self.folder / CONFIG_FILE
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise LlamalabError(f"{path}: cannot read this run's settings ({str(exc).splitlines()[0]}); restore the "
+                                "file (e.g. from git), or move the run folder out of runs/") from None
         return data if isinstance(data, dict) else {}
 
     @classmethod
@@ -110,8 +118,9 @@ class RunRecord:
             raise LlamalabError(f"{folder} is not a run folder (no {RUN_FILE})")
         try:
             return cls(folder, parse_run(json.loads(path.read_text(encoding="utf-8"))))
-        except (RecordError, json.JSONDecodeError) as exc:
-            raise LlamalabError(f"{path}: cannot read this run record: {exc}") from None
+        except (RecordError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LlamalabError(f"{path}: cannot read this run record: {exc}; restore it (e.g. from git), or move "
+                                "the run folder out of runs/ to go on without it") from None
 
     def update(self, **fields: Any) -> None:
         """Change top-level fields (validated: a wrong shape fails here, not in a reader) and save."""
@@ -256,12 +265,27 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
     if why := inputs.differ(record):
         raise LlamalabError(f"run {record.id} cannot be continued: {why}, so its finished part would not match the "
                             "rest; start it afresh (without --resume)")
-    if is_alive(record):
-        where = f" on {record.run.host}" if record.run.host else ""
-        raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid}{where})")
-    record.update(status="running", pid=os.getpid(), host=socket.gethostname(), slurm_job=slurm_job(),
-                  resumed=[*record.run.resumed, now_iso()])
+    with _claim_lock(record.folder):  # two resumes at once: the second sees the first's claim, not a dead run
+        record = RunRecord.load(record.folder)
+        if is_alive(record):
+            where = f" on {record.run.host}" if record.run.host else ""
+            raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid}{where})")
+        record.update(status="running", pid=os.getpid(), host=socket.gethostname(), slurm_job=slurm_job(),
+                      resumed=[*record.run.resumed, now_iso()])
     return record
+
+
+@contextlib.contextmanager
+def _claim_lock(folder: Path) -> Iterator[None]:
+    """Held while a process checks that a run is not alive and marks it as its own."""
+    import fcntl
+
+    with (folder / ".claim.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def slurm_job() -> str | None:
@@ -300,8 +324,10 @@ def is_alive(record: RunRecord) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         return False
+    except PermissionError:  # it exists, under another user
+        return True
     return True
 
 
