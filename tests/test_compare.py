@@ -213,9 +213,8 @@ def test_time_per_thousand_and_example_counts_on_random_records(lab):
     """Time per 1,000 examples is the recorded prediction time over the examples it timed (all of them for a run
     that never resumed, or one from before `predict_examples`); a local cost is that time at the lab's rate; the
     n shown for several systems is one count or the range of them."""
-    from llamalab.evaluation.compare import SystemRow, n_range
+    from llamalab.evaluation.compare import SystemRow, cost_and_time, n_range
     from llamalab.publish.figures import _seed_counts
-    from llamalab.publish.results import cost_and_time
 
     rng = np.random.default_rng(31)
     for k in range(40):
@@ -264,10 +263,9 @@ def test_api_usage_median_and_a_cost_that_is_only_a_lower_bound(lab, seed):
     """The median latency is the middle of the requests sent (the mean of the two middle ones for an even count);
     a cost with content-filtered answers the API sent no token counts for is shown as a lower bound (≥)
     everywhere the cost appears."""
-    from llamalab.evaluation.compare import SystemRow
+    from llamalab.evaluation.compare import SystemRow, cost_and_time, format_cost
     from llamalab.evaluation.evaluate import _usage
-    from llamalab.publish.results import cost_and_time
-    from llamalab.publish.tables import cost_note, format_cost
+    from llamalab.publish.tables import cost_note
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -346,3 +344,30 @@ def test_a_systems_widest_evaluation_is_its_row_not_a_later_quick_check(lab):
     again = fake_eval(lab, "model", [True] * 20 + [False] * 20)
     assert [row.run for row in compare(lab, "sentiment").systems] == [again.id]
     assert compare(lab, "sentiment", only={quick.id}).systems[0].run == quick.id
+
+
+def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab):
+    """`compare` printed the sum of request latencies and no local cost; the report and site, the wall time and
+    the local cost: one number per run everywhere now."""
+    import re
+
+    from llamalab.evaluation.compare import comparison_table, format_cost, format_seconds
+    from llamalab.lab import find_lab
+    from llamalab.publish.results import task_boards
+    from llamalab.publish.tables import leaderboard_cells
+
+    config = lab.root / "lab.yaml"
+    config.write_text(re.sub(r"(?m)^local_compute_usd_per_hour:.*$", "local_compute_usd_per_hour: 0.5",
+                             config.read_text()))
+    lab = find_lab(lab.root)
+    record = fake_eval(lab, "local", [True] * 1500 + [False] * 500)
+    record.update(timings={"predict_s": 250.0})
+    result = compare(lab, "sentiment")
+    [row] = result.systems
+    assert (row.seconds_per_1k, format_seconds(row.seconds_per_1k)) == (125.0, "125 s")
+    console = Console(record=True, width=400)
+    console.print(comparison_table(result))
+    shown = console.export_text()
+    assert format_cost(row.cost_per_1k_usd, row.cost_basis) in shown and "125 s" in shown
+    [cells] = leaderboard_cells(task_boards(lab)[0])[1]
+    assert format_cost(row.cost_per_1k_usd, row.cost_basis) in cells and "125 s" in cells

@@ -67,8 +67,9 @@ def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir):
     assert resumed.run.metrics == clean.run.metrics
     # The killed session recorded no time: the resumed run's time covers the 8 examples it predicted, and its time
     # per 1,000 examples and the methods text say so (not 8 examples' time over all 20)
+    from llamalab.evaluation.compare import cost_and_time
     from llamalab.publish.methods import methods_paragraphs
-    from llamalab.publish.results import cost_and_time, task_boards
+    from llamalab.publish.results import task_boards
 
     timings = resumed.run.timings
     assert timings["predict_examples"] == 8 and clean.run.timings["predict_examples"] == 20

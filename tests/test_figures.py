@@ -43,3 +43,16 @@ def test_scaling_figure_has_a_line_per_comparator(comparators: int) -> None:
         [f"comparator-{c}" for c in range(comparators)]
     lines = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("comparator-")]
     assert len({(str(line._unscaled_dash_pattern), line.get_linewidth()) for line in lines}) == comparators
+
+
+def test_labels_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
+    """A label with two `$` was drawn as mathtext (signs gone, italics), or stopped the build ("Unknown symbol")."""
+    from llamalab.publish.figures import quant_tradeoff, save
+
+    names = ["gpt ($2.50 in, $10 out)", "bad $\\notacommand{$ label"]
+    rows = [QuantRow(name, quant, size, None, interval(0.6), None, None, None, None)
+            for name in names for quant, size in (("f16", 300.0), ("q8_0", 160.0))]
+    fig = quant_tradeoff(rows, "accuracy", "t")
+    [svg] = save(fig, tmp_path / "f", ("svg",))
+    text = svg.read_text()
+    assert "gpt ($2.50 in, $10 out)" in text and "bad $\\notacommand{$ label" in text

@@ -317,3 +317,18 @@ def _parse(token: str) -> tuple[float, int]:
     token = token.rstrip("%").replace(",", "")
     decimals = len(token.split(".")[1].split("e")[0]) if "." in token else 0
     return float(token), decimals
+
+
+def test_a_board_where_some_records_lack_data_hashes_says_so(unselected, tmp_path):
+    """One evaluation recorded before data hashes were, one after: methods says which recorded what (it raised an
+    AttributeError), and a board mixing two data versions says they read different data."""
+    from llamalab.lab import find_lab
+
+    shutil.copytree(unselected.root, tmp_path / "lab")
+    lab = find_lab(tmp_path / "lab")
+    board = board_of(lab, "sentiment")
+    first = board.entries[0].record
+    first.update(task=first.run.task.model_copy(update={"data_sha256": {}}).model_dump())
+    text = methods_of(lab, "sentiment")
+    assert "Not every evaluation recorded the data it read: " in text and "no hashes recorded (" in text
+    assert build_report(lab, "r").is_dir()

@@ -852,3 +852,41 @@ def test_a_cells_run_on_weights_changed_since_is_not_the_cells(lab, tiny_model_d
     save_file({k: v + 0.01 * torch.randn_like(v) for k, v in load_file(weights).items()}, weights,
               metadata={"format": "pt"})
     assert [s.status for s in cell_states(lab, study)] == ["pending", "pending"]
+
+
+def test_a_quantization_row_evaluated_before_the_tasks_data_changed_is_not_the_rows(lab):
+    """As the leaderboard leaves out an evaluation on the task's earlier data, the study does not take it as its
+    f16 reference (it did: the table compared q8_0 on today's data with f16 on yesterday's)."""
+    from llamalab.config import parse_model
+    from llamalab.evaluation.evaluate import EvalSettings, complete_settings
+    from llamalab.evaluation.systems import system_outline
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.quantization import gguf_file, recorded_quantization
+    from llamalab.tasks.data import current_file_hashes
+    from llamalab.tasks.task import load_task
+    from tests.records import eval_fields
+
+    name = "smollm2-135m-instruct"
+    write_study(lab, "q", f"kind: quantization\nquantize: {{systems: [{name}], types: [f16, q8_0]}}\n"
+                          "eval: {task: sentiment, limit: 20}\n")
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    now = current_file_hashes(task)
+    made = {}
+    for quant, hashes in (("f16", {path: "0" * 64 for path in now}), ("q8_0", now)):
+        path = gguf_file(lab, name, quant)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"GGUF" + bytes(64))
+        settings = parse_model(EvalSettings, {"system": str(path), "task": "sentiment", "split": "test",
+                                              "limit": 20, "backend": "llama.cpp"}, "test")
+        config = complete_settings(settings, task, system_outline(lab, str(path))).model_dump()
+        fields = eval_fields(label=str(path), n=20, backend="llama.cpp")
+        fields["task"]["data_sha256"] = hashes
+        record = RunRecord.create(lab.runs_dir, "eval", str(path), config, **fields)
+        append_jsonl(record.folder / "predictions.jsonl", [
+            {"id": f"x:{i}", "gold": "positive", "prediction": "positive", "correct": True} for i in range(20)])
+        record.update(status="finished", metrics={"accuracy": {"estimate": 1.0, "low": 1.0, "high": 1.0, "n": 20}})
+        made[quant] = record.id
+    rows = recorded_quantization(lab, load_study(lab, "q"))
+    assert [(r.type, r.eval.id) for r in rows] == [("q8_0", made["q8_0"])]
+    assert rows[0].delta is None  # no f16 on today's data to test against yet

@@ -57,7 +57,7 @@ class SystemRow(BaseModel):
     predictions: PredictionSummary
     usage: Usage | None
     vs_reference: PairedResult | None = None  # None for the reference itself
-    # added by the report and the site (publish.results.cost_and_time)
+    # added by `compare` and `task_boards` (cost_and_time): the same numbers in the CLI, report and site
     cost_per_1k_usd: float | None = None
     cost_basis: str | None = None
     seconds_per_1k: float | None = None
@@ -129,6 +129,52 @@ def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | Non
     return Latest(entries, left_out)
 
 
+LOWER_BOUND = "API list prices, at least"
+
+
+def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) -> dict:
+    """Cost and evaluation wall time per 1,000 examples; None where the records do not say.
+
+    API models cost their list prices; local models cost their wall time at `local_usd_per_hour`, if the lab
+    set one (lab.yaml `local_compute_usd_per_hour`)."""
+    run = record.run
+    n = run.task.n if isinstance(run, EvalRun) else 0
+    usage = run.usage if isinstance(run, EvalRun) else None
+    predict_s = run.timings.get("predict_s")
+    timed = run.timings.get("predict_examples", n)  # a resumed run's time covers the examples it timed
+    seconds_per_1k = round(1000 * predict_s / timed, 1) if predict_s and timed else None
+    cost, basis = (usage.cost_per_1k_examples_usd if usage else None), "API list prices"
+    if usage and usage.content_filtered_unmetered:  # answers billed with token counts the API never sent
+        basis = f"{LOWER_BOUND} ({usage.content_filtered_unmetered:,} content-filtered answers without token counts)"
+    if cost is None and local_usd_per_hour is not None and seconds_per_1k is not None:
+        cost, basis = round(local_usd_per_hour * seconds_per_1k / 3600, 6), f"local at ${local_usd_per_hour}/h"
+    return {
+        "cost_per_1k_usd": cost,
+        "cost_basis": basis if cost is not None else None,
+        "seconds_per_1k": seconds_per_1k,
+    }
+
+
+def add_cost_and_time(comparison: Comparison, entries: dict[str, Entry], local_usd_per_hour: float | None) -> None:
+    """Fill each row's cost and time per 1,000 examples from its run (`entries` by run id)."""
+    for row in comparison.systems:
+        for name, value in cost_and_time(entries[row.run].record, local_usd_per_hour).items():
+            setattr(row, name, value)
+
+
+def format_cost(value: float | None, basis: str | None = None) -> str:
+    """US dollars; `~` marks an estimate from local compute time rather than an API bill, `≥` a lower bound (some
+    answers came without token counts)."""
+    if value is None:
+        return "–"
+    mark = "~" if basis and basis.startswith("local") else "≥" if basis and basis.startswith(LOWER_BOUND) else ""
+    return f"{mark}${value:.4f}"
+
+
+def format_seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f} s"
+
+
 def compare(
     lab: Lab, task: str, split: str = "test", metric: str | None = None, resamples: int = 5000,
     only: set[str] | None = None, reference: str | None = None,
@@ -141,7 +187,9 @@ def compare(
     if not entries:
         why = f" on its current data (only on earlier data: {', '.join(earlier)})" if earlier else ""
         raise LlamalabError(f"no finished evaluations of task {task!r} on its {split} split{why} in {lab.runs_dir}")
-    return rank(spec, entries, split, metric, resamples, reference, earlier)
+    comparison = rank(spec, entries, split, metric, resamples, reference, earlier)
+    add_cost_and_time(comparison, {e.record.id: e for e in entries}, lab.config.local_compute_usd_per_hour)
+    return comparison
 
 
 def rank(
@@ -248,17 +296,19 @@ def reference_cell(result: Comparison) -> str:
 def comparison_table(result: Comparison) -> Table:
     """The comparison as a rich table: metrics with CIs, paired tests, and API cost and latency."""
     tests = sorted({row.vs_reference.test for row in result.systems if row.vs_reference})
+    with_cost = any(row.cost_per_1k_usd is not None or row.seconds_per_1k is not None for row in result.systems)
     table = Table(
         title=escape(f"{result.task} / {result.split}  (ranked by {result.metric})"),
         caption=escape(
             f"p: {', '.join(tests) or 'no other system'} on {result.metric} against {reference_name(result)}, "
             "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
             "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse. "
+            + ("$: API list prices (≥ a lower bound: some answers came without token counts; ~ local compute at "
+               "the lab's rate); time: evaluation wall time. " if with_cost else "")
             + earlier_data_note(result)).strip(),
     )
-    with_usage = any(row.usage for row in result.systems)
     columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result.metrics), "Δ vs ref.", "p",
-               "p (Holm)", "predictions", *(["$ / 1k ex", "latency / 1k ex"] if with_usage else [])]
+               "p (Holm)", "predictions", *(["$ / 1k ex", "time / 1k ex"] if with_cost else [])]
     for column in columns:
         table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
     for row in result.systems:
@@ -272,12 +322,8 @@ def comparison_table(result: Comparison) -> Table:
         else:
             cells += [format_delta(vs), format_p(vs.p_value), format_p(vs.p_holm)]
         cells.append(prediction_cell(row.predictions))
-        if with_usage:
-            cost = row.usage.cost_per_1k_examples_usd if row.usage else None
-            latency = row.usage.latency_s_per_1k_examples if row.usage else None
-            at_least = "≥" if row.usage and row.usage.content_filtered_unmetered else ""  # some answers unmetered
-            cells += [f"{at_least}{cost:.4f}" if cost is not None else "-",
-                      f"{latency:.0f} s" if latency is not None else "-"]
+        if with_cost:  # as the report and the site show them: evaluation wall time, ~ local and ≥ lower-bound costs
+            cells += [format_cost(row.cost_per_1k_usd, row.cost_basis), format_seconds(row.seconds_per_1k)]
         table.add_row(*(escape(cell) for cell in cells))  # labels like "model [plain]" are text, not markup
     return table
 

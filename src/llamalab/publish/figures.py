@@ -28,6 +28,7 @@ _METADATA = {
 _STYLE = {
     "svg.hashsalt": "llamalab", "svg.fonttype": "none", "font.size": 10, "axes.spines.top": False,
     "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100,
+    "text.parse_math": False,  # labels are text: "gpt ($2.50 in, $10 out)" is not mathtext (nor an error)
 }
 _BLUE, _ORANGE, _GREY = "#2563eb", "#ea580c", "#6b7280"
 # Every system and comparator gets a line: past the last style (colour) the cycle repeats, thicker (another marker)

@@ -75,11 +75,12 @@ def _task_and_data(board: TaskBoard, evals: list[_Eval], sizes: _SplitSizes) -> 
     hashes = [e.run.task.data_sha256 for e in evals]
     if all(h == hashes[0] for h in hashes):
         data = f"Data: {_files(hashes[0])}." if hashes[0] else "The data files' hashes are not recorded."
-    else:  # a board mixing data versions must say so: its rows are not comparable as they stand
-        data = "The evaluations read different data: " + "; ".join(
-            f"{_files(h) or 'no hashes recorded'} ({_join(names)})"
-            for h, names in _grouped((_files(h), e.name) for h, e in zip(hashes, evals, strict=True)).items()
-        ) + "."
+    else:  # a board mixing data versions (or records without hashes) must say so
+        groups = _grouped((_files(h) if h else "", e.name) for h, e in zip(hashes, evals, strict=True))
+        opening = ("The evaluations read different data" if sum(1 for text in groups if text) > 1
+                   else "Not every evaluation recorded the data it read")
+        data = f"{opening}: " + "; ".join(
+            f"{text or 'no hashes recorded'} ({_join(names)})" for text, names in groups.items()) + "."
     return (f"Task {board.name} ({answer_type} answers, scored by {metrics}). "
             f"{_examples_sentence(board, evals, sizes)} {data}")
 

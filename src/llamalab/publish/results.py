@@ -9,11 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamalab.evaluation.compare import Comparison, Entry, SystemRow, format_p, latest_evals, rank, refers_to, signed
+from llamalab.evaluation.compare import (
+    Comparison,
+    Entry,
+    SystemRow,
+    add_cost_and_time,
+    format_p,
+    latest_evals,
+    rank,
+    refers_to,
+    signed,
+)
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
-from llamalab.runs.schema import EvalRun
 from llamalab.studies.quantization import REFERENCE, QuantRow, recorded_quantization
 from llamalab.studies.run import CellState, cell_states, recorded_comparators
 from llamalab.studies.scaling import ScalingResult, scaling_result
@@ -66,37 +75,9 @@ def task_boards(
         named = reference and any(refers_to(reference, e.record.id, e.label) for e in entries)
         comparison = rank(task, entries, split, reference=reference if named else None, earlier_data=earlier)
         by_run = {e.record.id: e for e in entries}
-        for row in comparison.systems:
-            for name, value in cost_and_time(by_run[row.run].record, lab.config.local_compute_usd_per_hour).items():
-                setattr(row, name, value)
+        add_cost_and_time(comparison, by_run, lab.config.local_compute_usd_per_hour)
         boards.append(TaskBoard(task, comparison, [by_run[row.run] for row in comparison.systems]))
     return boards
-
-
-LOWER_BOUND = "API list prices, at least"
-
-
-def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) -> dict:
-    """Cost and evaluation wall time per 1,000 examples; None where the records do not say.
-
-    API models cost their list prices; local models cost their wall time at `local_usd_per_hour`, if the lab
-    set one (lab.yaml `local_compute_usd_per_hour`)."""
-    run = record.run
-    n = run.task.n if isinstance(run, EvalRun) else 0
-    usage = run.usage if isinstance(run, EvalRun) else None
-    predict_s = run.timings.get("predict_s")
-    timed = run.timings.get("predict_examples", n)  # a resumed run's time covers the examples it timed
-    seconds_per_1k = round(1000 * predict_s / timed, 1) if predict_s and timed else None
-    cost, basis = (usage.cost_per_1k_examples_usd if usage else None), "API list prices"
-    if usage and usage.content_filtered_unmetered:  # answers billed with token counts the API never sent
-        basis = f"{LOWER_BOUND} ({usage.content_filtered_unmetered:,} content-filtered answers without token counts)"
-    if cost is None and local_usd_per_hour is not None and seconds_per_1k is not None:
-        cost, basis = round(local_usd_per_hour * seconds_per_1k / 3600, 6), f"local at ${local_usd_per_hour}/h"
-    return {
-        "cost_per_1k_usd": cost,
-        "cost_basis": basis if cost is not None else None,
-        "seconds_per_1k": seconds_per_1k,
-    }
 
 
 def dev_evals(lab: Lab, task: str) -> list[RunRecord]:

@@ -5,30 +5,20 @@ from __future__ import annotations
 import re
 
 from llamalab.evaluation.compare import (
+    LOWER_BOUND,
     SystemRow,
     earlier_data_note,
+    format_cost,
     format_delta,
     format_interval,
     format_p,
+    format_seconds,
     interval_note,
     reference_cell,
     reference_name,
     signed,
 )
-from llamalab.publish.results import LOWER_BOUND, QuantBoard, StudyBoard, SweepBoard, TaskBoard
-
-
-def format_cost(value: float | None, basis: str | None = None) -> str:
-    """US dollars; `~` marks an estimate from local compute time rather than an API bill, `≥` a lower bound (some
-    answers came without token counts)."""
-    if value is None:
-        return "–"
-    mark = "~" if basis and basis.startswith("local") else "≥" if basis and basis.startswith(LOWER_BOUND) else ""
-    return f"{mark}${value:.4f}"
-
-
-def format_seconds(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f} s"
+from llamalab.publish.results import QuantBoard, StudyBoard, SweepBoard, TaskBoard
 
 
 def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:

@@ -107,11 +107,13 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
     from llamalab.evaluation.evaluate import settings_hash
     from llamalab.evaluation.systems import system_outline
     from llamalab.models import gguf_revision
+    from llamalab.tasks.data import current_file_hashes
     from llamalab.tasks.task import load_task
 
     assert study.spec.quantize is not None
     evals = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished]
     task = load_task(lab.task_path(study.task), lab.root)
+    data_now = current_file_hashes(task)  # an evaluation made before the task's data changed is not a row
     records = {}
     for name in study.spec.quantize.systems:
         options = _eval_options(study, system_outline(lab, name).trained_format)
@@ -120,7 +122,7 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
             path = gguf_file(lab, name, quant.lower())
             wanted = settings_hash(lab, task, str(path), **options)
             # ... and of the file there now: an evaluation of an earlier export at the same path is not its row
-            inputs = Inputs(gguf_revision(path) if path.is_file() else None)
+            inputs = Inputs(gguf_revision(path) if path.is_file() else None, data_now)
             found = [r for r in evals if r.run.config_hash == wanted and inputs.differ(r) is None]
             if found:
                 records[(name, quant.lower())] = found[-1]
