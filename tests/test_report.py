@@ -157,3 +157,14 @@ def test_a_tie_for_best_is_said_not_hidden_by_the_order(lab):
     text = (build_report(lab, "tie") / "README.md").read_text()
     tie = r"Best system on accuracy: \*\*(first|second) \[plain\]\*\* \(tied with (second|first) \[plain\]\), 0\.500"
     assert re.search(tie, text), text[:800]
+
+
+def test_latex_escapes_every_character_a_label_can_hold_and_keeps_names_as_written():
+    from llamalab.publish.report import _first_upper
+    from llamalab.publish.tables import latex_escape
+
+    text = latex_escape('[a|b] "q" ≥$1 & 5% #2 x_y {z} ~^ <> …')
+    assert text == (r'{[}a\textbar{}b{]} \textquotedbl{}q\textquotedbl{} $\geq$\$1 \& 5\% \#2 x\_y \{z\} '
+                    r'\textasciitilde{}\textasciicircum{} \textless{}\textgreater{} \ldots{}')
+    assert _first_upper("accuracy of each system on SST2 (run 2026-train-MyExp-dd72)") == (
+        "Accuracy of each system on SST2 (run 2026-train-MyExp-dd72)")
