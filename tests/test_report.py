@@ -168,3 +168,13 @@ def test_latex_escapes_every_character_a_label_can_hold_and_keeps_names_as_writt
                     r'\textasciitilde{}\textasciicircum{} \textless{}\textgreater{} \ldots{}')
     assert _first_upper("accuracy of each system on SST2 (run 2026-train-MyExp-dd72)") == (
         "Accuracy of each system on SST2 (run 2026-train-MyExp-dd72)")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "../runs", "a/b", ".hidden", ""])
+def test_a_report_name_is_a_folder_name_under_reports(lab, name):
+    from llamalab.config import LlamalabError
+    from llamalab.publish.report import build_report
+
+    with pytest.raises(LlamalabError, match="report name"):
+        build_report(lab, name)
+    assert (lab.root / "runs").is_dir() or not (lab.root / "runs").exists()

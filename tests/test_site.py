@@ -152,3 +152,42 @@ def test_generation_tasks_get_leaderboards_and_drilldowns(lab, tiny_model_dir, t
         drilldown = (site / "tasks" / task / "examples.html").read_text()
         assert drilldown.count('<tr data-disagree="') == 6
         assert "model wrote:" in drilldown or task == "scitldr"  # parsed answers show the raw generation
+
+
+def test_a_build_never_replaces_a_folder_it_did_not_make(lab, tmp_path):
+    """`--out docs` wiped the notes in docs/, `--out data` the lab's datasets: a build replaces only a new or
+    empty folder, or a site built before (and the lab's own site/)."""
+    from llamalab.config import LlamalabError
+    from llamalab.publish.site import SITE_MARKER, build_site
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text("mine")
+    for out in (docs, lab.root / "data", lab.root, lab.root / "tasks" / "sentiment.yaml"):
+        with pytest.raises(LlamalabError, match="--out"):
+            build_site(lab, out)
+    assert (docs / "notes.md").read_text() == "mine" and (lab.root / "data").is_dir()
+    fresh = tmp_path / "fresh"
+    assert (build_site(lab, fresh) / SITE_MARKER).is_file()
+    assert (build_site(lab, fresh) / "index.html").is_file()  # its own earlier build: replaced
+    (lab.root / "site").mkdir(exist_ok=True)
+    (lab.root / "site" / "old.html").write_text("a build from before the marker")
+    assert not (build_site(lab) / "old.html").exists()
+
+
+def test_serving_says_what_is_wrong_in_one_line(lab, tmp_path):
+    import socket
+
+    from llamalab.config import LlamalabError
+    from llamalab.publish.site import build_site, serve_site
+
+    with pytest.raises(LlamalabError, match="no built site"):
+        serve_site(tmp_path)
+    folder = build_site(lab, tmp_path / "site")
+    with pytest.raises(LlamalabError, match="--port 99999: a port is a number"):
+        serve_site(folder, 99999)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(LlamalabError, match="another server may be using it"):
+            serve_site(folder, taken.getsockname()[1])

@@ -13,6 +13,7 @@ Nothing in the output depends on when it was built: the same records give byte-i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from llamalab.config import LlamalabError
@@ -55,6 +56,9 @@ def build_report(
     """Write reports/<name>/ (replacing a previous build whole) and return its path.
 
     Significance is against `reference` (a run id or system label) where it was evaluated, else the best system."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:  # reports/NAME/, never elsewhere
+        raise LlamalabError(f"report name {name!r}: use letters, digits, '.', '_' and '-' (it is the folder "
+                            "reports/NAME/, replaced whole by each build)")
     boards = [b for b in task_boards(lab, split, reference=reference) if not tasks or b.name in tasks]
     if reference and not any(refers_to(reference, row.run, row.system) for b in boards for row in b.rows):
         raise LlamalabError(f"reference {reference!r} names no evaluated system: give a run id or a system label "

@@ -21,6 +21,7 @@ import jinja2
 from pydantic import BaseModel
 
 from llamalab.assignments.publish import public_assignments
+from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import (
     comparison_warnings,
     earlier_data_note,
@@ -68,12 +69,26 @@ _RUN_FILES = (RUN_FILE, CONFIG_FILE, "metrics.json", PREDICTIONS, TRAIN_LOG, "ch
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 
 
+SITE_MARKER = ".llamalab-site"  # in every built site: a folder holding it may be replaced by the next build
+
+
 def build_site(lab: Lab, out: Path | None = None) -> Path:
-    """Generate the whole site into `out` (default: <lab>/site), replacing a previous build only when done."""
-    target = out or lab.root / "site"
+    """Generate the whole site into `out` (default: <lab>/site), replacing a previous build only when done.
+
+    A build replaces its folder whole, so `out` must be new, empty, or a site built before (one holding
+    SITE_MARKER): a `docs/` of notes, or the lab's `data/`, is never replaced."""
+    target = (out or lab.root / "site").resolve()
+    default = target == (lab.root / "site").resolve()
+    if lab.root.resolve().is_relative_to(target):
+        raise LlamalabError(f"--out {out}: the site cannot replace the folder the lab is in; choose a new folder")
+    if target.is_file() or (target.is_dir() and not default and not (target / SITE_MARKER).is_file()
+                            and any(target.iterdir())):
+        raise LlamalabError(f"--out {out}: {target} holds files a site build did not make, and a build replaces "
+                            "its folder whole: choose a new or empty folder (or delete that one)")
     with staged_folder(target) as staging:
         _Builder(lab, staging).build()
         _redact_secrets(lab, staging)
+        (staging / SITE_MARKER).write_text("built by `llamalab site build`: the next build replaces this folder\n")
     return target
 
 
@@ -337,7 +352,15 @@ def serve_site(folder: Path, port: int = 8000, base: str = "/") -> http.server.T
         def log_message(self, *args: Any) -> None:  # quiet: the console shows the URL once
             pass
 
+    if not (folder / "index.html").is_file():
+        raise LlamalabError(f"{folder} holds no built site (no index.html): run `llamalab site build` first")
     handler = functools.partial(Handler, directory=str(folder))
-    return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    try:
+        return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OverflowError:
+        raise LlamalabError(f"--port {port}: a port is a number from 1 to 65535") from None
+    except OSError as exc:
+        raise LlamalabError(f"cannot serve on 127.0.0.1:{port} ({exc.strerror or exc}): another server may be "
+                            "using it; give another --port") from None
 
 
