@@ -355,8 +355,9 @@ def git_state(cwd: Path) -> dict[str, Any]:
             ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
 
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "."))}
+    try:  # what llamalab itself writes (run records, reports, the site) is not an uncommitted change to the lab
+        mine = [f":(exclude){folder}" for folder in ("runs", "reports", "site")]
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", ".", *mine))}
     except (subprocess.SubprocessError, FileNotFoundError):
         return {"commit": None, "dirty": None}
 
