@@ -167,3 +167,20 @@ def test_a_mistyped_run_id_says_it_is_neither_a_run_nor_a_model(lab):
     result = CliRunner().invoke(app, ["export", "nosuchrun", str(lab.root / "out"), "--lab", str(lab.root)])
     assert "no train run or API model named 'nosuchrun' in this lab, and base model 'nosuchrun' not found" in (
         str(result.exception))
+
+
+def test_an_unfinished_run_names_the_resume_that_continues_it_with_its_overrides(lab):
+    from llamalab.config import LlamalabError
+    from llamalab.evaluation.systems import resolve_system
+    from llamalab.runs.record import RunRecord
+    from llamalab.training.experiment import load_experiment
+    from tests.records import train_fields
+
+    _, resolved = load_experiment(lab.experiment_path("sentiment-lora"), {"max_steps": 40, "lora.r": 4})
+    record = RunRecord.create(lab.runs_dir, "train", "sentiment-lora", resolved,
+                              **train_fields(experiment="sentiment-lora"))
+    record.update(pid=2**22 + 7)  # its process is gone: killed
+    with pytest.raises(LlamalabError, match=r"stopped before it finished \(its process is gone\), not finished: "
+                                            r"resume it with `llamalab train sentiment-lora --resume lora.r=4 "
+                                            r"max_steps=40`"):
+        resolve_system(lab, record.id)

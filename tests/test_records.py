@@ -316,3 +316,20 @@ def test_damaged_run_files_are_errors_that_name_the_file_and_line(tmp_path):
     (record.folder / "run.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(LlamalabError, match=r"run.json: cannot read this run record: .*move the run folder"):
         RunRecord.load(record.folder)
+
+
+def test_a_refused_resume_and_the_resume_hint_give_the_settings_the_run_was_started_with(tmp_path):
+    from llamalab.runs.record import overrides_of, settings_differences
+
+    started = {"task": "sentiment", "max_steps": 40, "lora": {"r": 8, "alpha": 16}, "batch_size": 2}
+    now = {"task": "sentiment", "max_steps": 6, "lora": {"r": 4, "alpha": 16}, "batch_size": 2}
+    assert settings_differences(started, now) == "lora.r: 8 (now 4); max_steps: 40 (now 6)"
+    assert overrides_of(started, now) == "lora.r=8 max_steps=40"
+    crashed = RunRecord.create(tmp_path, "train", "e", started, **train_fields())
+    crashed.update(status="interrupted", pid=None)
+    with pytest.raises(LlamalabError, match=r"it had lora.r: 8 \(now 4\); max_steps: 40 \(now 6\).*"
+                                            r"`... --resume lora.r=8 max_steps=40`"):
+        resume_run(tmp_path, "train", "e", now)
+    from llamalab.config import apply_overrides, parse_overrides
+
+    assert apply_overrides(now, parse_overrides(overrides_of(started, now).split())) == started

@@ -61,9 +61,13 @@ def resolve_system(lab: Lab, name: str) -> System:
             raise LlamalabError(f"no train run or API model named {name!r} in this lab, and {exc}") from None
     run = record.run
     if not run.finished:
+        from llamalab.runs.record import is_alive
+
+        status = "still running" if is_alive(record) else (
+            "stopped before it finished (its process is gone)" if run.status == "running" else run.status)
         raise LlamalabError(
-            f"run {record.id} is {run.status}, not finished: resume it with "
-            f"`llamalab train {run.experiment} --resume` before evaluating"
+            f"run {record.id} is {status}, not finished: resume it with "
+            f"`{resume_command(lab, record)}` before evaluating"
         )
     base = resolve_model(run.model.name)
     if base.revision != run.model.revision and run.model.revision != "hub":  # "hub": recorded before commits were
@@ -80,6 +84,21 @@ def resolve_system(lab: Lab, name: str) -> System:
         weights = ModelRef(base.name, str(merged), base.revision)
         return System(label, "finetuned", weights, None, record.id, trained_format)
     raise LlamalabError(f"run {record.id} has no trained weights (adapter/ or model/)")
+
+
+def resume_command(lab: Lab, record: RunRecord) -> str:
+    """The `llamalab train ... --resume` that continues this run: its experiment with the overrides it was
+    started with (the settings where its config.yaml differs from the experiment file now)."""
+    from llamalab.runs.record import overrides_of
+    from llamalab.training.experiment import load_experiment
+
+    name = record.run.experiment
+    try:
+        _, now = load_experiment(lab.experiment_path(name))
+    except LlamalabError:
+        return f"llamalab train {name} --resume"
+    overrides = overrides_of(record.config, now)
+    return f"llamalab train {name} --resume{' ' + overrides if overrides else ''}"
 
 
 def system_outline(lab: Lab, name: str) -> System:

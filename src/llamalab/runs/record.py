@@ -257,9 +257,11 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
     if not same:
         if unfinished:
             latest = unfinished[-1]
+            changed = settings_differences(latest.config, config)
             raise LlamalabError(f"no unfinished {what} of {name!r} with these settings: {latest.id} was started with "
-                                f"different ones (config hash {latest.run.config_hash}, now {wanted}); resume with "
-                                "the same settings")
+                                f"different ones (config hash {latest.run.config_hash}, now {wanted}"
+                                + (f"; it had {changed}" if changed else "") + "); resume with the same settings"
+                                + (f", e.g. `... --resume {overrides_of(latest.config, config)}`" if changed else ""))
         raise LlamalabError(f"no unfinished {what} of {name!r} to resume in {runs_dir}")
     record = same[-1]
     if why := inputs.differ(record):
@@ -286,6 +288,26 @@ def _claim_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def settings_differences(theirs: dict, ours: dict) -> str:
+    """The settings a run had that differ from `ours`, as `key: value (now other)`, e.g. for a resume refused."""
+    a, b = _flat(theirs), _flat(ours)
+    return "; ".join(f"{key}: {a.get(key)!r} (now {b.get(key)!r})" for key in sorted(a.keys() | b.keys())
+                     if a.get(key) != b.get(key))
+
+
+def overrides_of(theirs: dict, ours: dict) -> str:
+    """The `key=value` overrides that turn settings `ours` into the run's `theirs`."""
+    a, b = _flat(theirs), _flat(ours)
+    changed = [key for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
+    return " ".join(f"{key}={json.dumps(a.get(key))}" for key in changed)
 
 
 def slurm_job() -> str | None:
