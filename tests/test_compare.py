@@ -371,3 +371,47 @@ def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab):
     assert format_cost(row.cost_per_1k_usd, row.cost_basis) in shown and "125 s" in shown
     [cells] = leaderboard_cells(task_boards(lab)[0])[1]
     assert format_cost(row.cost_per_1k_usd, row.cost_basis) in cells and "125 s" in cells
+
+
+def test_the_post_marks_subsets_escapes_labels_and_reports_a_best_from_before_a_data_change(lab):
+    """The post writes Δ as the tables do (n=… on a paired subset), labels as literal Markdown, the "Not shown"
+    note, and after the task's data changed, the last post's best marked as evaluated before the change (it said
+    "first results on this task")."""
+    import datetime
+    import time
+
+    import yaml
+
+    from llamalab.publish.posts import new_post
+    from llamalab.runs.record import now_iso
+    from llamalab.tasks.data import current_file_hashes
+
+    now = current_file_hashes(load_task(lab.task_path("sentiment"), lab.root))
+
+    def evaluation(label: str, hashes: dict, correct: list[bool]) -> RunRecord:
+        fields = eval_fields(label=label, n=len(correct))
+        fields["task"]["data_sha256"] = hashes
+        record = RunRecord.create(lab.runs_dir, "eval", "e", {"system": label}, **fields)
+        append_jsonl(record.folder / "predictions.jsonl", [
+            {"id": f"x:{i}", "prompt": "p", "gold": "positive", "prediction": "positive" if ok else "negative",
+             "correct": ok, "scores": {}} for i, ok in enumerate(correct)])
+        time.sleep(0.01)  # each ends after the one before
+        record.update(status="finished", ended=now_iso())
+        return record
+
+    old = evaluation("alpha", now, [True] * 9 + [False])
+    first = new_post(lab, "Week one", ["A"], today=datetime.date(2026, 11, 1))
+    assert "**Best on accuracy:** alpha" in first.read_text()
+    # then the task's data changed: alpha's evaluation read the files as they were
+    old.update(task=old.run.task.model_copy(update={"data_sha256": {p: "0" * 64 for p in now}}).model_dump())
+    evaluation("*beta* [x](http://e.com)", now, [True] * 6 + [False] * 4)
+    evaluation("gamma", now, [True] * 5)  # saw half the examples: a paired subset
+    text = new_post(lab, "Week two", ["A"], today=datetime.date(2026, 11, 8)).read_text()
+    body = text.split("---\n", 2)[2]
+    assert "first results on this task" not in body
+    assert "the best was alpha [plain], " in body and "(evaluated before the task's data changed)" in body
+    assert old.id in body
+    assert r"\*beta\* \[x\](http://e.com)" in body and "*beta*" not in body.replace(r"\*beta\*", "")
+    assert "(n=5)" in body
+    assert "Not shown: alpha [plain]" in body
+    assert yaml.safe_load(text.split("---\n")[1])["title"] == "Week two"

@@ -164,7 +164,7 @@ def test_latex_escapes_every_character_a_label_can_hold_and_keeps_names_as_writt
     from llamalab.publish.tables import latex_escape
 
     text = latex_escape('[a|b] "q" ≥$1 & 5% #2 x_y {z} ~^ <> …')
-    assert text == (r'{[}a\textbar{}b{]} \textquotedbl{}q\textquotedbl{} $\geq$\$1 \& 5\% \#2 x\_y \{z\} '
+    assert text == (r'{}[a\textbar{}b] \textquotedbl{}q\textquotedbl{} $\geq$\$1 \& 5\% \#2 x\_y \{z\} '
                     r'\textasciitilde{}\textasciicircum{} \textless{}\textgreater{} \ldots{}')
     assert _first_upper("accuracy of each system on SST2 (run 2026-train-MyExp-dd72)") == (
         "Accuracy of each system on SST2 (run 2026-train-MyExp-dd72)")

@@ -99,7 +99,8 @@ class Latest(NamedTuple):
     earlier_data: list[str]  # systems left out: evaluated on this split only on the task's earlier data
 
 
-def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | None = None) -> Latest:
+def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | None = None,
+                 current_only: bool = True) -> Latest:
     """The finished eval of each system (`SystemKey`: weights, prompt format, shots, protocol, backend) on this
     task split that covers the most examples, the newest of those, made on the task's data as it is now: a quick
     `--limit 20` check made after a full evaluation does not replace it. Labels are derived for display only:
@@ -108,7 +109,7 @@ def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | Non
     An evaluation whose recorded data hashes differ from the task's files now saw other examples (or other
     answers) under the same ids: pairing it with a current one would compare unlike things, so it is left out,
     and a system with no evaluation on the current data is named in `earlier_data`."""
-    current = current_file_hashes(task)
+    current = current_file_hashes(task) if current_only else None  # None: every evaluation counts as current
     latest: dict[SystemKey, RunRecord] = {}
     earlier: dict[SystemKey, RunRecord] = {}
     for record in list_runs(lab.runs_dir, "eval"):

@@ -15,10 +15,11 @@ from pathlib import Path
 import yaml
 
 from llamalab.config import LlamalabError
-from llamalab.evaluation.compare import format_interval, format_p, signed
+from llamalab.evaluation.compare import earlier_data_note, format_delta, format_interval, format_p
 from llamalab.lab import Lab
 from llamalab.publish.content import load_posts
 from llamalab.publish.results import QuantBoard, StudyBoard, TaskBoard, study_boards, task_boards
+from llamalab.publish.tables import md_escape
 from llamalab.runs.files import write_text_atomic
 from llamalab.runs.record import RunRecord, list_runs
 from llamalab.runs.schema import EvalRun, TrainRun
@@ -33,7 +34,8 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
     new = [r for r in finished if (r.run.ended or "") > cutoff]
     old_ids = {r.id for r in finished if r not in new}
     now_boards = task_boards(lab)
-    before = {b.name: b for b in task_boards(lab, only=old_ids)} if old_ids else {}
+    # what the last post could show: its evaluations as they were, also those made before a task's data changed
+    before = {b.name: b for b in task_boards(lab, only=old_ids, current_only=False)} if old_ids else {}
     new_ids = {r.id for r in new}
 
     body = [_opening(new, cutoff)]
@@ -78,26 +80,31 @@ def _opening(new: list[RunRecord], cutoff: str) -> str:
 
 def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str]) -> str:
     metric, best = board.metric, board.rows[0]
-    lines = [f"## {board.name}\n",
-             f"- **Best on {metric}:** {best.system}, {format_interval(best.metrics[metric])} "
+    lines = [f"## {md_escape(board.name)}\n",
+             f"- **Best on {metric}:** {md_escape(best.system)}, {format_interval(best.metrics[metric])} "
              f"(n = {best.n:,}) — [run](../runs/{best.run}/)"]
     if before is not None:
         old = before.rows[0]
+        hashes = {e.record.id: e.run.task.data_sha256 for e in [*before.entries, *board.entries]}
+        data_changed = hashes[old.run] != hashes[best.run]
         if old.run == best.run:
             lines.append("- **What changed:** the best system is unchanged since the last post.")
         else:
-            lines.append(f"- **What changed:** the best was {old.system}, {format_interval(old.metrics[metric])}"
-                         f" — [run](../runs/{old.run}/)")
+            earlier = " (evaluated before the task's data changed)" if data_changed else ""
+            lines.append(f"- **What changed:** the best was {md_escape(old.system)}, "
+                         f"{format_interval(old.metrics[metric])}{earlier} — [run](../runs/{old.run}/)")
     else:
         lines.append("- **What changed:** first results on this task.")
     for row in board.rows:
         if row.run in new_ids:
             vs = row.vs_reference
             test = "the best system" if vs is None else (
-                f"Δ {signed(vs.delta)} vs best, p {_p(vs.p_holm)} ({vs.test}, Holm)"
+                f"Δ {format_delta(vs)} vs best, p {_p(vs.p_holm)} ({vs.test}, Holm)"
                 if vs.delta is not None else "no shared examples with the best")
-            lines.append(f"- New: {row.system}, {metric} {format_interval(row.metrics[metric])}; {test} "
+            lines.append(f"- New: {md_escape(row.system)}, {metric} {format_interval(row.metrics[metric])}; {test} "
                          f"— [run](../runs/{row.run}/)")
+    if note := earlier_data_note(board.comparison):
+        lines.append(f"- {md_escape(note)}")
     return "\n".join(lines) + "\n"
 
 
@@ -113,11 +120,12 @@ def _train_line(record: RunRecord) -> str:
         if run.metrics else "no loss recorded"
     rate = run.throughput.get("tokens_per_s")
     speed = f", {rate:,.0f} tokens/s" if rate else ""
-    return f"- {run.name} on {run.task.name}: {loss}{speed} — [run](../runs/{record.id}/)"
+    return f"- {md_escape(run.name)} on {md_escape(run.task.name)}: {loss}{speed} — [run](../runs/{record.id}/)"
 
 
 def _study_line(board: StudyBoard | QuantBoard) -> str:
-    return f"- {board.name} ({board.study.spec.kind}): {board.summary()} — [study](../studies/{board.name}/)"
+    return (f"- {md_escape(board.name)} ({board.study.spec.kind}): {md_escape(board.summary())} — "
+            f"[study](../studies/{board.name}/)")
 
 
 def _dev_line(record: RunRecord) -> str:
@@ -125,7 +133,7 @@ def _dev_line(record: RunRecord) -> str:
     assert isinstance(run, EvalRun)
     metric, m = next(iter(run.metrics.items()), (None, None))
     value = f"{metric} {format_interval(m)}" if m else "no metrics"
-    return (f"- {run.task.name} / {run.task.split}: {run.system.label} "
+    return (f"- {md_escape(run.task.name)} / {run.task.split}: {md_escape(run.system.label)} "
             f"({run.prompt.format if run.prompt else None}, {run.shots}-shot): {value} — [run](../runs/{record.id}/)")
 
 

@@ -61,15 +61,17 @@ def load_tasks(lab: Lab) -> list[Task]:
 
 
 def task_boards(
-    lab: Lab, split: str = "test", only: set[str] | None = None, reference: str | None = None
+    lab: Lab, split: str = "test", only: set[str] | None = None, reference: str | None = None,
+    current_only: bool = True,
 ) -> list[TaskBoard]:
-    """A leaderboard for every task that has finished evaluations on `split` (restricted to `only` run ids).
+    """A leaderboard for every task that has finished evaluations on `split` (restricted to `only` run ids), made on
+    the task's data as it is now (with `current_only`; else as they were, e.g. for what a past post showed).
 
     Systems are tested against `reference` (a run id or system label) on the tasks it was evaluated on, and
     against each task's best system elsewhere."""
     boards = []
     for task in load_tasks(lab):
-        entries, earlier = latest_evals(lab, task, split, only)
+        entries, earlier = latest_evals(lab, task, split, only, current_only)
         if not entries:
             continue
         named = reference and any(refers_to(reference, e.record.id, e.label) for e in entries)
@@ -183,7 +185,8 @@ class QuantBoard:
                 continue
             size = (f" at {row.size_mib / reference.size_mib:.0%} of its size"
                     if row.size_mib is not None and reference.size_mib else "")
-            parts.append(f"{row.system} {row.type}: {signed(row.delta)} {self.metric} against f16{size} "
+            subset = f" (n={row.n_paired:,})" if row.paired_subset else ""  # as the table's Δ cell
+            parts.append(f"{row.system} {row.type}: {signed(row.delta)}{subset} {self.metric} against f16{size} "
                          f"(p {format_p(row.p_holm)}, Holm)")
         return ("; ".join(parts) + ".") if parts else "No type has been tested against f16 yet."
 

@@ -181,8 +181,16 @@ def quant_latex(board: QuantBoard) -> str:
 
 def _markdown(header: list[str], body: list[list[str]], text: str) -> str:
     lines = [_md_row(header), "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
-    lines += [_md_row(cells) for cells in body]
-    return "\n".join(lines) + f"\n\n*{text}*\n"
+    lines += [_md_row([md_escape(cells[0]), *cells[1:]]) for cells in body]  # the first column: labels from records
+    return "\n".join(lines) + f"\n\n*{md_escape(text)}*\n"
+
+
+def md_escape(text: str) -> str:
+    """Text from records (a system label, a task name) as literal Markdown: `*star*`, `[a](b)` or `<img>` in a
+    label is shown as written, not rendered as emphasis, a link or HTML. Brackets alone ("model [plain]") make
+    no link and stay as they are."""
+    escaped = re.sub(r"([\\`*_<>#|&])", r"\\\1", text)
+    return re.sub(r"([\[\]])", r"\\\1", escaped) if "](" in text or "][" in text else escaped
 
 
 def _latex(header: list[str], body: list[list[str]], text: str, label: str) -> str:
@@ -202,12 +210,12 @@ def _latex(header: list[str], body: list[list[str]], text: str, label: str) -> s
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "Δ": r"$\Delta$", "–": "--",
           "×": r"$\times$", "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
-          '"': r"\textquotedbl{}", "≥": r"$\geq$", "≤": r"$\leq$", "…": r"\ldots{}", "−": "-", "±": r"$\pm$",
-          "[": "{[}", "]": "{]}"}  # brackets braced: a cell starting with "[" is no optional argument of \\
+          '"': r"\textquotedbl{}", "≥": r"$\geq$", "≤": r"$\leq$", "…": r"\ldots{}", "−": "-", "±": r"$\pm$"}
 
 
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX.get(c, c) for c in text)
+    escaped = "".join(_LATEX.get(c, c) for c in text)
+    return "{}" + escaped if escaped.startswith("[") else escaped  # not an optional argument of the \\ before it
 
 
 def _md_row(cells: list[str]) -> str:

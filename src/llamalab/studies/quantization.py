@@ -41,11 +41,13 @@ class QuantRow:
     test: str | None
     n_paired: int | None = None  # the examples both saw (the test's n)
     p_holm: float | None = None  # p, Holm-corrected for every type-against-f16 test of the study
+    reference_n: int | None = None  # the examples f16's evaluation saw
 
     @property
     def paired_subset(self) -> bool:
-        """The test ran on fewer examples than this type's evaluation saw (f16 missed some)."""
-        return self.n_paired is not None and self.n_paired < self.interval.n
+        """The test ran on fewer examples than this type's evaluation, or f16's, saw."""
+        return self.n_paired is not None and (self.n_paired < self.interval.n
+                                              or (self.reference_n is not None and self.n_paired < self.reference_n))
 
 
 def gguf_file(lab: Lab, system: str, quant: str) -> Path:
@@ -137,17 +139,18 @@ def quant_rows(lab: Lab, study: Study, records: dict[tuple[str, str], RunRecord]
     rows = []
     for (name, quant), record in records.items():
         reference = records.get((name, REFERENCE))
-        delta = p_value = test = n_paired = None
+        delta = p_value = test = n_paired = reference_n = None
         if reference is not None and reference is not record:
             mine, theirs = read_predictions(record.folder), read_predictions(reference.folder)
             shared = sorted(mine.keys() & theirs.keys())
             if shared:
                 result = paired_test(metric, [mine[i] for i in shared], [theirs[i] for i in shared], labels)
                 delta, p_value, test, n_paired = result.delta, result.p_value, result.test, len(shared)
+                reference_n = len(theirs)
         path = gguf_file(lab, name, quant)
         rows.append(QuantRow(name, quant, round(path.stat().st_size / 2**20, 1) if path.is_file() else None,
                              record, record.run.metrics[metric], record.run.throughput.get("examples_per_s"),
-                             delta, p_value, test, n_paired))
+                             delta, p_value, test, n_paired, reference_n=reference_n))
     tested = [i for i, row in enumerate(rows) if row.p_value is not None]
     for i, p_holm in zip(tested, stats.holm([rows[i].p_value for i in tested]), strict=True):
         rows[i] = replace(rows[i], p_holm=p_holm)
