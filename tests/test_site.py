@@ -191,3 +191,20 @@ def test_serving_says_what_is_wrong_in_one_line(lab, tmp_path):
         taken.listen()
         with pytest.raises(LlamalabError, match="another server may be using it"):
             serve_site(folder, taken.getsockname()[1])
+
+
+def test_a_task_evaluated_only_before_its_data_changed_says_so(lab, tmp_path):
+    from llamalab.publish.site import build_site
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields
+
+    fields = eval_fields(label="alpha", n=2)
+    fields["task"]["data_sha256"] = {"data/sentiment/rt-polarity.csv": "0" * 64}
+    record = RunRecord.create(lab.runs_dir, "eval", "alpha", {"system": "alpha"}, **fields)
+    append_jsonl(record.folder / "predictions.jsonl", [
+        {"id": f"x:{i}", "gold": "positive", "prediction": "positive", "correct": True} for i in range(2)])
+    record.update(status="finished")
+    page = (build_site(lab, tmp_path / "site") / "tasks" / "sentiment" / "index.html").read_text()
+    assert "made before the task's data files changed (alpha [plain])" in page
+    assert "No finished evaluation" not in page

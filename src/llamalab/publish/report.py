@@ -64,7 +64,8 @@ def build_report(
         raise LlamalabError(f"reference {reference!r} names no evaluated system: give a run id or a system label "
                             "as `llamalab compare` shows them")
     if tasks and (missing := sorted(set(tasks) - {b.name for b in boards})):
-        raise LlamalabError(f"no finished {split} evaluations for task(s) {', '.join(missing)} in {lab.runs_dir}")
+        raise LlamalabError(f"no finished {split} evaluations on the current data for task(s) {', '.join(missing)} "
+                            f"in {lab.runs_dir} (see `llamalab compare --task {missing[0]} --split {split}`)")
     if not boards:
         raise LlamalabError(f"no finished evaluations on the {split} split in {lab.runs_dir}: run `llamalab eval`")
     trained = {r.id: r for r in train_runs(lab)}

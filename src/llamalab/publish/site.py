@@ -29,6 +29,7 @@ from llamalab.evaluation.compare import (
     format_interval,
     format_p,
     interval_note,
+    latest_evals,
     n_range,
 )
 from llamalab.lab import Lab
@@ -174,8 +175,10 @@ class _Builder:
                 figures_.append(("scaling.svg", f"{board.metric} on {task.name} against the number of fine-tuning "
                                  "examples, with the baselines as lines"))
         studies = [b for b in self.studies if b.study.task == task.name]
+        # no board: evaluations there may be, all made before the task's data changed (never "none yet")
+        earlier = [] if board else latest_evals(self.lab, task, "test").earlier_data
         self.page(f"{folder}/index.html", "task.html", f"Task: {task.name}", task=task, board=board, studies=studies,
-                  card=data_card(self.lab, task), figures=figures_)
+                  card=data_card(self.lab, task), figures=figures_, earlier=earlier)
         if board:
             self.page(f"{folder}/examples.html", "examples.html", f"{task.name}: example by example", task=task,
                       board=board, rows=drilldown_rows(task, board))
