@@ -19,7 +19,7 @@ from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import Lab, init_lab
 from llamalab.publish.methods import methods_paragraphs
 from llamalab.publish.report import build_report
-from llamalab.publish.results import TaskBoard, dev_evals, task_boards, train_runs
+from llamalab.publish.results import TaskBoard, dev_evals, task_boards, task_evals, train_runs
 from llamalab.runs.record import RunRecord, list_runs
 from llamalab.training.trainer import train
 
@@ -83,7 +83,7 @@ def board_of(lab: Lab, task: str) -> TaskBoard:
 def methods_of(lab: Lab, task: str, board: TaskBoard | None = None, **replace) -> str:
     board = board or board_of(lab, task)
     trained = {r.id: r for r in train_runs(lab)}
-    dev = replace.get("dev", dev_evals(lab, task))
+    dev = replace.get("dev", task_evals(lab, task))
     return "\n\n".join(methods_paragraphs(board, replace.get("trained", trained), dev))
 
 
@@ -332,3 +332,22 @@ def test_a_board_where_some_records_lack_data_hashes_says_so(unselected, tmp_pat
     text = methods_of(lab, "sentiment")
     assert "Not every evaluation recorded the data it read: " in text and "no hashes recorded (" in text
     assert build_report(lab, "r").is_dir()
+
+
+def test_a_configuration_seen_on_test_before_the_dev_runs_is_not_called_chosen(selected, tmp_path):
+    """The chosen configuration evaluated on test once before the dev runs (the board shows a later evaluation of
+    it): its test result was known when dev "chose" it, so methods makes no claim of a choice."""
+    from llamalab.lab import find_lab
+
+    shutil.copytree(selected.root, tmp_path / "lab")
+    lab = find_lab(tmp_path / "lab")
+    assert "scored highest" in methods_of(lab, "mini")  # the fixture's order: dev, then test
+    shown = board_of(lab, "mini").entries[0].record
+    earlier_id = shown.id[:-4] + "0000"
+    shutil.copytree(shown.folder, lab.runs_dir / earlier_id)
+    earlier = RunRecord.load(lab.runs_dir / earlier_id)
+    earlier.update(id=earlier_id, started="2000-01-01T00:00:00.000+00:00", ended="2000-01-01T00:01:00.000+00:00")
+    assert board_of(lab, "mini").entries[0].record.id == shown.id
+    text = methods_of(lab, "mini")
+    assert "scored highest" not in text and "chosen" not in text
+    assert "no such evaluation is recorded as finished before its test evaluation began" in text

@@ -49,7 +49,8 @@ def methods_paragraphs(
     """Plain-text paragraphs describing how the numbers of one task's leaderboard were made.
 
     `trained` maps train run ids to their records (the fine-tuned systems on the board); `dev` holds the
-    finished dev-split evaluations of the task, the only evidence for a claim that something was chosen on dev."""
+    finished evaluations of the task (`results.task_evals`): its dev-split ones are the only evidence for a claim
+    that something was chosen on dev, and its test-split ones say whether test was seen before them."""
     evals = [
         _Eval(row.system, entry.record, entry.record.config, row, entry.predictions)
         for row, entry in zip(board.rows, board.entries, strict=True)
@@ -145,19 +146,24 @@ def _selection(board: TaskBoard, evals: list[_Eval], dev: Sequence[RunRecord], s
     """What the dev split was used for, per system; None when the board itself is not a held-out split."""
     if board.comparison.split != "test":
         return None
-    dev = [r for r in dev if isinstance(r.run, EvalRun) and r.run.finished and r.run.task.name == board.name
-           and r.run.task.split == "dev"]
+    of_task = [r for r in dev if isinstance(r.run, EvalRun) and r.run.finished and r.run.task.name == board.name]
+    dev = [r for r in of_task if r.run.task.split == "dev"]
     if not dev:
         return (f"No configuration was selected on a dev split: the records hold no dev-split evaluation of "
                 f"{board.name}.")
+    # A system is its weights (as the leaderboard pairs them), not its label: two models may share a label, and
+    # one model's label may change
     by_system: dict[str, list[_Eval]] = {}
     for e in evals:
-        by_system.setdefault(e.run.system.label, []).append(e)
+        by_system.setdefault(e.run.system_key.weights, []).append(e)
     sentences, unselected = [], []
-    for label, tests in by_system.items():
-        runs = [r for r in dev if r.run.system.label == label]
+    for weights, tests in by_system.items():
+        runs = [r for r in dev if r.run.system_key.weights == weights]
+        # any test evaluation of it, not only the board's latest: one made before the dev runs chose nothing
+        seen_on_test = [r for r in of_task if r.run.task.split == "test" and r.run.system_key.weights == weights]
         if runs:
-            sentences.append(_system_selection(label, tests, runs, board.metric, sizes))
+            sentences.append(_system_selection(tests[0].run.system.label, tests, runs, board.metric, sizes,
+                                               seen_on_test))
         else:
             unselected += [e.name for e in tests]
     if unselected:
@@ -167,13 +173,15 @@ def _selection(board: TaskBoard, evals: list[_Eval], dev: Sequence[RunRecord], s
     return "Selection: " + " ".join(sentences)
 
 
-def _system_selection(label: str, tests: list[_Eval], runs: list[RunRecord], metric: str, sizes: _SplitSizes
-                      ) -> str:
+def _system_selection(label: str, tests: list[_Eval], runs: list[RunRecord], metric: str, sizes: _SplitSizes,
+                      seen_on_test: Sequence[RunRecord] = ()) -> str:
     """Whether the dev runs of one system chose its test configuration: only runs that ended before its first
-    test evaluation started can have, and only if the configuration on test is among the best of them."""
+    test evaluation (of any configuration, `seen_on_test`) started can have, and only if the configuration on
+    test is among the best of them."""
     # A dev run whose times are missing, or (in older records, kept to the second) that ended in the second its
     # test run started, is not shown to have come first, so it never counts as a candidate.
-    first_test = min(_time(e.run.started, datetime.min) for e in tests)
+    first_test = min(_time(run.started, datetime.min) for run in [*(e.run for e in tests),
+                                                                   *(r.run for r in seen_on_test)])
     before = [r for r in runs if _time(r.run.ended, datetime.max) < first_test]
     if not before:
         return (f"{label} was evaluated on the dev split ({len(runs)} run(s)), but no such evaluation is recorded as "

@@ -26,11 +26,11 @@ from llamalab.publish.results import (
     StudyBoard,
     SweepBoard,
     TaskBoard,
-    dev_evals,
     loss_history,
     scaling_points,
     study_boards,
     task_boards,
+    task_evals,
     train_runs,
 )
 from llamalab.publish.tables import (
@@ -75,7 +75,7 @@ def build_report(
         for board in boards:
             used = {rid: trained[rid] for e in board.entries if (rid := e.run.system.train_run) in trained}
             paths = _write_board(out, board, used)
-            methods = methods_paragraphs(board, used, dev_evals(lab, board.name))
+            methods = methods_paragraphs(board, used, task_evals(lab, board.name))
             all_methods.append((board.name, methods))
             sections.append(_markdown_section(board, paths, methods))
             latex_sections.append(_latex_section(board, paths, methods))

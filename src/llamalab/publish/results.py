@@ -82,6 +82,12 @@ def task_boards(
     return boards
 
 
+def task_evals(lab: Lab, task: str) -> list[RunRecord]:
+    """Finished evaluations of `task` on any split, oldest first: what methods reads a selection (or its absence)
+    from: the dev runs, and every test run that came before them."""
+    return [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished and r.run.task.name == task]
+
+
 def dev_evals(lab: Lab, task: str) -> list[RunRecord]:
     """Finished evaluations of `task` on its dev split, oldest first: the only evidence of a choice made on dev."""
     return [r for r in list_runs(lab.runs_dir, "eval")
