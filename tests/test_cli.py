@@ -184,3 +184,19 @@ def test_an_unfinished_run_names_the_resume_that_continues_it_with_its_overrides
                                             r"resume it with `llamalab train sentiment-lora --resume lora.r=4 "
                                             r"max_steps=40`"):
         resolve_system(lab, record.id)
+
+
+def test_data_commands_refuse_counts_below_one_and_p95_is_never_rounded_down(lab):
+    import numpy as np
+
+    from llamalab.tasks.checks import _stats
+
+    for args in (["data", "check", "sentiment", "--max-new-tokens", "0"], ["data", "show", "sentiment", "-n", "-1"],
+                 ["data", "check", "sentiment", "--max-length", "0"]):
+        result = CliRunner().invoke(app, [*args, "--lab", str(lab.root)])
+        assert result.exit_code == 2 and "Invalid value" in result.output, args
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        values = rng.integers(1, 50, size=int(rng.integers(1, 40)))
+        stats = _stats(values)
+        assert stats["p95"] >= np.percentile(values, 95) and stats["p95"] <= stats["max"]

@@ -415,3 +415,19 @@ def test_the_post_marks_subsets_escapes_labels_and_reports_a_best_from_before_a_
     assert "(n=5)" in body
     assert "Not shown: alpha [plain]" in body
     assert yaml.safe_load(text.split("---\n")[1])["title"] == "Week two"
+
+
+def test_a_fine_tuned_system_is_named_as_reference_by_its_train_run(lab):
+    """README: a run is named anywhere (eval, export, --reference) by its id; a fine-tune's train run id named
+    "no evaluated system"."""
+    rng = np.random.default_rng(2)
+    fake_eval(lab, "strong", list(rng.random(100) < 0.9))
+    fields = eval_fields(label="exp@ab12", n=100, kind="finetuned", train_run="20261129-000000-train-exp-ab12")
+    record = RunRecord.create(lab.runs_dir, "eval", "tuned", {"system": "tuned"}, **fields)
+    append_jsonl(record.folder / "predictions.jsonl", [
+        {"id": f"x:{i}", "gold": "positive", "prediction": "positive", "correct": bool(ok)}
+        for i, ok in enumerate(rng.random(100) < 0.6)])
+    record.update(status="finished")
+    for name in ("20261129-000000-train-exp-ab12", "train-exp-ab12"):
+        result = compare(lab, "sentiment", reference=name)
+        assert result.reference == "exp@ab12 [plain]" and not result.reference_is_best

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -56,10 +58,10 @@ def data_check(
     task: str,
     lab: LabOption = None,
     model: Annotated[str, typer.Option(help="model whose tokenizer measures lengths")] = "smollm2-135m-instruct",
-    max_length: Annotated[int | None, typer.Option(help="warn about examples longer than this")] = None,
+    max_length: Annotated[int | None, typer.Option(help="warn about examples longer than this", min=1)] = None,
     max_new_tokens: Annotated[int | None, typer.Option(
-        help="warn about gold answers longer than this generation budget (default as eval: 16 for labels, else 256)")
-    ] = None,
+        help="warn about gold answers longer than this generation budget (default as eval: 16 for labels, else 256)",
+        min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Counts, label balance, token lengths, duplicates, train/test overlap and bad rows (file:line)."""
@@ -115,7 +117,7 @@ def _print_check(name: str, report) -> None:
 def data_show(
     task: str,
     lab: LabOption = None,
-    n: Annotated[int, typer.Option("-n", help="how many examples")] = 3,
+    n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
     split: str = "train",
     model: str = "smollm2-135m-instruct",
     prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
@@ -569,6 +571,10 @@ def main() -> None:
     # Our own progress bars say what is happening; the libraries' per-file bars only add noise.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reading bar ignores the switch above
+    # bitsandbytes, imported by PEFT on every LoRA run, says at import that an optional CPU kernel package is
+    # missing: a warning about nothing llamalab uses unless the run is QLoRA (which checks bitsandbytes itself)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     run_app(app)
 

@@ -56,6 +56,7 @@ class SystemRow(BaseModel):
     metrics: dict[str, Interval]
     predictions: PredictionSummary
     usage: Usage | None
+    train_run: str | None = None  # the fine-tune a fine-tuned system's weights come from
     vs_reference: PairedResult | None = None  # None for the reference itself
     # added by `compare` and `task_boards` (cost_and_time): the same numbers in the CLI, report and site
     cost_per_1k_usd: float | None = None
@@ -213,6 +214,7 @@ def rank(
         rows.append(SystemRow(
             system=entry.label, run=entry.record.id, kind=run.system.kind, protocol=protocol, n=len(predictions),
             metrics=recorded_metrics(entry, metrics, labels), predictions=summary, usage=run.usage,
+            **({"train_run": run.system.train_run} if run.system.train_run else {}),
         ))
     order = sorted(range(len(rows)), key=lambda i: -(m.estimate if (m := rows[i].metrics.get(metric)) else -1.0))
     rows, entries = [rows[i] for i in order], [entries[i] for i in order]
@@ -251,8 +253,8 @@ def _reference_index(rows: list[SystemRow], reference: str | None) -> int:
     """The best system, or the one whose run id or label `reference` names (a unique prefix is enough)."""
     if reference is None:
         return 0
-    exact = [i for i, r in enumerate(rows) if reference in (r.run, r.system)]
-    matches = exact or [i for i, r in enumerate(rows) if refers_to(reference, r.run, r.system)]
+    exact = [i for i, r in enumerate(rows) if reference in (r.run, r.system, r.train_run)]
+    matches = exact or [i for i, r in enumerate(rows) if refers_to(reference, r.run, r.system, r.train_run)]
     if len(matches) != 1:
         known = "; ".join(f"{r.system} ({r.run})" for r in rows)
         problem = "matches several systems" if matches else "matches no evaluated system"
@@ -260,10 +262,11 @@ def _reference_index(rows: list[SystemRow], reference: str | None) -> int:
     return matches[0]
 
 
-def refers_to(reference: str, run_id: str, label: str) -> bool:
-    """Whether `reference` names this evaluation: its run id (or part of it, see `names_run`), or the start of
-    its system label."""
-    return names_run(reference, run_id) or label.startswith(reference)
+def refers_to(reference: str, run_id: str, label: str, train_run: str | None = None) -> bool:
+    """Whether `reference` names this evaluation: its run id or its fine-tune's (or part of one, see `names_run`),
+    or the start of its system label."""
+    return (names_run(reference, run_id) or label.startswith(reference)
+            or (train_run is not None and names_run(reference, train_run)))
 
 
 def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int) -> PairedResult:

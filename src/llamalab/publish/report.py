@@ -60,7 +60,8 @@ def build_report(
         raise LlamalabError(f"report name {name!r}: use letters, digits, '.', '_' and '-' (it is the folder "
                             "reports/NAME/, replaced whole by each build)")
     boards = [b for b in task_boards(lab, split, reference=reference) if not tasks or b.name in tasks]
-    if reference and not any(refers_to(reference, row.run, row.system) for b in boards for row in b.rows):
+    if reference and not any(refers_to(reference, row.run, row.system, row.train_run) for b in boards
+                             for row in b.rows):
         raise LlamalabError(f"reference {reference!r} names no evaluated system: give a run id or a system label "
                             "as `llamalab compare` shows them")
     if tasks and (missing := sorted(set(tasks) - {b.name for b in boards})):

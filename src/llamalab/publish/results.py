@@ -74,7 +74,7 @@ def task_boards(
         entries, earlier = latest_evals(lab, task, split, only, current_only)
         if not entries:
             continue
-        named = reference and any(refers_to(reference, e.record.id, e.label) for e in entries)
+        named = reference and any(refers_to(reference, e.record.id, e.label, e.run.system.train_run) for e in entries)
         comparison = rank(task, entries, split, reference=reference if named else None, earlier_data=earlier)
         by_run = {e.record.id: e for e in entries}
         add_cost_and_time(comparison, by_run, lab.config.local_compute_usd_per_hour)

@@ -111,7 +111,7 @@ def check_task_data(
 
 def _stats(values: np.ndarray) -> dict[str, float]:
     return {"min": int(values.min()), "mean": round(float(values.mean()), 1),
-            "p95": int(np.percentile(values, 95)), "max": int(values.max())}
+            "p95": int(np.ceil(np.percentile(values, 95))), "max": int(values.max())}  # a token count: never below
 
 
 def _measure(report: CheckReport, name: str, examples: list[Example], prompter: Prompter, max_length: int | None,
@@ -121,8 +121,9 @@ def _measure(report: CheckReport, name: str, examples: list[Example], prompter: 
     report.token_lengths[name] = _stats(lengths)
     if max_length and (long := np.flatnonzero(lengths > max_length)).size:
         report.warnings.append(
-            f"{name}: {long.size} example(s) exceed max_length {max_length} tokens and would be skipped in "
-            f"training, e.g. {', '.join(examples[i].source for i in long[:3])}"
+            f"{name}: {long.size} example(s) exceed max_length {max_length} tokens"
+            + (" and would be skipped in training" if name == "train" else " (longer than any trained on)")
+            + f", e.g. {', '.join(examples[i].source for i in long[:3])}"
         )
     # What the model must generate after the prompt; labels repeat, so each distinct answer is tokenized once.
     targets = [prompter.continuation(prompter.task.answer.target(ex.answer)) for ex in examples]

@@ -139,6 +139,9 @@ def _run_training(
     started = time.perf_counter()
     prompter = Prompter(task, tokenizer, prompt_format)
     examples = training_subset(data.split("train"), experiment.train_examples, experiment.seed)
+    if experiment.train_examples is not None and experiment.train_examples > len(examples):
+        console.print(f"[yellow]train_examples {experiment.train_examples:,} is more than the train split holds: "
+                      f"training on all {len(examples):,} (the record's data_used says so)[/]")
     dataset, skipped = build_dataset(prompter, examples, experiment.max_length)
     if skipped:
         console.print(f"[yellow]skipped {skipped} training example(s) over max_length={experiment.max_length}[/]")
