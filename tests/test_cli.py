@@ -200,3 +200,20 @@ def test_data_commands_refuse_counts_below_one_and_p95_is_never_rounded_down(lab
         values = rng.integers(1, 50, size=int(rng.integers(1, 40)))
         stats = _stats(values)
         assert stats["p95"] >= np.percentile(values, 95) and stats["p95"] <= stats["max"]
+
+
+def test_a_local_model_is_named_without_this_machines_paths(lab, tmp_path):
+    """Tables, the site and posts are published: a GGUF file or model folder is named by its path in the lab,
+    or by its own name when outside it (its absolute path was the label)."""
+    from llamalab.evaluation.systems import base_label, system_outline
+
+    outside = tmp_path / "models" / "m.gguf"
+    outside.parent.mkdir()
+    outside.write_bytes(b"GGUF")
+    inside = lab.root / "runs" / ".gguf" / "x-q8_0.gguf"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(b"GGUF")
+    assert base_label(lab, str(outside)) == "m.gguf"
+    assert base_label(lab, str(inside)) == "runs/.gguf/x-q8_0.gguf"
+    assert base_label(lab, "smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert system_outline(lab, str(outside)).label == "m.gguf"

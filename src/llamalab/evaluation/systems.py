@@ -49,6 +49,16 @@ class System:
         return backend_for(self, backend).open(self, precision)
 
 
+def base_label(lab: Lab, name: str) -> str:
+    """How tables name a base model: a name or hub id as given; a local folder or GGUF file by its path in the lab,
+    or outside it by its own name (tables, the site and posts are published: no machine's paths in them)."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name
+    resolved, root = path.resolve(), lab.root.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else resolved.name
+
+
 def resolve_system(lab: Lab, name: str) -> System:
     """An API model from lab.yaml, a train run id (or unique part of one), or else a base model."""
     if name in lab.config.api_models:
@@ -56,7 +66,7 @@ def resolve_system(lab: Lab, name: str) -> System:
     record = _train_run(lab, name)
     if record is None:
         try:
-            return System(label=name, kind="base", model=resolve_model(name))
+            return System(label=base_label(lab, name), kind="base", model=resolve_model(name))
         except LlamalabError as exc:  # a mistyped run id is not a model either: say both
             raise LlamalabError(f"no train run or API model named {name!r} in this lab, and {exc}") from None
     run = record.run
@@ -108,7 +118,7 @@ def system_outline(lab: Lab, name: str) -> System:
         return System(label=name, kind="api", trained_format="chat")
     record = _train_run(lab, name)
     if record is None:
-        return System(label=name, kind="base")
+        return System(label=base_label(lab, name), kind="base")
     return System(label=name, kind="finetuned", train_run=record.id, trained_format=record.run.prompt.format)
 
 
