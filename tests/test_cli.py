@@ -217,3 +217,11 @@ def test_a_local_model_is_named_without_this_machines_paths(lab, tmp_path):
     assert base_label(lab, str(inside)) == "runs/.gguf/x-q8_0.gguf"
     assert base_label(lab, "smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert system_outline(lab, str(outside)).label == "m.gguf"
+
+
+def test_a_mistyped_split_or_task_is_named_as_such(lab):
+    runner = CliRunner()
+    result = runner.invoke(app, ["compare", "--task", "sentiment", "--split", "dv", "--lab", str(lab.root)])
+    assert result.exit_code == 2 and "'dv' is not a split: use train, dev or test" in " ".join(result.output.split())
+    result = runner.invoke(app, ["report", "--task", "sentimnt", "--lab", str(lab.root)])
+    assert "did you mean 'sentiment'" in str(result.exception)

@@ -20,6 +20,7 @@ from llamalab.assignments.cli import assignment_app
 from llamalab.backends.registry import backend_help
 from llamalab.config import LlamalabError
 from llamalab.lab import find_lab, init_lab
+from llamalab.tasks.task import SPLITS
 
 if TYPE_CHECKING:
     from llamalab.runs.schema import PredictionSummary
@@ -41,6 +42,15 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 out = Console(width=None if sys.stdout.isatty() else 140)
 
 LabOption = Annotated[Path | None, typer.Option("--lab", help="lab folder (default: the one containing the cwd)")]
+
+
+def _split(value: str) -> str:
+    if value not in SPLITS:
+        raise typer.BadParameter(f"{value!r} is not a split: use train, dev or test")
+    return value
+
+
+SplitOption = Annotated[str, typer.Option(help="the split: train, dev or test", callback=_split)]
 
 
 @app.command()
@@ -118,7 +128,7 @@ def data_show(
     task: str,
     lab: LabOption = None,
     n: Annotated[int, typer.Option("-n", help="how many examples", min=1)] = 3,
-    split: str = "train",
+    split: SplitOption = "train",
     model: str = "smollm2-135m-instruct",
     prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
 ) -> None:
@@ -230,7 +240,7 @@ def plan(
 def evaluate(
     system: Annotated[str, typer.Argument(help="a base model (name, folder or hub id) or a train run id")],
     task: Annotated[str, typer.Option(help="task name")],
-    split: str = "test",
+    split: SplitOption = "test",
     prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
     shots: Annotated[int, typer.Option(help="k-shot examples from the train split")] = 0,
     limit: Annotated[int | None, typer.Option(help="evaluate a seeded subset of this many examples")] = None,
@@ -284,7 +294,7 @@ def _print_predictions(summary: PredictionSummary | None) -> None:
 @app.command("compare")
 def compare_cmd(
     task: Annotated[str, typer.Option(help="task name")],
-    split: str = "test",
+    split: SplitOption = "test",
     metric: Annotated[str | None, typer.Option(help="rank by this metric (default: the task's first)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
     reference: Annotated[str | None, typer.Option(
@@ -349,7 +359,7 @@ def export(
 @app.command()
 def report(
     name: Annotated[str, typer.Option(help="writes reports/NAME/")] = "draft",
-    split: str = "test",
+    split: SplitOption = "test",
     task: Annotated[list[str] | None, typer.Option(help="only these tasks (repeat the option)")] = None,
     reference: Annotated[str | None, typer.Option(
         help="test every system against this one (run id or system label; default: the best)")] = None,

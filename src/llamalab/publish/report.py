@@ -65,6 +65,8 @@ def build_report(
         raise LlamalabError(f"reference {reference!r} names no evaluated system: give a run id or a system label "
                             "as `llamalab compare` shows them")
     if tasks and (missing := sorted(set(tasks) - {b.name for b in boards})):
+        for name in missing:
+            lab.task_path(name)  # a task that does not exist: its own error, with the name it probably meant
         raise LlamalabError(f"no finished {split} evaluations on the current data for task(s) {', '.join(missing)} "
                             f"in {lab.runs_dir} (see `llamalab compare --task {missing[0]} --split {split}`)")
     if not boards:
