@@ -192,3 +192,16 @@ def test_a_value_fitting_no_type_of_a_union_is_one_message_and_internal_keys_are
     with pytest.raises(LlamalabError) as error:
         load_config(Task, path)
     assert "unknown key 'lab_rot'" in str(error.value) and "lab_root" not in str(error.value)
+
+
+def test_an_override_error_names_the_override_not_a_line_of_the_file(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("task: sentiment\nmax_steps: 5\nlora:\n  r: 8\n")
+    for overrides, expected in (({"max_steps": 0}, r"exp.yaml \(with overrides max_steps=0\): key 'max_steps'"),
+                                ({"lora.rr": 8}, r"\): unknown key 'lora.rr': did you mean 'lora.r'\?")):
+        with pytest.raises(LlamalabError, match=expected) as error:
+            load_experiment(path, overrides)
+        assert "exp.yaml:" not in str(error.value).split("(with")[0] + str(error.value).split(")")[1][:3]
+    path.write_text("task: sentiment\nmax_steps: 0\n")
+    with pytest.raises(LlamalabError, match=r"exp.yaml:2: key 'max_steps'"):
+        load_experiment(path, {"lora.r": 4})  # a file's own problem keeps its line

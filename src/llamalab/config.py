@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_origin
 
@@ -139,14 +139,17 @@ def _unbuildable_line(node: yaml.Node | None) -> int | None:
     return None
 
 
-def parse_model(model: type[M], data: Any, source: str, node: yaml.Node | None = None) -> M:
-    """Validate `data` against `model`; on failure raise one LlamalabError listing every problem."""
+def parse_model(model: type[M], data: Any, source: str, node: yaml.Node | None = None,
+                overridden: Iterable[str] = ()) -> M:
+    """Validate `data` against `model`; on failure raise one LlamalabError listing every problem. A problem with a
+    key in (or under) `overridden` (set on the command line) is named as such, not by a line of the file."""
     if data is None:
         data = {}
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(model, err, source, node) for err in _merge_union_errors(model, exc.errors())]
+        problems = [_describe(model, err, source, node, tuple(overridden))
+                    for err in _merge_union_errors(model, exc.errors())]
         raise LlamalabError("\n".join(dict.fromkeys(problems))) from None
 
 
@@ -207,17 +210,21 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
     return result
 
 
-def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node | None) -> str:
+def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node | None,
+              overridden: tuple[str, ...] = ()) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     if isinstance(problem := err.get("ctx", {}).get("error"), KeyProblem):
         loc.append(problem.key)
     path = ".".join(str(p) for p in loc) or "(top level)"
-    line = _line_of(node, loc)
+    from_command_line = any(path == key or path.startswith(f"{key}.") for key in overridden)
+    line = None if from_command_line else _line_of(node, loc)
     where = f"{source}:{line}" if line else source
     if err["type"] == "extra_forbidden":
         known = _fields_at(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+        parent = ".".join(str(p) for p in loc[:-1])
+        suggestion = f"{parent}.{close[0]}" if close and from_command_line and parent else close[0] if close else ""
+        hint = f"did you mean {suggestion!r}?" if close else f"known keys: {', '.join(sorted(known))}"
         return f"{where}: unknown key {path!r}: {hint}"
     if err["type"] == "missing":
         return f"{where}: missing required key {path!r}"

@@ -86,13 +86,15 @@ def load_experiment(path: Path, overrides: Mapping[str, Any] | None = None) -> t
     if overrides and isinstance(data, dict | None):  # anything else fails validation below, with its line
         data = apply_overrides(data or {}, overrides)
     shown = " ".join(f"{k}={v}" for k, v in (overrides or {}).items())
-    return resolve_experiment(data, f"{path} (with overrides {shown})" if overrides else str(path), node)
+    return resolve_experiment(data, f"{path} (with overrides {shown})" if overrides else str(path), node,
+                              list(overrides or {}))
 
 
-def resolve_experiment(data: Any, source: str, node: yaml.Node | None = None) -> tuple[Experiment, dict]:
-    """Validate an experiment (errors name `source` and, for files, the line) and return it with its resolved
-    dict: every setting, defaults included, as recorded in the run's config.yaml and hashed."""
-    experiment = parse_model(Experiment, data, source, node)
+def resolve_experiment(data: Any, source: str, node: yaml.Node | None = None,
+                       overridden: list[str] | None = None) -> tuple[Experiment, dict]:
+    """Validate an experiment (errors name `source` and, for files, the line, or the override) and return it with
+    its resolved dict: every setting, defaults included, as recorded in the run's config.yaml and hashed."""
+    experiment = parse_model(Experiment, data, source, node, overridden or ())
     resolved = experiment.model_dump(mode="json")
     for key, default in LATER_SETTINGS.items():  # older runs keep their config hash
         if resolved[key] == default:
