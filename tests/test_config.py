@@ -201,7 +201,7 @@ def test_an_override_error_names_the_override_not_a_line_of_the_file(tmp_path):
                                 ({"lora.rr": 8}, r"\): unknown key 'lora.rr': did you mean 'lora.r'\?")):
         with pytest.raises(LlamalabError, match=expected) as error:
             load_experiment(path, overrides)
-        assert "exp.yaml:" not in str(error.value).split("(with")[0] + str(error.value).split(")")[1][:3]
+        assert "):2" not in str(error.value) and "):4" not in str(error.value)
     path.write_text("task: sentiment\nmax_steps: 0\n")
-    with pytest.raises(LlamalabError, match=r"exp.yaml:2: key 'max_steps'"):
+    with pytest.raises(LlamalabError, match=r"exp.yaml \(with overrides lora.r=4\):2: key 'max_steps'"):
         load_experiment(path, {"lora.r": 4})  # a file's own problem keeps its line
