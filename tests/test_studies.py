@@ -891,3 +891,20 @@ def test_a_quantization_row_evaluated_before_the_tasks_data_changed_is_not_the_r
     rows = recorded_quantization(lab, load_study(lab, "q"))
     assert [(r.type, r.eval.id) for r in rows] == [("q8_0", made["q8_0"])]
     assert rows[0].delta is None  # no f16 on today's data to test against yet
+
+
+def test_a_cells_time_counts_its_evaluations_model_loading(tmp_path):
+    """The study table said 6 s where the progress line said 12 s: an evaluation's total_s leaves out the loading
+    of its model, which the cell's time now adds."""
+    from llamalab.runs.record import RunRecord
+    from llamalab.studies.run import CellState
+    from llamalab.studies.spec import Cell
+    from tests.records import eval_fields, train_fields
+
+    trained = RunRecord.create(tmp_path, "train", "x", {}, **train_fields())
+    trained.update(timings={"total_s": 4.0})
+    evaluated = RunRecord.create(tmp_path, "eval", "x", {}, **eval_fields())
+    evaluated.update(timings={"total_s": 2.0, "load_model_s": 5.5})
+    cell = Cell("k", {}, "x")
+    assert CellState(cell, "finished", trained, evaluated).seconds == 11.5
+    assert CellState(cell, "trained", trained).seconds == 4.0

@@ -37,8 +37,11 @@ class CellState:
 
     @property
     def seconds(self) -> float | None:
-        """Train plus eval wall time, as the records say."""
+        """Train plus eval wall time, as the records say: an evaluation's run time (total_s) and the loading of its
+        model before the run began (load_model_s), as the progress lines count them."""
         times = [r.run.timings.get("total_s") for r in (self.train, self.eval) if r is not None]
+        if self.eval is not None and times[-1] is not None:
+            times[-1] += self.eval.run.timings.get("load_model_s") or 0.0
         return round(sum(t for t in times if t is not None), 1) if any(t is not None for t in times) else None
 
 
