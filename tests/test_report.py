@@ -178,3 +178,14 @@ def test_a_report_name_is_a_folder_name_under_reports(lab, name):
     with pytest.raises(LlamalabError, match="report name"):
         build_report(lab, name)
     assert (lab.root / "runs").is_dir() or not (lab.root / "runs").exists()
+
+
+def test_a_broken_study_stops_publishing_with_its_name_and_the_way_past_it(lab):
+    from llamalab.config import LlamalabError
+    from llamalab.publish.results import study_boards
+
+    (lab.root / "studies").mkdir(exist_ok=True)
+    (lab.root / "studies" / "bad-scaling.yaml").write_text("kind: scaling\nexperiment: nope\n")
+    with pytest.raises(LlamalabError, match=r"study bad-scaling: .*fix studies/bad-scaling.yaml, or move it out of "
+                                            r"studies/ to publish without it"):
+        study_boards(lab)

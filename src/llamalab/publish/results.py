@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import (
     Comparison,
     Entry,
@@ -202,19 +203,29 @@ def study_boards(lab: Lab) -> list[StudyBoard | SweepBoard | QuantBoard]:
     from the records alone (nothing is run)."""
     boards: list[StudyBoard | SweepBoard | QuantBoard] = []
     for path in sorted((lab.root / "studies").glob("*.yaml")):
-        study = load_study(lab, path.stem)
-        task = load_task(lab.task_path(study.task), lab.root)
-        metric, labels = task.metric_names[0], task.answer.labels or None
-        if study.spec.kind == "quantization":
-            if rows := recorded_quantization(lab, study):
-                boards.append(QuantBoard(study, rows, metric))
-            continue
-        states = cell_states(lab, study)
-        if not any(s.status == "finished" for s in states):
-            continue
-        if study.spec.kind == "sweep":
-            boards.append(SweepBoard(study, states, sweep_result(states, metric, labels)))
-            continue
-        comparators = [(r.run.display_label, r) for r in recorded_comparators(lab, study)]
-        boards.append(StudyBoard(study, states, scaling_result(states, comparators, metric, labels)))
+        try:
+            board = _study_board(lab, path.stem)
+        except (LlamalabError, ValueError) as exc:  # one study's problem, named, with the way past it
+            raise LlamalabError(f"study {path.stem}: {exc}\n(the report, the site and posts show every study in "
+                                f"studies/: fix studies/{path.name}, or move it out of studies/ to publish without "
+                                "it)") from None
+        if board is not None:
+            boards.append(board)
     return boards
+
+
+def _study_board(lab: Lab, name: str) -> StudyBoard | SweepBoard | QuantBoard | None:
+    """One study's board from the records, or None while it has nothing finished to show."""
+    study = load_study(lab, name)
+    task = load_task(lab.task_path(study.task), lab.root)
+    metric, labels = task.metric_names[0], task.answer.labels or None
+    if study.spec.kind == "quantization":
+        rows = recorded_quantization(lab, study)
+        return QuantBoard(study, rows, metric) if rows else None
+    states = cell_states(lab, study)
+    if not any(s.status == "finished" for s in states):
+        return None
+    if study.spec.kind == "sweep":
+        return SweepBoard(study, states, sweep_result(states, metric, labels))
+    comparators = [(r.run.display_label, r) for r in recorded_comparators(lab, study)]
+    return StudyBoard(study, states, scaling_result(states, comparators, metric, labels))
