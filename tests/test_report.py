@@ -186,6 +186,6 @@ def test_a_broken_study_stops_publishing_with_its_name_and_the_way_past_it(lab):
 
     (lab.root / "studies").mkdir(exist_ok=True)
     (lab.root / "studies" / "bad-scaling.yaml").write_text("kind: scaling\nexperiment: nope\n")
-    with pytest.raises(LlamalabError, match=r"study bad-scaling: .*fix studies/bad-scaling.yaml, or move it out of "
+    with pytest.raises(LlamalabError, match=r"(?s)study bad-scaling: .*fix studies/bad-scaling.yaml, or move it out of "
                                             r"studies/ to publish without it"):
         study_boards(lab)
