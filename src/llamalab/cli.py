@@ -222,6 +222,9 @@ def plan(
         out.print(f"time: {result.seconds_per_epoch:,.0f} s per epoch ({result.steps_per_epoch} steps) at "
                   f"{result.efficiency:.0%} of {result.matmul_tflops:,.3g} TFLOP/s ({escape(result.efficiency_source)})"
                   f"; {result.flops_per_token / 1e9:,.2f} GFLOP per token")
+    else:
+        out.print("time: not predicted: the device named by its memory alone has no known matmul rate (name a "
+                  "device that is here, e.g. --device cpu or cuda, to time it)")
     past = past_runs(the_lab)
     if past:
         history = Table(title="the plan against the lab's past runs")
@@ -238,7 +241,8 @@ def plan(
 
 @app.command("eval")
 def evaluate(
-    system: Annotated[str, typer.Argument(help="a base model (name, folder or hub id) or a train run id")],
+    system: Annotated[str, typer.Argument(
+        help="a base model (name, folder, .gguf file or hub id), a train run id, or an API model from lab.yaml")],
     task: Annotated[str, typer.Option(help="task name")],
     split: SplitOption = "test",
     prompt_format: Annotated[str | None, typer.Option("--format", help="plain or chat (default: the task's)")] = None,
