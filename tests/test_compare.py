@@ -431,3 +431,24 @@ def test_a_fine_tuned_system_is_named_as_reference_by_its_train_run(lab):
     for name in ("20261129-000000-train-exp-ab12", "train-exp-ab12"):
         result = compare(lab, "sentiment", reference=name)
         assert result.reference == "exp@ab12 [plain]" and not result.reference_is_best
+
+
+def test_a_system_sharing_no_example_is_named_untested_not_listed_as_a_test(lab):
+    from llamalab.evaluation.compare import comparison_table
+    from llamalab.publish.methods import _comparison
+    from llamalab.publish.results import task_boards
+    from llamalab.publish.tables import caption
+
+    fake_eval(lab, "a", [True] * 8 + [False] * 2)
+    fake_eval(lab, "b", [True] * 5 + [False] * 5)
+    apart = RunRecord.create(lab.runs_dir, "eval", "c", {"system": "c"}, **eval_fields(label="c", n=4))
+    append_jsonl(apart.folder / "predictions.jsonl", [
+        {"id": f"y:{i}", "gold": "positive", "prediction": "negative", "correct": False} for i in range(4)])
+    apart.update(status="finished")
+    board = task_boards(lab)[0]
+    assert "none: no shared examples" not in caption(board) and "exact McNemar" in caption(board)
+    console = Console(record=True, width=400)
+    console.print(comparison_table(compare(lab, "sentiment")))
+    assert "none: no shared examples on" not in console.export_text()
+    text = _comparison(board)
+    assert "(exact McNemar)" in text and text.endswith("c [plain] shares no example with it and is not tested.")

@@ -285,6 +285,23 @@ def reference_name(result: Comparison) -> str:
     return "the best system" if result.reference_is_best else f"the reference system, {result.reference}"
 
 
+def tests_run(rows: list[SystemRow]) -> list[str]:
+    """The paired tests that ran against the reference (a system sharing no example with it was not tested)."""
+    return sorted({row.vs_reference.test for row in rows if row.vs_reference and row.vs_reference.delta is not None})
+
+
+def tests_label(rows: list[SystemRow]) -> str:
+    """The tests a caption names: those that ran, or why there are none."""
+    if tests := tests_run(rows):
+        return ", ".join(tests)
+    return "none (no other system shares an example with it)" if untested(rows) else "no other system"
+
+
+def untested(rows: list[SystemRow]) -> list[str]:
+    """Systems not tested against the reference: they share no example with it."""
+    return [row.system for row in rows if row.vs_reference and row.vs_reference.delta is None]
+
+
 def earlier_data_note(result: Comparison) -> str:
     """Names the systems left out because they were evaluated only on the task's earlier data ("" if none)."""
     if not result.earlier_data:
@@ -299,12 +316,11 @@ def reference_cell(result: Comparison) -> str:
 
 def comparison_table(result: Comparison) -> Table:
     """The comparison as a rich table: metrics with CIs, paired tests, and API cost and latency."""
-    tests = sorted({row.vs_reference.test for row in result.systems if row.vs_reference})
     with_cost = any(row.cost_per_1k_usd is not None or row.seconds_per_1k is not None for row in result.systems)
     table = Table(
         title=escape(f"{result.task} / {result.split}  (ranked by {result.metric})"),
         caption=escape(
-            f"p: {', '.join(tests) or 'no other system'} on {result.metric} against {reference_name(result)}, "
+            f"p: {tests_label(result.systems)} on {result.metric} against {reference_name(result)}, "
             "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
             "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse. "
             + ("$: API list prices (≥ a lower bound: some answers came without token counts; ~ local compute at "

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llamalab.config import LlamalabError
-from llamalab.evaluation.compare import SystemRow, reference_name
+from llamalab.evaluation.compare import SystemRow, reference_name, tests_run, untested
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
 from llamalab.runs.schema import DataUsed, EvalRun, ScoringInfo, TrainRun
@@ -474,11 +474,15 @@ def _intervals(board: TaskBoard, evals: list[_Eval]) -> str:
 
 
 def _comparison(board: TaskBoard) -> str:
-    tests = sorted({row.vs_reference.test for row in board.rows if row.vs_reference})
+    tests, apart = tests_run(board.rows), untested(board.rows)
+    not_tested = (f" {_join(apart)} {'shares' if len(apart) == 1 else 'share'} no example with it and "
+                  f"{'is' if len(apart) == 1 else 'are'} not tested." if apart else "")
     if not tests:
+        if apart:
+            return f"No system is compared with {reference_name(board.comparison)}:{not_tested}"
         return "With one system there is no paired comparison."
     return (f"Each system is compared with {reference_name(board.comparison)} on the examples both saw "
-            f"({', '.join(tests)}), with Holm's correction for the number of comparisons.")
+            f"({', '.join(tests)}), with Holm's correction for the number of comparisons.{not_tested}")
 
 
 def _prediction_time(evals: list[_Eval]) -> str:

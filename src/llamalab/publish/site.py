@@ -31,6 +31,7 @@ from llamalab.evaluation.compare import (
     interval_note,
     latest_evals,
     n_range,
+    tests_run,
 )
 from llamalab.lab import Lab
 from llamalab.publish import content, figures
@@ -111,7 +112,8 @@ class _Builder:
                                 tojson_pretty=_pretty_json,
                                 safe_url=safe_url, cost_note=cost_note, interval_note=interval_note,
                                 delta=format_delta, prediction_warnings=comparison_warnings, n_range=n_range,
-                                count="{:,}".format, earlier_data_note=earlier_data_note)
+                                count="{:,}".format, earlier_data_note=earlier_data_note,
+                                tests_run=tests_run)
 
     def build(self) -> None:
         lab = self.lab

@@ -17,6 +17,7 @@ from llamalab.evaluation.compare import (
     reference_cell,
     reference_name,
     signed,
+    tests_label,
 )
 from llamalab.publish.results import QuantBoard, StudyBoard, SweepBoard, TaskBoard
 
@@ -40,11 +41,10 @@ def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:
 
 
 def caption(board: TaskBoard) -> str:
-    tests = sorted({row.vs_reference.test for row in board.rows if row.vs_reference})
     return (
         f"{board.name}, {board.comparison.split} split, ranked by {board.metric}. "
         f"{interval_note([row.metrics for row in board.rows])} "
-        f"p: {', '.join(tests) or 'no other system'} on {board.metric} against {reference_name(board.comparison)}, "
+        f"p: {tests_label(board.rows)} on {board.metric} against {reference_name(board.comparison)}, "
         "on the examples both saw (n=… marks a paired subset), Holm-corrected. " + cost_note(board.rows)
         + " Time is evaluation wall time. " + earlier_data_note(board.comparison)
     ).strip()
