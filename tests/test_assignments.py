@@ -810,3 +810,15 @@ def test_predict_inputs_that_cannot_be_read_name_the_line(tmp_path: Path, conten
     with pytest.raises(LlamalabError) as error:
         read_inputs(path)
     assert message in str(error.value)
+
+
+def test_a_submission_answer_is_the_text_its_run_scored():
+    """A plain-format run-on is scored up to where the model started another example; the assignment re-scores
+    that same text (it re-scored the whole generation, and graded the invented example's answer)."""
+    from llamalab.assignments.rubric import score_answer, submission_answer
+    from llamalab.tasks.task import AnswerSpec
+
+    row = {"generation": "5 + 3 = 8, so 8.\n\nSolve the problem.\n\nTom has 1 left.", "answer_text": "5 + 3 = 8, so 8."}
+    assert submission_answer(row) == "5 + 3 = 8, so 8."
+    assert score_answer(AnswerSpec(type="number"), "#### 8", submission_answer(row))["correct"] is True
+    assert submission_answer({"generation": "#### 3"}) == "#### 3"

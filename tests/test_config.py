@@ -205,3 +205,12 @@ def test_an_override_error_names_the_override_not_a_line_of_the_file(tmp_path):
     path.write_text("task: sentiment\nmax_steps: 0\n")
     with pytest.raises(LlamalabError, match=r"exp.yaml \(with overrides lora.r=4\):2: key 'max_steps'"):
         load_experiment(path, {"lora.r": 4})  # a file's own problem keeps its line
+
+
+def test_errors_on_two_entries_of_a_mapping_stay_two_and_name_their_entries():
+    from llamalab.config import parse_model
+
+    with pytest.raises(LlamalabError) as error:
+        parse_model(LabConfig, {"name": "x", "api_models": {"gpt": 5, "claude": 6}}, "lab.yaml")
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2 and "key 'api_models.gpt'" in lines[0] and "key 'api_models.claude'" in lines[1]

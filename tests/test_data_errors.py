@@ -337,6 +337,10 @@ def test_records_the_readers_used_to_lose_or_crash_on(lab):
     assert [str(b) for b in data.bad_rows] == ["data/p/twice.csv:1: the header names 'text' more than once: "
                                                "rename the columns, or set `header: false` and `columns:`"]
 
+    (folder / "sheet.csv").write_text("text,label,,\ngreat,pos,,\nbad,neg,,\n")  # a spreadsheet's blank columns
+    write_lab_task(lab, "[{path: data/p/sheet.csv, split: train}]")
+    assert len(load_task_data(load_task(lab.task_path("probe"), lab.root)).split("train")) == 2
+
     (folder / "keys.json").write_text('{"train": [{"text": "a", "label": "pos"}], "train": []}')
     write_lab_task(lab, "[{path: data/p/keys.json, records: train, split: train}]")
     data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
@@ -370,6 +374,6 @@ def test_a_misspelled_id_field_is_an_error_and_a_file_without_ids_keeps_line_ids
 def test_a_task_file_whose_name_is_not_its_own_is_refused(lab):
     copy = lab.root / "tasks" / "sentiment_v2.yaml"
     copy.write_text(lab.task_path("sentiment").read_text().replace("seed: 13", "seed: 14"))
-    with pytest.raises(LlamalabError, match=r"sentiment_v2.yaml: key 'name': 'sentiment' is not the file's name.*"
-                                            r"set name: sentiment_v2"):
+    with pytest.raises(LlamalabError, match=r"(?s)sentiment_v2.yaml: key .name.: .sentiment. is not the file.s "
+                                            r"name.*rename the file to tasks/sentiment.yaml.*set name: sentiment_v2"):
         load_task(copy, lab.root)

@@ -12,7 +12,7 @@ import yaml
 
 from llamalab.config import LlamalabError
 from llamalab.runs.files import append_jsonl, read_jsonl, write_json_atomic
-from llamalab.runs.record import RunRecord, config_hash, find_run, list_runs, matching_runs, resume_run
+from llamalab.runs.record import RunRecord, config_hash, find_run, list_runs, matching_runs, now_iso, resume_run
 from llamalab.runs.schema import SCHEMA_VERSION, EvalRun, TrainRun, migrate
 from tests.records import eval_fields, train_fields
 
@@ -333,3 +333,32 @@ def test_a_refused_resume_and_the_resume_hint_give_the_settings_the_run_was_star
     from llamalab.config import apply_overrides, parse_overrides
 
     assert apply_overrides(now, parse_overrides(overrides_of(started, now).split())) == started
+    import shlex
+
+    listed = {**started, "lora": {**started["lora"], "target_modules": ["q_proj", "v_proj"]}}
+    words = shlex.split(overrides_of(listed, now))  # as a shell reads the pasted command
+    assert apply_overrides(now, parse_overrides(words)) == listed
+    later = {"activation_checkpointing": "auto", "max_grad_norm": 1.0}
+    assert overrides_of({"a": 1}, {"a": 1, "max_grad_norm": 0.5}, later) == "max_grad_norm=1.0"
+    assert overrides_of({"a": 1}, {"a": 1}, later) == ""
+
+
+def test_a_pid_reused_by_a_process_started_after_the_run_is_not_the_run(tmp_path):
+    """After a reboot or an OOM kill a run's pid may belong to an unrelated process (a root daemon: another
+    user's): one that started after the run (last) did is not the run, which can then be resumed."""
+    import subprocess
+
+    from llamalab.runs.record import is_alive
+
+    record = RunRecord.create(tmp_path, "eval", "e", {"limit": 1}, **eval_fields())
+    time.sleep(2.5)
+    later = subprocess.Popen(["sleep", "30"])
+    try:
+        record.update(pid=later.pid)
+        assert not is_alive(record)
+        assert resume_run(tmp_path, "eval", "e", {"limit": 1}).id == record.id
+        record = RunRecord.load(record.folder)
+        record.update(pid=later.pid, resumed=[*record.run.resumed, now_iso()])  # started again after it
+        assert is_alive(record)
+    finally:
+        later.kill()

@@ -48,7 +48,7 @@ def test_sql_answers_are_extracted_and_scored():
     assert extract_sql("SELECT 1; SELECT 2;") == "SELECT 1;"
     assert extract_sql("SELECT * FROM t WHERE n = 'a;b'; DROP") == "SELECT * FROM t WHERE n = 'a;b';"  # in a literal
     for fenced_answer in ("```sqlite3\nSELECT 1\n```", "``` sql\nSELECT 1\n```", "```sql\nSELECT 1",
-                          "Here: ```SELECT 1``` done", "```\nSELECT 1;\n```"):
+                          "Here: ```SELECT 1``` done", "```\nSELECT 1;\n```", "```sql SELECT 1```"):
         assert extract_sql(fenced_answer).rstrip(";") == "SELECT 1", fenced_answer  # info string, unclosed fence
     empty = score_generation(answer, "SELECT a FROM t", "   ")
     assert not empty["parsed"] and not empty["correct"]

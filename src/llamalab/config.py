@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -160,7 +160,7 @@ def _merge_union_errors(model: type[StrictModel], errors: list) -> list:
     for err in errors:
         loc = err["loc"]
         tagged = (err["type"] not in ("extra_forbidden", "missing") and len(loc) > 1 and isinstance(loc[-1], str)
-                  and loc[-1] not in _fields_at(model, list(loc[:-1]))
+                  and _is_union(_annotation_at(model, list(loc[:-1])))
                   and not isinstance(err.get("ctx", {}).get("error"), KeyProblem))
         previous = merged[-1] if merged else None
         if tagged and previous is not None and previous.get("union") == loc[:-1]:
@@ -233,6 +233,31 @@ def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node 
     got = err.get("input")
     shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
     return f"{where}: key {path!r}: {err['msg'].removeprefix('Value error, ')}{shown}"
+
+
+def _annotation_at(model: type[BaseModel], loc: list) -> Any:
+    """The annotation of the field at `loc` (None where `loc` is no field: a dict's key, a list's index)."""
+    current: Any = model
+    annotation = None
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or not isinstance(part, str):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        current = _model_in(annotation)
+    return annotation
+
+
+def _is_union(annotation: Any) -> bool:
+    """A union of several types other than None (`int | Literal["auto"]`), whose members pydantic reports apart."""
+    import types
+    from typing import Union
+
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return False
+    return len([a for a in get_args(annotation) if a is not type(None)]) > 1
 
 
 def _fields_at(model: type[BaseModel], loc: list) -> list[str]:

@@ -140,9 +140,9 @@ def score_answer(answer: AnswerSpec, gold: str, text: str) -> dict:
 
 
 def submission_answer(row: dict) -> str | None:
-    """The answer an eval run's prediction row gives: the generated text (scored exactly as the run scored it),
-    else the label the log-likelihoods chose."""
+    """The answer an eval run's prediction row gives: the generated text the run scored (up to where a plain-format
+    model started another example, `answer_text`), else the label the log-likelihoods chose."""
     if "generation" in row:
-        return row["generation"]
+        return row.get("answer_text", row["generation"])
     prediction = row.get("prediction")
     return prediction if isinstance(prediction, str) else None

@@ -63,7 +63,8 @@ _SQL_TOKEN = re.compile(
 )
 # A fenced code block: its info string ("sql", "sqlite3", " sql") is the rest of the opening line; an answer cut
 # off before the closing fence runs to the end.
-_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)|```(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)|```(?:(?:sql|sqlite\w*|postgres\w*|mysql|t?sql|plsql)\s+)?(.*?)```",
+                    re.DOTALL | re.IGNORECASE)
 
 
 def normalize_sql(sql: str) -> str:

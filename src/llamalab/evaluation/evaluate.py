@@ -123,6 +123,7 @@ def evaluate(
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
     settings = complete_settings(settings, task_spec, resolved)
+    check_verbalizers(task_spec, settings.protocol)
     data = load_task_data(task_spec)
     inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes)
     if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs)):
@@ -212,6 +213,15 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
     return record
 
 
+def check_verbalizers(task: Task, protocol: str | None) -> None:
+    """Before a run that generates labels: each must be findable in an answer (not only when settings are hashed,
+    so records of an older run stay readable)."""
+    if protocol == "generate" and task.answer.type == "label" and (why := unparseable_verbalizers(
+            {label: task.answer.verbalize(label) for label in task.answer.labels})):
+        raise LlamalabError(f"task {task.name!r}: {why}, so generated answers cannot be scored: give the labels "
+                            "distinct `verbalizers:` made of words, or score them with --protocol loglikelihood")
+
+
 def complete_settings(settings: EvalSettings, task: Task, system: System) -> EvalSettings:
     """Fill in the defaults that depend on the task and system, and reject impossible combinations."""
     is_api = system.kind == "api"
@@ -225,10 +235,6 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
                             "generation runs in the backend's own precision: drop --precision")
     if is_api and settings.format == "plain":
         raise LlamalabError(f"{system.label} is a chat API: it can only be prompted in chat format")
-    if protocol == "generate" and task.answer.type == "label" and (why := unparseable_verbalizers(
-            {label: task.answer.verbalize(label) for label in task.answer.labels})):
-        raise LlamalabError(f"task {task.name!r}: {why}, so generated answers cannot be scored: give the labels "
-                            "distinct `verbalizers:` made of words, or score them with --protocol loglikelihood")
     prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
     max_new = settings.max_new_tokens or task.answer.default_max_new_tokens
     return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new})
@@ -255,17 +261,24 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
     if settings.protocol == "generate":
         parsing = {
             "label": "the label whose verbalizer starts the answer's first line (case and punctuation ignored), "
-            "else the first one mentioned; the prompt lists the allowed labels",
-            "number": "the number after ####, else after 'answer is', else in \\boxed{}, else the last number",
+            "else the first one that line mentions, else the first one the rest mentions; the prompt lists the "
+            "allowed labels",
+            "number": "the number right after the first #### that has one, else right after the first 'answer is' "
+            "or 'answer:' that has one (an arithmetic chain to its result), else in the last \\boxed{}, else the "
+            "last number; a fraction without an exact decimal is kept as a fraction",
             "text": "exact_match after removing accents, lower-casing, and removing punctuation (Unicode punctuation "
             "categories; symbols such as $ and + are kept), articles and extra whitespace; exact_match_strict after "
             "collapsing whitespace only",
             "entities": "a JSON list of {type, text}; invalid JSON counts as no entities",
-            "sql": "the first fenced code block (else the text) up to the first semicolon; exact_match after SQL "
+            "sql": "the first fenced code block (else the text) up to the first semicolon outside quotes; "
+            "exact_match after SQL "
             "normalisation (keywords and unquoted identifiers case-folded, spacing between tokens and the quote "
             "style of literals normalised, a trailing semicolon dropped; no execution); exact_match_strict after "
             "collapsing whitespace only",
         }[task.answer.type]
+        if settings.format == "plain":
+            parsing += ("; the answer ends where a blank line is followed by the prompt's opening words (the model "
+                        "starting another example): the rest is kept in the generation, not scored")
         return {"protocol": "generate", "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
                 "parsing": parsing, "unparsed_answer": "counted as wrong"}
     return {
@@ -377,11 +390,13 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
             computed = None
 
             def save_generations(indices: list[int], generations) -> None:
-                append_jsonl(path, [
-                    row(i, generation=g.text, **score_generation(task.answer, examples[i].answer,
-                                                                 prompter.answer_text(g.text)), **g.extra)
-                    for i, g in zip(indices, generations, strict=True)
-                ])
+                rows = []
+                for i, g in zip(indices, generations, strict=True):
+                    answer = prompter.answer_text(g.text)  # a plain run-on cut where the next example starts
+                    cut = {"answer_text": answer} if answer != g.text else {}  # what was scored, where it differs
+                    rows.append(row(i, generation=g.text, **cut,
+                                    **score_generation(task.answer, examples[i].answer, answer), **g.extra))
+                append_jsonl(path, rows)
                 advance(len(indices))
 
             backend.generate(inputs, settings.max_new_tokens, settings.batch_size, save_generations)

@@ -100,14 +100,14 @@ def resume_command(lab: Lab, record: RunRecord) -> str:
     """The `llamalab train ... --resume` that continues this run: its experiment with the overrides it was
     started with (the settings where its config.yaml differs from the experiment file now)."""
     from llamalab.runs.record import overrides_of
-    from llamalab.training.experiment import load_experiment
+    from llamalab.training.experiment import LATER_SETTINGS, load_experiment
 
     name = record.run.experiment
     try:
         _, now = load_experiment(lab.experiment_path(name))
     except LlamalabError:
         return f"llamalab train {name} --resume"
-    overrides = overrides_of(record.config, now)
+    overrides = overrides_of(record.config, now, dict(LATER_SETTINGS))
     return f"llamalab train {name} --resume{' ' + overrides if overrides else ''}"
 
 

@@ -83,8 +83,9 @@ def build_site(lab: Lab, out: Path | None = None) -> Path:
     default = target == (lab.root / "site").resolve()
     if lab.root.resolve().is_relative_to(target):
         raise LlamalabError(f"--out {out}: the site cannot replace the folder the lab is in; choose a new folder")
-    if target.is_file() or (target.is_dir() and not default and not (target / SITE_MARKER).is_file()
-                            and any(target.iterdir())):
+    built_before = (target / SITE_MARKER).is_file() or all(  # a build from before the marker, by its layout
+        (target / part).exists() for part in ("index.html", "tasks", "runs", "posts"))
+    if target.is_file() or (target.is_dir() and not default and not built_before and any(target.iterdir())):
         raise LlamalabError(f"--out {out}: {target} holds files a site build did not make, and a build replaces "
                             "its folder whole: choose a new or empty folder (or delete that one)")
     with staged_folder(target) as staging:

@@ -188,8 +188,9 @@ def _markdown(header: list[str], body: list[list[str]], text: str) -> str:
 def md_escape(text: str) -> str:
     """Text from records (a system label, a task name) as literal Markdown: `*star*`, `[a](b)` or `<img>` in a
     label is shown as written, not rendered as emphasis, a link or HTML. Brackets alone ("model [plain]") make
-    no link and stay as they are."""
-    escaped = re.sub(r"([\\`*_<>#|&])", r"\\\1", text)
+    no link, nor does an underscore inside a word ("learning_rate"): they stay as they are."""
+    escaped = re.sub(r"([\\`*<>#|&])", r"\\\1", text)
+    escaped = re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", escaped)  # "learning_rate" makes no emphasis
     return re.sub(r"([\[\]])", r"\\\1", escaped) if "](" in text or "][" in text else escaped
 
 

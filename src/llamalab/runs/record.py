@@ -258,16 +258,18 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
         if unfinished:
             latest = unfinished[-1]
             changed = settings_differences(latest.config, config)
+            defaults = _later_settings() if kind == "train" else None
             raise LlamalabError(f"no unfinished {what} of {name!r} with these settings: {latest.id} was started with "
                                 f"different ones (config hash {latest.run.config_hash}, now {wanted}"
                                 + (f"; it had {changed}" if changed else "") + "); resume with the same settings"
-                                + (f", e.g. `... --resume {overrides_of(latest.config, config)}`" if changed else ""))
+                                + (f", e.g. `... --resume {overrides_of(latest.config, config, defaults)}`"
+                                   if changed else ""))
         raise LlamalabError(f"no unfinished {what} of {name!r} to resume in {runs_dir}")
     record = same[-1]
     if why := inputs.differ(record):
         raise LlamalabError(f"run {record.id} cannot be continued: {why}, so its finished part would not match the "
                             "rest; start it afresh (without --resume)")
-    with _claim_lock(record.folder):  # two resumes at once: the second sees the first's claim, not a dead run
+    with _claim_lock(runs_dir):  # two resumes at once: the second sees the first's claim, not a dead run
         record = RunRecord.load(record.folder)
         if is_alive(record):
             where = f" on {record.run.host}" if record.run.host else ""
@@ -278,11 +280,12 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
 
 
 @contextlib.contextmanager
-def _claim_lock(folder: Path) -> Iterator[None]:
-    """Held while a process checks that a run is not alive and marks it as its own."""
+def _claim_lock(runs_dir: Path) -> Iterator[None]:
+    """Held while a process checks that a run is not alive and marks it as its own (one file for the runs
+    folder, not one left in every resumed run's folder)."""
     import fcntl
 
-    with (folder / ".claim.lock").open("a") as handle:
+    with (runs_dir / ".claim.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -303,11 +306,23 @@ def settings_differences(theirs: dict, ours: dict) -> str:
                      if a.get(key) != b.get(key))
 
 
-def overrides_of(theirs: dict, ours: dict) -> str:
-    """The `key=value` overrides that turn settings `ours` into the run's `theirs`."""
-    a, b = _flat(theirs), _flat(ours)
+def overrides_of(theirs: dict, ours: dict, defaults: dict | None = None) -> str:
+    """The `key=value` overrides that turn settings `ours` into the run's `theirs`, quoted for a shell; a key the
+    run's settings leave out (recorded before it existed) takes its value from `defaults`."""
+    import shlex
+
+    a, b = (_flat(settings) for settings in (theirs, ours))
+    for flat in (a, b):  # a setting left out at its default is that default
+        flat |= {key: value for key, value in (defaults or {}).items() if key not in flat}
     changed = [key for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
-    return " ".join(f"{key}={json.dumps(a.get(key))}" for key in changed)
+    return " ".join(shlex.quote(f"{key}={json.dumps(a.get(key), separators=(',', ':'))}") for key in changed)
+
+
+def _later_settings() -> dict:
+    """Experiment settings added after the first records, which a run at their default leaves out."""
+    from llamalab.training.experiment import LATER_SETTINGS
+
+    return dict(LATER_SETTINGS)
 
 
 def slurm_job() -> str | None:
@@ -349,8 +364,22 @@ def is_alive(record: RunRecord) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, under another user
-        return True
-    return True
+        pass
+    # a process that started after the run last did is another one under a reused pid (after a reboot, say)
+    began = _process_start(pid)
+    latest = max(datetime.fromisoformat(t).timestamp() for t in (record.run.started, *record.run.resumed))
+    return began is None or began <= latest + 2
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (Unix time), where /proc says; else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def peak_memory_mb() -> float:

@@ -164,7 +164,7 @@ def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     lines = _line_numbers(text, [offset for _, offset in _json_children(text, _json_position(text, keys))])
     # A minified file puts records on one line: then `records:` and the index tell them apart (and keep ids unique,
     # also across file entries that read other lists of the same file).
-    unique = len(set(lines)) == len(lines) and "\n" in text.strip()
+    unique = len(set(lines)) == len(lines) and (not file.records or "\n" in text.strip())
     rows: list[Record] = []
     bad: list[BadRow] = []
     for index, (line, value) in enumerate(zip(lines, records, strict=True)):
@@ -251,7 +251,7 @@ def _read_delimited(file: DataFile, text: str, fmt: str) -> tuple[list[Record], 
             return [], []
         except csv.Error as exc:
             return [], [BadRow(f"{file.path}:1", f"malformed header ({exc})")]
-        if repeated := sorted({name for name in names if names.count(name) > 1}):
+        if repeated := sorted({name for name in names if name and names.count(name) > 1}):  # not a sheet's blanks
             return [], [BadRow(f"{file.path}:1", f"the header names {', '.join(map(repr, repeated))} more than "
                                                  "once: rename the columns, or set `header: false` and `columns:`")]
         what = "the header has"

@@ -250,6 +250,7 @@ def load_task(path: Path, lab_root: Path) -> Task:
     if task.name != path.stem:  # a copy edited into tasks/x_v2.yaml would pin its split over the original's
         raise LlamalabError(
             f"{path}: key 'name': {task.name!r} is not the file's name: commands find a task by its file, and its "
-            f"runs and pinned split (data/splits/<name>.json) go by `name`, so they must agree: set name: "
-            f"{path.stem}")
+            f"runs and pinned split (data/splits/{task.name}.json) go by `name`, so they must agree: rename the file "
+            f"to tasks/{task.name}.yaml (which keeps its runs and split), or, for a new task with no runs yet, set "
+            f"name: {path.stem}")
     return task.model_copy(update={"lab_root": lab_root})
