@@ -32,11 +32,11 @@ def test_unknown_task_and_outside_a_lab(lab, tmp_path):
 
 @pytest.mark.slow  # token lengths under the embedded model's tokenizer
 def test_data_check_reports_bad_rows_and_fails(lab):
-    with (lab.root / "data" / "rt_polarity" / "rt-polarity.pos").open("a") as handle:
-        handle.write("\n")
+    with (lab.root / "data" / "rt_polarity" / "rt-polarity.pos").open("ab") as handle:
+        handle.write(b"\n\xff ruined\n")  # a blank line is skipped; a byte that is not UTF-8 is not
     result = CliRunner().invoke(app, ["data", "check", "sentiment", "--lab", str(lab.root), "--json"])
     assert result.exit_code == 1
-    assert "rt-polarity.pos:5332: empty line" in result.stdout
+    assert "rt-polarity.pos:5333: not UTF-8 (byte 0xff" in result.stdout
 
 
 @pytest.mark.slow  # token lengths under the embedded model's tokenizer
