@@ -86,7 +86,7 @@ def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str])
     if before is not None:
         old = before.rows[0]
         hashes = {e.record.id: e.run.task.data_sha256 for e in [*before.entries, *board.entries]}
-        data_changed = hashes[old.run] != hashes[best.run]
+        data_changed = bool(hashes[old.run] and hashes[best.run]) and hashes[old.run] != hashes[best.run]
         if old.run == best.run:
             lines.append("- **What changed:** the best system is unchanged since the last post.")
         else:
