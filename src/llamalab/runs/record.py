@@ -257,8 +257,8 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
     if not same:
         if unfinished:
             latest = unfinished[-1]
-            changed = settings_differences(latest.config, config)
             defaults = _later_settings() if kind == "train" else None
+            changed = settings_differences(latest.config, config, defaults)
             raise LlamalabError(f"no unfinished {what} of {name!r} with these settings: {latest.id} was started with "
                                 f"different ones (config hash {latest.run.config_hash}, now {wanted}"
                                 + (f"; it had {changed}" if changed else "") + "); resume with the same settings"
@@ -299,23 +299,26 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-def settings_differences(theirs: dict, ours: dict) -> str:
+def _changed(theirs: dict, ours: dict, defaults: dict | None = None) -> list[tuple[str, Any, Any]]:
+    """(dotted key, the run's value, ours) where two settings differ; a key left out of either (recorded before it
+    existed, or at its default) counts as its value in `defaults`."""
+    a, b = (_flat(settings) for settings in (theirs, ours))
+    for flat in (a, b):
+        flat |= {key: value for key, value in (defaults or {}).items() if key not in flat}
+    return [(key, a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
+
+
+def settings_differences(theirs: dict, ours: dict, defaults: dict | None = None) -> str:
     """The settings a run had that differ from `ours`, as `key: value (now other)`, e.g. for a resume refused."""
-    a, b = _flat(theirs), _flat(ours)
-    return "; ".join(f"{key}: {a.get(key)!r} (now {b.get(key)!r})" for key in sorted(a.keys() | b.keys())
-                     if a.get(key) != b.get(key))
+    return "; ".join(f"{key}: {mine!r} (now {now!r})" for key, mine, now in _changed(theirs, ours, defaults))
 
 
 def overrides_of(theirs: dict, ours: dict, defaults: dict | None = None) -> str:
-    """The `key=value` overrides that turn settings `ours` into the run's `theirs`, quoted for a shell; a key the
-    run's settings leave out (recorded before it existed) takes its value from `defaults`."""
+    """The `key=value` overrides that turn settings `ours` into the run's `theirs`, quoted for a shell."""
     import shlex
 
-    a, b = (_flat(settings) for settings in (theirs, ours))
-    for flat in (a, b):  # a setting left out at its default is that default
-        flat |= {key: value for key, value in (defaults or {}).items() if key not in flat}
-    changed = [key for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
-    return " ".join(shlex.quote(f"{key}={json.dumps(a.get(key), separators=(',', ':'))}") for key in changed)
+    return " ".join(shlex.quote(f"{key}={json.dumps(mine, separators=(',', ':'))}")
+                    for key, mine, _ in _changed(theirs, ours, defaults))
 
 
 def _later_settings() -> dict:
