@@ -452,3 +452,37 @@ def test_a_system_sharing_no_example_is_named_untested_not_listed_as_a_test(lab)
     assert "none: no shared examples on" not in console.export_text()
     text = _comparison(board)
     assert "(exact McNemar)" in text and text.endswith("c [plain] shares no example with it and is not tested.")
+
+
+def test_each_systems_row_is_its_widest_evaluation_on_current_data_on_random_records(lab):
+    """Property: for random sequences of evaluations of a few systems, some on the task's earlier data, each row is
+    the system's evaluation on current data with the most examples (the newest of those), and the systems left
+    out are exactly those with evaluations only on earlier data."""
+    from llamalab.evaluation.compare import latest_evals
+    from llamalab.tasks.data import current_file_hashes
+
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    now = current_file_hashes(task)
+    before = {path: "0" * 64 for path in now}
+    rng = np.random.default_rng(17)
+    for case in range(6):
+        made: dict[str, list[tuple[int, bool, str]]] = {}
+        for _ in range(int(rng.integers(3, 12))):
+            system = f"s{case}-{int(rng.integers(0, 4))}"
+            n, current = int(rng.choice([3, 5, 8])), bool(rng.random() < 0.6)
+            fields = eval_fields(label=system, n=n)
+            fields["task"]["data_sha256"] = now if current else before
+            record = RunRecord.create(lab.runs_dir, "eval", system, {"system": system}, **fields)
+            append_jsonl(record.folder / "predictions.jsonl", [
+                {"id": f"x:{i}", "gold": "positive", "prediction": "positive", "correct": True} for i in range(n)])
+            record.update(status="finished")
+            made.setdefault(system, []).append((n, current, record.id))
+        only = {rid for runs in made.values() for _, _, rid in runs}
+        entries, earlier = latest_evals(lab, task, "test", only)
+        expected = {}
+        for system, runs in made.items():
+            on_now = [(n, i, rid) for i, (n, current, rid) in enumerate(runs) if current]
+            if on_now:
+                expected[system] = max(on_now)[2]  # most examples, then the latest made
+        assert {e.run.system.label: e.record.id for e in entries} == expected
+        assert earlier == sorted(f"{s} [plain]" for s in made if s not in expected)

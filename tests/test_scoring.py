@@ -248,3 +248,35 @@ def test_an_auto_eval_records_the_largest_batch_it_made(lab, tiny_model_dir):
     fixed = evaluate(lab, str(tiny_model_dir), task="sentiment", limit=20, batch_size=4)
     assert auto.run.throughput["largest_batch_rows"] == 16 and "largest_batch_rows" not in fixed.run.throughput
     assert auto.run.metrics["accuracy"].estimate == fixed.run.metrics["accuracy"].estimate
+
+
+def test_a_call_not_judged_close_keeps_its_best_label_under_any_error_within_the_bound():
+    """Property: where `_too_close` says a bfloat16 call is clear, moving every label's log-likelihood by up to
+    its `label_error`, in any direction, never changes which label ranks first in the task's ranking."""
+    import random
+
+    from llamalab.backends.base import ChoiceScore
+    from llamalab.backends.hf_scoring import _too_close, label_error
+
+    rng = random.Random(7)
+    clear = 0
+    for _ in range(3000):
+        k = rng.randint(2, 6)
+        scores = [ChoiceScore(-rng.uniform(0, 12), rng.randint(1, 8), False, "bfloat16") for _ in range(k)]
+        way = rng.choice(["sum", "mean", "chars", "calibrate"])
+        ranking = tuple((rng.uniform(-6, 0) if way == "calibrate" else 0.0,
+                         float(s.n_tokens if way == "mean" else rng.randint(1, 30) if way == "chars" else 1))
+                        for s in scores)
+        if _too_close(scores, ranking):
+            continue
+        clear += 1
+
+        def best(logprobs, ranking=ranking):
+            values = [(lp - off) / div for lp, (off, div) in zip(logprobs, ranking, strict=True)]
+            return max(range(len(values)), key=values.__getitem__)
+
+        first = best([s.logprob for s in scores])
+        for _ in range(20):
+            moved = [s.logprob + rng.uniform(-1, 1) * label_error(s.n_tokens) * 0.999 for s in scores]
+            assert best(moved) == first
+    assert clear > 500  # the property was tried on many clear calls
