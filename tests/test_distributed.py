@@ -49,14 +49,22 @@ def _losses(record) -> list[float]:
     return [row["loss"] for row in rows]
 
 
+def _tokens_seen(record) -> list[int]:
+    rows = [json.loads(line) for line in (record.folder / "train_log.jsonl").read_text().splitlines()]
+    return [row["num_input_tokens_seen"] for row in rows]
+
+
 def _adapter(record) -> dict:
     from safetensors.torch import load_file
 
     return load_file(record.folder / "adapter" / "adapter_model.safetensors")
 
 
-def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir):
-    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir))
+@pytest.mark.parametrize("rows", [48, 13], ids=["whole-batches", "partial-last-batch"])
+def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir, rows):
+    # 13 rows in batches of 4: each epoch ends on one row, which the first process takes with a filler row; the
+    # second has only fillers. Six steps run into the second epoch.
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir).replace("48", str(rows)))
     one = train(lab, "tiny")
     two = train(lab, "tiny", processes=2)
     assert two.run.finished and two.run.processes == 2 and one.run.processes == 1
@@ -68,6 +76,8 @@ def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir):
     assert two.run.memory.measured_mb == max(each) and one.run.memory.measured_mb_each is None
     assert len(_losses(two)) == len(_losses(one)) == 6
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-4)
+    assert two.run.metrics.epochs == one.run.metrics.epochs and two.run.data_used == one.run.data_used
+    assert _tokens_seen(two) == _tokens_seen(one)  # the fillers' tokens are not counted in tokens/s
     import torch
 
     theirs, ours = _adapter(one), _adapter(two)
@@ -84,7 +94,7 @@ def test_a_full_fine_tune_is_sharded_across_two_processes_and_trains_the_same_ru
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    write_experiment(lab, "full", FULL.format(model=tiny_model_dir))
+    write_experiment(lab, "full", FULL.format(model=tiny_model_dir).replace("48", "13"))  # with filler rows
     one = train(lab, "full")
     two = train(lab, "full", processes=2, activation_checkpointing="yes")  # FSDP's own checkpointing too
     assert two.run.parallelism == "fsdp" and two.run.precision == one.run.precision == "float32"
@@ -106,7 +116,9 @@ def test_a_full_fine_tune_is_sharded_across_two_processes_and_trains_the_same_ru
 
 @pytest.mark.parametrize("experiment", [EXPERIMENT, FULL], ids=["ddp", "fsdp"])
 def test_a_killed_two_process_run_resumes(lab, tiny_model_dir, experiment):
-    write_experiment(lab, "tiny", experiment.format(model=tiny_model_dir).replace("max_steps: 6", "max_steps: 250"))
+    # 13 rows: every epoch's last step has filler rows, resumed mid-epoch too
+    write_experiment(lab, "tiny", experiment.format(model=tiny_model_dir).replace("max_steps: 6", "max_steps: 250")
+                     .replace("48", "13"))
     command = [sys.executable, "-m", "llamalab.cli", "train", "tiny", "--processes", "2", "--lab", str(lab.root)]
     child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300

@@ -42,8 +42,7 @@ def train(
     skip finished cells and continue killed ones). `callbacks` are extra transformers TrainerCallbacks (e.g. for
     notebooks or custom logging). With `processes` N > 1, N data-parallel processes (DDP through accelerate:
     gloo on CPUs, NCCL on GPUs) share each batch: `batch_size` stays the global batch, so the run's numbers do
-    not depend on N, as long as the training rows fill an epoch's last batch (N processes fill a partial one with
-    rows from the start of the epoch; the run says so).
+    not depend on N (an epoch's partial last batch is filled up with rows that count for nothing: `with_fillers`).
     """
     console = console or Console(stderr=True)
     if isinstance(experiment, Experiment):
@@ -148,11 +147,7 @@ def _run_training(
     if len(dataset) == 0:
         raise LlamalabError("no training examples left: raise max_length or check the task's train split")
 
-    if processes > 1 and (partial := len(dataset) % experiment.batch_size):
-        console.print(f"[yellow]{len(dataset)} training rows leave a last batch of {partial} in each epoch; "
-                      f"{processes} processes fill it up with {experiment.batch_size - partial} row(s) from the "
-                      "start of the epoch (one process would not): for the same run as one process, train on a "
-                      f"multiple of batch_size {experiment.batch_size} rows (train_examples)[/]")
+    fillers = -len(dataset) % experiment.batch_size if processes > 1 else 0
     plan = _plan(record, experiment, model_ref, dataset, console, processes)
     # On a GPU LoRA's frozen base is bf16; a full fine-tune keeps float32 weights, bf16 computing through autocast
     # (or FSDP's bf16 policy): AdamW's small updates would round away in bf16 weights.
@@ -162,10 +157,10 @@ def _run_training(
         use_rows_attention(model)  # padding-free batches attended row by row: the masked numbers, less work
         checkpoints = record.folder / "checkpoints"
         resume_from = latest_complete_checkpoint(checkpoints)
-        trainer = _answer_loss_trainer()(
+        trainer = _answer_loss_trainer(fillers)(
             model=model,
             args=_sft_config(experiment, checkpoints, plan.checkpointing, processes),
-            train_dataset=dataset,
+            train_dataset=with_fillers(dataset, fillers),
             processing_class=tokenizer,
             peft_config=_peft_config(experiment),
             callbacks=[ProgressCallback(console, record.folder / TRAIN_LOG), *callbacks],
@@ -302,15 +297,51 @@ def _load_for_training(experiment: Experiment, model_ref: ModelRef, dtype, check
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None)
 
 
-def _answer_loss_trainer():
-    """TRL's SFTTrainer, with the output layer evaluated only where a label is (the answer tokens).
+def with_fillers(dataset, count: int):
+    """`dataset` and `count` filler rows after it: one token each, no answer, so they add nothing to the loss.
+
+    With N processes an epoch's partial last batch is split between them; accelerate would fill it up with rows
+    from the start of the epoch (trained twice), and handing the processes unequal shares stops DDP, whose every
+    process must take each step. Filled with rows that count for nothing, each step's loss and gradient are one
+    process's (the loss is summed over every process's answer tokens, then divided by their number).
+    """
+    if not count:
+        return dataset
+    from datasets import Dataset, concatenate_datasets
+
+    filler = {"input_ids": dataset[0]["input_ids"][:1], "labels": [-100]}
+    return concatenate_datasets([dataset, Dataset.from_list([filler] * count, features=dataset.features)])
+
+
+def _answer_loss_trainer(fillers: int = 0):
+    """TRL's SFTTrainer, with the output layer evaluated only where a label is (the answer tokens), and
+    `fillers` rows (the last of the dataset: `with_fillers`) placed after each epoch's shuffled rows.
 
     A classification answer is ~2 of ~35 tokens: projecting every position onto a 49k vocabulary
     (and back-propagating through it) cost about a quarter of each step on a CPU. The answer positions are found
     by the collator, on the CPU: found on a GPU (`.nonzero()`) they would stop it to wait, every step.
     """
     import torch
+    from accelerate.data_loader import SeedableRandomSampler
     from trl import SFTTrainer
+
+    class FilledEpochs(torch.utils.data.Sampler):
+        """Each epoch: the rows in the order one process shuffles them (accelerate's seeded sampler, which
+        accelerate would put in place of the Trainer's), then the fillers."""
+
+        def __init__(self, rows: int, seed: int):
+            self.shuffled = SeedableRandomSampler(range(rows), data_seed=seed)
+            self.fillers = range(rows, rows + fillers)
+
+        def __iter__(self):
+            yield from self.shuffled
+            yield from self.fillers
+
+        def __len__(self):
+            return len(self.shuffled) + len(self.fillers)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.shuffled.set_epoch(epoch)
 
     class AnswerLossSFTTrainer(SFTTrainer):
         autocast_bf16 = False  # set where FSDP on CPUs leaves bf16 to autocast (below)
@@ -322,9 +353,21 @@ def _answer_loss_trainer():
             def with_answer_positions(rows):
                 batch = collate(rows)
                 batch["answer_positions"] = (batch["labels"][:, 1:] != -100).any(dim=0).nonzero().squeeze(-1)
+                if fillers:
+                    batch["filler_tokens"] = sum(len(r["input_ids"]) for r in rows if max(r["labels"]) == -100)
                 return batch
 
             self.data_collator = with_answer_positions
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not fillers:
+                return super()._get_train_sampler(train_dataset)
+            return FilledEpochs(len(self.train_dataset) - fillers, self.args.data_seed)
+
+        def _track_num_input_tokens(self, inputs):
+            """Tokens seen (for tokens/s): the training rows', not the fillers'."""
+            filler_tokens = inputs.pop("filler_tokens", 0)
+            super()._track_num_input_tokens({**inputs, "input_ids": inputs["input_ids"].flatten()[filler_tokens:]})
 
         def create_accelerator_and_postprocess(self):
             """FSDP on CPUs too. accelerate turns its FSDP mode on only for GPU-like process groups, while torch's
@@ -353,6 +396,7 @@ def _answer_loss_trainer():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             keep = inputs.pop("answer_positions")
+            inputs.pop("filler_tokens", None)  # counted by _track_num_input_tokens
             targets = labels[:, 1:]  # position t predicts token t + 1
             with torch.autocast("cpu", torch.bfloat16, enabled=self.autocast_bf16):
                 outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
