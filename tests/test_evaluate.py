@@ -212,3 +212,15 @@ def test_reuse_and_resume_never_take_a_run_of_other_weights_or_data(lab, tiny_mo
     split.unlink(missing_ok=True)  # the split is derived (and pinned) again for the new data
     third = evaluate(lab, EvalSettings(**settings), reuse=True)
     assert third.id not in (first.id, second.id) and third.run.task.data_sha256 != first.run.task.data_sha256
+
+
+def test_a_generation_budget_under_label_scoring_is_said_to_be_unused(lab, tiny_model_dir):
+    from rich.console import Console
+
+    said = Console(record=True, width=200)
+    record = evaluate(lab, str(tiny_model_dir), task="sentiment", limit=4, max_new_tokens=4, console=said)
+    assert record.run.scoring.protocol == "loglikelihood"
+    assert "max_new_tokens 4 is not used: label scoring" in said.export_text()
+    quiet = Console(record=True, width=200)
+    evaluate(lab, str(tiny_model_dir), task="sentiment", limit=4, console=quiet)
+    assert "not used" not in quiet.export_text()

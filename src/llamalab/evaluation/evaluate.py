@@ -122,7 +122,11 @@ def evaluate(
         settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
+    budget = settings.max_new_tokens
     settings = complete_settings(settings, task_spec, resolved)
+    if budget is not None and settings.protocol == "loglikelihood":
+        console.print(f"[yellow]max_new_tokens {budget} is not used: label scoring (--protocol loglikelihood) "
+                      "generates nothing; --protocol generate would use it[/]")
     check_verbalizers(task_spec, settings.protocol)
     data = load_task_data(task_spec)
     inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes)
