@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,29 @@ def test_concurrent_shared_builds_give_one_complete_target(tmp_path: Path) -> No
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "who"]
     assert int((target / "who").read_text()) in {w.pid for w in workers}
     assert leftovers(tmp_path) == []
+
+
+def _rebuild(target: str, files: int, started) -> None:
+    with staged_folder(Path(target)) as staging:
+        started.set()  # the other build starts while this one is writing
+        for k in range(files):
+            (staging / f"page-{k}.html").write_text(str(os.getpid()))
+            time.sleep(0.002)
+
+
+def test_concurrent_builds_of_one_target_take_turns_and_each_leaves_it_whole(tmp_path: Path) -> None:
+    """Two `site build`s at once: the second used to clear the first's staging folder as it wrote."""
+    context = multiprocessing.get_context("fork")
+    target = tmp_path / "site"
+    firsts = [context.Event() for _ in range(3)]
+    workers = []
+    for started in firsts:
+        workers.append(context.Process(target=_rebuild, args=(str(target), 200, started)))
+        workers[-1].start()
+        started.wait(timeout=30)
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    pages = sorted(target.iterdir())
+    assert len(pages) == 200 and len({p.read_text() for p in pages}) == 1  # one build's pages, all of them
+    assert leftovers(tmp_path) == []  # no staging, no old copy, no lock file

@@ -59,14 +59,24 @@ def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
     of the same target clears, or (killed while swapping) the previous `target` as `.NAME.old`, which the next
     build puts back before it starts.
 
-    By default a `target` that exists when the block succeeds is replaced. With `shared=True` several processes may
+    By default a `target` that exists when the block succeeds is replaced, and two builds of one `target` take
+    turns (a lock, `.NAME.lock` while one is held). With `shared=True` several processes may
     build the same `target` at once (a cache entry): each stages in its own `.NAME.PID.partial`, the first to finish
     wins, and a build that finds `target` already there when it finishes is discarded, keeping that `target`.
     """
-    staging = target.with_name(f".{target.name}.{os.getpid()}.partial" if shared else f".{target.name}.partial")
+    if shared:
+        staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        yield from _staged(target, staging, shared=True)
+        return
+    with _exclusive(target.with_name(f".{target.name}.lock")):  # two builds of one target: one after the other
+        old = target.with_name(f".{target.name}.old")
+        if old.is_dir() and not target.exists():
+            old.rename(target)  # a kill between the two renames below: the previous build is still whole, restore it
+        yield from _staged(target, target.with_name(f".{target.name}.partial"), shared=False)
+
+
+def _staged(target: Path, staging: Path, shared: bool) -> Iterator[Path]:
     old = target.with_name(f".{target.name}.old")
-    if not shared and old.is_dir() and not target.exists():
-        old.rename(target)  # a kill between the two renames below: the previous build is still whole, restore it
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -87,6 +97,33 @@ def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (made for the purpose, removed after): a second holder waits.
+
+    The holder removes the file before it lets go; one who was waiting then holds a lock on a removed file, which
+    is no one's lock, so it takes the lock again on the file as it is now."""
+    import fcntl
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                try:
+                    yield
+                finally:
+                    lock.unlink(missing_ok=True)
+                return
+        finally:
+            os.close(fd)  # lets go of the lock
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
