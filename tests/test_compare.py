@@ -346,31 +346,51 @@ def test_a_systems_widest_evaluation_is_its_row_not_a_later_quick_check(lab):
     assert compare(lab, "sentiment", only={quick.id}).systems[0].run == quick.id
 
 
-def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab):
+@pytest.mark.parametrize("seed", range(12))
+def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab, seed):
     """`compare` printed the sum of request latencies and no local cost; the report and site, the wall time and
-    the local cost: one number per run everywhere now."""
+    the local cost: one number per run everywhere now (random timings, sizes, API usage and local rates)."""
     import re
 
     from llamalab.evaluation.compare import comparison_table, format_cost, format_seconds
+    from llamalab.evaluation.evaluate import _usage
     from llamalab.lab import find_lab
     from llamalab.publish.results import task_boards
     from llamalab.publish.tables import leaderboard_cells
 
+    rng = np.random.default_rng(seed)
+    rate = round(float(rng.uniform(0.05, 5)), 3) if rng.random() < 0.7 else "null"
     config = lab.root / "lab.yaml"
-    config.write_text(re.sub(r"(?m)^local_compute_usd_per_hour:.*$", "local_compute_usd_per_hour: 0.5",
+    config.write_text(re.sub(r"(?m)^local_compute_usd_per_hour:.*$", f"local_compute_usd_per_hour: {rate}",
                              config.read_text()))
     lab = find_lab(lab.root)
-    record = fake_eval(lab, "local", [True] * 1500 + [False] * 500)
-    record.update(timings={"predict_s": 250.0})
+    names = ["alpha", "bravo", "charlie", "delta"][: int(rng.integers(1, 5))]
+    for name in names:
+        n = int(rng.integers(10, 400))
+        record = fake_eval(lab, name, list(rng.random(n) < rng.uniform(0.2, 0.9)))
+        timings = {"predict_s": round(float(rng.uniform(0.05, 3000)), 2)}
+        if rng.random() < 0.5:
+            timings["predict_examples"] = int(rng.integers(1, n + 1))  # resumed: part of the examples timed
+        record.update(timings=timings)
+        if rng.random() < 0.4:  # an API model: its list-price cost, maybe only a lower bound
+            unmetered = rng.random(n) < 0.1
+            record.update(usage=_usage([
+                {"cost_usd": 0.0 if u else float(rng.uniform(0, 0.01)), "cached": bool(rng.random() < 0.3),
+                 "latency_s": float(rng.uniform(0.1, 5)), "input_tokens": 0 if u else 50,
+                 "output_tokens": 0 if u else 5, "content_filtered": bool(u)} for u in unmetered]))
     result = compare(lab, "sentiment")
-    [row] = result.systems
-    assert (row.seconds_per_1k, format_seconds(row.seconds_per_1k)) == (125.0, "125 s")
     console = Console(record=True, width=400)
     console.print(comparison_table(result))
-    shown = console.export_text()
-    assert format_cost(row.cost_per_1k_usd, row.cost_basis) in shown and "125 s" in shown
-    [cells] = leaderboard_cells(task_boards(lab)[0])[1]
-    assert format_cost(row.cost_per_1k_usd, row.cost_basis) in cells and "125 s" in cells
+    shown = {line.split("│")[1].strip().split(" ")[0]: line for line in console.export_text().splitlines()
+             if line.count("│") > 2}
+    _, body = leaderboard_cells(task_boards(lab)[0])
+    assert len(body) == len(names) == len(result.systems)
+    for row in result.systems:
+        name = row.system.split(" ")[0]
+        cost, seconds = format_cost(row.cost_per_1k_usd, row.cost_basis), format_seconds(row.seconds_per_1k)
+        assert f" {cost} " in shown[name] and f" {seconds} " in shown[name]
+        [cells] = [cells for cells in body if cells[0] == row.system]
+        assert cells[-2:] == [cost, seconds]  # the report's and site's cells
 
 
 def test_the_post_marks_subsets_escapes_labels_and_reports_a_best_from_before_a_data_change(lab):
