@@ -187,6 +187,13 @@ def test_parse_entities_valid_forms():
     assert parse_entities(nested) == [("group", "Y")]
 
 
+def test_an_answer_nested_past_the_decoders_depth_is_invalid_not_a_crash():
+    """A generation of 1,500 "[" raised RecursionError, failing the run (and every resume: the answer is cached)."""
+    assert parse_entities("[" * 1500) is None
+    assert parse_entities("{" * 5000 + ' [{"type": "person", "text": "Ada"}]') == [("person", "Ada")]
+    assert parse_entities("[ [" * 3000) is None
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -192,6 +192,7 @@ def extract_number(text: str) -> str | None:
 # Entities
 
 _JSON_START = re.compile(r"[\[{]")
+_NESTED = re.compile(r"[\[{\s]+")
 
 
 def _normalize_entity(entity_type: str, text: str) -> Entity:
@@ -230,6 +231,9 @@ def parse_entities(text: str) -> list[Entity] | None:
             value, end = decoder.raw_decode(text, start.start())
         except json.JSONDecodeError:
             pos = start.start() + 1
+            continue
+        except RecursionError:  # nested deeper than Python's decoder goes: not an answer, nor is any value inside
+            pos = _NESTED.match(text, start.start()).end()
             continue
         entities = _as_entities(value)
         if entities is not None:
