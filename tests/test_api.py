@@ -392,3 +392,20 @@ def test_a_filtered_answer_with_part_of_its_usage_counts_what_it_reported_and_is
             {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "latency_s": 0.1, "content_filtered": True}]
     usage_of = _usage(rows)
     assert (usage_of["content_filtered"], usage_of["content_filtered_unmetered"]) == (3, 2)  # the last: older rows
+
+
+def test_a_key_echoed_across_the_cut_of_a_long_error_page_leaves_none_of_it(monkeypatch, tmp_path: Path) -> None:
+    """A gateway's HTML error page echoing the Authorization header near character 300: the page was cut before
+    the key was masked, so the key's first characters reached run.json and the logs."""
+    import httpx
+
+    from llamalab.backends.api import ChatClient
+
+    key = "sk-llamalab-test-7f3a9c0e5d"
+    monkeypatch.setenv(KEY_ENV, key)
+    with ChatClient(api_model("http://127.0.0.1:9/v1"), tmp_path / "cache.sqlite") as client:
+        for cut in range(270, 300):
+            page = "<html>" + "x" * (cut - 6) + f"authorization=Bearer {key}</html>"
+            response = httpx.Response(502, text=page, request=httpx.Request("POST", "http://127.0.0.1:9/v1"))
+            message = client._http_error("http://127.0.0.1:9/v1", response)
+            assert key[:4] not in message  # not one character past "sk-"

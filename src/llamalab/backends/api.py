@@ -307,7 +307,7 @@ class ChatClient:
             return ChatResult(text="", input_tokens=0, output_tokens=0, cost_usd=0.0, latency_s=latency,
                               cached=False, attempts=attempt, content_filtered=True, unmetered=True)
         if status in RETRYABLE_STATUS or status >= 500:
-            reason = self._redact(f"HTTP {status}: {_server_message(response)}")
+            reason = self._redact(f"HTTP {status}: {_server_message(response, self._redact)}")
             return _Retry(reason, parse_retry_after(response.headers.get("retry-after")), throttled=status == 429)
         raise ApiError(f"request {index}: {self._http_error(url, response)}")
 
@@ -315,7 +315,7 @@ class ChatClient:
         return (input_tokens * self.model.input_price_per_mtok + output_tokens * self.model.output_price_per_mtok) / 1e6
 
     def _http_error(self, url: str, response: httpx.Response) -> str:
-        message = f"{url} answered HTTP {response.status_code}: {_server_message(response)}"
+        message = f"{url} answered HTTP {response.status_code}: {_server_message(response, self._redact)}"
         if response.status_code in (401, 403):
             source = f"${self.model.api_key_env}" if self.model.api_key_env else "api_key_env (none is set)"
             message += f" (check the API key in {source})"
@@ -501,7 +501,9 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(response: httpx.Response, redact) -> str:
+    """The server's own words on a failed request; a body that is not JSON is cut to 300 characters, after
+    `redact` (a key echoed across the cut would otherwise leave its first characters in the message)."""
     try:
         data = response.json()
     except ValueError:
@@ -511,7 +513,7 @@ def _server_message(response: httpx.Response) -> str:
         # OpenAI puts it in error.message; FastAPI-based servers (llama.cpp's Python server) in detail.
         error = data.get("error") or data.get("detail")
         message = error.get("message") if isinstance(error, dict) else error
-    return str(message or response.text[:300] or response.reason_phrase).strip()
+    return str(message or redact(response.text)[:300] or response.reason_phrase).strip()
 
 
 def _describe(exc: httpx.TransportError) -> str:
