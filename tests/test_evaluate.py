@@ -224,3 +224,19 @@ def test_a_generation_budget_under_label_scoring_is_said_to_be_unused(lab, tiny_
     quiet = Console(record=True, width=200)
     evaluate(lab, str(tiny_model_dir), task="sentiment", limit=4, console=quiet)
     assert "not used" not in quiet.export_text()
+
+
+def test_a_task_with_no_train_split_is_evaluated_zero_shot_and_shots_say_what_is_missing(lab, tiny_model_dir):
+    """Only `data.split("train")` for the shots, always: an evaluation-only task could not be evaluated at all."""
+    spec = (lab.root / "tasks" / "scitldr.yaml").read_text()
+    kept = "\n".join(line for line in spec.splitlines() if "train.jsonl" not in line and "dev.jsonl" not in line)
+    (lab.root / "tasks" / "tldr_test.yaml").write_text(kept.replace("name: scitldr", "name: tldr_test"))
+    record = evaluate(lab, str(tiny_model_dir), task="tldr_test", limit=2, max_new_tokens=2)
+    assert record.run.status == "finished" and record.run.prompt.shots == []
+    before = [r.id for r in list_runs(lab.runs_dir)]
+    with pytest.raises(LlamalabError, match="--shots 1 draws its examples from the train split of task "
+                                            "'tldr_test', which it does not have \\(have: test\\): use --shots 0"):
+        evaluate(lab, str(tiny_model_dir), task="tldr_test", limit=2, max_new_tokens=2, shots=1)
+    with pytest.raises(LlamalabError, match="--shots 5000: the train split of task 'scitldr' has .* use --shots"):
+        evaluate(lab, str(tiny_model_dir), task="scitldr", limit=2, max_new_tokens=2, shots=5000)
+    assert [r.id for r in list_runs(lab.runs_dir)] == before  # refused before any run folder

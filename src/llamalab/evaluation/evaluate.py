@@ -139,7 +139,7 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
               loaded: LoadedSystem | None, console: Console, resume: Inputs | None) -> RunRecord:
     """The evaluation; with `resume` (the inputs it must have started from), continuing an unfinished one."""
     examples = select_examples(data.split(settings.split), settings.limit)
-    shots = tuple(random.Random(settings.shot_seed).sample(data.split("train"), settings.shots))
+    shots = draw_shots(task, data, settings)
 
     config = settings.model_dump()
     name = f"{task.name}-{system.label.replace('/', '_')}"
@@ -224,6 +224,21 @@ def check_verbalizers(task: Task, protocol: str | None) -> None:
             {label: task.answer.verbalize(label) for label in task.answer.labels})):
         raise LlamalabError(f"task {task.name!r}: {why}, so generated answers cannot be scored: give the labels "
                             "distinct `verbalizers:` made of words, or score them with --protocol loglikelihood")
+
+
+def draw_shots(task: Task, data: TaskData, settings: EvalSettings) -> tuple[Example, ...]:
+    """The k-shot examples, drawn (seeded) from the train split; a zero-shot evaluation needs no train split."""
+    if not settings.shots:
+        return ()
+    train = data.splits.get("train")
+    if not train:
+        raise LlamalabError(f"--shots {settings.shots} draws its examples from the train split of task "
+                            f"{task.name!r}, which it does not have (have: {', '.join(data.splits)}): use --shots 0, "
+                            f"or add a train file to tasks/{task.name}.yaml")
+    if settings.shots > len(train):
+        raise LlamalabError(f"--shots {settings.shots}: the train split of task {task.name!r} has "
+                            f"{len(train)} example(s): use --shots {len(train)} or fewer")
+    return tuple(random.Random(settings.shot_seed).sample(train, settings.shots))
 
 
 def complete_settings(settings: EvalSettings, task: Task, system: System) -> EvalSettings:
