@@ -59,3 +59,25 @@ def test_model_flops_are_the_records_tokens_at_the_shapes_flops_per_token(tmp_pa
         table_and_output = shape.vocab * shape.hidden * (1 if shape.tied else 2)
         assert model_flops(evaluation, shape) == 2 * (shape.params - table_and_output) * scored
         assert model_flops(None, shape) is None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_summarys_paired_delta_is_finetuned_minus_baseline_whichever_won(lab, seed):
+    """Against the better of the two (the comparison's default reference), a fine-tune that won was recorded with
+    the negative Δ of a loss."""
+    from llamalab.demo import _summary, versus_baseline
+    from tests.test_compare import fake_eval
+
+    rng = random.Random(seed)
+    n = 200
+    base_right, fine_right = rng.randint(60, 140), rng.randint(60, 140)
+    baseline = fake_eval(lab, "base", [i < base_right for i in range(n)])
+    finetuned = fake_eval(lab, "tuned", [i < fine_right for i in range(n)])
+    for record, right in ((baseline, base_right), (finetuned, fine_right)):
+        record.update(metrics={"accuracy": {"estimate": right / n, "low": 0.0, "high": 1.0, "n": n}})
+    trained = RunRecord.create(lab.runs_dir, "train", "t", {}, **train_fields())
+    trained.update(metrics={"first_loss": 1.0, "final_loss": 0.5, "steps": 2, "epochs": 1.0},
+                   throughput={"tokens_per_s": 10.0}, status="finished")
+    summary = _summary({}, {}, 1e9, {}, baseline, trained, finetuned, versus_baseline(lab, baseline, finetuned))
+    assert summary["paired_test"]["delta"] == pytest.approx((fine_right - base_right) / n)
+    assert summary["finetuned_wins"] == (fine_right > base_right and summary["paired_test"]["p_value"] < 0.05)
