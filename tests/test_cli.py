@@ -60,6 +60,26 @@ def test_init_creates_a_lab_and_refuses_to_overwrite(tmp_path):
     assert isinstance(again.exception, Exception) and "already holds a lab" in str(again.exception)
 
 
+def test_init_dot_fills_the_folder_the_shell_is_in(tmp_path):
+    """`llamalab init .` crashed (a path with no name); `init "$PWD"` replaced the folder, leaving the shell in a
+    removed one. A killed init's staging inside the folder does not make it "not empty"."""
+    here = tmp_path / "newlab"
+    (here / ".llamalab-init.partial" / "tasks").mkdir(parents=True)  # what a killed init leaves
+    inode = here.stat().st_ino
+    result = llamalab("init", ".", cwd=here)
+    assert result.returncode == 0, result.stderr
+    assert here.stat().st_ino == inode and (here / "lab.yaml").is_file() and (here / ".git").is_dir()
+    assert not (here / ".llamalab-init.partial").exists() and sorted(tmp_path.iterdir()) == [here]
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True).stdout == ""
+    listed = llamalab("compare", "--task", "sentiment", cwd=here / "data")
+    assert "no finished evaluations" in listed.stderr  # the lab is found from inside it
+
+
+def test_a_mistyped_lab_inside_a_lab_is_an_error_not_the_enclosing_lab(lab):
+    result = llamalab("compare", "--task", "sentiment", "--lab", "typo-lab", cwd=lab.root / "data")
+    assert result.returncode == 2 and "lab folder typo-lab does not exist: check --lab" in result.stderr
+
+
 def test_every_shipped_dataset_has_its_source_and_license(lab):
     for folder in sorted(p for p in (lab.root / "data").iterdir() if p.is_dir() and p.name != "splits"):
         names = {p.name for p in folder.iterdir()}

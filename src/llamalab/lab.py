@@ -92,6 +92,9 @@ class Lab:
 def find_lab(start: Path | str | None = None) -> Lab:
     """The lab containing `start` (default: the current directory), found by its lab.yaml."""
     here = Path(start or Path.cwd()).resolve()
+    if start is not None and not here.exists():  # a mistyped --lab inside a lab is not that lab
+        raise LlamalabError(f"lab folder {start} does not exist: check --lab (or create one with `llamalab init "
+                            f"{start}`)")
     for folder in (here, *here.parents):
         if (folder / "lab.yaml").is_file():
             return Lab(folder, load_config(LabConfig, folder / "lab.yaml"))
@@ -119,23 +122,39 @@ def init_lab(target: Path | str, note: Callable[[str], None] = lambda line: None
 
     The lab becomes a git repository with a first commit (see `_init_git`); `note` gets a line saying how that went.
     """
-    target = Path(target)
+    target = Path(target).absolute()  # `init .` names the folder by its path
     if target.exists() and not target.is_dir():
         raise LlamalabError(f"{target} exists and is not a folder: choose a new folder")
     if (target / "lab.yaml").exists():
         raise LlamalabError(f"{target} already holds a lab (lab.yaml exists)")
-    if target.exists() and any(target.iterdir()):
+    if target.exists() and any(entry.name != _INIT_STAGING for entry in target.iterdir()):
         raise LlamalabError(f"{target} is not empty: choose a new folder")
-    # An empty `target` is replaced; the git commit happens in staging, so a kill mid-commit leaves no half lab.
-    with staged_folder(target) as staging:
-        shutil.copytree(example_lab_source(), staging, ignore=shutil.ignore_patterns("runs", "__pycache__"),
-                        dirs_exist_ok=True)
-        (staging / "runs").mkdir()
-        _date_first_post(staging / "posts" / "welcome.md")
-        note(_init_git(staging))
+    # Built in staging (the git commit too), so a kill leaves no half lab. An existing empty folder is filled, not
+    # replaced: a shell inside it (`llamalab init .`) would be left in a removed folder.
+    if not target.is_dir():
+        with staged_folder(target) as staging:
+            _scaffold(staging, note)
+        return find_lab(target)
+    staging = target / _INIT_STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed init
+    try:
+        _scaffold(staging, note)
+        for entry in sorted(staging.iterdir(), key=lambda path: path.name == "lab.yaml"):
+            entry.rename(target / entry.name)  # lab.yaml last: a folder is a lab only once all else is in it
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return find_lab(target)
 
 
+def _scaffold(folder: Path, note: Callable[[str], None]) -> None:
+    shutil.copytree(example_lab_source(), folder, ignore=shutil.ignore_patterns("runs", "__pycache__"),
+                    dirs_exist_ok=True)
+    (folder / "runs").mkdir()
+    _date_first_post(folder / "posts" / "welcome.md")
+    note(_init_git(folder))
+
+
+_INIT_STAGING = ".llamalab-init.partial"  # inside a folder `init` fills
 LAB_COMMIT_MESSAGE = "llamalab init: example lab"
 # Used only for identity keys the user has not configured, so the first commit works on a fresh machine.
 _FALLBACK_IDENTITY = {"user.name": "llamalab", "user.email": "llamalab@localhost"}
