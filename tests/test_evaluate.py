@@ -240,3 +240,16 @@ def test_a_task_with_no_train_split_is_evaluated_zero_shot_and_shots_say_what_is
     with pytest.raises(LlamalabError, match="--shots 5000: the train split of task 'scitldr' has .* use --shots"):
         evaluate(lab, str(tiny_model_dir), task="scitldr", limit=2, max_new_tokens=2, shots=5000)
     assert [r.id for r in list_runs(lab.runs_dir)] == before  # refused before any run folder
+
+
+def test_a_system_loaded_for_bfloat16_scores_labels_in_it(lab, tiny_model_dir):
+    """load_system(precision=...) was checked, then forgotten: its evaluations were scored (and recorded) in float32."""
+    from llamalab.evaluation.evaluate import load_system
+
+    with load_system(lab, str(tiny_model_dir), precision="bfloat16") as loaded:
+        record = evaluate(lab, loaded, task="sentiment", split="dev", limit=4)
+        assert record.run.scoring.precision == "bfloat16" and record.config["precision"] == "bfloat16"
+        generated = evaluate(lab, loaded, task="gsm8k", limit=1, max_new_tokens=2)  # generation: its own precision
+        assert generated.run.scoring.protocol == "generate"
+        with pytest.raises(LlamalabError, match="was loaded for precision 'bfloat16', not 'float32'"):
+            evaluate(lab, loaded, task="sentiment", limit=4, precision="float32")

@@ -78,6 +78,7 @@ class LoadedSystem:
     system: System
     backend: Backend
     backend_name: BackendName
+    precision: str = DEFAULT_PRECISION  # what it was opened for: its label-scoring evaluations score in it
 
     def close(self) -> None:
         self.backend.close()
@@ -93,7 +94,7 @@ def load_system(lab: Lab, name: str, backend: BackendName = "hf", precision: str
                 ) -> LoadedSystem:
     """Open `name` (a model, a train run id or an API model from lab.yaml) on `backend`, for `evaluate`."""
     system = resolve_system(lab, name)
-    return LoadedSystem(name, system, system.open(backend, precision), backend)
+    return LoadedSystem(name, system, system.open(backend, precision), backend, precision)
 
 
 def evaluate(
@@ -119,11 +120,17 @@ def evaluate(
         fields = {"system": loaded.name if loaded else system, "task": task, **options}
         if loaded:
             fields["backend"] = loaded.backend_name
+            if fields.get("precision") not in (None, loaded.precision):
+                raise LlamalabError(f"evaluate(): {loaded.name} was loaded for precision {loaded.precision!r}, not "
+                                    f"{fields['precision']!r}: load it with load_system(..., precision="
+                                    f"{fields['precision']!r})")
         settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
     budget = settings.max_new_tokens
     settings = complete_settings(settings, task_spec, resolved)
+    if loaded and settings.protocol == "loglikelihood":  # label scoring in the precision it was loaded for
+        settings = settings.model_copy(update={"precision": loaded.precision})
     if budget is not None and settings.protocol == "loglikelihood":
         console.print(f"[yellow]max_new_tokens {budget} is not used: label scoring (--protocol loglikelihood) "
                       "generates nothing; --protocol generate would use it[/]")
