@@ -112,3 +112,24 @@ def test_api_eval_resumes_after_kill_without_paying_twice(lab, llama_server, api
     fresh = evaluate(with_api_model(lab, llama_server), EvalSettings(**SETTINGS))
     fresh_rows = {r["id"]: r["generation"] for r in read_jsonl(fresh.folder / "predictions.jsonl")}
     assert {r["id"]: r["generation"] for r in rows} == fresh_rows
+
+
+def test_reuse_and_resume_never_take_a_run_of_another_api_model_under_the_same_name(lab, llama_server, api_env):
+    """lab.yaml may point an API name at another model, endpoint or price: the settings (the name) stay the same,
+    so a study's reuse returned the old model's run, and a resume mixed two models' answers and prices."""
+    settings = {**SETTINGS, "limit": 4}
+    first = evaluate(with_api_model(lab, llama_server), EvalSettings(**settings), reuse=True)
+    assert evaluate(with_api_model(lab, llama_server + "/"), EvalSettings(**settings), reuse=True).id == first.id
+
+    config = yaml.safe_load((lab.root / "lab.yaml").read_text())
+    config["api_models"]["smol-api"]["model"] = "another-model"
+    (lab.root / "lab.yaml").write_text(yaml.safe_dump(config))
+    other = evaluate(find_lab(lab.root), EvalSettings(**settings), reuse=True)
+    assert other.id != first.id and other.run.system.api["model"] == "another-model"
+
+    other.update(status="running", pid=None)  # as if killed
+    config["api_models"]["smol-api"]["input_price_per_mtok"] = 100.0
+    (lab.root / "lab.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(Exception, match=rf"run {other.id} cannot be continued: API model smol-api is set otherwise "
+                                        r"in lab.yaml now \(input_price_per_mtok 0.15 → 100.0\)"):
+        evaluate(find_lab(lab.root), EvalSettings(**settings), resume=True)

@@ -253,3 +253,24 @@ def test_a_system_loaded_for_bfloat16_scores_labels_in_it(lab, tiny_model_dir):
         assert generated.run.scoring.protocol == "generate"
         with pytest.raises(LlamalabError, match="was loaded for precision 'bfloat16', not 'float32'"):
             evaluate(lab, loaded, task="sentiment", limit=4, precision="float32")
+
+
+def test_reuse_and_resume_never_take_a_run_of_another_task_definition(lab, tiny_model_dir):
+    """The task file's prompt, answer or metrics are not settings of the evaluation: a resume after an edit mixed
+    rows of two prompts (the record showing only the new one), and reuse returned a run of the old prompt. A new
+    description changes nothing."""
+    settings = {"system": str(tiny_model_dir), "task": "sentiment", "limit": 4}
+    first = evaluate(lab, EvalSettings(**settings), reuse=True)
+    spec = lab.root / "tasks" / "sentiment.yaml"
+    text = spec.read_text()
+    spec.write_text(text.replace("description: Is a", "description: Tell whether a"))
+    assert evaluate(lab, EvalSettings(**settings), reuse=True).id == first.id
+    spec.write_text(text.replace('template: "Review: {{ text }}', 'template: "Movie review: {{ text }}'))
+    second = evaluate(lab, EvalSettings(**settings), reuse=True)
+    assert second.id != first.id and second.run.task.definition_sha256 != first.run.task.definition_sha256
+    second.update(status="running", pid=None)  # as if killed
+    spec.write_text(text)
+    with pytest.raises(LlamalabError, match=rf"run {second.id} cannot be continued: task 'sentiment' was defined "
+                                            r"otherwise when it started \(tasks/sentiment.yaml: its prompt"):
+        evaluate(lab, EvalSettings(**settings), resume=True)
+    assert evaluate(lab, EvalSettings(**settings), reuse=True).id == first.id  # the old definition is back

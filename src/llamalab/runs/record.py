@@ -206,13 +206,20 @@ def find_run(runs_dir: Path, ref: str, kind: str | None = None) -> RunRecord:
     raise LlamalabError(f"no {what} {ref!r} in {runs_dir}")
 
 
+API_IDENTITY = ("base_url", "model", "input_price_per_mtok", "output_price_per_mtok")  # what answers and costs are of
+
+
 @dataclass(frozen=True)
 class Inputs:
     """What a run's settings do not pin down but its results depend on: the weights it started from (a model
-    folder or GGUF file rewritten in place keeps its path, so its settings) and the task's data files."""
+    folder or GGUF file rewritten in place keeps its path, so its settings), the task's data files and definition
+    (its file's prompt, answer, metrics), and an API model's endpoint, model id and prices (lab.yaml may point its
+    name at another)."""
 
     revision: str | None = None  # the base model's (train) or evaluated model's (eval) revision
     data_sha256: dict[str, str] | None = None
+    task_sha256: str | None = None  # Task.definition_sha256
+    api: dict | None = None  # the API model's settings (ApiModel), for an evaluation of one
 
     def differ(self, record: RunRecord) -> str | None:
         """Why `record` did not start from these inputs, or None if it did (or cannot tell)."""
@@ -223,7 +230,19 @@ class Inputs:
             return f"its weights ({model.name}) were revision {recorded} and are now {self.revision}"
         if self.data_sha256 and run.task.data_sha256 and run.task.data_sha256 != self.data_sha256:
             return f"task {run.task.name!r}'s data files changed since it started"
+        if self.task_sha256 and run.task.definition_sha256 and run.task.definition_sha256 != self.task_sha256:
+            return (f"task {run.task.name!r} was defined otherwise when it started (tasks/{run.task.name}.yaml: its "
+                    "prompt, answer, metrics or data layout changed)")
+        was = getattr(run.system, "api", None) if run.kind == "eval" else None
+        if self.api and was and (changed := [key for key in API_IDENTITY if key in was and _api_value(was[key])
+                                             != _api_value(self.api.get(key))]):
+            shown = ", ".join(f"{key} {was.get(key)} → {self.api.get(key)}" for key in changed)
+            return f"API model {run.system.label} is set otherwise in lab.yaml now ({shown})"
         return None
+
+
+def _api_value(value: Any) -> Any:
+    return value.rstrip("/") if isinstance(value, str) else value
 
 
 def finished_run(runs_dir: Path, kind: str, config: dict, name: str | None = None,

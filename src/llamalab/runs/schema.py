@@ -113,6 +113,7 @@ class EvalTaskInfo(Shape):
     n: int
     split_size: int | None = None
     data_sha256: dict[str, str] = {}
+    definition_sha256: str | None = None  # Task.definition_sha256 when it ran (older records: none)
     answer_type: str | None = None
 
 
@@ -245,6 +246,7 @@ class EvalRun(RunBase):
 class TrainTaskInfo(Shape):
     name: str
     data_sha256: dict[str, str] = {}
+    definition_sha256: str | None = None  # Task.definition_sha256 when it ran (older records: none)
 
 
 class TrainPromptInfo(Shape):

@@ -79,9 +79,9 @@ class _Evaluations:
 
 
 class _CurrentData:
-    """Whether a run started from its task's data and its model's weights as they are now: one made before either
-    changed is not a cell's run (as `train(reuse=True)` and `evaluate(reuse=True)` do not take it), so the cell
-    runs again."""
+    """Whether a run started from its task's data and definition, its model's weights and (an API model's) endpoint
+    as they are now: one made before any of them changed is not a cell's run (as `train(reuse=True)` and
+    `evaluate(reuse=True)` do not take it), so the cell runs again."""
 
     def __init__(self, lab: Lab) -> None:
         self.lab, self.hashes, self.revisions = lab, {}, {}
@@ -94,9 +94,10 @@ class _CurrentData:
         name = record.run.task.name
         if name not in self.hashes:
             try:  # None when the task cannot be read now: nothing to tell the runs apart by
-                self.hashes[name] = current_file_hashes(load_task(self.lab.task_path(name), self.lab.root))
+                task = load_task(self.lab.task_path(name), self.lab.root)
+                self.hashes[name] = (current_file_hashes(task), task.definition_sha256)
             except LlamalabError:
-                self.hashes[name] = None
+                self.hashes[name] = (None, None)
         run = record.run
         model = run.model if run.kind == "train" else getattr(run.system, "model", None)
         if model is not None and model.name not in self.revisions:
@@ -105,7 +106,8 @@ class _CurrentData:
             except LlamalabError:
                 self.revisions[model.name] = None  # not here now: nothing to compare with
         revision = self.revisions.get(model.name) if model is not None else None
-        return Inputs(revision, self.hashes[name]).differ(record) is None
+        api = self.lab.config.api_models.get(run.system.label) if run.kind == "eval" and run.system.api else None
+        return Inputs(revision, *self.hashes[name], api.model_dump() if api else None).differ(record) is None
 
 
 def cell_states(lab: Lab, study: Study) -> list[CellState]:

@@ -237,6 +237,16 @@ class Task(StrictModel):
         return self
 
     @property
+    def definition_sha256(self) -> str:
+        """The task as its file defines it (prompt, answer, metrics, data layout; not its description): what a run's
+        rows depend on besides the data files. Only the keys the file sets are hashed, so a setting a later
+        llamalab adds (at its default) changes no hash."""
+        import hashlib
+
+        defined = self.model_dump(mode="json", exclude_unset=True, exclude={"description"})
+        return hashlib.sha256(json.dumps(defined, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+    @property
     def metric_names(self) -> list[str]:
         return list(self.metrics or METRICS_BY_TYPE[self.answer.type])
 
