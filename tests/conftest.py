@@ -40,7 +40,7 @@ def lab(tmp_path: Path, _example_lab: Path) -> Lab:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """The embedded model's real tokenizer (converting the GGUF once per cache)."""
+    """The embedded model's real tokenizer (read from its GGUF once per cache; the weights are not converted)."""
     return load_tokenizer(resolve_model(EMBEDDED_NAME))
 
 

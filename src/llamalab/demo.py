@@ -53,7 +53,7 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
     floors: dict[str, float] = {}
     device = resolve_device()
     rate = measure_matmul_tflops(device) * 1e12  # FLOP/s, measured now on this process's threads
-    shape: Shape | None = None  # the model's, once prepared (its conversion, on a first run, is that stage's time)
+    shape: Shape | None = None  # once the model is prepared (converted, on a first run: that stage's time)
     kind = "float32 2048 x 2048" if device.kind == "cpu" else "bfloat16 8192 x 8192"
     console.print(f"{escape(device.name)}: {rate / 1e9:,.0f} GFLOP/s on a {kind} matmul")
 
@@ -68,7 +68,7 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
 
     lab = find_lab(lab_dir) if (lab_dir / "lab.yaml").is_file() else init_lab(lab_dir)
     console.print(f"Lab: {lab.root}")
-    shape = Shape.of_folder(Path(stage("prepare model", lambda: resolve_model(EMBEDDED_NAME)).path))
+    shape = Shape.of_folder(Path(stage("prepare model", lambda: resolve_model(EMBEDDED_NAME).path)))
     stage("data check", lambda: _check(lab, console))
 
     # The baseline to beat is the best honest one: each prompt format, and few-shot, chosen on dev only.

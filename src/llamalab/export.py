@@ -18,8 +18,10 @@ to a fallback type instead (q5_0, q5_1 or q8_0), so such a file is larger than i
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,16 +81,24 @@ sys.exit(1 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].e
 
 def export_loaded(model, tokenizer, target: Path, quant: str, *, name: str | None = None) -> Path:
     """A loaded Hugging Face model (a fine-tuned run with its LoRA merged in) as a GGUF file at `quant`: saved to a
-    temporary folder next to `target`, converted and quantized, then the folder is removed."""
-    import tempfile
+    temporary folder next to `target`, converted and quantized, then the folder is removed.
 
+    The converter names the model in the file's metadata (general.basename, finetune, size_label) from the folder's
+    name, so the model is saved in a subfolder named after `name`, never in the temporary folder itself (whose
+    name holds a pid and a random part): two exports of the same weights are then the same bytes."""
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(target)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.{os.getpid()}.", suffix=".merged",
-                                     dir=target.parent) as merged:
+                                     dir=target.parent) as work:
+        merged = Path(work) / _folder_name(name or target.stem)
         model.save_pretrained(merged, safe_serialization=True)
         tokenizer.save_pretrained(merged)
-        return export_gguf(Path(merged), target, quant, name=name)
+        return export_gguf(merged, target, quant, name=name)
+
+
+def _folder_name(name: str) -> str:
+    """`name` as one visible folder name (a hub id's "/" and a label's spaces become "-")."""
+    return re.sub(r"[^A-Za-z0-9._@+-]+", "-", name).strip(".-") or "model"
 
 
 def _clear_stale(out: Path) -> None:
@@ -196,6 +206,9 @@ def install_converter(sdist: Path | None = None) -> Path:
     and quantizes its files. Returns the converter script."""
     from llamalab.runs.files import staged_folder
 
+    if sdist is not None and not Path(sdist).is_file():
+        problem = "not a file" if Path(sdist).exists() else "no such file"
+        raise LlamalabError(f"--sdist {sdist}: {problem}; {_sdist_advice()}")
     target = converter_dir()
     if (target / _SCRIPT).is_file():
         return target / _SCRIPT
@@ -210,12 +223,28 @@ def install_converter(sdist: Path | None = None) -> Path:
     return target / _SCRIPT
 
 
+def _sdist_advice() -> str:
+    """What --sdist takes, for an error about a file that is not it."""
+    try:
+        version = _llama_cpp_version()
+    except LlamalabError:
+        version = "VERSION"
+    return (f"give llama-cpp-python's source archive, llama_cpp_python-{version}.tar.gz (`pip download --no-deps "
+            f"--no-binary :all: llama-cpp-python=={version}`), or leave out --sdist to have it downloaded")
+
+
 def _unpack_converter(sdist: Path, dest: Path) -> None:
     import tarfile
+    import zlib
 
     kept = 0
-    with tarfile.open(sdist) as archive:
-        for member in archive.getmembers():
+    with contextlib.ExitStack() as stack:
+        try:
+            archive = stack.enter_context(tarfile.open(sdist))
+            members = archive.getmembers()  # reads the whole archive: a truncated or corrupt one fails here
+        except (tarfile.TarError, OSError, EOFError, zlib.error):
+            raise LlamalabError(f"{sdist}: not a readable .tar.gz archive; {_sdist_advice()}") from None
+        for member in members:
             parts = member.name.split("/", 1)
             if not member.isfile() or len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
                 continue

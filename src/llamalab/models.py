@@ -20,15 +20,26 @@ _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A resolved base model: what the user named, where its weights are, and which file/revision."""
+    """A resolved base model: what the user named, where its weights are, and which file/revision.
+
+    A GGUF file's Hugging Face folder is made only when `path` is first read: dequantizing writes float32 weights
+    (~28 GB for a 7B model), which the llama.cpp backend never needs -- it runs the file itself and takes only its
+    tokenizer (`load_tokenizer` gets that without the weights)."""
 
     name: str
-    path: str  # a local folder, or a hub id
+    folder: str  # a local folder or a hub snapshot; for a GGUF file, the cache folder it is converted into
     revision: str  # file hash for local models, "hub:<commit>" for a hub model's snapshot
-    gguf: str | None = None  # the GGUF file the folder was converted from (what llama.cpp runs)
+    gguf: str | None = None  # the GGUF file the folder is converted from (what llama.cpp runs)
+
+    @property
+    def path(self) -> str:
+        """The Hugging Face model folder, converting a GGUF file into it the first time (once per cache)."""
+        if self.gguf is not None and not (Path(self.folder) / "config.json").is_file():
+            _convert_gguf(Path(self.gguf), Path(self.folder))
+        return self.folder
 
     def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "path": self.path, "revision": self.revision}
+        return {"name": self.name, "path": self.folder, "revision": self.revision}
 
 
 def cache_dir() -> Path:
@@ -38,7 +49,8 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name: str) -> ModelRef:
-    """Turn a model name into a loadable reference, converting the embedded GGUF once if needed."""
+    """Turn a model name into a loadable reference (a GGUF file, the embedded default included, is converted
+    to a Hugging Face folder only when its weights are first loaded: see ModelRef)."""
     if name == EMBEDDED_NAME:
         return _embedded()
     local = Path(name).expanduser()
@@ -78,9 +90,11 @@ def _from_hub(name: str) -> ModelRef:
 
 
 def load_tokenizer(ref: ModelRef):
+    """The model's tokenizer; a GGUF file's without converting its weights (see `_gguf_tokenizer_folder`)."""
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(AutoTokenizer, ref)
+    folder = _gguf_tokenizer_folder(ref) if ref.gguf is not None else None
+    tokenizer = _from_pretrained(AutoTokenizer, ref, folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -105,18 +119,20 @@ def load_model(ref: ModelRef, adapter: Path | None = None):
     return model
 
 
-def _from_pretrained(cls, ref: ModelRef, **kwargs):
+def _from_pretrained(cls, ref: ModelRef, folder: str | None = None, **kwargs):
+    """`cls.from_pretrained` on the model's folder (or `folder`), with an error that names the model."""
+    folder = folder or ref.path
     try:
-        return cls.from_pretrained(ref.path, **kwargs)
+        return cls.from_pretrained(folder, **kwargs)
     except OSError as exc:
         raise LlamalabError(
-            f"cannot load model {ref.name!r} from {ref.path}: {exc}. Offline? Download it first, "
+            f"cannot load model {ref.name!r} from {folder}: {exc}. Offline? Download it first, "
             "or name a local folder"
         ) from None
     except ValueError as exc:  # e.g. a folder with a config.json but no tokenizer files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LlamalabError(f"cannot load {cls.__name__.removeprefix('Auto').lower()} of model {ref.name!r} from "
-                            f"{ref.path}: {first}; a model folder needs its config, weights and tokenizer files "
+                            f"{folder}: {first}; a model folder needs its config, weights and tokenizer files "
                             "(as save_pretrained writes them)") from None
 
 
@@ -157,22 +173,46 @@ def gguf_revision(gguf: Path) -> str:
 
 
 def _from_gguf(name: str, gguf: Path) -> ModelRef:
-    """A GGUF file, converted once into a cached Hugging Face folder keyed on the file's hash."""
+    """A GGUF file, with the cached Hugging Face folder (keyed on the file's hash) it is converted into when its
+    weights are first needed (`ModelRef.path`)."""
     revision = gguf_revision(gguf)
-    target = cache_dir() / "models" / f"{gguf.stem.lower()}-{revision.removeprefix('gguf-sha256:')[:12]}"
-    if not (target / "config.json").is_file():
-        _convert_gguf(gguf, target)
+    target = cache_dir() / "models" / _gguf_cache_name(gguf, revision)
     return ModelRef(name, str(target), revision, str(gguf.resolve()))
+
+
+def _gguf_cache_name(gguf: Path, revision: str) -> str:
+    return f"{gguf.stem.lower()}-{revision.removeprefix('gguf-sha256:')[:12]}"
+
+
+def _gguf_tokenizer_folder(ref: ModelRef) -> str:
+    """Where a GGUF file's tokenizer is read from: its converted folder once that exists, else a cached folder
+    holding only the tokenizer, read from the file's metadata once (seconds; the weights stay untouched)."""
+    assert ref.gguf is not None
+    if (Path(ref.folder) / "config.json").is_file():
+        return ref.folder
+    gguf = Path(ref.gguf)
+    target = cache_dir() / "tokenizers" / _gguf_cache_name(gguf, ref.revision)
+    if not (target / "tokenizer_config.json").is_file():
+        with staged_folder(target, shared=True) as staging:
+            _gguf_tokenizer(gguf).save_pretrained(staging)
+            (staging / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name}) + "\n")
+    return str(target)
+
+
+def _gguf_tokenizer(gguf: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize the GGUF once into a plain safetensors folder so later loads take a second."""
     from rich.console import Console
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     Console(stderr=True).print(f"[dim]Converting {gguf.name} to a cached model folder (once)...[/]")
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = _gguf_tokenizer(gguf)
     # The weights are dense float32 now; the leftover GGUF markers make save_pretrained refuse.
     model.hf_quantizer = None
     model.is_quantized = False

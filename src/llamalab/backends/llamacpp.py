@@ -1,8 +1,9 @@
 """llama.cpp backend for GGUF files on a CPU (optional extra: scripts/install-llama-server.sh).
 
-Token ids come from the shared Prompter (the GGUF's own vocabulary, as converted for Hugging Face),
-so prompts are identical to the other backends'. Each prompt is evaluated once; for each choice the
-context is rewound to the end of the prompt, so the prompt's KV cache is shared by all labels.
+Token ids come from the shared Prompter (the GGUF's own vocabulary, as converted for Hugging Face -- only the
+tokenizer: the weights are never dequantized for this backend), so prompts are identical to the other backends'.
+Each prompt is evaluated once; for each choice the context is rewound to the end of the prompt, so the prompt's KV
+cache is shared by all labels.
 """
 
 from __future__ import annotations

@@ -95,6 +95,8 @@ def _open_hf(system: Openable) -> Backend:
 
 
 def _open_llama_cpp(system: Openable) -> Backend:
+    """llama.cpp runs the GGUF file itself: only the tokenizer is read from it (never `system.model.path`, which
+    would dequantize the whole file into a float32 Hugging Face folder)."""
     from llamalab.backends.llamacpp import LlamaCppBackend
     from llamalab.models import load_tokenizer
 
