@@ -274,3 +274,25 @@ def test_reuse_and_resume_never_take_a_run_of_another_task_definition(lab, tiny_
                                             r"otherwise when it started \(tasks/sentiment.yaml: its prompt"):
         evaluate(lab, EvalSettings(**settings), resume=True)
     assert evaluate(lab, EvalSettings(**settings), reuse=True).id == first.id  # the old definition is back
+
+
+def test_a_model_named_by_its_path_in_the_lab_is_found_from_any_folder(lab, tiny_model_dir, tmp_path, monkeypatch):
+    """A relative `base_model: models/tiny` was found from the current folder only: a run's later eval or export
+    from another folder (or with --lab from outside) failed with "base model not found"."""
+    import shutil
+
+    from llamalab.training.trainer import train
+    from tests.conftest import write_experiment
+
+    shutil.copytree(tiny_model_dir, lab.root / "models" / "tiny")
+    write_experiment(lab, "rel", "task: sentiment\nbase_model: models/tiny\nmax_steps: 1\ntrain_examples: 8\n"
+                                 "lora: {r: 4, alpha: 8}\n")
+    monkeypatch.chdir(tmp_path)  # outside the lab
+    trained = train(lab, "rel")
+    assert trained.run.model.name == "models/tiny"
+    record = evaluate(lab, trained.id, task="sentiment", limit=2)
+    assert record.run.status == "finished"
+    base = evaluate(lab, "models/tiny", task="sentiment", limit=2)
+    assert base.run.system.label == base.run.system.model.name == "models/tiny"
+    monkeypatch.chdir(lab.root / "data")
+    assert evaluate(lab, "models/tiny", task="sentiment", limit=2, reuse=True).id == base.id

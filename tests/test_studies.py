@@ -322,9 +322,10 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
 
 
 @pytest.mark.slow
-def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_model_dir):
+def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_model_dir, tmp_path):
     from rich.console import Console
 
+    from llamalab.lab import find_lab
     from llamalab.studies.quantization import gguf_file, recorded_quantization, run_quantization
 
     write_study(lab, "quant", f"kind: quantization\nquantize: {{systems: ['{tiny_model_dir}'], "
@@ -336,7 +337,9 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     assert sizes["f16"] > sizes["q8_0"] >= sizes["q4_0"] > 0
     for row in rows:
         assert row.eval.run.backend.backend == "llama.cpp" and row.eval.run.task.n == 10
-        assert row.eval.config["system"] == str(gguf_file(lab, str(tiny_model_dir), row.type))
+        in_lab = gguf_file(lab, str(tiny_model_dir), row.type).relative_to(lab.root).as_posix()
+        assert row.eval.config["system"] == row.eval.run.system.model.name == row.eval.run.system.label == in_lab
+        assert in_lab.startswith("runs/.gguf/") and str(lab.root) not in (row.eval.folder / "run.json").read_text()
         assert (row.delta is None) == (row.type == "f16")
         if row.delta is not None:
             f16 = rows[0].interval.estimate
@@ -348,6 +351,13 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     assert {r.id for r in list_runs(lab.runs_dir)} == before
     assert [(r.eval.id, r.delta) for r in again] == [(r.eval.id, r.delta) for r in rows]
     assert [(r.eval.id, r.delta) for r in recorded_quantization(lab, study)] == [(r.eval.id, r.delta) for r in rows]
+    # A clone elsewhere (CI building the site, a colleague's checkout) has the same rows: the evaluations name
+    # their files by their path in the lab (an absolute path was not found in the clone, and published).
+    import shutil
+
+    moved = find_lab(shutil.copytree(lab.root, tmp_path / "elsewhere", symlinks=True))
+    assert [(r.eval.id, r.delta) for r in recorded_quantization(moved, load_study(moved, "quant"))] == [
+        (r.eval.id, r.delta) for r in rows]
 
     # The command line, the report, the site and the weekly post show the same table and sentences.
     import html
@@ -377,8 +387,6 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
 
     # A file exported again in place (here: other weights at the q4_0 path) keeps its path, so every setting: its
     # old evaluation is no longer its row, and the study evaluates the new file.
-    import shutil
-
     shutil.copyfile(gguf_file(lab, str(tiny_model_dir), "q8_0"), gguf_file(lab, str(tiny_model_dir), "q4_0"))
     assert [r.type for r in recorded_quantization(lab, study)] == ["f16", "q8_0"]
     redone = run_quantization(lab, study, Console(stderr=True))

@@ -84,7 +84,7 @@ def data_check(
     the_lab = find_lab(lab)
     spec = load_task(the_lab.task_path(task), the_lab.root)
     data = load_task_data(spec, strict=False)
-    prompter = Prompter(spec, load_tokenizer(resolve_model(model)), spec.prompt.format)
+    prompter = Prompter(spec, load_tokenizer(resolve_model(model, the_lab.root)), spec.prompt.format)
     report = check_task_data(data, spec, prompter, max_length, max_new_tokens)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
@@ -140,7 +140,7 @@ def data_show(
 
     the_lab = find_lab(lab)
     spec = load_task(the_lab.task_path(task), the_lab.root)
-    tokenizer = load_tokenizer(resolve_model(model))
+    tokenizer = load_tokenizer(resolve_model(model, the_lab.root))
     prompter = Prompter(spec, tokenizer, prompt_format or spec.prompt.format)
     for ex in load_task_data(spec).split(split)[:n]:
         encoded = prompter.encode_training(ex)

@@ -48,12 +48,13 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def resolve_model(name: str) -> ModelRef:
+def resolve_model(name: str, lab_root: Path | None = None) -> ModelRef:
     """Turn a model name into a loadable reference (a GGUF file, the embedded default included, is converted
-    to a Hugging Face folder only when its weights are first loaded: see ModelRef)."""
+    to a Hugging Face folder only when its weights are first loaded: see ModelRef). A relative path is found from
+    the current folder or else from `lab_root`; the reference keeps the name as given."""
     if name == EMBEDDED_NAME:
         return _embedded()
-    local = Path(name).expanduser()
+    local = local_path(name, lab_root)
     if local.suffix == ".gguf" and local.is_file():
         return _from_gguf(name, local)
     if local.exists():
@@ -66,6 +67,16 @@ def resolve_model(name: str) -> ModelRef:
         f"base model {name!r} not found: use {EMBEDDED_NAME!r} (the embedded default), "
         "a local model folder, or a Hugging Face id like meta-llama/Llama-2-7b-hf"
     )
+
+
+def local_path(name: str, lab_root: Path | None = None) -> Path:
+    """Where a model named by a path is: a relative one from the current folder, or else from the lab's root (so
+    a lab's records of `models/x` or `runs/.gguf/x.gguf` stay valid wherever the lab is, and wherever a command
+    runs in it)."""
+    local = Path(name).expanduser()
+    if lab_root is not None and not local.is_absolute() and not local.exists() and (lab_root / local).exists():
+        return lab_root / local
+    return local
 
 
 # What a model needs from its hub repository: config, weights, tokenizer (newer ones keep the chat template in

@@ -13,7 +13,7 @@ from llamalab.backends.api import ApiModel
 from llamalab.backends.registry import DEFAULT_PRECISION, BackendName, backend_for
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab
-from llamalab.models import ModelRef, resolve_model
+from llamalab.models import ModelRef, local_path, resolve_model
 from llamalab.runs.record import RUN_FILE, RunRecord, matching_runs
 
 
@@ -52,7 +52,7 @@ class System:
 def base_label(lab: Lab, name: str) -> str:
     """How tables name a base model: a name or hub id as given; a local folder or GGUF file by its path in the lab,
     or outside it by its own name (tables, the site and posts are published: no machine's paths in them)."""
-    path = Path(name).expanduser()
+    path = local_path(name, lab.root)
     if not path.exists():
         return name
     resolved, root = path.resolve(), lab.root.resolve()
@@ -66,7 +66,7 @@ def resolve_system(lab: Lab, name: str) -> System:
     record = _train_run(lab, name)
     if record is None:
         try:
-            return System(label=base_label(lab, name), kind="base", model=resolve_model(name))
+            return System(label=base_label(lab, name), kind="base", model=resolve_model(name, lab.root))
         except LlamalabError as exc:  # a mistyped run id is not a model either: say both
             raise LlamalabError(f"no train run or API model named {name!r} in this lab, and {exc}") from None
     run = record.run
@@ -79,7 +79,7 @@ def resolve_system(lab: Lab, name: str) -> System:
             f"run {record.id} is {status}, not finished: resume it with "
             f"`{resume_command(lab, record)}` before evaluating"
         )
-    base = resolve_model(run.model.name)
+    base = resolve_model(run.model.name, lab.root)
     if base.revision != run.model.revision and run.model.revision != "hub":  # "hub": recorded before commits were
         raise LlamalabError(
             f"run {record.id} was trained on {base.name} revision {run.model.revision}, "

@@ -59,6 +59,12 @@ def gguf_file(lab: Lab, system: str, quant: str) -> Path:
     return lab.runs_dir / ".gguf" / f"{slug}-{digest}-{quant}.gguf"
 
 
+def lab_name(lab: Lab, gguf: Path) -> str:
+    """How an export is named to `evaluate`: its path in the lab (`runs/.gguf/...`), so its records, settings hash
+    and labels are the same wherever the lab is (cloned, moved, or built by CI) and carry no machine's path."""
+    return gguf.relative_to(lab.root).as_posix()
+
+
 def _source_file(gguf: Path) -> Path:
     """Next to an export: the weights it was made from (a model folder re-downloaded in place keeps its name)."""
     return gguf.with_name(gguf.name + ".source.json")
@@ -100,7 +106,7 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
                 export_loaded(*loaded, path, quant, name=system.label)
                 write_json_atomic(made_from, source)
             options = _eval_options(study, system.trained_format)
-            records[(name, quant)] = evaluate(lab, str(path), reuse=True, console=console, **options)
+            records[(name, quant)] = evaluate(lab, lab_name(lab, path), reuse=True, console=console, **options)
     return quant_rows(lab, study, records)
 
 
@@ -122,7 +128,7 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
         for quant in study.spec.quantize.types:
             # the evaluation run_quantization runs (its settings hash), not another of the same file
             path = gguf_file(lab, name, quant.lower())
-            wanted = settings_hash(lab, task, str(path), **options)
+            wanted = settings_hash(lab, task, lab_name(lab, path), **options)
             # ... and of the file there now: an evaluation of an earlier export at the same path is not its row
             inputs = Inputs(gguf_revision(path) if path.is_file() else None, data_now, task.definition_sha256)
             found = [r for r in evals if r.run.config_hash == wanted and inputs.differ(r) is None]

@@ -102,7 +102,7 @@ class _CurrentData:
         model = run.model if run.kind == "train" else getattr(run.system, "model", None)
         if model is not None and model.name not in self.revisions:
             try:
-                self.revisions[model.name] = resolve_model(model.name).revision
+                self.revisions[model.name] = resolve_model(model.name, self.lab.root).revision
             except LlamalabError:
                 self.revisions[model.name] = None  # not here now: nothing to compare with
         revision = self.revisions.get(model.name) if model is not None else None

@@ -94,7 +94,7 @@ def _worker(lab_root: str, folder: str) -> None:
     record = RunRecord.load(Path(folder))
     experiment, _ = resolve_experiment(record.config, str(Path(folder) / "config.yaml"))
     task = load_task(lab.task_path(experiment.task), lab.root)
-    model_ref = resolve_model(experiment.base_model)
+    model_ref = resolve_model(experiment.base_model, lab.root)
     first = int(os.environ.get("RANK", "0")) == 0
     console = Console(stderr=True, quiet=not first)
     _run_training(record, experiment, task, load_task_data(task), model_ref, load_tokenizer(model_ref),

@@ -574,7 +574,7 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     from dataclasses import replace
 
     from llamalab.config import apply_overrides
-    from llamalab.models import ModelRef, load_tokenizer, resolve_model
+    from llamalab.models import ModelRef, load_tokenizer, local_path, resolve_model
     from llamalab.tasks.data import load_task_data
     from llamalab.tasks.prompts import Prompter
     from llamalab.tasks.task import load_task
@@ -587,10 +587,10 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     else:
         experiment, _ = load_experiment(lab.experiment_path(experiment), overrides)
     task = load_task(lab.task_path(experiment.task), lab.root)
-    local = Path(experiment.base_model).expanduser()
+    local = local_path(experiment.base_model, lab.root)
     # A local folder needs only its config.json and tokenizer here (no weights: a 7B shape can be planned anywhere)
     model_ref = (ModelRef(experiment.base_model, str(local), "not hashed") if (local / "config.json").is_file()
-                 else resolve_model(experiment.base_model))
+                 else resolve_model(experiment.base_model, lab.root))
     tokenizer = load_tokenizer(model_ref)
     prompter = Prompter(task, tokenizer, experiment.format or task.prompt.format)
     examples = training_subset(load_task_data(task).split("train"), experiment.train_examples, experiment.seed)

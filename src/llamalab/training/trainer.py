@@ -64,7 +64,7 @@ def train(
     except LlamalabError as exc:
         raise LlamalabError(f"{source}: key 'task': {exc}") from None
     task = load_task(task_path, lab.root)
-    model_ref = resolve_model(experiment.base_model)
+    model_ref = resolve_model(experiment.base_model, lab.root)
     data = load_task_data(task)
     inputs = Inputs(model_ref.revision, data.file_hashes, task.definition_sha256)  # else it is not this run
     if reuse:
