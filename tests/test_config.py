@@ -214,3 +214,18 @@ def test_errors_on_two_entries_of_a_mapping_stay_two_and_name_their_entries():
         parse_model(LabConfig, {"name": "x", "api_models": {"gpt": 5, "claude": 6}}, "lab.yaml")
     lines = str(error.value).splitlines()
     assert len(lines) == 2 and "key 'api_models.gpt'" in lines[0] and "key 'api_models.claude'" in lines[1]
+
+
+@pytest.mark.parametrize(("url", "why"), [("http://[::1/v1", "is not a URL"), ("https://", "names no host"),
+                                          ("https://api.example.com:99999/v1", "is not a URL")])
+def test_an_api_base_url_that_is_no_url_is_refused_in_lab_yaml(lab, url, why):
+    """It passed the http(s):// check, then the client's first request raised httpx.InvalidURL (a traceback)."""
+    import yaml
+
+    from llamalab.lab import find_lab
+
+    config = yaml.safe_load((lab.root / "lab.yaml").read_text())
+    config["api_models"] = {"remote": {"base_url": url, "model": "m"}}
+    (lab.root / "lab.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(LlamalabError, match=f"base_url.*{why}"):
+        find_lab(lab.root)

@@ -59,6 +59,15 @@ class ApiModel(StrictModel):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            host, _ = parts.hostname, parts.port  # a bad port raises too
+        except ValueError as exc:
+            raise ValueError(f"is not a URL ({exc})") from None
+        if not host:
+            raise ValueError("names no host: e.g. https://api.openai.com/v1")
         return value
 
 
