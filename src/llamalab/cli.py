@@ -329,6 +329,7 @@ def export(
 ) -> None:
     """Write a fine-tuned run as one merged Hugging Face model folder (base + LoRA folded in), or as a GGUF file."""
     from llamalab.evaluation.systems import resolve_system
+    from llamalab.models import save_tokenizer
     from llamalab.runs.files import staged_folder
 
     if target.exists():
@@ -345,7 +346,7 @@ def export(
     if gguf is None:
         with staged_folder(target) as staging:
             model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
+            save_tokenizer(tokenizer, staging)
         console.print(f"merged model written to {target}")
         return
 

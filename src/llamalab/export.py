@@ -49,23 +49,13 @@ _SCRIPT = "convert_hf_to_gguf.py"
 _KEEP_FILES = {_SCRIPT, "LICENSE"}
 _KEEP_DIRS = ("conversion/", "gguf-py/gguf/")
 
-# Runs the converter. The script imports sentencepiece before it checks whether the folder has a tokenizer.model;
-# a folder without one (a BPE tokenizer such as SmolLM2's) never uses sentencepiece, so when it is not installed
-# that check comes first instead of an ImportError.
+# Runs the converter with the conversion package and the gguf-py it was written against first on the path.
 _CONVERT = """
-import importlib.util, runpy, sys
+import runpy, sys
 from pathlib import Path
 script = Path(sys.argv[1])
 sys.argv = sys.argv[1:]
 sys.path[:0] = [str(script.parent), str(script.parent / "gguf-py")]
-if importlib.util.find_spec("sentencepiece") is None:
-    import conversion.base as base
-    sentencepiece_vocab = base.TextModel._create_vocab_sentencepiece
-    def _needs_sentencepiece(self):
-        if not (self.dir_model / "tokenizer.model").is_file():
-            raise FileNotFoundError(self.dir_model / "tokenizer.model")
-        return sentencepiece_vocab(self)
-    base.TextModel._create_vocab_sentencepiece = _needs_sentencepiece
 runpy.run_path(str(script), run_name="__main__")
 """
 
@@ -86,13 +76,15 @@ def export_loaded(model, tokenizer, target: Path, quant: str, *, name: str | Non
     The converter names the model in the file's metadata (general.basename, finetune, size_label) from the folder's
     name, so the model is saved in a subfolder named after `name`, never in the temporary folder itself (whose
     name holds a pid and a random part): two exports of the same weights are then the same bytes."""
+    from llamalab.models import save_tokenizer
+
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(target)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.{os.getpid()}.", suffix=".merged",
                                      dir=target.parent) as work:
         merged = Path(work) / _folder_name(name or target.stem)
         model.save_pretrained(merged, safe_serialization=True)
-        tokenizer.save_pretrained(merged)
+        save_tokenizer(tokenizer, merged)
         return export_gguf(merged, target, quant, name=name)
 
 

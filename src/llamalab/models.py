@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,18 @@ def load_model(ref: ModelRef, adapter: Path | None = None):
         model = model.to("cuda")
     model.eval()
     return model
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """`tokenizer.save_pretrained(folder)`, with the sentencepiece model it was loaded from (a Llama-2-style
+    tokenizer.model): transformers writes only tokenizer.json, and llama.cpp's converter reads the vocabulary's
+    scores from tokenizer.model; without it the GGUF split words otherwise than the model was trained on."""
+    tokenizer.save_pretrained(folder)
+    source = getattr(tokenizer, "vocab_file", None)
+    name = getattr(tokenizer, "vocab_files_names", {}).get("vocab_file")
+    if (isinstance(source, str) and str(name).endswith(".model") and Path(source).is_file()
+            and not (Path(folder) / name).exists()):
+        shutil.copyfile(source, Path(folder) / name)
 
 
 def _from_pretrained(cls, ref: ModelRef, folder: str | None = None, **kwargs):

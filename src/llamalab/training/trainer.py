@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from llamalab.config import LlamalabError, apply_overrides
 from llamalab.lab import Lab
-from llamalab.models import ModelRef, load_tokenizer, resolve_model
+from llamalab.models import ModelRef, load_tokenizer, resolve_model, save_tokenizer
 from llamalab.runs.files import staged_folder
 from llamalab.runs.record import TRAIN_LOG, Inputs, RunRecord, finished_run, has_unfinished, peak_memory_mb, resume_run
 from llamalab.tasks.data import Example, load_task_data
@@ -563,4 +563,4 @@ def _save_weights(trainer, experiment: Experiment, folder: Path, weights: dict |
     with staged_folder(folder / name) as staging:
         trainer.model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
         if experiment.method == "full":
-            trainer.processing_class.save_pretrained(staging)
+            save_tokenizer(trainer.processing_class, staging)
