@@ -228,3 +228,19 @@ def test_what_a_killed_export_left_is_cleared_by_the_next(tmp_path):
     _clear_stale(tmp_path / "m.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f".m.gguf.{os.getpid()}.x.partial", f".other.gguf.{gone}.y.merged", ".m.gguf.notes"])
+
+
+def test_a_quantization_study_without_the_converter_fails_before_any_model_loads(lab, tmp_path, monkeypatch):
+    """It loaded (and merged) each system first, then found the converter missing."""
+    from rich.console import Console
+
+    from llamalab.studies.quantization import run_quantization
+    from llamalab.studies.spec import load_study
+
+    monkeypatch.delenv(CONVERTER_ENV, raising=False)
+    monkeypatch.setenv("LLAMALAB_CACHE", str(tmp_path / "cache"))
+    (lab.root / "studies").mkdir(exist_ok=True)
+    (lab.root / "studies" / "q.yaml").write_text("kind: quantization\nquantize: {systems: [no-such-model-here], "
+                                                 "types: [f16, q8_0]}\neval: {task: sentiment, limit: 4}\n")
+    with pytest.raises(LlamalabError, match=r"--install-converter"):  # not "no train run or API model named"
+        run_quantization(lab, load_study(lab, "q"), Console(stderr=True))

@@ -335,12 +335,12 @@ def export(
     if target.exists():
         raise LlamalabError(f"{target} exists: choose a new {'file' if gguf else 'folder'}")
     if gguf is not None:  # a bad type or a missing converter fails before the model loads
-        from llamalab.export import find_converter, gguf_type
+        from llamalab.export import check_tools, gguf_type
 
         gguf = gguf_type(gguf)
         if target.suffix.lower() != ".gguf":
             raise LlamalabError(f"{target}: with --gguf, name a .gguf file")
-        find_converter()
+        check_tools(gguf)
     system = resolve_system(find_lab(lab), run)
     model, tokenizer = system.load()
     if gguf is None:

@@ -129,10 +129,8 @@ def export_gguf(model_dir: Path, out: Path, quant: str, *, name: str | None = No
         raise LlamalabError(f"{out} is a folder: name a .gguf file")
     if not (model_dir / "config.json").is_file():
         raise LlamalabError(f"{model_dir} has no config.json: not a Hugging Face model folder")
-    script = find_converter()
+    script = check_tools(quant)
     outtype, ftype = _TYPES[quant]
-    if ftype is not None:
-        _llama_cpp_version()  # the quantizer: fail now, not after the conversion
     out.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(out)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
@@ -256,6 +254,15 @@ def _unpack_converter(sdist: Path, dest: Path) -> None:
 
     (dest / "SOURCE.txt").write_text(
         f"{kept} files of vendor/llama.cpp/ unpacked from {sdist.name} (sha256 {sha256_file(sdist)})\n")
+
+
+def check_tools(quant: str) -> Path:
+    """The converter script, once llama.cpp's converter (and, for a quantized type, its quantizer) is found to be
+    installed: checked before any model is loaded or converted, not after."""
+    script = find_converter()
+    if _TYPES[gguf_type(quant)][1] is not None:
+        _llama_cpp_version()
+    return script
 
 
 def _llama_cpp_version() -> str:

@@ -84,9 +84,11 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
     with the same settings are reused), and test each type against f16."""
     from llamalab.evaluation.evaluate import evaluate
     from llamalab.evaluation.systems import resolve_system
-    from llamalab.export import export_loaded, gguf_type
+    from llamalab.export import check_tools, export_loaded, gguf_type
 
     assert study.spec.quantize is not None
+    for quant in study.spec.quantize.types:  # before any model loads
+        check_tools(quant)
     records: dict[tuple[str, str], RunRecord] = {}
     for name in study.spec.quantize.systems:
         system = resolve_system(lab, name)
