@@ -123,6 +123,8 @@ def test_task_label_checks(tmp_path):
 
 def test_missing_lab_and_unknown_task(lab, tmp_path):
     with pytest.raises(LlamalabError, match="no lab.yaml"):
+        find_lab(tmp_path)
+    with pytest.raises(LlamalabError, match="nowhere does not exist: check --lab"):
         find_lab(tmp_path / "nowhere")
     with pytest.raises(LlamalabError, match="did you mean 'sentiment'"):
         lab.task_path("sentimnt")

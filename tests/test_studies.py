@@ -871,7 +871,7 @@ def test_a_quantization_row_evaluated_before_the_tasks_data_changed_is_not_the_r
     from llamalab.evaluation.systems import system_outline
     from llamalab.runs.files import append_jsonl
     from llamalab.runs.record import RunRecord
-    from llamalab.studies.quantization import gguf_file, recorded_quantization
+    from llamalab.studies.quantization import gguf_file, lab_name, recorded_quantization
     from llamalab.tasks.data import current_file_hashes
     from llamalab.tasks.task import load_task
     from tests.records import eval_fields
@@ -886,12 +886,13 @@ def test_a_quantization_row_evaluated_before_the_tasks_data_changed_is_not_the_r
         path = gguf_file(lab, name, quant)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"GGUF" + bytes(64))
-        settings = parse_model(EvalSettings, {"system": str(path), "task": "sentiment", "split": "test",
+        system = lab_name(lab, path)  # as the study evaluates it
+        settings = parse_model(EvalSettings, {"system": system, "task": "sentiment", "split": "test",
                                               "limit": 20, "backend": "llama.cpp"}, "test")
-        config = complete_settings(settings, task, system_outline(lab, str(path))).model_dump()
-        fields = eval_fields(label=str(path), n=20, backend="llama.cpp")
+        config = complete_settings(settings, task, system_outline(lab, system)).model_dump()
+        fields = eval_fields(label=system, n=20, backend="llama.cpp")
         fields["task"]["data_sha256"] = hashes
-        record = RunRecord.create(lab.runs_dir, "eval", str(path), config, **fields)
+        record = RunRecord.create(lab.runs_dir, "eval", system, config, **fields)
         append_jsonl(record.folder / "predictions.jsonl", [
             {"id": f"x:{i}", "gold": "positive", "prediction": "positive", "correct": True} for i in range(20)])
         record.update(status="finished", metrics={"accuracy": {"estimate": 1.0, "low": 1.0, "high": 1.0, "n": 20}})
