@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from llamalab.config import LlamalabError
 from llamalab.runs.record import list_runs
 from llamalab.training.trainer import train
 from tests.conftest import write_experiment
@@ -183,3 +184,54 @@ def test_a_worker_stopped_by_a_user_error_says_why(lab, tiny_model_dir):
     (run,) = list_runs(lab.runs_dir, "train")
     assert run.run.status == "failed" and "diverged" in run.run.error
     assert not (run.folder / ".worker_error").exists()
+
+
+def _killed_after_checkpoint(record, step: int | None = None) -> None:
+    """What a kill leaves after checkpoint `step` (default: the last, while the weights were written)."""
+    import shutil
+
+    for checkpoint in record.folder.glob("checkpoints/checkpoint-*"):
+        if step is not None and int(checkpoint.name.split("-")[1]) > step:
+            shutil.rmtree(checkpoint)
+    for weights in ("adapter", "model"):
+        shutil.rmtree(record.folder / weights, ignore_errors=True)
+    record.update(status="interrupted")
+
+
+def test_a_run_with_filler_rows_resumed_in_a_later_epoch_trains_as_one_never_stopped(lab, tiny_model_dir):
+    """The epoch's order came from a sampler the loader set each epoch only when nothing was skipped: resumed
+    in the second epoch, two processes took the first epoch's order."""
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir).replace("48", "13")
+                     .replace("max_steps: 6", "max_steps: 8"))
+    whole = train(lab, "tiny", processes=2)
+    cut = train(lab, "tiny", processes=2)
+    _killed_after_checkpoint(cut, step=6)  # two steps into the second epoch (4 steps an epoch)
+    resumed = train(lab, "tiny", processes=2, resume=True)
+    assert resumed.id == cut.id and len(_losses(resumed)) == 8
+    assert _losses(resumed) == pytest.approx(_losses(whole), abs=1e-6)
+
+
+def test_a_sharded_run_killed_after_its_last_checkpoint_resumes_without_a_step_more(lab, tiny_model_dir):
+    """FSDP was left out of the nothing-left-to-train case: the resumed Trainer took a 7th step of 6, and the
+    memory a session that trained nothing measured replaced the training's."""
+    write_experiment(lab, "full", FULL.format(model=tiny_model_dir).replace("48", "13"))  # 4 steps an epoch
+    run = train(lab, "full", processes=2)
+    measured = run.run.memory.measured_mb
+    _killed_after_checkpoint(run)
+    resumed = train(lab, "full", processes=2, resume=True)
+    assert resumed.run.metrics.steps == 6 and resumed.run.metrics.epochs == run.run.metrics.epochs
+    assert len(_losses(resumed)) == 6 and resumed.run.metrics.final_loss == run.run.metrics.final_loss
+    assert resumed.run.memory.measured_mb == measured
+    assert (resumed.folder / "model" / "model.safetensors").is_file()
+
+    _killed_after_checkpoint(resumed, step=4)  # FSDP's checkpoint: one process cannot continue it
+    with pytest.raises(LlamalabError, match=r"checkpoint-4 was written by a full fine-tune in several processes "
+                                            r"\(FSDP\): resume it with --processes 2 or more"):
+        train(lab, "full", processes=1, resume=True)
+
+
+def test_callbacks_in_several_processes_are_refused_before_any_run_folder(lab, tiny_model_dir):
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir))
+    with pytest.raises(LlamalabError, match="callbacks run in this process only"):
+        train(lab, "tiny", processes=2, callbacks=[object()])
+    assert list_runs(lab.runs_dir) == []

@@ -58,6 +58,8 @@ def train(
     if processes > 1:
         from llamalab.training.distributed import check_devices
 
+        if callbacks:
+            raise LlamalabError("callbacks run in this process only: train with processes=1 to use them")
         check_devices(processes)
     try:
         task_path = lab.task_path(experiment.task)
@@ -93,16 +95,31 @@ def train(
         if prompt_format == "chat":  # the template the model was trained with is part of the record
             record.update(prompt={**record.run.prompt.model_dump(), **store_chat_template(tokenizer, record.folder)})
     with record.tracking():
+        if resume:
+            _check_checkpoint_fits(record, experiment, processes)
         if processes == 1:
             _run_training(record, experiment, task, data, model_ref, tokenizer, prompt_format, console,
                           callbacks or [])
         else:
             from llamalab.training.distributed import launch
 
-            if callbacks:
-                raise LlamalabError("callbacks run in this process only: train with processes=1 to use them")
             launch(lab, record, experiment, processes, console)
     return record
+
+
+def _check_checkpoint_fits(record: RunRecord, experiment: Experiment, processes: int) -> None:
+    """A full fine-tune's checkpoint is FSDP's (weights and AdamW state gathered by it) when written by several
+    processes, the Trainer's own when by one: each resumes only the same way."""
+    from llamalab.training.callbacks import latest_complete_checkpoint  # imports transformers
+
+    checkpoint = latest_complete_checkpoint(record.folder / "checkpoints")
+    if checkpoint is None or experiment.method != "full":
+        return
+    sharded = any(p.name.startswith("pytorch_model_fsdp") for p in checkpoint.iterdir())
+    if sharded != fsdp_shards(experiment, processes):
+        how = "several processes (FSDP): resume it with --processes 2 or more" if sharded else (
+            "one process: resume it with --processes 1")
+        raise LlamalabError(f"run {record.id}'s {checkpoint.name} was written by a full fine-tune in {how}")
 
 
 def _check_targets(experiment: Experiment, model_ref: ModelRef, source: str) -> None:
@@ -131,7 +148,7 @@ def _run_training(
     """Train in this process; with `processes` > 1 this is one of them (launched by training/distributed.py), and
     only the first writes the log, the weights and the record."""
     import torch
-    from transformers import PrinterCallback, TrainerState
+    from transformers import PrinterCallback
 
     from llamalab.training.callbacks import ProgressCallback, latest_complete_checkpoint  # imports transformers
 
@@ -170,14 +187,14 @@ def _run_training(
         progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
         setup_s = time.perf_counter() - started
         start_epoch = _state(resume_from).get("epoch", 0) if resume_from else 0
-        if resume_from and _completed(resume_from) and not trainer.is_fsdp_enabled:
+        start_step = _state(resume_from).get("global_step", 0) if resume_from else 0
+        if resume_from and _completed(resume_from):
             # killed after the last checkpoint (while the weights or the record were written): training is done,
-            # and resuming the Trainer from there would take one step too many (or none, timing nothing)
+            # but the Trainer resumed there would take one step more (it checks the step count after each step).
+            # It still loads the checkpoint (FSDP's too, into the sharded model) and runs no epoch.
             console.print(f"{resume_from.name} is the run's last step: nothing left to train")
-            trainer._load_from_checkpoint(str(resume_from))
-            trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
-        else:
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            trainer._run_epoch = lambda *args, **kwargs: None
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_s = time.perf_counter() - started - setup_s
     weights = _gathered_weights(trainer) if trainer.is_fsdp_enabled else None
     peaks = _every_process(peak.mb)  # the plan is one process's: each process's peak is measured against it
@@ -208,8 +225,7 @@ def _run_training(
         # this session's tokens over its time; a session that trained nothing keeps what was recorded before
         throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)}
         if progress.tokens_this_session else dict(record.run.throughput),
-        memory={**plan.to_record(), "measured_mb": max((p for p in peaks if p is not None), default=None),
-                **({"measured_mb_each": peaks} if processes > 1 else {})},
+        memory=_memory(record, plan, peaks, processes, trained=trainer.state.global_step > start_step),
         # this process's (with several, the launcher's own would say nothing), and at least an earlier session's
         peak_memory_mb=max(record.run.peak_memory_mb or 0, peak_memory_mb()),
         timings=timings,
@@ -218,6 +234,17 @@ def _run_training(
         precision="bfloat16 (FSDP mixed precision)" if bf16_fsdp else "bfloat16 autocast" if _use_bf16(experiment)
         else str(dtype).removeprefix("torch."),
     )
+
+
+def _memory(record: RunRecord, plan, peaks: list[float | None], processes: int, trained: bool) -> dict:
+    """The plan and the measured peak of a session that trained; one that only loaded the last checkpoint (nothing
+    left to train) keeps the peak its training measured."""
+    measured = {"measured_mb": max((p for p in peaks if p is not None), default=None),
+                **({"measured_mb_each": peaks} if processes > 1 else {})}
+    if not trained and record.run.memory is not None and record.run.memory.measured_mb is not None:
+        measured = {"measured_mb": record.run.memory.measured_mb,
+                    **({"measured_mb_each": record.run.memory.measured_mb_each} if processes > 1 else {})}
+    return {**plan.to_record(), **measured}
 
 
 def _every_process(value: float | None) -> list[float | None]:
@@ -362,7 +389,17 @@ def _answer_loss_trainer(fillers: int = 0):
         def _get_train_sampler(self, train_dataset=None):
             if not fillers:
                 return super()._get_train_sampler(train_dataset)
-            return FilledEpochs(len(self.train_dataset) - fillers, self.args.data_seed)
+            self.filled_epochs = FilledEpochs(len(self.train_dataset) - fillers, self.args.data_seed)
+            return self.filled_epochs
+
+        def get_train_dataloader(self):
+            """With fillers, the loader is told which sampler to set each epoch on, as accelerate tells it of its
+            own: through the processes' shards (and a resume's skipped batches) it reaches no other, and a run
+            resumed in a later epoch would take the first epoch's order."""
+            loader = super().get_train_dataloader()
+            if fillers:
+                loader.set_sampler(self.filled_epochs)
+            return loader
 
         def _track_num_input_tokens(self, inputs):
             """Tokens seen (for tokens/s): the training rows', not the fillers'."""
