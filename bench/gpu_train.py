@@ -9,8 +9,8 @@ shape it runs, in this process:
 
 - TRL's default recipe: SFTTrainer with its default SFTConfig (activation checkpointing on) on prompt/completion
   rows, PEFT LoRA r=16 on all linear layers, the same batch and steps;
-- `llamalab train` with LoRA (activation_checkpointing: auto on the card's memory); for 7B also told the card
-  has 24 GB (`memory_limit: 24GB`), and `method: qlora`;
+- `llamalab train` with LoRA on the same rows (plain format; activation_checkpointing: auto on the card's
+  memory); for 7B also told the card has 24 GB (`memory_limit: 24GB`), and `method: qlora` told the same;
 - label scoring (`llamalab eval` on sentiment) of the 1B shape.
 
 First it checks that row-by-row attention (how llamalab trains padding-free batches; tested on CPUs only) gives the
@@ -19,10 +19,12 @@ Then it prints tokens/s, model TFLOP/s (4 P per trained token, as TRL comparison
 computed when scoring, without the embedding table, which is looked up, and the output layer, which runs at a few
 positions) and the share of the card's bf16 matmul rate measured at the start; the same over the later half of
 the steps, with the first step's and the median step's seconds (a per-step cost, or a start-up one?); peak GPU
-memory against `llamalab plan`'s prediction, and the ratio to TRL. Label scoring runs in bfloat16 on a GPU, batch
-64, as `llamalab eval` does: close calls (labels within 0.5 nats) are scored again in float32, and a random model
-makes many; their count is printed, and their second pass is time not counted as FLOPs. Each run's result (or its
-error: one failing run does not stop the others) is printed, and written to --out, as it ends.
+memory (allocated, from before the model loaded; and what the allocator reserved) against `llamalab plan`'s
+prediction, and the ratio to TRL (also over the later half of the steps: TRL runs first, paying start-up costs).
+Label scoring runs in bfloat16 on a GPU, its batch sized to the card (`--score-batch auto`), as `llamalab eval`
+does: close calls are scored again in float32, and a random model makes many; their count is printed, and their
+second pass is time not counted as FLOPs. Each run's result (or its error: one failing run, or a shape that could
+not be made, does not stop the others) is printed, and written to --out, as it ends.
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
+def _reserved_mib() -> float | None:
+    """The most memory the allocator held since the peaks were last reset (more than was allocated: its cache)."""
+    import torch
+
+    return torch.cuda.max_memory_reserved() / 2**20 if torch.cuda.is_available() else None
+
+
 def step_clock():
     """A TrainerCallback noting when each step ends: the steady rate (after the first steps, which carry one-time
     costs such as kernel selection and the optimizer's first allocation) tells a per-step cost from a start-up one."""
@@ -142,6 +151,10 @@ def trl_default(lab, folder: Path, batch: int, steps: int) -> dict:
 
     cuda = torch.cuda.is_available()
     _release()
+    before = 0
+    if cuda:  # counted from what was held before the model loaded, as llamalab counts its peak
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, report_to=[],
                            save_strategy="no", disable_tqdm=True, bf16=cuda, use_cpu=not cuda)
@@ -152,16 +165,15 @@ def trl_default(lab, folder: Path, batch: int, steps: int) -> dict:
             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
             callbacks=[clock := step_clock()],
         )
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
         tokens = max(h.get("num_tokens", 0) for h in trainer.state.log_history)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
+        reserved = _reserved_mib()
     del trainer, model
     _release()
-    return {"tokens_per_s": tokens / seconds, "peak_mib": peak, **clock.timing(tokens)}
+    return {"tokens_per_s": tokens / seconds, "peak_mib": peak, "reserved_mib": reserved, **clock.timing(tokens)}
 
 
 def llamalab_train(lab, folder: Path, batch: int, steps: int, **settings) -> dict:
@@ -170,15 +182,19 @@ def llamalab_train(lab, folder: Path, batch: int, steps: int, **settings) -> dic
     from llamalab.training.experiment import Experiment
     from llamalab.training.trainer import train
 
+    # plain rows, as TRL's prompt/completion rows (`_rows`): both train on the same text
     experiment = Experiment(task="gsm8k", base_model=str(folder), batch_size=batch, max_steps=steps,
-                            train_examples=batch * steps, save_steps=10**6, max_length=1024, **settings)
+                            train_examples=batch * steps, save_steps=10**6, max_length=1024, format="plain",
+                            **settings)
     clock = step_clock()
     record = train(lab, experiment, name=f"bench-{folder.name}-{'-'.join(map(str, settings.values())) or 'lora'}",
                    callbacks=[clock])
+    reserved = _reserved_mib()  # what the allocator held at most (since training reset the peaks): what must fit
     _release()
     memory = record.run.memory
     tokens = max(row["num_input_tokens_seen"] for row in read_jsonl(record.folder / TRAIN_LOG))
     return {"tokens_per_s": record.run.throughput["tokens_per_s"], "peak_mib": memory.measured_mb,
+            "reserved_mib": reserved,
             "predicted_mib": memory.predicted_mb, "checkpointing": memory.activation_checkpointing,
             "reason": memory.reason, **clock.timing(tokens)}
 
@@ -237,7 +253,7 @@ def rows_attention_error(seed: int = 0) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default="1b,7b")
+    parser.add_argument("--shapes", default="1b,7b", type=_shapes, help=f"comma-separated: {', '.join(SHAPES)}")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--score-limit", type=int, default=1000)
@@ -269,9 +285,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         lab = init_lab(Path(tmp) / "lab")
-        for shape in args.shapes.split(","):
+        for shape in args.shapes:
             folder = Path(tmp) / f"llama-{shape}"
-            params = make_model(shape, folder, tokenizer_from=args.tokenizer)
+            params = _attempt(partial(make_model, shape, folder, tokenizer_from=args.tokenizer))
+            if isinstance(params, dict):  # could not be made (a full disk?): the next shape may still run
+                results["shapes"][shape] = params
+                print(f"{shape}: {json.dumps(params)}", flush=True)
+                save()
+                _remove(folder)
+                continue
             runs: dict = {}
             results["shapes"][shape] = {"params": params, "scoring_flops_per_token": _scoring_flops(folder),
                                         "runs": runs}
@@ -279,7 +301,7 @@ def main() -> None:
             todo = {"TRL default": partial(trl_default, lab, folder, args.batch, args.steps), "llamalab": trained}
             if shape == "7b":
                 todo["llamalab, 24 GB"] = partial(trained, memory_limit="24GB")
-                todo["llamalab QLoRA"] = partial(trained, method="qlora")
+                todo["llamalab QLoRA, 24 GB"] = partial(trained, method="qlora", memory_limit="24GB")
             if shape in ("1b", "tiny"):
                 todo["label scoring"] = partial(label_scoring, lab, folder, args.score_limit, score_batch)
             for name, run in todo.items():
@@ -289,6 +311,13 @@ def main() -> None:
             _print(shape, params, results["shapes"][shape]["scoring_flops_per_token"], runs, rate)
             _remove(folder)
     save()
+
+
+def _shapes(text: str) -> list[str]:
+    shapes = [s.strip() for s in text.split(",") if s.strip()]
+    if unknown := [s for s in shapes if s not in SHAPES]:
+        raise argparse.ArgumentTypeError(f"unknown shape(s) {', '.join(unknown)}: use {', '.join(SHAPES)}")
+    return shapes
 
 
 def _attempt(run):
@@ -333,6 +362,11 @@ def _print(shape: str, params: int, scoring_flops: float, runs: dict, rate: floa
                                                                           else ")")
             memory += f", checkpointing {'on' if run['checkpointing'] else 'off'}"
         ratio = f"{run['tokens_per_s'] / peer:.2f}x TRL default" if peer else "TRL default failed"
+        steady_peer = runs.get("TRL default", {}).get("steady_tokens_per_s")
+        if steady_peer and run.get("steady_tokens_per_s") and name != "TRL default":
+            ratio += f" ({run['steady_tokens_per_s'] / steady_peer:.2f}x over the later half: TRL runs first)"
+        if run.get("reserved_mib"):
+            memory += f", reserved {run['reserved_mib'] / 1024:.1f} GiB"
         print(f"  {name:18s} {run['tokens_per_s']:10,.0f} tokens/s  {tflops:8.3g} model TFLOP/s "
               f"({tflops / rate:.0%} of the card)  {memory}  {ratio}")
         if run.get("steady_tokens_per_s"):

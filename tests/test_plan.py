@@ -278,6 +278,38 @@ def test_memory_sizes_parse_and_bad_ones_say_how():
     with pytest.raises(ValidationError, match="memory_limit"):
         Experiment(task="sentiment", memory_limit="huge")
 
+    from llamalab.training.plan import resolve_device
+
+    assert resolve_device("CPU").kind == resolve_device("cpu").kind == "cpu"  # the keywords in any case
+    assert resolve_device("24gb").memory_mb == 24 * 1024
+    with pytest.raises(LlamalabError, match="must be more than 0"):
+        resolve_device("0GB")
+    with pytest.raises(LlamalabError, match="a card's name does not say its memory"):
+        resolve_device("H100")
+
+
+def test_a_gpu_plan_for_lora_counts_no_conversion_copy_on_the_card(lab, tmp_path):
+    """LoRA and full models load (and convert to bf16) in CPU memory and move to the card converted: only QLoRA
+    quantizes on the card, holding the file's weights there for a moment. The plan counted a float32 file's
+    conversion copy on the card for LoRA too (the whole 770 MiB "load" term of the demo's plan)."""
+    import json
+
+    from llamalab.training.plan import Device, Shape, memory_plan
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False}))
+    shape = Shape.of_folder(folder)
+    card = Device("cuda", "a 24GB GPU", 24 * 1024, True)
+    lengths, answers = [40] * 16, [4] * 16
+    lora = memory_plan(shape, Experiment(task="sentiment"), card, lengths, answers, file_bytes_per_param=4.0)
+    assert lora.load_mb == round(shape.params * 2 / 2**20, 1)  # the bf16 weights only
+    qlora = memory_plan(shape, Experiment(task="sentiment", method="qlora"), card, lengths, answers,
+                        file_bytes_per_param=4.0)
+    assert qlora.load_mb > lora.load_mb  # the float32 file's weights held on the card while quantizing
+
 
 def test_later_settings_at_their_default_keep_older_config_hashes(lab):
     from llamalab.training.experiment import load_experiment

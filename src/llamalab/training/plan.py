@@ -184,6 +184,8 @@ def resolve_device(text: str | None = None) -> Device:
     import psutil
 
     text = (text or "auto").strip()
+    if text.lower() in ("auto", "cpu", "cuda"):
+        text = text.lower()
     if text == "auto":
         text = "cuda" if _cuda_available() else "cpu"
     if text == "cpu":
@@ -201,7 +203,10 @@ def resolve_device(text: str | None = None) -> Device:
     try:
         memory = parse_memory(text)
     except LlamalabError:
-        raise LlamalabError(f"--device {text!r}: use cpu, cuda or a GPU memory size such as 24GB") from None
+        raise LlamalabError(f"--device {text!r}: use cpu, cuda or a GPU memory size such as 24GB (a card's name "
+                            "does not say its memory: an H100 has 80GB or 94GB)") from None
+    if memory <= 0:
+        raise LlamalabError(f"--device {text!r}: a GPU's memory must be more than 0, such as 24GB")
     return Device("cuda", f"a {text} GPU", memory, True)
 
 
@@ -361,8 +366,11 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     workspace = shape.linear_params * param_bytes if device.kind == "cpu" and shards > 1 else 0
     if device.kind == "cuda" and method == "full" and bf16 and shards == 1:
         workspace = shape.linear_params * 2  # autocast's bf16 copies of the float32 weights, kept for the backward
-    # Loading maps the file; a file at another precision is converted, holding both for a moment.
+    # Loading maps the file; a file at another precision is converted, holding both for a moment: on a GPU only for
+    # QLoRA, which loads onto the card (device_map) and quantizes there; LoRA and full models load (and convert)
+    # in CPU memory, and move to the card converted.
     converted = abs(file_bytes_per_param - weight_bytes) > 0.5  # headers and metadata do not make a conversion
+    converted = converted and (device.kind == "cpu" or method == "qlora")
     load = load_weights + (shape.params * file_bytes_per_param if converted else 0)
     budget = device.memory_mb * HEADROOM
     parts = {"weights": weights / MIB, "trainable": trainable / MIB, "activations": activations / MIB,
