@@ -77,6 +77,8 @@ def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir, rows):
     assert two.run.memory.measured_mb == max(each) and one.run.memory.measured_mb_each is None
     assert len(_losses(two)) == len(_losses(one)) == 6
     assert _losses(two) == pytest.approx(_losses(one), abs=1e-4)
+    marked = (two.folder / "checkpoints" / "checkpoint-6" / "CHECKPOINT_DONE").read_text().split()
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(marked)  # marked once every process wrote its part
     assert two.run.metrics.epochs == one.run.metrics.epochs and two.run.data_used == one.run.data_used
     assert _tokens_seen(two) == _tokens_seen(one)  # the fillers' tokens are not counted in tokens/s
     import torch

@@ -68,7 +68,13 @@ class ProgressCallback(TrainerCallback):
             self.progress = None
 
     def on_save(self, args, state, control, **kwargs):
-        # The trainer calls on_save after the checkpoint folder is fully written: mark it usable.
+        # The trainer calls on_save after the checkpoint folder is fully written: mark it usable. With several
+        # processes each writes its own part (its RNG state) and none waits for the others: wait for all first.
+        if args.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:  # the marker lists the files the checkpoint holds
             files = sorted(p.name for p in folder.iterdir() if p.name != CHECKPOINT_DONE)

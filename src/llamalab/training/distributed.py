@@ -44,8 +44,10 @@ def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Con
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     reason = record.folder / WORKER_ERROR
     reason.unlink(missing_ok=True)
-    result = subprocess.run(command, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
-    record.run = RunRecord.load(record.folder).run  # what the first worker wrote
+    try:
+        result = subprocess.run(command, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+    finally:  # what the first worker wrote, also on a Ctrl-C (the launcher's copy would be saved over it)
+        record.run = RunRecord.load(record.folder).run
     if result.returncode != 0:
         if reason.is_file():  # an error the user can fix (a diverged run, say): its message, not the tracebacks
             message = reason.read_text(encoding="utf-8")
