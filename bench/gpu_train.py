@@ -287,7 +287,7 @@ def main() -> None:
         lab = init_lab(Path(tmp) / "lab")
         for shape in args.shapes:
             folder = Path(tmp) / f"llama-{shape}"
-            params = _attempt(partial(make_model, shape, folder, tokenizer_from=args.tokenizer))
+            params = _attempt(partial(make_model, shape, folder, tokenizer_from=args.tokenizer), limit_s=400)
             if isinstance(params, dict):  # could not be made (a full disk?): the next shape may still run
                 results["shapes"][shape] = params
                 print(f"{shape}: {json.dumps(params)}", flush=True)
@@ -320,16 +320,29 @@ def _shapes(text: str) -> list[str]:
     return shapes
 
 
-def _attempt(run):
-    """The run's result, or {"error": ...} when it fails (one failing run does not lose the others)."""
+RUN_LIMIT_S = 240  # one run that hangs or crawls (a library fallen back to its CPU code) does not take the others' time
+
+
+def _attempt(run, limit_s: int = RUN_LIMIT_S):
+    """The run's result, or {"error": ...} when it fails or takes more than `limit_s` (one failing run does not
+    lose the others)."""
+    import signal
     import traceback
 
+    def stop(*_):
+        raise TimeoutError(f"stopped after {limit_s} s (bench/gpu_train.py's limit for one run)")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(limit_s)
     try:
         return run()
     except Exception as exc:  # noqa: BLE001 - reported, and the bench goes on
         traceback.print_exc()
         _release()
         return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _scoring_flops(folder: Path) -> float:
