@@ -325,3 +325,20 @@ def test_a_hub_model_is_planned_and_trained_from_its_cached_snapshot(lab, tiny_m
     assert record.run.memory.predicted_mb > 0
     with pytest.raises(LlamalabError, match="cannot get model 'fakeorg/missing' from the Hugging Face hub"):
         train(lab, tiny_experiment(lab, tiny_model_dir, "missing", base_model="fakeorg/missing", max_steps=2))
+
+
+def test_a_metrics_or_label_normalisation_edit_keeps_a_tasks_training_runs(lab, tiny_model_dir):
+    """Training rows depend on neither the task's metrics nor how label scores are normalised: a study's trained
+    cells were retrained (and --resume refused) after such an edit. Its prompt is another matter."""
+    from tests.conftest import write_experiment
+
+    write_experiment(lab, "tiny", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 1\n"
+                                  "train_examples: 8\nlora: {r: 4, alpha: 8}\n")
+    first = train(lab, "tiny", reuse=True)
+    spec = lab.root / "tasks" / "sentiment.yaml"
+    text = spec.read_text()
+    spec.write_text(text.replace("normalize: sum", "normalize: mean").replace("metrics: [accuracy, macro_f1]",
+                                                                           "metrics: [accuracy]"))
+    assert train(lab, "tiny", reuse=True).id == first.id
+    spec.write_text(text.replace('template: "Review: {{ text }}', 'template: "Movie review: {{ text }}'))
+    assert train(lab, "tiny", reuse=True).id != first.id

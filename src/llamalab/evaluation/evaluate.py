@@ -137,7 +137,7 @@ def evaluate(
     check_verbalizers(task_spec, settings.protocol)
     data = load_task_data(task_spec)
     inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes,
-                    task_spec.definition_sha256, resolved.api.model_dump() if resolved.api else None)
+                    task_spec.definition_sha256("eval"), resolved.api.model_dump() if resolved.api else None)
     if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs)):
         return done
     return _evaluate(lab, settings, task_spec, data, resolved, loaded, console, inputs if resume else None)
@@ -166,7 +166,7 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
             system=system.to_dict(), backend=backend.provenance(),
             task={"name": task.name, "split": settings.split, "n": len(examples),
                   "split_size": len(data.split(settings.split)), "data_sha256": data.file_hashes,
-                  "definition_sha256": task.definition_sha256,
+                  "definition_sha256": task.definition_sha256("eval"),
                   "answer_type": task.answer.type},
             scoring=scoring_provenance(task, settings), prompt=None,
         )

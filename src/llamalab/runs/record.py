@@ -213,12 +213,12 @@ API_IDENTITY = ("base_url", "model", "input_price_per_mtok", "output_price_per_m
 class Inputs:
     """What a run's settings do not pin down but its results depend on: the weights it started from (a model
     folder or GGUF file rewritten in place keeps its path, so its settings), the task's data files and definition
-    (its file's prompt, answer, metrics), and an API model's endpoint, model id and prices (lab.yaml may point its
-    name at another)."""
+    (its file's data layout, prompt and answer), and an API model's endpoint, model id and prices (lab.yaml may
+    point its name at another)."""
 
     revision: str | None = None  # the base model's (train) or evaluated model's (eval) revision
     data_sha256: dict[str, str] | None = None
-    task_sha256: str | None = None  # Task.definition_sha256
+    task_sha256: str | None = None  # Task.definition_sha256(the run's kind)
     api: dict | None = None  # the API model's settings (ApiModel), for an evaluation of one
 
     def differ(self, record: RunRecord) -> str | None:
@@ -232,7 +232,7 @@ class Inputs:
             return f"task {run.task.name!r}'s data files changed since it started"
         if self.task_sha256 and run.task.definition_sha256 and run.task.definition_sha256 != self.task_sha256:
             return (f"task {run.task.name!r} was defined otherwise when it started (tasks/{run.task.name}.yaml: its "
-                    "prompt, answer, metrics or data layout changed)")
+                    "prompt, answer or data layout changed)")
         was = getattr(run.system, "api", None) if run.kind == "eval" else None
         if self.api and was and (changed := [key for key in API_IDENTITY if key in was and _api_value(was[key])
                                              != _api_value(self.api.get(key))]):

@@ -132,7 +132,7 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
             path = gguf_file(lab, name, quant.lower())
             wanted = settings_hash(lab, task, lab_name(lab, path), **options)
             # ... and of the file there now: an evaluation of an earlier export at the same path is not its row
-            inputs = Inputs(gguf_revision(path) if path.is_file() else None, data_now, task.definition_sha256)
+            inputs = Inputs(gguf_revision(path) if path.is_file() else None, data_now, task.definition_sha256("eval"))
             found = [r for r in evals if r.run.config_hash == wanted and inputs.differ(r) is None]
             if found:
                 records[(name, quant.lower())] = found[-1]

@@ -95,9 +95,10 @@ class _CurrentData:
         if name not in self.hashes:
             try:  # None when the task cannot be read now: nothing to tell the runs apart by
                 task = load_task(self.lab.task_path(name), self.lab.root)
-                self.hashes[name] = (current_file_hashes(task), task.definition_sha256)
+                self.hashes[name] = (current_file_hashes(task), {kind: task.definition_sha256(kind)
+                                                                 for kind in ("train", "eval")})
             except LlamalabError:
-                self.hashes[name] = (None, None)
+                self.hashes[name] = (None, {})
         run = record.run
         model = run.model if run.kind == "train" else getattr(run.system, "model", None)
         if model is not None and model.name not in self.revisions:
@@ -107,7 +108,9 @@ class _CurrentData:
                 self.revisions[model.name] = None  # not here now: nothing to compare with
         revision = self.revisions.get(model.name) if model is not None else None
         api = self.lab.config.api_models.get(run.system.label) if run.kind == "eval" and run.system.api else None
-        return Inputs(revision, *self.hashes[name], api.model_dump() if api else None).differ(record) is None
+        data, definitions = self.hashes[name]
+        inputs = Inputs(revision, data, definitions.get(run.kind), api.model_dump() if api else None)
+        return inputs.differ(record) is None
 
 
 def cell_states(lab: Lab, study: Study) -> list[CellState]:

@@ -236,14 +236,16 @@ class Task(StrictModel):
                              f"use {list(allowed)}")
         return self
 
-    @property
-    def definition_sha256(self) -> str:
-        """The task as its file defines it (prompt, answer, metrics, data layout; not its description): what a run's
-        rows depend on besides the data files. Only the keys the file sets are hashed, so a setting a later
-        llamalab adds (at its default) changes no hash."""
+    def definition_sha256(self, kind: Literal["train", "eval"]) -> str:
+        """The task as its file defines what a run of `kind` depends on besides the data files: its data layout,
+        prompt and answer; not its description, nor its metrics (computed from the rows), nor, for training, how
+        label scores are normalised. Only the keys the file sets are hashed, so a setting a later llamalab adds
+        (at its default) changes no hash."""
         import hashlib
 
-        defined = self.model_dump(mode="json", exclude_unset=True, exclude={"description"})
+        defined = self.model_dump(mode="json", exclude_unset=True, exclude={"description", "metrics"})
+        if kind == "train":
+            defined.get("answer", {}).pop("normalize", None)
         return hashlib.sha256(json.dumps(defined, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
     @property

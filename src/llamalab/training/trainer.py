@@ -68,7 +68,7 @@ def train(
     task = load_task(task_path, lab.root)
     model_ref = resolve_model(experiment.base_model, lab.root)
     data = load_task_data(task)
-    inputs = Inputs(model_ref.revision, data.file_hashes, task.definition_sha256)  # else it is not this run
+    inputs = Inputs(model_ref.revision, data.file_hashes, task.definition_sha256("train"))  # else not this run
     if reuse:
         if done := finished_run(lab.runs_dir, "train", resolved, name, inputs):
             return done
@@ -87,7 +87,8 @@ def train(
             name,
             resolved,
             experiment=name,
-            task={"name": task.name, "data_sha256": data.file_hashes, "definition_sha256": task.definition_sha256},
+            task={"name": task.name, "data_sha256": data.file_hashes,
+                  "definition_sha256": task.definition_sha256("train")},
             model={"name": model_ref.name, "revision": model_ref.revision},
             prompt={"format": prompt_format, "template": task.prompt.template, "system": task.prompt.system},
         )
