@@ -296,3 +296,29 @@ def test_a_model_named_by_its_path_in_the_lab_is_found_from_any_folder(lab, tiny
     assert base.run.system.label == base.run.system.model.name == "models/tiny"
     monkeypatch.chdir(lab.root / "data")
     assert evaluate(lab, "models/tiny", task="sentiment", limit=2, reuse=True).id == base.id
+
+
+def test_predictions_for_a_handout_score_in_the_precision_the_system_was_loaded_for(lab, tiny_model_dir, tmp_path):
+    """predict_inputs is the other caller of a LoadedSystem: it scored in float32 whatever the system was loaded for,
+    unlike an evaluation of the same system."""
+    import json
+
+    from llamalab.assignments.predict import predict_inputs
+    from llamalab.evaluation.evaluate import load_system
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+
+    inputs = tmp_path / "inputs.jsonl"
+    with load_system(lab, str(tiny_model_dir), precision="bfloat16") as loaded:
+        evaluated = evaluate(lab, loaded, task="sentiment", split="dev", limit=4)
+        seen = {r["id"] for r in read_jsonl(evaluated.folder / "predictions.jsonl")}
+        dev = load_task_data(load_task(lab.task_path("sentiment"), lab.root)).split("dev")
+        examples = [ex for ex in dev if ex.id in seen]
+        inputs.write_text("".join(json.dumps({"id": ex.id, **ex.fields}) + "\n" for ex in examples))
+        predicted = predict_inputs(lab, loaded, inputs, tmp_path / "a.jsonl", task="sentiment")
+        with pytest.raises(LlamalabError, match="predict_inputs\\(\\): .* was loaded for precision 'bfloat16'"):
+            predict_inputs(lab, loaded, inputs, tmp_path / "b.jsonl", task="sentiment", precision="float32")
+    by_id = {r["id"]: r["prediction"] for r in read_jsonl(evaluated.folder / "predictions.jsonl")}
+    assert {r["id"]: r["answer"] for r in read_jsonl(predicted)} == {ex.id: by_id[ex.id] for ex in examples}
+    # a system named, not loaded, is loaded in the precision asked for
+    predict_inputs(lab, str(tiny_model_dir), inputs, tmp_path / "c.jsonl", task="sentiment", precision="bfloat16")

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from llamalab.assignments.rubric import submission_answer
+from llamalab.backends.registry import DEFAULT_PRECISION
 from llamalab.config import LlamalabError, parse_model, read_utf8
 from llamalab.evaluation.evaluate import (
     EvalSettings,
@@ -41,11 +42,13 @@ def predict_inputs(lab: Lab, system: str | LoadedSystem, inputs: Path | str, out
     console = console or Console(stderr=True)
     examples = read_inputs(Path(inputs))
     owned = not isinstance(system, LoadedSystem)
-    loaded = load_system(lab, system) if owned else system
+    loaded = load_system(lab, system, precision=options.get("precision") or DEFAULT_PRECISION) if owned else system
     try:
         spec = load_task(lab.task_path(task), lab.root)
         fields = {"system": loaded.name, "task": task, "backend": loaded.backend_name, **options}
-        settings = complete_settings(parse_model(EvalSettings, fields, "predict_inputs()"), spec, loaded.system)
+        loaded.check_precision(options.get("precision"), "predict_inputs()")
+        settings = loaded.scoring(complete_settings(parse_model(EvalSettings, fields, "predict_inputs()"), spec,
+                                                    loaded.system))
         backend = loaded.backend
         prompter = Prompter(spec, backend.tokenizer, settings.format,
                             list_labels=spec.answer.type == "label" and settings.protocol == "generate")

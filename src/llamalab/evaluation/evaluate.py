@@ -80,6 +80,17 @@ class LoadedSystem:
     backend_name: BackendName
     precision: str = DEFAULT_PRECISION  # what it was opened for: its label-scoring evaluations score in it
 
+    def check_precision(self, asked: str | None, caller: str) -> None:
+        if asked not in (None, self.precision):
+            raise LlamalabError(f"{caller}: {self.name} was loaded for precision {self.precision!r}, not {asked!r}: "
+                                f"load it with load_system(..., precision={asked!r})")
+
+    def scoring(self, settings: EvalSettings) -> EvalSettings:
+        """Complete `settings` with label scoring in the precision the system was loaded for."""
+        if settings.protocol != "loglikelihood":
+            return settings
+        return settings.model_copy(update={"precision": self.precision})
+
     def close(self) -> None:
         self.backend.close()
 
@@ -120,17 +131,14 @@ def evaluate(
         fields = {"system": loaded.name if loaded else system, "task": task, **options}
         if loaded:
             fields["backend"] = loaded.backend_name
-            if fields.get("precision") not in (None, loaded.precision):
-                raise LlamalabError(f"evaluate(): {loaded.name} was loaded for precision {loaded.precision!r}, not "
-                                    f"{fields['precision']!r}: load it with load_system(..., precision="
-                                    f"{fields['precision']!r})")
+            loaded.check_precision(fields.get("precision"), "evaluate()")
         settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
     budget = settings.max_new_tokens
     settings = complete_settings(settings, task_spec, resolved)
-    if loaded and settings.protocol == "loglikelihood":  # label scoring in the precision it was loaded for
-        settings = settings.model_copy(update={"precision": loaded.precision})
+    if loaded:
+        settings = loaded.scoring(settings)
     if budget is not None and settings.protocol == "loglikelihood":
         console.print(f"[yellow]max_new_tokens {budget} is not used: label scoring (--protocol loglikelihood) "
                       "generates nothing; --protocol generate would use it[/]")
