@@ -24,6 +24,7 @@ from llamalab.runs.files import write_json_atomic
 from llamalab.runs.record import Inputs, RunRecord, list_runs, read_predictions
 from llamalab.runs.schema import Interval
 from llamalab.studies.spec import Study
+from llamalab.tasks.task import load_task
 
 REFERENCE = "f16"
 
@@ -89,6 +90,8 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
     assert study.spec.quantize is not None
     for quant in study.spec.quantize.types:  # before any model loads
         check_tools(quant)
+    task = load_task(lab.task_path(study.task), lab.root)
+    evals = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished]
     records: dict[tuple[str, str], RunRecord] = {}
     for name in study.spec.quantize.systems:
         system = resolve_system(lab, name)
@@ -108,40 +111,44 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
                 export_loaded(*loaded, path, quant, name=system.label)
                 write_json_atomic(made_from, source)
             options = _eval_options(study, system.trained_format)
-            records[(name, quant)] = evaluate(lab, lab_name(lab, path), reuse=True, console=console, **options)
+            records[(name, quant)] = (_recorded(lab, task, path, options, evals) or
+                                      evaluate(lab, lab_name(lab, path), reuse=True, console=console, **options))
     return quant_rows(lab, study, records)
+
+
+def _recorded(lab: Lab, task, path: Path, options: dict, evals: list[RunRecord]) -> RunRecord | None:
+    """The latest finished evaluation run_quantization made of the file at `path` as it is now (its settings hash:
+    not another evaluation of the same file; its inputs: not one of an earlier export at the same path, or of the
+    task's earlier data). Files were named by their absolute path before they were named by their path in the lab:
+    an evaluation of either kind is the file's."""
+    from llamalab.evaluation.evaluate import settings_hash
+    from llamalab.models import gguf_revision
+    from llamalab.tasks.data import current_file_hashes
+
+    wanted = {settings_hash(lab, task, name, **options) for name in (lab_name(lab, path), str(path))}
+    inputs = Inputs(gguf_revision(path) if path.is_file() else None, current_file_hashes(task),
+                    task.definition_sha256("eval"))
+    found = [r for r in evals if r.run.config_hash in wanted and inputs.differ(r) is None]
+    return found[-1] if found else None
 
 
 def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
     """The rows from the records alone (for the report and the site): files and evaluations that exist."""
-    from llamalab.evaluation.evaluate import settings_hash
     from llamalab.evaluation.systems import system_outline
-    from llamalab.models import gguf_revision
-    from llamalab.tasks.data import current_file_hashes
-    from llamalab.tasks.task import load_task
 
     assert study.spec.quantize is not None
     evals = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished]
     task = load_task(lab.task_path(study.task), lab.root)
-    data_now = current_file_hashes(task)  # an evaluation made before the task's data changed is not a row
     records = {}
     for name in study.spec.quantize.systems:
         options = _eval_options(study, system_outline(lab, name).trained_format)
         for quant in study.spec.quantize.types:
-            # the evaluation run_quantization runs (its settings hash), not another of the same file
-            path = gguf_file(lab, name, quant.lower())
-            wanted = settings_hash(lab, task, lab_name(lab, path), **options)
-            # ... and of the file there now: an evaluation of an earlier export at the same path is not its row
-            inputs = Inputs(gguf_revision(path) if path.is_file() else None, data_now, task.definition_sha256("eval"))
-            found = [r for r in evals if r.run.config_hash == wanted and inputs.differ(r) is None]
-            if found:
-                records[(name, quant.lower())] = found[-1]
+            if found := _recorded(lab, task, gguf_file(lab, name, quant.lower()), options, evals):
+                records[(name, quant.lower())] = found
     return quant_rows(lab, study, records)
 
 
 def quant_rows(lab: Lab, study: Study, records: dict[tuple[str, str], RunRecord]) -> list[QuantRow]:
-    from llamalab.tasks.task import load_task
-
     task = load_task(lab.task_path(study.task), lab.root)
     metric, labels = task.metric_names[0], task.answer.labels or None
     rows = []
