@@ -320,6 +320,10 @@ def _shapes(text: str) -> list[str]:
     return shapes
 
 
+class RunTooLong(Exception):
+    pass
+
+
 RUN_LIMIT_S = 240  # one run that hangs or crawls (a library fallen back to its CPU code) does not take the others' time
 
 
@@ -329,8 +333,8 @@ def _attempt(run, limit_s: int = RUN_LIMIT_S):
     import signal
     import traceback
 
-    def stop(*_):
-        raise TimeoutError(f"stopped after {limit_s} s (bench/gpu_train.py's limit for one run)")
+    def stop(*_):  # not a TimeoutError: that is an OSError, which loaders catch and carry on from
+        raise RunTooLong(f"stopped after {limit_s} s (bench/gpu_train.py's limit for one run)")
 
     previous = signal.signal(signal.SIGALRM, stop)
     signal.alarm(limit_s)

@@ -71,11 +71,11 @@ def resolve_model(name: str, lab_root: Path | None = None) -> ModelRef:
 
 
 def local_path(name: str, lab_root: Path | None = None) -> Path:
-    """Where a model named by a path is: a relative one from the current folder, or else from the lab's root (so
-    a lab's records of `models/x` or `runs/.gguf/x.gguf` stay valid wherever the lab is, and wherever a command
-    runs in it)."""
+    """Where a model named by a path is: a relative one from the lab's root if it is there (so a lab's records of
+    `models/x` or `runs/.gguf/x.gguf` name the same file wherever the lab is, and wherever a command runs, even
+    inside another lab), or else from the current folder."""
     local = Path(name).expanduser()
-    if lab_root is not None and not local.is_absolute() and not local.exists() and (lab_root / local).exists():
+    if lab_root is not None and not local.is_absolute() and (lab_root / local).exists():
         return lab_root / local
     return local
 

@@ -60,7 +60,8 @@ def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
     build puts back before it starts.
 
     By default a `target` that exists when the block succeeds is replaced, and two builds of one `target` take
-    turns (a lock, `.NAME.lock` while one is held). With `shared=True` several processes may
+    turns (a lock, `.NAME.lock` while one is held; so one process must not build a `target` inside a build of the
+    same `target`: it would wait for itself). With `shared=True` several processes may
     build the same `target` at once (a cache entry): each stages in its own `.NAME.PID.partial`, the first to finish
     wins, and a build that finds `target` already there when it finishes is discarded, keeping that `target`.
     """
