@@ -73,6 +73,10 @@ def test_init_dot_fills_the_folder_the_shell_is_in(tmp_path):
     assert subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True).stdout == ""
     listed = llamalab("compare", "--task", "sentiment", cwd=here / "data")
     assert "no finished evaluations" in listed.stderr  # the lab is found from inside it
+    taken = tmp_path / "taken"
+    (taken / "notes").mkdir(parents=True)
+    refused = llamalab("init", str(taken))
+    assert refused.returncode == 2 and "is not empty (it holds notes): choose a new folder" in refused.stderr
 
 
 def test_a_mistyped_lab_inside_a_lab_is_an_error_not_the_enclosing_lab(lab):

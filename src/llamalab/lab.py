@@ -127,8 +127,9 @@ def init_lab(target: Path | str, note: Callable[[str], None] = lambda line: None
         raise LlamalabError(f"{target} exists and is not a folder: choose a new folder")
     if (target / "lab.yaml").exists():
         raise LlamalabError(f"{target} already holds a lab (lab.yaml exists)")
-    if target.exists() and any(entry.name != _INIT_STAGING for entry in target.iterdir()):
-        raise LlamalabError(f"{target} is not empty: choose a new folder")
+    if target.exists() and (held := sorted(e.name for e in target.iterdir() if e.name != _INIT_STAGING)):
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise LlamalabError(f"{target} is not empty (it holds {shown}): choose a new folder, or empty this one")
     # Built in staging (the git commit too), so a kill leaves no half lab. An existing empty folder is filled, not
     # replaced: a shell inside it (`llamalab init .`) would be left in a removed folder.
     if not target.is_dir():
