@@ -52,7 +52,7 @@ def cache_dir() -> Path:
 def resolve_model(name: str, lab_root: Path | None = None) -> ModelRef:
     """Turn a model name into a loadable reference (a GGUF file, the embedded default included, is converted
     to a Hugging Face folder only when its weights are first loaded: see ModelRef). A relative path is found from
-    the current folder or else from `lab_root`; the reference keeps the name as given."""
+    `lab_root` or else from the current folder (`local_path`); the reference keeps the name as given."""
     if name == EMBEDDED_NAME:
         return _embedded()
     local = local_path(name, lab_root)
