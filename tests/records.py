@@ -34,3 +34,23 @@ def train_fields(experiment: str = "x", task: str = "sentiment", model: str = "t
         "model": {"name": model, "revision": "test"},
         "prompt": {"format": fmt, "template": TEMPLATE},
     }
+
+
+def sentiment_eval(lab, label: str, correct: Sequence[bool], hashes: dict[str, str] | None = None):
+    """A finished sentiment evaluation of the system `label` with these per-example results (ids x:0, x:1, ...),
+    on data files with these hashes (default: none recorded); each ends after the one made before it."""
+    import time
+
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord, now_iso
+
+    fields = eval_fields(label=label, n=len(correct))
+    if hashes is not None:
+        fields["task"]["data_sha256"] = hashes
+    record = RunRecord.create(lab.runs_dir, "eval", label, {"system": label}, **fields)
+    append_jsonl(record.folder / "predictions.jsonl", [
+        {"id": f"x:{i}", "prompt": "p", "gold": "positive", "prediction": "positive" if ok else "negative",
+         "correct": bool(ok), "scores": {}} for i, ok in enumerate(correct)])
+    time.sleep(0.002)
+    record.update(status="finished", ended=now_iso())
+    return record

@@ -13,7 +13,7 @@ from llamalab.evaluation.compare import compare
 from llamalab.runs.files import append_jsonl
 from llamalab.runs.record import RunRecord
 from llamalab.tasks.task import load_task
-from tests.records import eval_fields
+from tests.records import eval_fields, sentiment_eval
 
 
 def fake_eval(lab, system: str, correct: list[bool], fmt: str = "plain", status: str = "finished") -> RunRecord:
@@ -304,15 +304,7 @@ def test_evaluations_on_the_tasks_earlier_data_are_left_out_and_named(lab):
     before = {path: "0" * 64 for path in now}
 
     def evaluation(label: str, hashes: dict | None, correct: list[bool]) -> RunRecord:
-        fields = eval_fields(label=label, n=len(correct))
-        if hashes is not None:
-            fields["task"]["data_sha256"] = hashes
-        record = RunRecord.create(lab.runs_dir, "eval", label, {"system": label}, **fields)
-        append_jsonl(record.folder / "predictions.jsonl", [
-            {"id": f"x:{i}", "prompt": "p", "gold": "positive", "prediction": "positive" if ok else "negative",
-             "correct": ok, "scores": {}} for i, ok in enumerate(correct)])
-        record.update(status="finished")
-        return record
+        return sentiment_eval(lab, label, correct, hashes)
 
     current = evaluation("kept", now, [True] * 8 + [False] * 2)
     evaluation("kept", before, [True] * 10)  # newer, but on the earlier data: not the system's row
@@ -398,26 +390,16 @@ def test_the_post_marks_subsets_escapes_labels_and_reports_a_best_from_before_a_
     note, and after the task's data changed, the last post's best marked as evaluated before the change (it said
     "first results on this task")."""
     import datetime
-    import time
 
     import yaml
 
     from llamalab.publish.posts import new_post
-    from llamalab.runs.record import now_iso
     from llamalab.tasks.data import current_file_hashes
 
     now = current_file_hashes(load_task(lab.task_path("sentiment"), lab.root))
 
     def evaluation(label: str, hashes: dict, correct: list[bool]) -> RunRecord:
-        fields = eval_fields(label=label, n=len(correct))
-        fields["task"]["data_sha256"] = hashes
-        record = RunRecord.create(lab.runs_dir, "eval", "e", {"system": label}, **fields)
-        append_jsonl(record.folder / "predictions.jsonl", [
-            {"id": f"x:{i}", "prompt": "p", "gold": "positive", "prediction": "positive" if ok else "negative",
-             "correct": ok, "scores": {}} for i, ok in enumerate(correct)])
-        time.sleep(0.01)  # each ends after the one before
-        record.update(status="finished", ended=now_iso())
-        return record
+        return sentiment_eval(lab, label, correct, hashes)
 
     old = evaluation("alpha", now, [True] * 9 + [False])
     first = new_post(lab, "Week one", ["A"], today=datetime.date(2026, 11, 1))

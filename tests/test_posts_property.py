@@ -5,7 +5,6 @@ best's; the new best is the leaderboard's."""
 from __future__ import annotations
 
 import datetime
-import time
 
 import numpy as np
 import pytest
@@ -14,25 +13,12 @@ from llamalab.evaluation.compare import format_interval
 from llamalab.publish.posts import new_post
 from llamalab.publish.results import task_boards
 from llamalab.publish.tables import md_escape
-from llamalab.runs.files import append_jsonl
-from llamalab.runs.record import RunRecord, now_iso
+from llamalab.runs.record import RunRecord
 from llamalab.tasks.data import current_file_hashes
 from llamalab.tasks.task import load_task
-from tests.records import eval_fields
+from tests.records import sentiment_eval
 
 LABELS = ["alpha", "beta", "gamma"]
-
-
-def _evaluation(lab, label: str, hashes: dict, correct: list[bool]) -> RunRecord:
-    fields = eval_fields(label=label, n=len(correct))
-    fields["task"]["data_sha256"] = hashes
-    record = RunRecord.create(lab.runs_dir, "eval", "e", {"system": label}, **fields)
-    append_jsonl(record.folder / "predictions.jsonl", [
-        {"id": f"x:{i}", "prompt": "p", "gold": "positive", "prediction": "positive" if ok else "negative",
-         "correct": ok, "scores": {}} for i, ok in enumerate(correct)])
-    time.sleep(0.002)  # each ends after the one before
-    record.update(status="finished", ended=now_iso())
-    return record
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -42,8 +28,9 @@ def test_what_changed_names_the_last_posts_best_as_the_records_show_it(lab, seed
     earlier = {path: "0" * 64 for path in now}
 
     def some(k: int) -> list[RunRecord]:
-        return [_evaluation(lab, str(rng.choice(LABELS)), earlier if rng.random() < 0.3 else now,
-                            list(rng.random(int(rng.integers(10, 40))) < rng.uniform(0.3, 0.9))) for _ in range(k)]
+        return [sentiment_eval(lab, str(rng.choice(LABELS)),
+                               list(rng.random(int(rng.integers(10, 40))) < rng.uniform(0.3, 0.9)),
+                               earlier if rng.random() < 0.3 else now) for _ in range(k)]
 
     old = some(int(rng.integers(0, 4)))
     if old:
