@@ -296,6 +296,17 @@ def test_a_model_named_by_its_path_in_the_lab_is_found_from_any_folder(lab, tiny
     assert base.run.system.label == base.run.system.model.name == "models/tiny"
     monkeypatch.chdir(lab.root / "data")
     assert evaluate(lab, "models/tiny", task="sentiment", limit=2, reuse=True).id == base.id
+    # One system, any spelling: reuse (and resume, and a study's lookup by settings hash) find its evaluation.
+    from llamalab.evaluation.evaluate import settings_hash
+    from llamalab.tasks.task import load_task
+
+    spec = load_task(lab.task_path("sentiment"), lab.root)
+    for other in ("./models/tiny", "models/tiny/", str(lab.root / "models" / "tiny"), "../models/tiny"):
+        assert evaluate(lab, other, task="sentiment", limit=2, reuse=True).id == base.id, other
+        assert settings_hash(lab, spec, other, limit=2) == settings_hash(lab, spec, "models/tiny", limit=2)
+    for other in (trained.id[-4:], trained.id[-12:]):  # a unique part of the run id names the same run
+        assert evaluate(lab, other, task="sentiment", limit=2, reuse=True).id == record.id, other
+    assert record.config["system"] == trained.id
 
 
 def test_predictions_for_a_handout_score_in_the_precision_the_system_was_loaded_for(lab, tiny_model_dir, tmp_path):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from llamalab.config import LlamalabError
@@ -68,6 +70,18 @@ def test_a_plain_answer_ends_where_the_model_starts_another_example(tokenizer):
     assert Prompter(task(template="{{ text }} ->"), tokenizer, "plain").answer_text(run_on) == run_on
 
 
+def test_a_template_that_starts_with_a_field_is_recognised_by_its_first_literal_line(tokenizer):
+    """`{{ text }}\nSentiment:` has no opening words: a made-up example is a blank line, its text, then the
+    template's first literal line; the label in it is not the answer."""
+    plain = Prompter(task(template="{{ text }}\nSentiment:"), tokenizer, "plain")
+    assert plain.answer_text(" good\n\na bad film .\nSentiment: negative") == " good"
+    assert plain.answer_text(" good\n\nthe end .") == " good\n\nthe end ."  # no literal line: no new example
+    assert plain.answer_text(" good\n\nmore\n\nx Sentiment: bad") == " good\n\nmore"  # the nearest blank line
+    inline = Prompter(task(template="{# a comment #}{{ text }} ->{% if true %} label:{% endif %}"), tokenizer, "plain")
+    assert inline.answer_text(" good\n\nsome film -> bad") == " good"
+    assert Prompter(task(template="{{ text }}"), tokenizer, "plain").answer_text(" a\n\nb") == " a\n\nb"
+
+
 def test_trailing_space_moves_to_the_answer(tokenizer):
     prompter = Prompter(task(template="Review: {{ text }}\nSentiment: "), tokenizer, "plain")
     encoded = prompter.encode(prompter.prompt(EX), "good")
@@ -79,3 +93,41 @@ def test_template_errors_name_the_field(tokenizer):
     prompter = Prompter(task(template="{{ review }}"), tokenizer, "plain")
     with pytest.raises(LlamalabError, match="uses field 'review', which example .* does not have; its fields: text"):
         prompter.prompt(EX)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_run_on_example_is_cut_off_for_random_templates_and_texts(tokenizer, seed):
+    """Whatever the template (opening words or a field first) and texts: an answer followed by a blank line and
+    the template rendered on made-up text (what the shots teach) comes back as that answer."""
+    rng = random.Random(seed)
+    words = ["good", "bad", "film", "the", "Review", "->", "is", ":", "plot", "42", "ok."]
+
+    def text(lines: int) -> str:
+        return "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 5))) for _ in range(lines))
+
+    opening = rng.choice(["", "Review:", "Text of the review:"])
+    closing = rng.choice(["\nSentiment:", " ->", "\nQ: is it good?\nA:"])
+    template = f"{opening} {{{{ text }}}}{closing}".lstrip()
+    prompter = Prompter(task(template=template), tokenizer, "plain", shots=(EX,))
+    answer = " " + text(rng.randint(1, 3))  # no blank line inside
+    made_up = Example("f:2", {"text": text(rng.randint(1, 2))}, "negative", "f:2")
+    run_on = answer + rng.choice(["\n\n", "\n \n", "\n\n\n"]) + prompter.user_text(made_up) + " bad"
+    assert prompter.answer_text(run_on) == answer
+    assert prompter.answer_text(answer) == answer
+
+
+@pytest.mark.parametrize(("template", "answer", "says"), [
+    ("Review: {{ text }}\nSentiment:", {"type": "text"}, "opening words"),
+    ("{{ text }}\nSummary:", {"type": "text"}, "first literal line"),
+    ("{{ text }}", {"type": "text"}, None),
+    ("{{ text }}", {"labels": ["a", "b"]}, "opening words"),  # generated labels: the listed-labels line opens
+])
+def test_the_recorded_parsing_says_how_a_run_on_answer_was_cut(template, answer, says):
+    from llamalab.evaluation.evaluate import EvalSettings, scoring_provenance
+
+    spec = task(template=template).model_copy(update={"answer": task().answer.model_validate(answer)})
+    for fmt, expected in (("plain", says), ("chat", None)):
+        parsing = scoring_provenance(spec, EvalSettings(system="s", task="t", protocol="generate", format=fmt))[
+            "parsing"]
+        assert ("another example" in parsing) == (expected is not None)
+        assert expected is None or expected in parsing

@@ -31,13 +31,13 @@ from llamalab.evaluation.metrics import (
     score_generation,
 )
 from llamalab.evaluation.parsing import unparseable_verbalizers
-from llamalab.evaluation.systems import System, resolve_system, system_outline
+from llamalab.evaluation.systems import System, canonical_name, resolve_system, system_outline
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
 from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
 from llamalab.runs.record import PREDICTIONS, Inputs, RunRecord, config_hash, finished_run, resume_run
 from llamalab.tasks.data import Example, TaskData, load_task_data
-from llamalab.tasks.prompts import Prompter, store_chat_template
+from llamalab.tasks.prompts import Prompter, example_start, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
 
 
@@ -133,6 +133,7 @@ def evaluate(
             fields["backend"] = loaded.backend_name
             loaded.check_precision(fields.get("precision"), "evaluate()")
         settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
+    settings = settings.model_copy(update={"system": canonical_name(lab, settings.system)})
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
     budget = settings.max_new_tokens
@@ -280,7 +281,7 @@ def settings_hash(lab: Lab, spec: Task, system: str, **options: Any) -> str:
     """The settings hash `evaluate(lab, system, task=spec.name, **options)` records, found without loading a
     model: studies find their evaluations by it, as `evaluate(reuse=True)` does, so an evaluation of the same
     system with other settings (shots, format, protocol, ...) is never taken for theirs."""
-    settings = parse_model(EvalSettings, {"system": system, "task": spec.name,
+    settings = parse_model(EvalSettings, {"system": canonical_name(lab, system), "task": spec.name,
                                           **{k: v for k, v in options.items() if v is not None}}, "evaluate()")
     return config_hash(complete_settings(settings, spec, system_outline(lab, system)).model_dump())
 
@@ -312,9 +313,14 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
             "style of literals normalised, a trailing semicolon dropped; no execution); exact_match_strict after "
             "collapsing whitespace only",
         }[task.answer.type]
-        if settings.format == "plain":
+        kind, _ = example_start(task.prompt.template)
+        if settings.format == "plain" and (kind == "opening" or task.answer.type == "label"):
             parsing += ("; the answer ends where a blank line is followed by the prompt's opening words (the model "
                         "starting another example): the rest is kept in the generation, not scored")
+        elif settings.format == "plain" and kind == "later":
+            parsing += ("; the answer ends at a blank line followed by text (without a blank line) and then the "
+                        "template's first literal line (the model starting another example): the rest is kept in "
+                        "the generation, not scored")
         return {"protocol": "generate", "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
                 "parsing": parsing, "unparsed_answer": "counted as wrong"}
     return {

@@ -111,6 +111,21 @@ def resume_command(lab: Lab, record: RunRecord) -> str:
     return f"llamalab train {name} --resume{' ' + overrides if overrides else ''}"
 
 
+def canonical_name(lab: Lab, name: str) -> str:
+    """One spelling per system, for the settings an evaluation records and is found by: a train run by its full
+    id (not a unique part of it), a model folder or file inside the lab by its path from the lab root
+    (`./models/x`, `models/x/` and an absolute path are one model); anything else as given."""
+    if name in lab.config.api_models:
+        return name
+    if (record := _train_run(lab, name)) is not None:
+        return record.id
+    path = local_path(name, lab.root)
+    if not path.exists():
+        return name
+    resolved, root = path.resolve(), lab.root.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else name
+
+
 def system_outline(lab: Lab, name: str) -> System:
     """What an evaluation's settings depend on (kind, trained format), loading and hashing nothing: the System
     `resolve_system` gives, without its model."""

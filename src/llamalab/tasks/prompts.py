@@ -30,6 +30,19 @@ def _template(source: str) -> jinja2.Template:
     return _JINJA.from_string(source)
 
 
+def example_start(template: str) -> tuple[Literal["opening", "later", "none"], str]:
+    """How a plain-format generation that runs on into a made-up next example is recognised: a blank line, then
+    the template's opening words (the first line of its literal start); a template that starts with a field
+    (`{{ text }}\\nSentiment:`) has none, so there it is a blank line, text without a blank line, then the
+    template's first literal line."""
+    literals = [part.strip().split("\n")[0].strip()
+                for part in re.split(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", template, flags=re.DOTALL)]
+    if literals[0]:
+        return "opening", literals[0]
+    later = next((line for line in literals[1:] if line), "")
+    return ("later", later) if later else ("none", "")
+
+
 @dataclass(frozen=True)
 class Encoded:
     """Token ids of a prompt and of what follows it (an answer, or a label being scored)."""
@@ -89,13 +102,17 @@ class Prompter:
 
     def answer_text(self, generation: str) -> str:
         """A generation up to where the model starts another example: in plain format a model may run on past its
-        answer, repeating the prompt's pattern, so the text from a blank line followed by the prompt's opening
-        words (the template's literal start) on is not part of its answer. Chat answers end at end-of-turn."""
-        opening = "Answer with exactly one of:" if self.list_labels else (
-            re.split(r"\{[{%#]", self.task.prompt.template)[0].strip().split("\n")[0].strip())
-        if self.format != "plain" or not opening:
+        answer, repeating the prompt's pattern (see `example_start`). Chat answers end at end-of-turn."""
+        if self.format != "plain":
             return generation
-        cut = re.search(r"\n[ \t]*\n\s*" + re.escape(opening), generation)
+        opening = "Answer with exactly one of:" if self.list_labels else None
+        kind, words = ("opening", opening) if opening else example_start(self.task.prompt.template)
+        if kind == "none":
+            return generation  # nothing literal to recognise a new example by
+        blank = r"\n[ \t]*\n"
+        # after opening words only whitespace; before a later line the made-up example's own text (no blank line)
+        start = r"\s*" if kind == "opening" else rf"(?:(?!{blank}).)*?"
+        cut = re.search(blank + start + re.escape(words), generation, flags=re.DOTALL)
         return generation[: cut.start()] if cut else generation
 
     def continuation(self, answer: str) -> str:
