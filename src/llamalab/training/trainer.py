@@ -110,16 +110,19 @@ def train(
 
 def _check_checkpoint_fits(record: RunRecord, experiment: Experiment, processes: int) -> None:
     """A full fine-tune's checkpoint is FSDP's (weights and AdamW state gathered by it) when written by several
-    processes, the Trainer's own when by one: each resumes only the same way."""
+    processes, the Trainer's own when by one: each resumes only the same way, and FSDP's only in as many
+    processes as wrote it (each wrote its own random state; resharding into another number is not tested)."""
     from llamalab.training.callbacks import latest_complete_checkpoint  # imports transformers
 
     checkpoint = latest_complete_checkpoint(record.folder / "checkpoints")
     if checkpoint is None or experiment.method != "full":
         return
     sharded = any(p.name.startswith("pytorch_model_fsdp") for p in checkpoint.iterdir())
-    if sharded != fsdp_shards(experiment, processes):
-        how = "several processes (FSDP): resume it with --processes 2 or more" if sharded else (
-            "one process: resume it with --processes 1")
+    writers = len(list(checkpoint.glob("rng_state_*.pth")))  # one per process (rng_state.pth from one alone)
+    if sharded != fsdp_shards(experiment, processes) or (sharded and writers and writers != processes):
+        how = (f"{writers} processes (FSDP): resume it with --processes {writers}" if sharded and writers else
+               "several processes (FSDP): resume it with --processes 2 or more" if sharded else
+               "one process: resume it with --processes 1")
         raise LlamalabError(f"run {record.id}'s {checkpoint.name} was written by a full fine-tune in {how}")
 
 
