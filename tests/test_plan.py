@@ -706,3 +706,37 @@ def test_seconds_per_epoch_of_past_runs_are_over_the_epochs_their_timed_sessions
         over = timings.get("train_epochs") or (None if resumed else epochs)
         expected[record.id] = round(train_s / over, 1) if over else None
     assert {row.id: row.measured_s_per_epoch for row in past_runs(lab)} == expected
+
+
+def test_the_readmes_7b_plan_figures_are_what_the_plan_says(tmp_path):
+    """The README's plan for the GPU bench's 7B shape (batch 16 of gsm8k rows in plain format, LoRA r16): without
+    checkpointing on an 80 GB card, told 24 GB (checkpointing on), and QLoRA told 24 GB; recomputed here, so a
+    change to the plan that moves them fails until the README says the new figures."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from llamalab.lab import init_lab
+    from llamalab.training.experiment import Experiment
+    from llamalab.training.plan import plan_run
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_train", root / "bench" / "gpu_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lab = init_lab(tmp_path / "lab")
+    bench.make_model("7b", tmp_path / "llama-7b", weights=False)
+    experiment = Experiment(task="gsm8k", base_model=str(tmp_path / "llama-7b"), batch_size=16, max_steps=30,
+                            train_examples=480, save_steps=10**6, max_length=1024, format="plain")
+    roomy, small = plan_run(lab, experiment, "80GB"), plan_run(lab, experiment, "24GB")
+    qlora = plan_run(lab, experiment, "24GB", method="qlora")
+    assert not roomy.checkpointing and small.checkpointing and qlora.checkpointing
+    readme = " ".join((root / "README.md").read_text().split())  # one line: a figure may wrap
+    section = readme[readme.index("For the 7B bench shape"):][:1200]
+
+    def mib(plan) -> str:
+        return f"{plan.peak_mb:,.0f} MiB ({plan.peak_mb / 1024:.1f} GiB)"
+
+    for shown in (f"{mib(roomy)} without checkpointing", f"({roomy.tokens_per_batch:,} tokens,",
+                  f"{mib(small)} predicted", f"at 24 GB: {mib(qlora)}"):
+        assert shown in section, (shown, re.sub(r"\s+", " ", section))
