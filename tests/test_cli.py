@@ -208,6 +208,12 @@ def test_an_unfinished_run_names_the_resume_that_continues_it_with_its_overrides
                                             r"resume it with `llamalab train sentiment-lora --resume lora.r=4 "
                                             r"max_steps=40`"):
         resolve_system(lab, record.id)
+    # started from Python under a name of its own: no `llamalab train mine`, which has no experiment file
+    named = RunRecord.create(lab.runs_dir, "train", "mine", resolved, **train_fields(experiment="mine"))
+    named.update(status="interrupted")
+    with pytest.raises(LlamalabError, match=r"resume it with `train\(lab, experiment, name='mine', resume=True\)` "
+                                            r"in Python, with the experiment it was started from"):
+        resolve_system(lab, named.id)
 
 
 def test_data_commands_refuse_counts_below_one_and_p95_is_never_rounded_down(lab):

@@ -117,6 +117,15 @@ def test_api_bad_input_fails_fast_and_clearly(lab, monkeypatch, tmp_path):
     assert time.monotonic() - started < 10
     with pytest.raises(LlamalabError, match="chat API without log-likelihoods"):
         evaluate(api_lab, EvalSettings(system="remote", task="sentiment", protocol="loglikelihood"))
+    # an API model runs on its API whatever the backend setting: it was recorded as the backend asked for (and so
+    # split the settings hash, and reuse missed the run)
+    from llamalab.evaluation.evaluate import load_system, settings_hash
+    from llamalab.tasks.task import load_task
+
+    spec = load_task(api_lab.task_path("sentiment"), api_lab.root)
+    assert settings_hash(api_lab, spec, "remote", backend="vllm") == settings_hash(api_lab, spec, "remote")
+    with load_system(api_lab, "remote", backend="llama.cpp") as loaded:
+        assert loaded.backend_name == "hf"
 
 
 def test_unknown_backend_on_the_command_line(lab):
@@ -253,6 +262,8 @@ def test_a_system_loaded_for_bfloat16_scores_labels_in_it(lab, tiny_model_dir):
         assert generated.run.scoring.protocol == "generate"
         with pytest.raises(LlamalabError, match="was loaded for precision 'bfloat16', not 'float32'"):
             evaluate(lab, loaded, task="sentiment", limit=4, precision="float32")
+        with pytest.raises(LlamalabError, match="was loaded on the hf backend, not 'llama.cpp'"):  # it ran on hf
+            evaluate(lab, loaded, task="sentiment", limit=4, backend="llama.cpp")
 
 
 def test_reuse_and_resume_never_take_a_run_of_another_task_definition(lab, tiny_model_dir):

@@ -181,6 +181,40 @@ def test_resume_continues_only_an_unfinished_run_with_the_same_settings(tmp_path
     assert resume_run(tmp_path, "train", "e", config).id == training.id  # each kind resumes its own runs
 
 
+@pytest.mark.parametrize(("key", "value"), [("started", "yesterday"), ("ended", "2026-13-01"),
+                                            ("resumed", ["2026-11-29T10:00:00+00:00", "soon"])])
+def test_a_record_with_a_time_that_is_not_one_is_refused_when_read(tmp_path, key, value):
+    """It loaded, then crashed later with a bare ValueError (resume, is-it-alive, sorting)."""
+    record = RunRecord.create(tmp_path, "eval", "x", {}, **eval_fields())
+    write_json_atomic(record.folder / "run.json", {**_saved(record), key: value})
+    with pytest.raises(LlamalabError, match=rf"run.json.*{key}.*is not an ISO 8601 time"):
+        RunRecord.load(record.folder)
+
+
+def test_a_record_version_must_be_a_number_and_every_problem_is_counted(tmp_path):
+    record = RunRecord.create(tmp_path, "eval", "x", {}, **eval_fields())
+    saved = _saved(record)
+    write_json_atomic(record.folder / "run.json", {**saved, "schema_version": True})
+    with pytest.raises(LlamalabError, match="schema_version True is not a version number"):
+        RunRecord.load(record.folder)
+    broken = {**saved, **{key: 7 for key in ("id", "name", "started", "config_hash", "error", "host",
+                                                       "slurm_job")}}
+    write_json_atomic(record.folder / "run.json", broken)
+    with pytest.raises(LlamalabError, match="; and 2 more"):
+        RunRecord.load(record.folder)
+
+
+def test_runs_are_listed_from_a_lab_its_root_or_its_runs_folder_and_kinds_are_checked(lab):
+    record = RunRecord.create(lab.runs_dir, "eval", "x", {}, **eval_fields())
+    for where in (lab, lab.root, str(lab.root), lab.runs_dir, str(lab.runs_dir)):
+        assert [r.id for r in list_runs(where)] == [record.id], where
+        assert find_run(where, record.id[-4:]).id == record.id
+    with pytest.raises(LlamalabError, match="run kind 'evaluation': use one of eval, train"):
+        list_runs(lab, kind="evaluation")
+    with pytest.raises(LlamalabError, match="a runs folder is a path or a Lab, not int"):
+        list_runs(3)
+
+
 def test_find_run_names_one_run_or_lists_the_candidates(tmp_path):
     first = RunRecord.create(tmp_path, "eval", "twin", {}, **eval_fields())
     second = RunRecord.create(tmp_path, "eval", "twin", {}, **eval_fields())
@@ -313,6 +347,9 @@ def test_damaged_run_files_are_errors_that_name_the_file_and_line(tmp_path):
     (record.folder / "config.yaml").write_text("a: [1,\n")
     with pytest.raises(LlamalabError, match=r"config.yaml: cannot read this run's settings"):
         record.config  # noqa: B018 - the property reads the file
+    (record.folder / "config.yaml").write_text("- a\n- b\n")  # read as no settings: resume compared with {}
+    with pytest.raises(LlamalabError, match=r"config.yaml: this run's settings are not a mapping .* a list"):
+        record.config  # noqa: B018
     (record.folder / "run.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(LlamalabError, match=r"run.json: cannot read this run record: .*move the run folder"):
         RunRecord.load(record.folder)

@@ -7,8 +7,10 @@ The Python API (the command line is a thin layer over exactly these functions)::
     lab = find_lab("my-lab")
     run = train(lab, "sentiment-lora", max_steps=50)           # -> RunRecord; run.run is a typed TrainRun
     result = evaluate(lab, run.id, task="sentiment", limit=200)  # -> RunRecord; result.run is a typed EvalRun
-    print(result.run.metrics["accuracy"])                      # Interval(estimate=..., low=..., high=..., n=...)
-    print(compare(lab, "sentiment").best)                      # a typed Comparison of SystemRows
+    accuracy = result.run.metrics["accuracy"]                  # an Interval: estimate, low, high, n, method
+    print(f"{accuracy.estimate:.3f} [{accuracy.low:.3f}, {accuracy.high:.3f}]")
+    table = compare(lab, "sentiment")                           # a typed Comparison (table.systems: SystemRows)
+    print(table.best)                                           # the best system's label
 
 Names are imported on first use; none of them imports torch until a model is loaded or training starts.
 """

@@ -40,6 +40,8 @@ from llamalab.tasks.data import Example, TaskData, load_task_data
 from llamalab.tasks.prompts import Prompter, example_start, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
 
+DEFAULT_BACKEND: BackendName = "hf"  # local models; an API model is recorded with it, whatever was asked
+
 
 class EvalSettings(StrictModel):
     """Everything that decides an evaluation's numbers (recorded, and hashed, with the run)."""
@@ -47,7 +49,7 @@ class EvalSettings(StrictModel):
     system: str
     task: str
     split: Literal["train", "dev", "test"] = "test"
-    backend: BackendName = Field("hf", description="for local models; API models use their API")
+    backend: BackendName = Field(DEFAULT_BACKEND, description="for local models; API models use their API")
     format: Literal["plain", "chat"] | None = Field(
         None, description="default: the task's format (a fine-tuned run: the format it was trained in)"
     )
@@ -101,11 +103,12 @@ class LoadedSystem:
         self.close()
 
 
-def load_system(lab: Lab, name: str, backend: BackendName = "hf", precision: str = DEFAULT_PRECISION
+def load_system(lab: Lab, name: str, backend: BackendName = DEFAULT_BACKEND, precision: str = DEFAULT_PRECISION
                 ) -> LoadedSystem:
     """Open `name` (a model, a train run id or an API model from lab.yaml) on `backend`, for `evaluate`."""
     system = resolve_system(lab, name)
-    return LoadedSystem(name, system, system.open(backend, precision), backend, precision)
+    opened = system.open(backend, precision)
+    return LoadedSystem(name, system, opened, DEFAULT_BACKEND if system.api else backend, precision)
 
 
 def evaluate(
@@ -130,6 +133,10 @@ def evaluate(
     else:
         fields = {"system": loaded.name if loaded else system, "task": task, **options}
         if loaded:
+            if fields.get("backend") not in (None, loaded.backend_name) and loaded.system.api is None:
+                raise LlamalabError(f"evaluate(): {loaded.name} was loaded on the {loaded.backend_name} backend, "
+                                    f"not {fields['backend']!r}: load it with load_system(..., "
+                                    f"backend={fields['backend']!r})")
             fields["backend"] = loaded.backend_name
             loaded.check_precision(fields.get("precision"), "evaluate()")
         settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
@@ -274,7 +281,10 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
         raise LlamalabError(f"{system.label} is a chat API: it can only be prompted in chat format")
     prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
     max_new = settings.max_new_tokens or task.answer.default_max_new_tokens
-    return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new})
+    # an API model runs on its API whatever the backend setting (a study's, say): one setting recorded for it
+    backend = DEFAULT_BACKEND if is_api else settings.backend
+    return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new,
+                                       "backend": backend})
 
 
 def settings_hash(lab: Lab, spec: Task, system: str, **options: Any) -> str:

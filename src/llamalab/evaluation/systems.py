@@ -77,7 +77,7 @@ def resolve_system(lab: Lab, name: str) -> System:
             "stopped before it finished (its process is gone)" if run.status == "running" else run.status)
         raise LlamalabError(
             f"run {record.id} is {status}, not finished: resume it with "
-            f"`{resume_command(lab, record)}` before evaluating"
+            f"{resume_hint(lab, record)} before evaluating"
         )
     base = resolve_model(run.model.name, lab.root)
     if base.revision != run.model.revision and run.model.revision != "hub":  # "hub": recorded before commits were
@@ -96,19 +96,23 @@ def resolve_system(lab: Lab, name: str) -> System:
     raise LlamalabError(f"run {record.id} has no trained weights (adapter/ or model/)")
 
 
-def resume_command(lab: Lab, record: RunRecord) -> str:
-    """The `llamalab train ... --resume` that continues this run: its experiment with the overrides it was
-    started with (the settings where its config.yaml differs from the experiment file now)."""
+def resume_hint(lab: Lab, record: RunRecord) -> str:
+    """How to continue this run: the `llamalab train ... --resume` of its experiment with the overrides it was
+    started with (the settings where its config.yaml differs from the experiment file now), or, for a run started
+    from Python under a name of its own (no experiment file of that name), the `train` call."""
     from llamalab.runs.record import overrides_of
     from llamalab.training.experiment import LATER_SETTINGS, load_experiment
 
     name = record.run.experiment
+    if not (lab.root / "experiments" / f"{name}.yaml").is_file():
+        return (f"`train(lab, experiment, name={name!r}, resume=True)` in Python, with the experiment it was "
+                "started from (its settings are in the run's config.yaml)")
     try:
         _, now = load_experiment(lab.experiment_path(name))
     except LlamalabError:
-        return f"llamalab train {name} --resume"
+        return f"`llamalab train {name} --resume`"
     overrides = overrides_of(record.config, now, dict(LATER_SETTINGS))
-    return f"llamalab train {name} --resume{' ' + overrides if overrides else ''}"
+    return f"`llamalab train {name} --resume{' ' + overrides if overrides else ''}`"
 
 
 def canonical_name(lab: Lab, name: str) -> str:

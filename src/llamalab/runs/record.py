@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from llamalab.config import LlamalabError
 from llamalab.runs.files import write_json_atomic, write_yaml_atomic
-from llamalab.runs.schema import RUN_TYPES, EvalRun, RecordError, Run, TrainRun, parse_run
+from llamalab.runs.schema import RUN_TYPES, EvalRun, RecordError, Run, TrainRun, parse_run, problems
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the resolved settings the run was started with
@@ -83,7 +83,13 @@ class RunRecord:
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise LlamalabError(f"{path}: cannot read this run's settings ({str(exc).splitlines()[0]}); restore the "
                                 "file (e.g. from git), or move the run folder out of runs/") from None
-        return data if isinstance(data, dict) else {}
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise LlamalabError(f"{path}: this run's settings are not a mapping of keys to values (it holds a "
+                                f"{type(data).__name__}); restore the file (e.g. from git), or move the run folder "
+                                "out of runs/")
+        return data
 
     @classmethod
     def create(cls, runs_dir: Path, kind: str, name: str, config: dict, **fields: Any) -> RunRecord:
@@ -155,13 +161,16 @@ def _validated(model: type[EvalRun] | type[TrainRun], data: dict[str, Any]) -> R
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise LlamalabError(f"a {data.get('kind')} run record would be malformed: {problems}") from None
+        raise LlamalabError(f"a {data.get('kind')} run record would be malformed: {problems(exc)}") from None
 
 
-def list_runs(runs_dir: Path, kind: str | None = None) -> list[RunRecord]:
-    """All runs (of one kind), oldest first by their start time (to the millisecond: run ids give only the second,
-    then a random suffix). A run.json this llamalab cannot read is an error naming it."""
+def list_runs(runs_dir: Path | str, kind: str | None = None) -> list[RunRecord]:
+    """All runs (of one kind: "train" or "eval") in a lab's runs folder (`lab.runs_dir`; a lab itself, or its
+    root folder, stands for its runs/), oldest first by their start time (to the millisecond: run ids give only
+    the second, then a random suffix). A run.json this llamalab cannot read is an error naming it."""
+    runs_dir = _runs_folder(runs_dir)
+    if kind not in (None, *RUN_TYPES):
+        raise LlamalabError(f"run kind {kind!r}: use one of {', '.join(RUN_TYPES)} (or none for every run)")
     if not runs_dir.is_dir():
         return []
     records = []
@@ -173,11 +182,18 @@ def list_runs(runs_dir: Path, kind: str | None = None) -> list[RunRecord]:
     return sorted(records, key=lambda r: (_started(r), r.id))
 
 
+def _runs_folder(where: Any) -> Path:
+    """The runs folder `where` names: a path (a lab's root stands for its runs/) or a Lab."""
+    if hasattr(where, "runs_dir"):
+        return Path(where.runs_dir)
+    if not isinstance(where, str | Path):
+        raise LlamalabError(f"a runs folder is a path or a Lab, not {type(where).__name__}")
+    where = Path(where)
+    return where / "runs" if (where / "lab.yaml").is_file() else where
+
+
 def _started(record: RunRecord) -> datetime:
-    try:
-        started = datetime.fromisoformat(record.run.started)
-    except ValueError:
-        return datetime.min.replace(tzinfo=UTC)
+    started = datetime.fromisoformat(record.run.started)  # validated when read
     return started if started.tzinfo else started.replace(tzinfo=UTC)
 
 
@@ -187,16 +203,19 @@ def names_run(ref: str, run_id: str) -> bool:
     return bool(ref) and ref in run_id
 
 
-def matching_runs(runs_dir: Path, ref: str, kind: str | None = None) -> list[RunRecord]:
+def matching_runs(runs_dir: Path | str, ref: str, kind: str | None = None) -> list[RunRecord]:
     """The run whose id is `ref`, else every run `ref` names (see `names_run`)."""
+    runs_dir = _runs_folder(runs_dir)
     if (runs_dir / ref / RUN_FILE).is_file():
         record = RunRecord.load(runs_dir / ref)
         return [record] if kind is None or record.run.kind == kind else []
     return [r for r in list_runs(runs_dir, kind) if names_run(ref, r.id)]
 
 
-def find_run(runs_dir: Path, ref: str, kind: str | None = None) -> RunRecord:
-    """The one run `ref` names (see `matching_runs`), or an error listing the candidates."""
+def find_run(runs_dir: Path | str, ref: str, kind: str | None = None) -> RunRecord:
+    """The one run `ref` names (see `matching_runs`), or an error: listing the runs it names when several, and
+    saying where it looked when none."""
+    runs_dir = _runs_folder(runs_dir)
     matches = matching_runs(runs_dir, ref, kind)
     if len(matches) == 1:
         return matches[0]

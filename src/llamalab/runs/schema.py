@@ -29,13 +29,25 @@ Version history:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 8
 
 Status = Literal["running", "finished", "interrupted", "failed"]
+
+
+def _iso_time(value: str) -> str:
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 time such as 2026-11-29T09:16:26+00:00") from None
+    return value
+
+
+Timestamp = Annotated[str, AfterValidator(_iso_time)]  # when a run started, ended or was resumed
 
 
 class Shape(BaseModel):
@@ -184,14 +196,14 @@ class RunBase(Shape):
     id: str
     name: str
     status: Status = "running"
-    started: str
-    ended: str | None = None
+    started: Timestamp
+    ended: Timestamp | None = None
     config_hash: str
     environment: Environment = Environment()
     pid: int | None = None
     host: str | None = None  # the machine `pid` is on
     slurm_job: str | None = None  # the Slurm job `pid` is in (JOBID, or ARRAYID_TASK for a job array's task)
-    resumed: list[str] = []
+    resumed: list[Timestamp] = []
     timings: dict[str, int | float] = {}  # seconds per stage (an eval's predict_examples: the examples predict_s timed)
     throughput: dict[str, int | float] = {}
     peak_memory_mb: float | None = None
@@ -318,7 +330,7 @@ class RecordError(ValueError):
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Bring a run.json of any known version to the current one (the only place that knows old formats)."""
     version = data.get("schema_version", 0)
-    if not isinstance(version, int) or version < 0:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise RecordError(f"schema_version {version!r} is not a version number")
     if version > SCHEMA_VERSION:
         raise RecordError(f"it was written by a newer llamalab (record schema {version}; this one reads up to "
@@ -353,5 +365,11 @@ def parse_run(data: Any) -> EvalRun | TrainRun:
     try:
         return RUN_TYPES[kind].model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        raise RecordError(problems) from None
+        raise RecordError(problems(exc)) from None
+
+
+def problems(exc: ValidationError, shown: int = 5) -> str:
+    """The first few problems pydantic found, each at its dotted key, and how many more there are."""
+    errors = exc.errors()
+    listed = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:shown])
+    return listed + (f"; and {len(errors) - shown} more" if len(errors) > shown else "")

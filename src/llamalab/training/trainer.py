@@ -18,7 +18,7 @@ from rich.markup import escape
 from llamalab.config import LlamalabError, apply_overrides
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, load_tokenizer, resolve_model, save_tokenizer
-from llamalab.runs.files import staged_folder
+from llamalab.runs.files import staged_folder, write_text_atomic
 from llamalab.runs.record import TRAIN_LOG, Inputs, RunRecord, finished_run, has_unfinished, peak_memory_mb, resume_run
 from llamalab.tasks.data import Example, load_task_data
 from llamalab.tasks.prompts import Prompter, store_chat_template
@@ -35,8 +35,8 @@ def train(
     """Fine-tune and return the finished run's record (`record.run` is a typed `TrainRun`).
 
     `experiment` is the name of a file in experiments/ or an `Experiment`; `overrides` change its settings
-    (`learning_rate=1e-4`, `lora={"r": 4}`, or dotted keys via `**{"lora.r": 4}`). The run is named after the
-    file, or `name` (default: TASK-METHOD) for an `Experiment`. With `resume`, continue the latest unfinished
+    (`learning_rate=1e-4`, `lora={"r": 4}`, or dotted keys via `**{"lora.r": 4}`). The run is named `name`,
+    else after the file, or TASK-METHOD for an `Experiment`. With `resume`, continue the latest unfinished
     run of the same name and settings from its last checkpoint. With `reuse`, return the latest finished run of
     the same name and settings if there is one, else continue an unfinished one, else start afresh (how studies
     skip finished cells and continue killed ones). `callbacks` are extra transformers TrainerCallbacks (e.g. for
@@ -92,7 +92,7 @@ def train(
             model={"name": model_ref.name, "revision": model_ref.revision},
             prompt={"format": prompt_format, "template": task.prompt.template, "system": task.prompt.system},
         )
-        (record.folder / ".gitignore").write_text("checkpoints/\n")
+        write_text_atomic(record.folder / ".gitignore", "checkpoints/\n")
         if prompt_format == "chat":  # the template the model was trained with is part of the record
             record.update(prompt={**record.run.prompt.model_dump(), **store_chat_template(tokenizer, record.folder)})
     with record.tracking():
