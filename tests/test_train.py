@@ -342,3 +342,33 @@ def test_a_metrics_or_label_normalisation_edit_keeps_a_tasks_training_runs(lab, 
     assert train(lab, "tiny", reuse=True).id == first.id
     spec.write_text(text.replace('template: "Review: {{ text }}', 'template: "Movie review: {{ text }}'))
     assert train(lab, "tiny", reuse=True).id != first.id
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_filler_rows_change_no_loss_and_no_tokens_seen_on_random_sizes(lab, tiny_model_dir, monkeypatch, seed):
+    """The rows `--processes N` fills an epoch's partial last batch with count for nothing, whatever the rows,
+    batch and epochs: the same run in one process with them filled in has the same loss at every step and the
+    same tokens seen (the two-process tests check one size; this checks the fillers themselves on random ones)."""
+    import random
+
+    from llamalab.training import trainer as trainer_module
+
+    rng = random.Random(seed)
+    batch = rng.choice([2, 3, 4, 8])
+    rows = batch * rng.randint(1, 3) + rng.randint(1, batch - 1)  # a partial last batch: fillers to add
+    steps = -(-rows // batch) * rng.choice([1, 2]) + rng.randint(0, 2)  # one or two epochs, maybe into the next
+    name = tiny_experiment(lab, tiny_model_dir, name=f"fill{seed}", train_examples=rows, batch_size=batch,
+                           max_steps=steps, save_steps=1000, seed=seed)
+    plain = train(lab, name)
+    count = -rows % batch
+    with_fillers, factory = trainer_module.with_fillers, trainer_module._answer_loss_trainer
+    monkeypatch.setattr(trainer_module, "with_fillers", lambda dataset, _: with_fillers(dataset, count))
+    monkeypatch.setattr(trainer_module, "_answer_loss_trainer", lambda _=0: factory(count))
+    filled = train(lab, name, name=f"fill{seed}-filled")
+
+    def log(record) -> list[dict]:
+        return [json.loads(line) for line in (record.folder / "train_log.jsonl").read_text().splitlines()]
+
+    assert len(log(filled)) == len(log(plain)) == steps, (rows, batch, count)
+    assert [r["loss"] for r in log(filled)] == pytest.approx([r["loss"] for r in log(plain)], abs=1e-5)
+    assert [r["num_input_tokens_seen"] for r in log(filled)] == [r["num_input_tokens_seen"] for r in log(plain)]
