@@ -327,6 +327,30 @@ def test_evaluations_on_the_tasks_earlier_data_are_left_out_and_named(lab):
         compare(lab, "sentiment", only=earlier_only)
 
 
+def test_data_that_no_longer_matches_its_split_leaves_its_evaluations_out_everywhere(lab, tmp_path):
+    """A data file edited so that the pinned split no longer matches: the data cannot be loaded, and compare and
+    the report took every evaluation for a current one (the site build failed instead). Now the files are hashed
+    as they lie: the evaluation is named as one of earlier data, and the site says why the data card is empty."""
+    from llamalab.publish.site import build_site
+    from llamalab.tasks.data import current_file_hashes
+
+    now = current_file_hashes(load_task(lab.task_path("sentiment"), lab.root))
+    sentiment_eval(lab, "before the edit", [True] * 6 + [False] * 4, now)
+    assert [row.system for row in compare(lab, "sentiment").systems] == ["before the edit [plain]"]
+    with (lab.root / "data" / "rt_polarity" / "rt-polarity.pos").open("a") as handle:
+        handle.write("a review added after the split was drawn .\n")
+    with pytest.raises(LlamalabError, match="only on earlier data: before the edit"):
+        compare(lab, "sentiment")
+    site = build_site(lab, tmp_path / "site")
+    import html
+    import re
+
+    page = html.unescape(re.sub(r"<[^>]+>", "", (site / "tasks" / "sentiment" / "index.html").read_text()))
+    assert "the data cannot be read now: data/splits/sentiment.json: the recorded split no longer matches" in page
+    assert "made before the task's data files changed (before the edit [plain]), so none is shown" in page
+    assert "not counted: the data cannot be read now" in page
+
+
 def test_a_systems_widest_evaluation_is_its_row_not_a_later_quick_check(lab):
     """A `--limit` check made after a full evaluation of the same system does not replace it on the board; among
     evaluations of the same size the newest is taken."""

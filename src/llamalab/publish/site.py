@@ -258,9 +258,14 @@ def safe_url(value: str) -> str:
 
 
 def data_card(lab: Lab, task: Task) -> dict:
-    """Source, license, counts, label balance and the leakage check of a task's data."""
-    data = load_task_data(task, strict=False)
-    report = check_task_data(data, task)
+    """Source, license, counts, label balance and the leakage check of a task's data (or why it cannot be read
+    now: one task's broken data is said on its page, and does not stop the site)."""
+    try:
+        data = load_task_data(task, strict=False)
+    except LlamalabError as exc:
+        data = None
+        problem = f"the data cannot be read now: {exc}"
+    report = check_task_data(data, task) if data is not None else None
     folders = sorted({(task.lab_root / f.path).parent for f in task.data.files})
     sources = []
     for folder in folders:
@@ -270,6 +275,8 @@ def data_card(lab: Lab, task: Task) -> dict:
         sources.append({"folder": folder.relative_to(task.lab_root).as_posix(),
                         "license": match.group(1).strip() if match else "not stated (see the data folder)",
                         "html": _demote_headings(content.render_markdown(text)) if text else ""})
+    if report is None:
+        return {"counts": {}, "balance": {}, "overlap": {}, "warnings": [], "errors": [problem], "sources": sources}
     return {"counts": report.counts, "balance": report.label_balance, "overlap": report.overlap,
             "warnings": report.warnings, "errors": report.errors, "sources": sources}
 
@@ -281,7 +288,10 @@ def _demote_headings(html: str) -> str:
 
 def drilldown_rows(task: Task, board: TaskBoard) -> list[dict]:
     """One row per example any system saw: the input, the gold answer, and each system's answer and verdict."""
-    examples = {ex.id: ex for split in load_task_data(task, strict=False).splits.values() for ex in split}
+    try:
+        examples = {ex.id: ex for split in load_task_data(task, strict=False).splits.values() for ex in split}
+    except LlamalabError:  # the data cannot be read now (the data card says why): each answer's prompt shows
+        examples = {}
     ids = list(dict.fromkeys(i for e in board.entries for i in e.predictions))
     rows = []
     for example_id in ids:

@@ -50,13 +50,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def current_file_hashes(task: Task) -> dict[str, str] | None:
+def current_file_hashes(task: Task) -> dict[str, str]:
     """The SHA-256 of each of the task's data files (and pinned split manifest) as they are now, as runs record
-    them in task.data_sha256; None when the task's data cannot be read now."""
+    them in task.data_sha256. Data that cannot be assembled now (a split manifest that no longer matches its
+    files, a file gone) is hashed as it lies, so an evaluation of other bytes is never taken for a current one."""
     try:
         return load_task_data(task, strict=False).file_hashes
     except LlamalabError:
-        return None
+        hashes = {file.path: sha256_path(path) for file in task.data.files if (path := task.data_path(file)).exists()}
+        manifest = task.lab_root / "data" / "splits" / f"{task.name}.json"
+        if manifest.is_file():
+            hashes[manifest.relative_to(task.lab_root).as_posix()] = sha256_file(manifest)
+        return hashes
 
 
 def sha256_path(path: Path) -> str:
