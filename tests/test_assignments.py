@@ -253,6 +253,32 @@ def test_zipped_submission_is_read_from_the_zip(tmp_path: Path) -> None:
     assert results["score"] == 100 and "read the files from the zip archive 'upload.zip'" in results["output"]
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_the_graders_interval_is_the_labs_for_the_same_answers_on_random_tests(tmp_path: Path, seed: int) -> None:
+    """The hidden examples are renamed (test-00001, ...) in a shuffled order; the bootstrap resampled them in that
+    order, so the same answers got another interval from the grader than from the lab's evaluation."""
+    from llamalab.evaluation.metrics import metric_intervals
+
+    rng = random.Random(seed)
+    grading, solution, _ = _small_assignment(tmp_path)
+    n = rng.randint(20, 150)
+    lab_ids = [f"rt-polarity.{rng.choice(['pos', 'neg'])}:{i}" for i in rng.sample(range(10_000), n)]
+    renamed = [f"test-{i:05d}" for i in range(1, n + 1)]
+    gold = {i: rng.choice(["negative", "positive"]) for i in renamed}
+    answers = {i: g if rng.random() < 0.7 else ("positive" if g == "negative" else "negative") for i, g in gold.items()}
+    config = json.loads((grading / "config.json").read_text())
+    (grading / "config.json").write_text(json.dumps({**config, "n": n}))
+    (grading / "labels.jsonl").write_text("".join(json.dumps({"id": i, "gold": g}) + "\n" for i, g in gold.items()))
+    (grading / "ids.jsonl").write_text("".join(json.dumps({"id": i, "lab_id": lab}) + "\n"
+                                               for i, lab in zip(renamed, lab_ids, strict=True)))
+    (solution / "predictions.jsonl").write_text("".join(json.dumps({"id": i, "answer": a}) + "\n"
+                                                        for i, a in answers.items()))
+    lab = metric_intervals(["accuracy"], [{"id": lab_id, "correct": answers[i] == gold[i]}
+                                          for i, lab_id in zip(renamed, lab_ids, strict=True)])["accuracy"]
+    output = check_results(grade_submission(grading, solution))["tests"][0]["output"]
+    assert f"accuracy {lab['estimate']:.4f} (95% CI [{lab['low']:.4f}, {lab['high']:.4f}]" in output, output
+
+
 def test_metric_points_are_linear_between_the_thresholds(tmp_path: Path) -> None:
     grading, _, _ = _small_assignment(tmp_path)
     t = json.loads((grading / "config.json").read_text())["thresholds"]
@@ -481,6 +507,12 @@ def test_the_hidden_test_is_the_widest_finetuned_evaluation(lab: Lab) -> None:
     _scored_eval(lab, "base", {i: (g, n % 2 == 0) for n, (i, g) in enumerate(test)})
     refs = choose_references(lab, task, None, margin=0.02)
     assert refs.finetuned.id == full.id and refs.thresholds.finetuned_n == len(refs.examples) == 60
+    with pytest.raises(LlamalabError, match=r"with a margin of 0.5 no range .* Use --margin below 0.4000"):
+        choose_references(lab, task, None, margin=0.5)  # 0.9 against 0.5
+    better = _scored_eval(lab, "base-better", {i: (g, True) for i, g in test})
+    with pytest.raises(LlamalabError, match="the fine-tune does not beat the baseline") as error:
+        choose_references(lab, task, [full.id, better.id], margin=0)  # lowering the margin cannot help
+    assert "--margin" not in str(error.value)
 
     for margin in (float("nan"), -0.1, 1.0):
         with pytest.raises(LlamalabError, match="--margin"):
@@ -696,6 +728,13 @@ def test_cli_builds_and_grades(sentiment_lab: Lab, sentiment_assignment: Path, t
         (sentiment_assignment / "solution" / "predictions.jsonl").read_text()
     result = CliRunner().invoke(assignment_app, ["grade", str(out), str(out / "solution"), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["score"] == 100
+    # the solution is the fine-tuned run's answers: the grader gives that run's interval, not one of other
+    # resamples (it bootstrapped the renamed ids, in another order)
+    from llamalab.runs.record import find_run
+
+    tuned = find_run(sentiment_lab.runs_dir, runs["finetuned"]).run.metrics["accuracy"]
+    output = json.loads(result.stdout)["tests"][0]["output"]
+    assert f"accuracy {tuned.estimate:.4f} (95% CI [{tuned.low:.4f}, {tuned.high:.4f}]" in output, output
     done = subprocess.run([sys.executable, "-m", "llamalab.assignments.cli", "build", "sentiment", "--margin", "0.9",
                            "--out", str(tmp_path / "no-range"), "--lab", str(sentiment_lab.root)],
                           capture_output=True, text=True, timeout=300)
@@ -822,3 +861,20 @@ def test_a_submission_answer_is_the_text_its_run_scored():
     assert submission_answer(row) == "5 + 3 = 8, so 8."
     assert score_answer(AnswerSpec(type="number"), "#### 8", submission_answer(row))["correct"] is True
     assert submission_answer({"generation": "#### 3"}) == "#### 3"
+
+
+def test_the_staff_readmes_grade_command_runs_as_written(sentiment_lab: Lab, sentiment_assignment: Path,
+                                                          monkeypatch) -> None:
+    """It named the folder by its last part (`grade sentiment`), which no folder of the lab is."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from llamalab.assignments.cli import assignment_app
+
+    staff = (sentiment_assignment / "autograder" / "README.md").read_text()
+    command = re.search(r"`llamalab assignment grade (\S+) SUBMISSION`", staff)
+    assert command and command.group(1) == "assignments/sentiment", staff
+    monkeypatch.chdir(sentiment_lab.root)
+    result = CliRunner().invoke(assignment_app, ["grade", command.group(1), str(sentiment_assignment / "solution")])
+    assert result.exit_code == 0, result.output

@@ -37,6 +37,7 @@ from llamalab.assignments.rubric import (
     ASSIGNMENT_FILE,
     CONFIG_FILE,
     EXPERIMENT,
+    IDS_FILE,
     LABELS_FILE,
     PREDICTIONS,
     REPORT,
@@ -142,8 +143,15 @@ def _context(lab: Lab, spec: Task, name: str, refs: References, hidden: list[tup
         "example_input": json.dumps({**_inputs(spec, first), "id": first_id}, ensure_ascii=False),
         "example_prediction": json.dumps({"id": first_id, "answer": _example_answer(spec)}),
         "dev_limit": 40 if generation else 300, "train_examples": 200 if generation else 400,
-        "sources": _sources(spec), "folder": target.name, "timeout_s": _GRADER_TIMEOUT_S,
+        "sources": _sources(spec), "folder": _from_lab(lab, target), "timeout_s": _GRADER_TIMEOUT_S,
     }
+
+
+def _from_lab(lab: Lab, target: Path) -> str:
+    """The assignment folder as the staff's commands name it, from the lab root (`assignments/NAME`); a folder
+    outside the lab by its own name (no machine's path in a handout)."""
+    resolved, root = target.resolve(), lab.root.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else target.name
 
 
 def _example_answer(spec: Task) -> str:
@@ -235,7 +243,7 @@ def _autograder(folder: Path, refs: References, hidden: list[tuple[str, Example]
         "requirements.txt": _requirements(config).encode(),
         f"grading/{CONFIG_FILE}": (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode(),
         f"grading/{LABELS_FILE}": _jsonl([{"id": i, "gold": ex.answer} for i, ex in hidden]).encode(),
-        "grading/ids.jsonl": _jsonl([{"id": i, "lab_id": ex.id} for i, ex in hidden]).encode(),
+        f"grading/{IDS_FILE}": _jsonl([{"id": i, "lab_id": ex.id} for i, ex in hidden]).encode(),
         **_vendored(),
     }
     write_bytes_atomic(folder / "autograder.zip", _zip(files, executable={"setup.sh", "run_autograder"}))

@@ -33,6 +33,7 @@ import yaml
 from llamalab.assignments.rubric import (
     CONFIG_FILE,
     EXPERIMENT,
+    IDS_FILE,
     LABELS_FILE,
     PREDICTIONS,
     REPORT,
@@ -61,7 +62,7 @@ def grade_submission(grading: Path, submission: Path) -> dict[str, Any]:
     gold = load_gold(grading / LABELS_FILE)
     read = read_submission(submission, SUBMISSION_FILES, config.limits)
     predictions = parse_predictions(read.files[PREDICTIONS], gold, config)
-    metric_test, leaderboard = _metric_test(predictions, gold, config)
+    metric_test, leaderboard = _metric_test(predictions, gold, config, load_lab_ids(grading / IDS_FILE))
     tests = [metric_test, _format_test(predictions, gold, config), _experiment_test(read.files[EXPERIMENT], config),
              *_report_tests(read.files[REPORT], config)]
     for number, test in enumerate(tests, 1):
@@ -92,8 +93,9 @@ def grading_folder(path: Path) -> Iterator[Path]:
             with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(archive_path) as archive:
                 folder = Path(scratch) / "grading"
                 folder.mkdir()
-                for name in (CONFIG_FILE, LABELS_FILE):
-                    (folder / name).write_bytes(archive.read(f"grading/{name}"))
+                for name in (CONFIG_FILE, LABELS_FILE, IDS_FILE):
+                    if f"grading/{name}" in archive.namelist():
+                        (folder / name).write_bytes(archive.read(f"grading/{name}"))
                 yield folder
             return
     for candidate in (path / "grading", path):
@@ -121,6 +123,14 @@ def load_gold(path: Path) -> dict[str, str]:
             row = json.loads(line)
             gold[row["id"]] = row["gold"]
     return gold
+
+
+def load_lab_ids(path: Path) -> dict[str, str]:
+    """The lab's id of each renamed hidden example (none for the dev self-check, whose ids are the lab's)."""
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8") as handle:
+        return {row["id"]: row["lab_id"] for row in map(json.loads, handle)}
 
 
 # ---- predictions.jsonl ----------------------------------------------------------------------------------------
@@ -224,7 +234,7 @@ def _answer_text(value: Any, config: GradingConfig) -> str | None:
     return None
 
 
-def _metric_test(predictions: Predictions, gold: dict[str, str], config: GradingConfig
+def _metric_test(predictions: Predictions, gold: dict[str, str], config: GradingConfig, lab_ids: dict[str, str]
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     t, points = config.thresholds, config.points.metric
     name = f"{config.metric} on the {'hidden test' if config.split == 'test' else 'dev'} examples"
@@ -238,8 +248,10 @@ def _metric_test(predictions: Predictions, gold: dict[str, str], config: Grading
     if not ids:
         return _test(name, 0, points, f"Not scored: no answer has an id of this assignment.\n{rule}",
                      config.visibility), []
-    rows = [{"id": i, "gold": gold[i], **score_answer(config.answer, gold[i], predictions.answers.get(i, ""))}
-            for i in ids]
+    # keyed by the lab's ids: the bootstrap resamples them in the order the lab's evaluation did, so the solution
+    # (the fine-tuned run's own answers) gets the run's interval, not one of other resamples
+    rows = [{"id": lab_ids.get(i, i), "gold": gold[i],
+             **score_answer(config.answer, gold[i], predictions.answers.get(i, ""))} for i in ids]
     m = metric_intervals([config.metric], rows, config.answer.labels or None)[config.metric]
     score = metric_points(m["estimate"], t, points)
     unanswered = sum(1 for i in ids if i not in predictions.answers)

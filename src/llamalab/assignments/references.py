@@ -62,10 +62,15 @@ def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, mar
     tuned = best.run.metrics[metric]
     full_at = round(tuned.estimate - margin, 6)
     if full_at <= base.estimate:
+        scores = (f"the fine-tuned run {best.id} scores {metric} {tuned.estimate:.4f} and the best baseline "
+                  f"{baseline.id} {base.estimate:.4f} on the same {base.n:,} test examples")
+        if tuned.estimate <= base.estimate:  # no margin helps: the fine-tune does not beat the baseline
+            raise LlamalabError(f"{scores}: the fine-tune does not beat the baseline, so no range is left to grade "
+                                "on. Train a stronger fine-tuned run (more steps or examples, another learning "
+                                "rate), evaluate it on the test split, and name it with --from-runs")
         raise LlamalabError(
-            f"the fine-tuned run {best.id} scores {metric} {tuned.estimate:.4f} and the best baseline {baseline.id} "
-            f"{base.estimate:.4f} on the same {base.n:,} test examples: with a margin of {margin:g} no range is left "
-            "between them to grade on. Lower --margin, or name a stronger fine-tuned run with --from-runs")
+            f"{scores}: with a margin of {margin:g} no range is left between them to grade on. Use --margin below "
+            f"{tuned.estimate - base.estimate:.4f}, or name a stronger fine-tuned run with --from-runs")
     thresholds = Thresholds(
         metric=metric, zero_at=base.estimate, full_at=full_at, margin=margin,
         baseline=base.estimate, baseline_run=baseline.id, baseline_system=baseline.run.display_label,

@@ -19,6 +19,7 @@ from llamalab.tasks.task import AnswerSpec
 ASSIGNMENT_FILE = "assignment.yaml"  # in assignments/NAME/: what it was built from, and whether it is public
 CONFIG_FILE = "config.json"  # in grading/
 LABELS_FILE = "labels.jsonl"  # in grading/: one {"id", "gold"} per example
+IDS_FILE = "ids.jsonl"  # in the hidden test's grading/: one {"id", "lab_id"} per renamed example
 # What a submission holds (and where the starter's submit/ template puts it).
 PREDICTIONS = "predictions.jsonl"
 EXPERIMENT = "experiment.yaml"
