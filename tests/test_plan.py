@@ -422,6 +422,15 @@ def test_plan_for_several_processes_is_one_process_share(lab):
     assert full_two.trainable_mb == pytest.approx(full_one.trainable_mb / 2, abs=0.1)  # FSDP: sharded
     with pytest.raises(LlamalabError, match="multiple of processes"):
         plan_run(lab, "sentiment-lora", "24GB", 3)
+    # On a CPU the processes share the machine's memory (on GPUs each has its card): each plans against its share,
+    # so a run that fits one process but not two side by side turns checkpointing on.
+    cpu_one = plan_run(lab, "sentiment-lora", "cpu", 2, max_steps=10)
+    limit = f"{cpu_one.peak(False) * 1.5 / 1024 / 0.9:.3f}GB"  # one process would fit, two would not
+    for processes, checkpointing in ((1, False), (2, True)):
+        planned = plan_run(lab, "sentiment-lora", "cpu", processes, max_steps=10, memory_limit=limit)
+        assert planned.checkpointing == checkpointing, (processes, planned.reason)
+    assert plan_run(lab, "sentiment-lora", "24GB", 2, max_steps=10, memory_limit=limit).budget_mb == pytest.approx(
+        plan_run(lab, "sentiment-lora", "24GB", 1, max_steps=10, memory_limit=limit).budget_mb)  # a card each
 
 
 def test_time_per_epoch_for_several_processes_learns_from_runs_of_its_own_kind(tmp_path):

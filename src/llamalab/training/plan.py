@@ -477,13 +477,17 @@ def plan_training(experiment, model_folder: Path, lengths: list[int], answers: l
                   processes: int = 1) -> MemoryPlan:
     """The plan for training `experiment` on `device` (default: this machine, with the experiment's
     `memory_limit` if it names one), checkpointing decided. With `processes` N > 1 it is one process's plan (a
-    share of each batch, and under FSDP of the model); on GPUs, one card each, the epoch takes 1/N of the time."""
+    share of each batch, and under FSDP of the model), against 1/N of a CPU machine's memory (they share it); on
+    GPUs, one card each, the epoch takes 1/N of the time."""
     from dataclasses import replace
 
     device = device or resolve_device()
     if experiment.memory_limit:
         device = replace(device, memory_mb=parse_memory(experiment.memory_limit),
                          name=f"{device.name}, planned as {experiment.memory_limit}")
+    if device.kind == "cpu" and processes > 1:  # the processes share the machine's memory (on GPUs: a card each)
+        device = replace(device, memory_mb=device.memory_mb / processes,
+                         name=f"{device.name}, a 1/{processes} share for each process")
     shape = Shape.of_folder(model_folder)
     share = experiment.model_copy(update={"batch_size": max(1, experiment.batch_size // processes)})
     shards = processes if fsdp_shards(experiment, processes) else 1
