@@ -430,3 +430,54 @@ def test_shipped_gsm8k_and_scitldr_sizes():
     assert len(_read_jsonl(DATA / "gsm8k" / "train.jsonl")) == 2000
     sizes = {split: len(_read_jsonl(DATA / "scitldr" / f"{split}.jsonl")) for split in ("train", "dev", "test")}
     assert sizes == {"train": 1992, "dev": 619, "test": 618}
+
+
+def test_a_number_of_thousands_of_digits_is_no_number_not_a_crash():
+    """Past Python's limit on converting integers to text it raised ValueError: a crashed grader (every student's
+    grade) or evaluation."""
+    from llamalab.evaluation.answers import extract_number
+
+    for text in ("1" * 5000 + "/3", "0." + "3" * 5000, "1/" + "7" * 4400, "#### " + "9" * 5000):
+        assert extract_number(text) is None
+    assert extract_number("so 1" + "0" * 5000 + " and then 42") == "42"  # the last number that is one
+    # past the decimal context's 28 digits a number was rounded: two different answers read as one
+    assert extract_number("#### 12345678901234567890123456789012") == "12345678901234567890123456789012"
+    assert extract_number("#### 12345678901234567890123456789013") == "12345678901234567890123456789013"
+    assert extract_number("#### 1234567890123456789012345678901.25") == "1234567890123456789012345678901.25"
+    assert extract_number("#### -12345678901234567890123456789/1024") == "-12056327051986882705198688.2705078125"
+
+
+def _boxed_reference(text: str) -> list[str]:
+    """The first implementation: a scan from each box to its matching brace (right, but quadratic)."""
+    contents = []
+    for start in re.finditer(r"\\boxed\s*\{", text):
+        depth, pos = 1, start.end()
+        while pos < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[pos], 0)
+            pos += 1
+        if depth == 0:
+            contents.append(text[start.end() : pos - 1])
+    return contents
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_boxed_contents_in_one_pass_are_those_of_a_scan_from_each_box(seed):
+    import random
+
+    from llamalab.evaluation.answers import _boxed_contents
+
+    rng = random.Random(seed)
+    text = "".join(rng.choice(["\\boxed{", "\\boxed {", "{", "}", "1", " ", "x", "\\frac{"])
+                   for _ in range(rng.randint(0, 40)))
+    assert _boxed_contents(text) == _boxed_reference(text), text
+
+
+def test_entity_answers_built_to_be_slow_are_read_in_a_bounded_number_of_tries():
+    from llamalab.evaluation import answers
+    from llamalab.evaluation.answers import parse_entities
+
+    assert parse_entities("[1," * 5000) is None  # each try went 1,000 levels deep, from each of 5,000 places
+    assert parse_entities("[1," * 5000 + '[{"type": "person", "text": "Ann"}]') is None  # past the budget
+    assert parse_entities("{" * 5000 + '[{"type": "person", "text": "Ann"}]') == [("person", "Ann")]  # cheap tries
+    assert parse_entities("[x] " * 10 + '[{"type": "person", "text": "Ann"}]') == [("person", "Ann")]
+    assert answers._JSON_BUDGET == 1_000_000  # what the README says

@@ -158,6 +158,23 @@ def _wrong_task(submission: Path, solution: Path, labels: Path) -> None:
     (submission / "experiment.yaml").write_text("task: some-other-task\n", encoding="utf-8")
 
 
+def _huge_seed(submission: Path, solution: Path, labels: Path) -> None:
+    _copy(submission, solution, "predictions.jsonl", "report.md")
+    (submission / "experiment.yaml").write_text("task: sentiment\nseed: 0x" + "F" * 4000 + "\n", encoding="utf-8")
+
+
+def _damaged_zip(submission: Path, solution: Path, labels: Path) -> None:
+    """Deflated data overwritten inside the archive: zlib's own error, which the zip module does not wrap."""
+    archive_path = submission / "submission.zip"
+    with zipfile.ZipFile(archive_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in FILES:
+            archive.write(solution / name, name)
+    data = bytearray(archive_path.read_bytes())
+    start = 30 + len(FILES[0])  # the first member's data, right after its local header
+    data[start : start + 8] = b"\xff" * 8
+    archive_path.write_bytes(bytes(data))
+
+
 HOSTILE = [
     Case("missing files", lambda s, sol, lab: None, "predictions.jsonl is missing"),
     Case("empty files", lambda s, sol, lab: [(s / n).write_bytes(b"") for n in FILES], "is empty"),
@@ -192,6 +209,10 @@ HOSTILE = [
     Case("a YAML alias bomb", _alias_bomb, "aliases"),
     Case("an experiment of another task", _wrong_task, "this assignment's task is"),
     Case("a report that is not UTF-8", _report_bytes, "not UTF-8"),
+    Case("an integer of 4000 hex digits", _huge_seed, "an integer of more than 64 bits at seed"),
+    Case("a damaged zip", _damaged_zip, "damaged"),
+    Case("empty answers", _edited(lambda lines: [json.dumps({"id": json.loads(x)["id"], "answer": " "})
+                                                 for x in lines]), "did not parse"),  # wrong, and well-formed
 ]
 
 
@@ -364,6 +385,15 @@ def test_setext_and_indented_headings_are_headings_and_code_is_not() -> None:
     assert report_sections(report) == [(1, "report", 2), (2, "data check", 2), (2, "baseline", 7)]
 
 
+def test_headings_in_windows_line_endings_and_closing_hashes_and_a_megabyte_heading_line() -> None:
+    """A report saved with \\r\\n lost its underlined headings; a heading line of a million #s took the lazy
+    pattern time growing with the square of its length (a grader timeout)."""
+    text = "Data check\n==========\n\n" + "word " * 40 + "\n## Baseline ##\none two\n"
+    assert report_sections(text) == report_sections(text.replace("\n", "\r\n")) == [
+        (1, "data check", 40), (2, "baseline", 2)]
+    assert report_sections("# " + "#" * 1_000_000 + "x\nwords here\n") == [(1, "x", 2)]
+
+
 def test_report_sections_must_name_different_headings() -> None:
     cases = ((["Baseline", "baseline!"], "name the same heading"), (["Data check", "--"], "no letter"))
     for sections, message in cases:
@@ -433,6 +463,26 @@ def test_build_without_runs_says_which_runs_to_make(lab: Lab) -> None:
     message = str(error.value)
     assert "no finished evaluation of a fine-tuned model and a baseline model" in message
     assert "`llamalab demo`" in message and "`llamalab eval smollm2-135m-instruct --task sentiment`" in message
+    assert not (lab.root / "assignments").exists()
+
+
+def test_a_task_without_a_dev_split_is_refused_before_a_handout_is_written(lab: Lab) -> None:
+    """The handout's dev.jsonl was empty, its data check failed and its self-check grading/ was never written."""
+    from llamalab.runs.record import RunRecord
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+    from tests.records import train_fields
+
+    path = lab.task_path("sentiment")
+    path.write_text(path.read_text().replace("    dev: 0.1\n", "    dev: 0\n"))
+    (lab.root / "data" / "splits" / "sentiment.json").unlink()
+    test = load_task_data(load_task(path, lab.root)).split("test")[:30]
+    trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
+    trained.update(status="finished")
+    _scored_eval(lab, "tuned", {ex.id: (ex.answer, n % 10 != 0) for n, ex in enumerate(test)}, train_run=trained.id)
+    _scored_eval(lab, "base", {ex.id: (ex.answer, n % 2 == 0) for n, ex in enumerate(test)})
+    with pytest.raises(LlamalabError, match="task 'sentiment' has no dev split, which a handout gives students"):
+        build_assignment(lab, "sentiment")
     assert not (lab.root / "assignments").exists()
 
 
@@ -849,6 +899,17 @@ def test_predict_inputs_that_cannot_be_read_name_the_line(tmp_path: Path, conten
     with pytest.raises(LlamalabError) as error:
         read_inputs(path)
     assert message in str(error.value)
+
+
+def test_a_handouts_inputs_with_unicode_line_separators_read_back(tmp_path: Path) -> None:
+    """The build writes U+2028/U+2029/U+0085 unescaped; splitlines() broke the line there."""
+    from llamalab.assignments.predict import read_inputs
+
+    path = tmp_path / "test_inputs.jsonl"
+    texts = ["a\u2028b", "c\u2029d", "e\u0085f"]
+    path.write_text("".join(json.dumps({"id": f"test-{i:05d}", "text": t}, ensure_ascii=False) + "\n"
+                            for i, t in enumerate(texts, 1)), encoding="utf-8")
+    assert [ex.fields["text"] for ex in read_inputs(path)] == texts
 
 
 def test_a_submission_answer_is_the_text_its_run_scored():

@@ -83,6 +83,10 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
         raise LlamalabError(f"--out {out}: that folder holds the lab itself, and a build replaces its --out folder "
                             "whole; name a folder of its own, e.g. --out assignments-out/" + name)
     refs = choose_references(lab, spec, from_runs, margin)
+    if not refs.data.splits.get("dev"):  # the handout's data/dev.jsonl, its data check and self-check grade on it
+        raise LlamalabError(f"task {spec.name!r} has no dev split, which a handout gives students to choose their "
+                            f"settings on and to check their work with: give tasks/{spec.name}.yaml one (a file "
+                            "with `split: dev`, or `dev: 0.1` under `data.split`) and evaluate again")
     previous = _previous(target)
     hidden = _hidden(refs.examples, name)
     config = GradingConfig(assignment=name, task=spec.name, split="test", n=len(hidden), answer=spec.answer,
@@ -206,10 +210,9 @@ def _student(folder: Path, spec: Task, refs: References, hidden: list[tuple[str,
     load_task(folder / "tasks" / f"{spec.name}.yaml", folder)  # the student's lab must load as written
     write_text_atomic(folder / "lab.yaml", yaml.safe_dump(
         {"name": context["title"], "description": context["lab_description"]}, sort_keys=False, allow_unicode=True))
-    dev = refs.data.splits.get("dev", [])
-    if dev:  # the self-check: dev answers the student has anyway, graded by the same rules
-        dev_config = config.model_copy(update={"split": "dev", "n": len(dev), "partial": True})
-        _grading(folder / "grading", dev_config, [{"id": ex.id, "gold": ex.answer} for ex in dev])
+    dev = refs.data.splits["dev"]  # the self-check: dev answers the student has anyway, graded by the same rules
+    dev_config = config.model_copy(update={"split": "dev", "n": len(dev), "partial": True})
+    _grading(folder / "grading", dev_config, [{"id": ex.id, "gold": ex.answer} for ex in dev])
     write_text_atomic(folder / "submit" / PREDICTIONS, _jsonl([{"id": ident, "answer": None} for ident, _ in hidden]))
     write_text_atomic(folder / "submit" / EXPERIMENT, render("experiment.yaml.jinja", **context))
     write_text_atomic(folder / "submit" / REPORT, render(

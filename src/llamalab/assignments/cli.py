@@ -75,7 +75,7 @@ def grade(
         return
     table = Table(title=escape(results["output"].split("\n")[0]), show_lines=True)
     for column, justify in (("points", "right"), ("part", "left"), ("details", "left")):
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")
     for test in results["tests"]:
         table.add_row(f"{test['score']:g} / {test['max_score']:g}", escape(test["name"]), escape(test["output"]))
     out.print(table)

@@ -310,6 +310,9 @@ def _experiment_test(file: SubmittedFile, config: GradingConfig) -> dict[str, An
     if data is None:
         return _test(name, 0, points, f"{EXPERIMENT} holds no settings (only comments?): put the config.yaml of "
                                       "the run behind your predictions here")
+    if (where := _huge_integer(data)) is not None:  # YAML's hex, binary and base-60 integers have no length limit
+        return _test(name, 0, points, f"not a valid experiment file: {EXPERIMENT} holds an integer of more than 64 "
+                                      f"bits at {where or 'its top level'}; no setting needs one")
     try:
         experiment = parse_model(Experiment, data, EXPERIMENT)
     except LlamalabError as exc:
@@ -324,9 +327,29 @@ def _experiment_test(file: SubmittedFile, config: GradingConfig) -> dict[str, An
                                        f"{size}, seed {experiment.seed}.")
 
 
+def _huge_integer(value: Any, where: str = "") -> str | None:
+    """The key path of the first integer (or key) past 64 bits in loaded YAML, or None (iterative: no depth
+    limit to hit)."""
+    todo: list[tuple[Any, str]] = [(value, where)]
+    while todo:
+        item, path = todo.pop()
+        if isinstance(item, int) and item.bit_length() > 64:
+            return path
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, int) and key.bit_length() > 64:
+                    return path or "a key"
+                todo.append((child, f"{path}.{key}" if path else str(key)))
+        elif isinstance(item, list | tuple | set):
+            todo.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
+
+
 # ---- report.md ------------------------------------------------------------------------------------------------
 
-_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$")  # ATX: up to three spaces before the #s
+# ATX: up to three spaces before the #s; the closing #s are stripped after the match (a lazy group before them
+# made the match take time growing with the square of a long heading line's length)
+_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*)$")
 _UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")  # setext: a paragraph underlined with = (level 1) or - (2)
 _LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+>]|\d{1,9}[.)])(?:[ \t]|$)")  # a list or quote line, under --- is no heading
 _COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
@@ -367,13 +390,14 @@ def report_sections(markdown: str) -> list[tuple[int, str, int]]:
         found.append((level, section_key(text), 0))
         words = 0
 
+    markdown = markdown.replace("\r\n", "\n").replace("\r", "\n")  # saved on Windows: its underlines are underlines
     for line in _COMMENT.sub("", markdown).split("\n"):
         if line.lstrip().startswith(("```", "~~~")):
             fenced, paragraph = not fenced, []
         elif fenced:
             continue
         elif match := _HEADING.match(line):
-            heading(len(match.group(1)), match.group(2))
+            heading(len(match.group(1)), match.group(2).rstrip(" \t#"))
             paragraph = []
         elif paragraph and not _LIST_ITEM.match(paragraph[0][0]) and (underline := _UNDERLINE.match(line)):
             words -= sum(counted for _, counted in paragraph)  # the heading's own words, not its section's

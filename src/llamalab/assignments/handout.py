@@ -31,7 +31,8 @@ SECTION_PROMPTS = {
 }
 ANSWER_FORMATS = {
     "label": "one of the labels ({labels}), as a string; a longer generated text is read the way an evaluation reads "
-             "it (the label it starts with)",
+             "it (the label its first line starts with, else the first label that line names, else the first one "
+             "the rest names)",
     "number": "the final number as a string, e.g. \"42\", or your model's whole answer (read as an evaluation reads "
               "it: the number after \"####\", else after \"the answer is\", else the last number)",
     "text": "the text, as a string",

@@ -8,9 +8,11 @@ size limit are refused before a byte is read. Each refusal is a message for the 
 
 from __future__ import annotations
 
+import lzma
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -161,6 +163,11 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"
 
 
+# What a damaged or encrypted archive raises while it is read (its compressed data raises its codec's own error)
+_DAMAGED = (RuntimeError, zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error,
+            lzma.LZMAError)
+
+
 def _read_zip(path: Path, label: str, names: tuple[str, ...], limits: Limits) -> Submission:
     """The expected files from a zip uploaded instead of them, read in memory under the same limits."""
     handle = _open_regular(path, limits.zip_bytes, label)
@@ -169,7 +176,7 @@ def _read_zip(path: Path, label: str, names: tuple[str, ...], limits: Limits) ->
     try:
         with handle, zipfile.ZipFile(handle) as archive:
             return _from_zip(archive, label, names, limits)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+    except _DAMAGED as exc:
         return _all_missing(names, f"{shown(label)} is not a readable zip archive ({type(exc).__name__})")
 
 
@@ -204,7 +211,7 @@ def _from_zip(archive: zipfile.ZipFile, label: str, names: tuple[str, ...], limi
         try:
             with archive.open(member) as stream:  # the header's size may lie: never read past the limit
                 data = stream.read(limit + 1)
-        except (RuntimeError, zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+        except _DAMAGED as exc:
             files[name] = SubmittedFile(name, problem=f"{shown(where)} could not be read from the zip "
                                                       f"({type(exc).__name__}: encrypted or damaged)")
             continue

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from fractions import Fraction
 
 import numpy as np
@@ -119,20 +119,34 @@ _CHAIN = re.compile(r"(?:\s*[-+*/×÷x]\s*\(?[$€£]?\d[\d,]*(?:\.\d+)?\)?)*\s*
 _MARKER = re.compile(r"####")
 _ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")
+_BRACE = re.compile(r"[{}]")
 
 
-def _canonical(match: re.Match[str]) -> str:
+def _canonical(match: re.Match[str]) -> str | None:
+    """The number in canonical form; None for one of thousands of digits (past Python's limit on converting
+    integers to text: no answer is one, and it must not crash a grader or an evaluation)."""
+    try:
+        return _canonical_value(match)
+    except ValueError:
+        return None
+
+
+def _canonical_value(match: re.Match[str]) -> str:
     value = Fraction(Decimal((match["digits"] or "").replace(",", "") + (match["frac"] or match["lead"] or "")
                              + (match["exp"] or "")))
     if match["den"] and int(match["den"]):
         value /= int(match["den"])
     if match["sign"]:
         value = -value
-    if value.denominator != 1 and 10**30 % value.denominator:  # 1/3 has no exact decimal: kept as a fraction
+    if value.denominator == 1:
+        return str(value.numerator)
+    if 10**30 % value.denominator:  # 1/3 has no exact decimal: kept as a fraction
         return f"{value.numerator}/{value.denominator}"
-    # normalize() drops trailing zeros; format "f" undoes the exponent it uses for integers like 1E+3.
-    decimal = Decimal(value.numerator) / Decimal(value.denominator)
-    return "0" if value == 0 else format(decimal.normalize(), "f")
+    # Exact: a denominator dividing 10**30 adds at most 30 digits to the numerator's (the default context's 28
+    # significant digits rounded longer numbers). normalize() drops trailing zeros; format "f" its exponent.
+    with localcontext() as context:
+        context.prec = len(str(abs(value.numerator))) + 31
+        return format((Decimal(value.numerator) / Decimal(value.denominator)).normalize(), "f")
 
 
 def _number_after(text: str, pos: int) -> str | None:
@@ -153,16 +167,17 @@ def _first_number(text: str) -> str | None:
 
 
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}``, braces matched so ``\\boxed{\\text{18}}`` yields ``\\text{18}``."""
-    contents = []
-    for start in _BOXED.finditer(text):
-        depth, pos = 1, start.end()
-        while pos < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[pos], 0)
-            pos += 1
-        if depth == 0:
-            contents.append(text[start.end() : pos - 1])
-    return contents
+    """Contents of every ``\\boxed{...}``, braces matched so ``\\boxed{\\text{18}}`` yields ``\\text{18}``; in
+    one pass over the braces (a scan from each box to its end took time growing with the square of the length)."""
+    boxes = {start.end() for start in _BOXED.finditer(text)}  # where each box's contents start
+    opened: list[int] = []
+    contents: dict[int, str] = {}
+    for brace in _BRACE.finditer(text):
+        if brace.group() == "{":
+            opened.append(brace.end())
+        elif opened and (start := opened.pop()) in boxes:
+            contents[start] = text[start : brace.start()]
+    return [contents[start] for start in sorted(contents)]
 
 
 def extract_number(text: str) -> str | None:
@@ -193,6 +208,7 @@ def extract_number(text: str) -> str | None:
 
 _JSON_START = re.compile(r"[\[{]")
 _NESTED = re.compile(r"[\[{\s]+")
+_JSON_BUDGET = 1_000_000  # characters the tries to decode a JSON value may read in all (at most ~20 ms)
 
 
 def _normalize_entity(entity_type: str, text: str) -> Entity:
@@ -219,27 +235,29 @@ def parse_entities(text: str) -> list[Entity] | None:
     """Parse a model's JSON entity answer into normalised (type, text) pairs, or None if it is invalid.
 
     Accepts a list ``[{"type": ..., "text": ...}, ...]`` or ``{"entities": [...]}``, anywhere in the text: prose
-    or a ```` ```json ```` fence around it is skipped, as is any JSON value of another shape before it. Extra keys
+    or a ```` ```json ```` fence around it is skipped, as is any JSON value of another shape before it (until the
+    tries have read a million characters in all: a text built to be slow to parse gets no more time). Extra keys
     are ignored. Types are lower-cased and stripped; entity text is whitespace-collapsed. Anything else (no JSON,
     single-quoted pseudo-JSON, an item missing "type" or "text") gives None, which scorers treat as predicting no
     entities.
     """
     decoder = json.JSONDecoder()
-    pos = 0
-    while (start := _JSON_START.search(text, pos)) is not None:
+    pos, read = 0, 0
+    # Each try may read to the text's end: a budget of characters read keeps a text built to be slow linear.
+    while read < _JSON_BUDGET and (start := _JSON_START.search(text, pos)) is not None:
         try:
             value, end = decoder.raw_decode(text, start.start())
-        except json.JSONDecodeError:
-            pos = start.start() + 1
+        except json.JSONDecodeError as exc:
+            pos, read = start.start() + 1, read + exc.pos - start.start() + 1
             continue
         except RecursionError:  # nested deeper than Python's decoder goes: not an answer, nor is any value inside
-            pos = _NESTED.match(text, start.start()).end()
+            pos, read = _NESTED.match(text, start.start()).end(), read + len(text) - start.start()
             continue
         entities = _as_entities(value)
         if entities is not None:
             return entities
         # Skip past the whole value: a list nested in some other object is not the answer.
-        pos = end
+        pos, read = end, read + end - start.start()
     return None
 
 
