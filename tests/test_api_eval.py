@@ -120,6 +120,10 @@ def test_reuse_and_resume_never_take_a_run_of_another_api_model_under_the_same_n
     settings = {**SETTINGS, "limit": 4}
     first = evaluate(with_api_model(lab, llama_server), EvalSettings(**settings), reuse=True)
     assert evaluate(with_api_model(lab, llama_server + "/"), EvalSettings(**settings), reuse=True).id == first.id
+    # its config.yaml says what ran it, and a backend named for it (a study's, say) is the same evaluation
+    assert first.config["backend"] == first.run.backend.backend == "api"
+    assert evaluate(with_api_model(lab, llama_server), EvalSettings(**settings, backend="vllm"), reuse=True).id == (
+        first.id)
 
     config = yaml.safe_load((lab.root / "lab.yaml").read_text())
     config["api_models"]["smol-api"]["model"] = "another-model"

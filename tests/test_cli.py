@@ -142,8 +142,9 @@ def test_init_makes_the_lab_a_git_repository_so_records_carry_its_commit(tmp_pat
     record = RunRecord.create(target / "runs", "eval", "x", {}, **eval_fields())
     assert record.run.environment.git == GitState(commit=git(target, "rev-parse", "HEAD"), dirty=False)
     # llamalab's own outputs (that run's folder, a report) do not make the next run's lab "uncommitted"
-    (target / "reports" / "r").mkdir(parents=True)
-    (target / "reports" / "r" / "README.md").write_text("x")
+    for built in ("reports", "assignments"):
+        (target / built / "r").mkdir(parents=True)
+        (target / built / "r" / "README.md").write_text("x")
     assert RunRecord.create(target / "runs", "eval", "x", {}, **eval_fields()).run.environment.git.dirty is False
     (target / "tasks" / "sentiment.yaml").write_text((target / "tasks" / "sentiment.yaml").read_text() + "\n")
     assert RunRecord.create(target / "runs", "eval", "x", {}, **eval_fields()).run.environment.git.dirty is True

@@ -348,6 +348,10 @@ def test_data_that_no_longer_matches_its_split_leaves_its_evaluations_out_everyw
     page = html.unescape(re.sub(r"<[^>]+>", "", (site / "tasks" / "sentiment" / "index.html").read_text()))
     assert "the data cannot be read now: data/splits/sentiment.json: the recorded split no longer matches" in page
     assert "made before the task's data files changed (before the edit [plain]), so none is shown" in page
+    (lab.root / "data" / "rt_polarity" / "rt-polarity.pos").unlink()  # a file gone: its path is the lab's own
+    page = (build_site(lab, tmp_path / "site") / "tasks" / "sentiment" / "index.html").read_text()
+    assert "data file data/rt_polarity/rt-polarity.pos not found (looked at data/rt_polarity/rt-polarity.pos)" in page
+    assert str(lab.root) not in page and str(lab.root.resolve()) not in page
     assert "not counted: the data cannot be read now" in page
 
 
@@ -512,3 +516,19 @@ def test_each_systems_row_is_its_widest_evaluation_on_current_data_on_random_rec
                 expected[system] = max(on_now)[2]  # most examples, then the latest made
         assert {e.run.system.label: e.record.id for e in entries} == expected
         assert earlier == sorted(f"{s} [plain]" for s in made if s not in expected)
+
+
+def test_a_narrow_table_folds_cells_and_never_cuts_a_name_or_a_number(lab):
+    """At 140 columns (a log, a pipe) rich cut every system name to `sentiment-l… [plain]`: rows could not be
+    told apart; a cell is folded onto more lines instead."""
+    from llamalab.evaluation.compare import comparison_table
+
+    for suffix in ("alpha", "beta"):
+        sentiment_eval(lab, f"sentiment-lora-with-a-long-experiment-name-{suffix}", [True, False] * 5)
+    for width in (80, 140):
+        console = Console(record=True, width=width)
+        console.print(comparison_table(compare(lab, "sentiment")))
+        text = console.export_text()
+        cells = [line for line in text.splitlines() if "│" in line]  # the rows (the caption says "n=…")
+        assert cells and not any("…" in line for line in cells), text
+        assert "alpha" in text and "beta" in text

@@ -125,7 +125,7 @@ def test_api_bad_input_fails_fast_and_clearly(lab, monkeypatch, tmp_path):
     spec = load_task(api_lab.task_path("sentiment"), api_lab.root)
     assert settings_hash(api_lab, spec, "remote", backend="vllm") == settings_hash(api_lab, spec, "remote")
     with load_system(api_lab, "remote", backend="llama.cpp") as loaded:
-        assert loaded.backend_name == "hf"
+        assert loaded.backend_name == "api"
 
 
 def test_unknown_backend_on_the_command_line(lab):

@@ -88,6 +88,26 @@ def test_atomic_writes_follow_the_umask_or_keep_the_files_mode(tmp_path: Path, u
         os.umask(before)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_a_staged_folders_files_follow_the_umask_whoever_wrote_them(tmp_path: Path, umask: int) -> None:
+    """safetensors writes weights owner-only (0600): an adapter or export on a shared machine was unreadable by
+    the rest of the lab. Executables keep their x bits."""
+    import torch
+    from safetensors.torch import save_file
+
+    before = os.umask(umask)
+    try:
+        with staged_folder(tmp_path / "adapter") as staging:
+            save_file({"w": torch.zeros(2)}, staging / "adapter_model.safetensors")
+            (staging / "sub").mkdir()
+            (staging / "sub" / "run.sh").write_text("#!/bin/sh\n")
+            (staging / "sub" / "run.sh").chmod(0o700)
+        assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+        assert (tmp_path / "adapter" / "sub" / "run.sh").stat().st_mode & 0o777 == 0o777 & ~umask
+    finally:
+        os.umask(before)
+
+
 def test_shared_build_keeps_a_target_another_process_finished_first(tmp_path: Path) -> None:
     target = tmp_path / "model-abc"
     with staged_folder(target, shared=True) as staging:

@@ -97,11 +97,11 @@ def data_check(
 def _print_check(name: str, report) -> None:
     entities = bool(report.entity_types)
     table = Table(title=f"task {escape(name)}")
-    table.add_column("split")
-    table.add_column("examples", justify="right")
-    table.add_column("tokens min / mean / p95 / max", justify="right")
-    table.add_column("answer tokens mean / max", justify="right")
-    table.add_column("entity types (entities)" if entities else "labels (smallest, largest)")
+    table.add_column("split", overflow="fold")
+    table.add_column("examples", justify="right", overflow="fold")
+    table.add_column("tokens min / mean / p95 / max", justify="right", overflow="fold")
+    table.add_column("answer tokens mean / max", justify="right", overflow="fold")
+    table.add_column("entity types (entities)" if entities else "labels (smallest, largest)", overflow="fold")
     for split, count in report.counts.items():
         t, a = report.token_lengths.get(split, {}), report.answer_lengths.get(split, {})
         balance = (report.entity_types if entities else report.label_balance).get(split, {})
@@ -201,9 +201,9 @@ def plan(
     result = plan_run(the_lab, experiment, device, processes, **parse_overrides(overrides or []))
     each = f", each of {processes} processes" if processes > 1 else ""
     table = Table(title=escape(f"memory plan: {experiment} on {result.device}{each}"))
-    table.add_column("part")
-    table.add_column("MiB", justify="right")
-    table.add_column("what")
+    table.add_column("part", overflow="fold")
+    table.add_column("MiB", justify="right", overflow="fold")
+    table.add_column("what", overflow="fold")
     notes = {"weights": "parameters at the training precision",
              "trainable": "gradients and AdamW's moments (LoRA: its weights too)",
              "activations": f"kept for the backward pass (the heaviest micro-batch, {result.tokens_per_batch:,} "
@@ -230,7 +230,7 @@ def plan(
         history = Table(title="the plan against the lab's past runs")
         for column in ("run", "device", "predicted MiB", "measured MiB", "error", "predicted s/epoch",
                        "measured s/epoch"):
-            history.add_column(column, justify="left" if column in ("run", "device") else "right")
+            history.add_column(column, justify="left" if column in ("run", "device") else "right", overflow="fold")
         for row in past:
             history.add_row(row.id, escape(row.device), f"{row.predicted_mb:,.0f}", f"{row.measured_mb:,.0f}",
                             f"{row.memory_error:+.0%}", f"{row.predicted_s_per_epoch:,.0f}"
@@ -478,7 +478,7 @@ def _print_study(lab, study, states, comparators=None) -> None:
     metric = task.metric_names[0]
     table = Table(title=escape(f"study {study.name} ({study.spec.kind}): {study.task}/{study.spec.eval.split}"))
     for column in ("cell", "status", "train run", "eval run", metric, "time"):
-        table.add_column(column, justify="right" if column in (metric, "time") else "left")
+        table.add_column(column, justify="right" if column in (metric, "time") else "left", overflow="fold")
     for state in states:
         m = state.eval.run.metrics.get(metric) if state.eval is not None and state.status == "finished" else None
         table.add_row(escape(state.cell.label), state.status, state.train.id if state.train else "",
@@ -504,7 +504,7 @@ def _print_sweep(study, states, metric: str, labels) -> None:
     table = Table(title=escape(f"{metric} of each setting (mean over seeds; 95% band over examples and seeds)"),
                   caption=escape(sweep_caption(board)))
     for column in header:
-        table.add_column(escape(column), justify="left" if column == "Setting" else "right")
+        table.add_column(escape(column), justify="left" if column == "Setting" else "right", overflow="fold")
     for cells in body:
         table.add_row(*(escape(c) for c in cells))
     out.print(table)
@@ -522,7 +522,8 @@ def _print_quantization(lab, study, rows) -> None:
     table = Table(title=escape(f"study {study.name} (quantization): {study.task}/{study.spec.eval.split}, "
                                "llama.cpp backend"), caption=escape(quant_caption(board)))
     for column in [*header, "eval run"]:
-        table.add_column(escape(column), justify="left" if column in ("System", "Type", "eval run") else "right")
+        table.add_column(escape(column), justify="left" if column in ("System", "Type", "eval run") else "right",
+                         overflow="fold")
     for cells, row in zip(body, rows, strict=True):
         table.add_row(*(escape(c) for c in cells), row.eval.id)
     out.print(table)
@@ -537,7 +538,7 @@ def _print_scaling(states, comparators, metric: str, labels) -> None:
     table = Table(title=escape(f"{metric} against training examples (mean over seeds; 95% band over examples and "
                                "seeds)"))
     for column in ("examples", "seeds", metric, "95% band", *(c.comparator for c in result.crossovers)):
-        table.add_column(escape(column), justify="right")
+        table.add_column(escape(column), justify="right", overflow="fold")
     for i, point in enumerate(result.curve):
         m = point.interval
         cells = [f"{point.size:,}", str(point.seeds), f"{m.estimate:.3f}", f"[{m.low:.3f}, {m.high:.3f}]"]

@@ -329,8 +329,8 @@ def comparison_table(result: Comparison) -> Table:
     )
     columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result.metrics), "Δ vs ref.", "p",
                "p (Holm)", "predictions", *(["$ / 1k ex", "time / 1k ex"] if with_cost else [])]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("system", "protocol") else "right")
+    for column in columns:  # a narrow terminal or log folds a cell onto more lines, never cuts it ("sentiment-l…")
+        table.add_column(column, justify="left" if column in ("system", "protocol") else "right", overflow="fold")
     for row in result.systems:
         cells = [row.system, row.protocol, f"{row.n:,}"]
         for name in result.metrics:

@@ -40,7 +40,7 @@ from llamalab.tasks.data import Example, TaskData, load_task_data
 from llamalab.tasks.prompts import Prompter, example_start, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
 
-DEFAULT_BACKEND: BackendName = "hf"  # local models; an API model is recorded with it, whatever was asked
+DEFAULT_BACKEND: BackendName = "hf"
 
 
 class EvalSettings(StrictModel):
@@ -49,7 +49,8 @@ class EvalSettings(StrictModel):
     system: str
     task: str
     split: Literal["train", "dev", "test"] = "test"
-    backend: BackendName = Field(DEFAULT_BACKEND, description="for local models; API models use their API")
+    backend: BackendName | Literal["api"] = Field(
+        DEFAULT_BACKEND, description="for local models; API models use their API (recorded as api)")
     format: Literal["plain", "chat"] | None = Field(
         None, description="default: the task's format (a fine-tuned run: the format it was trained in)"
     )
@@ -79,7 +80,7 @@ class LoadedSystem:
     name: str  # what it was loaded by (a model, a train run id, an API model from lab.yaml)
     system: System
     backend: Backend
-    backend_name: BackendName
+    backend_name: BackendName | Literal["api"]
     precision: str = DEFAULT_PRECISION  # what it was opened for: its label-scoring evaluations score in it
 
     def check_precision(self, asked: str | None, caller: str) -> None:
@@ -108,7 +109,7 @@ def load_system(lab: Lab, name: str, backend: BackendName = DEFAULT_BACKEND, pre
     """Open `name` (a model, a train run id or an API model from lab.yaml) on `backend`, for `evaluate`."""
     system = resolve_system(lab, name)
     opened = system.open(backend, precision)
-    return LoadedSystem(name, system, opened, DEFAULT_BACKEND if system.api else backend, precision)
+    return LoadedSystem(name, system, opened, "api" if system.api else backend, precision)
 
 
 def evaluate(
@@ -281,8 +282,8 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
         raise LlamalabError(f"{system.label} is a chat API: it can only be prompted in chat format")
     prompt_format = "chat" if is_api else settings.format or system.trained_format or task.prompt.format
     max_new = settings.max_new_tokens or task.answer.default_max_new_tokens
-    # an API model runs on its API whatever the backend setting (a study's, say): one setting recorded for it
-    backend = DEFAULT_BACKEND if is_api else settings.backend
+    # an API model runs on its API whatever the backend setting (a study's, say): recorded as what ran it
+    backend = "api" if is_api else settings.backend
     return settings.model_copy(update={"protocol": protocol, "format": prompt_format, "max_new_tokens": max_new,
                                        "backend": backend})
 

@@ -264,7 +264,9 @@ def data_card(lab: Lab, task: Task) -> dict:
         data = load_task_data(task, strict=False)
     except LlamalabError as exc:
         data = None
-        problem = f"the data cannot be read now: {exc}"
+        # the site is published: the lab's own path is no part of it
+        problem = "the data cannot be read now: " + str(exc).replace(f"{task.lab_root.resolve()}/", "").replace(
+            f"{task.lab_root}/", "")
     report = check_task_data(data, task) if data is not None else None
     folders = sorted({(task.lab_root / f.path).parent for f in task.data.files})
     sources = []

@@ -44,6 +44,17 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+def _readable(folder: Path) -> None:
+    """Give the files built in `folder` the permissions a plain `open()` gives under the umask (executables keep
+    their x bits): some writers make theirs owner-only (safetensors' weights, mkstemp), and an adapter or export on
+    a shared lab machine must be readable by the lab like its other files."""
+    mask = _umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            executable = path.stat().st_mode & 0o111
+            path.chmod((0o777 if executable else 0o666) & ~mask)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
@@ -82,6 +93,7 @@ def _staged(target: Path, staging: Path, shared: bool) -> Iterator[Path]:
     staging.mkdir(parents=True)
     try:
         yield staging
+        _readable(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

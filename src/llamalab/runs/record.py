@@ -447,8 +447,8 @@ def git_state(cwd: Path) -> dict[str, Any]:
             ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
 
-    try:  # what llamalab itself writes (run records, reports, the site) is not an uncommitted change to the lab
-        mine = [f":(exclude){folder}" for folder in ("runs", "reports", "site")]
+    try:  # what llamalab itself writes (run records, reports, the site, assignments) is not an uncommitted change
+        mine = [f":(exclude){folder}" for folder in ("runs", "reports", "site", "assignments")]
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", ".", *mine))}
     except (subprocess.SubprocessError, FileNotFoundError):
         return {"commit": None, "dirty": None}
