@@ -298,6 +298,11 @@ def test_duplicates_and_leakage_are_the_same_text_not_the_same_words():
     assert normalize_text("A well-made, café film!") == normalize_text("a well-made cafe film") == \
         "a well-made cafe film"
     assert normalize_text("«Bonjour» — dit-il.") == "bonjour dit-il"
+    # an arithmetic sign between spaces is part of the problem; the marks of other scripts are letters
+    for a, b in (("What is 12 + 5?", "What is 12 - 5?"), ("Compute -5 + 3", "Compute 5 * 3"), ("x > 3", "x < 3"),
+                 ("かき", "がき"), ("कत", "क्त")):
+        assert normalize_text(a) != normalize_text(b), (a, b)
+    assert normalize_text("Ἀθῆναι, Москва́") == normalize_text("αθηναι москва")  # Greek and Cyrillic accents go
 
 
 def test_leakage_counts_only_the_same_problem(tmp_path):
@@ -312,3 +317,10 @@ def test_leakage_counts_only_the_same_problem(tmp_path):
     assert isinstance(task, Task)
     report = check_task_data(load_task_data(task, strict=False), task)
     assert report.overlap == {"test": 1}
+    # dev and test share a text: a choice made on dev has seen a test example
+    (tmp_path / "dev.jsonl").write_text(json.dumps({"text": "what is 12-5", "label": "neg"}) + "\n")
+    task = make_task(tmp_path, [{"path": "train.jsonl", "split": "train"}, {"path": "dev.jsonl", "split": "dev"},
+                                {"path": "test.jsonl", "split": "test"}])
+    report = check_task_data(load_task_data(task, strict=False), task)
+    assert report.overlap == {"dev": 0, "test": 1}
+    assert any(w.startswith("dev/test overlap: 1 test text(s) also appear in dev") for w in report.warnings)

@@ -83,7 +83,8 @@ def test_an_emptied_split_shows_its_bad_rows_and_names_its_files(lab):
     report = check_task_data(data, task)
     assert report.errors == [
         "data/p/test.jsonl:1: missing or empty field(s): text",
-        "data/p/test.jsonl:2: label 'maybe' is not in the task's label set",
+        "data/p/test.jsonl:2: label 'maybe' is not in the task's label set ('neg', 'pos'): add it to answer.labels, "
+        "or fix the row",
         "split 'test' is empty: no usable row in data/p/test.jsonl (2 bad row(s), listed above)",
     ]
     result = check(lab)
@@ -108,7 +109,8 @@ def test_multiline_csv_record_is_cited_at_its_first_line(lab):
     (folder / "test.csv").write_text('text,label\n"one\ntwo\nthree",maybe\nok,pos\n"four\nfive",pos\n')
     write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.csv, split: test}]")
     data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
-    assert [str(b) for b in data.bad_rows] == ["data/p/test.csv:2: label 'maybe' is not in the task's label set"]
+    assert [str(b) for b in data.bad_rows] == ["data/p/test.csv:2: label 'maybe' is not in the task's label set "
+                                               "('neg', 'pos'): add it to answer.labels, or fix the row"]
     last = data.split("test")[1]
     assert last.source == "data/p/test.csv:6"
     assert last.id == "data/p/test.csv:7"  # ids keep the line a record ends on: pinned splits stay valid
@@ -377,3 +379,93 @@ def test_a_task_file_whose_name_is_not_its_own_is_refused(lab):
     with pytest.raises(LlamalabError, match=r"(?s)sentiment_v2.yaml: key .name.: .sentiment. is not the file.s "
                                             r"name.*rename the file to tasks/sentiment.yaml.*set name: sentiment_v2"):
         load_task(copy, lab.root)
+
+
+def test_pool_rows_drawn_into_train_share_its_ids(lab):
+    """A pool row whose id a train file already has went into train twice: predictions keyed by id paired one
+    example's answer with the other's."""
+    folder = data_dir(lab)
+    (folder / "train.jsonl").write_text('{"id": "1", "text": "x", "label": "pos"}\n'
+                                        '{"id": "2", "text": "y", "label": "neg"}\n')
+    (folder / "pool.jsonl").write_text("".join(json.dumps({"id": str(i), "text": f"t{i}", "label": "pos"}) + "\n"
+                                               for i in range(1, 7)))
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, {path: data/p/pool.jsonl}]",
+                   extra="  id_field: id")
+    task_file = lab.task_path("probe")
+    task_file.write_text(task_file.read_text().replace("  id_field: id", "  id_field: id\n  split: {dev: 0.5}"))
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows][:2] == [
+        "data/p/pool.jsonl:1: example id '1' was already used at data/p/train.jsonl:1; ids must be unique within a "
+        "split: fix data.id_field ('id')",
+        "data/p/pool.jsonl:2: example id '2' was already used at data/p/train.jsonl:2; ids must be unique within a "
+        "split: fix data.id_field ('id')"]
+    with pytest.raises(LlamalabError, match="2 bad row"):
+        load_task_data(load_task(lab.task_path("probe"), lab.root))
+
+
+def test_label_values_are_read_as_the_task_spells_its_labels(lab):
+    """JSON's true read as "True", a pandas float column's 1.0 as "1.0": every row was refused."""
+    folder = data_dir(lab)
+    (folder / "train.jsonl").write_text('{"text": "a", "label": true}\n{"text": "b", "label": false}\n')
+    (folder / "test.jsonl").write_text('{"text": "c", "label": 1.0}\n{"text": "d", "label": 0}\n'
+                                       '{"text": "e", "label": 2.5}\n')
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}]", answer="{labels: ['true', 'false']}")
+    assert [ex.answer for ex in load_task_data(load_task(lab.task_path("probe"), lab.root)).split("train")] == [
+        "true", "false"]
+    write_lab_task(lab, "[{path: data/p/test.jsonl, split: test}]", answer="{labels: [0, 1]}")  # YAML ints: "0", "1"
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [ex.answer for ex in data.split("test")] == ["1", "0"]
+    assert [str(b) for b in data.bad_rows] == ["data/p/test.jsonl:3: label '2.5' is not in the task's label set "
+                                               "('0', '1'): add it to answer.labels, or fix the row"]
+
+
+def test_a_nested_path_as_a_task_field_says_how_to_map_it(lab):
+    """`text_fields: [question.text]` passed the file check and then failed every row as "missing"."""
+    folder = data_dir(lab)
+    (folder / "train.jsonl").write_text('{"question": {"text": "q1"}, "label": "pos"}\n')
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}]", extra="  text_fields: [question.text]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == [
+        "data/p/train.jsonl:1: 'question.text' is a path into the records, not a field of their own: map it with "
+        "`fields: {question_text: question.text}` on the data file and name 'question_text' in the task instead"]
+    (folder / "lines.txt").write_text("good\n")
+    write_lab_task(lab, "[{path: data/p/lines.txt, label: pos, split: train}]", extra="  text_fields: [sentence]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert "each line of data/p/lines.txt is the field 'text'" in str(data.bad_rows[0])
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"text": "z", "label": "pos", "label": "neg"}\n', "data/p/train.jsonl:1: an object names 'label' twice"),
+    ("\ufefftext\tlabel\nz\tpos\n".encode("utf-16"), "data/p/train.jsonl:1: starts with a UTF-16 byte-order mark"),
+])
+def test_rows_a_reader_would_misread_silently_are_bad_rows(lab, content, message):
+    folder = data_dir(lab)
+    (folder / "train.jsonl").write_bytes(content.encode() if isinstance(content, str) else content)
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert message in str(data.bad_rows[0]), data.bad_rows
+
+
+def test_a_stray_quote_in_a_tsv_is_caught_and_quoted_line_breaks_read_the_same_from_any_checkout(lab):
+    folder = data_dir(lab)
+    (folder / "a.tsv").write_text('one\tpos\n"Scare quotes open here\tpos\nand closed here"\tneg\nlast\tneg\n')
+    write_lab_task(lab, "[{path: data/p/a.tsv, split: train, header: false, columns: [text, label]}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [ex.fields["text"] for ex in data.split("train")] == ["one", "last"]
+    assert str(data.bad_rows[0]).startswith("data/p/a.tsv:2: a quoted field runs from line 2 to line 3 and holds a "
+                                            "tab: a stray quote?; if the file does not quote its fields")
+    for newline in ("\n", "\r\n"):
+        (folder / "b.csv").write_bytes(f'text,label{newline}"multi{newline}line",pos{newline}'.encode())
+        write_lab_task(lab, "[{path: data/p/b.csv, split: train}]")
+        (example,) = load_task_data(load_task(lab.task_path("probe"), lab.root)).split("train")
+        assert example.fields["text"] == "multi\nline"
+
+
+def test_bad_rows_are_listed_in_file_order(lab):
+    folder = data_dir(lab)
+    (folder / "train.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": "", "label": "pos"}\n'
+                                        '{"text": "c", "label": "nope"}\n{"text": "d", "label": "pos"}\n{"broken\n')
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [b.source for b in data.bad_rows] == ["data/p/train.jsonl:2", "data/p/train.jsonl:3",
+                                                 "data/p/train.jsonl:5"]

@@ -119,11 +119,11 @@ def test_api_bad_input_fails_fast_and_clearly(lab, monkeypatch, tmp_path):
         evaluate(api_lab, EvalSettings(system="remote", task="sentiment", protocol="loglikelihood"))
     # an API model runs on its API whatever the backend setting: it was recorded as the backend asked for (and so
     # split the settings hash, and reuse missed the run)
-    from llamalab.evaluation.evaluate import load_system, settings_hash
+    from llamalab.evaluation.evaluate import load_system, settings_hashes
     from llamalab.tasks.task import load_task
 
     spec = load_task(api_lab.task_path("sentiment"), api_lab.root)
-    assert settings_hash(api_lab, spec, "remote", backend="vllm") == settings_hash(api_lab, spec, "remote")
+    assert settings_hashes(api_lab, spec, "remote", backend="vllm") & settings_hashes(api_lab, spec, "remote")
     with load_system(api_lab, "remote", backend="llama.cpp") as loaded:
         assert loaded.backend_name == "api"
 
@@ -308,16 +308,29 @@ def test_a_model_named_by_its_path_in_the_lab_is_found_from_any_folder(lab, tiny
     monkeypatch.chdir(lab.root / "data")
     assert evaluate(lab, "models/tiny", task="sentiment", limit=2, reuse=True).id == base.id
     # One system, any spelling: reuse (and resume, and a study's lookup by settings hash) find its evaluation.
-    from llamalab.evaluation.evaluate import settings_hash
+    from llamalab.evaluation.evaluate import settings_hashes
     from llamalab.tasks.task import load_task
 
     spec = load_task(lab.task_path("sentiment"), lab.root)
     for other in ("./models/tiny", "models/tiny/", str(lab.root / "models" / "tiny"), "../models/tiny"):
         assert evaluate(lab, other, task="sentiment", limit=2, reuse=True).id == base.id, other
-        assert settings_hash(lab, spec, other, limit=2) == settings_hash(lab, spec, "models/tiny", limit=2)
+        assert settings_hashes(lab, spec, other, limit=2) & settings_hashes(lab, spec, "models/tiny", limit=2)
     for other in (trained.id[-4:], trained.id[-12:]):  # a unique part of the run id names the same run
         assert evaluate(lab, other, task="sentiment", limit=2, reuse=True).id == record.id, other
     assert record.config["system"] == trained.id
+    # a model folder at the lab's root is `./rel`: spelled `rel` it would name the train run of experiment "rel"
+    shutil.copytree(tiny_model_dir, lab.root / "rel")
+    at_root = evaluate(lab, "./rel", task="sentiment", limit=2)
+    assert at_root.run.system.kind == "base" and at_root.config["system"] == "./rel"
+    assert evaluate(lab, str(lab.root / "rel"), task="sentiment", limit=2, reuse=True).id == at_root.id
+    # an evaluation recorded before one spelling per system (the name as given) is still found by that name
+    import llamalab.evaluation.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "canonical_name", lambda lab, name: name)
+    older = evaluate(lab, "models/tiny/", task="sentiment", limit=3)
+    monkeypatch.undo()
+    assert older.config["system"] == "models/tiny/"
+    assert evaluate(lab, "models/tiny/", task="sentiment", limit=3, reuse=True).id == older.id
 
 
 def test_predictions_for_a_handout_score_in_the_precision_the_system_was_loaded_for(lab, tiny_model_dir, tmp_path):

@@ -408,7 +408,7 @@ def test_a_recorded_experiment_reads_back_as_itself(method):
 
 
 @pytest.mark.slow
-def test_plan_for_several_processes_is_one_process_share(lab):
+def test_plan_for_several_processes_is_one_process_share(lab, monkeypatch):
     """`llamalab plan --processes N`: each process's micro-batch is its share of the global batch (LoRA keeps the
     whole model in each); a global batch that does not divide is refused, as `train` refuses it."""
     from llamalab.training.plan import plan_run
@@ -431,6 +431,9 @@ def test_plan_for_several_processes_is_one_process_share(lab):
         assert planned.checkpointing == checkpointing, (processes, planned.reason)
     assert plan_run(lab, "sentiment-lora", "24GB", 2, max_steps=10, memory_limit=limit).budget_mb == pytest.approx(
         plan_run(lab, "sentiment-lora", "24GB", 1, max_steps=10, memory_limit=limit).budget_mb)  # a card each
+    # a study's cells run side by side share the machine too (the cell worker says how many run at once)
+    monkeypatch.setenv("LLAMALAB_CELLS_AT_ONCE", "2")
+    assert plan_run(lab, "sentiment-lora", "cpu", 1, max_steps=10, memory_limit=limit).checkpointing
 
 
 def test_time_per_epoch_for_several_processes_learns_from_runs_of_its_own_kind(tmp_path):
@@ -459,7 +462,8 @@ def test_time_per_epoch_for_several_processes_learns_from_runs_of_its_own_kind(t
         for k in range(60):
             their_method, their_processes = rng.choice(["lora", "full"]), rng.choice([1, 2, 4])
             where = rng.choice([device.describe(), "another device (8.0 GiB)",
-                                f"{device.name}, planned as 24GB (24.0 GiB)"])
+                                f"{device.name}, planned as 24GB (24.0 GiB)",
+                                f"{device.name}, a 1/{their_processes} share for each process (40.0 GiB)"])
             record = RunRecord.create(runs_dir, "train", f"r{k}", {"method": their_method}, **train_fields())
             rate, fpt = rng.uniform(10, 5000), mine * rng.choice([rng.uniform(0.5, 2), rng.uniform(0.01, 0.4),
                                                                   rng.uniform(2.5, 100)])

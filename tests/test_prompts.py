@@ -76,7 +76,14 @@ def test_a_template_that_starts_with_a_field_is_recognised_by_its_first_literal_
     plain = Prompter(task(template="{{ text }}\nSentiment:"), tokenizer, "plain")
     assert plain.answer_text(" good\n\na bad film .\nSentiment: negative") == " good"
     assert plain.answer_text(" good\n\nthe end .") == " good\n\nthe end ."  # no literal line: no new example
-    assert plain.answer_text(" good\n\nmore\n\nx Sentiment: bad") == " good\n\nmore"  # the nearest blank line
+    assert plain.answer_text(" good\n\nmore\n\nx\nSentiment: bad") == " good\n\nmore"  # the example's own blank
+    assert plain.answer_text(" good\n\nmore\n\nx Sentiment: bad") == " good\n\nmore\n\nx Sentiment: bad"  # no line
+    # the template's own blank lines and line breaks are the made-up example's: a paragraph of the answer that
+    # merely contains the literal words is not cut, and a passage-first example is cut before its passage
+    passage = Prompter(task(template="{{ text }}\n\nQuestion: {{ text }}\nAnswer:"), tokenizer, "plain")
+    assert passage.answer_text(" Paris\n\nSome other passage.\n\nQuestion: who?\nAnswer: Bob") == " Paris"
+    question = Prompter(task(template="{{ text }}\nAnswer:"), tokenizer, "plain")
+    assert question.answer_text(" Step one.\n\nAnswer: 7") == " Step one.\n\nAnswer: 7"
     inline = Prompter(task(template="{# a comment #}{{ text }} ->{% if true %} label:{% endif %}"), tokenizer, "plain")
     assert inline.answer_text(" good\n\nsome film -> bad") == " good"
     assert Prompter(task(template="{{ text }}"), tokenizer, "plain").answer_text(" a\n\nb") == " a\n\nb"
@@ -106,7 +113,7 @@ def test_a_run_on_example_is_cut_off_for_random_templates_and_texts(tokenizer, s
         return "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 5))) for _ in range(lines))
 
     opening = rng.choice(["", "Review:", "Text of the review:"])
-    closing = rng.choice(["\nSentiment:", " ->", "\nQ: is it good?\nA:"])
+    closing = rng.choice(["\nSentiment:", " ->", "\nQ: is it good?\nA:", "\n\nQuestion: {{ text }}\nAnswer:"])
     template = f"{opening} {{{{ text }}}}{closing}".lstrip()
     prompter = Prompter(task(template=template), tokenizer, "plain", shots=(EX,))
     answer = " " + text(rng.randint(1, 3))  # no blank line inside

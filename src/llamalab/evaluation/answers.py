@@ -123,7 +123,7 @@ _BRACE = re.compile(r"[{}]")
 
 
 def _canonical(match: re.Match[str]) -> str | None:
-    """The number in canonical form; None for one of thousands of digits (past Python's limit on converting
+    """The number in canonical form; None for one of over 4,300 digits (past Python's limit on converting
     integers to text: no answer is one, and it must not crash a grader or an evaluation)."""
     try:
         return _canonical_value(match)
@@ -206,9 +206,11 @@ def extract_number(text: str) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # Entities
 
-_JSON_START = re.compile(r"[\[{]")
+# Where an answer can start: a list of objects (or an empty one), or an object with a key. Other brackets are
+# not tried: each failed try costs the decoder time growing with its position (its error counts the lines).
+_JSON_START = re.compile(r'\[\s*[{\]]|\{\s*"')
 _NESTED = re.compile(r"[\[{\s]+")
-_JSON_BUDGET = 1_000_000  # characters the tries to decode a JSON value may read in all (at most ~20 ms)
+_JSON_BUDGET = 1_000_000  # what the tries may cost in all, in characters of text decoded or counted (~20 ms)
 
 
 def _normalize_entity(entity_type: str, text: str) -> Entity:
@@ -235,29 +237,31 @@ def parse_entities(text: str) -> list[Entity] | None:
     """Parse a model's JSON entity answer into normalised (type, text) pairs, or None if it is invalid.
 
     Accepts a list ``[{"type": ..., "text": ...}, ...]`` or ``{"entities": [...]}``, anywhere in the text: prose
-    or a ```` ```json ```` fence around it is skipped, as is any JSON value of another shape before it (until the
-    tries have read a million characters in all: a text built to be slow to parse gets no more time). Extra keys
+    or a ```` ```json ```` fence around it is skipped, as is any JSON value of another shape before it (tries
+    stop once they may have cost a million characters of decoding: a text built to be slow gets no more time;
+    each failed try is charged the whole text). Extra keys
     are ignored. Types are lower-cased and stripped; entity text is whitespace-collapsed. Anything else (no JSON,
     single-quoted pseudo-JSON, an item missing "type" or "text") gives None, which scorers treat as predicting no
     entities.
     """
     decoder = json.JSONDecoder()
-    pos, read = 0, 0
-    # Each try may read to the text's end: a budget of characters read keeps a text built to be slow linear.
-    while read < _JSON_BUDGET and (start := _JSON_START.search(text, pos)) is not None:
+    pos, cost = 0, 0
+    # Each try may read to the text's end, and a failed one counts lines from its start: a budget keeps a text
+    # built to be slow from taking time growing with the square of its length.
+    while cost < _JSON_BUDGET and (start := _JSON_START.search(text, pos)) is not None:
         try:
             value, end = decoder.raw_decode(text, start.start())
-        except json.JSONDecodeError as exc:
-            pos, read = start.start() + 1, read + exc.pos - start.start() + 1
+        except json.JSONDecodeError:
+            pos, cost = start.start() + 1, cost + len(text)  # read up to the end, at most; its lines counted
             continue
         except RecursionError:  # nested deeper than Python's decoder goes: not an answer, nor is any value inside
-            pos, read = _NESTED.match(text, start.start()).end(), read + len(text) - start.start()
+            pos, cost = _NESTED.match(text, start.start()).end(), cost + len(text)
             continue
         entities = _as_entities(value)
         if entities is not None:
             return entities
         # Skip past the whole value: a list nested in some other object is not the answer.
-        pos, read = end, read + end - start.start()
+        pos, cost = end, cost + end - start.start()
     return None
 
 

@@ -141,6 +141,7 @@ def evaluate(
             fields["backend"] = loaded.backend_name
             loaded.check_precision(fields.get("precision"), "evaluate()")
         settings = parse_model(EvalSettings, {k: v for k, v in fields.items() if v is not None}, "evaluate()")
+    given = settings
     settings = settings.model_copy(update={"system": canonical_name(lab, settings.system)})
     task_spec = load_task(lab.task_path(settings.task), lab.root)
     resolved = loaded.system if loaded else resolve_system(lab, settings.system)
@@ -148,6 +149,7 @@ def evaluate(
     settings = complete_settings(settings, task_spec, resolved)
     if loaded:
         settings = loaded.scoring(settings)
+    before = [recorded_before(settings, given).model_dump()]  # an evaluation made before is still this one
     if budget is not None and settings.protocol == "loglikelihood":
         console.print(f"[yellow]max_new_tokens {budget} is not used: label scoring (--protocol loglikelihood) "
                       "generates nothing; --protocol generate would use it[/]")
@@ -155,20 +157,22 @@ def evaluate(
     data = load_task_data(task_spec)
     inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes,
                     task_spec.definition_sha256("eval"), resolved.api.model_dump() if resolved.api else None)
-    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs)):
+    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs, also=before)):
         return done
-    return _evaluate(lab, settings, task_spec, data, resolved, loaded, console, inputs if resume else None)
+    return _evaluate(lab, settings, task_spec, data, resolved, loaded, console, inputs if resume else None,
+                     before)
 
 
 def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, system: System,
-              loaded: LoadedSystem | None, console: Console, resume: Inputs | None) -> RunRecord:
+              loaded: LoadedSystem | None, console: Console, resume: Inputs | None,
+              before: list[dict] | None = None) -> RunRecord:
     """The evaluation; with `resume` (the inputs it must have started from), continuing an unfinished one."""
     examples = select_examples(data.split(settings.split), settings.limit)
     shots = draw_shots(task, data, settings)
 
     config = settings.model_dump()
     name = f"{task.name}-{system.label.replace('/', '_')}"
-    record = resume_run(lab.runs_dir, "eval", name, config, resume) if resume else None
+    record = resume_run(lab.runs_dir, "eval", name, config, resume, also=before or []) if resume else None
     started = time.perf_counter()
     # Before any run folder exists: a model that cannot load, or a setting its backend cannot honour, leaves none.
     if loaded is None:
@@ -288,13 +292,23 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
                                        "backend": backend})
 
 
-def settings_hash(lab: Lab, spec: Task, system: str, **options: Any) -> str:
-    """The settings hash `evaluate(lab, system, task=spec.name, **options)` records, found without loading a
-    model: studies find their evaluations by it, as `evaluate(reuse=True)` does, so an evaluation of the same
-    system with other settings (shots, format, protocol, ...) is never taken for theirs."""
-    settings = parse_model(EvalSettings, {"system": canonical_name(lab, system), "task": spec.name,
-                                          **{k: v for k, v in options.items() if v is not None}}, "evaluate()")
-    return config_hash(complete_settings(settings, spec, system_outline(lab, system)).model_dump())
+def settings_hashes(lab: Lab, spec: Task, system: str, **options: Any) -> set[str]:
+    """The settings hashes under which `evaluate(lab, system, task=spec.name, **options)` finds an evaluation of
+    its own, without loading a model: studies find their evaluations by them, as `evaluate(reuse=True)` does, so
+    an evaluation of the same system with other settings (shots, format, protocol, ...) is never taken for
+    theirs. The hash it records now, and the one recorded before evaluations spelled each system one way and
+    an API model's backend as api (`recorded_before`)."""
+    given = parse_model(EvalSettings, {"system": system, "task": spec.name,
+                                       **{k: v for k, v in options.items() if v is not None}}, "evaluate()")
+    now = complete_settings(given.model_copy(update={"system": canonical_name(lab, system)}), spec,
+                            system_outline(lab, system))
+    return {config_hash(now.model_dump()), config_hash(recorded_before(now, given).model_dump())}
+
+
+def recorded_before(settings: EvalSettings, given: EvalSettings) -> EvalSettings:
+    """Complete `settings` as evaluations recorded them before one spelling per system (`canonical_name`) and an
+    API model's backend recorded as api: the system as given, the backend as asked for."""
+    return settings.model_copy(update={"system": given.system, "backend": given.backend})
 
 
 def select_examples(examples: list[Example], limit: int | None) -> list[Example]:
@@ -329,9 +343,9 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
             parsing += ("; the answer ends where a blank line is followed by the prompt's opening words (the model "
                         "starting another example): the rest is kept in the generation, not scored")
         elif settings.format == "plain" and kind == "later":
-            parsing += ("; the answer ends at a blank line followed by text (without a blank line) and then the "
-                        "template's first literal line (the model starting another example): the rest is kept in "
-                        "the generation, not scored")
+            parsing += ("; the answer ends at a blank line followed by the template's start up to its first "
+                        "literal line (its fields as text without a blank line, its line breaks as written: the "
+                        "model starting another example): the rest is kept in the generation, not scored")
         return {"protocol": "generate", "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
                 "parsing": parsing, "unparsed_answer": "counted as wrong"}
     return {

@@ -118,7 +118,8 @@ def resume_hint(lab: Lab, record: RunRecord) -> str:
 def canonical_name(lab: Lab, name: str) -> str:
     """One spelling per system, for the settings an evaluation records and is found by: a train run by its full
     id (not a unique part of it), a model folder or file inside the lab by its path from the lab root
-    (`./models/x`, `models/x/` and an absolute path are one model); anything else as given."""
+    (`./models/x`, `models/x/` and an absolute path are one model; one at the root as `./x`, which no run id
+    is taken for); anything else as given (without a trailing slash)."""
     if name in lab.config.api_models:
         return name
     if (record := _train_run(lab, name)) is not None:
@@ -127,7 +128,10 @@ def canonical_name(lab: Lab, name: str) -> str:
     if not path.exists():
         return name
     resolved, root = path.resolve(), lab.root.resolve()
-    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else name
+    if not resolved.is_relative_to(root):
+        return name.rstrip("/") or name
+    inside = resolved.relative_to(root).as_posix()
+    return inside if "/" in inside else f"./{inside}"
 
 
 def system_outline(lab: Lab, name: str) -> System:

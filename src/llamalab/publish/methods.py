@@ -200,7 +200,7 @@ def _system_selection(label: str, tests: list[_Eval], runs: list[RunRecord], met
                 f"{metric} {_score(only.value)} on {only.sample}) before its test evaluation: no alternative was "
                 f"compared there.{after}")
     compared = f"{len(configs)} dev evaluations on {sample} ({metric}: {listing})"
-    return _verdict(label, metric, compared, configs, [_settings(e.config) for e in tests], varied) + after
+    return _verdict(label, metric, compared, configs, [_settings(e) for e in tests], varied) + after
 
 
 @dataclass
@@ -212,8 +212,8 @@ class _DevConfig:
 
 def _dev_configs(runs: list[RunRecord], metric: str, sizes: _SplitSizes) -> list[_DevConfig]:
     """One entry per configuration (a re-run replaces the earlier one), best first."""
-    latest = {_key(_settings(r.config)): r for r in runs}
-    configs = [_DevConfig(_settings(r.config), m.estimate if (m := r.run.metrics.get(metric)) else None,
+    latest = {_key(_settings(r)): r for r in runs}
+    configs = [_DevConfig(_settings(r), m.estimate if (m := r.run.metrics.get(metric)) else None,
                           _sample(r.run, r.config, "dev", sizes, show_limit=False)) for r in latest.values()]
     return sorted(configs, key=lambda c: (c.value is None, -(c.value or 0), _describe(c.settings, [])))
 
@@ -249,8 +249,11 @@ def _verdict(label: str, metric: str, compared: str, configs: list[_DevConfig], 
     return f"{label} was compared in {compared} before its test evaluation, but {outcome}."
 
 
-def _settings(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in _NOT_CONFIGURATION}
+def _settings(record: RunRecord | _Eval) -> dict:
+    """An evaluation's configuration; an API model runs on its API whatever backend its settings name (older
+    records name hf, or whatever was asked for, where newer ones name api)."""
+    api = getattr(record.run.system, "kind", None) == "api"
+    return {k: v for k, v in record.config.items() if k not in _NOT_CONFIGURATION and not (api and k == "backend")}
 
 
 def _key(settings: dict) -> str:

@@ -264,8 +264,12 @@ def data_card(lab: Lab, task: Task) -> dict:
         data = load_task_data(task, strict=False)
     except LlamalabError as exc:
         data = None
-        # the site is published: the lab's own path is no part of it
-        problem = "the data cannot be read now: " + str(exc).replace(f"{task.lab_root.resolve()}/", "").replace(
+        # the site is published: no machine's path is part of it (a data file as the task file writes it)
+        problem = str(exc)
+        for file in task.data.files:
+            for where in {str(task.data_path(file)), str(task.data_path(file).resolve())}:
+                problem = problem.replace(where, file.path)
+        problem = "the data cannot be read now: " + problem.replace(f"{task.lab_root.resolve()}/", "").replace(
             f"{task.lab_root}/", "")
     report = check_task_data(data, task) if data is not None else None
     folders = sorted({(task.lab_root / f.path).parent for f in task.data.files})

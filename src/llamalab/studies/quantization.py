@@ -121,11 +121,12 @@ def _recorded(lab: Lab, task, path: Path, options: dict, evals: list[RunRecord])
     not another evaluation of the same file; its inputs: not one of an earlier export at the same path, or of the
     task's earlier data). Files were named by their absolute path before they were named by their path in the lab:
     an evaluation of either kind is the file's."""
-    from llamalab.evaluation.evaluate import settings_hash
+    from llamalab.evaluation.evaluate import settings_hashes
     from llamalab.models import gguf_revision
     from llamalab.tasks.data import current_file_hashes
 
-    wanted = {settings_hash(lab, task, name, **options) for name in (lab_name(lab, path), str(path))}
+    wanted = settings_hashes(lab, task, lab_name(lab, path), **options) | settings_hashes(lab, task, str(path),
+                                                                                           **options)
     inputs = Inputs(gguf_revision(path) if path.is_file() else None, current_file_hashes(task),
                     task.definition_sha256("eval"))
     found = [r for r in evals if r.run.config_hash in wanted and inputs.differ(r) is None]

@@ -72,10 +72,10 @@ class _Evaluations:
         self.records = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished or not finished_only]
 
     def of(self, system: str, **options) -> list[RunRecord]:
-        from llamalab.evaluation.evaluate import settings_hash
+        from llamalab.evaluation.evaluate import settings_hashes
 
-        wanted = settings_hash(self.lab, self.task, system, **options)
-        return [r for r in self.records if r.run.config_hash == wanted]
+        wanted = settings_hashes(self.lab, self.task, system, **options)
+        return [r for r in self.records if r.run.config_hash in wanted]
 
 
 class _CurrentData:
@@ -250,7 +250,7 @@ def _run_in_processes(lab: Lab, study: Study, todo: list[CellState], console: Co
     # spawn, not fork: a forked child would inherit this process's torch threads and locks
     with ProcessPoolExecutor(max_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_cell_process, str(lab.root), study.name, s.cell.key, str(logs / f"{s.cell.key}.log"),
-                               threads): s for s in todo}
+                               threads, min(max_parallel, len(todo))): s for s in todo}
         for future in as_completed(futures):
             state = futures[future]
             try:
@@ -262,13 +262,17 @@ def _run_in_processes(lab: Lab, study: Study, todo: list[CellState], console: Co
     return failures
 
 
-def _cell_process(lab_root: str, study_name: str, cell_key: str, log: str, threads: int) -> str:
-    """One cell in a worker process: its output (Python's and the libraries') goes to `log`."""
+def _cell_process(lab_root: str, study_name: str, cell_key: str, log: str, threads: int, at_once: int) -> str:
+    """One cell in a worker process: its output (Python's and the libraries') goes to `log`; it plans its memory
+    as one of `at_once` cells sharing the machine."""
     import os
     import sys
 
     import torch
 
+    from llamalab.training.plan import SHARED_BY
+
+    os.environ[SHARED_BY] = str(at_once)
     torch.set_num_threads(threads)
     with open(log, "a", buffering=1) as stream:
         os.dup2(stream.fileno(), 1)

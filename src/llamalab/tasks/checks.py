@@ -44,13 +44,24 @@ class CheckReport:
         }
 
 
+_MATH = "+-*/=<>^%×÷±≤≥≠"  # never dropped: "12 + 5" and "12 - 5", "x > 3" and "x < 3" are different problems
+_EDGE_MARKS = re.compile(rf"(?<!\w)[^\w\s{re.escape(_MATH)}]+|[^\w\s{re.escape(_MATH)}]+(?!\w)")
+
+
 def normalize_text(text: str) -> str:
-    """Lower-case, strip accents, drop punctuation at the edges of words, collapse whitespace: the form duplicates
-    are found in. Marks inside a word stay ("12+5" and "12-5" are different problems, "well-made" is one word)."""
-    text = unicodedata.normalize("NFKD", text.casefold())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    text = re.sub(r"(?<!\w)[^\w\s]+|[^\w\s]+(?!\w)", " ", text)
-    return " ".join(text.split())
+    """Lower-case, strip the accents of Latin, Greek and Cyrillic letters, drop punctuation at the edges of words
+    (not arithmetic signs), collapse whitespace: the form duplicates are found in. Marks inside a word stay
+    ("12+5" and "12-5" are different problems, "well-made" is one word); the marks of other scripts are letters
+    of their words (か and が, क and क्)."""
+    kept, base = [], ""
+    for c in unicodedata.normalize("NFKD", text.casefold()):
+        if not unicodedata.combining(c):
+            base = c
+        elif base.isascii() or unicodedata.name(base, "").startswith(("LATIN", "GREEK", "CYRILLIC")):
+            continue  # an accent on a Latin, Greek or Cyrillic letter
+        kept.append(c)
+    text = unicodedata.normalize("NFC", "".join(kept))
+    return " ".join(_EDGE_MARKS.sub(" ", text).split())
 
 
 def check_task_data(
@@ -96,15 +107,17 @@ def check_task_data(
                 f"{name}: {extra} exact duplicate(s) after normalisation ({conflicting} with conflicting answers), "
                 f"e.g. {', '.join(ex.source for ex in sample[:3])}"
             )
-    for held_out in ("dev", "test"):
-        if "train" in keys and held_out in keys:
-            shared = keys["train"].keys() & keys[held_out].keys()
-            report.overlap[held_out] = len(shared)
+    for seen_in, held_out in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        if seen_in in keys and held_out in keys:
+            shared = keys[seen_in].keys() & keys[held_out].keys()
+            if seen_in == "train":  # the leakage the data card shows; dev/test overlap is a warning
+                report.overlap[held_out] = len(shared)
             if shared:
                 first = next(k for k in keys[held_out] if k in shared)  # in file order: the same every run
                 report.warnings.append(
-                    f"train/{held_out} overlap: {len(shared)} {held_out} text(s) also appear in train "
-                    f"(leakage), e.g. {keys[held_out][first][0].source} = {keys['train'][first][0].source}"
+                    f"{seen_in}/{held_out} overlap: {len(shared)} {held_out} text(s) also appear in {seen_in} "
+                    f"({'leakage' if seen_in == 'train' else 'a choice made on dev has seen them'}), e.g. "
+                    f"{keys[held_out][first][0].source} = {keys[seen_in][first][0].source}"
                 )
     return report
 

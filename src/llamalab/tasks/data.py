@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,12 +98,14 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
         if file.path not in hashes:  # one file may hold several splits (`records:`)
             hashes[file.path] = sha256_path(path)
         examples, file_bad = _read_file(task, file, path)
-        examples, repeated = _first_of_each_id(task, examples, seen[file.split or "pool"])
+        # pool rows are drawn into train (and dev/test only where no file gives them): one id space with train's
+        examples, repeated = _first_of_each_id(task, examples, seen["train" if file.split in (None, "train")
+                                                                    else file.split])
         file_bad += repeated
         by_split[file.split or "pool"].extend(examples)
         files_of[file.split or "pool"].append(file.path)
         bad_in[file.path] = bad_in.get(file.path, 0) + len(file_bad)
-        bad.extend(file_bad)
+        bad.extend(sorted(file_bad, key=_line))  # in file order, as an editor goes through them
         first = first or next(iter(examples), None)
     data = TaskData(splits=dict(by_split), bad_rows=bad, file_hashes=hashes)
     id_field = task.data.id_field
@@ -123,6 +126,12 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
     if strict and data.prompt_error:
         raise LlamalabError(data.prompt_error)
     return data
+
+
+def _line(bad: BadRow) -> int:
+    """The line a bad row is at (`path:12`, `path:12 (records[3])`); 0 for the file as a whole."""
+    match = re.search(r":(\d+)(?: \(|$)", bad.source)
+    return int(match.group(1)) if match else 0
 
 
 def _first_of_each_id(task: Task, examples: list[Example], seen: dict[str, str]
@@ -201,9 +210,12 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
             bad.append(BadRow(source, f"missing answer field {task.data.answer_field!r}"))
             continue
         # Unicode stays as written: the model is taught (and scored on) the text itself, not \u escapes.
-        answer = json.dumps(answer, ensure_ascii=False) if isinstance(answer, list | dict) else str(answer).strip()
+        answer = json.dumps(answer, ensure_ascii=False) if isinstance(answer, list | dict) else (
+            _as_label(answer, labels) if task.answer.type == "label" else str(answer).strip())
         if task.answer.type == "label" and answer not in labels:
-            bad.append(BadRow(source, f"label {answer!r} is not in the task's label set"))
+            shown = ", ".join(repr(label) for label in sorted(labels)[:12]) + (", ..." if len(labels) > 12 else "")
+            bad.append(BadRow(source, f"label {answer!r} is not in the task's label set ({shown}): add it to "
+                                      "answer.labels, or fix the row"))
             continue
         keys = follow(row, task.data.id_field) if task.data.id_field else None
         if with_ids and (keys is None or _empty(lookup(row, keys))):  # a file without ids keeps the default ones
@@ -213,6 +225,17 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
         ident = str(lookup(row, keys)) if keys is not None else record.id
         examples.append(Example(ident, row, answer, source))  # JSON values stay: a template may join a list
     return examples, bad
+
+
+def _as_label(value: Any, labels: set[str]) -> str:
+    """A data value as a label: JSON's true/false or a float column's 1.0 (pandas, with a gap) read as the label
+    the task spells it with ("true", "True", "1"), when it has one."""
+    text = str(value).strip()
+    if text in labels:
+        return text
+    spellings = ([str(value).lower()] if isinstance(value, bool) else
+                 [str(int(value))] if isinstance(value, float) and value.is_integer() else [])
+    return next((spelling for spelling in spellings if spelling in labels), text)
 
 
 def _empty(value: Any) -> bool:
@@ -236,10 +259,19 @@ def _missing_everywhere(task: Task, file: DataFile, records: list[Record], raw: 
     wanted = {name: name for name in needed if name not in produced} | dict(file.fields)
     if file.spans:
         wanted |= {"spans.text": file.spans.text, "spans.spans": file.spans.spans}
+    # the task's fields are a record's own keys (a mapped name is one); a nested path is reached through `fields:`
     absent = [name for name, path in wanted.items()
-              if not any(follow(r.value, name if name in file.fields else path) is not None for r in records)]
+              if not any((name in r.value) if name in needed and name not in file.fields else
+                         follow(r.value, name if name in file.fields else path) is not None for r in records)]
     if not absent:
         return None
+    nested = next((name for name in absent if name in needed and "." in name
+                   and any(follow(r.value, name) is not None for r in records)), None)
+    if nested is not None:
+        own = nested.replace(".", "_")
+        return BadRow(records[0].source, f"{nested!r} is a path into the records, not a field of their own: map it "
+                                         f"with `fields: {{{own}: {nested}}}` on the data file and name {own!r} in "
+                                         "the task instead")
     if file.resolved_format() in ("csv", "tsv") and file.header and not set(needed) & set(raw):
         columns = f"columns: [{', '.join(needed)}]" if len(raw) == len(needed) else "columns: [...]"
         return BadRow(f"{file.path}:1", f"the first line was read as a header ({', '.join(raw)}) and names none "
@@ -247,6 +279,9 @@ def _missing_everywhere(task: Task, file: DataFile, records: list[Record], raw: 
                                         f"set `header: false` and `{columns}`")
     shown = ", ".join(f"{name!r} (from {file.fields[name]!r})" if name in file.fields else repr(name)
                       for name in absent)
+    if file.resolved_format() == "lines":  # `fields:` does not apply: a line is one field
+        return BadRow(records[0].source, f"no record has {shown}: each line of {file.path} is the field 'text' "
+                                         "(a file of lines has no other): name 'text' in the task's text_fields")
     fix = ("fix the path" if all(name in file.fields or name.startswith("spans.") for name in absent)
            else f"map it with `fields: {{{absent[0]}: <path>}}`")
     return BadRow(records[0].source, f"no record has {shown}; the records have {', '.join(_paths(raw))}: {fix}")

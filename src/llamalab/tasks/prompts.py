@@ -33,14 +33,47 @@ def _template(source: str) -> jinja2.Template:
 def example_start(template: str) -> tuple[Literal["opening", "later", "none"], str]:
     """How a plain-format generation that runs on into a made-up next example is recognised: a blank line, then
     the template's opening words (the first line of its literal start); a template that starts with a field
-    (`{{ text }}\\nSentiment:`) has none, so there it is a blank line, text without a blank line, then the
-    template's first literal line."""
-    literals = [part.strip().split("\n")[0].strip()
-                for part in re.split(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", template, flags=re.DOTALL)]
+    (`{{ text }}\\nSentiment:`) has none, so there it is a blank line, then the template itself up to its first
+    literal line (`run_on_pattern`)."""
+    literals = [part.strip().split("\n")[0].strip() for part in _TAG.split(template)]
     if literals[0]:
         return "opening", literals[0]
     later = next((line for line in literals[1:] if line), "")
     return ("later", later) if later else ("none", "")
+
+
+_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_BLANK_LINE = r"\n[ \t]*\n"
+
+
+def run_on_pattern(template: str) -> str | None:
+    """The regex of a made-up next example in a plain generation (None: nothing literal to know one by). After a
+    blank line: the opening words; or, for a template that starts with a field, the template up to the end of
+    its first literal line, each field some text without a blank line, its line breaks as they are (so a
+    paragraph of the answer that merely contains those words is not cut)."""
+    kind, words = example_start(template)
+    if kind == "opening":
+        return _BLANK_LINE + r"\s*" + re.escape(words)
+    if kind == "none":
+        return None
+    pattern = []
+    for part in re.split(f"({_TAG.pattern})", template, flags=re.DOTALL):
+        if part.startswith("{{"):
+            pattern.append(rf"(?:(?!{_BLANK_LINE}).)+?")  # a field: some text, no blank line in it
+        elif part.startswith(("{%", "{#")):
+            continue  # control and comments write nothing themselves
+        elif part.strip():
+            lead = part[: len(part) - len(part.lstrip())]
+            pattern.append(_spacing(lead) + re.escape(part.lstrip().split("\n")[0].rstrip()))
+            return _BLANK_LINE + "".join(pattern)
+        else:
+            pattern.append(_spacing(part))
+    return None
+
+
+def _spacing(whitespace: str) -> str:
+    """Whitespace as a pattern: its line breaks exactly, spaces and tabs around them as any."""
+    return r"[ \t]*" + r"\n[ \t]*" * whitespace.count("\n")
 
 
 @dataclass(frozen=True)
@@ -102,17 +135,12 @@ class Prompter:
 
     def answer_text(self, generation: str) -> str:
         """A generation up to where the model starts another example: in plain format a model may run on past its
-        answer, repeating the prompt's pattern (see `example_start`). Chat answers end at end-of-turn."""
+        answer, repeating the prompt's pattern (see `run_on_pattern`). Chat answers end at end-of-turn."""
         if self.format != "plain":
             return generation
-        opening = "Answer with exactly one of:" if self.list_labels else None
-        kind, words = ("opening", opening) if opening else example_start(self.task.prompt.template)
-        if kind == "none":
-            return generation  # nothing literal to recognise a new example by
-        blank = r"\n[ \t]*\n"
-        # after opening words only whitespace; before a later line the made-up example's own text (no blank line)
-        start = r"\s*" if kind == "opening" else rf"(?:(?!{blank}).)*?"
-        cut = re.search(blank + start + re.escape(words), generation, flags=re.DOTALL)
+        pattern = (_BLANK_LINE + r"\s*" + re.escape("Answer with exactly one of:") if self.list_labels
+                   else run_on_pattern(self.task.prompt.template))
+        cut = re.search(pattern, generation, flags=re.DOTALL) if pattern else None
         return generation[: cut.start()] if cut else generation
 
     def continuation(self, answer: str) -> str:

@@ -90,6 +90,11 @@ def lookup(value: Any, keys: list[Key]) -> Any:
 def _decode(file: DataFile, path: Path) -> tuple[str, BadRow | None]:
     data = path.read_bytes()
     utf8 = codecs.lookup(file.encoding).name == "utf-8"
+    for mark, wide in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if utf8 and data.startswith(mark):  # Excel's "Unicode text": its mark would become part of a field name
+            return "", BadRow(f"{file.path}:1", f"starts with a {wide.upper()} byte-order mark: the file is {wide}, "
+                                                f"not UTF-8: set `encoding: {wide}` on it")
     # utf-8-sig: a byte-order mark (Excel writes one) must not become part of the first column's name.
     try:
         return data.decode("utf-8-sig" if utf8 else file.encoding), None
@@ -123,9 +128,12 @@ def _read_jsonl(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
             continue
         source = f"{file.path}:{line_no}"
         try:
-            value = json.loads(line)
+            value = json.loads(line, object_pairs_hook=_no_repeated_keys)
         except json.JSONDecodeError as exc:
             bad.append(BadRow(source, f"malformed JSON ({exc.msg}, column {exc.colno})"))
+            continue
+        except _RepeatedKey as exc:
+            bad.append(BadRow(source, _repeated(exc)))
             continue
         _shape(file, source, value, rows, bad)
     return rows, bad
@@ -152,8 +160,9 @@ def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     except json.JSONDecodeError as exc:
         return [], [BadRow(f"{file.path}:{exc.lineno}", f"malformed JSON ({exc.msg}, column {exc.colno})")]
     except _RepeatedKey as exc:
-        return [], [BadRow(file.path, f"an object names {exc.args[0]!r} twice (JSON readers keep one of the two "
-                                      "silently): rename or merge the repeats")]
+        at = text.find(json.dumps(exc.args[0]))  # the first mention of the key: near the object that repeats it
+        return [], [BadRow(f"{file.path}:{text.count(chr(10), 0, at) + 1}" if at >= 0 else file.path,
+                           _repeated(exc))]
     keys = follow(document, file.records) if file.records else []
     if keys is None:
         shown = f" (its keys: {', '.join(map(str, document))})" if isinstance(document, dict) else ""
@@ -175,6 +184,11 @@ def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
 
 class _RepeatedKey(ValueError):
     pass
+
+
+def _repeated(exc: _RepeatedKey) -> str:
+    return (f"an object names {exc.args[0]!r} twice (JSON readers keep one of the two silently): rename or merge "
+            "the repeats")
 
 
 def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -236,6 +250,9 @@ def _line_numbers(text: str, offsets: list[int]) -> list[int]:
     return numbers
 
 
+_UNQUOTED_HINT = "; if the file does not quote its fields (a \" is just a character), set `quotechar: null` on it"
+
+
 def _read_delimited(file: DataFile, text: str, fmt: str) -> tuple[list[Record], list[BadRow]]:
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long document is one field (131,072 by default)
     reader = csv.reader(
@@ -265,10 +282,20 @@ def _read_delimited(file: DataFile, text: str, fmt: str) -> tuple[list[Record], 
         except StopIteration:
             break
         except csv.Error as exc:
-            bad.append(BadRow(source, f"malformed {fmt.upper()} ({exc})"))
+            unclosed = ": a quote opened here is never closed" if "unexpected end of data" in str(exc) else ""
+            bad.append(BadRow(source, f"malformed {fmt.upper()} ({exc}{unclosed})"
+                                      + (_UNQUOTED_HINT if file.quotechar else "")))
             continue
         if not values:
             continue
+        start = int(source.rsplit(":", 1)[1])
+        delimiter = reader.dialect.delimiter
+        if fmt == "tsv" and reader.line_num > start and any(delimiter in v and "\n" in v for v in values):
+            # A stray quote (a scare quote in text) swallows the tab and the rows after it into one field.
+            bad.append(BadRow(source, f"a quoted field runs from line {start} to line {reader.line_num} and holds a "
+                                      "tab: a stray quote?" + _UNQUOTED_HINT))
+            continue
+        values = [v.replace("\r\n", "\n") for v in values]  # a quoted line break reads the same from any checkout
         if len(values) != len(names):
             bad.append(BadRow(source, f"has {len(values)} columns, {what} {len(names)}"))
             continue

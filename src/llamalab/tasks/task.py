@@ -179,7 +179,10 @@ class AnswerSpec(StrictModel):
         items = [*value, *value.values()] if isinstance(value, dict) else value
         if isinstance(items, list) and any(isinstance(v, bool) for v in items):
             raise ValueError("YAML read an unquoted yes/no/on/off/true/false as a boolean: quote them: 'yes', 'no'")
-        return value
+        # labels: [0, 1] are the labels "0" and "1" (as a data file's 0 and 1 are read)
+        if isinstance(value, dict):
+            return {str(k) if isinstance(k, int) else k: str(v) if isinstance(v, int) else v for k, v in value.items()}
+        return [str(v) if isinstance(v, int) else v for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _labels_are_consistent(self) -> AnswerSpec:

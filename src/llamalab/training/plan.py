@@ -54,6 +54,7 @@ the same device reached (or a stated default when there are none).
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -472,22 +473,28 @@ def measure_matmul_tflops(device: Device) -> float:
     return round(2 * n**3 / best / 1e12, 4)
 
 
+SHARED_BY = "LLAMALAB_CELLS_AT_ONCE"  # set by a study running cells side by side in one machine's memory
+
+
 def plan_training(experiment, model_folder: Path, lengths: list[int], answers: list[int],
                   device: Device | None = None, past_efficiency: list[float] | None = None,
                   processes: int = 1) -> MemoryPlan:
     """The plan for training `experiment` on `device` (default: this machine, with the experiment's
     `memory_limit` if it names one), checkpointing decided. With `processes` N > 1 it is one process's plan (a
-    share of each batch, and under FSDP of the model), against 1/N of a CPU machine's memory (they share it); on
-    GPUs, one card each, the epoch takes 1/N of the time."""
+    share of each batch, and under FSDP of the model), against 1/N of a CPU machine's memory (they share it, as
+    do a study's cells run side by side: `SHARED_BY`); on GPUs, one card each, the epoch takes 1/N of the time."""
     from dataclasses import replace
 
     device = device or resolve_device()
     if experiment.memory_limit:
         device = replace(device, memory_mb=parse_memory(experiment.memory_limit),
                          name=f"{device.name}, planned as {experiment.memory_limit}")
-    if device.kind == "cpu" and processes > 1:  # the processes share the machine's memory (on GPUs: a card each)
-        device = replace(device, memory_mb=device.memory_mb / processes,
-                         name=f"{device.name}, a 1/{processes} share for each process")
+    # On a CPU the run's processes (and a study's cells running at once) share the machine's memory; on GPUs each
+    # process has a card of its own
+    sharing = processes * int(os.environ.get(SHARED_BY, "1")) if device.kind == "cpu" else 1
+    if sharing > 1:
+        device = replace(device, memory_mb=device.memory_mb / sharing,
+                         name=f"{device.name}, a 1/{sharing} share for each process")
     shape = Shape.of_folder(model_folder)
     share = experiment.model_copy(update={"batch_size": max(1, experiment.batch_size // processes)})
     shards = processes if fsdp_shards(experiment, processes) else 1
@@ -575,8 +582,9 @@ def past_efficiency(runs_dir: Path, device: Device, method: str = "lora", proces
 
 
 def _bare_device(described: str) -> str:
-    """A device as `Device.describe` wrote it, without its memory or the limit it was planned as."""
-    return re.sub(r"(, planned as .*)? \([\d.,]+ GiB\)$", "", described)
+    """A device as `Device.describe` wrote it, without its memory, the limit it was planned as, or the share of a
+    CPU machine's memory each of several processes planned with."""
+    return re.sub(r"(, planned as .*|, a 1/\d+ share for each process)? \([\d.,]+ GiB\)$", "", described)
 
 
 def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1, **overrides) -> MemoryPlan:
