@@ -469,3 +469,17 @@ def test_bad_rows_are_listed_in_file_order(lab):
     data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
     assert [b.source for b in data.bad_rows] == ["data/p/train.jsonl:2", "data/p/train.jsonl:3",
                                                  "data/p/train.jsonl:5"]
+
+
+def test_two_lists_records_on_one_line_in_one_split_say_why_they_share_an_id(lab):
+    """CLINC-style JSON with `"train": [...], "oos_train": [...]` on one line: a one-record list's record gets the
+    bare `path:line` id its neighbour's has; the message told the user to remove a repeat that is not one."""
+    folder = data_dir(lab)
+    (folder / "f.json").write_text('{\n"train": [["t1", "pos"]], "oos_train": [["o1", "neg"]],\n'
+                                   '"val": [["v1", "pos"]]\n}\n')
+    write_lab_task(lab, "[{path: data/p/f.json, records: train, split: train, columns: [text, label]}, "
+                        "{path: data/p/f.json, records: oos_train, split: train, columns: [text, label]}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [str(b) for b in data.bad_rows] == [
+        "data/p/f.json:2: two records start on this line (from two `records:` lists) and so get one id, "
+        "'data/p/f.json:2': put each record on a line of its own, or give the records ids (data.id_field)"]

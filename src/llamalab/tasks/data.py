@@ -140,6 +140,11 @@ def _first_of_each_id(task: Task, examples: list[Example], seen: dict[str, str]
     kept, bad = [], []
     for ex in examples:
         if ex.id in seen:
+            if seen[ex.id] == ex.source and not task.data.id_field:  # two lists' records on one line of a file
+                bad.append(BadRow(ex.source, f"two records start on this line (from two `records:` lists) and so get "
+                                             f"one id, {ex.id!r}: put each record on a line of its own, or give "
+                                             "the records ids (data.id_field)"))
+                continue
             how = f"fix data.id_field ({task.data.id_field!r})" if task.data.id_field else "remove the repeat"
             bad.append(BadRow(ex.source, f"example id {ex.id!r} was already used at {seen[ex.id]}; ids must be "
                                          f"unique within a split: {how}"))
