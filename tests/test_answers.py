@@ -478,7 +478,8 @@ def test_entity_answers_built_to_be_slow_are_read_in_a_bounded_number_of_tries()
 
     ann = '[{"type": "person", "text": "Ann"}]'
     assert parse_entities("[1," * 5000) is None  # each try went 1,000 levels deep, from each of 5,000 places
-    assert parse_entities("[1," * 5000 + ann) == [("person", "Ann")]  # no list of objects starts before it
+    assert parse_entities("[1," * 5000 + ann) is None  # 5,000 lists that might: the budget ends the tries
+    assert parse_entities('[[{"type": "person", "text": "Ann"}]]') is None  # a list inside a list is no answer
     assert parse_entities("{" * 5000 + ann) == [("person", "Ann")]  # nor an object with a key
     assert parse_entities('[{"' * 7000 + ann) is None  # 7,000 places that might: the budget ends the tries
     assert parse_entities("[x] " * 10 + '[{"type": "person", "text": "Ann"}]') == [("person", "Ann")]

@@ -118,7 +118,23 @@ def test_reuse_and_resume_never_take_a_run_of_another_api_model_under_the_same_n
     """lab.yaml may point an API name at another model, endpoint or price: the settings (the name) stay the same,
     so a study's reuse returned the old model's run, and a resume mixed two models' answers and prices."""
     settings = {**SETTINGS, "limit": 4}
-    first = evaluate(with_api_model(lab, llama_server), EvalSettings(**settings), reuse=True)
+    # a local model's evaluation recorded under the same name, as evaluations of both kinds recorded their settings
+    # before an API model's backend was recorded as api, is not the API model's
+    from llamalab.evaluation.evaluate import complete_settings
+    from llamalab.evaluation.systems import system_outline
+    from llamalab.runs.record import RunRecord
+    from llamalab.tasks.task import load_task
+    from tests.records import eval_fields
+
+    api_lab = with_api_model(lab, llama_server)
+    spec = load_task(api_lab.task_path("sentiment"), api_lab.root)
+    legacy = complete_settings(EvalSettings(**settings), spec, system_outline(api_lab, "smol-api")).model_copy(
+        update={"backend": "hf"})
+    local = RunRecord.create(api_lab.runs_dir, "eval", "sentiment-smol-api", legacy.model_dump(),
+                             **eval_fields(label="smol-api", n=4, protocol="generate", fmt="chat"))
+    local.update(status="finished")
+    first = evaluate(api_lab, EvalSettings(**settings), reuse=True)
+    assert first.id != local.id
     assert evaluate(with_api_model(lab, llama_server + "/"), EvalSettings(**settings), reuse=True).id == first.id
     # its config.yaml says what ran it, and a backend named for it (a study's, say) is the same evaluation
     assert first.config["backend"] == first.run.backend.backend == "api"

@@ -303,6 +303,11 @@ def test_duplicates_and_leakage_are_the_same_text_not_the_same_words():
                  ("かき", "がき"), ("कत", "क्त")):
         assert normalize_text(a) != normalize_text(b), (a, b)
     assert normalize_text("Ἀθῆναι, Москва́") == normalize_text("αθηναι москва")  # Greek and Cyrillic accents go
+    for a, b in (("क", "क्"), ("का", "की"), ("ناصر", "ناصرُ"), ("12 − 5", "12 · 5"), ("12 − 5", "12 5")):
+        assert normalize_text(a) != normalize_text(b), (a, b)  # a mark at a word's end is a letter too
+    for a, b in (("Great film - loved it", "Great film, loved it"), ("**great** movie", "great movie"),
+                 ("- item one", "item one"), ("(12 + 5)", "12 + 5")):
+        assert normalize_text(a) == normalize_text(b), (a, b)  # a sign as punctuation is punctuation
 
 
 def test_leakage_counts_only_the_same_problem(tmp_path):

@@ -417,6 +417,9 @@ def test_label_values_are_read_as_the_task_spells_its_labels(lab):
     assert [ex.answer for ex in data.split("test")] == ["1", "0"]
     assert [str(b) for b in data.bad_rows] == ["data/p/test.jsonl:3: label '2.5' is not in the task's label set "
                                                "('0', '1'): add it to answer.labels, or fix the row"]
+    from llamalab.tasks.data import _as_label
+
+    assert [_as_label(v, {"0", "1"}) for v in (True, False, 1, 0.0)] == ["1", "0", "1", "0"]
 
 
 def test_a_nested_path_as_a_task_field_says_how_to_map_it(lab):
@@ -446,14 +449,14 @@ def test_rows_a_reader_would_misread_silently_are_bad_rows(lab, content, message
     assert message in str(data.bad_rows[0]), data.bad_rows
 
 
-def test_a_stray_quote_in_a_tsv_is_caught_and_quoted_line_breaks_read_the_same_from_any_checkout(lab):
+def test_quoted_line_breaks_read_the_same_from_any_checkout_and_a_bad_quote_says_quotechar_null(lab):
     folder = data_dir(lab)
-    (folder / "a.tsv").write_text('one\tpos\n"Scare quotes open here\tpos\nand closed here"\tneg\nlast\tneg\n')
+    (folder / "a.tsv").write_text('one\tpos\n"never closed\tpos\nlast\tneg\n')
     write_lab_task(lab, "[{path: data/p/a.tsv, split: train, header: false, columns: [text, label]}]")
     data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
-    assert [ex.fields["text"] for ex in data.split("train")] == ["one", "last"]
-    assert str(data.bad_rows[0]).startswith("data/p/a.tsv:2: a quoted field runs from line 2 to line 3 and holds a "
-                                            "tab: a stray quote?; if the file does not quote its fields")
+    assert str(data.bad_rows[0]) == (
+        "data/p/a.tsv:2: malformed TSV (unexpected end of data: a quote opened here is never closed); if the file "
+        'does not quote its fields (a " is just a character), set `quotechar: null` on it')
     for newline in ("\n", "\r\n"):
         (folder / "b.csv").write_bytes(f'text,label{newline}"multi{newline}line",pos{newline}'.encode())
         write_lab_task(lab, "[{path: data/p/b.csv, split: train}]")

@@ -84,6 +84,12 @@ def test_a_template_that_starts_with_a_field_is_recognised_by_its_first_literal_
     assert passage.answer_text(" Paris\n\nSome other passage.\n\nQuestion: who?\nAnswer: Bob") == " Paris"
     question = Prompter(task(template="{{ text }}\nAnswer:"), tokenizer, "plain")
     assert question.answer_text(" Step one.\n\nAnswer: 7") == " Step one.\n\nAnswer: 7"
+    # control blocks and trimmed whitespace render otherwise than written: the literal line after a field
+    optional = Prompter(task(template="{% if text %}{{ text }}\n\n{% endif %}Question: {{ text }}\nAnswer:"),
+                        tokenizer, "plain")
+    assert optional.answer_text("positive\n\nQuestion: q2\nAnswer: negative") == "positive"
+    trimmed = Prompter(task(template="{{ text -}}\n\nSentiment:"), tokenizer, "plain")
+    assert trimmed.answer_text("positive\n\ngreatSentiment: negative") == "positive"
     inline = Prompter(task(template="{# a comment #}{{ text }} ->{% if true %} label:{% endif %}"), tokenizer, "plain")
     assert inline.answer_text(" good\n\nsome film -> bad") == " good"
     assert Prompter(task(template="{{ text }}"), tokenizer, "plain").answer_text(" a\n\nb") == " a\n\nb"
@@ -125,7 +131,8 @@ def test_a_run_on_example_is_cut_off_for_random_templates_and_texts(tokenizer, s
 
 @pytest.mark.parametrize(("template", "answer", "says"), [
     ("Review: {{ text }}\nSentiment:", {"type": "text"}, "opening words"),
-    ("{{ text }}\nSummary:", {"type": "text"}, "first literal line"),
+    ("{{ text }}\nSummary:", {"type": "text"}, "its line breaks as written"),
+    ("{% if text %}{{ text }}{% endif %}\nSummary:", {"type": "text"}, "text without a blank line and then"),
     ("{{ text }}", {"type": "text"}, None),
     ("{{ text }}", {"labels": ["a", "b"]}, "opening words"),  # generated labels: the listed-labels line opens
 ])

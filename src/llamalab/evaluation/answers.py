@@ -206,9 +206,9 @@ def extract_number(text: str) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # Entities
 
-# Where an answer can start: a list of objects (or an empty one), or an object with a key. Other brackets are
-# not tried: each failed try costs the decoder time growing with its position (its error counts the lines).
-_JSON_START = re.compile(r'\[\s*[{\]]|\{\s*"')
+# Where an answer, or a value around one, can start: any list, or an object with a key (`{` before anything else
+# starts no JSON value). Each failed try costs the decoder time growing with its position (its error counts lines).
+_JSON_START = re.compile(r'\[|\{\s*"')
 _NESTED = re.compile(r"[\[{\s]+")
 _JSON_BUDGET = 1_000_000  # what the tries may cost in all, in characters of text decoded or counted (~20 ms)
 

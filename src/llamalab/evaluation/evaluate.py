@@ -37,7 +37,7 @@ from llamalab.progress import progress_bar
 from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
 from llamalab.runs.record import PREDICTIONS, Inputs, RunRecord, config_hash, finished_run, resume_run
 from llamalab.tasks.data import Example, TaskData, load_task_data
-from llamalab.tasks.prompts import Prompter, example_start, store_chat_template
+from llamalab.tasks.prompts import Prompter, run_on_rule, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
 
 DEFAULT_BACKEND: BackendName = "hf"
@@ -149,7 +149,7 @@ def evaluate(
     settings = complete_settings(settings, task_spec, resolved)
     if loaded:
         settings = loaded.scoring(settings)
-    before = [recorded_before(settings, given).model_dump()]  # an evaluation made before is still this one
+    before = recorded_before(settings, given)  # an evaluation made before is still this one (if of this system)
     if budget is not None and settings.protocol == "loglikelihood":
         console.print(f"[yellow]max_new_tokens {budget} is not used: label scoring (--protocol loglikelihood) "
                       "generates nothing; --protocol generate would use it[/]")
@@ -157,7 +157,8 @@ def evaluate(
     data = load_task_data(task_spec)
     inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes,
                     task_spec.definition_sha256("eval"), resolved.api.model_dump() if resolved.api else None)
-    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs, also=before)):
+    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs, also=before,
+                                       where=lambda record: same_system(record, resolved))):
         return done
     return _evaluate(lab, settings, task_spec, data, resolved, loaded, console, inputs if resume else None,
                      before)
@@ -172,7 +173,8 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
 
     config = settings.model_dump()
     name = f"{task.name}-{system.label.replace('/', '_')}"
-    record = resume_run(lab.runs_dir, "eval", name, config, resume, also=before or []) if resume else None
+    record = resume_run(lab.runs_dir, "eval", name, config, resume, also=before or [],
+                        where=lambda found: same_system(found, system)) if resume else None
     started = time.perf_counter()
     # Before any run folder exists: a model that cannot load, or a setting its backend cannot honour, leaves none.
     if loaded is None:
@@ -292,23 +294,32 @@ def complete_settings(settings: EvalSettings, task: Task, system: System) -> Eva
                                        "backend": backend})
 
 
-def settings_hashes(lab: Lab, spec: Task, system: str, **options: Any) -> set[str]:
+def settings_hashes(lab: Lab, spec: Task, system: str, **options: Any) -> tuple[str, set[str]]:
     """The settings hashes under which `evaluate(lab, system, task=spec.name, **options)` finds an evaluation of
     its own, without loading a model: studies find their evaluations by them, as `evaluate(reuse=True)` does, so
     an evaluation of the same system with other settings (shots, format, protocol, ...) is never taken for
-    theirs. The hash it records now, and the one recorded before evaluations spelled each system one way and
-    an API model's backend as api (`recorded_before`)."""
+    theirs. The hash it records now, and those recorded before evaluations spelled each system one way and an
+    API model's backend as api (`recorded_before`: a record found by one of those must be `same_system`)."""
     given = parse_model(EvalSettings, {"system": system, "task": spec.name,
                                        **{k: v for k, v in options.items() if v is not None}}, "evaluate()")
     now = complete_settings(given.model_copy(update={"system": canonical_name(lab, system)}), spec,
                             system_outline(lab, system))
-    return {config_hash(now.model_dump()), config_hash(recorded_before(now, given).model_dump())}
+    return config_hash(now.model_dump()), {config_hash(c) for c in recorded_before(now, given)}
 
 
-def recorded_before(settings: EvalSettings, given: EvalSettings) -> EvalSettings:
+def recorded_before(settings: EvalSettings, given: EvalSettings) -> list[dict]:
     """Complete `settings` as evaluations recorded them before one spelling per system (`canonical_name`) and an
-    API model's backend recorded as api: the system as given, the backend as asked for."""
-    return settings.model_copy(update={"system": given.system, "backend": given.backend})
+    API model's backend recorded as api: the system as given, the backend as asked for (an API model's: also
+    hf, the default then). A record found by these must be checked to be of the same system (`same_system`):
+    before, a local model and an API model of one name recorded the same settings."""
+    backends = {given.backend, DEFAULT_BACKEND} if settings.backend == "api" else {given.backend}
+    return [settings.model_copy(update={"system": given.system, "backend": b}).model_dump() for b in sorted(backends)]
+
+
+def same_system(record: RunRecord, system: System) -> bool:
+    """Whether an evaluation record is of `system`: its kind (base, fine-tuned, API) and, fine-tuned, its run."""
+    recorded = record.run.system
+    return recorded.kind == system.kind and (system.train_run is None or recorded.train_run == system.train_run)
 
 
 def select_examples(examples: list[Example], limit: int | None) -> list[Example]:
@@ -338,14 +349,9 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
             "style of literals normalised, a trailing semicolon dropped; no execution); exact_match_strict after "
             "collapsing whitespace only",
         }[task.answer.type]
-        kind, _ = example_start(task.prompt.template)
-        if settings.format == "plain" and (kind == "opening" or task.answer.type == "label"):
-            parsing += ("; the answer ends where a blank line is followed by the prompt's opening words (the model "
-                        "starting another example): the rest is kept in the generation, not scored")
-        elif settings.format == "plain" and kind == "later":
-            parsing += ("; the answer ends at a blank line followed by the template's start up to its first "
-                        "literal line (its fields as text without a blank line, its line breaks as written: the "
-                        "model starting another example): the rest is kept in the generation, not scored")
+        rule = run_on_rule(task.prompt.template, list_labels=task.answer.type == "label")
+        if settings.format == "plain" and rule:
+            parsing += f"; {rule} (the model starting another example): the rest is kept in the generation, not scored"
         return {"protocol": "generate", "decoding": {"greedy": True, "max_new_tokens": settings.max_new_tokens},
                 "parsing": parsing, "unparsed_answer": "counted as wrong"}
     return {

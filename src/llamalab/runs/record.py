@@ -17,7 +17,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -265,12 +265,14 @@ def _api_value(value: Any) -> Any:
 
 
 def finished_run(runs_dir: Path, kind: str, config: dict, name: str | None = None,
-                 inputs: Inputs = Inputs(), also: Sequence[dict] = ()) -> RunRecord | None:
+                 inputs: Inputs = Inputs(), also: Sequence[dict] = (),
+                 where: Callable[[RunRecord], bool] = lambda record: True) -> RunRecord | None:
     """The latest finished run of this kind (and name) started with exactly these settings (or the same settings
-    as recorded by an earlier llamalab: `also`), if any, from the same `inputs` (a run whose recorded weights or
-    data differ from them is not the same run)."""
-    wanted = {config_hash(c) for c in (config, *also)}
-    done = [r for r in list_runs(runs_dir, kind) if r.run.finished and r.run.config_hash in wanted
+    as recorded by an earlier llamalab: `also`, taken only `where` it says so), if any, from the same `inputs` (a
+    run whose recorded weights or data differ from them is not the same run)."""
+    now, before = config_hash(config), {config_hash(c) for c in also}
+    done = [r for r in list_runs(runs_dir, kind) if r.run.finished
+            and (r.run.config_hash == now or (r.run.config_hash in before and where(r)))
             and (name is None or r.run.name == name) and inputs.differ(r) is None]
     return done[-1] if done else None
 
@@ -285,15 +287,15 @@ def has_unfinished(runs_dir: Path, kind: str, name: str, config: dict, inputs: I
 
 
 def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs(),
-               also: Sequence[dict] = ()) -> RunRecord:
+               also: Sequence[dict] = (), where: Callable[[RunRecord], bool] = lambda record: True) -> RunRecord:
     """The latest unfinished run of this kind and name started with the same settings (`also`: as an earlier
-    llamalab recorded them), marked running again.
+    llamalab recorded them, taken only `where` it says so), marked running again.
 
     The one rule for `--resume` (train and eval): a run started with other settings is never continued, and
     one still being worked on by a live process is never taken over."""
-    wanted = config_hash(config)
+    wanted, before = config_hash(config), {config_hash(c) for c in also}
     unfinished = [r for r in list_runs(runs_dir, kind) if r.run.name == name and not r.run.finished]
-    same = [r for r in unfinished if r.run.config_hash in {wanted, *map(config_hash, also)}]
+    same = [r for r in unfinished if r.run.config_hash == wanted or (r.run.config_hash in before and where(r))]
     what = "evaluation" if kind == "eval" else "run"
     if not same:
         if unfinished:

@@ -125,11 +125,12 @@ def _recorded(lab: Lab, task, path: Path, options: dict, evals: list[RunRecord])
     from llamalab.models import gguf_revision
     from llamalab.tasks.data import current_file_hashes
 
-    wanted = settings_hashes(lab, task, lab_name(lab, path), **options) | settings_hashes(lab, task, str(path),
-                                                                                           **options)
+    now, before = settings_hashes(lab, task, lab_name(lab, path), **options)
+    before |= settings_hashes(lab, task, str(path), **options)[1]  # named by its absolute path, as files were first
     inputs = Inputs(gguf_revision(path) if path.is_file() else None, current_file_hashes(task),
                     task.definition_sha256("eval"))
-    found = [r for r in evals if r.run.config_hash in wanted and inputs.differ(r) is None]
+    found = [r for r in evals if inputs.differ(r) is None
+             and (r.run.config_hash == now or (r.run.config_hash in before and r.run.system.kind == "base"))]
     return found[-1] if found else None
 
 

@@ -72,10 +72,13 @@ class _Evaluations:
         self.records = [r for r in list_runs(lab.runs_dir, "eval") if r.run.finished or not finished_only]
 
     def of(self, system: str, **options) -> list[RunRecord]:
-        from llamalab.evaluation.evaluate import settings_hashes
+        from llamalab.evaluation.evaluate import same_system, settings_hashes
+        from llamalab.evaluation.systems import system_outline
 
-        wanted = settings_hashes(self.lab, self.task, system, **options)
-        return [r for r in self.records if r.run.config_hash in wanted]
+        (now, before), outline = settings_hashes(self.lab, self.task, system, **options), system_outline(self.lab,
+                                                                                                        system)
+        return [r for r in self.records
+                if r.run.config_hash == now or (r.run.config_hash in before and same_system(r, outline))]
 
 
 class _CurrentData:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -44,15 +43,15 @@ class CheckReport:
         }
 
 
-_MATH = "+-*/=<>^%×÷±≤≥≠"  # never dropped: "12 + 5" and "12 - 5", "x > 3" and "x < 3" are different problems
-_EDGE_MARKS = re.compile(rf"(?<!\w)[^\w\s{re.escape(_MATH)}]+|[^\w\s{re.escape(_MATH)}]+(?!\w)")
+_MATH = "+-−*/=<>^%×÷±≤≥≠·⋅"  # arithmetic signs: "12 + 5" and "12 - 5", "x > 3" and "x < 3" are different problems
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, strip the accents of Latin, Greek and Cyrillic letters, drop punctuation at the edges of words
-    (not arithmetic signs), collapse whitespace: the form duplicates are found in. Marks inside a word stay
-    ("12+5" and "12-5" are different problems, "well-made" is one word); the marks of other scripts are letters
-    of their words (か and が, क and क्)."""
+    """Lower-case, strip the accents of Latin, Greek and Cyrillic letters, drop punctuation at the edges of words,
+    collapse whitespace: the form duplicates are found in. Marks inside a word stay ("12+5" and "12-5" are
+    different problems, "well-made" is one word); an arithmetic sign stays next to a number ("-5", "50%") and
+    on its own between words when a number is next to it ("12 + 5", "x > 3"); the marks of other scripts are
+    letters of their words (か and が, का and की)."""
     kept, base = [], ""
     for c in unicodedata.normalize("NFKD", text.casefold()):
         if not unicodedata.combining(c):
@@ -60,8 +59,32 @@ def normalize_text(text: str) -> str:
         elif base.isascii() or unicodedata.name(base, "").startswith(("LATIN", "GREEK", "CYRILLIC")):
             continue  # an accent on a Latin, Greek or Cyrillic letter
         kept.append(c)
-    text = unicodedata.normalize("NFC", "".join(kept))
-    return " ".join(_EDGE_MARKS.sub(" ", text).split())
+    tokens = unicodedata.normalize("NFC", "".join(kept)).split()
+    words = []
+    for i, token in enumerate(tokens):
+        if all(c in _MATH for c in token):  # an operator on its own: kept where it stands between numbers
+            near = "".join(tokens[max(i - 1, 0) : i] + tokens[i + 1 : i + 2])
+            if any(c.isdigit() for c in near):
+                words.append(token)
+            continue
+        if word := _trimmed(token):
+            words.append(word)
+    return " ".join(words)
+
+
+def _trimmed(token: str) -> str:
+    """A token without the punctuation at its edges (a sign before or after a digit is the number's)."""
+    def part(c: str) -> bool:
+        return c.isalnum() or c == "_" or unicodedata.category(c)[0] == "M"
+
+    start, end = 0, len(token)
+    while start < end and not part(token[start]) and not (
+            token[start] in _MATH and start + 1 < end and token[start + 1].isdigit()):
+        start += 1
+    while end > start and not part(token[end - 1]) and not (
+            token[end - 1] in _MATH and end - 2 >= start and token[end - 2].isdigit()):
+        end -= 1
+    return token[start:end]
 
 
 def check_task_data(

@@ -238,7 +238,7 @@ def _as_label(value: Any, labels: set[str]) -> str:
     text = str(value).strip()
     if text in labels:
         return text
-    spellings = ([str(value).lower()] if isinstance(value, bool) else
+    spellings = ([str(value).lower(), str(int(value))] if isinstance(value, bool) else
                  [str(int(value))] if isinstance(value, float) and value.is_integer() else [])
     return next((spelling for spelling in spellings if spelling in labels), text)
 

@@ -44,18 +44,22 @@ def example_start(template: str) -> tuple[Literal["opening", "later", "none"], s
 
 _TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _BLANK_LINE = r"\n[ \t]*\n"
+_SHAPING = re.compile(r"\{%|\{\{-|-\}\}")  # control blocks and whitespace trimming: what renders is not the source
 
 
 def run_on_pattern(template: str) -> str | None:
     """The regex of a made-up next example in a plain generation (None: nothing literal to know one by). After a
     blank line: the opening words; or, for a template that starts with a field, the template up to the end of
     its first literal line, each field some text without a blank line, its line breaks as they are (so a
-    paragraph of the answer that merely contains those words is not cut)."""
+    paragraph of the answer that merely contains those words is not cut); where control blocks or trimmed
+    whitespace make the rendered text differ from the source, text without a blank line and then that line."""
     kind, words = example_start(template)
     if kind == "opening":
         return _BLANK_LINE + r"\s*" + re.escape(words)
     if kind == "none":
         return None
+    if _SHAPING.search(template):  # conditional text, trimmed whitespace: the literal line anywhere after a field
+        return _BLANK_LINE + rf"(?:(?!{_BLANK_LINE}).)*?" + re.escape(words)
     pattern = []
     for part in re.split(f"({_TAG.pattern})", template, flags=re.DOTALL):
         if part.startswith("{{"):
@@ -69,6 +73,20 @@ def run_on_pattern(template: str) -> str | None:
         else:
             pattern.append(_spacing(part))
     return None
+
+
+def run_on_rule(template: str, list_labels: bool) -> str | None:
+    """What `answer_text` does, in words, for the methods (None: a plain answer is not cut)."""
+    kind, _ = example_start(template)
+    if list_labels or kind == "opening":
+        return "the answer ends where a blank line is followed by the prompt's opening words"
+    if kind == "none":
+        return None
+    if _SHAPING.search(template):
+        return ("the answer ends at a blank line followed by text without a blank line and then the template's "
+                "first literal line")
+    return ("the answer ends at a blank line followed by the template's start up to its first literal line (its "
+            "fields as text without a blank line, its line breaks as written)")
 
 
 def _spacing(whitespace: str) -> str:

@@ -160,7 +160,7 @@ def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     except json.JSONDecodeError as exc:
         return [], [BadRow(f"{file.path}:{exc.lineno}", f"malformed JSON ({exc.msg}, column {exc.colno})")]
     except _RepeatedKey as exc:
-        at = text.find(json.dumps(exc.args[0]))  # the first mention of the key: near the object that repeats it
+        at = text.find(json.dumps(exc.args[0], ensure_ascii=False))  # its first mention: near the object
         return [], [BadRow(f"{file.path}:{text.count(chr(10), 0, at) + 1}" if at >= 0 else file.path,
                            _repeated(exc))]
     keys = follow(document, file.records) if file.records else []
@@ -287,13 +287,6 @@ def _read_delimited(file: DataFile, text: str, fmt: str) -> tuple[list[Record], 
                                       + (_UNQUOTED_HINT if file.quotechar else "")))
             continue
         if not values:
-            continue
-        start = int(source.rsplit(":", 1)[1])
-        delimiter = reader.dialect.delimiter
-        if fmt == "tsv" and reader.line_num > start and any(delimiter in v and "\n" in v for v in values):
-            # A stray quote (a scare quote in text) swallows the tab and the rows after it into one field.
-            bad.append(BadRow(source, f"a quoted field runs from line {start} to line {reader.line_num} and holds a "
-                                      "tab: a stray quote?" + _UNQUOTED_HINT))
             continue
         values = [v.replace("\r\n", "\n") for v in values]  # a quoted line break reads the same from any checkout
         if len(values) != len(names):
