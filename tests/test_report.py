@@ -141,6 +141,10 @@ def test_the_task_scaling_figure_takes_the_latest_run_per_size_not_the_best_on_t
     [(name, points)] = scaling_points(board, {r.id: r for r in train_runs(lab)}).items()
     assert name == "curve" and [size for size, _ in points] == sorted(latest)
     assert [row.run for _, row in points] == [latest[size] for size in sorted(latest)]
+    # the report passed its runs in leaderboard order, the site in time order: the figure must not depend on it
+    for order in (list(reversed(train_runs(lab))), sorted(train_runs(lab), key=lambda r: r.id)):
+        assert scaling_points(board, {r.id: r for r in order}) == scaling_points(
+            board, {r.id: r for r in train_runs(lab)})
 
 
 def test_a_tie_for_best_is_said_not_hidden_by_the_order(lab):

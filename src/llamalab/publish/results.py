@@ -23,7 +23,7 @@ from llamalab.evaluation.compare import (
 )
 from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
-from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs
+from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs, started_at
 from llamalab.studies.quantization import REFERENCE, QuantRow, recorded_quantization
 from llamalab.studies.run import CellState, cell_states, recorded_comparators
 from llamalab.studies.scaling import ScalingResult, scaling_result
@@ -109,20 +109,19 @@ def loss_history(record: RunRecord) -> list[dict]:
 
 
 def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, SystemRow]]]:
-    """Fine-tuned systems on the board (`trained`: their train runs, oldest first) by experiment: (training
-    examples, board row), fewest examples first; at a size trained more than once, the latest training (not the
-    best on this split: that would pick on test).
+    """Fine-tuned systems on the board (`trained`: their train runs, in any order) by experiment: (training
+    examples, board row), fewest examples first; at a size trained more than once, the latest training by start
+    time (not the best on this split: that would pick on test).
 
     Only experiments evaluated at two or more training-set sizes make a curve."""
-    order = {run_id: k for k, run_id in enumerate(trained)}  # oldest first, as list_runs gives them
-    curves: dict[str, dict[int, tuple[int, SystemRow]]] = {}
+    curves: dict[str, dict[int, tuple[tuple, SystemRow]]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
         train = trained.get(entry.run.system.train_run or "")
         size = train.run.data_used.train_examples if train and train.run.data_used else None
         if size:
             points = curves.setdefault(train.run.name, {})
-            if size not in points or order[train.id] > points[size][0]:
-                points[size] = (order[train.id], row)
+            if size not in points or started_at(train) > points[size][0]:
+                points[size] = (started_at(train), row)
     return {name: [(size, row) for size, (_, row) in sorted(points.items())] for name, points in sorted(curves.items())
             if len(points) >= 2}
 

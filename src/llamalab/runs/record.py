@@ -179,7 +179,7 @@ def list_runs(runs_dir: Path | str, kind: str | None = None) -> list[RunRecord]:
             record = RunRecord.load(folder)
             if kind is None or record.run.kind == kind:
                 records.append(record)
-    return sorted(records, key=lambda r: (_started(r), r.id))
+    return sorted(records, key=started_at)
 
 
 def _runs_folder(where: Any) -> Path:
@@ -192,9 +192,10 @@ def _runs_folder(where: Any) -> Path:
     return where / "runs" if (where / "lab.yaml").is_file() else where
 
 
-def _started(record: RunRecord) -> datetime:
+def started_at(record: RunRecord) -> tuple[datetime, str]:
+    """When a run started (to the millisecond), then its id: the order runs are listed in, oldest first."""
     started = datetime.fromisoformat(record.run.started)  # validated when read
-    return started if started.tzinfo else started.replace(tzinfo=UTC)
+    return (started if started.tzinfo else started.replace(tzinfo=UTC)), record.id
 
 
 def names_run(ref: str, run_id: str) -> bool:
