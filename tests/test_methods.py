@@ -261,6 +261,15 @@ def test_training_states_only_recorded_fields(unselected, tmp_path):
     assert "precision" not in training and "Training took" not in training and "None" not in training
     assert f"{used.train_examples} training examples from a random subset of {config['train_examples']} " \
         "examples of the train split, loss" in training
+    # resumed after a session killed before it recorded its time: the time stated is the timed sessions', said so
+    resumed = RunRecord.load(folder)
+    epochs = resumed.run.metrics.epochs
+    resumed.run = resumed.run.model_copy(update={"timings": {"train_s": 11.52, "train_epochs": epochs * 2 / 3}})
+    text = methods_of(unselected, "sentiment", trained={record.id: resumed})
+    training = next(p for p in text.split("\n\n") if p.startswith("Fine-tuned system"))
+    assert "Training took" not in training and (
+        f"Training was interrupted and resumed: the sessions that recorded their time took 12 s for "
+        f"{epochs * 2 / 3:.3g} of its {epochs:.3g} epochs") in training, training
 
 
 # --- every number comes from a record -------------------------------------------------------------------------------

@@ -343,6 +343,10 @@ def _training_cost(run: TrainRun) -> str:
     train_s = run.timings.get("train_s")
     if train_s is not None:
         details = f" ({', '.join(speed)})" if speed else ""
+        timed, epochs = run.timings.get("train_epochs"), run.metrics.epochs if run.metrics else None
+        if timed is not None and epochs and timed < epochs - 1e-3:  # a session killed before it recorded its time
+            return (f" Training was interrupted and resumed: the sessions that recorded their time took "
+                    f"{_seconds(train_s)} for {timed:.3g} of its {epochs:.3g} epochs{details}, on {_hardware(run)}.")
         return f" Training took {_seconds(train_s)}{details} on {_hardware(run)}."
     return f" Training: {', '.join(speed)}, on {_hardware(run)}." if speed else ""
 
