@@ -918,3 +918,23 @@ def test_a_cells_time_counts_its_evaluations_model_loading(tmp_path):
     cell = Cell("k", {}, "x")
     assert CellState(cell, "finished", trained, evaluated).seconds == 11.5
     assert CellState(cell, "trained", trained).seconds == 4.0
+
+
+def test_a_cell_that_fails_before_its_train_record_is_failed_not_pending(lab, tiny_model_dir):
+    """A cell whose base model is not there fails before it writes a record: it showed as pending, and a plain
+    rerun tried it again instead of leaving it to --retry-failed."""
+    from rich.console import Console
+
+    write_experiment(lab, "exp", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 1\ntrain_examples: 8\n"
+                                 "lora: {r: 4, alpha: 8}\n")
+    write_study(lab, "fails", "kind: sweep\nexperiment: exp\ncells: [{base_model: ./no-such-model}]\n"
+                              "eval: {split: test, limit: 4}\ncomparators: {baselines: false}\n")
+    study = load_study(lab, "fails")
+    with pytest.raises(LlamalabError, match="1 of 1 cell"):
+        run_study(lab, study, Console(stderr=True))
+    assert [s.status for s in cell_states(lab, study)] == ["failed"]
+    console = Console(record=True, width=200)
+    with pytest.raises(LlamalabError, match="1 of 1 cell"):
+        run_study(lab, study, console, retry_failed=True)  # tried again only when asked
+    run_study(lab, study, Console(record=True, width=200))  # a plain rerun leaves it alone
+    assert [s.status for s in cell_states(lab, study)] == ["failed"]

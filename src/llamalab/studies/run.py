@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
@@ -19,7 +20,7 @@ from rich.markup import escape
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab, find_lab
 from llamalab.progress import progress_bar
-from llamalab.runs.files import write_json_atomic
+from llamalab.runs.files import write_json_atomic, write_text_atomic
 from llamalab.runs.record import Inputs, RunRecord, find_run, is_alive, list_runs, names_run, slurm_job_alive
 from llamalab.studies.spec import Cell, Study, load_study
 
@@ -128,7 +129,8 @@ def cell_states(lab: Lab, study: Study) -> list[CellState]:
         mine = [r for r in trains if r.run.config_hash == cell.key]
         finished = [r for r in mine if r.run.finished]
         if not finished:
-            states.append(CellState(cell, _state_of(mine[-1]), mine[-1]) if mine else CellState(cell, "pending"))
+            states.append(CellState(cell, _state_of(mine[-1]), mine[-1]) if mine else CellState(
+                cell, "failed" if _failed_marker(lab, study, cell).is_file() else "pending"))
             continue
         train = finished[-1]
         tried = evals.of(train.id, **options)
@@ -148,10 +150,22 @@ def run_cell(lab: Lab, study: Study, cell: Cell, console: Console, processes: in
     from llamalab.evaluation.evaluate import evaluate
     from llamalab.training.trainer import train
 
-    record = train(lab, str(study.experiment_file), reuse=True, console=console, processes=processes,
-                   **cell.overrides)
-    evaluation = evaluate(lab, record.id, reuse=True, console=console, **eval_options(study))
+    marker = _failed_marker(lab, study, cell)
+    try:
+        record = train(lab, str(study.experiment_file), reuse=True, console=console, processes=processes,
+                       **cell.overrides)
+        evaluation = evaluate(lab, record.id, reuse=True, console=console, **eval_options(study))
+    except Exception as exc:  # a cell that failed before its train record existed would look pending
+        write_text_atomic(marker, f"{type(exc).__name__}: {exc}\n")
+        raise
+    marker.unlink(missing_ok=True)
     return CellState(cell, "finished", record, evaluation)
+
+
+def _failed_marker(lab: Lab, study: Study, cell: Cell) -> Path:
+    """Where a cell's last failure is noted (runs/.jobs/<study>/<cell key>.failed): the only trace of one that
+    failed before it wrote a record (a base model that is not there, say), so it is not taken for pending."""
+    return lab.runs_dir / ".jobs" / study.name / f"{cell.key}.failed"
 
 
 def run_cell_job(lab_root: str, study_name: str, cell_key: str, processes: int | None = None) -> str:
