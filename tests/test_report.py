@@ -193,3 +193,15 @@ def test_a_broken_study_stops_publishing_with_its_name_and_the_way_past_it(lab):
     with pytest.raises(LlamalabError, match=r"(?s)study bad-scaling: .*fix studies/bad-scaling.yaml, or move it out of "
                                             r"studies/ to publish without it"):
         study_boards(lab)
+
+
+def test_a_markdown_table_caption_is_emphasis_whatever_space_ends_it():
+    """The sweep caption ended in a space: `*... test. *` closes no emphasis, so the asterisks showed."""
+    from markdown_it import MarkdownIt
+
+    from llamalab.publish.tables import _markdown
+
+    for text in ("Caption. ", "Caption.", " Caption.\n"):
+        table = _markdown(["system", "n"], [["a", "1"]], text)
+        assert table.endswith("*Caption.*\n"), table
+        assert "<em>Caption.</em>" in MarkdownIt().render(table.split("\n\n")[-1])

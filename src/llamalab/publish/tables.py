@@ -125,7 +125,7 @@ def sweep_caption(board: SweepBoard) -> str:
             f"{spec.experiment} in each setting; mean over seeds, 95% percentile-bootstrap band over examples and "
             "seeds. Δ: this setting minus the best on the examples both saw (paired bootstrap of the means over "
             "seeds), Holm-corrected across the settings tested; * significantly different from the best at "
-            "p < 0.05. " + chosen)
+            "p < 0.05. " + chosen).rstrip()
 
 
 def sweep_markdown(board: SweepBoard) -> str:
@@ -182,7 +182,7 @@ def quant_latex(board: QuantBoard) -> str:
 def _markdown(header: list[str], body: list[list[str]], text: str) -> str:
     lines = [_md_row(header), "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
     lines += [_md_row([md_escape(cells[0]), *cells[1:]]) for cells in body]  # the first column: labels from records
-    return "\n".join(lines) + f"\n\n*{md_escape(text)}*\n"
+    return "\n".join(lines) + f"\n\n*{md_escape(text.strip())}*\n"  # "test. *" would close no emphasis
 
 
 def md_escape(text: str) -> str:
