@@ -192,6 +192,15 @@ def test_a_mistyped_run_id_says_it_is_neither_a_run_nor_a_model(lab):
     result = CliRunner().invoke(app, ["export", "nosuchrun", str(lab.root / "out"), "--lab", str(lab.root)])
     assert "no train run or API model named 'nosuchrun' in this lab, and base model 'nosuchrun' not found" in (
         str(result.exception))
+    # an evaluation's id: what it evaluated, and the train run to name instead
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields
+
+    evaluation = RunRecord.create(lab.runs_dir, "eval", "sentiment-tuned", {},
+                                  **eval_fields(label="tuned", kind="finetuned", train_run="20261129-train-tuned-ab12"))
+    result = CliRunner().invoke(app, ["export", evaluation.id[-4:], str(lab.root / "out"), "--lab", str(lab.root)])
+    assert str(result.exception) == (f"{evaluation.id[-4:]!r} names evaluation run {evaluation.id} (of tuned), not a "
+                                     "train run or a model; its train run is 20261129-train-tuned-ab12")
 
 
 def test_an_unfinished_run_names_the_resume_that_continues_it_with_its_overrides(lab):

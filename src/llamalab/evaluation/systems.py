@@ -68,6 +68,12 @@ def resolve_system(lab: Lab, name: str) -> System:
         try:
             return System(label=base_label(lab, name), kind="base", model=resolve_model(name, lab.root))
         except LlamalabError as exc:  # a mistyped run id is not a model either: say both
+            evaluations = matching_runs(lab.runs_dir, name, "eval") if "/" not in name else []
+            if len(evaluations) == 1:  # the id of an evaluation: say what it evaluated
+                run = evaluations[0].run
+                trained = f"; its train run is {run.system.train_run}" if run.system.train_run else ""
+                raise LlamalabError(f"{name!r} names evaluation run {evaluations[0].id} (of {run.system.label}), "
+                                    f"not a train run or a model{trained}") from None
             raise LlamalabError(f"no train run or API model named {name!r} in this lab, and {exc}") from None
     run = record.run
     if not run.finished:
