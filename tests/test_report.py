@@ -147,6 +147,30 @@ def test_the_task_scaling_figure_takes_the_latest_run_per_size_not_the_best_on_t
             board, {r.id: r for r in train_runs(lab)})
 
 
+def test_a_scaling_curve_holds_every_setting_but_the_training_examples_equal(lab):
+    """Runs of one experiment at other learning rates (a sweep) or other step counts were joined into one curve over
+    "training examples"; each set of settings is a curve of its own, named by what sets it apart."""
+    from llamalab.publish.results import scaling_points, task_boards, train_runs
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields, train_fields
+
+    for k, (size, rate, memory) in enumerate([(8, 1e-3, "auto"), (16, 1e-3, "yes"), (8, 1e-4, "auto"),
+                                              (16, 1e-4, "auto"), (32, 1e-2, "auto")]):
+        config = {"train_examples": size, "learning_rate": rate, "activation_checkpointing": memory, "seed": k}
+        train = RunRecord.create(lab.runs_dir, "train", "tiny", config, **train_fields(experiment="tiny"))
+        train.update(status="finished", data_used={"train_examples": size, "skipped_too_long": 0})
+        evaluation = RunRecord.create(lab.runs_dir, "eval", f"tiny-{k}", {"system": train.id},
+                                      **eval_fields(label=f"tiny@{k}", kind="finetuned", train_run=train.id, n=2))
+        append_jsonl(evaluation.folder / "predictions.jsonl", [
+            {"id": f"x{i}", "gold": "positive", "prediction": "positive", "correct": True} for i in range(2)])
+        evaluation.update(status="finished")
+    [board] = [b for b in task_boards(lab) if b.name == "sentiment"]
+    curves = scaling_points(board, {r.id: r for r in train_runs(lab)})
+    assert {name: [size for size, _ in points] for name, points in curves.items()} == {
+        "tiny (learning_rate 0.0001)": [8, 16], "tiny (learning_rate 0.001)": [8, 16]}  # checkpointing: same run
+
+
 def test_a_tie_for_best_is_said_not_hidden_by_the_order(lab):
     from llamalab.runs.files import append_jsonl
     from llamalab.runs.record import RunRecord

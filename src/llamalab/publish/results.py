@@ -30,6 +30,7 @@ from llamalab.studies.scaling import ScalingResult, scaling_result
 from llamalab.studies.spec import Study, load_study
 from llamalab.studies.sweep import SweepResult, sweep_result
 from llamalab.tasks.task import Task, load_task
+from llamalab.training.experiment import LATER_SETTINGS
 
 
 @dataclass
@@ -109,21 +110,38 @@ def loss_history(record: RunRecord) -> list[dict]:
 
 
 def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, SystemRow]]]:
-    """Fine-tuned systems on the board (`trained`: their train runs, in any order) by experiment: (training
-    examples, board row), fewest examples first; at a size trained more than once, the latest training by start
-    time (not the best on this split: that would pick on test).
+    """Fine-tuned systems on the board (`trained`: their train runs, in any order) by experiment and the settings
+    held equal (all but train_examples and seed): (training examples, board row), fewest examples first; at a
+    size trained more than once, the latest training by start time (not the best on this split: that would pick
+    on test). A curve is named by its experiment, and where one experiment has several, by the settings that
+    set it apart (`tiny (learning_rate 0.001)`).
 
-    Only experiments evaluated at two or more training-set sizes make a curve."""
-    curves: dict[str, dict[int, tuple[tuple, SystemRow]]] = {}
+    Only curves evaluated at two or more training-set sizes are drawn."""
+    curves: dict[tuple[str, tuple], dict[int, tuple[tuple, SystemRow]]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
         train = trained.get(entry.run.system.train_run or "")
         size = train.run.data_used.train_examples if train and train.run.data_used else None
         if size:
-            points = curves.setdefault(train.run.name, {})
+            config = {**LATER_SETTINGS, **train.config}  # a run from before a setting existed ran its default
+            held = tuple(sorted((k, repr(v)) for k, v in config.items() if k not in _NOT_HELD))
+            points = curves.setdefault((train.run.name, held), {})
             if size not in points or started_at(train) > points[size][0]:
                 points[size] = (started_at(train), row)
-    return {name: [(size, row) for size, (_, row) in sorted(points.items())] for name, points in sorted(curves.items())
-            if len(points) >= 2}
+    drawn = {key: points for key, points in curves.items() if len(points) >= 2}
+    names = {}
+    for name, held in drawn:
+        others = [dict(h) for n, h in drawn if n == name and h != held]
+        apart = sorted({k for other in others for k, v in dict(held).items() if other.get(k) != v}
+                       | {k for other in others for k in other if k not in dict(held)})
+        names[name, held] = name + (" (" + ", ".join(f"{k} {dict(held).get(k, 'unset')}" for k in apart) + ")"
+                                    if apart else "")
+    return {names[key]: [(size, row) for size, (_, row) in sorted(points.items())]
+            for key, points in sorted(drawn.items(), key=lambda item: names[item[0]])}
+
+
+# What a scaling curve varies (training examples, seeds) and what does not change a run's numbers (memory and
+# checkpoint settings); every other setting is held equal along a curve
+_NOT_HELD = ("train_examples", "seed", "activation_checkpointing", "memory_limit", "save_steps")
 
 
 def relative_run_path(record: RunRecord, lab_root: Path) -> str:
