@@ -317,8 +317,17 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
     assert "studies/tiny-scaling/index.html" in (site / "tasks" / "sentiment" / "index.html").read_text()
     from llamalab.publish.posts import new_post
 
-    post = new_post(lab, "Scaling week").read_text()
+    post_file = new_post(lab, "Scaling week")
+    post = post_file.read_text()
     assert "## Studies" in post and crossover.sentence() in post and "4 of 4 cells finished." in post
+    # its study link works on GitHub (the study file) and on the site (the study's page)
+    assert "[study](../studies/tiny-scaling.yaml)" in post
+    assert (post_file.parent / "../studies/tiny-scaling.yaml").resolve().is_file()
+    from tests.site_pages import broken_links
+
+    site = build_site(lab)
+    assert any("../studies/tiny-scaling/index.html" in page.read_text() for page in (site / "posts").glob("*.html"))
+    assert broken_links(site) == []
 
 
 @pytest.mark.slow

@@ -87,13 +87,16 @@ class Publication:
 def _rewrite_href(href: str) -> str:
     """Relative links written for GitHub's repository view, made to work on the static site.
 
-    ``a.md#s`` -> ``a.html#s`` and ``dir/`` -> ``dir/index.html``; URLs with a scheme, ``/...`` and ``#...`` are kept.
+    ``a.md#s`` -> ``a.html#s``, ``dir/`` -> ``dir/index.html`` and a study file ``studies/NAME.yaml`` -> its page
+    ``studies/NAME/index.html``; URLs with a scheme, ``/...`` and ``#...`` are kept.
     """
     parts = urlsplit(href)
     if parts.scheme or parts.netloc or not parts.path or href.startswith(("/", "#")):
         return href
     path = parts.path
-    if path.endswith(".md"):
+    if study := re.fullmatch(r"((?:\.\./)*)studies/([^/]+)\.yaml", path):
+        path = f"{study.group(1)}studies/{study.group(2)}/index.html"
+    elif path.endswith(".md"):
         path = path[: -len(".md")] + ".html"
     elif path.endswith("/"):
         path += "index.html"

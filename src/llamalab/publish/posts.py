@@ -125,7 +125,7 @@ def _train_line(record: RunRecord) -> str:
 
 def _study_line(board: StudyBoard | QuantBoard) -> str:
     return (f"- {md_escape(board.name)} ({board.study.spec.kind}): {md_escape(board.summary())} — "
-            f"[study](../studies/{board.name}/)")
+            f"[study](../studies/{board.name}.yaml)")  # the study file on GitHub, its page on the site
 
 
 def _dev_line(record: RunRecord) -> str:
