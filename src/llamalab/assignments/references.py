@@ -40,11 +40,12 @@ class References:
 
 def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, margin: float) -> References:
     """The best fine-tuned and the best other evaluation on the test split, among `from_runs` (run ids or unique
-    parts of them) or else among every finished one in the lab."""
+    parts of them) or else among every finished one in the lab (a quantization study's GGUF exports are neither:
+    a student's fine-tune is graded against the lab's own weights)."""
     metric = task.metric_names[0]
     runs = [_named(lab, task, ref, metric) for ref in from_runs] if from_runs else [
         r for r in list_runs(lab.runs_dir, "eval") if r.run.finished and r.run.task.name == task.name
-        and r.run.task.split == "test" and metric in r.run.metrics]
+        and r.run.task.split == "test" and metric in r.run.metrics and not r.run.system.quantized]
     finetuned = [r for r in runs if r.run.system.kind == "finetuned"]
     baselines = [r for r in runs if r.run.system.kind != "finetuned"]
     if not finetuned or not baselines:
@@ -125,6 +126,9 @@ def _named(lab: Lab, task: Task, ref: str, metric: str) -> RunRecord:
     if run.task.name != task.name or run.task.split != "test":
         raise LlamalabError(f"run {record.id} evaluated {run.task.name}/{run.task.split}: name evaluations of "
                             f"{task.name}/test")
+    if run.system.quantized:
+        raise LlamalabError(f"run {record.id} evaluated a {run.system.quantized} GGUF export ({run.system.label}), "
+                            "not the weights a student trains: name the evaluation of the run itself")
     if metric not in run.metrics:
         raise LlamalabError(f"run {record.id} has no {metric} (its metrics: {', '.join(run.metrics) or 'none'})")
     return record

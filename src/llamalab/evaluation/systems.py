@@ -6,8 +6,11 @@ embedded default, a folder, a .gguf file or a Hugging Face id).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 from llamalab.backends.api import ApiModel
 from llamalab.backends.registry import DEFAULT_PRECISION, BackendName, backend_for
@@ -26,9 +29,12 @@ class System:
     train_run: str | None = None
     trained_format: str | None = None  # a fine-tuned model is evaluated in the format it was trained in
     api: ApiModel | None = None
+    quantized: str | None = None  # a quantization study's GGUF export: its type (`model` is the file)
 
     def to_dict(self) -> dict:
         info = {"label": self.label, "kind": self.kind, "train_run": self.train_run}
+        if self.quantized is not None:
+            info["quantized"] = self.quantized
         if self.model is not None:
             info["model"] = {"name": self.model.name, "revision": self.model.revision}
         if self.api is not None:  # the endpoint and prices; never the key itself
@@ -60,21 +66,19 @@ def base_label(lab: Lab, name: str) -> str:
 
 
 def resolve_system(lab: Lab, name: str) -> System:
-    """An API model from lab.yaml, a train run id (or unique part of one), or else a base model."""
+    """An API model from lab.yaml, a train run id (or unique part of one), or else a base model (a quantization
+    study's GGUF export of a fine-tuned run is that run's, at the file's type: `exported_from`)."""
     if name in lab.config.api_models:
         return System(label=name, kind="api", api=lab.config.api_models[name], trained_format="chat")
     record = _train_run(lab, name)
     if record is None:
         try:
-            return System(label=base_label(lab, name), kind="base", model=resolve_model(name, lab.root))
+            model = resolve_model(name, lab.root)
         except LlamalabError as exc:  # a mistyped run id is not a model either: say both
-            evaluations = matching_runs(lab.runs_dir, name, "eval") if "/" not in name else []
-            if len(evaluations) == 1:  # the id of an evaluation: say what it evaluated
-                run = evaluations[0].run
-                trained = f"; its train run is {run.system.train_run}" if run.system.train_run else ""
-                raise LlamalabError(f"{name!r} names evaluation run {evaluations[0].id} (of {run.system.label}), "
-                                    f"not a train run or a model{trained}") from None
-            raise LlamalabError(f"no train run or API model named {name!r} in this lab, and {exc}") from None
+            _not_a_system(lab, name, exc)
+        if (export := exported_from(lab, name)) is not None:
+            return replace(export, model=model)
+        return System(label=base_label(lab, name), kind="base", model=model)
     run = record.run
     if not run.finished:
         from llamalab.runs.record import is_alive
@@ -100,6 +104,39 @@ def resolve_system(lab: Lab, name: str) -> System:
         weights = ModelRef(base.name, str(merged), base.revision)
         return System(label, "finetuned", weights, None, record.id, trained_format)
     raise LlamalabError(f"run {record.id} has no trained weights (adapter/ or model/)")
+
+
+def _not_a_system(lab: Lab, name: str, exc: LlamalabError) -> NoReturn:
+    evaluations = matching_runs(lab.runs_dir, name, "eval") if "/" not in name else []
+    if len(evaluations) == 1:  # the id of an evaluation: say what it evaluated
+        run = evaluations[0].run
+        trained = f"; its train run is {run.system.train_run}" if run.system.train_run else ""
+        raise LlamalabError(f"{name!r} names evaluation run {evaluations[0].id} (of {run.system.label}), "
+                            f"not a train run or a model{trained}") from None
+    raise LlamalabError(f"no train run or API model named {name!r} in this lab, and {exc}") from None
+
+
+def exported_from(lab: Lab, name: str) -> System | None:
+    """For a quantization study's GGUF export (a file in runs/.gguf/ with the record of what it was made from
+    next to it), the system it is: the fine-tuned run's (kind, run, trained format) or the base model's, at the
+    file's type; its model is not resolved. None for any other model."""
+    path = local_path(name, lab.root)
+    made_from = path.with_name(path.name + ".source.json")
+    if path.suffix != ".gguf" or not made_from.is_file():
+        return None
+    try:
+        path.resolve().relative_to((lab.runs_dir / ".gguf").resolve())
+        source = json.loads(made_from.read_text())["system"]
+    except (ValueError, OSError, KeyError, TypeError):
+        return None
+    quantized = path.stem.rsplit("-", 1)[-1]  # `gguf_file` ends the name with the type
+    record = None
+    with contextlib.suppress(LlamalabError):  # a run deleted since, or now ambiguous: the file as a base model
+        record = _train_run(lab, source) if isinstance(source, str) else None
+    if record is None:
+        return System(label=base_label(lab, name), kind="base", quantized=quantized)
+    return System(f"{record.run.experiment}@{record.id[-4:]} {quantized}", "finetuned", train_run=record.id,
+                  trained_format=record.run.prompt.format, quantized=quantized)
 
 
 def resume_hint(lab: Lab, record: RunRecord) -> str:
@@ -147,7 +184,7 @@ def system_outline(lab: Lab, name: str) -> System:
         return System(label=name, kind="api", trained_format="chat")
     record = _train_run(lab, name)
     if record is None:
-        return System(label=base_label(lab, name), kind="base")
+        return exported_from(lab, name) or System(label=base_label(lab, name), kind="base")
     return System(label=name, kind="finetuned", train_run=record.id, trained_format=record.run.prompt.format)
 
 

@@ -25,6 +25,9 @@ Version history:
      provider reported no usage for, counted at 0 tokens; 0 in older records.
   8  `slurm_job`: the Slurm job the run's process is in (with it, a run on a cluster node whose job ended without
      finishing the record is told from a live one); unknown (null) in older records and outside Slurm.
+  9  an eval run's `system.quantized`: the GGUF type of a quantization study's export it evaluated (the
+     system is then a fine-tuned run's or a base model's weights at that type); null in older records, whose
+     exports of a fine-tuned run were recorded as base models (a study evaluates those files again).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -110,6 +113,7 @@ class SystemInfo(Shape):
     train_run: str | None = None
     model: ModelInfo | None = None
     api: dict[str, Any] | None = None  # the endpoint, model id and prices; never the key
+    quantized: str | None = None  # a quantization study's GGUF type of the weights (`model` is the file)
 
 
 class BackendInfo(Open):
@@ -232,7 +236,7 @@ class EvalRun(RunBase):
     @property
     def system_key(self) -> SystemKey:
         system = self.system
-        if system.train_run:
+        if system.train_run and not system.quantized:
             weights = f"train:{system.train_run}"
         elif system.api is not None:
             weights = f"api:{system.api.get('base_url')}#{system.api.get('model')}"
@@ -351,6 +355,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 7}, 7
     if version == 7:  # the Slurm job was not recorded
         data, version = {**data, "schema_version": 8}, 8
+    if version == 8:  # a quantized export was not told apart from the weights it was made from
+        data, version = {**data, "schema_version": 9}, 9
     return data
 
 

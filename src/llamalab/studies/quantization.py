@@ -21,7 +21,7 @@ from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import paired_test
 from llamalab.lab import Lab
 from llamalab.runs.files import write_json_atomic
-from llamalab.runs.record import Inputs, RunRecord, list_runs, read_predictions
+from llamalab.runs.record import Inputs, RunRecord, list_runs, read_predictions, same_settings
 from llamalab.runs.schema import Interval
 from llamalab.studies.spec import Study
 from llamalab.tasks.task import load_task
@@ -71,6 +71,22 @@ def _source_file(gguf: Path) -> Path:
     return gguf.with_name(gguf.name + ".source.json")
 
 
+def _in_lab(lab: Lab, path: Path) -> str:
+    """A path as the lab's files record it: from the lab's root when inside it (no machine's path)."""
+    resolved = path.resolve()
+    return resolved.relative_to(lab.root.resolve()).as_posix() if resolved.is_relative_to(lab.root.resolve()) \
+        else str(path)
+
+
+def _same_source(lab: Lab, made_from: Path, source: dict) -> bool:
+    """Whether an export was made from `source` (its adapter recorded by absolute path before it was by its path
+    in the lab: the same folder either way)."""
+    recorded = json.loads(made_from.read_text())
+    if isinstance(recorded, dict) and isinstance(adapter := recorded.get("adapter"), str):
+        recorded = {**recorded, "adapter": _in_lab(lab, lab.root / adapter)}
+    return recorded == source
+
+
 def _eval_options(study: Study, prompt_format: str | None) -> dict:
     spec = study.spec.eval
     options = {"task": study.task, "split": spec.split, "limit": spec.limit, "backend": "llama.cpp",
@@ -96,12 +112,12 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
     for name in study.spec.quantize.systems:
         system = resolve_system(lab, name)
         source = {"system": name, "revision": system.model.revision if system.model else None,
-                  "adapter": str(system.adapter) if system.adapter else None}
+                  "adapter": _in_lab(lab, system.adapter) if system.adapter else None}
         loaded = None
         for quant in (gguf_type(t) for t in study.spec.quantize.types):
             path = gguf_file(lab, name, quant)
             made_from = _source_file(path)
-            if path.is_file() and made_from.is_file() and json.loads(made_from.read_text()) != source:
+            if path.is_file() and made_from.is_file() and not _same_source(lab, made_from, source):
                 console.print(f"{name} changed since its {quant} GGUF was exported: exporting it again")
                 path.unlink()
             if not path.is_file():
@@ -121,7 +137,8 @@ def _recorded(lab: Lab, task, path: Path, options: dict, evals: list[RunRecord])
     not another evaluation of the same file; its inputs: not one of an earlier export at the same path, or of the
     task's earlier data). Files were named by their absolute path before they were named by their path in the lab:
     an evaluation of either kind is the file's."""
-    from llamalab.evaluation.evaluate import settings_hashes
+    from llamalab.evaluation.evaluate import same_system, settings_hashes
+    from llamalab.evaluation.systems import system_outline
     from llamalab.models import gguf_revision
     from llamalab.tasks.data import current_file_hashes
 
@@ -129,8 +146,9 @@ def _recorded(lab: Lab, task, path: Path, options: dict, evals: list[RunRecord])
     before |= settings_hashes(lab, task, str(path), **options)[1]  # named by its absolute path, as files were first
     inputs = Inputs(gguf_revision(path) if path.is_file() else None, current_file_hashes(task),
                     task.definition_sha256("eval"))
+    outline = system_outline(lab, lab_name(lab, path))  # a fine-tuned run's export is that run's (not a base model)
     found = [r for r in evals if inputs.differ(r) is None
-             and (r.run.config_hash == now or (r.run.config_hash in before and r.run.system.kind == "base"))]
+             and same_settings(r, now, before, lambda r: same_system(r, outline))]
     return found[-1] if found else None
 
 
