@@ -213,7 +213,7 @@ def test_time_per_thousand_and_example_counts_on_random_records(lab):
     """Time per 1,000 examples is the recorded prediction time over the examples it timed (all of them for a run
     that never resumed, or one from before `predict_examples`); a local cost is that time at the lab's rate; the
     n shown for several systems is one count or the range of them."""
-    from llamalab.evaluation.compare import SystemRow, cost_and_time, n_range
+    from llamalab.evaluation.compare import SystemRow, cost_and_time, format_seconds, n_range
     from llamalab.publish.figures import _seed_counts
 
     rng = np.random.default_rng(31)
@@ -225,8 +225,9 @@ def test_time_per_thousand_and_example_counts_on_random_records(lab):
         record.update(timings=timings)
         rate = float(rng.uniform(0.1, 5)) if rng.random() < 0.5 else None
         got = cost_and_time(record, rate)
-        per_1k = round(1000 * seconds / timings.get("predict_examples", n), 1)
-        assert got["seconds_per_1k"] == per_1k
+        per_1k = 1000 * seconds / timings.get("predict_examples", n)
+        assert got["seconds_per_1k"] == pytest.approx(per_1k, rel=1e-12)
+        assert format_seconds(got["seconds_per_1k"]) == (f"{per_1k:,.0f} s" if per_1k >= 10 else f"{per_1k:.1f} s")
         assert got["cost_per_1k_usd"] == (None if rate is None else round(rate * per_1k / 3600, 6))
         counts = [int(c) for c in rng.integers(1, 3000, size=int(rng.integers(1, 5)))]
         rows = [SystemRow.model_construct(n=c) for c in counts]

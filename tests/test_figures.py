@@ -45,6 +45,23 @@ def test_scaling_figure_has_a_line_per_comparator(comparators: int) -> None:
     assert len({(str(line._unscaled_dash_pattern), line.get_linewidth()) for line in lines}) == comparators
 
 
+@pytest.mark.parametrize("curves", [1, 2, 7, 12])
+def test_the_task_scaling_figure_tells_its_curves_apart(curves: int) -> None:
+    """One experiment at two learning rates is two curves: each its own colour and marker (they were all blue
+    circles, so the legend could not say which points were which)."""
+    from types import SimpleNamespace
+
+    from llamalab.publish.figures import scaling
+
+    board = SimpleNamespace(metric="accuracy", systems=[], task="t")
+    points = {f"curve-{c}": [(size, SimpleNamespace(metrics={"accuracy": interval(0.5 + 0.01 * c)}))
+                             for size in (10, 100)] for c in range(curves)}
+    fig = scaling(board, points)
+    drawn = [c for c in fig.axes[0].containers if c.get_label().startswith("curve-")]
+    assert len(drawn) == curves
+    assert len({(c.lines[0].get_color(), c.lines[0].get_marker()) for c in drawn}) == curves
+
+
 def test_labels_with_dollar_signs_are_drawn_as_written(tmp_path) -> None:
     """A label with two `$` was drawn as mathtext (signs gone, italics), or stopped the build ("Unknown symbol")."""
     from llamalab.publish.figures import quant_tradeoff, save

@@ -113,7 +113,8 @@ def test_one_number_per_run_in_every_place(published_lab):
 
 def test_the_task_scaling_figure_takes_the_latest_run_per_size_not_the_best_on_test(lab):
     """On random labs: at a size trained more than once, the scaling figure's point is the latest training's
-    evaluation, whatever it scored (the best on the board's own split would be a choice made on test)."""
+    evaluation, whatever it scored (the best on the board's own split would be a choice made on test), and never
+    a quantized export of it (here scoring best of all)."""
     import numpy as np
 
     from llamalab.publish.results import scaling_points, task_boards, train_runs
@@ -137,6 +138,14 @@ def test_the_task_scaling_figure_takes_the_latest_run_per_size_not_the_best_on_t
             for i, ok in enumerate(hits)])
         evaluation.update(status="finished")
         latest[size] = evaluation.id
+        if rng.random() < 0.5:  # a quantization study's export of the run: never a point of its curve
+            fields = eval_fields(label=f"curve@{k} q4_0", kind="finetuned", train_run=train.id, n=20,
+                                 model=f"runs/.gguf/curve-{k}-q4_0.gguf", backend="llama.cpp")
+            fields["system"]["quantized"] = "q4_0"
+            export = RunRecord.create(lab.runs_dir, "eval", f"curve-{k}-q4_0", {"system": f"q{k}"}, **fields)
+            append_jsonl(export.folder / "predictions.jsonl", [
+                {"id": f"x{i}", "gold": "positive", "prediction": "positive", "correct": True} for i in range(20)])
+            export.update(status="finished")
     [board] = [b for b in task_boards(lab) if b.name == "sentiment"]
     [(name, points)] = scaling_points(board, {r.id: r for r in train_runs(lab)}).items()
     assert name == "curve" and [size for size, _ in points] == sorted(latest)

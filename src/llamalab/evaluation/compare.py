@@ -144,7 +144,7 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
     usage = run.usage if isinstance(run, EvalRun) else None
     predict_s = run.timings.get("predict_s")
     timed = run.timings.get("predict_examples", n)  # a resumed run's time covers the examples it timed
-    seconds_per_1k = round(1000 * predict_s / timed, 1) if predict_s and timed else None
+    seconds_per_1k = 1000 * predict_s / timed if predict_s and timed else None  # rounded where shown, once
     cost, basis = (usage.cost_per_1k_examples_usd if usage else None), "API list prices"
     if usage and usage.content_filtered_unmetered:  # answers billed with token counts the API never sent
         basis = f"{LOWER_BOUND} ({usage.content_filtered_unmetered:,} content-filtered answers without token counts)"
@@ -170,11 +170,16 @@ def format_cost(value: float | None, basis: str | None = None) -> str:
     if value is None:
         return "–"
     mark = "~" if basis and basis.startswith("local") else "≥" if basis and basis.startswith(LOWER_BOUND) else ""
+    if 0 < value < 0.00005:  # would read $0.0000: free
+        return f"{mark}<$0.0001"
     return f"{mark}${value:.4f}"
 
 
 def format_seconds(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f} s"
+    """Seconds as every table and the methods text show them: whole seconds from 10 s, tenths below."""
+    if value is None:
+        return "–"
+    return f"{value:,.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
 def compare(

@@ -199,12 +199,21 @@ def _percentile_interval(stat: RowStatistic, n_resamples: int, confidence: float
 
 def percentiles(replicates: np.ndarray, estimate: float, confidence: float = 0.95) -> tuple[float, float, str]:
     """The percentile interval of bootstrap replicates, leaving out the undefined (NaN) ones, and what the
-    method string adds about them ("" when none were); [estimate, estimate] when none is defined."""
+    method string adds about them ("" when none were); [estimate, estimate] when none is defined.
+
+    A biased statistic can put its estimate outside that range (macro-F1 with one frequent class wrong and many
+    rare ones right: resamples that miss a rare class score lower, so nearly all sit below the estimate). No
+    interval may exclude its own estimate: the bound on that side is moved to the estimate, and the method says
+    so."""
     defined = replicates[~np.isnan(replicates)]
     alpha = 1.0 - confidence
     low, high = np.quantile(defined, [alpha / 2, 1 - alpha / 2]) if defined.size else (estimate, estimate)
     undefined = replicates.size - defined.size
     note = f", {undefined} resamples where the metric is undefined left out" if undefined else ""
+    if not low <= estimate <= high:
+        note += (f", the {'lower' if estimate < low else 'upper'} bound moved to the estimate, which the resamples' "
+                 f"{confidence:.0%} range left out (a biased statistic)")
+        low, high = min(low, estimate), max(high, estimate)
     return float(low), float(high), note
 
 

@@ -35,6 +35,7 @@ _BLUE, _ORANGE, _GREY = "#2563eb", "#ea580c", "#6b7280"
 _LINE_STYLES = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)), (0, (4, 2, 1, 2)))
 _COLORS = (_BLUE, _ORANGE, _GREY, "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04")
 _MARKERS = ("o", "s", "^", "D", "v")
+_CURVES = tuple(c for c in _COLORS if c not in (_ORANGE, _GREY))  # the reference lines' colours mean API and base
 
 
 def _line(i: int) -> dict:
@@ -124,12 +125,13 @@ def scaling(comparison: Comparison, curves: dict[str, list[tuple[int, SystemRow]
     references = [r for r in comparison.systems if r.kind != "finetuned"][:4]
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
-        for name, points in curves.items():
+        for i, (name, points) in enumerate(curves.items()):  # each curve told apart by colour and marker
             sizes = [size for size, _ in points]
             m = [row.metrics[metric] for _, row in points]
             ax.errorbar(sizes, [x.estimate for x in m], yerr=[[x.estimate - x.low for x in m],
                                                                  [x.high - x.estimate for x in m]],
-                        marker="o", capsize=3, color=_BLUE, label=f"{name} (fine-tuned; latest run per size)")
+                        capsize=3, label=f"{name} (fine-tuned; latest run per size)",
+                        color=_CURVES[i % len(_CURVES)], marker=_MARKERS[i % len(_MARKERS)])
         for i, row in enumerate(references):
             m = row.metrics[metric]
             color = _ORANGE if row.kind == "api" else _GREY

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llamalab.config import LlamalabError
-from llamalab.evaluation.compare import SystemRow, reference_name, tests_run, untested
+from llamalab.evaluation.compare import SystemRow, format_seconds, reference_name, tests_run, untested
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
 from llamalab.runs.schema import DataUsed, EvalRun, ScoringInfo, TrainRun
@@ -346,8 +346,9 @@ def _training_cost(run: TrainRun) -> str:
         timed, epochs = run.timings.get("train_epochs"), run.metrics.epochs if run.metrics else None
         if timed is not None and epochs and timed < epochs - 1e-3:  # a session killed before it recorded its time
             return (f" Training was interrupted and resumed: the sessions that recorded their time took "
-                    f"{_seconds(train_s)} for {timed:.3g} of its {epochs:.3g} epochs{details}, on {_hardware(run)}.")
-        return f" Training took {_seconds(train_s)}{details} on {_hardware(run)}."
+                    f"{format_seconds(train_s)} for {timed:.3g} of its {epochs:.3g} epochs{details}, "
+                    f"on {_hardware(run)}.")
+        return f" Training took {format_seconds(train_s)}{details} on {_hardware(run)}."
     return f" Training: {', '.join(speed)}, on {_hardware(run)}." if speed else ""
 
 
@@ -394,6 +395,7 @@ def _evaluation(board: TaskBoard, evals: list[_Eval]) -> str:
     sentences = [f"Evaluation of {len(evals)} system(s)."]
     sentences += _scoring(evals)
     sentences.append(_prompts(evals))
+    sentences.append(_quantized(evals))
     if all(_keeps_prompts(e) for e in evals):
         sentences.append("Every prompt, its SHA-256 and the prediction are kept per example in each run's "
                          "predictions.jsonl.")
@@ -455,6 +457,18 @@ def _prompt_way(e: _Eval) -> str:
     return f"{where}, {shots} examples in the prompt{drawn}"
 
 
+def _quantized(evals: list[_Eval]) -> str:
+    """Which systems are a quantization study's GGUF exports, and of what (the record's `system.quantized`)."""
+    exports = [f"{e.name} is " + (f"fine-tuned run {s.train_run}'s weights" if s.train_run else
+                                  f"the model file {s.model.name if s.model else s.label}")
+               + f" at GGUF type {s.quantized}, run by the {e.run.backend.backend} backend"
+               for e in evals if (s := e.run.system).quantized]
+    if not exports:
+        return ""
+    return ("Quantized weights (a quantization study's exports, made by llama.cpp's converter and quantizer): "
+            + "; ".join(exports) + ".")
+
+
 def _keeps_prompts(e: _Eval) -> bool:
     return bool(e.predictions) and all("prompt" in r and "prompt_sha256" in r for r in e.predictions.values())
 
@@ -507,7 +521,7 @@ def _prediction_time(evals: list[_Eval]) -> str:
               "predicted in a session that was interrupted)" for e, _ in timed
               if e.run.timings.get("predict_examples", e.run.task.n) < e.run.task.n]
     partial = f"; timed over part of the examples for {_join(partly)}" if partly else ""
-    return f"Prediction took {_seconds(sum(s for _, s in timed))} in total{api} on {where}{missing}{partial}."
+    return f"Prediction took {format_seconds(sum(s for _, s in timed))} in total{api} on {where}{missing}{partial}."
 
 
 # --- shared ------------------------------------------------------------------------------------------------------
@@ -563,5 +577,3 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _seconds(value: float) -> str:
-    return f"{value:,.0f} s" if value >= 10 else f"{value:.1f} s"

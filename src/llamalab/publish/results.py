@@ -25,7 +25,7 @@ from llamalab.lab import Lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import TRAIN_LOG, RunRecord, list_runs, started_at
 from llamalab.studies.quantization import REFERENCE, QuantRow, recorded_quantization
-from llamalab.studies.run import CellState, cell_states, recorded_comparators
+from llamalab.studies.run import CellState, cell_states, check_sizes, recorded_comparators
 from llamalab.studies.scaling import ScalingResult, scaling_result
 from llamalab.studies.spec import Study, load_study
 from llamalab.studies.sweep import SweepResult, sweep_result
@@ -110,7 +110,8 @@ def loss_history(record: RunRecord) -> list[dict]:
 
 
 def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, SystemRow]]]:
-    """Fine-tuned systems on the board (`trained`: their train runs, in any order) by experiment and the settings
+    """Fine-tuned systems on the board (`trained`: their train runs, in any order; not their quantized exports)
+    by experiment and the settings
     held equal (all but train_examples and seed): (training examples, board row), fewest examples first; at a
     size trained more than once, the latest training by start time (not the best on this split: that would pick
     on test). A curve is named by its experiment, and where one experiment has several, by the settings that
@@ -120,6 +121,8 @@ def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str,
     curves: dict[tuple[str, tuple], dict[int, tuple[tuple, SystemRow]]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
         train = trained.get(entry.run.system.train_run or "")
+        if entry.run.system.quantized:  # a quantization study's export of the run: not the run's own weights
+            continue
         size = train.run.data_used.train_examples if train and train.run.data_used else None
         if size:
             config = {**LATER_SETTINGS, **train.config}  # a run from before a setting existed ran its default
@@ -239,6 +242,7 @@ def _study_board(lab: Lab, name: str) -> StudyBoard | SweepBoard | QuantBoard | 
     if study.spec.kind == "quantization":
         rows = recorded_quantization(lab, study)
         return QuantBoard(study, rows, metric) if rows else None
+    check_sizes(lab, study)  # a study `study run` refuses is not published either
     states = cell_states(lab, study)
     if not any(s.status == "finished" for s in states):
         return None

@@ -102,9 +102,11 @@ def sweep_cells(board: SweepBoard) -> tuple[list[str], list[list[str]]]:
     """A sweep study: one row per setting (mean over seeds), best first, each tested against the best."""
     header = ["Setting", "Seeds", f"{board.result.metric} (mean)", "95% band", "Δ vs best", "p (Holm)", "n"]
     body = []
+    best_n = board.result.points[0].interval.n if board.result.points else None
     for i, point in enumerate(board.result.points):
         m = point.interval
-        shared = f" (n={point.n_shared:,})" if point.delta is not None and point.n_shared != m.n else ""
+        fewer = point.n_shared is not None and (point.n_shared != m.n or point.n_shared != best_n)  # than either saw
+        shared = f" (n={point.n_shared:,})" if point.delta is not None and fewer else ""
         if i == 0:
             test = ["best", "–"]
         elif not point.tested:
