@@ -265,3 +265,25 @@ def test_a_mistyped_split_or_task_is_named_as_such(lab):
     assert result.exit_code == 2 and "'dv' is not a split: use train, dev or test" in " ".join(result.output.split())
     result = runner.invoke(app, ["report", "--task", "sentimnt", "--lab", str(lab.root)])
     assert "did you mean 'sentiment'" in str(result.exception)
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(lab, tiny_model_dir):
+    """Ctrl-C stopped a command with exit code 130 and not a word; it says what is kept and how to continue, and
+    the run is marked interrupted."""
+    import signal
+    import time
+
+    from llamalab.runs.record import list_runs
+
+    child = subprocess.Popen([sys.executable, "-m", "llamalab.cli", "eval", str(tiny_model_dir), "--task", "sentiment",
+                              "--protocol", "generate", "--max-new-tokens", "8", "--lab", str(lab.root)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(lab.runs_dir.glob("*/predictions.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until its first predictions are saved
+    child.send_signal(signal.SIGINT)
+    output, _ = child.communicate(timeout=120)
+    assert child.returncode == 130, output[-2000:]
+    assert "interrupted: stopping. Finished work is kept: a train or eval run continues with --resume" in output
+    [record] = list_runs(lab.runs_dir, "eval")
+    assert record.run.status == "interrupted"

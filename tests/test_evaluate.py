@@ -73,7 +73,7 @@ def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir):
 
     timings = resumed.run.timings
     assert timings["predict_examples"] == 8 and clean.run.timings["predict_examples"] == 20
-    assert cost_and_time(resumed)["seconds_per_1k"] == round(1000 * timings["predict_s"] / 8, 1)
+    assert cost_and_time(resumed)["seconds_per_1k"] == 1000 * timings["predict_s"] / 8
     [board] = [b for b in task_boards(lab) if b.name == "sentiment"]
     assert "(8 of its 20 examples; the rest were predicted in a session that was interrupted)" in " ".join(
         methods_paragraphs(board, {}))
@@ -183,6 +183,24 @@ def test_api_latency_per_1k_examples_is_over_the_requests_sent(seed):
         return
     assert usage["latency_s_per_1k_examples"] == pytest.approx(1000 * sum(sent) / len(sent), abs=0.006)
     assert usage["cache_hits"] == len(rows) - len(sent)
+
+
+def test_reuse_continues_a_killed_evaluation_instead_of_starting_over(lab, tiny_model_dir):
+    """What studies call (`evaluate(reuse=True)`): a killed evaluation of the same settings is continued (its
+    saved predictions kept), as `train(reuse=True)` continues a killed training; it started over before."""
+    settings = {"system": str(tiny_model_dir), "task": "sentiment", "limit": 12, "batch_size": 4}
+    assert eval_killed_after(lab.root, 2, settings).returncode == -9
+    [killed] = list_runs(lab.runs_dir, "eval")
+    kept = {r["id"]: r["prediction"] for r in rows_of(killed)}
+    assert len(kept) == 8
+    options = {k: v for k, v in settings.items() if k != "system"}
+    other = evaluate(lab, str(tiny_model_dir), **{**options, "limit": 4}, reuse=True)  # other settings: its own
+    assert other.id != killed.id
+    resumed = evaluate(lab, str(tiny_model_dir), **options, reuse=True)
+    assert resumed.id == killed.id and resumed.run.status == "finished" and len(resumed.run.resumed) == 1
+    assert {r["id"]: r["prediction"] for r in rows_of(resumed)}.items() >= kept.items()
+    assert len(rows_of(resumed)) == 12 and resumed.run.timings["predict_examples"] == 4
+    assert evaluate(lab, str(tiny_model_dir), **options, reuse=True).id == killed.id  # and then reused
 
 
 def test_reuse_and_resume_never_take_a_run_of_other_weights_or_data(lab, tiny_model_dir, tmp_path):

@@ -112,7 +112,18 @@ def test_an_unfinished_comparator_run_is_refused_naming_it(lab):
     ("kind: scaling\nexperiment: exp\ngrid: {train_examples: [8, null]}\n", "are whole numbers"),
     ("kind: scaling\nexperiment: exp\ngrid: {train_examples: [8, true]}\n", "are whole numbers"),
     ("experiment: exp\ngrid: {task: [sentiment, intent]}\n", "the cells train on several tasks (intent, sentiment)"),
-    ("experiment: exp\ngrid: {base_model: [a/b, c/d]}\n", "the cells start from several base models (a/b, c/d)"),
+    ("experiment: exp\ngrid: {learning_rate: [1e-4]}\nseeds: [0, 1, 1]\n", "bad.yaml:3: key 'seeds': `seeds` repeats"),
+    ("experiment: exp\ngrid:\n  learning_rate: []\n",
+     "bad.yaml:2: key 'grid': every `grid` setting needs at least one value (learning_rate"),
+    ("experiment: nope\ngrid: {learning_rate: [1e-4]}\n", "bad.yaml: key 'experiment': no experiment"),
+    ("kind: scaling\nexperiment: exp\ngrid:\n  train_examples: [8]\n  learning_rate: [1e-4, 1e-3]\n",
+     "bad.yaml:3: key 'grid': a scaling study varies only"),
+    # checked when the study is read, not after every cell has trained (and then again by every `study status`)
+    ("experiment: exp\ngrid: {learning_rate: [1e-4]}\neval: {task: gsm8k, protocol: loglikelihood}\n",
+     "bad.yaml: key 'eval': task 'gsm8k' has number answers: set `eval: {protocol: generate}`"),
+    # a sweep's settings are compared with each other: comparators were evaluated and shown nowhere
+    ("kind: sweep\nexperiment: exp\ngrid: {learning_rate: [1e-4]}\ncomparators: {api: [x]}\n",
+     "bad.yaml:4: key 'comparators': a sweep study compares its own systems"),
 ])
 def test_a_study_its_results_could_not_mean_is_refused_before_it_runs(lab, text, message):
     write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
@@ -120,6 +131,43 @@ def test_a_study_its_results_could_not_mean_is_refused_before_it_runs(lab, text,
     with pytest.raises(LlamalabError) as error:
         load_study(lab, "bad")
     assert message in str(error.value)
+
+
+def test_a_named_comparator_is_the_same_run_for_study_run_and_the_report(lab):
+    """`study run` and the report (and `study status`) take `comparators.runs` by one rule: the report took the
+    latest run whose id held the name, which could be another evaluation than the one `study run` tested."""
+    from rich.console import Console
+
+    from llamalab.studies.run import comparator_evals, recorded_comparators
+    from tests.records import sentiment_eval
+
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
+    first = sentiment_eval(lab, "cmpsys", [True, False, True])
+    write_study(lab, "named", "kind: scaling\nexperiment: exp\ngrid: {train_examples: [8]}\n"
+                              "comparators: {baselines: false, runs: [cmpsys]}\n")
+    study = load_study(lab, "named")
+    assert [r.id for r in comparator_evals(lab, study, Console(stderr=True))] == [first.id]
+    assert [r.id for r in recorded_comparators(lab, study)] == [first.id]
+    sentiment_eval(lab, "cmpsys", [True, True, True])  # a second run the name fits: neither picks one
+    for call in (lambda: comparator_evals(lab, study, Console(stderr=True)),
+                 lambda: recorded_comparators(lab, study)):
+        with pytest.raises(LlamalabError, match="'cmpsys' is ambiguous"):
+            call()
+
+
+def test_a_sweep_over_base_models_runs_no_comparators(lab, tiny_model_dir, monkeypatch):
+    """A sweep has no comparators (its settings are tested against the best of them): one over base models is
+    not refused for the baselines it would not show, and `study run` evaluates no baseline."""
+    from rich.console import Console
+
+    from llamalab.studies import run as study_run
+
+    write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
+    write_study(lab, "models", f"experiment: exp\ngrid: {{base_model: [smollm2-135m-instruct, '{tiny_model_dir}']}}\n")
+    study = load_study(lab, "models")
+    assert len(study.cells) == 2
+    monkeypatch.setattr(study_run, "_cells_to_run", lambda *args, **kwargs: [])
+    assert run_study(lab, study, Console(stderr=True))[1] == [] and list_runs(lab.runs_dir, "eval") == []
 
 
 def test_a_cells_evaluation_is_the_one_the_study_runs_not_a_later_one_with_other_settings(lab):
@@ -142,7 +190,8 @@ def test_a_cells_evaluation_is_the_one_the_study_runs_not_a_later_one_with_other
         outline = system_outline(lab, system)
         settings = complete_settings(EvalSettings(system=system, task="sentiment", **options), task, outline)
         record = RunRecord.create(lab.runs_dir, "eval", system[-8:], settings.model_dump(),
-                                  **eval_fields(n=30, split=settings.split, kind=outline.kind))
+                                  **eval_fields(n=30, split=settings.split, kind=outline.kind,
+                                                    train_run=outline.train_run))
         record.update(status="finished", metrics={"accuracy": {"estimate": score, "low": 0.0, "high": 1.0, "n": 30}})
         return record
 
@@ -714,7 +763,8 @@ def test_sweep_numbers_match_an_independent_computation_on_random_records(tmp_pa
         for i, (row, point) in enumerate(zip(body, result.points, strict=True)):
             assert row[2] == f"{point.interval.estimate:.3f}" and row[6] == f"{point.interval.n:,}"
             if point.delta is not None:
-                shared = f" (n={point.n_shared:,})" if point.n_shared != point.interval.n else ""
+                fewer = point.n_shared != point.interval.n or point.n_shared != result.points[0].interval.n
+                shared = f" (n={point.n_shared:,})" if fewer else ""  # fewer than this setting or the best saw
                 assert row[4] == f"{round(point.delta, 3) + 0.0:+.3f}{shared}"
                 assert row[5].endswith(" *") == (point.worse or point.better)
             else:
@@ -947,3 +997,119 @@ def test_a_cell_that_fails_before_its_train_record_is_failed_not_pending(lab, ti
         run_study(lab, study, console, retry_failed=True)  # tried again only when asked
     run_study(lab, study, Console(record=True, width=200))  # a plain rerun leaves it alone
     assert [s.status for s in cell_states(lab, study)] == ["failed"]
+
+
+def test_a_cell_whose_evaluation_fails_before_its_record_is_failed_not_trained(lab, tiny_model_dir):
+    """Trained, but its evaluation failed before it wrote a record (here: the run's weights are gone): the cell
+    showed as trained, so every plain rerun tried it again and the summary did not count it as failed."""
+    import shutil
+
+    from rich.console import Console
+
+    from llamalab.training.trainer import train
+
+    write_experiment(lab, "exp", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 1\ntrain_examples: 8\n"
+                                 "lora: {r: 4, alpha: 8}\n")
+    write_study(lab, "evalfails", "experiment: exp\ngrid: {learning_rate: [1e-3]}\neval: {limit: 4}\n")
+    study = load_study(lab, "evalfails")
+    [cell] = study.cells
+    record = train(lab, str(study.experiment_file), **cell.overrides)
+    assert [s.status for s in cell_states(lab, study)] == ["trained"]
+    shutil.rmtree(record.folder / "adapter")
+    with pytest.raises(LlamalabError, match="(?s)1 of 1 cell.*no trained weights"):
+        run_study(lab, study, Console(stderr=True))
+    assert [s.status for s in cell_states(lab, study)] == ["failed"] and list_runs(lab.runs_dir, "eval") == []
+    console = Console(record=True, width=200)
+    run_study(lab, study, console)  # a plain rerun leaves it to --retry-failed
+    assert "1 failed (rerun with --retry-failed)" in console.export_text()
+
+
+def test_a_fine_tuned_runs_quantized_exports_are_that_runs_not_base_models(study_lab, tmp_path):
+    """A quantization study of a fine-tuned run records each GGUF evaluation as that run's weights at the file's
+    type (kind finetuned, its train run, `quantized`), each export a system of its own on the leaderboard; the
+    scaling figure does not draw them as baselines or points of the run's curve, the methods text says what they
+    are, and an evaluation an earlier llamalab recorded as a base model is not taken for them."""
+    import json
+
+    from rich.console import Console
+
+    from llamalab.assignments.references import choose_references
+    from llamalab.evaluation.evaluate import evaluate
+    from llamalab.publish.methods import methods_paragraphs
+    from llamalab.publish.results import scaling_points, task_boards, train_runs
+    from llamalab.runs.files import write_json_atomic
+    from llamalab.studies.quantization import gguf_file, recorded_quantization, run_quantization
+    from llamalab.training.trainer import train
+
+    lab = study_lab
+    run = train(lab, "tiny")
+    own = evaluate(lab, run.id, task="sentiment", split="test", limit=6)
+    write_study(lab, "q", f"kind: quantization\nquantize: {{systems: ['{run.id}'], types: [f16, q8_0]}}\n"
+                          "eval: {task: sentiment, limit: 6}\n")
+    study = load_study(lab, "q")
+    rows = run_quantization(lab, study, Console(stderr=True))
+    source = json.loads(gguf_file(lab, run.id, "f16").with_name(gguf_file(lab, run.id, "f16").name
+                                                                  + ".source.json").read_text())
+    assert source["adapter"] == f"runs/{run.id}/adapter"  # no machine's path
+    for row in rows:
+        system = row.eval.run.system
+        assert (system.kind, system.train_run, system.quantized) == ("finetuned", run.id, row.type)
+        assert system.label == f"tiny@{run.id[-4:]} {row.type}"
+        assert row.eval.run.prompt.format == run.run.prompt.format
+    board = next(b for b in task_boards(lab) if b.name == "sentiment")
+    assert sorted(r.run for r in board.rows) == sorted([own.id, *(r.eval.id for r in rows)])
+    assert scaling_points(board, {r.id: r for r in train_runs(lab)}) == {}  # one size: no curve, exports no points
+    text = " ".join(methods_paragraphs(board, {run.id: run}))
+    assert f"is fine-tuned run {run.id}'s weights at GGUF type q8_0, run by the llama.cpp backend" in text
+    with pytest.raises(LlamalabError, match="GGUF export"):
+        choose_references(lab, board.task, [rows[1].eval.id], margin=0.0)
+
+    # An evaluation recorded as a base model (as an earlier llamalab did) is not the study's: it runs again.
+    record = rows[1].eval
+    data = json.loads((record.folder / "run.json").read_text())
+    data["system"].update(kind="base", train_run=None, label=data["system"]["model"]["name"])
+    data["system"].pop("quantized")
+    data["schema_version"] = 8
+    write_json_atomic(record.folder / "run.json", data)
+    assert [r.type for r in recorded_quantization(lab, study)] == ["f16"]
+    again = run_quantization(lab, study, Console(stderr=True))
+    assert again[0].eval.id == rows[0].eval.id and again[1].eval.id != record.id
+    assert again[1].eval.run.system.quantized == "q8_0"
+    board = next(b for b in task_boards(lab) if b.name == "sentiment")
+    assert record.id not in {r.run for r in board.rows}  # the same file's newer evaluation replaces it
+
+
+def test_a_slurm_jobs_failure_is_said_by_its_cause_not_submitits_first_line():
+    """submitit's errors begin with a line that says nothing ("Job (task=0) failed during processing with
+    trace:"); the cell's error, or the state Slurm ended the job in, is what `study run` says."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from llamalab.studies.run import job_failure
+
+    trace = ('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n    f()\n'
+             "llamalab.config.LlamalabError: run x has no trained weights (adapter/ or model/)")
+    failed = FailedJobError(f"Job (task=0) failed during processing with trace:\n{'-' * 22}\n{trace}\n{'-' * 22}\n"
+                            "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n"
+                            "  - /a/err\n  - /a/out")
+    assert job_failure(failed) == "llamalab.config.LlamalabError: run x has no trained weights (adapter/ or model/)"
+    cancelled = UncompletedJobError("Job 123_0 (task: 0) with path /x/123_0_0_result.pkl\n"
+                                    "has not produced any output (state: CANCELLED by 1000)\nError stream produced:\n"
+                                    f"{'-' * 40}\nslurmstepd: error: *** JOB 123 CANCELLED ***")
+    assert job_failure(cancelled) == "the job ended without a result (Slurm state CANCELLED by 1000)"
+    assert job_failure(RuntimeError("boom\nmore")) == "RuntimeError: boom"
+
+
+def test_a_run_stopped_at_its_slurm_time_limit_is_interrupted_not_failed(tmp_path):
+    """submitit raises UncompletedJobError in a job Slurm stops at its time limit: the run continues from its
+    checkpoint on a plain rerun, so it is interrupted (it was failed, and left to --retry-failed)."""
+    from submitit.core.utils import UncompletedJobError
+
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields
+
+    for error, status in ((UncompletedJobError("Job not requeued because: timed-out and not checkpointable."),
+                           "interrupted"), (KeyboardInterrupt(), "interrupted"), (RuntimeError("x"), "failed")):
+        record = RunRecord.create(tmp_path, "eval", "x", {}, **eval_fields())
+        with pytest.raises(type(error)), record.tracking():
+            raise error
+        assert RunRecord.load(record.folder).run.status == status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -456,8 +457,9 @@ def study_run(
 
 @study_app.command("status")
 def study_status(name: str, lab: LabOption = None) -> None:
-    """Each cell of a study: pending, running, interrupted, failed, trained or finished, with its runs."""
-    from llamalab.studies.run import cell_states
+    """Each cell of a study: pending, running, interrupted, failed, trained or finished, with its runs, and the
+    results so far (a scaling study's curve and crossovers, a sweep's table, a quantization study's rows)."""
+    from llamalab.studies.run import cell_states, check_sizes, recorded_comparators
     from llamalab.studies.spec import load_study
 
     the_lab = find_lab(lab)
@@ -467,7 +469,8 @@ def study_status(name: str, lab: LabOption = None) -> None:
 
         _print_quantization(the_lab, study, recorded_quantization(the_lab, study))
         return
-    _print_study(the_lab, study, cell_states(the_lab, study))
+    check_sizes(the_lab, study)  # as `study run` refuses it
+    _print_study(the_lab, study, cell_states(the_lab, study), recorded_comparators(the_lab, study))
 
 
 def _print_study(lab, study, states, comparators=None) -> None:
@@ -592,7 +595,16 @@ def main() -> None:
     # missing: a warning about nothing llamalab uses unless the run is QLoRA (which checks bitsandbytes itself)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    signal.signal(signal.SIGINT, _interrupted)
     run_app(app)
+
+
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C: say what happens to the work (a command stopped silently, with exit code 130), then stop as Python
+    does (each run marks itself interrupted on the way out)."""
+    sys.stderr.write("\ninterrupted: stopping. Finished work is kept: a train or eval run continues with --resume, "
+                     "a study with `llamalab study run NAME` again; an export is written whole or not at all.\n")
+    raise KeyboardInterrupt
 
 
 def run_app(typer_app: typer.Typer) -> None:

@@ -35,7 +35,15 @@ from llamalab.evaluation.systems import System, canonical_name, resolve_system, 
 from llamalab.lab import Lab
 from llamalab.progress import progress_bar
 from llamalab.runs.files import append_jsonl, read_jsonl, repair_jsonl, write_json_atomic
-from llamalab.runs.record import PREDICTIONS, Inputs, RunRecord, config_hash, finished_run, resume_run
+from llamalab.runs.record import (
+    PREDICTIONS,
+    Inputs,
+    RunRecord,
+    config_hash,
+    finished_run,
+    has_unfinished,
+    resume_run,
+)
 from llamalab.tasks.data import Example, TaskData, load_task_data
 from llamalab.tasks.prompts import Prompter, run_on_rule, store_chat_template
 from llamalab.tasks.task import NORMALIZATIONS, Task, load_task
@@ -123,7 +131,8 @@ def evaluate(
     `load_system` (evaluating it does not close it), or complete `EvalSettings`; `task` and `options` are the
     other `EvalSettings` fields (split, limit, shots, format, protocol, ...). With `resume`, continue the latest
     unfinished evaluation with the same settings. With `reuse`, return the latest finished evaluation with the
-    same settings, if there is one, instead of running it again (studies use this to skip finished cells).
+    same settings, if there is one, instead of running it again, or else continue an unfinished one (a killed
+    process's), as `train(reuse=True)` does (studies use this to skip finished cells and continue killed ones).
     """
     console = console or Console(stderr=True)
     loaded = system if isinstance(system, LoadedSystem) else None
@@ -157,11 +166,19 @@ def evaluate(
     data = load_task_data(task_spec)
     inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes,
                     task_spec.definition_sha256("eval"), resolved.api.model_dump() if resolved.api else None)
-    if reuse and (done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs, also=before,
-                                       where=lambda record: same_system(record, resolved))):
-        return done
+    if reuse:
+        mine = {"also": before, "where": lambda record: same_system(record, resolved)}
+        if done := finished_run(lab.runs_dir, "eval", settings.model_dump(), inputs=inputs, **mine):
+            return done
+        resume = resume or has_unfinished(lab.runs_dir, "eval", run_name(task_spec, resolved), settings.model_dump(),
+                                          inputs, **mine)
     return _evaluate(lab, settings, task_spec, data, resolved, loaded, console, inputs if resume else None,
                      before)
+
+
+def run_name(task: Task, system: System) -> str:
+    """An evaluation's run name (its folder's, after the time): the task and the system's label."""
+    return f"{task.name}-{system.label.replace('/', '_')}"
 
 
 def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, system: System,
@@ -172,7 +189,7 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
     shots = draw_shots(task, data, settings)
 
     config = settings.model_dump()
-    name = f"{task.name}-{system.label.replace('/', '_')}"
+    name = run_name(task, system)
     record = resume_run(lab.runs_dir, "eval", name, config, resume, also=before or [],
                         where=lambda found: same_system(found, system)) if resume else None
     started = time.perf_counter()

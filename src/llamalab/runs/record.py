@@ -138,16 +138,14 @@ class RunRecord:
 
     @contextlib.contextmanager
     def tracking(self) -> Iterator[RunRecord]:
-        """Mark the run finished, interrupted (Ctrl-C) or failed (with the error) when the block ends."""
+        """Mark the run finished, interrupted (Ctrl-C, a Slurm time limit) or failed (with the error) when the
+        block ends."""
         start = time.perf_counter()
         status, error = "finished", None
         try:
             yield self
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
         except BaseException as exc:
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            status, error = ("interrupted", None) if _interruption(exc) else ("failed", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             timings = dict(self.run.timings)
@@ -155,6 +153,14 @@ class RunRecord:
             # the peak over the run's sessions, and over its training processes (the first one records its own)
             peak = max(self.run.peak_memory_mb or 0, peak_memory_mb())
             self.update(status=status, ended=now_iso(), error=error, timings=timings, peak_memory_mb=peak)
+
+
+def _interruption(exc: BaseException) -> bool:
+    """Ctrl-C, or Slurm stopping a job at its time limit (submitit raises its UncompletedJobError in the job):
+    the run can continue where it stopped, so it is interrupted, not failed (a plain rerun takes it up)."""
+    kind = type(exc)
+    return isinstance(exc, KeyboardInterrupt) or (kind.__module__.startswith("submitit")
+                                                   and kind.__name__ == "UncompletedJobError")
 
 
 def _validated(model: type[EvalRun] | type[TrainRun], data: dict[str, Any]) -> Run:
@@ -265,38 +271,46 @@ def _api_value(value: Any) -> Any:
     return value.rstrip("/") if isinstance(value, str) else value
 
 
+def same_settings(record: RunRecord, now: str, before: set[str],
+                  where: Callable[[RunRecord], bool] = lambda record: True) -> bool:
+    """Whether a run was started with the settings hashed `now` (or as an earlier llamalab recorded them:
+    `before`) and `where` says it is of the same thing (an evaluation: of the same system; a record of an earlier
+    llamalab may have recorded another system under these settings)."""
+    return (record.run.config_hash == now or record.run.config_hash in before) and where(record)
+
+
 def finished_run(runs_dir: Path, kind: str, config: dict, name: str | None = None,
                  inputs: Inputs = Inputs(), also: Sequence[dict] = (),
                  where: Callable[[RunRecord], bool] = lambda record: True) -> RunRecord | None:
     """The latest finished run of this kind (and name) started with exactly these settings (or the same settings
-    as recorded by an earlier llamalab: `also`, taken only `where` it says so), if any, from the same `inputs` (a
-    run whose recorded weights or data differ from them is not the same run)."""
+    as recorded by an earlier llamalab: `also`), taken only `where` it says so (`same_settings`), if any, from the
+    same `inputs` (a run whose recorded weights or data differ from them is not the same run)."""
     now, before = config_hash(config), {config_hash(c) for c in also}
-    done = [r for r in list_runs(runs_dir, kind) if r.run.finished
-            and (r.run.config_hash == now or (r.run.config_hash in before and where(r)))
+    done = [r for r in list_runs(runs_dir, kind) if r.run.finished and same_settings(r, now, before, where)
             and (name is None or r.run.name == name) and inputs.differ(r) is None]
     return done[-1] if done else None
 
 
-def has_unfinished(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs()) -> bool:
+def has_unfinished(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs(),
+                   also: Sequence[dict] = (), where: Callable[[RunRecord], bool] = lambda record: True) -> bool:
     """Whether an unfinished run of this kind, name and settings exists that `resume_run` would continue (the
-    latest such, from the same `inputs`)."""
-    wanted = config_hash(config)
+    latest such, from the same `inputs`; `also` and `where` as there)."""
+    wanted, before = config_hash(config), {config_hash(c) for c in also}
     same = [r for r in list_runs(runs_dir, kind) if r.run.name == name and not r.run.finished
-            and r.run.config_hash == wanted]
+            and same_settings(r, wanted, before, where)]
     return bool(same) and inputs.differ(same[-1]) is None
 
 
 def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs(),
                also: Sequence[dict] = (), where: Callable[[RunRecord], bool] = lambda record: True) -> RunRecord:
     """The latest unfinished run of this kind and name started with the same settings (`also`: as an earlier
-    llamalab recorded them, taken only `where` it says so), marked running again.
+    llamalab recorded them), taken only `where` it says so (`same_settings`), marked running again.
 
     The one rule for `--resume` (train and eval): a run started with other settings is never continued, and
     one still being worked on by a live process is never taken over."""
     wanted, before = config_hash(config), {config_hash(c) for c in also}
     unfinished = [r for r in list_runs(runs_dir, kind) if r.run.name == name and not r.run.finished]
-    same = [r for r in unfinished if r.run.config_hash == wanted or (r.run.config_hash in before and where(r))]
+    same = [r for r in unfinished if same_settings(r, wanted, before, where)]
     what = "evaluation" if kind == "eval" else "run"
     if not same:
         if unfinished:

@@ -9,8 +9,10 @@ records say why) to `--retry-failed`. One failing cell never stops the others.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +23,19 @@ from llamalab.config import LlamalabError
 from llamalab.lab import Lab, find_lab
 from llamalab.progress import progress_bar
 from llamalab.runs.files import write_json_atomic, write_text_atomic
-from llamalab.runs.record import Inputs, RunRecord, find_run, is_alive, list_runs, names_run, slurm_job_alive
+from llamalab.runs.record import (
+    Inputs,
+    RunRecord,
+    find_run,
+    is_alive,
+    list_runs,
+    same_settings,
+    slurm_job_alive,
+)
 from llamalab.studies.spec import Cell, Study, load_study
 
+RERUN = ("`study run` again continues the interrupted ones (killed, or stopped at a time limit) from their "
+         "checkpoints; --retry-failed also tries the failed ones again")
 CellStatus = Literal["pending", "running", "interrupted", "failed", "trained", "finished"]
 # Zero-shot in each prompt format and few-shot: the best honest prompt of the base model, chosen on dev.
 BASELINES = {"zero-shot plain": ("plain", 0), "zero-shot chat": ("chat", 0), "4-shot plain": ("plain", 4)}
@@ -78,8 +90,7 @@ class _Evaluations:
 
         (now, before), outline = settings_hashes(self.lab, self.task, system, **options), system_outline(self.lab,
                                                                                                         system)
-        return [r for r in self.records
-                if r.run.config_hash == now or (r.run.config_hash in before and same_system(r, outline))]
+        return [r for r in self.records if same_settings(r, now, before, lambda r: same_system(r, outline))]
 
 
 class _CurrentData:
@@ -139,8 +150,11 @@ def cell_states(lab: Lab, study: Study) -> list[CellState]:
             states.append(CellState(cell, "finished", train, done[-1]))
         elif tried:
             states.append(CellState(cell, _state_of(tried[-1]), train, tried[-1]))
-        else:
-            states.append(CellState(cell, "trained", train))
+        else:  # an evaluation that failed before its record existed (a model that would not load) left a marker
+            marker = _failed_marker(lab, study, cell)
+            failed = marker.is_file() and train.run.ended is not None and datetime.fromtimestamp(
+                marker.stat().st_mtime, UTC) >= datetime.fromisoformat(train.run.ended).astimezone(UTC)
+            states.append(CellState(cell, "failed" if failed else "trained", train))
     return states
 
 
@@ -186,7 +200,10 @@ def run_cell_job(lab_root: str, study_name: str, cell_key: str, processes: int |
 def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, verb: str = "run"
                   ) -> list[CellState]:
     """The cells a run takes on (pending, interrupted, trained; failed ones with `retry_failed`), said aloud."""
-    _check_sizes(lab, study)
+    check_sizes(lab, study)
+    if study.spec.kind == "scaling":  # a comparator named wrongly is said before any cell trains
+        for ref in study.spec.comparators.runs:
+            named_comparator(lab, study, ref)
     states = cell_states(lab, study)
     runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
     todo = [s for s in states if s.status in runnable]
@@ -199,7 +216,7 @@ def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, 
     return todo
 
 
-def _check_sizes(lab: Lab, study: Study) -> None:
+def check_sizes(lab: Lab, study: Study) -> None:
     """A scaling study's size past the train split would train on the whole split again, under another size."""
     if study.spec.kind != "scaling":
         return
@@ -245,10 +262,9 @@ def run_study(lab: Lab, study: Study, console: Console, retry_failed: bool = Fal
                     failures.append(f"{state.cell.label}: {type(exc).__name__}: {exc}")
                     console.print(f"[red]cell failed[/] {escape(failures[-1])}")
                 advance(1, cell=f"{state.cell.label} ({time.perf_counter() - started:.0f} s)")
-    comparators = comparator_evals(lab, study, console)
+    comparators = comparator_evals(lab, study, console) if study.spec.kind == "scaling" else []
     if failures:
-        raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed (rerun with --retry-failed):\n"
-                            + "\n".join(failures))
+        raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed ({RERUN}):\n" + "\n".join(failures))
     return cell_states(lab, study), comparators
 
 
@@ -340,15 +356,29 @@ def submit_study(lab: Lab, study: Study, console: Console, retry_failed: bool = 
                 try:
                     job.result()
                 except Exception as exc:  # a failed or cancelled job; the others go on
-                    failures.append(f"{state.cell.label} (job {job.job_id}): {type(exc).__name__}: "
-                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                    failures.append(f"{state.cell.label} (job {job.job_id}): {job_failure(exc)} "
+                                    f"(log: {job.paths.stderr})")
                     console.print(f"[red]cell failed[/] {escape(failures[-1])}")
                 advance(1, cell=state.cell.label)
-    comparators = comparator_evals(lab, study, console)
+    comparators = comparator_evals(lab, study, console) if study.spec.kind == "scaling" else []
     if failures:
-        raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed (rerun with --retry-failed):\n"
-                            + "\n".join(failures))
+        raise LlamalabError(f"{len(failures)} of {len(todo)} cell(s) failed ({RERUN}):\n" + "\n".join(failures))
     return cell_states(lab, study), comparators
+
+
+def job_failure(exc: Exception) -> str:
+    """What went wrong in a Slurm job, in one line: the error its cell raised (the last line of the trace
+    submitit passes on), or the state Slurm ended the job in (cancelled, out of memory, timed out)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip().strip("-")]
+    if "failed during processing with trace" in str(exc):
+        trace = str(exc).split("-" * 22)  # submitit puts the trace between two rules of dashes
+        cause = [line.strip() for line in (trace[1] if len(trace) > 2 else "").splitlines() if line.strip()]
+        if cause:
+            return cause[-1]
+    for line in lines:
+        if (state := re.search(r"\(state: ([^)]*)\)", line)) is not None:
+            return f"the job ended without a result (Slurm state {state.group(1)})"
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 class _JobLedger:
@@ -375,7 +405,9 @@ class _JobLedger:
 def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
     """The comparators' finished evaluations as the records hold them, running nothing (for the report, the
     site and `study status`): the baseline whose dev score was best, API models, named runs; missing ones are
-    left out."""
+    left out. Only a scaling study has comparators."""
+    if study.spec.kind != "scaling":
+        return []
     spec, options = study.spec.comparators, eval_options(study)
     evals = _Evaluations(lab, study, finished_only=True)
     current = _CurrentData(lab)
@@ -397,10 +429,20 @@ def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
     for name in spec.api:
         if record := latest(name, **{**options, "protocol": "generate"}):
             records.append(record)
-    for ref in spec.runs:  # as comparator_evals takes them: a run of the study's task and split
-        records += [r for r in evals.records if names_run(ref, r.id) and r.run.task.name == study.task
-                    and r.run.task.split == study.spec.eval.split][-1:]
+    for ref in spec.runs:  # as comparator_evals takes them
+        if (record := named_comparator(lab, study, ref)).run.finished and current(record):
+            records.append(record)
     return records
+
+
+def named_comparator(lab: Lab, study: Study, ref: str) -> RunRecord:
+    """The eval run `comparators.runs` names (its id, or a unique part of it), of the study's task and split: one
+    rule for `study run`, `study status`, the report and the site."""
+    record = find_run(lab.runs_dir, ref, "eval")
+    if record.run.task.name != study.task or record.run.task.split != study.spec.eval.split:
+        raise LlamalabError(f"comparator run {record.id} evaluated {record.run.task.name}/{record.run.task.split}, "
+                            f"not the study's {study.task}/{study.spec.eval.split}")
+    return record
 
 
 def comparator_evals(lab: Lab, study: Study, console: Console) -> list[RunRecord]:
@@ -421,12 +463,13 @@ def comparator_evals(lab: Lab, study: Study, console: Console) -> list[RunRecord
     for name in spec.api:
         records.append(evaluate(lab, name, reuse=True, console=console, **{**options, "protocol": "generate"}))
     for ref in spec.runs:
-        record = find_run(lab.runs_dir, ref, "eval")
-        if record.run.task.name != study.task or record.run.task.split != study.spec.eval.split:
-            raise LlamalabError(f"comparator run {record.id} evaluated {record.run.task.name}/{record.run.task.split}"
-                                f", not the study's {study.task}/{study.spec.eval.split}")
+        record = named_comparator(lab, study, ref)
         if not record.run.finished:  # its predictions cover part of the split: no test on them
             raise LlamalabError(f"comparator run {record.id} is {record.run.status}, not finished: resume it "
                                 f"(`llamalab eval ... --resume`) or leave it out of `comparators.runs`")
+        if not _CurrentData(lab)(record):  # the report leaves it out: its examples are not the cells'
+            raise LlamalabError(f"comparator run {record.id} was made on task {study.task!r}'s data (or its model) "
+                                "as it was before they changed: evaluate that system again, and name the new run in "
+                                "`comparators.runs`")
         records.append(record)
     return records

@@ -117,7 +117,7 @@ def scaling_result(states: list[CellState], comparators: list[tuple[str, RunReco
     for grid in sorted(by_asked):
         size = round(float(np.mean([trained_size(state) for state in by_asked[grid]])))
         if size in asked:
-            raise ValueError(f"train_examples {asked[size]:,} and {grid:,} both trained on {size:,} examples (the "
+            raise LlamalabError(f"train_examples {asked[size]:,} and {grid:,} both trained on {size:,} examples (the "
                              "split has no more): keep only the smaller in the grid")
         asked[size], by_size[size] = grid, [state.eval for state in by_asked[grid]]
     if not by_size:
@@ -148,7 +148,7 @@ def scaling_result(states: list[CellState], comparators: list[tuple[str, RunReco
             tests.append((size, result.delta, result.p_value, len(shared)))
         adjusted = stats.holm([p for _, _, p, _ in tests])
         if metric not in record.run.metrics:
-            raise ValueError(f"comparator run {record.id} has no recorded {metric}")
+            raise LlamalabError(f"comparator run {record.id} has no recorded {metric}")
         crossovers.append(Crossover(label, record.id, record.run.metrics[metric], tuple(
             SizeTest(size, delta, p, p_holm, n) for (size, delta, p, n), p_holm in zip(tests, adjusted, strict=True))))
     return ScalingResult(metric, tuple(curve), tuple(crossovers), tuple(untested))

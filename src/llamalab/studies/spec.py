@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from llamalab.config import LlamalabError, StrictModel, load_yaml, parse_model
+from llamalab.config import KeyProblem, LlamalabError, StrictModel, load_yaml, parse_model
 from llamalab.runs.record import config_hash
 from llamalab.training.experiment import load_experiment
 
@@ -79,42 +79,74 @@ class StudySpec(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
         if self.kind == "quantization":
-            if self.quantize is None or self.eval.task is None:
-                raise ValueError("a quantization study needs `quantize: {systems: [...]}` and `eval: {task: ...}`")
-            if self.grid or self.cells is not None or self.experiment:
-                raise ValueError("a quantization study exports finished systems: no `experiment`, `grid` or `cells`")
-            return self
+            if self.quantize is None:
+                raise KeyProblem("quantize", "a quantization study needs `quantize: {systems: [...]}`")
+            if self.eval.task is None:
+                raise KeyProblem("eval", "a quantization study needs `eval: {task: ...}`: the task each export is "
+                                 "evaluated on")
+            if stray := [key for key in ("experiment", "grid", "cells") if key in self.model_fields_set]:
+                raise KeyProblem(stray[0], "a quantization study exports finished systems: no `experiment`, `grid` "
+                                 "or `cells`")
+        else:
+            self._check_cells()
+        asked = self.comparators
+        if self.kind != "scaling" and (asked.api or asked.runs or asked.baselines and "baselines" in
+                                       asked.model_fields_set):
+            raise KeyProblem("comparators", f"a {self.kind} study compares its own systems with each other: "
+                             "comparators belong to kind: scaling (remove `comparators`)")
+        return self
+
+    def _check_cells(self) -> None:
         if self.experiment is None:
-            raise ValueError("`experiment` is required: the experiment file every cell starts from")
+            raise KeyProblem("experiment", "`experiment` is required: the experiment file every cell starts from")
         if self.quantize is not None:
-            raise ValueError("`quantize` belongs to kind: quantization")
+            raise KeyProblem("quantize", "`quantize` belongs to kind: quantization")
         if self.grid and self.cells is not None:
-            raise ValueError("give `grid` or `cells`, not both")
-        if any(not values for values in self.grid.values()):
-            raise ValueError("every `grid` setting needs at least one value")
+            raise KeyProblem("cells", "give `grid` or `cells`, not both")
+        if empty := [name for name, values in self.grid.items() if not values]:
+            raise KeyProblem("grid", f"every `grid` setting needs at least one value ({empty[0]} has none)")
         if "seed" in self.grid or any("seed" in cell for cell in self.cells or []):
-            raise ValueError("list seeds under `seeds`, not in the grid or cells")
+            raise KeyProblem("grid" if "seed" in self.grid else "cells",
+                             "list seeds under `seeds`, not in the grid or cells")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("`seeds` repeats a seed")
+            raise KeyProblem("seeds", "`seeds` repeats a seed")
+        where = "cells" if self.cells is not None else "grid"
         if self.kind == "scaling" and any("train_examples" not in cell for cell in self.combinations()):
-            raise ValueError("a scaling study varies `train_examples`: put it in `grid` (or in every cell)")
+            raise KeyProblem(where, "a scaling study varies `train_examples`: put it in `grid` (or in every cell)")
         if self.kind == "scaling" and any(not isinstance(size := cell["train_examples"], int)
                                           or isinstance(size, bool) for cell in self.combinations()):
-            raise ValueError("a scaling study's `train_examples` are whole numbers (a curve needs a size for each "
-                             "point): for the whole train split, give its size")
+            raise KeyProblem(where, "a scaling study's `train_examples` are whole numbers (a curve needs a size for "
+                             "each point): for the whole train split, give its size")
         others = {key for cell in self.combinations() for key in cell if key != "train_examples"
                   and len({json.dumps(c.get(key), sort_keys=True) for c in self.combinations()}) > 1}
         if self.kind == "scaling" and others:
-            raise ValueError(f"a scaling study varies only `train_examples` (its curve averages the cells of a size "
-                             f"over seeds), but it also varies {', '.join(sorted(others))}: fix those in the "
+            raise KeyProblem(where, f"a scaling study varies only `train_examples` (its curve averages the cells of "
+                             f"a size over seeds), but it also varies {', '.join(sorted(others))}: fix those in the "
                              "experiment, or make it kind: sweep")
-        return self
 
     def combinations(self) -> list[dict[str, Any]]:
         if self.cells is not None:
             return [dict(cell) for cell in self.cells]
         names = list(self.grid)
         return [dict(zip(names, values, strict=True)) for values in itertools.product(*self.grid.values())] or [{}]
+
+
+def _check_eval(lab, path: Path, spec: StudySpec, task_name: str, trained_format: str | None) -> None:
+    """Settings no evaluation can run with (label scoring of a task with number answers, say) are refused when
+    the study is read, naming its `eval` key: not after every cell has trained."""
+    from llamalab.evaluation.evaluate import EvalSettings, complete_settings
+    from llamalab.evaluation.systems import System
+    from llamalab.tasks.task import load_task
+
+    try:
+        task = load_task(lab.task_path(task_name), lab.root)
+        settings = EvalSettings(system=spec.experiment or "model", task=task_name, split=spec.eval.split,
+                                limit=spec.eval.limit, protocol=spec.eval.protocol)
+        kind = "base" if spec.kind == "quantization" else "finetuned"
+        complete_settings(settings, task, System("model", kind, trained_format=trained_format))
+    except LlamalabError as exc:
+        raise LlamalabError(f"{path}: key 'eval': " + str(exc).replace(
+            "use --protocol generate", "set `eval: {protocol: generate}`")) from None
 
 
 @dataclass(frozen=True)
@@ -155,10 +187,14 @@ def load_study(lab, name: str) -> Study:
     data, node = load_yaml(path)
     spec = parse_model(StudySpec, data, str(path), node)
     if spec.experiment is None:  # quantization: no training cells
+        _check_eval(lab, path, spec, str(spec.eval.task), None)
         return Study(name, path, spec, (), str(spec.eval.task))
     as_written = Path(spec.experiment)  # a path is read from the lab root, wherever the command runs (a node)
-    experiment_path = lab.experiment_path(str(lab.root / as_written) if as_written.suffix in (".yaml", ".yml")
-                                          and not as_written.is_absolute() else spec.experiment)
+    try:
+        experiment_path = lab.experiment_path(str(lab.root / as_written) if as_written.suffix in (".yaml", ".yml")
+                                              and not as_written.is_absolute() else spec.experiment)
+    except LlamalabError as exc:
+        raise LlamalabError(f"{path}: key 'experiment': {exc}") from None
     cells, seen = [], set()
     for combination in spec.combinations():
         for seed in spec.seeds:
@@ -172,14 +208,10 @@ def load_study(lab, name: str) -> Study:
                 raise LlamalabError(f"{path}: cell {overrides} repeats another cell's settings")
             seen.add(key)
             cells.append(Cell(overrides, resolved, key))
-    models = sorted({str(cell.config["base_model"]) for cell in cells})
-    if spec.comparators.baselines and len(models) > 1:
-        raise LlamalabError(f"{path}: the cells start from several base models ({', '.join(models)}), and "
-                            "`comparators.baselines` evaluates one base model: set `comparators: {baselines: false}` "
-                            "and name each base model's evaluation in `comparators.runs`")
     tasks = sorted({cell.config["task"] for cell in cells})
     if spec.eval.task is None and len(tasks) > 1:
         raise LlamalabError(f"{path}: the cells train on several tasks ({', '.join(tasks)}), and a study evaluates "
                             "every cell on one: set `eval: {task: ...}`, or make one study per task")
     task = spec.eval.task or experiment.task
+    _check_eval(lab, path, spec, task, cells[0].config.get("format"))
     return Study(name, path, spec, tuple(cells), task, experiment_path)
