@@ -95,6 +95,9 @@ def test_exact_match():
         ("#### 2/6", "1/3"),
         (".5 of them", "0.5"),
         ("answer: 1e3", "1000"),
+        ("answer: 2E+12", "2000000000000"),
+        ("1e5000", None),  # more digits than any number is read with (its exponent was read as the number 5000)
+        ("the answer is 1e999999999, or 7", "7"),  # no number: the last one in the text
         ("12/25/2020", "12"),
         ("no number here", None),
         ("", None),

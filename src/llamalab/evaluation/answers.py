@@ -108,7 +108,7 @@ def extract_sql(text: str) -> str:
 _NUMBER = re.compile(
     r"(?:(?<![\w.])(?P<sign>-))?[$€£]?(?<![\d./])"
     r"(?:(?P<digits>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?|(?P<lead>\.\d+))"
-    r"(?P<exp>[eE][+-]?\d{1,2}(?!\w|\.\d))?"
+    r"(?P<exp>[eE][+-]?\d+(?!\w|\.\d))?"
     r"(?:\s*/\s*(?P<den>\d+)(?![\d/]|\.\d))?"
 )
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}")  # LaTeX \frac{a}{b} -> a/b
@@ -122,6 +122,9 @@ _BOXED = re.compile(r"\\boxed\s*\{")
 _BRACE = re.compile(r"[{}]")
 
 
+_MAX_DIGITS = 4300  # Python's limit on converting integers to text
+
+
 def _canonical(match: re.Match[str]) -> str | None:
     """The number in canonical form; None for one of over 4,300 digits (past Python's limit on converting
     integers to text: no answer is one, and it must not crash a grader or an evaluation)."""
@@ -132,6 +135,8 @@ def _canonical(match: re.Match[str]) -> str | None:
 
 
 def _canonical_value(match: re.Match[str]) -> str:
+    if match["exp"] and abs(int(match["exp"][1:])) > _MAX_DIGITS:  # "1e5000": no answer is one (nor its 5000)
+        raise ValueError("an exponent past the digits a number may have")
     value = Fraction(Decimal((match["digits"] or "").replace(",", "") + (match["frac"] or match["lead"] or "")
                              + (match["exp"] or "")))
     if match["den"] and int(match["den"]):
