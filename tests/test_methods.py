@@ -360,3 +360,34 @@ def test_a_configuration_seen_on_test_before_the_dev_runs_is_not_called_chosen(s
     text = methods_of(lab, "mini")
     assert "scored highest" not in text and "chosen" not in text
     assert "no such evaluation is recorded as finished before its test evaluation began" in text
+
+
+def test_a_resumed_runs_training_time_sentence_on_random_records():
+    """Random timed and total epochs: the sentence says "interrupted and resumed" exactly when the timed sessions
+    cover less than the run's epochs, with the two counts written apart (1.998 of 2 epochs read "2 of its 2"),
+    each within rounding of the record, and the time as every table writes it."""
+    import numpy as np
+
+    from llamalab.evaluation.compare import format_seconds
+    from llamalab.publish.methods import _training_cost
+    from llamalab.runs.schema import TrainRun
+    from tests.records import train_fields
+
+    rng = np.random.default_rng(29)
+    for _ in range(300):
+        epochs = float(rng.choice([1.0, 2.0, 3.0, float(rng.uniform(0.1, 50))]))
+        timed = float(rng.choice([epochs, epochs * rng.uniform(0.001, 1.0), epochs - rng.uniform(0, 0.01)]))
+        train_s = float(rng.uniform(0.05, 5000))
+        run = TrainRun.model_validate({
+            "id": "r", "name": "x", "kind": "train", "started": "2026-11-29T00:00:00+00:00", "config_hash": "h",
+            **train_fields(),
+            "metrics": {"first_loss": 2.0, "final_loss": 1.0, "steps": 4, "epochs": epochs},
+            "timings": {"train_s": train_s, "train_epochs": timed}})
+        text = _training_cost(run)
+        resumed = timed < epochs - 1e-3
+        assert text.startswith(" Training was interrupted and resumed" if resumed else " Training took"), text
+        assert f"took {format_seconds(train_s)}" in text
+        if resumed:
+            part, whole = text.split(" for ")[1].split(" epochs")[0].split(" of its ")
+            assert part != whole
+            assert abs(float(part) - timed) / timed <= 5e-3 and abs(float(whole) - epochs) / epochs <= 5e-3

@@ -180,6 +180,59 @@ def test_a_scaling_curve_holds_every_setting_but_the_training_examples_equal(lab
         "tiny (learning_rate 0.0001)": [8, 16], "tiny (learning_rate 0.001)": [8, 16]}  # checkpointing: same run
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_scaling_curves_on_random_labs_group_by_settings_and_are_named_apart(lab, seed):
+    """On random labs (two experiments, runs at random learning rates, step counts, sizes and seeds): each curve
+    holds the runs of one experiment and one set of settings held equal, at two or more sizes; every such group is
+    a curve; names are distinct and each names its experiment and what sets it apart."""
+    import numpy as np
+
+    from llamalab.publish.results import scaling_points, task_boards, train_runs
+    from llamalab.runs.files import append_jsonl
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields, train_fields
+
+    rng = np.random.default_rng([2026, seed])
+    held_of: dict[str, tuple] = {}
+    for k in range(int(rng.integers(4, 14))):
+        name = str(rng.choice(["alpha", "beta"]))
+        size, rate, steps = int(rng.choice([8, 16, 32])), float(rng.choice([1e-4, 1e-3])), int(rng.choice([2, 4]))
+        config = {"train_examples": size, "learning_rate": rate, "max_steps": steps, "seed": int(rng.integers(3))}
+        train = RunRecord.create(lab.runs_dir, "train", name, config, **train_fields(experiment=name))
+        train.update(status="finished", data_used={"train_examples": size, "skipped_too_long": 0})
+        evaluation = RunRecord.create(lab.runs_dir, "eval", f"{name}-{k}", {"system": train.id},
+                                      **eval_fields(label=f"{name}@{k}", kind="finetuned", train_run=train.id, n=2))
+        append_jsonl(evaluation.folder / "predictions.jsonl", [
+            {"id": f"x{i}", "gold": "positive", "prediction": "positive", "correct": True} for i in range(2)])
+        evaluation.update(status="finished")
+        held_of[evaluation.id] = (name, rate, steps)
+    groups: dict[tuple, set[int]] = {}
+    for record in train_runs(lab):
+        config = record.config
+        groups.setdefault((record.run.name, config["learning_rate"], config["max_steps"]), set()).add(
+            config["train_examples"])
+    [board] = [b for b in task_boards(lab) if b.name == "sentiment"]
+    curves = scaling_points(board, {r.id: r for r in train_runs(lab)})
+    drawn = {}
+    for curve, points in curves.items():
+        held = {held_of[row.run] for _, row in points}
+        assert len(held) == 1, (curve, held)  # one experiment, one set of settings
+        [(name, rate, steps)] = held
+        assert curve.split(" ")[0] == name
+        assert [size for size, _ in points] == sorted(groups[name, rate, steps])
+        drawn[name, rate, steps] = curve
+    assert set(drawn) == {key for key, sizes in groups.items() if len(sizes) >= 2}
+    assert len(set(drawn.values())) == len(drawn)  # named apart
+    for (name, rate, steps), curve in drawn.items():
+        rivals = [key for key in drawn if key[0] == name and key != (name, rate, steps)]
+        if any(r[1] != rate for r in rivals):
+            assert f"learning_rate {rate!r}" in curve
+        if any(r[2] != steps for r in rivals):
+            assert f"max_steps {steps!r}" in curve
+        if not rivals:
+            assert curve == name
+
+
 def test_a_tie_for_best_is_said_not_hidden_by_the_order(lab):
     from llamalab.runs.files import append_jsonl
     from llamalab.runs.record import RunRecord

@@ -345,9 +345,9 @@ def _training_cost(run: TrainRun) -> str:
         details = f" ({', '.join(speed)})" if speed else ""
         timed, epochs = run.timings.get("train_epochs"), run.metrics.epochs if run.metrics else None
         if timed is not None and epochs and timed < epochs - 1e-3:  # a session killed before it recorded its time
+            part, whole = _apart(timed, epochs)
             return (f" Training was interrupted and resumed: the sessions that recorded their time took "
-                    f"{format_seconds(train_s)} for {timed:.3g} of its {epochs:.3g} epochs{details}, "
-                    f"on {_hardware(run)}.")
+                    f"{format_seconds(train_s)} for {part} of its {whole} epochs{details}, on {_hardware(run)}.")
         return f" Training took {format_seconds(train_s)}{details} on {_hardware(run)}."
     return f" Training: {', '.join(speed)}, on {_hardware(run)}." if speed else ""
 
@@ -525,6 +525,15 @@ def _prediction_time(evals: list[_Eval]) -> str:
 
 
 # --- shared ------------------------------------------------------------------------------------------------------
+
+
+def _apart(part: float, whole: float) -> tuple[str, str]:
+    """Two different numbers written with as few significant digits (3 or more) as tell them apart (1.998 of 2
+    epochs was written "2 of its 2")."""
+    for digits in range(3, 16):
+        if (a := f"{part:.{digits}g}") != (b := f"{whole:.{digits}g}"):
+            return a, b
+    return repr(part), repr(whole)
 
 
 def _hardware(run: EvalRun | TrainRun) -> str:
