@@ -407,6 +407,7 @@ def site_serve(
     server = serve_site(folder, port, base)
     mount = "/" + base.strip("/") + "/" if base.strip("/") else "/"
     console.print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}{mount}index.html  (Ctrl-C stops)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C only stops serving: nothing to say about work
     try:
         server.serve_forever()
     except KeyboardInterrupt:
