@@ -399,3 +399,21 @@ def test_a_pid_reused_by_a_process_started_after_the_run_is_not_the_run(tmp_path
         assert is_alive(record)
     finally:
         later.kill()
+
+
+def test_a_quantization_studys_export_is_told_by_its_record_or_its_file(tmp_path):
+    """Schema 9 records an export's GGUF type; an earlier record (a base model whose file is in runs/.gguf/) is
+    told by its file's name, so the grader and the scaling figure leave both out."""
+    from tests.records import eval_fields
+
+    def record(model: str, quantized: str | None = None):
+        fields = eval_fields(model=model)
+        if quantized:
+            fields["system"]["quantized"] = quantized
+        return RunRecord.create(tmp_path, "eval", "x", {}, **fields).run
+
+    assert record("runs/.gguf/tiny-3f2a9c1d-q8_0.gguf").export_type == "q8_0"
+    assert record("/lab/runs/.gguf/org-model-3f2a9c1d-f16.gguf").export_type == "f16"
+    assert record("runs/.gguf/tiny-3f2a9c1d-q8_0.gguf", quantized="q8_0").export_type == "q8_0"
+    assert record("models/tiny-q4_0.gguf").export_type is None  # a GGUF file of the lab's own: a base model
+    assert record("smollm2-135m-instruct").export_type is None

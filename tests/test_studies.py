@@ -121,9 +121,6 @@ def test_an_unfinished_comparator_run_is_refused_naming_it(lab):
     # checked when the study is read, not after every cell has trained (and then again by every `study status`)
     ("experiment: exp\ngrid: {learning_rate: [1e-4]}\neval: {task: gsm8k, protocol: loglikelihood}\n",
      "bad.yaml: key 'eval': task 'gsm8k' has number answers: set `eval: {protocol: generate}`"),
-    # a sweep's settings are compared with each other: comparators were evaluated and shown nowhere
-    ("kind: sweep\nexperiment: exp\ngrid: {learning_rate: [1e-4]}\ncomparators: {api: [x]}\n",
-     "bad.yaml:4: key 'comparators': a sweep study compares its own systems"),
 ])
 def test_a_study_its_results_could_not_mean_is_refused_before_it_runs(lab, text, message):
     write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
@@ -149,10 +146,12 @@ def test_a_named_comparator_is_the_same_run_for_study_run_and_the_report(lab):
     assert [r.id for r in comparator_evals(lab, study, Console(stderr=True))] == [first.id]
     assert [r.id for r in recorded_comparators(lab, study)] == [first.id]
     sentiment_eval(lab, "cmpsys", [True, True, True])  # a second run the name fits: neither picks one
-    for call in (lambda: comparator_evals(lab, study, Console(stderr=True)),
-                 lambda: recorded_comparators(lab, study)):
-        with pytest.raises(LlamalabError, match="'cmpsys' is ambiguous"):
-            call()
+    with pytest.raises(LlamalabError, match="'cmpsys' is ambiguous"):
+        comparator_evals(lab, study, Console(stderr=True))
+    with pytest.raises(LlamalabError, match="'cmpsys' is ambiguous"):  # said before any cell trains
+        run_study(lab, study, Console(stderr=True))
+    assert list_runs(lab.runs_dir, "train") == []
+    assert recorded_comparators(lab, study) == []  # status and the report leave it out
 
 
 def test_a_sweep_over_base_models_runs_no_comparators(lab, tiny_model_dir, monkeypatch):
@@ -166,8 +165,16 @@ def test_a_sweep_over_base_models_runs_no_comparators(lab, tiny_model_dir, monke
     write_study(lab, "models", f"experiment: exp\ngrid: {{base_model: [smollm2-135m-instruct, '{tiny_model_dir}']}}\n")
     study = load_study(lab, "models")
     assert len(study.cells) == 2
-    monkeypatch.setattr(study_run, "_cells_to_run", lambda *args, **kwargs: [])
+    real_cells_to_run = study_run._cells_to_run
+    monkeypatch.setattr(study_run, "_cells_to_run", lambda *args, **kwargs: real_cells_to_run(*args, **kwargs) and [])
     assert run_study(lab, study, Console(stderr=True))[1] == [] and list_runs(lab.runs_dir, "eval") == []
+    # Comparators asked of a sweep (evaluated and shown nowhere before) are refused by `study run`, before any
+    # cell trains; status and the report read the study as before.
+    write_study(lab, "asks", "kind: sweep\nexperiment: exp\ngrid: {learning_rate: [1e-4]}\ncomparators: {api: [x]}\n")
+    study = load_study(lab, "asks")
+    with pytest.raises(LlamalabError, match="asks.yaml: key 'comparators': a sweep study compares its own systems"):
+        run_study(lab, study, Console(stderr=True))
+    assert [s.status for s in cell_states(lab, study)] == ["pending"] and list_runs(lab.runs_dir) == []
 
 
 def test_a_cells_evaluation_is_the_one_the_study_runs_not_a_later_one_with_other_settings(lab):
@@ -1063,6 +1070,17 @@ def test_a_fine_tuned_runs_quantized_exports_are_that_runs_not_base_models(study
     assert f"is fine-tuned run {run.id}'s weights at GGUF type q8_0, run by the llama.cpp backend" in text
     with pytest.raises(LlamalabError, match="GGUF export"):
         choose_references(lab, board.task, [rows[1].eval.id], margin=0.0)
+    # `--reference` with the run's id (or label) names its own evaluation, not also its exports
+    from llamalab.evaluation.compare import compare
+
+    assert compare(lab, "sentiment", reference=run.id).reference == own.run.display_label
+    assert compare(lab, "sentiment", reference=f"tiny@{run.id[-4:]}").reference == own.run.display_label
+    # A clone without the (git-ignored) exports still has the study's rows (sizes unknown)
+    import shutil
+
+    shutil.move(lab.runs_dir / ".gguf", tmp_path / "gguf-away")
+    assert [(r.eval.id, r.size_mib) for r in recorded_quantization(lab, study)] == [(r.eval.id, None) for r in rows]
+    shutil.move(tmp_path / "gguf-away", lab.runs_dir / ".gguf")
 
     # An evaluation recorded as a base model (as an earlier llamalab did) is not the study's: it runs again.
     record = rows[1].eval

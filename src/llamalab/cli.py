@@ -603,8 +603,9 @@ def main() -> None:
 def _interrupted(signum, frame) -> None:
     """Ctrl-C: say what happens to the work (a command stopped silently, with exit code 130), then stop as Python
     does (each run marks itself interrupted on the way out)."""
-    sys.stderr.write("\ninterrupted: stopping. Finished work is kept: a train or eval run continues with --resume, "
-                     "a study with `llamalab study run NAME` again; an export is written whole or not at all.\n")
+    os.write(2, b"\ninterrupted: stopping. Finished work is kept: a train or eval run continues with --resume, a "
+             b"study with `llamalab study run NAME` again; an export is written whole or not at all.\n")  # not
+    # through sys.stderr: a Ctrl-C landing while it writes would make a second write fail
     raise KeyboardInterrupt
 
 

@@ -45,7 +45,7 @@ def choose_references(lab: Lab, task: Task, from_runs: Sequence[str] | None, mar
     metric = task.metric_names[0]
     runs = [_named(lab, task, ref, metric) for ref in from_runs] if from_runs else [
         r for r in list_runs(lab.runs_dir, "eval") if r.run.finished and r.run.task.name == task.name
-        and r.run.task.split == "test" and metric in r.run.metrics and not r.run.system.quantized]
+        and r.run.task.split == "test" and metric in r.run.metrics and not r.run.export_type]
     finetuned = [r for r in runs if r.run.system.kind == "finetuned"]
     baselines = [r for r in runs if r.run.system.kind != "finetuned"]
     if not finetuned or not baselines:
@@ -126,8 +126,8 @@ def _named(lab: Lab, task: Task, ref: str, metric: str) -> RunRecord:
     if run.task.name != task.name or run.task.split != "test":
         raise LlamalabError(f"run {record.id} evaluated {run.task.name}/{run.task.split}: name evaluations of "
                             f"{task.name}/test")
-    if run.system.quantized:
-        raise LlamalabError(f"run {record.id} evaluated a {run.system.quantized} GGUF export ({run.system.label}), "
+    if run.export_type:
+        raise LlamalabError(f"run {record.id} evaluated a {run.export_type} GGUF export ({run.system.label}), "
                             "not the weights a student trains: name the evaluation of the run itself")
     if metric not in run.metrics:
         raise LlamalabError(f"run {record.id} has no {metric} (its metrics: {', '.join(run.metrics) or 'none'})")

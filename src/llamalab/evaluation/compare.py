@@ -57,6 +57,7 @@ class SystemRow(BaseModel):
     predictions: PredictionSummary
     usage: Usage | None
     train_run: str | None = None  # the fine-tune a fine-tuned system's weights come from
+    quantized: str | None = None  # the GGUF type of a quantization study's export (its weights, quantized)
     vs_reference: PairedResult | None = None  # None for the reference itself
     # added by `compare` and `task_boards` (cost_and_time): the same numbers in the CLI, report and site
     cost_per_1k_usd: float | None = None
@@ -220,6 +221,7 @@ def rank(
             system=entry.label, run=entry.record.id, kind=run.system.kind, protocol=protocol, n=len(predictions),
             metrics=recorded_metrics(entry, metrics, labels), predictions=summary, usage=run.usage,
             **({"train_run": run.system.train_run} if run.system.train_run else {}),
+            **({"quantized": quantized} if (quantized := run.export_type) else {}),
         ))
     order = sorted(range(len(rows)), key=lambda i: -(m.estimate if (m := rows[i].metrics.get(metric)) else -1.0))
     rows, entries = [rows[i] for i in order], [entries[i] for i in order]
@@ -260,6 +262,8 @@ def _reference_index(rows: list[SystemRow], reference: str | None) -> int:
         return 0
     exact = [i for i, r in enumerate(rows) if reference in (r.run, r.system, r.train_run)]
     matches = exact or [i for i, r in enumerate(rows) if refers_to(reference, r.run, r.system, r.train_run)]
+    if len(matches) > 1 and len(own := [i for i in matches if not rows[i].quantized]) == 1:
+        matches = own  # a fine-tune's id (or label) names its own evaluation, not its quantized exports'
     if len(matches) != 1:
         known = "; ".join(f"{r.system} ({r.run})" for r in rows)
         problem = "matches several systems" if matches else "matches no evaluated system"

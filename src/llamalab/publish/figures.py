@@ -120,9 +120,10 @@ def metric_vs_cost(comparison: Comparison) -> Figure | None:
 
 def scaling(comparison: Comparison, curves: dict[str, list[tuple[int, SystemRow]]]) -> Figure:
     """The lab's central question: the fine-tuned model's metric against its number of training examples, with
-    the systems that were not fine-tuned (zero-/few-shot base models, API models) as horizontal reference lines."""
+    the systems that were not fine-tuned (zero-/few-shot base models, API models; not a quantization study's
+    exports) as horizontal reference lines."""
     metric = comparison.metric
-    references = [r for r in comparison.systems if r.kind != "finetuned"][:4]
+    references = [r for r in comparison.systems if r.kind != "finetuned" and not r.quantized][:4]
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         for i, (name, points) in enumerate(curves.items()):  # each curve told apart by colour and marker

@@ -121,7 +121,7 @@ def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str,
     curves: dict[tuple[str, tuple], dict[int, tuple[tuple, SystemRow]]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
         train = trained.get(entry.run.system.train_run or "")
-        if entry.run.system.quantized:  # a quantization study's export of the run: not the run's own weights
+        if entry.run.export_type:  # a quantization study's export of the run: not the run's own weights
             continue
         size = train.run.data_used.train_examples if train and train.run.data_used else None
         if size:

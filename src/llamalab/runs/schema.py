@@ -248,6 +248,17 @@ class EvalRun(RunBase):
                          protocol=self.scoring.protocol, backend=self.backend.backend)
 
     @property
+    def export_type(self) -> str | None:
+        """The GGUF type when this evaluated a quantization study's export (`system.quantized`; a record from
+        before schema 9 by its file in runs/.gguf/, named `<system>-<hash>-<type>.gguf`), else None."""
+        if self.system.quantized:
+            return self.system.quantized
+        name = self.system.model.name if self.system.model else ""
+        if "runs/.gguf/" in name.replace("\\", "/") and name.endswith(".gguf"):
+            return name.removesuffix(".gguf").rsplit("-", 1)[-1]
+        return None
+
+    @property
     def display_label(self) -> str:
         """How tables name the system: its label, prompt format, shots and (when not hf or an API) backend."""
         backend = self.backend.backend

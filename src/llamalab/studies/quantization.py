@@ -146,9 +146,11 @@ def _recorded(lab: Lab, task, path: Path, options: dict, evals: list[RunRecord])
     before |= settings_hashes(lab, task, str(path), **options)[1]  # named by its absolute path, as files were first
     inputs = Inputs(gguf_revision(path) if path.is_file() else None, current_file_hashes(task),
                     task.definition_sha256("eval"))
-    outline = system_outline(lab, lab_name(lab, path))  # a fine-tuned run's export is that run's (not a base model)
+    # A record from before exports were told apart (a fine-tuned run's recorded as a base model) is the file's only
+    # if it is of the system the file is now; one that says it is an export is (its path is in the settings).
+    outline = system_outline(lab, lab_name(lab, path))
     found = [r for r in evals if inputs.differ(r) is None
-             and same_settings(r, now, before, lambda r: same_system(r, outline))]
+             and same_settings(r, now, before, lambda r: r.run.system.quantized is not None or same_system(r, outline))]
     return found[-1] if found else None
 
 

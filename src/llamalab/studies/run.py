@@ -12,7 +12,6 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,9 +150,7 @@ def cell_states(lab: Lab, study: Study) -> list[CellState]:
         elif tried:
             states.append(CellState(cell, _state_of(tried[-1]), train, tried[-1]))
         else:  # an evaluation that failed before its record existed (a model that would not load) left a marker
-            marker = _failed_marker(lab, study, cell)
-            failed = marker.is_file() and train.run.ended is not None and datetime.fromtimestamp(
-                marker.stat().st_mtime, UTC) >= datetime.fromisoformat(train.run.ended).astimezone(UTC)
+            failed = _failed_marker(lab, study, cell).is_file()
             states.append(CellState(cell, "failed" if failed else "trained", train))
     return states
 
@@ -168,6 +165,7 @@ def run_cell(lab: Lab, study: Study, cell: Cell, console: Console, processes: in
     try:
         record = train(lab, str(study.experiment_file), reuse=True, console=console, processes=processes,
                        **cell.overrides)
+        marker.unlink(missing_ok=True)  # trained: a failure from here on is its evaluation's
         evaluation = evaluate(lab, record.id, reuse=True, console=console, **eval_options(study))
     except Exception as exc:  # a cell that failed before its train record existed would look pending
         write_text_atomic(marker, f"{type(exc).__name__}: {exc}\n")
@@ -201,9 +199,11 @@ def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, 
                   ) -> list[CellState]:
     """The cells a run takes on (pending, interrupted, trained; failed ones with `retry_failed`), said aloud."""
     check_sizes(lab, study)
+    if why := study.spec.stray_comparators():
+        raise LlamalabError(f"{study.path}: {why}")
     if study.spec.kind == "scaling":  # a comparator named wrongly is said before any cell trains
         for ref in study.spec.comparators.runs:
-            named_comparator(lab, study, ref)
+            named_comparator(lab, study, ref, usable=True)
     states = cell_states(lab, study)
     runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
     todo = [s for s in states if s.status in runnable]
@@ -429,19 +429,31 @@ def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
     for name in spec.api:
         if record := latest(name, **{**options, "protocol": "generate"}):
             records.append(record)
-    for ref in spec.runs:  # as comparator_evals takes them
-        if (record := named_comparator(lab, study, ref)).run.finished and current(record):
+    for ref in spec.runs:  # as comparator_evals takes them; one not there (or not one) is left out
+        try:
+            record = named_comparator(lab, study, ref)
+        except LlamalabError:
+            continue
+        if record.run.finished and current(record):
             records.append(record)
     return records
 
 
-def named_comparator(lab: Lab, study: Study, ref: str) -> RunRecord:
+def named_comparator(lab: Lab, study: Study, ref: str, usable: bool = False) -> RunRecord:
     """The eval run `comparators.runs` names (its id, or a unique part of it), of the study's task and split: one
-    rule for `study run`, `study status`, the report and the site."""
+    rule for `study run`, `study status`, the report and the site. With `usable`, also finished and made on the
+    task's data as it is now (else the report would leave it out)."""
     record = find_run(lab.runs_dir, ref, "eval")
     if record.run.task.name != study.task or record.run.task.split != study.spec.eval.split:
         raise LlamalabError(f"comparator run {record.id} evaluated {record.run.task.name}/{record.run.task.split}, "
                             f"not the study's {study.task}/{study.spec.eval.split}")
+    if usable and not record.run.finished:  # its predictions cover part of the split: no test on them
+        raise LlamalabError(f"comparator run {record.id} is {record.run.status}, not finished: resume it "
+                            f"(`llamalab eval ... --resume`) or leave it out of `comparators.runs`")
+    if usable and not _CurrentData(lab)(record):
+        raise LlamalabError(f"comparator run {record.id} was made on task {study.task!r}'s data (or its model) "
+                            "as it was before they changed: evaluate that system again, and name the new run in "
+                            "`comparators.runs`")
     return record
 
 
@@ -462,14 +474,5 @@ def comparator_evals(lab: Lab, study: Study, console: Console) -> list[RunRecord
             records.append(evaluate(lab, base, format=fmt, shots=shots, reuse=True, console=console, **options))
     for name in spec.api:
         records.append(evaluate(lab, name, reuse=True, console=console, **{**options, "protocol": "generate"}))
-    for ref in spec.runs:
-        record = named_comparator(lab, study, ref)
-        if not record.run.finished:  # its predictions cover part of the split: no test on them
-            raise LlamalabError(f"comparator run {record.id} is {record.run.status}, not finished: resume it "
-                                f"(`llamalab eval ... --resume`) or leave it out of `comparators.runs`")
-        if not _CurrentData(lab)(record):  # the report leaves it out: its examples are not the cells'
-            raise LlamalabError(f"comparator run {record.id} was made on task {study.task!r}'s data (or its model) "
-                                "as it was before they changed: evaluate that system again, and name the new run in "
-                                "`comparators.runs`")
-        records.append(record)
+    records += [named_comparator(lab, study, ref, usable=True) for ref in spec.runs]
     return records

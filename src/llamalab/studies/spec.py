@@ -84,17 +84,23 @@ class StudySpec(StrictModel):
             if self.eval.task is None:
                 raise KeyProblem("eval", "a quantization study needs `eval: {task: ...}`: the task each export is "
                                  "evaluated on")
-            if stray := [key for key in ("experiment", "grid", "cells") if key in self.model_fields_set]:
+            if stray := [key for key, value in (("experiment", self.experiment), ("grid", self.grid),
+                                                 ("cells", self.cells)) if value or key == "cells" and value == []]:
                 raise KeyProblem(stray[0], "a quantization study exports finished systems: no `experiment`, `grid` "
                                  "or `cells`")
         else:
             self._check_cells()
+        return self
+
+    def stray_comparators(self) -> str | None:
+        """Why comparators this study asks for would be run for nothing (a sweep or quantization study has none:
+        `study run` refuses them; status and the report ignore them, as older llamalab did), or None."""
         asked = self.comparators
         if self.kind != "scaling" and (asked.api or asked.runs or asked.baselines and "baselines" in
                                        asked.model_fields_set):
-            raise KeyProblem("comparators", f"a {self.kind} study compares its own systems with each other: "
-                             "comparators belong to kind: scaling (remove `comparators`)")
-        return self
+            return (f"key 'comparators': a {self.kind} study compares its own systems with each other, so it runs "
+                    "no comparators: they belong to kind: scaling (remove `comparators`)")
+        return None
 
     def _check_cells(self) -> None:
         if self.experiment is None:
