@@ -269,6 +269,31 @@ def test_largest_batch_is_an_epochs_largest_micro_batch():
         assert largest_batch(lengths, 1, 0, batches=len(lengths)) == max(lengths)
 
 
+def test_the_plans_micro_batches_are_the_ones_training_draws(lab, tiny_model_dir):
+    """The plan sizes activations from the micro-batches the run will see, in the order training draws them over
+    epochs (it shuffled with a generator of its own, so it sized batches the run never saw): the tokens each
+    logged step took in are the plan's batches, step for step, across three epochs."""
+    from llamalab.models import load_tokenizer, resolve_model
+    from llamalab.runs.files import read_jsonl
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.prompts import Prompter
+    from llamalab.tasks.task import load_task
+    from llamalab.training.plan import micro_batches
+    from llamalab.training.trainer import build_dataset, train, training_subset
+
+    write_experiment(lab, "order", f"task: sentiment\nbase_model: {tiny_model_dir}\nbatch_size: 4\n"
+                                   "train_examples: 10\nmax_steps: 8\nseed: 3\nlora: {r: 4, alpha: 8}\n")
+    record = train(lab, "order")
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    prompter = Prompter(task, load_tokenizer(resolve_model(str(tiny_model_dir))), task.prompt.format)
+    dataset, _ = build_dataset(prompter, training_subset(load_task_data(task).split("train"), 10, 3), 1024)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    seen = [row["num_input_tokens_seen"] for row in read_jsonl(record.folder / "train_log.jsonl")
+            if "num_input_tokens_seen" in row]
+    steps = [b - a for a, b in zip([0, *seen], seen, strict=False)]
+    assert steps == [sum(b) for b in micro_batches(lengths, 4, 3, batches=8)]
+
+
 def test_memory_sizes_parse_and_bad_ones_say_how():
     assert parse_memory("24GB") == parse_memory("24 GiB") == 24 * 1024 and parse_memory("512MiB") == 512
     with pytest.raises(LlamalabError, match="such as 24GB"):
@@ -277,6 +302,8 @@ def test_memory_sizes_parse_and_bad_ones_say_how():
 
     with pytest.raises(ValidationError, match="memory_limit"):
         Experiment(task="sentiment", memory_limit="huge")
+    with pytest.raises(ValidationError, match="(?s)memory_limit.*more than 0"):  # planned as 0 MiB usable
+        Experiment(task="sentiment", memory_limit="0GB")
 
     from llamalab.training.plan import resolve_device
 

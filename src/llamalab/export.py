@@ -23,6 +23,7 @@ import importlib.metadata
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -276,7 +277,12 @@ def _llama_cpp_version() -> str:
 
 
 def _run(command: list[str], failure: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    """A converter or quantizer, killed with this process (left running, it went on writing gigabytes next to
+    the export, which nothing would clear)."""
+    from llamalab.training.distributed import die_with_parent
+
+    done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                          preexec_fn=lambda: die_with_parent(signal.SIGKILL))
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
         raise LlamalabError(f"{failure} (exit status {done.returncode}):\n{tail}")

@@ -45,7 +45,7 @@ def launch(lab: Lab, record: RunRecord, experiment, processes: int, console: Con
     reason = record.folder / WORKER_ERROR
     reason.unlink(missing_ok=True)
     try:
-        result = subprocess.run(command, env=env, preexec_fn=lambda: _die_with_parent(signal.SIGTERM))
+        result = subprocess.run(command, env=env, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
     finally:  # what the first worker wrote, also on a Ctrl-C (the launcher's copy would be saved over it)
         record.run = RunRecord.load(record.folder).run
     if result.returncode != 0:
@@ -70,7 +70,7 @@ def check_devices(processes: int) -> None:
                 + f": use --processes {cards} or fewer")
 
 
-def _die_with_parent(sig: int) -> None:
+def die_with_parent(sig: int) -> None:
     """Linux: have the kernel send `sig` to this process when its parent dies. torchrun starts its workers in
     sessions of their own, so without it a killed `llamalab train` would leave them training on (and rotating
     the checkpoints a resumed run reads)."""
@@ -87,7 +87,7 @@ def _worker(lab_root: str, folder: str) -> None:
     from llamalab.training.experiment import resolve_experiment
     from llamalab.training.trainer import _run_training
 
-    _die_with_parent(signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
     import torch
 
     if torch.cuda.is_available():  # each process its own card, before anything (the plan's matmul) touches one

@@ -68,9 +68,11 @@ class Experiment(StrictModel):
 
         if value is not None:
             try:
-                parse_memory(value)
+                memory = parse_memory(value)
             except LlamalabError as exc:
                 raise ValueError(str(exc)) from None
+            if memory <= 0:
+                raise ValueError("the device's memory must be more than 0, such as 24GB")
         return value
 
 

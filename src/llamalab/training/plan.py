@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,14 +285,18 @@ def padding(rows: list[int]) -> int:
 
 
 def micro_batches(lengths: list[int], batch_size: int, seed: int, batches: int | None = None) -> list[list[int]]:
-    """The lengths of each micro-batch of shuffled epochs, over `batches` micro-batches (default: one epoch's)."""
+    """The lengths of each micro-batch of shuffled epochs, over `batches` micro-batches (default: one epoch's), in
+    the order one training process draws them: accelerate's seeded sampler, reseeded each epoch (a shuffle of its
+    own sized the activations from batches the run never saw)."""
+    from accelerate.data_loader import SeedableRandomSampler
+
     if not lengths:
         return []
-    rng, found = random.Random(seed), []
+    sampler, found, epoch = SeedableRandomSampler(range(len(lengths)), data_seed=seed), [], 0
     per_epoch = -(-len(lengths) // batch_size)
     while len(found) < (batches or per_epoch):
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
+        sampler.set_epoch(epoch)
+        order, epoch = list(sampler), epoch + 1
         for k in range(0, len(order), batch_size):
             if len(found) == (batches or per_epoch):
                 break

@@ -190,6 +190,9 @@ def _run_training(
         n_tokens = sum(len(ids) for ids in dataset["input_ids"])
         progress = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback))
         setup_s = time.perf_counter() - started
+        if record.run.resumed and resume_from is None:  # killed before its first checkpoint was complete
+            console.print(f"[yellow]no complete checkpoint in {checkpoints}: training from step 0[/] (a checkpoint "
+                          f"is saved every {experiment.save_steps} steps: `save_steps`)")
         start_epoch = _state(resume_from).get("epoch", 0) if resume_from else 0
         start_step = _state(resume_from).get("global_step", 0) if resume_from else 0
         if resume_from and _completed(resume_from):
