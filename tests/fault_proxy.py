@@ -62,13 +62,14 @@ class FaultProxy:
     """Serves on 127.0.0.1 (a free port) and forwards to `upstream` (e.g. http://127.0.0.1:8080)."""
 
     def __init__(self, upstream: str, schedule: Schedule | None = None, retry_after_s: int = 1,
-                 slow_s: float = 5.0, client_timeout_s: float | None = None) -> None:
+                 slow_s: float = 5.0, client_timeout_s: float | None = None, models_delay_s: float = 0.0) -> None:
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.schedule = schedule or (lambda key, attempt: None)
         self.retry_after_s = retry_after_s
         self.slow_s = slow_s
         self.client_timeout_s = client_timeout_s  # answers slower than this count as lost (the client gave up)
+        self.models_delay_s = models_delay_s  # GET /models answers this late (a slow listing, the server reached)
         self.paid: Counter[str] = Counter()  # body key -> requests forwarded to the upstream
         self.lost: Counter[str] = Counter()  # body key -> paid answers the client never got in full
         self.seen: Counter[str] = Counter()  # body key -> chat completion requests received
@@ -146,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.proxy  # type: ignore[attr-defined]
 
     def do_GET(self) -> None:
+        if self.path.endswith("/models"):
+            time.sleep(self.proxy.models_delay_s)
         self._reply(*self.proxy.forward("GET", self.path, b"", self._upstream_headers(), None))
 
     def do_POST(self) -> None:
@@ -181,6 +184,22 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.proxy.slow_s)  # the client has timed out by now, but the upstream still does the work
             self._reply(*self.proxy.forward("POST", self.path, body, self._upstream_headers(), key))
             self.proxy.answer_lost(key)
+        elif fault == "trickle":  # the whole answer, one byte a second: never a read timeout, never done in time
+            status, headers, data = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
+            self.proxy.answer_lost(key)
+            try:
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(1.0)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+        elif fault == "bad_gzip":  # a 200 whose body its Content-Encoding cannot decode
+            self._reply(200, {"Content-Type": "application/json", "Content-Encoding": "gzip"}, b"not gzip at all")
         elif fault == "truncate":
             status, headers, data = self.proxy.forward("POST", self.path, body, self._upstream_headers(), key)
             self._reply(status, headers, data, send=len(data) // 2)

@@ -409,3 +409,38 @@ def test_a_key_echoed_across_the_cut_of_a_long_error_page_leaves_none_of_it(monk
             response = httpx.Response(502, text=page, request=httpx.Request("POST", "http://127.0.0.1:9/v1"))
             message = client._http_error("http://127.0.0.1:9/v1", response)
             assert key[:4] not in message  # not one character past "sk-"
+
+
+def test_a_trickled_answer_or_a_body_that_does_not_decode_is_retried(llama_server: str, clean: list[ChatResult],
+                                                                      tmp_path: Path) -> None:
+    """httpx's timeout is per read: an answer sent a byte a second held a request open for ever (no timeout, no
+    retry, a frozen progress bar); a gzip body that does not decode escaped as httpx's own error."""
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted({
+            body_key(request_body(api_model("http://unused"), REQUESTS[0])): ["trickle", None],
+            body_key(request_body(api_model("http://unused"), REQUESTS[1])): ["bad_gzip", None]})) as proxy:
+        start = time.monotonic()
+        results = run_batch(api_model(proxy.url, timeout_s=2.0), tmp_path / "cache.sqlite", REQUESTS[:2])
+        assert time.monotonic() - start < 20
+    assert [r.text for r in results] == [r.text for r in clean[:2]]
+    assert [r.attempts for r in results] == [2, 2]
+
+
+def test_a_slow_model_listing_does_not_stop_the_evaluation(llama_server: str, clean: list[ChatResult],
+                                                          tmp_path: Path) -> None:
+    """The check before the requests timed out on a server slow to list its models and stopped everything,
+    saying the server could not be reached; reached is enough (the requests have retries)."""
+    from llamalab.backends.api import PROBE_TIMEOUT_S
+
+    with FaultProxy(llama_server.removesuffix("/v1"), models_delay_s=PROBE_TIMEOUT_S + 1) as proxy:
+        results = run_batch(api_model(proxy.url), tmp_path / "cache.sqlite", REQUESTS[:1])
+    assert results[0].text == clean[0].text
+
+
+def test_a_key_put_where_its_variables_name_goes_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    from llamalab.config import LlamalabError, parse_model
+
+    pasted = "sk-proj-SECRETSECRET123"
+    with pytest.raises(LlamalabError, match="api_key_env.*NAME of an environment variable") as error:
+        parse_model(ApiModel, {"name": "gpt", "base_url": "https://api.example.com/v1", "model": "m",
+                               "api_key_env": pasted}, "lab.yaml")
+    assert pasted not in str(error.value) and "SECRET" not in str(error.value)

@@ -189,7 +189,7 @@ def test_a_cells_evaluation_is_the_one_the_study_runs_not_a_later_one_with_other
     from tests.records import eval_fields, train_fields
 
     write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
-    write_study(lab, "sw", "experiment: exp\ngrid: {learning_rate: [1e-4, 1e-3]}\neval: {limit: 30}\n"
+    write_study(lab, "sw", "kind: scaling\nexperiment: exp\ngrid: {train_examples: [8, 16]}\neval: {limit: 30}\n"
                            "comparators: {baselines: true}\n")
     study, task = load_study(lab, "sw"), load_task(lab.task_path("sentiment"), lab.root)
 
@@ -891,7 +891,7 @@ def test_a_scaling_point_sits_at_the_examples_trained_on_and_a_size_past_the_spl
 
     result = scaling_result([cell(40, 38), cell(80, 80)], [], "accuracy", resamples=100)
     assert [p.size for p in result.curve] == [38, 80]
-    with pytest.raises(ValueError, match="train_examples 9,000 and 20,000 both trained on 8,530 examples"):
+    with pytest.raises(LlamalabError, match="train_examples 9,000 and 20,000 both trained on 8,530 examples"):
         scaling_result([cell(9000, 8530), cell(20000, 8530)], [], "accuracy", resamples=100)
 
     write_experiment(lab, "exp", "task: sentiment\nmax_steps: 1\n")

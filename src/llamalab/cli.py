@@ -470,7 +470,7 @@ def study_status(name: str, lab: LabOption = None) -> None:
 
         _print_quantization(the_lab, study, recorded_quantization(the_lab, study))
         return
-    check_sizes(the_lab, study)  # as `study run` refuses it
+    check_sizes(the_lab, study, data_required=False)  # as `study run` refuses it
     _print_study(the_lab, study, cell_states(the_lab, study), recorded_comparators(the_lab, study))
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -21,9 +22,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from llamalab.config import LlamalabError, StrictModel
+from llamalab.config import KeyProblem, LlamalabError, StrictModel
 
 if TYPE_CHECKING:  # imported where used: lab.py reads ApiModel on every CLI start, which must not pay for httpx
     import httpx
@@ -53,6 +54,15 @@ class ApiModel(StrictModel):
     max_concurrency: int = Field(8, ge=1, description="most requests in flight at once")
     timeout_s: float = Field(60.0, gt=0, description="seconds to wait for one response")
     max_retries: int = Field(8, ge=0, description="retries of a failed request before giving up")
+
+    @model_validator(mode="after")
+    def _key_variable(self) -> ApiModel:
+        """A key pasted where its variable's name goes is refused without being repeated (the error would carry it
+        into logs, study failure notes and CI output)."""
+        if self.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env):
+            raise KeyProblem("api_key_env", "must be the NAME of an environment variable (letters, digits and _, "
+                             "e.g. OPENAI_API_KEY), not the key itself: set the key in that variable")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -245,6 +255,11 @@ class ChatClient:
         url = f"{self._base}/models"
         try:
             response = self._http.get(url, timeout=PROBE_TIMEOUT_S)
+        except (httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise ApiError(f"api model {self.model.name!r}: cannot reach {self.model.base_url} "
+                               f"({_describe(exc)}); is the server running and base_url right?") from None
+            return  # reached, but slow to list its models: the requests themselves have retries
         except httpx.TransportError as exc:
             raise ApiError(
                 f"api model {self.model.name!r}: cannot reach {self.model.base_url} ({_describe(exc)}); "
@@ -282,7 +297,9 @@ class ChatClient:
             delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
             if outcome.retry_after is not None:
                 delay = max(delay, outcome.retry_after)
-            log.info("%s request %d: %s; retry %d in %.1fs", self.model.name, index, outcome.reason, attempt, delay)
+            # seen on the console (no handler is set: Python prints warnings) once waiting is worth a word
+            (log.warning if attempt > 1 or delay >= 10 else log.info)(
+                "%s request %d: %s; retry %d in %.1fs", self.model.name, index, outcome.reason, attempt, delay)
             if stop.wait(delay):
                 raise ApiError(f"request {index}: batch stopped")
         spent = f" ({billed[0]:,} input and {billed[1]:,} output tokens were billed for unusable answers)" if any(
@@ -298,9 +315,11 @@ class ChatClient:
 
         start = time.monotonic()
         try:
-            response = self._http.post(url, json=body)
-        except httpx.TransportError as exc:
+            response = self._post(url, body, start + self.model.timeout_s)
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             return _Retry(self._redact(_describe(exc)))
+        if response is None:
+            return _Retry(f"no complete answer within timeout_s ({self.model.timeout_s:g} s)")
         latency = time.monotonic() - start
         status = response.status_code
         if status == 200:
@@ -319,6 +338,22 @@ class ChatClient:
             reason = self._redact(f"HTTP {status}: {_server_message(response, self._redact)}")
             return _Retry(reason, parse_retry_after(response.headers.get("retry-after")), throttled=status == 429)
         raise ApiError(f"request {index}: {self._http_error(url, response)}")
+
+    def _post(self, url: str, body: dict[str, Any], deadline: float) -> httpx.Response | None:
+        """The response, read in full by `deadline` (None past it): httpx's timeout is per read, so a server
+        trickling bytes (or keep-alive whitespace) held a request open for ever."""
+        import httpx
+
+        with self._http.stream("POST", url, json=body) as streamed:
+            raw = []
+            for chunk in streamed.iter_raw():
+                raw.append(chunk)
+                if time.monotonic() > deadline:
+                    return None
+            response = httpx.Response(streamed.status_code, headers=streamed.headers, content=b"".join(raw),
+                                      request=streamed.request)
+            response.read()  # decoded as the headers say (gzip, ...): a damaged body raises DecodingError here
+            return response
 
     def _cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.model.input_price_per_mtok + output_tokens * self.model.output_price_per_mtok) / 1e6

@@ -247,7 +247,9 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
                          "predict_s": round(timed.get("predict_s", 0) + seconds, 2),
                          "predict_examples": int(timed.get("predict_examples", 0)) + len(todo)},
                 throughput={"examples_per_s": round(len(todo) / max(seconds, 1e-9), 2),
-                            "tokens_per_s": round(n_tokens / max(seconds, 1e-9)),
+                            # a chat API's tokens are its own (usage has them): no rate of ours to state
+                            **({"tokens_per_s": round(n_tokens / max(seconds, 1e-9))} if system.kind != "api"
+                               else {}),
                             # what the model computed (a shared prompt prefix once, no padding): the work's floor
                             **({"forward_tokens": computed, "forward_tokens_per_s": round(computed / max(
                                 seconds, 1e-9))} if computed is not None else {}),

@@ -242,7 +242,7 @@ def _study_board(lab: Lab, name: str) -> StudyBoard | SweepBoard | QuantBoard | 
     if study.spec.kind == "quantization":
         rows = recorded_quantization(lab, study)
         return QuantBoard(study, rows, metric) if rows else None
-    check_sizes(lab, study)  # a study `study run` refuses is not published either
+    check_sizes(lab, study, data_required=False)  # a study `study run` refuses is not published either
     states = cell_states(lab, study)
     if not any(s.status == "finished" for s in states):
         return None

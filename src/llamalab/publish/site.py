@@ -343,7 +343,8 @@ def _secret_values(lab: Lab) -> dict[str, str]:
     """Values of environment variables that hold keys: the API keys lab.yaml names, and anything key-like."""
     names = {m.api_key_env for m in lab.config.api_models.values() if m.api_key_env}
     names |= {name for name in os.environ if _SECRET_NAME.search(name)}
-    return {name: os.environ[name] for name in names if len(os.environ.get(name, "")) >= 8}
+    # as the client sends it (stripped: a key read from a file ends in a line break) and as it is set
+    return {name: os.environ[name].strip() for name in names if len(os.environ.get(name, "").strip()) >= 8}
 
 
 def _redact_secrets(lab: Lab, folder: Path) -> None:

@@ -216,8 +216,10 @@ def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, 
     return todo
 
 
-def check_sizes(lab: Lab, study: Study) -> None:
-    """A scaling study's size past the train split would train on the whole split again, under another size."""
+def check_sizes(lab: Lab, study: Study, data_required: bool = True) -> None:
+    """A scaling study's size past the train split would train on the whole split again, under another size.
+    Without `data_required` (reading the records: status, the report) data that cannot be read now is not this
+    check's to report."""
     if study.spec.kind != "scaling":
         return
     asked = sorted({int(cell.config["train_examples"]) for cell in study.cells
@@ -225,7 +227,12 @@ def check_sizes(lab: Lab, study: Study) -> None:
     from llamalab.tasks.data import load_task_data
     from llamalab.tasks.task import load_task
 
-    have = len(load_task_data(load_task(lab.task_path(study.task), lab.root)).split("train"))
+    try:
+        have = len(load_task_data(load_task(lab.task_path(study.task), lab.root)).split("train"))
+    except LlamalabError:
+        if data_required:
+            raise
+        return
     if too_many := [size for size in asked if size > have]:
         raise LlamalabError(f"study {study.name}: train_examples {', '.join(f'{s:,}' for s in too_many)} "
                             f"{'is' if len(too_many) == 1 else 'are'} more than task {study.task!r}'s train split "
