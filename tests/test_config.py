@@ -65,6 +65,11 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     assert resolved["lora"]["r"] == 4
     with pytest.raises(LlamalabError, match="did you mean 'max_steps'"):
         load_experiment(path, {"max_step": 3})
+    for shorthand, meant in (("lr", "learning_rate"), ("bs", "batch_size"), ("num_train_epochs", "epochs")):
+        with pytest.raises(LlamalabError, match=f"unknown key '{shorthand}': did you mean '{meant}'"):
+            load_experiment(path, {shorthand: 3})  # `lr` was offered `lora`
+    with pytest.raises(LlamalabError, match="key 'memory_limit': give the unit too, such as 24GB"):
+        load_experiment(path, {"memory_limit": 24})
     with pytest.raises(LlamalabError, match="expected key=value"):
         parse_overrides(["justakey"])
     # From Python: dotted keys, or a dict merged into its section (the section's other settings stay)

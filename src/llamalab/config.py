@@ -210,6 +210,11 @@ def apply_overrides(data: dict, overrides: Mapping[str, Any]) -> dict:
     return result
 
 
+_SHORTHANDS = {"lr": "learning_rate", "bs": "batch_size", "steps": "max_steps", "epoch": "epochs",
+               "n_epochs": "epochs", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+               "gradient_accumulation_steps": "grad_accum", "model": "base_model"}
+
+
 def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node | None,
               overridden: tuple[str, ...] = ()) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
@@ -221,7 +226,8 @@ def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node 
     where = f"{source}:{line}" if line else source
     if err["type"] == "extra_forbidden":
         known = _fields_at(model, loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+        meant = _SHORTHANDS.get(str(loc[-1]))  # what other tools call it: difflib would offer `lora` for `lr`
+        close = [meant] if meant in known else difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
         parent = ".".join(str(p) for p in loc[:-1])
         suggestion = f"{parent}.{close[0]}" if close and from_command_line and parent else close[0] if close else ""
         hint = f"did you mean {suggestion!r}?" if close else f"known keys: {', '.join(sorted(known))}"

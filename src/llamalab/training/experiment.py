@@ -61,6 +61,13 @@ class Experiment(StrictModel):
         """YAML reads an unquoted yes/no (in a file or as `key=yes` on the command line) as a boolean."""
         return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
 
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_unit(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):  # `memory_limit: 24`
+            raise ValueError(f"give the unit too, such as {value}GB or {value}GiB")
+        return value
+
     @field_validator("memory_limit")
     @classmethod
     def _memory(cls, value: str | None) -> str | None:
