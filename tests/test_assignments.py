@@ -939,3 +939,27 @@ def test_the_staff_readmes_grade_command_runs_as_written(sentiment_lab: Lab, sen
     monkeypatch.chdir(sentiment_lab.root)
     result = CliRunner().invoke(assignment_app, ["grade", command.group(1), str(sentiment_assignment / "solution")])
     assert result.exit_code == 0, result.output
+
+
+def test_the_solutions_ablations_leave_out_quantized_copies_of_a_run(lab):
+    """A quantization study's GGUF exports of the reference run are fine-tuned systems of that run, not runs with
+    other settings: the solution listed the run three times as its own ablations."""
+    from types import SimpleNamespace
+
+    from llamalab.assignments.build import _ablation
+    from llamalab.runs.record import RunRecord
+    from tests.records import eval_fields
+
+    def evaluation(label: str, quantized: str | None = None) -> RunRecord:
+        fields = eval_fields(label=label, kind="finetuned", train_run="t-" + label.split(" ")[0])
+        if quantized:
+            fields["system"]["quantized"] = quantized
+        record = RunRecord.create(lab.runs_dir, "eval", label.replace(" ", "-"), {"l": label}, **fields)
+        record.update(status="finished", metrics={"accuracy": {"estimate": 0.5, "low": 0.4, "high": 0.6, "n": 10}})
+        return record
+
+    reference = evaluation("tuned@abcd")
+    evaluation("tuned@abcd q8_0", quantized="q8_0")
+    other = evaluation("tuned@ef01")
+    text = _ablation(lab, SimpleNamespace(finetuned=reference), "accuracy")
+    assert other.id in text and "q8_0" not in text

@@ -294,6 +294,36 @@ def test_the_plans_micro_batches_are_the_ones_training_draws(lab, tiny_model_dir
     assert steps == [sum(b) for b in micro_batches(lengths, 4, 3, batches=8)]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_the_plan_covers_every_processs_micro_batches_and_every_epoch(seed):
+    """With N processes accelerate deals the shuffled batches out (process p draws p, p + N, ...): the plan of one
+    process's share must look at all of them, over every epoch (each reshuffled), not the first 1/N of them."""
+    from accelerate.data_loader import BatchSamplerShard, SeedableRandomSampler
+    from torch.utils.data import BatchSampler
+
+    from llamalab.training.plan import Device, memory_plan
+
+    rng = random.Random(seed)
+    shape = Shape.of(_config(rng))
+    lengths = [rng.randint(5, 300) for _ in range(rng.randint(8, 60))]
+    processes, share = rng.choice([1, 2, 3]), rng.randint(1, 6)
+    steps = rng.choice([None, rng.randint(1, 12)])
+    epochs = rng.choice([1, 2, 3])
+    experiment = Experiment(task="t", batch_size=share, seed=rng.randint(0, 9), epochs=epochs, max_steps=steps)
+    sampler = SeedableRandomSampler(range(len(lengths)), data_seed=experiment.seed)
+    drawn, epoch = [], 0
+    while (len(drawn) < steps * processes) if steps else epoch < epochs:
+        sampler.set_epoch(epoch)
+        for p in range(processes):
+            shard = BatchSamplerShard(BatchSampler(sampler, share, drop_last=False), processes, p, even_batches=False)
+            sampler.set_epoch(epoch)
+            drawn += [sum(lengths[i] for i in batch) for batch in shard]
+        epoch += 1
+    plan = memory_plan(shape, experiment, Device("cuda", "a GPU", 1e9, bf16=True), lengths, [1] * len(lengths),
+                       processes=processes)
+    assert plan.tokens_per_batch >= max(drawn[:steps * processes] if steps else drawn)
+
+
 def test_memory_sizes_parse_and_bad_ones_say_how():
     assert parse_memory("24GB") == parse_memory("24 GiB") == 24 * 1024 and parse_memory("512MiB") == 512
     with pytest.raises(LlamalabError, match="such as 24GB"):

@@ -403,7 +403,10 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     for row in rows:
         assert row.eval.run.backend.backend == "llama.cpp" and row.eval.run.task.n == 10
         in_lab = gguf_file(lab, str(tiny_model_dir), row.type).relative_to(lab.root).as_posix()
-        assert row.eval.config["system"] == row.eval.run.system.model.name == row.eval.run.system.label == in_lab
+        assert row.eval.config["system"] == row.eval.run.system.model.name == in_lab
+        # named by the model it was made from (its file's path said little), as a fine-tune's exports by their run
+        assert row.eval.run.system.label == f"{tiny_model_dir.name} {row.type}"
+        assert (row.eval.run.system.kind, row.eval.run.system.quantized) == ("base", row.type)
         assert in_lab.startswith("runs/.gguf/") and str(lab.root) not in (row.eval.folder / "run.json").read_text()
         assert (row.delta is None) == (row.type == "f16")
         if row.delta is not None:

@@ -317,7 +317,8 @@ def _ablation(lab: Lab, refs: References, metric: str) -> str:
     task = refs.finetuned.run.task.name
     others = [r for r in list_runs(lab.runs_dir, "eval")
               if r.run.finished and r.run.task.name == task and r.run.task.split == "test"
-              and r.run.system.kind == "finetuned" and r.id != refs.finetuned.id and metric in r.run.metrics]
+              and r.run.system.kind == "finetuned" and r.id != refs.finetuned.id and metric in r.run.metrics
+              and not r.run.export_type]  # a quantization study's copy of a run's weights is no other setting
     if not others:
         return ("The lab has one fine-tuned evaluation of this task on the test split, so this reference has no "
                 "ablation of its own. A natural one keeps every setting and the seed, halves the LoRA rank or the "

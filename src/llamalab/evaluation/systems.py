@@ -133,8 +133,9 @@ def exported_from(lab: Lab, name: str) -> System | None:
     record = None
     with contextlib.suppress(LlamalabError):  # a run deleted since, or now ambiguous: the file as a base model
         record = _train_run(lab, source) if isinstance(source, str) else None
-    if record is None:
-        return System(label=base_label(lab, name), kind="base", quantized=quantized)
+    if record is None:  # a base model's export: named by the model, as a fine-tune's is by its run
+        label = f"{base_label(lab, source)} {quantized}" if isinstance(source, str) else base_label(lab, name)
+        return System(label=label, kind="base", quantized=quantized)
     return System(f"{record.run.experiment}@{record.id[-4:]} {quantized}", "finetuned", train_run=record.id,
                   trained_format=record.run.prompt.format, quantized=quantized)
 

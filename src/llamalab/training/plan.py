@@ -54,6 +54,7 @@ the same device reached (or a stated default when there are none).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -311,13 +312,14 @@ def largest_batch(lengths: list[int], batch_size: int, seed: int, batches: int |
 
 
 def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], answers: list[int],
-                file_bytes_per_param: float = 2.0, shards: int = 1) -> MemoryPlan:
+                file_bytes_per_param: float = 2.0, shards: int = 1, processes: int = 1) -> MemoryPlan:
     """The memory parts of training `experiment` (its `batch_size` one process's share) on `device`, and whether to
     checkpoint activations.
 
     `lengths` are the training rows' token counts, `answers` their answer (loss) token counts. `shards` > 1: a
     full fine-tune under FSDP in that many processes, each keeping its share of the weights, gradients and AdamW
-    state, and gathering whole only the embedding's group and two layers at a time (`fsdp_gathered`)."""
+    state, and gathering whole only the embedding's group and two layers at a time (`fsdp_gathered`). With
+    `processes` N the run's micro-batches are dealt out among N processes: any one may draw the largest."""
     bf16 = device.bf16
     method = experiment.method
     if method == "qlora" and device.kind == "cpu":
@@ -342,7 +344,10 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     load_weights = weights  # each process loads the whole model before FSDP shards it
     if shards > 1:  # gathered at the compute precision (FSDP's bf16 policy on GPUs)
         weights, trainable = weights / shards + fsdp_gathered(shape) * param_bytes, trainable / shards
-    batches = experiment.max_steps * experiment.grad_accum if experiment.max_steps else None
+    # every micro-batch the run draws, in all its processes and epochs (each epoch shuffled anew)
+    per_epoch = -(-len(lengths) // experiment.batch_size)
+    batches = (experiment.max_steps * experiment.grad_accum * processes if experiment.max_steps
+               else math.ceil(experiment.epochs * per_epoch))
     formula = activation_bytes(shape, method, bf16, r, n)
     per_token, per_pad = rows_attention_bytes(shape, bf16, device.kind == "cpu")
     resident = device.kind == "cpu" and shards == 1  # what the allocator keeps: fitted, row-by-row copies included
@@ -501,7 +506,8 @@ def plan_training(experiment, model_folder: Path, lengths: list[int], answers: l
     shape = Shape.of_folder(model_folder)
     share = experiment.model_copy(update={"batch_size": max(1, experiment.batch_size // processes)})
     shards = processes if fsdp_shards(experiment, processes) else 1
-    plan = memory_plan(shape, share, device, lengths, answers, _file_bytes_per_param(model_folder, shape), shards)
+    plan = memory_plan(shape, share, device, lengths, answers, _file_bytes_per_param(model_folder, shape), shards,
+                       processes)
     plan = decide_checkpointing(plan, experiment.activation_checkpointing)
     tokens = sum(lengths) / (processes if device.kind == "cuda" else 1)
     return with_time(plan, shape, experiment.method, device, tokens, past_efficiency or [], shards > 1)
