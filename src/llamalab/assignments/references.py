@@ -128,8 +128,8 @@ def _named(lab: Lab, task: Task, ref: str, metric: str) -> RunRecord:
                             f"{task.name}/test")
     if run.export_type:
         raise LlamalabError(f"run {record.id} evaluated a {run.export_type} GGUF export ({run.system.label}), "
-                            "not the weights a student trains or a baseline model as it is: name the evaluation of those "
-                            "weights themselves (a train run's, or the base model's)")
+                            "not the weights a student trains or a baseline model as it is: name the evaluation of "
+                            "those weights themselves (a train run's, or the base model's)")
     if metric not in run.metrics:
         raise LlamalabError(f"run {record.id} has no {metric} (its metrics: {', '.join(run.metrics) or 'none'})")
     return record
