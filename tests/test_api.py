@@ -439,8 +439,10 @@ def test_a_slow_model_listing_does_not_stop_the_evaluation(llama_server: str, cl
 def test_a_key_put_where_its_variables_name_goes_is_refused_without_repeating_it(tmp_path: Path) -> None:
     from llamalab.config import LlamalabError, parse_model
 
-    pasted = "sk-proj-SECRETSECRET123"
-    with pytest.raises(LlamalabError, match="api_key_env.*NAME of an environment variable") as error:
-        parse_model(ApiModel, {"name": "gpt", "base_url": "https://api.example.com/v1", "model": "m",
-                               "api_key_env": pasted}, "lab.yaml")
-    assert pasted not in str(error.value) and "SECRET" not in str(error.value)
+    for pasted in ("sk-proj-SECRETSECRET123", "gsk_8fJk2LmNoPqRsTuVwXyZ0123", "hf_abcdefghijklmnop",
+                   "a1b2c3d4e5f6a7b8c9d0e1f2"):  # some keys are valid variable names
+        with pytest.raises(LlamalabError, match="api_key_env.*NAME of an environment variable") as error:
+            parse_model(ApiModel, {"name": "gpt", "base_url": "https://api.example.com/v1", "model": "m",
+                                   "api_key_env": pasted}, "lab.yaml")
+        assert pasted not in str(error.value)
+    assert api_model("http://127.0.0.1:9/v1", api_key_env="OPENAI_API_KEY_2").api_key_env == "OPENAI_API_KEY_2"

@@ -416,4 +416,5 @@ def test_a_quantization_studys_export_is_told_by_its_record_or_its_file(tmp_path
     assert record("/lab/runs/.gguf/org-model-3f2a9c1d-f16.gguf").export_type == "f16"
     assert record("runs/.gguf/tiny-3f2a9c1d-q8_0.gguf", quantized="q8_0").export_type == "q8_0"
     assert record("models/tiny-q4_0.gguf").export_type is None  # a GGUF file of the lab's own: a base model
+    assert record("/data/myruns/.gguf/llama-3-8b.gguf").export_type is None  # not a study's file name
     assert record("smollm2-135m-instruct").export_type is None

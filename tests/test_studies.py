@@ -1025,6 +1025,13 @@ def test_a_cell_whose_evaluation_fails_before_its_record_is_failed_not_trained(l
     [cell] = study.cells
     record = train(lab, str(study.experiment_file), **cell.overrides)
     assert [s.status for s in cell_states(lab, study)] == ["trained"]
+    # an earlier training failure's note says nothing of the run trained since (by hand, here)
+    from llamalab.studies.run import _failed_marker
+
+    marker = _failed_marker(lab, study, cell)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("training: LlamalabError: base model not found\n")
+    assert [s.status for s in cell_states(lab, study)] == ["trained"]
     shutil.rmtree(record.folder / "adapter")
     with pytest.raises(LlamalabError, match="(?s)1 of 1 cell.*no trained weights"):
         run_study(lab, study, Console(stderr=True))

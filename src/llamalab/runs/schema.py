@@ -32,6 +32,7 @@ Version history:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -253,10 +254,9 @@ class EvalRun(RunBase):
         before schema 9 by its file in runs/.gguf/, named `<system>-<hash>-<type>.gguf`), else None."""
         if self.system.quantized:
             return self.system.quantized
-        name = self.system.model.name if self.system.model else ""
-        if "runs/.gguf/" in name.replace("\\", "/") and name.endswith(".gguf"):
-            return name.removesuffix(".gguf").rsplit("-", 1)[-1]
-        return None
+        name = (self.system.model.name if self.system.model else "").replace("\\", "/")
+        found = re.search(r"(?:^|/)runs/\.gguf/[^/]+-[0-9a-f]{8}-([^-/]+)\.gguf$", name)  # as `gguf_file` names them
+        return found[1] if found else None
 
     @property
     def display_label(self) -> str:

@@ -150,8 +150,7 @@ def cell_states(lab: Lab, study: Study) -> list[CellState]:
         elif tried:
             states.append(CellState(cell, _state_of(tried[-1]), train, tried[-1]))
         else:  # an evaluation that failed before its record existed (a model that would not load) left a marker
-            failed = _failed_marker(lab, study, cell).is_file()
-            states.append(CellState(cell, "failed" if failed else "trained", train))
+            states.append(CellState(cell, "failed" if _evaluation_failed(lab, study, cell) else "trained", train))
     return states
 
 
@@ -161,17 +160,29 @@ def run_cell(lab: Lab, study: Study, cell: Cell, console: Console, processes: in
     from llamalab.evaluation.evaluate import evaluate
     from llamalab.training.trainer import train
 
-    marker = _failed_marker(lab, study, cell)
+    marker, stage = _failed_marker(lab, study, cell), "training"
     try:
         record = train(lab, str(study.experiment_file), reuse=True, console=console, processes=processes,
                        **cell.overrides)
-        marker.unlink(missing_ok=True)  # trained: a failure from here on is its evaluation's
+        stage = EVALUATION_FAILED
         evaluation = evaluate(lab, record.id, reuse=True, console=console, **eval_options(study))
     except Exception as exc:  # a cell that failed before its train record existed would look pending
-        write_text_atomic(marker, f"{type(exc).__name__}: {exc}\n")
+        write_text_atomic(marker, f"{stage}: {type(exc).__name__}: {exc}\n")
         raise
     marker.unlink(missing_ok=True)
     return CellState(cell, "finished", record, evaluation)
+
+
+EVALUATION_FAILED = "evaluation"  # how a failed marker written after training begins
+
+
+def _evaluation_failed(lab: Lab, study: Study, cell: Cell) -> bool:
+    """Whether the cell's last failure was its evaluation's (a training failure's marker says nothing of a run
+    trained since, by hand or by another study)."""
+    try:
+        return _failed_marker(lab, study, cell).read_text(encoding="utf-8").startswith(f"{EVALUATION_FAILED}:")
+    except OSError:
+        return False
 
 
 def _failed_marker(lab: Lab, study: Study, cell: Cell) -> Path:
