@@ -82,7 +82,8 @@ def test_report_against_a_reference_with_local_compute_costs(published_lab):
     api_line = next(line for line in md.splitlines() if line.startswith("| smol-api"))
     assert "| reference |" in api_line
     local_lines = [line for line in md.splitlines() if line.startswith("| ") and "[plain]" in line]
-    assert len(local_lines) == 3 and all(("~$" in line or "~<$0.0001" in line) for line in local_lines)  # at the lab's $/h
+    # priced at the lab's $/h
+    assert len(local_lines) == 3 and all(("~$" in line or "~<$0.0001" in line) for line in local_lines)
     assert "local models, their wall time at $0.07/h" in md
     assert "compared with the reference system, smol-api [chat]" in (folder / "methods.md").read_text()
     with pytest.raises(LlamalabError, match="names no evaluated system"):
