@@ -70,6 +70,11 @@ def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
             load_experiment(path, {shorthand: 3})  # `lr` was offered `lora`
     with pytest.raises(LlamalabError, match="key 'memory_limit': give the unit too, such as 24GB"):
         load_experiment(path, {"memory_limit": 24})
+    # YAML's yes/true is a boolean, which a number field took as 1 (`epochs: yes` trained one epoch)
+    for key, value in (("epochs", True), ("max_steps", False), ("lora.r", True)):
+        with pytest.raises(LlamalabError, match=f"key '{key}': is a number, not yes/no"):
+            load_experiment(path, {key: value})
+    assert load_experiment(path, {"bf16": True})[0].bf16 == "yes"  # a yes/no setting still reads one
     with pytest.raises(LlamalabError, match="expected key=value"):
         parse_overrides(["justakey"])
     # From Python: dotted keys, or a dict merged into its section (the section's other settings stay)

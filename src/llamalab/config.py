@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 
 class LlamalabError(Exception):
@@ -20,6 +21,23 @@ class StrictModel(BaseModel):
     YAML float, and no setting means it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_yes_no_numbers(cls, data: Any) -> Any:
+        """YAML reads yes/no/true as a boolean, which pydantic would take as the number 1 or 0 (`epochs: yes` ran
+        one epoch): a setting that is a number refuses one."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and _takes_numbers(field.annotation):
+                    raise KeyProblem(name, f"is a number, not yes/no (got {str(data[name]).lower()})")
+        return data
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field takes a number and no boolean (int, float, or a union holding one of them)."""
+    kinds = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return bool(set(kinds) & {int, float}) and bool not in kinds
 
 
 class KeyProblem(ValueError):
