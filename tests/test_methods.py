@@ -391,3 +391,42 @@ def test_a_resumed_runs_training_time_sentence_on_random_records():
             part, whole = text.split(" for ")[1].split(" epochs")[0].split(" of its ")
             assert part != whole
             assert abs(float(part) - timed) / timed <= 5e-3 and abs(float(whole) - epochs) / epochs <= 5e-3
+
+
+def test_the_quantized_weights_sentence_on_random_mixes_of_systems():
+    """Random boards of exports (of runs, of base models, from before schema 9 by their file name), plain
+    fine-tuned runs and base models: each export is named once, with its run (or file) and its type; no other
+    system is called quantized, and with no export there is no sentence."""
+    import random
+    from types import SimpleNamespace
+
+    from llamalab.publish.methods import _quantized
+    from llamalab.runs.schema import EvalRun
+    from tests.records import eval_fields
+
+    rng = random.Random(31)
+    for _ in range(200):
+        evals, expected = [], {}
+        for i in range(rng.randint(1, 6)):
+            kind = rng.choice(["run export", "base export", "legacy export", "run", "base"])
+            quant = rng.choice(["f16", "q8_0", "q4_k_m"])
+            run_id = f"2026-11-29-x-{i:04x}"
+            model = f"runs/.gguf/m-{i}-0123abc{i}-{quant}.gguf" if "export" in kind else f"org/model-{i}"
+            fields = eval_fields(label=f"s{i}", model=model, backend="llama.cpp" if "export" in kind else "hf",
+                                 kind="finetuned" if kind.startswith("run") else "base",
+                                 train_run=run_id if kind.startswith("run") else None)
+            if kind in ("run export", "base export"):
+                fields["system"]["quantized"] = quant
+            run = EvalRun.model_validate({"id": f"e{i}", "name": "e", "kind": "eval", "config_hash": "h",
+                                          "started": "2026-11-29T00:00:00+00:00", **fields})
+            evals.append(SimpleNamespace(name=f"s{i}", run=run))
+            if "export" in kind:
+                what = f"fine-tuned run {run_id}'s weights" if kind == "run export" else f"the model file {model}"
+                expected[f"s{i}"] = f"s{i} is {what} at GGUF type {quant}, run by the llama.cpp backend"
+        text = _quantized(evals)
+        if not expected:
+            assert text == ""
+            continue
+        assert text.startswith("Quantized weights") and text.endswith(".")
+        parts = text.split(": ", 1)[1].removesuffix(".").split("; ")
+        assert parts == list(expected.values()), (text, expected)

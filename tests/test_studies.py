@@ -871,6 +871,32 @@ def test_systems_whose_names_slug_alike_get_export_files_of_their_own(lab):
     assert gguf_file(lab, "org/model", "q8_0") == gguf_file(lab, "org/model", "q8_0")  # the same name, reused
 
 
+
+def test_an_export_file_name_gives_back_its_type_for_random_system_names(lab):
+    """One rule names an export's file and reads its type back (the study, the systems of the report and records
+    from before schema 9 all read it): random names, with dashes, slashes, spaces and hex-looking parts."""
+    import random
+
+    from llamalab.runs.schema import EvalRun, SystemInfo, gguf_export_type
+    from llamalab.studies.quantization import gguf_file, lab_name
+    from tests.records import eval_fields
+
+    def export_type(system):
+        return EvalRun.model_construct(system=SystemInfo.model_validate(system)).export_type
+
+    rng = random.Random(7)
+    alphabet = "ab-/_. 0f9Zé"
+    for _ in range(300):
+        name = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
+        quant = rng.choice(["f16", "q8_0", "q4_0", "q4_k_m", "q5_k_s", "iq2_xxs"])
+        path = gguf_file(lab, name, quant)
+        assert path.parent == lab.runs_dir / ".gguf" and gguf_export_type(path.name) == quant, name
+        system = eval_fields(model=lab_name(lab, path))["system"]  # a record from before schema 9
+        assert SystemInfo.model_validate(system).quantized is None
+        assert export_type(system) == quant, name
+    assert gguf_export_type("my-model.gguf") is None and gguf_export_type("a-0123abcd-q8_0.bin") is None
+
+
 def test_a_scaling_point_sits_at_the_examples_trained_on_and_a_size_past_the_split_is_refused(lab, tmp_path):
     """Asked 40, trained on 38 (two rows too long): the point is at 38, as the task page puts that run. Two sizes
     that trained on the same examples are not two points; a size past the train split is refused before training."""

@@ -18,6 +18,7 @@ from llamalab.config import LlamalabError
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, local_path, resolve_model
 from llamalab.runs.record import RUN_FILE, RunRecord, matching_runs
+from llamalab.runs.schema import gguf_export_type
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ def exported_from(lab: Lab, name: str) -> System | None:
         source = json.loads(made_from.read_text())["system"]
     except (ValueError, OSError, KeyError, TypeError):
         return None
-    quantized = path.stem.rsplit("-", 1)[-1]  # `gguf_file` ends the name with the type
+    quantized = gguf_export_type(path.name)
+    if quantized is None:  # a file put in runs/.gguf/ by hand: not a study's export
+        return None
     record = None
     with contextlib.suppress(LlamalabError):  # a run deleted since, or now ambiguous: the file as a base model
         record = _train_run(lab, source) if isinstance(source, str) else None

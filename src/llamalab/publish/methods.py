@@ -458,11 +458,12 @@ def _prompt_way(e: _Eval) -> str:
 
 
 def _quantized(evals: list[_Eval]) -> str:
-    """Which systems are a quantization study's GGUF exports, and of what (the record's `system.quantized`)."""
-    exports = [f"{e.name} is " + (f"fine-tuned run {s.train_run}'s weights" if s.train_run else
+    """Which systems are a quantization study's GGUF exports, and of what (the record's `system.quantized`; a
+    record from before schema 9 by its file's name)."""
+    exports = [f"{e.name} is " + (f"fine-tuned run {s.train_run}'s weights" if s.train_run and s.quantized else
                                   f"the model file {s.model.name if s.model else s.label}")
-               + f" at GGUF type {s.quantized}, run by the {e.run.backend.backend} backend"
-               for e in evals if (s := e.run.system).quantized]
+               + f" at GGUF type {quant}, run by the {e.run.backend.backend} backend"
+               for e in evals if (quant := e.run.export_type) and (s := e.run.system)]
     if not exports:
         return ""
     return ("Quantized weights (a quantization study's exports, made by llama.cpp's converter and quantizer): "

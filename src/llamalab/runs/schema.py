@@ -32,6 +32,7 @@ Version history:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -53,6 +54,20 @@ def _iso_time(value: str) -> str:
 
 Timestamp = Annotated[str, AfterValidator(_iso_time)]  # when a run started, ended or was resumed
 
+
+
+def gguf_export_name(system: str, quant: str) -> str:
+    """The file a quantization study exports `system` to at GGUF type `quant`: a readable slug of the name, a hash
+    of the name itself (two names with one slug, "org/model" and "org-model", would otherwise share a file, and one
+    be evaluated on the other's weights), and the type."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", system).strip("-")[:80]
+    return f"{slug}-{hashlib.sha256(system.encode()).hexdigest()[:8]}-{quant}.gguf"
+
+
+def gguf_export_type(file_name: str) -> str | None:
+    """The GGUF type of a file named by `gguf_export_name`, None for any other name."""
+    found = re.fullmatch(r"[^/]*-[0-9a-f]{8}-([^-/]+)\.gguf", file_name)
+    return found[1] if found else None
 
 class Shape(BaseModel):
     """A part of a record: unknown keys are an error, so a typo in a writer cannot pass silently."""
@@ -255,8 +270,8 @@ class EvalRun(RunBase):
         if self.system.quantized:
             return self.system.quantized
         name = (self.system.model.name if self.system.model else "").replace("\\", "/")
-        found = re.search(r"(?:^|/)runs/\.gguf/[^/]+-[0-9a-f]{8}-([^-/]+)\.gguf$", name)  # as `gguf_file` names them
-        return found[1] if found else None
+        folder, _, file = name.rpartition("/")
+        return gguf_export_type(file) if folder == "runs/.gguf" or folder.endswith("/runs/.gguf") else None
 
     @property
     def display_label(self) -> str:

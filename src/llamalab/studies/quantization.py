@@ -9,9 +9,7 @@ Files are kept in runs/.gguf/ (git-ignored) and reused.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from llamalab.evaluation.metrics import paired_test
 from llamalab.lab import Lab
 from llamalab.runs.files import write_json_atomic
 from llamalab.runs.record import Inputs, RunRecord, list_runs, read_predictions, same_settings
-from llamalab.runs.schema import Interval
+from llamalab.runs.schema import Interval, gguf_export_name
 from llamalab.studies.spec import Study
 from llamalab.tasks.task import load_task
 
@@ -52,12 +50,8 @@ class QuantRow:
 
 
 def gguf_file(lab: Lab, system: str, quant: str) -> Path:
-    """Where a system's export at `quant` goes: a readable slug of its name, and a hash of the name itself (two
-    names with one slug, "org/model" and "org-model", would otherwise share a file, and one be evaluated on the
-    other's weights)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", system).strip("-")[:80]
-    digest = hashlib.sha256(system.encode()).hexdigest()[:8]
-    return lab.runs_dir / ".gguf" / f"{slug}-{digest}-{quant}.gguf"
+    """Where a system's export at `quant` goes: runs/.gguf/, named by `gguf_export_name`."""
+    return lab.runs_dir / ".gguf" / gguf_export_name(system, quant)
 
 
 def lab_name(lab: Lab, gguf: Path) -> str:
