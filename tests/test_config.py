@@ -116,8 +116,13 @@ def test_broken_overrides_and_top_level_lists_are_clear_errors(tmp_path):
         parse_overrides(["seed=2024-02-30"])
     path = tmp_path / "exp.yaml"
     path.write_text("- task: sentiment\n")
-    with pytest.raises(LlamalabError, match="Input should be a valid dictionary"):
+    with pytest.raises(LlamalabError, match=r"exp.yaml \(with overrides lora.r=4\):1: expected settings as "
+                                            r"`key: value` lines, but the file holds a list"):
         load_experiment(path, {"lora.r": 4})
+    path.write_text("# the learning rate\n\n0.001\n")
+    with pytest.raises(LlamalabError, match=r"exp.yaml:3: expected settings as `key: value` lines, but the file "
+                                            r"holds 0.001"):
+        load_experiment(path)
 
 
 def test_task_label_checks(tmp_path):

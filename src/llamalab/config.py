@@ -242,6 +242,10 @@ def _describe(model: type[StrictModel], err: dict, source: str, node: yaml.Node 
     from_command_line = any(path == key or path.startswith(f"{key}.") for key in overridden)
     line = None if from_command_line else _line_of(node, loc)
     where = f"{source}:{line}" if line else source
+    if not loc and err["type"] in ("model_type", "dict_type"):  # the whole file is a list, a number or text
+        got = err.get("input")
+        what = "a list" if isinstance(got, list) else f"{got!r}"
+        return f"{where}: expected settings as `key: value` lines, but the file holds {what}"
     if err["type"] == "extra_forbidden":
         known = _fields_at(model, loc[:-1])
         meant = _SHORTHANDS.get(str(loc[-1]))  # what other tools call it: difflib would offer `lora` for `lr`
@@ -315,7 +319,7 @@ def _model_in(annotation: Any) -> Any:
 
 def _line_of(node: yaml.Node | None, loc: list) -> int | None:
     """1-based line of the YAML node at `loc`, or of its deepest existing parent."""
-    line = None
+    line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
         if node is None:
             break
