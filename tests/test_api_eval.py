@@ -10,7 +10,7 @@ from llamalab.evaluation.evaluate import EvalSettings, evaluate
 from llamalab.lab import find_lab
 from llamalab.runs.files import read_jsonl
 from llamalab.runs.record import list_runs
-from tests.fault_proxy import DEFAULT_MIX, FaultProxy, seeded_faults
+from tests.fault_proxy import DEFAULT_MIX, FaultProxy, scripted, seeded_faults
 from tests.killing import eval_killed_after
 from tests.llama_server import API_KEY
 
@@ -153,3 +153,21 @@ def test_reuse_and_resume_never_take_a_run_of_another_api_model_under_the_same_n
     with pytest.raises(Exception, match=rf"run {other.id} cannot be continued: API model smol-api is set otherwise "
                                         r"in lab.yaml now \(input_price_per_mtok 0.15 → 100.0\)"):
         evaluate(find_lab(lab.root), EvalSettings(**settings), resume=True)
+
+
+def test_a_request_that_fails_for_good_names_its_example(lab, llama_server, api_env):
+    """The client numbers requests by their place in the batch; an evaluation's error names the example instead
+    (a resumed one sends only the examples left, so "request 2" was no example's number)."""
+    import re
+
+    from llamalab.config import LlamalabError
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+
+    ids = [ex.id for ex in load_task_data(load_task(lab.task_path("sentiment"), lab.root)).split("test")]
+    with FaultProxy(llama_server.removesuffix("/v1"), scripted(["404"])) as proxy, \
+            pytest.raises(LlamalabError) as failed:
+        evaluate(with_api_model(lab, proxy.url), EvalSettings(**{**SETTINGS, "limit": 4}))
+    message = str(failed.value)
+    assert "HTTP 404" in message and not re.search(r"request \d", message), message
+    assert re.search(r"example (\S+):", message)[1] in ids, message

@@ -117,7 +117,12 @@ class ChatResult:
 
 
 class ApiError(LlamalabError):
-    """An API call failed in a way the user must fix (config, key, server) or retries could not overcome."""
+    """An API call failed in a way the user must fix (config, key, server) or retries could not overcome;
+    `request` is the failed request's position in its batch (its message says "request N"), None for the client."""
+
+    def __init__(self, message: str, request: int | None = None):
+        super().__init__(message)
+        self.request = request
 
 
 def request_body(model: ApiModel, request: ChatRequest) -> dict[str, Any]:
@@ -277,7 +282,7 @@ class ChatClient:
             outcome: ChatResult | _Retry | None = None
             try:
                 if stop.is_set():
-                    raise ApiError(f"request {index}: batch stopped")
+                    raise ApiError(f"request {index}: batch stopped", index)
                 outcome = self._attempt(index, url, body, attempt)
             finally:
                 throttled = isinstance(outcome, _Retry) and outcome.throttled
@@ -300,12 +305,12 @@ class ChatClient:
             (log.warning if attempt > 1 or delay >= 10 else log.info)(
                 "%s request %d: %s; retry %d in %.1fs", self.model.name, index, outcome.reason, attempt, delay)
             if stop.wait(delay):
-                raise ApiError(f"request {index}: batch stopped")
+                raise ApiError(f"request {index}: batch stopped", index)
         spent = f" ({billed[0]:,} input and {billed[1]:,} output tokens were billed for unusable answers)" if any(
             billed) else ""
         raise ApiError(
             f"api model {self.model.name!r}: request {index} to {url} failed after "
-            f"{self.model.max_retries + 1} attempts{spent}; last error: {outcome.reason}"
+            f"{self.model.max_retries + 1} attempts{spent}; last error: {outcome.reason}", index
         )
 
     def _attempt(self, index: int, url: str, body: dict[str, Any], attempt: int) -> ChatResult | _Retry:
@@ -336,7 +341,7 @@ class ChatClient:
         if status in RETRYABLE_STATUS or status >= 500:
             reason = self._redact(f"HTTP {status}: {_server_message(response, self._redact)}")
             return _Retry(reason, parse_retry_after(response.headers.get("retry-after")), throttled=status == 429)
-        raise ApiError(f"request {index}: {self._http_error(url, response)}")
+        raise ApiError(f"request {index}: {self._http_error(url, response)}", index)
 
     def _post(self, url: str, body: dict[str, Any], deadline: float) -> httpx.Response | None:
         """The response, read in full by `deadline` (None past it): httpx's timeout is per read, so a server
@@ -509,7 +514,8 @@ def _check_request(index: int, request: ChatRequest) -> None:
         for m in request.messages
     )
     if not ok or not request.messages:
-        raise ApiError(f"request {index}: messages must be a non-empty list of {{'role': str, 'content': str}}")
+        raise ApiError(f"request {index}: messages must be a non-empty list of {{'role': str, 'content': str}}",
+                       index)
 
 
 def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool, bool] | _Retry:

@@ -20,6 +20,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.markup import escape
 
+from llamalab.backends.api import ApiError
 from llamalab.backends.base import Backend, ChoiceRequest, ChoiceScore
 from llamalab.backends.registry import DEFAULT_PRECISION, BackendName, backend_for, backend_spec
 from llamalab.config import LlamalabError, StrictModel, parse_model
@@ -491,7 +492,13 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
                 append_jsonl(path, rows)
                 advance(len(indices))
 
-            backend.generate(inputs, settings.max_new_tokens, settings.batch_size, save_generations)
+            try:
+                backend.generate(inputs, settings.max_new_tokens, settings.batch_size, save_generations)
+            except ApiError as exc:  # "request 3" is a position among this call's examples: name the example
+                if exc.request is None or not 0 <= exc.request < len(examples):
+                    raise
+                raise ApiError(str(exc).replace(f"request {exc.request}", f"example {examples[exc.request].id}", 1),
+                               exc.request) from None
         return n_tokens, computed, time.perf_counter() - started
 
 
