@@ -264,9 +264,8 @@ def test_api_usage_median_and_a_cost_that_is_only_a_lower_bound(lab, seed):
     """The median latency is the middle of the requests sent (the mean of the two middle ones for an even count);
     a cost with content-filtered answers the API sent no token counts for is shown as a lower bound (≥)
     everywhere the cost appears."""
-    from llamalab.evaluation.compare import SystemRow, cost_and_time, format_cost
+    from llamalab.evaluation.compare import SystemRow, cost_and_time, cost_note, format_cost
     from llamalab.evaluation.evaluate import _usage
-    from llamalab.publish.tables import cost_note
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -283,7 +282,8 @@ def test_api_usage_median_and_a_cost_that_is_only_a_lower_bound(lab, seed):
     assert usage["content_filtered_unmetered"] == unmetered
 
     record = RunRecord.create(lab.runs_dir, "eval", f"api{seed}", {"s": seed}, **eval_fields(n=len(rows)))
-    record.update(usage=usage)
+    record.update(usage=usage, system={**record.run.system.model_dump(), "kind": "api", "api": {
+        "base_url": "http://127.0.0.1:9/v1", "model": "m", "input_price_per_mtok": 0.15, "output_price_per_mtok": 0.6}})
     got = cost_and_time(record)
     shown = format_cost(got["cost_per_1k_usd"], got["cost_basis"])
     assert shown.startswith("≥$") == (unmetered > 0) and shown.endswith(f"{usage['cost_per_1k_examples_usd']:.4f}")
@@ -373,7 +373,7 @@ def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab, seed):
     the local cost: one number per run everywhere now (random timings, sizes, API usage and local rates)."""
     import re
 
-    from llamalab.evaluation.compare import comparison_table, format_cost, format_seconds
+    from llamalab.evaluation.compare import comparison_table, cost_note, format_cost, format_seconds
     from llamalab.evaluation.evaluate import _usage
     from llamalab.lab import find_lab
     from llamalab.publish.results import task_boards
@@ -386,6 +386,7 @@ def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab, seed):
                              config.read_text()))
     lab = find_lab(lab.root)
     names = ["alpha", "bravo", "charlie", "delta"][: int(rng.integers(1, 5))]
+    priced: dict[str, bool] = {}  # API models: whether lab.yaml gave them prices
     for name in names:
         n = int(rng.integers(10, 400))
         record = fake_eval(lab, name, list(rng.random(n) < rng.uniform(0.2, 0.9)))
@@ -393,8 +394,13 @@ def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab, seed):
         if rng.random() < 0.5:
             timings["predict_examples"] = int(rng.integers(1, n + 1))  # resumed: part of the examples timed
         record.update(timings=timings)
-        if rng.random() < 0.4:  # an API model: its list-price cost, maybe only a lower bound
+        if rng.random() < 0.4:  # an API model: its list-price cost, maybe only a lower bound, maybe unpriced
             unmetered = rng.random(n) < 0.1
+            prices = [0.0, 0.0] if rng.random() < 0.3 else [float(rng.uniform(0, 20)), float(rng.uniform(0.01, 60))]
+            priced[name] = any(prices)
+            record.update(system={**record.run.system.model_dump(), "kind": "api", "api": {
+                "base_url": "http://127.0.0.1:9/v1", "model": name, "input_price_per_mtok": prices[0],
+                "output_price_per_mtok": prices[1]}})
             record.update(usage=_usage([
                 {"cost_usd": 0.0 if u else float(rng.uniform(0, 0.01)), "cached": bool(rng.random() < 0.3),
                  "latency_s": float(rng.uniform(0.1, 5)), "input_tokens": 0 if u else 50,
@@ -412,6 +418,9 @@ def test_the_cli_shows_the_cost_and_time_the_report_and_site_show(lab, seed):
         assert f" {cost} " in shown[name] and f" {seconds} " in shown[name]
         [cells] = [cells for cells in body if cells[0] == row.system]
         assert cells[-2:] == [cost, seconds]  # the report's and site's cells
+        if name in priced:  # no prices: no known cost (it read $0.0000, as if free); never a local estimate
+            assert (row.cost_per_1k_usd is None) == (not priced[name]) and cost != "$0.0000"
+    assert ("gives no prices" in cost_note(result.systems)) == (False in priced.values())
 
 
 def test_the_post_marks_subsets_escapes_labels_and_reports_a_best_from_before_a_data_change(lab):

@@ -133,6 +133,7 @@ def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | Non
 
 
 LOWER_BOUND = "API list prices, at least"
+UNPRICED = "no prices in lab.yaml"  # an API model's cost basis when lab.yaml gives it none: its cost is unknown
 
 
 def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) -> dict:
@@ -146,14 +147,17 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
     predict_s = run.timings.get("predict_s")
     timed = run.timings.get("predict_examples", n)  # a resumed run's time covers the examples it timed
     seconds_per_1k = 1000 * predict_s / timed if predict_s and timed else None  # rounded where shown, once
-    cost, basis = (usage.cost_per_1k_examples_usd if usage else None), "API list prices"
+    api = (run.system.api if isinstance(run, EvalRun) else None) or {}
+    priced = any(api.get(price) for price in ("input_price_per_mtok", "output_price_per_mtok"))
+    # an API model lab.yaml gives no prices for has no known cost ("–"), not a cost of $0.0000
+    cost, basis = (usage.cost_per_1k_examples_usd if usage and priced else None), "API list prices"
     if usage and usage.content_filtered_unmetered:  # answers billed with token counts the API never sent
         basis = f"{LOWER_BOUND} ({usage.content_filtered_unmetered:,} content-filtered answers without token counts)"
-    if cost is None and local_usd_per_hour is not None and seconds_per_1k is not None:
+    if cost is None and usage is None and local_usd_per_hour is not None and seconds_per_1k is not None:
         cost, basis = round(local_usd_per_hour * seconds_per_1k / 3600, 6), f"local at ${local_usd_per_hour}/h"
     return {
         "cost_per_1k_usd": cost,
-        "cost_basis": basis if cost is not None else None,
+        "cost_basis": basis if cost is not None else UNPRICED if usage else None,
         "seconds_per_1k": seconds_per_1k,
     }
 
@@ -163,6 +167,18 @@ def add_cost_and_time(comparison: Comparison, entries: dict[str, Entry], local_u
     for row in comparison.systems:
         for name, value in cost_and_time(entries[row.run].record, local_usd_per_hour).items():
             setattr(row, name, value)
+
+
+def cost_note(rows: list[SystemRow]) -> str:
+    """What the cost column's marks mean, for the rows shown (the CLI's, report's and site's tables)."""
+    local = sorted({r.cost_basis for r in rows if (r.cost_basis or "").startswith("local")})
+    note = "Cost: API models at list prices"
+    if any((r.cost_basis or "").startswith(LOWER_BOUND) for r in rows):
+        note += " (≥: a lower bound, as the API sent no token counts for some content-filtered answers)"
+    note += f"; ~ local models, their wall time {local[0].removeprefix('local ')}" if local else ""
+    unpriced = any(r.cost_basis == UNPRICED for r in rows)
+    return note + ("; – an API model lab.yaml gives no prices (api_models: input_price_per_mtok, "
+                   "output_price_per_mtok)." if unpriced else ".")
 
 
 def format_cost(value: float | None, basis: str | None = None) -> str:
@@ -332,8 +348,7 @@ def comparison_table(result: Comparison) -> Table:
             f"p: {tests_label(result.systems)} on {result.metric} against {reference_name(result)}, "
             "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
             "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse. "
-            + ("$: API list prices (≥ a lower bound: some answers came without token counts; ~ local compute at "
-               "the lab's rate); time: evaluation wall time. " if with_cost else "")
+            + (f"{cost_note(result.systems)} Time: evaluation wall time. " if with_cost else "")
             + earlier_data_note(result)).strip(),
     )
     columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result.metrics), "Δ vs ref.", "p",

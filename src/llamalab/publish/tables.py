@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 from llamalab.evaluation.compare import (
-    LOWER_BOUND,
-    SystemRow,
+    cost_note,
     earlier_data_note,
     format_cost,
     format_delta,
@@ -48,14 +47,6 @@ def caption(board: TaskBoard) -> str:
         "on the examples both saw (n=… marks a paired subset), Holm-corrected. " + cost_note(board.rows)
         + " Time is evaluation wall time. " + earlier_data_note(board.comparison)
     ).strip()
-
-
-def cost_note(rows: list[SystemRow]) -> str:
-    local = sorted({r.cost_basis for r in rows if (r.cost_basis or "").startswith("local")})
-    note = "Cost: API models at list prices"
-    if any((r.cost_basis or "").startswith(LOWER_BOUND) for r in rows):
-        note += " (≥: a lower bound, as the API sent no token counts for some content-filtered answers)"
-    return note + (f"; ~ local models, their wall time {local[0].removeprefix('local ')}." if local else ".")
 
 
 def markdown_table(board: TaskBoard) -> str:
