@@ -486,3 +486,50 @@ def test_two_lists_records_on_one_line_in_one_split_say_why_they_share_an_id(lab
     assert [str(b) for b in data.bad_rows] == [
         "data/p/f.json:2: two records start on this line (from two `records:` lists) and so get one id, "
         "'data/p/f.json:2': put each record on a line of its own, or give the records ids (data.id_field)"]
+
+
+def test_every_row_is_rendered_and_a_row_without_or_with_a_null_printed_field_is_a_bad_row(lab, tiny_model_dir):
+    """The template was tried on the first row only: a later row without `title` stopped `data check` (exit 2, no
+    table) and failed `eval` inside its run folder, and a null title was written into the prompt as "None"."""
+    folder = data_dir(lab)
+    rows = [{"title": "A", "text": "good", "label": "pos"}, {"title": None, "text": "bad", "label": "neg"},
+            {"text": "meh", "label": "neg"}, {"title": "B", "text": "fine", "label": "neg"}]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = "[{path: data/p/train.jsonl, split: train}, {path: data/p/test.jsonl, split: test}]"
+    write_lab_task(lab, files, template="Title: {{ title }} {{ text }}")
+    (folder / "train.jsonl").write_text('{"title": "T", "text": "good", "label": "pos"}\n')
+    result = check(lab)
+    assert result.exit_code == 1, result.output
+    text = printed(result)
+    assert "data/p/test.jsonl:2: prompt.template prints 'title', which example data/p/test.jsonl:2 has no value" in text
+    assert "data/p/test.jsonl:3: prompt.template" in text and "uses field 'title'" in text
+    assert "test.jsonl:1:" not in text and "test.jsonl:4:" not in text and "examples" in text  # the table is shown
+    with pytest.raises(LlamalabError, match="2 bad row"):
+        evaluate(lab, EvalSettings(system=str(tiny_model_dir), task="probe"))
+    assert not list(lab.runs_dir.glob("*eval*"))  # refused before a run folder was made
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [ex.source for ex in data.split("test")] == ["data/p/test.jsonl:1", "data/p/test.jsonl:4"]
+
+    # Printed only when it has one, a null title is fine; a NaN (a pandas gap) is as null as None.
+    write_lab_task(lab, files, template="{% if title %}Title: {{ title }} {% endif %}{{ text }}")
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if "title" in r))
+    assert check(lab).exit_code == 0
+    (folder / "test.jsonl").write_text('{"title": NaN, "text": "x", "label": "pos"}\n{"title": "C", "text": "y", '
+                                       '"label": "neg"}\n')
+    write_lab_task(lab, files, template="Title: {{ title }} {{ text }}")
+    assert "data/p/test.jsonl:1: prompt.template prints 'title'" in printed(check(lab))
+
+
+def test_a_mapped_field_missing_from_a_record_is_missing_not_the_records_own_key_of_that_name(lab):
+    """`fields: {text: clean.text}`: a record without clean.text took its raw `text` (the HTML the mapping was
+    there to avoid) without a word; it is a bad row now."""
+    folder = data_dir(lab)
+    rows = [{"text": "RAW <b>1</b>", "clean": {"text": "clean 1"}, "label": "pos"},
+            {"text": "RAW <b>2</b>", "label": "neg"}, {"text": "RAW 3", "clean": {"txt": "clean 3"}, "label": "neg"}]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_lab_task(lab, "[{path: data/p/train.jsonl, split: train}, "
+                        "{path: data/p/test.jsonl, split: test, fields: {text: clean.text}}]")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [ex.fields["text"] for ex in data.split("test")] == ["clean 1"]
+    assert [str(b) for b in data.bad_rows] == [f"data/p/test.jsonl:{n}: missing or empty field(s): text"
+                                               for n in (2, 3)]

@@ -88,6 +88,7 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
     hashes: dict[str, str] = {}
     first: Example | None = None
     seen: dict[str, dict[str, str]] = defaultdict(dict)  # split -> id -> first row: predictions are keyed by id
+    file_of: dict[int, str] = {}  # id(example) -> its data file
     for file in task.data.files:
         path = task.data_path(file)
         if not path.exists():
@@ -103,17 +104,29 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
                                                                     else file.split])
         file_bad += repeated
         by_split[file.split or "pool"].extend(examples)
+        file_of.update((id(ex), file.path) for ex in examples)
         files_of[file.split or "pool"].append(file.path)
         bad_in[file.path] = bad_in.get(file.path, 0) + len(file_bad)
         bad.extend(sorted(file_bad, key=_line))  # in file order, as an editor goes through them
         first = first or next(iter(examples), None)
+    everything = [ex for examples in by_split.values() for ex in examples]
+    failing = _unrendered(task, everything)  # id(example) -> (example, why)
+    prompt_error = None
+    if failing and len(failing) == len(everything):  # the template, not the rows: one error, on the first row
+        prompt_error = failing[id(first)][1] if id(first) in failing else next(iter(failing.values()))[1]
+    elif failing:  # rows without (or with a null in) a field the template prints
+        for name, examples in by_split.items():
+            by_split[name] = [ex for ex in examples if id(ex) not in failing]
+        for key, (example, why) in failing.items():
+            bad_in[file_of[key]] += 1
+            bad.append(BadRow(example.source, why.removeprefix(f"task {task.name!r}: ")))
     data = TaskData(splits=dict(by_split), bad_rows=bad, file_hashes=hashes)
     id_field = task.data.id_field
     if id_field and first is not None and not any(
             follow(ex.fields, id_field) is not None for examples in by_split.values() for ex in examples):
         data.errors.append(f"no record in any file has data.id_field {id_field!r} (the records have "
                            f"{', '.join(_paths(first.fields))}): fix data.id_field, or remove it to use line ids")
-    data.prompt_error = _prompt_problem(task, first) if first else None
+    data.prompt_error = prompt_error
     # Pin a split only from clean data: one drawn around bad rows would no longer match once they are fixed.
     drawn = _assemble_splits(task, data, pin=not bad)
     data.errors.extend(_empty_splits(data, files_of, bad_in, drawn))
@@ -154,15 +167,19 @@ def _first_of_each_id(task: Task, examples: list[Example], seen: dict[str, str]
     return kept, bad
 
 
-def _prompt_problem(task: Task, example: Example) -> str | None:
-    """The prompt template rendered on the first example in file order: every command names the same one."""
+def _unrendered(task: Task, examples: list[Example]) -> dict[int, tuple[Example, str]]:
+    """The examples the prompt template does not render on (a field missing, or null where it is printed), by
+    id(example), with why; every command builds its prompts from the examples that are left."""
     from llamalab.tasks.prompts import Prompter  # prompts imports this module for Example
 
-    try:
-        Prompter(task, None, task.prompt.format).user_text(example)
-    except LlamalabError as exc:
-        return str(exc)
-    return None
+    prompter = Prompter(task, None, task.prompt.format)
+    failing = {}
+    for example in examples:
+        try:
+            prompter.user_text(example)
+        except LlamalabError as exc:
+            failing[id(example)] = (example, str(exc))
+    return failing
 
 
 def _empty_splits(
@@ -249,11 +266,15 @@ def _empty(value: Any) -> bool:
 
 
 def _map_fields(file: DataFile, raw: dict[str, Any]) -> dict[str, Any]:
-    """The raw record plus each `fields:` entry found in it (a path found nowhere is reported per file)."""
+    """The raw record plus each `fields:` entry found in it (a path found nowhere is reported per file). Where
+    the path is not in this record, neither is the field: a key of the record's own under that name (the raw
+    `text` next to the `clean.text` asked for) must not stand in for it."""
     record = dict(raw)
     for name, path in file.fields.items():
         if (keys := follow(raw, path)) is not None:
             record[name] = lookup(raw, keys)
+        else:
+            record.pop(name, None)
     return record
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import jinja2
+import jinja2.meta
 
 from llamalab.config import LlamalabError
 from llamalab.runs.files import write_text_atomic
@@ -21,7 +23,26 @@ from llamalab.tasks.data import Example
 from llamalab.tasks.task import Task
 
 PromptFormat = Literal["plain", "chat"]
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+class _NoValue(ValueError):
+    """A template printed a field that has no value (null, NaN): jinja would write "None" or "nan" into the prompt."""
+
+
+def _no_value(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _printable(value: object) -> object:
+    if _no_value(value):
+        raise _NoValue
+    return value
+
+
+# `finalize` sees each {{ ... }} value as it is printed: `{% if title %}Title: {{ title }}{% endif %}` still skips
+# an empty title, but a printed null is refused rather than written as "None".
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+                            finalize=_printable)
 
 
 @functools.lru_cache(maxsize=64)
@@ -131,6 +152,14 @@ class Prompter:
             ) from None
         except jinja2.TemplateSyntaxError as exc:
             raise LlamalabError(f"task {self.task.name!r}: prompt.template line {exc.lineno}: {exc.message}") from None
+        except _NoValue:
+            used = jinja2.meta.find_undeclared_variables(_JINJA.parse(self.task.prompt.template))
+            empty = sorted(f for f in used if f in example.fields and _no_value(example.fields[f])) or ["a field"]
+            raise LlamalabError(
+                f"task {self.task.name!r}: prompt.template prints {', '.join(map(repr, empty))}, which example "
+                f"{example.source} has no value for (null): give the row a value, or print it only when it has one "
+                f"({{% if {empty[0]} %}}...{{% endif %}})"
+            ) from None
         except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
             raise LlamalabError(
                 f"task {self.task.name!r}: prompt.template {self.task.prompt.template!r} fails on example "
