@@ -308,6 +308,9 @@ def test_duplicates_and_leakage_are_the_same_text_not_the_same_words():
     for a, b in (("Great film - loved it", "Great film, loved it"), ("**great** movie", "great movie"),
                  ("- item one", "item one"), ("(12 + 5)", "12 + 5")):
         assert normalize_text(a) == normalize_text(b), (a, b)  # a sign as punctuation is punctuation
+    for a, b in (("I love it 😀", "I love it 😡"), ("😀", "😡"), ("Cost is $5", "Cost is £5"), ("👍", "")):
+        assert normalize_text(a) != normalize_text(b), (a, b)  # emoji and currency signs are words
+    assert normalize_text("Great film!!! 👍") == normalize_text("great film 👍")
 
 
 def test_leakage_counts_only_the_same_problem(tmp_path):
@@ -329,3 +332,14 @@ def test_leakage_counts_only_the_same_problem(tmp_path):
     report = check_task_data(load_task_data(task, strict=False), task)
     assert report.overlap == {"dev": 0, "test": 1}
     assert any(w.startswith("dev/test overlap: 1 test text(s) also appear in dev") for w in report.warnings)
+
+    # texts that differ in emoji only, or are punctuation alone, are no duplicates and no leakage
+    def lines(*texts: str) -> str:
+        return "".join(json.dumps({"text": t, "label": "pos"}) + "\n" for t in texts)
+
+    (tmp_path / "train.jsonl").write_text(lines("😀", "😡", "?!"))
+    (tmp_path / "dev.jsonl").write_text(lines("👍", "..."))
+    (tmp_path / "test.jsonl").write_text(json.dumps({"text": "😢", "label": "neg"}) + "\n")
+    report = check_task_data(load_task_data(task, strict=False), task)
+    assert report.overlap == {"dev": 0, "test": 0}
+    assert not [w for w in report.warnings if "duplicate" in w or "overlap" in w], report.warnings

@@ -533,3 +533,30 @@ def test_a_mapped_field_missing_from_a_record_is_missing_not_the_records_own_key
     assert [ex.fields["text"] for ex in data.split("test")] == ["clean 1"]
     assert [str(b) for b in data.bad_rows] == [f"data/p/test.jsonl:{n}: missing or empty field(s): text"
                                                for n in (2, 3)]
+
+
+def test_gold_answers_no_prediction_could_match_are_bad_rows(lab):
+    """A number task's gold without a number, or an entity task's gold that is no entity list, was kept: every
+    system was wrong on it (even one repeating the gold), and data check said the data was fine."""
+    folder = data_dir(lab)
+    (folder / "num.jsonl").write_text('{"q": "x", "a": "seventy"}\n{"q": "y", "a": "n/a"}\n{"q": "z", "a": 3}\n'
+                                      '{"q": "w", "a": "#### 1,234"}\n')
+    (lab.root / "tasks" / "probe.yaml").write_text(
+        "name: probe\ndata:\n  files: [{path: data/p/num.jsonl, split: test}, {path: data/p/num.jsonl, split: train}]"
+        "\n  text_fields: [q]\n  answer_field: a\nprompt: {template: '{{ q }}'}\nanswer: {type: number}\n")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [ex.answer for ex in data.split("test")] == ["3", "#### 1,234"]
+    assert [str(b) for b in data.bad_rows][:2] == [
+        "data/p/num.jsonl:1: answer 'seventy' holds no number (answer.type: number): fix the row, or drop it",
+        "data/p/num.jsonl:2: answer 'n/a' holds no number (answer.type: number): fix the row, or drop it"]
+
+    (folder / "ent.jsonl").write_text(
+        '{"text": "Paris", "ents": [{"type": "loc", "text": "Paris"}]}\n{"text": "Bob in Rome", "ents": "PER: Bob"}\n'
+        '{"text": "Ann", "ents": [{"kind": "per", "span": "Ann"}]}\n{"text": "none here", "ents": []}\n')
+    (lab.root / "tasks" / "probe.yaml").write_text(
+        "name: probe\ndata:\n  files: [{path: data/p/ent.jsonl, split: test}, {path: data/p/ent.jsonl, split: train}]"
+        "\n  answer_field: ents\nprompt: {template: '{{ text }}'}\nanswer: {type: entities}\n")
+    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert [ex.source for ex in data.split("test")] == ["data/p/ent.jsonl:1", "data/p/ent.jsonl:4"]
+    assert [b.source for b in data.bad_rows][:2] == ["data/p/ent.jsonl:2", "data/p/ent.jsonl:3"]
+    assert "is not a JSON list of entities" in str(data.bad_rows[0])

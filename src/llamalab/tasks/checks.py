@@ -51,7 +51,7 @@ def normalize_text(text: str) -> str:
     collapse whitespace: the form duplicates are found in. Marks inside a word stay ("12+5" and "12-5" are
     different problems, "well-made" is one word); an arithmetic sign stays next to a number ("-5", "50%") and
     on its own between words when a number is next to it ("12 + 5", "x > 3"); the marks of other scripts are
-    letters of their words (か and が, का and की)."""
+    letters of their words (か and が, का and की); emoji and currency signs are words (or parts of them)."""
     kept, base = [], ""
     for c in unicodedata.normalize("NFKD", text.casefold()):
         if not unicodedata.combining(c):
@@ -74,8 +74,8 @@ def normalize_text(text: str) -> str:
 
 def _trimmed(token: str) -> str:
     """A token without the punctuation at its edges (a sign before or after a digit is the number's)."""
-    def part(c: str) -> bool:
-        return c.isalnum() or c == "_" or unicodedata.category(c)[0] == "M"
+    def part(c: str) -> bool:  # symbols are words: "I love it 😀" is not "I love it 😡", "$5" is not "£5"
+        return c.isalnum() or c == "_" or unicodedata.category(c)[0] == "M" or unicodedata.category(c) in ("So", "Sc")
 
     start, end = 0, len(token)
     while start < end and not part(token[start]) and not (
@@ -182,6 +182,8 @@ def _by_text(fields: list[str], examples) -> dict[str, list]:
     for ex in examples:
         values = (ex.fields.get(f, "") for f in fields)
         # each field apart: ("a b", "c") and ("a", "b c") are different examples
-        key = "\x1f".join(normalize_text(" ".join(map(str, v)) if isinstance(v, list) else str(v)) for v in values)
+        texts = (" ".join(map(str, v)) if isinstance(v, list) else str(v) for v in values)
+        # a text of punctuation alone normalises to nothing: it is kept as written, or all such texts would be one
+        key = "\x1f".join(normalize_text(t) or t.strip() for t in texts)
         groups[key].append(ex)
     return groups

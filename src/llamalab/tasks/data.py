@@ -239,6 +239,9 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
             bad.append(BadRow(source, f"label {answer!r} is not in the task's label set ({shown}): add it to "
                                       "answer.labels, or fix the row"))
             continue
+        if unscorable := _unscorable(task, answer):
+            bad.append(BadRow(source, unscorable))
+            continue
         keys = follow(row, task.data.id_field) if task.data.id_field else None
         if with_ids and (keys is None or _empty(lookup(row, keys))):  # a file without ids keeps the default ones
             bad.append(BadRow(source, f"missing id field {task.data.id_field!r} (data.id_field), which other "
@@ -247,6 +250,20 @@ def _read_file(task: Task, file: DataFile, path: Path) -> tuple[list[Example], l
         ident = str(lookup(row, keys)) if keys is not None else record.id
         examples.append(Example(ident, row, answer, source))  # JSON values stay: a template may join a list
     return examples, bad
+
+
+def _unscorable(task: Task, answer: str) -> str | None:
+    """Why a gold answer cannot be scored (every system would be wrong on it), or None: a number answer with no
+    number in it, an entity answer that is no list of {type, text} entities; scored as predictions are parsed."""
+    from llamalab.evaluation.answers import extract_number, parse_entities
+
+    shown = answer if len(answer) <= 60 else answer[:57] + "..."
+    if task.answer.type == "number" and extract_number(answer) is None:
+        return f"answer {shown!r} holds no number (answer.type: number): fix the row, or drop it"
+    if task.answer.type == "entities" and parse_entities(answer) is None:
+        return (f"answer {shown!r} is not a JSON list of entities (answer.type: entities), e.g. "
+                '[{"type": "per", "text": "Ada"}]; [] for none: fix the row')
+    return None
 
 
 def _as_label(value: Any, labels: set[str]) -> str:
