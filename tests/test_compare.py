@@ -542,3 +542,15 @@ def test_a_narrow_table_folds_cells_and_never_cuts_a_name_or_a_number(lab):
         cells = [line for line in text.splitlines() if "│" in line]  # the rows (the caption says "n=…")
         assert cells and not any("…" in line for line in cells), text
         assert "alpha" in text and "beta" in text
+
+
+def test_a_tie_is_a_delta_of_plus_zero_everywhere(lab):
+    """A system as good as the reference on the shared examples: Δ 0.0 in Python and --json (it was -0.0, while
+    the tables print +0.000)."""
+    import math
+
+    fake_eval(lab, "alpha", [True, False] * 10)
+    fake_eval(lab, "bravo", [True, False] * 10)
+    result = compare(lab, "sentiment")
+    [other] = [row for row in result.systems if row.vs_reference is not None]
+    assert other.vs_reference.delta == 0.0 and math.copysign(1, other.vs_reference.delta) == 1.0

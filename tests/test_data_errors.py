@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import unicodedata
 
 import pytest
 from typer.testing import CliRunner
@@ -420,6 +421,14 @@ def test_label_values_are_read_as_the_task_spells_its_labels(lab):
     from llamalab.tasks.data import _as_label
 
     assert [_as_label(v, {"0", "1"}) for v in (True, False, 1, 0.0)] == ["1", "0", "1", "0"]
+    # a CSV pandas wrote from that float column says "1.0"; a label in NFD (macOS) is the task's NFC one
+    assert [_as_label(v, {"0", "1"}) for v in ("1.0", " 0.0", "1.5", "x")] == ["1", "0", "1.5", "x"]
+    nfd, nfc = unicodedata.normalize("NFD", "négatif"), unicodedata.normalize("NFC", "négatif")
+    assert _as_label(nfd, {nfc, "positif"}) == nfc and _as_label(nfc, {nfd}) == nfd
+    (folder / "test.csv").write_text(f"text,label\nc,1.0\nd,0.0\ne,{nfd}\n")
+    write_lab_task(lab, "[{path: data/p/test.csv, split: test}]", answer=f"{{labels: [0, 1, {nfc}]}}")
+    assert [ex.answer for ex in load_task_data(load_task(lab.task_path("probe"), lab.root)).split("test")] == [
+        "1", "0", nfc]
 
 
 def test_a_nested_path_as_a_task_field_says_how_to_map_it(lab):
@@ -560,3 +569,24 @@ def test_gold_answers_no_prediction_could_match_are_bad_rows(lab):
     assert [ex.source for ex in data.split("test")] == ["data/p/ent.jsonl:1", "data/p/ent.jsonl:4"]
     assert [b.source for b in data.bad_rows][:2] == ["data/p/ent.jsonl:2", "data/p/ent.jsonl:3"]
     assert "is not a JSON list of entities" in str(data.bad_rows[0])
+
+
+def test_a_file_listed_twice_for_one_split_says_so(lab):
+    """A YAML anchor copied without changing its path: every row was "two records start on this line (from two
+    `records:` lists)", though the file has no `records:`."""
+    folder = data_dir(lab)
+    (folder / "books.tsv").write_text("good\tpos\nbad\tneg\nfine\tpos\nawful\tneg\nok\tpos\n")
+    (lab.root / "tasks" / "probe.yaml").write_text(textwrap.dedent("""\
+        name: probe
+        data:
+          files:
+            - &tsv {path: data/p/books.tsv, header: false, columns: [text, label]}
+            - {<<: *tsv}
+          split: {dev: 0.2, test: 0.2}
+        prompt: {template: "{{ text }}"}
+        answer: {labels: [neg, pos]}
+        """))
+    with pytest.raises(LlamalabError, match=r"data.files\[1\] lists data/p/books.tsv again, as data.files\[0\] "
+                                            r"does, for the same split: remove one, or fix its path"):
+        load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    assert "lists data/p/books.tsv again" in str(check(lab).exception)  # data check: the same error

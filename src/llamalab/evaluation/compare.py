@@ -301,7 +301,8 @@ def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int)
     result = paired_test(metric, [reference.predictions[i] for i in shared], [other.predictions[i] for i in shared],
                          labels, resamples)
     paired_subset = len(shared) != len(reference.predictions) or len(shared) != len(other.predictions)
-    return PairedResult(test=result.test, delta=-result.delta, p_value=result.p_value, n=result.n,
+    # this system minus the reference; + 0.0 makes a tie 0.0 (tables print +0.000; -0.0 in --json and Python)
+    return PairedResult(test=result.test, delta=-result.delta + 0.0, p_value=result.p_value, n=result.n,
                         paired_subset=paired_subset)
 
 

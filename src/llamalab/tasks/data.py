@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
     first: Example | None = None
     seen: dict[str, dict[str, str]] = defaultdict(dict)  # split -> id -> first row: predictions are keyed by id
     file_of: dict[int, str] = {}  # id(example) -> its data file
+    _listed_once(task)
     for file in task.data.files:
         path = task.data_path(file)
         if not path.exists():
@@ -139,6 +141,18 @@ def load_task_data(task: Task, *, strict: bool = True) -> TaskData:
     if strict and data.prompt_error:
         raise LlamalabError(data.prompt_error)
     return data
+
+
+def _listed_once(task: Task) -> None:
+    """The same rows listed twice for one split (a YAML anchor copied without changing its path) would be every
+    row's id used twice: say that, not a bad row each."""
+    listed: dict[tuple, int] = {}
+    for i, file in enumerate(task.data.files):
+        key = (file.path, file.records, file.label, file.split if file.split in ("dev", "test") else "train")
+        if key in listed:
+            raise LlamalabError(f"task {task.name!r}: data.files[{i}] lists {file.path} again, as data.files"
+                                f"[{listed[key]}] does, for the same split: remove one, or fix its path")
+        listed[key] = i
 
 
 def _line(bad: BadRow) -> int:
@@ -267,14 +281,25 @@ def _unscorable(task: Task, answer: str) -> str | None:
 
 
 def _as_label(value: Any, labels: set[str]) -> str:
-    """A data value as a label: JSON's true/false or a float column's 1.0 (pandas, with a gap) read as the label
-    the task spells it with ("true", "True", "1"), when it has one."""
+    """A data value as a label: JSON's true/false or a float column's 1.0 (pandas, with a gap; "1.0" in a CSV it
+    wrote) read as the label the task spells it with ("true", "True", "1"), when it has one; a label written in
+    another Unicode normal form (macOS tools write "é" as e + accent) read as the task's."""
     text = str(value).strip()
     if text in labels:
         return text
+    number = value if isinstance(value, float) else _float(text) if isinstance(value, str) else None
     spellings = ([str(value).lower(), str(int(value))] if isinstance(value, bool) else
-                 [str(int(value))] if isinstance(value, float) and value.is_integer() else [])
-    return next((spelling for spelling in spellings if spelling in labels), text)
+                 [str(int(number))] if number is not None and number.is_integer() else [])
+    spellings.append(unicodedata.normalize("NFC", text))
+    by_form = {unicodedata.normalize("NFC", label): label for label in labels}
+    return next((label for spelling in spellings if (label := by_form.get(spelling)) is not None), text)
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _empty(value: Any) -> bool:
