@@ -261,6 +261,14 @@ def test_lora_on_an_output_layer_tied_to_the_embeddings_is_refused_before_a_run_
     assert not list_runs(lab.runs_dir)
 
 
+def test_a_max_length_no_training_example_fits_is_refused_before_a_run_starts(lab, tiny_model_dir):
+    """Training skipped every example and then failed inside a run folder, without a length to aim for."""
+    with pytest.raises(LlamalabError, match=r"key 'max_length': all 64 training examples are longer than "
+                                            r"max_length=8 tokens \(the shortest has (\d+)\): raise max_length"):
+        train(lab, tiny_experiment(lab, tiny_model_dir, "short", max_length=8))
+    assert not list_runs(lab.runs_dir)
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_the_recorded_warm_up_is_where_the_trainers_schedule_peaks(seed, tmp_path):
     """On random step counts, ratios and schedules: the warm-up steps the record (and the methods text) give are

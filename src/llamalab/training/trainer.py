@@ -76,6 +76,9 @@ def train(
     tokenizer = load_tokenizer(model_ref)  # fails fast (before any run folder exists) if the model is missing
     _check_targets(experiment, model_ref, source)
     prompt_format = experiment.format or task.prompt.format
+    _check_some_fit(Prompter(task, tokenizer, prompt_format),
+                    training_subset(data.split("train"), experiment.train_examples, experiment.seed),
+                    experiment.max_length, source)
 
     if resume:
         record = resume_run(lab.runs_dir, "train", name, resolved, inputs)
@@ -106,6 +109,21 @@ def train(
 
             launch(lab, record, experiment, processes, console)
     return record
+
+
+def _check_some_fit(prompter: Prompter, examples: list[Example], max_length: int, source: str) -> None:
+    """Refuse, before any run folder exists, a max_length that no training example fits in (training would skip
+    them all), saying the shortest example's length; stops at the first that fits."""
+    shortest = None
+    for example in examples:
+        length = len(prompter.encode_training(example).input_ids)
+        if length <= max_length:
+            return
+        shortest = length if shortest is None else min(shortest, length)
+    if shortest is not None:
+        raise LlamalabError(f"{source}: key 'max_length': all {len(examples):,} training examples are longer than "
+                            f"max_length={max_length} tokens (the shortest has {shortest:,}): raise max_length to "
+                            f"at least {shortest:,}")
 
 
 def _check_checkpoint_fits(record: RunRecord, experiment: Experiment, processes: int) -> None:
