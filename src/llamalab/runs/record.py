@@ -118,7 +118,8 @@ class RunRecord:
         return record
 
     @classmethod
-    def load(cls, folder: Path) -> RunRecord:
+    def load(cls, folder: str | Path) -> RunRecord:
+        folder = Path(folder)  # from Python a folder may come as text
         path = folder / RUN_FILE
         if not path.is_file():
             raise LlamalabError(f"{folder} is not a run folder (no {RUN_FILE})")

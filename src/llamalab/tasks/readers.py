@@ -7,11 +7,13 @@ problems that stopped a record, or the whole file, as bad rows. Nothing here kno
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -133,7 +135,7 @@ def _read_jsonl(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
             bad.append(BadRow(source, f"malformed JSON ({exc.msg}, column {exc.colno})"))
             continue
         except _RepeatedKey as exc:
-            bad.append(BadRow(source, _repeated(exc)))
+            bad.append(BadRow(source, _repeated(exc.args[0])))
             continue
         _shape(file, source, value, rows, bad)
     return rows, bad
@@ -155,39 +157,72 @@ def _shape(file: DataFile, source: str, value: Any, rows: list[Record], bad: lis
 
 
 def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
+    repeats: list[tuple[str, int, int, int]] = []  # key, offset, line, line of its first mention
     try:
         document = json.loads(text, object_pairs_hook=_no_repeated_keys)
     except json.JSONDecodeError as exc:
-        return [], [BadRow(f"{file.path}:{exc.lineno}", f"malformed JSON ({exc.msg}, column {exc.colno})")]
-    except _RepeatedKey as exc:
-        at = text.find(json.dumps(exc.args[0], ensure_ascii=False))  # its first mention: near the object
-        return [], [BadRow(f"{file.path}:{text.count(chr(10), 0, at) + 1}" if at >= 0 else file.path,
-                           _repeated(exc))]
+        return [], [BadRow(f"{file.path}:{exc.lineno}", f"malformed JSON ({exc.msg}, column {exc.colno})"
+                                                        + _json_lines_hint(file, text, exc))]
+    except _RepeatedKey:
+        # Read again to find each repeat: a record that repeats a key is a bad row, as in JSONL; a repeat outside
+        # the records (on the way to them) stops the file.
+        document = json.loads(text)
+        repeats = [(key, at, _line(text, at), _line(text, first))
+                   for key, at, first in _repeats(text, _SPACE.match(text).end())]
     keys = follow(document, file.records) if file.records else []
+    records = lookup(document, keys) if keys is not None else None
+    start = _json_position(text, keys) if isinstance(records, list) else -1
+    end = _DECODER.raw_decode(text, start)[1] if start >= 0 else -1
+    outside = [repeat for repeat in repeats if not start < repeat[1] < end]
+    if outside:
+        key, _, line, first = outside[0]
+        return [], [BadRow(f"{file.path}:{line}", _repeated(key, line, first))]
     if keys is None:
         shown = f" (its keys: {', '.join(map(str, document))})" if isinstance(document, dict) else ""
         return [], [BadRow(f"{file.path}:1", f"`records: {file.records}` leads nowhere in the document{shown}")]
-    records = lookup(document, keys)
     if not isinstance(records, list):
         return [], [BadRow(f"{file.path}:1", _not_a_list(file, records))]
-    lines = _line_numbers(text, [offset for _, offset in _json_children(text, _json_position(text, keys))])
+    offsets = [offset for _, offset in _json_children(text, start)]
+    lines = _line_numbers(text, offsets)
+    repeated: dict[int, tuple[str, int, int, int]] = {}  # record index -> its first repeat
+    for repeat in repeats:
+        repeated.setdefault(bisect.bisect_right(offsets, repeat[1]) - 1, repeat)
     # A minified file puts records on one line: then `records:` and the index tell them apart (and keep ids unique,
     # also across file entries that read other lists of the same file).
     unique = len(set(lines)) == len(lines) and (not file.records or "\n" in text.strip())
     rows: list[Record] = []
     bad: list[BadRow] = []
+
+    def source(line: int, index: int) -> str:
+        return f"{file.path}:{line}" if unique else f"{file.path}:{line} ({file.records or ''}[{index}])"
+
     for index, (line, value) in enumerate(zip(lines, records, strict=True)):
-        source = f"{file.path}:{line}" if unique else f"{file.path}:{line} ({file.records or ''}[{index}])"
-        _shape(file, source, value, rows, bad)
+        if index in repeated:  # cited at the repeat, where an editor finds it
+            key, _, repeat_line, first = repeated[index]
+            bad.append(BadRow(source(repeat_line, index), _repeated(key, repeat_line, first)))
+        else:
+            _shape(file, source(line, index), value, rows, bad)
     return rows, bad
+
+
+def _json_lines_hint(file: DataFile, text: str, exc: json.JSONDecodeError) -> str:
+    """A hint for JSON Lines in a .json file: a complete value, then another that starts a new line ("Extra data")."""
+    line_start = text.rfind("\n", 0, exc.pos) + 1
+    if (exc.msg != "Extra data" or text.lstrip()[:1] not in ("{", "[") or text[exc.pos] not in "{["
+            or text[line_start:exc.pos].strip()):
+        return ""
+    drop = " and remove `records:`" if file.records else ""
+    return (f": the file looks like JSON Lines (one record per line), not one JSON document: set `format: jsonl` on "
+            f"this file{drop}, or name it .jsonl")
 
 
 class _RepeatedKey(ValueError):
     pass
 
 
-def _repeated(exc: _RepeatedKey) -> str:
-    return (f"an object names {exc.args[0]!r} twice (JSON readers keep one of the two silently): rename or merge "
+def _repeated(key: str, line: int = 0, first_line: int = 0) -> str:
+    first = f", first on line {first_line}" if first_line != line else ""
+    return (f"an object names {key!r} twice{first} (JSON readers keep one of the two silently): rename or merge "
             "the repeats")
 
 
@@ -203,11 +238,19 @@ def _not_a_list(file: DataFile, found: Any) -> str:
     message = (f"{where} is {type(found).__name__}, not a list: a .json file is read as a list of records, "
                "or as the list that `records:` points at")
     if isinstance(found, dict):
-        inner = next((k for k, v in found.items() if isinstance(v, list)), next(iter(found), "train"))
-        path = f"{file.records}.{inner}" if file.records else inner
-        message = (f"{where} is an object with keys {', '.join(found)}, not a list of records: point `records:` at "
-                   f"the list inside it, one file entry per split, e.g. {{path: {file.path}, records: {path}, "
-                   "split: train}")
+        # Suggest only a key that holds records: a list of objects (or lists); `records:` reads nothing else.
+        inner = next((k for k, v in found.items()
+                      if isinstance(v, list) and v and all(isinstance(item, dict | list) for item in v)), None)
+        if inner is not None:
+            path = f"{file.records}.{inner}" if file.records else inner
+            return (f"{where} is an object with keys {', '.join(found)}, not a list of records: point `records:` at "
+                    f"the list inside it, one file entry per split, e.g. {{path: {file.path}, records: {path}, "
+                    "split: train}")
+        message = (f"{where} is one object (keys {', '.join(found)}), not a list of records, and none of its keys "
+                   "holds a list of records: a .json file is read as a list of records, `[{...}, {...}]`, or as the "
+                   "list that `records:` points at")
+        if not file.records:
+            message += "; for one record per line (JSON Lines), set `format: jsonl` on this file, or name it .jsonl"
     return message
 
 
@@ -221,6 +264,25 @@ def _json_position(text: str, keys: list[Key]) -> int:
     for key in keys:
         pos = next(offset for k, offset in _json_children(text, pos) if k == key)
     return pos
+
+
+def _repeats(text: str, pos: int) -> Iterator[tuple[str, int, int]]:
+    """(key, offset of its repeat, offset of its first mention) for each key an object repeats in the valid JSON value
+    at `pos`. A key's offset is its closing quote's: the last `"` before its value (only a colon lies between)."""
+    if text[pos] not in "[{":
+        return
+    seen: dict[str, int] = {}
+    for key, offset in _json_children(text, pos):
+        if isinstance(key, str):
+            at = text.rfind('"', 0, offset)
+            if key in seen:
+                yield key, at, seen[key]
+            seen.setdefault(key, at)
+        yield from _repeats(text, offset)
+
+
+def _line(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
 
 
 def _json_children(text: str, pos: int):

@@ -66,6 +66,14 @@ class DataFile(StrictModel):
     fields: dict[str, str] = Field({}, description="task field name -> dotted path in the raw record")
     spans: SpanSpec | None = Field(None, description="convert character-offset spans into entity answers")
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_as_text(cls, value: Any) -> Any:
+        """`label: 1` is the label "1", as `answer.labels: [0, 1]` are; YAML's unquoted yes/no is refused, as there."""
+        if isinstance(value, bool):
+            raise ValueError("YAML read an unquoted yes/no/on/off/true/false as a boolean: quote it: 'yes', 'no'")
+        return str(value) if isinstance(value, int) else value
+
     @model_validator(mode="after")
     def _options_fit_the_format(self) -> DataFile:
         fmt = self.resolved_format()
@@ -259,8 +267,10 @@ class Task(StrictModel):
         return (self.lab_root / file.path).resolve()
 
 
-def load_task(path: Path, lab_root: Path) -> Task:
-    """Load tasks/<name>.yaml; data paths resolve against the lab root."""
+def load_task(path: str | Path, lab_root: str | Path) -> Task:
+    """Load tasks/<name>.yaml; data paths resolve against the lab root (made absolute here, so that a task loaded
+    from Python with a relative root reads the same files after a change of working directory)."""
+    path = Path(path)
     task = load_config(Task, path)
     if task.name != path.stem:  # a copy edited into tasks/x_v2.yaml would pin its split over the original's
         raise LlamalabError(
@@ -268,4 +278,4 @@ def load_task(path: Path, lab_root: Path) -> Task:
             f"runs and pinned split (data/splits/{task.name}.json) go by `name`, so they must agree: rename the file "
             f"to tasks/{task.name}.yaml (which keeps its runs and split), or, for a new task with no runs yet, set "
             f"name: {path.stem}")
-    return task.model_copy(update={"lab_root": lab_root})
+    return task.model_copy(update={"lab_root": Path(lab_root).resolve()})  # model_copy does not validate
