@@ -1132,6 +1132,15 @@ def test_a_fine_tuned_runs_quantized_exports_are_that_runs_not_base_models(study
     board = next(b for b in task_boards(lab) if b.name == "sentiment")
     assert record.id not in {r.run for r in board.rows}  # the same file's newer evaluation replaces it
 
+    # Another study naming the run by a part of its id shares its files and evaluations (it exported and
+    # evaluated it again, under a second file name: two leaderboard rows with one label)
+    files = sorted(p.name for p in (lab.runs_dir / ".gguf").iterdir())
+    write_study(lab, "q2", f"kind: quantization\nquantize: {{systems: ['{run.id[-4:]}'], types: [f16, q8_0]}}\n"
+                           "eval: {task: sentiment, limit: 6}\n")
+    spelled = run_quantization(lab, load_study(lab, "q2"), Console(stderr=True))
+    assert [r.eval.id for r in spelled] == [r.eval.id for r in again]
+    assert sorted(p.name for p in (lab.runs_dir / ".gguf").iterdir()) == files
+
 
 def test_a_slurm_jobs_failure_is_said_by_its_cause_not_submitits_first_line():
     """submitit's errors begin with a line that says nothing ("Job (task=0) failed during processing with

@@ -9,12 +9,14 @@ Files are kept in runs/.gguf/ (git-ignored) and reused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
+from llamalab.config import LlamalabError
 from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import paired_test
 from llamalab.lab import Lab
@@ -54,6 +56,16 @@ def gguf_file(lab: Lab, system: str, quant: str) -> Path:
     return lab.runs_dir / ".gguf" / gguf_export_name(system, quant)
 
 
+def export_file(lab: Lab, system: str, quant: str) -> Path:
+    """A study system's export at `quant`: named by the system's one spelling (`canonical_name`: a run's full id,
+    not the part of it a study file gives), so two studies naming one run two ways share its files (and rows);
+    an export named as a study spelled it, before, is still found."""
+    from llamalab.evaluation.systems import canonical_name
+
+    path, spelled = gguf_file(lab, canonical_name(lab, system), quant), gguf_file(lab, system, quant)
+    return spelled if not path.is_file() and spelled.is_file() else path
+
+
 def lab_name(lab: Lab, gguf: Path) -> str:
     """How an export is named to `evaluate`: its path in the lab (`runs/.gguf/...`), so its records, settings hash
     and labels are the same wherever the lab is (cloned, moved, or built by CI) and carry no machine's path."""
@@ -75,9 +87,14 @@ def _in_lab(lab: Lab, path: Path) -> str:
 def _same_source(lab: Lab, made_from: Path, source: dict) -> bool:
     """Whether an export was made from `source` (its adapter recorded by absolute path before it was by its path
     in the lab: the same folder either way)."""
+    from llamalab.evaluation.systems import canonical_name
+
     recorded = json.loads(made_from.read_text())
     if isinstance(recorded, dict) and isinstance(adapter := recorded.get("adapter"), str):
         recorded = {**recorded, "adapter": _in_lab(lab, lab.root / adapter)}
+    if isinstance(recorded, dict) and isinstance(system := recorded.get("system"), str):  # as a study spelled it
+        with contextlib.suppress(LlamalabError):  # a run deleted, or its part now ambiguous: as recorded
+            recorded = {**recorded, "system": canonical_name(lab, system)}
     return recorded == source
 
 
@@ -94,7 +111,7 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
     """Export every system at every type (files already there are reused), evaluate each (finished evaluations
     with the same settings are reused), and test each type against f16."""
     from llamalab.evaluation.evaluate import evaluate
-    from llamalab.evaluation.systems import resolve_system
+    from llamalab.evaluation.systems import canonical_name, resolve_system
     from llamalab.export import check_tools, export_loaded, gguf_type
 
     assert study.spec.quantize is not None
@@ -105,11 +122,11 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
     records: dict[tuple[str, str], RunRecord] = {}
     for name in study.spec.quantize.systems:
         system = resolve_system(lab, name)
-        source = {"system": name, "revision": system.model.revision if system.model else None,
+        source = {"system": canonical_name(lab, name), "revision": system.model.revision if system.model else None,
                   "adapter": _in_lab(lab, system.adapter) if system.adapter else None}
         loaded = None
         for quant in (gguf_type(t) for t in study.spec.quantize.types):
-            path = gguf_file(lab, name, quant)
+            path = export_file(lab, name, quant)
             made_from = _source_file(path)
             if path.is_file() and made_from.is_file() and not _same_source(lab, made_from, source):
                 console.print(f"{name} changed since its {quant} GGUF was exported: exporting it again")
@@ -159,7 +176,7 @@ def recorded_quantization(lab: Lab, study: Study) -> list[QuantRow]:
     for name in study.spec.quantize.systems:
         options = _eval_options(study, system_outline(lab, name).trained_format)
         for quant in study.spec.quantize.types:
-            if found := _recorded(lab, task, gguf_file(lab, name, quant.lower()), options, evals):
+            if found := _recorded(lab, task, export_file(lab, name, quant.lower()), options, evals):
                 records[(name, quant.lower())] = found
     return quant_rows(lab, study, records)
 
@@ -178,7 +195,7 @@ def quant_rows(lab: Lab, study: Study, records: dict[tuple[str, str], RunRecord]
                 result = paired_test(metric, [mine[i] for i in shared], [theirs[i] for i in shared], labels)
                 delta, p_value, test, n_paired = result.delta, result.p_value, result.test, len(shared)
                 reference_n = len(theirs)
-        path = gguf_file(lab, name, quant)
+        path = export_file(lab, name, quant)
         rows.append(QuantRow(name, quant, round(path.stat().st_size / 2**20, 1) if path.is_file() else None,
                              record, record.run.metrics[metric], record.run.throughput.get("examples_per_s"),
                              delta, p_value, test, n_paired, reference_n=reference_n))
