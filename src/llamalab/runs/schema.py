@@ -55,7 +55,6 @@ def _iso_time(value: str) -> str:
 Timestamp = Annotated[str, AfterValidator(_iso_time)]  # when a run started, ended or was resumed
 
 
-
 def gguf_export_name(system: str, quant: str) -> str:
     """The file a quantization study exports `system` to at GGUF type `quant`: a readable slug of the name, a hash
     of the name itself (two names with one slug, "org/model" and "org-model", would otherwise share a file, and one
@@ -68,6 +67,7 @@ def gguf_export_type(file_name: str) -> str | None:
     """The GGUF type of a file named by `gguf_export_name`, None for any other name."""
     found = re.fullmatch(r"[^/]*-[0-9a-f]{8}-([^-/]+)\.gguf", file_name)
     return found[1] if found else None
+
 
 class Shape(BaseModel):
     """A part of a record: unknown keys are an error, so a typo in a writer cannot pass silently."""
