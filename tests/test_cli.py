@@ -51,7 +51,10 @@ def test_data_check_and_show_on_the_example(lab):
 
 def test_init_creates_a_lab_and_refuses_to_overwrite(tmp_path):
     target = tmp_path / "mylab"
-    result = CliRunner().invoke(app, ["init", str(target)])
+    (tmp_path / "gitconfig").write_text("[init]\n\tdefaultBranch = trunk\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+        result = CliRunner().invoke(app, ["init", str(target)])
     assert result.exit_code == 0, result.output
     assert (target / "lab.yaml").is_file() and (target / "runs").is_dir()
     assert sorted(p.stem for p in (target / "tasks").glob("*.yaml")) == [
@@ -132,11 +135,17 @@ def test_init_makes_the_lab_a_git_repository_so_records_carry_its_commit(tmp_pat
     from tests.records import eval_fields
 
     target = tmp_path / "mylab"
-    result = CliRunner().invoke(app, ["init", str(target)])
+    (tmp_path / "gitconfig").write_text("[init]\n\tdefaultBranch = trunk\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "gitconfig"))
+        result = CliRunner().invoke(app, ["init", str(target)])
     assert result.exit_code == 0, result.output
     assert "made the lab a git repository" in result.output
     assert git(target, "rev-parse", "--show-toplevel") == str(target.resolve())
     assert git(target, "log", "--format=%s") == "llamalab init: example lab"  # exactly one commit
+    # on main whatever git's default branch is: the scaffolded site workflow deploys pushes to main only
+    assert git(target, "branch", "--show-current") == "main"
+    assert "branches: [main]" in (target / ".github" / "workflows" / "site.yml").read_text()
     assert git(target, "status", "--porcelain") == ""  # everything committed (or git-ignored)
 
     record = RunRecord.create(target / "runs", "eval", "x", {}, **eval_fields())

@@ -174,6 +174,8 @@ def _init_git(folder: Path) -> str:
         return f"the lab is inside the git repository {outer.stdout.strip()}: commit it there"
     try:
         _git(folder, "init", "--quiet")
+        # on `main` whatever git's default branch is here: the site workflow builds and deploys on pushes to main
+        _git(folder, "symbolic-ref", "HEAD", "refs/heads/main")
         _git(folder, "add", "--all")
         missing = [key for key in _FALLBACK_IDENTITY if _git(folder, "config", key, check=False).returncode != 0]
         identity = [arg for key in missing for arg in ("-c", f"{key}={_FALLBACK_IDENTITY[key]}")]
@@ -181,7 +183,7 @@ def _init_git(folder: Path) -> str:
     except subprocess.SubprocessError as exc:  # e.g. a commit hook or signing setup that refuses
         reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
         return f"git could not commit the lab ({reason}): commit it yourself"
-    return f"made the lab a git repository, with a first commit ({LAB_COMMIT_MESSAGE!r})"
+    return f"made the lab a git repository, with a first commit ({LAB_COMMIT_MESSAGE!r}) on branch main"
 
 
 def _git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
