@@ -454,7 +454,8 @@ def test_grader_failure_is_a_zero_with_an_apology_and_no_traceback(tmp_path: Pat
     assert results["score"] == 0 and results["output"] == CRASH_MESSAGE
     assert "Traceback" not in visible_text(results)
     staff = [t for t in results["tests"] if t["visibility"] == "hidden"]
-    assert staff and "Traceback" in staff[0]["output"] and "KeyError" in staff[0]["output"]
+    assert staff and "Traceback" in staff[0]["output"]
+    assert 'labels.jsonl:1: expected a JSON object with a string "id" and a string "gold"' in staff[0]["output"]
 
 
 def test_build_without_runs_says_which_runs_to_make(lab: Lab) -> None:
@@ -469,14 +470,13 @@ def test_build_without_runs_says_which_runs_to_make(lab: Lab) -> None:
 def test_a_task_without_a_dev_split_is_refused_before_a_handout_is_written(lab: Lab) -> None:
     """The handout's dev.jsonl was empty, its data check failed and its self-check grading/ was never written."""
     from llamalab.runs.record import RunRecord
-    from llamalab.tasks.data import load_task_data
     from llamalab.tasks.task import load_task
     from tests.records import train_fields
 
     path = lab.task_path("sentiment")
     path.write_text(path.read_text().replace("    dev: 0.1\n", "    dev: 0\n"))
     (lab.root / "data" / "splits" / "sentiment.json").unlink()
-    test = load_task_data(load_task(path, lab.root)).split("test")[:30]
+    test = mixed_test(load_task(path, lab.root), 30)
     trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
     trained.update(status="finished")
     _scored_eval(lab, "tuned", {ex.id: (ex.answer, n % 10 != 0) for n, ex in enumerate(test)}, train_run=trained.id)
@@ -486,16 +486,28 @@ def test_a_task_without_a_dev_split_is_refused_before_a_handout_is_written(lab: 
     assert not (lab.root / "assignments").exists()
 
 
-def _scored_eval(lab: Lab, label: str, answers: dict[str, tuple[str, bool]], train_run: str | None = None):
-    """A finished eval run of the sentiment test split with these (gold, right?) answers, and its metrics."""
+def mixed_test(task, n: int) -> list:
+    """`n` test examples of the sentiment task, negative and positive in turn. The split lists one label's
+    examples first: its first 40 are all negative, and answering "negative" to each would score 1.0 on them."""
+    from llamalab.tasks.data import load_task_data
+
+    test = load_task_data(task).split("test")
+    negative, positive = ([ex for ex in test if ex.answer == label] for label in ("negative", "positive"))
+    return [ex for pair in zip(negative, positive, strict=False) for ex in pair][:n]
+
+
+def _scored_eval(lab: Lab, label: str, answers: dict[str, tuple[str, bool]], train_run: str | None = None,
+                 model: str = "tiny", **fields):
+    """A finished eval run of the sentiment test split with these (gold, right?) answers, and its metrics; a run
+    without `train_run` evaluated the base model `model` ("tiny", the model `train_fields` fine-tunes)."""
     from llamalab.evaluation.metrics import metric_intervals
     from llamalab.runs.files import append_jsonl
     from llamalab.runs.record import RunRecord
     from tests.records import eval_fields
 
-    kind = "finetuned" if train_run else "base"
-    record = RunRecord.create(lab.runs_dir, "eval", label, {"system": label},
-                              **eval_fields(label=label, n=len(answers), kind=kind, train_run=train_run))
+    kind = "finetuned" if train_run else fields.pop("kind", "base")
+    record = RunRecord.create(lab.runs_dir, "eval", label, {"system": label}, **eval_fields(
+        label=label, n=len(answers), kind=kind, train_run=train_run, model=None if train_run else model, **fields))
     rows = [{"id": i, "gold": gold, "correct": ok,
              "prediction": gold if ok else ("negative" if gold == "positive" else "positive")}
             for i, (gold, ok) in answers.items()]
@@ -510,12 +522,11 @@ def test_the_baseline_threshold_is_its_score_on_the_hidden_examples(lab: Lab) ->
     cannot set a threshold, and the error says which run to make."""
     from llamalab.assignments.references import choose_references
     from llamalab.runs.record import RunRecord
-    from llamalab.tasks.data import load_task_data
     from llamalab.tasks.task import load_task
     from tests.records import train_fields
 
     task = load_task(lab.task_path("sentiment"), lab.root)
-    test = [(ex.id, ex.answer) for ex in load_task_data(task).split("test")[:60]]
+    test = [(ex.id, ex.answer) for ex in mixed_test(task, 60)]
     trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
     trained.update(status="finished")
     _scored_eval(lab, "tuned", {i: (g, n % 10 != 0) for n, (i, g) in enumerate(test[:40])}, train_run=trained.id)
@@ -543,12 +554,11 @@ def test_the_hidden_test_is_the_widest_finetuned_evaluation(lab: Lab) -> None:
     from llamalab.assignments.build import build_assignment
     from llamalab.assignments.references import choose_references
     from llamalab.runs.record import RunRecord
-    from llamalab.tasks.data import load_task_data
     from llamalab.tasks.task import load_task
     from tests.records import train_fields
 
     task = load_task(lab.task_path("sentiment"), lab.root)
-    test = [(ex.id, ex.answer) for ex in load_task_data(task).split("test")[:60]]
+    test = [(ex.id, ex.answer) for ex in mixed_test(task, 60)]
     trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
     trained.update(status="finished")
     full = _scored_eval(lab, "tuned-full", {i: (g, n % 10 != 0) for n, (i, g) in enumerate(test)},
@@ -579,13 +589,12 @@ def test_thresholds_are_scores_on_the_hidden_examples_on_random_runs(lab: Lab, s
     that missed one of them is never chosen), full_at the fine-tuned accuracy less the margin."""
     from llamalab.assignments.references import choose_references
     from llamalab.runs.record import RunRecord
-    from llamalab.tasks.data import load_task_data
     from llamalab.tasks.task import load_task
     from tests.records import train_fields
 
     rng = random.Random(seed)
     task = load_task(lab.task_path("sentiment"), lab.root)
-    test = [(ex.id, ex.answer) for ex in load_task_data(task).split("test")[:80]]
+    test = [(ex.id, ex.answer) for ex in mixed_test(task, 80)]
     hidden = rng.sample(test, rng.randint(10, 50))
     trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
     trained.update(status="finished")
@@ -598,10 +607,12 @@ def test_thresholds_are_scores_on_the_hidden_examples_on_random_runs(lab: Lab, s
         if all(i in answers for i, _ in hidden):
             on_hidden[record.id] = sum(answers[i][1] for i, _ in hidden) / len(hidden)
     best = max(on_hidden, key=lambda run: on_hidden[run])
+    majority = max(sum(g == label for _, g in hidden) for label in ("negative", "positive")) / len(hidden)
     refs = choose_references(lab, task, None, margin=0.0)  # the fine-tune (97% right) beats every baseline
     t, tuned = refs.thresholds, refs.finetuned.run.metrics["accuracy"].estimate
     assert (t.baseline_run, t.baseline_n) == (best, len(hidden))
-    assert t.zero_at == pytest.approx(on_hidden[best]) and t.full_at == pytest.approx(tuned)
+    assert t.baseline == pytest.approx(on_hidden[best]) and t.constant == pytest.approx(majority)
+    assert t.zero_at == max(t.baseline, t.constant) and t.full_at == pytest.approx(tuned)
 
 
 # ---- slow: assignments built from real runs, graded by run_autograder ------------------------------------------
@@ -657,15 +668,34 @@ def results_secrets(assignment: Path, *more: str) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def sentiment_lab(tmp_path_factory, tiny_model_dir: Path) -> Lab:
     """Real runs on the tiny model: a LoRA fine-tune and the base model, each on the same 40 test reviews. The base
-    model generates its answers, which never parse, so the baseline scores 0 and the fine-tune about 0.5."""
+    model generates its answers, which never parse, so the baseline scores 0. The tiny fine-tune answers one label
+    for every review, which no assignment may give credit for, so its run is given the answers of a model that got
+    7 in 8 right: the gold label on those rows, rescored by the lab's own metrics."""
     from llamalab import Experiment, evaluate, train
 
     lab = init_lab(tmp_path_factory.mktemp("assignments") / "lab")
     trained = train(lab, Experiment(task="sentiment", base_model=str(tiny_model_dir), train_examples=64,
                                     lora={"r": 4, "alpha": 8}), max_steps=8)
     evaluate(lab, str(tiny_model_dir), task="sentiment", limit=40, protocol="generate", max_new_tokens=4)
-    evaluate(lab, trained.id, task="sentiment", limit=40)
+    tuned = evaluate(lab, trained.id, task="sentiment", limit=40)
+    better_answers(tuned, lambda n: n % 8 != 0)
     return lab
+
+
+def better_answers(record, right: Callable[[int], bool]) -> None:
+    """Rewrite a sentiment eval run's answers: the gold label on the rows where `right(row number)`, the other
+    label elsewhere, and its metrics recomputed from them by the lab's own code."""
+    from llamalab.evaluation.metrics import metric_intervals
+    from llamalab.runs.files import read_jsonl, write_json_atomic, write_text_atomic
+
+    rows = read_jsonl(record.folder / "predictions.jsonl")
+    for n, row in enumerate(rows):
+        other = "positive" if row["gold"] == "negative" else "negative"
+        row.update(prediction=row["gold"] if right(n) else other, correct=right(n))
+    write_text_atomic(record.folder / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    metrics = metric_intervals(["accuracy", "macro_f1"], rows, ["negative", "positive"])
+    record.update(metrics=metrics)
+    write_json_atomic(record.folder / "metrics.json", metrics)
 
 
 @pytest.fixture(scope="module")
@@ -774,8 +804,12 @@ def test_cli_builds_and_grades(sentiment_lab: Lab, sentiment_assignment: Path, t
                                                  "--from-runs", f"{runs['baseline']},{runs['finetuned']}",
                                                  "--lab", str(sentiment_lab.root)])
     assert result.exit_code == 0, result.output
-    assert (out / "solution" / "predictions.jsonl").read_text() == \
-        (sentiment_assignment / "solution" / "predictions.jsonl").read_text()
+    def answers(folder: Path) -> dict[str, str]:  # by the lab's id: another name shuffles the hidden ids apart
+        lab_ids, _ = hidden(folder)
+        rows = [json.loads(x) for x in (folder / "solution" / "predictions.jsonl").read_text().splitlines()]
+        return {lab_id: row["answer"] for lab_id, row in zip(lab_ids, rows, strict=True)}
+
+    assert answers(out) == answers(sentiment_assignment)
     result = CliRunner().invoke(assignment_app, ["grade", str(out), str(out / "solution"), "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["score"] == 100
     # the solution is the fine-tuned run's answers: the grader gives that run's interval, not one of other
@@ -963,3 +997,48 @@ def test_the_solutions_ablations_leave_out_quantized_copies_of_a_run(lab):
     other = evaluation("tuned@ef01")
     text = _ablation(lab, SimpleNamespace(finetuned=reference), "accuracy")
     assert other.id in text and "q8_0" not in text
+
+
+def test_the_site_publishes_no_hidden_example(sentiment_lab: Lab, sentiment_assignment: Path, gsm8k_assignment: Path,
+                                              tmp_path: Path) -> None:
+    """The site copied every run's predictions.jsonl (prompt and gold) and showed every test example with its gold
+    answer: a student with the handout's test inputs found each one's answer there. No hidden example's text,
+    gold answer or row is anywhere on the site now (the public handout shows test inputs, never answers), and the
+    pages say how many are held out; the metrics stay the records'."""
+    import html
+
+    from llamalab.lab import find_lab
+    from llamalab.publish.site import build_site
+    from llamalab.runs.record import find_run
+    from llamalab.tasks.data import load_task_data
+    from llamalab.tasks.task import load_task
+
+    def forms(text: str) -> set[str]:  # as a page or a JSON file may write it
+        return {text, html.escape(text), json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1],
+                html.escape(json.dumps(text, ensure_ascii=False)[1:-1])}
+
+    for assignment, field in ((sentiment_assignment, "text"), (gsm8k_assignment, "question")):
+        lab = find_lab(assignment.parent.parent)
+        task = yaml.safe_load((assignment / "assignment.yaml").read_text())["task"]
+        lab_ids, gold = hidden(assignment)
+        examples = {ex.id: ex for ex in load_task_data(load_task(lab.task_path(task), lab.root)).split("test")}
+        secrets = {form for i in lab_ids for form in forms(examples[i].fields[field])}
+        secrets |= {form for answer in gold if len(answer) > 12 for form in forms(answer)}  # not a bare label
+        site = build_site(lab, tmp_path / task)
+        for path in site.rglob("*"):
+            if path.is_file() and path.suffix in (".html", ".json", ".jsonl", ".xml", ".svg", ".yaml"):
+                text = path.read_text(encoding="utf-8")
+                where = path.relative_to(site).as_posix()
+                if not where.startswith("assignments/"):  # a public handout shows test inputs: never answers
+                    assert not [s for s in secrets if s in text], where
+                assert not [g for g in gold if len(g) > 12 and g in text], where
+                if path.name == "predictions.jsonl":
+                    assert not {json.loads(x)["id"] for x in text.splitlines()} & set(lab_ids), where
+        runs = yaml.safe_load((assignment / "assignment.yaml").read_text())["runs"]
+        tuned = find_run(lab.runs_dir, runs["finetuned"])
+        page = " ".join((site / "runs" / tuned.id / "index.html").read_text().split())
+        assert f"without the {len(lab_ids)} example(s) held out as the hidden test of assignment" in page
+        metric = next(iter(tuned.run.metrics))
+        assert f"{tuned.run.metrics[metric].estimate:.3f}" in page  # the record's metric, over all its examples
+        examples_page = " ".join((site / "tasks" / task / "examples.html").read_text().split())
+        assert f"{len(lab_ids)} test example(s) are held out as the hidden test of assignment" in examples_page

@@ -9,6 +9,8 @@ assignments/NAME/
   assignment.yaml   what the assignment was built from; `public: true` puts the handout on the lab site
 
 The whole folder is staged and swapped in at the end; files staff added (such as leaderboard.csv) are kept.
+autograder/, solution/ and student/grading/labels.jsonl hold the hidden answers (or answers to them): the lab's
+.gitignore keeps them out of its repository, and the build warns when git tracks them anyway.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import random
 import re
 import shutil
 import stat
+import subprocess
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ import yaml
 import llamalab
 from llamalab.assignments.grade import crash_results
 from llamalab.assignments.handout import ANSWER_FORMATS, SECTION_PROMPTS, notebook_from_script, render
-from llamalab.assignments.references import References, choose_references
+from llamalab.assignments.references import References, choose_references, describe_constant
 from llamalab.assignments.rubric import (
     ASSIGNMENT_FILE,
     CONFIG_FILE,
@@ -53,7 +56,7 @@ from llamalab.lab import Lab
 from llamalab.runs.files import staged_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE as RUN_CONFIG
 from llamalab.runs.record import list_runs
-from llamalab.tasks.checks import check_task_data
+from llamalab.tasks.checks import _by_text  # the data check's own normalisation of texts, for the overlap
 from llamalab.tasks.data import Example
 from llamalab.tasks.task import Task, load_task
 from llamalab.training.experiment import resolve_experiment
@@ -65,13 +68,16 @@ _GRADER_PACKAGES = ("numpy", "scipy", "pydantic", "PyYAML")
 _TEXT_PACKAGES = ("rouge-score", "nltk")
 _GRADER_TIMEOUT_S = 900
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so a rebuild from the same records gives the same zip
+# What holds hidden answers (or the answers to them), relative to the assignment folder: never in a repository.
+HIDDEN_PATHS = ("autograder", "solution", f"student/grading/{LABELS_FILE}")
 
 
 def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs: Sequence[str] | None = None,
-                     out: Path | str | None = None, margin: float = DEFAULT_MARGIN, public: bool | None = None
-                     ) -> Path:
+                     out: Path | str | None = None, margin: float = DEFAULT_MARGIN, public: bool | None = None,
+                     note: Callable[[str], None] = lambda line: None) -> Path:
     """Write assignments/NAME (or `out`) for `task`; thresholds come from `from_runs` (eval run ids on the test
-    split) or else from the lab's finished test evaluations. `public` None keeps the previous build's setting."""
+    split) or else from the lab's finished test evaluations. `public` None keeps the previous build's setting.
+    `note` gets what staff should know: the constant-answer floor, and hidden files that git tracks."""
     spec = load_task(lab.task_path(task), lab.root)
     name = name or spec.name
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -82,6 +88,9 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
     if target == lab.root.resolve() or lab.root.resolve().is_relative_to(target):
         raise LlamalabError(f"--out {out}: that folder holds the lab itself, and a build replaces its --out folder "
                             "whole; name a folder of its own, e.g. --out assignments-out/" + name)
+    if target.exists() and not target.is_dir():  # a build would put a folder where the user's file is
+        raise LlamalabError(f"{f'--out {out}' if out else target} is a file: name a folder (the build writes "
+                            "student/, autograder/ and solution/ into it), or move the file")
     refs = choose_references(lab, spec, from_runs, margin)
     if not refs.data.splits.get("dev"):  # the handout's data/dev.jsonl, its data check and self-check grade on it
         raise LlamalabError(f"task {spec.name!r} has no dev split, which a handout gives students to choose their "
@@ -92,14 +101,65 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
     config = GradingConfig(assignment=name, task=spec.name, split="test", n=len(hidden), answer=spec.answer,
                            metric=refs.thresholds.metric, thresholds=refs.thresholds)
     context = _context(lab, spec, name, refs, hidden, config, target)
-    with staged_folder(target) as staging:
-        _keep_staff_files(target, staging)
-        _student(staging / "student", spec, refs, hidden, config, context)
-        _autograder(staging / "autograder", refs, hidden, config, context)
-        _solution(staging / "solution", lab, refs, hidden, context)
-        public = previous.get("public", False) if public is None else public
-        write_text_atomic(staging / ASSIGNMENT_FILE, _assignment_yaml(spec, refs, config, public))
+    # the folders this build makes to hold the target, if it fails: none is left behind, empty
+    made = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    try:
+        with staged_folder(target) as staging:
+            _keep_staff_files(target, staging)
+            _student(staging / "student", spec, refs, hidden, config, context)
+            _autograder(staging / "autograder", refs, hidden, config, context)
+            _solution(staging / "solution", lab, refs, hidden, context)
+            public = previous.get("public", False) if public is None else public
+            write_text_atomic(staging / ASSIGNMENT_FILE, _assignment_yaml(spec, refs, config, public))
+    except BaseException:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (someone else's files): kept
+                break
+        raise
+    t = refs.thresholds
+    where = "above" if t.floor_is_constant else "not above"
+    note(f"constant-answer floor: {describe_constant(spec, refs.constant_answer)} scores {t.metric} "
+         f"{t.constant:.4f} on the hidden test, {where} the best baseline's {t.baseline:.4f}"
+         + (", so no credit is given at or below it" if t.floor_is_constant else ""))
+    for line in _git_warnings(target):
+        note(line)
     return target
+
+
+def _git_warnings(target: Path) -> list[str]:
+    """Hidden files of the assignment that git tracks, or would add (the lab's .gitignore, from before they were
+    ignored, does not ignore them): a lab's repository is often public (GitHub Pages). Nothing when git is
+    missing or the folder is in no repository; git's own failures are never the build's."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", "-C", str(target), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    inside = git("rev-parse", "--is-inside-work-tree")
+    if inside is None or inside.returncode != 0 or inside.stdout.strip() != "true":
+        return []
+    warnings = []
+    tracked = git("ls-files", "--", *HIDDEN_PATHS)
+    files = tracked.stdout.splitlines() if tracked is not None and tracked.returncode == 0 else []
+    if files:
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        parts = [p for p in HIDDEN_PATHS if any(f == p or f.startswith(p + "/") for f in files)]
+        warnings.append(f"warning: git tracks hidden files of this assignment ({shown}), which hold the hidden "
+                        "test's answers: if the lab's repository is public, so are they. Untrack them (in "
+                        f"{target}: git rm -r --cached {' '.join(parts)}), commit, and make sure .gitignore "
+                        "ignores them")
+    ignored = git("check-ignore", "--no-index", "--", *HIDDEN_PATHS)
+    if ignored is not None and ignored.returncode in (0, 1):
+        missing = [p for p in HIDDEN_PATHS if p not in ignored.stdout.split("\n")]
+        if missing:
+            warnings.append(f"warning: git does not ignore {', '.join(missing)} (in {target}), so `git add -A` "
+                            "would add hidden answers: add them to .gitignore (a lab's has the lines "
+                            "assignments/*/autograder/, assignments/*/solution/ and "
+                            "assignments/*/student/grading/labels.jsonl)")
+    return warnings
 
 
 def _keep_staff_files(target: Path, staging: Path) -> None:
@@ -148,6 +208,8 @@ def _context(lab: Lab, spec: Task, name: str, refs: References, hidden: list[tup
         "example_prediction": json.dumps({"id": first_id, "answer": _example_answer(spec)}),
         "dev_limit": 40 if generation else 300, "train_examples": 200 if generation else 400,
         "sources": _sources(spec), "folder": _from_lab(lab, target), "timeout_s": _GRADER_TIMEOUT_S,
+        "same_base": refs.same_base, "base_model": refs.trained.run.model.name,
+        "constant": describe_constant(spec, refs.constant_answer),  # staff's texts only: it may be a hidden answer
     }
 
 
@@ -287,18 +349,65 @@ def _solution(folder: Path, lab: Lab, refs: References, hidden: list[tuple[str, 
               ) -> None:
     rows = [{"id": ident, "answer": submission_answer(refs.rows[ex.id])} for ident, ex in hidden]
     write_text_atomic(folder / PREDICTIONS, _jsonl(rows))
-    write_text_atomic(folder / EXPERIMENT, (refs.trained.folder / RUN_CONFIG).read_text(encoding="utf-8"))
+    config_path = refs.trained.folder / RUN_CONFIG
+    try:
+        write_text_atomic(folder / EXPERIMENT, config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LlamalabError(f"{config_path}: cannot read train run {refs.trained.id}'s settings, which are the "
+                            f"solution's experiment.yaml ({exc}): restore the file (e.g. from git)") from None
     metric = context["metric"]
-    config, _ = resolve_experiment(refs.trained.config, str(refs.trained.folder / RUN_CONFIG))  # typed, defaults in
+    config, _ = resolve_experiment(refs.trained.config, str(config_path))  # typed, defaults in
     lora = f" (rank {config.lora.r}, alpha {config.lora.alpha})" if config.method in ("lora", "qlora") else ""
-    report = check_task_data(refs.data, context["task"])
-    overlap = report.overlap.get("test", 0)
+    spec: Task = context["task"]
+    overlap = _overlap(spec, refs.data.split("train"), [ex for _, ex in hidden])
     write_text_atomic(folder / REPORT, render(
         "solution_report.md.jinja", **context, trained=refs.trained, config=config, lora=lora,
         baseline=refs.baseline_metric, finetuned=refs.finetuned.run.metrics[metric],
-        overlap=f"{overlap} test example(s) whose text is also in train" if overlap else
-        "no test example whose text is also in train", paired=_paired(lab, refs, metric),
-        ablation=_ablation(lab, refs, metric)))
+        overlap=f"{overlap:,} of the {len(hidden):,} graded test examples {'has' if overlap == 1 else 'have'} "
+        "a text that is also in train" if overlap else f"none of the {len(hidden):,} graded test examples has a text "
+        "that is also in train",
+        split=_split_sentence(spec, refs), baseline_text=_baseline_text(refs, context["constant"]),
+        paired=_paired(lab, refs, metric), ablation=_ablation(lab, refs, metric)))
+
+
+def _overlap(spec: Task, train: list[Example], graded: list[Example]) -> int:
+    """How many graded examples have a text that is also in train, normalised as `llamalab data check` does."""
+    seen = _by_text(spec.data.text_fields, train)
+    return sum(len(group) for key, group in _by_text(spec.data.text_fields, graded).items() if key in seen)
+
+
+def _split_sentence(spec: Task, refs: References) -> str:
+    """Where the test examples come from, as the task file says: its own files, or a seeded random split."""
+    files = [f.path for f in spec.data.files if f.split == "test"]
+    split = spec.data.split
+    if files or split is None:
+        where = f"the lab's data files ({', '.join(files)})" if files else "the lab's data files"
+        return f"The test split is fixed by {where}"
+    source = "pooled" if split.source == "pool" else "training"
+    stratified = ", stratified by label" if split.stratify and spec.answer.type == "label" else ""
+    recorded = f", recorded in `data/splits/{spec.name}.json`" if refs.data.split_manifest is not None else ""
+    return (f"The test split is a seeded random split of the lab's {source} examples (`data.split` in "
+            f"`tasks/{spec.name}.yaml`: test {split.test:g}, seed {split.seed}{stratified}){recorded}")
+
+
+def _baseline_text(refs: References, constant: str) -> str:
+    """What the baseline is (true of the run chosen) and where no credit starts."""
+    t, base, tuned = refs.thresholds, refs.baseline.run, refs.finetuned.run
+    if refs.same_base:
+        what = (f"It is the base model the fine-tune started from (`{refs.trained.run.model.name}`), prompted "
+                "without any training")
+    else:
+        what = (f"It is not the base model the fine-tune started from (`{refs.trained.run.model.name}`): it was "
+                "named with --from-runs, so the range graded on measures more than what fine-tuning added")
+    if base.scoring.protocol != tuned.scoring.protocol:
+        what += (f"; it was scored with the {base.scoring.protocol} protocol, the fine-tuned run with "
+                 f"{tuned.scoring.protocol}")
+    if t.floor_is_constant:
+        return (f"{what}. A constant answer scores more: {constant} scores {t.metric} {t.constant:.4f} on the same "
+                f"examples, so that is where this assignment gives no credit for the metric: a fine-tune must beat "
+                "a constant answer to count.")
+    return (f"{what}, and it sets the point where this assignment gives no credit for the metric: a fine-tune must "
+            f"beat it to count. (The best constant answer, {constant}, scores {t.constant:.4f}.)")
 
 
 def _paired(lab: Lab, refs: References, metric: str) -> str:
@@ -333,7 +442,8 @@ def _ablation(lab: Lab, refs: References, metric: str) -> str:
 def _assignment_yaml(spec: Task, refs: References, config: GradingConfig, public: bool) -> str:
     t = refs.thresholds
     data = {"task": spec.name, "public": public, "metric": t.metric,
-            "thresholds": {"zero_at": t.zero_at, "full_at": t.full_at, "margin": t.margin},
+            "thresholds": {"zero_at": t.zero_at, "full_at": t.full_at, "margin": t.margin, "baseline": t.baseline,
+                           "constant": t.constant, "finetuned": t.finetuned},
             "runs": {"finetuned": t.finetuned_run, "baseline": t.baseline_run, "train": refs.trained.id},
             "points": config.points.model_dump(), "llamalab": llamalab.__version__}
     return ("# Built by `llamalab assignment build`. public: true publishes the handout (and leaderboard.csv, with "

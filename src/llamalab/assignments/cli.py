@@ -45,13 +45,16 @@ def build(
 
     runs = [ref.strip() for item in from_runs or [] for ref in item.split(",") if ref.strip()]
     options = {} if margin is None else {"margin": margin}
+    notes: list[str] = []
     folder = build_assignment(find_lab(lab), task, name=name, from_runs=runs or None, out=out_dir, public=public,
-                              **options)
-    with grading_folder(folder) as grading:
+                              note=notes.append, **options)
+    with grading_folder(folder) as grading:  # the numbers as the grader will read them
         t = load_config(grading).thresholds
-    console.print(f"{t.metric}: 0 points at or below {t.zero_at:.4f} ({escape(t.baseline_system)}), full points at "
+    console.print(f"{t.metric}: 0 points at or below {t.zero_at:.4f} ({escape(t.zero_reason())}), full points at "
                   f"or above {t.full_at:.4f} ({escape(t.finetuned_system)} {t.finetuned:.4f} minus {t.margin:g}); "
                   f"hidden test: {t.finetuned_n:,} examples")
+    for line in notes:  # the constant-answer floor, and hidden files git tracks
+        console.print(line, markup=False, style="yellow" if line.startswith("warning") else None)
     for part, what in (("student", "hand this out"), ("autograder", "upload autograder.zip to Gradescope"),
                        ("solution", "the reference submission (full marks)")):
         console.print(f"  {folder / part}  [dim]{what}[/]")

@@ -117,20 +117,46 @@ def load_config(grading: Path) -> GradingConfig:
 
 def load_gold(path: Path) -> dict[str, str]:
     """The hidden answers, id -> gold, in the order the builder wrote them."""
-    gold = {}
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            gold[row["id"]] = row["gold"]
-    return gold
+    return {row["id"]: row["gold"] for row in _grading_rows(path, "gold")}
 
 
 def load_lab_ids(path: Path) -> dict[str, str]:
     """The lab's id of each renamed hidden example (none for the dev self-check, whose ids are the lab's)."""
     if not path.is_file():
         return {}
-    with path.open(encoding="utf-8") as handle:
-        return {row["id"]: row["lab_id"] for row in map(json.loads, handle)}
+    return {row["id"]: row["lab_id"] for row in _grading_rows(path, "lab_id")}
+
+
+def _grading_rows(path: Path, key: str) -> list[dict[str, str]]:
+    """The builder's JSON lines, each {"id": ..., key: ...} with string values (blank lines skipped); anything
+    else is an error naming the line. These are the grader's own files: on Gradescope, `main` turns the error
+    into a zero with an apology and shows it to staff."""
+    fix = "rebuild the assignment (`llamalab assignment build`) and upload the new autograder.zip"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise LlamalabError(f"{path} is missing: the grader needs it; {fix}") from None
+    except OSError as exc:
+        raise LlamalabError(f"{path}: cannot read it ({exc.strerror or exc}); {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise LlamalabError(f"{path}: not UTF-8 (byte offset {exc.start}); {fix}") from None
+    rows, seen = [], {}
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise LlamalabError(f"{path}:{number}: not JSON ({exc}); {fix}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get(key), str):
+            raise LlamalabError(f'{path}:{number}: expected a JSON object with a string "id" and a string "{key}"; '
+                                f"{fix}")
+        if row["id"] in seen:
+            raise LlamalabError(f"{path}:{number}: id {row['id']!r} was already given on line {seen[row['id']]}; "
+                                f"{fix}")
+        seen[row["id"]] = number
+        rows.append(row)
+    return rows
 
 
 # ---- predictions.jsonl ----------------------------------------------------------------------------------------
@@ -238,7 +264,7 @@ def _metric_test(predictions: Predictions, gold: dict[str, str], config: Grading
                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     t, points = config.thresholds, config.points.metric
     name = f"{config.metric} on the {'hidden test' if config.split == 'test' else 'dev'} examples"
-    rule = (f"No credit at or below {t.zero_at:.4f} (the best baseline without fine-tuning, {t.baseline_system}), "
+    rule = (f"No credit at or below {t.zero_at:.4f} ({t.zero_reason()}), "
             f"full credit at or above {t.full_at:.4f} (the lab's fine-tuned result {t.finetuned:.4f} minus a margin "
             f"of {t.margin:g}), linear in between.")
     if predictions.fatal:

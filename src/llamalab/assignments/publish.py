@@ -1,21 +1,25 @@
 """Assignments on the lab site: the handout of each assignment whose assignment.yaml says `public: true`, and
 its leaderboard when staff export one (leaderboard.csv with columns name and score; any other column, such as an
-email or a student id, is never read)."""
+email or a student id, is never read). And what the site must not publish: every built assignment's hidden test
+(`hidden_tests`), public or not."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from llamalab.assignments.rubric import ASSIGNMENT_FILE
+from llamalab.assignments.rubric import ASSIGNMENT_FILE, IDS_FILE
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab
 from llamalab.publish.content import render_markdown
+from llamalab.runs.record import read_predictions
 
 LEADERBOARD_FILE = "leaderboard.csv"
 
@@ -29,14 +33,69 @@ class PublicAssignment:
     leaderboard: list[tuple[str, float]] = field(default_factory=list)  # best first
 
 
-def public_assignments(lab: Lab) -> list[PublicAssignment]:
-    """The lab's public assignments, by name."""
+@dataclass
+class HiddenTest:
+    """A task's examples that some assignment grades on, which the site leaves out, and those assignments."""
+
+    ids: set[str] = field(default_factory=set)
+    assignments: list[str] = field(default_factory=list)
+
+
+def _built(lab: Lab) -> list[tuple[Path, dict]]:
+    """Every assignment.yaml under assignments/, read, by folder name."""
     found = []
     for path in sorted((lab.root / "assignments").glob(f"*/{ASSIGNMENT_FILE}")):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise LlamalabError(f"{path}: not valid YAML ({exc})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise LlamalabError(f"{path}: not valid YAML ({exc}); rebuild the assignment "
+                                "(`llamalab assignment build`) or restore the file") from None
+        found.append((path, data if isinstance(data, dict) else {}))
+    return found
+
+
+def hidden_tests(lab: Lab) -> dict[str, HiddenTest]:
+    """Task name -> the lab ids of the examples its built assignments grade on (public or not: the site is
+    public either way). The hidden test is every example the fine-tuned evaluation named in assignment.yaml
+    answered, so it is known from the lab's records alone (autograder/, which holds the hidden answers, stays
+    out of git, and a site built by CI has no copy); autograder.zip's id list adds to it where it is present."""
+    hidden: dict[str, HiddenTest] = {}
+    for path, data in _built(lab):
+        runs = data.get("runs")
+        tuned = runs.get("finetuned") if isinstance(runs, dict) else None
+        ids: set[str] = set()
+        if isinstance(tuned, str) and tuned and "/" not in tuned and (lab.runs_dir / tuned).is_dir():
+            ids |= set(read_predictions(lab.runs_dir / tuned))
+        ids |= _zip_ids(path.parent / "autograder" / "autograder.zip")
+        if ids:
+            entry = hidden.setdefault(str(data.get("task", "")), HiddenTest())
+            entry.ids |= ids
+            entry.assignments.append(path.parent.name)
+    return hidden
+
+
+def _zip_ids(archive_path: Path) -> set[str]:
+    """The lab ids in autograder.zip's grading/ids.jsonl; none when there is no readable one."""
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            lines = archive.read(f"grading/{IDS_FILE}").decode("utf-8").split("\n")
+    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
+        return set()
+    ids = set()
+    for line in lines:
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("lab_id"), str):
+            ids.add(row["lab_id"])
+    return ids
+
+
+def public_assignments(lab: Lab) -> list[PublicAssignment]:
+    """The lab's public assignments, by name."""
+    found = []
+    for path, data in _built(lab):
         handout = path.parent / "student" / "README.md"
         if not isinstance(data, dict) or data.get("public") is not True or not handout.is_file():
             continue
@@ -51,16 +110,27 @@ def read_leaderboard(path: Path) -> list[tuple[str, float]]:
     """(name, score) rows of a staff export, best first; a bad row is an error naming its line."""
     if not path.is_file():
         return []
-    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig")))
-    if not reader.fieldnames or not {"name", "score"} <= set(reader.fieldnames):
-        raise LlamalabError(f"{path}: needs the columns name and score (found: {', '.join(reader.fieldnames or [])})")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise LlamalabError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8 "
+                            "(a spreadsheet's \"CSV UTF-8\" export)") from None
+    reader = csv.DictReader(io.StringIO(text))
     rows = []
-    for row in reader:
-        try:
-            score = float(row["score"])
-        except (TypeError, ValueError):
-            score = math.nan
-        if not row["name"] or not math.isfinite(score):
-            raise LlamalabError(f"{path}:{reader.line_num}: needs a name and a numeric score")
-        rows.append((row["name"], score))
+    try:
+        if not reader.fieldnames or not {"name", "score"} <= set(reader.fieldnames):
+            raise LlamalabError(f"{path}: needs the columns name and score (found: "
+                                f"{', '.join(reader.fieldnames or [])})")
+        for row in reader:
+            try:
+                score = float(row["score"])
+            except (TypeError, ValueError):
+                score = math.nan
+            if not row["name"] or not math.isfinite(score):
+                raise LlamalabError(f"{path}:{reader.line_num}: needs a name and a numeric score")
+            rows.append((row["name"], score))
+    except csv.Error as exc:  # a NUL byte, a quote left open at the end of the file
+        raise LlamalabError(f"{path}:{reader.line_num + 1}: not readable as CSV ({exc}); export it again") from None
     return sorted(rows, key=lambda item: -item[1])

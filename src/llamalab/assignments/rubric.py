@@ -35,7 +35,8 @@ class Thresholds(StrictModel):
     """Where the metric part of the grade starts and ends, and the runs the numbers come from."""
 
     metric: str
-    zero_at: float = Field(description="no credit at or below: the best baseline without fine-tuning")
+    zero_at: float = Field(description="no credit at or below: the best baseline without fine-tuning, or what the "
+                                       "best constant answer scores (`constant`) where that is higher")
     full_at: float = Field(description="full credit at or above: the lab's fine-tuned result minus the margin")
     margin: float = Field(ge=0)
     baseline: float
@@ -46,12 +47,27 @@ class Thresholds(StrictModel):
     finetuned_run: str
     finetuned_system: str
     finetuned_n: int
+    # The score of the best answer given to every hidden example (the majority label, say); the answer itself is
+    # staff's only (it may be a hidden gold answer), and this config also travels in the student's grading/.
+    constant: float | None = None  # None: built before the floor was kept
 
     @model_validator(mode="after")
     def _leaves_a_range(self) -> Thresholds:
         if self.full_at <= self.zero_at:
             raise ValueError(f"full_at {self.full_at} must lie above zero_at {self.zero_at}")
         return self
+
+    @property
+    def floor_is_constant(self) -> bool:
+        """Zero credit is at what a constant answer scores, which the best baseline does not beat."""
+        return self.constant is not None and self.constant > self.baseline
+
+    def zero_reason(self) -> str:
+        """What sets zero credit, in words a student may read (the constant answer is not named)."""
+        if self.floor_is_constant:
+            return (f"what one answer given to every example scores, the most a constant answer can; the best "
+                    f"baseline without fine-tuning, {self.baseline_system}, scores {self.baseline:.4f}")
+        return f"the best baseline without fine-tuning, {self.baseline_system}"
 
 
 class Points(StrictModel):

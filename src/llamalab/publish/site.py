@@ -4,6 +4,9 @@ Every page links relatively (`../tasks/x/index.html`, never `/tasks/x/`), so the
 the file system and served under any sub-path, such as a GitHub Pages project site. Every piece of text from a
 user, a dataset or a model goes through Jinja's autoescaping, and raw HTML in Markdown is disabled; a
 Content-Security-Policy forbids inline scripts as a second line of defence.
+
+The examples of any built assignment's hidden test are left out of everything that shows examples (a run's
+predictions.jsonl copy, the example-by-example pages), whether or not the assignment is public: the site is.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import jinja2
 from pydantic import BaseModel
 
-from llamalab.assignments.publish import public_assignments
+from llamalab.assignments.publish import HiddenTest, hidden_tests, public_assignments
 from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import (
     comparison_warnings,
@@ -119,6 +122,7 @@ class _Builder:
     def build(self) -> None:
         lab = self.lab
         self.assignments = public_assignments(lab)  # the handouts staff chose to publish
+        self.hidden = hidden_tests(lab)  # by task: examples that assignments grade on, never published
         self.nav = NAV + [("assignments/index.html", "Assignments")] if self.assignments else NAV
         self.posts = content.load_posts(lab.root)
         self.tasks = load_tasks(lab)
@@ -183,8 +187,12 @@ class _Builder:
         self.page(f"{folder}/index.html", "task.html", f"Task: {task.name}", task=task, board=board, studies=studies,
                   card=data_card(self.lab, task), figures=figures_, earlier=earlier)
         if board:
+            hidden = self.hidden.get(task.name, HiddenTest())
+            rows = drilldown_rows(task, board, hidden.ids)
+            shown = {row["id"] for row in rows}
+            held_out = len({i for e in board.entries for i in e.predictions if i not in shown})
             self.page(f"{folder}/examples.html", "examples.html", f"{task.name}: example by example", task=task,
-                      board=board, rows=drilldown_rows(task, board))
+                      board=board, rows=rows, held_out=held_out, assignments=hidden.assignments)
 
     def _study(self, board: StudyBoard | SweepBoard | QuantBoard) -> None:
         folder = f"studies/{board.name}"
@@ -218,8 +226,15 @@ class _Builder:
         folder = f"runs/{record.id}"
         (self.out / folder).mkdir(parents=True)
         files = [name for name in _RUN_FILES if (record.folder / name).is_file()]
+        hidden = self.hidden.get(record.run.task.name) if record.run.kind == "eval" else None
+        if hidden is not None and record.run.task.split != "test":
+            hidden = None  # the hidden tests are test examples
+        held_out = 0
         for name in files:  # the raw records travel with the page, so "its predictions" is one click away
-            shutil.copyfile(record.folder / name, self.out / folder / name)
+            if name == PREDICTIONS and hidden is not None:
+                held_out = _copy_without(record.folder / name, self.out / folder / name, hidden.ids)
+            else:
+                shutil.copyfile(record.folder / name, self.out / folder / name)
         loss = None
         if record.run.kind == "train" and (history := loss_history(record)):
             figures.save(figures.loss_curve(history, f"training loss: {record.run.name}"),
@@ -228,7 +243,8 @@ class _Builder:
         config_path = record.folder / CONFIG_FILE
         config = config_path.read_text(encoding="utf-8") if config_path.is_file() else ""
         self.page(f"{folder}/index.html", "run.html", f"Run {record.id}", run=record.run, files=files, loss=loss,
-                  config=config, record_path=relative_run_path(record, self.lab.root))
+                  config=config, record_path=relative_run_path(record, self.lab.root), held_out=held_out,
+                  assignments=hidden.assignments if hidden is not None else [])
 
     def _assignments(self) -> None:
         """A page per public assignment (its handout, and the leaderboard staff exported), and their index."""
@@ -292,13 +308,36 @@ def _demote_headings(html: str) -> str:
     return re.sub(r"<(/?)h([1-6])>", lambda m: f"<{m.group(1)}h{min(int(m.group(2)) + 2, 6)}>", html)
 
 
-def drilldown_rows(task: Task, board: TaskBoard) -> list[dict]:
-    """One row per example any system saw: the input, the gold answer, and each system's answer and verdict."""
+def _copy_without(source: Path, target: Path, hidden: set[str]) -> int:
+    """Copy a predictions.jsonl leaving out the rows of hidden examples (each other line kept byte for byte); how
+    many examples were left out. A line that is no JSON object with an id (a kill's truncated last line, which may
+    be half of a hidden row) is left out too, uncounted: readers of the records skip it anyway."""
+    kept: list[bytes] = []
+    left_out: set[str] = set()
+    with source.open("rb") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                continue
+            if row["id"] in hidden:
+                left_out.add(row["id"])  # a resumed run may hold a row twice: one example
+            else:
+                kept.append(line if line.endswith(b"\n") else line + b"\n")
+    target.write_bytes(b"".join(kept))
+    return len(left_out)
+
+
+def drilldown_rows(task: Task, board: TaskBoard, hidden: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+    """One row per example any system saw: the input, the gold answer, and each system's answer and verdict;
+    none for a `hidden` example (an assignment's hidden test)."""
     try:
         examples = {ex.id: ex for split in load_task_data(task, strict=False).splits.values() for ex in split}
     except LlamalabError:  # the data cannot be read now (the data card says why): each answer's prompt shows
         examples = {}
-    ids = list(dict.fromkeys(i for e in board.entries for i in e.predictions))
+    ids = list(dict.fromkeys(i for e in board.entries for i in e.predictions if i not in hidden))
     rows = []
     for example_id in ids:
         answers = []

@@ -88,28 +88,46 @@ def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
 
 
 def _staged(target: Path, staging: Path, shared: bool) -> Iterator[Path]:
+    """Stage in `staging`, then swap it in as `target`. Whatever fails, the swap included, removes `staging` (no
+    `.NAME.partial` is left behind) and puts the previous `target` back if it had been moved aside. A `target` that
+    is a file is refused before anything is written: a build makes a folder, and a user's file is no previous build.
+    """
+
+    def _remove(path: Path) -> None:  # a folder, file or link: rmtree alone leaves a file where a folder was
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+    if target.exists() and not target.is_dir():
+        raise LlamalabError(f"{target} is a file, and a build writes a folder there: name a folder (or move the file)")
     old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(staging, ignore_errors=True)
+    _remove(staging)
     staging.mkdir(parents=True)
+    moved = False
     try:
         yield staging
         _readable(staging)
+        if shared:
+            try:
+                staging.rename(target)  # atomic; refused when another build already put a (non-empty) target there
+            except OSError:
+                if not target.exists():
+                    raise
+            return
+        _remove(old)  # a stale previous build, or a file someone left under our name
+        if target.exists() or target.is_symlink():
+            target.rename(old)
+            moved = True
+        staging.rename(target)
+        moved = False
+        _remove(old)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if moved and not target.exists():
+            old.rename(target)  # the swap failed halfway: the previous build is still whole, put it back
         raise
-    if shared:
-        try:
-            staging.rename(target)  # atomic, and refused when another build already put a (non-empty) target there
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not target.exists():
-                raise
-        return
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    finally:
+        _remove(staging)
 
 
 @contextlib.contextmanager
