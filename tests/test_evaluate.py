@@ -65,20 +65,43 @@ def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir):
         assert row["prediction"] == clean_rows[row["id"]]["prediction"]
         assert row["scores"] == pytest.approx(clean_rows[row["id"]]["scores"], abs=1e-4)
     assert resumed.run.metrics == clean.run.metrics
-    # The killed session recorded no time: the resumed run's time covers the 8 examples it predicted, and its time
-    # per 1,000 examples and the methods text say so (not 8 examples' time over all 20)
+    # Each saved row keeps its share of its batch's time, so the killed session's 12 examples (the longest: batches
+    # go longest first) count: timed by the resumed session's 8 short ones alone, the run looked fast.
     from llamalab.evaluation.compare import cost_and_time
     from llamalab.publish.methods import methods_paragraphs
     from llamalab.publish.results import task_boards
 
-    timings = resumed.run.timings
-    assert timings["predict_examples"] == 8 and clean.run.timings["predict_examples"] == 20
-    assert cost_and_time(resumed)["seconds_per_1k"] == 1000 * timings["predict_s"] / 8
+    timings, first = resumed.run.timings, {}
+    for row in rows:
+        first.setdefault(row["id"], row)
+    killed_s = sum(r["seconds"] for r in rows_of(interrupted)[:12])
+    assert killed_s > 0 and timings["predict_examples"] == 20 and clean.run.timings["predict_examples"] == 20
+    assert timings["predict_s"] == pytest.approx(sum(r["seconds"] for r in first.values()), abs=0.01)
+    assert timings["predict_s"] >= killed_s - 0.01
+    assert cost_and_time(resumed)["seconds_per_1k"] == 1000 * timings["predict_s"] / 20
     [board] = [b for b in task_boards(lab) if b.name == "sentiment"]
-    assert "(8 of its 20 examples; the rest were predicted in a session that was interrupted)" in " ".join(
-        methods_paragraphs(board, {}))
+    assert "interrupted" not in " ".join(methods_paragraphs(board, {}))
     with pytest.raises(LlamalabError, match="no unfinished evaluation"):
         evaluate(lab, EvalSettings(**settings), resume=True)
+    # the way to resume with the settings it had is said as `llamalab eval`'s options (it said train's key=value)
+    assert eval_killed_after(lab.root, 1, settings).returncode == -9
+    with pytest.raises(LlamalabError, match=r"resume with the same settings, e.g. `... --resume --batch-size 4`"):
+        evaluate(lab, EvalSettings(**{**settings, "batch_size": 2}), resume=True)
+
+
+def test_an_evaluation_killed_after_its_last_batch_was_saved_resumes(lab, tiny_model_dir):
+    """Killed while writing its record (every prediction saved): `--resume` crashed in the backend on no examples
+    and marked the run failed, for good; it finishes now, with the time of its rows and its recorded rates."""
+    settings = {"system": str(tiny_model_dir), "task": "sentiment", "limit": 8, "batch_size": 4}
+    done = evaluate(lab, EvalSettings(**settings))
+    run = json.loads((done.folder / "run.json").read_text())
+    run.update(status="running", pid=2**22 + 7, ended=None)  # no such process
+    (done.folder / "run.json").write_text(json.dumps(run))
+    resumed = evaluate(lab, EvalSettings(**settings), resume=True)
+    assert resumed.id == done.id and resumed.run.status == "finished"
+    assert resumed.run.metrics == done.run.metrics and resumed.run.throughput == done.run.throughput
+    assert resumed.run.timings["predict_examples"] == 8
+    assert resumed.run.timings["predict_s"] == pytest.approx(done.run.timings["predict_s"], abs=0.01)
 
 
 def test_compare_generation_systems_with_paired_bootstrap(lab, tiny_model_dir):
@@ -193,6 +216,9 @@ def test_reuse_continues_a_killed_evaluation_instead_of_starting_over(lab, tiny_
     [killed] = list_runs(lab.runs_dir, "eval")
     kept = {r["id"]: r["prediction"] for r in rows_of(killed)}
     assert len(kept) == 8
+    # rows as llamalab wrote them before rows carried their time: the time is the sessions' that ended (4 examples)
+    (killed.folder / "predictions.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "seconds"}) + "\n" for r in rows_of(killed)))
     options = {k: v for k, v in settings.items() if k != "system"}
     other = evaluate(lab, str(tiny_model_dir), **{**options, "limit": 4}, reuse=True)  # other settings: its own
     assert other.id != killed.id
@@ -266,6 +292,10 @@ def test_a_task_with_no_train_split_is_evaluated_zero_shot_and_shots_say_what_is
         evaluate(lab, str(tiny_model_dir), task="tldr_test", limit=2, max_new_tokens=2, shots=1)
     with pytest.raises(LlamalabError, match="--shots 5000: the train split of task 'scitldr' has .* use --shots"):
         evaluate(lab, str(tiny_model_dir), task="scitldr", limit=2, max_new_tokens=2, shots=5000)
+    # shots come from train: on the train split an evaluated example would be in its own prompt, with its answer
+    with pytest.raises(LlamalabError, match="--shots 2 with --split train: .* evaluated examples would be shown "
+                                            "with their answers in their own prompts"):
+        evaluate(lab, str(tiny_model_dir), task="sentiment", split="train", limit=2, shots=2)
     assert [r.id for r in list_runs(lab.runs_dir)] == before  # refused before any run folder
 
 
@@ -375,3 +405,13 @@ def test_predictions_for_a_handout_score_in_the_precision_the_system_was_loaded_
     assert {r["id"]: r["answer"] for r in read_jsonl(predicted)} == {ex.id: by_id[ex.id] for ex in examples}
     # a system named, not loaded, is loaded in the precision asked for
     predict_inputs(lab, str(tiny_model_dir), inputs, tmp_path / "c.jsonl", task="sentiment", precision="bfloat16")
+
+
+def test_prompts_past_the_models_context_are_refused(lab, tiny_model_dir):
+    """The hf backend scored positions past max_position_embeddings without a word (llama.cpp refuses)."""
+    with pytest.raises(LlamalabError, match=r"the model's context is 512 tokens \(max_position_embeddings\): the "
+                                            r"longest prompt with its longest label needs \d{4}; shorten the prompts"):
+        evaluate(lab, str(tiny_model_dir), task="sentiment", split="dev", limit=2, shots=40)
+    with pytest.raises(LlamalabError, match=r"context is 512 tokens .* the longest prompt with max_new_tokens 600 "
+                                            r"needs \d+"):
+        evaluate(lab, str(tiny_model_dir), task="gsm8k", split="test", limit=1, max_new_tokens=600)

@@ -8,6 +8,7 @@ from typing import Any
 from llamalab.backends.base import BatchSize, ChoiceRequest, Generation, GenerationCallback, ScoreCallback
 from llamalab.backends.hf_generation import generate_greedy
 from llamalab.backends.hf_scoring import forward_tokens, score_choices
+from llamalab.config import LlamalabError
 from llamalab.models import ModelRef, load_model, load_tokenizer
 
 
@@ -39,6 +40,8 @@ class HFBackend:
     def score_choices(
         self, requests: list[ChoiceRequest], batch_size: BatchSize, on_batch: ScoreCallback, precision: str = "float32"
     ) -> None:
+        self._check_context(max((len(r.prompt_ids) + max(len(c) for c in r.choice_ids) for r in requests),
+                                default=0), "the longest prompt with its longest label")
         rechecked: list[int] = []
         self.largest_batch = 0
 
@@ -54,6 +57,8 @@ class HFBackend:
         return forward_tokens(requests)
 
     def generate(self, inputs: list, max_new_tokens: int, batch_size: BatchSize, on_batch: GenerationCallback) -> None:
+        self._check_context(max((len(ids) for ids in inputs), default=0) + max_new_tokens,
+                            f"the longest prompt with max_new_tokens {max_new_tokens}")
         self.largest_batch = 0
 
         def wrap(indices: list[int], texts: list[str]) -> None:
@@ -61,6 +66,15 @@ class HFBackend:
             on_batch(indices, [Generation(text) for text in texts])
 
         generate_greedy(self.model, self.tokenizer, inputs, max_new_tokens, batch_size, on_batch=wrap)
+
+    def _check_context(self, longest: int, what: str) -> None:
+        """Refuse positions past the model's context (its max_position_embeddings) before computing anything: a
+        rotary model computes on past them without a word, and its scores there mean nothing (llama.cpp refuses)."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(context, int) and longest > context:
+            raise LlamalabError(
+                f"the model's context is {context} tokens (max_position_embeddings): {what} needs {longest}; shorten "
+                "the prompts (fewer shots, a shorter template) or lower --max-new-tokens")
 
     def close(self) -> None:
         self.model = None

@@ -228,7 +228,7 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
             done = {row["id"] for row in read_jsonl(path)}
             todo = [ex for ex in examples if ex.id not in done]
             n_tokens, computed, seconds = predict_rows(task, prompter, backend, todo, path, settings, console,
-                                                       len(done), unconditional)
+                                                       len(done), unconditional) if todo else (0, None, 0.0)
             rows = _ordered(read_jsonl(path), examples)
             metrics = metric_intervals(task.metric_names, rows, task.answer.labels or None,
                                        settings.bootstrap_resamples)
@@ -238,28 +238,31 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
                     rows, task.answer.labels, _label_chars(task), unconditional)
             for warning in summary["warnings"]:
                 console.print(f"[yellow]warning[/] {escape(warning)}")
-            # A session that was killed recorded no time: the time covers the examples predicted in sessions that
-            # ended (`predict_examples`), and per-example figures are taken over those alone.
             timed = record.run.timings
+            if all("seconds" in r for r in rows):  # each row's share of its batch's time, a killed session's too
+                predict_s, predict_examples = sum(r["seconds"] for r in rows), len(rows)
+            else:  # rows written before they carried their time: the sessions that ended (a killed one said none)
+                predict_s = timed.get("predict_s", 0) + seconds
+                predict_examples = int(timed.get("predict_examples", 0)) + len(todo)
+            rates = {} if not todo else {  # a session that found every row written has no rate to state
+                "examples_per_s": round(predict_examples / max(predict_s, 1e-9), 2),
+                # a chat API's tokens are its own (usage has them): no rate of ours to state
+                **({"tokens_per_s": round(n_tokens / max(seconds, 1e-9))} if system.kind != "api" else {}),
+                # what the model computed (a shared prompt prefix once, no padding): the work's floor
+                **({"forward_tokens": computed, "forward_tokens_per_s": round(computed / max(seconds, 1e-9))}
+                   if computed is not None else {}),
+                # bfloat16 scoring re-scores its close calls in float32: the rate covers both passes
+                **({"rechecked_float32": backend.rechecked} if settings.precision == "bfloat16"
+                   and settings.protocol == "loglikelihood" and hasattr(backend, "rechecked") else {}),
+                # the rows `batch_size: auto` put in one batch at most (it sizes them to the memory)
+                **({"largest_batch_rows": backend.largest_batch} if settings.batch_size == "auto"
+                   and getattr(backend, "largest_batch", 0) else {})}
             record.update(
                 metrics=metrics,
                 predictions_summary=summary,
-                timings={**timed, "load_model_s": round(load_s, 2),
-                         "predict_s": round(timed.get("predict_s", 0) + seconds, 2),
-                         "predict_examples": int(timed.get("predict_examples", 0)) + len(todo)},
-                throughput={"examples_per_s": round(len(todo) / max(seconds, 1e-9), 2),
-                            # a chat API's tokens are its own (usage has them): no rate of ours to state
-                            **({"tokens_per_s": round(n_tokens / max(seconds, 1e-9))} if system.kind != "api"
-                               else {}),
-                            # what the model computed (a shared prompt prefix once, no padding): the work's floor
-                            **({"forward_tokens": computed, "forward_tokens_per_s": round(computed / max(
-                                seconds, 1e-9))} if computed is not None else {}),
-                            # bfloat16 scoring re-scores its close calls in float32: the rate covers both passes
-                            **({"rechecked_float32": backend.rechecked} if settings.precision == "bfloat16"
-                               and settings.protocol == "loglikelihood" and hasattr(backend, "rechecked") else {}),
-                            # the rows `batch_size: auto` put in one batch at most (it sizes them to the memory)
-                            **({"largest_batch_rows": backend.largest_batch} if settings.batch_size == "auto"
-                               and getattr(backend, "largest_batch", 0) else {})},
+                timings={**timed, "load_model_s": round(load_s, 2), "predict_s": round(predict_s, 2),
+                         "predict_examples": predict_examples},
+                throughput=rates or record.run.throughput,
                 usage=_usage(rows),
             )
             write_json_atomic(record.folder / "metrics.json", metrics)
@@ -282,6 +285,10 @@ def draw_shots(task: Task, data: TaskData, settings: EvalSettings) -> tuple[Exam
     """The k-shot examples, drawn (seeded) from the train split; a zero-shot evaluation needs no train split."""
     if not settings.shots:
         return ()
+    if settings.split == "train":
+        raise LlamalabError(f"--shots {settings.shots} with --split train: the shots are drawn from the train split, "
+                            "so evaluated examples would be shown with their answers in their own prompts: evaluate "
+                            "--split dev or test, or use --shots 0")
     train = data.splits.get("train")
     if not train:
         raise LlamalabError(f"--shots {settings.shots} draws its examples from the train split of task "
@@ -437,6 +444,16 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
     total = already + len(examples)
     with progress_bar(console, f"eval {task.name}", total, unit="ex", done=already) as advance:
         started = time.perf_counter()
+        last = [started]
+
+        def timed(rows: list[dict]) -> list[dict]:
+            """Each row with its share of the time since the last batch was saved: the time of a session killed
+            later stays with its rows (batches go longest first: a resumed run timed by its last session alone
+            looked fast)."""
+            now = time.perf_counter()
+            share, last[0] = (now - last[0]) / max(len(rows), 1), now
+            return [{**r, "seconds": round(share, 6)} for r in rows]
+
         if settings.protocol == "loglikelihood":
             requests = []
             chars = _label_chars(task)
@@ -472,7 +489,7 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
                         logprobs={lab: s.logprob for lab, s in raw.items()},  # unrounded: re-scored later
                         tokens={lab: s.n_tokens for lab, s in raw.items()},
                     ))
-                append_jsonl(path, rows)
+                append_jsonl(path, timed(rows))
                 advance(len(indices))
 
             backend.score_choices(requests, settings.batch_size, save_scores, settings.precision)
@@ -489,7 +506,7 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
                     cut = {"answer_text": answer} if answer != g.text else {}  # what was scored, where it differs
                     rows.append(row(i, generation=g.text, **cut,
                                     **score_generation(task.answer, examples[i].answer, answer), **g.extra))
-                append_jsonl(path, rows)
+                append_jsonl(path, timed(rows))
                 advance(len(indices))
 
             try:

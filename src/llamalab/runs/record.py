@@ -321,7 +321,7 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
             raise LlamalabError(f"no unfinished {what} of {name!r} with these settings: {latest.id} was started with "
                                 f"different ones (config hash {latest.run.config_hash}, now {wanted}"
                                 + (f"; it had {changed}" if changed else "") + "); resume with the same settings"
-                                + (f", e.g. `... --resume {overrides_of(latest.config, config, defaults)}`"
+                                + (f", e.g. `... --resume {_how_to_set(kind, latest.config, config, defaults)}`"
                                    if changed else ""))
         raise LlamalabError(f"no unfinished {what} of {name!r} to resume in {runs_dir}")
     record = same[-1]
@@ -378,6 +378,16 @@ def overrides_of(theirs: dict, ours: dict, defaults: dict | None = None) -> str:
 
     return " ".join(shlex.quote(f"{key}={json.dumps(mine, separators=(',', ':'))}")
                     for key, mine, _ in _changed(theirs, ours, defaults))
+
+
+def _how_to_set(kind: str, theirs: dict, ours: dict, defaults: dict | None) -> str:
+    """The settings that turn `ours` into the run's: `train`'s key=value overrides, or `eval`'s options."""
+    if kind == "train":
+        return overrides_of(theirs, ours, defaults)
+    import shlex
+
+    return " ".join(f"--{key.replace('_', '-')} {shlex.quote(str(mine))}" if mine is not None else
+                    f"(no --{key.replace('_', '-')})" for key, mine, _ in _changed(theirs, ours, defaults))
 
 
 def _later_settings() -> dict:
