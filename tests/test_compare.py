@@ -554,3 +554,26 @@ def test_a_tie_is_a_delta_of_plus_zero_everywhere(lab):
     result = compare(lab, "sentiment")
     [other] = [row for row in result.systems if row.vs_reference is not None]
     assert other.vs_reference.delta == 0.0 and math.copysign(1, other.vs_reference.delta) == 1.0
+
+
+def test_evaluations_that_differ_in_budget_precision_or_shots_drawn_are_rows_of_their_own(lab, tiny_model_dir):
+    """A quick 1-token re-run replaced the full one in the table (the widest, newest of one system), and a bfloat16
+    run a float32 one, with nothing in the label to say so."""
+    from llamalab.evaluation.evaluate import evaluate
+
+    model = str(tiny_model_dir)
+    full = evaluate(lab, model, task="gsm8k", split="dev", limit=3, max_new_tokens=3)
+    quick = evaluate(lab, model, task="gsm8k", split="dev", limit=3, max_new_tokens=1)
+    rows = {row.run: row.system for row in compare(lab, "gsm8k", split="dev").systems}
+    label = full.run.display_label
+    assert rows == {full.id: f"{label} ({full.id[-4:]})", quick.id: f"{label} ({quick.id[-4:]})"}
+
+    wide = evaluate(lab, model, task="sentiment", split="dev", limit=4)
+    reduced = evaluate(lab, model, task="sentiment", split="dev", limit=4, precision="bfloat16")
+    seeded = evaluate(lab, model, task="sentiment", split="dev", limit=4, shots=1, shot_seed=1)
+    reseeded = evaluate(lab, model, task="sentiment", split="dev", limit=4, shots=1, shot_seed=2)
+    assert seeded.run.prompt.shots != reseeded.run.prompt.shots
+    rows = {row.run: row.system for row in compare(lab, "sentiment", split="dev").systems}
+    assert set(rows) == {wide.id, reduced.id, seeded.id, reseeded.id}
+    name = wide.run.system.label
+    assert rows[wide.id] == f"{name} [plain]" and rows[reduced.id] == f"{name} [plain, bfloat16]"

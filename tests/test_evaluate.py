@@ -415,3 +415,17 @@ def test_prompts_past_the_models_context_are_refused(lab, tiny_model_dir):
     with pytest.raises(LlamalabError, match=r"context is 512 tokens .* the longest prompt with max_new_tokens 600 "
                                             r"needs \d+"):
         evaluate(lab, str(tiny_model_dir), task="gsm8k", split="test", limit=1, max_new_tokens=600)
+
+
+def test_generations_cut_off_by_the_budget_are_counted_and_warned_about(lab, tiny_model_dir):
+    """A reasoning chain cut mid-sentence was scored by its last number with no word of it (the parse-failure
+    warning never fired): each row says whether the budget cut it off, and the summary counts them."""
+    record = evaluate(lab, str(tiny_model_dir), task="gsm8k", split="test", limit=3, max_new_tokens=3)
+    rows = rows_of(record)
+    assert all(r["truncated"] is True for r in rows)  # the random tiny model never ends within 3 tokens
+    summary = record.run.predictions_summary
+    assert summary.truncated == 3
+    assert any(w.startswith("3 of 3 outputs (100%) were cut off by --max-new-tokens") for w in summary.warnings)
+    from llamalab.evaluation.compare import prediction_cell
+
+    assert "cut off 3/3" in prediction_cell(summary)

@@ -90,6 +90,12 @@ def test_greedy_is_the_argmax_whatever_the_models_generation_config_says(tiny_mo
     (text,) = generate_greedy(model, tokenizer, [prompt], max_new_tokens=12)
     assert text == tokenizer.decode(tokens[:tokens.index(end) + 1], skip_special_tokens=True)  # the end kept, as
     # generate() keeps it (a real model's end tokens are special tokens, which decoding drops)
+    # and which outputs the budget cut off is said: an ended one was not, one without an end token in its 12 was
+    endless = next(p for p in ([n, n + 1] for n in range(100, 400, 7)) if end not in _argmax_continuation(model, p, 12))
+    heard = []
+    generate_greedy(model, tokenizer, [prompt, endless], max_new_tokens=12, batch_size=2,
+                    on_batch=lambda indices, texts, cut: heard.extend(zip(indices, cut, strict=True)))
+    assert sorted(heard) == [(0, False), (1, True)]
 
 
 def test_batched_greedy_generation_matches_one_by_one(tiny_model_dir, tokenizer):

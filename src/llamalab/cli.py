@@ -291,6 +291,8 @@ def _print_predictions(summary: PredictionSummary | None) -> None:
         console.print(f"predictions: {escape(shown)}{f', {more} more labels' if more > 0 else ''}")
     if summary.parse_failures is not None:
         console.print(f"unparsed outputs: {summary.parse_failures} of {summary.n}")
+    if summary.truncated is not None:
+        console.print(f"outputs cut off by --max-new-tokens: {summary.truncated} of {summary.n}")
     if summary.accuracy_by_normalization:
         shown = ", ".join(f"{how} {acc:.4f}" for how, acc in summary.accuracy_by_normalization.items())
         console.print(f"accuracy under each answer.normalize (same scores; choose on dev): {shown}")

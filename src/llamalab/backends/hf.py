@@ -61,9 +61,9 @@ class HFBackend:
                             f"the longest prompt with max_new_tokens {max_new_tokens}")
         self.largest_batch = 0
 
-        def wrap(indices: list[int], texts: list[str]) -> None:
+        def wrap(indices: list[int], texts: list[str], cut: list[bool]) -> None:
             self.largest_batch = max(self.largest_batch, len(indices))
-            on_batch(indices, [Generation(text) for text in texts])
+            on_batch(indices, [Generation(text, {"truncated": c}) for text, c in zip(texts, cut, strict=True)])
 
         generate_greedy(self.model, self.tokenizer, inputs, max_new_tokens, batch_size, on_batch=wrap)
 

@@ -21,10 +21,11 @@ def generate_greedy(
     prompts: list[list[int]],
     max_new_tokens: int = 16,
     batch_size: BatchSize = 16,
-    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    on_batch: Callable[[list[int], list[str], list[bool]], None] | None = None,
 ) -> list[str]:
     """Greedy continuations of tokenized prompts, batched by length with left padding (`auto`: as many as the
-    card's free memory holds), stopping at any of the model's end tokens.
+    card's free memory holds), stopping at any of the model's end tokens; `on_batch` also hears which were cut
+    off (the budget spent, no end token).
 
     Greedy means the argmax at every step: the model's own generation_config.json (a repetition penalty, a
     no-repeat n-gram size, forced or suppressed tokens) is set aside, since `generate` would otherwise merge it in.
@@ -34,7 +35,7 @@ def generate_greedy(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, budget = batch_rows(batch_size, model)
     lengths = [len(p) + max_new_tokens for p in prompts]  # what the KV cache holds by the last step
-    with _greedy_config(model, tokenizer, pad):
+    with _greedy_config(model, tokenizer, pad) as stop:
         for indices in length_batches(order, lengths, rows, budget):
             width = max(len(prompts[i]) for i in indices)
             ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in indices],
@@ -46,7 +47,11 @@ def generate_greedy(
             for i, text in zip(indices, texts, strict=True):
                 results[i] = text
             if on_batch:
-                on_batch(indices, texts)
+                new = output[:, width:]
+                ended = torch.isin(new, torch.tensor(stop, device=new.device)).any(dim=1) if stop else None
+                cut = [new.shape[1] >= max_new_tokens and (ended is None or not bool(ended[row]))
+                       for row in range(len(indices))]
+                on_batch(indices, texts, cut)
     return results  # type: ignore[return-value]
 
 
@@ -63,6 +68,6 @@ def _greedy_config(model, tokenizer, pad: int):
     model.generation_config = GenerationConfig(do_sample=False, num_beams=1, pad_token_id=pad,
                                                eos_token_id=stop or None, bos_token_id=own.bos_token_id)
     try:
-        yield
+        yield stop
     finally:
         model.generation_config = own

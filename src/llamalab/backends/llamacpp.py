@@ -87,7 +87,8 @@ class LlamaCppBackend:
         for i, prompt in enumerate(inputs):
             self.llm.reset()
             out = self.llm.create_completion(prompt=prompt, max_tokens=max_new_tokens, temperature=0.0)
-            on_batch([i], [Generation(out["choices"][0]["text"])])
+            choice = out["choices"][0]  # finish_reason "length": the budget ran out before an end token
+            on_batch([i], [Generation(choice["text"], {"truncated": choice.get("finish_reason") == "length"})])
 
     def close(self) -> None:
         self.llm.close()

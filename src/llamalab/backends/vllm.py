@@ -73,7 +73,8 @@ class VLLMBackend:
             indices = list(range(start, min(start + chunk, len(inputs))))
             outputs = self.llm.generate([{"prompt_token_ids": inputs[i]} for i in indices], params, use_tqdm=False,
                                         lora_request=self._lora)
-            on_batch(indices, [Generation(o.outputs[0].text) for o in outputs])
+            on_batch(indices, [Generation(o.outputs[0].text, {"truncated": o.outputs[0].finish_reason == "length"})
+                               for o in outputs])
 
     def close(self) -> None:
         self.llm = None

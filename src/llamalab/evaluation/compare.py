@@ -348,7 +348,8 @@ def comparison_table(result: Comparison) -> Table:
         caption=escape(
             f"p: {tests_label(result.systems)} on {result.metric} against {reference_name(result)}, "
             "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
-            "comparisons. predictions: the most frequent prediction and its share, and outputs that did not parse. "
+            "comparisons. predictions: the most frequent prediction and its share, outputs that did not parse, and "
+            "outputs cut off by the generation budget. "
             + (f"{cost_note(result.systems)} Time: evaluation wall time. " if with_cost else "")
             + earlier_data_note(result)).strip(),
     )
@@ -393,13 +394,16 @@ def signed(delta: float) -> str:
 
 
 def prediction_cell(summary: PredictionSummary) -> str:
-    """The most frequent prediction and its share (label tasks), and parse failures (generation)."""
+    """The most frequent prediction and its share (label tasks), parse failures and outputs the budget cut off
+    (generation)."""
     parts = []
     if summary.predicted:
         label, count = next(iter(summary.predicted.items()))
         parts.append(f"{label} {count / summary.n:.0%}")
     if summary.parse_failures:
         parts.append(f"unparsed {summary.parse_failures}/{summary.n}")
+    if summary.truncated:
+        parts.append(f"cut off {summary.truncated}/{summary.n}")
     return ", ".join(parts) or "-"
 
 

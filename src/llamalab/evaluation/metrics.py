@@ -126,9 +126,13 @@ def is_parsed(answer_type: str, row: dict) -> bool:
     return row.get("prediction") not in (None, "")
 
 
+TRUNCATION_WARNING = 0.05  # share of generations cut off by the budget that earns a warning
+
+
 def prediction_summary(answer: AnswerSpec, rows: Sequence[dict], protocol: str) -> dict:
-    """How the predictions fall: parse failures (generation), the predicted and gold label distributions (label
-    tasks), and warnings when one label takes a share of predictions far above its share of gold answers."""
+    """How the predictions fall: parse failures and outputs cut off by the budget (generation), the predicted and
+    gold label distributions (label tasks), and warnings when one label takes a share of predictions far above
+    its share of gold answers."""
     n = len(rows)
     summary: dict = {"n": n, "warnings": []}
     if protocol == "generate":
@@ -140,6 +144,12 @@ def prediction_summary(answer: AnswerSpec, rows: Sequence[dict], protocol: str) 
                 "count as wrong: check the prompt asks for that format (llamalab data show), or raise "
                 "--max-new-tokens if answers are cut off"
             )
+        if any("truncated" in r for r in rows):  # the backend said which ran out of budget (not chat APIs)
+            cut = summary["truncated"] = sum(1 for r in rows if r.get("truncated"))
+            if n and cut / n >= TRUNCATION_WARNING:
+                summary["warnings"].append(
+                    f"{cut} of {n} outputs ({cut / n:.0%}) were cut off by --max-new-tokens (the budget spent "
+                    "without an end token) and scored as they stand: raise --max-new-tokens")
     if answer.type == "label":
         predicted = Counter(NO_ANSWER if r["prediction"] is None else r["prediction"] for r in rows)
         gold = Counter(r["gold"] for r in rows)

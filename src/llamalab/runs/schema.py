@@ -28,6 +28,9 @@ Version history:
   9  an eval run's `system.quantized`: the GGUF type of a quantization study's export it evaluated (the
      system is then a fine-tuned run's or a base model's weights at that type); null in older records, whose
      exports of a fine-tuned run were recorded as base models (a study evaluates those files again).
+  10 an eval run's `predictions_summary.truncated`: generations cut off by max_new_tokens (the budget spent
+     without an end token; each such row says `truncated: true`); null in older records and where the backend
+     does not say (chat APIs).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -177,6 +180,7 @@ class PredictionSummary(Shape):
     n: int
     warnings: list[str] = []
     parse_failures: int | None = None
+    truncated: int | None = None  # generations max_new_tokens cut off (schema 10; null where not known)
     predicted: dict[str, int] | None = None  # most frequent first
     gold: dict[str, int] | None = None
     accuracy_by_normalization: dict[str, float] | None = None
@@ -209,6 +213,10 @@ class SystemKey(BaseModel):
     shots: int
     protocol: str
     backend: str
+    # what else changes the numbers: the shots drawn (their seed), the generation budget, the scoring precision
+    shot_ids: tuple[str, ...] = ()
+    max_new_tokens: int | None = None
+    precision: str | None = None
 
 
 class RunBase(Shape):
@@ -260,8 +268,11 @@ class EvalRun(RunBase):
             weights = f"model:{system.model.name}@{system.model.revision}"
         else:
             weights = f"label:{system.label}"
+        budget = (self.scoring.decoding or {}).get("max_new_tokens") if self.scoring.protocol == "generate" else None
         return SystemKey(weights=weights, format=self.prompt.format if self.prompt else None, shots=self.shots,
-                         protocol=self.scoring.protocol, backend=self.backend.backend)
+                         protocol=self.scoring.protocol, backend=self.backend.backend,
+                         shot_ids=tuple(self.prompt.shots) if self.prompt else (), max_new_tokens=budget,
+                         precision=self.scoring.precision)
 
     @property
     def export_type(self) -> str | None:
@@ -275,11 +286,15 @@ class EvalRun(RunBase):
 
     @property
     def display_label(self) -> str:
-        """How tables name the system: its label, prompt format, shots and (when not hf or an API) backend."""
+        """How tables name the system: its label, prompt format, shots, (when not hf or an API) backend and (when
+        reduced) scoring precision; evaluations that differ in what else `system_key` holds (the shots drawn, the
+        generation budget) are told apart by their run id where they share a table."""
         backend = self.backend.backend
         where = f", {backend}" if backend not in ("hf", "api") else ""
         shots = f", {self.shots}-shot" if self.shots else ""
-        return f"{self.system.label} [{self.prompt.format if self.prompt else None}{shots}{where}]"
+        precision = self.scoring.precision
+        reduced = f", {precision}" if precision in ("bfloat16", "float16") else ""  # a backend's own: its name says
+        return f"{self.system.label} [{self.prompt.format if self.prompt else None}{shots}{where}{reduced}]"
 
 
 # ---- train runs -----------------------------------------------------------------------------------------------
@@ -383,6 +398,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 8}, 8
     if version == 8:  # a quantized export was not told apart from the weights it was made from
         data, version = {**data, "schema_version": 9}, 9
+    if version == 9:  # generations the budget cut off were not counted (unknown: null)
+        data, version = {**data, "schema_version": 10}, 10
     return data
 
 
