@@ -371,3 +371,20 @@ def test_the_example_labs_gitignore_lists_the_hidden_paths() -> None:
     for pattern in ("assignments/*/autograder/", "assignments/*/solution/",
                     "assignments/*/student/grading/labels.jsonl"):
         assert pattern in text.splitlines()
+
+
+def test_a_rebuild_that_changes_the_hidden_test_says_so(lab: Lab) -> None:
+    """A rebuild (say, for another --margin) after a wider fine-tuned evaluation took the new one's examples: the
+    ids of a handout already given out named other examples, with no word of it."""
+    trained, tuned, base = _runs(lab, _examples(lab, 40))
+    notes: list[str] = []
+    build_assignment(lab, "sentiment", note=notes.append)
+    build_assignment(lab, "sentiment", margin=0.03, note=notes.append)  # the same runs: the same test
+    assert not any("hidden test changed" in line for line in notes)
+    wider = _examples(lab, 60)
+    _scored_eval(lab, "tuned", {ex.id: (ex.answer, n % 10 != 0) for n, ex in enumerate(wider)}, train_run=trained.id)
+    _scored_eval(lab, "base", {ex.id: (ex.answer, n % 2 == 0) for n, ex in enumerate(wider)})
+    build_assignment(lab, "sentiment", note=notes.append)
+    [said] = [line for line in notes if "hidden test changed" in line]
+    assert said.startswith("the hidden test changed since the last build: ") and "of its 60 ids" in said
+    assert f"(--from-runs {tuned.id} {base.id})" in said

@@ -98,6 +98,7 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
                             "with `split: dev`, or `dev: 0.1` under `data.split`) and evaluate again")
     previous = _previous(target)
     hidden = _hidden(refs.examples, name)
+    before = _previous_hidden(target)  # read now: the build replaces the folder
     config = GradingConfig(assignment=name, task=spec.name, split="test", n=len(hidden), answer=spec.answer,
                            metric=refs.thresholds.metric, thresholds=refs.thresholds)
     context = _context(lab, spec, name, refs, hidden, config, target)
@@ -123,9 +124,29 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
     note(f"constant-answer floor: {describe_constant(spec, refs.constant_answer)} scores {t.metric} "
          f"{t.constant:.4f} on the hidden test, {where} the best baseline's {t.baseline:.4f}"
          + (", so no credit is given at or below it" if t.floor_is_constant else ""))
+    now = {i: ex.id for i, ex in hidden}
+    if before and before != now:
+        changed = sum(1 for i, lab_id in now.items() if before.get(i) != lab_id)
+        runs = previous.get("runs") if isinstance(previous.get("runs"), dict) else {}
+        keep = " ".join(str(r) for r in (runs.get("finetuned"), runs.get("baseline")) if r)
+        note(f"the hidden test changed since the last build: {changed} of its {len(now)} ids now name other "
+             "examples (another fine-tuned evaluation was chosen): a handout given out before no longer matches the "
+             "grader; hand out the new student/ folder, or rebuild with the earlier runs"
+             + (f" (--from-runs {keep})" if keep else ""))
     for line in _git_warnings(target):
         note(line)
     return target
+
+
+def _previous_hidden(target: Path) -> dict[str, str]:
+    """The previous build's hidden test, test id -> lab id (from its autograder.zip; none without one)."""
+    try:
+        with zipfile.ZipFile(target / "autograder" / "autograder.zip") as archive:
+            lines = archive.read(f"grading/{IDS_FILE}").decode("utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+        return {row["id"]: row["lab_id"] for row in rows}
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return {}
 
 
 def _git_warnings(target: Path) -> list[str]:
