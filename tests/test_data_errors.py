@@ -550,10 +550,15 @@ def test_gold_answers_no_prediction_could_match_are_bad_rows(lab):
     folder = data_dir(lab)
     (folder / "num.jsonl").write_text('{"q": "x", "a": "seventy"}\n{"q": "y", "a": "n/a"}\n{"q": "z", "a": 3}\n'
                                       '{"q": "w", "a": "#### 1,234"}\n')
-    (lab.root / "tasks" / "probe.yaml").write_text(
-        "name: probe\ndata:\n  files: [{path: data/p/num.jsonl, split: test}, {path: data/p/num.jsonl, split: train}]"
-        "\n  text_fields: [q]\n  answer_field: a\nprompt: {template: '{{ q }}'}\nanswer: {type: number}\n")
-    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    def loaded(file: str, fields: str, answer_type: str):
+        """Task probe reading `file` as its test and train split, with these data fields and answer type."""
+        (lab.root / "tasks" / "probe.yaml").write_text(
+            f"name: probe\ndata:\n  files: [{{path: {file}, split: test}}, {{path: {file}, split: train}}]\n"
+            f"{fields}prompt: {{template: '{{{{ {'q' if 'q' in fields else 'text'} }}}}'}}\n"
+            f"answer: {{type: {answer_type}}}\n")
+        return load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+
+    data = loaded("data/p/num.jsonl", "  text_fields: [q]\n  answer_field: a\n", "number")
     assert [ex.answer for ex in data.split("test")] == ["3", "#### 1,234"]
     assert [str(b) for b in data.bad_rows][:2] == [
         "data/p/num.jsonl:1: answer 'seventy' holds no number (answer.type: number): fix the row, or drop it",
@@ -562,10 +567,7 @@ def test_gold_answers_no_prediction_could_match_are_bad_rows(lab):
     (folder / "ent.jsonl").write_text(
         '{"text": "Paris", "ents": [{"type": "loc", "text": "Paris"}]}\n{"text": "Bob in Rome", "ents": "PER: Bob"}\n'
         '{"text": "Ann", "ents": [{"kind": "per", "span": "Ann"}]}\n{"text": "none here", "ents": []}\n')
-    (lab.root / "tasks" / "probe.yaml").write_text(
-        "name: probe\ndata:\n  files: [{path: data/p/ent.jsonl, split: test}, {path: data/p/ent.jsonl, split: train}]"
-        "\n  answer_field: ents\nprompt: {template: '{{ text }}'}\nanswer: {type: entities}\n")
-    data = load_task_data(load_task(lab.task_path("probe"), lab.root), strict=False)
+    data = loaded("data/p/ent.jsonl", "  answer_field: ents\n", "entities")
     assert [ex.source for ex in data.split("test")] == ["data/p/ent.jsonl:1", "data/p/ent.jsonl:4"]
     assert [b.source for b in data.bad_rows][:2] == ["data/p/ent.jsonl:2", "data/p/ent.jsonl:3"]
     assert "is not a JSON list of entities" in str(data.bad_rows[0])

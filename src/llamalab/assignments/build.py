@@ -47,6 +47,7 @@ from llamalab.assignments.rubric import (
     REPORT_MIN_WORDS,
     REPORT_SECTIONS,
     GradingConfig,
+    archived_ids,
     split_points,
     submission_answer,
 )
@@ -98,7 +99,7 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
                             "with `split: dev`, or `dev: 0.1` under `data.split`) and evaluate again")
     previous = _previous(target)
     hidden = _hidden(refs.examples, name)
-    before = _previous_hidden(target)  # read now: the build replaces the folder
+    before = archived_ids(target / "autograder" / "autograder.zip")  # read now: the build replaces the folder
     config = GradingConfig(assignment=name, task=spec.name, split="test", n=len(hidden), answer=spec.answer,
                            metric=refs.thresholds.metric, thresholds=refs.thresholds)
     context = _context(lab, spec, name, refs, hidden, config, target)
@@ -136,17 +137,6 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
     for line in _git_warnings(target):
         note(line)
     return target
-
-
-def _previous_hidden(target: Path) -> dict[str, str]:
-    """The previous build's hidden test, test id -> lab id (from its autograder.zip; none without one)."""
-    try:
-        with zipfile.ZipFile(target / "autograder" / "autograder.zip") as archive:
-            lines = archive.read(f"grading/{IDS_FILE}").decode("utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-        return {row["id"]: row["lab_id"] for row in rows}
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
-        return {}
 
 
 def _git_warnings(target: Path) -> list[str]:

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from llamalab.assignments.rubric import ASSIGNMENT_FILE, IDS_FILE
+from llamalab.assignments.rubric import ASSIGNMENT_FILE, archived_ids
 from llamalab.config import LlamalabError
 from llamalab.lab import Lab
 from llamalab.publish.content import render_markdown
@@ -66,30 +64,12 @@ def hidden_tests(lab: Lab) -> dict[str, HiddenTest]:
         ids: set[str] = set()
         if isinstance(tuned, str) and tuned and "/" not in tuned and (lab.runs_dir / tuned).is_dir():
             ids |= set(read_predictions(lab.runs_dir / tuned))
-        ids |= _zip_ids(path.parent / "autograder" / "autograder.zip")
+        ids |= set(archived_ids(path.parent / "autograder" / "autograder.zip").values())
         if ids:
             entry = hidden.setdefault(str(data.get("task", "")), HiddenTest())
             entry.ids |= ids
             entry.assignments.append(path.parent.name)
     return hidden
-
-
-def _zip_ids(archive_path: Path) -> set[str]:
-    """The lab ids in autograder.zip's grading/ids.jsonl; none when there is no readable one."""
-    try:
-        with zipfile.ZipFile(archive_path) as archive:
-            lines = archive.read(f"grading/{IDS_FILE}").decode("utf-8").split("\n")
-    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
-        return set()
-    ids = set()
-    for line in lines:
-        try:
-            row = json.loads(line) if line.strip() else None
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("lab_id"), str):
-            ids.add(row["lab_id"])
-    return ids
 
 
 def public_assignments(lab: Lab) -> list[PublicAssignment]:

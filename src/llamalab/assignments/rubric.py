@@ -7,7 +7,10 @@ model is validated when the builder writes it and when the grader reads it.
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -163,3 +166,22 @@ def submission_answer(row: dict) -> str | None:
         return row.get("answer_text", row["generation"])
     prediction = row.get("prediction")
     return prediction if isinstance(prediction, str) else None
+
+
+def archived_ids(archive_path: Path) -> dict[str, str]:
+    """The hidden test of a built autograder.zip, test id -> lab id (from its grading/ids.jsonl); empty when there
+    is no readable archive, and a line that is not such a row is skipped."""
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            lines = archive.read(f"grading/{IDS_FILE}").decode("utf-8").splitlines()
+    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
+        return {}
+    ids = {}
+    for line in lines:
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("lab_id"), str):
+            ids[row["id"]] = row["lab_id"]
+    return ids
