@@ -89,6 +89,9 @@ def test_exact_match():
         ("9*2 = 18 dollars.\n#### 18\n\nQuestion: Tom has 3 and buys 4?\nAnswer: 3+4 = 7\n#### 7", "18"),
         ("#### Step 1: Eggs\n16 eggs.\n#### Step 2: Left\n16-3-4 = 9\nThe answer is 18", "18"),  # headings
         ("Answer: 5 + 3 = 8", "8"),
+        ("The answer is 2^3 = 8", "8"),
+        ("The answer is 10% of 50 = 5", "5"),
+        ("The answer is 20% = 0.2", "0.2"),
         ("The answer is not obvious. First 3 + 5 = 8, so we get 16.", "16"),
         ("#### 1/2", "0.5"),
         ("\\boxed{\\frac{3}{4}}", "0.75"),

@@ -71,6 +71,9 @@ def test_clean_run_has_text_usage_and_cost(llama_server: str, clean: list[ChatRe
         assert result.cost_usd == pytest.approx(price)
         assert not result.cached and result.attempts == 1 and result.latency_s > 0
     assert max(r.output_tokens for r in clean) <= 8
+    # finish_reason "length" exactly where the 8-token budget was spent, "stop" where the model ended first
+    assert all(r.truncated is (r.output_tokens == 8) for r in clean)
+    assert any(r.truncated for r in clean)
 
     # on_result runs on the caller's thread, once per request, after the row is cached.
     cache = tmp_path / "cache.sqlite"
@@ -83,7 +86,7 @@ def test_clean_run_has_text_usage_and_cost(llama_server: str, clean: list[ChatRe
 
     again = run_batch(api_model(llama_server), cache, REQUESTS[:4])
     assert all(r.cached and r.cost_usd == 0 and r.attempts == 0 for r in again)
-    assert [r.text for r in again] == [r.text for r in clean[:4]]
+    assert [(r.text, r.truncated) for r in again] == [(r.text, r.truncated) for r in clean[:4]]
     # The key is only ever sent in a header: never stored.
     for path in tmp_path.iterdir():
         assert API_KEY.encode() not in path.read_bytes(), path
@@ -274,11 +277,15 @@ def test_a_cache_made_by_an_older_llamalab_is_read_and_stays_writable_by_it(tmp_
     cache = _Cache(path)
     hit = cache.get("a")
     assert (hit.text, hit.input_tokens, hit.retried_input_tokens, hit.content_filtered) == ("old answer", 5, 0, False)
+    assert hit.truncated is None  # the old one never kept whether max_tokens cut it: not known, not "no"
     cache.put("b", dataclasses.replace(hit, text="new", retried_input_tokens=7, retried_output_tokens=1))
     old.execute("INSERT OR REPLACE INTO responses VALUES ('c', 'written by the old one', 1, 1, 0)")
     assert cache.get("b").retried_input_tokens == 7 and cache.get("c").text == "written by the old one"
     cache.put("b", dataclasses.replace(hit, text="again"))  # replaced without extras: none left behind
     assert cache.get("b").retried_input_tokens == 0
+    for truncated in (True, False, None):
+        cache.put("d", dataclasses.replace(hit, truncated=truncated))
+        assert cache.get("d").truncated is truncated
     cache.close()
     old.close()
 
@@ -295,7 +302,11 @@ def test_a_response_without_whole_token_counts_is_retried(usage) -> None:
     outcome = _parse_completion(httpx.Response(200, json=body))
     assert isinstance(outcome, _Retry) and "usage" in outcome.reason and outcome.billed is None
     body["usage"] = {"prompt_tokens": 4, "completion_tokens": 3}
-    assert _parse_completion(httpx.Response(200, json=body)) == ("hi", 4, 3, False, False)
+    assert _parse_completion(httpx.Response(200, json=body)) == ("hi", 4, 3, False, False, False)
+    body["choices"][0]["finish_reason"] = "length"
+    assert _parse_completion(httpx.Response(200, json=body))[-1] is True
+    del body["choices"][0]["finish_reason"]  # a server that does not say: not known
+    assert _parse_completion(httpx.Response(200, json=body))[-1] is None
 
 
 def test_retry_after_is_honoured(llama_server: str, tmp_path: Path) -> None:
@@ -355,7 +366,7 @@ def test_a_filtered_answer_that_leaves_content_out_is_final() -> None:
 
     usage = {"prompt_tokens": 10, "completion_tokens": 0}
     filtered = {"choices": [{"message": {"role": "assistant"}, "finish_reason": "content_filter"}], "usage": usage}
-    assert _parse_completion(httpx.Response(200, json=filtered)) == ("", 10, 0, True, False)
+    assert _parse_completion(httpx.Response(200, json=filtered)) == ("", 10, 0, True, False, False)
     stopped = {"choices": [{"message": {"role": "assistant"}, "finish_reason": "stop"}], "usage": usage}
     assert _parse_completion(httpx.Response(200, json=stopped)).billed == (10, 0)  # retried, its tokens counted
 
@@ -374,7 +385,7 @@ def test_a_filtered_answer_with_part_of_its_usage_counts_what_it_reported_and_is
     from llamalab.evaluation.evaluate import _usage
 
     body = {"choices": [{"message": {"content": ""}, "finish_reason": "content_filter"}], "usage": usage}
-    text, tokens_in, tokens_out, filtered, unmetered = _parse_completion(httpx.Response(200, json=body))
+    text, tokens_in, tokens_out, filtered, unmetered, _ = _parse_completion(httpx.Response(200, json=body))
     known = usage or {}
     assert (text, filtered, unmetered) == ("", True, True)
     assert tokens_in == (10 if known.get("prompt_tokens") == 10 else 0) and tokens_out == 0

@@ -45,6 +45,9 @@ def test_api_eval_through_faults_loses_nothing(lab, llama_server, api_env):
     clean_lab = with_api_model(lab, llama_server)
     clean = evaluate(clean_lab, EvalSettings(**SETTINGS))
     clean_rows = {r["id"]: r for r in read_jsonl(clean.folder / "predictions.jsonl")}
+    # the server's finish_reason "length" where the 4-token budget ran out: marked per row and counted
+    assert all(r["truncated"] is (r["output_tokens"] == 4) for r in clean_rows.values())
+    assert clean.run.predictions_summary.truncated == sum(r["truncated"] for r in clean_rows.values())
 
     api_env("faulty")  # every request must really go through the proxy
     faults = seeded_faults(0.5, seed=32, faults=(*DEFAULT_MIX, "null_content", "filtered", "filtered_prompt"),

@@ -494,6 +494,38 @@ def test_a_system_sharing_no_example_is_named_untested_not_listed_as_a_test(lab)
     assert "(exact McNemar)" in text and text.endswith("c [plain] shares no example with it and is not tested.")
 
 
+def test_a_system_whose_rows_cannot_give_the_ranking_metric_is_untested_not_a_crash(lab):
+    """An evaluation whose rows predate the metric's per-example field has an empty cell and no test (the paired
+    test raised a KeyError and compare, the report and the site stopped); one whose metric is undefined on every
+    resample (an entity precision of a system that predicts no entity) has no Δ, not Δ 1.0 at p 1."""
+    from llamalab.evaluation.compare import _paired, tests_label
+    from llamalab.publish.methods import _comparison
+    from llamalab.publish.results import task_boards
+
+    fake_eval(lab, "a", [True] * 8 + [False] * 2)
+    old = RunRecord.create(lab.runs_dir, "eval", "old", {"system": "old"}, **eval_fields(label="old", n=10))
+    append_jsonl(old.folder / "predictions.jsonl", [
+        {"id": f"x:{i}", "gold": "positive", "prediction": "positive"} for i in range(10)])  # no `correct`
+    old.update(status="finished")
+    result = compare(lab, "sentiment")
+    untested = result.systems[-1]
+    assert untested.system == "old [plain]" and "accuracy" not in untested.metrics
+    assert untested.vs_reference.delta is None and untested.vs_reference.p_holm is None
+    assert tests_label(result.systems) == "none (accuracy not recorded per example)"
+    board = task_boards(lab)[0]
+    assert _comparison(board).endswith("old [plain] is not tested (accuracy not recorded per example).")
+
+    class Entry:  # the two fields _paired reads
+        def __init__(self, rows):
+            self.predictions = {r["id"]: r for r in rows}
+
+    right = Entry([{"id": f"e{i}", "tp": 1, "fp": 0, "fn": 0} for i in range(6)])
+    silent = Entry([{"id": f"e{i}", "tp": 0, "fp": 0, "fn": 1} for i in range(6)])
+    vs = _paired(right, silent, "entity_precision", None, 200)
+    assert vs.delta is None and vs.test == "none: entity_precision undefined for one of them"
+    assert _paired(right, silent, "entity_recall", None, 200).delta == pytest.approx(-1.0)
+
+
 def test_each_systems_row_is_its_widest_evaluation_on_current_data_on_random_records(lab):
     """Property: for random sequences of evaluations of a few systems, some on the task's earlier data, each row is
     the system's evaluation on current data with the most examples (the newest of those), and the systems left

@@ -172,6 +172,36 @@ def test_parse_failures_on_random_samples():
         assert bool(summary["warnings"] and "did not parse" in summary["warnings"][0]) == (failures / 50 >= 0.2)
 
 
+def test_outputs_cut_off_by_the_budget_on_random_samples():
+    """Property: the count of outputs cut off is exact when every row says whether it was, unknown (None) when some
+    row does not (kept before it was, or a chat API without finish_reason), absent when none does; the warning fires
+    exactly from 5% of known cut-offs, with their count ("at least" when rows are missing)."""
+    import random
+    import re
+
+    rng = random.Random(13)
+    answer = AnswerSpec(type="number")
+    for _ in range(400):
+        n = rng.randint(1, 80)
+        share, said = rng.choice([0, 0.02, 0.05, 0.3, 1]), rng.choice([0, 1, 0.9])
+        rows = [{"id": str(i), "parsed": True, "prediction": "1", "gold": "1"} for i in range(n)]
+        for row in rows:
+            if rng.random() < said:
+                row["truncated"] = rng.random() < share
+        summary = prediction_summary(answer, rows, "generate")
+        known = [r["truncated"] for r in rows if "truncated" in r]
+        cut = sum(known)
+        if not known:
+            assert "truncated" not in summary
+        else:
+            assert summary["truncated"] == (cut if len(known) == n else None)
+        warned = [w for w in summary["warnings"] if "cut off" in w]
+        assert bool(warned) == (bool(known) and cut / n >= 0.05)
+        if warned:
+            counted = re.match(r"(at least )?(\d+) of (\d+) outputs", warned[0])
+            assert (bool(counted[1]), int(counted[2]), int(counted[3])) == (len(known) < n, cut, n)
+
+
 def test_normalisation_accuracies_on_random_scores():
     """Property: each accuracy equals an independent argmax of that normalisation's score."""
     import random

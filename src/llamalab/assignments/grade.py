@@ -282,7 +282,8 @@ def _metric_test(predictions: Predictions, gold: dict[str, str], config: Grading
     score = metric_points(m["estimate"], t, points)
     unanswered = sum(1 for i in ids if i not in predictions.answers)
     unparsed = sum(1 for r in rows if not r.get("parsed", True)) - unanswered
-    lines = [f"{config.metric} {m['estimate']:.4f} (95% CI [{m['low']:.4f}, {m['high']:.4f}], percentile bootstrap) "
+    how = m["method"].split(",")[0]  # "exact binomial (Clopper-Pearson)", "percentile bootstrap"
+    lines = [f"{config.metric} {m['estimate']:.4f} (95% CI [{m['low']:.4f}, {m['high']:.4f}], {how}) "
              f"on {len(ids)} examples: {score:g} of {points} points.", rule]
     if config.partial:
         lines.append(f"Scored on the {len(ids)} of {len(gold)} dev examples you submitted.")

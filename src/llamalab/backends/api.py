@@ -114,6 +114,9 @@ class ChatResult:
     retried_output_tokens: int = 0
     content_filtered: bool = False
     unmetered: bool = False  # a filtered answer the provider sent no (or not all) token counts for
+    # `finish_reason: length`, the max_tokens budget spent; None where not known (no finish_reason, or a cache entry
+    # written before this was kept)
+    truncated: bool | None = None
 
 
 class ApiError(LlamalabError):
@@ -330,10 +333,10 @@ class ChatClient:
             parsed = _parse_completion(response)
             if isinstance(parsed, _Retry):
                 return parsed
-            text, input_tokens, output_tokens, filtered, unmetered = parsed
+            text, input_tokens, output_tokens, filtered, unmetered, truncated = parsed
             return ChatResult(text=text, input_tokens=input_tokens, output_tokens=output_tokens,
                               cost_usd=self._cost(input_tokens, output_tokens), latency_s=latency, cached=False,
-                              attempts=attempt, content_filtered=filtered, unmetered=unmetered)
+                              attempts=attempt, content_filtered=filtered, unmetered=unmetered, truncated=truncated)
         if status == 400 and _prompt_filtered(response):
             # Azure's content filter refusing the prompt: as final as a filtered answer, and with no usage
             return ChatResult(text="", input_tokens=0, output_tokens=0, cost_usd=0.0, latency_s=latency,
@@ -441,6 +444,9 @@ class _Cache:
                 "CREATE TABLE IF NOT EXISTS response_extras (key TEXT PRIMARY KEY, retried_input_tokens INTEGER NOT "
                 "NULL, retried_output_tokens INTEGER NOT NULL, content_filtered INTEGER NOT NULL)"
             )
+            # Whether max_tokens cut the answer (1) or not (0); no row: not known (written before this table)
+            self._db.execute("CREATE TABLE IF NOT EXISTS response_truncated (key TEXT PRIMARY KEY, truncated "
+                             "INTEGER NOT NULL)")
         except sqlite3.Error as exc:
             raise ApiError(f"{path}: cannot open the API response cache ({exc})") from None
 
@@ -448,8 +454,8 @@ class _Cache:
         with self._lock:
             row = self._db.execute(
                 "SELECT r.text, r.input_tokens, r.output_tokens, e.retried_input_tokens, e.retried_output_tokens, "
-                "e.content_filtered FROM responses r LEFT JOIN response_extras e ON e.key = r.key WHERE r.key = ?",
-                (key,)
+                "e.content_filtered, t.truncated FROM responses r LEFT JOIN response_extras e ON e.key = r.key "
+                "LEFT JOIN response_truncated t ON t.key = r.key WHERE r.key = ?", (key,)
             ).fetchone()
         if row is None:
             return None
@@ -457,7 +463,8 @@ class _Cache:
         filtered = row[5] or 0
         return ChatResult(text=row[0], input_tokens=row[1], output_tokens=row[2], cost_usd=0.0, latency_s=0.0,
                           cached=True, attempts=0, retried_input_tokens=row[3] or 0, retried_output_tokens=row[4] or 0,
-                          content_filtered=bool(filtered), unmetered=filtered == 2 or (filtered == 1 and not row[1]))
+                          content_filtered=bool(filtered), unmetered=filtered == 2 or (filtered == 1 and not row[1]),
+                          truncated=None if row[6] is None else bool(row[6]))
 
     def put(self, key: str, result: ChatResult) -> None:
         filtered = (2 if result.unmetered else 1) if result.content_filtered else 0
@@ -471,6 +478,11 @@ class _Cache:
                     self._db.execute("INSERT OR REPLACE INTO response_extras VALUES (?, ?, ?, ?)", (key, *extras))
                 else:
                     self._db.execute("DELETE FROM response_extras WHERE key = ?", (key,))
+                if result.truncated is None:
+                    self._db.execute("DELETE FROM response_truncated WHERE key = ?", (key,))
+                else:
+                    self._db.execute("INSERT OR REPLACE INTO response_truncated VALUES (?, ?)",
+                                     (key, int(result.truncated)))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -518,9 +530,10 @@ def _check_request(index: int, request: ChatRequest) -> None:
                        index)
 
 
-def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool, bool] | _Retry:
-    """(text, input tokens, output tokens, cut by a content filter, token counts missing) from a 200 response, or
-    why it can't be used (a retryable problem) with the tokens its usage says were billed all the same."""
+def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool, bool, bool | None] | _Retry:
+    """(text, input tokens, output tokens, cut by a content filter, token counts missing, cut by max_tokens or None
+    where the response has no finish_reason) from a 200 response, or why it can't be used (a retryable problem)
+    with the tokens its usage says were billed all the same."""
     try:
         data = response.json()
     except ValueError:
@@ -530,7 +543,8 @@ def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool, bo
     billed = (tokens[0], tokens[1]) if tokens and all(_count(t) for t in tokens) else None
     try:
         choice = data["choices"][0]
-        filtered = isinstance(choice, dict) and choice.get("finish_reason") == "content_filter"
+        finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+        filtered = finish == "content_filter"
         # a filtered answer may leave the content out altogether (Azure: "no content")
         text = choice["message"].get("content") if filtered else choice["message"]["content"]
     except (KeyError, IndexError, TypeError, AttributeError):
@@ -542,9 +556,10 @@ def _parse_completion(response: httpx.Response) -> tuple[str, int, int, bool, bo
     if billed is None:
         if filtered:  # final all the same: count the tokens it did report (usage.content_filtered_unmetered)
             known = [t if _count(t) else 0 for t in tokens] or [0, 0]
-            return text, known[0], known[1], True, True
+            return text, known[0], known[1], True, True, False
         return _Retry("response lacks usage.prompt_tokens and usage.completion_tokens as whole numbers")
-    return text, billed[0], billed[1], filtered, False
+    truncated = finish == "length" if isinstance(finish, str) and finish else None
+    return text, billed[0], billed[1], filtered, False, truncated
 
 
 def _prompt_filtered(response: httpx.Response) -> bool:

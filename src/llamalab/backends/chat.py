@@ -50,7 +50,8 @@ class ChatApiBackend:
                      "cost_usd": round(billed_in * prices[0] + billed_out * prices[1], 8),
                      "latency_s": round(result.latency_s, 3), "cached": result.cached, "attempts": result.attempts,
                      "content_filtered": result.content_filtered,
-                     **({"unmetered": True} if result.unmetered else {})}
+                     **({"unmetered": True} if result.unmetered else {}),
+                     **({} if result.truncated is None else {"truncated": result.truncated})}
             on_batch([index], [Generation(result.text, extra)])
 
         self.client.complete_many(requests, on_result=save)

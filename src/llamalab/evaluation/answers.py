@@ -114,8 +114,8 @@ _NUMBER = re.compile(
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}")  # LaTeX \frac{a}{b} -> a/b
 # What may stand between an answer marker and its number: a colon or equals sign, bold, \boxed{.
 _LEAD_IN = re.compile(r"\s*(?:[:=]\s*)?(?:\*\*\s*)?(?:\\boxed\s*\{\s*)?")
-# An arithmetic chain after a number, up to its "=": "5 + 3 = 8" answers 8.
-_CHAIN = re.compile(r"(?:\s*[-+*/×÷x]\s*\(?[$€£]?\d[\d,]*(?:\.\d+)?\)?)*\s*=\s*")
+# An arithmetic chain after a number, up to its "=": "5 + 3 = 8", "2^3 = 8" and "10% of 50 = 5" answer 8, 8, 5.
+_CHAIN = re.compile(r"%?(?:\s*(?:[-+*/×÷x^]|of\b)\s*\(?[$€£]?\d[\d,]*(?:\.\d+)?%?\)?)*\s*=\s*")
 _MARKER = re.compile(r"####")
 _ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")

@@ -27,7 +27,7 @@ class PairedResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    test: str  # "exact McNemar", "paired bootstrap", or "none: no shared examples"
+    test: str  # "exact McNemar", "paired bootstrap", or "none: " and why (e.g. "none: no shared examples")
     delta: float | None  # this system's metric minus the reference's
     p_value: float
     n: int
@@ -133,6 +133,7 @@ def latest_evals(lab: Lab, task: Task, split: str = "test", only: set[str] | Non
 
 
 LOWER_BOUND = "API list prices, at least"
+NO_SHARED = "no shared examples"  # why a system was not tested against the reference (`PairedResult.test`)
 UNPRICED = "no prices in lab.yaml"  # an API model's cost basis when lab.yaml gives it none: its cost is unknown
 
 
@@ -297,9 +298,15 @@ def refers_to(reference: str, run_id: str, label: str, train_run: str | None = N
 def _paired(reference: Entry, other: Entry, metric: str, labels, resamples: int) -> PairedResult:
     shared = sorted(reference.predictions.keys() & other.predictions.keys())
     if not shared:
-        return PairedResult(test="none: no shared examples", delta=None, p_value=1.0, n=0)
-    result = paired_test(metric, [reference.predictions[i] for i in shared], [other.predictions[i] for i in shared],
-                         labels, resamples)
+        return PairedResult(test=f"none: {NO_SHARED}", delta=None, p_value=1.0, n=0)
+    try:
+        result = paired_test(metric, [reference.predictions[i] for i in shared],
+                             [other.predictions[i] for i in shared], labels, resamples)
+    except KeyError:  # rows written before the metric's field existed: its cell is empty, and there is no test
+        return PairedResult(test=f"none: {metric} not recorded per example", delta=None, p_value=1.0, n=0)
+    if result.detail.get("undefined_resamples", 0) == result.detail.get("n_resamples"):
+        # e.g. an entity precision of a system that predicts no entity: no resample says anything about Δ
+        return PairedResult(test=f"none: {metric} undefined for one of them", delta=None, p_value=1.0, n=0)
     paired_subset = len(shared) != len(reference.predictions) or len(shared) != len(other.predictions)
     # this system minus the reference; + 0.0 makes a tie 0.0 (tables print +0.000; -0.0 in --json and Python)
     return PairedResult(test=result.test, delta=-result.delta + 0.0, p_value=result.p_value, n=result.n,
@@ -320,12 +327,17 @@ def tests_label(rows: list[SystemRow]) -> str:
     """The tests a caption names: those that ran, or why there are none."""
     if tests := tests_run(rows):
         return ", ".join(tests)
-    return "none (no other system shares an example with it)" if untested(rows) else "no other system"
+    if not (apart := untested(rows)):
+        return "no other system"
+    if set(apart.values()) == {NO_SHARED}:
+        return "none (no other system shares an example with it)"
+    return "none (" + "; ".join(sorted(set(apart.values()))) + ")"
 
 
-def untested(rows: list[SystemRow]) -> list[str]:
-    """Systems not tested against the reference: they share no example with it."""
-    return [row.system for row in rows if row.vs_reference and row.vs_reference.delta is None]
+def untested(rows: list[SystemRow]) -> dict[str, str]:
+    """Systems not tested against the reference, with why (`NO_SHARED`, or a metric no test could use)."""
+    return {row.system: row.vs_reference.test.removeprefix("none: ") for row in rows
+            if row.vs_reference and row.vs_reference.delta is None}
 
 
 def earlier_data_note(result: Comparison) -> str:

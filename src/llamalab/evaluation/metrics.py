@@ -97,10 +97,14 @@ def canonical_order(rows: Sequence[dict]) -> list[dict]:
 
 
 def metric_intervals(metrics: Sequence[str], rows: Sequence[dict], labels=None, resamples: int = 5000) -> dict:
-    """Each metric with its 95% percentile-bootstrap interval (examples resampled whole, for macro-F1 too)."""
+    """Each metric with its 95% interval: exact binomial (Clopper-Pearson) for right/wrong metrics, a percentile
+    bootstrap for the others (examples resampled whole, for macro-F1 too)."""
     rows = canonical_order(rows)
+    if not rows:
+        raise ValueError("empty input: need at least one example")
     return {
-        name: stats.statistic_ci(row_statistic(name, rows, labels), n_resamples=resamples).to_dict()
+        name: (stats.binomial_ci(sum(bool(r[_BINARY[name]]) for r in rows), len(rows)) if name in _BINARY
+               else stats.statistic_ci(row_statistic(name, rows, labels), n_resamples=resamples)).to_dict()
         for name in metrics
     }
 
@@ -144,12 +148,16 @@ def prediction_summary(answer: AnswerSpec, rows: Sequence[dict], protocol: str) 
                 "count as wrong: check the prompt asks for that format (llamalab data show), or raise "
                 "--max-new-tokens if answers are cut off"
             )
-        if any("truncated" in r for r in rows):  # the backend said which ran out of budget (not chat APIs)
-            cut = summary["truncated"] = sum(1 for r in rows if r.get("truncated"))
-            if n and cut / n >= TRUNCATION_WARNING:
+        known = sum(1 for r in rows if "truncated" in r)  # rows whose backend said whether the budget ran out
+        if known:
+            cut = sum(1 for r in rows if r.get("truncated"))
+            # a count only when every row says: rows from before it was kept (a resumed run, a cache) may be cut too
+            summary["truncated"] = cut if known == n else None
+            if cut / n >= TRUNCATION_WARNING:
                 summary["warnings"].append(
-                    f"{cut} of {n} outputs ({cut / n:.0%}) were cut off by --max-new-tokens (the budget spent "
-                    "without an end token) and scored as they stand: raise --max-new-tokens")
+                    f"{'' if known == n else 'at least '}{cut} of {n} outputs ({cut / n:.0%}) were cut off by "
+                    "--max-new-tokens (the budget spent without an end token) and scored as they stand: raise "
+                    "--max-new-tokens")
     if answer.type == "label":
         predicted = Counter(NO_ANSWER if r["prediction"] is None else r["prediction"] for r in rows)
         gold = Counter(r["gold"] for r in rows)

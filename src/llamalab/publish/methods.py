@@ -14,7 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llamalab.config import LlamalabError
-from llamalab.evaluation.compare import SystemRow, format_seconds, reference_name, tests_run, untested
+from llamalab.evaluation.compare import (
+    NO_SHARED,
+    SystemRow,
+    format_seconds,
+    reference_name,
+    tests_run,
+    untested,
+)
 from llamalab.publish.results import TaskBoard
 from llamalab.runs.record import RunRecord
 from llamalab.runs.schema import DataUsed, EvalRun, ScoringInfo, TrainRun
@@ -497,8 +504,14 @@ def _intervals(board: TaskBoard, evals: list[_Eval]) -> str:
 
 def _comparison(board: TaskBoard) -> str:
     tests, apart = tests_run(board.rows), untested(board.rows)
-    not_tested = (f" {_join(apart)} {'shares' if len(apart) == 1 else 'share'} no example with it and "
-                  f"{'is' if len(apart) == 1 else 'are'} not tested." if apart else "")
+    by_reason: dict[str, list[str]] = {}
+    for system, reason in apart.items():
+        by_reason.setdefault(reason, []).append(system)
+    not_tested = "".join(
+        f" {_join(names)} {'shares' if len(names) == 1 else 'share'} no example with it and "
+        f"{'is' if len(names) == 1 else 'are'} not tested." if reason == NO_SHARED else
+        f" {_join(names)} {'is' if len(names) == 1 else 'are'} not tested ({reason})."
+        for reason, names in by_reason.items())
     if not tests:
         if apart:
             return f"No system is compared with {reference_name(board.comparison)}:{not_tested}"

@@ -100,7 +100,7 @@ def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str])
             vs = row.vs_reference
             test = "the best system" if vs is None else (
                 f"Δ {format_delta(vs)} vs best, p {_p(vs.p_holm)} ({vs.test}, Holm)"
-                if vs.delta is not None else "no shared examples with the best")
+                if vs.delta is not None else f"not tested against the best ({vs.test.removeprefix('none: ')})")
             lines.append(f"- New: {md_escape(row.system)}, {metric} {format_interval(row.metrics[metric])}; {test} "
                          f"— [run](../runs/{row.run}/)")
     if note := earlier_data_note(board.comparison):

@@ -29,8 +29,8 @@ Version history:
      system is then a fine-tuned run's or a base model's weights at that type); null in older records, whose
      exports of a fine-tuned run were recorded as base models (a study evaluates those files again).
   10 an eval run's `predictions_summary.truncated`: generations cut off by max_new_tokens (the budget spent
-     without an end token; each such row says `truncated: true`); null in older records and where the backend
-     does not say (chat APIs).
+     without an end token, or a chat API's `finish_reason: length`; each such row says `truncated: true`); null
+     in older records and where not every row says (a chat API without finish_reason, rows kept before this).
 """
 
 from __future__ import annotations
