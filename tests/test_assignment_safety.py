@@ -388,3 +388,63 @@ def test_a_rebuild_that_changes_the_hidden_test_says_so(lab: Lab) -> None:
     [said] = [line for line in notes if "hidden test changed" in line]
     assert said.startswith("the hidden test changed since the last build: ") and "of its 60 ids" in said
     assert f"(--from-runs {tuned.id} {base.id})" in said
+
+
+def test_the_constant_answer_floor_on_random_hidden_tests(lab: Lab) -> None:
+    """Property: for random hidden tests of a label task, the floor is the best of the labels given to every
+    example, computed independently: accuracy the largest label share; macro-F1 of a constant label with c of n
+    gold answers 2c / (c + n) over the classes present (the gold ones and that label); and its answer scores it."""
+    import random
+
+    from llamalab.assignments.references import constant_floor
+    from llamalab.tasks.data import Example
+    from llamalab.tasks.task import load_task
+
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    labels = list(task.answer.labels)
+    rng = random.Random(23)
+    for _ in range(200):
+        n = rng.randint(1, 60)
+        share = rng.random()
+        gold = [labels[0] if rng.random() < share else labels[1] for _ in range(n)]
+        examples = [Example(f"x{i}", {"text": "t"}, g, "test:1") for i, g in enumerate(gold)]
+        counts = {label: gold.count(label) for label in labels}
+        answer, accuracy = constant_floor(task, examples, "accuracy")
+        assert accuracy == pytest.approx(max(counts.values()) / n) and counts[answer] == max(counts.values())
+        present = {label: len(set(gold) | {label}) for label in labels}
+        expected = {label: 2 * c / (c + n) / present[label] for label, c in counts.items()}
+        answer, macro = constant_floor(task, examples, "macro_f1")
+        assert macro == pytest.approx(max(expected.values())) and expected[answer] == pytest.approx(macro)
+
+
+def test_the_count_of_changed_hidden_test_ids_on_random_rebuilds() -> None:
+    """Property: the rebuild's note counts exactly the ids that name other examples, the new ids and the ids gone
+    (a hidden test that only shrank said "0 of its N ids now name other examples"), and says nothing when none
+    changed."""
+    import random
+    import re
+
+    from llamalab.assignments.build import hidden_test_change
+
+    rng = random.Random(31)
+    for _ in range(500):
+        before = {f"t{i}": f"lab{rng.randint(0, 30)}" for i in rng.sample(range(40), rng.randint(0, 20))}
+        now = {i: (lab_id if rng.random() < 0.7 else f"lab{rng.randint(0, 30)}") for i, lab_id in before.items()
+               if rng.random() < 0.85}
+        now |= {f"t{i}": f"lab{rng.randint(0, 30)}" for i in rng.sample(range(40, 60), rng.choice([0, 0, 3]))}
+        said = hidden_test_change(before, now)
+        other = sum(1 for i in now if i in before and before[i] != now[i])
+        added, gone = len(set(now) - set(before)), len(set(before) - set(now))
+        if not before or before == now:
+            assert said is None
+            continue
+        counts = {"other": 0, "added": 0, "gone": 0}
+        if m := re.search(r"(\d+) of its (\d+) ids now name other examples", said):
+            counts["other"] = int(m[1])
+            assert int(m[2]) == len(now)
+        if m := re.search(r"(\d+) ids are new", said):
+            counts["added"] = int(m[1])
+        if m := re.search(r"(\d+) ids of the last build are gone", said):
+            counts["gone"] = int(m[1])
+        assert counts == {"other": other, "added": added, "gone": gone}, (said, before, now)
+        assert any(counts.values())

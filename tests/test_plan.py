@@ -11,6 +11,7 @@ import pytest
 from llamalab.config import LlamalabError
 from llamalab.training.experiment import Experiment
 from llamalab.training.plan import (
+    MLP,
     MemoryPlan,
     Shape,
     activation_bytes,
@@ -35,15 +36,19 @@ def test_shape_counts_the_parameters_of_real_llama_models():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     rng = random.Random(0)
-    for _ in range(30):
+    for trial in range(40):
         config = _config(rng)
+        if trial % 2:  # a head_dim of its own (Qwen3, Mistral-NeMo): q_proj and o_proj are not hidden x hidden
+            config["head_dim"] = rng.choice([8, 16, 32, 64])
         with torch.device("meta"):
             model = LlamaForCausalLM(LlamaConfig(**config))
         shape = Shape.of(config)
         assert shape.params == sum(p.numel() for p in model.parameters()), config
-        linear = sum(m.weight.numel() for n, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and n != "lm_head")
-        assert shape.linear_params == linear
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"}
+        assert shape.linear_params == sum(m.weight.numel() for m in linears.values()), config
+        for name, (fan_in, fan_out) in shape.linears().items():
+            module = linears[f"model.layers.0.{'mlp' if name in MLP else 'self_attn'}.{name}"]
+            assert (module.in_features, module.out_features) == (fan_in, fan_out), (name, config)
 
 
 def _kept_bytes(model, vocab: int, tokens: int, bf16: bool, **batch) -> int:
@@ -750,6 +755,47 @@ def test_targets_naming_no_layer_and_models_llamalab_cannot_plan_are_refused_bef
     with pytest.raises(LlamalabError, match=r"config.json: no 'hidden_size': llamalab plans and trains Llama-family"):
         train(lab, "other")
     assert list_runs(lab.runs_dir) == []  # no run folder left behind
+
+
+def test_plan_and_train_refuse_alike_before_a_run(lab, tiny_model_dir, monkeypatch):
+    """Targets train refuses are refused by plan too (it planned 0 trainable MiB); a bare layer name says how PEFT
+    reads a string; a pattern that does not compile names the key (it was re.error's traceback); QLoRA without
+    bitsandbytes is refused before a run folder exists (a failed run was left behind)."""
+    import sys
+
+    from llamalab.runs.record import list_runs
+    from llamalab.training.plan import plan_run
+    from llamalab.training.trainer import train
+    from tests.conftest import write_experiment
+
+    write_experiment(lab, "bare", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 1\n"
+                                  "lora: {target_modules: q_proj}\n")
+    for attempt in (lambda: plan_run(lab, "bare", "cpu"), lambda: train(lab, "bare")):
+        with pytest.raises(LlamalabError, match=r"a single string is a regular expression .* write a list, \[q_proj\]"):
+            attempt()
+    write_experiment(lab, "broken", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 1\n"
+                                    "lora: {target_modules: '.*q_proj('}\n")
+    for attempt in (lambda: plan_run(lab, "broken", "cpu"), lambda: train(lab, "broken")):
+        with pytest.raises(LlamalabError, match=r"broken.yaml:4: key 'lora.target_modules': '.\*q_proj\(' is not a "
+                                                r"valid regular expression"):
+            attempt()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as where it is not installed
+    write_experiment(lab, "quantized", f"task: sentiment\nbase_model: {tiny_model_dir}\nmax_steps: 1\n"
+                                       "method: qlora\n")
+    with pytest.raises(LlamalabError, match="method: qlora needs bitsandbytes"):
+        train(lab, "quantized")
+    assert list_runs(lab.runs_dir) == []
+
+
+def test_a_gpu_full_fine_tune_without_bf16_is_planned_in_float32_and_device_names_ignore_case(lab, tiny_model_dir):
+    from llamalab.training.plan import plan_run
+    from tests.conftest import write_experiment
+
+    write_experiment(lab, "full", f"task: sentiment\nbase_model: {tiny_model_dir}\nmethod: full\nmax_steps: 1\n")
+    auto, off = (plan_run(lab, "full", "24GB", bf16=value) for value in ("yes", "no"))
+    assert off.activations_mb > auto.activations_mb and off.logits_mb > auto.logits_mb and off.workspace_mb == 0
+    timed = [plan_run(lab, "full", name) for name in ("cpu", "CPU", " Cpu ")]
+    assert all(p.seconds_per_epoch is not None for p in timed)  # "CPU" was "a device named by its memory alone"
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -125,15 +125,12 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
     note(f"constant-answer floor: {describe_constant(spec, refs.constant_answer)} scores {t.metric} "
          f"{t.constant:.4f} on the hidden test, {where} the best baseline's {t.baseline:.4f}"
          + (", so no credit is given at or below it" if t.floor_is_constant else ""))
-    now = {i: ex.id for i, ex in hidden}
-    if before and before != now:
-        changed = sum(1 for i, lab_id in now.items() if before.get(i) != lab_id)
+    if change := hidden_test_change(before, {i: ex.id for i, ex in hidden}):
         runs = previous.get("runs") if isinstance(previous.get("runs"), dict) else {}
         keep = " ".join(str(r) for r in (runs.get("finetuned"), runs.get("baseline")) if r)
-        note(f"the hidden test changed since the last build: {changed} of its {len(now)} ids now name other "
-             "examples (another fine-tuned evaluation was chosen): a handout given out before no longer matches the "
-             "grader; hand out the new student/ folder, or rebuild with the earlier runs"
-             + (f" (--from-runs {keep})" if keep else ""))
+        note(f"the hidden test changed since the last build: {change} (another fine-tuned evaluation was chosen): "
+             "a handout given out before no longer matches the grader; hand out the new student/ folder, or rebuild "
+             "with the earlier runs" + (f" (--from-runs {keep})" if keep else ""))
     for line in _git_warnings(target):
         note(line)
     return target
@@ -182,6 +179,19 @@ def _keep_staff_files(target: Path, staging: Path) -> None:
             shutil.copytree(entry, staging / entry.name, symlinks=True)
         else:
             shutil.copy2(entry, staging / entry.name, follow_symlinks=False)
+
+
+def hidden_test_change(before: dict[str, str], now: dict[str, str]) -> str | None:
+    """How the hidden test (test id -> lab id) differs from the last build's, None where it does not (or there was
+    none): ids now naming other examples, ids new, ids gone."""
+    if not before or before == now:
+        return None
+    other = sum(1 for i, lab_id in now.items() if i in before and before[i] != lab_id)
+    added, gone = len(now.keys() - before.keys()), len(before.keys() - now.keys())
+    parts = [f"{other} of its {len(now)} ids now name other examples"] if other or not (added or gone) else []
+    parts += [f"{added} ids are new"] if added else []
+    parts += [f"{gone} ids of the last build are gone"] if gone else []
+    return ", ".join(parts)
 
 
 def _previous(target: Path) -> dict:

@@ -3,8 +3,8 @@
 This process keeps the run record (started, finished or failed, as for any run); `torchrun` starts N worker
 processes that each run the same recipe on their share of every batch (through accelerate: gloo on CPUs, NCCL on
 GPUs; DDP for LoRA, FSDP for a full fine-tune, its weights sharded across the processes). The first worker writes
-the training log, checkpoints, weights and the record's results; a resumed run continues from the last checkpoint
-with any number of processes.
+the training log, checkpoints, weights and the record's results; a resumed run continues from the last checkpoint,
+LoRA's with any number of processes, a full fine-tune's FSDP checkpoint with as many as wrote it.
 """
 
 from __future__ import annotations

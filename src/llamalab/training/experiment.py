@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,19 @@ class LoraSpec(StrictModel):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout costs ~17% of a CPU step")
     target_modules: str | list[str] = Field("all-linear", description="module names, or all-linear")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _a_pattern(cls, value: str | list[str]) -> str | list[str]:
+        """A string other than all-linear is a regular expression (PEFT's rule): one that does not compile is
+        refused here, naming the key, not by a traceback when training starts."""
+        if isinstance(value, str) and value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a valid regular expression ({exc}); give a list of module "
+                                 "names, e.g. [q_proj, v_proj], or all-linear") from None
+        return value
 
 
 class Experiment(StrictModel):

@@ -91,6 +91,7 @@ class Shape:
     kv_dim: int
     vocab: int
     tied: bool
+    q_dim: int  # heads x head_dim: the hidden size, except where config.json sets another head_dim (Qwen3, ...)
 
     @classmethod
     def of(cls, config: dict, source: str = "the model's config") -> Shape:
@@ -106,7 +107,7 @@ class Shape:
         tied = bool(config.get("tie_word_embeddings", False))
         per_layer = h * heads * head_dim * 2 + h * kv_dim * 2 + 3 * h * i + 2 * h
         params = layers * per_layer + vocab * h * (1 if tied else 2) + h
-        return cls(params, h, i, layers, heads, kv_dim, vocab, tied)
+        return cls(params, h, i, layers, heads, kv_dim, vocab, tied, heads * head_dim)
 
     @classmethod
     def of_folder(cls, folder: Path) -> Shape:
@@ -117,8 +118,8 @@ class Shape:
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """Each layer's linear layers: name -> (in, out)."""
-        h, i, kv = self.hidden, self.intermediate, self.kv_dim
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+        h, i, kv, q = self.hidden, self.intermediate, self.kv_dim, self.q_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
     @property
@@ -152,6 +153,11 @@ def check_targets(shape: Shape, targets: str | list[str], source: str, model: st
         return
     if re.fullmatch(targets, "lm_head") if isinstance(targets, str) else "lm_head" in targets:
         return  # the output layer alone
+    if isinstance(targets, str) and targets in shape.linears():  # PEFT matches a string against the whole name
+        raise LlamalabError(
+            f"{source}: key 'lora.target_modules': a single string is a regular expression the whole module name "
+            f"must match (model.layers.0.self_attn.q_proj), so {targets!r} matches none: write a list, "
+            f"[{targets}], or the pattern '.*{targets}'")
     raise LlamalabError(f"{source}: key 'lora.target_modules': {targets!r} names none of {model}'s linear layers; "
                         f"they are {', '.join(shape.linears())} (in each layer) and lm_head, or use all-linear")
 
@@ -275,7 +281,7 @@ def rows_attention_bytes(shape: Shape, bf16: bool, cpu: bool) -> tuple[float, fl
     longest), queries, keys, values and output (float32 on a CPU) and each head's log-sum-exp. Measured from
     autograd's saved tensors on random ragged batches (tests/test_plan.py)."""
     compute, attend = (2 if bf16 else 4), (4 if cpu or not bf16 else 2)
-    qkvo = 2 * shape.hidden + 2 * shape.kv_dim
+    qkvo = 2 * shape.q_dim + 2 * shape.kv_dim
     # a CPU attends in float32 under bf16 autocast too: the real positions' copies take 2 bytes more a number
     return shape.hidden * compute + 8 + qkvo * (attend - compute), qkvo * attend + 4 * shape.heads
 
@@ -322,6 +328,8 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     `processes` N the run's micro-batches are dealt out among N processes: any one may draw the largest."""
     bf16 = device.bf16
     method = experiment.method
+    if method == "full" and device.kind == "cuda" and getattr(experiment, "bf16", "auto") == "no":
+        bf16 = False  # float32 weights and no autocast (LoRA's frozen base is bf16 on a GPU whatever bf16 says)
     if method == "qlora" and device.kind == "cpu":
         bf16 = True
     param_bytes = 2 if bf16 else 4
@@ -608,12 +616,13 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     from llamalab.tasks.prompts import Prompter
     from llamalab.tasks.task import load_task
     from llamalab.training.experiment import Experiment, load_experiment, resolve_experiment
-    from llamalab.training.trainer import build_dataset, training_subset
+    from llamalab.training.trainer import _check_targets, build_dataset, training_subset
 
     if isinstance(experiment, Experiment):
-        experiment, _ = resolve_experiment(apply_overrides(experiment.model_dump(mode="json"), overrides),
-                                           "experiment")
+        source = "experiment"
+        experiment, _ = resolve_experiment(apply_overrides(experiment.model_dump(mode="json"), overrides), source)
     else:
+        source = str(lab.experiment_path(experiment))
         experiment, _ = load_experiment(lab.experiment_path(experiment), overrides)
     task = load_task(lab.task_path(experiment.task), lab.root)
     local = local_path(experiment.base_model, lab.root)
@@ -621,6 +630,7 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     model_ref = (ModelRef(experiment.base_model, str(local), "not hashed") if (local / "config.json").is_file()
                  else resolve_model(experiment.base_model, lab.root))
     tokenizer = load_tokenizer(model_ref)
+    _check_targets(experiment, model_ref, source)  # a run train would refuse is no run to plan
     prompter = Prompter(task, tokenizer, experiment.format or task.prompt.format)
     examples = training_subset(load_task_data(task).split("train"), experiment.train_examples, experiment.seed)
     dataset, _ = build_dataset(prompter, examples, experiment.max_length)
@@ -629,7 +639,7 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     lengths = [len(ids) for ids in dataset["input_ids"]]
     answers = [sum(1 for t in labels if t != -100) for labels in dataset["labels"]]
     device = resolve_device(device_text)
-    if device_text in (None, "auto", "cpu", "cuda"):  # this machine's own device: its rate can be measured
+    if (device_text or "auto").strip().lower() in ("auto", "cpu", "cuda"):  # this machine's: its rate is measurable
         device = replace(device, matmul_tflops=device.matmul_tflops or measure_matmul_tflops(device))
     epochs = experiment.epochs if not experiment.max_steps else None
     check_processes(experiment, processes)

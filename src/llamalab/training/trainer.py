@@ -75,6 +75,8 @@ def train(
         resume = has_unfinished(lab.runs_dir, "train", name, resolved, inputs)
     tokenizer = load_tokenizer(model_ref)  # fails fast (before any run folder exists) if the model is missing
     _check_targets(experiment, model_ref, source)
+    if experiment.method == "qlora":
+        check_bitsandbytes()
     prompt_format = experiment.format or task.prompt.format
     _check_some_fit(Prompter(task, tokenizer, prompt_format),
                     training_subset(data.split("train"), experiment.train_examples, experiment.seed),
@@ -109,6 +111,15 @@ def train(
 
             launch(lab, record, experiment, processes, console)
     return record
+
+
+def check_bitsandbytes() -> None:
+    """Refuse method: qlora where bitsandbytes is not installed (before any run folder exists, and in `plan`)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise LlamalabError(f"method: qlora needs bitsandbytes ({exc}): `pip install bitsandbytes`, or use "
+                            "method: lora") from None
 
 
 def _check_some_fit(prompter: Prompter, examples: list[Example], max_length: int, source: str) -> None:
@@ -330,11 +341,7 @@ def _load_for_training(experiment: Experiment, model_ref: ModelRef, dtype, check
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise LlamalabError(f"method: qlora needs bitsandbytes ({exc}): `pip install bitsandbytes`, or use "
-                            "method: lora") from None
+    check_bitsandbytes()
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=torch.bfloat16)
     try:
