@@ -270,6 +270,8 @@ def test_zero_credit_at_the_constant_floor_in_every_number(lab: Lab, tmp_path: P
     assert "0 points at or below 0.7500" in staff and "the label 'negative' given to every example), 0.7500" in staff
     report = " ".join((folder / "solution" / "report.md").read_text().split())
     assert "the label 'negative' given to every example scores accuracy 0.7500 on the same examples" in report
+    # the intervals' method as the runs recorded it (it said "percentile-bootstrap" of exact binomial intervals)
+    assert "Intervals are 95% confidence intervals over the examples (exact binomial (Clopper-Pearson))." in report
 
     solution = check_results(grade_submission_in(folder, folder / "solution"), secrets=("negative", "positive"))
     assert solution["score"] == 100

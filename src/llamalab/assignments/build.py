@@ -56,7 +56,7 @@ from llamalab.evaluation.compare import compare, format_p
 from llamalab.lab import Lab
 from llamalab.runs.files import staged_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE as RUN_CONFIG
-from llamalab.runs.record import list_runs
+from llamalab.runs.record import RunRecord, list_runs
 from llamalab.tasks.checks import _by_text  # the data check's own normalisation of texts, for the overlap
 from llamalab.tasks.data import Example
 from llamalab.tasks.task import Task, load_task
@@ -388,7 +388,16 @@ def _solution(folder: Path, lab: Lab, refs: References, hidden: list[tuple[str, 
         "a text that is also in train" if overlap else f"none of the {len(hidden):,} graded test examples has a text "
         "that is also in train",
         split=_split_sentence(spec, refs), baseline_text=_baseline_text(refs, context["constant"]),
-        paired=_paired(lab, refs, metric), ablation=_ablation(lab, refs, metric)))
+        paired=_paired(lab, refs, metric), ablation=_ablation(lab, refs, metric),
+        interval_methods=_interval_methods([refs.baseline_metric, refs.finetuned.run.metrics[metric],
+                                            *(r.run.metrics[metric] for r in _ablations(lab, refs, metric))])))
+
+
+def _interval_methods(intervals: list) -> str:
+    """How the report's intervals were computed, as each records it: "exact binomial (Clopper-Pearson)", or the
+    schemes of runs evaluated at different times joined."""
+    schemes = dict.fromkeys(str(m.method or "method not recorded").split(",")[0] for m in intervals)
+    return "; ".join(schemes)
 
 
 def _overlap(spec: Task, train: list[Example], graded: list[Example]) -> int:
@@ -442,14 +451,18 @@ def _paired(lab: Lab, refs: References, metric: str) -> str:
             f"{format_p(vs.p_value)}.")
 
 
+def _ablations(lab: Lab, refs: References, metric: str) -> list[RunRecord]:
+    """The lab's other fine-tuned evaluations on the reference's test split that record the metric."""
+    task = refs.finetuned.run.task.name
+    return [r for r in list_runs(lab.runs_dir, "eval")
+            if r.run.finished and r.run.task.name == task and r.run.task.split == "test"
+            and r.run.system.kind == "finetuned" and r.id != refs.finetuned.id and metric in r.run.metrics
+            and not r.run.export_type]  # a quantization study's copy of a run's weights is no other setting
+
+
 def _ablation(lab: Lab, refs: References, metric: str) -> str:
     """The lab's other fine-tuned runs on the same test split, or what an ablation would be."""
-    task = refs.finetuned.run.task.name
-    others = [r for r in list_runs(lab.runs_dir, "eval")
-              if r.run.finished and r.run.task.name == task and r.run.task.split == "test"
-              and r.run.system.kind == "finetuned" and r.id != refs.finetuned.id and metric in r.run.metrics
-              and not r.run.export_type]  # a quantization study's copy of a run's weights is no other setting
-    if not others:
+    if not (others := _ablations(lab, refs, metric)):
         return ("The lab has one fine-tuned evaluation of this task on the test split, so this reference has no "
                 "ablation of its own. A natural one keeps every setting and the seed, halves the LoRA rank or the "
                 "number of training examples, and compares the two fine-tunes on dev with a paired test.")
