@@ -8,6 +8,8 @@ import pytest
 
 from llamalab.config import LlamalabError
 from llamalab.evaluation import stats
+from llamalab.evaluation.compare import format_interval
+from llamalab.publish.tables import md_escape
 from llamalab.runs.record import list_runs
 from llamalab.runs.schema import Interval
 from llamalab.studies.run import cell_states, run_study
@@ -357,13 +359,16 @@ def test_scaling_study_runs_resumes_and_finds_the_curve(study_lab):
 
     report = build_report(lab, "study")
     markdown = (report / "README.md").read_text()
-    assert "## Study: tiny-scaling" in markdown and crossover.sentence() in markdown
+    assert "## Study: tiny-scaling" in markdown and md_escape(crossover.sentence()) in markdown  # as literal text
     table = (report / "tables" / "study-tiny-scaling.md").read_text()
     for point in result.curve:
         m = point.interval
         assert f"| {point.size:,} | 2 | {m.estimate:.3f} | [{m.low:.3f}, {m.high:.3f}] |" in table
     assert (report / "figures" / "study-tiny-scaling.png").is_file()
     assert all(s.eval.id in markdown for s in resumed)
+    comparator = crossover.interval  # its own evaluation's interval, with the method that evaluation recorded
+    assert f"{crossover.comparator} {format_interval(comparator)} (95% CIs: {comparator.method.split(',')[0]})" \
+        in " ".join(table.split())
     site = build_site(lab)
     page = (site / "studies" / "tiny-scaling" / "index.html").read_text()
     assert (site / "studies" / "tiny-scaling" / "curve.svg").is_file() and "curve.svg" in page
@@ -444,7 +449,7 @@ def test_quantization_study_exports_evaluates_and_tests_against_f16(lab, tiny_mo
     assert status.exit_code == 0, status.output
     assert " ".join(board.summary().split()) in " ".join(status.stdout.split())
     markdown = (build_report(lab, "quant") / "README.md").read_text()
-    assert "## Study: quant" in markdown and board.summary() in markdown
+    assert "## Study: quant" in markdown and md_escape(board.summary()) in markdown
     for cells in quant_cells(board)[1]:
         assert "| " + " | ".join(cells) + " |" in markdown
         assert f"{cells[1]}: eval " in markdown
@@ -692,7 +697,10 @@ def test_quantization_rows_match_an_independent_computation_on_random_records(la
             assert row.p_holm == pytest.approx(running) and row.p_holm >= row.p_value
             assert f"{row.system} {row.type}: {row.delta:+.3f}" in summary
             assert f"(p {format_p(row.p_holm)}, Holm)" in summary
-        assert "Holm-corrected for the 4 such tests" in quant_caption(QuantBoard(study, rows, "accuracy"))
+        caption = quant_caption(QuantBoard(study, rows, "accuracy"))
+        assert "Holm-corrected for the 4 such tests" in caption
+        methods = {str(r.interval.method or "method not recorded").split(",")[0] for r in rows}  # as recorded
+        assert len(methods) == 1 and caption.endswith(f"95% CIs: {methods.pop()}.")
     # Interrupted before b's f16 was evaluated: b's types have no Δ yet, and only an f16 row is the reference
     del records[("b", "f16")]
     cells = {(c[0], c[1]): c for c in quant_cells(QuantBoard(study, quant_rows(lab, study, records), "accuracy"))[1]}
@@ -847,7 +855,7 @@ def test_sweep_study_is_in_status_the_report_and_the_site(study_lab):
 
     report = build_report(lab, "sweep")
     markdown = (report / "README.md").read_text()
-    assert "## Study: tiny-sweep" in markdown and result.sentence() in markdown
+    assert "## Study: tiny-sweep" in markdown and md_escape(result.sentence()) in markdown
     table = (report / "tables" / "study-tiny-sweep.md").read_text()
     for cells in body:
         assert "| " + " | ".join(cells) + " |" in table

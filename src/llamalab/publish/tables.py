@@ -74,6 +74,8 @@ def study_cells(board: StudyBoard) -> tuple[list[str], list[list[str]]]:
 def study_caption(board: StudyBoard) -> str:
     result, spec = board.result, board.study.spec
     comparators = "; ".join(f"{c.comparator} {format_interval(c.interval)}" for c in result.crossovers)
+    if comparators:  # their own evaluations' intervals, as recorded
+        comparators += f" ({interval_note([{result.metric: c.interval} for c in result.crossovers])[:-1]})"
     return (f"Study {board.name}: {result.metric} on {board.study.task}/{spec.eval.split} of the fine-tuned "
             f"{spec.experiment} against its number of training examples; mean over seeds, 95% percentile-bootstrap "
             "band over examples and seeds. Δ: mean over seeds minus the comparator on the examples both saw "
@@ -161,7 +163,8 @@ def quant_caption(board: QuantBoard) -> str:
             "examples. "
             f"Δ and p: this type minus the same system's f16 file on the examples both saw ({tests}; "
             f"Holm-corrected for the {family} such test{'' if family == 1 else 's'} in the table; Δ marked n=… "
-            "when f16 saw only some of the type's examples). n: the examples the type's evaluation saw.")
+            "when f16 saw only some of the type's examples). n: the examples the type's evaluation saw. "
+            + (interval_note([{board.metric: row.interval} for row in board.rows]) if board.rows else ""))
 
 
 def quant_markdown(board: QuantBoard) -> str:
