@@ -110,9 +110,14 @@ def example_lab_source() -> Path:
 
 
 def _date_first_post(path: Path) -> None:
-    """The scaffolded welcome post is dated the day the lab is created, and named like `post new` names posts."""
-    today = datetime.date.today().isoformat()
-    text = re.sub(r"^date: .*$", f"date: {today}", path.read_text(encoding="utf-8"), count=1, flags=re.M)
+    """The scaffolded welcome post is dated the day the lab is created (a local date), and named like `post new`
+    names posts. It covers no runs, and says so (`runs: []`): the first `post new` has every finished run, also
+    runs copied in that ended before the lab was made. `runs_until` is the time it was made, in UTC."""
+    made = datetime.datetime.now(datetime.UTC)
+    today = made.astimezone().date().isoformat()
+    until = made.isoformat(timespec="milliseconds")
+    lines = f"date: {today}\nruns_until: '{until}'\nruns: []"  # quoted: YAML would read a bare time as a datetime
+    text = re.sub(r"^date: .*$", lines, path.read_text(encoding="utf-8"), count=1, flags=re.M)
     path.with_name(f"{today}-welcome.md").write_text(text, encoding="utf-8")
     path.unlink()
 

@@ -37,7 +37,8 @@ class Post:
     authors: list[str]
     tags: list[str]
     summary: str
-    runs_until: str  # the newest run this post covers (ISO time); `post new` starts after it
+    runs_until: str  # the newest run this post covers (ISO time); if it lists no runs, `post new` starts after it
+    runs: list[str] | None  # the run ids this post covers (`post new` writes them); None: it lists none
     body_html: str
     source: Path
 
@@ -211,6 +212,7 @@ def _documents(root: Path, folder: str, schema: dict[str, tuple[type, Any]]) -> 
 
 _POST = {"title": (str, _REQUIRED), "date": (datetime.date, _REQUIRED)}
 _POST |= {"authors": (list, []), "tags": (list, []), "summary": (str, ""), "runs_until": (str, "")}
+_POST |= {"runs": (list, None)}  # None when absent: such a post covers the runs that ended before it
 _PERSON = {"name": (str, _REQUIRED), "role": (str, ""), "url": (str, ""), "order": (int, 100)}
 _PROJECT = {"title": (str, _REQUIRED), "status": (str, "active")}
 _PROJECT |= {"tasks": (list, []), "people": (list, []), "summary": (str, "")}

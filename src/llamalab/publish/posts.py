@@ -17,7 +17,7 @@ import yaml
 from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import earlier_data_note, format_delta, format_interval, format_p
 from llamalab.lab import Lab
-from llamalab.publish.content import load_posts
+from llamalab.publish.content import ContentError, load_posts
 from llamalab.publish.results import QuantBoard, StudyBoard, TaskBoard, study_boards, task_boards
 from llamalab.publish.tables import md_escape
 from llamalab.runs.files import write_text_atomic
@@ -26,19 +26,28 @@ from llamalab.runs.schema import EvalRun, TrainRun
 
 
 def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: datetime.date | None = None) -> Path:
-    """Write posts/<date>-<slug>.md (never overwriting) and return its path."""
+    """Write posts/<date>-<slug>.md (never overwriting) and return its path.
+
+    New runs are the finished runs no earlier post covers: a post lists the runs it covers (`runs:`, which this
+    writes); a post that lists none (hand-written, or older) covers the runs that ended by its `runs_until`, or
+    before the start of its date in the local time zone.
+    """
     today = today or datetime.date.today()
+    now = datetime.datetime.now(datetime.UTC)
     posts = load_posts(lab.root)
-    cutoff = max((_cutoff(p) for p in posts), default="")  # posts on one day may cover different runs
     finished = [r for r in list_runs(lab.runs_dir) if r.run.finished]
-    new = [r for r in finished if (r.run.ended or "") > cutoff]
-    old_ids = {r.id for r in finished if r not in new}
+    ended = {r.id: _ended(r) for r in finished}
+    listed = {run for p in posts if p.runs is not None for run in p.runs}
+    fallback = max((_cutoff(p, now) for p in posts if p.runs is None), default=None)
+    new = [r for r in finished if r.id not in listed and (fallback is None or ended[r.id] > fallback)]
+    since = max((_cutoff(p, now) for p in posts), default=None)  # what the last post covered runs until
+    new_ids = {r.id for r in new}
+    old_ids = {r.id for r in finished} - new_ids
     now_boards = task_boards(lab)
     # what the last post could show: its evaluations as they were, also those made before a task's data changed
     before = {b.name: b for b in task_boards(lab, only=old_ids, current_only=False)} if old_ids else {}
-    new_ids = {r.id for r in new}
 
-    body = [_opening(new, cutoff)]
+    body = [_opening(new, since, ended)]
     changed_tasks = [b for b in now_boards if any(row.run in new_ids for row in b.rows)]
     for board in changed_tasks:
         body.append(_task_section(board, before.get(board.name), new_ids))
@@ -50,32 +59,68 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
         body.append("## Selection on dev (not test results)\n\n" + "\n".join(_dev_line(r) for r in dev) + "\n")
     body.append("## Next\n\n- (what we try next week)\n")
 
+    until = max([*ended.values(), *([since] if since else [])], default=None)
     front = {
         "title": title, "date": today.isoformat(), "authors": authors or _default_authors(lab),
         "tags": ["weekly", *sorted({b.name for b in changed_tasks})],
         "summary": _summary(changed_tasks, new),
-        "runs_until": max((r.run.ended or "" for r in finished), default=cutoff),
+        "runs_until": until.isoformat(timespec="milliseconds") if until else "",
     }
+    runs = yaml.safe_dump({"runs": sorted(new_ids)}, default_flow_style=None, width=116)  # one compact list
     path = _free_path(lab.root / "posts", f"{today.isoformat()}-{_slug(title)}")
-    text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+    text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + runs + "---\n\n" + "\n".join(body)
     write_text_atomic(path, text)
     return path
 
 
-def _cutoff(post) -> str:
-    """Runs that ended after this are news: the post's `runs_until`, or the start of its date."""
-    return post.runs_until or f"{post.date.isoformat()}T00:00:00+00:00"
+def _ended(record: RunRecord) -> datetime.datetime:
+    """When a finished run ended (its start, where no end is recorded), in UTC."""
+    key, value = ("ended", record.run.ended) if record.run.ended else ("started", record.run.started)
+    time = datetime.datetime.fromisoformat(value)  # validated when read
+    if time.tzinfo is None:
+        raise LlamalabError(f"{record.folder / 'run.json'}: '{key}: {value}' has no time zone, so it cannot be "
+                            f"placed against the posts: add its UTC offset, like '{value}+00:00' for UTC")
+    return time.astimezone(datetime.UTC)
 
 
-def _opening(new: list[RunRecord], cutoff: str) -> str:
-    since = f"since {cutoff[:16].replace('T', ' ')} UTC" if cutoff else "so far"
+def _cutoff(post, now: datetime.datetime) -> datetime.datetime:
+    """The time up to which a post covers runs: its `runs_until`, or the start of its date where it was written (a
+    local date, read in this machine's time zone); never later than now (a clock ahead, a mistyped date)."""
+    if not post.runs_until:
+        start = datetime.datetime.combine(post.date, datetime.time()).astimezone()  # naive: local time
+        return min(start.astimezone(datetime.UTC), now)
+    shown = f"{post.source.parent.name}/{post.source.name}"
+    try:
+        time = datetime.datetime.fromisoformat(post.runs_until.strip())
+    except ValueError:
+        time = None
+    if time is None or time.tzinfo is None:
+        raise ContentError(f"{shown}: 'runs_until: {post.runs_until}' is not a time with its time zone: write it "
+                           "quoted with its UTC offset, like runs_until: '2026-11-29T18:46:00+00:00'")
+    return min(time.astimezone(datetime.UTC), now)
+
+
+def _opening(new: list[RunRecord], since: datetime.datetime | None, ended: dict[str, datetime.datetime]) -> str:
+    """The post's first sentence: how many runs are new, and (where the last post covered runs until a time) which
+    of them finished after it and which finished by then but were recorded late."""
     kinds = {k: sum(1 for r in new if r.run.kind == k) for k in ("train", "eval")}
+    counted = f"{kinds['train']} training run(s) and {kinds['eval']} evaluation(s)"
+    if since is None:
+        when, late = "so far", []
+    else:
+        since = since.replace(second=0, microsecond=0)  # shown to the minute: a run after it finished since it
+        when = f"since {since:%Y-%m-%d %H:%M} UTC"
+        late = [r for r in new if ended[r.id] <= since]
     if not new:
-        return f"No new runs {since}.\n"
-    return (f"{kinds['train']} training run(s) and {kinds['eval']} evaluation(s) finished {since}. "
-            "Every number below comes from the run records: a metric is shown with its 95% confidence interval "
-            "in brackets, Δ is a difference from the best system on the examples both saw, with its Holm-corrected "
-            "p-value; follow the links for the predictions.\n")
+        return f"No new runs {when}.\n"
+    if late:
+        counted += (f" are in no earlier post: {len(new) - len(late)} finished {when}, and {len(late)} finished by "
+                    "then but were recorded late")
+    else:
+        counted += f" finished {when}"
+    return (f"{counted}. Every number below comes from the run records: a metric is shown with its 95% confidence "
+            "interval in brackets, Δ is a difference from the best system on the examples both saw, with its "
+            "Holm-corrected p-value; follow the links for the predictions.\n")
 
 
 def _task_section(board: TaskBoard, before: TaskBoard | None, new_ids: set[str]) -> str:

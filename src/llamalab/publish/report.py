@@ -37,6 +37,7 @@ from llamalab.publish.tables import (
     latex_escape,
     latex_table,
     markdown_table,
+    md_escape,
     quant_latex,
     quant_markdown,
     study_latex,
@@ -90,7 +91,7 @@ def build_report(
         draft = f"# {lab.config.name}: results draft\n\n" + _provenance(boards) + "\n".join(sections)
         write_text_atomic(out / "README.md", draft)
         write_text_atomic(out / "methods.md", "# Methods\n\n" + "\n".join(
-            f"## {task}\n\n" + "\n\n".join(paragraphs) + "\n" for task, paragraphs in all_methods))
+            f"## {task}\n\n" + _methods_markdown(paragraphs) + "\n" for task, paragraphs in all_methods))
         write_text_atomic(out / "report.tex", _latex_document(lab, latex_sections))
         write_json_atomic(out / "results.json", [b.comparison.to_json() for b in boards])
     return target
@@ -126,7 +127,7 @@ def _write_study(out: Path, board: StudyBoard | SweepBoard | QuantBoard) -> tupl
         figure = figures.quant_tradeoff(board.rows, board.metric, title)
         intro = (f"{len(board.rows)} evaluations of {len(board.study.spec.quantize.systems)} system(s) exported to "
                  f"GGUF, from studies/{board.name}.yaml.")
-        runs = "\n".join(f"- {row.system} {row.type}: eval {row.eval.id}" for row in board.rows)
+        runs = "\n".join(f"- {md_escape(row.system)} {row.type}: eval {row.eval.id}" for row in board.rows)
     else:
         if isinstance(board, SweepBoard):
             table_md, table_tex = sweep_markdown(board), sweep_latex(board)
@@ -138,13 +139,13 @@ def _write_study(out: Path, board: StudyBoard | SweepBoard | QuantBoard) -> tupl
             figure = figures.study_curve(board.result, title)
         intro = (f"{len(board.states)} cells of experiment `{board.study.spec.experiment}`, from "
                  f"studies/{board.name}.yaml.")
-        runs = "\n".join(f"- {s.cell.label}: train {s.train.id}, eval {s.eval.id}" for s in board.states
+        runs = "\n".join(f"- {md_escape(s.cell.label)}: train {s.train.id}, eval {s.eval.id}" for s in board.states
                           if s.status == "finished" and s.train and s.eval)
     write_text_atomic(out / "tables" / f"{stem}.md", table_md)
     write_text_atomic(out / "tables" / f"{stem}.tex", table_tex)
     figures.save(figure, out / "figures" / stem, FORMATS)
     summary = board.summary()
-    markdown = "\n".join([f"## Study: {board.name}\n", f"{intro} {summary}\n", table_md,
+    markdown = "\n".join([f"## Study: {board.name}\n", f"{intro} {md_escape(summary)}\n", table_md,
                           f"![{title}](figures/{stem}.png)\n", "Runs:\n\n" + runs + "\n"])
     latex = (f"\\section{{Study: {latex_escape(board.name)}}}\n{latex_escape(intro)} {latex_escape(summary)}\n"
              f"\\input{{tables/{stem}.tex}}\n\\begin{{figure}}[t]\\centering\n"
@@ -168,19 +169,25 @@ def _provenance(boards: list[TaskBoard]) -> str:
 def _markdown_section(board: TaskBoard, paths: dict[str, list[str]], methods: list[str]) -> str:
     best = board.rows[0]
     m = best.metrics[board.metric]
-    tied = [r.system for r in board.rows[1:] if board.metric in r.metrics
+    tied = [md_escape(r.system) for r in board.rows[1:] if board.metric in r.metrics
             and r.metrics[board.metric].estimate == m.estimate]  # ranked first by order alone: say so
     tie = f" (tied with {', '.join(tied)})" if tied else ""
     lines = [
         f"## {board.name}\n",
-        f"Best system on {board.metric}: **{best.system}**{tie}, {m.estimate:.3f} "
+        f"Best system on {board.metric}: **{md_escape(best.system)}**{tie}, {m.estimate:.3f} "
         f"(95% CI {m.low:.3f} to {m.high:.3f}, n = {best.n:,}).\n",
         markdown_table(board),
         *(f"![{_alt(stem, board)}]({stem}.png)\n" for stem in paths["figures"] + paths["loss"]),
         "### Methods\n",
-        "\n\n".join(methods) + "\n",
+        _methods_markdown(methods) + "\n",
     ]
     return "\n".join(lines)
+
+
+def _methods_markdown(paragraphs: list[str]) -> str:
+    """The methods paragraphs (plain text, labels and parsing rules as recorded) as literal Markdown: a label reads
+    as it does in the table, never as emphasis, a link or HTML."""
+    return "\n\n".join(md_escape(p) for p in paragraphs)
 
 
 def _alt(stem: str, board: TaskBoard) -> str:

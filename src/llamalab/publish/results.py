@@ -6,6 +6,7 @@ no number is computed anywhere else, so every figure and table traces back to a 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,14 +112,16 @@ def loss_history(record: RunRecord) -> list[dict]:
 
 def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str, list[tuple[int, SystemRow]]]:
     """Fine-tuned systems on the board (`trained`: their train runs, in any order; not their quantized exports)
-    by experiment and the settings
-    held equal (all but train_examples and seed): (training examples, board row), fewest examples first; at a
-    size trained more than once, the latest training by start time (not the best on this split: that would pick
-    on test). A curve is named by its experiment, and where one experiment has several, by the settings that
-    set it apart (`tiny (learning_rate 0.001)`).
+    by experiment, the settings held equal in training (all but train_examples and seed) and the evaluation
+    setting (prompt format, shots, protocol, backend, precision, generation budget: a fine-tune evaluated plain and
+    chat is on two curves): (training examples, board row), fewest examples first; at a size trained more than
+    once, the latest training by start time. No point is chosen by its score (that would pick on the board's own
+    split, test). A curve is named by its experiment, where one experiment has several by the training settings
+    that set it apart (`tiny (learning_rate 0.001)`), and where the curves were evaluated in more than one setting
+    by the evaluation settings that set them apart (`tiny [chat]`).
 
     Only curves evaluated at two or more training-set sizes are drawn."""
-    curves: dict[tuple[str, tuple], dict[int, tuple[tuple, SystemRow]]] = {}
+    curves: dict[tuple[str, tuple, tuple], dict[int, tuple[tuple, SystemRow]]] = {}
     for row, entry in zip(board.rows, board.entries, strict=True):
         train = trained.get(entry.run.system.train_run or "")
         if entry.run.export_type:  # a quantization study's export of the run: not the run's own weights
@@ -127,19 +130,38 @@ def scaling_points(board: TaskBoard, trained: dict[str, RunRecord]) -> dict[str,
         if size:
             config = {**LATER_SETTINGS, **train.config}  # a run from before a setting existed ran its default
             held = tuple(sorted((k, repr(v)) for k, v in config.items() if k not in _NOT_HELD))
-            points = curves.setdefault((train.run.name, held), {})
-            if size not in points or started_at(train) > points[size][0]:
+            # what else the row's system is besides the weights: one row per train run and setting on a board
+            setting = tuple(entry.run.system_key.model_dump(exclude={"weights"}).items())
+            points = curves.setdefault((train.run.name, held, setting), {})
+            if size not in points or started_at(train) > points[size][0]:  # started_at ends in the run id: no ties
                 points[size] = (started_at(train), row)
     drawn = {key: points for key, points in curves.items() if len(points) >= 2}
+    settings = [dict(setting) for _, _, setting in drawn]
+    evaluated_apart = [k for k in settings[0] if len({repr(s[k]) for s in settings}) > 1] if settings else []
     names = {}
-    for name, held in drawn:
-        others = [dict(h) for n, h in drawn if n == name and h != held]
+    for name, held, setting in drawn:
+        others = [dict(h) for n, h, _ in drawn if n == name and h != held]
         apart = sorted({k for other in others for k, v in dict(held).items() if other.get(k) != v}
                        | {k for other in others for k in other if k not in dict(held)})
-        names[name, held] = name + (" (" + ", ".join(f"{k} {dict(held).get(k, 'unset')}" for k in apart) + ")"
-                                    if apart else "")
+        names[name, held, setting] = (
+            name + (" (" + ", ".join(f"{k} {dict(held).get(k, 'unset')}" for k in apart) + ")" if apart else "")
+            + (" [" + ", ".join(_setting_part(k, dict(setting)[k]) for k in evaluated_apart) + "]"
+               if evaluated_apart else ""))
     return {names[key]: [(size, row) for size, (_, row) in sorted(points.items())]
             for key, points in sorted(drawn.items(), key=lambda item: names[item[0]])}
+
+
+def _setting_part(field: str, value: object) -> str:
+    """One part of an evaluation setting as a curve's name shows it, as the tables' labels do (`chat`, `4-shot`)."""
+    if value is None:
+        return f"no {field}"
+    if field == "shots":
+        return f"{value}-shot"
+    if field == "shot_ids":  # the shots drawn (their seed): named by their ids' digest
+        return "shots " + (hashlib.sha256("\n".join(value).encode()).hexdigest()[:8] if value else "none")
+    if field == "max_new_tokens":
+        return f"max_new_tokens {value}"
+    return str(value)  # format, protocol, backend, precision: their values say what they are
 
 
 # What a scaling curve varies (training examples, seeds) and what does not change a run's numbers (memory and

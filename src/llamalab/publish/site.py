@@ -65,7 +65,7 @@ from llamalab.runs.files import staged_folder, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE, PREDICTIONS, RUN_FILE, TRAIN_LOG, RunRecord, list_runs
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
-from llamalab.tasks.task import Task
+from llamalab.tasks.task import NAME, NAME_RULE, Task, suggested_name
 
 NAV = [("index.html", "Home"), ("tasks/index.html", "Tasks"), ("runs/index.html", "Runs"),
        ("posts/index.html", "Posts"), ("projects/index.html", "Projects"), ("people.html", "People"),
@@ -91,11 +91,31 @@ def build_site(lab: Lab, out: Path | None = None) -> Path:
     if target.is_file() or (target.is_dir() and not default and not built_before and any(target.iterdir())):
         raise LlamalabError(f"--out {out}: {target} holds files a site build did not make, and a build replaces "
                             "its folder whole: choose a new or empty folder (or delete that one)")
+    _check_page_names(lab.root)
     with staged_folder(target) as staging:
         _Builder(lab, staging).build()
         _redact_secrets(lab, staging)
         (staging / SITE_MARKER).write_text("built by `llamalab site build`: the next build replaces this folder\n")
     return target
+
+
+def _check_page_names(root: Path) -> None:
+    """A post's or a project's file name is its page's (posts/NAME.md is posts/NAME.html): refuse one that would
+    replace its section's list of pages (index) or break the links to it."""
+    for folder in ("posts", "projects"):
+        for path in sorted((root / folder).glob("*.md")):
+            if path.name.startswith(".") or not path.is_file():  # as content.load_posts and load_projects skip
+                continue
+            stem = path.stem
+            if stem.casefold() == "index":
+                raise LlamalabError(f"{folder}/{path.name}: its page would be {folder}/{stem}.html, the list of all "
+                                    f"{folder}, and replace it: rename the file, e.g. to "
+                                    f"{folder}/{folder[:-1]}-index.md")
+            if not NAME.fullmatch(stem):
+                valid = suggested_name(stem, f"my-{folder[:-1]}")
+                raise LlamalabError(f"{folder}/{path.name}: its file name is its page's address on the site "
+                                    f"({folder}/{stem}.html), which it would break: rename the file to "
+                                    f"{folder}/{valid}.md ({NAME_RULE})")
 
 
 def _pretty_json(value: Any) -> str:

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from llamalab.config import KeyProblem, LlamalabError, StrictModel, load_yaml, parse_model
 from llamalab.runs.record import config_hash
+from llamalab.tasks.task import NAME, NAME_RULE, suggested_name
 from llamalab.training.experiment import load_experiment
 
 
@@ -190,6 +191,11 @@ def load_study(lab, name: str) -> Study:
     if not path.is_file():
         known = sorted(p.stem for p in (lab.root / "studies").glob("*.yaml"))
         raise LlamalabError(f"no study {name!r} ({path} does not exist); studies: {', '.join(known) or 'none'}")
+    if not NAME.fullmatch(name):
+        valid = suggested_name(name, "my-study")
+        raise LlamalabError(f"{path}: the study's name {name!r} (its file's name) is part of the site's and the "
+                            "report's file names and links (studies/NAME/, tables/study-NAME.tex), which it would "
+                            f"break: rename the file to studies/{valid}.yaml ({NAME_RULE})")
     data, node = load_yaml(path)
     spec = parse_model(StudySpec, data, str(path), node)
     if spec.experiment is None:  # quantization: no training cells

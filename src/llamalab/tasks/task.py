@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,6 +228,17 @@ class AnswerSpec(StrictModel):
         return self.verbalize(answer) if self.type == "label" else self.references(answer)[0]
 
 
+# A name that becomes a folder, a file and a link of the site and the report (tasks/NAME/, tables/NAME.tex,
+# \input{tables/NAME.tex}): `q&a#1` would break the links and the LaTeX
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+def suggested_name(name: str, fallback: str) -> str:
+    """A valid name close to `name` (`q&a#1` -> `q-a-1`); `fallback` when nothing of it is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or fallback
+
+
 class Task(StrictModel):
     name: str
     description: str = ""
@@ -237,6 +249,16 @@ class Task(StrictModel):
 
     # Where the task file lives: data paths are relative to the lab root.
     lab_root: Path = Field(Path("."), exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_paths_and_links(cls, name: str) -> str:
+        if not NAME.fullmatch(name):
+            valid = suggested_name(name, "my-task")
+            raise ValueError(f"{name!r} is part of the site's and the report's file names and links (tasks/NAME/, "
+                             f"tables/NAME.tex), which it would break: use {NAME_RULE}, e.g. `name: {valid}`, and "
+                             f"rename the file to tasks/{valid}.yaml")
+        return name
 
     @model_validator(mode="after")
     def _metrics_fit_the_answer_type(self) -> Task:
