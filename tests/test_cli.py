@@ -276,9 +276,10 @@ def test_a_mistyped_split_or_task_is_named_as_such(lab):
     assert "did you mean 'sentiment'" in str(result.exception)
 
 
-def test_ctrl_c_says_what_is_kept_and_how_to_go_on(lab, tiny_model_dir):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on(lab, tiny_model_dir, stop):
     """Ctrl-C stopped a command with exit code 130 and not a word; it says what is kept and how to continue, and
-    the run is marked interrupted."""
+    the run is marked interrupted. So does SIGTERM (`kill`, `docker stop`), which left the run "running"."""
     import signal
     import time
 
@@ -290,9 +291,10 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(lab, tiny_model_dir):
     deadline = time.monotonic() + 120
     while not list(lab.runs_dir.glob("*/predictions.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.2)  # until its first predictions are saved
-    child.send_signal(signal.SIGINT)
+    child.send_signal(getattr(signal, stop))
     output, _ = child.communicate(timeout=120)
     assert child.returncode == 130, output[-2000:]
-    assert "interrupted: stopping. Finished work is kept: a train or eval run continues with --resume" in output
+    said = "interrupted" if stop == "SIGINT" else "SIGTERM received"
+    assert f"{said}: stopping. Finished work is kept: a train or eval run continues with --resume" in output
     [record] = list_runs(lab.runs_dir, "eval")
     assert record.run.status == "interrupted"

@@ -17,9 +17,13 @@ def test_stage_rows_show_each_stage_against_its_floor(seed):
     rng = random.Random(seed)
     stages = {f"stage {k}": round(rng.uniform(0, 900), 1) for k in range(rng.randint(1, 9))}
     floors = {name: round(rng.choice([0.0, rng.uniform(0, 400)]), 1) for name in stages if rng.random() < 0.7}
-    rows = stage_rows(stages, floors)
-    assert [row[0] for row in rows[:-1]] == list(stages)
-    for (name, seconds, floor, ratio), (expected_name, expected) in zip(rows, stages.items(), strict=False):
+    # a stage that took up an earlier demo's run says so, and has no floor (its seconds are not the work's)
+    taken_up = {name: f"{rng.choice(['reused', 'resumed'])} run-{k}" for k, name in enumerate(stages)
+                if name not in floors and rng.random() < 0.5}
+    rows = stage_rows(stages, floors, taken_up)
+    assert [row[0] for row in rows[:-1]] == [f"{n} ({taken_up[n]})" if n in taken_up else n for n in stages]
+    for (label, seconds, floor, ratio), (expected_name, expected) in zip(rows, stages.items(), strict=False):
+        name = label.split(" (")[0] if expected_name in taken_up else label
         assert name == expected_name and float(seconds) == pytest.approx(expected, abs=0.05)
         if name not in floors:
             assert floor == ratio == "–"

@@ -85,8 +85,12 @@ def test_resume_after_kill_continues_at_the_next_example(lab, tiny_model_dir):
         evaluate(lab, EvalSettings(**settings), resume=True)
     # the way to resume with the settings it had is said as `llamalab eval`'s options (it said train's key=value)
     assert eval_killed_after(lab.root, 1, settings).returncode == -9
-    with pytest.raises(LlamalabError, match=r"resume with the same settings, e.g. `... --resume --batch-size 4`"):
-        evaluate(lab, EvalSettings(**{**settings, "batch_size": 2}), resume=True)
+    with pytest.raises(LlamalabError, match=r"resume with the same settings, e.g. `... --resume --limit 20`"):
+        evaluate(lab, EvalSettings(**{**settings, "limit": 10}), resume=True)
+    # ...but a smaller batch (what a run killed for memory needs) continues it: the batch size changes no number
+    smaller = evaluate(lab, EvalSettings(**{**settings, "batch_size": 2}), resume=True)
+    assert smaller.run.status == "finished" and len(rows_of(smaller)) == 20
+    assert {r["id"]: r["prediction"] for r in rows_of(smaller)} == {i: r["prediction"] for i, r in clean_rows.items()}
 
 
 def test_an_evaluation_killed_after_its_last_batch_was_saved_resumes(lab, tiny_model_dir):
@@ -429,3 +433,47 @@ def test_generations_cut_off_by_the_budget_are_counted_and_warned_about(lab, tin
     from llamalab.evaluation.compare import prediction_cell
 
     assert "cut off 3/3" in prediction_cell(summary)
+
+
+def test_a_loaded_system_reuses_its_finished_evaluation(lab, tiny_model_dir):
+    """`llamalab demo` evaluates its baselines on one loaded model with reuse: run again after a kill, it takes up
+    the finished evaluations instead of doing them again."""
+    from llamalab.evaluation.evaluate import load_system
+
+    with load_system(lab, str(tiny_model_dir)) as base:
+        first = evaluate(lab, base, task="sentiment", split="dev", limit=6, reuse=True)
+        again = evaluate(lab, base, task="sentiment", split="dev", limit=6, reuse=True)
+        other = evaluate(lab, base, task="sentiment", split="dev", limit=5, reuse=True)
+    assert again.id == first.id and other.id != first.id
+    assert len(list_runs(lab.runs_dir, "eval")) == 2
+
+
+def test_a_resumed_evaluation_stopped_while_its_model_loads_is_not_left_running(lab, tiny_model_dir,
+                                                                               monkeypatch):
+    """`--resume` marks the run running before the model loads: a Ctrl-C while loading (or a load that failed) left
+    it "running" for good. It is interrupted (or failed) again; and a fresh start says an unfinished one exists."""
+    from rich.console import Console
+
+    from llamalab.evaluation.systems import System
+
+    settings = {"system": str(tiny_model_dir), "task": "sentiment", "limit": 12, "batch_size": 4}
+    assert eval_killed_after(lab.root, 1, settings).returncode == -9
+    [record] = list_runs(lab.runs_dir, "eval")
+    record.update(status="interrupted")  # as a Ctrl-C leaves it
+    opened = System.open
+    for stop, status in ((KeyboardInterrupt, "interrupted"), (OSError("disk gone"), "failed")):
+        def stopped(*args, stop=stop, **kwargs):
+            raise stop
+
+        monkeypatch.setattr(System, "open", stopped)
+        with pytest.raises((KeyboardInterrupt, OSError)):
+            evaluate(lab, EvalSettings(**settings), resume=True)
+        [record] = list_runs(lab.runs_dir, "eval")
+        assert record.run.status == status, stop
+    assert record.run.error == "OSError: disk gone"
+    monkeypatch.setattr(System, "open", opened)
+    console = Console(record=True, width=300)
+    fresh = evaluate(lab, EvalSettings(**settings), console=console)  # not --resume
+    assert "an unfinished evaluation with these settings exists" in " ".join(console.export_text().split())
+    assert fresh.id != record.id
+    assert evaluate(lab, EvalSettings(**settings), resume=True).id == record.id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def test_a_staged_folders_files_follow_the_umask_whoever_wrote_them(tmp_path: Pa
 def test_shared_build_keeps_a_target_another_process_finished_first(tmp_path: Path) -> None:
     target = tmp_path / "model-abc"
     with staged_folder(target, shared=True) as staging:
-        assert staging.name == f".model-abc.{os.getpid()}.partial"  # no clash with another process's staging
+        # no clash with another process's staging, here or on another machine sharing the cache
+        assert staging.name == f".model-abc.{socket.gethostname()}-{os.getpid()}.partial"
         (staging / "config.json").write_text("mine")
         target.mkdir()  # meanwhile another process completes the same build
         (target / "config.json").write_text("theirs")
@@ -122,6 +124,30 @@ def test_shared_build_keeps_a_target_another_process_finished_first(tmp_path: Pa
     with staged_folder(other, shared=True) as staging:
         (staging / "config.json").write_text("mine")
     assert (other / "config.json").read_text() == "mine"
+
+
+def test_a_shared_staging_left_by_a_killed_process_of_this_machine_is_removed(tmp_path: Path) -> None:
+    """A kill while converting a model into the shared cache left its gigabytes in `.NAME.PID.partial` for good:
+    the next build of that entry removes the stagings of this machine's processes that are gone, and keeps a
+    live process's and another machine's."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        host = socket.gethostname()
+        names = {"dead": f".model.{host}-{gone.pid}.partial", "old-style": f".model.{gone.pid}.partial",
+                 "live": f".model.{host}-{live.pid}.partial", "elsewhere": f".model.other-node-{gone.pid}.partial"}
+        for name in names.values():
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "model.safetensors").write_bytes(b"x" * 10)
+        with staged_folder(tmp_path / "model", shared=True) as staging:
+            (staging / "config.json").write_text("{}")
+        left = {p.name for p in tmp_path.iterdir()}
+        assert left == {"model", names["live"], names["elsewhere"]}
+    finally:
+        live.kill()
 
 
 def _build(target: str, barrier) -> None:

@@ -418,3 +418,34 @@ def test_a_quantization_studys_export_is_told_by_its_record_or_its_file(tmp_path
     assert record("models/tiny-q4_0.gguf").export_type is None  # a GGUF file of the lab's own: a base model
     assert record("/data/myruns/.gguf/llama-3-8b.gguf").export_type is None  # not a study's file name
     assert record("smollm2-135m-instruct").export_type is None
+
+
+def test_a_run_left_running_on_another_machine_is_resumable_once_its_files_are_silent(tmp_path, monkeypatch):
+    """A run killed in a container (every container has a hostname of its own) stayed "running" for good: no
+    process can be asked after on another host. A live run touches its run.json every minute (the heartbeat);
+    files untouched for ten minutes mean no process works on it, and --resume takes it up."""
+    import os
+
+    from llamalab.runs import record as records
+    from llamalab.runs.record import SILENT_S, is_alive
+
+    record = RunRecord.create(tmp_path, "eval", "e", {"limit": 1}, **eval_fields())
+    record.update(host="container-a", pid=4242)
+    assert is_alive(RunRecord.load(record.folder))
+    with pytest.raises(LlamalabError, match=r"still running \(pid 4242 on container-a\); its files changed \d+ s "
+                                            r"ago: if that machine or container has stopped, the run can be resumed"):
+        resume_run(tmp_path, "eval", "e", {"limit": 1})
+    long_ago = time.time() - SILENT_S - 5
+    os.utime(record.folder / "run.json", (long_ago, long_ago))
+    assert not is_alive(RunRecord.load(record.folder))
+    assert resume_run(tmp_path, "eval", "e", {"limit": 1}).id == record.id
+
+    # the heartbeat: a run being worked on keeps its run.json fresh while nothing else is written
+    monkeypatch.setattr(records, "HEARTBEAT_S", 0.05)
+    resumed = RunRecord.load(record.folder)
+    with resumed.tracking():
+        os.utime(record.folder / "run.json", (long_ago, long_ago))
+        deadline = time.time() + 10
+        while (record.folder / "run.json").stat().st_mtime < time.time() - 60 and time.time() < deadline:
+            time.sleep(0.05)
+        assert (record.folder / "run.json").stat().st_mtime > time.time() - 60

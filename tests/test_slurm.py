@@ -194,8 +194,8 @@ def test_a_study_runs_on_slurm_and_a_cancelled_cell_completes_with_retry_failed(
 
 def test_a_run_on_a_node_counts_as_alive_only_while_its_job_is(executor, tmp_path):
     """A record left "running" by a job that was killed (out of memory, scancel, a node failure) is not alive:
-    Slurm no longer has the job. Without a recorded job, a run on another host cannot be checked and counts as
-    alive."""
+    Slurm no longer has the job. Without a recorded job, a run on another host counts as alive while its files
+    change (tests/test_records.py: once they are untouched for ten minutes it is not)."""
     from llamalab.runs.record import RunRecord, is_alive, slurm_job_alive
     from tests.records import train_fields
 

@@ -155,8 +155,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     assert checkpoints == ["checkpoint-4"]
 
     interrupted.update(peak_memory_mb=10**7)  # as if the killed session had recorded a larger peak
-    resumed = train(lab, name, resume=True)
-    assert resumed.id == interrupted.id
+    # resumed with checkpointing on (what a run killed for memory needs): it changes no number, so it continues it
+    resumed = train(lab, name, resume=True, activation_checkpointing="yes")
+    assert resumed.id == interrupted.id and resumed.run.memory.activation_checkpointing
     assert resumed.run.status == "finished"
     assert resumed.run.peak_memory_mb == 10**7  # the run's peak is the largest of its sessions'
     # the resumed session's time covers steps 5-12 of 16 per epoch: half an epoch (the killed session's is lost)
@@ -190,8 +191,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     assert resumed.run.metrics.final_loss == pytest.approx(clean.run.metrics.final_loss, rel=1e-5)
     log = [json.loads(line) for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == list(range(1, 13))
-    # no session recorded a speed: none is claimed (not 0 tokens/s), and no epoch is timed
+    # no session recorded a speed: none is claimed (not 0 tokens/s), and no epoch is timed; nor a peak memory (the
+    # session that only loaded the weights recorded a negative one)
     assert "tokens_per_s" not in resumed.run.throughput and resumed.run.timings["train_epochs"] == 0
+    assert resumed.run.memory.measured_mb is None
     b = load_file(resumed.folder / "adapter" / "adapter_model.safetensors")
     for key in a:
         assert (a[key] - b[key]).abs().max().item() < 1e-6, key

@@ -598,16 +598,21 @@ def main() -> None:
     # missing: a warning about nothing llamalab uses unless the run is QLoRA (which checks bitsandbytes itself)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    signal.signal(signal.SIGINT, _interrupted)
+    # Ctrl-C, `kill`, a closed terminal or ssh session, `docker stop`: each run marks itself interrupted (SIGTERM
+    # and SIGHUP left it "running" with no word on what to do)
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _interrupted)
     run_app(app)
 
 
 def _interrupted(signum, frame) -> None:
-    """Ctrl-C: say what happens to the work (a command stopped silently, with exit code 130), then stop as Python
-    does (each run marks itself interrupted on the way out)."""
-    os.write(2, b"\ninterrupted: stopping. Finished work is kept: a train or eval run continues with --resume, a "
-             b"study with `llamalab study run NAME` again; an export is written whole or not at all.\n")  # not
-    # through sys.stderr: a Ctrl-C landing while it writes would make a second write fail
+    """Ctrl-C (or SIGTERM, SIGHUP): say what happens to the work (a command stopped silently, with exit code 130),
+    then stop as Python does on Ctrl-C (each run marks itself interrupted on the way out)."""
+    what = b"interrupted" if signum == signal.SIGINT else signal.Signals(signum).name.encode() + b" received"
+    os.write(2, b"\n" + what + b": stopping. Finished work is kept: a train or eval run continues with --resume, "
+             b"a study with `llamalab study run NAME` again, the demo with `llamalab demo` again; an export is "
+             b"written whole or not at all.\n")  # not through sys.stderr: a Ctrl-C landing while it writes would
+    # make a second write fail
     raise KeyboardInterrupt
 
 

@@ -24,7 +24,7 @@ from llamalab.publish.posts import new_post
 from llamalab.publish.report import build_report
 from llamalab.publish.site import build_site
 from llamalab.runs.files import write_json_atomic
-from llamalab.runs.record import RunRecord
+from llamalab.runs.record import RunRecord, now_iso
 from llamalab.runs.schema import TrainRun
 from llamalab.studies.run import BASELINES, best_baseline  # the baseline is chosen as studies choose it
 from llamalab.tasks.checks import check_task_data
@@ -51,6 +51,8 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
     measured."""
     stages: dict[str, float] = {}
     floors: dict[str, float] = {}
+    taken_up: dict[str, str] = {}  # stages whose run an earlier demo in this lab finished (or began): their run ids
+    began = now_iso()
     device = resolve_device()
     rate = measure_matmul_tflops(device) * 1e12  # FLOP/s, measured now on this process's threads
     shape: Shape | None = None  # once the model is prepared (converted, on a first run: that stage's time)
@@ -62,7 +64,11 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
         started = time.perf_counter()
         result = work()
         stages[name] = round(time.perf_counter() - started, 1)
-        if shape is not None and (flops := model_flops(result, shape)) is not None:
+        if isinstance(result, RunRecord) and result.run.started < began:  # ISO UTC times: ordered as text
+            # a killed demo's run continued, or a finished one taken as it is: this stage's seconds are not its
+            # whole work, so it gets no compute floor
+            taken_up[name] = f"{'resumed' if any(t >= began for t in result.run.resumed) else 'reused'} {result.id}"
+        elif shape is not None and (flops := model_flops(result, shape)) is not None:
             floors[name] = round(flops / rate, 1)
         return result
 
@@ -75,22 +81,24 @@ def run_demo(lab_dir: Path, console: Console) -> dict[str, Any]:
     with load_system(lab, EMBEDDED_NAME) as base:  # loaded once for every baseline
         dev = {
             name: stage(f"baseline {name} on dev", lambda fmt=fmt, shots=shots: evaluate(
-                lab, base, task=TASK, split="dev", format=fmt, shots=shots, limit=DEV_LIMIT, console=console))
+                lab, base, task=TASK, split="dev", format=fmt, shots=shots, limit=DEV_LIMIT, console=console,
+                reuse=True))
             for name, (fmt, shots) in BASELINES.items()
         }
         best = best_baseline(dev)
         console.print(f"Best baseline on dev: [bold]{best}[/]")
         fmt, shots = BASELINES[best]
         baseline = stage("best baseline on test", lambda: evaluate(
-            lab, base, task=TASK, split="test", format=fmt, shots=shots, console=console))
-    trained = stage("LoRA fine-tune", lambda: train(lab, EXPERIMENT, console=console))
+            lab, base, task=TASK, split="test", format=fmt, shots=shots, console=console, reuse=True))
+    # a killed demo's runs are taken up where they stopped (reuse), and the stage table says so
+    trained = stage("LoRA fine-tune", lambda: train(lab, EXPERIMENT, console=console, reuse=True))
     finetuned = stage("fine-tuned on test", lambda: evaluate(lab, trained.id, task=TASK, split="test",
-                                                             console=console))
+                                                             console=console, reuse=True))
 
     result = versus_baseline(lab, baseline, finetuned)
     console.print(comparison_table(result))
     stage("report, weekly post and site", lambda: _publish(lab, console))
-    summary = _summary(stages, floors, rate, dev, baseline, trained, finetuned, result)
+    summary = _summary(stages, floors, rate, dev, baseline, trained, finetuned, result) | {"taken_up": taken_up}
     write_json_atomic(lab.root / "demo-summary.json", summary)
     _print_summary(console, summary, lab)
     return summary
@@ -162,13 +170,15 @@ def _summary(stages, floors, rate, dev, baseline, trained, finetuned, result) ->
     }
 
 
-def stage_rows(stages: dict[str, float], floors: dict[str, float]) -> list[tuple[str, str, str, str]]:
+def stage_rows(stages: dict[str, float], floors: dict[str, float],
+               taken_up: dict[str, str] | None = None) -> list[tuple[str, str, str, str]]:
     """The stage table's rows: each stage's seconds, compute floor and their ratio ("–" where a stage has no floor),
-    then the totals."""
+    then the totals; a stage that took up an earlier demo's run says which (`taken_up`)."""
     rows = []
     for name, seconds in stages.items():
         floor = floors.get(name)
-        rows.append((name, f"{seconds:.1f}", "–" if floor is None else f"{floor:.1f}",
+        label = f"{name} ({taken_up[name]})" if taken_up and name in taken_up else name
+        rows.append((label, f"{seconds:.1f}", "–" if floor is None else f"{floor:.1f}",
                      f"{seconds / floor:.2f}" if floor else "–"))
     rows.append(("[bold]total", f"[bold]{sum(stages.values()):.1f}", f"{sum(floors.values()):.1f}", ""))
     return rows
@@ -182,9 +192,12 @@ def _print_summary(console: Console, summary: dict, lab: Lab) -> None:
     table.add_column("seconds", justify="right")
     table.add_column("compute floor (s)", justify="right")
     table.add_column("x floor", justify="right")
-    for row in stage_rows(summary["stages_s"], summary["compute_floor_s"]):
+    for row in stage_rows(summary["stages_s"], summary["compute_floor_s"], summary["taken_up"]):
         table.add_row(*row)
     console.print(table)
+    if summary["taken_up"]:
+        console.print("Stages marked reused or resumed took up runs an earlier demo in this lab finished or began: "
+                      "their seconds are not the work's (start from a new --lab to time every stage)")
     b, f, t = summary["baseline"]["accuracy"], summary["finetuned"]["accuracy"], summary["paired_test"]
     console.print(
         f"best baseline ({summary['baseline']['format']}, {summary['baseline']['shots']}-shot): "

@@ -43,6 +43,7 @@ from llamalab.runs.record import (
     config_hash,
     finished_run,
     has_unfinished,
+    now_iso,
     resume_run,
 )
 from llamalab.tasks.data import Example, TaskData, load_task_data
@@ -173,6 +174,10 @@ def evaluate(
             return done
         resume = resume or has_unfinished(lab.runs_dir, "eval", run_name(task_spec, resolved), settings.model_dump(),
                                           inputs, **mine)
+    elif not resume and has_unfinished(lab.runs_dir, "eval", run_name(task_spec, resolved), settings.model_dump(),
+                                       inputs, also=before, where=lambda record: same_system(record, resolved)):
+        console.print("[yellow]note:[/] an unfinished evaluation with these settings exists (a killed or "
+                      "interrupted one): this starts a new one; add --resume to continue it instead")
     return _evaluate(lab, settings, task_spec, data, resolved, loaded, console, inputs if resume else None,
                      before)
 
@@ -195,11 +200,18 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
                         where=lambda found: same_system(found, system)) if resume else None
     started = time.perf_counter()
     # Before any run folder exists: a model that cannot load, or a setting its backend cannot honour, leaves none.
-    if loaded is None:
-        backend = system.open(settings.backend, settings.precision)
-    else:
-        backend = loaded.backend
-        backend_for(system, settings.backend).check_precision(settings.precision)
+    try:
+        if loaded is None:
+            backend = system.open(settings.backend, settings.precision)
+        else:
+            backend = loaded.backend
+            backend_for(system, settings.backend).check_precision(settings.precision)
+    except BaseException as exc:
+        if record is not None:  # a resumed run, marked running: stopped or failed again, never left "running"
+            stopped = isinstance(exc, KeyboardInterrupt)
+            record.update(status="interrupted" if stopped else "failed", ended=now_iso(),
+                          error=None if stopped else f"{type(exc).__name__}: {exc}")
+        raise
     load_s = time.perf_counter() - started
     if record is None:
         record = RunRecord.create(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +79,8 @@ def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
     wins, and a build that finds `target` already there when it finishes is discarded, keeping that `target`.
     """
     if shared:
-        staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        _clear_dead_stagings(target)
+        staging = target.with_name(f".{target.name}.{socket.gethostname()}-{os.getpid()}.partial")
         yield from _staged(target, staging, shared=True)
         return
     with _exclusive(target.with_name(f".{target.name}.lock")):  # two builds of one target: one after the other
@@ -85,6 +88,23 @@ def staged_folder(target: Path, *, shared: bool = False) -> Iterator[Path]:
         if old.is_dir() and not target.exists():
             old.rename(target)  # a kill between the two renames below: the previous build is still whole, restore it
         yield from _staged(target, target.with_name(f".{target.name}.partial"), shared=False)
+
+
+def _clear_dead_stagings(target: Path) -> None:
+    """Remove the shared stagings of `target` that processes of this machine which are gone left (a kill while
+    converting a model: gigabytes); another machine's (a cache on a shared drive) cannot be checked and are kept."""
+    prefix, host = f".{target.name}.", socket.gethostname()
+    for leftover in target.parent.glob(f"{glob.escape(prefix)}*.partial"):
+        owner = leftover.name[len(prefix):-len(".partial")]
+        where, _, pid = owner.rpartition("-")
+        if not pid.isdigit() or where not in (host, ""):  # "": PID alone, as staged before the host was named
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def _staged(target: Path, staging: Path, shared: bool) -> Iterator[Path]:

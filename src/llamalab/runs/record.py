@@ -16,6 +16,7 @@ import platform
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the resolved settings the run was started with
 TRAIN_LOG = "train_log.jsonl"  # one row per logged training step
 PREDICTIONS = "predictions.jsonl"  # an eval run's rows, one per example (prompt, prediction, scores)
+# A running run's process touches its run.json this often; a run on another machine whose files have been left
+# untouched for SILENT_S has no live process (a container or machine that stopped) and can be resumed.
+HEARTBEAT_S = 60.0
+SILENT_S = 600.0
 _PACKAGES = ("llamalab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "numpy", "scipy")
 
 
@@ -143,17 +148,33 @@ class RunRecord:
         block ends."""
         start = time.perf_counter()
         status, error = "finished", None
+        stop = _heartbeat(self.folder / RUN_FILE)
         try:
             yield self
         except BaseException as exc:
             status, error = ("interrupted", None) if _interruption(exc) else ("failed", f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            stop.set()
             timings = dict(self.run.timings)
             timings["total_s"] = round(timings.get("total_s", 0) + time.perf_counter() - start, 2)
             # the peak over the run's sessions, and over its training processes (the first one records its own)
             peak = max(self.run.peak_memory_mb or 0, peak_memory_mb())
             self.update(status=status, ended=now_iso(), error=error, timings=timings, peak_memory_mb=peak)
+
+
+def _heartbeat(path: Path) -> threading.Event:
+    """Touch `path` every HEARTBEAT_S until the returned event is set: a run's files then say it is being worked
+    on, also to a machine that cannot ask after its process (`is_alive`)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):  # between an atomic write's rename and the next: the next touches
+                os.utime(path)
+
+    threading.Thread(target=beat, name="llamalab-heartbeat", daemon=True).start()
+    return stop
 
 
 def _interruption(exc: BaseException) -> bool:
@@ -292,26 +313,42 @@ def finished_run(runs_dir: Path, kind: str, config: dict, name: str | None = Non
     return done[-1] if done else None
 
 
+# Settings that change how fast or in how much memory a run goes, never its numbers: a run killed for memory (or
+# one the plan sized for another card) continues with other values (a smaller eval batch; checkpointing on).
+RESUME_ANY = {"eval": ("batch_size",), "train": ("activation_checkpointing", "memory_limit")}
+
+
+def _continues(record: RunRecord, kind: str, config: dict, wanted: str, before: set[str],
+               where: Callable[[RunRecord], bool]) -> bool:
+    """Whether `--resume` with `config` may continue `record`: the same settings (`same_settings`), or settings
+    that differ only in what `RESUME_ANY` names."""
+    if same_settings(record, wanted, before, where):
+        return True
+    loose = [{k: v for k, v in settings.items() if k not in RESUME_ANY[kind]} for settings in (record.config, config)]
+    return loose[0] == loose[1] and where(record)
+
+
 def has_unfinished(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs(),
                    also: Sequence[dict] = (), where: Callable[[RunRecord], bool] = lambda record: True) -> bool:
     """Whether an unfinished run of this kind, name and settings exists that `resume_run` would continue (the
     latest such, from the same `inputs`; `also` and `where` as there)."""
     wanted, before = config_hash(config), {config_hash(c) for c in also}
     same = [r for r in list_runs(runs_dir, kind) if r.run.name == name and not r.run.finished
-            and same_settings(r, wanted, before, where)]
+            and _continues(r, kind, config, wanted, before, where)]
     return bool(same) and inputs.differ(same[-1]) is None
 
 
 def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Inputs = Inputs(),
                also: Sequence[dict] = (), where: Callable[[RunRecord], bool] = lambda record: True) -> RunRecord:
     """The latest unfinished run of this kind and name started with the same settings (`also`: as an earlier
-    llamalab recorded them), taken only `where` it says so (`same_settings`), marked running again.
+    llamalab recorded them; those `RESUME_ANY` names may differ), taken only `where` it says so
+    (`same_settings`), marked running again.
 
     The one rule for `--resume` (train and eval): a run started with other settings is never continued, and
     one still being worked on by a live process is never taken over."""
     wanted, before = config_hash(config), {config_hash(c) for c in also}
     unfinished = [r for r in list_runs(runs_dir, kind) if r.run.name == name and not r.run.finished]
-    same = [r for r in unfinished if same_settings(r, wanted, before, where)]
+    same = [r for r in unfinished if _continues(r, kind, config, wanted, before, where)]
     what = "evaluation" if kind == "eval" else "run"
     if not same:
         if unfinished:
@@ -331,8 +368,13 @@ def resume_run(runs_dir: Path, kind: str, name: str, config: dict, inputs: Input
     with _claim_lock(runs_dir):  # two resumes at once: the second sees the first's claim, not a dead run
         record = RunRecord.load(record.folder)
         if is_alive(record):
+            elsewhere = record.run.host is not None and record.run.host != socket.gethostname()
             where = f" on {record.run.host}" if record.run.host else ""
-            raise LlamalabError(f"run {record.id} is still running (pid {record.run.pid}{where})")
+            raise LlamalabError(
+                f"run {record.id} is still running (pid {record.run.pid}{where})" + (
+                    f"; its files changed {silent_s(record):.0f} s ago: if that machine or container has stopped, "
+                    f"the run can be resumed once they have been untouched for {SILENT_S / 60:.0f} minutes"
+                    if elsewhere else ""))
         record.update(status="running", pid=os.getpid(), host=socket.gethostname(), slurm_job=slurm_job(),
                       resumed=[*record.run.resumed, now_iso()])
     return record
@@ -397,6 +439,15 @@ def _later_settings() -> dict:
     return dict(LATER_SETTINGS)
 
 
+def silent_s(record: RunRecord) -> float:
+    """Seconds since any of the run's files (run.json, its predictions, its training log) last changed."""
+    times = []
+    for name in (RUN_FILE, PREDICTIONS, TRAIN_LOG):
+        with contextlib.suppress(OSError):
+            times.append((record.folder / name).stat().st_mtime)
+    return time.time() - max(times, default=0.0)
+
+
 def slurm_job() -> str | None:
     """The Slurm job this process is in (a job array's task as ARRAYID_TASK, as squeue names it), if any."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -422,13 +473,19 @@ def is_alive(record: RunRecord) -> bool:
     """Whether a run marked running is still being worked on by a live process (other than this one).
 
     A run on another machine (a cluster node) is checked through its Slurm job where it recorded one (a job that
-    was killed, cancelled or ran out of time leaves the record "running"); without one it counts as alive."""
+    was killed, cancelled or ran out of time leaves the record "running"); where Slurm cannot say, by its files: a
+    live process touches its run.json every minute, so files untouched for SILENT_S mean no process works on it (a
+    container or machine that stopped)."""
     pid = record.run.pid
     if record.run.status != "running" or not pid:
         return False
     if record.run.host is not None and record.run.host != socket.gethostname():
         job = record.run.slurm_job
-        return True if job is None or job == slurm_job() else slurm_job_alive(job) is not False
+        if job is not None and job == slurm_job():
+            return True  # another node of this very job
+        if job is not None and (alive := slurm_job_alive(job)) is not None:
+            return alive
+        return silent_s(record) < SILENT_S
     if pid == os.getpid():
         return False
     try:

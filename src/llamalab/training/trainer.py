@@ -73,6 +73,9 @@ def train(
         if done := finished_run(lab.runs_dir, "train", resolved, name, inputs):
             return done
         resume = has_unfinished(lab.runs_dir, "train", name, resolved, inputs)
+    elif not resume and has_unfinished(lab.runs_dir, "train", name, resolved, inputs):
+        console.print("[yellow]note:[/] an unfinished run with these settings exists (a killed or interrupted one, "
+                      "with its checkpoints): this starts a new one from step 0; add --resume to continue it instead")
     tokenizer = load_tokenizer(model_ref)  # fails fast (before any run folder exists) if the model is missing
     _check_targets(experiment, model_ref, source)
     if experiment.method == "qlora":
@@ -277,9 +280,12 @@ def _memory(record: RunRecord, plan, peaks: list[float | None], processes: int, 
     left to train) keeps the peak its training measured."""
     measured = {"measured_mb": max((p for p in peaks if p is not None), default=None),
                 **({"measured_mb_each": peaks} if processes > 1 else {})}
-    if not trained and record.run.memory is not None and record.run.memory.measured_mb is not None:
-        measured = {"measured_mb": record.run.memory.measured_mb,
-                    **({"measured_mb_each": record.run.memory.measured_mb_each} if processes > 1 else {})}
+    if not trained:  # its training's peak, or none (killed after its last checkpoint, before it said): a session
+        # that only loaded weights measured no training (a negative peak, once the model it held was let go)
+        known = record.run.memory is not None and record.run.memory.measured_mb is not None
+        measured = {"measured_mb": record.run.memory.measured_mb if known else None,
+                    **({"measured_mb_each": record.run.memory.measured_mb_each if known else None}
+                       if processes > 1 else {})}
     return {**plan.to_record(), **measured}
 
 
