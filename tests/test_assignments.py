@@ -548,6 +548,27 @@ def test_the_baseline_threshold_is_its_score_on_the_hidden_examples(lab: Lab) ->
     assert f"{narrow.id} (answered 20 of them" in message and "without --limit" in message
 
 
+def test_of_two_equal_finetuned_evaluations_the_newest_is_the_solution_as_in_compare(lab: Lab) -> None:
+    """The same fine-tune evaluated twice with the same results: `compare` shows the newer evaluation, and
+    `assignment build` took the older one (its messages named a run `--reference` then refused)."""
+    from llamalab.assignments.references import choose_references
+    from llamalab.evaluation.compare import compare
+    from llamalab.runs.record import RunRecord
+    from llamalab.tasks.task import load_task
+    from tests.records import train_fields
+
+    task = load_task(lab.task_path("sentiment"), lab.root)
+    test = [(ex.id, ex.answer) for ex in mixed_test(task, 40)]
+    trained = RunRecord.create(lab.runs_dir, "train", "tuned", {"task": "sentiment"}, **train_fields())
+    trained.update(status="finished")
+    answers = {i: (g, n % 10 != 0) for n, (i, g) in enumerate(test)}
+    _scored_eval(lab, "tuned", answers, train_run=trained.id)
+    newer = _scored_eval(lab, "tuned", answers, train_run=trained.id)
+    _scored_eval(lab, "base", {i: (g, n % 2 == 0) for n, (i, g) in enumerate(test)})
+    shown = next(row.run for row in compare(lab, "sentiment").systems if row.system.startswith("tuned"))
+    assert choose_references(lab, task, None, margin=0.02).finetuned.id == shown == newer.id
+
+
 def test_the_hidden_test_is_the_widest_finetuned_evaluation(lab: Lab) -> None:
     """A `--limit 20` evaluation of the fine-tuned model scoring 1.0 does not shrink the hidden test to 20 examples:
     the evaluation that answered the most test examples is the solution."""

@@ -298,3 +298,13 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on(lab, tiny_model_dir, stop):
     assert f"{said}: stopping. Finished work is kept: a train or eval run continues with --resume" in output
     [record] = list_runs(lab.runs_dir, "eval")
     assert record.run.status == "interrupted"
+
+
+def test_eval_option_errors_name_the_option_typed(lab):
+    """`--limit 0` said "key 'limit'", `--batch-size abc` "key 'batch_size'": the settings' keys, not the options."""
+    runner = CliRunner()
+    for args, option in ((["--limit", "0"], "--limit"), (["--batch-size", "abc"], "--batch-size")):
+        result = runner.invoke(app, ["eval", "smollm2-135m-instruct", "--task", "sentiment", *args,
+                                     "--lab", str(lab.root)])
+        said = str(result.exception)  # a LlamalabError: one red line from `llamalab`
+        assert f"command line: {option}: " in said and "key '" not in said, said

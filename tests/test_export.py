@@ -179,7 +179,14 @@ def test_exporting_a_run_through_the_cli(lab, tiny_model_dir, tmp_path, converte
     result = CliRunner().invoke(app, ["export", record.id, str(target), "--gguf", "f16", "--lab", str(lab.root)])
     assert result.exit_code == 0, result.output
     assert "f16 GGUF written to" in result.output and "MiB" in result.output
-    assert sorted(p.name for p in target.parent.iterdir()) == ["run.gguf"]  # no merged folder or partial file left
+    # no merged folder or partial file left; what the file is made from next to it
+    assert sorted(p.name for p in target.parent.iterdir()) == ["run.gguf", "run.gguf.source.json"]
+    # evaluated, the file is the run's weights at f16 (it was recorded, and drawn in figures, as a base model)
+    from llamalab.evaluation.evaluate import evaluate
+
+    exported = evaluate(lab, str(target), task="sentiment", backend="llama.cpp", limit=4)
+    assert exported.run.system.kind == "finetuned" and exported.run.system.train_run == record.id
+    assert exported.run.system.quantized == "f16" and exported.run.system.label.endswith(" f16")
 
     merged, tokenizer = resolve_system(lab, record.id).load()
     ids = tokenizer(PROMPT, add_special_tokens=False).input_ids

@@ -89,3 +89,20 @@ def test_train_progress_reaches_a_redirected_log_while_it_runs(lab, tiny_model_d
     assert counts[-1] == steps and counts == sorted(set(counts))
     assert len(counts) < steps  # throttled, not a line per step
     assert len(counts) == sum(line.startswith("train  ") for line in text.splitlines())
+
+
+def test_training_steps_longer_than_half_a_minute_still_get_an_eta():
+    """The training bar's speed came from the last 30 s: steps of 35 s (a 1B model on a laptop) never had two in
+    that window, so the ETA stayed -:--:--; training's window is an hour."""
+    from llamalab.progress import new_progress
+
+    now = [0.0]
+    progress = new_progress(log_console(), "steps", speed_window_s=3600.0)
+    progress.get_time = lambda: now[0]
+    task = progress.add_task("train", total=10, info="")
+    for step in range(1, 4):
+        now[0] = step * 35.0
+        progress.update(task, completed=step, info="")
+    progress.stop()
+    lines = progress.console.file.getvalue().splitlines()
+    assert lines[-1].startswith("train  3/10 steps  0:01:45 elapsed  ETA 0:04:05"), lines  # 7 steps at 35 s

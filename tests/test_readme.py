@@ -56,3 +56,14 @@ def test_public_api_resolves_without_loading_torch() -> None:
             "assert not heavy, heavy\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_states_the_record_schema_version_runs_are_written_with() -> None:
+    """It said 9 for a while after records were written at 10."""
+    import re
+
+    from llamalab.runs.schema import SCHEMA_VERSION
+
+    stated = re.search(r"`schema_version` \(now (\d+):", README.read_text(encoding="utf-8"))
+    assert stated and int(stated[1]) == SCHEMA_VERSION
+    assert f"; {SCHEMA_VERSION} `" in README.read_text(encoding="utf-8")  # and the list says what it added

@@ -292,3 +292,15 @@ def test_a_markdown_table_caption_is_emphasis_whatever_space_ends_it():
         table = _markdown(["system", "n"], [["a", "1"]], text)
         assert table.endswith("*Caption.*\n"), table
         assert "<em>Caption.</em>" in MarkdownIt().render(table.split("\n\n")[-1])
+
+
+def test_a_half_edited_task_file_stops_no_report_of_other_tasks(lab):
+    """`report --task sentiment` failed on another task's broken YAML; a report of every task still names it."""
+    from tests.records import sentiment_eval
+
+    sentiment_eval(lab, "a", [True, False, True, True])
+    (lab.root / "tasks" / "bad.yaml").write_text("name: bad\ndata: files: [\n")
+    out = build_report(lab, "only", tasks=["sentiment"])
+    assert "sentiment" in (out / "README.md").read_text()
+    with pytest.raises(LlamalabError, match=r"bad.yaml:2"):
+        build_report(lab, "all")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
@@ -220,7 +221,10 @@ def plan(
               f"with it; {result.budget_mb:,.0f} MiB usable. Activation checkpointing "
               f"{'on' if result.checkpointing else 'off'}: {escape(result.reason)}.")
     if result.seconds_per_epoch is not None:
-        out.print(f"time: {result.seconds_per_epoch:,.0f} s per epoch ({result.steps_per_epoch} steps) at "
+        per_step = result.seconds_per_epoch / max(result.steps_per_epoch or 1, 1)
+        run = (f"; the run stops at max_steps {result.max_steps}: {_seconds(per_step * result.max_steps)} s"
+               if result.max_steps else "")
+        out.print(f"time: {_seconds(result.seconds_per_epoch)} s per epoch ({result.steps_per_epoch} steps){run}, at "
                   f"{result.efficiency:.0%} of {result.matmul_tflops:,.3g} TFLOP/s ({escape(result.efficiency_source)})"
                   f"; {result.flops_per_token / 1e9:,.2f} GFLOP per token")
     else:
@@ -238,6 +242,11 @@ def plan(
                             if row.predicted_s_per_epoch else "–",
                             f"{row.measured_s_per_epoch:,.0f}" if row.measured_s_per_epoch else "–")
         out.print(history)
+
+
+def _seconds(value: float) -> str:
+    """Seconds as the plan shows them: whole above 10 s, one decimal below (0.4 s printed as 0)."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
 @app.command("eval")
@@ -269,7 +278,12 @@ def evaluate(
     options = {"system": system, "task": task, "split": split, "format": prompt_format, "shots": shots,
                "limit": limit, "protocol": protocol, "backend": backend, "max_new_tokens": max_new_tokens,
                "precision": precision, "batch_size": batch_size}
-    settings = parse_model(EvalSettings, options, "command line")
+    try:
+        settings = parse_model(EvalSettings, options, "command line")
+    except LlamalabError as exc:  # named as typed: --batch-size, not the setting's key batch_size
+        option = {"format": "--format", "system": "SYSTEM"}
+        raise LlamalabError(re.sub(r"key '(\w+)'", lambda m: option.get(m[1], "--" + m[1].replace("_", "-")),
+                                   str(exc))) from None
     record = run_eval(find_lab(lab), settings, console=console, resume=resume)
     for name, m in record.run.metrics.items():
         console.print(f"{name}: {m.estimate:.4f}  [95% CI {m.low:.4f}, {m.high:.4f}]  n={m.n:,}")
@@ -344,7 +358,8 @@ def export(
         if target.suffix.lower() != ".gguf":
             raise LlamalabError(f"{target}: with --gguf, name a .gguf file")
         check_tools(gguf)
-    system = resolve_system(find_lab(lab), run)
+    the_lab = find_lab(lab)
+    system = resolve_system(the_lab, run)
     model, tokenizer = system.load()
     if gguf is None:
         with staged_folder(target) as staging:
@@ -355,13 +370,21 @@ def export(
 
     import time
 
+    from llamalab.evaluation.systems import canonical_name
     from llamalab.export import export_loaded, gguf_tensor_types
+    from llamalab.runs.files import write_json_atomic
 
     started = time.monotonic()
+    made_from = target.with_name(target.name + ".source.json")
+    made_from.unlink(missing_ok=True)  # a stale one never describes the new file
     export_loaded(model, tokenizer, target, gguf, name=system.label)
+    # what the file is: evaluated, it is this run's weights at `gguf`, not a base model of its own
+    write_json_atomic(made_from, {"system": canonical_name(the_lab, run), "type": gguf,
+                                  "revision": system.model.revision if system.model else None})
     types = ", ".join(f"{count} {name}" for name, count in gguf_tensor_types(target).items())
     console.print(f"{gguf} GGUF written to {target}: {target.stat().st_size / 2**20:.1f} MiB "
-                  f"in {time.monotonic() - started:.0f} s (tensors: {types})")
+                  f"in {time.monotonic() - started:.0f} s (tensors: {types}); {made_from.name} next to it says it "
+                  f"is run {system.train_run}'s weights (keep the two together: `llamalab eval` records it as such)")
 
 
 @app.command()

@@ -19,7 +19,7 @@ from llamalab.config import LlamalabError
 from llamalab.evaluation.answers import extract_number
 from llamalab.evaluation.metrics import canonical_order, metric_intervals, row_statistic
 from llamalab.lab import Lab
-from llamalab.runs.record import CONFIG_FILE, RunRecord, find_run, list_runs, read_predictions
+from llamalab.runs.record import CONFIG_FILE, RunRecord, find_run, list_runs, read_predictions, started_at
 from llamalab.runs.schema import Interval
 from llamalab.tasks.data import Example, TaskData, load_task_data
 from llamalab.tasks.task import Task
@@ -164,14 +164,14 @@ def _of_base_model(task: Task, baselines: list[RunRecord], trained: RunRecord) -
 def _best_finetuned(task: Task, candidates: list[RunRecord], data: TaskData, metric: str) -> RunRecord:
     """The fine-tuned run whose answers become the hidden test: among runs on the task's current data, the one that
     answered the most test examples (a `--limit 50` evaluation would shrink the hidden test to 50), then the best
-    scoring of those."""
+    scoring of those, and of equals the newest (the evaluation `compare` shows for a system evaluated twice)."""
     current = [r for r in candidates if not r.run.task.data_sha256 or r.run.task.data_sha256 == data.file_hashes]
     if not current:
         raise LlamalabError(
             f"every fine-tuned evaluation of task {task.name!r} was made before its data changed "
             f"({', '.join(r.id for r in candidates)}): evaluate the fine-tuned model again "
             f"(`llamalab eval RUN_ID --task {task.name}`)")
-    return max(current, key=lambda r: (r.run.metrics[metric].n, r.run.metrics[metric].estimate))
+    return max(current, key=lambda r: (r.run.metrics[metric].n, r.run.metrics[metric].estimate, started_at(r)))
 
 
 def _best_baseline(task: Task, candidates: list[RunRecord], hidden: list[str], finetuned: RunRecord,

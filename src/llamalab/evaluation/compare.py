@@ -358,9 +358,12 @@ def comparison_table(result: Comparison) -> Table:
     table = Table(
         title=escape(f"{result.task} / {result.split}  (ranked by {result.metric})"),
         caption=escape(
-            f"p: {tests_label(result.systems)} on {result.metric} against {reference_name(result)}, "
-            "on the examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
-            "comparisons. predictions: the most frequent prediction and its share, outputs that did not parse, and "
+            f"{interval_note([row.metrics for row in result.systems])} "
+            + ("p: none, with one system. " if len(result.systems) == 1 else
+               f"p: {tests_label(result.systems)} on {result.metric} against {reference_name(result)}, on the "
+               "examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
+               "comparisons. ")
+            + "predictions: the most frequent prediction and its share, outputs that did not parse, and "
             "outputs cut off by the generation budget. "
             + (f"{cost_note(result.systems)} Time: evaluation wall time. " if with_cost else "")
             + earlier_data_note(result)).strip(),

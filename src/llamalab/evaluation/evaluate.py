@@ -166,6 +166,9 @@ def evaluate(
                       "generates nothing; --protocol generate would use it[/]")
     check_verbalizers(task_spec, settings.protocol)
     data = load_task_data(task_spec)
+    if settings.limit is not None and settings.limit >= (size := len(data.split(settings.split))):
+        console.print(f"[yellow]note:[/] --limit {settings.limit:,} is not below the {size:,} examples of "
+                      f"{task_spec.name}/{settings.split}: evaluating all of them")
     inputs = Inputs(resolved.model.revision if resolved.model else None, data.file_hashes,
                     task_spec.definition_sha256("eval"), resolved.api.model_dump() if resolved.api else None)
     if reuse:

@@ -15,6 +15,7 @@ from typing import NoReturn
 from llamalab.backends.api import ApiModel
 from llamalab.backends.registry import DEFAULT_PRECISION, BackendName, backend_for
 from llamalab.config import LlamalabError
+from llamalab.export import GGUF_TYPES
 from llamalab.lab import Lab
 from llamalab.models import ModelRef, local_path, resolve_model
 from llamalab.runs.record import RUN_FILE, RunRecord, matching_runs
@@ -118,20 +119,25 @@ def _not_a_system(lab: Lab, name: str, exc: LlamalabError) -> NoReturn:
 
 
 def exported_from(lab: Lab, name: str) -> System | None:
-    """For a quantization study's GGUF export (a file in runs/.gguf/ with the record of what it was made from
-    next to it), the system it is: the fine-tuned run's (kind, run, trained format) or the base model's, at the
-    file's type; its model is not resolved. None for any other model."""
+    """For a GGUF export with the record of what it was made from next to it (a quantization study's, in
+    runs/.gguf/, or `llamalab export RUN OUT --gguf TYPE`'s, anywhere, which records its type too), the system it
+    is: the fine-tuned run's (kind, run, trained format) or the base model's, at the file's type; its model is not
+    resolved. None for any other model."""
     path = local_path(name, lab.root)
     made_from = path.with_name(path.name + ".source.json")
     if path.suffix != ".gguf" or not made_from.is_file():
         return None
     try:
-        path.resolve().relative_to((lab.runs_dir / ".gguf").resolve())
-        source = json.loads(made_from.read_text())["system"]
+        recorded = json.loads(made_from.read_text())
+        source = recorded["system"]
     except (ValueError, OSError, KeyError, TypeError):
         return None
-    quantized = gguf_export_type(path.name)
-    if quantized is None:  # a file put in runs/.gguf/ by hand: not a study's export
+    if isinstance(recorded.get("type"), str):  # `llamalab export`'s: the file is named as its user chose
+        quantized = recorded["type"] if recorded["type"] in GGUF_TYPES else None
+    else:  # a study's, named by its type, in runs/.gguf/ (a file put there by hand is no export)
+        in_study = path.resolve().is_relative_to((lab.runs_dir / ".gguf").resolve())
+        quantized = gguf_export_type(path.name) if in_study else None
+    if quantized is None:
         return None
     record = None
     with contextlib.suppress(LlamalabError):  # a run deleted since, or now ambiguous: the file as a base model

@@ -60,7 +60,7 @@ def build_report(
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:  # reports/NAME/, never elsewhere
         raise LlamalabError(f"report name {name!r}: use letters, digits, '.', '_' and '-' (it is the folder "
                             "reports/NAME/, replaced whole by each build)")
-    boards = [b for b in task_boards(lab, split, reference=reference) if not tasks or b.name in tasks]
+    boards = task_boards(lab, split, reference=reference, tasks=tasks or None)
     if reference and not any(refers_to(reference, row.run, row.system, row.train_run) for b in boards
                              for row in b.rows):
         raise LlamalabError(f"reference {reference!r} names no evaluated system: give a run id or a system label "

@@ -7,6 +7,7 @@ no number is computed anywhere else, so every figure and table traces back to a 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +60,14 @@ def task_names(lab: Lab) -> list[str]:
     return sorted(p.stem for p in (lab.root / "tasks").glob("*.yaml"))
 
 
-def load_tasks(lab: Lab) -> list[Task]:
-    return [load_task(lab.task_path(name), lab.root) for name in task_names(lab)]
+def load_tasks(lab: Lab, names: Sequence[str] | None = None) -> list[Task]:
+    """The lab's tasks (only those `names` names: a half-edited file of another task stops nothing)."""
+    return [load_task(lab.task_path(name), lab.root) for name in task_names(lab) if names is None or name in names]
 
 
 def task_boards(
     lab: Lab, split: str = "test", only: set[str] | None = None, reference: str | None = None,
-    current_only: bool = True,
+    current_only: bool = True, tasks: Sequence[str] | None = None,
 ) -> list[TaskBoard]:
     """A leaderboard for every task that has finished evaluations on `split` (restricted to `only` run ids), made on
     the task's data as it is now (with `current_only`; else as they were, e.g. for what a past post showed).
@@ -73,7 +75,7 @@ def task_boards(
     Systems are tested against `reference` (a run id or system label) on the tasks it was evaluated on, and
     against each task's best system elsewhere."""
     boards = []
-    for task in load_tasks(lab):
+    for task in load_tasks(lab, tasks):
         entries, earlier = latest_evals(lab, task, split, only, current_only)
         if not entries:
             continue

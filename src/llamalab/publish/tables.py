@@ -43,8 +43,9 @@ def caption(board: TaskBoard) -> str:
     return (
         f"{board.name}, {board.comparison.split} split, ranked by {board.metric}. "
         f"{interval_note([row.metrics for row in board.rows])} "
-        f"p: {tests_label(board.rows)} on {board.metric} against {reference_name(board.comparison)}, "
-        "on the examples both saw (n=… marks a paired subset), Holm-corrected. " + cost_note(board.rows)
+        + ("p: none, with one system. " if len(board.rows) == 1 else
+           f"p: {tests_label(board.rows)} on {board.metric} against {reference_name(board.comparison)}, "
+           "on the examples both saw (n=… marks a paired subset), Holm-corrected. ") + cost_note(board.rows)
         + " Time is evaluation wall time. " + earlier_data_note(board.comparison)
     ).strip()
 

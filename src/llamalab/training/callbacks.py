@@ -43,7 +43,9 @@ class ProgressCallback(TrainerCallback):
         # A resumed run starts again from its checkpoint (global_step is already restored here) and logs the
         # steps after it anew: the rows the killed run logged for them would be duplicates.
         drop_log_after(self.log_path, state.global_step)
-        self.progress = new_progress(self.console, "steps")
+        # the ETA from the speed over the last hour: a 30 s window saw no two steps of a model whose steps take
+        # longer, and never gave an ETA
+        self.progress = new_progress(self.console, "steps", speed_window_s=3600.0)
         self.progress.start()
         self.task_id = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
         self.start_tokens = state.num_input_tokens_seen

@@ -53,6 +53,7 @@ the same device reached (or a stated default when there are none).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -246,6 +247,7 @@ class MemoryPlan:
     matmul_tflops: float | None = None
     epochs: float | None = None
     steps_per_epoch: int | None = None
+    max_steps: int | None = None  # where the run stops at a number of steps, not epochs
     components: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -648,7 +650,8 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
                                          flops_per_token(Shape.of_folder(model_ref.path), experiment.method))
                          if device.matmul_tflops else [], processes)
     batches = -(-len(lengths) // experiment.batch_size)
-    return replace(plan, epochs=epochs, steps_per_epoch=-(-batches // experiment.grad_accum))  # optimizer steps
+    return replace(plan, epochs=epochs, steps_per_epoch=-(-batches // experiment.grad_accum),  # optimizer steps
+                   max_steps=experiment.max_steps or None)
 
 
 class PeakMemory:
@@ -673,6 +676,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated() / MIB
         else:
+            _trim_heap()  # the freed buffers of earlier work in this process were resident, and reused unmeasured
             self.start = _status_mb("VmRSS")
             try:
                 Path("/proc/self/clear_refs").write_text("5")
@@ -687,6 +691,17 @@ class PeakMemory:
             self.mb = round(torch.cuda.max_memory_allocated() / MIB - self.start, 1)
         elif self.start is not None and (peak := _status_mb("VmHWM")) is not None:
             self.mb = round(peak - self.start, 1)
+
+
+def _trim_heap() -> None:
+    """Give the memory glibc keeps of freed buffers back to the system: a study's second training in one process
+    measured 596 MiB against 1,304 for the same run in a fresh one (its activations reused the first's freed
+    buffers, resident before it began); with this, 1,313 (embedded model, batch 8, 2-core AMD EPYC)."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # not glibc: nothing to give back this way
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def _status_mb(key: str) -> float | None:
