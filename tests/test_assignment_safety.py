@@ -391,6 +391,14 @@ def test_a_rebuild_that_changes_the_hidden_test_says_so(lab: Lab) -> None:
     assert said.startswith("the hidden test changed since the last build: ") and "of its 60 ids" in said
     assert f"(--from-runs {tuned.id} {base.id})" in said
 
+    # killed between a build's two renames: the last build is `.sentiment.old`, which the next build puts back;
+    # it read the settings the last build kept from the missing folder (a public assignment became private)
+    build_assignment(lab, "sentiment", public=True)
+    folder = lab.root / "assignments" / "sentiment"
+    folder.rename(folder.with_name(".sentiment.old"))
+    build_assignment(lab, "sentiment")
+    assert yaml.safe_load((folder / "assignment.yaml").read_text())["public"] is True
+
 
 def test_the_constant_answer_floor_on_random_hidden_tests(lab: Lab) -> None:
     """Property: for random hidden tests of a label task, the floor is the best of the labels given to every

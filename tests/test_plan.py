@@ -920,3 +920,11 @@ def test_a_second_peak_in_one_process_counts_what_reuses_freed_memory():
         again = [torch.ones(16384) for _ in range(3200)]
     assert peak.mb == pytest.approx(200, abs=25)
     del again
+
+
+def test_plan_names_the_experiment_file_of_a_mistyped_task(lab, tiny_model_dir):
+    from llamalab.training.plan import plan_run
+
+    write_experiment(lab, "typo", f"task: sentimnt\nbase_model: {tiny_model_dir}\n")
+    with pytest.raises(LlamalabError, match=r"typo.yaml: key 'task': no task named 'sentimnt'.*did you mean"):
+        plan_run(lab, "typo", "cpu")

@@ -120,6 +120,8 @@ def test_an_unfinished_comparator_run_is_refused_naming_it(lab):
     ("experiment: nope\ngrid: {learning_rate: [1e-4]}\n", "bad.yaml: key 'experiment': no experiment"),
     ("kind: scaling\nexperiment: exp\ngrid:\n  train_examples: [8]\n  learning_rate: [1e-4, 1e-3]\n",
      "bad.yaml:3: key 'grid': a scaling study varies only"),
+    ("kind: scaling\nexperiment: exp\ngrid:\n  train_exmples: [8]\n",
+     "put it in `grid` (or in every cell) (is 'train_exmples' meant to be train_examples?)"),
     # checked when the study is read, not after every cell has trained (and then again by every `study status`)
     ("experiment: exp\ngrid: {learning_rate: [1e-4]}\neval: {task: gsm8k, protocol: loglikelihood}\n",
      "bad.yaml: key 'eval': task 'gsm8k' has number answers: set `eval: {protocol: generate}`"),

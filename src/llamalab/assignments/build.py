@@ -97,9 +97,12 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
         raise LlamalabError(f"task {spec.name!r} has no dev split, which a handout gives students to choose their "
                             f"settings on and to check their work with: give tasks/{spec.name}.yaml one (a file "
                             "with `split: dev`, or `dev: 0.1` under `data.split`) and evaluate again")
-    previous = _previous(target)
+    # the last build: the folder, or (a kill between a build's two renames) the copy the next build puts back
+    last = target if target.is_dir() or not target.with_name(f".{target.name}.old").is_dir() else \
+        target.with_name(f".{target.name}.old")
+    previous = _previous(last)
     hidden = _hidden(refs.examples, name)
-    before = archived_ids(target / "autograder" / "autograder.zip")  # read now: the build replaces the folder
+    before = archived_ids(last / "autograder" / "autograder.zip")  # read now: the build replaces the folder
     config = GradingConfig(assignment=name, task=spec.name, split="test", n=len(hidden), answer=spec.answer,
                            metric=refs.thresholds.metric, thresholds=refs.thresholds)
     context = _context(lab, spec, name, refs, hidden, config, target)

@@ -128,8 +128,10 @@ def run_quantization(lab: Lab, study: Study, console: Console) -> list[QuantRow]
         for quant in (gguf_type(t) for t in study.spec.quantize.types):
             path = export_file(lab, name, quant)
             made_from = _source_file(path)
-            if path.is_file() and made_from.is_file() and not _same_source(lab, made_from, source):
-                console.print(f"{name} changed since its {quant} GGUF was exported: exporting it again")
+            if path.is_file() and not (made_from.is_file() and _same_source(lab, made_from, source)):
+                # changed since, or killed before its record of what it was made from was written: not known good
+                console.print(f"{name} changed since its {quant} GGUF was exported (or that export did not "
+                              "finish): exporting it again")
                 path.unlink()
             if not path.is_file():
                 console.print(f"exporting {name} as {quant} GGUF")

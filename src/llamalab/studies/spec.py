@@ -8,6 +8,7 @@ the records are the study's state, so a killed study continues where it stopped.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 from dataclasses import dataclass
@@ -119,7 +120,11 @@ class StudySpec(StrictModel):
             raise KeyProblem("seeds", "`seeds` repeats a seed")
         where = "cells" if self.cells is not None else "grid"
         if self.kind == "scaling" and any("train_examples" not in cell for cell in self.combinations()):
-            raise KeyProblem(where, "a scaling study varies `train_examples`: put it in `grid` (or in every cell)")
+            keys = {key for cell in self.combinations() for key in cell}
+            close = difflib.get_close_matches("train_examples", sorted(keys), n=1, cutoff=0.6)
+            meant = f" (is {close[0]!r} meant to be train_examples?)" if close else ""
+            raise KeyProblem(where, f"a scaling study varies `train_examples`: put it in `grid` (or in every cell)"
+                             f"{meant}")
         if self.kind == "scaling" and any(not isinstance(size := cell["train_examples"], int)
                                           or isinstance(size, bool) for cell in self.combinations()):
             raise KeyProblem(where, "a scaling study's `train_examples` are whole numbers (a curve needs a size for "

@@ -626,7 +626,11 @@ def plan_run(lab, experiment, device_text: str | None = None, processes: int = 1
     else:
         source = str(lab.experiment_path(experiment))
         experiment, _ = load_experiment(lab.experiment_path(experiment), overrides)
-    task = load_task(lab.task_path(experiment.task), lab.root)
+    try:
+        task_path = lab.task_path(experiment.task)
+    except LlamalabError as exc:  # as train says it: the experiment's file and key
+        raise LlamalabError(f"{source}: key 'task': {exc}") from None
+    task = load_task(task_path, lab.root)
     local = local_path(experiment.base_model, lab.root)
     # A local folder needs only its config.json and tokenizer here (no weights: a 7B shape can be planned anywhere)
     model_ref = (ModelRef(experiment.base_model, str(local), "not hashed") if (local / "config.json").is_file()
