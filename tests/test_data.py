@@ -343,3 +343,8 @@ def test_leakage_counts_only_the_same_problem(tmp_path):
     report = check_task_data(load_task_data(task, strict=False), task)
     assert report.overlap == {"dev": 0, "test": 0}
     assert not [w for w in report.warnings if "duplicate" in w or "overlap" in w], report.warnings
+
+    # an empty dev file overlaps nothing: the data card said "no dev text appears in train" of no text at all
+    (tmp_path / "dev.jsonl").write_text("")
+    report = check_task_data(load_task_data(task, strict=False), task)
+    assert "dev" not in report.overlap and report.overlap == {"test": 0}

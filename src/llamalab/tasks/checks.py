@@ -131,7 +131,7 @@ def check_task_data(
                 f"e.g. {', '.join(ex.source for ex in sample[:3])}"
             )
     for seen_in, held_out in (("train", "dev"), ("train", "test"), ("dev", "test")):
-        if seen_in in keys and held_out in keys:
+        if keys.get(seen_in) and keys.get(held_out):  # an empty split overlaps nothing, and proves nothing
             shared = keys[seen_in].keys() & keys[held_out].keys()
             if seen_in == "train":  # the leakage the data card shows; dev/test overlap is a warning
                 report.overlap[held_out] = len(shared)
