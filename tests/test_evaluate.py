@@ -163,7 +163,8 @@ def test_unknown_backend_on_the_command_line(lab):
     result = CliRunner().invoke(app, ["eval", "smollm2-135m-instruct", "--task", "sentiment", "--backend", "onnx",
                                       "--lab", str(lab.root)])
     assert isinstance(result.exception, LlamalabError)
-    assert "key 'backend'" in str(result.exception) and "'hf', 'llama.cpp' or 'vllm'" in str(result.exception)
+    said = str(result.exception)
+    assert "command line: --backend: " in said and "'hf', 'llama.cpp' or 'vllm'" in said  # the option, as typed
 
 
 def test_a_model_giving_nan_log_probabilities_is_an_error_not_the_first_labels_share(lab, tiny_model_dir, tmp_path):
