@@ -53,6 +53,7 @@ from llamalab.assignments.rubric import (
 )
 from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import compare, format_p
+from llamalab.evaluation.stats import interval_scheme
 from llamalab.lab import Lab
 from llamalab.runs.files import staged_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
 from llamalab.runs.record import CONFIG_FILE as RUN_CONFIG
@@ -399,7 +400,7 @@ def _solution(folder: Path, lab: Lab, refs: References, hidden: list[tuple[str, 
 def _interval_methods(intervals: list) -> str:
     """How the report's intervals were computed, as each records it: "exact binomial (Clopper-Pearson)", or the
     schemes of runs evaluated at different times joined."""
-    schemes = dict.fromkeys(str(m.method or "method not recorded").split(",")[0] for m in intervals)
+    schemes = dict.fromkeys(interval_scheme(m.method) for m in intervals)
     return "; ".join(schemes)
 
 

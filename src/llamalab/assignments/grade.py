@@ -47,6 +47,7 @@ from llamalab.assignments.rubric import (
 from llamalab.assignments.submission import SubmittedFile, read_submission, shown
 from llamalab.config import LlamalabError, parse_model
 from llamalab.evaluation.metrics import PARSED_AS, metric_intervals
+from llamalab.evaluation.stats import interval_scheme
 from llamalab.runs.files import write_text_atomic
 
 CRASH_MESSAGE = ("The autograder failed while grading this submission. This is a problem with the grader, not "
@@ -282,8 +283,8 @@ def _metric_test(predictions: Predictions, gold: dict[str, str], config: Grading
     score = metric_points(m["estimate"], t, points)
     unanswered = sum(1 for i in ids if i not in predictions.answers)
     unparsed = sum(1 for r in rows if not r.get("parsed", True)) - unanswered
-    how = m["method"].split(",")[0]  # "exact binomial (Clopper-Pearson)", "percentile bootstrap"
-    lines = [f"{config.metric} {m['estimate']:.4f} (95% CI [{m['low']:.4f}, {m['high']:.4f}], {how}) "
+    lines = [f"{config.metric} {m['estimate']:.4f} (95% CI [{m['low']:.4f}, {m['high']:.4f}], "
+             f"{interval_scheme(m['method'])}) "
              f"on {len(ids)} examples: {score:g} of {points} points.", rule]
     if config.partial:
         lines.append(f"Scored on the {len(ids)} of {len(gold)} dev examples you submitted.")

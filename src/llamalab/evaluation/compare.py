@@ -14,7 +14,7 @@ from rich.table import Table
 from llamalab.config import LlamalabError
 from llamalab.evaluation import stats
 from llamalab.evaluation.metrics import metric_intervals, paired_test, prediction_summary
-from llamalab.evaluation.stats import ALPHA
+from llamalab.evaluation.stats import ALPHA, interval_scheme
 from llamalab.lab import Lab
 from llamalab.runs.record import RunRecord, list_runs, names_run, read_predictions
 from llamalab.runs.schema import EvalRun, Interval, PredictionSummary, SystemKey, Usage
@@ -433,7 +433,7 @@ def interval_note(metric_dicts: list[dict[str, Interval]]) -> str:
     by_scheme: dict[str, list[str]] = {}
     for metrics in metric_dicts:
         for name, m in metrics.items():
-            scheme = str(m.method or "method not recorded").split(",")[0]
+            scheme = interval_scheme(m.method)
             names = by_scheme.setdefault(scheme, [])
             if name not in names:
                 names.append(name)

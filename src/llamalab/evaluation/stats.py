@@ -265,6 +265,12 @@ def binomial_ci(successes: int, n: int, confidence: float = 0.95) -> Interval:
     return Interval(successes / n, low, high, n, "exact binomial (Clopper-Pearson)", confidence)
 
 
+def interval_scheme(method: str | None) -> str:
+    """How an interval was computed, as its recorded method names it without the details after the first comma:
+    "exact binomial (Clopper-Pearson)", "percentile bootstrap" (what captions and methods sentences state)."""
+    return str(method or "method not recorded").split(",")[0]
+
+
 def mean_statistic(values: Sequence[float]) -> RowStatistic:
     """Row statistic: the mean of per-example values (accuracy, exact match, ROUGE)."""
     arr = np.asarray(values, dtype=float)
