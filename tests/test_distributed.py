@@ -24,7 +24,7 @@ base_model: {model}
 max_steps: 6
 save_steps: 2
 batch_size: 4
-train_examples: 48
+train_examples: {rows}
 learning_rate: 1e-3
 lora: {{r: 4, alpha: 8}}
 """
@@ -39,7 +39,7 @@ method: full
 max_steps: 6
 save_steps: 2
 batch_size: 4
-train_examples: 48
+train_examples: {rows}
 learning_rate: 1e-3
 bf16: no
 """
@@ -65,7 +65,7 @@ def _adapter(record) -> dict:
 def test_two_processes_train_the_same_run_as_one(lab, tiny_model_dir, rows):
     # 13 rows in batches of 4: each epoch ends on one row, which the first process takes with a filler row; the
     # second has only fillers. Six steps run into the second epoch.
-    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir).replace("48", str(rows)))
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir, rows=rows))
     one = train(lab, "tiny")
     two = train(lab, "tiny", processes=2)
     assert two.run.finished and two.run.processes == 2 and one.run.processes == 1
@@ -97,7 +97,7 @@ def test_a_full_fine_tune_is_sharded_across_two_processes_and_trains_the_same_ru
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    write_experiment(lab, "full", FULL.format(model=tiny_model_dir).replace("48", "13"))  # with filler rows
+    write_experiment(lab, "full", FULL.format(model=tiny_model_dir, rows=13))  # with filler rows
     one = train(lab, "full")
     two = train(lab, "full", processes=2, activation_checkpointing="yes")  # FSDP's own checkpointing too
     assert two.run.parallelism == "fsdp" and two.run.precision == one.run.precision == "float32"
@@ -120,8 +120,8 @@ def test_a_full_fine_tune_is_sharded_across_two_processes_and_trains_the_same_ru
 @pytest.mark.parametrize("experiment", [EXPERIMENT, FULL], ids=["ddp", "fsdp"])
 def test_a_killed_two_process_run_resumes(lab, tiny_model_dir, experiment):
     # 13 rows: every epoch's last step has filler rows, resumed mid-epoch too
-    write_experiment(lab, "tiny", experiment.format(model=tiny_model_dir).replace("max_steps: 6", "max_steps: 250")
-                     .replace("48", "13"))
+    write_experiment(lab, "tiny", experiment.format(model=tiny_model_dir, rows=13)
+                     .replace("max_steps: 6", "max_steps: 250"))
     command = [sys.executable, "-m", "llamalab.cli", "train", "tiny", "--processes", "2", "--lab", str(lab.root)]
     child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -180,7 +180,7 @@ def test_a_worker_stopped_by_a_user_error_says_why(lab, tiny_model_dir):
     above' after two tracebacks), and the record keeps it."""
     from llamalab.config import LlamalabError
 
-    write_experiment(lab, "diverges", EXPERIMENT.format(model=tiny_model_dir))
+    write_experiment(lab, "diverges", EXPERIMENT.format(model=tiny_model_dir, rows=48))
     with pytest.raises(LlamalabError, match=r"training diverged at step \d+: .*Lower learning_rate"):
         train(lab, "diverges", processes=2, save_steps=100, learning_rate=1e30)
     (run,) = list_runs(lab.runs_dir, "train")
@@ -203,7 +203,7 @@ def _killed_after_checkpoint(record, step: int | None = None) -> None:
 def test_a_run_with_filler_rows_resumed_in_a_later_epoch_trains_as_one_never_stopped(lab, tiny_model_dir):
     """The epoch's order came from a sampler the loader set each epoch only when nothing was skipped: resumed
     in the second epoch, two processes took the first epoch's order."""
-    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir).replace("48", "13")
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir, rows=13)
                      .replace("max_steps: 6", "max_steps: 8"))
     whole = train(lab, "tiny", processes=2)
     cut = train(lab, "tiny", processes=2)
@@ -216,7 +216,7 @@ def test_a_run_with_filler_rows_resumed_in_a_later_epoch_trains_as_one_never_sto
 def test_a_sharded_run_killed_after_its_last_checkpoint_resumes_without_a_step_more(lab, tiny_model_dir):
     """FSDP was left out of the nothing-left-to-train case: the resumed Trainer took a 7th step of 6, and the
     memory a session that trained nothing measured replaced the training's."""
-    write_experiment(lab, "full", FULL.format(model=tiny_model_dir).replace("48", "13"))  # 4 steps an epoch
+    write_experiment(lab, "full", FULL.format(model=tiny_model_dir, rows=13))  # 4 steps an epoch
     run = train(lab, "full", processes=2)
     measured = run.run.memory.measured_mb
     _killed_after_checkpoint(run)
@@ -234,7 +234,7 @@ def test_a_sharded_run_killed_after_its_last_checkpoint_resumes_without_a_step_m
 
 
 def test_callbacks_in_several_processes_are_refused_before_any_run_folder(lab, tiny_model_dir):
-    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir))
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir, rows=48))
     with pytest.raises(LlamalabError, match="callbacks run in this process only"):
         train(lab, "tiny", processes=2, callbacks=[object()])
     assert list_runs(lab.runs_dir) == []
