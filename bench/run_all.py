@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -48,6 +49,15 @@ def matmul_rates() -> dict[str, float]:
     return rates
 
 
+def _commit() -> str | None:
+    """The checkout's commit (with "+changes" when files differ from it): results name the code they measured."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    return (commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")) or None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small versions, to check the benches run")
@@ -55,8 +65,8 @@ def main() -> None:
     from llamalab.runs.record import cpu_name
 
     cpu = cpu_name()
-    results = {"cpu": cpu, "date": datetime.now(UTC).date().isoformat(), "matmul_gflops": matmul_rates(),
-               "benches": {}}
+    results = {"cpu": cpu, "date": datetime.now(UTC).date().isoformat(), "commit": _commit(),
+               "load_average": list(os.getloadavg()), "matmul_gflops": matmul_rates(), "benches": {}}
     print(f"{cpu}: matmul GFLOP/s {results['matmul_gflops']}", flush=True)
     benches = BENCHES + ([["vs_lm_eval.py", "--task", "sentiment", "--precision", "bfloat16"]]
                          if "bfloat16" in results["matmul_gflops"] else [])
@@ -69,7 +79,7 @@ def main() -> None:
         lines = [line for line in done.stdout.splitlines() if line.strip()]
         print("\n".join(lines) or done.stderr[-2000:], flush=True)
         results["benches"][shown] = {"exit_code": done.returncode, "seconds": round(time.perf_counter() - started, 1),
-                                     "output": lines}
+                                     "output": lines, **({"error": done.stderr[-2000:]} if done.returncode else {})}
     if not args.quick:  # a check, not a measurement: nothing kept
         out = HERE / "results" / f"{re.sub(r'[^A-Za-z0-9]+', '-', cpu).strip('-').lower()}.json"
         out.parent.mkdir(exist_ok=True)

@@ -71,6 +71,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32", help="llamalab's")
     args = parser.parse_args()
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:  # before llamalab's half, not after it
+        raise SystemExit("lm-evaluation-harness is not installed: .venv/bin/pip install -e '.[bench]' (or make bench)")
     with tempfile.TemporaryDirectory() as tmp:
         lab = init_lab(Path(tmp) / "lab")
         started = time.perf_counter()
@@ -97,17 +101,18 @@ def main() -> None:
     print(f"lm-eval  : {n / theirs_s:7.1f} examples/s ({theirs_s:.1f} s, model load included)")
     print(f"speed ratio (llamalab / lm-eval): {theirs_s / ours_s:.2f}x")
     # How close to the machine's own limit: forward FLOPs (2 x non-embedding parameters per token the model had to
-    # compute: a shared prompt prefix once, no padding) over the evaluation's time, against a float32 matmul
-    # measured now on the same threads.
-    from llamalab.training.plan import Shape, measure_matmul_tflops, resolve_device, scoring_flops_per_token
+    # compute: a shared prompt prefix once, no padding) over the evaluation's time, against a matmul measured now on
+    # the same threads, in float32 and, where the CPU has native bf16, in bfloat16 (the ceiling of a bf16 run).
+    from run_all import matmul_rates
 
-    device = resolve_device("cpu")
-    rate = measure_matmul_tflops(device)
+    from llamalab.runs.record import cpu_name
+    from llamalab.training.plan import Shape, scoring_flops_per_token
+
     shape = Shape.of_folder(Path(resolve_model(EMBEDDED_NAME).path))
-    flops = scoring_flops_per_token(shape) * record.run.throughput["forward_tokens_per_s"]
-    print(f"machine: {device.name}; float32 matmul {rate * 1e3:.0f} GFLOP/s; llamalab's scoring ran at "
-          f"{flops / 1e9:.0f} GFLOP/s of forward FLOPs ({flops / (rate * 1e12):.0%} of the matmul rate)")
-
+    gflops = scoring_flops_per_token(shape) * record.run.throughput["forward_tokens_per_s"] / 1e9
+    shares = "; ".join(f"{dtype} matmul {rate:.0f} GFLOP/s: {gflops / rate:.0%} of it"
+                       for dtype, rate in matmul_rates().items())
+    print(f"machine: {cpu_name()}; llamalab's scoring ran at {gflops:.0f} GFLOP/s of forward FLOPs; {shares}")
 
 if __name__ == "__main__":
     main()
