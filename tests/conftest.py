@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from llamalab.lab import Lab, init_lab
-from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model
-from tests.llama_server import llama_server_fixture  # noqa: F401 - the shared llama_server fixture
+# The suite checks what llamalab prints and what git records, so the shell it runs in must not change either:
+# forced colours or a narrow terminal (rich and typer read these) would put escape codes or line breaks into
+# messages; a user's git settings (commit signing, hooks) or a git repository it was started from would change
+# what `llamalab init` does; a proxy would catch the requests the tests send to 127.0.0.1. Set before any import
+# of rich, typer or llamalab, and inherited by every process the tests start.
+for _name in ("FORCE_COLOR", "TTY_COMPATIBLE", "PY_COLORS", "COLUMNS", "LINES", "TERMINAL_WIDTH", "GIT_DIR",
+              "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+    os.environ.pop(_name, None)
+os.environ.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1", "localhost"]))
+
+from llamalab.lab import Lab, init_lab  # noqa: E402 - after the environment above
+from llamalab.models import EMBEDDED_NAME, load_tokenizer, resolve_model  # noqa: E402
+from tests.llama_server import llama_server_fixture  # noqa: E402, F401 - the shared llama_server fixture
 
 # Tests that use these load a model (the tiny one needs the embedded model's tokenizer, converted from its GGUF
 # once per cache), start a server or drive a browser: they are slow, and `pytest -m "not slow"` leaves them out.
@@ -19,6 +32,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_repository_above(tmp_path_factory) -> None:
+    """Git looks for a repository no further up than the tests' temporary folder: a lab made there is never taken
+    for part of one the machine happens to have above it."""
+    os.environ["GIT_CEILING_DIRECTORIES"] = str(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
