@@ -26,9 +26,11 @@ BENCHES = [
     ["vs_lm_eval.py", "--task", "sentiment"],
     ["vs_lm_eval.py", "--task", "intent", "--limit", "60"],
     ["prompt_prefix.py"],
+    ["bfloat16_error.py", "--examples", "1066"],  # the bound bf16 scoring relies on, checked on this CPU
 ]
 QUICK = {"train_throughput.py": ["--examples", "48", "--steps", "4"], "prompt_prefix.py": ["--examples", "32"],
-         "vs_lm_eval.py": ["--limit", "24"]}
+         "vs_lm_eval.py": ["--limit", "24"],
+         "bfloat16_error.py": ["--examples", "24", "--intent-examples", "4"]}
 
 
 def matmul_rates() -> dict[str, float]:

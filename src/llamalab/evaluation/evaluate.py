@@ -73,8 +73,8 @@ class EvalSettings(StrictModel):
     )
     max_new_tokens: int | None = Field(None, ge=1, description="generation budget; default 16 for labels, else 256")
     precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="label scoring precision; bfloat16 is ~2x faster on AMX CPUs, re-checks calls that are "
-        "close under normalize sum or mean in float32, and is not guaranteed bit-identical"
+        "float32", description="label scoring precision; bfloat16 (little faster on a CPU: see the README) scores "
+        "again in float32 every call bf16's measured error could change, and is not guaranteed bit-identical"
     )
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         16, description="rows per batch (hf backend); auto: as many as the GPU's free memory holds (16 on a CPU)")
