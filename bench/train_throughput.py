@@ -6,7 +6,8 @@ The peer is what a lab member would write from TRL's docs: SFTTrainer on a promp
 default SFTConfig (only `use_cpu`, and `bf16` set to what llamalab's `bf16: auto` picks on this machine, so both
 train in the same precision: bf16 autocast where the CPU has native bf16, float32 elsewhere), plus PEFT LoRA r=16
 on all linear layers. Both see the same examples in the same prompt format, for the same number of optimizer
-steps. Prints real (non-pad) training tokens/s of each and the ratio. Run it on an otherwise idle machine.
+steps, each after two untimed warm-up steps. Prints real (non-pad) training tokens/s of each and the ratio. Run it
+on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lab = init_lab(Path(tmp) / "lab")
         bf16 = _use_bf16(load_experiment(lab.experiment_path("sentiment-lora"))[0])
+        # Two untimed steps of each first: whichever ran first would otherwise pay the process's one-time costs
+        # (kernel selection, allocator growth) inside its timing.
+        trl_default(lab, args.examples, 2, bf16)
+        llamalab_recipe(lab, args.examples, 2)
         peer = trl_default(lab, args.examples, args.steps, bf16)
         ours = llamalab_recipe(lab, args.examples, args.steps)
     print(f"both in {'bf16 autocast' if bf16 else 'float32'}, {args.steps} steps on {args.examples} examples")
