@@ -261,7 +261,8 @@ class MemoryPlan:
 
     def to_record(self) -> dict:
         return {"device": self.device, "predicted_mb": self.peak_mb, "activation_checkpointing": self.checkpointing,
-                "reason": self.reason, "predicted_s_per_epoch": self.seconds_per_epoch,
+                "reason": self.reason,
+                "predicted_s_per_epoch": None if self.seconds_per_epoch is None else round(self.seconds_per_epoch, 1),
                 "flops_per_token": self.flops_per_token}
 
 
@@ -460,7 +461,7 @@ def with_time(plan: MemoryPlan, shape: Shape, method: str, device: Device, token
         efficiency = DEFAULT_EFFICIENCY[device.kind, sharded]
         source = f"default{' for FSDP' if sharded else ''} (no past run of its kind on this device)"
     seconds = tokens_per_epoch * flops / (device.matmul_tflops * 1e12 * efficiency)
-    return replace(plan, seconds_per_epoch=round(seconds, 1), efficiency=round(efficiency, 3),
+    return replace(plan, seconds_per_epoch=seconds, efficiency=round(efficiency, 3),  # rounded where shown
                    efficiency_source=source, matmul_tflops=device.matmul_tflops)
 
 
