@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -157,6 +158,53 @@ def test_interval_note_states_the_recorded_methods():
         "95% CIs: percentile bootstrap (accuracy); BCa bootstrap (accuracy, macro_f1).")
     unrecorded = plain.model_copy(update={"method": None})
     assert interval_note([{"accuracy": unrecorded}]) == "95% CIs: method not recorded."
+    assert interval_note([{"accuracy": plain}, {"accuracy": other, "macro_f1": other}], ["a", "b"]) == (
+        "95% CIs: percentile bootstrap (accuracy of a); BCa bootstrap (accuracy of b, macro_f1).")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_interval_note_gives_every_row_the_method_its_record_shows(seed):
+    """Random rows, metrics and recorded methods (records of several llamalab versions side by side): the note
+    names each method once, and where one metric's intervals were computed in several ways, it names under each
+    method exactly the rows whose record says so."""
+    from llamalab.evaluation.compare import interval_note
+    from llamalab.evaluation.stats import interval_scheme
+    from llamalab.runs.schema import Interval
+
+    rng = np.random.default_rng(seed)
+    methods = ["exact binomial (Clopper-Pearson), two-sided", "percentile bootstrap, 5000 resamples, seed 0",
+               "percentile bootstrap, 1000 resamples, seed 3", "BCa bootstrap, 2000 resamples, seed 1", None]
+    labels = ["alpha", "beta", "gamma", "delta", "epsilon"][:int(rng.integers(1, 6))]
+    rows = [{metric: Interval(estimate=0.5, low=0.4, high=0.6, n=10, method=methods[int(rng.integers(0, 5))])
+             for metric in ("accuracy", "macro_f1") if rng.random() < 0.7} for _ in labels]
+    truth = {(metric, label): interval_scheme(m.method)
+             for label, row in zip(labels, rows, strict=True) for metric, m in row.items()}
+    note = interval_note(rows, labels)
+    schemes = set(truth.values())
+    assert note.startswith("95% CIs: ") and note.endswith(".")
+    if len(schemes) <= 1:
+        assert note == f"95% CIs: {schemes.pop() if schemes else 'method not recorded'}." or not truth
+        return
+    named: dict[tuple[str, str], list[str]] = {}
+    groups = note.removeprefix("95% CIs: ").removesuffix(".").split("; ")
+    assert len(groups) == len(schemes), note  # each method once
+    for group in groups:
+        scheme, body = re.fullmatch(r"(.*?) \(((?:accuracy|macro_f1)\b.*)\)", group).groups()
+        metric = None
+        for token in body.split(", "):
+            if token.split(" of ")[0] in ("accuracy", "macro_f1"):
+                metric, _, token = token.partition(" of ")
+                named.setdefault((metric, scheme), [])
+            if token:
+                named[metric, scheme].append(token)
+    for (metric, scheme), listed in named.items():
+        holders = [label for label in labels if truth.get((metric, label)) == scheme]
+        assert holders, (metric, scheme, note)
+        if len({s for (m, _), s in truth.items() if m == metric}) > 1:  # mixed: the rows are named
+            assert listed == holders, (metric, scheme, note)
+        else:
+            assert listed == [], note
+    assert {(m, s) for (m, _), s in truth.items()} == set(named), note
 
 
 def test_p_values_deltas_and_significance_never_print_on_the_wrong_side():

@@ -61,8 +61,7 @@ def _note_schemes(note: str) -> list[str]:
     """The schemes an `interval_note` names ("95% CIs: A." or "95% CIs: A (metric); B (metric).")."""
     assert note.startswith("95% CIs: ") and note.endswith("."), note
     parts = note.removeprefix("95% CIs: ").removesuffix(".").split("; ")
-    return [re.sub(r" \((accuracy|macro_f1)(, (accuracy|macro_f1))*\)$", "", p) if len(parts) > 1 else p
-            for p in parts]
+    return [re.sub(r" \((accuracy|macro_f1)\b.*\)$", "", p) if len(parts) > 1 else p for p in parts]
 
 
 def _scheme(method: str | None) -> str:

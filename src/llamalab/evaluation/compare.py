@@ -358,7 +358,7 @@ def comparison_table(result: Comparison) -> Table:
     table = Table(
         title=escape(f"{result.task} / {result.split}  (ranked by {result.metric})"),
         caption=escape(
-            f"{interval_note([row.metrics for row in result.systems])} "
+            f"{interval_note([row.metrics for row in result.systems], [row.system for row in result.systems])} "
             + ("p: none, with one system. " if len(result.systems) == 1 else
                f"p: {tests_label(result.systems)} on {result.metric} against {reference_name(result)}, on the "
                "examples both saw (Δ marked n=… when that is a paired subset); Holm-corrected for the number of "
@@ -427,19 +427,27 @@ def comparison_warnings(result: Comparison) -> list[str]:
     return [f"{row.system}: {warning}" for row in result.systems for warning in row.predictions.warnings]
 
 
-def interval_note(metric_dicts: list[dict[str, Interval]]) -> str:
+def interval_note(metric_dicts: list[dict[str, Interval]], labels: list[str] | None = None) -> str:
     """How the CIs were computed, read from the recorded intervals (never assumed): e.g. "95% CIs: percentile
-    bootstrap (accuracy, macro_f1)", or one scheme per group of metrics when the records differ."""
-    by_scheme: dict[str, list[str]] = {}
-    for metrics in metric_dicts:
+    bootstrap (accuracy, macro_f1)", or one scheme per group of metrics when the records differ. When one metric's
+    intervals were computed in several ways (records of different llamalab versions), each such group names the
+    rows it holds (`labels`, one per metric dict), so a reader can tell which interval is which."""
+    by_scheme: dict[str, dict[str, list[str]]] = {}
+    for i, metrics in enumerate(metric_dicts):
         for name, m in metrics.items():
-            scheme = interval_scheme(m.method)
-            names = by_scheme.setdefault(scheme, [])
-            if name not in names:
-                names.append(name)
+            rows = by_scheme.setdefault(interval_scheme(m.method), {}).setdefault(name, [])
+            if labels is not None and labels[i] not in rows:
+                rows.append(labels[i])
     if len(by_scheme) == 1:
         return f"95% CIs: {next(iter(by_scheme))}."
-    return "95% CIs: " + "; ".join(f"{scheme} ({', '.join(names)})" for scheme, names in by_scheme.items()) + "."
+    mixed = {name for name in {n for names in by_scheme.values() for n in names}
+             if sum(name in names for names in by_scheme.values()) > 1}
+
+    def group(names: dict[str, list[str]]) -> str:
+        return ", ".join(f"{name} of {', '.join(rows)}" if name in mixed and rows else name
+                         for name, rows in names.items())
+
+    return "95% CIs: " + "; ".join(f"{scheme} ({group(names)})" for scheme, names in by_scheme.items()) + "."
 
 
 def format_p(value: float | None, alpha: float = ALPHA) -> str:

@@ -42,7 +42,7 @@ def leaderboard_cells(board: TaskBoard) -> tuple[list[str], list[list[str]]]:
 def caption(board: TaskBoard) -> str:
     return (
         f"{board.name}, {board.comparison.split} split, ranked by {board.metric}. "
-        f"{interval_note([row.metrics for row in board.rows])} "
+        f"{interval_note([row.metrics for row in board.rows], [row.system for row in board.rows])} "
         + ("p: none, with one system. " if len(board.rows) == 1 else
            f"p: {tests_label(board.rows)} on {board.metric} against {reference_name(board.comparison)}, "
            "on the examples both saw (n=… marks a paired subset), Holm-corrected. ") + cost_note(board.rows)
@@ -76,7 +76,8 @@ def study_caption(board: StudyBoard) -> str:
     result, spec = board.result, board.study.spec
     comparators = "; ".join(f"{c.comparator} {format_interval(c.interval)}" for c in result.crossovers)
     if comparators:  # their own evaluations' intervals, as recorded
-        comparators += f" ({interval_note([{result.metric: c.interval} for c in result.crossovers])[:-1]})"
+        comparators += (" (" + interval_note([{result.metric: c.interval} for c in result.crossovers],
+                                             [c.comparator for c in result.crossovers])[:-1] + ")")
     return (f"Study {board.name}: {result.metric} on {board.study.task}/{spec.eval.split} of the fine-tuned "
             f"{spec.experiment} against its number of training examples; mean over seeds, 95% percentile-bootstrap "
             "band over examples and seeds. Δ: mean over seeds minus the comparator on the examples both saw "
@@ -165,7 +166,8 @@ def quant_caption(board: QuantBoard) -> str:
             f"Δ and p: this type minus the same system's f16 file on the examples both saw ({tests}; "
             f"Holm-corrected for the {family} such test{'' if family == 1 else 's'} in the table; Δ marked n=… "
             "when f16 saw only some of the type's examples). n: the examples the type's evaluation saw. "
-            + (interval_note([{board.metric: row.interval} for row in board.rows]) if board.rows else ""))
+            + (interval_note([{board.metric: row.interval} for row in board.rows],
+                             [f"{row.system} {row.type}" for row in board.rows]) if board.rows else ""))
 
 
 def quant_markdown(board: QuantBoard) -> str:
