@@ -51,6 +51,12 @@ def matmul_rates() -> dict[str, float]:
     return rates
 
 
+def _with(options: list[str], changes: list[str]) -> list[str]:
+    """`options` (pairs of --name value) with those `changes` names replaced and the rest of `changes` added."""
+    merged = dict(zip(options[::2], options[1::2], strict=True)) | dict(zip(changes[::2], changes[1::2], strict=True))
+    return [item for pair in merged.items() for item in pair]
+
+
 def _commit() -> str | None:
     """The checkout's commit (with "+changes" when files differ from it): results name the code they measured."""
     def git(*args: str) -> str:
@@ -73,7 +79,8 @@ def main() -> None:
     benches = BENCHES + ([["vs_lm_eval.py", "--task", "sentiment", "--precision", "bfloat16"]]
                          if "bfloat16" in results["matmul_gflops"] else [])
     for bench in benches:
-        command = [sys.executable, str(HERE / bench[0]), *bench[1:], *(QUICK.get(bench[0], []) if args.quick else [])]
+        quick = QUICK.get(bench[0], []) if args.quick else []
+        command = [sys.executable, str(HERE / bench[0]), *_with(bench[1:], quick)]
         shown = " ".join([f"bench/{bench[0]}", *command[2:]])
         print(f"\n$ {shown}", flush=True)
         started = time.perf_counter()
