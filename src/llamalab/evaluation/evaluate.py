@@ -275,7 +275,7 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
             record.update(
                 metrics=metrics,
                 predictions_summary=summary,
-                timings={**timed, "load_model_s": round(load_s, 2), "predict_s": round(predict_s, 2),
+                timings={**timed, "load_model_s": round(load_s, 2), "predict_s": round(predict_s, 6),
                          "predict_examples": predict_examples},
                 throughput=rates or record.run.throughput,
                 usage=_usage(rows),
