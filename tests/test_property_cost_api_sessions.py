@@ -10,11 +10,12 @@ cache then answers, with random token counts, retried tokens, prices and request
 Expected figures come from the README's definitions, computed exactly (fractions) from the scripted inputs:
 
 - time per 1k examples: the evaluation's wall time (the work of every session, once; never the time a killed
-  run sat dead, nor a request lost in flight at the kill, which is done again) x 1000 / the examples evaluated;
+  run sat dead, nor a request lost in flight at the kill, which is done again) x 1000 / the examples the API
+  answered (answers from the request cache left out: their time is a file read; none answered: "–");
 - cost per 1k examples: the list-price cost of every example (tokens used and tokens of retried answers, at
   lab.yaml's prices; a cached answer costs what it cost to get) x 1000 / the examples evaluated; an API model
   lab.yaml gives no prices shows "–", never $0 and never a local-compute estimate;
-- examples/s (the run's `throughput`): the examples over that same wall time.
+- examples/s (the run's `throughput`): those examples over that same wall time.
 
 Shown values must be the correctly rounded exact value (whole seconds from 10 s, tenths below; dollars to 4
 decimals), except where the exact value lies within the precision llamalab stores its raw data at (a row's
@@ -134,6 +135,10 @@ def rounded_choices(exact: Fraction, slack: Fraction, digits_for) -> set[str]:
     return {digits_for(exact - slack), digits_for(exact), digits_for(exact + slack)}
 
 
+def _float(value: Fraction | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def seconds_text(value: Fraction) -> str:
     """format_seconds' documented rule on an exact value: whole seconds from 10 s, tenths below (half up)."""
     if value >= 10:
@@ -198,7 +203,10 @@ def test_api_time_and_cost_per_1k_over_killed_and_resumed_sessions(lab, tmp_path
     assert len({r["id"] for r in rows}) == n
 
     # --- the documented figures, exactly -------------------------------------------------------------------------
-    seconds_1k = 1000 * work / n
+    # time per 1k is over the examples the API answered in this evaluation: answers from the request cache (an
+    # earlier --limit check's) took a file read, not the API's time
+    answered = sum(1 for r in rows if not r.get("cached"))
+    seconds_1k = 1000 * work / answered if answered else None
     p_in, p_out = Fraction(prices[0]), Fraction(prices[1])
     billed = sum(((r["input_tokens"] + r["retried_input_tokens"]) * p_in
                   + (r["output_tokens"] + r["retried_output_tokens"]) * p_out) / 10**6 for r in rows)
@@ -207,18 +215,18 @@ def test_api_time_and_cost_per_1k_over_killed_and_resumed_sessions(lab, tmp_path
     for r in rows:
         assert any((r["input_tokens"], r["output_tokens"], r["retried_input_tokens"], r["retried_output_tokens"])
                    == a[1:] for a in api.answers.values())
-    time_slack = Fraction(1000 * len(rows), 2 * 10**6) / n  # each row's seconds are stored to 1e-6 s
+    time_slack = Fraction(1000 * len(rows), 2 * 10**6) / max(answered, 1)  # each row's seconds are stored to 1e-6 s
     cost_slack = Fraction(1000 * len(rows), 2 * 10**8) / n + Fraction(1, 2 * 10**6)  # rows to 1e-8 $, per 1k to 1e-6
 
     # --- what the record and every table show -------------------------------------------------------------------
     result = compare(lab, "sentiment")
     [row] = [r for r in result.systems if r.run == record.id]
     assert row.n == n
-    shown_time = rounded_choices(seconds_1k, time_slack, seconds_text)
+    shown_time = rounded_choices(seconds_1k, time_slack, seconds_text) if answered else {"–"}
     from llamalab.evaluation.compare import format_cost, format_seconds
 
     got_seconds = format_seconds(row.seconds_per_1k)
-    context = (f"seed {seed}: n={n}, sessions={sessions}, work={float(work)!r} s, exact {float(seconds_1k)!r} s/1k, "
+    context = (f"seed {seed}: n={n}, sessions={sessions}, work={float(work)!r} s, exact {_float(seconds_1k)!r} s/1k, "
                f"recorded predict_s={run.timings.get('predict_s')!r}, predict_examples="
                f"{run.timings.get('predict_examples')!r}")
     assert got_seconds in shown_time, f"time per 1k shown {got_seconds}, expected {sorted(shown_time)}; {context}"
@@ -231,9 +239,11 @@ def test_api_time_and_cost_per_1k_over_killed_and_resumed_sessions(lab, tmp_path
         assert row.cost_per_1k_usd is None and format_cost(row.cost_per_1k_usd, row.cost_basis) == "–"
 
     rate = run.throughput.get("examples_per_s")
-    exact_rate = n / work
-    allowed = {round(float(n / (work + s)), 2) for s in (-time_slack * n / 1000, 0, time_slack * n / 1000)}
-    assert rate in allowed, f"examples_per_s {rate}, expected {sorted(allowed)} (exact {float(exact_rate)}); {context}"
+    exact_rate = answered / work if answered else None
+    allowed = ({round(float(answered / (work + s)), 2) for s in (-time_slack * answered / 1000, 0,
+                                                                  time_slack * answered / 1000)}
+               if answered else {None})
+    assert rate in allowed, f"examples_per_s {rate}, expected {sorted(allowed)} (exact {_float(exact_rate)}); {context}"
 
     # the CLI's table shows the same cells as the comparison it prints
     console = Console(record=True, width=400, file=io.StringIO())
@@ -265,4 +275,4 @@ def test_a_fully_cached_rerun_costs_the_same_per_1k_and_times_only_its_own_work(
     a, b = cost_and_time(first), cost_and_time(second)
     assert format_cost(a["cost_per_1k_usd"], a["cost_basis"]) == format_cost(b["cost_per_1k_usd"], b["cost_basis"])
     # the cache answered at once (the fake clock did not move): no time of its own to state, never the first run's
-    assert b["seconds_per_1k"] in (None, 0.0)
+    assert b["seconds_per_1k"] is None

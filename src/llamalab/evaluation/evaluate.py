@@ -255,11 +255,13 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
                 console.print(f"[yellow]warning[/] {escape(warning)}")
             timed = record.run.timings
             if all("seconds" in r for r in rows):  # each row's share of its batch's time, a killed session's too
-                predict_s, predict_examples = sum(r["seconds"] for r in rows), len(rows)
+                # answers from the API request cache left out: their time is not the API's (none: no time to state)
+                answered = [r for r in rows if not r.get("cached")]
+                predict_s, predict_examples = sum(r["seconds"] for r in answered), len(answered)
             else:  # rows written before they carried their time: the sessions that ended (a killed one said none)
                 predict_s = timed.get("predict_s", 0) + seconds
                 predict_examples = int(timed.get("predict_examples", 0)) + len(todo)
-            rates = {} if not todo else {  # a session that found every row written has no rate to state
+            rates = {} if not (todo and predict_examples) else {  # nothing computed this session: no rate
                 "examples_per_s": round(predict_examples / max(predict_s, 1e-9), 2),
                 # a chat API's tokens are its own (usage has them): no rate of ours to state
                 **({"tokens_per_s": round(n_tokens / max(seconds, 1e-9))} if system.kind != "api" else {}),
@@ -466,8 +468,11 @@ def predict_rows(task: Task, prompter: Prompter, backend, examples, path, settin
             later stays with its rows (batches go longest first: a resumed run timed by its last session alone
             looked fast)."""
             now = time.perf_counter()
-            share, last[0] = (now - last[0]) / max(len(rows), 1), now
-            return [{**r, "seconds": round(share, 6)} for r in rows]
+            # an answer from the API request cache took a file read: the batch's time is its requests'
+            sent = [r for r in rows if not r.get("cached")] or rows
+            share, last[0] = (now - last[0]) / max(len(sent), 1), now
+            return [{**r, "seconds": round(share, 6) if not r.get("cached") or len(sent) == len(rows) else 0.0}
+                    for r in rows]
 
         if settings.protocol == "loglikelihood":
             requests = []

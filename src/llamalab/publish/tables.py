@@ -46,7 +46,8 @@ def caption(board: TaskBoard) -> str:
         + ("p: none, with one system. " if len(board.rows) == 1 else
            f"p: {tests_label(board.rows)} on {board.metric} against {reference_name(board.comparison)}, "
            "on the examples both saw (n=… marks a paired subset), Holm-corrected. ") + cost_note(board.rows)
-        + " Time is evaluation wall time. " + earlier_data_note(board.comparison)
+        + " Time is evaluation wall time per 1,000 examples the system answered (answers from the API request cache "
+        "left out). " + earlier_data_note(board.comparison)
     ).strip()
 
 
