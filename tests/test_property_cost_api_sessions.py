@@ -207,6 +207,11 @@ def test_api_time_and_cost_per_1k_over_killed_and_resumed_sessions(lab, tmp_path
     # earlier --limit check's) took a file read, not the API's time
     answered = sum(1 for r in rows if not r.get("cached"))
     seconds_1k = 1000 * work / answered if answered else None
+    if answered < n:  # the methods sentence says why the time covers only some examples: not a kill
+        from llamalab.publish.methods import _untimed
+
+        assert run.timings["predict_examples"] == answered
+        assert _untimed(run).startswith("answered from the API request cache"), _untimed(run)
     p_in, p_out = Fraction(prices[0]), Fraction(prices[1])
     billed = sum(((r["input_tokens"] + r["retried_input_tokens"]) * p_in
                   + (r["output_tokens"] + r["retried_output_tokens"]) * p_out) / 10**6 for r in rows)

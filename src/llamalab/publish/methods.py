@@ -520,6 +520,14 @@ def _comparison(board: TaskBoard) -> str:
             f"({', '.join(tests)}), with Holm's correction for the number of comparisons.{not_tested}")
 
 
+def _untimed(run: EvalRun) -> str:
+    """Why an evaluation's time covers only some of its examples."""
+    hits = run.usage.cache_hits if run.usage else 0
+    if hits and run.timings["predict_examples"] + hits == run.task.n:
+        return "answered from the API request cache, which takes no time of the API's"
+    return "predicted in a session that was interrupted"
+
+
 def _prediction_time(evals: list[_Eval]) -> str:
     timed = [(e, s) for e in evals if (s := e.run.timings.get("predict_s")) is not None]
     if not timed:
@@ -532,7 +540,7 @@ def _prediction_time(evals: list[_Eval]) -> str:
         e.run.system.kind == "api" for e, _ in timed) else ""
     missing = f"; not recorded for {_join(untimed)}" if untimed else ""
     partly = [f"{e.name} ({e.run.timings['predict_examples']:,} of its {e.run.task.n:,} examples; the rest were "
-              "predicted in a session that was interrupted)" for e, _ in timed
+              f"{_untimed(e.run)})" for e, _ in timed
               if e.run.timings.get("predict_examples", e.run.task.n) < e.run.task.n]
     partial = f"; timed over part of the examples for {_join(partly)}" if partly else ""
     return f"Prediction took {format_seconds(sum(s for _, s in timed))} in total{api} on {where}{missing}{partial}."
