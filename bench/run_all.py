@@ -58,12 +58,14 @@ def _with(options: list[str], changes: list[str]) -> list[str]:
 
 
 def _commit() -> str | None:
-    """The checkout's commit (with "+changes" when files differ from it): results name the code they measured."""
+    """The checkout's commit (with "+changes" when tracked files other than earlier results differ from it):
+    results name the code they measured."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "HEAD")
-    return (commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")) or None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)bench/results")
+    return (commit + ("+changes" if changed else "")) or None
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import pytest
 # messages; a user's git settings (commit signing, hooks) or a git repository it was started from would change
 # what `llamalab init` does; a proxy would catch the requests the tests send to 127.0.0.1. Set before any import
 # of rich, typer or llamalab, and inherited by every process the tests start.
-for _name in ("FORCE_COLOR", "TTY_COMPATIBLE", "PY_COLORS", "COLUMNS", "LINES", "TERMINAL_WIDTH", "GIT_DIR",
-              "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+for _name in ("FORCE_COLOR", "TTY_COMPATIBLE", "PY_COLORS", "GITHUB_ACTIONS", "COLUMNS", "LINES", "TERMINAL_WIDTH",
+              "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
     os.environ.pop(_name, None)
 os.environ.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
 for _name in ("NO_PROXY", "no_proxy"):

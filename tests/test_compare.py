@@ -160,6 +160,8 @@ def test_interval_note_states_the_recorded_methods():
     assert interval_note([{"accuracy": unrecorded}]) == "95% CIs: method not recorded."
     assert interval_note([{"accuracy": plain}, {"accuracy": other, "macro_f1": other}], ["a", "b"]) == (
         "95% CIs: percentile bootstrap (accuracy of a); BCa bootstrap (accuracy of b, macro_f1).")
+    assert interval_note([{"accuracy": plain}, {"accuracy": other}, {"accuracy": other}], ["a", "b", "c"]) == (
+        "95% CIs: percentile bootstrap (accuracy of a); BCa bootstrap (accuracy of b and c).")
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -190,13 +192,10 @@ def test_the_interval_note_gives_every_row_the_method_its_record_shows(seed):
     assert len(groups) == len(schemes), note  # each method once
     for group in groups:
         scheme, body = re.fullmatch(r"(.*?) \(((?:accuracy|macro_f1)\b.*)\)", group).groups()
-        metric = None
-        for token in body.split(", "):
-            if token.split(" of ")[0] in ("accuracy", "macro_f1"):
-                metric, _, token = token.partition(" of ")
-                named.setdefault((metric, scheme), [])
-            if token:
-                named[metric, scheme].append(token)
+        for token in body.split(", "):  # metrics parted by commas, a metric's rows by "and"
+            metric, _, listed = token.partition(" of ")
+            assert metric in ("accuracy", "macro_f1"), (token, note)
+            named[metric, scheme] = listed.split(" and ") if listed else []
     for (metric, scheme), listed in named.items():
         holders = [label for label in labels if truth.get((metric, label)) == scheme]
         assert holders, (metric, scheme, note)

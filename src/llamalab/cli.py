@@ -263,7 +263,7 @@ def evaluate(
     backend: Annotated[str, typer.Option(help=f"{backend_help()}; API models use their API")] = "hf",
     max_new_tokens: Annotated[int | None, typer.Option(help="generation budget (default 16 for labels, else 256)")
                               ] = None,
-    precision: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (faster label scoring on AMX CPUs)")
+    precision: Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (bf16 compute; little faster on a CPU)")
                          ] = "float32",
     batch_size: Annotated[str, typer.Option(
         help="rows per batch, or auto: as many as the GPU's free memory holds (16 on a CPU)")] = "16",

@@ -8,7 +8,8 @@ Prompts are left-padded so the output layer runs on the last position only. The 
 starts from that prefix's KV cache and computes only its own tokens.
 
 Precision "bfloat16" runs the passes under bfloat16 autocast (on the embedded model and a 2-core CPU with AMX,
-barely faster than float32: 24.7 against 23.4 sentiment examples/s) and re-scores in float32 every example whose
+barely faster than float32: 24.7 against 23.4 sentiment examples/s under the bound of that time, which was since
+raised) and re-scores in float32 every example whose
 best choice is not ahead of every other by more than `label_error` could move them, in the ranking the caller uses
 (`ChoiceRequest.ranking`: per token, per character, calibrated), so predictions are those of float32 scoring as far
 as that measured bound holds.
@@ -35,7 +36,8 @@ def label_error(n_tokens: int) -> float:
     the embedded model with bench/bfloat16_error.py, the largest of two CPUs: on a 2-core AMD EPYC (200 sentiment,
     40 intent test examples) 0.17 nats for 1 token, 0.32 for 3, 0.47 for 4, 0.52 for 5, 0.74 for 10; on a 2-core
     Intel Xeon with AMX (all 1,066 sentiment, 40 intent) 0.24 for 1 token (97% of the bound of that time, 0.25),
-    0.38 for 3, 0.41 for 5, 0.44 for 10, 0.58 at most. This bound is 1.45x or more those. Measured, not proven."""
+    0.38 for 3, 0.28 for 4, 0.41 for 5, 0.44 for 10, 0.58 for 11 (the most). This bound is 1.45x or more those.
+    Measured, not proven."""
     return 0.2 + 0.15 * n_tokens
 
 

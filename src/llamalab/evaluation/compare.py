@@ -137,6 +137,10 @@ NO_SHARED = "no shared examples"  # why a system was not tested against the refe
 UNPRICED = "no prices in lab.yaml"  # an API model's cost basis when lab.yaml gives it none: its cost is unknown
 
 
+TIME_NOTE = ("Time is evaluation wall time per 1,000 examples the system answered (answers from the API request "
+             "cache left out).")
+
+
 def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) -> dict:
     """Cost and evaluation wall time per 1,000 examples; None where the records do not say.
 
@@ -148,6 +152,8 @@ def cost_and_time(record: RunRecord, local_usd_per_hour: float | None = None) ->
     predict_s = run.timings.get("predict_s")
     timed = run.timings.get("predict_examples", n)  # a resumed run's time covers the examples it timed
     seconds_per_1k = 1000 * predict_s / timed if predict_s and timed else None  # rounded where shown, once
+    if usage and usage.cache_hits and timed + usage.cache_hits > n:  # recorded before the time left the cache out:
+        seconds_per_1k = None  # its cache hits' time is in, unknown how much ("–", not a time too low)
     api = (run.system.api if isinstance(run, EvalRun) else None) or {}
     priced = any(api.get(price) for price in ("input_price_per_mtok", "output_price_per_mtok"))
     # an API model lab.yaml gives no prices for has no known cost ("–"), not a cost of $0.0000
@@ -365,7 +371,7 @@ def comparison_table(result: Comparison) -> Table:
                "comparisons. ")
             + "predictions: the most frequent prediction and its share, outputs that did not parse, and "
             "outputs cut off by the generation budget. "
-            + (f"{cost_note(result.systems)} Time: evaluation wall time. " if with_cost else "")
+            + (f"{cost_note(result.systems)} {TIME_NOTE} " if with_cost else "")
             + earlier_data_note(result)).strip(),
     )
     columns = ["system", "protocol", "n", *(f"{m} [95% CI]" for m in result.metrics), "Δ vs ref.", "p",
@@ -443,8 +449,8 @@ def interval_note(metric_dicts: list[dict[str, Interval]], labels: list[str] | N
     mixed = {name for name in {n for names in by_scheme.values() for n in names}
              if sum(name in names for names in by_scheme.values()) > 1}
 
-    def group(names: dict[str, list[str]]) -> str:
-        return ", ".join(f"{name} of {', '.join(rows)}" if name in mixed and rows else name
+    def group(names: dict[str, list[str]]) -> str:  # rows joined by "and": commas part the metrics
+        return ", ".join(f"{name} of {' and '.join(rows)}" if name in mixed and rows else name
                          for name, rows in names.items())
 
     return "95% CIs: " + "; ".join(f"{scheme} ({group(names)})" for scheme, names in by_scheme.items()) + "."

@@ -260,7 +260,9 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
                 predict_s, predict_examples = sum(r["seconds"] for r in answered), len(answered)
             else:  # rows written before they carried their time: the sessions that ended (a killed one said none)
                 predict_s = timed.get("predict_s", 0) + seconds
-                predict_examples = int(timed.get("predict_examples", 0)) + len(todo)
+                now_ids = {ex.id for ex in todo}
+                predict_examples = int(timed.get("predict_examples", 0)) + sum(
+                    1 for r in rows if r["id"] in now_ids and not r.get("cached"))
             rates = {} if not (todo and predict_examples) else {  # nothing computed this session: no rate
                 "examples_per_s": round(predict_examples / max(predict_s, 1e-9), 2),
                 # a chat API's tokens are its own (usage has them): no rate of ours to state
@@ -277,7 +279,9 @@ def _evaluate(lab: Lab, settings: EvalSettings, task: Task, data: TaskData, syst
             record.update(
                 metrics=metrics,
                 predictions_summary=summary,
-                timings={**timed, "load_model_s": round(load_s, 2), "predict_s": round(predict_s, 6),
+                # every answer from the API request cache: no time of the API's to state (not 0 s)
+                timings={**{k: v for k, v in timed.items() if k != "predict_s"}, "load_model_s": round(load_s, 2),
+                         **({"predict_s": round(predict_s, 6)} if predict_examples else {}),
                          "predict_examples": predict_examples},
                 throughput=rates or record.run.throughput,
                 usage=_usage(rows),

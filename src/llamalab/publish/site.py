@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from llamalab.assignments.publish import HiddenTest, hidden_tests, public_assignments
 from llamalab.config import LlamalabError
 from llamalab.evaluation.compare import (
+    TIME_NOTE,
     comparison_warnings,
     earlier_data_note,
     format_delta,
@@ -138,6 +139,7 @@ class _Builder:
                                 delta=format_delta, prediction_warnings=comparison_warnings, n_range=n_range,
                                 count="{:,}".format, earlier_data_note=earlier_data_note,
                                 tests_run=tests_run)
+        self.env.globals["time_note"] = TIME_NOTE
 
     def build(self) -> None:
         lab = self.lab

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from llamalab.evaluation.compare import (
+    TIME_NOTE,
     cost_note,
     earlier_data_note,
     format_cost,
@@ -46,8 +47,7 @@ def caption(board: TaskBoard) -> str:
         + ("p: none, with one system. " if len(board.rows) == 1 else
            f"p: {tests_label(board.rows)} on {board.metric} against {reference_name(board.comparison)}, "
            "on the examples both saw (n=… marks a paired subset), Holm-corrected. ") + cost_note(board.rows)
-        + " Time is evaluation wall time per 1,000 examples the system answered (answers from the API request cache "
-        "left out). " + earlier_data_note(board.comparison)
+        + f" {TIME_NOTE} " + earlier_data_note(board.comparison)
     ).strip()
 
 
