@@ -20,23 +20,10 @@ from llamalab.publish.site import _Builder, data_card
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import load_task
+from tests.data_probe import SPLIT_NAMES, use_char_tokenizer, write_split
 
 WORDS = ["apple", "river", "stone", "cloud", "ember", "maple", "quartz", "violet", "delta", "harbor"]
 LABEL_POOL = ["neg", "pos", "mixed", "odd", "even", "up", "down", "left"]
-SPLIT_NAMES = ("train", "dev", "test")
-
-
-class CharTokenizer:
-    """A stand-in tokenizer: one token per character, a BOS with special tokens (what `data check` loads)."""
-
-    eos_token = "\x03"
-    chat_template = None
-
-    def __call__(self, text, add_special_tokens=True):
-        def ids(t: str) -> list[int]:
-            return ([1] if add_special_tokens else []) + [ord(c) for c in t]
-
-        return {"input_ids": [ids(t) for t in text] if isinstance(text, list) else ids(text)}
 
 
 def _variant(rng: np.random.Generator, base: str) -> str:
@@ -85,12 +72,9 @@ def _dataset(rng: np.random.Generator, labels: list[str]) -> dict:
 
 
 def _write(lab, files: dict, labels: list[str]) -> None:
-    folder = lab.root / "data" / "p"
-    folder.mkdir(exist_ok=True)
     entries = []
     for split, (lines, _) in files.items():
-        (folder / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
-        entries.append(f"{{path: data/p/{split}.jsonl, split: {split}}}")
+        entries.append(write_split(lab.root, split, "".join(line + "\n" for line in lines)))
     (lab.root / "tasks" / "probe.yaml").write_text(textwrap.dedent(f"""\
         name: probe
         data:
@@ -206,11 +190,8 @@ def _parse_spread(cell: str, labels: list[str]) -> dict | tuple:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_printed_check_and_json_say_the_reports_numbers(lab, seed, monkeypatch):
-    import llamalab.models
-
     task, files, labels = _setup(lab, seed)
-    monkeypatch.setattr(llamalab.models, "resolve_model", lambda name, root=None: name)
-    monkeypatch.setattr(llamalab.models, "load_tokenizer", lambda ref: CharTokenizer())
+    use_char_tokenizer(monkeypatch)
     want = _expected(files, labels)
     result = CliRunner().invoke(app, ["data", "check", "probe", "--lab", str(lab.root), "--json"])
     assert result.exit_code == (1 if want["errors"] else 0), result.output

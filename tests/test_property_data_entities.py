@@ -17,17 +17,14 @@ from llamalab.cli import app
 from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.task import load_task
-from tests.test_property_data_lengths import CharTokenizer
+from tests.data_probe import SPLIT_NAMES, use_char_tokenizer, write_split
 
-SPLIT_NAMES = ("train", "dev", "test")
 TYPES = ["person", "location", "group", "product", "corporation", "creative-work"]
 
 
 def _setup(lab, seed: int):
     rng = np.random.default_rng(seed)
     types = list(rng.choice(TYPES, int(rng.integers(1, len(TYPES) + 1)), replace=False))
-    folder = lab.root / "data" / "p"
-    folder.mkdir(exist_ok=True)
     rows, entries = {}, []
     for split in [s for s in SPLIT_NAMES if rng.random() < 0.85] or ["train"]:
         rows[split] = []  # (line, kind, [types as counted])
@@ -44,8 +41,7 @@ def _setup(lab, seed: int):
                 answer = [{"type": w, "text": str(rng.choice(["Ada", "Paris", "ACME  co"]))} for w in written]
             lines.append(json.dumps({"text": text, "entities": answer}))
             rows[split].append((number, kind, kinds))
-        (folder / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
-        entries.append(f"{{path: data/p/{split}.jsonl, split: {split}}}")
+        entries.append(write_split(lab.root, split, "".join(line + "\n" for line in lines)))
     (lab.root / "tasks" / "probe.yaml").write_text(textwrap.dedent(f"""\
         name: probe
         data:
@@ -79,11 +75,8 @@ def test_entity_types_per_split(lab, seed):
 
 @pytest.mark.parametrize("seed", range(25))
 def test_printed_entity_types_are_the_reports(lab, seed, monkeypatch):
-    import llamalab.models
-
     task, rows = _setup(lab, seed)
-    monkeypatch.setattr(llamalab.models, "resolve_model", lambda name, root=None: name)
-    monkeypatch.setattr(llamalab.models, "load_tokenizer", lambda ref: CharTokenizer())
+    use_char_tokenizer(monkeypatch)
     counts, types, _ = _expected(rows)
     result = CliRunner().invoke(app, ["data", "check", "probe", "--lab", str(lab.root)])
     table = {}

@@ -19,22 +19,9 @@ from llamalab.tasks.checks import check_task_data
 from llamalab.tasks.data import load_task_data
 from llamalab.tasks.prompts import Prompter
 from llamalab.tasks.task import load_task
+from tests.data_probe import SPLIT_NAMES, CharTokenizer, use_char_tokenizer, write_split
 
-SPLIT_NAMES = ("train", "dev", "test")
 LETTERS = list("abcdefghijklmnopqrstuvwxyzéøß") + ["😀", "中"]
-
-
-class CharTokenizer:
-    """One token per character (code point), a BOS with special tokens; its end-of-text marker is one character."""
-
-    eos_token = "\x03"
-    chat_template = None
-
-    def __call__(self, text, add_special_tokens=True):
-        def ids(t: str) -> list[int]:
-            return ([1] if add_special_tokens else []) + [ord(c) for c in t]
-
-        return {"input_ids": [ids(t) for t in text] if isinstance(text, list) else ids(text)}
 
 
 def _words(rng: np.random.Generator, most: int) -> str:
@@ -50,8 +37,6 @@ def _setup(lab, seed: int):
     if kind == "label":
         labels = [f"l{i}" for i in range(int(rng.integers(2, 6)))]
         verbal = {label: _words(rng, 6) for label in labels if rng.random() < 0.5}
-    folder = lab.root / "data" / "p"
-    folder.mkdir(exist_ok=True)
     rows, entries = {}, []
     for split in [s for s in SPLIT_NAMES if rng.random() < 0.85] or ["train"]:
         size = int(rng.choice([0, 1, int(rng.integers(2, 25))], p=[0.1, 0.15, 0.75]))
@@ -62,9 +47,8 @@ def _setup(lab, seed: int):
                 text = " " * int(rng.integers(1, 3)) + text + " " * int(rng.integers(0, 3))
             answer = str(rng.choice(labels)) if kind == "label" else _words(rng, int(rng.choice([4, 60])))
             rows[split].append((text, answer))
-        (folder / f"{split}.jsonl").write_text(
-            "".join(json.dumps({"text": t, "label": a}, ensure_ascii=False) + "\n" for t, a in rows[split]))
-        entries.append(f"{{path: data/p/{split}.jsonl, split: {split}}}")
+        entries.append(write_split(lab.root, split, "".join(
+            json.dumps({"text": t, "label": a}, ensure_ascii=False) + "\n" for t, a in rows[split])))
     answer = (f"{{labels: [{', '.join(labels)}], verbalizers: {json.dumps(verbal, ensure_ascii=False)}}}"
               if kind == "label" else "{type: text}")
     (lab.root / "tasks" / "probe.yaml").write_text(textwrap.dedent(f"""\
@@ -153,11 +137,8 @@ def _table(stdout: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("seed", range(30))
 def test_printed_lengths_are_the_reports(lab, seed, monkeypatch):
-    import llamalab.models
-
     task, kind, verbal, rows, max_length, max_new_tokens = _setup(lab, seed)
-    monkeypatch.setattr(llamalab.models, "resolve_model", lambda name, root=None: name)
-    monkeypatch.setattr(llamalab.models, "load_tokenizer", lambda ref: CharTokenizer())
+    use_char_tokenizer(monkeypatch)
     options = [*(["--max-length", str(max_length)] if max_length else []),
                *(["--max-new-tokens", str(max_new_tokens)] if max_new_tokens else [])]
     lengths, answers, warnings = _expected(kind, verbal, rows, max_length, max_new_tokens)
