@@ -58,3 +58,24 @@ def test_run_record_load_takes_a_text_folder(tmp_path):
     assert RunRecord.load(str(record.folder)).run.id == record.run.id
     with pytest.raises(LlamalabError, match="is not a run folder"):
         RunRecord.load(str(tmp_path))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"task": "sentiment", "lr": 1e-4}, "Experiment(...): unknown key 'lr': did you mean 'learning_rate'?"),
+    ({"task": "sentiment", "batch_size": 0}, "Experiment(...): key 'batch_size': Input should be greater than"),
+    ({"task": "sentiment", "lora": {"r": 0}}, "Experiment(...): key 'lora.r': Input should be greater than"),
+    ({"task": "sentiment", "epochs": True}, "Experiment(...): key 'epochs': is a number, not yes/no"),
+    ({}, "Experiment(...): missing required key 'task'"),
+])
+def test_an_experiment_built_in_python_names_the_bad_key_as_a_file_would(settings, message):
+    """`Experiment(...)` raises the LlamalabError an experiment file would (a nested LoraSpec's problem named by its
+    path under the experiment), not pydantic's ValidationError; the file's message still names the file."""
+    from llamalab import Experiment
+    from llamalab.config import parse_model
+
+    with pytest.raises(LlamalabError) as raised:
+        Experiment(**settings)
+    assert str(raised.value).startswith(message)
+    with pytest.raises(LlamalabError) as from_file:
+        parse_model(Experiment, settings, "experiments/x.yaml")
+    assert str(from_file.value) == str(raised.value).replace("Experiment(...)", "experiments/x.yaml")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import types
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -16,11 +17,30 @@ class LlamalabError(Exception):
     """An error the user can fix; the CLI prints its message without a traceback."""
 
 
+_VALIDATING: ContextVar[bool] = ContextVar("validating", default=False)  # a StrictModel is being validated
+
+
 class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, never silently ignored; so are inf and nan (`.inf` is a
     YAML float, and no setting means it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def __init__(self, /, **data: Any) -> None:
+        """Built in Python (`Experiment(task="sentiment", lr=1e-4)`): a bad setting raises the LlamalabError a file
+        would (the key named, a misspelt one's likely meaning), not pydantic's ValidationError. A model inside one
+        being validated (`lora` of an Experiment, or any in `parse_model`, which names the file and line) leaves
+        its errors to the outer one."""
+        if _VALIDATING.get():
+            super().__init__(**data)
+            return
+        outermost = _VALIDATING.set(True)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise LlamalabError(describe_errors(type(self), exc, f"{type(self).__name__}(...)")) from None
+        finally:
+            _VALIDATING.reset(outermost)
 
     @model_validator(mode="before")
     @classmethod
@@ -163,12 +183,21 @@ def parse_model(model: type[M], data: Any, source: str, node: yaml.Node | None =
     key in (or under) `overridden` (set on the command line) is named as such, not by a line of the file."""
     if data is None:
         data = {}
+    validating = _VALIDATING.set(True)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(model, err, source, node, tuple(overridden))
-                    for err in _merge_union_errors(model, exc.errors())]
-        raise LlamalabError("\n".join(dict.fromkeys(problems))) from None
+        raise LlamalabError(describe_errors(model, exc, source, node, overridden)) from None
+    finally:
+        _VALIDATING.reset(validating)
+
+
+def describe_errors(model: type[StrictModel], exc: ValidationError, source: str, node: yaml.Node | None = None,
+                    overridden: Iterable[str] = ()) -> str:
+    """Every problem pydantic found, one line each, naming the key (and its line in `node`'s file)."""
+    problems = [_describe(model, err, source, node, tuple(overridden))
+                for err in _merge_union_errors(model, exc.errors())]
+    return "\n".join(dict.fromkeys(problems))
 
 
 def _merge_union_errors(model: type[StrictModel], errors: list) -> list:
