@@ -27,12 +27,13 @@ ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 def normalize_text(s: str) -> str:
     """Exact-match normal form (SQuAD-style).
 
-    In order: Unicode NFKD, then drop combining marks (strips accents: "café" -> "cafe"); lower-case; replace
-    every Unicode punctuation character (category P*) with nothing; replace the whole words "a", "an", "the" with
-    a space; collapse runs of whitespace to one space and strip the ends.
+    In order: remove accents (Unicode NFD, then drop the combining diacritical marks U+0300-U+036F, then NFC:
+    "café" -> "cafe"; other marks, such as a Devanagari virama, and characters such as "²" stay); lower-case;
+    replace every Unicode punctuation character (category P*) with nothing; replace the whole words "a", "an",
+    "the" with a space; collapse runs of whitespace to one space and strip the ends.
     """
-    decomposed = unicodedata.normalize("NFKD", s)
-    text = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
+    decomposed = unicodedata.normalize("NFD", s)
+    text = unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not "\u0300" <= ch <= "\u036f")).lower()
     text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
@@ -114,8 +115,9 @@ _NUMBER = re.compile(
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}")  # LaTeX \frac{a}{b} -> a/b
 # What may stand between an answer marker and its number: a colon or equals sign, bold, \boxed{.
 _LEAD_IN = re.compile(r"\s*(?:[:=]\s*)?(?:\*\*\s*)?(?:\\boxed\s*\{\s*)?")
-# An arithmetic chain after a number, up to its "=": "5 + 3 = 8", "2^3 = 8" and "10% of 50 = 5" answer 8, 8, 5.
-_CHAIN = re.compile(r"%?(?:\s*(?:[-+*/×÷x^]|of\b)\s*\(?[$€£]?\d[\d,]*(?:\.\d+)?%?\)?)*\s*=\s*")
+# An arithmetic chain after a number, up to its "=": "5 + 3 = 8", "2^3 = 8" and "10% of 50 = 5" answer 8, 8, 5;
+# at least one operation, or a percentage ("20% = 0.2" is 0.2; "72 = 48 + 24" is 72, its working after it).
+_CHAIN = re.compile(r"(?:%?(?:\s*(?:[-+*/×÷x^]|of\b)\s*\(?[$€£]?\d[\d,]*(?:\.\d+)?%?\)?)+|%)\s*=\s*")
 _MARKER = re.compile(r"####")
 _ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -145,13 +147,23 @@ def _canonical_value(match: re.Match[str]) -> str:
         value = -value
     if value.denominator == 1:
         return str(value.numerator)
-    if 10**30 % value.denominator:  # 1/3 has no exact decimal: kept as a fraction
+    places = _decimal_places(value.denominator)
+    if places is None:  # 1/3 has no exact decimal: kept as a fraction
         return f"{value.numerator}/{value.denominator}"
-    # Exact: a denominator dividing 10**30 adds at most 30 digits to the numerator's (the default context's 28
+    # Exact: a denominator 2**a 5**b adds max(a, b) digits to the numerator's (the default context's 28
     # significant digits rounded longer numbers). normalize() drops trailing zeros; format "f" its exponent.
     with localcontext() as context:
-        context.prec = len(str(abs(value.numerator))) + 31
+        context.prec = len(str(abs(value.numerator))) + places + 1
         return format((Decimal(value.numerator) / Decimal(value.denominator)).normalize(), "f")
+
+
+def _decimal_places(denominator: int) -> int | None:
+    """The decimal places 1/denominator takes to write exactly (2**a 5**b: max(a, b)); None when it has no end."""
+    twos = (denominator & -denominator).bit_length() - 1
+    rest, fives = denominator >> twos, 0
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    return max(twos, fives) if rest == 1 else None
 
 
 def _number_after(text: str, pos: int) -> str | None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 
 def parse_label(text: str, verbalized: dict[str, str]) -> str | None:
     """The label whose verbalizer the answer's first line starts with, else the first one that line mentions,
-    else the first one the rest of the answer mentions ("Sure!\\nPositive"), or None.
+    else the first one the whole answer mentions ("Sure!\\nPositive"), or None.
 
-    Matching ignores case, surrounding whitespace and punctuation; the longest verbalizer wins so that "very
-    positive" is not read as "positive". A verbalizer with no letters or digits ("+") matches nothing: see
-    `unparseable_verbalizers`.
+    Matching ignores case, surrounding whitespace and every character but letters, digits and their marks
+    (accents, in either Unicode form); the longest verbalizer wins so that "very positive" is not read as
+    "positive". A verbalizer with no letters or digits ("+") matches nothing: see `unparseable_verbalizers`.
     """
     targets = sorted(((label, _words(words)) for label, words in verbalized.items() if _words(words)),
                      key=lambda item: -len(item[1]))
@@ -45,4 +46,7 @@ def unparseable_verbalizers(verbalized: dict[str, str]) -> str | None:
 
 
 def _words(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).replace("_", " ").split())
+    """Case-folded letters and digits (with their marks: "né" as one character or two), one space between words."""
+    text = unicodedata.normalize("NFC", text.casefold())
+    return " ".join("".join(ch if ch.isalnum() or unicodedata.category(ch).startswith("M") else " "
+                            for ch in text).split())

@@ -64,7 +64,7 @@ def example_start(template: str) -> tuple[Literal["opening", "later", "none"], s
 
 
 _TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_BLANK_LINE = r"\n[ \t]*\n"
+_BLANK_LINE = r"\r?\n[ \t\r]*\n"  # Windows line breaks (\r\n) too
 _SHAPING = re.compile(r"\{%|\{\{-|-\}\}")  # control blocks and whitespace trimming: what renders is not the source
 
 
@@ -112,7 +112,7 @@ def run_on_rule(template: str, list_labels: bool) -> str | None:
 
 def _spacing(whitespace: str) -> str:
     """Whitespace as a pattern: its line breaks exactly, spaces and tabs around them as any."""
-    return r"[ \t]*" + r"\n[ \t]*" * whitespace.count("\n")
+    return r"[ \t]*" + r"\r?\n[ \t]*" * whitespace.count("\n")
 
 
 @dataclass(frozen=True)
