@@ -139,6 +139,8 @@ def test_a_killed_two_process_run_resumes(lab, tiny_model_dir, experiment):
     assert resumed.id == killed.id and resumed.run.finished and resumed.run.resumed
     steps = [json.loads(line)["step"] for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 251))
+    # the first process of each session said how it computed, from where it started (the killed one before it died)
+    assert [s.from_step for s in resumed.run.sessions][0] == 0 and len(resumed.run.sessions) == 2
 
 
 def test_fsdp_on_gpus_averages_gradients_in_float32():

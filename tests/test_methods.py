@@ -251,6 +251,7 @@ def test_training_states_only_recorded_fields(unselected, tmp_path):
     bare = RunRecord.load(folder)
     bare.run = bare.run.model_copy(update={
         "data_used": bare.run.data_used.model_copy(update={"skipped_too_long": None}), "precision": None, "timings": {},
+        "sessions": None,
     })
     settings = yaml.safe_load((folder / "config.yaml").read_text())
     del settings["weight_decay"], settings["seed"]
@@ -391,6 +392,60 @@ def test_a_resumed_runs_training_time_sentence_on_random_records():
             part, whole = text.split(" for ")[1].split(" epochs")[0].split(" of its ")
             assert part != whole
             assert abs(float(part) - timed) / timed <= 5e-3 and abs(float(whole) - epochs) / epochs <= 5e-3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_precision_and_checkpointing_per_session_on_random_resumed_runs(seed):
+    """Random sessions (each resumed from a checkpoint, on a machine that may compute otherwise): every step the
+    run kept is described by the precision and the checkpointing of the session that trained it, and a run whose
+    sessions agree reads as one that ran once."""
+    import random
+
+    from llamalab.publish.methods import _computed
+    from llamalab.runs.schema import TrainRun
+    from tests.records import train_fields
+
+    rng = random.Random(seed)
+    for _ in range(200):
+        last = rng.randint(1, 60)
+        starts = sorted({0, *rng.sample(range(1, last), min(last - 1, rng.randint(0, 4)))})
+        sessions = [{"from_step": start, "precision": rng.choice(["bfloat16 autocast", "float32"]),
+                     "activation_checkpointing": rng.random() < 0.4, "device": "cpu"} for start in starts]
+        run = TrainRun.model_validate({
+            "id": "r", "name": "x", "kind": "train", "started": "2026-11-30T00:00:00+00:00", "config_hash": "h",
+            **train_fields(), "metrics": {"first_loss": 2.0, "final_loss": 1.0, "steps": last, "epochs": 1.0},
+            "sessions": sessions, "precision": sessions[-1]["precision"],
+            "memory": {"device": "cpu", "predicted_mb": 1.0, "reason": "r",
+                       "activation_checkpointing": sessions[-1]["activation_checkpointing"]}})
+
+        def session_of(step: int, sessions: list[dict] = sessions) -> dict:
+            return [s for s in sessions if s["from_step"] < step][-1]
+
+        def steps_named(text: str) -> set[int]:
+            named: set[int] = set()
+            for first, end in re.findall(r"steps? (\d+)(?:-(\d+))?", text):
+                named |= set(range(int(first), int(end or first) + 1))
+            return named
+
+        clauses = _computed(run)
+        precision, *rest = clauses
+        kinds = {session_of(step)["precision"] for step in range(1, last + 1)}
+        if len(kinds) == 1:
+            assert precision == f"{kinds.pop()} precision", (sessions, last, clauses)
+        else:
+            parts = precision.split(" and ")
+            assert sorted(step for part in parts for step in steps_named(part)) == list(range(1, last + 1))
+            for part in parts:
+                value = part.split(" precision for ")[0]
+                assert all(session_of(step)["precision"] == value for step in steps_named(part)), (sessions, part)
+        on = {step for step in range(1, last + 1) if session_of(step)["activation_checkpointing"]}
+        if not on:
+            assert rest == []
+        elif on == set(range(1, last + 1)):
+            assert rest == ["activation checkpointing"]
+        else:
+            [sentence] = rest
+            assert sentence.startswith("activation checkpointing for ") and steps_named(sentence) == on
 
 
 def test_the_quantized_weights_sentence_on_random_mixes_of_systems():

@@ -61,7 +61,7 @@ def _saved(record: RunRecord) -> dict:
 
 
 def test_every_record_written_carries_the_schema_version(tmp_path):
-    assert SCHEMA_VERSION == 10
+    assert SCHEMA_VERSION == 11
     evaluation = RunRecord.create(tmp_path, "eval", "e", {"a": 1}, **eval_fields())
     training = RunRecord.create(tmp_path, "train", "t", {"b": 2}, **train_fields())
     for record in (evaluation, training):

@@ -159,6 +159,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     resumed = train(lab, name, resume=True, activation_checkpointing="yes")
     assert resumed.id == interrupted.id and resumed.run.memory.activation_checkpointing
     assert resumed.run.status == "finished"
+    # each session's way of computing, from the step it started at: the methods text says which steps had which
+    assert [(s.from_step, s.activation_checkpointing) for s in resumed.run.sessions] == [(0, False), (4, True)]
+    from llamalab.publish.methods import _computed
+    assert "activation checkpointing for steps 5-12" in _computed(resumed.run)
     assert resumed.run.peak_memory_mb == 10**7  # the run's peak is the largest of its sessions'
     # the resumed session's time covers steps 5-12 of 16 per epoch: half an epoch (the killed session's is lost)
     assert resumed.run.timings["train_epochs"] == pytest.approx(0.5)
@@ -195,6 +199,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(lab, tiny_model_dir, tmp
     # session that only loaded the weights recorded a negative one)
     assert "tokens_per_s" not in resumed.run.throughput and resumed.run.timings["train_epochs"] == 0
     assert resumed.run.memory.measured_mb is None
+    assert [s.from_step for s in resumed.run.sessions] == [0]  # the session that only loaded the weights trained none
     b = load_file(resumed.folder / "adapter" / "adapter_model.safetensors")
     for key in a:
         assert (a[key] - b[key]).abs().max().item() < 1e-6, key

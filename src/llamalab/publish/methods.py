@@ -289,6 +289,43 @@ def _time(stamp: str | None, missing: datetime) -> datetime:
 # --- training ----------------------------------------------------------------------------------------------------
 
 
+def _computed(run: TrainRun) -> list[str]:
+    """Its precision and activation checkpointing: where its sessions differed (one resumed on another machine),
+    each with the steps it held for."""
+    sessions, last = run.sessions, run.metrics.steps if run.metrics else None
+    if not sessions or sessions[0].from_step != 0 or last is None:  # not recorded: as its last session said
+        return [*([f"{run.precision} precision"] if run.precision else []),
+                *(["activation checkpointing"] if run.memory is not None and run.memory.activation_checkpointing
+                  else [])]
+    precision = _held(sessions, last, lambda s: s.precision)
+    checkpointing = [(first, end) for on, first, end in _held(sessions, last, lambda s: s.activation_checkpointing)
+                     if on]
+    if len(precision) == 1:
+        clauses = [f"{precision[0][0]} precision"]
+    else:
+        clauses = [" and ".join(f"{value} precision for {_steps(first, end)}" for value, first, end in precision)]
+    if checkpointing:
+        whole = checkpointing == [(1, last)]
+        clauses.append("activation checkpointing" + ("" if whole else " for " + " and ".join(
+            _steps(first, end) for first, end in checkpointing)))
+    return clauses
+
+
+def _held(sessions: list, last: int, value) -> list[tuple[Any, int, int]]:
+    """(value, first step, last step) for each stretch of steps the sessions computed alike."""
+    stretches: list[tuple[Any, int, int]] = []
+    for session, after in zip(sessions, [*(s.from_step for s in sessions[1:]), last], strict=True):
+        if stretches and stretches[-1][0] == value(session):
+            stretches[-1] = (stretches[-1][0], stretches[-1][1], after)
+        else:
+            stretches.append((value(session), session.from_step + 1, after))
+    return stretches
+
+
+def _steps(first: int, end: int) -> str:
+    return f"step {first}" if first == end else f"steps {first}-{end}"
+
+
 def _training(record: RunRecord, task: str) -> str:
     run, config = record.run, record.config
     assert isinstance(run, TrainRun)
@@ -296,10 +333,7 @@ def _training(record: RunRecord, task: str) -> str:
     clauses = [*_recipe(run, config), _training_data(run.data_used, config, trained_on if trained_on != task else None)]
     if config.get("seed") is not None:
         clauses.append(f"training seed {config['seed']}")
-    if run.precision:
-        clauses.append(f"{run.precision} precision")
-    if run.memory is not None and run.memory.activation_checkpointing:
-        clauses.append("activation checkpointing")
+    clauses += _computed(run)
     clauses.append("loss on the answer tokens only")  # the trainer masks every prompt token, always
     clauses.append(f"{run.prompt.format} prompt format")
     text = f"Fine-tuned system {record.id}: " + ", ".join(c for c in clauses if c) + "."

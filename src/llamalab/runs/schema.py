@@ -31,6 +31,10 @@ Version history:
   10 an eval run's `predictions_summary.truncated`: generations cut off by max_new_tokens (the budget spent
      without an end token, or a chat API's `finish_reason: length`; each such row says `truncated: true`); null
      in older records and where not every row says (a chat API without finish_reason, rows kept before this).
+  11 a train run's `sessions`: for each session whose steps the run kept (a run resumed after a kill has
+     several), the step it started from, its precision, its activation checkpointing and its device (a session
+     resumed on another machine may compute otherwise); null in older records, whose `precision` and
+     `memory.activation_checkpointing` are their last session's.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 Status = Literal["running", "finished", "interrupted", "failed"]
 
@@ -349,6 +353,16 @@ class MemoryUse(Shape):
     flops_per_token: float | None = None  # model FLOPs per trained token (4 P for LoRA, 6 P for a full fine-tune)
 
 
+class TrainSession(Shape):
+    """One session of a train run (recorded from version 11): it trained steps from_step + 1 onwards, until the
+    next session's from_step or the run's last step."""
+
+    from_step: int = Field(ge=0)
+    precision: str
+    activation_checkpointing: bool
+    device: str
+
+
 class TrainRun(RunBase):
     kind: Literal["train"] = "train"
     experiment: str
@@ -362,6 +376,7 @@ class TrainRun(RunBase):
     optimizer: OptimizerUse | None = None  # None: before version 5
     processes: int | None = None  # data-parallel training processes (None: one, in records before version 3)
     parallelism: Literal["ddp", "fsdp"] | None = None  # with processes > 1 (None: one process, or before version 4)
+    sessions: list[TrainSession] | None = None  # None: before version 11
 
 
 Run = Annotated[EvalRun | TrainRun, Field(discriminator="kind")]
@@ -400,6 +415,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         data, version = {**data, "schema_version": 9}, 9
     if version == 9:  # generations the budget cut off were not counted (unknown: null)
         data, version = {**data, "schema_version": 10}, 10
+    if version == 10:  # a train run's sessions were not recorded
+        data, version = {**data, "schema_version": 11}, 11
     return data
 
 

@@ -233,12 +233,12 @@ def _run_training(
             # It still loads the checkpoint (FSDP's too, into the sharded model) and runs no epoch.
             console.print(f"{resume_from.name} is the run's last step: nothing left to train")
             trainer._run_epoch = lambda *args, **kwargs: None
+        elif trainer.is_world_process_zero():  # before it trains: a session killed later keeps what it computed
+            _record_session(record, start_step, _precision(trainer, experiment, dtype), plan)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_s = time.perf_counter() - started - setup_s
     weights = _gathered_weights(trainer) if trainer.is_fsdp_enabled else None
     peaks = _every_process(peak.mb)  # the plan is one process's: each process's peak is measured against it
-    # on GPUs accelerate's FSDP computes each layer in bf16 by its mixed-precision policy, not autocast
-    bf16_fsdp = trainer.is_fsdp_enabled and _use_bf16(experiment) and not trainer.autocast_bf16
     if not trainer.is_world_process_zero():
         return
     _save_weights(trainer, experiment, record.folder, weights)
@@ -270,9 +270,24 @@ def _run_training(
         timings=timings,
         processes=processes,
         parallelism=None if processes == 1 else "fsdp" if trainer.is_fsdp_enabled else "ddp",
-        precision="bfloat16 (FSDP mixed precision)" if bf16_fsdp else "bfloat16 autocast" if _use_bf16(experiment)
-        else str(dtype).removeprefix("torch."),
+        precision=_precision(trainer, experiment, dtype),
     )
+
+
+def _precision(trainer, experiment: Experiment, dtype) -> str:
+    """How the training computes: on GPUs accelerate's FSDP computes each layer in bf16 by its mixed-precision
+    policy, not autocast."""
+    if trainer.is_fsdp_enabled and _use_bf16(experiment) and not trainer.autocast_bf16:
+        return "bfloat16 (FSDP mixed precision)"
+    return "bfloat16 autocast" if _use_bf16(experiment) else str(dtype).removeprefix("torch.")
+
+
+def _record_session(record: RunRecord, start_step: int, precision: str, plan) -> None:
+    """Record how this session computes, from `start_step` on. An earlier session's steps past that checkpoint
+    are trained again, so its entry goes; a resumed run recorded before sessions were has no first entry."""
+    kept = [s.model_dump() for s in record.run.sessions or [] if s.from_step < start_step]
+    record.update(sessions=[*kept, {"from_step": start_step, "precision": precision,
+                                    "activation_checkpointing": plan.checkpointing, "device": plan.device}])
 
 
 def _memory(record: RunRecord, plan, peaks: list[float | None], processes: int, trained: bool) -> dict:
