@@ -21,17 +21,22 @@ positions) and the share of the card's bf16 matmul rate measured at the start; t
 the steps, with the first step's and the median step's seconds (a per-step cost, or a start-up one?); peak GPU
 memory (allocated, from before the model loaded; and what the allocator reserved) against `llamalab plan`'s
 prediction, and the ratio to TRL (also over the later half of the steps: TRL runs first, paying start-up costs).
-Label scoring runs in bfloat16 on a GPU, its batch sized to the card (`--score-batch auto`), as `llamalab eval`
-does: close calls are scored again in float32, and a random model makes many; their count is printed, and their
-second pass is time not counted as FLOPs. Each run's result (or its error: one failing run, or a shape that could
-not be made, does not stop the others) is printed, and written to --out, as it ends.
+Label scoring runs in bfloat16 on a GPU, its batch sized to the card (`--score-batch auto`), twice: once as
+`llamalab eval` does, which scores close calls again in float32 (a random model's two labels are near ties, so
+nearly all: their count is printed, and their second pass is time not counted as FLOPs), and once in bfloat16
+alone, the rate that is compared with the card's bf16 matmul rate. Each run's result (or its error: one failing
+run, or a shape that could not be made, does not stop the others) is printed, and written to --out, as it ends.
+All runs share one deadline (--budget-s): each gets at most the time left, and one with too little left is
+recorded as skipped; a SIGTERM (`timeout`) writes what finished before the process ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import signal
 import tempfile
 import time
 from functools import partial
@@ -106,10 +111,10 @@ def step_clock():
             self.ends: list[float] = []
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.ends = [time.perf_counter()]
+            self.ends = [_synchronized_clock()]
 
-        def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
+        def on_step_end(self, args, state, control, **kwargs):  # when the card has finished the step's work
+            self.ends.append(_synchronized_clock())
 
         def timing(self, tokens: float) -> dict:
             """Seconds of the first step, median seconds per later step, and the tokens/s over the later half
@@ -124,6 +129,16 @@ def step_clock():
                     "steady_tokens_per_s": tokens * (len(steps) - half) / len(steps) / sum(steps[half:])}
 
     return StepClock()
+
+
+def _synchronized_clock() -> float:
+    """perf_counter once the GPU has done what was queued (a step's backward and optimizer work otherwise land in
+    the next step's time, unevenly between the two recipes)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def _rows(lab, folder: Path, count: int) -> list[dict]:
@@ -199,15 +214,21 @@ def llamalab_train(lab, folder: Path, batch: int, steps: int, **settings) -> dic
             "reason": memory.reason, **clock.timing(tokens)}
 
 
-def label_scoring(lab, folder: Path, limit: int, batch: int | str) -> dict:
+def label_scoring(lab, folder: Path, limit: int, batch: int | str, recheck: bool = True) -> dict:
     """`llamalab eval` of the sentiment labels: in bfloat16 on a GPU (the rate it is compared with), float32 on a
-    CPU; the tokens the model computed (a shared prefix once, no padding) per second."""
+    CPU; the tokens the model computed (a shared prefix once, no padding) per second. Without `recheck`, no close
+    call is scored again in float32: the bf16 pass alone (a random model's labels are near ties, all rescored)."""
+    from unittest import mock
+
     import torch
 
+    from llamalab.backends import hf_scoring
     from llamalab.evaluation.evaluate import evaluate
 
     precision = "bfloat16" if torch.cuda.is_available() else "float32"
-    record = evaluate(lab, str(folder), task="sentiment", limit=limit, precision=precision, batch_size=batch)
+    never_close = mock.patch.object(hf_scoring, "_too_close", lambda *args, **kwargs: False)
+    with contextlib.nullcontext() if recheck else never_close:
+        record = evaluate(lab, str(folder), task="sentiment", limit=limit, precision=precision, batch_size=batch)
     _release()
     throughput = record.run.throughput
     return {"examples_per_s": throughput["examples_per_s"], "tokens_per_s": throughput["tokens_per_s"],
@@ -264,7 +285,10 @@ def main() -> None:
                         help="a folder with the tokenizer files to use (default: the embedded model's)")
     parser.add_argument("--work", type=Path, default=None, help="where the random models go (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--budget-s", type=float, default=520,
+                        help="seconds for the whole bench (under the call's own limit): later runs get what is left")
     args = parser.parse_args()
+    deadline = time.monotonic() + args.budget_s
 
     from llamalab.lab import init_lab
     from llamalab.training.plan import measure_matmul_tflops, resolve_device
@@ -273,7 +297,7 @@ def main() -> None:
     rate = measure_matmul_tflops(device)
     print(f"device: {device.describe()}; measured matmul rate {rate:,.3g} TFLOP/s "
           f"({'bf16 8192²' if device.kind == 'cuda' else 'fp32 2048²'})", flush=True)
-    error = _attempt(rows_attention_error)
+    error = _attempt(rows_attention_error, deadline)
     print(f"row-by-row attention against each row alone in float32: largest difference {error}", flush=True)
     results: dict = {"device": device.describe(), "matmul_tflops": rate, "rows_attention_error": error,
                      "shapes": {}}
@@ -283,11 +307,17 @@ def main() -> None:
         if args.out:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
 
+    def stopped(*_) -> None:  # `timeout` ends the call: what finished is written first
+        save()
+        raise SystemExit(124)
+
+    signal.signal(signal.SIGTERM, stopped)
+    save()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         lab = init_lab(Path(tmp) / "lab")
         for shape in args.shapes:
             folder = Path(tmp) / f"llama-{shape}"
-            params = _attempt(partial(make_model, shape, folder, tokenizer_from=args.tokenizer), limit_s=400)
+            params = _attempt(partial(make_model, shape, folder, tokenizer_from=args.tokenizer), deadline, 400)
             if isinstance(params, dict):  # could not be made (a full disk?): the next shape may still run
                 results["shapes"][shape] = params
                 print(f"{shape}: {json.dumps(params)}", flush=True)
@@ -304,8 +334,10 @@ def main() -> None:
                 todo["llamalab QLoRA, 24 GB"] = partial(trained, method="qlora", memory_limit="24GB")
             if shape in ("1b", "tiny"):
                 todo["label scoring"] = partial(label_scoring, lab, folder, args.score_limit, score_batch)
+                todo["label scoring, bf16 alone"] = partial(label_scoring, lab, folder, args.score_limit,
+                                                            score_batch, recheck=False)
             for name, run in todo.items():
-                runs[name] = _attempt(run)
+                runs[name] = _attempt(run, deadline)
                 print(f"{shape} {name}: {json.dumps(runs[name])}", flush=True)
                 save()
             _print(shape, params, results["shapes"][shape]["scoring_flops_per_token"], runs, rate)
@@ -325,16 +357,22 @@ class RunTooLong(Exception):
 
 
 RUN_LIMIT_S = 240  # one run that hangs or crawls (a library fallen back to its CPU code) does not take the others' time
+MIN_RUN_S = 20  # less left of the bench's budget than this: a run is skipped, not started
+SAVE_S = 10  # kept back from every run's time to write the results
 
 
-def _attempt(run, limit_s: int = RUN_LIMIT_S):
-    """The run's result, or {"error": ...} when it fails or takes more than `limit_s` (one failing run does not
-    lose the others)."""
-    import signal
+def _attempt(run, deadline: float, limit_s: int = RUN_LIMIT_S):
+    """The run's result, or {"error": ...} when it fails, takes more than `limit_s` or runs past the bench's
+    `deadline` (one failing run does not lose the others); with under MIN_RUN_S left it is skipped."""
     import traceback
 
+    left = int(deadline - time.monotonic()) - SAVE_S
+    if left < MIN_RUN_S:
+        return {"error": f"skipped: {max(left, 0)} s left of the bench's --budget-s"}
+    limit_s = min(limit_s, left)
+
     def stop(*_):  # not a TimeoutError: that is an OSError, which loaders catch and carry on from
-        raise RunTooLong(f"stopped after {limit_s} s (bench/gpu_train.py's limit for one run)")
+        raise RunTooLong(f"stopped after {limit_s} s (bench/gpu_train.py's limit for this run)")
 
     previous = signal.signal(signal.SIGALRM, stop)
     signal.alarm(limit_s)
@@ -342,8 +380,10 @@ def _attempt(run, limit_s: int = RUN_LIMIT_S):
         return run()
     except Exception as exc:  # noqa: BLE001 - reported, and the bench goes on
         traceback.print_exc()
-        _release()
-        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        error = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        with contextlib.suppress(Exception):  # a CUDA error that sticks to the device raises here again
+            _release()
+        return error
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -365,8 +405,8 @@ def _print(shape: str, params: int, scoring_flops: float, runs: dict, rate: floa
         if "examples_per_s" in run:
             computed = run.get("forward_tokens_per_s") or run["tokens_per_s"]
             tflops = scoring_flops * computed / 1e12
-            rechecked = (f"; {run['rechecked_float32']} of {run['examples']} close calls scored again in float32, "
-                         "not counted" if run.get("rechecked_float32") else "")
+            rechecked = (f"; {run['rechecked_float32']} of {run['examples']} close calls scored again in float32: "
+                         "their time counted, their FLOPs not" if run.get("rechecked_float32") else "")
             print(f"  {name:18s} {run['examples_per_s']:10,.1f} examples/s  {tflops:8.3g} forward TFLOP/s "
                   f"({tflops / rate:.0%} of the card; {run['precision']}, batch {run['batch_size']}, at most "
                   f"{run.get('largest_batch_rows', run['batch_size'])} rows{rechecked})")

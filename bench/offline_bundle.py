@@ -9,7 +9,7 @@ here, the rest of what llamalab imports (`NEEDED`): wheels for the GPU machine's
 ones, and those made for one Python version, are fetched for it), bitsandbytes with only its library for the named
 CUDA version (the full wheel carries one per version: 125 MB unpacked), and the embedded model's tokenizer as a
 folder (3 MiB; the bench's models are random, so the 94 MiB GGUF stays behind). It is one tar file cut into
-`bundle.tar.partNN` files of at most --part-mib MiB each, plus `unpack.sh` (17 wheels and the tokenizer: 27 MiB,
+`bundle.tar.partNN` files of at most --part-mib MiB each, plus `unpack.sh` (19 wheels and the tokenizer: 28 MiB,
 one part, which fits one transfer with the project's files).
 
 On the GPU machine, with every part and unpack.sh in one folder, and the project's own files as its working copy:
@@ -33,7 +33,9 @@ from pathlib import Path
 # pydantic, gguf, ... ; transformers and peft at the versions this project pins)
 NEEDED = ["transformers", "peft", "trl", "datasets", "dill", "multiprocess", "gguf", "pydantic", "pydantic-core",
           "annotated-types", "typing-inspection", "bibtexparser", "pylatexenc", "rouge-score", "nltk", "submitit",
-          "bitsandbytes"]
+          "bitsandbytes",
+          # the image's versions are not known to meet what pydantic and transformers ask for (pure Python or small)
+          "typing-extensions", "regex"]
 
 UNPACK = """#!/bin/sh
 # Join the parts and install the wheels into the folder given (default: ./site), without an index or dependencies.
