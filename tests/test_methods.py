@@ -239,8 +239,8 @@ def test_training_states_only_recorded_fields(unselected, tmp_path):
     text = methods_of(unselected, "sentiment")
     for fact in (f"LoRA (rank {config['lora']['r']}, alpha {config['lora']['alpha']}",
                  f"{record.run.metrics.steps} optimizer steps (max_steps {config['max_steps']})",
-                 f"{used.train_examples} training examples: a random subset of {config['train_examples']} "
-                 f"examples of the train split drawn with seed {config['seed']}, none skipped",
+                 f"{used.train_examples} training examples: a random subset of {config['train_examples']} of the "
+                 f"{used.split_size:,} examples of the train split drawn with seed {config['seed']}, none skipped",
                  f"weight decay {config['weight_decay']:g}", f"{record.run.precision} precision",
                  "loss on the answer tokens only"):
         assert fact in text, fact
@@ -260,8 +260,7 @@ def test_training_states_only_recorded_fields(unselected, tmp_path):
     training = next(p for p in text.split("\n\n") if p.startswith("Fine-tuned system"))
     assert "weight decay" not in training and "skipped" not in training and "seed" not in training
     assert "precision" not in training and "Training took" not in training and "None" not in training
-    assert f"{used.train_examples} training examples from a random subset of {config['train_examples']} " \
-        "examples of the train split, loss" in training
+    assert f"{used.train_examples} training examples from the train split, loss" in training  # how many drawn: unknown
     # resumed after a session killed before it recorded its time: the time stated is the timed sessions', said so
     resumed = RunRecord.load(folder)
     epochs = resumed.run.metrics.epochs

@@ -203,6 +203,8 @@ def format_seconds(value: float | None) -> str:
     """Seconds as every table and the methods text show them: whole seconds from 10 s, tenths below."""
     if value is None:
         return "–"
+    if 0 < value < 0.05:  # above 0, never shown as 0
+        return "<0.1 s"
     return f"{value:,.0f} s" if value >= 10 else f"{value:.1f} s"
 
 

@@ -117,8 +117,9 @@ def _sample(run: EvalRun, config: dict, split: str, sizes: _SplitSizes, show_lim
         total = sizes.get(split, run.task.data_sha256)
     limit = config.get("limit")
     shown = f" (limit {limit})" if limit is not None and show_limit else ""
-    if total is not None and n >= total:
-        return f"all {n:,} examples of the {split} split"
+    # select_examples takes every example when the limit is not below the split's size: fewer than it asked for
+    if (total is not None and n >= total) or (limit is not None and n < limit):
+        return f"all {_count(n, 'example')} of the {split} split"
     # select_examples draws the subset with a fixed seed: every run with the same limit sees the same examples.
     how = "a seeded random subset of" if limit is not None else ""
     if total is None:
@@ -339,8 +340,8 @@ def _training(record: RunRecord, task: str) -> str:
     text = f"Fine-tuned system {record.id}: " + ", ".join(c for c in clauses if c) + "."
     if run.metrics is not None:
         # Stated, not interpreted: on a short run the loss may as well rise.
-        text += (f" The training loss was {run.metrics.first_loss:.3f} at the first logged step and "
-                 f"{run.metrics.final_loss:.3f} at the end (averaged over the last logged steps).")
+        text += (f" The training loss was {_loss(run.metrics.first_loss)} at the first logged step and "
+                 f"{_loss(run.metrics.final_loss)} at the end (averaged over the last logged steps).")
     return text + _training_cost(run)
 
 
@@ -363,24 +364,26 @@ def _recipe(run: TrainRun, config: dict) -> list[str | None]:
         optimizer.append(f"gradients clipped to a global norm of {_num(used.max_grad_norm)}"
                          if used.max_grad_norm else "no gradient clipping")
     # The recipe sets no optimizer but the Trainer's AdamW (fused, where torch has it)
-    clauses = [base, _method(config), "AdamW (" + ", ".join(c for c in optimizer if c) + ")" if any(optimizer)
-               else "AdamW"]
+    name = "AdamW" if used is None or used.name.lower().startswith("adamw") else used.name
+    clauses = [base, _method(config), f"{name} (" + ", ".join(c for c in optimizer if c) + ")" if any(optimizer)
+               else name]
     if "batch_size" in config:
         accumulation = f", gradient accumulation {config['grad_accum']}" if "grad_accum" in config else ""
         clauses.append(f"batch size {config['batch_size']}{accumulation}")
     if metrics is not None:
         limit = f" (max_steps {config['max_steps']})" if config.get("max_steps") else ""
-        clauses.append(f"{metrics.steps} optimizer steps{limit}, {_num(metrics.epochs)} epoch(s)")
+        clauses.append(f"{_count(metrics.steps, 'optimizer step')}{limit}, {_num(metrics.epochs)} epoch(s)")
     return clauses
 
 
 def _training_cost(run: TrainRun) -> str:
     tokens_per_s = run.throughput.get("tokens_per_s")
-    speed = [f"{tokens_per_s:,.0f} tokens/s" if tokens_per_s else None,
-             f"peak memory {run.peak_memory_mb:,.0f} MiB" + (f" in the first of its {run.processes} processes"
+    speed = [f"{_whole(tokens_per_s)} tokens/s" if tokens_per_s else None,
+             f"peak memory {_whole(run.peak_memory_mb)} MiB" + (f" in the first of its {run.processes} processes"
                                                            if (run.processes or 1) > 1 else "")
              if run.peak_memory_mb is not None else None]
     speed = [c for c in speed if c]
+    where = _where_trained(run)
     train_s = run.timings.get("train_s")
     if train_s is not None:
         details = f" ({', '.join(speed)})" if speed else ""
@@ -388,9 +391,35 @@ def _training_cost(run: TrainRun) -> str:
         if timed is not None and epochs and timed < epochs - 1e-3:  # a session killed before it recorded its time
             part, whole = _apart(timed, epochs)
             return (f" Training was interrupted and resumed: the sessions that recorded their time took "
-                    f"{format_seconds(train_s)} for {part} of its {whole} epochs{details}, on {_hardware(run)}.")
-        return f" Training took {format_seconds(train_s)}{details} on {_hardware(run)}."
-    return f" Training: {', '.join(speed)}, on {_hardware(run)}." if speed else ""
+                    f"{format_seconds(train_s)} for {part} of its {whole} epochs{details}, on {where}.")
+        return f" Training took {format_seconds(train_s)}{details} on {where}."
+    return f" Training: {', '.join(speed)}, on {where}." if speed else ""
+
+
+def _where_trained(run: TrainRun) -> str:
+    """The machine the run was made on; where its sessions ran on different devices, each with its steps (the
+    machine recorded is the first session's, the speed the last's)."""
+    sessions, last = run.sessions, run.metrics.steps if run.metrics else None
+    if sessions and sessions[0].from_step == 0 and last is not None:
+        devices = _held(sessions, last, lambda s: s.device)
+        if len(devices) > 1:
+            return ("sessions on " + " and ".join(f"{device} for {_steps(first, end)}" for device, first, end
+                                                  in devices) + " (the tokens/s are the last session's)")
+    return _hardware(run)
+
+
+def _whole(value: float) -> str:
+    """A positive amount in whole units, never shown as 0."""
+    return "<1" if 0 < value < 0.5 else f"{value:,.0f}"
+
+
+def _loss(value: float) -> str:
+    """Three decimals; a loss too small for them in two significant digits (0.0004, not 0.000)."""
+    return f"{value:.3f}" if value == 0 or abs(value) >= 0.0005 else f"{value:.2g}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _method(config: dict) -> str | None:
@@ -413,20 +442,26 @@ def _method(config: dict) -> str | None:
 def _training_data(used: DataUsed | None, config: dict, other_task: str | None) -> str | None:
     if used is None:
         return None
-    kept, skipped = used.train_examples, used.skipped_too_long
+    kept, skipped, size = used.train_examples, used.skipped_too_long, used.split_size
     split = f"the train split of {other_task}" if other_task else "the train split"
-    drawn = (skipped or 0) + kept
+    if skipped is None:  # how many were drawn before the too-long ones went is not recorded: no more is said
+        return f"{_count(kept, 'training example')} from {split}"
+    drawn = skipped + kept
     wanted = config.get("train_examples")
-    # training_subset draws with the experiment's seed, and takes the whole split when asked for more.
+    # training_subset draws with the experiment's seed, and takes the whole split when asked for as many or more.
     seed = f" drawn with seed {config['seed']}" if config.get("seed") is not None else ""
-    source = (f"a random subset of {drawn:,} examples of {split}{seed}"
-              if wanted is not None and wanted == drawn else f"{drawn:,} examples of {split}")
-    if skipped is None:
-        return f"{kept:,} training examples from {source}"
-    if skipped and config.get("max_length") is not None:
-        return (f"{kept:,} training examples: {source}, less {skipped:,} skipped as longer than "
-                f"{config['max_length']} tokens")
-    return f"{kept:,} training examples: {source}, none skipped"
+    if wanted is None or (size is not None and wanted >= size):
+        source = f"all {drawn:,} examples of {split}"
+    elif size is not None:
+        source = f"a random subset of {drawn:,} of the {size:,} examples of {split}{seed}"
+    else:  # records before the split's size: a subset only if the split held more than train_examples
+        source = (f"{drawn:,} examples of {split} (train_examples {wanted:,}{seed}: a random subset if the split "
+                  "held more; its size is not recorded)")
+    if not skipped:
+        return f"{_count(kept, 'training example')}: {source}, none skipped"
+    longer = (f"longer than {config['max_length']} tokens" if config.get("max_length") is not None
+              else "too long")
+    return f"{_count(kept, 'training example')}: {source}, less {skipped:,} skipped as {longer}"
 
 
 # --- evaluation --------------------------------------------------------------------------------------------------
@@ -495,7 +530,7 @@ def _prompt_way(e: _Eval) -> str:
     seed = e.config.get("shot_seed")
     # evaluate() draws the shots from the train split; the seed is the record's, the example ids are in run.json.
     drawn = f", drawn at random from the train split with shot seed {seed}" if seed is not None else ""
-    return f"{where}, {shots} examples in the prompt{drawn}"
+    return f"{where}, {_count(shots, 'example')} in the prompt{drawn}"
 
 
 def _quantized(evals: list[_Eval]) -> str:
@@ -522,7 +557,7 @@ def _intervals(board: TaskBoard, evals: list[_Eval]) -> str:
         for e in evals:
             m = e.row.metrics.get(name)
             method = m.method if m else None
-            way = f"{m.confidence:.0%} {method}" if m and method else "method not recorded"
+            way = f"{m.confidence * 100:.10g}% {method}" if m and method else "method not recorded"
             per_metric.setdefault(name, {}).setdefault(way, []).append(e.name)
     ways = {way for by_way in per_metric.values() for way in by_way}
     if len(ways) == 1:

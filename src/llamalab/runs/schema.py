@@ -34,7 +34,8 @@ Version history:
   11 a train run's `sessions`: for each session whose steps the run kept (a run resumed after a kill has
      several), the step it started from, its precision, its activation checkpointing and its device (a session
      resumed on another machine may compute otherwise); null in older records, whose `precision` and
-     `memory.activation_checkpointing` are their last session's.
+     `memory.activation_checkpointing` are their last session's. Also `data_used.split_size`, the train split's
+     size (whether `train_examples` drew a subset of it); null in older records.
 """
 
 from __future__ import annotations
@@ -328,6 +329,7 @@ class DataUsed(Shape):
     train_examples: int
     skipped_too_long: int | None = None
     tokens_per_epoch: int | None = None
+    split_size: int | None = None  # the train split's examples, a subset drawn or not (None: before version 11)
 
 
 class OptimizerUse(Shape):

@@ -260,7 +260,8 @@ def _run_training(
             "epochs": round(trainer.state.epoch or 0, 3),
         },
         optimizer=_optimizer_use(trainer.args, experiment, trainer.state.max_steps),
-        data_used={"train_examples": len(dataset), "skipped_too_long": skipped, "tokens_per_epoch": n_tokens},
+        data_used={"train_examples": len(dataset), "skipped_too_long": skipped, "tokens_per_epoch": n_tokens,
+                   "split_size": len(data.split("train"))},
         # this session's tokens over its time; a session that trained nothing keeps what was recorded before
         throughput={"tokens_per_s": round(progress.tokens_this_session / max(train_s, 1e-9), 1)}
         if progress.tokens_this_session else dict(record.run.throughput),
