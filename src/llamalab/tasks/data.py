@@ -8,7 +8,7 @@ import math
 import random
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,21 +370,24 @@ def spans_to_entities(spec: SpanSpec, record: dict[str, Any]) -> list[dict[str, 
     """A record's character-offset spans as the entity answer [{"type", "text"}, ...], in text order.
 
     A span without its start key starts at 0 (formats that omit a zero offset). A record without the span
-    list has no entities. Raises _RowProblem naming the span that does not fit the text.
+    list has no entities. A null is read as the key left out (Parquet, Arrow and dataset folders store a key some
+    records lack as null). Raises _RowProblem naming the span that does not fit the text.
     """
     keys = follow(record, spec.text)
     text = lookup(record, keys) if keys is not None else None
     if not isinstance(text, str):
         raise _RowProblem(f"no text at spans.text {spec.text!r}")
     keys = follow(record, spec.spans)
-    spans = lookup(record, keys) if keys is not None else []
+    spans = lookup(record, keys) if keys is not None else None
+    spans = [] if spans is None else spans
     if not isinstance(spans, list):
         raise _RowProblem(f"spans.spans {spec.spans!r} is not a list")
     found = []
     for number, span in enumerate(spans, 1):
         if not isinstance(span, dict):
             raise _RowProblem(f"span {number} is not an object")
-        start, end, label = span.get(spec.start, 0), span.get(spec.end), span.get(spec.label)
+        start, end, label = span.get(spec.start), span.get(spec.end), span.get(spec.label)
+        start = 0 if start is None else start
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
             raise _RowProblem(f"span {number}: {spec.start!r} and {spec.end!r} must be character offsets "
                               f"(got {start!r}, {end!r})")
@@ -459,8 +462,16 @@ def _pinned_assignment(
                                 "markers in it, resolve them, or delete the file to derive (and record) the split "
                                 "again") from None
         drawn = sorted(pinned.get("assignment", {}))
-        if pinned.get("fingerprint") == fingerprint and drawn == sorted(["train", *wanted]):
+        moved = _moved(source, pinned.get("texts_sha256"))
+        if pinned.get("fingerprint") == fingerprint and drawn == sorted(["train", *wanted]) and not moved:
             return pinned["assignment"]
+        if pin and moved and pinned.get("fingerprint") == fingerprint:
+            (now, was), more = moved[0], len(moved) - 1
+            raise LlamalabError(
+                f"{shown}: examples have moved to other ids since the split was recorded ({now} holds what {was} "
+                f"held{f', and {more:,} more' if more else ''}): lines were inserted, deleted or reordered, so the "
+                "recorded split would put other examples in each split. Restore the order, give the examples ids "
+                "that stay with them (data.id_field), or delete this file to derive (and record) a new split")
         if pin:
             why = "data or `data.split` settings"
             if pinned.get("fingerprint") == fingerprint:  # a file now gives a split the manifest draws, or the reverse
@@ -475,8 +486,30 @@ def _pinned_assignment(
     stratify = spec.stratify and task.answer.type == "label"
     assignment = derive_split(source, {s: getattr(spec, s) for s in wanted}, spec.seed, stratify)
     if pin:
-        write_json_atomic(manifest, {"task": task.name, "fingerprint": fingerprint, "assignment": assignment})
+        hashes = _text_hashes(source)
+        write_json_atomic(manifest, {"task": task.name, "fingerprint": fingerprint, "assignment": assignment,
+                                     "texts_sha256": [hashes[i] for i in sorted(hashes)]})
     return assignment
+
+
+def _text_hashes(examples: list[Example]) -> dict[str, str]:
+    """Each example's inputs (not its answer: a fixed label keeps the split), as a short hash by id."""
+    return {ex.id: hashlib.sha256(json.dumps(ex.fields, sort_keys=True, ensure_ascii=False, default=str).encode())
+            .hexdigest()[:8] for ex in examples}
+
+
+def _moved(examples: list[Example], recorded: Any) -> list[tuple[str, str]]:
+    """(id, the id it held before) for each example whose inputs a split manifest recorded under another id: ids
+    that are positions (file:line) after lines were inserted, deleted or reordered. A fixed text is new, not
+    moved; a manifest from before the hashes were recorded, or of other ids, tells nothing."""
+    now = _text_hashes(examples)
+    if not isinstance(recorded, list) or len(recorded) != len(now):
+        return []
+    before = dict(zip(sorted(now), recorded, strict=True))
+    counts = Counter(before.values())
+    held = {digest: i for i, digest in before.items() if counts[digest] == 1}  # a repeated text tells nothing
+    return [(ex.id, held[now[ex.id]]) for ex in examples  # in file order
+            if now[ex.id] != before[ex.id] and held.get(now[ex.id], ex.id) != ex.id]
 
 
 def derive_split(
