@@ -397,7 +397,7 @@ def test_headings_in_windows_line_endings_and_closing_hashes_and_a_megabyte_head
 def test_report_sections_must_name_different_headings() -> None:
     cases = ((["Baseline", "baseline!"], "name the same heading"), (["Data check", "--"], "no letter"))
     for sections, message in cases:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(LlamalabError, match=message):  # built in Python: as a file would say
             GradingConfig(**{**_small_config().model_dump(), "report_sections": sections})
 
 

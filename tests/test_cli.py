@@ -308,3 +308,94 @@ def test_eval_option_errors_name_the_option_typed(lab):
                                      "--lab", str(lab.root)])
         said = str(result.exception)  # a LlamalabError: one red line from `llamalab`
         assert f"command line: {option}: " in said and "key '" not in said, said
+
+
+def test_paths_dates_and_files_that_cannot_be_used_are_one_line_each(lab, tmp_path):
+    """A file where a folder must be, an impossible date in front matter, a publications.bib that is not UTF-8,
+    a --format that is neither plain nor chat, JSON Python cannot build: each an error line, exit code 2 (data
+    check: 1, its bad rows listed), no traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = llamalab("init", str(blocker / "lab"))
+    assert result.returncode == 2 and f"cannot use {blocker}: File exists" in one_line(result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+    post = next((lab.root / "posts").glob("*.md"))
+    text = post.read_text()
+    post.write_text(text.replace("date: ", "date: 2026-13-45 #", 1))
+    result = llamalab("site", "build", "--lab", str(lab.root))
+    assert result.returncode == 2, result.stderr
+    assert "a date must be a real one, written YYYY-MM-DD" in one_line(result.stderr), result.stderr
+    post.write_text(text)
+
+    (lab.root / "publications.bib").write_bytes(b"@article{a, title={\xff}, year={2020}}\n")
+    result = llamalab("site", "build", "--lab", str(lab.root))
+    assert result.returncode == 2 and "publications.bib: not UTF-8" in one_line(result.stderr), result.stderr
+
+    result = llamalab("data", "show", "sentiment", "--format", "xml", "--lab", str(lab.root))
+    assert result.returncode == 2 and "--format: use plain or chat (got 'xml')" in one_line(result.stderr)
+
+    (lab.root / "data" / "big.jsonl").write_text('{"text": "a", "label": "positive", "n": 1' + "0" * 5000 + "}\n"
+                                                 + "[" * 100_000 + "]" * 100_000 + "\n"
+                                                 + '{"text": "b", "label": "negative"}\n')
+    (lab.root / "tasks" / "big.yaml").write_text("name: big\ndata:\n  files: [{path: data/big.jsonl, split: test}]\n"
+                                                 "prompt: {template: '{{ text }}'}\n"
+                                                 "answer: {labels: [negative, positive]}\n")
+    result = llamalab("data", "check", "big", "--lab", str(lab.root))
+    assert result.returncode == 1 and "Traceback" not in one_line(result.stderr), result.stderr
+    shown = one_line(result.stdout + result.stderr)
+    assert "data/big.jsonl:1: malformed JSON (an integer of over 4,300 digits" in shown
+    assert "data/big.jsonl:2: malformed JSON" in shown
+
+
+
+def test_outputs_and_comparators_that_cannot_be_used_are_refused_before_any_work(lab, tmp_path):
+    """An assignment --out among other files (the lab's tasks/), a predictions OUT that is a folder, a study's API
+    comparator lab.yaml does not have: refused before a model loads or a cell trains, nothing written."""
+    tasks_before = sorted(p.name for p in (lab.root / "tasks").iterdir())
+    result = llamalab("assignment", "build", "sentiment", "--out", str(lab.root / "tasks"), "--lab", str(lab.root))
+    assert result.returncode == 2 and "holds files an assignment build did not make" in one_line(result.stderr)
+    assert sorted(p.name for p in (lab.root / "tasks").iterdir()) == tasks_before
+
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text('{"id": "a", "text": "fine"}\n')
+    result = llamalab("assignment", "predict", "smollm2-135m-instruct", str(inputs), str(tmp_path), "--task",
+                      "sentiment", "--lab", str(lab.root))
+    assert result.returncode == 2 and f"{tmp_path} is a folder: name the file to write" in one_line(result.stderr)
+
+    study = lab.root / "studies" / "unknown-api.yaml"
+    study.write_text("kind: scaling\nexperiment: sentiment-lora\ngrid: {train_examples: [2, 4]}\n"
+                     "comparators: {api: [gpt9], baselines: false}\n")
+    result = llamalab("study", "run", "unknown-api", "--lab", str(lab.root))
+    assert result.returncode == 2, result.stderr
+    assert "key 'comparators.api': 'gpt9' is not an API model of lab.yaml's api_models" in one_line(result.stderr)
+    assert not lab.runs_dir.exists() or not any(lab.runs_dir.iterdir())
+
+
+def test_repeats_and_empty_names_are_refused(lab, tmp_path):
+    """A quantization study listing a type (or a system) twice, a post author that is empty: refused, nothing
+    written; a study point whose evaluation lost its predictions file names the file."""
+    from types import SimpleNamespace
+
+    from llamalab.studies.scaling import no_common_examples
+
+    study = lab.root / "studies" / "twice.yaml"
+    study.write_text("kind: quantization\nquantize: {systems: [smollm2-135m-instruct], types: [f16, q8_0, F16]}\n")
+    result = llamalab("study", "status", "twice", "--lab", str(lab.root))
+    assert result.returncode == 2 and "f16 listed more than once in `types`" in one_line(result.stderr), result.stderr
+    posts = sorted(p.name for p in (lab.root / "posts").iterdir())
+    result = llamalab("post", "new", "Week 49", "--author", " ", "--lab", str(lab.root))
+    assert result.returncode == 2 and "--author: give a name" in one_line(result.stderr), result.stderr
+    assert sorted(p.name for p in (lab.root / "posts").iterdir()) == posts
+
+    kept, lost = tmp_path / "kept", tmp_path / "lost"
+    kept.mkdir()
+    lost.mkdir()
+    (kept / "predictions.jsonl").write_text("")
+    why = no_common_examples("400 training examples", [SimpleNamespace(id="a", folder=kept),
+                                                        SimpleNamespace(id="b", folder=lost)])
+    assert why.startswith(f"400 training examples: {lost / 'predictions.jsonl'} is missing"), why
+
+def one_line(text: str) -> str:
+    """Console output with its wrapping undone (rich wraps at the terminal's width)."""
+    return " ".join(text.split())

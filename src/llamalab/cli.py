@@ -140,6 +140,8 @@ def data_show(
     from llamalab.tasks.prompts import Prompter
     from llamalab.tasks.task import load_task
 
+    if prompt_format not in (None, "plain", "chat"):
+        raise LlamalabError(f"--format: use plain or chat (got {prompt_format!r})")
     the_lab = find_lab(lab)
     spec = load_task(the_lab.task_path(task), the_lab.root)
     tokenizer = load_tokenizer(resolve_model(model, the_lab.root))
@@ -640,11 +642,20 @@ def _interrupted(signum, frame) -> None:
 
 
 def run_app(typer_app: typer.Typer) -> None:
-    """Run a command line; a LlamalabError is one red line and exit code 2, never a traceback."""
+    """Run a command line; a LlamalabError is one red line and exit code 2, never a traceback. So is a path that
+    cannot be written where the user pointed (a file where a folder must be, a folder where a file must be, no
+    permission); LLAMALAB_DEBUG=1 shows its traceback."""
     try:
         typer_app()
     except LlamalabError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
+        sys.exit(2)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        if os.environ.get("LLAMALAB_DEBUG"):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        console.print(f"[red]error:[/] cannot use{escape(where)}: {escape(exc.strerror or str(exc))} (a file where a "
+                      "folder is needed, or the reverse, or no permission: choose another path)")
         sys.exit(2)
 
 

@@ -93,6 +93,10 @@ def build_assignment(lab: Lab, task: str, *, name: str | None = None, from_runs:
     if target.exists() and not target.is_dir():  # a build would put a folder where the user's file is
         raise LlamalabError(f"{f'--out {out}' if out else target} is a file: name a folder (the build writes "
                             "student/, autograder/ and solution/ into it), or move the file")
+    if target.is_dir() and any(target.iterdir()) and not (target / ASSIGNMENT_FILE).is_file():
+        raise LlamalabError(f"{f'--out {out}' if out else target}: that folder holds files an assignment build did "
+                            f"not make (it has no {ASSIGNMENT_FILE}), and the build would mix its own among them: "
+                            f"name a new or empty folder, e.g. --out assignments-out/{name}")
     refs = choose_references(lab, spec, from_runs, margin)
     if not refs.data.splits.get("dev"):  # the handout's data/dev.jsonl, its data check and self-check grade on it
         raise LlamalabError(f"task {spec.name!r} has no dev split, which a handout gives students to choose their "

@@ -41,6 +41,8 @@ def predict_inputs(lab: Lab, system: str | LoadedSystem, inputs: Path | str, out
     are evaluate's, so the answers are those an evaluation of the same system would give."""
     console = console or Console(stderr=True)
     examples = read_inputs(Path(inputs))
+    if Path(out).is_dir():  # before any model is loaded or any input answered
+        raise LlamalabError(f"{out} is a folder: name the file to write, e.g. {Path(out) / PREDICTIONS}")
     owned = not isinstance(system, LoadedSystem)
     loaded = load_system(lab, system, precision=options.get("precision") or DEFAULT_PRECISION) if owned else system
     try:
@@ -80,6 +82,10 @@ def read_inputs(path: Path) -> list[Example]:
         except json.JSONDecodeError as exc:
             raise LlamalabError(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno}): each line is one "
                                 "JSON object, e.g. {\"id\": \"test-00001\", \"text\": \"...\"}") from None
+        except (ValueError, RecursionError):
+            raise LlamalabError(f"{path}:{number}: JSON that cannot be read (an integer of over 4,300 digits, or "
+                                "nesting too deep): each line is one JSON object, as the assignment handed it "
+                                "out") from None
         if not isinstance(row, dict) or not isinstance(row.get("id"), str):
             raise LlamalabError(f"{path}:{number}: expected a JSON object with a string \"id\"")
         if row["id"] in seen:

@@ -141,6 +141,9 @@ def split_front_matter(text: str, source: Path) -> tuple[dict, str]:
         meta = yaml.safe_load(match.group(1))
     except yaml.YAMLError as e:
         raise ContentError(f"{source}: front matter is not valid YAML: {e}; quote values that contain ':'") from e
+    except (ValueError, OverflowError) as e:  # YAML reads the text but cannot build the value: date: 2026-13-45
+        raise ContentError(f"{source}: front matter holds a value that is not what it looks like ({e}): a date "
+                           "must be a real one, written YYYY-MM-DD; quote anything else") from None
     if meta is None:
         meta = {}
     if not isinstance(meta, dict):
@@ -263,7 +266,11 @@ def load_publications(root: Path) -> list[Publication]:
     # Names are split on 'and' before decoding, so that {Barnes and Noble} stays one author. url and doi are
     # not LaTeX-decoded at all: a '%' in a URL would read as a comment.
     stack = [middlewares.SeparateCoAuthors(), middlewares.SplitNameParts(), middlewares.MergeNameParts(style="first")]
-    library = bibtexparser.parse_string(path.read_text(encoding="utf-8"), append_middleware=stack)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ContentError(f"publications.bib: not UTF-8 text ({e}); save it as UTF-8") from None
+    library = bibtexparser.parse_string(text, append_middleware=stack)
     if library.failed_blocks:
         block = library.failed_blocks[0]
         reason = (getattr(block.error, "abort_reason", None) or str(block.error).splitlines()[0]).rstrip(". ")

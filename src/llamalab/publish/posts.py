@@ -32,6 +32,8 @@ def new_post(lab: Lab, title: str, authors: list[str] | None = None, today: date
     writes); a post that lists none (hand-written, or older) covers the runs that ended by its `runs_until`, or
     before the start of its date in the local time zone.
     """
+    if authors is not None and any(not author.strip() for author in authors):
+        raise LlamalabError("--author: give a name (an empty one would be written as an author)")
     today = today or datetime.date.today()
     now = datetime.datetime.now(datetime.UTC)
     posts = load_posts(lab.root)

@@ -215,6 +215,11 @@ def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, 
     if study.spec.kind == "scaling":  # a comparator named wrongly is said before any cell trains
         for ref in study.spec.comparators.runs:
             named_comparator(lab, study, ref, usable=True)
+        if unknown := [name for name in study.spec.comparators.api if name not in lab.config.api_models]:
+            known = ", ".join(lab.config.api_models) or "none yet"
+            raise LlamalabError(f"{study.path}: key 'comparators.api': {', '.join(map(repr, unknown))} is not an "
+                                f"API model of lab.yaml's api_models (it has: {known}); add it there or leave it "
+                                "out")
     states = cell_states(lab, study)
     runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
     todo = [s for s in states if s.status in runnable]

@@ -155,7 +155,14 @@ def scaling_result(states: list[CellState], comparators: list[tuple[str, RunReco
 
 
 def no_common_examples(group: str, runs: list[RunRecord]) -> str:
-    """Why a point of seeds cannot be drawn: their evaluations scored no example in common."""
+    """Why a point of seeds cannot be drawn: their evaluations scored no example in common (one's predictions
+    file is gone, or they saw different examples)."""
+    from llamalab.runs.record import PREDICTIONS
+
+    if missing := [r for r in runs if not (r.folder / PREDICTIONS).is_file()]:
+        return (f"{group}: {', '.join(str(r.folder / PREDICTIONS) for r in missing)} is missing, so the "
+                "evaluation's examples cannot be paired: restore it (e.g. from git), or move the run folder out of "
+                "runs/ and run the study again")
     return (f"{group}: its evaluations ({', '.join(r.id for r in runs)}) share no test example, so their mean "
             "cannot be taken; the task's data or the study's `eval` settings changed between them. Delete the "
             "stale ones (or the cells' runs) and run the study again")

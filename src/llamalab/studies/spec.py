@@ -61,6 +61,10 @@ class Quantize(StrictModel):
             raise ValueError(f"unknown GGUF type(s) {', '.join(unknown)}: use {', '.join(GGUF_TYPES)}")
         if "f16" not in [t.lower() for t in self.types]:
             raise ValueError("list f16 among `types`: every other type is tested against it")
+        if repeated := sorted({t for t in self.types if [u.lower() for u in self.types].count(t.lower()) > 1}):
+            raise ValueError(f"{', '.join(repeated)} listed more than once in `types`: list each type once")
+        if len({s.strip() for s in self.systems}) < len(self.systems):
+            raise ValueError("a system listed more than once in `systems`: list each once")
         return self
 
 

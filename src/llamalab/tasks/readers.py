@@ -123,6 +123,9 @@ def _read_lines(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     return rows, []
 
 
+_UNBUILDABLE = "an integer of over 4,300 digits, or lists and objects nested too deep to read"
+
+
 def _read_jsonl(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     rows, bad = [], []
     for line_no, line in enumerate(_lines(text), 1):
@@ -136,6 +139,9 @@ def _read_jsonl(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
             continue
         except _RepeatedKey as exc:
             bad.append(BadRow(source, _repeated(exc.args[0])))
+            continue
+        except (ValueError, RecursionError):  # JSON Python cannot build: an integer of over 4,300 digits
+            bad.append(BadRow(source, f"malformed JSON ({_UNBUILDABLE})"))
             continue
         _shape(file, source, value, rows, bad)
     return rows, bad
@@ -169,6 +175,8 @@ def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
         document = json.loads(text)
         repeats = [(key, at, _line(text, at), _line(text, first))
                    for key, at, first in _repeats(text, _SPACE.match(text).end())]
+    except (ValueError, RecursionError):  # JSON Python cannot build
+        return [], [BadRow(f"{file.path}:1", f"malformed JSON ({_UNBUILDABLE})")]
     keys = follow(document, file.records) if file.records else []
     records = lookup(document, keys) if keys is not None else None
     start = _json_position(text, keys) if isinstance(records, list) else -1
