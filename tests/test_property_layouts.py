@@ -871,6 +871,7 @@ def test_removing_one_example_and_adding_another_stops_the_recorded_split(tmp_pa
     assert (tmp_path / "data" / "splits" / "pool.json").is_file()
     fixed = [dict(row) for row in rows]
     fixed[7]["text"], fixed[8]["label"] = "review 7, typo fixed", "pos" if fixed[8]["label"] == "neg" else "neg"
+    fixed[9]["text"] = fixed[3]["text"]  # a text fixed into another example's: still no move
     pool_task(tmp_path, fixed)
     after = load_task_data(load_task(task_file, tmp_path))
     assert {s: [ex.id for ex in after.split(s)] for s in after.splits} == {

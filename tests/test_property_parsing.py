@@ -51,20 +51,20 @@ SEEDS = range(25)
 # The sentences the references below were written from, word for word. If the methods text changes, this test
 # fails first: re-read the references against the new words before changing these copies.
 SENTENCES = {
-    "label": "the label whose verbalizer starts the answer's first line (case and every character but letters and "
-    "digits ignored), else the first one that line mentions, else the first one the whole answer mentions; the "
-    "prompt lists the allowed labels",
+    "label": "the label whose verbalizer starts the answer's first line (case and every character but letters, "
+    "digits and their accents ignored), else the first one that line mentions, else the first one the whole answer "
+    "mentions; the prompt lists the allowed labels",
     "number": "the number right after the first #### that has one, else right after the first 'answer is' or "
     "'answer:' that has one (either followed along an arithmetic chain to its result: '5 + 3 = 8' is 8), else the "
     "first in the last \\boxed{}, else the last number; a fraction without an exact decimal is kept as a fraction",
-    "text": "exact_match after removing accents (the combining diacritical marks), lower-casing, and removing "
-    "punctuation (Unicode punctuation categories; symbols such as $ and + are kept), articles and extra "
-    "whitespace; exact_match_strict after collapsing whitespace only",
+    "text": "exact_match after removing accents (the combining diacritical marks), reading full-width forms as "
+    "ASCII, lower-casing, and removing punctuation (Unicode punctuation categories; symbols such as $ and + are "
+    "kept), articles and extra whitespace; exact_match_strict after collapsing whitespace only",
     "entities": "a JSON list of {type, text}; invalid JSON counts as no entities",
     "sql": "the first fenced code block (else the text) up to the first semicolon outside quotes; exact_match after "
-    "SQL normalisation (keywords and identifiers case-folded, back-quoted ones losing their quotes, spacing between "
-    "tokens and the quote style of literals normalised, a trailing semicolon dropped; no execution); "
-    "exact_match_strict after collapsing whitespace only",
+    "SQL normalisation (keywords and unquoted or back-quoted identifiers case-folded, the back-quotes dropped; "
+    "spacing between tokens and the quote style of literals, in single or double quotes, normalised; a trailing "
+    "semicolon dropped; no execution); exact_match_strict after collapsing whitespace only",
 }
 RUN_ON = {
     "opening": "the answer ends where a blank line is followed by the prompt's opening words",
@@ -444,7 +444,11 @@ def _reference_text(s: str) -> str:
     """Accents removed (canonical decomposition, the combining diacritical marks U+0300-U+036F dropped),
     lower-cased, Unicode punctuation (P*) removed, the words a/an/the removed, whitespace runs collapsed and the
     ends stripped."""
-    s = "".join(ch for ch in unicodedata.normalize("NFD", s) if not "\u0300" <= ch <= "\u036f").lower()
+    s = unicodedata.normalize("NFC", "".join(ch for ch in unicodedata.normalize("NFD", s)
+                                             if not "\u0300" <= ch <= "\u036f"))
+    # full-width forms as ASCII: U+FF01..U+FF5E are ASCII ! .. ~ shifted, U+3000 the ideographic space
+    s = "".join(chr(ord(ch) - 0xFEE0) if "\uff01" <= ch <= "\uff5e" else " " if ch == "\u3000" else ch
+                for ch in s).lower()
     s = "".join(ch for ch in s if not unicodedata.category(ch).startswith("P"))
     out, word = [], []
     for ch in s + " ":
@@ -463,7 +467,8 @@ def _collapse(s: str) -> str:
 
 
 TEXT_WORDS = ["Café", "cafe", "naïve", "Zoë", "the", "The", "THE", "a", "A", "an", "An", "theatre", "another", "ant",
-              "New", "York", "Ångström", "Straße", "İstanbul", "piñata", "thé", "x", "1", "42", "3.5", "c++"]
+              "New", "York", "Ångström", "Straße", "İstanbul", "piñata", "thé", "x", "1", "42", "3.5", "c++",
+              "２０２０", "ＴＨＥ", "Ｃａｆé", "ｃ＋＋", "10²", "ﬁne"]
 PUNCTUATION = [".", ",", "!", "?", "'", "’", "‘", "“", "”", "«", "»", "¿", "¡", "—", "–", "-", "_", "(", ")", "[", "]",
                "…", "·", "、", "。", "؟", "§", "¶", "@", "#", "%", "&", "*", "/", "\\", ":", ";", '"']
 SYMBOLS = ["$", "+", "€", "©", "°", "=", "<", ">", "^", "`", "|", "~", "¬"]

@@ -79,3 +79,6 @@ def test_an_experiment_built_in_python_names_the_bad_key_as_a_file_would(setting
     with pytest.raises(LlamalabError) as from_file:
         parse_model(Experiment, settings, "experiments/x.yaml")
     assert str(from_file.value) == str(raised.value).replace("Experiment(...)", "experiments/x.yaml")
+    # YAML's `yes:` is a key that is not a string: a located error, as before __init__ was wrapped (not a TypeError)
+    with pytest.raises(LlamalabError, match="key '1': Keys should be strings"):
+        parse_model(Experiment, {"task": "sentiment", True: 3}, "experiments/x.yaml")

@@ -70,3 +70,14 @@ def test_one_object_suggests_only_a_key_that_holds_records(tmp_path):
     assert bad == ["data/x.json:1: the document is an object with keys version, tags, data, not a list of records: "
                    "point `records:` at the list inside it, one file entry per split, e.g. "
                    "{path: data/x.json, records: data, split: train}"]
+
+
+def test_json_python_cannot_build_is_a_bad_row_even_with_a_repeated_key(tmp_path):
+    """An integer of over 4,300 digits, or nesting past the recursion limit: one bad row naming it, with or without
+    a repeated key elsewhere in the file (which reads the file a second time), never a traceback."""
+    huge = "1" * 5000
+    for text in (f'[{{"text": "c", "label": {huge}}}]', "[" * 100_000 + "]" * 100_000,
+                 f'[{{"text": "a", "text": "b", "label": "x"}}, {{"text": "c", "label": {huge}}}]'):
+        rows, bad = read(tmp_path, text)
+        assert rows == [] and bad == ["data/x.json:1: malformed JSON (an integer of over 4,300 digits, or lists and "
+                                      "objects nested too deep to read)"], bad

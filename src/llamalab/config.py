@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import types
 from collections.abc import Iterable, Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -17,9 +16,6 @@ class LlamalabError(Exception):
     """An error the user can fix; the CLI prints its message without a traceback."""
 
 
-_VALIDATING: ContextVar[bool] = ContextVar("validating", default=False)  # a StrictModel is being validated
-
-
 class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, never silently ignored; so are inf and nan (`.inf` is a
     YAML float, and no setting means it)."""
@@ -28,19 +24,15 @@ class StrictModel(BaseModel):
 
     def __init__(self, /, **data: Any) -> None:
         """Built in Python (`Experiment(task="sentiment", lr=1e-4)`): a bad setting raises the LlamalabError a file
-        would (the key named, a misspelt one's likely meaning), not pydantic's ValidationError. A model inside one
-        being validated (`lora` of an Experiment, or any in `parse_model`, which names the file and line) leaves
-        its errors to the outer one."""
-        if _VALIDATING.get():
-            super().__init__(**data)
-            return
-        outermost = _VALIDATING.set(True)
+        would (the key named, a misspelt one's likely meaning), not pydantic's ValidationError."""
         try:
             super().__init__(**data)
         except ValidationError as exc:
             raise LlamalabError(describe_errors(type(self), exc, f"{type(self).__name__}(...)")) from None
-        finally:
-            _VALIDATING.reset(outermost)
+
+    # Not a custom __init__ to pydantic: validation (`parse_model`, a nested model) never calls it, so a file's
+    # errors keep their file and line, and a key that is not a string is a validation error, not a TypeError.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @model_validator(mode="before")
     @classmethod
@@ -183,13 +175,10 @@ def parse_model(model: type[M], data: Any, source: str, node: yaml.Node | None =
     key in (or under) `overridden` (set on the command line) is named as such, not by a line of the file."""
     if data is None:
         data = {}
-    validating = _VALIDATING.set(True)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise LlamalabError(describe_errors(model, exc, source, node, overridden)) from None
-    finally:
-        _VALIDATING.reset(validating)
 
 
 def describe_errors(model: type[StrictModel], exc: ValidationError, source: str, node: yaml.Node | None = None,

@@ -24,16 +24,21 @@ ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 # Exact match
 
 
+_FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}  # ！..～ and 　 -> ASCII
+
+
 def normalize_text(s: str) -> str:
     """Exact-match normal form (SQuAD-style).
 
     In order: remove accents (Unicode NFD, then drop the combining diacritical marks U+0300-U+036F, then NFC:
-    "café" -> "cafe"; other marks, such as a Devanagari virama, and characters such as "²" stay); lower-case;
-    replace every Unicode punctuation character (category P*) with nothing; replace the whole words "a", "an",
-    "the" with a space; collapse runs of whitespace to one space and strip the ends.
+    "café" -> "cafe"; other marks, such as a Devanagari virama, and characters such as "²" stay); read full-width
+    forms as their ASCII characters ("２０２０" -> "2020"); lower-case; replace every Unicode punctuation character
+    (category P*) with nothing; replace the whole words "a", "an", "the" with a space; collapse runs of whitespace
+    to one space and strip the ends.
     """
     decomposed = unicodedata.normalize("NFD", s)
-    text = unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not "\u0300" <= ch <= "\u036f")).lower()
+    text = unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not "\u0300" <= ch <= "\u036f"))
+    text = text.translate(_FULL_WIDTH).lower()
     text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())

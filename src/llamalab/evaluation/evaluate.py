@@ -382,21 +382,21 @@ def scoring_provenance(task: Task, settings: EvalSettings) -> dict:
     if settings.protocol == "generate":
         parsing = {
             "label": "the label whose verbalizer starts the answer's first line (case and every character but "
-            "letters and digits ignored), else the first one that line mentions, else the first one the whole "
-            "answer mentions; the prompt lists the allowed labels",
+            "letters, digits and their accents ignored), else the first one that line mentions, else the first one "
+            "the whole answer mentions; the prompt lists the allowed labels",
             "number": "the number right after the first #### that has one, else right after the first 'answer is' "
             "or 'answer:' that has one (either followed along an arithmetic chain to its result: '5 + 3 = 8' is 8), "
             "else the first in the last \\boxed{}, else the last number; a fraction without an exact decimal is "
             "kept as a fraction",
-            "text": "exact_match after removing accents (the combining diacritical marks), lower-casing, and removing "
-            "punctuation (Unicode punctuation categories; symbols such as $ and + are kept), articles and extra "
-            "whitespace; exact_match_strict after collapsing whitespace only",
+            "text": "exact_match after removing accents (the combining diacritical marks), reading full-width forms "
+            "as ASCII, lower-casing, and removing punctuation (Unicode punctuation categories; symbols such as $ and "
+            "+ are kept), articles and extra whitespace; exact_match_strict after collapsing whitespace only",
             "entities": "a JSON list of {type, text}; invalid JSON counts as no entities",
             "sql": "the first fenced code block (else the text) up to the first semicolon outside quotes; "
-            "exact_match after SQL "
-            "normalisation (keywords and identifiers case-folded, back-quoted ones losing their quotes, spacing "
-            "between tokens and the quote style of literals normalised, a trailing semicolon dropped; no "
-            "execution); exact_match_strict after collapsing whitespace only",
+            "exact_match after SQL normalisation (keywords and unquoted or back-quoted identifiers case-folded, the "
+            "back-quotes dropped; spacing between tokens and the quote style of literals, in single or double "
+            "quotes, normalised; a trailing semicolon dropped; no execution); exact_match_strict after collapsing "
+            "whitespace only",
         }[task.answer.type]
         rule = run_on_rule(task.prompt.template, list_labels=task.answer.type == "label")
         if settings.format == "plain" and rule:

@@ -404,13 +404,15 @@ def _where_trained(run: TrainRun) -> str:
         devices = _held(sessions, last, lambda s: s.device)
         if len(devices) > 1:
             return ("sessions on " + " and ".join(f"{device} for {_steps(first, end)}" for device, first, end
-                                                  in devices) + " (the tokens/s are the last session's)")
+                                                  in devices) + " (the tokens/s are the last session's, the peak "
+                    "memory the largest a session recorded)")
     return _hardware(run)
 
 
 def _whole(value: float) -> str:
     """A positive amount in whole units, never shown as 0."""
-    return "<1" if 0 < value < 0.5 else f"{value:,.0f}"
+    text = f"{value:,.0f}"
+    return "<1" if value > 0 and text == "0" else text
 
 
 def _loss(value: float) -> str:

@@ -462,7 +462,7 @@ def _pinned_assignment(
                                 "markers in it, resolve them, or delete the file to derive (and record) the split "
                                 "again") from None
         drawn = sorted(pinned.get("assignment", {}))
-        moved = _moved(source, pinned.get("texts_sha256"))
+        moved = _moved(source, pinned.get("texts_sha256"), task.data.answer_field)
         if pinned.get("fingerprint") == fingerprint and drawn == sorted(["train", *wanted]) and not moved:
             return pinned["assignment"]
         if pin and moved and pinned.get("fingerprint") == fingerprint:
@@ -486,30 +486,33 @@ def _pinned_assignment(
     stratify = spec.stratify and task.answer.type == "label"
     assignment = derive_split(source, {s: getattr(spec, s) for s in wanted}, spec.seed, stratify)
     if pin:
-        hashes = _text_hashes(source)
+        hashes = _text_hashes(source, task.data.answer_field)
         write_json_atomic(manifest, {"task": task.name, "fingerprint": fingerprint, "assignment": assignment,
                                      "texts_sha256": [hashes[i] for i in sorted(hashes)]})
     return assignment
 
 
-def _text_hashes(examples: list[Example]) -> dict[str, str]:
-    """Each example's inputs (not its answer: a fixed label keeps the split), as a short hash by id."""
-    return {ex.id: hashlib.sha256(json.dumps(ex.fields, sort_keys=True, ensure_ascii=False, default=str).encode())
-            .hexdigest()[:8] for ex in examples}
+def _text_hashes(examples: list[Example], answer_field: str) -> dict[str, str]:
+    """Each example's inputs (its fields but the answer: a fixed label keeps the split), as a hash by id."""
+    return {ex.id: hashlib.sha256(json.dumps({k: v for k, v in ex.fields.items() if k != answer_field},
+                                             sort_keys=True, ensure_ascii=False, default=str).encode())
+            .hexdigest()[:16] for ex in examples}
 
 
-def _moved(examples: list[Example], recorded: Any) -> list[tuple[str, str]]:
-    """(id, the id it held before) for each example whose inputs a split manifest recorded under another id: ids
-    that are positions (file:line) after lines were inserted, deleted or reordered. A fixed text is new, not
-    moved; a manifest from before the hashes were recorded, or of other ids, tells nothing."""
-    now = _text_hashes(examples)
+def _moved(examples: list[Example], recorded: Any, answer_field: str) -> list[tuple[str, str]]:
+    """(id, the id it held before) for each example whose inputs a split manifest recorded under another id that
+    no longer holds them: ids that are positions (file:line) after lines were inserted, deleted or reordered. A
+    text fixed in place (even into another example's) is no move; a manifest from before the hashes were recorded,
+    or of other ids, tells nothing."""
+    now = _text_hashes(examples, answer_field)
     if not isinstance(recorded, list) or len(recorded) != len(now):
         return []
     before = dict(zip(sorted(now), recorded, strict=True))
     counts = Counter(before.values())
     held = {digest: i for i, digest in before.items() if counts[digest] == 1}  # a repeated text tells nothing
-    return [(ex.id, held[now[ex.id]]) for ex in examples  # in file order
-            if now[ex.id] != before[ex.id] and held.get(now[ex.id], ex.id) != ex.id]
+    return [(ex.id, was) for ex in examples  # in file order
+            if now[ex.id] != before[ex.id] and (was := held.get(now[ex.id], ex.id)) != ex.id
+            and now[was] != before[was]]
 
 
 def derive_split(

@@ -172,9 +172,12 @@ def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     except _RepeatedKey:
         # Read again to find each repeat: a record that repeats a key is a bad row, as in JSONL; a repeat outside
         # the records (on the way to them) stops the file.
-        document = json.loads(text)
-        repeats = [(key, at, _line(text, at), _line(text, first))
-                   for key, at, first in _repeats(text, _SPACE.match(text).end())]
+        try:
+            document = json.loads(text)
+            repeats = [(key, at, _line(text, at), _line(text, first))
+                       for key, at, first in _repeats(text, _SPACE.match(text).end())]
+        except (ValueError, RecursionError):  # JSON Python cannot build, as below
+            return [], [BadRow(f"{file.path}:1", f"malformed JSON ({_UNBUILDABLE})")]
     except (ValueError, RecursionError):  # JSON Python cannot build
         return [], [BadRow(f"{file.path}:1", f"malformed JSON ({_UNBUILDABLE})")]
     keys = follow(document, file.records) if file.records else []
