@@ -446,12 +446,24 @@ def test_the_gpu_bench_runs_end_to_end_on_a_tiny_shape(tmp_path, tokenizer):
     results = json.loads(out.read_text())
     assert results["rows_attention_error"] < 1e-5  # float32 on a CPU
     runs = results["shapes"]["tiny"]["runs"]
-    assert set(runs) == {"TRL default", "llamalab", "label scoring"}
+    assert set(runs) == {"TRL default", "llamalab", "label scoring", "label scoring, bf16 alone"}
     assert not [run["error"] for run in runs.values() if "error" in run]  # a failing run is kept, not raised
     assert runs["llamalab"]["tokens_per_s"] > 0 and runs["llamalab"]["predicted_mib"] > 0
     assert runs["llamalab"]["first_step_s"] > 0 and runs["TRL default"]["first_step_s"] > 0
-    assert runs["label scoring"]["forward_tokens_per_s"] > 0 and runs["label scoring"]["precision"] == "float32"
+    for name in ("label scoring", "label scoring, bf16 alone"):  # float32 on a CPU: nothing rescored either way
+        assert runs[name]["forward_tokens_per_s"] > 0 and runs[name]["precision"] == "float32"
+        assert not runs[name]["rechecked_float32"]
     assert "x TRL default" in done.stdout and "of the card" in done.stdout
+
+    # One deadline for the whole bench: with too little left, each run is recorded as skipped, not started, and
+    # the results file is still written
+    done = subprocess.run([sys.executable, str(script), "--shapes", "tiny", "--budget-s", "5", "--work",
+                           str(tmp_path), "--out", str(out), "--tokenizer", str(tmp_path / "tokenizer")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["shapes"]["tiny"]["error"].startswith("skipped: ") and "--budget-s" in results["shapes"]["tiny"][
+        "error"]
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
