@@ -165,20 +165,18 @@ def _shape(file: DataFile, source: str, value: Any, rows: list[Record], bad: lis
 def _read_json(file: DataFile, text: str) -> tuple[list[Record], list[BadRow]]:
     repeats: list[tuple[str, int, int, int]] = []  # key, offset, line, line of its first mention
     try:
-        document = json.loads(text, object_pairs_hook=_no_repeated_keys)
-    except json.JSONDecodeError as exc:
-        return [], [BadRow(f"{file.path}:{exc.lineno}", f"malformed JSON ({exc.msg}, column {exc.colno})"
-                                                        + _json_lines_hint(file, text, exc))]
-    except _RepeatedKey:
-        # Read again to find each repeat: a record that repeats a key is a bad row, as in JSONL; a repeat outside
-        # the records (on the way to them) stops the file.
         try:
+            document = json.loads(text, object_pairs_hook=_no_repeated_keys)
+        except _RepeatedKey:
+            # Read again to find each repeat: a record that repeats a key is a bad row, as in JSONL; a repeat
+            # outside the records (on the way to them) stops the file.
             document = json.loads(text)
             repeats = [(key, at, _line(text, at), _line(text, first))
                        for key, at, first in _repeats(text, _SPACE.match(text).end())]
-        except (ValueError, RecursionError):  # JSON Python cannot build, as below
-            return [], [BadRow(f"{file.path}:1", f"malformed JSON ({_UNBUILDABLE})")]
-    except (ValueError, RecursionError):  # JSON Python cannot build
+    except json.JSONDecodeError as exc:
+        return [], [BadRow(f"{file.path}:{exc.lineno}", f"malformed JSON ({exc.msg}, column {exc.colno})"
+                                                        + _json_lines_hint(file, text, exc))]
+    except (ValueError, RecursionError):  # JSON Python cannot build (either read)
         return [], [BadRow(f"{file.path}:1", f"malformed JSON ({_UNBUILDABLE})")]
     keys = follow(document, file.records) if file.records else []
     records = lookup(document, keys) if keys is not None else None
