@@ -78,8 +78,9 @@ def _per_token_layer(kept) -> float:
     return ((kept(2, 48) - kept(1, 48)) - (kept(2, 24) - kept(1, 24))) / 24
 
 
-def _saved_bytes_per_token_layer(config: dict, method: str, dtype, r: int = 8) -> float:
-    """What autograd keeps per token for one more layer (bf16: bf16 weights, LoRA's in float32, under autocast)."""
+def _kept_by_layers(config: dict, method: str, dtype, autocast: bool, r: int = 8, targets="all-linear"):
+    """kept(layers, tokens): what autograd keeps over one forward of a model of that many layers, its weights in
+    `dtype` (LoRA's in float32, on `targets`), under bf16 autocast with `autocast`."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -89,10 +90,23 @@ def _saved_bytes_per_token_layer(config: dict, method: str, dtype, r: int = 8) -
         model = LlamaForCausalLM(LlamaConfig(**{**config, "num_hidden_layers": layers},
                                              attn_implementation="sdpa")).to(dtype)
         if method == "lora":
-            model = get_peft_model(model, LoraConfig(r=r, target_modules="all-linear", task_type="CAUSAL_LM"))
-        return _kept_bytes(model, config["vocab_size"], tokens, dtype == torch.bfloat16)
+            model = get_peft_model(model, LoraConfig(r=r, target_modules=targets, task_type="CAUSAL_LM"))
+        return _kept_bytes(model, config["vocab_size"], tokens, autocast)
 
-    return _per_token_layer(kept)
+    return kept
+
+
+def _saved_bytes_per_token_layer(config: dict, method: str, dtype, r: int = 8, autocast: bool | None = None) -> float:
+    """What autograd keeps per token for one more layer (bf16: bf16 weights, LoRA's in float32, under autocast;
+    float32 weights under autocast with `autocast`)."""
+    import torch
+
+    return _per_token_layer(_kept_by_layers(config, method, dtype, dtype == torch.bfloat16 if autocast is None
+                                            else autocast, r))
+
+
+# (weights, under autocast): float32; bf16 weights as a GPU trains; float32 weights as a CPU with native bf16 trains
+_PRECISIONS = [("float32", False), ("bfloat16", True), ("float32", True)]
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -103,10 +117,80 @@ def test_activation_bytes_match_what_autograd_keeps(method):
     for _ in range(4):
         config = {**_config(rng), "intermediate_size": rng.choice([64, 128])}
         shape = Shape.of(config)
-        for dtype in (torch.float32, torch.bfloat16):
-            measured = _saved_bytes_per_token_layer(config, method, dtype)
-            predicted = activation_bytes(shape, method, dtype == torch.bfloat16, 8, 7)
-            assert predicted == pytest.approx(measured, rel=0.1), (config, dtype)
+        for weights, autocast in _PRECISIONS:
+            dtype = getattr(torch, weights)
+            measured = _saved_bytes_per_token_layer(config, method, dtype, autocast=autocast)
+            predicted = activation_bytes(shape, method, autocast, 8, 7, float32_weights=weights == "float32")
+            assert predicted == pytest.approx(measured, rel=0.1), (config, weights, autocast)
+        for _ in range(3 if method == "lora" else 0):  # float32 weights under autocast, on some linear layers
+            targets = rng.sample(sorted(shape.linears()), rng.randint(1, 6))
+            measured = _per_token_layer(_kept_by_layers(config, "lora", torch.float32, True, 8, targets))
+            predicted = activation_bytes(shape, "lora", True, 8, len(targets), float32_weights=True, targets=targets)
+            assert predicted == pytest.approx(measured, rel=0.02), (config, targets)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_cpu_plan_under_autocast_counts_the_bf16_copies_of_float32_weights_autograd_keeps(method, monkeypatch):
+    """Under bf16 autocast, float32 weights are cast in each forward pass: for LoRA's frozen base autograd keeps
+    every layer's copies, and the output layer's, for the backward pass; for a full fine-tune autocast caches
+    them all. Measured from autograd's saved tensors on random shapes: what one more layer keeps beyond its
+    per-token share, and the output layer's copy (LoRA), or everything a model keeps that does not grow with its
+    tokens (a full fine-tune), against a CPU plan with native bf16, in bytes."""
+    import torch
+
+    from llamalab.training import plan as planning
+    from llamalab.training.plan import CPU_RETAINED, Device, memory_plan
+
+    monkeypatch.setattr(planning, "MIB", 1)  # the plan's parts in bytes, not rounded to 0.1 MiB
+    rng = random.Random(3 if method == "lora" else 4)
+    for _ in range(3):
+        config = {**_config(rng), "intermediate_size": rng.choice([64, 128])}
+        kept = _kept_by_layers(config, method, torch.float32, autocast=True)
+        experiment = Experiment(task="t", method=method, batch_size=1, **(  # LoRA as the measured model's
+            {"lora": {"r": 8, "target_modules": "all-linear"}} if method == "lora" else {}))
+
+        def plan(layers: int, config=config, experiment=experiment):
+            return memory_plan(Shape.of({**config, "num_hidden_layers": layers}), experiment,
+                               Device("cpu", "a CPU", 1e12, bf16=True), [40], [1])
+
+        if method == "full":  # every byte kept that does not grow with the tokens: the cached copies
+            for layers in (1, 2):
+                fixed = kept(layers, 48) - 48 * (kept(layers, 48) - kept(layers, 24)) / 24
+                assert plan(layers).workspace_mb == pytest.approx(fixed, rel=0.01), config
+            continue
+        shape = Shape.of(config)
+        formula = activation_bytes(shape, method, True, 8, 7, float32_weights=True)
+
+        def copies(layers: int, shape=shape, formula=formula) -> float:  # the plan's activations less per token
+            edges = 40 * shape.hidden * 4 * 3
+            return plan(layers).activations_mb - (40 * formula * (layers + 1) + edges) * (1 + CPU_RETAINED[False])
+
+        per_layer = (kept(2, 48) - kept(1, 48)) - 48 * _per_token_layer(kept)
+        assert copies(5) - copies(4) == pytest.approx(per_layer, rel=0.01), config
+        output_layer = _saved_output_layer_copy(config)
+        assert output_layer == shape.vocab * shape.hidden * 2
+        assert copies(4) - 4 * (copies(5) - copies(4)) == pytest.approx(output_layer, rel=0.01), config
+
+
+def _saved_output_layer_copy(config: dict) -> int:
+    """Bytes of the bf16 tensors of the output layer's size autograd keeps over a LoRA model's forward pass under
+    bf16 autocast (float32 weights)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = get_peft_model(LlamaForCausalLM(LlamaConfig(**config, attn_implementation="sdpa")),
+                           LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    size, storages = config["vocab_size"] * config["hidden_size"], {}
+
+    def pack(t):
+        if t.dtype == torch.bfloat16 and t.numel() == size:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=torch.randint(0, config["vocab_size"], (1, 12)), logits_to_keep=1)
+    return sum(storages.values())
 
 
 def _qlora_saved_bytes_per_token_layer(config: dict, tmp_path, r: int, checkpointing: bool) -> float:
@@ -347,6 +431,9 @@ def test_memory_sizes_parse_and_bad_ones_say_how():
         resolve_device("0GB")
     with pytest.raises(LlamalabError, match="a card's name does not say its memory"):
         resolve_device("H100")
+    for empty in ("", "  "):  # not taken for this machine: leaving --device out says that
+        with pytest.raises(LlamalabError, match="leave --device out"):
+            resolve_device(empty)
 
 
 def test_a_gpu_plan_for_lora_counts_no_conversion_copy_on_the_card(lab, tmp_path):
@@ -635,24 +722,27 @@ def test_a_cpu_plan_counts_what_the_allocator_keeps_on_random_shapes():
         cpu = memory_plan(shape, experiment, Device("cpu", "a CPU", 64 * 1024, bf16=False), lengths, answers)
         gpu = memory_plan(shape, experiment, Device("cuda", "a GPU", 64 * 1024, bf16=False), lengths, answers)
         n = len(adapted(shape, experiment.lora.target_modules)) if experiment.method == "lora" else 0
-        formula = activation_bytes(shape, experiment.method, False, experiment.lora.r if n else 0, n)
-        per_token, per_pad = rows_attention_bytes(shape, False, cpu=False)
         batches = micro_batches(lengths, experiment.batch_size, experiment.seed)
 
-        def kept(b: list[int], rows: bool, shape=shape, formula=formula, per_token=per_token, per_pad=per_pad
-                 ) -> tuple[float, float]:  # (activations, checkpointed) in MiB
+        def kept(b: list[int], rows: bool, bf16: bool, shape=shape, method=experiment.method, n=n,
+                 r=experiment.lora.r) -> tuple[float, float]:  # (activations, checkpointed) in MiB
+            formula = activation_bytes(shape, method, bf16, r if n else 0, n)
+            per_token, per_pad = rows_attention_bytes(shape, bf16, cpu=False)
             layer = sum(b) * formula + (sum(b) * per_token + padding(b) * per_pad if rows else 0)
-            edges = sum(b) * shape.hidden * 4 * 3
+            stream = 2 if bf16 else 4
+            edges = sum(b) * shape.hidden * stream * 3
             return ((layer * (shape.layers + 1) + edges) / MIB,
-                    (sum(b) * shape.hidden * 4 * shape.layers + layer * 2 + edges) / MIB)
+                    (sum(b) * shape.hidden * stream * shape.layers + layer * 2 + edges) / MIB)
 
-        largest = kept(max(batches, key=sum), rows=False)
+        largest = kept(max(batches, key=sum), rows=False, bf16=False)
         assert cpu.tokens_per_batch == max(sum(b) for b in batches)
         assert cpu.components["activations"] == pytest.approx(largest[0] * (1 + CPU_RETAINED[False]), abs=0.2)
         assert cpu.components["checkpointed"] == pytest.approx(largest[1] + largest[0] * CPU_RETAINED[True], abs=0.2)
-        # each part at the micro-batch that needs the most of it (padding can make those two differ)
-        assert gpu.components["activations"] == pytest.approx(max(kept(b, True)[0] for b in batches), abs=0.1)
-        assert gpu.components["checkpointed"] == pytest.approx(max(kept(b, True)[1] for b in batches), abs=0.1)
+        # each part at the micro-batch that needs the most of it (padding can make those two differ); LoRA's base
+        # is bf16 on any GPU, a full fine-tune computes in float32 where the card has no bf16
+        on_gpu = [kept(b, True, bf16=experiment.method == "lora") for b in batches]
+        assert gpu.components["activations"] == pytest.approx(max(k[0] for k in on_gpu), abs=0.1)
+        assert gpu.components["checkpointed"] == pytest.approx(max(k[1] for k in on_gpu), abs=0.1)
         assert cpu.workspace_mb == 0  # no fixed weight copy outside FSDP
 
 
@@ -869,13 +959,15 @@ def test_the_readmes_7b_plan_figures_are_what_the_plan_says(tmp_path):
         assert shown in section, (shown, re.sub(r"\s+", " ", section))
 
 
-def test_the_readmes_cpu_plan_tables_predict_what_the_plan_says(lab):
+def test_the_readmes_cpu_plan_tables_predict_what_the_plan_says(lab, monkeypatch):
     """Each row of the README's two CPU tables (LoRA on the demo's experiment, and full fine-tunes) names its
     overrides; its predicted column is recomputed here (the full table's had gone stale by 50 MiB when the plan
-    changed and only the LoRA table was measured again)."""
+    changed and only the LoRA table was measured again), on a CPU like the table's: the LoRA table's computes
+    bf16 natively (AMX), the full table's does not."""
     import re
     from pathlib import Path
 
+    from llamalab.training import plan as planning
     from llamalab.training.plan import plan_run
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
@@ -894,6 +986,7 @@ def test_the_readmes_cpu_plan_tables_predict_what_the_plan_says(lab):
         if "checkpointing on" in name:
             overrides["activation_checkpointing"] = "yes"
         processes = 2 if name.startswith("2 processes") else 1
+        monkeypatch.setattr(planning, "cpu_has_bf16", lambda full=full: not full)
         plan = plan_run(lab, "sentiment-lora", "cpu", processes, **overrides)
         assert f"{plan.peak_mb:,.0f}" == predicted, (name, overrides, plan.peak_mb)
 

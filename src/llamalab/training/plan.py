@@ -15,9 +15,15 @@ Memory is the sum of parts, each from the model's shape and the experiment:
                    checkpointing only each layer's input is kept, and one layer is recomputed at a time. QLoRA's
                    residual stream is float32 (PEFT's k-bit preparation makes the embedding and norms float32).
     logits         the output layer at the answer tokens only (the trainer keeps no other position)
-    workspace      on a GPU, for a full fine-tune in one process, autocast's bf16 copies of the linear layers'
-                   float32 weights; on a CPU under FSDP, the size of the linear layers' weights (measured: 1,937
-                   MiB against 1,776 planned with it for the embedded model, not explained part by part)
+    workspace      for a full fine-tune in one process under bf16 autocast, autocast's bf16 copies of the linear
+                   layers' and the output layer's float32 weights (cached while the forward pass runs); on a CPU
+                   under FSDP, the size of the linear layers' weights (measured in float32: 1,937 MiB against
+                   1,776 planned with it for the embedded model, not explained part by part), and under autocast
+                   the bf16 copies of every gathered layer and of the output layer too
+
+Under bf16 autocast, LoRA's frozen float32 base (on a CPU) is cast anew in each forward pass and autograd keeps each
+linear layer's bf16 copy, and the output layer's, for the backward pass: the activations count those copies (2 bytes
+a weight, and the adapter's; with checkpointing, one layer's worth and the output layer's).
 
 On a CPU the activations are counted as resident memory: glibc's allocator keeps the buffers that training frees
 and allocates again (`CPU_RETAINED`: as much again as the activations without checkpointing, half of them with it;
@@ -34,11 +40,19 @@ storage once) on Llama layers of several widths; a test checks them on random sh
 
     LoRA, float32        4 (6h + 2kv + 4i) + 4 r n + 4 heads + 8
     LoRA, bf16 autocast  26.5h + 4kv + 8.75i + 2 r n + 4 heads + 8   (how a GPU trains: bf16 weights, autocast)
+    LoRA, float32 weights under bf16 autocast
+                         12h + 4kv + 6i + sum over the adapted layers of (2 in + 2r) + 4 heads + 8
+                         (+ 8 head_dim with neither q_proj nor k_proj adapted; 24h + 4kv + 8i + 2 r n adapting
+                         all seven: how a CPU trains in bf16)
     QLoRA (NF4, bf16)    22h + 4kv + 14i + 2 r n + 4 heads + 8     (its adapter in bf16, as TRL trains it)
     full, float32       4 (8h + 2kv + 4i) + 4 heads + 8
-    full, bfloat16      20h + 4kv + 8i + 4 heads + 8
+    full, bfloat16      20h + 4kv + 8i + 4 heads + 8              (FSDP's bf16 policy on GPUs)
+    full, float32 weights under bf16 autocast
+                        30h + 4kv + 8i + 4 heads + 8              (one process on any device, or FSDP on CPUs)
 
-(h hidden size, kv the key/value width, i the MLP width, r the LoRA rank, n the adapted linear layers per layer.)
+(h hidden size, kv the key/value width, i the MLP width, r the LoRA rank, n the adapted linear layers per layer,
+in an adapted layer's input width. The other LoRA formulas were measured adapting all seven; adapting fewer keeps
+less than they say.)
 
 These were measured with transformers' SDPA attention; training attends row by row (training/attention.py), which
 keeps more (`rows_attention_bytes`: per token, and per pad position of its rows side by side), so the plan takes the
@@ -74,7 +88,8 @@ DEFAULT_EFFICIENCY = {("cpu", False): 0.35, ("cuda", False): 0.15, ("cpu", True)
 # On a CPU, what glibc's allocator keeps of the activations' freed buffers (resident, so counted), as a share of the
 # activations without checkpointing; with checkpointing on, the layers recomputed in the backward pass leave theirs.
 # Measured on the embedded model (2-core Intel Xeon with AMX, batches of 171 to 1,133 tokens, float32 and bf16
-# autocast): resident memory was within -24%..+22% of the plan with these shares, against -38%..+39% without.
+# autocast): resident memory was within -24%..+22% of the plan of that time (which counted bf16 runs' activations as
+# float32) with these shares, against -38%..+39% without.
 CPU_RETAINED = {False: 1.0, True: 0.5}
 # bf16 dense matmul rates (TFLOP/s) measured on the cards we are lent; other cards: measured when present.
 KNOWN_GPUS = {"H200": 790.0, "H100": 700.0}
@@ -168,7 +183,7 @@ class Device:
     kind: Literal["cpu", "cuda"]
     name: str
     memory_mb: float
-    bf16: bool  # computes in bfloat16 (CUDA; CPU autocast is not modelled apart from the weight copies)
+    bf16: bool  # computes in bfloat16 where an experiment's `bf16: auto` lets it (a CPU: natively, AMX or AVX-512)
     matmul_tflops: float | None = None
 
     def describe(self) -> str:
@@ -191,7 +206,10 @@ def resolve_device(text: str | None = None) -> Device:
     """cpu, cuda, a memory size ('24GB': a CUDA card of that size), or None/auto for what this machine has."""
     import psutil
 
-    text = (text or "auto").strip()
+    text = "auto" if text is None else text.strip()
+    if not text:
+        raise LlamalabError("--device '': name cpu, cuda or a GPU memory size such as 24GB, or leave --device out "
+                            "for this machine")
     if text.lower() in ("auto", "cpu", "cuda"):
         text = text.lower()
     if text == "auto":
@@ -199,7 +217,7 @@ def resolve_device(text: str | None = None) -> Device:
     if text == "cpu":
         from llamalab.runs.record import cpu_name
 
-        return Device("cpu", cpu_name(), psutil.virtual_memory().total / MIB, False)
+        return Device("cpu", cpu_name(), psutil.virtual_memory().total / MIB, cpu_has_bf16())
     if text == "cuda":
         if not _cuda_available():
             raise LlamalabError("--device cuda: this machine has no CUDA device; name its memory instead (e.g. 24GB)")
@@ -207,7 +225,7 @@ def resolve_device(text: str | None = None) -> Device:
 
         props = torch.cuda.get_device_properties(0)
         rate = next((v for k, v in KNOWN_GPUS.items() if k in props.name), None)
-        return Device("cuda", props.name, props.total_memory / MIB, True, rate)
+        return Device("cuda", props.name, props.total_memory / MIB, torch.cuda.is_bf16_supported(), rate)
     try:
         memory = parse_memory(text)
     except LlamalabError:
@@ -216,6 +234,13 @@ def resolve_device(text: str | None = None) -> Device:
     if memory <= 0:
         raise LlamalabError(f"--device {text!r}: a GPU's memory must be more than 0, such as 24GB")
     return Device("cuda", f"a {text} GPU", memory, True)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (AMX or AVX-512 BF16): where `bf16: auto` trains on
+    the CPU under bf16 autocast."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _cuda_available() -> bool:
@@ -266,11 +291,22 @@ class MemoryPlan:
                 "flops_per_token": self.flops_per_token}
 
 
-def activation_bytes(shape: Shape, method: str, bf16: bool, r: int, n: int) -> float:
-    """Bytes autograd keeps per token per layer (the measured formulas in the module docstring)."""
+def activation_bytes(shape: Shape, method: str, bf16: bool, r: int, n: int, float32_weights: bool = False,
+                     targets: list[str] | None = None) -> float:
+    """Bytes autograd keeps per token per layer (the measured formulas in the module docstring). `bf16`: computing
+    in bfloat16, with bf16 weights or, with `float32_weights`, float32 ones under autocast (whose residual stream
+    and norms stay float32). `targets`: the n linear layers LoRA adapts (default: all seven)."""
     h, kv, i, extra = shape.hidden, shape.kv_dim, shape.intermediate, 4 * shape.heads + 8
     if method == "qlora":
         return 22 * h + 4 * kv + 14 * i + 2 * r * n + extra
+    if bf16 and float32_weights and method == "lora":  # each adapted layer keeps a bf16 copy of its input
+        targets = list(shape.linears()) if targets is None else targets
+        inputs = sum(shape.linears()[t][0] for t in targets)
+        # with neither q_proj nor k_proj adapted, the rotary embedding's float32 cos and sin are kept
+        rotary = 0 if {"q_proj", "k_proj"} & set(targets) else 8 * shape.q_dim // shape.heads
+        return 12 * h + 4 * kv + 6 * i + 2 * inputs + 2 * r * n + rotary + extra
+    if bf16 and float32_weights:
+        return 30 * h + 4 * kv + 8 * i + extra
     if method == "lora":
         return (26.5 * h + 4 * kv + 8.75 * i + 2 * r * n if bf16 else 4 * (6 * h + 2 * kv + 4 * i) + 4 * r * n) + extra
     return (20 * h + 4 * kv + 8 * i if bf16 else 4 * (8 * h + 2 * kv + 4 * i)) + extra
@@ -329,24 +365,26 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     full fine-tune under FSDP in that many processes, each keeping its share of the weights, gradients and AdamW
     state, and gathering whole only the embedding's group and two layers at a time (`fsdp_gathered`). With
     `processes` N the run's micro-batches are dealt out among N processes: any one may draw the largest."""
-    bf16 = device.bf16
-    method = experiment.method
-    if method == "full" and device.kind == "cuda" and getattr(experiment, "bf16", "auto") == "no":
-        bf16 = False  # float32 weights and no autocast (LoRA's frozen base is bf16 on a GPU whatever bf16 says)
-    if method == "qlora" and device.kind == "cpu":
-        bf16 = True
-    param_bytes = 2 if bf16 else 4
-    other = shape.params - shape.linear_params
+    method, setting = experiment.method, getattr(experiment, "bf16", "auto")
+    if method == "qlora" or (method == "lora" and device.kind == "cuda"):
+        bf16 = True  # QLoRA computes in bf16 everywhere; LoRA's frozen base is bf16 on a GPU whatever bf16 says
+    else:  # as the trainer decides: `yes`, or `auto` where the device computes bf16
+        bf16 = setting == "yes" or (setting == "auto" and device.bf16)
     # A full fine-tune keeps float32 weights (bf16 computes through autocast): AdamW's small updates would round
-    # away in bf16 weights. LoRA's frozen base trains at the device's precision.
-    weight_bytes = 4 if method == "full" else param_bytes
+    # away in bf16 weights. LoRA's frozen base is float32 on a CPU (autocast casts it) and bf16 on a GPU.
+    float32_weights = method == "full" or (method == "lora" and device.kind == "cpu")
+    weight_bytes = 4 if float32_weights or not bf16 else 2
+    # FSDP gathers at the compute precision on GPUs (its bf16 policy); on CPUs it leaves bf16 to autocast
+    gather_bytes = 2 if bf16 and device.kind == "cuda" else 4
+    other = shape.params - shape.linear_params
     weights = shape.params * weight_bytes
     if method == "qlora":  # NF4: half a byte a weight plus double-quantized block scales (~0.127 bit a weight);
         # PEFT's k-bit preparation keeps the rest (embeddings, norms, output layer) in float32
         weights = shape.linear_params * (0.5 + 0.127 / 8) + other * 4
     if method == "full":
         trainable = shape.params * 12  # float32 gradient and AdamW's two moments, like the weights
-        r = n = 0
+        r = n = lora_params = 0
+        targets = []
     else:
         r, targets = experiment.lora.r, adapted(shape, experiment.lora.target_modules)
         n = len(targets)
@@ -354,16 +392,24 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
         trainable = lora_params * (8 if method == "qlora" else 16)  # TRL trains a QLoRA adapter in bf16
     load_weights = weights  # each process loads the whole model before FSDP shards it
     if shards > 1:  # gathered at the compute precision (FSDP's bf16 policy on GPUs)
-        weights, trainable = weights / shards + fsdp_gathered(shape) * param_bytes, trainable / shards
+        weights, trainable = weights / shards + fsdp_gathered(shape) * gather_bytes, trainable / shards
     # every micro-batch the run draws, in all its processes and epochs (each epoch shuffled anew)
     per_epoch = -(-len(lengths) // experiment.batch_size)
     batches = (experiment.max_steps * experiment.grad_accum * processes if experiment.max_steps
                else math.ceil(experiment.epochs * per_epoch))
-    formula = activation_bytes(shape, method, bf16, r, n)
+    # float32 weights computing in bf16 through autocast (FSDP on GPUs gathers them in bf16: its policy)
+    autocast = bf16 and float32_weights and not (shards > 1 and device.kind == "cuda")
+    formula = activation_bytes(shape, method, bf16, r, n, float32_weights=autocast, targets=targets)
     per_token, per_pad = rows_attention_bytes(shape, bf16, device.kind == "cpu")
     resident = device.kind == "cpu" and shards == 1  # what the allocator keeps: fitted, row-by-row copies included
     act_bytes = 2 if bf16 else 4
-    stream_bytes = 4 if method == "qlora" else act_bytes  # k-bit preparation: float32 embedding and norms
+    # k-bit preparation keeps QLoRA's embedding and norms float32; autocast keeps float32 weights' stream float32
+    stream_bytes = 4 if method == "qlora" or autocast else act_bytes
+    # autocast's bf16 copies of LoRA's frozen float32 base, made anew in each layer and kept for its backward pass
+    # (and of the adapter's weights, cached while the forward pass runs: a few MiB); the output layer's (the
+    # embedding, where tied) is kept too, outside the layers checkpointing recomputes
+    copies = (shape.linear_params + lora_params) * 2 if autocast and method == "lora" else 0
+    output_copy = shape.vocab * shape.hidden * 2 if autocast and method == "lora" else 0
 
     def kept(rows: list[int]) -> tuple[float, float]:
         """(activations, with checkpointing) for one micro-batch of rows of these lengths."""
@@ -373,9 +419,14 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
         checkpointed = tokens * shape.hidden * stream_bytes * shape.layers + tokens * formula * 2 + edges
         if resident:  # with the buffers glibc keeps (module docstring); its shares were fitted with row-by-row
             # attention in place, and counting that attention's copies on top overshot (batch 32: +41%)
-            return activations * (1 + CPU_RETAINED[False]), checkpointed + activations * CPU_RETAINED[True]
-        side_by_side = tokens * per_token + padding(rows) * per_pad  # attending row by row, per layer
-        return activations + side_by_side * (shape.layers + 1), checkpointed + side_by_side * 2
+            activations, checkpointed = (activations * (1 + CPU_RETAINED[False]),
+                                         checkpointed + activations * CPU_RETAINED[True])
+        else:
+            side_by_side = tokens * per_token + padding(rows) * per_pad  # attending row by row, per layer
+            activations, checkpointed = (activations + side_by_side * (shape.layers + 1),
+                                         checkpointed + side_by_side * 2)
+        # every layer's copies, or the one layer recomputed at a time
+        return activations + copies + output_copy, checkpointed + copies / shape.layers + output_copy
 
     # The micro-batches that keep the most, with and without checkpointing (padding makes them differ)
     each = [(kept(b), sum(b)) for b in micro_batches(lengths, experiment.batch_size, experiment.seed, batches)]
@@ -383,9 +434,11 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     checkpointed = max((k[1] for k, _ in each), default=0.0)
     answer_tokens = largest_batch(answers, experiment.batch_size, experiment.seed, batches)
     logits = answer_tokens * shape.vocab * (4 * 3 + act_bytes)  # float32 logits, log-softmax, their gradient
-    workspace = shape.linear_params * param_bytes if device.kind == "cpu" and shards > 1 else 0
-    if device.kind == "cuda" and method == "full" and bf16 and shards == 1:
-        workspace = shape.linear_params * 2  # autocast's bf16 copies of the float32 weights, kept for the backward
+    workspace = 0.0
+    if autocast and method == "full":  # autocast's bf16 copies of the float32 weights and the output layer's
+        workspace = (shape.linear_params + shape.vocab * shape.hidden) * 2
+    if device.kind == "cpu" and shards > 1:  # fitted on float32 runs; and the gathered layers' autocast copies
+        workspace = shape.linear_params * 4 + workspace
     # Loading maps the file; a file at another precision is converted, holding both for a moment: on a GPU only for
     # QLoRA, which loads onto the card (device_map) and quantizes there; LoRA and full models load (and convert)
     # in CPU memory, and move to the card converted.

@@ -620,8 +620,9 @@ def _use_bf16(experiment: Experiment) -> bool:
         return experiment.bf16 == "yes"
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from llamalab.training.plan import cpu_has_bf16
+
+    return cpu_has_bf16()
 
 
 def _gathered_weights(trainer) -> dict:
