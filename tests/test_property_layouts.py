@@ -928,3 +928,36 @@ def test_a_line_of_a_text_file_is_its_text_without_the_whitespace_at_its_ends(tm
         read[path] = [ex.fields["text"] for ex in data.split("train")]
     assert read["data/pos.jsonl"] == texts
     assert read["data/pos.txt"] == [text.strip() for text in texts]
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_moved_examples_message_names_the_first_and_counts_the_rest(tmp_path, seed):
+    """Random lines of a recorded task reordered (a random subset of them permuted) and others fixed in place: each
+    line whose text now stands where another line stood has moved, and nothing else has. The error names the first
+    moved line in file order, the line that held its text, and counts the others ("and N more"); with only texts
+    fixed in place the split still loads."""
+    rng = random.Random(seed)
+    n = rng.randint(4, 40)
+    rows = [{"text": f"review {i}", "label": rng.choice(["neg", "pos"])} for i in range(n)]
+    task_file = pool_task(tmp_path, rows)
+    load_task_data(load_task(task_file, tmp_path))  # records the split
+    positions = rng.sample(range(n), rng.randint(0, n))
+    order = positions[:]
+    rng.shuffle(order)
+    changed = [dict(row) for row in rows]
+    for to, frm in zip(positions, order, strict=True):
+        changed[to] = dict(rows[frm])
+    untouched = [i for i in range(n) if i not in positions]
+    for i in rng.sample(untouched, rng.randint(0, len(untouched))):
+        changed[i]["text"] = f"review {i}, fixed in place"
+    pool_task(tmp_path, changed)
+    moved = [(to, frm) for to, frm in sorted(zip(positions, order, strict=True)) if to != frm]
+    if not moved:
+        load_task_data(load_task(task_file, tmp_path))
+        return
+    (now, was), more = moved[0], len(moved) - 1
+    # lines are numbered from 1
+    expected = rf"examples have moved to other ids .*pool\.jsonl:{now + 1} holds what .*pool\.jsonl:{was + 1} held" + (
+        f", and {more:,} more\\)" if more else r"\)")
+    with pytest.raises(LlamalabError, match=expected):
+        load_task_data(load_task(task_file, tmp_path))

@@ -141,7 +141,7 @@ def test_a_named_comparator_is_the_same_run_for_study_run_and_the_report(lab):
     latest run whose id held the name, which could be another evaluation than the one `study run` tested."""
     from rich.console import Console
 
-    from llamalab.studies.run import comparator_evals, recorded_comparators
+    from llamalab.studies.run import comparator_evals, comparators_left_out, recorded_comparators
     from tests.records import sentiment_eval
 
     write_experiment(lab, "exp", "task: sentiment\nmax_steps: 2\n")
@@ -157,7 +157,19 @@ def test_a_named_comparator_is_the_same_run_for_study_run_and_the_report(lab):
     with pytest.raises(LlamalabError, match="'cmpsys' is ambiguous"):  # said before any cell trains
         run_study(lab, study, Console(stderr=True))
     assert list_runs(lab.runs_dir, "train") == []
-    assert recorded_comparators(lab, study) == []  # status and the report leave it out
+    assert recorded_comparators(lab, study) == []  # status and the report leave it out, and status says why
+    from typer.testing import CliRunner
+
+    from llamalab.cli import app
+
+    status = CliRunner().invoke(app, ["study", "status", "named", "--lab", str(lab.root)], terminal_width=400)
+    assert status.exit_code == 0, status.output
+    assert "comparator left out: eval run 'cmpsys' is ambiguous" in " ".join(status.output.split())
+    write_study(lab, "named", "kind: scaling\nexperiment: exp\ngrid: {train_examples: [8]}\n"
+                              f"comparators: {{baselines: false, runs: [{first.id}], api: [gpt-x]}}\n")
+    assert comparators_left_out(lab, load_study(lab, "named")) == [
+        f"{lab.root / 'studies' / 'named.yaml'}: key 'comparators.api': 'gpt-x' is not an API model of lab.yaml's "
+        "api_models (it has: none yet); add it there or leave it out"]
 
 
 def test_a_sweep_over_base_models_runs_no_comparators(lab, tiny_model_dir, monkeypatch):

@@ -487,7 +487,7 @@ def study_run(
 def study_status(name: str, lab: LabOption = None) -> None:
     """Each cell of a study: pending, running, interrupted, failed, trained or finished, with its runs, and the
     results so far (a scaling study's curve and crossovers, a sweep's table, a quantization study's rows)."""
-    from llamalab.studies.run import cell_states, check_sizes, recorded_comparators
+    from llamalab.studies.run import cell_states, check_sizes, comparators_left_out, recorded_comparators
     from llamalab.studies.spec import load_study
 
     the_lab = find_lab(lab)
@@ -499,6 +499,8 @@ def study_status(name: str, lab: LabOption = None) -> None:
         return
     check_sizes(the_lab, study, data_required=False)  # as `study run` refuses it
     _print_study(the_lab, study, cell_states(the_lab, study), recorded_comparators(the_lab, study))
+    for why in comparators_left_out(the_lab, study):  # `study run` would refuse to start
+        out.print(f"[yellow]comparator left out: {escape(why)}[/]")
 
 
 def _print_study(lab, study, states, comparators=None) -> None:

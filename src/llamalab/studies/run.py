@@ -212,14 +212,8 @@ def _cells_to_run(lab: Lab, study: Study, console: Console, retry_failed: bool, 
     check_sizes(lab, study)
     if why := study.spec.stray_comparators():
         raise LlamalabError(f"{study.path}: {why}")
-    if study.spec.kind == "scaling":  # a comparator named wrongly is said before any cell trains
-        for ref in study.spec.comparators.runs:
-            named_comparator(lab, study, ref, usable=True)
-        if unknown := [name for name in study.spec.comparators.api if name not in lab.config.api_models]:
-            known = ", ".join(lab.config.api_models) or "none yet"
-            raise LlamalabError(f"{study.path}: key 'comparators.api': {', '.join(map(repr, unknown))} is not an "
-                                f"API model of lab.yaml's api_models (it has: {known}); add it there or leave it "
-                                "out")
+    if problems := comparators_left_out(lab, study):  # a comparator named wrongly is said before any cell trains
+        raise LlamalabError(problems[0])
     states = cell_states(lab, study)
     runnable = {"pending", "interrupted", "trained"} | ({"failed"} if retry_failed else set())
     todo = [s for s in states if s.status in runnable]
@@ -460,6 +454,25 @@ def recorded_comparators(lab: Lab, study: Study) -> list[RunRecord]:
         if record.run.finished and current(record):
             records.append(record)
     return records
+
+
+def comparators_left_out(lab: Lab, study: Study) -> list[str]:
+    """Why each comparator the study names would be left out of its results (`study status` says it; `study run`
+    refuses before any cell trains): a run `comparators.runs` names that is missing, ambiguous, of another task
+    or split, unfinished or made on older data, and an API model lab.yaml does not have."""
+    if study.spec.kind != "scaling":
+        return []
+    why = []
+    for ref in study.spec.comparators.runs:
+        try:
+            named_comparator(lab, study, ref, usable=True)
+        except LlamalabError as exc:
+            why.append(str(exc))
+    if unknown := [name for name in study.spec.comparators.api if name not in lab.config.api_models]:
+        known = ", ".join(lab.config.api_models) or "none yet"
+        why.append(f"{study.path}: key 'comparators.api': {', '.join(map(repr, unknown))} is not an API model of "
+                   f"lab.yaml's api_models (it has: {known}); add it there or leave it out")
+    return why
 
 
 def named_comparator(lab: Lab, study: Study, ref: str, usable: bool = False) -> RunRecord:
