@@ -738,9 +738,9 @@ def test_a_cpu_plan_counts_what_the_allocator_keeps_on_random_shapes():
         assert cpu.tokens_per_batch == max(sum(b) for b in batches)
         assert cpu.components["activations"] == pytest.approx(largest[0] * (1 + CPU_RETAINED[False]), abs=0.2)
         assert cpu.components["checkpointed"] == pytest.approx(largest[1] + largest[0] * CPU_RETAINED[True], abs=0.2)
-        # each part at the micro-batch that needs the most of it (padding can make those two differ); LoRA's base
-        # is bf16 on any GPU, a full fine-tune computes in float32 where the card has no bf16
-        on_gpu = [kept(b, True, bf16=experiment.method == "lora") for b in batches]
+        # each part at the micro-batch that needs the most of it (padding can make those two differ), in float32
+        # on a card without bf16
+        on_gpu = [kept(b, True, bf16=False) for b in batches]
         assert gpu.components["activations"] == pytest.approx(max(k[0] for k in on_gpu), abs=0.1)
         assert gpu.components["checkpointed"] == pytest.approx(max(k[1] for k in on_gpu), abs=0.1)
         assert cpu.workspace_mb == 0  # no fixed weight copy outside FSDP
@@ -897,6 +897,10 @@ def test_a_gpu_full_fine_tune_without_bf16_is_planned_in_float32_and_device_name
     assert off.activations_mb > auto.activations_mb and off.logits_mb > auto.logits_mb and off.workspace_mb == 0
     timed = [plan_run(lab, "full", name) for name in ("cpu", "CPU", " Cpu ")]
     assert all(p.seconds_per_epoch is not None for p in timed)  # "CPU" was "a device named by its memory alone"
+    # LoRA with `bf16: no` trains on a float32 base on a GPU too (it was planned in bf16 and loaded in bf16)
+    lora_bf16, lora_float32 = (plan_run(lab, "full", "24GB", method="lora", bf16=value) for value in ("auto", "no"))
+    assert lora_float32.weights_mb == pytest.approx(2 * lora_bf16.weights_mb, abs=0.15)  # each rounded to 0.1
+    assert lora_float32.activations_mb > lora_bf16.activations_mb
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -366,12 +366,11 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     state, and gathering whole only the embedding's group and two layers at a time (`fsdp_gathered`). With
     `processes` N the run's micro-batches are dealt out among N processes: any one may draw the largest."""
     method, setting = experiment.method, getattr(experiment, "bf16", "auto")
-    if method == "qlora" or (method == "lora" and device.kind == "cuda"):
-        bf16 = True  # QLoRA computes in bf16 everywhere; LoRA's frozen base is bf16 on a GPU whatever bf16 says
-    else:  # as the trainer decides: `yes`, or `auto` where the device computes bf16
-        bf16 = setting == "yes" or (setting == "auto" and device.bf16)
+    # QLoRA computes in bf16 everywhere; the others as the trainer decides: `yes`, or `auto` where the device can
+    bf16 = method == "qlora" or setting == "yes" or (setting == "auto" and device.bf16)
     # A full fine-tune keeps float32 weights (bf16 computes through autocast): AdamW's small updates would round
-    # away in bf16 weights. LoRA's frozen base is float32 on a CPU (autocast casts it) and bf16 on a GPU.
+    # away in bf16 weights. LoRA's frozen base is float32 on a CPU (autocast casts it), and on a GPU bf16 where the
+    # run computes in bf16.
     float32_weights = method == "full" or (method == "lora" and device.kind == "cpu")
     weight_bytes = 4 if float32_weights or not bf16 else 2
     # FSDP gathers at the compute precision on GPUs (its bf16 policy); on CPUs it leaves bf16 to autocast

@@ -202,9 +202,11 @@ def _run_training(
 
     fillers = -len(dataset) % experiment.batch_size if processes > 1 else 0
     plan = _plan(record, experiment, model_ref, dataset, console, processes)
-    # On a GPU LoRA's frozen base is bf16; a full fine-tune keeps float32 weights, bf16 computing through autocast
-    # (or FSDP's bf16 policy): AdamW's small updates would round away in bf16 weights.
-    dtype = torch.bfloat16 if torch.cuda.is_available() and experiment.method != "full" else torch.float32
+    # On a GPU LoRA's frozen base is bf16 where the run computes in bf16 (float32 with `bf16: no`); a full fine-tune
+    # keeps float32 weights, bf16 computing through autocast (or FSDP's bf16 policy): AdamW's small updates would
+    # round away in bf16 weights.
+    gpu_bf16_base = torch.cuda.is_available() and experiment.method != "full" and _use_bf16(experiment)
+    dtype = torch.bfloat16 if gpu_bf16_base else torch.float32
     with PeakMemory() as peak:
         model = _load_for_training(experiment, model_ref, dtype, plan.checkpointing)
         use_rows_attention(model)  # padding-free batches attended row by row: the masked numbers, less work
