@@ -193,9 +193,11 @@ def _saved_output_layer_copy(config: dict) -> int:
     return sum(storages.values())
 
 
-def _qlora_saved_bytes_per_token_layer(config: dict, tmp_path, r: int, checkpointing: bool) -> float:
+def _qlora_saved_bytes_per_token_layer(config: dict, tmp_path, r: int, checkpointing: bool, autocast: bool = True
+                                      ) -> float:
     """As `_saved_bytes_per_token_layer`, for QLoRA as the trainer builds it: the base in 4-bit NF4 through
-    `_load_for_training` (PEFT's k-bit preparation), the adapter in bf16 as TRL casts it, under bf16 autocast."""
+    `_load_for_training` (PEFT's k-bit preparation), the adapter in bf16 as TRL casts it, under bf16 autocast (or
+    without, as with `bf16: no` or on a CPU without native bf16)."""
     import torch
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -219,7 +221,7 @@ def _qlora_saved_bytes_per_token_layer(config: dict, tmp_path, r: int, checkpoin
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        return _kept_bytes(model, config["vocab_size"], tokens, bf16=True)
+        return _kept_bytes(model, config["vocab_size"], tokens, bf16=autocast)
 
     return _per_token_layer(kept)
 
@@ -235,6 +237,8 @@ def test_qlora_activation_bytes_match_what_autograd_keeps(tmp_path):
         shape, r = Shape.of(config), rng.choice([2, 8])
         measured = _qlora_saved_bytes_per_token_layer(config, tmp_path / f"{k}", r, checkpointing=False)
         assert activation_bytes(shape, "qlora", True, r, 7) == pytest.approx(measured, rel=0.05), config
+        without = _qlora_saved_bytes_per_token_layer(config, tmp_path / f"{k}", r, checkpointing=False, autocast=False)
+        assert activation_bytes(shape, "qlora", False, r, 7) == pytest.approx(without, rel=0.05), config
         checkpointed = _qlora_saved_bytes_per_token_layer(config, tmp_path / f"{k}", r, checkpointing=True)
         tokens = 10**6  # the plan's parts are rounded to 0.1 MiB
         plan = memory_plan(shape, Experiment(task="t", method="qlora", batch_size=1, lora={"r": r}),

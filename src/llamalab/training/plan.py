@@ -45,6 +45,7 @@ storage once) on Llama layers of several widths; a test checks them on random sh
                          (+ 8 head_dim with neither q_proj nor k_proj adapted; 24h + 4kv + 8i + 2 r n adapting
                          all seven: how a CPU trains in bf16)
     QLoRA (NF4, bf16)    22h + 4kv + 14i + 2 r n + 4 heads + 8     (its adapter in bf16, as TRL trains it)
+    QLoRA, no autocast   28h + 8kv + 14i + 2 r n + 4 heads + 8     (`bf16: no`, or a CPU without native bf16)
     full, float32       4 (8h + 2kv + 4i) + 4 heads + 8
     full, bfloat16      20h + 4kv + 8i + 4 heads + 8              (FSDP's bf16 policy on GPUs)
     full, float32 weights under bf16 autocast
@@ -297,8 +298,8 @@ def activation_bytes(shape: Shape, method: str, bf16: bool, r: int, n: int, floa
     in bfloat16, with bf16 weights or, with `float32_weights`, float32 ones under autocast (whose residual stream
     and norms stay float32). `targets`: the n linear layers LoRA adapts (default: all seven)."""
     h, kv, i, extra = shape.hidden, shape.kv_dim, shape.intermediate, 4 * shape.heads + 8
-    if method == "qlora":
-        return 22 * h + 4 * kv + 14 * i + 2 * r * n + extra
+    if method == "qlora":  # without autocast its float32 layers (norms, attention) keep float32
+        return (22 * h + 4 * kv if bf16 else 28 * h + 8 * kv) + 14 * i + 2 * r * n + extra
     if bf16 and float32_weights and method == "lora":  # each adapted layer keeps a bf16 copy of its input
         targets = list(shape.linears()) if targets is None else targets
         inputs = sum(shape.linears()[t][0] for t in targets)
@@ -366,13 +367,14 @@ def memory_plan(shape: Shape, experiment, device: Device, lengths: list[int], an
     state, and gathering whole only the embedding's group and two layers at a time (`fsdp_gathered`). With
     `processes` N the run's micro-batches are dealt out among N processes: any one may draw the largest."""
     method, setting = experiment.method, getattr(experiment, "bf16", "auto")
-    # QLoRA computes in bf16 everywhere; the others as the trainer decides: `yes`, or `auto` where the device can
-    bf16 = method == "qlora" or setting == "yes" or (setting == "auto" and device.bf16)
+    # as the trainer decides: `yes`, or `auto` where the device computes bf16 (QLoRA's 4-bit layers compute in
+    # bf16 either way; the rest of its model under autocast or in float32)
+    bf16 = setting == "yes" or (setting == "auto" and device.bf16)
     # A full fine-tune keeps float32 weights (bf16 computes through autocast): AdamW's small updates would round
     # away in bf16 weights. LoRA's frozen base is float32 on a CPU (autocast casts it), and on a GPU bf16 where the
     # run computes in bf16.
     float32_weights = method == "full" or (method == "lora" and device.kind == "cpu")
-    weight_bytes = 4 if float32_weights or not bf16 else 2
+    weight_bytes = 2 if method == "qlora" else 4 if float32_weights or not bf16 else 2  # QLoRA loads in bf16
     # FSDP gathers at the compute precision on GPUs (its bf16 policy); on CPUs it leaves bf16 to autocast
     gather_bytes = 2 if bf16 and device.kind == "cuda" else 4
     other = shape.params - shape.linear_params
