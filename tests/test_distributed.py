@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,50 @@ def test_callbacks_in_several_processes_are_refused_before_any_run_folder(lab, t
     with pytest.raises(LlamalabError, match="callbacks run in this process only"):
         train(lab, "tiny", processes=2, callbacks=[object()])
     assert list_runs(lab.runs_dir) == []
+
+
+def _processes_naming(text: str) -> list[int]:
+    """The processes whose command line holds `text` (a run folder: the launcher's torchrun and its workers)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone while listed
+            continue
+    return found
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stopped_two_process_run_leaves_no_worker_and_resumes(lab, tiny_model_dir, stop):
+    """Ctrl-C in the terminal (SIGINT to the launcher's process group; torchrun starts its workers in sessions of
+    their own), or SIGTERM to `llamalab train` alone: the run is marked interrupted, no worker trains on (rotating
+    the checkpoints a resumed run reads), and `--resume` finishes it with every step once."""
+    write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir, rows=13).replace("max_steps: 6",
+                                                                                        "max_steps: 250"))
+    command = [sys.executable, "-m", "llamalab.cli", "train", "tiny", "--processes", "2", "--lab", str(lab.root)]
+    child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if list(lab.runs_dir.glob("*/checkpoints/checkpoint-*/CHECKPOINT_DONE")):
+            break
+        time.sleep(0.2)
+    assert child.poll() is None, child.stderr.read().decode()[-2000:]
+    (run,) = list_runs(lab.runs_dir, "train")
+    assert len(_processes_naming(str(run.folder))) == 3  # torchrun and its two workers
+    if stop == signal.SIGINT:
+        os.killpg(child.pid, stop)
+    else:
+        child.send_signal(stop)
+    stderr = child.communicate(timeout=120)[1].decode()
+    assert child.returncode != 0 and "stopping. Finished work is kept" in stderr, stderr[-2000:]
+    deadline = time.monotonic() + 30  # the workers die with their parent
+    while _processes_naming(str(run.folder)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(str(run.folder)) == []
+    (stopped,) = list_runs(lab.runs_dir, "train")
+    assert stopped.run.status == "interrupted", stopped.run.status
+    resumed = train(lab, "tiny", resume=True, processes=2)
+    assert resumed.id == stopped.id and resumed.run.finished
+    steps = [json.loads(line)["step"] for line in (resumed.folder / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 251))
