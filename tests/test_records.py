@@ -449,3 +449,24 @@ def test_a_run_left_running_on_another_machine_is_resumable_once_its_files_are_s
         while (record.folder / "run.json").stat().st_mtime < time.time() - 60 and time.time() < deadline:
             time.sleep(0.05)
         assert (record.folder / "run.json").stat().st_mtime > time.time() - 60
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_a_run_on_another_host_is_judged_by_the_file_systems_clock_not_this_machines(tmp_path, monkeypatch, skew_s):
+    """On a shared file system the files are stamped by its clock: a node whose own clock is an hour ahead took a
+    run another node was working on for a stopped one (and an hour behind, a stopped one for a live one). Silence is
+    measured against a file written there now, and nothing is left behind."""
+    import os
+
+    from llamalab.runs.record import SILENT_S, is_alive, silent_s
+
+    record = RunRecord.create(tmp_path, "eval", "e", {"limit": 1}, **eval_fields())
+    record.update(host="node-b", pid=4242)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_s)
+    assert 0 <= silent_s(RunRecord.load(record.folder)) < 5
+    assert is_alive(RunRecord.load(record.folder))
+    long_ago = real() - SILENT_S - 5
+    os.utime(record.folder / "run.json", (long_ago, long_ago))
+    assert not is_alive(RunRecord.load(record.folder))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [record.folder.name]

@@ -16,6 +16,7 @@ import platform
 import secrets
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -440,12 +441,29 @@ def _later_settings() -> dict:
 
 
 def silent_s(record: RunRecord) -> float:
-    """Seconds since any of the run's files (run.json, its predictions, its training log) last changed."""
+    """Seconds since any of the run's files (run.json, its predictions, its training log) last changed, by the clock
+    that stamps them: on a shared file system the server's, so that a node whose own clock is off does not take a
+    run another node is working on for a stopped one (or the reverse)."""
     times = []
     for name in (RUN_FILE, PREDICTIONS, TRAIN_LOG):
         with contextlib.suppress(OSError):
             times.append((record.folder / name).stat().st_mtime)
-    return time.time() - max(times, default=0.0)
+    return _file_clock(record.folder.parent) - max(times, default=0.0)
+
+
+def _file_clock(folder: Path) -> float:
+    """Now, as the file system holding `folder` stamps a file written there (this machine's clock where nothing can
+    be written)."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=".clock-", dir=folder)
+    except OSError:
+        return time.time()
+    try:
+        return os.fstat(handle).st_mtime
+    finally:
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
 
 
 def slurm_job() -> str | None:
