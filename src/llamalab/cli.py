@@ -211,10 +211,12 @@ def plan(
     notes = {"weights": "parameters at the training precision",
              "trainable": "gradients and AdamW's moments (LoRA: its weights too)",
              "activations": f"kept for the backward pass (the heaviest micro-batch, {result.tokens_per_batch:,} "
-                            "tokens; on a CPU with the freed buffers its allocator keeps)",
+                            "tokens; LoRA under bf16 autocast: its frozen weights' bf16 copies too; on a CPU with "
+                            "the freed buffers its allocator keeps)",
              "checkpointed": "the same with activation checkpointing",
              "logits": "output layer at the answer tokens",
-             "workspace": "weight copies (a GPU's full fine-tune: autocast's; FSDP on a CPU: measured)",
+             "workspace": "weight copies (a full fine-tune under bf16 autocast: autocast's; FSDP on a CPU: "
+                          "measured)",
              "load": "peak while loading"}
     for part, mib in result.components.items():
         table.add_row(part, f"{mib:,.1f}", notes.get(part, ""))
