@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import subprocess
 import sys
 import time
 
+import pytest
 from rich.console import Console
 from rich.progress import Progress
 
@@ -106,3 +108,53 @@ def test_training_steps_longer_than_half_a_minute_still_get_an_eta():
     progress.stop()
     lines = progress.console.file.getvalue().splitlines()
     assert lines[-1].startswith("train  3/10 steps  0:01:45 elapsed  ETA 0:04:05"), lines  # 7 steps at 35 s
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_eta_counts_the_time_before_the_first_advance_and_steps_longer_than_half_a_minute(seed):
+    """A constant pace, advances in random bursts (a study's cells finishing together, an evaluation's batches a
+    random time apart, some longer than 30 s): after each line, the ETA is the work left at the pace so far
+    (elapsed / done), and it is never missing. Rich measured the speed from the first advance on (four cells of an
+    hour each finishing together read as no time: ETA 0:00:08 for an hour's work) and over 30 s only (an
+    evaluation's batches 40 s apart never had an ETA; the window is an hour now, as training's)."""
+    rng = random.Random(seed)
+    total, done, now = rng.randint(4, 40), rng.randint(0, 3), [0.0]
+    console = Console(file=io.StringIO(), width=300, get_time=lambda: now[0], force_terminal=False)
+    pace = rng.uniform(5, 90)  # seconds a unit
+    with progress_bar(console, "work", total, unit="it", done=done) as advance:
+        count = done
+        while count < total:
+            burst = min(total - count, rng.randint(1, 4))
+            count += burst
+            now[0] = (count - done) * pace
+            advance(burst)
+    for line in console.file.getvalue().splitlines():
+        shown = re.match(r"work  (\d+)/\d+ it  (\S+) elapsed  ETA (\S+)", line)
+        assert shown, line
+        finished = int(shown[1])
+        elapsed = (finished - done) * pace
+        expected = (total - finished) * elapsed / (finished - done)
+        h, m, s = (int(x) for x in shown[3].split(":"))
+        assert abs(h * 3600 + m * 60 + s - expected) <= 1.01, (line, expected)
+
+
+def test_a_training_error_still_ends_the_progress_with_its_last_line(lab, tiny_model_dir):
+    """A step that raises (here a callback's error) stops the progress on the way out: a log gets the last step's
+    line, a terminal its cursor back (the trainer does not call on_train_end when training raises)."""
+    from transformers import TrainerCallback
+
+    from llamalab.training.trainer import train
+
+    class FailAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("a callback failed")
+
+    write_experiment(lab, "tiny", json.dumps({
+        "task": "sentiment", "base_model": str(tiny_model_dir), "batch_size": 4, "max_steps": 50,
+        "save_steps": 1000, "train_examples": 64, "lora": {"r": 4, "alpha": 8}}))
+    console = log_console()
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        train(lab, "tiny", console=console, callbacks=[FailAt()])
+    lines = [line for line in console.file.getvalue().splitlines() if line.startswith("train  ")]
+    assert lines and lines[-1].startswith("train  2/50 steps"), lines

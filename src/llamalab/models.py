@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -62,8 +63,16 @@ def resolve_model(name: str, lab_root: Path | None = None) -> ModelRef:
         if not (local / "config.json").is_file():
             raise LlamalabError(f"model folder {local} has no config.json: not a Hugging Face model folder")
         return ModelRef(name, str(local.resolve()), _folder_revision(local))
-    if name.count("/") == 1 and not name.startswith((".", "/")):
+    # a path whose first folder is here (or a .gguf name) is a mistyped path, not a hub id to look up
+    first = local_path(name.split("/")[0], lab_root)
+    a_path = name.endswith(".gguf") or ("/" in name and (first.is_dir() or local.parent.is_dir()))
+    if name.count("/") == 1 and not name.startswith((".", "/")) and not a_path:
         return _from_hub(name)
+    if a_path:
+        looked = [str(local.absolute())] + ([str(lab_root / name)] if lab_root is not None and not local.is_absolute()
+                                            and (lab_root / name).absolute() != local.absolute() else [])
+        raise LlamalabError(f"base model {name!r}: no such model file or folder (looked for "
+                            f"{' and '.join(looked)}): check the path")
     raise LlamalabError(
         f"base model {name!r} not found: use {EMBEDDED_NAME!r} (the embedded default), "
         "a local model folder, or a Hugging Face id like meta-llama/Llama-2-7b-hf"
@@ -149,15 +158,21 @@ def _from_pretrained(cls, ref: ModelRef, folder: str | None = None, **kwargs):
     try:
         return cls.from_pretrained(folder, **kwargs)
     except OSError as exc:
-        raise LlamalabError(
-            f"cannot load model {ref.name!r} from {folder}: {exc}. Offline? Download it first, "
-            "or name a local folder"
-        ) from None
+        how = ("offline? Download it first, or name a local folder" if ref.revision.startswith("hub:") else
+               "a model folder needs its config, weights and tokenizer files (as save_pretrained writes them)")
+        raise LlamalabError(f"cannot load model {ref.name!r} from {folder}: {_first_line(exc)}; {how}") from None
     except ValueError as exc:  # e.g. a folder with a config.json but no tokenizer files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LlamalabError(f"cannot load {cls.__name__.removeprefix('Auto').lower()} of model {ref.name!r} from "
-                            f"{folder}: {first}; a model folder needs its config, weights and tokenizer files "
-                            "(as save_pretrained writes them)") from None
+                            f"{folder}: {_first_line(exc)}; a model folder needs its config, weights and tokenizer "
+                            "files (as save_pretrained writes them)") from None
+    except Exception as exc:  # a damaged weights file (safetensors' own error type, say)
+        raise LlamalabError(f"cannot load model {ref.name!r} from {folder}: {type(exc).__name__}: "
+                            f"{_first_line(exc)}; its files may be damaged: download or write them again") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def _folder_revision(folder: Path) -> str:
@@ -226,7 +241,20 @@ def _gguf_tokenizer_folder(ref: ModelRef) -> str:
 def _gguf_tokenizer(gguf: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _reading_gguf(gguf):
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+@contextlib.contextmanager
+def _reading_gguf(gguf: Path):
+    """A GGUF file that cannot be read (cut short, not GGUF at all) is an error naming it, not a traceback."""
+    try:
+        yield
+    except LlamalabError:
+        raise
+    except Exception as exc:
+        raise LlamalabError(f"cannot read GGUF file {gguf}: {type(exc).__name__}: {_first_line(exc)}; it may be "
+                            "cut short or damaged: download or export it again") from None
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -235,7 +263,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     Console(stderr=True).print(f"[dim]Converting {gguf.name} to a cached model folder (once)...[/]")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _reading_gguf(gguf):
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = _gguf_tokenizer(gguf)
     # The weights are dense float32 now; the leftover GGUF markers make save_pretrained refuse.
     model.hf_quantizer = None

@@ -16,6 +16,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressSample,
     Task,
     TaskID,
     TextColumn,
@@ -27,11 +28,12 @@ LINE_EVERY_S = 10.0  # a log line at least this often while a stage advances...
 LINE_PARTS = 10  # ...or each time another tenth of it is done, whichever comes first
 
 
-def new_progress(console: Console, unit: str, speed_window_s: float = 30.0) -> Progress:
+def new_progress(console: Console, unit: str, speed_window_s: float = 3600.0) -> Progress:
     """A rich Progress in llamalab's style; each task shows `info` (e.g. loss, tokens/s) after the count.
 
-    The ETA comes from the speed over the last `speed_window_s` seconds: long steps (a study's cells) need a long
-    window. A console that is not an interactive terminal gets a `LineProgress` instead of the live bar.
+    The ETA comes from the speed over the last `speed_window_s` seconds, from the task's start on (`progress_bar`):
+    steps further apart than the window (a study's cells, a large model's batches) give none, so long steps need a
+    long window. A console that is not an interactive terminal gets a `LineProgress` instead of the live bar.
     """
     if not (console.is_interactive or console.is_jupyter):
         return LineProgress(console, unit, speed_window_s)
@@ -50,7 +52,7 @@ class LineProgress(Progress):
     `tail -f` on the log follows along.
     """
 
-    def __init__(self, console: Console, unit: str, speed_window_s: float = 30.0):
+    def __init__(self, console: Console, unit: str, speed_window_s: float = 3600.0):
         # rich's tracking (elapsed, speed, ETA), not its display
         super().__init__(console=console, disable=True, speed_estimate_period=speed_window_s)
         self.unit = unit
@@ -86,6 +88,14 @@ class LineProgress(Progress):
         self._last_line[task.id] = (task.completed, self.get_time())
 
 
+def started_at_zero(progress: Progress, task_id: TaskID) -> None:
+    """Count the time before the first advance in the speed: rich measures it from the first advance on, so four
+    hour-long cells finishing together read as four cells in no time (an ETA of seconds for hours of work)."""
+    task = progress._tasks[task_id]
+    with progress._lock:
+        task._progress.append(ProgressSample(task.start_time or progress.get_time(), 0))
+
+
 def _part(count: float, total: float | None) -> int:
     """Which tenth of the stage `count` has reached (always 0 when the total is unknown)."""
     return int(count * LINE_PARTS // total) if total else 0
@@ -96,12 +106,13 @@ def _clock(seconds: float | None) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console, description: str, total: int, unit: str = "it", speed_window_s: float = 30.0,
+def progress_bar(console: Console, description: str, total: int, unit: str = "it", speed_window_s: float = 3600.0,
                  done: int = 0) -> Iterator[Callable[..., None]]:
     """Yield `advance(n, **fields)`; fields (e.g. loss=0.41) are shown after the count. `done` counts work finished
     before (a resume): shown in the count, but not taken for speed, so the ETA stays honest."""
     with new_progress(console, unit, speed_window_s) as progress:
         task_id = progress.add_task(description, total=total, completed=done, info="")
+        started_at_zero(progress, task_id)
 
         def advance(n: int = 1, **fields: object) -> None:
             info = "  ".join(f"{k} {v}" for k, v in fields.items())

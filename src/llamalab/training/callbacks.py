@@ -16,7 +16,7 @@ from rich.progress import (
 from transformers import TrainerCallback
 
 from llamalab.config import LlamalabError
-from llamalab.progress import new_progress
+from llamalab.progress import new_progress, started_at_zero
 from llamalab.runs.files import append_jsonl, read_jsonl, write_text_atomic
 
 CHECKPOINT_DONE = "CHECKPOINT_DONE"
@@ -48,6 +48,7 @@ class ProgressCallback(TrainerCallback):
         self.progress = new_progress(self.console, "steps", speed_window_s=3600.0)
         self.progress.start()
         self.task_id = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+        started_at_zero(self.progress, self.task_id)
         self.start_tokens = state.num_input_tokens_seen
         self.start_time = time.perf_counter()
 

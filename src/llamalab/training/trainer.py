@@ -237,7 +237,10 @@ def _run_training(
             trainer._run_epoch = lambda *args, **kwargs: None
         elif trainer.is_world_process_zero():  # before it trains: a session killed later keeps what it computed
             _record_session(record, start_step, _precision(trainer, experiment, dtype), plan)
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:  # on an error too: the live bar gives the terminal back, a log gets its last line
+            progress.on_train_end()
         train_s = time.perf_counter() - started - setup_s
     weights = _gathered_weights(trainer) if trainer.is_fsdp_enabled else None
     peaks = _every_process(peak.mb)  # the plan is one process's: each process's peak is measured against it
