@@ -388,3 +388,19 @@ def test_filler_rows_change_no_loss_and_no_tokens_seen_on_random_sizes(lab, tiny
     assert len(log(filled)) == len(log(plain)) == steps, (rows, batch, count)
     assert [r["loss"] for r in log(filled)] == pytest.approx([r["loss"] for r in log(plain)], abs=1e-5)
     assert [r["num_input_tokens_seen"] for r in log(filled)] == [r["num_input_tokens_seen"] for r in log(plain)]
+
+
+def test_a_base_model_spelled_any_way_is_recorded_as_its_evaluations_name_it(lab, tiny_model_dir):
+    """`./models/x/`, `models/x` and its absolute path are one model: the train run records it as an evaluation of
+    the base model does, so the fine-tune is compared with that evaluation (an assignment's baseline)."""
+    import shutil
+
+    from llamalab.assignments.references import same_base_model
+
+    shutil.copytree(tiny_model_dir, lab.root / "models" / "x")
+    write_experiment(lab, "spelled", json.dumps({"task": "sentiment", "base_model": "./models/x/", "max_steps": 1,
+                                                 "batch_size": 2, "train_examples": 4}))
+    trained = train(lab, "spelled")
+    base = evaluate(lab, EvalSettings(system=str(lab.root / "models" / "x"), task="sentiment", limit=4))
+    assert trained.run.model.name == base.run.system.model.name == "models/x"
+    assert same_base_model(base, trained)

@@ -177,6 +177,12 @@ def canonical_name(lab: Lab, name: str) -> str:
         return name
     if (record := _train_run(lab, name)) is not None:
         return record.id
+    return canonical_model_name(lab, name)
+
+
+def canonical_model_name(lab: Lab, name: str) -> str:
+    """A base model's one spelling (`canonical_name`'s for a model): a train run records its base model so, and
+    an evaluation of that model records the same name."""
     path = local_path(name, lab.root)
     if not path.exists():
         return name

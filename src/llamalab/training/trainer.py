@@ -89,6 +89,8 @@ def train(
         record = resume_run(lab.runs_dir, "train", name, resolved, inputs)
         console.print(f"Resuming run [bold]{record.id}[/]")
     else:
+        from llamalab.evaluation.systems import canonical_model_name
+
         record = RunRecord.create(
             lab.runs_dir,
             "train",
@@ -97,7 +99,8 @@ def train(
             experiment=name,
             task={"name": task.name, "data_sha256": data.file_hashes,
                   "definition_sha256": task.definition_sha256("train")},
-            model={"name": model_ref.name, "revision": model_ref.revision},
+            # as an evaluation of the base model names it (`./models/x`, `models/x/`, its absolute path: one name)
+            model={"name": canonical_model_name(lab, model_ref.name), "revision": model_ref.revision},
             prompt={"format": prompt_format, "template": task.prompt.template, "system": task.prompt.system},
         )
         write_text_atomic(record.folder / ".gitignore", "checkpoints/\n")
