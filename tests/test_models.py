@@ -44,3 +44,15 @@ def test_damaged_model_files_are_one_error_naming_them(tmp_path, tiny_model_dir)
     with pytest.raises(LlamalabError) as error:
         load_model(resolve_model(str(broken)))
     assert "Offline" not in str(error.value) and ".." not in str(error.value)  # a local folder: no hub hint
+
+
+def test_running_out_of_memory_while_loading_is_not_called_a_damaged_file(tiny_model_dir, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        load_model(resolve_model(str(tiny_model_dir)))

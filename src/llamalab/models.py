@@ -166,8 +166,15 @@ def _from_pretrained(cls, ref: ModelRef, folder: str | None = None, **kwargs):
                             f"{folder}: {_first_line(exc)}; a model folder needs its config, weights and tokenizer "
                             "files (as save_pretrained writes them)") from None
     except Exception as exc:  # a damaged weights file (safetensors' own error type, say)
+        if _out_of_memory(exc):
+            raise
         raise LlamalabError(f"cannot load model {ref.name!r} from {folder}: {type(exc).__name__}: "
                             f"{_first_line(exc)}; its files may be damaged: download or write them again") from None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Memory ran out (torch's OutOfMemoryError, Python's MemoryError): not a damaged file."""
+    return isinstance(exc, MemoryError) or "OutOfMemory" in type(exc).__name__
 
 
 def _first_line(exc: BaseException) -> str:
@@ -253,6 +260,8 @@ def _reading_gguf(gguf: Path):
     except LlamalabError:
         raise
     except Exception as exc:
+        if _out_of_memory(exc):
+            raise
         raise LlamalabError(f"cannot read GGUF file {gguf}: {type(exc).__name__}: {_first_line(exc)}; it may be "
                             "cut short or damaged: download or export it again") from None
 
