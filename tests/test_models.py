@@ -1,5 +1,6 @@
 """Naming a model that is not there, or whose files are damaged: one error that names the file and says what to
-do, never a traceback, and no hub lookup for what is plainly a local path."""
+do, never a traceback, and no hub lookup for what is plainly a local path (a hub id's error says when a local
+folder of that name is missing too)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from llamalab.models import load_model, load_tokenizer, resolve_model
 def test_a_mistyped_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
     (tmp_path / "m" / "a").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    for name in ("m/aa", "models/x.gguf", "x.gguf", "./nope/x"):
+    for name in ("models/x.gguf", "x.gguf", "./nope/x", "m/a/b"):
         with pytest.raises(LlamalabError, match=r"no such model file or folder \(looked for .*\): check the path"):
             resolve_model(name)
+    # an org's folder here may hold others of its models: still a hub id (offline here), which the error says
+    with pytest.raises(LlamalabError, match=rf"Hugging Face hub .*\(nor is there a local folder {tmp_path}/m/aa\)"):
+        resolve_model("m/aa")
     lab = tmp_path / "lab"
     (lab / "models").mkdir(parents=True)
     with pytest.raises(LlamalabError, match=rf"looked for {tmp_path}/models/y and {lab}/models/y\)"):

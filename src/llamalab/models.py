@@ -63,12 +63,18 @@ def resolve_model(name: str, lab_root: Path | None = None) -> ModelRef:
         if not (local / "config.json").is_file():
             raise LlamalabError(f"model folder {local} has no config.json: not a Hugging Face model folder")
         return ModelRef(name, str(local.resolve()), _folder_revision(local))
-    # a path whose first folder is here (or a .gguf name) is a mistyped path, not a hub id to look up
+    # a .gguf name, a path into a folder of the lab (models/x), or a path of more parts whose folder is here, is a
+    # mistyped path, not a hub id to look up
     first = local_path(name.split("/")[0], lab_root)
-    a_path = name.endswith(".gguf") or ("/" in name and (first.is_dir() or local.parent.is_dir()))
-    if name.count("/") == 1 and not name.startswith((".", "/")) and not a_path:
-        return _from_hub(name)
-    if a_path:
+    in_lab = lab_root is not None and (lab_root / name.split("/")[0]).is_dir()
+    if name.count("/") == 1 and not name.startswith((".", "/")) and not name.endswith(".gguf") and not in_lab:
+        try:
+            return _from_hub(name)
+        except LlamalabError as exc:  # an org's folder here may hold others of its models: still a hub id
+            if first.is_dir():
+                raise LlamalabError(f"{exc} (nor is there a local folder {local.absolute()})") from None
+            raise
+    if name.endswith(".gguf") or ("/" in name and (first.is_dir() or local.parent.is_dir())):
         looked = [str(local.absolute())] + ([str(lab_root / name)] if lab_root is not None and not local.is_absolute()
                                             and (lab_root / name).absolute() != local.absolute() else [])
         raise LlamalabError(f"base model {name!r}: no such model file or folder (looked for "
@@ -169,7 +175,7 @@ def _from_pretrained(cls, ref: ModelRef, folder: str | None = None, **kwargs):
         if _out_of_memory(exc):
             raise
         raise LlamalabError(f"cannot load model {ref.name!r} from {folder}: {type(exc).__name__}: "
-                            f"{_first_line(exc)}; its files may be damaged: download or write them again") from None
+                            f"{_first_line(exc)}; its files may be damaged: download or write them again") from exc
 
 
 def _out_of_memory(exc: BaseException) -> bool:
