@@ -117,7 +117,8 @@ def test_experiment_naming_a_missing_task(lab, tiny_model_dir):
 
 def test_missing_base_model(lab):
     name = write_experiment(lab, "nomodel", "task: sentiment\nbase_model: ./no/such/model\n")
-    with pytest.raises(LlamalabError, match="base model './no/such/model' not found"):
+    with pytest.raises(LlamalabError, match=r"base model './no/such/model': no such model file or folder "
+                                            r"\(looked for .*no/such/model\): check the path"):
         train(lab, name)
 
 
