@@ -118,12 +118,9 @@ def test_a_full_fine_tune_is_sharded_across_two_processes_and_trains_the_same_ru
     assert train(lab, "full", processes=2, reuse=True, activation_checkpointing="yes").id == two.id
 
 
-@pytest.mark.parametrize("experiment", [EXPERIMENT, FULL], ids=["ddp", "fsdp"])
-def test_a_killed_two_process_run_resumes(lab, tiny_model_dir, experiment):
-    # 13 rows: every epoch's last step has filler rows, resumed mid-epoch too
-    write_experiment(lab, "tiny", experiment.format(model=tiny_model_dir, rows=13)
-                     .replace("max_steps: 6", "max_steps: 250"))
-    command = [sys.executable, "-m", "llamalab.cli", "train", "tiny", "--processes", "2", "--lab", str(lab.root)]
+def _training_past_a_checkpoint(lab, name: str) -> subprocess.Popen:
+    """`llamalab train NAME --processes 2` in a session of its own, once its first checkpoint is complete."""
+    command = [sys.executable, "-m", "llamalab.cli", "train", name, "--processes", "2", "--lab", str(lab.root)]
     child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and child.poll() is None:
@@ -131,6 +128,15 @@ def test_a_killed_two_process_run_resumes(lab, tiny_model_dir, experiment):
             break
         time.sleep(0.2)
     assert child.poll() is None, child.stderr.read().decode()[-2000:]
+    return child
+
+
+@pytest.mark.parametrize("experiment", [EXPERIMENT, FULL], ids=["ddp", "fsdp"])
+def test_a_killed_two_process_run_resumes(lab, tiny_model_dir, experiment):
+    # 13 rows: every epoch's last step has filler rows, resumed mid-epoch too
+    write_experiment(lab, "tiny", experiment.format(model=tiny_model_dir, rows=13)
+                     .replace("max_steps: 6", "max_steps: 250"))
+    child = _training_past_a_checkpoint(lab, "tiny")
     os.killpg(child.pid, signal.SIGKILL)  # the launcher and both workers, like a lost node
     child.wait()
     (killed,) = list_runs(lab.runs_dir, "train")
@@ -262,14 +268,7 @@ def test_a_stopped_two_process_run_leaves_no_worker_and_resumes(lab, tiny_model_
     the checkpoints a resumed run reads), and `--resume` finishes it with every step once."""
     write_experiment(lab, "tiny", EXPERIMENT.format(model=tiny_model_dir, rows=13).replace("max_steps: 6",
                                                                                         "max_steps: 250"))
-    command = [sys.executable, "-m", "llamalab.cli", "train", "tiny", "--processes", "2", "--lab", str(lab.root)]
-    child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and child.poll() is None:
-        if list(lab.runs_dir.glob("*/checkpoints/checkpoint-*/CHECKPOINT_DONE")):
-            break
-        time.sleep(0.2)
-    assert child.poll() is None, child.stderr.read().decode()[-2000:]
+    child = _training_past_a_checkpoint(lab, "tiny")
     (run,) = list_runs(lab.runs_dir, "train")
     assert len(_processes_naming(str(run.folder))) == 3  # torchrun and its two workers
     if stop == signal.SIGINT:

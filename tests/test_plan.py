@@ -1039,3 +1039,29 @@ def test_plan_names_the_experiment_file_of_a_mistyped_task(lab, tiny_model_dir):
     write_experiment(lab, "typo", f"task: sentimnt\nbase_model: {tiny_model_dir}\n")
     with pytest.raises(LlamalabError, match=r"typo.yaml: key 'task': no task named 'sentimnt'.*did you mean"):
         plan_run(lab, "typo", "cpu")
+
+
+def test_the_readmes_bf16_cpu_plan_sentences_predict_what_the_plan_says(lab, monkeypatch):
+    """The README's sentences on bf16 autocast on a CPU (AMX) give predicted and measured figures outside the
+    tables: each predicted one is recomputed here, and each error is the one its two figures give."""
+    import re
+    from pathlib import Path
+
+    from llamalab.training import plan as planning
+    from llamalab.training.plan import plan_run
+
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    monkeypatch.setattr(planning, "cpu_has_bf16", lambda: True)
+    full = {"method": "full", "batch_size": 8, "max_steps": 8}
+    cases = [(r"Run again that day on the same CPU model: ([\d,]+) MiB predicted, ([\d,]+) measured \(([+-]\d+)%\)",
+              1, {"batch_size": 32, "max_steps": 6}),
+             (r"in one process ([\d,]+) MiB predicted, ([\d,]+) MiB measured \(([+-]\d+)%", 1, full),
+             (r"in 2 processes \(FSDP\) ([\d,]+) MiB predicted, ([\d,]+) MiB measured \(([+-]\d+)%\)", 2, full),
+             (r"activation checkpointing on ([\d,]+) MiB predicted, ([\d,]+) MiB measured \(([+-]\d+)%\)", 2,
+              {**full, "activation_checkpointing": "yes"})]
+    for pattern, processes, overrides in cases:
+        shown = re.search(pattern, readme)
+        assert shown, pattern
+        predicted, measured = (float(shown[k].replace(",", "")) for k in (1, 2))
+        assert f"{plan_run(lab, 'sentiment-lora', 'cpu', processes, **overrides).peak_mb:,.0f}" == shown[1], pattern
+        assert f"{predicted / measured - 1:+.0%}" == f"{int(shown[3]):+d}%", pattern
